@@ -1,0 +1,58 @@
+"""The `histoldm` command: one subcommand per pipeline stage, discovered from histoldm.commands.
+
+Each subcommand module defines `register(subparsers)`; heavy imports stay inside the command
+functions so that `--help` is instant. Expected mistakes (UserError) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from histoldm import __version__, commands
+from histoldm.errors import UserError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print only the error, as one line, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="histoldm",
+        description="Text-conditioned latent diffusion for histopathology. Run `histoldm demo` for an end-to-end tour.",
+    )
+    parser.add_argument("--version", action="version", version=f"histoldm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        importlib.import_module(f"histoldm.commands.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except UserError as e:
+        sys.stderr.write(f"histoldm {args.command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"histoldm {args.command}: interrupted; finished work is kept, re-run to resume\n")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Small file helpers every stage shares: atomic writes, append-only JSONL, hashing.
+
+Long jobs must never lose finished work or leave a half-written file under a final name, so
+every final output goes through a temporary file in the same folder and os.replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from histoldm.errors import UserError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records and flush them to disk: a crash loses nothing already appended."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path, *, skip_torn_last_line: bool = True) -> Iterator[dict[str, Any]]:
+    """Read JSONL; a torn final line (a crash mid-append) is skipped, any other bad line is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            if skip_torn_last_line and i == len(lines) and not line.endswith("\n"):
+                return
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's listing (relative path and size of every file).
+
+    A folder of millions of patches is identified by its listing, not its content: hashing every
+    byte would cost more than the stage itself. Manifests say which kind of hash they hold.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path).as_posix()}\t{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def require_file(path: Path, what: str = "input") -> Path:
+    """Fail early, with one line, when an input file is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    return path

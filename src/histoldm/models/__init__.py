@@ -1,0 +1,1 @@
+"""Model definitions: autoencoder and UNet presets, the noise schedule, model bundles, conversion."""

@@ -1,0 +1,1 @@
+"""Text side: the CLIP tokenizer, text encoders (incl. PathLDM's long-caption mode), embedding cache."""

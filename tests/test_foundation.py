@@ -1,0 +1,85 @@
+"""The frame every stage plugs into: CLI errors, configs, manifests, atomic files, tokenizer."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from histoldm.cli import main
+from histoldm.config import StrictModel, load_config
+from histoldm.errors import UserError
+from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl
+from histoldm.manifest import write_manifest
+from histoldm.text.tokenizer import clip_tokenizer, count_tokens
+
+
+class _Cfg(StrictModel):
+    lr: float = 1e-4
+    name: str = "x"
+
+
+def test_clip_tokenizer_matches_openai_ids():
+    assert clip_tokenizer()("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert count_tokens("a photo of a cat") == 5
+
+
+def test_config_rejects_unknown_and_malformed(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 0.5\n")
+    assert load_config(_Cfg, good, {"name": "y"}).model_dump() == {"lr": 0.5, "name": "y"}
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("lr: 0.5\nlrr: 1\n")
+    with pytest.raises(UserError, match="unknown config key 'lrr'"):
+        load_config(_Cfg, bad_key)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [0.5\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        load_config(_Cfg, broken)
+
+
+def test_jsonl_survives_torn_last_line(tmp_path):
+    p = tmp_path / "a.jsonl"
+    append_jsonl(p, [{"i": 1}, {"i": 2}])
+    with open(p, "a") as f:
+        f.write('{"i": 3')  # a crash mid-append
+    assert [r["i"] for r in read_jsonl(p)] == [1, 2]
+
+
+def test_manifest_records_inputs_and_versions(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello")
+    m = write_manifest(tmp_path / "manifest.json", stage="t", config=_Cfg(), inputs={"src": src}, produced={"n": 1}, started=0.0, seed=3)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["inputs"]["src"]["sha256"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert on_disk["versions"]["torch"] and m["seed"] == 3
+
+
+def test_atomic_write_json_replaces_whole_file(tmp_path):
+    p = tmp_path / "x.json"
+    atomic_write_json(p, {"a": 1})
+    atomic_write_json(p, {"b": 2})
+    assert json.loads(p.read_text()) == {"b": 2}
+    assert list(tmp_path.iterdir()) == [p]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "histoldm.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_unknown_option_is_one_line_exit_2():
+    r = _cli("assets", "--no-such-flag")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--no-such-flag" in r.stderr
+
+
+def test_every_stage_has_help_with_example(capsys):
+    stages = ["summarize", "tile", "scores", "captions", "split", "encode-text", "encode-latents",
+              "train-vae", "train", "sample", "evaluate", "sweep", "demo"]
+    for stage in stages:
+        with pytest.raises(SystemExit) as e:
+            main([stage, "--help"])
+        assert e.value.code == 0, stage
+        out = capsys.readouterr().out
+        assert "example:" in out and f"histoldm {stage}" in out, stage
