@@ -1,0 +1,129 @@
+"""Captions per patch from a template: levels of scores and descriptors, plus the case's summary.
+
+Default template (PathLDM): "{tumor} tumor; {til} til; {summary}". The template is split at "; "
+into parts; a part whose placeholder has no value (missing score, missing summary) is left out,
+so a patch without a TIL score reads "high tumor; <summary>". Descriptor placeholders ({fat},
+{nuclei}, {stroma}, {large_nuclei}, {lymphocytes}) are computed from the images when used.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+from tqdm import tqdm
+
+from histoldm.config import StrictModel
+from histoldm.data.scores import levels_of, read_scores
+from histoldm.data.store import PatchStore, write_parquet
+from histoldm.errors import UserError
+from histoldm.fileio import read_jsonl
+from histoldm.manifest import write_manifest
+
+DEFAULT_TEMPLATE = "{tumor} tumor; {til} til; {summary}"
+DESCRIPTOR_PLACEHOLDERS = {"fat": "fat_fraction", "nuclei": "nuclear_density", "stroma": "stroma_share",
+                           "large_nuclei": "large_nuclei", "lymphocytes": "lymphocytes"}
+KNOWN_PLACEHOLDERS = {"tumor", "til", "summary", *DESCRIPTOR_PLACEHOLDERS}
+CAPTIONS_SCHEMA = pa.schema([("patch_id", pa.string()), ("case_id", pa.string()), ("caption", pa.string()),
+                             ("tumor_level", pa.string()), ("til_level", pa.string())])
+
+
+class CaptionsConfig(StrictModel):
+    store: Path
+    scores: Path | None = None  # default STORE/scores.parquet when it exists
+    summaries: Path | None = None  # summaries.jsonl (case_id, summary, status, ...)
+    out: Path | None = None  # default STORE/captions.parquet
+    template: str = DEFAULT_TEMPLATE
+    levels: list[str] = Field(default_factory=lambda: ["low", "high"])
+    descriptor_levels: list[str] = Field(default_factory=lambda: ["low", "high"])
+
+    @field_validator("levels", "descriptor_levels")
+    @classmethod
+    def _two_to_four(cls, v: list[str]) -> list[str]:
+        if not 2 <= len(v) <= 4:
+            raise ValueError("give 2, 3 or 4 level names")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, v: str) -> str:
+        unknown = placeholders(v) - KNOWN_PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"unknown placeholders {sorted(unknown)}; known: {sorted(KNOWN_PLACEHOLDERS)}")
+        return v
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def fill_template(template: str, values: dict[str, str | None]) -> str:
+    """Fill the template part by part ("; "-separated), leaving out parts with a missing value."""
+    parts = []
+    for part in template.split("; "):
+        names = placeholders(part)
+        if any(values.get(n) in (None, "") for n in names):
+            continue
+        parts.append(part.format(**{n: values[n] for n in names}))
+    return "; ".join(parts)
+
+
+def load_summaries(path: Path) -> dict[str, str]:
+    """case_id -> summary from a summaries JSONL; failed or empty summaries count as missing."""
+    out: dict[str, str] = {}
+    for rec in read_jsonl(path):
+        if "case_id" not in rec:
+            raise UserError(f"{path}: a line without case_id")
+        text = (rec.get("summary") or "").strip()
+        if text and rec.get("status", "ok") != "failed":
+            out[str(rec["case_id"])] = text
+    return out
+
+
+def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
+    """Write captions.parquet and report patches without a summary and the number of unique captions."""
+    started = time.time()
+    store = PatchStore.open(cfg.store)
+    scores_path = cfg.scores or (Path(cfg.store) / "scores.parquet")
+    scores = read_scores(scores_path) if (cfg.scores or scores_path.is_file()) else {}
+    summaries = load_summaries(cfg.summaries) if cfg.summaries else {}
+    used = placeholders(cfg.template)
+    wanted = [d for d in used if d in DESCRIPTOR_PLACEHOLDERS]
+
+    t = store.table.to_pydict()
+    mpps = t.get("mpp") or [None] * len(t["patch_id"])
+    rows, no_summary = [], []
+    for pid, case, mpp in tqdm(list(zip(t["patch_id"], t["case_id"], mpps)), desc="captions", unit="patch"):
+        s = scores.get(pid, {})
+        values: dict[str, str | None] = {
+            "tumor": levels_of(s.get("prob_tumor"), cfg.levels),
+            "til": levels_of(s.get("prob_til"), cfg.levels),
+            "summary": summaries.get(case),
+        }
+        if wanted:
+            from histoldm.data.descriptors import describe, scaled
+
+            d = describe(np.asarray(store.image(pid)), mpp or 1.0)
+            for name in wanted:
+                key = DESCRIPTOR_PLACEHOLDERS[name]
+                values[name] = levels_of(scaled(key, d[key]), cfg.descriptor_levels)
+        if "summary" in used and values["summary"] is None:
+            no_summary.append(pid)
+        rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values),
+                     "tumor_level": values["tumor"], "til_level": values["til"]})
+
+    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
+    write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
+    cases_without = sorted({c for p, c in zip(t["patch_id"], t["case_id"]) if p in set(no_summary)})
+    produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
+                "patches_without_summary": len(no_summary), "cases_without_summary": cases_without}
+    write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,
+                   inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
+                           "summaries": cfg.summaries},
+                   produced=produced, started=started)
+    return {"out": str(out), **produced}

@@ -1,0 +1,176 @@
+"""Per-patch tumour / TIL probabilities -> scores.parquet, and PathLDM's probability -> level rule.
+
+Sources (exactly one): a CSV keyed by patch_id or by slide_id + x + y; per-slide heat-map grids
+(`HEATMAPS/<slide_id>.npz` with 2-D arrays prob_tumor and/or prob_til, one cell per `stride`
+level-0 pixels; NaN = unknown) averaged over the cells a patch overlaps; or the image-based
+HEURISTIC proxy of histoldm.data.descriptors (for demos without classifier output).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from histoldm.config import StrictModel
+from histoldm.data.store import PatchStore, write_parquet
+from histoldm.errors import UserError
+from histoldm.fileio import require_file
+from histoldm.manifest import write_manifest
+
+SCORES_SCHEMA = pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])
+SCORE_COLUMNS = ("prob_tumor", "prob_til")
+
+
+def levels_of(p: float | None, levels: list[str] | tuple[str, ...] = ("low", "high")) -> str | None:
+    """PathLDM's rule L[int(p * len(L))], with p = 1.0 clamped to the top level; None when p is unknown."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return None
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability {p} outside [0, 1]")
+    return levels[min(int(p * len(levels)), len(levels) - 1)]
+
+
+class ScoresConfig(StrictModel):
+    store: Path
+    out: Path | None = None  # default STORE/scores.parquet
+    csv: Path | None = None
+    heatmaps: Path | None = None
+    stride: float | None = Field(None, gt=0)  # level-0 pixels per heat-map cell (or `stride` in each npz)
+    proxy: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ScoresConfig":
+        given = [n for n, v in (("csv", self.csv), ("heatmaps", self.heatmaps), ("proxy", self.proxy or None)) if v]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one score source (csv, heatmaps or proxy), got {given or 'none'}")
+        return self
+
+
+def _float_or_none(value: str | None) -> float | None:
+    if value is None or value.strip() == "" or value.strip().lower() in {"nan", "na", "none"}:
+        return None
+    return float(value)
+
+
+def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+    """Rows keyed by patch_id, or by slide_id + x + y; rows naming unknown patches/slides are skipped."""
+    require_file(path, "score CSV")
+    table = store.table.to_pydict()
+    by_coord = {(s, x, y): p for p, s, x, y in zip(table["patch_id"], table.get("slide_id", []), table.get("x", []), table.get("y", []))}
+    known_patches, known_slides = set(table["patch_id"]), set(table.get("slide_id", []))
+    scores: dict[str, dict[str, float | None]] = {}
+    skipped: list[dict[str, Any]] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if not cols & set(SCORE_COLUMNS):
+            raise UserError(f"{path}: needs a prob_tumor and/or prob_til column")
+        if "patch_id" not in cols and not {"slide_id", "x", "y"} <= cols:
+            raise UserError(f"{path}: needs a patch_id column, or slide_id, x and y columns")
+        for line, row in enumerate(reader, 2):
+            try:
+                if row.get("patch_id"):
+                    pid = row["patch_id"]
+                    if pid not in known_patches:
+                        skipped.append({"line": line, "patch_id": pid, "reason": "unknown patch_id"})
+                        continue
+                else:
+                    key = (row["slide_id"], int(float(row["x"])), int(float(row["y"])))
+                    if key[0] not in known_slides:
+                        skipped.append({"line": line, "slide_id": key[0], "reason": "unknown slide"})
+                        continue
+                    if key not in by_coord:
+                        skipped.append({"line": line, "slide_id": key[0], "reason": f"no patch at x={key[1]}, y={key[2]}"})
+                        continue
+                    pid = by_coord[key]
+                scores[pid] = {c: _float_or_none(row.get(c)) for c in SCORE_COLUMNS}
+            except (ValueError, TypeError) as e:
+                skipped.append({"line": line, "reason": f"unreadable row ({e})"})
+    return scores, skipped
+
+
+def scores_from_heatmaps(store: PatchStore, folder: Path, stride: float | None) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+    """Mean of the grid cells each patch overlaps (a patch covers [x, x + extent) in level-0 pixels)."""
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder}: heat-map folder not found")
+    t = store.table.to_pydict()
+    if "extent" not in t or any(e is None for e in t["extent"]):
+        raise UserError(f"{store.root}: heat-map scores need each patch's footprint (`extent`), which tiled stores have")
+    scores: dict[str, dict[str, float | None]] = {}
+    skipped: list[dict[str, Any]] = []
+    for slide in sorted(set(t["slide_id"])):
+        npz = Path(folder) / f"{slide}.npz"
+        if not npz.is_file():
+            skipped.append({"slide_id": slide, "reason": f"no heat map {npz.name}"})
+            continue
+        with np.load(npz, allow_pickle=False) as data:
+            grids = {c: data[c].astype(np.float64) for c in SCORE_COLUMNS if c in data.files}
+            cell = float(data["stride"]) if "stride" in data.files else stride
+        if cell is None:
+            raise UserError(f"{npz}: no `stride` in the file; pass --stride (level-0 pixels per cell)")
+        for pid, s, x, y, ext in zip(t["patch_id"], t["slide_id"], t["x"], t["y"], t["extent"]):
+            if s != slide:
+                continue
+            r0, r1 = int(y // cell), int(math.ceil((y + ext) / cell))
+            c0, c1 = int(x // cell), int(math.ceil((x + ext) / cell))
+            row = {}
+            for c in SCORE_COLUMNS:
+                window = grids[c][r0:r1, c0:c1] if c in grids else np.empty(0)
+                row[c] = float(np.nanmean(window)) if window.size and np.isfinite(window).any() else None
+            scores[pid] = row
+    for extra in sorted(p.stem for p in Path(folder).glob("*.npz") if p.stem not in set(t["slide_id"])):
+        skipped.append({"slide_id": extra, "reason": "heat map for a slide not in the store"})
+    return scores, skipped
+
+
+def scores_from_proxy(store: PatchStore) -> dict[str, dict[str, float | None]]:
+    from histoldm.data.descriptors import proxy_scores
+
+    t = store.table.to_pydict()
+    mpps = t.get("mpp") or [None] * len(t["patch_id"])
+    out = {}
+    for pid, mpp in tqdm(list(zip(t["patch_id"], mpps)), desc="proxy scores", unit="patch"):
+        out[pid] = proxy_scores(np.asarray(store.image(pid)), mpp or 1.0)
+    return out
+
+
+def write_scores(path: Path, patch_ids: list[str], scores: dict[str, dict[str, float | None]]) -> None:
+    rows = [{"patch_id": p, **{c: scores.get(p, {}).get(c) for c in SCORE_COLUMNS}} for p in patch_ids]
+    write_parquet(path, pa.Table.from_pylist(rows, schema=SCORES_SCHEMA))
+
+
+def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
+    from histoldm.data.store import read_parquet
+
+    t = read_parquet(path, "scores table").to_pydict()
+    return {p: {c: (t[c][i] if c in t else None) for c in SCORE_COLUMNS} for i, p in enumerate(t["patch_id"])}
+
+
+def run_scores(cfg: ScoresConfig) -> dict[str, Any]:
+    """Write scores.parquet (one row per patch of the store, null where unknown) and its manifest."""
+    started = time.time()
+    store = PatchStore.open(cfg.store)
+    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "scores.parquet"
+    skipped: list[dict[str, Any]] = []
+    if cfg.csv:
+        scores, skipped = scores_from_csv(store, cfg.csv)
+        method = "csv"
+    elif cfg.heatmaps:
+        scores, skipped = scores_from_heatmaps(store, cfg.heatmaps, cfg.stride)
+        method = "heatmaps"
+    else:
+        scores, method = scores_from_proxy(store), "proxy-heuristic"
+    write_scores(out, store.patch_ids, scores)
+    produced = {"patches": len(store), "scored": len(scores), "method": method}
+    write_manifest(out.with_name(out.name + ".manifest.json"), stage="scores", config=cfg,
+                   inputs={"store": Path(cfg.store) / "patches.parquet", "csv": cfg.csv, "heatmaps": cfg.heatmaps},
+                   produced=produced, started=started, skipped=skipped)
+    return {"out": str(out), **produced, "skipped": skipped}

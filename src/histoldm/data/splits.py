@@ -1,0 +1,167 @@
+"""Patient-level train/val/test split: seeded, stratified where a label is given, reproducible to the byte.
+
+Method "patient-stratified-v1": sort the unique case ids; for each label (sorted; one stratum when
+there are no labels) shuffle its cases with numpy's PCG64 seeded by `seed` and cut them by the
+fractions, rounding by largest remainder so the counts add up. Every case lands in exactly one split.
+Alternatively import a given split (JSON or CSV), checked for cases in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_text, require_file
+from histoldm.manifest import write_manifest
+
+METHOD = "patient-stratified-v1"
+
+
+class SplitConfig(StrictModel):
+    out: Path  # split.json
+    store: Path | None = None  # cases = the store's case_id column
+    cases: Path | None = None  # or a CSV with case_id (and the label column)
+    stratify_by: str | None = None  # column of `cases` (or `labels`) holding the label
+    labels: Path | None = None  # CSV case_id,<stratify_by> when cases come from the store
+    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    seed: int = 0
+    given: Path | None = None  # import this split instead of drawing one
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError("fractions must be non-negative and sum to 1")
+        return v
+
+
+def _counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder rounding: counts sum to n, ties broken by split name order."""
+    names = sorted(fractions)
+    raw = {k: n * fractions[k] for k in names}
+    counts = {k: int(np.floor(raw[k])) for k in names}
+    for k in sorted(names, key=lambda k: (-(raw[k] - counts[k]), k))[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
+                labels: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Assign each unique case to one split; stratified by `labels` when given."""
+    cases = sorted(set(case_ids))
+    strata: dict[str, list[str]] = {}
+    for c in cases:
+        strata.setdefault(str(labels.get(c, "")) if labels else "", []).append(c)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[str]] = {k: [] for k in sorted(fractions)}
+    for label in sorted(strata):
+        members = strata[label]
+        order = rng.permutation(len(members))
+        start = 0
+        for name, k in _counts(len(members), fractions).items():
+            out[name].extend(members[i] for i in order[start : start + k])
+            start += k
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def split_json(cases: dict[str, list[str]], *, method: str, seed: int | None, fractions: dict[str, float] | None,
+               stratify_by: str | None, extra: dict[str, Any] | None = None) -> str:
+    doc = {"method": method, "seed": seed, "fractions": fractions, "stratify_by": stratify_by,
+           "cases": {k: sorted(v) for k, v in cases.items()}, **(extra or {})}
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def load_split(path: Path) -> dict[str, str]:
+    """case_id -> split name from a split.json; a case in two splits is an error."""
+    require_file(path, "split file")
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        groups = doc["cases"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: not a split file (expected JSON with a `cases` mapping)") from None
+    return _invert(groups, path)
+
+
+def _invert(groups: dict[str, list[str]], source: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for split in sorted(groups):
+        for case in groups[split]:
+            if case in out and out[case] != split:
+                raise UserError(f"{source}: case {case} is in both {out[case]} and {split}")
+            out[case] = split
+    return out
+
+
+def read_given_split(path: Path) -> dict[str, list[str]]:
+    """A given split: split.json-like JSON ({"cases": {...}} or {split: [cases]}), or CSV case_id,split."""
+    require_file(path, "given split")
+    if Path(path).suffix.lower() == ".csv":
+        groups: dict[str, list[str]] = {}
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"case_id", "split"} <= set(reader.fieldnames or []):
+                raise UserError(f"{path}: a split CSV needs case_id and split columns")
+            for row in reader:
+                groups.setdefault(row["split"], []).append(row["case_id"])
+    else:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg})") from None
+        groups = doc.get("cases", doc) if isinstance(doc, dict) else None
+        if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+            raise UserError(f"{path}: expected {{split: [case ids]}} or a split.json")
+    _invert(groups, path)
+    return groups
+
+
+def _read_label_csv(path: Path, column: str | None) -> dict[str, str]:
+    require_file(path, "cases CSV")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or [])
+        if "case_id" not in fields or (column and column not in fields):
+            raise UserError(f"{path}: needs columns case_id{' and ' + column if column else ''}")
+        return {row["case_id"]: (row[column] if column else "") for row in reader}
+
+
+def run_split(cfg: SplitConfig) -> dict[str, Any]:
+    """Write split.json (and its manifest); returns counts per split."""
+    started = time.time()
+    if cfg.given:
+        groups = read_given_split(cfg.given)
+        text = split_json(groups, method=f"given:{Path(cfg.given).name}", seed=None, fractions=None, stratify_by=None)
+    else:
+        if cfg.cases:
+            table = _read_label_csv(cfg.cases, cfg.stratify_by)
+            case_ids, labels = list(table), (table if cfg.stratify_by else None)
+        elif cfg.store:
+            from histoldm.data.store import PatchStore
+
+            case_ids = PatchStore.open(cfg.store).table.column("case_id").to_pylist()
+            labels = _read_label_csv(cfg.labels, cfg.stratify_by) if cfg.labels and cfg.stratify_by else None
+            if labels is not None:
+                missing = sorted(set(case_ids) - set(labels))
+                if missing:
+                    raise UserError(f"{cfg.labels}: no {cfg.stratify_by} for {len(missing)} cases, e.g. {missing[0]}")
+        else:
+            raise UserError("split: give a patch store, a cases CSV or a given split")
+        if not case_ids:
+            raise UserError("split: no cases to split")
+        groups = split_cases(case_ids, cfg.fractions, cfg.seed, labels)
+        text = split_json(groups, method=METHOD, seed=cfg.seed, fractions=dict(sorted(cfg.fractions.items())),
+                          stratify_by=cfg.stratify_by if labels else None)
+    atomic_write_text(Path(cfg.out), text)
+    produced = {k: len(v) for k, v in sorted(groups.items())}
+    write_manifest(Path(cfg.out).with_name(Path(cfg.out).name + ".manifest.json"), stage="split", config=cfg,
+                   inputs={"store": Path(cfg.store) / "patches.parquet" if cfg.store else None, "cases": cfg.cases, "labels": cfg.labels, "given": cfg.given},
+                   produced=produced, started=started, seed=cfg.seed)
+    return {"out": str(cfg.out), "counts": produced}

@@ -1,0 +1,161 @@
+"""Synthetic H&E-like tiles with known, controllable attributes: ground truth for conditioning tests.
+
+A tile is painted as stain concentration maps (haematoxylin, eosin) and turned into RGB with the
+same Beer-Lambert stain model the descriptors invert, so the attributes are measurable:
+- tumor: dense, large, irregular, pale-chromatin nuclei (vs. sparse thin fibroblast nuclei);
+- til: small, dark, round lymphocytes;
+- fat: white round vacuoles with thin pink rims;
+- stroma: fibrous eosin background everywhere else.
+Each tile depends only on (seed, case index, tile index), so datasets grow without changing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from histoldm.data.descriptors import compose
+from histoldm.data.store import image_relpath, patch_table, png_bytes, write_parquet
+from histoldm.manifest import write_manifest
+
+
+def _ellipse(canvas: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float,
+             value: float, jitter: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Paint `value` into canvas inside a (possibly ragged) rotated ellipse; returns the painted mask."""
+    r = int(max(ry, rx) * (1 + jitter) + 2)
+    y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, canvas.shape[0])
+    x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, canvas.shape[1])
+    mask = np.zeros(canvas.shape, bool)
+    if y0 >= y1 or x0 >= x1:
+        return mask
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    dy, dx = yy - cy, xx - cx
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (dx * c + dy * s) / rx, (-dx * s + dy * c) / ry
+    rho = np.sqrt(u * u + v * v)
+    if jitter and rng is not None:  # ragged outline: radius modulated by a few random harmonics
+        theta = np.arctan2(v, u)
+        k = rng.uniform(-jitter, jitter, 3)
+        rho = rho / (1 + k[0] * np.sin(2 * theta) + k[1] * np.cos(3 * theta) + k[2] * np.sin(5 * theta))
+    inside = rho <= 1.0
+    canvas[y0:y1, x0:x1][inside] = value
+    mask[y0:y1, x0:x1] = inside
+    return mask
+
+
+def _place(rng: np.random.Generator, occupied: np.ndarray, radius: float, tries: int = 200,
+           near: tuple[float, float, float] | None = None) -> tuple[float, float] | None:
+    """A centre whose disc does not touch painted nuclei or fat (keeps blobs separate, measurable).
+
+    `near` = (cy, cx, sigma) draws centres around a point instead of uniformly (fat lobules).
+    """
+    size = occupied.shape[0]
+    for _ in range(tries):
+        cy, cx = rng.normal(near[:2], near[2]) if near else rng.uniform(0, size, 2)
+        r = int(radius) + 2
+        win = occupied[max(int(cy) - r, 0) : int(cy) + r + 1, max(int(cx) - r, 0) : int(cx) + r + 1]
+        if not win.any():
+            return cy, cx
+    return None
+
+
+def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...], size: int = 256) -> np.ndarray:
+    """One (size, size, 3) uint8 tile. tumor, til in [0, 1] (>= 0.5 reads as "high"); fat = target white share."""
+    rng = np.random.default_rng(seed)
+    area = (size / 256) ** 2  # counts scale with the field of view; sizes stay physical (1 um/px)
+    hema = np.full((size, size), 0.03, np.float32)
+    # Stroma: wavy collagen fibres = smoothed anisotropic noise around a pink base.
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=(1.0, 6.0))
+    angle = rng.uniform(0, 180)
+    noise = ndimage.rotate(noise, angle, reshape=False, mode="reflect")
+    eosin = (0.32 + 0.7 * noise).clip(0.17, 0.7).astype(np.float32)
+    occupied = np.zeros((size, size), bool)
+
+    # Fat: a lobule of white vacuoles with thin eosin rims around one point, up to the target share.
+    lobule = (*rng.uniform(0, size, 2), 50.0)
+    while occupied.mean() < fat:
+        r = rng.uniform(14, 30)
+        centre = _place(rng, occupied, r * 0.8, tries=20, near=lobule) or tuple(rng.normal(lobule[:2], lobule[2]))
+        _ellipse(eosin, centre[0], centre[1], r + 1.5, r + 1.5, 0.0, 0.6)
+        inside = _ellipse(eosin, centre[0], centre[1], r, r, 0.0, 0.0)
+        hema[inside] = 0.0
+        occupied |= inside
+
+    def nuclei(count: int, radius: tuple[float, float], aspect: tuple[float, float], h: tuple[float, float],
+               jitter: float, halo: float) -> None:
+        for _ in range(count):
+            ry = rng.uniform(*radius)
+            rx = ry * rng.uniform(*aspect)
+            centre = _place(rng, occupied, max(ry, rx) + halo)
+            if centre is None:
+                return
+            ang = rng.uniform(0, np.pi)
+            if halo:  # cytoplasm: paler, purple-pink rim
+                _ellipse(eosin, centre[0], centre[1], ry + halo, rx + halo, ang, 0.3)
+            value = rng.uniform(*h)
+            mask = _ellipse(hema, centre[0], centre[1], ry, rx, ang, value, jitter, rng)
+            hema[mask] *= rng.uniform(0.8, 1.2, int(mask.sum())).astype(np.float32)  # chromatin texture
+            eosin[mask] = 0.1
+            np.logical_or(occupied, ndimage.binary_dilation(mask), out=occupied)
+
+    free = 1.0 - fat
+    nuclei(int((2 + 100 * tumor**2) * free * area), (7.0, 9.5), (1.0, 1.3), (0.7, 1.0), 0.12, 1.5)
+    nuclei(int(12 * free * area), (1.6, 2.2), (3.0, 4.0), (0.7, 1.0), 0.0, 0.0)  # fibroblasts
+    nuclei(int((2 + 100 * til**2) * free * area), (2.4, 3.0), (0.9, 1.1), (1.3, 1.6), 0.0, 0.0)
+
+    hema = ndimage.gaussian_filter(hema, 0.6)
+    eosin = ndimage.gaussian_filter(eosin, 0.6)
+    conc = np.stack([hema, eosin, np.zeros_like(hema)], axis=-1)
+    conc += rng.normal(0, 0.015, conc.shape).astype(np.float32)
+    return compose(np.clip(conc, 0, None))
+
+
+def level_name(value: float) -> str:
+    return "high" if value >= 0.5 else "low"
+
+
+def make_synthetic_dataset(out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256) -> dict[str, Any]:
+    """Write a patch store of synthetic tiles plus scores.parquet and attributes.parquet (the truth).
+
+    Each tile draws tumor and TIL as high or low (balanced), an intensity within that level
+    (high: 0.65-1.0, low: 0.0-0.35, used as prob_tumor / prob_til) and a fat share (0-0.4).
+    Case ids are SYN-0000, SYN-0001, ...; one slide per case.
+    """
+    started = time.time()
+    out = Path(out_store)
+    rows, scores, attrs = [], [], []
+    for c in tqdm(range(n_cases), desc="synthetic", unit="case"):
+        case_id = f"SYN-{c:04d}"
+        slide_id = f"{case_id}-S1"
+        (out / "patches" / slide_id).mkdir(parents=True, exist_ok=True)
+        for t in range(tiles_per_case):
+            rng = np.random.default_rng((seed, c, t, 1))
+            tumor_high, til_high = rng.random() < 0.5, rng.random() < 0.5
+            tumor = rng.uniform(0.65, 1.0) if tumor_high else rng.uniform(0.0, 0.35)
+            til = rng.uniform(0.65, 1.0) if til_high else rng.uniform(0.0, 0.35)
+            fat = rng.uniform(0.0, 0.4)
+            rgb = render_tile(tumor, til, fat, (seed, c, t, 2), size)
+            x, y = t * size, 0
+            patch_id = f"{slide_id}_{x}_{y}"
+            rel = image_relpath(slide_id, patch_id)
+            (out / rel).write_bytes(png_bytes(rgb))  # tables, written last, mark the dataset complete
+            rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "x": x, "y": y, "level": 0,
+                         "mpp": 1.0, "tissue_fraction": round(1 - fat, 4), "path": rel, "extent": float(size)})
+            scores.append({"patch_id": patch_id, "prob_tumor": round(tumor, 4), "prob_til": round(til, 4)})
+            attrs.append({"patch_id": patch_id, "case_id": case_id, "tumor": level_name(tumor), "til": level_name(til),
+                          "tumor_intensity": round(tumor, 4), "til_intensity": round(til, 4), "fat_target": round(fat, 4)})
+    import pyarrow as pa
+
+    write_parquet(out / "scores.parquet", pa.Table.from_pylist(scores, schema=pa.schema(
+        [("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])))
+    write_parquet(out / "attributes.parquet", pa.Table.from_pylist(attrs))
+    write_parquet(out / "patches.parquet", patch_table(rows))
+    produced = {"patches": len(rows), "cases": n_cases}
+    write_manifest(out / "manifest.json", stage="synthetic", config={"n_cases": n_cases, "tiles_per_case": tiles_per_case,
+                   "seed": seed, "size": size}, inputs={}, produced=produced, started=started, seed=seed)
+    return {"store": str(out), "scores": str(out / "scores.parquet"), "attributes": str(out / "attributes.parquet"), **produced}

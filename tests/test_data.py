@@ -1,0 +1,287 @@
+"""Data stages on real inputs: the bundled CC0 slide via OpenSlide, PathLDM-layout files, synthetic tiles."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import openslide
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from histoldm.assets import asset_path
+from histoldm.cli import main
+from histoldm.data.captions import CaptionsConfig, fill_template, run_captions
+from histoldm.data.descriptors import compose, deconvolve, describe
+from histoldm.data.pathldm_import import import_folder, import_pathldm, read_npz_safely
+from histoldm.data.scores import ScoresConfig, levels_of, run_scores
+from histoldm.data.splits import SplitConfig, load_split, run_split
+from histoldm.data.store import PatchStore, case_id_of
+from histoldm.data.synthetic import make_synthetic_dataset, render_tile
+from histoldm.data.tiling import TileConfig, run_tile
+from histoldm.data.tissue import tissue_fraction, tissue_threshold
+from histoldm.errors import UserError
+
+SLIDE = asset_path("cmu_slide")
+
+
+@pytest.fixture(scope="module")
+def cmu_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cmu") / "store"
+    result = run_tile(TileConfig(slides=SLIDE, out=out, magnification=10, size=256, overlap=32, min_tissue=0.5))
+    return out, result
+
+
+def test_tiling_physical_size_tissue_and_manifest_roundtrip(cmu_store: tuple[Path, dict]) -> None:
+    out, result = cmu_store
+    assert result["patches"] >= 4 and not result["skipped"]
+    store = PatchStore.open(out)
+    rows = store.table.to_pylist()
+    base_mpp = float(openslide.OpenSlide(str(SLIDE)).properties["openslide.mpp-x"])
+    with openslide.OpenSlide(str(SLIDE)) as s:
+        threshold = tissue_threshold(s.get_thumbnail((2048, 2048)).convert("RGB"))
+    for r in rows:
+        assert r["mpp"] == pytest.approx(1.0)  # 10x
+        assert r["mpp"] * 256 == pytest.approx(r["extent"] * base_mpp, rel=1e-6)  # 256 um on the slide
+        img = store.image(r["patch_id"])
+        assert img.size == (256, 256)
+        # no background-only patch: the patch's own pixels are mostly tissue
+        assert tissue_fraction(np.asarray(img), threshold) >= 0.5
+        assert r["tissue_fraction"] >= 0.5 and r["case_id"] == "cmu_small_region"
+    # the manifest round-trips: what was written is what the reader returns
+    assert pq.read_table(out / "patches.parquet").to_pylist() == rows
+    assert len(store.paths) == len(rows) and all(p.is_file() for p in store.paths)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["produced"]["patches"] == len(rows) and manifest["skipped"] == []
+    # overlap: neighbouring x positions are (256 - 32) target pixels apart
+    xs = sorted({r["x"] for r in rows})
+    assert any(abs((b - a) - 224 * 1.0 / base_mpp) < 1.5 for a, b in zip(xs, xs[1:]))
+
+
+def test_tiling_resumes_per_slide(cmu_store: tuple[Path, dict]) -> None:
+    out, first = cmu_store
+    again = run_tile(TileConfig(slides=SLIDE, out=out, overlap=32))
+    assert again["slides_resumed"] == 1 and again["patches"] == first["patches"]
+
+
+def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(SLIDE, slides / "TCGA-AB-1234-01Z-00-DX1.svs")
+    (slides / "truncated.svs").write_bytes(SLIDE.read_bytes()[:60_000])
+    with openslide.OpenSlide(str(SLIDE)) as s:  # real tissue, saved as a plain TIFF without metadata
+        s.read_region((600, 900), 0, (1100, 1100)).convert("RGB").save(slides / "plain.tif")
+    result = main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "128", "--workers", "2"])
+    assert result == 0
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    reasons = {Path(s["slide"]).name: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"truncated.svs", "plain.tif"}
+    assert "no magnification metadata" in reasons["plain.tif"] and "--mpp" in reasons["plain.tif"]
+    assert "truncated.svs: unreadable slide" in reasons["truncated.svs"]
+    store = PatchStore.open(tmp_path / "store")
+    assert set(store.table.column("case_id").to_pylist()) == {"TCGA-AB-1234"}
+    # with --mpp the plain TIFF tiles: 0.5 um/px at 10x is a downsample of 2
+    r = run_tile(TileConfig(slides=slides / "plain.tif", out=tmp_path / "plain", mpp=0.5, size=128, min_tissue=0.3))
+    assert r["patches"] >= 1 and all(e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist())
+
+
+def test_missing_magnification_source_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["tile", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")]) == 2
+    assert "slide file or folder not found" in capsys.readouterr().err
+
+
+def test_levels_rule() -> None:
+    assert levels_of(0.49) == "low" and levels_of(0.5) == "high" and levels_of(1.0) == "high"
+    assert levels_of(None) is None and levels_of(float("nan")) is None
+    three = ["low", "mid", "high"]
+    assert [levels_of(p, three) for p in (0.0, 0.34, 0.67, 1.0)] == ["low", "mid", "high", "high"]
+    assert levels_of(0.99, ["a", "b", "c", "d"]) == "d"
+
+
+def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = cmu_store
+    rows = PatchStore.open(out).table.to_pylist()
+    csv_path = tmp_path / "scores.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide_id", "x", "y", "prob_tumor", "prob_til"])
+        w.writerow([rows[0]["slide_id"], rows[0]["x"], rows[0]["y"], 0.9, ""])
+        w.writerow(["no-such-slide", 0, 0, 0.1, 0.1])
+    r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
+    assert r["scored"] == 1 and r["skipped"][0]["reason"] == "unknown slide"
+    t = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert len(t) == len(rows) and t[0]["prob_tumor"] == 0.9 and t[0]["prob_til"] is None
+    manifest = json.loads((tmp_path / "s.parquet.manifest.json").read_text())
+    assert manifest["skipped"][0]["slide_id"] == "no-such-slide"
+
+    # heat map: 100-px cells; a patch gets the mean of the cells it overlaps
+    grid = np.arange(30 * 23, dtype=np.float64).reshape(30, 23) / (30 * 23)
+    (tmp_path / "hm").mkdir()
+    np.savez(tmp_path / "hm" / f"{rows[0]['slide_id']}.npz", prob_tumor=grid, stride=np.float64(100))
+    r = run_scores(ScoresConfig(store=out, heatmaps=tmp_path / "hm", out=tmp_path / "h.parquet"))
+    got = {p["patch_id"]: p for p in pq.read_table(tmp_path / "h.parquet").to_pylist()}
+    r0 = rows[0]
+    y0, x0 = r0["y"] // 100, r0["x"] // 100
+    y1, x1 = int(np.ceil((r0["y"] + r0["extent"]) / 100)), int(np.ceil((r0["x"] + r0["extent"]) / 100))
+    assert got[r0["patch_id"]]["prob_tumor"] == pytest.approx(grid[y0:y1, x0:x1].mean())
+    assert got[r0["patch_id"]]["prob_til"] is None
+    with pytest.raises(ValidationError, match="exactly one score source"):
+        ScoresConfig(store=out)
+
+
+def test_deconvolution_inverts_composition() -> None:
+    conc = np.random.default_rng(0).uniform(0, 0.8, (8, 8, 3)).astype(np.float32)
+    conc[..., 2] = 0
+    back = deconvolve(compose(conc))
+    assert np.abs(back - conc).max() < 0.02
+
+
+def test_synthetic_tiles_are_deterministic_and_attributes_measurable() -> None:
+    assert np.array_equal(render_tile(0.8, 0.2, 0.1, 5), render_tile(0.8, 0.2, 0.1, 5))
+    rng = np.random.default_rng(1)
+    high = [describe(render_tile(rng.uniform(0.65, 1), rng.uniform(0, 1), rng.uniform(0, 0.4), i))["nuclear_density"] for i in range(8)]
+    low = [describe(render_tile(rng.uniform(0, 0.35), rng.uniform(0, 1), rng.uniform(0, 0.4), 100 + i))["nuclear_density"] for i in range(8)]
+    assert min(high) > max(low)
+    til_hi = describe(render_tile(0.2, 0.9, 0.0, 7))["lymphocytes"]
+    til_lo = describe(render_tile(0.2, 0.1, 0.0, 7))["lymphocytes"]
+    assert til_hi > 3 * til_lo
+    assert describe(render_tile(0.2, 0.2, 0.35, 8))["fat_fraction"] > 0.25 > describe(render_tile(0.2, 0.2, 0.0, 8))["fat_fraction"]
+
+
+def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
+    store = tmp_path / "syn"
+    r = make_synthetic_dataset(store, n_cases=3, tiles_per_case=4, seed=0, size=256)
+    assert r["patches"] == 12
+    attrs = {a["patch_id"]: a for a in pq.read_table(store / "attributes.parquet").to_pylist()}
+    proxy = run_scores(ScoresConfig(store=store, proxy=True, out=tmp_path / "proxy.parquet"))
+    assert proxy["method"] == "proxy-heuristic"
+    for row in pq.read_table(tmp_path / "proxy.parquet").to_pylist():
+        assert levels_of(row["prob_tumor"]) == attrs[row["patch_id"]]["tumor"]
+    summaries = tmp_path / "summaries.jsonl"
+    summaries.write_text(json.dumps({"case_id": "SYN-0000", "summary": "Invasive ductal carcinoma.", "status": "ok"}) + "\n"
+                         + json.dumps({"case_id": "SYN-0001", "summary": "", "status": "failed"}) + "\n")
+    c = run_captions(CaptionsConfig(store=store, summaries=summaries))
+    assert c["patches_without_summary"] == 8 and c["cases_without_summary"] == ["SYN-0001", "SYN-0002"]
+    caps = {x["patch_id"]: x for x in pq.read_table(store / "captions.parquet").to_pylist()}
+    for pid, a in attrs.items():
+        expected = f"{a['tumor']} tumor; {a['til']} til"
+        if a["case_id"] == "SYN-0000":
+            expected += "; Invasive ductal carcinoma."
+        assert caps[pid]["caption"] == expected and caps[pid]["tumor_level"] == a["tumor"]
+    assert c["unique_captions"] == len({x["caption"] for x in caps.values()})
+    d = run_captions(CaptionsConfig(store=store, template="{nuclei} nuclei; {fat} fat", out=tmp_path / "d.parquet"))
+    assert d["unique_captions"] >= 2
+
+
+def test_fill_template_drops_parts_with_missing_values() -> None:
+    t = "{tumor} tumor; {til} til; {summary}"
+    assert fill_template(t, {"tumor": "high", "til": None, "summary": "IDC."}) == "high tumor; IDC."
+    assert fill_template(t, {"tumor": None, "til": None, "summary": None}) == ""
+    with pytest.raises(ValidationError, match="unknown placeholders"):
+        CaptionsConfig(store=Path("."), template="{grade}")
+    with pytest.raises(ValidationError, match="2, 3 or 4"):
+        CaptionsConfig(store=Path("."), levels=["only"])
+
+
+def test_split_is_patient_level_seeded_and_byte_identical(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.csv"
+    rng = np.random.default_rng(0)
+    with open(cases, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "subtype"])
+        for i in range(1000):
+            w.writerow([f"SYN-{i:04d}", rng.choice(["LumA", "LumB", "Basal", "Her2"])])
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    for out, seed in ((a, 7), (b, 7), (c, 8)):
+        run_split(SplitConfig(cases=cases, out=out, seed=seed, stratify_by="subtype"))
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+    doc = json.loads(a.read_text())
+    assert doc["seed"] == 7 and doc["method"] == "patient-stratified-v1" and doc["stratify_by"] == "subtype"
+    groups = [set(v) for v in doc["cases"].values()]
+    assert sum(len(g) for g in groups) == 1000 == len(set().union(*groups))
+    assert len(doc["cases"]["train"]) == pytest.approx(800, abs=4)
+    assert len(load_split(a)) == 1000
+    # import a given split, and refuse one with a case in two splits
+    given = tmp_path / "given.csv"
+    given.write_text("case_id,split\nA,train\nB,test\n")
+    run_split(SplitConfig(given=given, out=tmp_path / "g.json"))
+    assert load_split(tmp_path / "g.json") == {"A": "train", "B": "test"}
+    given.write_text("case_id,split\nA,train\nA,test\n")
+    with pytest.raises(UserError, match="case A is in both"):
+        run_split(SplitConfig(given=given, out=tmp_path / "g2.json"))
+
+
+def _jpeg(rgb: np.ndarray) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
+    wsis = ["TCGA-A1-0001-01Z-00-DX1.abc", "TCGA-A1-0001-01Z-00-DX2.def", "TCGA-B2-0002-01Z-00-DX1.ghi"]
+    folders = ["14_9632_0", "14_9632_1", "3_448_0", "7_0_0"]
+    rows = [(w, f) for w in wsis for f in folders]
+    h5 = tmp_path / "data.h5"
+    with h5py.File(h5, "w") as f:
+        x = f.create_dataset("X", (len(rows),), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(len(rows)):
+            x[i] = _jpeg(render_tile(0.5, 0.5, 0.1, i, size=64))
+        x[5] = np.frombuffer(b"not a jpeg", dtype=np.uint8)  # a corrupt row: skipped, the rest continues
+        f["wsi"] = np.array([w.encode() for w, _ in rows])
+        f["folder_name"] = np.array([fo.encode() for _, fo in rows])
+    prob = {w: {fo: (0.8 if k % 2 else 0.2) for k, fo in enumerate(folders)} for w in wsis}
+    np.savez(tmp_path / "train.npz", indices=np.arange(0, 8), summaries={wsis[0]: "IDC grade 2.", wsis[1]: "IDC grade 2."},
+             prob_tumor=prob, prob_til=prob)
+    np.savez(tmp_path / "test.npz", indices=np.arange(8, 12), summaries={wsis[2]: ["Lobular carcinoma.", "ILC."]},
+             prob_tumor=prob, prob_til={})
+    r = import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"])
+    assert r["patches"] == 11 and r["skipped"][0]["index"] == 5
+    store = PatchStore.open(tmp_path / "store")
+    assert store.image(store.patch_ids[0]).size == (64, 64)
+    assert set(store.table.column("case_id").to_pylist()) == {"TCGA-A1-0001", "TCGA-B2-0002"}
+    assert load_split(tmp_path / "store" / "split.json") == {"TCGA-A1-0001": "train", "TCGA-B2-0002": "test"}
+    scores = {s["patch_id"]: s for s in pq.read_table(tmp_path / "store" / "scores.parquet").to_pylist()}
+    test_pid = f"{wsis[2]}_14_9632_1"
+    assert scores[test_pid]["prob_tumor"] == 0.8 and scores[test_pid]["prob_til"] is None
+    summ = [json.loads(line) for line in (tmp_path / "store" / "summaries.jsonl").read_text().splitlines()]
+    assert [s["case_id"] for s in summ] == ["TCGA-A1-0001", "TCGA-B2-0002"]
+    assert summ[1]["summary"] == "Lobular carcinoma." and summ[1]["variants"] == ["Lobular carcinoma.", "ILC."]
+    assert all(s["backend"] == "pathldm-import" and s["status"] == "ok" and s["tokens"] > 0 for s in summ)
+    c = run_captions(CaptionsConfig(store=tmp_path / "store", summaries=tmp_path / "store" / "summaries.jsonl"))
+    assert c["patches_without_summary"] == 0
+
+
+def test_pathldm_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    h5 = tmp_path / "nox.h5"
+    with h5py.File(h5, "w") as f:
+        f["wsi"] = np.array([b"a"])
+    assert main(["import", "pathldm", str(h5), "--out", str(tmp_path / "o")]) == 2
+    assert "no dataset 'X'" in capsys.readouterr().err
+    # npz dictionaries load without unpickling arbitrary classes
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, indices=np.arange(2), summaries=np.array([Path("x")], dtype=object))
+    with pytest.raises(UserError, match="refusing to load"):
+        read_npz_safely(evil)
+
+
+def test_folder_import(tmp_path: Path) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(render_tile(0.5, 0.5, 0.0, i, size=32)).save(imgs / f"p{i}.jpg")
+    (tmp_path / "p.csv").write_text("path,slide_id,prob_tumor\np0.jpg,TCGA-AA-0001-01Z,0.7\np1.jpg,TCGA-AA-0001-01Z,\nmissing.jpg,S2,0.1\n")
+    r = import_folder(imgs, tmp_path / "p.csv", tmp_path / "store")
+    assert r["patches"] == 2 and r["skipped"][0]["path"] == "missing.jpg"
+    assert PatchStore.open(tmp_path / "store").table.column("case_id").to_pylist() == ["TCGA-AA-0001"] * 2
+
+
+def test_case_id_of() -> None:
+    assert case_id_of("TCGA-E2-A14N-01Z-00-DX1.8F2C3B1A") == "TCGA-E2-A14N"
+    assert case_id_of("slide_7") == "slide_7"
