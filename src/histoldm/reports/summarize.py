@@ -1,0 +1,380 @@
+"""The summarize stage: every report -> one summary line within a CLIP-token budget.
+
+Resumable and crash-safe: each finished case is appended to the output JSONL and flushed at
+once, and a re-run skips every case id already there, so a crash loses at most the requests in
+flight. A case is never dropped silently: it ends `ok`, `regenerated` (needed feedback rounds),
+`truncated` (still over budget after the last attempt, cut at a clause boundary) or `failed`
+(with the reason). LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import read_jsonl
+from histoldm.manifest import write_manifest
+from histoldm.reports.budget import truncate_to_budget
+from histoldm.reports.llm import ChatBackend, PermanentError, TransientError
+from histoldm.reports.loading import Report, load_reports
+from histoldm.reports.prompts import PRESETS, PromptTemplate, feedback, load_prompt, render
+from histoldm.text.tokenizer import count_tokens
+
+STATUSES = ("ok", "regenerated", "truncated", "failed")
+
+
+class SummarizeConfig(StrictModel):
+    input: Path
+    out: Path
+    budget: int = Field(35, ge=1, le=1000, description="CLIP BPE tokens, BOS/EOS excluded")
+    backend: Literal["extractive", "openai", "local"] = "extractive"
+    prompt: str = Field("targeted", description="preset (pathldm, targeted) or a template file")
+    model: str | None = Field(None, description="openai: model name (required); local: folder or .gguf (default SmolLM2)")
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int | None = 0
+    max_tokens: int | None = Field(None, ge=1, description="reply cap; default 4 x budget + 32")
+    timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(4, ge=1)
+    backoff_base_s: float = Field(1.0, ge=0, description="first retry delay; doubles per attempt")
+    backoff_max_s: float = Field(60.0, ge=0)
+    concurrency: int = Field(8, ge=1, le=1024)
+    max_report_chars: int = Field(50_000, ge=1, description="longer reports fail with a message")
+    limit: int | None = Field(None, ge=1, description="only the first N cases")
+    retry_failed: bool = Field(False, description="re-attempt cases that ended 'failed' in an earlier run")
+    dry_run: bool = False
+
+
+def manifest_path(out: Path) -> Path:
+    """`summaries.jsonl` -> `summaries.jsonl.manifest.json` (the project's rule for single-file outputs)."""
+    return Path(f"{out}.manifest.json")
+
+
+class _Appender:
+    """Append-only JSONL: each line written and flushed at once; fsync at most every second."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail(path)
+        self._f = open(path, "a", encoding="utf-8")
+        self._synced = time.monotonic()
+
+    @staticmethod
+    def _drop_torn_tail(path: Path) -> None:
+        """A crash mid-line leaves a fragment; appending after it would corrupt the next record."""
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._f.flush()
+        if time.monotonic() - self._synced > 1.0:
+            os.fsync(self._f.fileno())
+            self._synced = time.monotonic()
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+# --- one case -------------------------------------------------------------------------------
+
+
+def _record(cfg: SummarizeConfig, report: Report, model: str, prompt_sha: str | None, **fields: Any) -> dict[str, Any]:
+    summary = fields.get("summary", "")
+    return {
+        "case_id": report.case_id,
+        "summary": summary,
+        "tokens": fields.get("tokens", count_tokens(summary) if summary else 0),
+        "budget": cfg.budget,
+        "backend": cfg.backend,
+        "model": model,
+        "prompt_sha256": prompt_sha,
+        "attempts": fields.get("attempts", 0),
+        "status": fields["status"],
+        "usage": fields.get("usage"),
+        "error": fields.get("error"),
+    }
+
+
+def _input_problem(cfg: SummarizeConfig, report: Report) -> str | None:
+    if not report.text.strip():
+        return f"{report.source}: empty report"
+    if len(report.text) > cfg.max_report_chars:
+        return (
+            f"{report.source}: report is {len(report.text):,} characters, over max_report_chars="
+            f"{cfg.max_report_chars:,} (raise it with --set max_report_chars=N to summarise it)"
+        )
+    return None
+
+
+def _clean_reply(text: str) -> str:
+    """One line, without the quotes and 'Summary:' labels small models like to add."""
+    text = " ".join(text.split()).strip()
+    for label in ("summary:", "caption:", "summary -", "caption -"):
+        if text.lower().startswith(label):
+            text = text[len(label) :].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def _backoff(cfg: SummarizeConfig, attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, cfg.backoff_max_s)
+    return min(cfg.backoff_base_s * 2 ** (attempt - 1), cfg.backoff_max_s)
+
+
+def summarize_with_llm(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
+    """One case; an unexpected error fails this case with its reason instead of stopping the run."""
+    try:
+        return _regenerate(cfg, backend, template, report)
+    except Exception as e:  # noqa: BLE001 - recorded per case, never swallowed silently
+        return {"status": "failed", "error": f"unexpected {type(e).__name__}: {e}"}
+
+
+def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
+    """The regeneration loop: retry errors with backoff, over-budget or empty replies with feedback."""
+    messages = render(template, report.text, cfg.budget)
+    usage: dict[str, int] | None = None  # stays None unless the backend reports usage
+    best_over: tuple[int, str] | None = None  # the shortest over-budget reply, for the last resort
+    feedback_rounds, last_error = 0, "no attempt made"
+    attempt = 0
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            reply = backend.complete(messages)
+        except TransientError as e:
+            last_error = e.reason
+            if attempt < cfg.max_attempts:
+                time.sleep(_backoff(cfg, attempt, e.retry_after))
+            continue
+        except PermanentError as e:
+            return {"status": "failed", "attempts": attempt, "usage": usage, "error": e.reason}
+        if reply.usage:
+            usage = usage or {"prompt_tokens": 0, "completion_tokens": 0}
+            for k in usage:
+                usage[k] += int(reply.usage.get(k, 0) or 0)
+        text = _clean_reply(reply.text)
+        n = count_tokens(text) if text else None
+        if n is not None and n <= cfg.budget:
+            status = "regenerated" if feedback_rounds else "ok"
+            return {"status": status, "summary": text, "tokens": n, "attempts": attempt, "usage": usage}
+        if n is None:
+            last_error = "empty reply"
+        else:
+            last_error = f"reply of {n} tokens, over the budget of {cfg.budget}"
+            if best_over is None or n < best_over[0]:
+                best_over = (n, text)
+        messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": feedback(n, cfg.budget)}]
+        feedback_rounds += 1
+    if best_over is not None:
+        return {
+            "status": "truncated",
+            "summary": truncate_to_budget(best_over[1], cfg.budget),
+            "attempts": attempt,
+            "usage": usage,
+            "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut at a clause boundary",
+        }
+    return {"status": "failed", "attempts": attempt, "usage": usage, "error": f"{attempt} attempts failed; last: {last_error}"}
+
+
+def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]:
+    from histoldm.reports.extractive import extractive_summary
+
+    try:
+        summary, used_fallback = extractive_summary(report.text, cfg.budget)
+    except Exception as e:  # noqa: BLE001 - one odd report must not stop ten thousand
+        return {"status": "failed", "attempts": 1, "error": f"{report.source}: unexpected {type(e).__name__}: {e}"}
+    if not summary:
+        return {"status": "failed", "attempts": 1, "error": f"{report.source}: no diagnostic text found"}
+    if used_fallback:
+        return {"status": "truncated", "summary": summary, "attempts": 1, "error": "no known facts found; diagnosis clauses cut to fit"}
+    return {"status": "ok", "summary": summary, "attempts": 1}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def _make_backend(cfg: SummarizeConfig) -> ChatBackend:
+    from histoldm.reports.llm import LocalBackend, OpenAIBackend
+
+    max_tokens = cfg.max_tokens or 4 * cfg.budget + 32
+    if cfg.backend == "openai":
+        if not cfg.model:
+            raise UserError("--model: required with --backend openai (e.g. gpt-4o-mini, or the name your server serves)")
+        return OpenAIBackend(cfg.model, cfg.base_url, cfg.api_key_env, cfg.temperature, cfg.seed, max_tokens, cfg.timeout_s)
+    return LocalBackend(cfg.model, cfg.temperature, cfg.seed, max_tokens)
+
+
+def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, str]:
+    """case_id -> status of the records already in the output; refuses to mix different settings."""
+    if not cfg.out.exists():
+        return {}
+    done: dict[str, str] = {}
+    for rec in read_jsonl(cfg.out):
+        mine = (cfg.budget, cfg.backend, prompt_sha)
+        theirs = (rec.get("budget"), rec.get("backend"), rec.get("prompt_sha256"))
+        if theirs != mine:
+            def describe(b: Any, be: Any, sha: Any) -> str:
+                return f"budget {b}, backend {be}, prompt {str(sha)[:12]}"
+
+            raise UserError(f"{cfg.out}: holds summaries made with {describe(*theirs)}; this run asks {describe(*mine)}; choose another --out")
+        if rec.get("status") in STATUSES:
+            done[rec["case_id"]] = rec["status"]
+    return done
+
+
+def _histogram(tokens: list[int], budget: int, bins: int = 8) -> list[tuple[str, int]]:
+    width = max(1, -(-budget // bins))
+    counts = Counter(min(t // width, bins - 1) for t in tokens)
+    return [(f"{i * width}-{min((i + 1) * width - 1, budget) if i < bins - 1 else budget}", counts.get(i, 0)) for i in range(bins)]
+
+
+def _print_table(counts: Counter, histogram: list[tuple[str, int]], usage: dict[str, int], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"summaries -> {out}")
+    table.add_column("status")
+    table.add_column("cases", justify="right")
+    for status in STATUSES:
+        table.add_row(status, str(counts.get(status, 0)))
+    hist = Table(title="tokens per summary (this run)")
+    hist.add_column("tokens")
+    hist.add_column("cases", justify="right")
+    hist.add_column("")
+    top = max((c for _, c in histogram), default=0) or 1
+    for label, c in histogram:
+        hist.add_row(label, str(c), "█" * round(20 * c / top))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(hist)
+    console.print(f"usage: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens")
+
+
+def _dry_run(cfg: SummarizeConfig, template: PromptTemplate | None, report: Report) -> dict[str, Any]:
+    print(f"dry run: case {report.case_id} ({report.source}), budget {cfg.budget}")
+    if template is None:
+        result = summarize_extractive(cfg, report)
+        print("extractive backend: no prompt; it would write:")
+        print(result.get("summary", result.get("error")))
+        return {"dry_run": True, "case_id": report.case_id, "summary": result.get("summary")}
+    messages = render(template, report.text, cfg.budget)
+    for m in messages:
+        print(f"--- {m['role']} ---")
+        print(m["content"])
+    return {"dry_run": True, "case_id": report.case_id, "messages": messages}
+
+
+def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
+    """Summarise every report not yet in `cfg.out`; returns counts, usage and paths."""
+    from tqdm import tqdm
+
+    started = time.time()
+    loaded = load_reports(cfg.input)
+    reports = loaded.reports[: cfg.limit] if cfg.limit else loaded.reports
+    if not reports:
+        raise UserError(f"{cfg.input}: no reports found")
+    template = None if cfg.backend == "extractive" else load_prompt(cfg.prompt)
+    prompt_sha = template.sha256 if template else None
+    if cfg.dry_run:
+        return _dry_run(cfg, template, reports[0])
+
+    done = _finished_cases(cfg, prompt_sha)
+    pending = [r for r in reports if r.case_id not in done or (cfg.retry_failed and done[r.case_id] == "failed")]
+    warnings = [w for r in reports for w in r.warnings]
+    for dup in loaded.duplicates:
+        warnings.append(f"{dup['source']}: duplicate case id {dup['case_id']}, kept {dup['kept']}")
+    for w in warnings:
+        tqdm.write(f"warning: {w}")
+
+    backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
+    model_name = backend.model if backend else "rules-v1" if cfg.backend == "extractive" else str(cfg.model)
+    counts: Counter = Counter()
+    tokens: list[int] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def finish(report: Report, result: dict[str, Any]) -> None:
+        record = _record(cfg, report, model_name, prompt_sha, **result)
+        writer.write(record)
+        counts[record["status"]] += 1
+        if record["status"] != "failed":
+            tokens.append(record["tokens"])
+        for k in usage:
+            usage[k] += (record["usage"] or {}).get(k, 0)
+        bar.update(1)
+
+    writer = _Appender(cfg.out)
+    bar = tqdm(total=len(pending), desc=f"summarize ({cfg.backend})", unit="case", disable=None)
+    try:
+        runnable = []
+        for report in pending:
+            if problem := _input_problem(cfg, report):
+                finish(report, {"status": "failed", "error": problem})
+            else:
+                runnable.append(report)
+        if cfg.backend == "extractive":
+            for report in runnable:
+                finish(report, summarize_extractive(cfg, report))
+        elif runnable:
+            assert backend is not None and template is not None
+            with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+                futures = {pool.submit(summarize_with_llm, cfg, backend, template, r): r for r in runnable}
+                try:
+                    for future in as_completed(futures):
+                        finish(futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+        writer.close()
+
+    histogram = _histogram(tokens, cfg.budget)
+    over = [t for t in tokens if t > cfg.budget]
+    if over:  # cannot happen by construction; a loud guard, since the budget is the stage's contract
+        raise RuntimeError(f"{len(over)} summaries over budget: a bug in histoldm, please report it")
+    _print_table(counts, histogram, usage, cfg.out)
+    latest = {r["case_id"]: r["status"] for r in read_jsonl(cfg.out)}  # a retried case's last line wins
+    all_counts = Counter({s: 0 for s in STATUSES})
+    all_counts.update(latest.values())
+    manifest = write_manifest(
+        manifest_path(cfg.out),
+        stage="summarize",
+        config=cfg,
+        inputs={"reports": cfg.input, "prompt": cfg.prompt if template and cfg.prompt not in PRESETS else None},
+        produced={"summaries": str(cfg.out), "cases": sum(all_counts.values()), "by_status": dict(all_counts), "this_run": dict(counts)},
+        started=started,
+        seed=cfg.seed,
+        skipped=[{"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"} for d in loaded.duplicates],
+        extra={"warnings": warnings, "usage_this_run": usage, "token_histogram_this_run": histogram},
+    )
+    return {
+        "out": str(cfg.out),
+        "manifest": str(manifest_path(cfg.out)),
+        "cases": len(reports),
+        "skipped_finished": len(reports) - len(pending),
+        "written": sum(counts.values()),
+        "counts": dict(counts),
+        "all_counts": dict(all_counts),
+        "duplicates": loaded.duplicates,
+        "warnings": warnings,
+        "usage": usage,
+        "token_histogram": histogram,
+        "wall_s": manifest["wall_time_s"],
+    }

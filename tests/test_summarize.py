@@ -1,0 +1,316 @@
+"""Report summaries: loading, the extractive summariser, prompts, and the LLM driver against a real
+HTTP chat-completions server on 127.0.0.1 that fails on purpose."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from histoldm.cli import main
+from histoldm.errors import UserError
+from histoldm.fileio import read_jsonl
+from histoldm.reports.budget import truncate_to_budget
+from histoldm.reports.extractive import extractive_summary
+from histoldm.reports.loading import load_reports, normalise_case_id
+from histoldm.reports.prompts import load_prompt, render
+from histoldm.reports.summarize import SummarizeConfig, run_summarize
+from histoldm.reports.synthetic import make_synthetic_cases, make_synthetic_reports
+from histoldm.text.tokenizer import count_tokens
+
+SHORT = "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; DCIS, cribriform; ER+, PR+, HER2-."
+LONG = "; ".join(f"finding number {i} described at considerable length with many words" for i in range(12)) + "."
+
+
+# --- a chat-completions server that misbehaves on request ---------------------------------------
+
+
+class FlakyChatServer:
+    """Speaks POST /v1/chat/completions. Each report says `MODE <mode>`; the server counts requests per
+    case and answers by mode and attempt number."""
+
+    def __init__(self, hang_s: float = 3.0):
+        self.requests: Counter = Counter()
+        self.bodies: dict[str, list[dict]] = {}
+        self.lock = threading.Lock()
+        self.hang_s = hang_s
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                report = next(m["content"] for m in body["messages"] if "MODE" in m["content"])
+                case, mode = re.search(r"CASE (\S+) MODE (\S+)", report).groups()
+                with server.lock:
+                    server.requests[case] += 1
+                    n = server.requests[case]
+                    server.bodies.setdefault(case, []).append(body)
+                try:
+                    server.answer(self, mode, n)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def send(handler, status: int, payload: bytes, headers: dict[str, str] | None = None):
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def reply(self, handler, content: str):
+        payload = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "flaky",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }
+        self.send(handler, 200, json.dumps(payload).encode())
+
+    def answer(self, handler, mode: str, n: int):
+        error = {"error": {"message": "boom", "type": "server_error"}}
+        if mode == "e500" and n <= 2 or mode == "always500":
+            return self.send(handler, 500, json.dumps(error).encode())
+        if mode == "r429" and n == 1:
+            return self.send(handler, 429, json.dumps(error).encode(), {"Retry-After": "1"})
+        if mode == "hang" and n == 1:
+            time.sleep(self.hang_s)
+            return self.reply(handler, SHORT)
+        if mode == "badjson" and n == 1:
+            return self.send(handler, 200, b'{"choices": [ {"message": ')
+        if mode == "auth":
+            return self.send(handler, 401, json.dumps({"error": {"message": "bad key"}}).encode())
+        if mode == "long" or (mode == "long_once" and n == 1):
+            return self.reply(handler, LONG)
+        if mode == "empty" or (mode == "empty_once" and n == 1):
+            return self.reply(handler, "")
+        return self.reply(handler, f'"{SHORT}"')
+
+
+MODES = ["ok", "e500", "r429", "hang", "badjson", "long", "long_once", "empty", "empty_once", "always500", "auth"]
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _llm_cfg(tmp_path, url, **kw) -> SummarizeConfig:
+    base = dict(
+        input=tmp_path / "reports.jsonl",
+        out=tmp_path / "out.jsonl",
+        budget=35,
+        backend="openai",
+        model="flaky",
+        base_url=url,
+        api_key_env="HISTOLDM_TEST_NO_SUCH_KEY",
+        timeout_s=1.5,  # generous: the machine running the tests may be busy
+        max_attempts=4,
+        backoff_base_s=0.01,
+        concurrency=8,
+    )
+    return SummarizeConfig(**{**base, **kw})
+
+
+def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
+    reports = [{"case_id": f"TCGA-T{i % 10}-{i:04d}.some-uuid", "text": f"CASE c{i} MODE {m}\nFINAL DIAGNOSIS: carcinoma"} for i, m in enumerate(MODES)]
+    reports.append({"case_id": "TCGA-ZZ-EMPT", "text": "   "})
+    reports.append({"case_id": "TCGA-ZZ-HUGE", "text": "CASE huge MODE ok " + "x" * 100_000})
+    _write_jsonl(tmp_path / "reports.jsonl", reports)
+    with open(tmp_path / "reports.jsonl", "ab") as f:  # a line with bytes that are not UTF-8
+        f.write(b'{"case_id": "TCGA-ZZ-BYTE", "text": "CASE bytes MODE ok caf\xe9 carcinoma"}\n')
+
+    with FlakyChatServer() as server:
+        started = time.time()
+        result = run_summarize(_llm_cfg(tmp_path, server.url))
+        assert time.time() - started >= 1.0  # the 429 case waited for Retry-After, not the 10 ms backoff
+        records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+        assert len(records) == len(MODES) + 3  # no case dropped
+        by_mode = {m: records[f"TCGA-T{i % 10}-{i:04d}"] for i, m in enumerate(MODES)}
+
+        for rec in records.values():
+            assert set(rec) == {"case_id", "summary", "tokens", "budget", "backend", "model", "prompt_sha256", "attempts", "status", "usage", "error"}
+            if rec["status"] == "failed":
+                assert rec["error"] and rec["summary"] == ""
+            else:
+                assert rec["status"] in ("ok", "regenerated", "truncated")
+                assert 0 < rec["tokens"] <= 35 and rec["tokens"] == count_tokens(rec["summary"])
+        assert by_mode["ok"]["status"] == "ok" and by_mode["ok"]["summary"] == SHORT  # quotes stripped
+        assert by_mode["ok"]["usage"] == {"prompt_tokens": 100, "completion_tokens": 20}
+        for mode, attempts in (("e500", 3), ("r429", 2), ("hang", 2), ("badjson", 2)):
+            assert (by_mode[mode]["status"], by_mode[mode]["attempts"]) == ("ok", attempts), mode
+        assert by_mode["long_once"]["status"] == by_mode["empty_once"]["status"] == "regenerated"
+        feedback = server.bodies["c6"][1]["messages"][-1]["content"]
+        assert re.match(r"That was \d+ tokens; rewrite it in at most 35 tokens", feedback)
+        assert by_mode["long"]["status"] == "truncated" and by_mode["long"]["attempts"] == 4
+        assert by_mode["long"]["summary"].startswith("Finding number 0") or by_mode["long"]["summary"].startswith("finding number 0")
+        assert by_mode["empty"]["status"] == "failed" and "empty reply" in by_mode["empty"]["error"]
+        assert by_mode["always500"]["status"] == "failed" and "HTTP 500" in by_mode["always500"]["error"]
+        assert by_mode["auth"]["status"] == "failed" and by_mode["auth"]["attempts"] == 1 and "401" in by_mode["auth"]["error"]
+        assert records["TCGA-ZZ-EMPT"]["status"] == "failed" and "empty report" in records["TCGA-ZZ-EMPT"]["error"]
+        assert records["TCGA-ZZ-HUGE"]["status"] == "failed" and "100,018 characters" in records["TCGA-ZZ-HUGE"]["error"]
+        assert records["TCGA-ZZ-BYTE"]["status"] == "ok"
+        assert any("not valid UTF-8" in w for w in result["warnings"])
+        assert server.requests["huge"] == 0
+        manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+        assert manifest["stage"] == "summarize" and manifest["produced"]["cases"] == len(records)
+        assert "HISTOLDM_TEST_NO_SUCH_KEY" not in (tmp_path / "out.jsonl").read_text()
+
+        # a second run sends nothing for finished cases (failed ones included)
+        before = sum(server.requests.values())
+        again = run_summarize(_llm_cfg(tmp_path, server.url))
+        assert sum(server.requests.values()) == before and again["written"] == 0
+        # --retry-failed asks again only for the failed ones; their new line comes last
+        before = dict(server.requests)
+        again = run_summarize(_llm_cfg(tmp_path, server.url, retry_failed=True))
+        asked = {c for c in server.requests if server.requests[c] != before.get(c, 0)}
+        assert asked == {"c7", "c9", "c10"}  # empty, always500, auth (the bad inputs fail before any request)
+        assert again["all_counts"]["failed"] == 5
+
+
+def test_out_file_with_other_settings_and_torn_line(tmp_path):
+    _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(3, seed=1))
+    cfg = SummarizeConfig(input=tmp_path / "r.jsonl", out=tmp_path / "s.jsonl", budget=35)
+    run_summarize(cfg)
+    with pytest.raises(UserError, match="budget 35.*budget 20"):
+        run_summarize(cfg.model_copy(update={"budget": 20}))
+    lines = (tmp_path / "s.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "s.jsonl").write_text("".join(lines[:2]) + lines[2][:30])  # a crash mid-append
+    result = run_summarize(cfg)
+    assert result["written"] == 1 and len(list(read_jsonl(tmp_path / "s.jsonl"))) == 3
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def test_case_ids_csv_folder_and_duplicates(tmp_path):
+    assert normalise_case_id("TCGA-BH-A0B3.4E6F-XXXX-uuid") == "TCGA-BH-A0B3"
+    assert normalise_case_id("tcga-bh-a0b3-01Z-00-DX1") == "TCGA-BH-A0B3"
+    assert normalise_case_id("  my-case 7 ") == "my-case 7"
+    csv = tmp_path / "TCGA_Reports.csv"
+    csv.write_bytes(
+        b'patient_filename,text\nTCGA-BH-A0B3.uuid-1,"Invasive ductal carcinoma, grade 2"\n'
+        b'TCGA-BH-A0B3.uuid-2,"a second report"\nTCGA-A2-A0T2.uuid-3,"caf\xe9 ""quoted"", carcinoma"\n'
+    )
+    loaded = load_reports(csv)
+    assert [r.case_id for r in loaded.reports] == ["TCGA-BH-A0B3", "TCGA-A2-A0T2"]
+    assert loaded.duplicates == [{"case_id": "TCGA-BH-A0B3", "source": "TCGA_Reports.csv:row 3", "kept": "TCGA_Reports.csv:row 2"}]
+    assert loaded.reports[1].text == 'caf\ufffd "quoted", carcinoma' and "not valid UTF-8" in loaded.reports[1].warnings[0]
+    assert loaded.reports[0].warnings == []
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    (folder / "TCGA-E2-A1B1.abc.txt").write_text("report one")
+    (folder / "other.txt").write_bytes(b"\xff\xfe bad")
+    loaded = load_reports(folder)
+    assert sorted(r.case_id for r in loaded.reports) == ["TCGA-E2-A1B1", "other"]
+
+
+def test_csv_without_columns_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename,body\nx,y\n")
+    assert main(["summarize", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv: CSV needs columns 'patient_filename'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_extractive_and_dry_run(tmp_path, capsys):
+    _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(4, seed=3))
+    out = tmp_path / "s.jsonl"
+    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(out), "--budget", "35"]) == 0
+    assert [r["status"] for r in read_jsonl(out)] == ["ok"] * 4
+    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "d.jsonl"), "--backend", "openai",
+                 "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--prompt", "pathldm", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "--- system ---" in printed and "SYNTHETIC REPORT" in printed and "(35 tokens)" in printed
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+# --- extractive ------------------------------------------------------------------------------
+
+
+def test_extractive_recovers_the_facts_within_budget():
+    cases = make_synthetic_cases(120, seed=7)
+    for case in cases:
+        s35, fell_back = extractive_summary(case.text, 35)
+        assert not fell_back and count_tokens(s35) <= 35
+        assert s35.startswith(case.histologic_type), (s35, case.histologic_type)
+        assert f"grade {case.grade}" in s35 and f"{case.size_cm:g} cm" in s35
+        assert ("no lymphovascular invasion" in s35 or "no LVI" in s35) != case.lvi
+        if case.dcis_pattern:
+            assert "DCIS" in s35 and "no DCIS" not in s35
+        s80, _ = extractive_summary(case.text, 80)
+        assert count_tokens(s80) <= 80
+        receptors = f"ER{'+' if case.er else '-'}, PR{'+' if case.pr else '-'}, HER2{'+' if case.her2 else '-'}"
+        assert receptors in s80, (s80, case)
+        assert ("margins negative" in s80) == case.margins_negative and "SYNTHETIC" not in s80
+        assert "cassette" not in s80.lower() and "signed" not in s80.lower()
+        one_line = " ".join(case.text.split())  # OCR'd reports often lose their line breaks
+        assert extractive_summary(one_line, 80)[0] == s80
+    assert make_synthetic_reports(5, seed=7) == make_synthetic_reports(5, seed=7) != make_synthetic_reports(5, seed=8)
+
+
+def test_extractive_every_budget_fits_and_other_organs_fall_back():
+    text = make_synthetic_reports(1, seed=2)[0]["text"]
+    for budget in range(1, 40):
+        assert count_tokens(extractive_summary(text, budget)[0]) <= budget
+    colon = (
+        "GROSS DESCRIPTION: received fresh, 25 cm of colon.\nFINAL DIAGNOSIS: Colon, sigmoid, resection: "
+        "moderately differentiated adenocarcinoma invading through the muscularis propria into pericolic fat. "
+        "Twelve lymph nodes negative for metastatic carcinoma.\nElectronically signed by Dr. X, MD"
+    )
+    summary, fell_back = extractive_summary(colon, 20)
+    assert count_tokens(summary) <= 20 and "adenocarcinoma" in summary.lower() and "signed" not in summary
+    assert summary.startswith("Moderately differentiated adenocarcinoma")
+
+
+def test_truncate_to_budget_prefers_clause_boundaries():
+    text = "Invasive ductal carcinoma, grade 3; lymphovascular invasion present; DCIS, solid; ER-, PR-, HER2+."
+    cut = truncate_to_budget(text, 12)
+    assert count_tokens(cut) <= 12 and cut in ("Invasive ductal carcinoma, grade 3; lymphovascular invasion present.", "Invasive ductal carcinoma, grade 3.")
+    assert count_tokens(truncate_to_budget("supercalifragilisticexpialidocious " * 3, 2)) <= 2
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+def test_prompt_presets_and_files(tmp_path):
+    targeted = load_prompt("targeted")
+    messages = render(targeted, "report with {braces} and {token_budget}", 35)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "at most 25 words (35 tokens)" in messages[1]["content"] and "{braces} and {token_budget}" in messages[1]["content"]
+    assert load_prompt("pathldm").sha256 != targeted.sha256
+    plain = tmp_path / "p.txt"
+    plain.write_text("Summarise in {word_budget} words:\n{report}")
+    assert render(load_prompt(str(plain)), "R", 14) == [{"role": "user", "content": "Summarise in 10 words:\nR"}]
+    (tmp_path / "noreport.txt").write_text("Summarise.")
+    with pytest.raises(UserError, match="never uses {report}"):
+        load_prompt(str(tmp_path / "noreport.txt"))
+    (tmp_path / "bad.yaml").write_text("- role: wizard\n  content: x\n")
+    with pytest.raises(UserError, match="message 1 needs role"):
+        load_prompt(str(tmp_path / "bad.yaml"))
+    with pytest.raises(UserError, match="not a prompt preset"):
+        load_prompt("nonexistent-preset")
