@@ -1,0 +1,1 @@
+"""Sampling: solvers over a denoiser callable, classifier-free guidance, caption inputs, the run."""

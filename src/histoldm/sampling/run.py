@@ -1,0 +1,332 @@
+"""`histoldm sample`: captions in, one PNG per caption out; deterministic, resumable, sharded.
+
+    OUT/images/<k // 1000:03d>/<id>.png   k = the item's position in the caption list
+    OUT/index.jsonl                       {id, caption, seed, file, truncated}, appended per finished batch
+    OUT/index.rank<i>.jsonl               the same, per process under `accelerate launch` (merged at the end)
+    OUT/settings.json                     what decides the pixels; resuming with other settings is an error
+    OUT/grid.png                          all images in one picture, for small runs
+    OUT/manifest.json
+
+Each image has its own generator seeded from (seed, id), so an image does not depend on the batch
+size, the number of processes or which run produced it. Process i of N takes items i, i+N, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from histoldm.models.bundle import META_FILE
+from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
+
+GRID_MAX = 64  # a grid of more images is too large to look at
+
+
+class SampleConfig(StrictModel):
+    checkpoint: Path  # a model bundle folder, or a training run folder (RUN/model/ is its bundle)
+    out: Path
+    captions: Path | None = None  # .txt (one per line), .jsonl (id, caption) or captions.parquet
+    prompt: str | None = None  # instead of --captions: one caption, num_images times
+    num_images: int = Field(1, ge=1)
+    split: Path | None = None  # split.json: sample only the cases of split_name (captions.parquet only)
+    split_name: str = "test"
+    steps: int = Field(50, ge=1, le=1000)  # PathLDM: 50 DDIM steps
+    guidance: float = 1.75  # PathLDM's classifier-free guidance scale; 1.0 = conditional only
+    solver: Literal["ddim", "dpmpp"] = "ddim"  # dpmpp: DPM-Solver++ (2M), good at ~20 steps
+    eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
+    batch_size: int = Field(16, ge=1)  # images per UNet call (the UNet sees twice as many: cond + uncond)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
+    text_cache: Path | None = None  # an encode-text folder instead of running the encoder
+    compile: bool = False  # torch.compile the UNet (CUDA only; pays off for long runs)
+
+
+def resolve_bundle(checkpoint: Path) -> Path:
+    """The bundle folder for a bundle or a run folder; a missing one is a UserError."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    for folder in (checkpoint, checkpoint / "model"):
+        if (folder / META_FILE).is_file():
+            return folder
+    raise UserError(f"{checkpoint}: neither a model bundle ({META_FILE}) nor a training run with model/ (training unfinished?)")
+
+
+def image_seed(seed: int, item_id: str) -> int:
+    """A 63-bit seed per image from (run seed, id): independent of order, batch and process."""
+    digest = hashlib.sha256(f"{seed}\n{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def image_file(k: int, item_id: str) -> str:
+    return f"images/{k // 1000:03d}/{safe_file_stem(item_id)}.png"
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, H, W) float32 noise on the CPU, one generator per image."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds])
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """(3, H, W) in [-1, 1] -> PNG bytes (8-bit RGB)."""
+    from PIL import Image
+
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _index_files(out: Path) -> list[Path]:
+    return [p for p in [out / "index.jsonl", *sorted(out.glob("index.rank*.jsonl"))] if p.is_file()]
+
+
+def finished_records(out: Path) -> dict[str, dict]:
+    """id -> index record, for images whose index line and PNG both exist (the last line wins)."""
+    records: dict[str, dict] = {}
+    for path in _index_files(out):
+        for rec in read_jsonl(path):
+            if (out / rec["file"]).is_file():
+                records[rec["id"]] = rec
+    return records
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Cut a line torn by a crash mid-append, so the next append starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
+    """Resuming with settings that change the pixels would mix two kinds of image in one folder."""
+    import json
+
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed:
+            diffs = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in changed)
+            raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")
+    elif is_main:
+        atomic_write_json(path, settings)
+
+
+def _finalise_index(out: Path, items: list[CaptionItem]) -> list[dict]:
+    """Rewrite index.jsonl as one line per finished image in caption order; drop per-process files."""
+    import json
+
+    records = finished_records(out)
+    order = {item.id: k for k, item in enumerate(items)}
+    ordered = sorted(records.values(), key=lambda r: (order.get(r["id"], len(order)), r["id"]))
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ordered)
+    index = out / "index.jsonl"
+    if not index.is_file() or index.read_text(encoding="utf-8") != text:
+        atomic_write_bytes(index, text.encode("utf-8"))
+    for path in out.glob("index.rank*.jsonl"):
+        path.unlink()
+    return ordered
+
+
+def write_grid(out: Path, files: list[str]) -> Path:
+    """All images tiled in rows of ceil(sqrt(n)), in caption order."""
+    from PIL import Image
+
+    images = [Image.open(out / f).convert("RGB") for f in files]
+    w, h = images[0].size
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * w, (i // cols) * h))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write_bytes(out / "grid.png", buffer.getvalue())
+    return out / "grid.png"
+
+
+def _resolve_device_dtype(cfg: SampleConfig):
+    from accelerate import PartialState
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda: no CUDA device available (use --device cpu)")
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:  # each process would think it is alone and redo all the work
+        raise UserError(f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
+    device = state.device
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = names[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return state, device, dtype
+
+
+def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, compile_unet: bool):
+    """The bundle's UNet (its stored weights are the EMA ones when training kept an EMA) and autoencoder."""
+    from histoldm.models.autoencoder import load_autoencoder
+    from histoldm.models.bundle import load_bundle_unet
+
+    unet = load_bundle_unet(bundle).to(device).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        unet = unet.to(dtype)
+    if device.type == "cuda":
+        unet = unet.to(memory_format=torch.channels_last)
+    ae_spec = str(bundle / "autoencoder") if (bundle / "autoencoder" / "config.json").is_file() else meta.latent.autoencoder
+    if not ae_spec:
+        raise UserError(f"{bundle}: bundle has no autoencoder/ and its meta names none")
+    ae = load_autoencoder(ae_spec, device=device)
+    if meta.latent.fingerprint and ae.fingerprint != meta.latent.fingerprint:
+        raise UserError(
+            f"{bundle}: checkpoint trained on latents of autoencoder fingerprint {meta.latent.fingerprint[:12]}, "
+            f"{ae_spec} has {ae.fingerprint[:12]}"
+        )
+    if compile_unet and device.type == "cuda":
+        unet = torch.compile(unet)
+    return unet, ae
+
+
+@dataclass
+class ImageSampler:
+    """Captions and per-image seeds in, images in [-1, 1] out: text -> noise -> solver -> decoder."""
+
+    cfg: SampleConfig
+    text: Any  # histoldm.sampling.context.TextSource
+    eps_fn: Any  # histoldm.sampling.guidance.ContextEpsFn
+    ae: Any  # histoldm.models.autoencoder.Autoencoder
+    latent_shape: tuple[int, int, int]
+    scaling_factor: float
+    device: torch.device
+
+    @classmethod
+    def load(cls, cfg: SampleConfig, bundle: Path, meta, device: torch.device, dtype: torch.dtype, captions: list[str]) -> ImageSampler:
+        from histoldm.sampling.context import open_text_source
+        from histoldm.sampling.guidance import unet_eps_fn
+        from histoldm.sampling.solvers import training_alphas_cumprod
+
+        text = open_text_source(
+            bundle, meta, text_encoder=cfg.text_encoder, text_cache=cfg.text_cache, device=device, dtype=cfg.dtype, captions=captions
+        )
+        unet, ae = _load_models(bundle, meta, device, dtype, cfg.compile)
+        eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
+        shape = (meta.latent.channels, meta.latent.size, meta.latent.size)
+        return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device)
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
+        """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
+        from histoldm.models.autoencoder import decode
+        from histoldm.sampling.guidance import classifier_free_guidance
+        from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, training_alphas_cumprod
+
+        cfg = self.cfg
+        context, truncated = self.text.encode(captions)
+        guided = classifier_free_guidance(self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance)
+        x = initial_noise(seeds, self.latent_shape).to(self.device)
+        if cfg.solver == "ddim":
+            generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
+            latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
+        else:
+            latents = sample_dpmpp_2m(guided, x, cfg.steps)
+        return decode(self.ae, latents / self.scaling_factor).cpu(), truncated
+
+
+def run_sample(cfg: SampleConfig) -> dict:
+    """Sample every caption not yet in cfg.out; returns counts and paths (see the module docstring)."""
+    from tqdm import tqdm
+
+    from histoldm.manifest import write_manifest
+    from histoldm.models.bundle import read_bundle_meta
+
+    started = time.time()
+    bundle = resolve_bundle(cfg.checkpoint)
+    meta = read_bundle_meta(bundle)
+    items, skipped = read_caption_items(cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name)
+    state, device, dtype = _resolve_device_dtype(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "bundle": str(bundle.resolve()),
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "solver": cfg.solver,
+        "eta": cfg.eta,
+        "seed": cfg.seed,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    _check_settings(out, settings, state.is_main_process)
+    state.wait_for_everyone()
+
+    # Work: this process's share of the items, minus those already finished by any earlier run.
+    done = finished_records(out)
+    mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
+    pending = [(k, item) for k, item in mine if item.id not in done]
+    index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
+    repair_torn_tail(index_path)
+
+    # Sample: models are loaded only when there is something to do.
+    sampler = ImageSampler.load(cfg, bundle, meta, device, dtype, [item.caption for _, item in pending]) if pending else None
+    n_truncated = 0
+    show = bool(pending) and state.is_main_process  # img/s and ETA of the main process's share
+    bar = tqdm(total=len(pending), unit="img", desc=f"sample[{state.process_index}/{state.num_processes}]", disable=not show, smoothing=0.1)
+    for b in range(0, len(pending), cfg.batch_size):
+        batch = pending[b : b + cfg.batch_size]
+        seeds = [image_seed(cfg.seed, item.id) for _, item in batch]
+        images, truncated = sampler([item.caption for _, item in batch], seeds)
+        n_truncated += sum(truncated)
+        records = []
+        for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
+            file = image_file(k, item.id)
+            atomic_write_bytes(out / file, png_bytes(image))
+            records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
+        append_jsonl(index_path, records)  # after the PNGs: an index line always points at a whole file
+        bar.update(len(batch))
+    bar.close()
+
+    # Finish: one index in caption order, a grid for small runs, the manifest (main process only).
+    state.wait_for_everyone()
+    result = {"out": str(out), "bundle": str(bundle), "n_items": len(items), "n_new": len(pending), "n_truncated_new": n_truncated}
+    if not state.is_main_process:
+        return result
+    records = _finalise_index(out, items)
+    wanted = {item.id for item in items}
+    finished = [r for r in records if r["id"] in wanted]
+    grid = write_grid(out, [r["file"] for r in finished]) if len(items) <= GRID_MAX and len(finished) == len(items) else None
+    truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
+    produced = {
+        "images": len(finished),
+        "new_this_run_main_process": len(pending),
+        "processes": state.num_processes,
+        "truncated_captions": len(truncated_captions),
+        "grid": str(grid) if grid else None,
+        "solver": cfg.solver,
+        "steps": cfg.steps,
+    }
+    write_manifest(
+        out / "manifest.json",
+        stage="sample",
+        config=cfg,
+        inputs={"checkpoint": bundle, "captions": cfg.captions, "split": cfg.split, "text_cache": cfg.text_cache},
+        produced=produced,
+        started=started,
+        seed=cfg.seed,
+        skipped=skipped,
+        extra={"settings": settings, "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]}},
+    )
+    return {**result, "images": len(finished), "grid": produced["grid"], "n_truncated": len(truncated_captions), "skipped": len(skipped)}

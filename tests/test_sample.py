@@ -1,0 +1,291 @@
+"""Sampling: solvers against diffusers and an analytic denoiser, guidance, determinism, resume, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from histoldm.errors import UserError
+from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, training_alphas_cumprod
+
+STEPS = 3
+LONG_CAPTION = "invasive ductal carcinoma with dense lymphocytic infiltrate " * 30  # > 152 CLIP tokens
+CAPTIONS = [f"high tumor, low til, sample {i}" for i in range(8)] + [LONG_CAPTION.strip()]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny model bundle: tiny UNet (context of tiny-clip), tiny KL autoencoder stored inside."""
+    from histoldm.models.autoencoder import load_autoencoder
+    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
+    from histoldm.models.presets import build_unet
+    from histoldm.text.encoders import load_text_encoder
+
+    text = load_text_encoder("tiny-clip", "pathldm", 154)
+    torch.manual_seed(0)
+    unet = build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8)
+    ae = load_autoencoder("kl-f4-tiny")
+    meta = BundleMeta(
+        unet_preset="tiny",
+        text=TextContract(**text.contract()),
+        latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint),
+    )
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "model", meta, unet, ae.model)
+
+
+@pytest.fixture(scope="module")
+def captions_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("captions") / "captions.txt"
+    path.write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    return path
+
+
+def _sample(bundle: Path, captions: Path, out: Path, **kw) -> dict:
+    from histoldm.sample import SampleConfig, run_sample
+
+    return run_sample(SampleConfig(checkpoint=bundle, captions=captions, out=out, steps=STEPS, device="cpu", **kw))
+
+
+@pytest.fixture(scope="module")
+def reference_run(bundle, captions_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    _sample(bundle, captions_file, out, batch_size=8)
+    return out
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+# --- solvers ----------------------------------------------------------------------------------
+
+
+def test_ddim_timesteps_are_pathldms():
+    assert ddim_timesteps(50).flip(0).tolist() == list(range(1, 1000, 20))
+
+
+def _gaussian_eps(mu: float, s: float, alphas_cumprod: torch.Tensor):
+    """The exact eps-prediction when the data is N(mu, s^2): E[eps | x_t]."""
+
+    def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+        a = alphas_cumprod[t]
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
+
+    return eps_fn
+
+
+def test_ddim_matches_diffusers_scheduler_and_gaussian_truth():
+    from histoldm.models.schedule import ddim_scheduler
+
+    a = training_alphas_cumprod()
+    eps_fn = _gaussian_eps(0.7, 0.3, a)
+    x = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    ours = sample_ddim(eps_fn, x, ddim_timesteps(50), a)
+
+    scheduler = ddim_scheduler()
+    scheduler.set_timesteps(50)
+    theirs = x.clone()
+    for t in scheduler.timesteps:
+        theirs = scheduler.step(eps_fn(theirs, int(t)), t, theirs, eta=0.0).prev_sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert abs(ours.mean().item() - a[0].sqrt().item() * 0.7) < 0.02  # DDIM stops at training step 0's noise
+
+    # eta > 0: the same per-image noise given to diffusers step by step gives the same samples.
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    ours = sample_ddim(eps_fn, x[:3], ddim_timesteps(10), a, eta=1.0, generators=gens)
+    scheduler.set_timesteps(10)
+    gens, theirs = [torch.Generator().manual_seed(i) for i in range(3)], x[:3].clone()
+    for t in scheduler.timesteps:
+        noise = torch.stack([torch.randn(1, 1, 1, generator=g) for g in gens])
+        theirs = scheduler.step(eps_fn(theirs, int(t)), t, theirs, eta=1.0, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_matches_diffusers_on_tiny_unet():
+    from histoldm.models.presets import build_unet
+    from histoldm.models.schedule import ddim_scheduler
+
+    torch.manual_seed(1)
+    unet = build_unet("tiny", context_dim=16, latent_channels=3, sample_size=8).eval()
+    context = torch.randn(2, 8, 16)
+
+    def eps_fn(x, t):
+        with torch.no_grad():
+            return unet(x, torch.full((x.shape[0],), int(t)), encoder_hidden_states=context).sample
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = sample_ddim(eps_fn, x, ddim_timesteps(10), training_alphas_cumprod())
+    scheduler = ddim_scheduler()
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps.tolist() == ddim_timesteps(10).tolist() == list(range(901, 0, -100))
+    theirs = x.clone()
+    for t in scheduler.timesteps:
+        theirs = scheduler.step(eps_fn(theirs, t), t, theirs).prev_sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours, x, atol=0.1)
+
+
+def test_dpmpp_reaches_the_gaussian_in_20_steps():
+    a = training_alphas_cumprod()
+    x = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    out = sample_dpmpp_2m(_gaussian_eps(0.7, 0.3, a), x, 20)
+    assert abs(out.mean().item() - 0.7) < 0.02
+    assert abs(out.var().item() / x.var().item() / 0.09 - 1) < 0.05  # relative to the noise drawn
+
+
+# --- parameterisation and guidance ------------------------------------------------------------
+
+
+def test_eps_from_v_inverts_the_v_parameterisation():
+    from histoldm.sampling.guidance import eps_from_v
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps, alpha_bar = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.tensor(0.3)
+    x = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    v = alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    torch.testing.assert_close(eps_from_v(v, x, alpha_bar), eps)
+
+
+def test_guidance_scale_one_is_the_conditional_prediction():
+    from histoldm.models.presets import build_unet
+    from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
+
+    torch.manual_seed(2)
+    unet = build_unet("tiny", context_dim=16, latent_channels=3, sample_size=8).eval()
+    eps_fn = unet_eps_fn(unet, "epsilon", training_alphas_cumprod())
+    g = torch.Generator().manual_seed(0)
+    x, cond, uncond = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 8, 16, generator=g), torch.randn(1, 8, 16, generator=g)
+    with torch.no_grad():
+        e_c = eps_fn(x, 500, cond)
+        e_u = eps_fn(x, 500, uncond.expand(3, -1, -1))
+        torch.testing.assert_close(classifier_free_guidance(eps_fn, cond, uncond, 1.0)(x, 500), e_c, rtol=1e-4, atol=1e-5)
+        guided = classifier_free_guidance(eps_fn, cond, uncond, 1.75)(x, 500)
+    torch.testing.assert_close(guided, e_u + 1.75 * (e_c - e_u), rtol=1e-4, atol=1e-5)
+    assert (guided - e_c).abs().max() > 1e-3
+
+
+# --- caption inputs ---------------------------------------------------------------------------
+
+
+def test_caption_inputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from histoldm.sampling.captions_io import read_caption_items, safe_file_stem
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("first\n\nthird\n", encoding="utf-8")
+    items, skipped = read_caption_items(txt)
+    assert [(i.id, i.caption) for i in items] == [("000001", "first"), ("000003", "third")] and skipped[0]["id"] == "000002"
+
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"id": "a/b", "caption": "x"}\n{"id": "c", "caption": "y"}\n', encoding="utf-8")
+    assert [i.id for i in read_caption_items(jsonl)[0]] == ["a/b", "c"] and safe_file_stem("a/b") == "a_b"
+
+    pq.write_table(pa.table({"patch_id": ["p1", "p2", "p3"], "case_id": ["A", "B", "A"], "caption": ["u", "v", "w"]}), tmp_path / "captions.parquet")
+    (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["B"], "test": ["A"]}}), encoding="utf-8")
+    items, _ = read_caption_items(tmp_path / "captions.parquet", split=tmp_path / "split.json")
+    assert [i.id for i in items] == ["p1", "p3"]
+    assert [i.id for i in read_caption_items(prompt="tumor", num_images=3)[0]] == ["000000", "000001", "000002"]
+
+
+def test_empty_caption_file_is_a_user_error(tmp_path, bundle):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(UserError, match="empty.txt: no captions"):
+        _sample(bundle, empty, tmp_path / "out")
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path, captions_file):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        _sample(tmp_path / "nope", captions_file, tmp_path / "out")
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_run_writes_images_index_grid_and_manifest(reference_run):
+    index = [json.loads(line) for line in (reference_run / "index.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in index] == [f"{n:06d}" for n in range(1, 10)]
+    assert all((reference_run / r["file"]).is_file() and r["file"].startswith("images/000/") for r in index)
+    assert [r["truncated"] for r in index] == [False] * 8 + [True]
+    assert len({r["seed"] for r in index}) == 9
+    assert _pixels(reference_run / "grid.png").shape == (3 * 32, 3 * 32, 3)  # 3 x 3 tiles of 32 px
+    manifest = json.loads((reference_run / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["produced"]["images"] == 9 and manifest["truncated"]["count"] == 1
+
+
+def test_batch_size_does_not_change_an_image(bundle, captions_file, reference_run, tmp_path):
+    _sample(bundle, captions_file, tmp_path / "bs1", batch_size=1)
+    for n in range(1, 10):
+        a, b = _pixels(reference_run / f"images/000/{n:06d}.png"), _pixels(tmp_path / f"bs1/images/000/{n:06d}.png")
+        assert np.abs(a - b).max() <= 1, n
+    assert _pixels(reference_run / "images/000/000001.png").std() > 1  # not a blank image
+
+
+def test_interrupted_run_resumes_to_the_same_files(bundle, captions_file, reference_run, tmp_path):
+    out = tmp_path / "out"
+    first_eight = tmp_path / "captions.txt"
+    first_eight.write_text("\n".join(CAPTIONS[:8]) + "\n", encoding="utf-8")
+    _sample(bundle, first_eight, out, batch_size=8)  # the first batch finished, then the run "died":
+    with open(out / "index.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"id": "0000')  # a torn index line
+    (out / "images/000/000009.png").write_bytes(b"half a png")  # a PNG without its index line
+    (out / "grid.png").unlink()
+
+    result = _sample(bundle, captions_file, out, batch_size=8)
+    assert result["n_new"] == 1
+    for path in sorted(reference_run.rglob("*.png")) + [reference_run / "index.jsonl"]:
+        rel = path.relative_to(reference_run)
+        assert (out / rel).read_bytes() == path.read_bytes(), rel
+    assert _sample(bundle, captions_file, out, batch_size=8)["n_new"] == 0
+    with pytest.raises(UserError, match="other settings"):
+        _sample(bundle, captions_file, out, batch_size=8, guidance=3.0)
+
+
+def test_checkpoint_trained_with_another_text_encoder_is_a_user_error(bundle, captions_file, tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from histoldm.text.encoders import TINY_CLIP
+
+    torch.manual_seed(1)
+    CLIPTextModel(CLIPTextConfig(**TINY_CLIP)).save_pretrained(tmp_path / "other-clip")
+    with pytest.raises(UserError, match="trained with text encoder tiny-clip .*got .*other-clip"):
+        _sample(bundle, captions_file, tmp_path / "out", text_encoder=str(tmp_path / "other-clip"))
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": torch.zeros(1, 154, 64), "uncond": torch.zeros(1, 154, 64)}, cache / "embeddings.safetensors")
+    (cache / "index.jsonl").write_text('{"caption": "x", "row": 0}\n', encoding="utf-8")
+    meta = {"encoder": "plip", "mode": "pathldm", "max_length": 154, "dim": 64, "fingerprint": "f" * 64}
+    (cache / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="trained with text encoder tiny-clip"):
+        _sample(bundle, captions_file, tmp_path / "out2", text_cache=cache)
+
+
+def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file, reference_run, tmp_path, capsys):
+    from histoldm.cli import main
+    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(bundle, run_dir / "model")  # a training run folder: RUN/model/ is the bundle
+    run_encode_text(EncodeTextConfig(captions=captions_file, text_encoder="tiny-clip", mode="pathldm", max_length=154, out=tmp_path / "cache", device="cpu"))
+    common = ["sample", "--checkpoint", str(run_dir), "--steps", str(STEPS), "--device", "cpu"]
+    assert main([*common, "--captions", str(captions_file), "--text-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--batch-size", "8"]) == 0
+    assert "9 images (9 new), 1 captions truncated" in capsys.readouterr().out
+    for n in range(1, 10):  # cached embeddings give the images the encoder gives
+        assert np.abs(_pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"out/images/000/{n:06d}.png")).max() <= 1
+
+    assert main([*common, "--prompt", "low tumor, high til", "--num-images", "1", "--solver", "dpmpp", "--out", str(tmp_path / "dpm")]) == 0
+    assert _pixels(tmp_path / "dpm/images/000/000000.png").std() > 1
+    assert main([*common, "--prompt", "x", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
