@@ -1,0 +1,1 @@
+"""Latent caches, autoencoder training and LDM training (see docs/training.md)."""

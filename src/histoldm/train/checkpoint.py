@@ -1,0 +1,170 @@
+"""Training checkpoints: tensors in safetensors, everything else in JSON, never pickle.
+
+    RUN/checkpoints/step-00001000/
+      model.safetensors      UNet weights (fp32 master copy)
+      ema.safetensors        EMA weights, when EMA is on
+      optimizer.safetensors  optimizer state tensors ("state.<param>.<key>")
+      rng.safetensors        torch CPU / CUDA generator states of the main process
+      state.json             step, data position, param groups, LR schedule, loss scaler, RNG (python,
+                             numpy) - written last: a folder without it is not a checkpoint
+    RUN/latest               the name of the newest complete checkpoint
+
+A checkpoint is built in `.tmp-step-...`, renamed into place, and only then is `latest` replaced
+(atomically). A kill at any moment leaves `latest` naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_json, atomic_write_text
+
+LATEST = "latest"
+STATE = "state.json"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file missing")
+    return load_file(str(path))
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return tensors
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda_"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate((state["python_rng"][0], tuple(state["python_rng"][1]), state["python_rng"][2]))
+    np_state = state["numpy_rng"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, *, model, ema, optimizer, lr_scheduler, scaler, data_position: int, keep: int
+) -> Path:
+    """Write checkpoint `step` completely, then point `latest` at it, then drop the oldest beyond `keep`."""
+    folder = run_dir / "checkpoints"
+    name = checkpoint_name(step)
+    final, tmp = folder / name, folder / f".tmp-{name}"
+    if read_latest(run_dir) == name:
+        return final
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_tensors(model.state_dict(), tmp / "model.safetensors")
+    if ema is not None:
+        _save_tensors(ema.state_dict(), tmp / "ema.safetensors")
+    opt = optimizer.state_dict()
+    _save_tensors({f"state.{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if torch.is_tensor(v)}, tmp / "optimizer.safetensors")
+    _save_tensors(_rng_tensors(), tmp / "rng.safetensors")
+    np_state = np.random.get_state()
+    state = {
+        "step": step,
+        "data_position": data_position,
+        "ema_updates": ema.updates if ema is not None else None,
+        "optimizer_param_groups": opt["param_groups"],
+        "optimizer_scalars": {f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if not torch.is_tensor(v)},
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "python_rng": random.getstate(),
+        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    atomic_write_json(tmp / STATE, state)
+    shutil.rmtree(final, ignore_errors=True)  # an older partial save of the same step
+    os.replace(tmp, final)
+    atomic_write_text(run_dir / LATEST, name + "\n")
+    _rotate(folder, keep, protect=name)
+    return final
+
+
+def _rotate(folder: Path, keep: int, protect: str) -> None:
+    complete = sorted(p for p in folder.glob("step-*") if (p / STATE).is_file())
+    for old in complete[: max(0, len(complete) - keep)]:
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_latest(run_dir: Path) -> str | None:
+    path = Path(run_dir) / LATEST
+    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove leftovers of an interrupted save (never the checkpoint `latest` names)."""
+    for tmp in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_resume(run_dir: Path, resume: str) -> Path | None:
+    """`auto`: latest of this run if any; `latest`: must exist; `none`: start fresh; else a checkpoint
+    folder, or a run folder (its latest)."""
+    if resume == "none":
+        return None
+    if resume in ("auto", "latest"):
+        name = read_latest(run_dir)
+        if name is None:
+            if resume == "latest":
+                raise UserError(f"{run_dir / LATEST}: no checkpoint to resume from")
+            return None
+        path = run_dir / "checkpoints" / name
+    else:
+        path = Path(resume)
+        if (path / LATEST).is_file():
+            path = path / "checkpoints" / read_latest(path)
+    if not (path / STATE).is_file():
+        raise UserError(f"{path}: not a complete checkpoint ({STATE} missing)")
+    return path
+
+
+def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler) -> dict[str, Any]:
+    """Restore everything save_checkpoint wrote; returns the state (step, data_position, ...)."""
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    missing, unexpected = model.load_state_dict(_load_tensors(path / "model.safetensors"), strict=False)
+    if missing or unexpected:  # strict, with a one-line message instead of a key dump
+        raise UserError(f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    if ema is not None:
+        if state["ema_updates"] is None:
+            raise UserError(f"{path}: checkpoint has no EMA weights but the config turns EMA on")
+        ema.load_state_dict(_load_tensors(path / "ema.safetensors"), state["ema_updates"])
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in _load_tensors(path / "optimizer.safetensors").items():
+        _, i, k = key.split(".", 2)
+        opt_state.setdefault(int(i), {})[k] = value
+    for key, value in state["optimizer_scalars"].items():
+        i, k = key.split(".", 1)
+        opt_state.setdefault(int(i), {})[k] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    _restore_rng(_load_tensors(path / "rng.safetensors"), state)
+    return state

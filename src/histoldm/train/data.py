@@ -1,0 +1,135 @@
+"""Training data from caches only: latent rows joined to caption-embedding rows by patch id.
+
+captions.parquet (patch_id, case_id, caption) x split.json (cases of the chosen split) x latent
+cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text_row) pairs and looks
+the embeddings up itself, so the text table can live on the GPU once instead of travelling per batch.
+
+Randomness at training time (dihedral augmentation, guidance dropout) is drawn on the device from
+a generator seeded by (seed, step, rank), and the sampler's order from (seed, epoch): a resumed run
+sees exactly the batches and draws of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histoldm.errors import UserError
+from histoldm.fileio import require_file
+from histoldm.train.latents import LatentCache
+
+
+class TextTable:
+    """The text cache (histoldm.text.cache) as the trainer needs it: one (N + 1, L, D) table whose
+    last row is the empty caption, and caption -> row."""
+
+    def __init__(self, folder: Path):
+        from histoldm.text.cache import TextCache
+
+        self.cache = TextCache.open(folder)
+        self.meta = self.cache.meta
+        self.embeddings, self.uncond = self.cache.embeddings, self.cache.uncond
+        self.dim = int(self.embeddings.shape[-1])
+
+    def row_of(self, caption: str) -> int | None:
+        return self.cache.row(caption) if caption in self.cache else None
+
+    def table_with_uncond(self) -> torch.Tensor:
+        """(N + 1, L, D): row N is the empty caption, the target of guidance dropout."""
+        return torch.cat([self.embeddings, self.uncond.to(self.embeddings.dtype)])
+
+    @property
+    def uncond_row(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def _split_cases(split_path: Path, split: str) -> set[str]:
+    data = json.loads(require_file(split_path, "split file").read_text(encoding="utf-8"))
+    cases = data.get("cases", {})
+    if split not in cases:
+        raise UserError(f"{split_path}: no split '{split}' (has {', '.join(cases) or 'none'})")
+    return {str(c) for c in cases[split]}
+
+
+class LatentTextDataset(torch.utils.data.Dataset):
+    """Items are (latent float32 (C, H, W), text row). `skipped` counts patches left out and why."""
+
+    def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(require_file(captions_path, "captions file"), columns=["patch_id", "case_id", "caption"]).to_pydict()
+        cases = _split_cases(split_path, split) if split_path else None
+        position = latents.positions()
+        self.latents = latents
+        self.index: list[int] = []
+        self.rows: list[int] = []
+        self.skipped = {"other_split": 0, "no_latent": 0, "caption_not_in_text_cache": 0}
+        for pid, case, caption in zip(table["patch_id"], table["case_id"], table["caption"]):
+            if cases is not None and str(case) not in cases:
+                self.skipped["other_split"] += 1
+            elif str(pid) not in position:
+                self.skipped["no_latent"] += 1
+            elif text.row_of(caption) is None:
+                self.skipped["caption_not_in_text_cache"] += 1
+            else:
+                self.index.append(position[str(pid)])
+                self.rows.append(text.row_of(caption))
+        if not self.index:
+            raise UserError(f"{captions_path}: no training pairs (skipped: {self.skipped})")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.latents[self.index[i]], dtype=np.float32)), self.rows[i]
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Infinite batches of indices for one rank: epoch e is a permutation seeded by (seed, e), dealt
+    round-robin to ranks, cut into per-rank batches; `start` skips that many batches (resume)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.per_rank = n // world
+        self.batches_per_epoch = self.per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise UserError(f"dataset: {n} pairs are too few for batch size {batch_size} on {world} process(es)")
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.start = n, batch_size, seed, rank, world, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.start, self.batches_per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            mine = torch.randperm(self.n, generator=g)[self.rank :: self.world][: self.per_rank].tolist()
+            for b in range(offset, self.batches_per_epoch):
+                yield mine[b * self.batch_size : (b + 1) * self.batch_size]
+            epoch, offset = epoch + 1, 0
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The one source of per-step randomness (noise, timesteps, augmentation, dropout)."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:
+    """Random flips (and transposes) per sample: with `transpose` the 8 symmetries of the square,
+    uniformly (flips + rot90); without it PathLDM's horizontal and vertical flips.
+
+    Applied to latents, this approximates the same augmentation of the images: the autoencoder is
+    convolutional but not exactly equivariant, so a flipped latent decodes to nearly (not exactly)
+    the flipped image. Tissue has no preferred orientation, so the approximation is harmless.
+    """
+    b = latents.shape[0]
+    draws = torch.rand(3, b, 1, 1, 1, generator=gen, device=latents.device) < 0.5
+    latents = torch.where(draws[0], latents.flip(-1), latents)
+    latents = torch.where(draws[1], latents.flip(-2), latents)
+    return torch.where(draws[2], latents.transpose(-1, -2), latents) if transpose else latents
+
+
+def drop_captions(rows: torch.Tensor, uncond_row: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Classifier-free guidance dropout: each caption becomes the empty caption with probability p."""
+    drop = torch.rand(rows.shape, generator=gen, device=rows.device) < p
+    return torch.where(drop, torch.full_like(rows, uncond_row), rows)

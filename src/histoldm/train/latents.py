@@ -1,0 +1,280 @@
+"""The latent cache: every patch of a patch store encoded once, so training never runs the autoencoder.
+
+    DIR/latents-00000.npy   float16 (n, C, H, W), memory-mappable, already multiplied by scaling_factor
+    DIR/latents-00000.json  the patch ids of that shard's rows and the patches skipped in it
+    DIR/index.parquet       patch_id, shard, row (written when every shard is done)
+    DIR/meta.json           autoencoder, kind, scaling_factor, channels, size, fingerprint, complete
+
+Resumable: the plan (patch order, shard size, autoencoder fingerprint, scaling factor) goes into
+meta.json before the first shard; a re-run with the same plan skips finished shards. Each shard is
+written atomically, so a kill loses at most the shard in progress.
+
+KL latents are scaled by 1/std measured over the first batches (as Stable Diffusion's 0.18215 was);
+VQ latents keep PathLDM's scale 1.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_bytes, atomic_write_json, require_file
+
+META = "meta.json"
+INDEX = "index.parquet"
+
+
+class EncodeLatentsConfig(StrictModel):
+    store: Path
+    vae: str  # preset name, local folder or hub id (histoldm.models.autoencoder.load_autoencoder)
+    out: Path
+    batch_size: int = 32
+    shard_size: int = 8192  # patches per shard file
+    device: str = "auto"  # auto = cuda when available
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 on a GPU, fp32 on CPU
+    scale_batches: int = 4  # KL: batches used to measure the latent std
+    scaling_factor: float | None = None  # override the measured (KL) or preset (VQ) factor
+    workers: int = 2  # image-decoding worker processes
+
+
+def _shard_name(k: int) -> str:
+    return f"latents-{k:05d}"
+
+
+def _read_store(store: Path) -> tuple[list[str], list[Path]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(require_file(store / "patches.parquet", "patch store index"), columns=["patch_id", "path"])
+    ids = [str(x) for x in table.column("patch_id").to_pylist()]
+    paths = [store / p for p in table.column("path").to_pylist()]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{store / 'patches.parquet'}: duplicate patch_id values")
+    if not ids:
+        raise UserError(f"{store / 'patches.parquet'}: no patches")
+    return ids, paths
+
+
+class PatchImages(torch.utils.data.Dataset):
+    """Decodes patch images to [-1, 1] tensors; a bad file yields ok=False instead of stopping the run."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(self.paths[i].read_bytes())) as im:
+                arr = np.array(im.convert("RGB"), dtype=np.uint8)
+            image = torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
+            return image, True, ""
+        except Exception as e:  # unreadable or missing image: recorded, skipped
+            return torch.zeros(0), False, f"{type(e).__name__}: {e}"
+
+
+def as_list(items):
+    """Collate to a plain list: bad images stay visible as ok=False items."""
+    return items
+
+
+def image_batches(paths: list[Path], batch_size: int, workers: int):
+    """Lists of (image, ok, error), decoded in worker processes ahead of the encoder."""
+    return torch.utils.data.DataLoader(PatchImages(paths), batch_size=batch_size, num_workers=workers, collate_fn=as_list)
+
+
+def _encode_batch(ae, items, first_shape, device, dtype, pin: bool):
+    """Encode the readable images of one batch; returns (latents fp32 cpu, ok mask, errors)."""
+    from histoldm.models.autoencoder import encode
+
+    ok = [good and (first_shape is None or img.shape == first_shape) for img, good, _ in items]
+    errors = [err or ("" if good else f"image shape differs from {tuple(first_shape)}") for (_, _, err), good in zip(items, ok)]
+    images = [img for (img, _, _), good in zip(items, ok) if good]
+    if not images:
+        return torch.zeros(0), ok, errors
+    x = torch.stack(images)
+    if pin:
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        z = encode(ae, x)
+    return z.float().cpu(), ok, errors
+
+
+def _first_shape(paths: list[Path]) -> torch.Size:
+    for p in paths:
+        image, good, _ = PatchImages([p])[0]
+        if good:
+            return image.shape
+    raise UserError(f"{paths[0].parent}: no readable patch image")
+
+
+def _measure_scale(ae, paths, cfg, shape, device, dtype, pin) -> float:
+    """1/std of the first `scale_batches` batches of latents (unit-variance inputs for the UNet)."""
+    sample = paths[: cfg.batch_size * cfg.scale_batches]
+    zs = []
+    for items in image_batches(sample, cfg.batch_size, 0):
+        z = _encode_batch(ae, items, shape, device, dtype, pin)[0]
+        if z.numel():
+            zs.append(z)
+    if not zs:
+        raise UserError(f"{cfg.store}: no readable patch among the first {len(sample)} to measure the latent scale")
+    return float(1.0 / torch.cat(zs).std().clamp_min(1e-8))
+
+
+def _plan_hash(ids: list[str], shard_size: int) -> str:
+    h = hashlib.sha256(f"{shard_size}\n".encode())
+    for i in ids:
+        h.update(i.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
+    """Encode every patch of the store once; returns counts and the output folder."""
+    from tqdm import tqdm
+
+    from histoldm.manifest import write_manifest
+    from histoldm.models.autoencoder import load_autoencoder
+
+    started = time.time()
+    ids, paths = _read_store(cfg.store)
+    device = _resolve_device(cfg.device)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{cfg.vae}: bf16 requested but this GPU has no bf16 support (use precision: fp32)")
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    pin = device.type == "cuda"
+    ae = load_autoencoder(cfg.vae, device)
+    shape = _first_shape(paths)
+    plan = _plan_hash(ids, cfg.shard_size)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Plan: reuse a compatible unfinished cache (its scaling factor included), else start afresh.
+    meta_path = out / META
+    old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if old and (old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint):
+        raise UserError(f"{out}: holds a latent cache of other patches or another autoencoder; choose another --out")
+    if old:
+        scale = float(old["scaling_factor"])
+    elif cfg.scaling_factor is not None:
+        scale = cfg.scaling_factor
+    elif ae.kind == "kl":
+        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin)
+    else:
+        scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
+    meta = {
+        "autoencoder": cfg.vae,
+        "kind": ae.kind,
+        "scaling_factor": scale,
+        "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
+        "channels": ae.latent_channels,
+        "size": shape[-1] // ae.downsample,
+        "image_size": shape[-1],
+        "fingerprint": ae.fingerprint,
+        "dtype": "float16",
+        "plan": plan,
+        "n_patches": len(ids),
+        "complete": False,
+    }
+    if not old:
+        atomic_write_json(meta_path, meta)
+
+    # Encode: one shard at a time, each written atomically; finished shards are skipped.
+    n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
+    skipped: list[dict] = []
+    index_rows: list[tuple[str, int, int]] = []
+    with tqdm(total=len(ids), desc="encode-latents", unit="patch") as bar:
+        for k in range(n_shards):
+            lo, hi = k * cfg.shard_size, min(len(ids), (k + 1) * cfg.shard_size)
+            ids_file = out / f"{_shard_name(k)}.json"
+            if not (ids_file.is_file() and (out / f"{_shard_name(k)}.npy").is_file()):
+                chunks, kept, missed = [], [], []
+                pos = lo
+                for items in image_batches(paths[lo:hi], cfg.batch_size, cfg.workers):
+                    z, ok, errors = _encode_batch(ae, items, shape, device, dtype, pin)
+                    if z.numel():
+                        chunks.append((z * scale).to(torch.float16).numpy())
+                    for j, (good, err) in enumerate(zip(ok, errors)):
+                        (kept.append(ids[pos + j]) if good else missed.append({"patch_id": ids[pos + j], "reason": err}))
+                    pos += len(items)
+                    bar.update(len(items))
+                array = np.concatenate(chunks) if chunks else np.zeros((0, meta["channels"], meta["size"], meta["size"]), np.float16)
+                buf = io.BytesIO()
+                np.save(buf, array)
+                atomic_write_bytes(out / f"{_shard_name(k)}.npy", buf.getvalue())
+                atomic_write_json(ids_file, {"patch_ids": kept, "skipped": missed})
+            else:
+                bar.update(hi - lo)
+            done = json.loads(ids_file.read_text())
+            index_rows += [(pid, k, row) for row, pid in enumerate(done["patch_ids"])]
+            skipped += done["skipped"]
+
+    # Finish: the index, then meta marked complete, then the manifest.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "patch_id": [r[0] for r in index_rows],
+        "shard": pa.array([r[1] for r in index_rows], pa.int32()),
+        "row": pa.array([r[2] for r in index_rows], pa.int32()),
+    })
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(out / INDEX, buf.getvalue())
+    meta = json.loads(meta_path.read_text()) | {"complete": True, "n_latents": len(index_rows), "n_shards": n_shards}
+    atomic_write_json(meta_path, meta)
+    produced = {"latents": len(index_rows), "skipped": len(skipped), "shards": n_shards, "scaling_factor": scale}
+    write_manifest(out / "manifest.json", stage="encode-latents", config=cfg, inputs={"store": cfg.store / "patches.parquet"},
+                   produced=produced, started=started, skipped=skipped)
+    return {"out": str(out), **produced}
+
+
+class LatentCache:
+    """Read side of the cache: memory-mapped shards, rows addressed by patch id or position."""
+
+    def __init__(self, folder: Path, meta: dict, patch_ids: list[str], shard: np.ndarray, row: np.ndarray, shards: list[np.ndarray]):
+        self.folder, self.meta, self.patch_ids = folder, meta, patch_ids
+        self.shard, self.row, self.shards = shard, row, shards
+
+    @classmethod
+    def open(cls, folder: Path) -> LatentCache:
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        meta_path = require_file(folder / META, "latent cache meta.json")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not meta.get("complete", False):
+            raise UserError(f"{folder}: latent cache is incomplete (re-run encode-latents to finish it)")
+        table = pq.read_table(require_file(folder / INDEX, "latent cache index"))
+        shard = table.column("shard").to_numpy().astype(np.int64)
+        n_shards = int(meta.get("n_shards", shard.max() + 1 if len(shard) else 0))
+        shards = [np.load(require_file(folder / f"{_shard_name(k)}.npy", "latent shard"), mmap_mode="r") for k in range(n_shards)]
+        return cls(folder, meta, [str(x) for x in table.column("patch_id").to_pylist()], shard, table.column("row").to_numpy().astype(np.int64), shards)
+
+    def __len__(self) -> int:
+        return len(self.patch_ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """The scaled latent of entry i, float16 (C, H, W)."""
+        return self.shards[self.shard[i]][self.row[i]]
+
+    def positions(self) -> dict[str, int]:
+        return {pid: i for i, pid in enumerate(self.patch_ids)}

@@ -1,0 +1,312 @@
+"""`histoldm train`: the latent diffusion training loop, on accelerate (CPU, one GPU, DDP, multi-node).
+
+The loop reads only caches (latents and caption-embedding rows): no autoencoder and no text encoder
+is ever on the device. Precision is one policy: fp32 master weights, autocast in bf16 or fp16 (with
+a loss scaler), or plain fp32. Every per-step draw comes from a generator seeded by (seed, step,
+rank) and the data order from (seed, epoch), so a resumed run is the uninterrupted run.
+See docs/training.md for the configs, resume semantics and launch commands.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.train.validation import ValidationSection
+
+
+class DataSection(StrictModel):
+    latents: Path  # encode-latents output folder
+    text_cache: Path  # encode-text output folder
+    captions: Path  # captions.parquet
+    split: Path | None = None  # split.json; None = every captioned patch
+    split_name: str = "train"
+    augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
+    uncond_prob: float = 0.1  # guidance dropout, applied uniformly
+    preload_text: bool = True  # keep the caption-embedding table on the device
+    workers: int = 2  # DataLoader worker processes
+
+
+class ModelSection(StrictModel):
+    unet_preset: str = "pathldm"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    context_dim: int | None = None  # when set, must equal the text cache's width
+    autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
+    autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
+    gradient_checkpointing: bool = False
+    channels_last: bool = False  # CUDA only
+    compile: bool = False  # torch.compile, CUDA only
+
+
+class OptimSection(StrictModel):
+    lr: float = 2.5e-5  # PathLDM; not scaled by batch size
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 1000  # linear from lr/warmup to lr, then constant
+    grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
+    min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
+
+
+class TrainConfig(StrictModel):
+    name: str = "ldm"
+    runs_dir: Path = Path("runs")
+    run_dir: Path | None = None  # explicit run folder; default runs_dir/{id:05d}-{name}
+    resume: str = "auto"  # auto | latest | none | PATH (checkpoint or run folder)
+    seed: int = 0
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # per process, per micro-batch
+    grad_accum: int = 1
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    cpu: bool = False  # force CPU even when a GPU is present
+    ema: bool = False
+    ema_decay: float = 0.9999
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    data: DataSection
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    validation: ValidationSection = ValidationSection()  # image grid; off by default
+
+
+def _check_precision(precision: str, on_gpu: bool) -> None:
+    if precision == "fp16" and not on_gpu:
+        raise UserError("precision: fp16 autocast needs a GPU; use bf16 or fp32 on CPU")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        raise UserError(f"precision: bf16 is not supported by {torch.cuda.get_device_name()}; use fp16 or fp32")
+
+
+def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
+    """Contract checks between config and caches, before any compute."""
+    if cfg.model.context_dim is not None and cfg.model.context_dim != text_dim:
+        raise UserError(f"{cfg.data.text_cache}: embeddings are {text_dim}-d but model.context_dim is {cfg.model.context_dim}")
+    expected = cfg.model.autoencoder_fingerprint
+    if cfg.model.autoencoder and not expected:
+        from histoldm.models.autoencoder import load_autoencoder
+
+        expected = load_autoencoder(cfg.model.autoencoder).fingerprint
+    if expected and expected != latent_meta.get("fingerprint"):
+        made_by = latent_meta.get("autoencoder", "?")
+        raise UserError(f"{cfg.data.latents}: latents were made by another autoencoder ({made_by}) than the config names")
+
+
+def _resolve_run_dir(cfg: TrainConfig) -> Path:
+    """The explicit run_dir, else the newest unfinished run of this name (auto-resume), else a new id."""
+    if cfg.run_dir is not None:
+        return Path(cfg.run_dir)
+    runs = sorted(p for p in Path(cfg.runs_dir).glob("[0-9]" * 5 + "-*") if p.is_dir())
+    mine = [p for p in runs if p.name[6:] == cfg.name and not (p / "manifest.json").is_file()]
+    if mine and cfg.resume != "none":
+        return mine[-1]
+    next_id = int(runs[-1].name[:5]) + 1 if runs else 0
+    return Path(cfg.runs_dir) / f"{next_id:05d}-{cfg.name}"
+
+
+def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):
+    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
+
+    text = TextContract(**{k: text_meta[k] for k in ("encoder", "mode", "max_length", "dim")}, fingerprint=text_meta.get("fingerprint", ""))
+    keys = ("channels", "size", "scaling_factor", "autoencoder", "kind", "fingerprint")
+    latent = LatentContract(**{k: latent_meta[k] for k in keys if k in latent_meta})
+    return BundleMeta(unet_preset=cfg.model.unet_preset, prediction_type=cfg.model.prediction_type, text=text, latent=latent, trained_steps=step, source=source)
+
+
+def _export_bundle(folder: Path, meta, unet, ema) -> None:
+    """Save the inference weights (EMA when on) as a model bundle, from a contiguous CPU copy."""
+    from diffusers import UNet2DConditionModel
+
+    from histoldm.models.bundle import save_bundle
+
+    state = ema.averaged_state_dict(unet) if ema is not None else unet.state_dict()
+    export = UNet2DConditionModel.from_config(unet.config)
+    export.load_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    save_bundle(folder, meta, export)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"allocated_gib": None, "reserved_gib": None, "reason": "trained on CPU: no GPU memory to measure"}
+    return {
+        "allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+        "reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
+        "device": torch.cuda.get_device_name(device),
+    }
+
+
+def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: Path) -> None:
+    """One host sync, only at log / checkpoint steps: a NaN never reaches a checkpoint. Reduced over
+    ranks, so every process stops together instead of one waiting forever at the next barrier."""
+    if accelerator.reduce(nonfinite.float(), "sum").item() > 0:
+        from histoldm.train.checkpoint import read_latest
+
+        kept = read_latest(run_dir) or "none yet"
+        raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+    from tqdm import tqdm
+
+    from histoldm.fileio import append_jsonl, atomic_write_json
+    from histoldm.manifest import write_manifest
+    from histoldm.models.presets import build_unet
+    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
+    from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, drop_captions, augment_dihedral, step_generator
+    from histoldm.train.ema import EMA
+    from histoldm.train.latents import LatentCache
+    from histoldm.train.objective import DiffusionObjective
+    from histoldm.train.validation import ValidationGrid
+
+    started = time.time()
+
+    # Inputs: open both caches and check every contract before any compute.
+    latents = LatentCache.open(cfg.data.latents)
+    text = TextTable(cfg.data.text_cache)
+    _check_inputs(cfg, latents.meta, text.dim)
+    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    on_gpu = not use_cpu
+    _check_precision(cfg.precision, on_gpu)
+
+    # Processes and run folder: every rank agrees on the folder rank 0 chose.
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
+    resume_from = resolve_resume(run_dir, cfg.resume)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_partial(run_dir)
+        atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+    validator = None
+    if cfg.validation.every and accelerator.is_main_process:
+        validator = ValidationGrid(cfg.validation, text, latents.meta, cfg.model.prediction_type, device, cfg.seed)
+
+    # Model, optimizer, schedule, EMA: fp32 master weights, seeded initialisation.
+    set_seed(cfg.seed)
+    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=int(latents.meta["size"]))
+    if cfg.model.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    memory_format = torch.channels_last if cfg.model.channels_last and on_gpu else torch.contiguous_format
+    unet.to(device, memory_format=memory_format).train()
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 if o.warmup_steps == 0 else min(1.0, (s + 1) / o.warmup_steps))
+    ema = EMA(unet, cfg.ema_decay) if cfg.ema else None
+    objective = DiffusionObjective(cfg.model.prediction_type, o.min_snr_gamma, device)
+    table = text.table_with_uncond()
+    table = table.to(device) if cfg.data.preload_text else (table.pin_memory() if on_gpu else table)
+
+    # Resume: weights, EMA, optimizer, LR schedule, loss scaler, RNG and data position.
+    step, data_position = 0, 0
+    model, optimizer = accelerator.prepare(unet, optimizer)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=accelerator.scaler)
+        step, data_position = state["step"], state["data_position"]
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    if cfg.model.compile and on_gpu:
+        model = torch.compile(model)
+
+    # Data: a seeded, resumable order per rank; pinned, non-blocking copies to the device.
+    sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers, pin_memory=on_gpu, persistent_workers=cfg.data.workers > 0)
+    batches = iter(loader)
+
+    # Logging: TensorBoard and stats.jsonl on the main process only.
+    writer = None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"))
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    loss_sum = torch.zeros((), device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    window_start, window_steps, rates = time.perf_counter(), 0, []
+    images_per_step = cfg.batch_size * cfg.grad_accum * world
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
+
+    while step < cfg.max_steps:
+        # Forward and backward over the micro-batches; DDP syncs gradients on the last one only.
+        for micro in range(cfg.grad_accum):
+            lat, rows = next(batches)
+            draw = data_position + micro
+            gen = step_generator(cfg.seed, draw, rank, device)
+            rows = drop_captions(rows, text.uncond_row, cfg.data.uncond_prob, step_generator(cfg.seed, draw, rank, torch.device("cpu")))
+            lat = lat.to(device, non_blocking=True)
+            lat = augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral") if cfg.data.augment != "none" else lat
+            lat = lat.contiguous(memory_format=memory_format)
+            context = (table[rows.to(device, non_blocking=True)] if cfg.data.preload_text else table[rows].to(device, non_blocking=True)).float()
+            with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext():
+                loss = objective.loss(model, lat, context, gen)
+                accelerator.backward(loss / cfg.grad_accum)
+            loss_sum += loss.detach()
+            nonfinite |= ~torch.isfinite(loss.detach())
+        data_position += cfg.grad_accum
+
+        # Optimizer step: gradient norm (clipped when configured), AdamW, LR schedule, EMA.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf"))
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(unet)
+        step += 1
+        window_steps += 1
+        bar.update(1)
+
+        # Log every log_every steps: the only regular host sync.
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            mean_loss = accelerator.reduce(loss_sum, "mean").item() / (window_steps * cfg.grad_accum)
+            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
+            elapsed = time.perf_counter() - window_start
+            rates.append(window_steps * images_per_step / elapsed)
+            record = {"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      "img_s": rates[-1], "peak_gib": _peak_memory(device)["allocated_gib"], "time": time.time()}
+            if writer is not None:
+                append_jsonl(run_dir / "stats.jsonl", [record])
+                for key in ("loss", "lr", "grad_norm", "img_s", "peak_gib"):
+                    if record[key] is not None:
+                        writer.add_scalar(f"train/{key}", record[key], step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            loss_sum.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+
+        # Checkpoint every checkpoint_every steps and at the end; `latest` moves only when complete.
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
+            if accelerator.is_main_process:
+                save_checkpoint(run_dir, step, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                scaler=accelerator.scaler, data_position=data_position, keep=cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+
+        # Validation grid every validation.every steps, on the main process; the others wait.
+        if cfg.validation.every and step % cfg.validation.every == 0:
+            if validator is not None:
+                validator.render(unet, step, run_dir, writer, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision))
+            accelerator.wait_for_everyone()
+    bar.close()
+    del batches
+
+    # Export the model bundle (EMA weights when on) and the run manifest.
+    peak = _peak_memory(device)
+    img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
+    result = {"run_dir": str(run_dir), "bundle": str(run_dir / "model"), "steps": step, "peak_memory": peak, "img_s": img_s, "processes": world}
+    if accelerator.is_main_process:
+        writer.close()
+        meta = _bundle_meta(cfg, latents.meta, text.meta, step, source=str(run_dir))
+        _export_bundle(run_dir / "model", meta, unet, ema)
+        write_manifest(run_dir / "manifest.json", stage="train", config=cfg, seed=cfg.seed, started=started,
+                       inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
+                               "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
+                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "skipped_pairs": dataset.skipped},
+                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result

@@ -1,0 +1,207 @@
+"""`histoldm train-vae`: train or fine-tune a KL autoencoder (f = 4) on a patch store.
+
+Loss: L1 reconstruction + kl_weight * KL(posterior || N(0, I)) (CompVis' weight 1e-6). The LPIPS
+perceptual term and the patch-GAN term of CompVis' recipe are left out: their weights are not
+available offline, and an L1 + KL model is what the latent cache needs to be well defined.
+
+Held-out patches are whole cases (chosen by a hash of the case id, so the choice is stable and
+no slide leaks into both sides); PSNR and SSIM on them go into metrics.json. Single device; the
+run checkpoints and resumes with the same machinery as the LDM trainer (histoldm.train.checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_json, require_file
+
+
+class TrainVAEConfig(StrictModel):
+    store: Path
+    out: Path
+    init: str = "kl-f4"  # a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune
+    steps: int = 20000
+    batch_size: int = 8
+    lr: float = 1e-4
+    kl_weight: float = 1e-6
+    crop: int | None = None  # random square crop (pixels); None = whole patches
+    holdout_patches: int = 256  # at least this many patches, as whole cases, are held out
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    log_every: int = 100
+    checkpoint_every: int = 2000
+    resume: str = "auto"
+
+
+def _split_cases(store: Path, holdout: int) -> tuple[list[Path], list[Path]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(require_file(store / "patches.parquet", "patch store index"), columns=["patch_id", "case_id", "path"]).to_pydict()
+    order = sorted(set(table["case_id"]), key=lambda c: hashlib.sha256(str(c).encode()).hexdigest())
+    held: set = set()
+    counts = {c: 0 for c in order}
+    for c in table["case_id"]:
+        counts[c] += 1
+    for c in order:
+        if sum(counts[h] for h in held) >= holdout:
+            break
+        held.add(c)
+    train = [store / p for p, c in zip(table["path"], table["case_id"]) if c not in held]
+    test = [store / p for p, c in zip(table["path"], table["case_id"]) if c in held]
+    if not train or not test:
+        raise UserError(f"{store}: needs patches from at least two cases to hold some out ({len(order)} cases)")
+    return train, test
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = (g / g.sum()).float()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) of images in [0, 1]."""
+    c = a.shape[1]
+    w = _gaussian_window().to(a).expand(c, 1, 11, 11)
+    mu_a, mu_b = F.conv2d(a, w, groups=c), F.conv2d(b, w, groups=c)
+    var_a = F.conv2d(a * a, w, groups=c) - mu_a**2
+    var_b = F.conv2d(b * b, w, groups=c) - mu_b**2
+    cov = F.conv2d(a * b, w, groups=c) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1]."""
+    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _load_model(spec: str):
+    from diffusers import AutoencoderKL
+
+    from histoldm.models.autoencoder import load_autoencoder
+
+    ae = load_autoencoder(spec)
+    if ae.kind != "kl":
+        raise UserError(f"{spec}: train-vae trains KL autoencoders; this is a {ae.kind.upper()} model")
+    if len(ae.model.config.block_out_channels) != 3:
+        raise UserError(f"{spec}: expected a downsampling factor of 4 (three blocks)")
+    model: AutoencoderKL = ae.model
+    return model.requires_grad_(True).train()
+
+
+def _stack_ok(items) -> torch.Tensor | None:
+    images = [img for img, ok, _ in items if ok]
+    if not images:
+        return None
+    shape = images[0].shape
+    return torch.stack([im for im in images if im.shape == shape])
+
+
+@torch.no_grad()
+def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """PSNR and SSIM of reconstructions (posterior mean) of the held-out patches."""
+    from histoldm.train.latents import image_batches
+
+    model.eval()
+    psnrs, ssims = [], []
+    for items in image_batches(paths, batch_size, 0):
+        x = _stack_ok(items)
+        if x is None:
+            continue
+        x = x.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            rec = model.decode(model.encode(x).latent_dist.mean).sample
+        a, b = (x.float() + 1) / 2, (rec.float().clamp(-1, 1) + 1) / 2
+        psnrs.append(psnr(a, b).cpu())
+        ssims.append(ssim(a, b).cpu())
+    model.train()
+    if not psnrs:
+        raise UserError("held-out patches: none readable")
+    return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
+
+
+def run_train_vae(cfg: TrainVAEConfig) -> dict:
+    from tqdm import tqdm
+
+    from histoldm.fileio import append_jsonl
+    from histoldm.manifest import write_manifest
+    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
+    from histoldm.train.data import ResumableSampler, augment_dihedral, step_generator
+    from histoldm.train.latents import PatchImages, as_list
+
+    started = time.time()
+
+    # Data and device: held-out cases first, precision checked before any compute.
+    train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("precision: bf16 is not supported by this GPU; use fp32")
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    out = Path(cfg.out)
+    resume_from = resolve_resume(out, cfg.resume)
+
+    # Model and optimizer (constant LR), restored from the latest checkpoint when there is one.
+    torch.manual_seed(cfg.seed)
+    model = _load_model(cfg.init).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_partial(out)
+    step = 0
+    if resume_from is not None:
+        step = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)["step"]
+
+    # Training loop: L1 + KL on random crops and dihedral flips of the training patches.
+    sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
+    loader = torch.utils.data.DataLoader(PatchImages(train_paths), batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
+    batches = iter(loader)
+    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
+        x = _stack_ok(next(batches))
+        if x is None:
+            continue
+        gen = step_generator(cfg.seed, step, 0, device)
+        x = augment_dihedral(x.to(device, non_blocking=True), gen)
+        if cfg.crop is not None and cfg.crop < x.shape[-1]:
+            top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=torch.Generator().manual_seed(cfg.seed + step)).tolist()
+            x = x[..., top : top + cfg.crop, left : left + cfg.crop]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            posterior = model.encode(x).latent_dist
+            rec = model.decode(posterior.sample(gen)).sample
+        loss = F.l1_loss(rec.float(), x) + cfg.kl_weight * posterior.kl().float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_scheduler.step()
+        if (step + 1) % cfg.log_every == 0:  # the only host sync
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(f"{out}: loss became NaN or infinite at step {step + 1}; last good checkpoint kept")
+            append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": value, "time": time.time()}])
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1)
+    del batches
+    save_checkpoint(out, cfg.steps, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=cfg.steps, keep=1)
+
+    # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
+    metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype)
+    model.save_pretrained(out / "autoencoder", safe_serialization=True)
+    atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": "sha256(case_id) order", "steps": cfg.steps})
+    write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init},
+                   produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed)
+    return {"autoencoder": str(out / "autoencoder"), **metrics}
