@@ -285,3 +285,25 @@ def test_folder_import(tmp_path: Path) -> None:
 def test_case_id_of() -> None:
     assert case_id_of("TCGA-E2-A14N-01Z-00-DX1.8F2C3B1A") == "TCGA-E2-A14N"
     assert case_id_of("slide_7") == "slide_7"
+
+
+def test_merge_stores_joins_tables_scores_and_images(tmp_path):
+    from histoldm.data.store import PatchStore, merge_stores, write_patch_table
+    from histoldm.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "a", n_cases=1, tiles_per_case=2, seed=0, size=64)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(UserError, match="already in another store"):
+        merge_stores([tmp_path / "a", tmp_path / "b"], tmp_path / "dup")
+    make_synthetic_dataset(tmp_path / "c", n_cases=1, tiles_per_case=3, seed=0, size=64)
+    table = pq.read_table(tmp_path / "c" / "patches.parquet").to_pylist()
+    (tmp_path / "c" / "patches").rename(tmp_path / "c" / "c-patches")
+    for row in table:  # give c's patches their own ids, case and image paths
+        row["patch_id"], row["case_id"], row["path"] = "c-" + row["patch_id"], "CASE-C", "c-" + row["path"]
+    write_patch_table(tmp_path / "c", table)
+    (tmp_path / "c" / "scores.parquet").unlink()
+
+    merged = merge_stores([tmp_path / "a", tmp_path / "c"], tmp_path / "m")
+    assert len(merged) == 5 and all(p.is_file() for p in merged.paths)
+    assert pq.read_table(tmp_path / "m" / "scores.parquet").num_rows == 2  # only a had scores
+    assert PatchStore.open(tmp_path / "m").image(merged.patch_ids[0]).size == (64, 64)

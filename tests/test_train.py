@@ -269,3 +269,25 @@ def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
         assert im.size == (2 * 4 * SIZE, 4 * SIZE)  # f = 4 autoencoder, captions side by side
     with pytest.raises(UserError, match="not the autoencoder"):
         run_train(_config(tmp_path, _write_caches(tmp_path / "d"), max_steps=3, validation=grid))
+
+
+def test_encode_latents_resizes_patches_when_asked(tmp_path):
+    """A model may work below the stored resolution: 32 px patches encoded at 16 px give 4x4 latents."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
+
+    store = tmp_path / "store"
+    (store / "patches").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(store / "patches" / f"p{i}.png")
+        rows.append({"patch_id": f"p{i}", "case_id": "c", "path": f"patches/p{i}.png"})
+    pq.write_table(pa.Table.from_pylist(rows), store / "patches.parquet")
+    run_encode_latents(EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "lat", device="cpu", workers=0, image_size=16))
+    cache = LatentCache.open(tmp_path / "lat")
+    assert cache.meta["image_size"] == 16 and cache.meta["size"] == 4

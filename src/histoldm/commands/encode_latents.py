@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--image-size", type=int, help="resize patches to this many pixels before encoding (default: as stored)")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
 
-    flags = {"store": args.store, "vae": args.vae, "out": args.out, "batch_size": args.batch_size, "device": args.device}
+    flags = {"store": args.store, "vae": args.vae, "out": args.out, "batch_size": args.batch_size, "device": args.device, "image_size": args.image_size}
     result = run_encode_latents(resolve_config(args, EncodeLatentsConfig, flags))
     print(f"{result['latents']} latents ({result['skipped']} skipped) in {result['out']}, scaling factor {result['scaling_factor']:.5g}")
     return 0

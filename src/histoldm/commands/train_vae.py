@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--init", help="start from: a KL preset (random) or an AutoencoderKL folder / hub id")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, help="resize patches to this many pixels first (default: as stored)")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.train.vae import TrainVAEConfig, run_train_vae
 
-    flags = {"store": args.store, "out": args.out, "init": args.init, "steps": args.steps, "batch_size": args.batch_size}
+    flags = {"store": args.store, "out": args.out, "init": args.init, "steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size}
     result = run_train_vae(resolve_config(args, TrainVAEConfig, flags))
     print(f"autoencoder in {result['autoencoder']}: held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}")
     return 0

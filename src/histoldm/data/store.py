@@ -142,3 +142,37 @@ class PatchStore:
                 return im.convert("RGB")
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: unreadable patch image ({e})") from None
+
+
+def merge_stores(stores: list[Path], out: Path) -> PatchStore:
+    """One store from several (tiled slides plus synthetic tiles, say): images hard-linked (copied
+    across file systems), patch tables and any scores.parquet concatenated. Patch ids must be unique."""
+    import os
+    import shutil
+
+    out = Path(out)
+    tables, score_tables, seen_ids, seen_paths = [], [], set(), set()
+    for root in stores:
+        store = PatchStore.open(root)
+        rels = store.table.column("path").to_pylist()
+        for kind, seen, mine in (("patch ids", seen_ids, set(store.patch_ids)), ("image paths", seen_paths, set(rels))):
+            clash = seen & mine
+            if clash:
+                raise UserError(f"{root}: {kind} already in another store, e.g. {sorted(clash)[0]!r}")
+            seen |= mine
+        for rel in rels:
+            dst = out / rel
+            if dst.exists():  # a re-run of the same merge
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(store.root / rel, dst)
+            except OSError:
+                shutil.copyfile(store.root / rel, dst)
+        tables.append(store.table.select(PATCH_SCHEMA.names) if set(PATCH_SCHEMA.names) <= set(store.table.column_names) else store.table)
+        if (store.root / "scores.parquet").is_file():
+            score_tables.append(read_parquet(store.root / "scores.parquet", "scores").select(["patch_id", "prob_tumor", "prob_til"]))
+    if score_tables:
+        write_parquet(out / "scores.parquet", pa.concat_tables(score_tables, promote_options="default"))
+    write_parquet(out / TABLE_NAME, pa.concat_tables(tables, promote_options="default"))
+    return PatchStore.open(out)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 
 from histoldm.config import StrictModel
@@ -34,6 +35,7 @@ class TrainVAEConfig(StrictModel):
     lr: float = 1e-4
     kl_weight: float = 1e-6
     crop: int | None = None  # random square crop (pixels); None = whole patches
+    image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
     holdout_patches: int = 256  # at least this many patches, as whole cases, are held out
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
     device: str = "auto"
@@ -113,13 +115,13 @@ def _stack_ok(items) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict:
     """PSNR and SSIM of reconstructions (posterior mean) of the held-out patches."""
     from histoldm.train.latents import image_batches
 
     model.eval()
     psnrs, ssims = [], []
-    for items in image_batches(paths, batch_size, 0):
+    for items in image_batches(paths, batch_size, 0, size):
         x = _stack_ok(items)
         if x is None:
             continue
@@ -169,7 +171,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     # Training loop: L1 + KL on random crops and dihedral flips of the training patches.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
-    loader = torch.utils.data.DataLoader(PatchImages(train_paths), batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
+    loader = torch.utils.data.DataLoader(PatchImages(train_paths, cfg.image_size), batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
     batches = iter(loader)
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
@@ -199,7 +201,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     save_checkpoint(out, cfg.steps, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=cfg.steps, keep=1)
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
-    metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype)
+    metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
     model.save_pretrained(out / "autoencoder", safe_serialization=True)
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": "sha256(case_id) order", "steps": cfg.steps})
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init},
