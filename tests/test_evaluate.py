@@ -1,0 +1,243 @@
+"""Evaluation: metric math on synthetic features, and one real run of the bundled Inception extractor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from histoldm.cli import main
+from histoldm.data.descriptors import compose
+from histoldm.errors import UserError
+from histoldm.evaluate import adherence as A
+from histoldm.evaluate import metrics as M
+from histoldm.evaluate.features import INCEPTION_SIZE, list_images, preprocess
+from histoldm.evaluate.memorization import memorization_report
+
+RNG = np.random.default_rng(1234)
+
+
+# --- Frechet distance ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["sqrtm", "eigh"])
+def test_frechet_matches_closed_form_for_diagonal_gaussians(method):
+    d = 16
+    mu1, mu2 = RNG.normal(size=d), RNG.normal(size=d)
+    v1, v2 = RNG.uniform(0.1, 3, d), RNG.uniform(0.1, 3, d)
+    expected = ((mu1 - mu2) ** 2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    assert M.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2), method=method) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_methods_agree_on_full_and_singular_covariances():
+    a, b = RNG.normal(size=(500, 32)), RNG.normal(size=(500, 32)) @ RNG.normal(size=(32, 32)) * 0.3
+    args = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert M.frechet_distance(*args, method="eigh") == pytest.approx(M.frechet_distance(*args, method="sqrtm"), rel=1e-8)
+    few = RNG.normal(size=(12, 128))  # fewer samples than dimensions: singular covariance
+    mu, sigma = M.gaussian_stats(few)
+    for method in ("sqrtm", "eigh"):
+        assert abs(M.frechet_distance(mu, sigma, mu, sigma, method=method)) < 1e-3
+
+
+def test_frechet_rejects_invalid_covariance_and_shape_mismatch():
+    with pytest.raises(UserError, match="imaginary"):
+        M.frechet_distance(np.zeros(2), np.diag([1.0, 1.0]), np.zeros(2), np.diag([-1.0, 1.0]))
+    with pytest.raises(UserError, match="shapes"):
+        M.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+# --- KID, precision/recall ----------------------------------------------------------------------
+
+def test_kid_is_about_zero_for_one_distribution_and_positive_for_two():
+    x, y = RNG.normal(size=(300, 64)), RNG.normal(size=(300, 64))
+    shifted = RNG.normal(size=(300, 64)) + 0.5
+    same, same_std = M.kid(x, y, n_subsets=50, subset_size=100, seed=0)
+    diff, _ = M.kid(x, shifted, n_subsets=50, subset_size=100, seed=0)
+    assert abs(same) < 0.05 * diff
+    assert abs(same) < 3 * same_std
+    assert diff > 10 * same_std
+    assert M.kid(x, y, n_subsets=5, seed=3) == M.kid(x, y, n_subsets=5, seed=3)  # seeded
+
+
+def test_precision_recall_identical_and_disjoint():
+    x = RNG.normal(size=(40, 8))
+    assert M.precision_recall(x, x.copy(), k=3) == (1.0, 1.0)
+    assert M.precision_recall(x, x + 100.0, k=3) == (0.0, 0.0)
+    with pytest.raises(UserError, match="more than k=3"):
+        M.precision_recall(x[:3], x[:3])
+
+
+# --- statistics files ---------------------------------------------------------------------------
+
+def test_stats_npz_roundtrip_in_pytorch_fid_layout(tmp_path):
+    mu, sigma = M.gaussian_stats(RNG.normal(size=(10, 6)))
+    M.save_stats(tmp_path / "s.npz", mu, sigma, {"n": 10, "resize": "bicubic"})
+    with np.load(tmp_path / "s.npz") as f:  # what pytorch-fid reads
+        np.testing.assert_array_equal(f["mu"][:], mu)
+        np.testing.assert_array_equal(f["sigma"][:], sigma)
+    mu2, sigma2, protocol = M.load_stats(tmp_path / "s.npz")
+    assert protocol == {"n": 10, "resize": "bicubic"} and mu2.dtype == np.float64
+    np.savez(tmp_path / "external.npz", mu=mu.astype(np.float32), sigma=sigma.astype(np.float32))
+    assert M.load_stats(tmp_path / "external.npz")[2] is None
+    np.savez(tmp_path / "other.npz", m=mu)
+    with pytest.raises(UserError, match="needs arrays 'mu' and 'sigma'"):
+        M.load_stats(tmp_path / "other.npz")
+    with pytest.raises(UserError, match="not found"):
+        M.load_stats(tmp_path / "missing.npz")
+
+
+# --- memorisation -------------------------------------------------------------------------------
+
+def test_memorization_flags_copies_not_new_draws():
+    train = RNG.normal(size=(200, 32))
+    paths = [f"t{i}.png" for i in range(200)]
+    copies = train[:20] + RNG.normal(scale=1e-4, size=(20, 32))
+    fresh = RNG.normal(size=(20, 32))
+    hit = memorization_report(copies, train, [f"c{i}" for i in range(20)], paths)
+    miss = memorization_report(fresh, train, [f"f{i}" for i in range(20)], paths)
+    assert hit["share_below_threshold"] == 1.0
+    assert miss["share_below_threshold"] <= 0.2 and miss["chance_level"] == 0.05
+    assert hit["closest_pairs"][0]["train"] in paths[:20] and len(hit["closest_pairs"]) == 16
+
+
+# --- condition adherence ------------------------------------------------------------------------
+
+def _tile(n_nuclei: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A pink tile with n round haematoxylin nuclei (stain concentrations -> RGB)."""
+    conc = np.zeros((size, size, 3), np.float32)
+    conc[..., 1] = 0.3
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(n_nuclei):
+        cy, cx = rng.integers(4, size - 4, 2)
+        conc[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9, 0] = 1.0
+    return compose(conc)
+
+
+def _generated_set(tmp_path, follows_caption: bool) -> tuple:
+    rng = np.random.default_rng(7)
+    out = tmp_path / ("good" if follows_caption else "broken")
+    (out / "images").mkdir(parents=True)
+    rows, caps = [], {"caption": [], "tumor_level": [], "til_level": []}
+    for i in range(24):
+        level = "high" if i % 2 else "low"
+        caption = f"breast tissue, {level} tumor, case {i}"
+        n = (30 if level == "high" else 4) if follows_caption else int(rng.integers(4, 31))
+        Image.fromarray(_tile(n, rng)).save(out / "images" / f"{i:06d}.png")
+        rows.append({"id": i, "caption": caption, "seed": i, "file": f"images/{i:06d}.png"})
+        caps["caption"].append(caption), caps["tumor_level"].append(level), caps["til_level"].append(None)
+    (out / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.table(caps), tmp_path / "captions.parquet")
+    return out, tmp_path / "captions.parquet"
+
+
+def test_adherence_passes_when_captions_are_followed_and_fails_when_ignored(tmp_path):
+    good, caps = _generated_set(tmp_path, follows_caption=True)
+    broken, _ = _generated_set(tmp_path, follows_caption=False)
+    ok = A.run_adherence(good, captions_parquet=caps, n_permutations=200)["by_attribute"]
+    bad = A.run_adherence(broken, captions_parquet=caps, n_permutations=200)["by_attribute"]
+    assert ok["tumor"]["auroc"] > 0.95 and ok["tumor"]["p_value"] < 0.01 and ok["tumor"]["chance"] == 0.5
+    assert 0.25 < bad["tumor"]["auroc"] < 0.75 and bad["tumor"]["p_value"] > 0.05
+    assert "no images" in ok["til"]["status"]
+    assert "AUROC" in A.adherence_line("tumor", ok["tumor"])
+
+
+def test_auroc_of_label_independent_scores_is_near_chance():
+    rng = np.random.default_rng(0)
+    values = [A.auroc(rng.normal(size=100), rng.integers(0, 2, 100).astype(bool)) for _ in range(50)]
+    assert abs(np.mean(values) - 0.5) < 0.03
+    with pytest.raises(UserError, match="both levels"):
+        A.auroc(np.ones(3), np.ones(3, bool))
+
+
+# --- images, extractor, end to end --------------------------------------------------------------
+
+def test_preprocess_modes_give_inception_input(tmp_path):
+    rgb = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    for mode in ("bicubic", "legacy"):
+        x = preprocess(tmp_path / "a.png", mode)
+        assert x.shape == (3, INCEPTION_SIZE, INCEPTION_SIZE) and x.min() >= -1.01 and x.max() <= 1.01
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(UserError, match="not found"):
+        list_images(tmp_path / "nope")
+
+
+def _real_set(tmp_path, n=4):
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(n):  # 4: the fewest precision/recall with k=3 allows; the network costs ~0.5 s per image
+        Image.fromarray(_tile(5 + 8 * i, RNG)).save(real / f"{i}.png")
+    return real
+
+
+def _tiny_extractor(path):
+    """A real TorchScript extractor with 48-d features: the file path users take for their own weights."""
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    torch.jit.save(torch.jit.script(Pool()), str(path))
+    return path
+
+
+def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):
+    real, fake = _real_set(tmp_path), tmp_path / "fake"
+    shutil.copytree(real, fake)
+    (fake / "notes.png").write_text("not an image")  # skipped and recorded, the run goes on
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out), "--train-real", str(real),
+               "--kid-subsets", "3", "--fid-method", "eigh", "--workers", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["fid"]["value"]) < 1e-2  # a set against itself
+    assert metrics["precision_recall"]["precision"] == 1.0 and metrics["precision_recall"]["recall"] == 1.0
+    assert metrics["memorization"]["share_below_threshold"] == 1.0  # exact copies of the training set
+    for key in ("fid", "kid", "precision_recall", "memorization"):
+        p = metrics[key]["protocol"]
+        assert p["n_real"] == 4 and p["n_fake"] == 4 and p["resize"] == "bicubic" and p["feature_dim"] == 2048
+        assert len(p["extractor_sha256"]) == 64 and p["image_format_fake"] == "png"
+        assert metrics[key]["protocol_line"] in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["file"].endswith("notes.png") for s in manifest["skipped"]] == [True]
+    assert (out / "real_stats.npz").is_file() and (out / "memorization_pairs.png").is_file()
+
+
+def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, capsys):
+    real, ext = _real_set(tmp_path, 5), _tiny_extractor(tmp_path / "pool.pt")
+    stats = tmp_path / "ref.npz"
+    assert main(["fid-ref", str(real), "--out", str(stats), "--extractor", str(ext), "--workers", "0"]) == 0
+    assert "user TorchScript pool.pt" in capsys.readouterr().out
+    assert M.load_stats(stats)[2]["n"] == 5 and (tmp_path / "ref.npz.manifest.json").is_file()
+    for method in ("sqrtm", "eigh"):  # the saved statistics against the same images: ~0
+        out = tmp_path / f"e-{method}"
+        assert main(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(out), "--extractor", str(ext),
+                     "--fid-method", method, "--workers", "0"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert abs(metrics["fid"]["value"]) < 1e-6 and metrics["fid"]["protocol"]["n_real"] == 5
+        assert "need real features" in metrics["kid"]["status"]
+    assert "FID" in capsys.readouterr().out
+
+    def fails(args, message):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+
+    base = ["--extractor", str(ext), "--workers", "0"]
+    fails(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(tmp_path / "x"), "--resize", "legacy", *base], "resize=bicubic")
+    fails(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(tmp_path / "x")], "extractor_sha256=")
+    fails(["evaluate", "--real", str(tmp_path / "missing"), "--fake", str(real), "--out", str(tmp_path / "x"), *base], "not found")
+    (tmp_path / "empty").mkdir()
+    fails(["evaluate", "--real", str(real), "--fake", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), *base], "no images found")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.png").write_text("nope")
+    fails(["evaluate", "--real", str(real), "--fake", str(junk), "--out", str(tmp_path / "x"), *base], "could be read")
+    fails(["fid-ref", str(real), "--out", str(tmp_path / "r.npz"), "--extractor", str(real / "0.png")], "not a TorchScript file")
