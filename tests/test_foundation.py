@@ -45,6 +45,8 @@ def test_jsonl_survives_torn_last_line(tmp_path):
     with open(p, "a") as f:
         f.write('{"i": 3')  # a crash mid-append
     assert [r["i"] for r in read_jsonl(p)] == [1, 2]
+    append_jsonl(p, [{"i": 4}])  # the torn fragment is cut, not glued to the next record
+    assert [r["i"] for r in read_jsonl(p)] == [1, 2, 4]
 
 
 def test_manifest_records_inputs_and_versions(tmp_path):

@@ -41,10 +41,28 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def repair_torn_tail(path: Path) -> None:
+    """Cut a line torn by a crash mid-append, so the next append starts on a line of its own.
+
+    Only the last byte is read unless the file is torn, so calling it before every append is cheap."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    data = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append records and flush them to disk: a crash loses nothing already appended."""
+    """Append records and flush them to disk: a crash loses nothing already appended, and a line
+    torn by an earlier crash is cut first instead of corrupting the next record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")

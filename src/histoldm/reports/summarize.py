@@ -21,7 +21,7 @@ from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import read_jsonl
+from histoldm.fileio import read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
 from histoldm.reports.budget import truncate_to_budget
 from histoldm.reports.llm import ChatBackend, PermanentError, TransientError
@@ -65,19 +65,9 @@ class _Appender:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail(path)
+        repair_torn_tail(path)
         self._f = open(path, "a", encoding="utf-8")
         self._synced = time.monotonic()
-
-    @staticmethod
-    def _drop_torn_tail(path: Path) -> None:
-        """A crash mid-line leaves a fragment; appending after it would corrupt the next record."""
-        if not path.exists() or path.stat().st_size == 0:
-            return
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")

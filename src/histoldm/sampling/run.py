@@ -47,12 +47,15 @@ class SampleConfig(StrictModel):
     solver: Literal["ddim", "dpmpp"] = "ddim"  # dpmpp: DPM-Solver++ (2M), good at ~20 steps
     eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
     batch_size: int = Field(16, ge=1)  # images per UNet call (the UNet sees twice as many: cond + uncond)
+    decode_batch: int = Field(32, ge=1)  # images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
     text_cache: Path | None = None  # an encode-text folder instead of running the encoder
     compile: bool = False  # torch.compile the UNet (CUDA only; pays off for long runs)
+    compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (faster to compile)
+    channels_last: bool = True  # UNet memory format on CUDA (docs/performance.md: measure both)
 
 
 def resolve_bundle(checkpoint: Path) -> Path:
@@ -103,16 +106,6 @@ def finished_records(out: Path) -> dict[str, dict]:
             if (out / rec["file"]).is_file():
                 records[rec["id"]] = rec
     return records
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a line torn by a crash mid-append, so the next append starts on a line of its own."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
@@ -178,7 +171,7 @@ def _resolve_device_dtype(cfg: SampleConfig):
     return state, device, dtype
 
 
-def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, compile_unet: bool):
+def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, cfg: SampleConfig):
     """The bundle's UNet (its stored weights are the EMA ones when training kept an EMA) and autoencoder."""
     from histoldm.models.autoencoder import load_autoencoder
     from histoldm.models.bundle import load_bundle_unet
@@ -186,7 +179,7 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
     unet = load_bundle_unet(bundle).to(device).eval().requires_grad_(False)
     if dtype != torch.float32:
         unet = unet.to(dtype)
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     ae_spec = str(bundle / "autoencoder") if (bundle / "autoencoder" / "config.json").is_file() else meta.latent.autoencoder
     if not ae_spec:
@@ -197,8 +190,10 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
             f"{bundle}: checkpoint trained on latents of autoencoder fingerprint {meta.latent.fingerprint[:12]}, "
             f"{ae_spec} has {ae.fingerprint[:12]}"
         )
-    if compile_unet and device.type == "cuda":
-        unet = torch.compile(unet)
+    if cfg.compile and device.type == "cuda":
+        from histoldm.sampling.speed import compile_unet
+
+        unet = compile_unet(unet, cfg.compile_mode)
     return unet, ae
 
 
@@ -223,7 +218,7 @@ class ImageSampler:
         text = open_text_source(
             bundle, meta, text_encoder=cfg.text_encoder, text_cache=cfg.text_cache, device=device, dtype=cfg.dtype, captions=captions
         )
-        unet, ae = _load_models(bundle, meta, device, dtype, cfg.compile)
+        unet, ae = _load_models(bundle, meta, device, dtype, cfg)
         eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
         shape = (meta.latent.channels, meta.latent.size, meta.latent.size)
         return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device)
@@ -244,7 +239,9 @@ class ImageSampler:
             latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
         else:
             latents = sample_dpmpp_2m(guided, x, cfg.steps)
-        return decode(self.ae, latents / self.scaling_factor).cpu(), truncated
+        latents = latents / self.scaling_factor
+        images = [decode(self.ae, chunk).cpu() for chunk in latents.split(cfg.decode_batch)]
+        return torch.cat(images), truncated
 
 
 def run_sample(cfg: SampleConfig) -> dict:
@@ -278,7 +275,6 @@ def run_sample(cfg: SampleConfig) -> dict:
     mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
     pending = [(k, item) for k, item in mine if item.id not in done]
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
-    repair_torn_tail(index_path)
 
     # Sample: models are loaded only when there is something to do.
     sampler = ImageSampler.load(cfg, bundle, meta, device, dtype, [item.caption for _, item in pending]) if pending else None
