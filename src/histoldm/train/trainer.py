@@ -41,8 +41,10 @@ class ModelSection(StrictModel):
     autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
     autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
     gradient_checkpointing: bool = False
+    checkpoint_levels: list[int] | None = None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile, CUDA only
+    compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster)
 
 
 class OptimSection(StrictModel):
@@ -158,6 +160,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from histoldm.fileio import append_jsonl, atomic_write_json
     from histoldm.manifest import write_manifest
     from histoldm.models.presets import build_unet
+    from histoldm.sampling.speed import compile_unet, enable_gradient_checkpointing
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
     from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, drop_captions, augment_dihedral, step_generator
     from histoldm.train.ema import EMA
@@ -175,6 +178,8 @@ def run_train(cfg: TrainConfig) -> dict:
     use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = not use_cpu
     _check_precision(cfg.precision, on_gpu)
+    if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
+        raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
 
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
@@ -193,7 +198,7 @@ def run_train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=int(latents.meta["size"]))
     if cfg.model.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(unet, cfg.model.checkpoint_levels)
     memory_format = torch.channels_last if cfg.model.channels_last and on_gpu else torch.contiguous_format
     unet.to(device, memory_format=memory_format).train()
     o = cfg.optim
@@ -212,7 +217,7 @@ def run_train(cfg: TrainConfig) -> dict:
         step, data_position = state["step"], state["data_position"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
     if cfg.model.compile and on_gpu:
-        model = torch.compile(model)
+        model = compile_unet(model, cfg.model.compile_mode)
 
     # Data: a seeded, resumable order per rank; pinned, non-blocking copies to the device.
     sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
@@ -250,8 +255,10 @@ def run_train(cfg: TrainConfig) -> dict:
             nonfinite |= ~torch.isfinite(loss.detach())
         data_position += cfg.grad_accum
 
-        # Optimizer step: gradient norm (clipped when configured), AdamW, LR schedule, EMA.
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf"))
+        # Optimizer step: gradient norm (clipped when configured), AdamW, LR schedule, EMA. Unclipped, the
+        # norm is only logged, so it is computed at log steps only: it reads and rescales every gradient.
+        if o.grad_clip is not None or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf"))
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,477 @@
+"""Issue 9 in one run on one card: the anchor's baseline (shared/bench/gpu_anchor.py, re-implemented)
+beside the project's own trainer (`run_train` on synthetic caches) and sampler (`ImageSampler`).
+
+Baseline cases: a bare fwd+bwd+fused-AdamW step under bf16 autocast (one-head and 64-channel-head
+UNet, batch 32, context 154) and the anchor's DDIM-50 + guidance loop with bf16 weights at batch 128.
+The presets `pathldm` / `pathldm-h64` build exactly the anchor's UNet configurations.
+
+Our cases: `run_train` for the `pathldm` preset at batch 32, bf16, with levers (channels_last,
+gradient checkpointing of all or only the high-resolution levels, regional / full torch.compile, the
+h64 preset); img/s is the trainer's own mean over log windows after the first (warm-up and
+compilation excluded). `ImageSampler` (text cache -> guidance -> DDIM-50 g=1.75 or DPM-Solver++ 20 ->
+decode) with bf16 UNet weights at a large batch, with the projected time for 200,000 images.
+
+MFU = model FLOPs (torch.utils.flop_counter, forward+backward, without checkpoint recompute) per
+second / 790 TFLOP/s, the H100's measured dense bf16 matrix rate (989 nominal).
+
+Each case runs in a guard: a failure (OOM, compile error) is recorded and the run goes on. After
+every case the JSON ($OUT/bench_gpu.json) and markdown table ($OUT/bench_gpu.md) are rewritten, so a
+run killed at its time limit still returns what it finished. --quick skips cases that would not fit
+its time budget (estimates per case; compilation last).
+
+    PYTHONUNBUFFERED=1 python -u benchmarks/bench_gpu.py --quick          # one H100, ~6 minutes
+    python -u benchmarks/bench_gpu.py                                      # every case, ~10 minutes
+    python -u benchmarks/bench_gpu.py --tiny                               # tiny preset on CPU (tests)
+    python -u benchmarks/bench_gpu.py --quick --cases "compile,h64"        # only cases naming these
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import write_synthetic_caches  # noqa: E402  (the documented cache formats)
+
+PEAK_TFLOPS = 790.0  # H100 dense bf16, measured (8192^3 matmul); nominal 989
+IMAGES_TO_PROJECT = 200_000
+TARGETS = {"train_img_s": 350.0, "train_peak_gib": 9.0, "ddim50_img_s": 25.0, "dpm20_img_s": 60.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Sizes and repetitions of one mode (full, quick, tiny)."""
+
+    mode: str
+    device: str
+    precision: str  # bf16 on the GPU; fp32 for --tiny (CPUs without bf16 units emulate it, 20x slower)
+    faithful: str  # preset of the paper-faithful UNet
+    h64: str  # preset with 64-channel heads
+    autoencoder: str
+    size: int  # latent side
+    ctx: int  # caption tokens
+    dim: int  # caption embedding width
+    train_batch: int
+    train_steps: int
+    log_every: int
+    base_warm: int
+    base_iters: int
+    base_sample_batch: int
+    sample_batch: int
+    sample_repeats: int
+    ddim_steps: int
+    dpm_steps: int
+    warm_steps: int  # solver steps of the warm-up call (compiles, fills caches)
+    workers: int
+    budget_s: float  # no case is started whose estimate would end past this
+
+
+def make_profile(args) -> Profile:
+    if args.tiny:
+        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 2, 1, 2, 2, 2, 1, 3, 3, 1, 0, float("inf"))
+    elif args.quick:
+        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 15, 3, 10, 128, 256, 1, 50, 20, 2, 4, 330.0)
+    else:
+        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 30, 3, 20, 128, 256, 2, 50, 20, 2, 4, 540.0)
+    updates = {k: v for k, v in {"train_steps": args.train_steps, "sample_batch": args.sample_batch, "budget_s": args.budget_s}.items() if v is not None}
+    return dataclasses.replace(p, **updates)
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    group: str  # baseline-train, baseline-sample, train, sample
+    run: Callable[[], dict]
+    quick: bool  # part of --quick
+    est_s: float  # rough H100 wall time, for the --quick budget
+    needs_cuda: bool = False  # compile cases: the trainer ignores compile on CPU
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn: Callable[[], object], iters: int, warm: int, device: str) -> float:
+    for _ in range(warm):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _reset_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> dict:
+    if device != "cuda":
+        return {"peak_alloc_gib": None, "peak_reserved_gib": None}
+    return {"peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+
+
+class Bench:
+    def __init__(self, profile: Profile, out: Path, work: Path, selected: list[str] | None):
+        self.p, self.out, self.work, self.selected = profile, out, work, selected
+        self.results: list[dict] = []
+        self.train_flops: dict[str, float] = {}  # preset -> fwd+bwd FLOPs per image
+        self.unet_flops: dict[str, float] = {}  # preset -> one forward per image
+        self.started = time.perf_counter()
+        self._data = None
+        self._runs = 0
+
+    # ---------- shared inputs ----------
+    def data(self):
+        """Synthetic latent + text caches and captions.parquet, in the documented formats (written once)."""
+        if self._data is None:
+            p = self.p
+            section = write_synthetic_caches(self.work / "caches", max(4 * p.train_batch, 512), 3, p.size, p.ctx, p.dim, captions=64)
+            self._data = section.model_copy(update={"workers": p.workers})
+        return self._data
+
+    def build_unet(self, preset: str):
+        from histoldm.models.presets import build_unet
+
+        with torch.device(self.p.device):  # initialise on the device: seconds instead of minutes of CPU init
+            return build_unet(preset, context_dim=self.p.dim, latent_channels=3, sample_size=self.p.size)
+
+    def count_train_flops(self, preset: str, model=None) -> float:
+        """Forward+backward FLOPs per image under bf16 autocast (as gpu_anchor.py counts them)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if preset not in self.train_flops:
+            p, b = self.p, 2
+            m = model if model is not None else self.build_unet(preset)
+            x = torch.randn(b, 3, p.size, p.size, device=p.device)
+            c = torch.randn(b, p.ctx, p.dim, device=p.device)
+            t = torch.randint(0, 1000, (b,), device=p.device)
+            with FlopCounterMode(display=False) as counter:
+                with torch.autocast(p.device, dtype=torch.bfloat16, enabled=p.precision == "bf16"):
+                    loss = torch.nn.functional.mse_loss(m(x, t, c).sample.float(), x.float())
+                loss.backward()
+            m.zero_grad(set_to_none=True)
+            self.train_flops[preset] = counter.get_total_flops() / b
+        return self.train_flops[preset]
+
+    def count_unet_flops(self, preset: str, model) -> float:
+        """One forward pass per image (sampling calls it 2 x steps times per image with guidance)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if preset not in self.unet_flops:
+            p, b = self.p, 2
+            dtype = next(model.parameters()).dtype
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(torch.randn(b, 3, p.size, p.size, device=p.device, dtype=dtype), torch.full((b,), 500, device=p.device),
+                      torch.randn(b, p.ctx, p.dim, device=p.device, dtype=dtype))
+            self.unet_flops[preset] = counter.get_total_flops() / b
+        return self.unet_flops[preset]
+
+    # ---------- baseline (gpu_anchor.py) ----------
+    def baseline_train(self, preset: str) -> dict:
+        p = self.p
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as the anchor
+        try:
+            _reset_memory(p.device)
+            m = self.build_unet(preset)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=p.device == "cuda" or None)
+            x = torch.randn(p.train_batch, 3, p.size, p.size, device=p.device)
+            c = torch.randn(p.train_batch, p.ctx, p.dim, device=p.device)
+            t = torch.randint(0, 1000, (p.train_batch,), device=p.device)
+
+            def step():
+                with torch.autocast(p.device, dtype=torch.bfloat16, enabled=p.precision == "bf16"):
+                    loss = torch.nn.functional.mse_loss(m(x, t, c).sample.float(), x.float())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            step()
+            flops = self.count_train_flops(preset, m)
+            _reset_memory(p.device)
+            sec = _median_time(step, p.base_iters, p.base_warm, p.device)
+            return {"preset": preset, "batch": p.train_batch, "s_per_iter": sec, "img_s": p.train_batch / sec, "flops_per_img": flops, **_peak(p.device)}
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+    def baseline_sample(self, preset: str) -> dict:
+        """The anchor's loop: bf16 weights, cond+uncond in one call, a DDIM-like update, fixed t."""
+        p, bs = self.p, self.p.base_sample_batch
+        _reset_memory(p.device)
+        dtype = _dtype(p.precision)
+        m = self.build_unet(preset).eval().to(dtype)
+        x = torch.randn(bs, 3, p.size, p.size, device=p.device, dtype=dtype)
+        c = torch.randn(2 * bs, p.ctx, p.dim, device=p.device, dtype=dtype)
+        t = torch.full((2 * bs,), 500, device=p.device)
+
+        @torch.no_grad()
+        def run(steps: int):
+            y = x
+            for _ in range(steps):
+                u, k = m(torch.cat([y, y]), t, c).sample.chunk(2)
+                y = y - 0.01 * (u + 1.75 * (k - u))
+            return y
+
+        run(p.warm_steps)
+        sec = _median_time(lambda: run(p.ddim_steps), p.sample_repeats, 0, p.device)
+        flops = 2 * p.ddim_steps * self.count_unet_flops(preset, m)
+        return {"preset": preset, "batch": bs, "steps": p.ddim_steps, "s_per_iter": sec, "img_s": bs / sec, "flops_per_img": flops, **_peak(p.device)}
+
+    # ---------- ours: the trainer ----------
+    def ours_train(self, preset: str, **model: object) -> dict:
+        from histoldm.train.trainer import ModelSection, TrainConfig, run_train
+
+        p = self.p
+        self._runs += 1
+        run_dir = self.work / f"run-{self._runs:02d}"
+        cfg = TrainConfig(
+            name="bench", run_dir=run_dir, resume="none", max_steps=p.train_steps, batch_size=p.train_batch, precision=p.precision,
+            cpu=p.device == "cpu", log_every=p.log_every, checkpoint_every=10**9, data=self.data(),
+            model=ModelSection(unet_preset=preset, **model),
+        )
+        flops = self.train_flops.get(preset)
+        _reset_memory(p.device)
+        try:
+            result = run_train(cfg)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)  # checkpoint + bundle: GBs at full size
+        if flops is None:
+            _reset_memory(p.device)
+            flops = self.count_train_flops(preset)
+        peak = result["peak_memory"]
+        return {"preset": preset, "batch": p.train_batch, "s_per_iter": p.train_batch / result["img_s"], "img_s": result["img_s"],
+                "flops_per_img": flops, "peak_alloc_gib": peak["allocated_gib"], "peak_reserved_gib": peak["reserved_gib"],
+                "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
+
+    # ---------- ours: the sampler ----------
+    def ours_sample(self, preset: str, solver: str, compile_mode: str | None = None, channels_last: bool = True) -> dict:
+        from histoldm.models.autoencoder import decode, load_autoencoder
+        from histoldm.sampling.context import CacheText
+        from histoldm.sampling.guidance import unet_eps_fn
+        from histoldm.sampling.run import ImageSampler, SampleConfig
+        from histoldm.sampling.solvers import training_alphas_cumprod
+        from histoldm.sampling.speed import compile_unet
+        from histoldm.text.cache import TextCache
+
+        p, bs = self.p, self.p.sample_batch
+        steps = p.ddim_steps if solver == "ddim" else p.dpm_steps
+        data = self.data()
+        _reset_memory(p.device)
+        device = torch.device(p.device)
+        unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
+        flops = 2 * steps * self.count_unet_flops(preset, unet)
+        if device.type == "cuda" and channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        if compile_mode:
+            unet = compile_unet(unet, compile_mode)
+        ae = load_autoencoder(p.autoencoder, device=device)
+        cfg = SampleConfig(checkpoint=self.work, out=self.work / "samples", prompt="bench", steps=steps, guidance=1.75, solver=solver,
+                           batch_size=bs, compile=bool(compile_mode), compile_mode=compile_mode or "full", channels_last=channels_last)
+        sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
+                               ae, (3, p.size, p.size), 1.0, device)
+        captions, seeds = [f"caption {i % 64}" for i in range(bs)], list(range(bs))
+        warm = dataclasses.replace(sampler, cfg=cfg.model_copy(update={"steps": p.warm_steps}))
+        warm(captions, seeds)
+        sec = _median_time(lambda: sampler(captions, seeds), p.sample_repeats, 0, p.device)
+        latents = torch.randn(bs, 3, p.size, p.size, device=device)
+        decode_sec = _median_time(lambda: [decode(ae, z) for z in latents.split(cfg.decode_batch)], 1, 1, p.device)
+        img_s = bs / sec
+        return {"preset": preset, "batch": bs, "steps": steps, "s_per_iter": sec, "img_s": img_s, "flops_per_img": flops,
+                "decode_s": decode_sec, "img_s_without_decode": bs / max(sec - decode_sec, 1e-9),
+                "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600, **_peak(p.device)}
+
+    # ---------- running ----------
+    def cases(self) -> list[Case]:
+        p, F, H = self.p, self.p.faithful, self.p.h64
+        cl = {"channels_last": True}
+        ckpt_all = {**cl, "gradient_checkpointing": True}
+        ckpt_hi = {**cl, "gradient_checkpointing": True, "checkpoint_levels": [0, 1]}
+        blocks = {**cl, "compile": True, "compile_mode": "blocks"}
+        ddim, dpm = f"ddim{p.ddim_steps} g1.75", f"dpm++{p.dpm_steps} g1.75"
+        return [
+            Case("baseline train bf16 1-head", "baseline-train", lambda: self.baseline_train(F), True, 8),
+            Case("baseline train bf16 h64", "baseline-train", lambda: self.baseline_train(H), True, 8),
+            Case(f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(H), True, 16),
+            Case(f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(F), False, 20),
+            Case("train pathldm", "train", lambda: self.ours_train(F), True, 25),
+            Case("train pathldm +CL", "train", lambda: self.ours_train(F, **cl), True, 25),
+            Case("train pathldm +CL +ckpt(all)", "train", lambda: self.ours_train(F, **ckpt_all), True, 28),
+            Case("train pathldm +CL +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **ckpt_hi), True, 27),
+            Case(f"sample pathldm {ddim} bs{p.sample_batch}", "sample", lambda: self.ours_sample(F, "ddim"), True, 40),
+            Case(f"sample pathldm {dpm} bs{p.sample_batch}", "sample", lambda: self.ours_sample(F, "dpmpp"), True, 18),
+            Case("train pathldm +CL +compile(blocks)", "train", lambda: self.ours_train(F, **blocks), True, 90, needs_cuda=True),
+            Case("train pathldm +CL +compile(blocks) +ckpt(levels 0,1)", "train",
+                 lambda: self.ours_train(F, **blocks, gradient_checkpointing=True, checkpoint_levels=[0, 1]), True, 50, needs_cuda=True),
+            Case(f"sample pathldm-h64 {ddim} bs{p.sample_batch}", "sample", lambda: self.ours_sample(H, "ddim"), True, 28),
+            Case(f"sample pathldm-h64 {dpm} bs{p.sample_batch}", "sample", lambda: self.ours_sample(H, "dpmpp"), True, 14),
+            Case("train pathldm-h64 +CL", "train", lambda: self.ours_train(H, **cl), False, 25),
+            Case(f"sample pathldm {ddim} bs{p.sample_batch} contiguous", "sample", lambda: self.ours_sample(F, "ddim", channels_last=False), False, 40),
+            Case(f"sample pathldm {ddim} bs{p.sample_batch} +compile(full)", "sample", lambda: self.ours_sample(F, "ddim", "full"), False, 90, needs_cuda=True),
+            Case(f"sample pathldm-h64 {dpm} bs{p.sample_batch} +compile(full)", "sample", lambda: self.ours_sample(H, "dpmpp", "full"), False, 60, needs_cuda=True),
+            Case("train pathldm +CL +compile(full)", "train", lambda: self.ours_train(F, **cl, compile=True), False, 150, needs_cuda=True),
+            Case("train pathldm-h64 +CL +compile(blocks) +ckpt(levels 0,1)", "train",
+                 lambda: self.ours_train(H, **blocks, gradient_checkpointing=True, checkpoint_levels=[0, 1]), False, 80, needs_cuda=True),
+        ]
+
+    def wanted(self, case: Case) -> bool:
+        if self.selected:
+            return any(s in case.name for s in self.selected)
+        return case.quick or self.p.mode == "full" or self.p.mode == "tiny"
+
+    def run_case(self, case: Case) -> dict:
+        """Run one case in a guard: its numbers, or why it was skipped or failed; the run goes on."""
+        elapsed = time.perf_counter() - self.started
+        record = {"case": case.name, "group": case.group}
+        if case.needs_cuda and self.p.device != "cuda":
+            record["status"] = "skipped: compile needs CUDA"
+        elif self.p.device == "cuda" and elapsed + case.est_s > self.p.budget_s:
+            record["status"] = f"skipped: time budget ({elapsed:.0f}s used + ~{case.est_s:.0f}s > {self.p.budget_s:.0f}s)"
+        else:
+            print(f"\n=== {case.name} (t={elapsed:.0f}s)", flush=True)
+            start = time.perf_counter()
+            try:
+                record.update(case.run())
+                record["status"] = "ok"
+            except Exception as e:  # noqa: BLE001  (a failed case is a result: OOM, compile error)
+                record["status"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+                record["traceback"] = traceback.format_exc()[-3000:]
+            record["wall_s"] = round(time.perf_counter() - start, 1)
+            _reset_memory(self.p.device)
+        self.derive(record)
+        self.results.append(record)
+        print(json.dumps({k: v for k, v in record.items() if k != "traceback"}), flush=True)
+        self.write()
+        return record
+
+    def derive(self, r: dict) -> None:
+        if r.get("status") != "ok":
+            return
+        r["tflops"] = r["flops_per_img"] * r["img_s"] / 1e12
+        r["mfu_pct"] = 100 * r["tflops"] / PEAK_TFLOPS if self.p.device == "cuda" else None
+        base = next((b for b in self.results if b["group"] == f"baseline-{r['group']}" and b.get("status") == "ok"), None)
+        if r["group"] in ("train", "sample") and base:
+            r["x_baseline"] = r["img_s"] / base["img_s"]
+
+    def targets(self) -> dict:
+        ok = [r for r in self.results if r.get("status") == "ok"]
+        train = [r for r in ok if r["group"] == "train" and r["preset"] == self.p.faithful]
+        fits = [r for r in train if r["peak_alloc_gib"] is not None and r["peak_alloc_gib"] <= TARGETS["train_peak_gib"]]
+
+        def best(rows, key="img_s"):
+            row = max(rows, key=lambda r: r[key], default=None)
+            return None if row is None else {"case": row["case"], key: row[key], "peak_alloc_gib": row.get("peak_alloc_gib")}
+
+        def sampler(prefix):
+            return best([r for r in ok if r["group"] == "sample" and prefix in r["case"]])
+
+        return {
+            "train_fastest": best(train),
+            "train_fastest_within_9gib": best(fits),
+            "train_lowest_memory": min(({"case": r["case"], "peak_alloc_gib": r["peak_alloc_gib"], "img_s": r["img_s"]} for r in train
+                                        if r["peak_alloc_gib"] is not None), key=lambda r: r["peak_alloc_gib"], default=None),
+            "ddim_fastest": sampler(f"ddim{self.p.ddim_steps} "),
+            "dpm_fastest": sampler(f"dpm++{self.p.dpm_steps} "),
+            "targets": TARGETS,
+        }
+
+    def environment(self) -> dict:
+        import diffusers
+
+        return {"date": datetime.date.today().isoformat(), "mode": self.p.mode,
+                "device": torch.cuda.get_device_name() if self.p.device == "cuda" else "cpu",
+                "torch": torch.__version__, "diffusers": diffusers.__version__, "python": sys.version.split()[0],
+                "command": "python -u " + " ".join(sys.argv), "peak_tflops_for_mfu": PEAK_TFLOPS, "profile": dataclasses.asdict(self.p)}
+
+    def table(self) -> str:
+        head = "| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB | h for 200k |"
+        rows = [head, "|" + "---|" * 12]
+
+        def f(v, fmt):
+            return "" if v is None else format(v, fmt)
+
+        for r in self.results:
+            status = r["status"] if r["status"] == "ok" else r["status"][:90].replace("|", "/")
+            rows.append(f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} | "
+                        f"{f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
+                        f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | {f(r.get('peak_alloc_gib'), '.2f')} | "
+                        f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} |")
+        return "\n".join(rows)
+
+    def markdown(self) -> str:
+        env = self.environment()
+        t = self.targets()
+        lines = [f"### bench_gpu.py ({env['mode']}), {env['date']}, {env['device']}", "",
+                 f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; command: `{env['command']}`; "
+                 f"MFU against {PEAK_TFLOPS:.0f} TFLOP/s (measured dense bf16; 989 nominal).", "", self.table(), "",
+                 "Targets (issue 9): " + json.dumps({k: v for k, v in t.items() if k != "targets"})]
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> None:
+        from histoldm.fileio import atomic_write_json, atomic_write_text
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "bench_gpu.json", {"environment": self.environment(), "results": self.results, "summary": self.targets()})
+        atomic_write_text(self.out / "bench_gpu.md", self.markdown())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the subset that fits ~6 minutes on one H100, compilation included")
+    mode.add_argument("--tiny", action="store_true", help="tiny preset on CPU, few steps (tests)")
+    ap.add_argument("--cases", default=None, help="comma-separated substrings: run only cases whose name contains one")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else ./bench-gpu-out)")
+    ap.add_argument("--train-steps", type=int, default=None)
+    ap.add_argument("--sample-batch", type=int, default=None)
+    ap.add_argument("--budget-s", type=float, default=None, help="start no case expected to end past this many seconds")
+    args = ap.parse_args(argv)
+    profile = make_profile(args)
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device; use --tiny on CPU", file=sys.stderr)
+        return 2
+    if profile.device == "cpu":
+        torch.set_num_threads(1)  # tiny ops: threads only spin-wait on a shared CPU (5 s instead of 0.05 s per step)
+    out = args.out or Path(os.environ.get("OUT") or "bench-gpu-out")
+    selected = [s.strip() for s in args.cases.split(",") if s.strip()] if args.cases else None
+    shm = Path("/dev/shm")  # each training case writes a 4.8 GB checkpoint and a 1.6 GB bundle: RAM is faster than disk
+    roomy = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 16 * 2**30
+    tmp_root = shm if profile.device == "cuda" and roomy else None
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if profile.device == 'cuda' else 'cpu'}, mode {profile.mode}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=tmp_root) as work:
+        bench = Bench(profile, out, Path(work), selected)
+        for case in bench.cases():
+            if bench.wanted(case):
+                bench.run_case(case)
+        bench.write()
+    print("\n" + bench.markdown(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
