@@ -276,7 +276,7 @@ class Bench:
         from histoldm.sampling.guidance import unet_eps_fn
         from histoldm.sampling.run import ImageSampler, SampleConfig
         from histoldm.sampling.solvers import training_alphas_cumprod
-        from histoldm.sampling.speed import compile_unet
+        from histoldm.models.speed import compile_unet
         from histoldm.text.cache import TextCache
 
         p, bs = self.p, self.p.sample_batch

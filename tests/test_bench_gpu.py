@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py on CPU (--tiny) and the speed levers it measures (histoldm.sampling.speed)."""
+"""benchmarks/bench_gpu.py on CPU (--tiny) and the speed levers it measures (histoldm.models.speed)."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import torch
 
 from histoldm.errors import UserError
 from histoldm.models.presets import build_unet
-from histoldm.sampling.speed import compile_unet, enable_gradient_checkpointing
+from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 

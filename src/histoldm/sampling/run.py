@@ -191,7 +191,7 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
             f"{ae_spec} has {ae.fingerprint[:12]}"
         )
     if cfg.compile and device.type == "cuda":
-        from histoldm.sampling.speed import compile_unet
+        from histoldm.models.speed import compile_unet
 
         unet = compile_unet(unet, cfg.compile_mode)
     return unet, ae

@@ -160,7 +160,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from histoldm.fileio import append_jsonl, atomic_write_json
     from histoldm.manifest import write_manifest
     from histoldm.models.presets import build_unet
-    from histoldm.sampling.speed import compile_unet, enable_gradient_checkpointing
+    from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
     from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, drop_captions, augment_dihedral, step_generator
     from histoldm.train.ema import EMA
