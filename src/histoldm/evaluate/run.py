@@ -55,6 +55,7 @@ class EvaluateConfig(ExtractConfig):
     adherence_high: str = "high"
     adherence_low: str = "low"
     adherence_permutations: int = 1000
+    adherence_mpp: float = 1.0  # microns per pixel of the images, so nuclei are measured at their physical size
 
 
 class FidRefConfig(ExtractConfig):
@@ -188,7 +189,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
         metrics["adherence"] = run_adherence(
             cfg.fake, captions_parquet=cfg.captions, high=cfg.adherence_high, low=cfg.adherence_low,
-            n_permutations=cfg.adherence_permutations, seed=cfg.seed,
+            mpp=cfg.adherence_mpp, n_permutations=cfg.adherence_permutations, seed=cfg.seed,
         )
 
     atomic_write_json(out / "metrics.json", metrics)

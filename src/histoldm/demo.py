@@ -1,0 +1,138 @@
+"""`histoldm demo`: every stage for real, at tiny scale, on CPU, ending in one HTML report.
+
+The CC0 slide is tiled, a synthetic report per case is summarised to 35 CLIP tokens, captions get
+tumor/TIL levels (proxy scores on the slide, known values on the synthetic cases), the cases are
+split by patient, a small autoencoder and a tiny conditional UNet are trained, held-out captions
+are sampled with DDIM-50 and guidance 1.75, and FID/KID/precision-recall plus condition adherence
+are measured against the held-out real patches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from histoldm.config import StrictModel
+from histoldm.fileio import read_jsonl
+from histoldm.pipeline import DemoDataConfig, ModelRecipe, build_demo_data, prepare_latents, summarize, train_sample_evaluate
+
+
+class DemoConfig(StrictModel):
+    out: Path = Path("demo-out")
+    budget: int = 35  # the seed paper's best summary length
+    data: DemoDataConfig = DemoDataConfig()
+    recipe: ModelRecipe = ModelRecipe()
+
+
+def loss_curve(stats: Path, out: Path) -> Path:
+    """PNG of the training loss from the run's stats.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(read_jsonl(stats))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MSE loss (epsilon)")
+    ax.set_title("LDM training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _caption_rows(result: dict[str, Any], max_rows: int = 8) -> list:
+    """Real and generated images grouped by caption, captions with the most patches first."""
+    from histoldm.report import CaptionRow
+
+    generated = {r["id"]: result["samples"] / r["file"] for r in read_jsonl(result["samples"] / "index.jsonl")}
+    rows: dict[str, CaptionRow] = defaultdict(lambda: CaptionRow(caption=""))
+    for item in result["items"]:
+        row = rows[item["caption"]]
+        row.caption = item["caption"]
+        if len(row.real) < 4:
+            row.real.append(result["real"] / f"{item['patch_id']}.png")
+        if len(row.generated) < 4 and item["patch_id"] in generated:
+            row.generated.append(generated[item["patch_id"]])
+    return sorted(rows.values(), key=lambda r: -len(r.real))[:max_rows]
+
+
+def _adherence_rows(adherence: dict[str, Any], label: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for attr, r in adherence.get("by_attribute", {}).items():
+        if "auroc" in r:
+            rows.append((f"condition adherence, {label}: {attr}", f"AUROC {r['auroc']:.3f} (chance 0.5, p = {r['p_value']:.3g})",
+                         f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low {attr} captions"))
+        else:
+            rows.append((f"condition adherence, {label}: {attr}", "not measured", str(r.get("status", ""))))
+    return rows
+
+
+def _metric_rows(metrics: dict[str, Any], real_adherence: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [("FID", f"{metrics['fid']['value']:.2f}", metrics["fid"]["protocol_line"])]
+    if "mean" in metrics["kid"]:
+        rows.append(("KID", f"{metrics['kid']['mean']:.4f} ± {metrics['kid']['std']:.4f}", metrics["kid"]["protocol_line"]))
+    pr = metrics["precision_recall"]
+    if "precision" in pr:
+        rows.append(("precision / recall (k=3)", f"{pr['precision']:.3f} / {pr['recall']:.3f}", pr["protocol_line"]))
+    rows += _adherence_rows(metrics.get("adherence", {}), "generated")
+    rows += _adherence_rows(real_adherence, "real held-out (ceiling)")
+    return rows
+
+
+def _manifests(out: Path) -> dict[str, Path]:
+    found = sorted(p for p in out.rglob("*manifest.json") if "checkpoints" not in p.parts)
+    return {str(p.parent.relative_to(out)) if p.name == "manifest.json" else str(p.relative_to(out)): p for p in found}
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    from histoldm.report import write_report
+
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Data: the CC0 slide + synthetic cases, scores, synthetic reports, a patient-level split.
+    data = build_demo_data(out / "data", cfg.data)
+    # Summaries at the paper's best budget with the offline extractive backend.
+    summaries = summarize(data["reports"], out / "summaries.jsonl", cfg.budget)
+    # Autoencoder and latent cache, then captions -> text cache -> training -> sampling -> metrics.
+    latents = prepare_latents(out, data["store"], cfg.recipe)
+    result = train_sample_evaluate(out / "model", store=data["store"], split=data["split"], summaries=summaries,
+                                   latents=latents["latents"], recipe=cfg.recipe, name="demo")
+
+    # Report.
+    curve = loss_curve(Path(result["train"]["run_dir"]) / "stats.jsonl", out / "loss.png")
+    split = json.loads(Path(data["split"]).read_text())["cases"]
+    vae = latents["vae_metrics"] or {}
+    minutes = (time.time() - started) / 60
+    intro = (
+        f"Every stage of histoldm ran for real at demo scale in {minutes:.1f} min. Data: the CC0 slide CMU-1-Small-Region "
+        f"(Carnegie Mellon University) tiled at {cfg.data.magnification:g}x, {cfg.data.patch_size} px, plus "
+        f"{cfg.data.synthetic_cases} synthetic H&amp;E-like cases with known tumor/TIL levels; reports are synthetic and say so. "
+        f"Split by case: {len(split.get('train', []))} train, {len(split.get('test', []))} test cases. "
+        f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
+        f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {cfg.recipe.text_encoder} ({cfg.recipe.text_mode}), "
+        f"UNet preset {cfg.recipe.unet_preset} trained {result['train']['steps']} steps. Samples: {cfg.recipe.solver.upper()} "
+        f"{cfg.recipe.sample_steps} steps, guidance {cfg.recipe.guidance}. At this scale the numbers show that the pipeline "
+        "works end to end, not image quality: FID on a few dozen images is dominated by its bias."
+    )
+    report = write_report(
+        out / "report.html",
+        title="histoldm demo",
+        intro=intro,
+        caption_rows=_caption_rows(result),
+        metrics=_metric_rows(result["metrics"], result["real_adherence"]),
+        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png")],
+        tables=[("Summaries", ["case", "tokens", "status", "summary"],
+                 [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],
+        manifests=_manifests(out),
+    )
+    return {"report": str(report), "metrics": result["metrics"], "minutes": minutes}
+

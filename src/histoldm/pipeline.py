@@ -1,0 +1,232 @@
+"""The stages chained end to end, shared by `histoldm demo` and `histoldm sweep`.
+
+Each step calls the same library function as its CLI subcommand and writes into its own folder
+of the work directory, so every intermediate file and manifest stays inspectable. Steps whose
+output already exists are resumed or skipped by the stage itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from histoldm.config import StrictModel, deep_merge, load_config
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_text
+
+
+class DemoDataConfig(StrictModel):
+    """The demo dataset: the bundled CC0 slide plus synthetic H&E-like cases with known attributes."""
+
+    magnification: float = 10.0  # PathLDM's; synthetic tiles are drawn at the same 1 um/px
+    patch_size: int = 256
+    overlap: int = 192  # the CC0 slide is small: without overlap 10x gives only a handful of patches
+    synthetic_cases: int = Field(8, ge=2)
+    tiles_per_case: int = Field(12, ge=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+
+
+class ModelRecipe(StrictModel):
+    """Everything from captions to metrics for one set of summaries (one row of the sweep)."""
+
+    image_size: int | None = 64  # resolution the models work at; None = the stored patch size
+    autoencoder: str = "kl-f4-tiny"  # KL preset trained here, or a folder / hub id used as is
+    autoencoder_steps: int = 300  # training steps when `autoencoder` is a preset (0 = random weights)
+    autoencoder_batch_size: int = 16
+    text_encoder: str = "minilm"
+    text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
+    text_max_length: int | None = 64
+    unet_preset: str = "tiny"
+    train_steps: int = 600
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    ema: bool = True
+    ema_decay: float = 0.995
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(5000, ge=1)
+    train_overrides: dict[str, Any] = Field(default_factory=dict)  # any other TrainConfig keys, e.g. {model: {compile: true}}
+    sample_steps: int = 50
+    guidance: float = 1.75
+    solver: Literal["ddim", "dpmpp"] = "ddim"
+    n_samples: int = Field(48, ge=2)  # held-out patches whose captions are sampled (and their real images)
+    sample_batch_size: int = 16
+    kid_subset_size: int = 1000
+    seed: int = 0
+
+
+def _precision(recipe: ModelRecipe) -> str:
+    import torch
+
+    if recipe.precision != "auto":
+        return recipe.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
+    """One synthetic TCGA-style report per case of the store, re-keyed to the store's case ids.
+
+    The texts say on their first line that they are synthetic; they exist so every case has a report."""
+    from histoldm.reports.synthetic import make_synthetic_reports
+
+    cases = sorted(set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()))
+    reports = make_synthetic_reports(len(cases), seed)
+    return [{"case_id": case, "text": r["text"]} for case, r in zip(cases, reports)]
+
+
+def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
+    """Tile the CC0 slide, add synthetic cases, score, merge, write reports and a patient-level split."""
+    from histoldm.assets import asset_path
+    from histoldm.data.scores import ScoresConfig, run_scores
+    from histoldm.data.splits import SplitConfig, run_split
+    from histoldm.data.store import merge_stores
+    from histoldm.data.synthetic import make_synthetic_dataset
+    from histoldm.data.tiling import TileConfig, run_tile
+
+    work = Path(work)
+    slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"
+    if not (store / "patches.parquet").is_file():
+        run_tile(TileConfig(slides=asset_path("cmu_slide"), out=slide_store, magnification=cfg.magnification,
+                            size=cfg.patch_size, overlap=cfg.overlap))
+        run_scores(ScoresConfig(store=slide_store, proxy=True))
+        if not (synthetic_store / "patches.parquet").is_file():
+            make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size)
+        merge_stores([slide_store, synthetic_store], store)
+    reports = work / "reports.jsonl"
+    if not reports.is_file():
+        atomic_write_text(reports, "".join(json.dumps(r) + "\n" for r in demo_reports(store, cfg.seed)))
+    split = work / "split.json"
+    if not split.is_file():
+        run_split(SplitConfig(out=split, store=store, seed=cfg.seed,
+                              fractions={"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}))
+    return {"store": store, "reports": reports, "split": split, "attributes": synthetic_store / "attributes.parquet"}
+
+
+def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
+    from histoldm.reports.summarize import SummarizeConfig, run_summarize
+
+    run_summarize(SummarizeConfig(input=reports, out=out, budget=budget, **(options or {})))
+    return out
+
+
+def prepare_latents(work: Path, store: Path, recipe: ModelRecipe) -> dict[str, Any]:
+    """Train the autoencoder when the recipe names a preset, then cache latents of every patch."""
+    from histoldm.models.presets import AUTOENCODER_PRESETS
+    from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
+    from histoldm.train.vae import TrainVAEConfig, run_train_vae
+
+    work = Path(work)
+    autoencoder, vae_metrics = recipe.autoencoder, None
+    if recipe.autoencoder in AUTOENCODER_PRESETS and recipe.autoencoder_steps > 0:
+        vae_dir = work / "vae"
+        if not (vae_dir / "autoencoder" / "config.json").is_file():
+            vae_metrics = run_train_vae(TrainVAEConfig(
+                store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
+                batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
+                holdout_patches=8, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps))
+        else:
+            vae_metrics = json.loads((vae_dir / "metrics.json").read_text()) if (vae_dir / "metrics.json").is_file() else None
+        autoencoder = str(vae_dir / "autoencoder")
+    latents = work / "latents"
+    if not (latents / "meta.json").is_file() or not json.loads((latents / "meta.json").read_text()).get("complete"):
+        run_encode_latents(EncodeLatentsConfig(store=store, vae=autoencoder, out=latents, image_size=recipe.image_size,
+                                               batch_size=32, workers=0))
+    return {"autoencoder": autoencoder, "latents": latents, "vae_metrics": vae_metrics}
+
+
+def held_out_items(captions: Path, split: Path, n: int, seed: int, split_name: str = "test") -> list[dict[str, str]]:
+    """Up to n patches of the held-out cases (a seeded choice), with their captions."""
+    from histoldm.data.splits import load_split
+
+    cases = load_split(split)
+    rows = [r for r in pq.read_table(captions, columns=["patch_id", "case_id", "caption"]).to_pylist()
+            if cases.get(r["case_id"]) == split_name]
+    if not rows:
+        raise UserError(f"{split}: no captioned patch in the '{split_name}' split")
+    random.Random(seed).shuffle(rows)
+    return sorted(rows[:n], key=lambda r: r["patch_id"])
+
+
+def export_real(store: Path, items: list[dict[str, str]], out: Path, size: int | None) -> Path:
+    """The real images of the chosen patches at the model's resolution, so FID compares like with like,
+    with an index.jsonl like the sampler's so the adherence check can run on real images too."""
+    from PIL import Image
+
+    from histoldm.data.store import PatchStore
+
+    patches = PatchStore.open(store)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        dst = out / f"{item['patch_id']}.png"
+        if dst.exists():
+            continue
+        img = patches.image(item["patch_id"])
+        if size and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.LANCZOS)
+        img.save(dst)
+    index = [{"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items]
+    atomic_write_text(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
+    return out
+
+
+def model_mpp(store: Path, size: int | None) -> float:
+    """Microns per pixel of the images the model sees (median over the store's patches)."""
+    import statistics
+
+    from histoldm.data.store import PatchStore
+
+    patches = PatchStore.open(store)
+    mpps = [m for m in patches.table.column("mpp").to_pylist() if m]
+    stored = patches.image(patches.patch_ids[0]).size[0]
+    return (statistics.median(mpps) if mpps else 1.0) * stored / (size or stored)
+
+
+def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Path, latents: Path,
+                          recipe: ModelRecipe, name: str) -> dict[str, Any]:
+    """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
+    from histoldm.data.captions import CaptionsConfig, run_captions
+    from histoldm.evaluate.adherence import run_adherence
+    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+    from histoldm.sample import SampleConfig, run_sample
+    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+    from histoldm.train.trainer import TrainConfig, run_train
+
+    work = Path(work)
+    captions = work / "captions.parquet"
+    caption_result = run_captions(CaptionsConfig(store=store, summaries=summaries, out=captions))
+    text_cache = work / "text-cache"
+    run_encode_text(EncodeTextConfig(captions=captions, text_encoder=recipe.text_encoder, mode=recipe.text_mode,
+                                     max_length=recipe.text_max_length, out=text_cache))
+    train_cfg = {
+        "name": name, "run_dir": work / "run", "seed": recipe.seed, "max_steps": recipe.train_steps,
+        "batch_size": recipe.batch_size, "precision": _precision(recipe), "ema": recipe.ema, "ema_decay": recipe.ema_decay,
+        "log_every": recipe.log_every, "checkpoint_every": min(recipe.checkpoint_every, recipe.train_steps), "keep_checkpoints": 1,
+        "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split, "workers": 0},
+        "model": {"unet_preset": recipe.unet_preset},
+        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps},
+    }
+    train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
+
+    items = held_out_items(captions, split, recipe.n_samples, recipe.seed)
+    sample_list = work / "held-out-captions.jsonl"
+    atomic_write_text(sample_list, "".join(json.dumps({"id": r["patch_id"], "caption": r["caption"]}) + "\n" for r in items))
+    samples = work / "samples"
+    run_sample(SampleConfig(checkpoint=Path(train["run_dir"]), captions=sample_list, out=samples, steps=recipe.sample_steps,
+                            guidance=recipe.guidance, solver=recipe.solver, batch_size=recipe.sample_batch_size,
+                            seed=recipe.seed, text_cache=text_cache))
+    real = export_real(store, items, work / "real-held-out", recipe.image_size)
+    mpp = model_mpp(store, recipe.image_size)
+    metrics = run_evaluate(EvaluateConfig(real=real, fake=samples, out=work / "eval", seed=recipe.seed,
+                                          kid_subset_size=min(recipe.kid_subset_size, len(items)), fid_method="eigh",
+                                          adherence=True, captions=captions, adherence_mpp=mpp))
+    # The same adherence check on the real held-out images: the ceiling a perfect model would reach.
+    real_adherence = run_adherence(real, captions_parquet=captions, mpp=mpp, seed=recipe.seed)
+    return {"captions": caption_result, "train": train, "samples": samples, "real": real, "metrics": metrics,
+            "real_adherence": real_adherence, "items": items, "work": work}
