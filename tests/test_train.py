@@ -211,6 +211,18 @@ def test_train_vae_a_few_steps(tmp_path):
     assert read_latest(out) == "step-00000003" and not (out / "checkpoints" / "step-00000002").exists()  # rotated
 
 
+def test_train_vae_holds_out_the_split_cases(tmp_path):
+    """With a split, the autoencoder never trains on held-out cases: PSNR is measured on exactly them."""
+    store = _write_store(tmp_path / "store", n=9)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"cases": {"train": ["c0", "c1"], "test": ["c2"]}}))
+    out = tmp_path / "vae"
+    assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "1", "--batch-size", "2",
+                 "--set", f"split={split}", "--set", "workers=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and "split" in metrics["held_out_cases_by"]  # the 3 patches of case c2
+
+
 def test_dry_run_prints_resolved_config(capsys):
     assert main(["train", "--config", str(CONFIGS / "pathldm.yaml"), "--dry-run", "--set", "max_steps=7"]) == 0
     out = capsys.readouterr().out

@@ -103,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # Summaries at the paper's best budget with the offline extractive backend.
     summaries = summarize(data["reports"], out / "summaries.jsonl", cfg.budget)
     # Autoencoder and latent cache, then captions -> text cache -> training -> sampling -> metrics.
-    latents = prepare_latents(out, data["store"], cfg.recipe)
+    latents = prepare_latents(out, data["store"], data["split"], cfg.recipe)
     result = train_sample_evaluate(out / "model", store=data["store"], split=data["split"], summaries=summaries,
                                    latents=latents["latents"], recipe=cfg.recipe, name="demo")
 

@@ -116,8 +116,9 @@ def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | N
     return out
 
 
-def prepare_latents(work: Path, store: Path, recipe: ModelRecipe) -> dict[str, Any]:
-    """Train the autoencoder when the recipe names a preset, then cache latents of every patch."""
+def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -> dict[str, Any]:
+    """Train the autoencoder (on the training cases only) when the recipe names a preset, then cache
+    latents of every patch."""
     from histoldm.models.presets import AUTOENCODER_PRESETS
     from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
     from histoldm.train.vae import TrainVAEConfig, run_train_vae
@@ -130,7 +131,7 @@ def prepare_latents(work: Path, store: Path, recipe: ModelRecipe) -> dict[str, A
             vae_metrics = run_train_vae(TrainVAEConfig(
                 store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
                 batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
-                holdout_patches=8, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps))
+                split=split, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps))
         else:
             vae_metrics = json.loads((vae_dir / "metrics.json").read_text()) if (vae_dir / "metrics.json").is_file() else None
         autoencoder = str(vae_dir / "autoencoder")

@@ -108,7 +108,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         reports, store, split = data["reports"], data["store"], data["split"]
     else:
         reports, store, split = cfg.reports, cfg.store, cfg.split
-    latents = prepare_latents(out, store, cfg.recipe)
+    latents = prepare_latents(out, store, split, cfg.recipe)
 
     # One row per budget: summaries -> captions -> text cache -> train -> sample -> evaluate.
     rows, protocol_line = [], ""

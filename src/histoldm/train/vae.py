@@ -36,7 +36,8 @@ class TrainVAEConfig(StrictModel):
     kl_weight: float = 1e-6
     crop: int | None = None  # random square crop (pixels); None = whole patches
     image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
-    holdout_patches: int = 256  # at least this many patches, as whole cases, are held out
+    holdout_patches: int = 256  # at least this many patches, as whole cases, are held out (without `split`)
+    split: Path | None = None  # split.json: train on its `train` cases, measure on the others (no test patch seen)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
     device: str = "auto"
     seed: int = 0
@@ -46,19 +47,25 @@ class TrainVAEConfig(StrictModel):
     resume: str = "auto"
 
 
-def _split_cases(store: Path, holdout: int) -> tuple[list[Path], list[Path]]:
+def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(require_file(store / "patches.parquet", "patch store index"), columns=["patch_id", "case_id", "path"]).to_pydict()
     order = sorted(set(table["case_id"]), key=lambda c: hashlib.sha256(str(c).encode()).hexdigest())
-    held: set = set()
-    counts = {c: 0 for c in order}
-    for c in table["case_id"]:
-        counts[c] += 1
-    for c in order:
-        if sum(counts[h] for h in held) >= holdout:
-            break
-        held.add(c)
+    if split is not None:
+        from histoldm.data.splits import load_split
+
+        assigned = load_split(split)
+        held = {c for c in order if assigned.get(c) != "train"}
+    else:
+        held = set()
+        counts = {c: 0 for c in order}
+        for c in table["case_id"]:
+            counts[c] += 1
+        for c in order:
+            if sum(counts[h] for h in held) >= holdout:
+                break
+            held.add(c)
     train = [store / p for p, c in zip(table["path"], table["case_id"]) if c not in held]
     test = [store / p for p, c in zip(table["path"], table["case_id"]) if c in held]
     if not train or not test:
@@ -149,7 +156,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     started = time.time()
 
     # Data and device: held-out cases first, precision checked before any compute.
-    train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches)
+    train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches, cfg.split)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -203,7 +210,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
     model.save_pretrained(out / "autoencoder", safe_serialization=True)
-    atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": "sha256(case_id) order", "steps": cfg.steps})
-    write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init},
+    held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
+    atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
+    write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
                    produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed)
     return {"autoencoder": str(out / "autoencoder"), **metrics}
