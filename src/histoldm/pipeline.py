@@ -106,7 +106,7 @@ def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
     if not split.is_file():
         run_split(SplitConfig(out=split, store=store, seed=cfg.seed,
                               fractions={"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}))
-    return {"store": store, "reports": reports, "split": split, "attributes": synthetic_store / "attributes.parquet"}
+    return {"store": store, "reports": reports, "split": split}
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
