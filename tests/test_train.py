@@ -211,6 +211,21 @@ def test_train_vae_a_few_steps(tmp_path):
     assert read_latest(out) == "step-00000003" and not (out / "checkpoints" / "step-00000002").exists()  # rotated
 
 
+def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):
+    """A diverging autoencoder run exits with one line; no checkpoint it leaves holds non-finite weights."""
+    from safetensors.torch import load_file
+
+    store = _write_store(tmp_path / "store", n=8)
+    out = tmp_path / "vae"
+    assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "6", "--batch-size", "2",
+                 "--set", "lr=1e30", "--set", "holdout_patches=2", "--set", "workers=0", "--set", "log_every=100",
+                 "--set", "checkpoint_every=1"]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+    for weights in (out / "checkpoints").rglob("model.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+
+
 def test_train_vae_holds_out_the_split_cases(tmp_path):
     """With a split, the autoencoder never trains on held-out cases: PSNR is measured on exactly them."""
     store = _write_store(tmp_path / "store", n=9)

@@ -9,13 +9,13 @@ are measured against the held-out real patches.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from histoldm.config import StrictModel
+from histoldm.data.splits import load_split
 from histoldm.fileio import read_jsonl
 from histoldm.pipeline import DemoDataConfig, ModelRecipe, build_demo_data, prepare_latents, summarize, train_sample_evaluate
 
@@ -109,7 +109,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # Report.
     curve = loss_curve(Path(result["train"]["run_dir"]) / "stats.jsonl", out / "loss.png")
-    split = json.loads(Path(data["split"]).read_text())["cases"]
+    split: dict[str, list[str]] = defaultdict(list)
+    for case, name in sorted(load_split(data["split"]).items()):
+        split[name].append(case)
     vae = latents["vae_metrics"] or {}
     minutes = (time.time() - started) / 60
     intro = (
@@ -135,5 +137,5 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                  [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],
         manifests=_manifests(out),
     )
-    return {"report": str(report), "metrics": result["metrics"], "minutes": minutes}
+    return {"report": str(report), "minutes": minutes}
 

@@ -112,7 +112,7 @@ def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
     from histoldm.reports.summarize import SummarizeConfig, run_summarize
 
-    run_summarize(SummarizeConfig(input=reports, out=out, budget=budget, **(options or {})))
+    run_summarize(load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget}))
     return out
 
 
@@ -127,19 +127,22 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
     autoencoder, vae_metrics = recipe.autoencoder, None
     if recipe.autoencoder in AUTOENCODER_PRESETS and recipe.autoencoder_steps > 0:
         vae_dir = work / "vae"
-        if not (vae_dir / "autoencoder" / "config.json").is_file():
-            vae_metrics = run_train_vae(TrainVAEConfig(
-                store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
-                batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
-                split=split, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps))
+        vae_cfg = TrainVAEConfig(
+            store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
+            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
+            split=split, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps)
+        if (vae_dir / "metrics.json").is_file():  # finished earlier: reuse it only if trained with these settings
+            trained_with = json.loads((vae_dir / "manifest.json").read_text())["config"]
+            if trained_with != vae_cfg.model_dump(mode="json"):
+                raise UserError(f"{vae_dir}: autoencoder trained with other settings than this recipe's; choose another --out")
+            vae_metrics = json.loads((vae_dir / "metrics.json").read_text())
         else:
-            vae_metrics = json.loads((vae_dir / "metrics.json").read_text()) if (vae_dir / "metrics.json").is_file() else None
+            vae_metrics = run_train_vae(vae_cfg)
         autoencoder = str(vae_dir / "autoencoder")
     latents = work / "latents"
-    if not (latents / "meta.json").is_file() or not json.loads((latents / "meta.json").read_text()).get("complete"):
-        run_encode_latents(EncodeLatentsConfig(store=store, vae=autoencoder, out=latents, image_size=recipe.image_size,
-                                               batch_size=32, workers=0))
-    return {"autoencoder": autoencoder, "latents": latents, "vae_metrics": vae_metrics}
+    run_encode_latents(EncodeLatentsConfig(store=store, vae=autoencoder, out=latents, image_size=recipe.image_size,
+                                           batch_size=32, workers=0))
+    return {"latents": latents, "vae_metrics": vae_metrics}
 
 
 def held_out_items(captions: Path, split: Path, n: int, seed: int, split_name: str = "test") -> list[dict[str, str]]:
@@ -230,4 +233,4 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     # The same adherence check on the real held-out images: the ceiling a perfect model would reach.
     real_adherence = run_adherence(real, captions_parquet=captions, mpp=mpp, seed=recipe.seed)
     return {"captions": caption_result, "train": train, "samples": samples, "real": real, "metrics": metrics,
-            "real_adherence": real_adherence, "items": items, "work": work}
+            "real_adherence": real_adherence, "items": items}

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.demo import DemoConfig, run_demo
 
-    flags = {"out": args.out, "budget": args.budget, "recipe": {"train_steps": args.train_steps} if args.train_steps else None}
+    flags = {"out": args.out, "budget": args.budget, "recipe": {"train_steps": args.train_steps} if args.train_steps is not None else None}
     result = run_demo(resolve_config(args, DemoConfig, flags))
     print(f"demo finished in {result['minutes']:.1f} min; open the report: {result['report']}")
     return 0

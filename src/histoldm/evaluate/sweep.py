@@ -42,6 +42,9 @@ class SweepConfig(StrictModel):
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
+        from histoldm.reports.summarize import SummarizeConfig  # typos fail now, not after minutes of training
+
+        SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
         return self
 
 
@@ -134,4 +137,4 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     write_manifest(out / "manifest.json", stage="sweep", config=cfg, seed=cfg.recipe.seed, started=started,
                    inputs={"reports": reports, "store": Path(store) / "patches.parquet", "split": split},
                    produced={"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name})
-    return {"rows": rows, "table": str(out / "results.md"), "plot": str(plot), "csv": str(out / "results.csv")}
+    return {"table": str(out / "results.md"), "plot": str(plot)}

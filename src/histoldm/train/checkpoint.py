@@ -76,8 +76,6 @@ def save_checkpoint(
     folder = run_dir / "checkpoints"
     name = checkpoint_name(step)
     final, tmp = folder / name, folder / f".tmp-{name}"
-    if read_latest(run_dir) == name:
-        return final
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _save_tensors(model.state_dict(), tmp / "model.safetensors")

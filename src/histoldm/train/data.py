@@ -109,9 +109,10 @@ class ResumableSampler(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """The one source of per-step randomness (noise, timesteps, augmentation, dropout)."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+def step_generator(seed: int, step: int, rank: int, device: torch.device, stream: int = 0) -> torch.Generator:
+    """The one source of per-step randomness. Draws that must be independent of each other (caption
+    dropout vs. flips, say) take different `stream`s: one shared stream would correlate them."""
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream)
 
 
 def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:

@@ -179,8 +179,8 @@ def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
     # Plan: reuse a compatible unfinished cache (its scaling factor included), else start afresh.
     meta_path = out / META
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if old and (old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint):
-        raise UserError(f"{out}: holds a latent cache of other patches or another autoencoder; choose another --out")
+    if old and (old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint or old.get("image_size") != shape[-1]):
+        raise UserError(f"{out}: holds a latent cache of other patches, another autoencoder or another image size; choose another --out")
     if old:
         scale = float(old["scaling_factor"])
     elif cfg.scaling_factor is not None:

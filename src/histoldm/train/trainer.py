@@ -243,7 +243,7 @@ def run_train(cfg: TrainConfig) -> dict:
             lat, rows = next(batches)
             draw = data_position + micro
             gen = step_generator(cfg.seed, draw, rank, device)
-            rows = drop_captions(rows, text.uncond_row, cfg.data.uncond_prob, step_generator(cfg.seed, draw, rank, torch.device("cpu")))
+            rows = drop_captions(rows, text.uncond_row, cfg.data.uncond_prob, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=1))
             lat = lat.to(device, non_blocking=True)
             lat = augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral") if cfg.data.augment != "none" else lat
             lat = lat.contiguous(memory_format=memory_format)

@@ -12,7 +12,6 @@ run checkpoints and resumes with the same machinery as the LDM trainer (histoldm
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -144,13 +143,33 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
     return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
 
 
+def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype) -> torch.Tensor:
+    """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
+    from histoldm.train.data import augment_dihedral, step_generator
+
+    gen = step_generator(cfg.seed, step, 0, x.device)
+    x = augment_dihedral(x, gen)
+    if cfg.crop is not None and cfg.crop < x.shape[-1]:
+        crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), stream=1)
+        top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=crop_gen).tolist()
+        x = x[..., top : top + cfg.crop, left : left + cfg.crop]
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        posterior = model.encode(x).latent_dist
+        rec = model.decode(posterior.sample(gen)).sample
+    loss = F.l1_loss(rec.float(), x) + cfg.kl_weight * posterior.kl().float().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from tqdm import tqdm
 
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
-    from histoldm.train.data import ResumableSampler, augment_dihedral, step_generator
+    from histoldm.train.data import ResumableSampler
     from histoldm.train.latents import PatchImages, as_list
 
     started = time.time()
@@ -176,36 +195,26 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     if resume_from is not None:
         step = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)["step"]
 
-    # Training loop: L1 + KL on random crops and dihedral flips of the training patches.
+    # Training loop; NaN is checked at every host sync, so no checkpoint ever holds diverged weights.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
     loader = torch.utils.data.DataLoader(PatchImages(train_paths, cfg.image_size), batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
     batches = iter(loader)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
-        if x is None:
-            continue
-        gen = step_generator(cfg.seed, step, 0, device)
-        x = augment_dihedral(x.to(device, non_blocking=True), gen)
-        if cfg.crop is not None and cfg.crop < x.shape[-1]:
-            top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=torch.Generator().manual_seed(cfg.seed + step)).tolist()
-            x = x[..., top : top + cfg.crop, left : left + cfg.crop]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            posterior = model.encode(x).latent_dist
-            rec = model.decode(posterior.sample(gen)).sample
-        loss = F.l1_loss(rec.float(), x) + cfg.kl_weight * posterior.kl().float().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if x is not None:
+            loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype)
+            nonfinite |= ~torch.isfinite(loss)
         lr_scheduler.step()
-        if (step + 1) % cfg.log_every == 0:  # the only host sync
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"{out}: loss became NaN or infinite at step {step + 1}; last good checkpoint kept")
-            append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": value, "time": time.time()}])
-        if (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1)
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.log_every == 0 or (step + 1) % cfg.checkpoint_every == 0 or last:  # the only host syncs
+            if bool(nonfinite):
+                raise UserError(f"{out}: loss became NaN or infinite by step {step + 1}; last good checkpoint kept")
+            if x is not None and ((step + 1) % cfg.log_every == 0 or last):
+                append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": float(loss), "time": time.time()}])
+            if (step + 1) % cfg.checkpoint_every == 0 or last:
+                save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1)
     del batches
-    save_checkpoint(out, cfg.steps, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=cfg.steps, keep=1)
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
