@@ -307,3 +307,14 @@ def test_merge_stores_joins_tables_scores_and_images(tmp_path):
     assert len(merged) == 5 and all(p.is_file() for p in merged.paths)
     assert pq.read_table(tmp_path / "m" / "scores.parquet").num_rows == 2  # only a had scores
     assert PatchStore.open(tmp_path / "m").image(merged.patch_ids[0]).size == (64, 64)
+
+
+def test_store_with_duplicate_patch_ids_is_refused(tmp_path: Path) -> None:
+    """Two rows with one patch id would silently train, encode and sample one of them twice."""
+    from histoldm.data.store import patch_table, write_parquet
+
+    row = {"patch_id": "p0", "slide_id": "s", "case_id": "c", "x": 0, "y": 0, "level": 0, "mpp": 1.0,
+           "tissue_fraction": 1.0, "path": "patches/s/p0.png"}
+    write_parquet(tmp_path / "patches.parquet", patch_table([row, row]))
+    with pytest.raises(UserError, match="duplicate patch_id"):
+        PatchStore.open(tmp_path)

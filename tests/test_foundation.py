@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -85,3 +84,19 @@ def test_every_stage_has_help_with_example(capsys):
         assert e.value.code == 0, stage
         out = capsys.readouterr().out
         assert "example:" in out and f"histoldm {stage}" in out, stage
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
+    """Every stage resolves devices through one policy: asking for CUDA on a CPU box is a clear error."""
+    from histoldm.devices import resolve_device
+
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(UserError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="device nonsense"):
+        resolve_device("nonsense")
+    (tmp_path / "c.txt").write_text("a caption\n")
+    assert main(["encode-text", str(tmp_path / "c.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "cache"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "Traceback" not in err

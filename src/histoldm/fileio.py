@@ -41,6 +41,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def jsonl_text(records: Iterable[dict[str, Any]]) -> str:
+    """One JSON object per line, keys sorted so equal records give equal files."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write a whole JSONL file at once: readers see the old file or the new one, never a mix."""
+    atomic_write_text(path, jsonl_text(records))
+
+
 def repair_torn_tail(path: Path) -> None:
     """Cut a line torn by a crash mid-append, so the next append starts on a line of its own.
 

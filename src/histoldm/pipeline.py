@@ -17,7 +17,7 @@ from pydantic import Field
 
 from histoldm.config import StrictModel, deep_merge, load_config
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text
+from histoldm.fileio import atomic_write_jsonl
 
 
 class DemoDataConfig(StrictModel):
@@ -101,7 +101,7 @@ def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
         merge_stores([slide_store, synthetic_store], store)
     reports = work / "reports.jsonl"
     if not reports.is_file():
-        atomic_write_text(reports, "".join(json.dumps(r) + "\n" for r in demo_reports(store, cfg.seed)))
+        atomic_write_jsonl(reports, demo_reports(store, cfg.seed))
     split = work / "split.json"
     if not split.is_file():
         run_split(SplitConfig(out=split, store=store, seed=cfg.seed,
@@ -176,7 +176,7 @@ def export_real(store: Path, items: list[dict[str, str]], out: Path, size: int |
             img = img.resize((size, size), Image.Resampling.LANCZOS)
         img.save(dst)
     index = [{"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items]
-    atomic_write_text(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
+    atomic_write_jsonl(out / "index.jsonl", index)
     return out
 
 
@@ -220,7 +220,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
 
     items = held_out_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
-    atomic_write_text(sample_list, "".join(json.dumps({"id": r["patch_id"], "caption": r["caption"]}) + "\n" for r in items))
+    atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
     samples = work / "samples"
     run_sample(SampleConfig(checkpoint=Path(train["run_dir"]), captions=sample_list, out=samples, steps=recipe.sample_steps,
                             guidance=recipe.guidance, solver=recipe.solver, batch_size=recipe.sample_batch_size,

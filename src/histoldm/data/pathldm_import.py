@@ -29,7 +29,7 @@ from histoldm.data.scores import write_scores
 from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text, require_file
+from histoldm.fileio import atomic_write_jsonl, atomic_write_text, require_file
 from histoldm.manifest import write_manifest
 
 _ALLOWED_GLOBALS = {
@@ -162,8 +162,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
         for wsi, text in sorted((splits[name].get("summaries") or {}).items()):
             case = case_id_of(_text(wsi))
             summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
-    atomic_write_text(out / "summaries.jsonl", "".join(
-        json.dumps(summaries[c], sort_keys=True, ensure_ascii=False) + "\n" for c in sorted(summaries)))
+    atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
     produced: dict[str, Any] = {"patches": len(rows), "summaries": len(summaries)}
     if splits:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -113,6 +114,8 @@ class PatchStore:
         missing = {"patch_id", "case_id", "path"} - set(table.column_names)
         if missing:
             raise UserError(f"{root / TABLE_NAME}: missing columns {sorted(missing)}")
+        if pc.count_distinct(table.column("patch_id")).as_py() != table.num_rows:
+            raise UserError(f"{root / TABLE_NAME}: duplicate patch_id values")
         return cls(root=root, table=table)
 
     def __len__(self) -> int:

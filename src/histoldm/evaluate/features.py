@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from histoldm.devices import resolve_device
 from histoldm.errors import UserError
 from histoldm.fileio import sha256_file
 
@@ -142,12 +143,7 @@ def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> 
         file, name = Path(path), f"user TorchScript {Path(path).name}"
         if not file.is_file():
             raise UserError(f"{file}: extractor file not found")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"--device {device}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    dev = resolve_device(device)
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     try:
         module = torch.jit.load(str(file), map_location=dev)

@@ -26,8 +26,9 @@ import torch
 from pydantic import Field
 
 from histoldm.config import StrictModel
+from histoldm.devices import resolve_device
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
@@ -84,13 +85,17 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds])
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] -> (3, H, W) uint8 on the CPU, rounded (not truncated)."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 def png_bytes(image: torch.Tensor) -> bytes:
     """(3, H, W) in [-1, 1] -> PNG bytes (8-bit RGB)."""
     from PIL import Image
 
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -125,12 +130,10 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
 
 def _finalise_index(out: Path, items: list[CaptionItem]) -> list[dict]:
     """Rewrite index.jsonl as one line per finished image in caption order; drop per-process files."""
-    import json
-
     records = finished_records(out)
     order = {item.id: k for k, item in enumerate(items)}
     ordered = sorted(records.values(), key=lambda r: (order.get(r["id"], len(order)), r["id"]))
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ordered)
+    text = jsonl_text(ordered)
     index = out / "index.jsonl"
     if not index.is_file() or index.read_text(encoding="utf-8") != text:
         atomic_write_bytes(index, text.encode("utf-8"))
@@ -159,8 +162,7 @@ def write_grid(out: Path, files: list[str]) -> Path:
 def _resolve_device_dtype(cfg: SampleConfig):
     from accelerate import PartialState
 
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda: no CUDA device available (use --device cpu)")
+    resolve_device(cfg.device)  # refuses CUDA on a machine without it
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != state.num_processes:  # each process would think it is alone and redo all the work

@@ -7,6 +7,7 @@ whatever the UNet's dtype: the update arithmetic is cheap and bf16 would accumul
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,18 +17,29 @@ EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 def ddim_timesteps(steps: int) -> torch.Tensor:
     """PathLDM's DDIM timesteps, descending (leading spacing, offset 1: 981, 961, ..., 1 for 50)."""
-    from histoldm.models.schedule import ddim_scheduler
-
-    scheduler = ddim_scheduler()
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps.clone()
+    return _ddim_timesteps(steps).clone()
 
 
 def training_alphas_cumprod() -> torch.Tensor:
     """alpha-bar for the 1000 training steps of PathLDM's schedule (float32)."""
+    return _training_alphas_cumprod().clone()
+
+
+@functools.cache
+def _ddim_timesteps(steps: int) -> torch.Tensor:
+    """Built once per step count: the sampler asks for it every batch, 200k images a run."""
     from histoldm.models.schedule import ddim_scheduler
 
-    return ddim_scheduler().alphas_cumprod.to(torch.float32).clone()
+    scheduler = ddim_scheduler()
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps
+
+
+@functools.cache
+def _training_alphas_cumprod() -> torch.Tensor:
+    from histoldm.models.schedule import ddim_scheduler
+
+    return ddim_scheduler().alphas_cumprod.to(torch.float32)
 
 
 def _per_image_noise(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

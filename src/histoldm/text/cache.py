@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from histoldm.config import StrictModel
+from histoldm.devices import resolve_device
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, require_file
 
@@ -157,14 +158,6 @@ class TextCache:
             )
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda: no CUDA device available (use --device cpu)")
-    return device
-
-
 def _existing_cache(out: Path, encoder) -> TextCache | None:
     """The cache already in `out` when it matches `encoder`; a fresh folder gives None."""
     if not (out / META).is_file():
@@ -186,7 +179,7 @@ def run_encode_text(cfg: EncodeTextConfig) -> dict:
     started = time.time()
     captions, skipped = read_captions(cfg.captions)
     unique = list(dict.fromkeys(captions))
-    device = _resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=cfg.dtype)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ sees exactly the batches and draws of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,11 +47,13 @@ class TextTable:
 
 
 def _split_cases(split_path: Path, split: str) -> set[str]:
-    data = json.loads(require_file(split_path, "split file").read_text(encoding="utf-8"))
-    cases = data.get("cases", {})
-    if split not in cases:
-        raise UserError(f"{split_path}: no split '{split}' (has {', '.join(cases) or 'none'})")
-    return {str(c) for c in cases[split]}
+    from histoldm.data.splits import load_split
+
+    assigned = load_split(split_path)
+    cases = {str(c) for c, name in assigned.items() if name == split}
+    if not cases:
+        raise UserError(f"{split_path}: no cases in split '{split}' (has {', '.join(sorted(set(assigned.values()))) or 'none'})")
+    return cases
 
 
 class LatentTextDataset(torch.utils.data.Dataset):

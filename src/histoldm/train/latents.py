@@ -53,16 +53,12 @@ def _shard_name(k: int) -> str:
 
 
 def _read_store(store: Path) -> tuple[list[str], list[Path]]:
-    import pyarrow.parquet as pq
+    from histoldm.data.store import TABLE_NAME, PatchStore
 
-    table = pq.read_table(require_file(store / "patches.parquet", "patch store index"), columns=["patch_id", "path"])
-    ids = [str(x) for x in table.column("patch_id").to_pylist()]
-    paths = [store / p for p in table.column("path").to_pylist()]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{store / 'patches.parquet'}: duplicate patch_id values")
-    if not ids:
-        raise UserError(f"{store / 'patches.parquet'}: no patches")
-    return ids, paths
+    patches = PatchStore.open(store)
+    if not len(patches):
+        raise UserError(f"{store / TABLE_NAME}: no patches")
+    return [str(x) for x in patches.patch_ids], patches.paths
 
 
 class PatchImages(torch.utils.data.Dataset):
@@ -149,26 +145,18 @@ def _plan_hash(ids: list[str], shard_size: int) -> str:
     return h.hexdigest()
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
     """Encode every patch of the store once; returns counts and the output folder."""
     from tqdm import tqdm
 
+    from histoldm.devices import autocast_dtype, resolve_device
     from histoldm.manifest import write_manifest
     from histoldm.models.autoencoder import load_autoencoder
 
     started = time.time()
     ids, paths = _read_store(cfg.store)
-    device = _resolve_device(cfg.device)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{cfg.vae}: bf16 requested but this GPU has no bf16 support (use precision: fp32)")
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg.precision, device)
     pin = device.type == "cuda"
     ae = load_autoencoder(cfg.vae, device)
     shape = _first_shape(paths, cfg.image_size)

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from histoldm.config import StrictModel
+from histoldm.devices import require_bf16
 from histoldm.errors import UserError
 from histoldm.train.validation import ValidationSection
 
@@ -81,8 +82,8 @@ class TrainConfig(StrictModel):
 def _check_precision(precision: str, on_gpu: bool) -> None:
     if precision == "fp16" and not on_gpu:
         raise UserError("precision: fp16 autocast needs a GPU; use bf16 or fp32 on CPU")
-    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
-        raise UserError(f"precision: bf16 is not supported by {torch.cuda.get_device_name()}; use fp16 or fp32")
+    if precision == "bf16" and on_gpu:
+        require_bf16(torch.device("cuda"))
 
 
 def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, require_file
+from histoldm.fileio import atomic_write_json
 
 
 class TrainVAEConfig(StrictModel):
@@ -47,9 +47,9 @@ class TrainVAEConfig(StrictModel):
 
 
 def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:
-    import pyarrow.parquet as pq
+    from histoldm.data.store import PatchStore
 
-    table = pq.read_table(require_file(store / "patches.parquet", "patch store index"), columns=["patch_id", "case_id", "path"]).to_pydict()
+    table = PatchStore.open(store).table.select(["case_id", "path"]).to_pydict()
     order = sorted(set(table["case_id"]), key=lambda c: hashlib.sha256(str(c).encode()).hexdigest())
     if split is not None:
         from histoldm.data.splits import load_split
@@ -166,6 +166,7 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from tqdm import tqdm
 
+    from histoldm.devices import autocast_dtype, resolve_device
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
@@ -176,11 +177,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     # Data and device: held-out cases first, precision checked before any compute.
     train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches, cfg.split)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("precision: bf16 is not supported by this GPU; use fp32")
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg.precision, device)
     out = Path(cfg.out)
     resume_from = resolve_resume(out, cfg.resume)
 

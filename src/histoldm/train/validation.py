@@ -8,7 +8,6 @@ step make the grids comparable across the run.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
@@ -52,6 +51,7 @@ class ValidationGrid:
     def render(self, unet, step: int, run_dir: Path, writer, autocast_dtype: torch.dtype | None) -> Path:
         from histoldm.models.autoencoder import decode
         from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
+        from histoldm.sampling.run import png_bytes, to_uint8
         from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, training_alphas_cumprod
 
         was_training = unet.training
@@ -63,13 +63,8 @@ class ValidationGrid:
             images = decode(self.ae, latents / self.scale_factor).float().clamp(-1, 1)
         unet.train(was_training)
         grid = torch.cat(list(images), dim=-1)  # one row: (3, H, n * W)
-        pixels = ((grid + 1) * 127.5).round().to(torch.uint8).cpu()
         path = run_dir / "validation" / f"step-{step:08d}.png"
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, png_bytes(grid))
         if writer is not None:
-            writer.add_image("validation/grid", pixels, step)
+            writer.add_image("validation/grid", to_uint8(grid), step)
         return path
