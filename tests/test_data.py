@@ -69,6 +69,24 @@ def test_tiling_resumes_per_slide(cmu_store: tuple[Path, dict]) -> None:
     out, first = cmu_store
     again = run_tile(TileConfig(slides=SLIDE, out=out, overlap=32))
     assert again["slides_resumed"] == 1 and again["patches"] == first["patches"]
+    # resuming keeps finished slides as they are, so other settings must not resume into this store
+    with pytest.raises(UserError, match=r"other settings \(magnification 10.0 -> 20.0, size 256 -> 128\)"):
+        run_tile(TileConfig(slides=SLIDE, out=out, overlap=32, magnification=20, size=128))
+
+
+def test_slide_resolution_tolerance_and_same_named_slides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # a slide stated 2% coarser than 20x (as scanners do) tiles at its own resolution, recorded as such
+    r = run_tile(TileConfig(slides=SLIDE, out=tmp_path / "near", magnification=20, mpp=0.51, size=256, overlap=0))
+    rows = PatchStore.open(tmp_path / "near").table.to_pylist()
+    assert r["patches"] >= 1 and all(x["mpp"] == 0.51 and x["extent"] == 256 for x in rows)
+    far = run_tile(TileConfig(slides=SLIDE, out=tmp_path / "far", magnification=20, mpp=0.6, size=256))
+    assert far["patches"] == 0 and "finest level is 0.600 um/px" in far["skipped"][0]["reason"]
+    # two files with one name in different folders would share a slide id: refused before any work
+    for sub in ("a", "b"):
+        (tmp_path / "two" / sub).mkdir(parents=True)
+        shutil.copy(SLIDE, tmp_path / "two" / sub / "TCGA-AA-0001.svs")
+    assert main(["tile", str(tmp_path / "two"), "--out", str(tmp_path / "s2")]) == 2
+    assert "same slide id 'TCGA-AA-0001.svs'" in capsys.readouterr().err
 
 
 def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
@@ -134,6 +152,17 @@ def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, d
     assert got[r0["patch_id"]]["prob_til"] is None
     with pytest.raises(ValidationError, match="exactly one score source"):
         ScoresConfig(store=out)
+
+
+def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(cmu_store: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = cmu_store
+    pid = PatchStore.open(out).patch_ids[0]
+    csv_path = tmp_path / "pct.csv"
+    csv_path.write_text(f"patch_id,prob_tumor\n{pid},85\n,0.2\n")
+    r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
+    reasons = [s["reason"] for s in r["skipped"]]
+    assert r["scored"] == 0 and "not percentages" in reasons[0] and "unreadable row" in reasons[1]
+    assert levels_of(1.0000001) == "high"  # float rounding of a mean just above 1 is clamped, not refused
 
 
 def test_deconvolution_inverts_composition() -> None:

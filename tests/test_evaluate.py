@@ -69,6 +69,10 @@ def test_precision_recall_identical_and_disjoint():
     assert M.precision_recall(x, x + 100.0, k=3) == (0.0, 0.0)
     with pytest.raises(UserError, match="more than k=3"):
         M.precision_recall(x[:3], x[:3])
+    # radii in row blocks (memory batch x N, not N x N) equal the whole-matrix answer
+    d = M.pairwise_distances(x, x)
+    np.fill_diagonal(d, np.inf)
+    assert np.array_equal(M.knn_radii(x, 3, batch=7), np.sort(d, axis=1)[:, 2])
 
 
 # --- statistics files ---------------------------------------------------------------------------

@@ -210,7 +210,8 @@ def test_out_file_with_other_settings_and_torn_line(tmp_path):
 def test_case_ids_csv_folder_and_duplicates(tmp_path):
     assert normalise_case_id("TCGA-BH-A0B3.4E6F-XXXX-uuid") == "TCGA-BH-A0B3"
     assert normalise_case_id("tcga-bh-a0b3-01Z-00-DX1") == "TCGA-BH-A0B3"
-    assert normalise_case_id("  my-case 7 ") == "my-case 7"
+    assert normalise_case_id("  my-case 7 ") == "my-case_7"  # as tiling names a slide "my-case 7.svs"
+    assert normalise_case_id("S-01 (HE)") == "S-01_HE"
     csv = tmp_path / "TCGA_Reports.csv"
     csv.write_bytes(
         b'patient_filename,text\nTCGA-BH-A0B3.uuid-1,"Invasive ductal carcinoma, grade 2"\n'
@@ -235,6 +236,16 @@ def test_csv_without_columns_is_a_one_line_error(tmp_path, capsys):
     assert main(["summarize", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "bad.csv: CSV needs columns 'patient_filename'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_api_key_pasted_as_variable_name_is_refused_without_echo(tmp_path, capsys):
+    _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(1, seed=3))
+    secret = "sk-proj-SECRET123"
+    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "s.jsonl"), "--backend", "openai",
+                 "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", secret]) == 2
+    err = capsys.readouterr().err
+    assert "name of an environment variable" in err and secret not in err
+    assert not list(tmp_path.glob("s.jsonl*"))
 
 
 def test_cli_extractive_and_dry_run(tmp_path, capsys):

@@ -97,7 +97,7 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
 
     t = store.table.to_pydict()
     mpps = t.get("mpp") or [None] * len(t["patch_id"])
-    rows, no_summary = [], []
+    rows, no_summary, cases_without_summary = [], 0, set()
     for pid, case, mpp in tqdm(list(zip(t["patch_id"], t["case_id"], mpps)), desc="captions", unit="patch"):
         s = scores.get(pid, {})
         values: dict[str, str | None] = {
@@ -113,15 +113,15 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
                 key = DESCRIPTOR_PLACEHOLDERS[name]
                 values[name] = levels_of(scaled(key, d[key]), cfg.descriptor_levels)
         if "summary" in used and values["summary"] is None:
-            no_summary.append(pid)
+            no_summary += 1
+            cases_without_summary.add(case)
         rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values),
                      "tumor_level": values["tumor"], "til_level": values["til"]})
 
     out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
-    cases_without = sorted({c for p, c in zip(t["patch_id"], t["case_id"]) if p in set(no_summary)})
     produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
-                "patches_without_summary": len(no_summary), "cases_without_summary": cases_without}
+                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary)}
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
                            "summaries": cfg.summaries},

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from histoldm.data.scores import write_scores
+from histoldm.data.scores import SCORE_COLUMNS, probability, write_scores
 from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
 from histoldm.errors import UserError
@@ -220,6 +220,7 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
             x = int(float(rec["x"])) if rec.get("x") else None
             y = int(float(rec["y"])) if rec.get("y") else None
             mpp = float(rec["mpp"]) if rec.get("mpp") else None
+            probs = {c: probability(rec.get(c)) for c in SCORE_COLUMNS}
         except (OSError, ValueError) as e:
             skipped.append({"line": line, "path": rec["path"], "reason": f"{type(e).__name__}: {e}"})
             continue
@@ -229,8 +230,8 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
         seen.add(patch_id)
         rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": rec.get("case_id") or case_id_of(slide_id),
                      "x": x, "y": y, "mpp": mpp, "path": rel})
-        if rec.get("prob_tumor") or rec.get("prob_til"):
-            scores[patch_id] = {c: float(rec[c]) if rec.get(c) else None for c in ("prob_tumor", "prob_til")}
+        if any(v is not None for v in probs.values()):
+            scores[patch_id] = probs
     write_parquet(out / "patches.parquet", patch_table(rows))
     if scores:
         write_scores(out / "scores.parquet", [r["patch_id"] for r in rows], scores)

@@ -31,11 +31,8 @@ SCORE_COLUMNS = ("prob_tumor", "prob_til")
 
 def levels_of(p: float | None, levels: list[str] | tuple[str, ...] = ("low", "high")) -> str | None:
     """PathLDM's rule L[int(p * len(L))], with p = 1.0 clamped to the top level; None when p is unknown."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return None
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability {p} outside [0, 1]")
-    return levels[min(int(p * len(levels)), len(levels) - 1)]
+    p = probability(p)
+    return None if p is None else levels[min(int(p * len(levels)), len(levels) - 1)]
 
 
 class ScoresConfig(StrictModel):
@@ -54,10 +51,16 @@ class ScoresConfig(StrictModel):
         return self
 
 
-def _float_or_none(value: str | None) -> float | None:
-    if value is None or value.strip() == "" or value.strip().lower() in {"nan", "na", "none"}:
+def probability(value: float | str | None) -> float | None:
+    """A score read as a probability: blank, NA and NaN are unknown; anything outside [0, 1] is refused
+    (percentages are the usual mistake) except float rounding just outside it, which is clamped."""
+    if isinstance(value, str):
+        value = None if value.strip().lower() in {"", "nan", "na", "none"} else float(value)
+    if value is None or math.isnan(value):
         return None
-    return float(value)
+    if not -1e-6 <= value <= 1 + 1e-6:
+        raise ValueError(f"score {value:g} outside [0, 1] (probabilities, not percentages)")
+    return min(max(float(value), 0.0), 1.0)
 
 
 def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
@@ -91,8 +94,8 @@ def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, 
                         skipped.append({"line": line, "slide_id": key[0], "reason": f"no patch at x={key[1]}, y={key[2]}"})
                         continue
                     pid = by_coord[key]
-                scores[pid] = {c: _float_or_none(row.get(c)) for c in SCORE_COLUMNS}
-            except (ValueError, TypeError) as e:
+                scores[pid] = {c: probability(row.get(c)) for c in SCORE_COLUMNS}
+            except (ValueError, TypeError, KeyError) as e:
                 skipped.append({"line": line, "reason": f"unreadable row ({e})"})
     return scores, skipped
 
@@ -116,6 +119,10 @@ def scores_from_heatmaps(store: PatchStore, folder: Path, stride: float | None) 
             cell = float(data["stride"]) if "stride" in data.files else stride
         if cell is None:
             raise UserError(f"{npz}: no `stride` in the file; pass --stride (level-0 pixels per cell)")
+        finite = [g[np.isfinite(g)] for g in grids.values()]
+        if any(v.size and (v.min() < 0 or v.max() > 1) for v in finite):
+            skipped.append({"slide_id": slide, "reason": f"{npz.name}: values outside [0, 1] (probabilities, not percentages)"})
+            continue
         for pid, s, x, y, ext in zip(t["patch_id"], t["slide_id"], t["x"], t["y"], t["extent"]):
             if s != slide:
                 continue
@@ -124,7 +131,7 @@ def scores_from_heatmaps(store: PatchStore, folder: Path, stride: float | None) 
             row = {}
             for c in SCORE_COLUMNS:
                 window = grids[c][r0:r1, c0:c1] if c in grids else np.empty(0)
-                row[c] = float(np.nanmean(window)) if window.size and np.isfinite(window).any() else None
+                row[c] = probability(float(np.nanmean(window))) if window.size and np.isfinite(window).any() else None
             scores[pid] = row
     for extra in sorted(p.stem for p in Path(folder).glob("*.npz") if p.stem not in set(t["slide_id"])):
         skipped.append({"slide_id": extra, "reason": "heat map for a slide not in the store"})
@@ -151,7 +158,10 @@ def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
     from histoldm.data.store import read_parquet
 
     t = read_parquet(path, "scores table").to_pydict()
-    return {p: {c: (t[c][i] if c in t else None) for c in SCORE_COLUMNS} for i, p in enumerate(t["patch_id"])}
+    try:
+        return {p: {c: probability(t[c][i]) if c in t else None for c in SCORE_COLUMNS} for i, p in enumerate(t["patch_id"])}
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def run_scores(cfg: ScoresConfig) -> dict[str, Any]:

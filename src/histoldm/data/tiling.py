@@ -9,6 +9,7 @@ fine as needed, then resized with PIL (bicubic, antialiased) to `size` px. See d
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import time
@@ -32,7 +33,11 @@ from histoldm.data.store import (
 )
 from histoldm.data.tissue import otsu_threshold, saturation, tissue_fraction
 from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_json
 from histoldm.manifest import write_manifest
+
+PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; resuming with others is refused
+MPP_TOLERANCE = 0.05  # a slide up to 5% coarser than the target is tiled at its own resolution, not refused
 
 SLIDE_EXTENSIONS = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"]
 
@@ -89,9 +94,30 @@ def find_slides(root: Path, extensions: list[str]) -> list[Path]:
 
 
 def slide_ids(slides: list[Path]) -> dict[Path, str]:
-    """File stem as slide id; the full file name where two stems collide."""
+    """File stem as slide id; the full file name where two stems collide. Two files with one name in
+    different folders are refused: one would silently stand for the other on resume."""
     stems = [safe_id(p.stem) for p in slides]
-    return {p: (s if stems.count(s) == 1 else safe_id(p.name)) for p, s in zip(slides, stems)}
+    ids = {p: (s if stems.count(s) == 1 else safe_id(p.name)) for p, s in zip(slides, stems)}
+    seen: dict[str, Path] = {}
+    for p, slide_id in ids.items():
+        if slide_id in seen:
+            raise UserError(f"{p}: same slide id {slide_id!r} as {seen[slide_id]}; rename one or tile the folders into separate stores")
+        seen[slide_id] = p
+    return ids
+
+
+def _check_params(out: Path, cfg: TileConfig) -> None:
+    """Slides already in the store are resumed, so they must have been cut with these settings."""
+    params = cfg.model_dump(mode="json", include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"})
+    path = out / PARAMS_FILE
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in params if before.get(k) != params[k])
+        if changed:
+            was = ", ".join(f"{k} {before.get(k)} -> {params[k]}" for k in changed)
+            raise UserError(f"{out}: store was tiled with other settings ({was}); choose another --out")
+    else:
+        atomic_write_json(path, params)
 
 
 def grid(length: int, extent: float, stride: float) -> list[int]:
@@ -134,10 +160,12 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
         mpp0 = base_mpp(dict(slide.properties), cfg.mpp, str(path))
         mpp_out = target_mpp(cfg.magnification)
         downsample = mpp_out / mpp0
-        if downsample < 0.999:
+        if downsample < 1 - MPP_TOLERANCE:
             raise UserError(
                 f"{path}: {cfg.magnification:g}x needs {mpp_out:.3f} um/px but the slide's finest level is {mpp0:.3f} um/px"
             )
+        if downsample < 1:  # scanners state e.g. 0.5025 um/px for "20x": read level 0 as is, record its true mpp
+            downsample, mpp_out = 1.0, mpp0
         level = max(i for i, d in enumerate(slide.level_downsamples) if d <= downsample * 1.001 or i == 0)
         level_ds = slide.level_downsamples[level]
         extent = cfg.size * downsample  # patch side in level-0 pixels
@@ -207,6 +235,7 @@ def run_tile(cfg: TileConfig) -> dict[str, Any]:
     slides = find_slides(cfg.slides, cfg.extensions)
     ids = slide_ids(slides)
     out.mkdir(parents=True, exist_ok=True)
+    _check_params(out, cfg)
 
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(slides), desc="tile", unit="slide")

@@ -136,13 +136,19 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq, 0))
 
 
-def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each vector to its k-th nearest other vector in the same set."""
-    if len(features) <= k:
-        raise UserError(f"precision/recall: need more than k={k} images per set, got {len(features)}")
-    d = pairwise_distances(features, features)
-    np.fill_diagonal(d, np.inf)
-    return np.partition(d, k - 1, axis=1)[:, k - 1]
+def knn_radii(features: np.ndarray, k: int, batch: int = 4096) -> np.ndarray:
+    """Distance from each vector to its k-th nearest other vector in the same set, in row blocks so
+    memory stays batch x N (the whole N x N matrix would be 300 GiB at the paper's 200k images)."""
+    n = len(features)
+    if n <= k:
+        raise UserError(f"precision/recall: need more than k={k} images per set, got {n}")
+    radii = np.empty(n, np.float64)
+    for i in range(0, n, batch):
+        d = pairwise_distances(features[i : i + batch], features)
+        rows = np.arange(len(d))
+        d[rows, i + rows] = np.inf  # not its own neighbour
+        radii[i : i + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return radii
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 4096) -> tuple[float, float]:
@@ -155,7 +161,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int 
             inside += int((d <= radii[None, :]).any(axis=1).sum())
         return inside / len(points)
 
-    real_r, fake_r = knn_radii(real, k), knn_radii(fake, k)
+    real_r, fake_r = knn_radii(real, k, batch), knn_radii(fake, k, batch)
     return coverage(fake, real, real_r), coverage(real, fake, fake_r)
 
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from histoldm.data.store import case_id_of, safe_id
 from histoldm.errors import UserError
 from histoldm.fileio import require_file
 
-_TCGA_BARCODE = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 _ID_COLUMNS = ("patient_filename", "case_id")
 
 
@@ -39,9 +38,10 @@ class LoadedReports:
 
 
 def normalise_case_id(name: str) -> str:
-    """The 12-character TCGA patient barcode in `name` (upper case), else `name` stripped."""
-    m = _TCGA_BARCODE.search(name)
-    return m.group(0).upper() if m else name.strip()
+    """The case id the tiling stage gives a slide of the same name, so reports and patches join: the
+    12-character TCGA patient barcode (upper case) when present, else the name made file-safe."""
+    name = name.strip()
+    return case_id_of(safe_id(name)) if name else ""
 
 
 def _decode(data: bytes, where: str) -> tuple[str, list[str]]:

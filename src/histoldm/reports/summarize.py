@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
@@ -40,7 +41,7 @@ class SummarizeConfig(StrictModel):
     prompt: str = Field("targeted", description="preset (pathldm, targeted) or a template file")
     model: str | None = Field(None, description="openai: model name (required); local: folder or .gguf (default SmolLM2)")
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int | None = 0
     max_tokens: int | None = Field(None, ge=1, description="reply cap; default 4 x budget + 32")
@@ -53,6 +54,14 @@ class SummarizeConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="only the first N cases")
     retry_failed: bool = Field(False, description="re-attempt cases that ended 'failed' in an earlier run")
     dry_run: bool = False
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, v: str) -> str:
+        # A key pasted here would land in the manifest and in error lines: refuse it without echoing it.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be the name of an environment variable (like OPENAI_API_KEY), not the key itself")
+        return v
 
 
 def manifest_path(out: Path) -> Path:

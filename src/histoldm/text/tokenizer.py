@@ -14,7 +14,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from transformers import CLIPTokenizer, PreTrainedTokenizerBase
+from transformers import CLIPTokenizer, CLIPTokenizerFast, PreTrainedTokenizerBase
 
 from histoldm.assets import asset_path
 
@@ -55,7 +55,8 @@ def clip_tokenizer() -> PreTrainedTokenizerBase:
         folder = Path(tempfile.mkdtemp(prefix="histoldm-clip-"))
         (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        tok = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+        # The fast (Rust) class, as on 5.x: the summariser counts through its backend_tokenizer.
+        tok = CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
     else:  # transformers 5.x takes the tables
         tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
     tok.model_max_length = CLIP_CONTEXT
