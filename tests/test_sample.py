@@ -248,6 +248,10 @@ def test_interrupted_run_resumes_to_the_same_files(bundle, captions_file, refere
     assert _sample(bundle, captions_file, out, batch_size=8)["n_new"] == 0
     with pytest.raises(UserError, match="other settings"):
         _sample(bundle, captions_file, out, batch_size=8, guidance=3.0)
+    changed = tmp_path / "changed.txt"  # same line numbers (ids), another caption on one of them
+    changed.write_text("\n".join(CAPTIONS[:-1] + ["a caption these images were not made for"]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="1 images were made for other captions"):
+        _sample(bundle, changed, out, batch_size=8)
 
 
 def test_checkpoint_trained_with_another_text_encoder_is_a_user_error(bundle, captions_file, tmp_path):

@@ -112,6 +112,43 @@ def test_interrupted_save_leaves_latest_valid_and_rerun_resumes(tmp_path, caches
     assert (run_dir / "checkpoints" / "step-00000020" / "state.json").is_file()
 
 
+def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
+    run = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=8, checkpoint_every=4, log_every=2, keep_checkpoints=3))
+    run_dir = Path(run["run_dir"])
+    # as if killed after logging step 8 but before its checkpoint completed
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000008")
+    (run_dir / "latest").write_text("step-00000004\n")
+    (run_dir / "manifest.json").unlink()
+    other_text = _write_caches(tmp_path / "other")
+    meta = Path(other_text["text_cache"]) / "meta.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"fingerprint": "another-encoder"}))
+    with pytest.raises(UserError, match="another text_cache"):
+        run_train(_config(tmp_path, {**caches, "text_cache": other_text["text_cache"]}, run_dir=str(run_dir), max_steps=8,
+                          checkpoint_every=4, log_every=2, keep_checkpoints=3))
+    with pytest.raises(UserError, match="another model"):
+        run_train(_config(tmp_path, caches, run_dir=str(run_dir), max_steps=8, checkpoint_every=4, log_every=2,
+                          keep_checkpoints=3, model={"prediction_type": "v_prediction"}))
+    again = run_train(_config(tmp_path, caches, run_dir=str(run_dir), max_steps=8, checkpoint_every=4, log_every=2, keep_checkpoints=3))
+    assert again["steps"] == 8 and [r["step"] for r in _stats(again["run_dir"])] == [2, 4, 6, 8]
+
+
+def test_resumed_optimizer_moments_take_their_parameters_layout():
+    """channels_last weights: fused AdamW on CUDA needs moments with the same strides after a resume."""
+    from histoldm.train.checkpoint import _match_parameter_layout
+
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(conv.parameters())
+    conv(torch.randn(1, 3, 5, 5)).sum().backward()
+    opt.step()
+    opt.load_state_dict({**opt.state_dict(), "state": {i: {k: v.contiguous() if torch.is_tensor(v) else v for k, v in st.items()}
+                                                      for i, st in opt.state_dict()["state"].items()}})
+    assert opt.state[conv.weight]["exp_avg"].stride() != conv.weight.stride()
+    _match_parameter_layout(opt)
+    assert all(opt.state[conv.weight][k].stride() == conv.weight.stride() for k in ("exp_avg", "exp_avg_sq"))
+
+
 def test_bad_inputs_fail_before_compute(tmp_path, caches):
     with pytest.raises(UserError, match="context_dim"):
         run_train(_config(tmp_path, caches, model={"context_dim": DIM + 1}))
@@ -198,7 +235,7 @@ def test_encode_latents_round_trip_and_resume(tmp_path, capsys):
     assert "config.json missing" in capsys.readouterr().err
 
 
-def test_train_vae_a_few_steps(tmp_path):
+def test_train_vae_a_few_steps(tmp_path, capsys):
     from histoldm.models.autoencoder import load_autoencoder
 
     store = _write_store(tmp_path / "store", n=8)
@@ -209,6 +246,10 @@ def test_train_vae_a_few_steps(tmp_path):
     assert metrics["n"] >= 2 and metrics["psnr"] > 0 and -1 <= metrics["ssim"] <= 1
     assert load_autoencoder(str(out / "autoencoder")).kind == "kl"
     assert read_latest(out) == "step-00000003" and not (out / "checkpoints" / "step-00000002").exists()  # rotated
+    # more steps resume; other training settings would overwrite this autoencoder with a mix of two
+    assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "4", "--batch-size", "2",
+                 "--set", "lr=0.01", "--set", "holdout_patches=2", "--set", "workers=0"]) == 2
+    assert "other lr" in capsys.readouterr().err
 
 
 def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):

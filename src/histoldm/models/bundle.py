@@ -56,6 +56,7 @@ def save_bundle(folder: Path, meta: BundleMeta, unet, autoencoder=None) -> Path:
     meta file is always complete."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).unlink(missing_ok=True)  # re-export: torn weights must not pass for a bundle
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     if autoencoder is not None:
         autoencoder.save_pretrained(folder / "autoencoder", safe_serialization=True)

@@ -43,7 +43,7 @@ class SampleConfig(StrictModel):
     num_images: int = Field(1, ge=1)
     split: Path | None = None  # split.json: sample only the cases of split_name (captions.parquet only)
     split_name: str = "test"
-    steps: int = Field(50, ge=1, le=1000)  # PathLDM: 50 DDIM steps
+    steps: int = Field(50, ge=1, le=999)  # PathLDM: 50 DDIM steps (1000 would step past the schedule's end)
     guidance: float = 1.75  # PathLDM's classifier-free guidance scale; 1.0 = conditional only
     solver: Literal["ddim", "dpmpp"] = "ddim"  # dpmpp: DPM-Solver++ (2M), good at ~20 steps
     eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
@@ -262,6 +262,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "bundle": str(bundle.resolve()),
+        "weights": f"{meta.source}@{meta.trained_steps}",  # a re-export after more training is another model
         "steps": cfg.steps,
         "guidance": cfg.guidance,
         "solver": cfg.solver,
@@ -274,6 +275,9 @@ def run_sample(cfg: SampleConfig) -> dict:
 
     # Work: this process's share of the items, minus those already finished by any earlier run.
     done = finished_records(out)
+    stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
+    if stale:
+        raise UserError(f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); use a new --out")
     mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
     pending = [(k, item) for k, item in mine if item.id not in done]
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")

@@ -111,6 +111,27 @@ def _rotate(folder: Path, keep: int, protect: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _match_parameter_layout(optimizer) -> None:
+    """Moments come back contiguous; give them their parameter's strides (channels_last weights), which
+    fused AdamW requires on CUDA and silently mis-pairs on the CPU."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def truncate_stats(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint a run resumes from: the resumed session logs those steps again."""
+    from histoldm.fileio import atomic_write_jsonl, read_jsonl
+
+    if Path(path).is_file():
+        records = list(read_jsonl(path))
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records):
+            atomic_write_jsonl(path, kept)
+
+
 def read_latest(run_dir: Path) -> str | None:
     path = Path(run_dir) / LATEST
     return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
@@ -146,7 +167,10 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
 def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler) -> dict[str, Any]:
     """Restore everything save_checkpoint wrote; returns the state (step, data_position, ...)."""
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    missing, unexpected = model.load_state_dict(_load_tensors(path / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(_load_tensors(path / "model.safetensors"), strict=False)
+    except RuntimeError as e:  # shape mismatches: another preset or context width
+        raise UserError(f"{path / 'model.safetensors'}: does not fit this model ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:  # strict, with a one-line message instead of a key dump
         raise UserError(f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected keys)")
     if ema is not None:
@@ -161,6 +185,7 @@ def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler) 
         i, k = key.split(".", 1)
         opt_state.setdefault(int(i), {})[k] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
+    _match_parameter_layout(optimizer)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])

@@ -113,7 +113,7 @@ class ResumableSampler(torch.utils.data.Sampler):
 def step_generator(seed: int, step: int, rank: int, device: torch.device, stream: int = 0) -> torch.Generator:
     """The one source of per-step randomness. Draws that must be independent of each other (caption
     dropout vs. flips, say) take different `stream`s: one shared stream would correlate them."""
-    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream)
+    return torch.Generator(device=device).manual_seed((((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream) % 2**63)
 
 
 def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:

@@ -178,7 +178,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
     else:
         scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
     meta = {
-        "autoencoder": cfg.vae,
+        "autoencoder": str(Path(cfg.vae).resolve()) if Path(cfg.vae).is_dir() else cfg.vae,  # found from any folder later
         "kind": ae.kind,
         "scaling_factor": scale,
         "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,

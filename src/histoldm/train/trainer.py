@@ -9,6 +9,7 @@ See docs/training.md for the configs, resume semantics and launch commands.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -100,6 +101,34 @@ def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
         raise UserError(f"{cfg.data.latents}: latents were made by another autoencoder ({made_by}) than the config names")
 
 
+CONTRACT = "contract.json"
+# Model settings that change neither the weights nor what they mean (the caches' fingerprints cover the autoencoder).
+NOT_IN_CONTRACT = {"gradient_checkpointing", "checkpoint_levels", "channels_last", "compile", "compile_mode",
+                   "autoencoder", "autoencoder_fingerprint"}
+
+
+def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
+    """What a resumed run must share with the run it continues: the model and the caches it learns from.
+    Speed settings, step counts and the optimiser's hyper-parameters may change between sessions."""
+    return {
+        "model": cfg.model.model_dump(mode="json", exclude=NOT_IN_CONTRACT),
+        "ema": cfg.ema,
+        "latents": {k: latent_meta.get(k) for k in ("fingerprint", "scaling_factor", "channels", "size")},
+        "text_cache": {k: text_meta.get(k) for k in ("encoder", "fingerprint", "mode", "max_length")},
+    }
+
+
+def _check_contract(run_dir: Path, contract: dict, resuming: bool) -> None:
+    """Refuse, before any compute, to resume a run on another model or other caches (it would mix two)."""
+    path = run_dir / CONTRACT
+    if resuming and path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in contract if before.get(k) != contract[k]]
+        if changed:
+            raise UserError(f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
+                            "give the run a new name (or resume: none)")
+
+
 def _resolve_run_dir(cfg: TrainConfig) -> Path:
     """The explicit run_dir, else the newest unfinished run of this name (auto-resume), else a new id."""
     if cfg.run_dir is not None:
@@ -162,7 +191,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from histoldm.manifest import write_manifest
     from histoldm.models.presets import build_unet
     from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
-    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
+    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, drop_captions, augment_dihedral, step_generator
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
@@ -187,10 +216,13 @@ def run_train(cfg: TrainConfig) -> dict:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
     resume_from = resolve_resume(run_dir, cfg.resume)
+    contract = run_contract(cfg, latents.meta, text.meta)
+    _check_contract(run_dir, contract, resume_from is not None)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partial(run_dir)
         atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+        atomic_write_json(run_dir / CONTRACT, contract)
     validator = None
     if cfg.validation.every and accelerator.is_main_process:
         validator = ValidationGrid(cfg.validation, text, latents.meta, cfg.model.prediction_type, device, cfg.seed)
@@ -216,6 +248,8 @@ def run_train(cfg: TrainConfig) -> dict:
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=accelerator.scaler)
         step, data_position = state["step"], state["data_position"]
+        if accelerator.is_main_process:  # log lines after the checkpoint are re-made by this session
+            truncate_stats(run_dir / "stats.jsonl", step)
         accelerator.print(f"resumed from {resume_from} at step {step}")
     if cfg.model.compile and on_gpu:
         model = compile_unet(model, cfg.model.compile_mode)

@@ -12,6 +12,7 @@ run checkpoints and resumes with the same machinery as the LDM trainer (histoldm
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -68,7 +69,9 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
     train = [store / p for p, c in zip(table["path"], table["case_id"]) if c not in held]
     test = [store / p for p, c in zip(table["path"], table["case_id"]) if c in held]
     if not train or not test:
-        raise UserError(f"{store}: needs patches from at least two cases to hold some out ({len(order)} cases)")
+        why = (f"split {split} leaves {len(train)} training and {len(test)} held-out patches" if split is not None else
+               f"holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of {len(table['path'])} for training")
+        raise UserError(f"{store}: {why} ({len(order)} cases); lower holdout_patches or give a split")
     return train, test
 
 
@@ -143,6 +146,22 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
     return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
 
 
+# Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads.
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "resume", "device"}
+
+
+def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
+    """Resuming with other data or hyper-parameters would overwrite the autoencoder with a mix of two."""
+    path = out / "config.json"
+    if not (resuming and path.is_file()):
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    now = cfg.model_dump(mode="json")
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+    if changed:
+        raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
+
+
 def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype) -> torch.Tensor:
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
@@ -169,7 +188,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from histoldm.devices import autocast_dtype, resolve_device
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
-    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint
+    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import ResumableSampler
     from histoldm.train.latents import PatchImages, as_list
 
@@ -187,11 +206,15 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     model = _load_model(cfg.init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    _check_same_training(out, cfg, resume_from is not None)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
+    atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     step = 0
     if resume_from is not None:
         step = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)["step"]
+        truncate_stats(out / "stats.jsonl", step)
+        print(f"train-vae: resumed from {resume_from} at step {step}")
 
     # Training loop; NaN is checked at every host sync, so no checkpoint ever holds diverged weights.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)

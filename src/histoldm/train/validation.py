@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
@@ -22,7 +23,7 @@ class ValidationSection(StrictModel):
     autoencoder: str = ""  # needed when on; must be the one the latent cache was made with
     captions: list[str] = []  # captions present in the text cache; empty = the cache's first `n`
     n: int = 4
-    steps: int = 25  # DDIM steps
+    steps: int = Field(25, ge=1, le=999)  # DDIM steps
     guidance_scale: float = 1.75  # the seed paper's scale
 
 
