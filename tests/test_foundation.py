@@ -100,3 +100,28 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     assert main(["encode-text", str(tmp_path / "c.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "cache"), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA device" in err and "Traceback" not in err
+
+
+def test_wrong_kinds_of_input_are_one_line_errors(tmp_path, capsys):
+    """Binary files where text or Parquet is expected, a file where a folder goes, a --set typo."""
+    binary = bytes(range(256)) * 4
+    cases = []
+    for name in ("captions.parquet", "captions.txt", "captions.jsonl", "config.yaml"):
+        (tmp_path / name).write_bytes(binary)
+    (tmp_path / "ok.txt").write_text("a caption\n")
+    cases.append((["encode-text", str(tmp_path / "captions.parquet"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
+                  "captions.parquet: captions file is not a readable Parquet file"))
+    cases.append((["encode-text", str(tmp_path / "captions.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
+                  "captions.txt: captions file is not UTF-8 text"))
+    cases.append((["encode-text", str(tmp_path / "captions.jsonl"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
+                  "captions.jsonl: JSONL file is not UTF-8 text"))
+    cases.append((["train", "--config", str(tmp_path / "config.yaml")], "config.yaml: config file is not UTF-8 text"))
+    cases.append((["encode-text", str(tmp_path / "ok.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "ok.txt")],
+                  "ok.txt: exists as a file, expected a folder"))
+    configs = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+    cases.append((["train", "--config", str(configs / "histoldm.yaml"), "--set", "optim.learning_rate=1"],
+                  "command line: unknown config key 'optim.learning_rate'"))
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -185,7 +185,7 @@ def test_cache_mismatch_is_an_error(tmp_path, capsys):
 def test_read_captions_rejects_bad_inputs(tmp_path):
     bad = tmp_path / "c.parquet"
     pq.write_table(pa.table({"text": ["x"]}), bad)
-    with pytest.raises(UserError, match="no `caption` column"):
+    with pytest.raises(UserError, match="lacks column\(s\) caption"):
         read_captions(bad)
     with pytest.raises(UserError, match="expected a .parquet"):
         (tmp_path / "c.csv").write_text("caption\nx\n")

@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         sys.stderr.write(f"histoldm {args.command}: error: {e}\n")
         return 2
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
+        # A path of the wrong kind (--out naming a file, a folder given as a file) or without rights:
+        # the user's to fix, and the OS message names the path.
+        why = {FileExistsError: "exists as a file, expected a folder", IsADirectoryError: "is a folder, expected a file",
+               NotADirectoryError: "a file stands where a folder is needed"}.get(type(e), e.strerror)
+        sys.stderr.write(f"histoldm {args.command}: error: {e.filename}: {why}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"histoldm {args.command}: interrupted; finished work is kept, re-run to resume\n")
         return 130

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from histoldm.errors import UserError
+from histoldm.fileio import read_text_input
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -28,7 +29,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_input(path, "config file"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -84,12 +85,23 @@ def load_config(
     overrides: dict[str, Any] | None = None,
 ) -> C:
     """Defaults <- YAML file <- overrides (command-line flags that were given, and --set pairs)."""
-    data: dict[str, Any] = read_yaml(path) if path else {}
-    data = deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    from_file: dict[str, Any] = read_yaml(path) if path else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return model.model_validate(data)
+        return model.model_validate(deep_merge(from_file, given))
     except ValidationError as e:
-        raise UserError(_format_validation_error(str(path) if path else "command line", e)) from None
+        loc = e.errors()[0]["loc"]
+        source = str(path) if path and not _has_key(given, loc) else "command line"  # blame where the key came from
+        raise UserError(_format_validation_error(source, e)) from None
+
+
+def _has_key(data: dict[str, Any], loc: tuple) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def dump_config(cfg: BaseModel) -> str:

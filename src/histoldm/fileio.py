@@ -85,8 +85,7 @@ def read_jsonl(path: Path, *, skip_torn_last_line: bool = True) -> Iterator[dict
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = read_text_input(path, "JSONL file").splitlines(keepends=True)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -119,6 +118,17 @@ def sha256_path(path: Path) -> str:
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(f"{p.relative_to(path).as_posix()}\t{p.stat().st_size}\n".encode())
     return h.hexdigest()
+
+
+def read_text_input(path: Path, what: str = "input") -> str:
+    """A user's text file as str; a binary or non-UTF-8 file is a one-line error naming it."""
+    path = require_file(path, what)
+    if path.is_dir():
+        raise UserError(f"{path}: {what} is a folder, expected a file")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: {what} is not UTF-8 text (undecodable byte at offset {e.start})") from None
 
 
 def require_file(path: Path, what: str = "input") -> Path:

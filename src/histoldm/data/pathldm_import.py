@@ -29,7 +29,7 @@ from histoldm.data.scores import SCORE_COLUMNS, probability, write_scores
 from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_jsonl, atomic_write_text, require_file
+from histoldm.fileio import atomic_write_jsonl, atomic_write_text, read_text_input, require_file
 from histoldm.manifest import write_manifest
 
 _ALLOWED_GLOBALS = {
@@ -199,12 +199,10 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
     """A folder of patch images + CSV (`path` required; slide_id, case_id, x, y, mpp, prob_tumor, prob_til optional)."""
     started = time.time()
     images, out = Path(images), Path(out)
-    require_file(csv_path, "patch CSV")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "path" not in (reader.fieldnames or []):
-            raise UserError(f"{csv_path}: needs a `path` column (image path relative to {images})")
-        records = list(reader)
+    reader = csv.DictReader(io.StringIO(read_text_input(csv_path, "patch CSV"), newline=""))
+    if "path" not in (reader.fieldnames or []):
+        raise UserError(f"{csv_path}: needs a `path` column (image path relative to {images})")
+    records = list(reader)
     rows, scores, skipped = [], {}, []
     seen: set[str] = set()
     for line, rec in enumerate(tqdm(records, desc="import folder", unit="patch"), 2):

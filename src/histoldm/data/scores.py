@@ -9,6 +9,7 @@ HEURISTIC proxy of histoldm.data.descriptors (for demos without classifier outpu
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from histoldm.config import StrictModel
 from histoldm.data.store import PatchStore, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import require_file
+from histoldm.fileio import read_text_input
 from histoldm.manifest import write_manifest
 
 SCORES_SCHEMA = pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])
@@ -65,38 +66,36 @@ def probability(value: float | str | None) -> float | None:
 
 def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
     """Rows keyed by patch_id, or by slide_id + x + y; rows naming unknown patches/slides are skipped."""
-    require_file(path, "score CSV")
     table = store.table.to_pydict()
     by_coord = {(s, x, y): p for p, s, x, y in zip(table["patch_id"], table.get("slide_id", []), table.get("x", []), table.get("y", []))}
     known_patches, known_slides = set(table["patch_id"]), set(table.get("slide_id", []))
     scores: dict[str, dict[str, float | None]] = {}
     skipped: list[dict[str, Any]] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not cols & set(SCORE_COLUMNS):
-            raise UserError(f"{path}: needs a prob_tumor and/or prob_til column")
-        if "patch_id" not in cols and not {"slide_id", "x", "y"} <= cols:
-            raise UserError(f"{path}: needs a patch_id column, or slide_id, x and y columns")
-        for line, row in enumerate(reader, 2):
-            try:
-                if row.get("patch_id"):
-                    pid = row["patch_id"]
-                    if pid not in known_patches:
-                        skipped.append({"line": line, "patch_id": pid, "reason": "unknown patch_id"})
-                        continue
-                else:
-                    key = (row["slide_id"], int(float(row["x"])), int(float(row["y"])))
-                    if key[0] not in known_slides:
-                        skipped.append({"line": line, "slide_id": key[0], "reason": "unknown slide"})
-                        continue
-                    if key not in by_coord:
-                        skipped.append({"line": line, "slide_id": key[0], "reason": f"no patch at x={key[1]}, y={key[2]}"})
-                        continue
-                    pid = by_coord[key]
-                scores[pid] = {c: probability(row.get(c)) for c in SCORE_COLUMNS}
-            except (ValueError, TypeError, KeyError) as e:
-                skipped.append({"line": line, "reason": f"unreadable row ({e})"})
+    reader = csv.DictReader(io.StringIO(read_text_input(path, "score CSV"), newline=""))
+    cols = set(reader.fieldnames or [])
+    if not cols & set(SCORE_COLUMNS):
+        raise UserError(f"{path}: needs a prob_tumor and/or prob_til column")
+    if "patch_id" not in cols and not {"slide_id", "x", "y"} <= cols:
+        raise UserError(f"{path}: needs a patch_id column, or slide_id, x and y columns")
+    for line, row in enumerate(reader, 2):
+        try:
+            if row.get("patch_id"):
+                pid = row["patch_id"]
+                if pid not in known_patches:
+                    skipped.append({"line": line, "patch_id": pid, "reason": "unknown patch_id"})
+                    continue
+            else:
+                key = (row["slide_id"], int(float(row["x"])), int(float(row["y"])))
+                if key[0] not in known_slides:
+                    skipped.append({"line": line, "slide_id": key[0], "reason": "unknown slide"})
+                    continue
+                if key not in by_coord:
+                    skipped.append({"line": line, "slide_id": key[0], "reason": f"no patch at x={key[1]}, y={key[2]}"})
+                    continue
+                pid = by_coord[key]
+            scores[pid] = {c: probability(row.get(c)) for c in SCORE_COLUMNS}
+        except (ValueError, TypeError, KeyError) as e:
+            skipped.append({"line": line, "reason": f"unreadable row ({e})"})
     return scores, skipped
 
 

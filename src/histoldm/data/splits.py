@@ -9,6 +9,7 @@ Alternatively import a given split (JSON or CSV), checked for cases in two split
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import Field, field_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text, require_file
+from histoldm.fileio import atomic_write_text, read_text_input, require_file
 from histoldm.manifest import write_manifest
 
 METHOD = "patient-stratified-v1"
@@ -83,7 +84,7 @@ def load_split(path: Path) -> dict[str, str]:
     """case_id -> split name from a split.json; a case in two splits is an error."""
     require_file(path, "split file")
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(read_text_input(path, "split file"))
         groups = doc["cases"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{path}: not a split file (expected JSON with a `cases` mapping)") from None
@@ -105,15 +106,14 @@ def read_given_split(path: Path) -> dict[str, list[str]]:
     require_file(path, "given split")
     if Path(path).suffix.lower() == ".csv":
         groups: dict[str, list[str]] = {}
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"case_id", "split"} <= set(reader.fieldnames or []):
-                raise UserError(f"{path}: a split CSV needs case_id and split columns")
-            for row in reader:
-                groups.setdefault(row["split"], []).append(row["case_id"])
+        reader = csv.DictReader(io.StringIO(read_text_input(path, "given split"), newline=""))
+        if not {"case_id", "split"} <= set(reader.fieldnames or []):
+            raise UserError(f"{path}: a split CSV needs case_id and split columns")
+        for row in reader:
+            groups.setdefault(row["split"], []).append(row["case_id"])
     else:
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            doc = json.loads(read_text_input(path, "given split"))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg})") from None
         groups = doc.get("cases", doc) if isinstance(doc, dict) else None
@@ -124,13 +124,11 @@ def read_given_split(path: Path) -> dict[str, list[str]]:
 
 
 def _read_label_csv(path: Path, column: str | None) -> dict[str, str]:
-    require_file(path, "cases CSV")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or [])
-        if "case_id" not in fields or (column and column not in fields):
-            raise UserError(f"{path}: needs columns case_id{' and ' + column if column else ''}")
-        return {row["case_id"]: (row[column] if column else "") for row in reader}
+    reader = csv.DictReader(io.StringIO(read_text_input(path, "cases CSV"), newline=""))
+    fields = set(reader.fieldnames or [])
+    if "case_id" not in fields or (column and column not in fields):
+        raise UserError(f"{path}: needs columns case_id{' and ' + column if column else ''}")
+    return {row["case_id"]: (row[column] if column else "") for row in reader}
 
 
 def run_split(cfg: SplitConfig) -> dict[str, Any]:

@@ -84,14 +84,22 @@ def write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(Path(path), parquet_bytes(table))
 
 
-def read_parquet(path: Path, what: str) -> pa.Table:
+def read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet input with one-line errors: missing, not Parquet, or lacking a needed column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     try:
-        return pq.read_table(path)
+        schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+        raise UserError(f"{path}: {what} is not a readable Parquet file ({e})") from None
+    missing = [c for c in columns or [] if c not in schema.names]
+    if missing:
+        raise UserError(f"{path}: {what} lacks column(s) {', '.join(missing)} (has {', '.join(schema.names)})")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: {what} is not a readable Parquet file ({e})") from None
 
 
 def write_patch_table(root: Path, rows: list[dict[str, Any]]) -> Path:

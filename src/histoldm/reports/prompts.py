@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from histoldm.errors import UserError
+from histoldm.fileio import read_text_input
 
 PRESETS = ("pathldm", "targeted")
 _PRESET_DIR = Path(__file__).resolve().parent.parent / "resources" / "prompts"
@@ -65,7 +66,7 @@ def load_prompt(spec: str) -> PromptTemplate:
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"{spec}: not a prompt preset ({', '.join(PRESETS)}) nor a prompt file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_input(path, "prompt file")
     messages = _parse(text, str(path), as_messages=path.suffix.lower() in (".yaml", ".yml", ".json"))
     if not any("{report}" in content for _, content in messages):
         raise UserError(f"{path}: the prompt never uses {{report}}, so the model would not see the report")

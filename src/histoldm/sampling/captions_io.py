@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoldm.errors import UserError
-from histoldm.fileio import read_jsonl, require_file
+from histoldm.fileio import read_jsonl, read_text_input, require_file
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -30,7 +30,7 @@ def safe_file_stem(item_id: str) -> str:
 
 def _from_txt(path: Path) -> tuple[list[CaptionItem], list[dict]]:
     items, skipped = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_input(path, "captions file").splitlines(), 1):
         if line.strip():
             items.append(CaptionItem(f"{n:06d}", line.strip()))
         else:
@@ -51,14 +51,10 @@ def _from_jsonl(path: Path) -> tuple[list[CaptionItem], list[dict]]:
 
 
 def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list[CaptionItem], list[dict]]:
-    import pyarrow.parquet as pq
+    from histoldm.data.store import read_parquet
 
-    names = pq.read_schema(path).names
     columns = ["patch_id", "caption"] + (["case_id"] if split else [])
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(names)})")
-    table = pq.read_table(path, columns=columns).to_pydict()
+    table = read_parquet(path, "captions file", columns).to_pydict()
     keep = [True] * len(table["patch_id"])
     if split:
         from histoldm.data.splits import load_split

@@ -25,7 +25,8 @@ import torch
 from histoldm.config import StrictModel
 from histoldm.devices import resolve_device
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, require_file
+from histoldm.data.store import read_parquet
+from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"
 INDEX = "index.jsonl"
@@ -48,12 +49,7 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
     path = require_file(Path(path), "captions file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        schema = pq.read_schema(path)
-        if "caption" not in schema.names:
-            raise UserError(f"{path}: no `caption` column (columns: {', '.join(schema.names)})")
-        values = pq.read_table(path, columns=["caption"]).column("caption").to_pylist()
+        values = read_parquet(path, "captions file", ["caption"]).column("caption").to_pylist()
     elif suffix == ".jsonl":
         values = []
         for i, rec in enumerate(read_jsonl(path), 1):
@@ -61,7 +57,7 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
                 raise UserError(f"{path}:{i}: no `caption` key")
             values.append(rec["caption"])
     elif suffix == ".txt":
-        values = path.read_text(encoding="utf-8").splitlines()
+        values = read_text_input(path, "captions file").splitlines()
     else:
         raise UserError(f"{path}: expected a .parquet, .jsonl or .txt captions file")
     captions, skipped = [], []

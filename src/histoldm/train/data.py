@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from histoldm.errors import UserError
-from histoldm.fileio import require_file
 from histoldm.train.latents import LatentCache
 
 
@@ -60,9 +59,9 @@ class LatentTextDataset(torch.utils.data.Dataset):
     """Items are (latent float32 (C, H, W), text row). `skipped` counts patches left out and why."""
 
     def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
-        import pyarrow.parquet as pq
+        from histoldm.data.store import read_parquet
 
-        table = pq.read_table(require_file(captions_path, "captions file"), columns=["patch_id", "case_id", "caption"]).to_pydict()
+        table = read_parquet(captions_path, "captions file", ["patch_id", "case_id", "caption"]).to_pydict()
         cases = _split_cases(split_path, split) if split_path else None
         position = latents.positions()
         self.latents = latents
