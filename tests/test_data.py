@@ -208,6 +208,14 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     d = run_captions(CaptionsConfig(store=store, template="{nuclei} nuclei; {fat} fat", out=tmp_path / "d.parquet"))
     assert d["unique_captions"] >= 2
 
+    # the test split's real patches as a folder for fid-ref / evaluate --real, at the model's resolution
+    (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["SYN-0000", "SYN-0001"], "test": ["SYN-0002"]}}))
+    assert main(["export-patches", str(store), "--captions", str(store / "captions.parquet"), "--split", str(tmp_path / "split.json"),
+                 "--out", str(tmp_path / "real"), "--size", "64", "--n", "3"]) == 0
+    index = [json.loads(line) for line in (tmp_path / "real" / "index.jsonl").read_text().splitlines()]
+    assert len(index) == 3 and all(caps[r["id"]]["case_id"] == "SYN-0002" and r["caption"] == caps[r["id"]]["caption"] for r in index)
+    assert all(Image.open(tmp_path / "real" / r["file"]).size == (64, 64) for r in index)
+
 
 def test_fill_template_drops_parts_with_missing_values() -> None:
     t = "{tumor} tumor; {til} til; {summary}"

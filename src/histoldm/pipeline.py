@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from histoldm.config import StrictModel, deep_merge, load_config
+from histoldm.data.export import export_patches, split_items
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl
 
@@ -145,41 +146,6 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
     return {"latents": latents, "vae_metrics": vae_metrics}
 
 
-def held_out_items(captions: Path, split: Path, n: int, seed: int, split_name: str = "test") -> list[dict[str, str]]:
-    """Up to n patches of the held-out cases (a seeded choice), with their captions."""
-    from histoldm.data.splits import load_split
-
-    cases = load_split(split)
-    rows = [r for r in pq.read_table(captions, columns=["patch_id", "case_id", "caption"]).to_pylist()
-            if cases.get(r["case_id"]) == split_name]
-    if not rows:
-        raise UserError(f"{split}: no captioned patch in the '{split_name}' split")
-    random.Random(seed).shuffle(rows)
-    return sorted(rows[:n], key=lambda r: r["patch_id"])
-
-
-def export_real(store: Path, items: list[dict[str, str]], out: Path, size: int | None) -> Path:
-    """The real images of the chosen patches at the model's resolution, so FID compares like with like,
-    with an index.jsonl like the sampler's so the adherence check can run on real images too."""
-    from PIL import Image
-
-    from histoldm.data.store import PatchStore
-
-    patches = PatchStore.open(store)
-    out.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        dst = out / f"{item['patch_id']}.png"
-        if dst.exists():
-            continue
-        img = patches.image(item["patch_id"])
-        if size and img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.LANCZOS)
-        img.save(dst)
-    index = [{"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items]
-    atomic_write_jsonl(out / "index.jsonl", index)
-    return out
-
-
 def model_mpp(store: Path, size: int | None) -> float:
     """Microns per pixel of the images the model sees (median over the store's patches)."""
     import statistics
@@ -217,14 +183,14 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     }
     train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
 
-    items = held_out_items(captions, split, recipe.n_samples, recipe.seed)
+    items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
     atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
     samples = work / "samples"
     run_sample(SampleConfig(checkpoint=Path(train["run_dir"]), captions=sample_list, out=samples, steps=recipe.sample_steps,
                             guidance=recipe.guidance, solver=recipe.solver, batch_size=recipe.sample_batch_size,
                             seed=recipe.seed, text_cache=text_cache))
-    real = export_real(store, items, work / "real-held-out", recipe.image_size)
+    real = export_patches(store, items, work / "real-held-out", recipe.image_size)
     metrics = run_evaluate(EvaluateConfig(real=real, fake=samples, out=work / "eval", seed=recipe.seed,
                                           kid_subset_size=min(recipe.kid_subset_size, len(items)), fid_method="eigh",
                                           adherence=True, captions=captions, adherence_mpp=model_mpp(store, recipe.image_size)))

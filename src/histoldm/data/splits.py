@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
@@ -35,6 +35,14 @@ class SplitConfig(StrictModel):
     fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     seed: int = 0
     given: Path | None = None  # import this split instead of drawing one
+
+    @model_validator(mode="after")
+    def _labels_for_stratifying(self) -> "SplitConfig":
+        if self.stratify_by and self.store is not None and self.labels is None:
+            raise ValueError(f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's cases")
+        if self.labels is not None and not self.stratify_by:
+            raise ValueError("labels are only read for stratifying: give stratify_by too")
+        return self
 
     @field_validator("fractions")
     @classmethod

@@ -93,6 +93,8 @@ def run_adherence(
         if name not in DESCRIPTOR_NAMES:
             raise UserError(f"adherence: unknown descriptor {name!r} (choose from {', '.join(DESCRIPTOR_NAMES)})")
     rows = read_sample_index(fake_dir)
+    if not captions_parquet and not any(f"{a}_level" in r for r in rows for a in attributes):
+        raise UserError(f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)")
     levels = caption_levels(captions_parquet, list(attributes)) if captions_parquet else {}
     results: dict[str, dict] = {}
     cache: dict[str, dict[str, float]] = {}
@@ -107,8 +109,9 @@ def run_adherence(
                 cache[f] = image_descriptors(Path(fake_dir) / f, mpp)
             scores.append(cache[f][descriptor])
             is_high.append(level == high)
-        if not scores:
-            results[attr] = {"status": f"no images with {attr} level {high!r} or {low!r}"}
+        if len(set(is_high)) < 2:  # a test needs both groups; say what there was instead of failing the evaluation
+            n_high = sum(is_high)
+            results[attr] = {"status": f"not measured: {n_high} images of {attr} level {high!r} and {len(is_high) - n_high} of {low!r}"}
             continue
         results[attr] = {"descriptor": descriptor, **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed)}
     return {"levels_compared": [high, low], "by_attribute": results}

@@ -138,7 +138,11 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
     if mine and cfg.resume != "none":
         return mine[-1]
     next_id = int(runs[-1].name[:5]) + 1 if runs else 0
-    return Path(cfg.runs_dir) / f"{next_id:05d}-{cfg.name}"
+    new = Path(cfg.runs_dir) / f"{next_id:05d}-{cfg.name}"
+    finished = [p for p in runs if p.name[6:] == cfg.name and (p / "manifest.json").is_file()]
+    if finished and cfg.resume == "auto":  # say so: at full scale a silent restart repeats days of training
+        print(f"train: {finished[-1]} is finished; starting a new run {new.name} (resume: {finished[-1]} continues that one)")
+    return new
 
 
 def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):

@@ -1,0 +1,80 @@
+"""Real patches of one split as a plain image folder: the `--real` side of FID and the adherence ceiling.
+
+Images are written at the resolution the model generates (`size`), so FID compares like with like,
+with an index.jsonl in the sampler's layout (id, caption, file) so the same checks read both folders.
+A seeded choice of `n` patches keeps the real set the size of the generated one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from histoldm.config import StrictModel
+from histoldm.errors import UserError
+from histoldm.fileio import atomic_write_jsonl
+
+
+class ExportPatchesConfig(StrictModel):
+    store: Path
+    captions: Path  # captions.parquet (patch_id, case_id, caption)
+    split: Path
+    out: Path
+    split_name: str = "test"
+    size: int | None = Field(None, ge=8)  # resize to the model's resolution; None = as stored
+    n: int | None = Field(None, ge=1)  # a seeded choice of this many patches; None = all of the split
+    seed: int = 0
+
+
+def split_items(captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test") -> list[dict[str, str]]:
+    """The captioned patches of one split's cases (a seeded choice of n when given), in patch_id order."""
+    from histoldm.data.splits import load_split
+    from histoldm.data.store import read_parquet
+
+    cases = load_split(split)
+    rows = [r for r in read_parquet(captions, "captions file", ["patch_id", "case_id", "caption"]).to_pylist()
+            if cases.get(r["case_id"]) == split_name]
+    if not rows:
+        raise UserError(f"{split}: no captioned patch in the '{split_name}' split")
+    if n is not None:
+        random.Random(seed).shuffle(rows)
+        rows = rows[:n]
+    return sorted(rows, key=lambda r: r["patch_id"])
+
+
+def export_patches(store: Path, items: list[dict[str, str]], out: Path, size: int | None) -> Path:
+    """Write the chosen patches (resized to `size`) and their index.jsonl; finished files are kept."""
+    from PIL import Image
+
+    from histoldm.data.store import PatchStore, png_bytes
+    from histoldm.fileio import atomic_write_bytes
+
+    patches = PatchStore.open(store)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        dst = out / f"{item['patch_id']}.png"
+        if dst.exists():
+            continue
+        img = patches.image(item["patch_id"])
+        if size and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.LANCZOS)
+        atomic_write_bytes(dst, png_bytes(img))
+    atomic_write_jsonl(out / "index.jsonl", ({"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items))
+    return out
+
+
+def run_export_patches(cfg: ExportPatchesConfig) -> dict[str, Any]:
+    from histoldm.manifest import write_manifest
+
+    started = time.time()
+    items = split_items(cfg.captions, cfg.split, cfg.n, cfg.seed, cfg.split_name)
+    export_patches(cfg.store, items, cfg.out, cfg.size)
+    write_manifest(Path(cfg.out) / "manifest.json", stage="export-patches", config=cfg, seed=cfg.seed, started=started,
+                   inputs={"store": Path(cfg.store) / "patches.parquet", "captions": cfg.captions, "split": cfg.split},
+                   produced={"images": len(items)})
+    return {"out": str(cfg.out), "images": len(items)}
