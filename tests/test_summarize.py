@@ -284,6 +284,15 @@ def test_extractive_recovers_the_facts_within_budget():
     assert make_synthetic_reports(5, seed=7) == make_synthetic_reports(5, seed=7) != make_synthetic_reports(5, seed=8)
 
 
+def test_receptor_status_written_as_symbols():
+    from histoldm.reports.extractive import _receptors
+
+    written = {"ER+ PR- HER2+": "ER+, PR-, HER2+", "ER+ PR+ HER2-.": "ER+, PR+, HER2-", "HER2 -": "HER2-",
+               "HER2-neu negative": "HER2-", "Her-2 pos": "HER2+", "HER2 (IHC) 2+": "HER2 equivocal", "HER2: 3+": "HER2+"}
+    for text, expected in written.items():
+        assert _receptors(text) == (expected,), text
+
+
 def test_extractive_every_budget_fits_and_other_organs_fall_back():
     text = make_synthetic_reports(1, seed=2)[0]["text"]
     for budget in range(1, 40):

@@ -240,12 +240,12 @@ def _in_situ(text: str) -> tuple[str, ...] | None:
 _RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
 _ER = re.compile(r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)", re.IGNORECASE)
 _PR = re.compile(r"(?:progesterone\s+receptors?|\bPg?R\b)(?:\s*\((?:PR|PgR|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)", re.IGNORECASE)
-_HER2 = re.compile(r"her[- ]?2(?:\s*/\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b)", re.IGNORECASE)
+_HER2 = re.compile(r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))", re.IGNORECASE)
 
 
 def _her2_sign(value: str) -> str:
     v = value.lower().replace(" ", "")
-    if v in ("positive", "amplified", "3+"):
+    if v in ("positive", "amplified", "3+", "pos", "+"):
         return "HER2+"
     if v in ("equivocal", "2+"):
         return "HER2 equivocal"

@@ -58,6 +58,8 @@ def _from_csv(path: Path) -> list[Report]:
         text = raw.decode("utf-8-sig")
         bad_rows_possible = False
     except UnicodeDecodeError:  # decode per row below, so only the affected cases get a warning
+        if b"\x00" in raw[:8192]:  # NUL bytes: an image or archive, not a CSV with a few bad characters
+            raise UserError(f"{path}: a binary file, not a CSV of reports") from None
         text = raw.decode("utf-8-sig", errors="surrogateescape")
         bad_rows_possible = True
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
