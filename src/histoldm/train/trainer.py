@@ -118,10 +118,13 @@ def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
     }
 
 
-def _check_contract(run_dir: Path, contract: dict, resuming: bool) -> None:
+def _check_contract(checkpoint: Path | None, contract: dict) -> None:
     """Refuse, before any compute, to resume a run on another model or other caches (it would mix two)."""
+    if checkpoint is None:
+        return
+    run_dir = Path(checkpoint).parent.parent  # RUN/checkpoints/step-XXXXXXXX
     path = run_dir / CONTRACT
-    if resuming and path.is_file():
+    if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         changed = [k for k in contract if before.get(k) != contract[k]]
         if changed:
@@ -221,7 +224,7 @@ def run_train(cfg: TrainConfig) -> dict:
     run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
     resume_from = resolve_resume(run_dir, cfg.resume)
     contract = run_contract(cfg, latents.meta, text.meta)
-    _check_contract(run_dir, contract, resume_from is not None)
+    _check_contract(resume_from, contract)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partial(run_dir)
