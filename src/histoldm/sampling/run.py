@@ -120,7 +120,7 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in settings if old.get(k) != settings[k]]
+        changed = [k for k in settings if k in old and old[k] != settings[k]]  # a key newer than the folder is not compared
         if changed:
             diffs = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in changed)
             raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")

@@ -200,13 +200,13 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     dtype = autocast_dtype(cfg.precision, device)
     out = Path(cfg.out)
     resume_from = resolve_resume(out, cfg.resume)
+    _check_same_training(out, cfg, resume_from is not None)
 
     # Model and optimizer (constant LR), restored from the latest checkpoint when there is one.
     torch.manual_seed(cfg.seed)
     model = _load_model(cfg.init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    _check_same_training(out, cfg, resume_from is not None)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
