@@ -51,6 +51,17 @@ def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, jsonl_text(records))
 
 
+def settings_changes(path: Path, current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key -> (recorded, current) for the settings that differ from those recorded in the JSON file
+    `path` (none when nothing is recorded yet): what resuming an output made with them would mix.
+    Keys the record predates are not compared, so outputs of an older version stay resumable."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return {k: (recorded[k], v) for k, v in current.items() if k in recorded and recorded[k] != v}
+
+
 def repair_torn_tail(path: Path) -> None:
     """Cut a line torn by a crash mid-append, so the next append starts on a line of its own.
 

@@ -8,7 +8,6 @@ output already exists are resumed or skipped by the stage itself.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Literal
 

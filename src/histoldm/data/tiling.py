@@ -9,7 +9,6 @@ fine as needed, then resized with PIL (bicubic, antialiased) to `size` px. See d
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import time
@@ -33,7 +32,7 @@ from histoldm.data.store import (
 )
 from histoldm.data.tissue import otsu_threshold, saturation, tissue_fraction
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json
+from histoldm.fileio import atomic_write_json, settings_changes
 from histoldm.manifest import write_manifest
 
 PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; resuming with others is refused
@@ -110,13 +109,10 @@ def _check_params(out: Path, cfg: TileConfig) -> None:
     """Slides already in the store are resumed, so they must have been cut with these settings."""
     params = cfg.model_dump(mode="json", include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"})
     path = out / PARAMS_FILE
-    if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in params if before.get(k) != params[k])
-        if changed:
-            was = ", ".join(f"{k} {before.get(k)} -> {params[k]}" for k in changed)
-            raise UserError(f"{out}: store was tiled with other settings ({was}); choose another --out")
-    else:
+    if changes := settings_changes(path, params):
+        was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changes.items()))
+        raise UserError(f"{out}: store was tiled with other settings ({was}); choose another --out")
+    if not path.is_file():
         atomic_write_json(path, params)
 
 

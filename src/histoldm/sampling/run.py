@@ -28,7 +28,7 @@ from pydantic import Field
 from histoldm.config import StrictModel
 from histoldm.devices import resolve_device
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl
+from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, settings_changes
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
@@ -115,16 +115,11 @@ def finished_records(out: Path) -> dict[str, dict]:
 
 def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
     """Resuming with settings that change the pixels would mix two kinds of image in one folder."""
-    import json
-
     path = out / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in settings if k in old and old[k] != settings[k]]  # a key newer than the folder is not compared
-        if changed:
-            diffs = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in changed)
-            raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")
-    elif is_main:
+    if changes := settings_changes(path, settings):
+        diffs = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")
+    if is_main and not path.is_file():
         atomic_write_json(path, settings)
 
 

@@ -9,7 +9,6 @@ See docs/training.md for the configs, resume semantics and launch commands.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -122,14 +121,12 @@ def _check_contract(checkpoint: Path | None, contract: dict) -> None:
     """Refuse, before any compute, to resume a run on another model or other caches (it would mix two)."""
     if checkpoint is None:
         return
+    from histoldm.fileio import settings_changes
+
     run_dir = Path(checkpoint).parent.parent  # RUN/checkpoints/step-XXXXXXXX
-    path = run_dir / CONTRACT
-    if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in contract if before.get(k) != contract[k]]
-        if changed:
-            raise UserError(f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
-                            "give the run a new name (or resume: none)")
+    if changed := list(settings_changes(run_dir / CONTRACT, contract)):
+        raise UserError(f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
+                        "give the run a new name (or resume: none)")
 
 
 def _resolve_run_dir(cfg: TrainConfig) -> Path:

@@ -12,7 +12,6 @@ run checkpoints and resumes with the same machinery as the LDM trainer (histoldm
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json
+from histoldm.fileio import atomic_write_json, settings_changes
 
 
 class TrainVAEConfig(StrictModel):
@@ -152,12 +151,9 @@ RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "resum
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
     """Resuming with other data or hyper-parameters would overwrite the autoencoder with a mix of two."""
-    path = out / "config.json"
-    if not (resuming and path.is_file()):
+    if not resuming:
         return
-    before = json.loads(path.read_text(encoding="utf-8"))
-    now = cfg.model_dump(mode="json")
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+    changed = sorted(settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES)))
     if changed:
         raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
 
