@@ -67,6 +67,7 @@ class Profile:
     dim: int  # caption embedding width
     train_batch: int
     train_steps: int
+    long_train_steps: int  # the plain paper-faithful case: a few hundred steps (issue 6)
     log_every: int
     base_warm: int
     base_iters: int
@@ -82,11 +83,11 @@ class Profile:
 
 def make_profile(args) -> Profile:
     if args.tiny:
-        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 2, 1, 2, 2, 2, 1, 3, 3, 1, 0, float("inf"))
+        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 0, float("inf"))
     elif args.quick:
-        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 15, 3, 10, 128, 256, 1, 50, 20, 2, 4, 330.0)
+        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 300, 15, 3, 10, 128, 256, 1, 50, 20, 2, 4, 330.0)
     else:
-        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 30, 3, 20, 128, 256, 2, 50, 20, 2, 4, 540.0)
+        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 300, 30, 3, 20, 128, 256, 2, 50, 20, 2, 4, 540.0)
     updates = {k: v for k, v in {"train_steps": args.train_steps, "sample_batch": args.sample_batch, "budget_s": args.budget_s}.items() if v is not None}
     return dataclasses.replace(p, **updates)
 
@@ -244,14 +245,14 @@ class Bench:
         return {"preset": preset, "batch": bs, "steps": p.ddim_steps, "s_per_iter": sec, "img_s": bs / sec, "flops_per_img": flops, **_peak(p.device)}
 
     # ---------- ours: the trainer ----------
-    def ours_train(self, preset: str, **model: object) -> dict:
+    def ours_train(self, preset: str, steps: int | None = None, **model: object) -> dict:
         from histoldm.train.trainer import ModelSection, TrainConfig, run_train
 
         p = self.p
         self._runs += 1
         run_dir = self.work / f"run-{self._runs:02d}"
         cfg = TrainConfig(
-            name="bench", run_dir=run_dir, resume="none", max_steps=p.train_steps, batch_size=p.train_batch, precision=p.precision,
+            name="bench", run_dir=run_dir, resume="none", max_steps=steps or p.train_steps, batch_size=p.train_batch, precision=p.precision,
             cpu=p.device == "cpu", log_every=p.log_every, checkpoint_every=10**9, data=self.data(),
             model=ModelSection(unet_preset=preset, **model),
         )
@@ -259,13 +260,15 @@ class Bench:
         _reset_memory(p.device)
         try:
             result = run_train(cfg)
+            losses = [json.loads(line)["loss"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)  # checkpoint + bundle: GBs at full size
         if flops is None:
             _reset_memory(p.device)
             flops = self.count_train_flops(preset)
         peak = result["peak_memory"]
-        return {"preset": preset, "batch": p.train_batch, "s_per_iter": p.train_batch / result["img_s"], "img_s": result["img_s"],
+        return {"preset": preset, "batch": p.train_batch, "steps": result["steps"], "loss_first_window": losses[0], "loss_last_window": losses[-1],
+                "s_per_iter": p.train_batch / result["img_s"], "img_s": result["img_s"],
                 "flops_per_img": flops, "peak_alloc_gib": peak["allocated_gib"], "peak_reserved_gib": peak["reserved_gib"],
                 "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
 
@@ -319,7 +322,7 @@ class Bench:
             Case("baseline train bf16 h64", "baseline-train", lambda: self.baseline_train(H), True, 8),
             Case(f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(H), True, 16),
             Case(f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(F), False, 20),
-            Case("train pathldm", "train", lambda: self.ours_train(F), True, 25),
+            Case(f"train pathldm {p.long_train_steps} steps", "train", lambda: self.ours_train(F, p.long_train_steps), True, 25 + p.long_train_steps * 0.2),
             Case("train pathldm +CL", "train", lambda: self.ours_train(F, **cl), True, 25),
             Case("train pathldm +CL +ckpt(all)", "train", lambda: self.ours_train(F, **ckpt_all), True, 28),
             Case("train pathldm +CL +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **ckpt_hi), True, 27),

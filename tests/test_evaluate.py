@@ -16,7 +16,7 @@ from histoldm.data.descriptors import compose
 from histoldm.errors import UserError
 from histoldm.evaluate import adherence as A
 from histoldm.evaluate import metrics as M
-from histoldm.evaluate.features import INCEPTION_SIZE, list_images, preprocess
+from histoldm.evaluate.features import INCEPTION_SIZE, extract_features, list_images, load_extractor, preprocess
 from histoldm.evaluate.memorization import memorization_report
 
 RNG = np.random.default_rng(1234)
@@ -190,6 +190,15 @@ def _tiny_extractor(path):
 
     torch.jit.save(torch.jit.script(Pool()), str(path))
     return path
+
+
+def test_half_precision_extractor_gets_the_values_it_would_cast_itself(tmp_path):
+    """Workers hand over images already in the extractor's dtype: same features as casting on the device."""
+    paths = list_images(_real_set(tmp_path, 2))
+    extractor = load_extractor(_tiny_extractor(tmp_path / "pool.pt"), "cpu", "float16")
+    from_workers = extract_features(paths, extractor, workers=1).features
+    cast_by_extractor = np.concatenate([extractor(preprocess(p, "bicubic")[None]) for p in paths])
+    assert np.array_equal(from_workers, cast_by_extractor)
 
 
 def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):
