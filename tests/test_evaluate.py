@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from histoldm.cli import main
@@ -16,7 +17,9 @@ from histoldm.data.descriptors import compose
 from histoldm.errors import UserError
 from histoldm.evaluate import adherence as A
 from histoldm.evaluate import metrics as M
-from histoldm.evaluate.features import INCEPTION_SIZE, extract_features, list_images, load_extractor, preprocess
+from histoldm.evaluate.features import (
+    INCEPTION_SIZE, decode, extract_features, list_images, load_extractor, preprocess, to_inception_input,
+)
 from histoldm.evaluate.memorization import memorization_report
 
 RNG = np.random.default_rng(1234)
@@ -199,6 +202,37 @@ def test_half_precision_extractor_gets_the_values_it_would_cast_itself(tmp_path)
     from_workers = extract_features(paths, extractor, workers=1).features
     cast_by_extractor = np.concatenate([extractor(preprocess(p, "bicubic")[None]) for p in paths])
     assert np.array_equal(from_workers, cast_by_extractor)
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (100, 140), (299, 250), (512, 512), (37, 41), (1024, 333)])
+def test_tensor_resize_is_pils_resize(tmp_path, height, width):
+    """The GPU path's resize (torch, any device) against PIL's own, on random pixels."""
+    Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    pixels = decode(tmp_path / "a.png")
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, height, width)
+    for mode in ("bicubic", "legacy"):
+        pil, ours = preprocess(tmp_path / "a.png", mode), to_inception_input(pixels[None], mode)[0]
+        if (height, width) == (1024, 333) and mode == "bicubic":  # Pillow 13 resamples this one vertically first
+            assert (pil - ours).abs().max() <= 2**-16
+        else:
+            assert torch.equal(pil, ours), (mode, (pil - ours).abs().max())
+
+
+def test_resizing_on_the_device_gives_the_workers_features(tmp_path):
+    """Decoded pixels of mixed sizes resized after the workers: the same features, broken files still listed."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, size in enumerate([(256, 256), (256, 256), (120, 90), (299, 299), (256, 256)]):
+        Image.fromarray(RNG.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_text("not an image")
+    extractor = load_extractor(_tiny_extractor(tmp_path / "pool.pt"), "cpu", "float32")
+    paths = list_images(folder)
+    results = [extract_features(paths, extractor, batch_size=4, workers=1, resize_on_device=flag) for flag in (False, True)]
+    for mode_result in results:
+        assert [s["file"] for s in mode_result.skipped] == [str(folder / "broken.png")]
+    order = [np.argsort([str(p) for p in r.paths]) for r in results]
+    assert sorted(results[0].paths) == sorted(results[1].paths) and len(results[0].paths) == 5
+    assert np.array_equal(results[0].features[order[0]], results[1].features[order[1]])
 
 
 def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):

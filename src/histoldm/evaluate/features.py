@@ -8,7 +8,10 @@ named in the protocol that travels with every number. Two preprocessing modes:
 - `legacy` (pytorch-fid style): pixels to [0, 1], torch bilinear resize (align_corners=False),
   then `2x - 1`.
 
-Decoding and resizing run in DataLoader worker processes so they overlap the network.
+Decoding and resizing run in DataLoader worker processes so they overlap the network. With the
+network on a GPU only decoding does: the workers hand over uint8 pixels and the resize runs on the
+device (`to_inception_input`, PIL's bicubic arithmetic in torch, see `histoldm.evaluate.resize`), since
+there the CPUs, not the network, set the pace.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from histoldm.devices import resolve_device
 from histoldm.errors import UserError
+from histoldm.evaluate.resize import pil_bicubic_resize
 from histoldm.fileio import sha256_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -77,33 +81,64 @@ def preprocess(path: Path, mode: ResizeMode) -> torch.Tensor:
     return 2.0 * x - 1.0
 
 
+def decode(path: Path) -> torch.Tensor:
+    """One image file -> uint8 (3, H, W) RGB."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+def to_inception_input(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
+    """uint8 (..., 3, H, W) on any device -> float32 (..., 3, 299, 299): what `preprocess` gives, from
+    tensors (bicubic bit for bit for square tiles, tests/test_evaluate.py; legacy is the same torch op)."""
+    size = (INCEPTION_SIZE, INCEPTION_SIZE)
+    resize = tuple(x.shape[-2:]) != size
+    if mode == "bicubic":
+        y = x.float()
+        if resize:
+            y = pil_bicubic_resize(y, *size).clamp_(0.0, 255.0)
+        return (y - 128.0) / 128.0
+    y = x.float() / 255.0
+    if resize:
+        flat = y.reshape(-1, *y.shape[-3:])
+        y = torch.nn.functional.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*y.shape[:-2], *size)
+    return 2.0 * y - 1.0
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decoded, resized images; an unreadable file yields its error instead of stopping the run.
 
-    Items come in the extractor's dtype: the cast it would make on the device anyway, done in the
-    worker, so a half-precision extractor moves half the bytes between processes (same values).
+    Resized items come in the extractor's dtype: the cast it would make on the device anyway, done
+    in the worker, so a half-precision extractor moves half the bytes between processes (same values).
+    With resize=False items are the decoded uint8 pixels, resized later on the extractor's device.
     """
 
-    def __init__(self, paths: Sequence[Path], mode: ResizeMode, dtype: torch.dtype = torch.float32):
+    def __init__(self, paths: Sequence[Path], mode: ResizeMode, dtype: torch.dtype = torch.float32, resize: bool = True):
         self.paths = list(paths)
         self.mode = mode
         self.dtype = dtype
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, preprocess(self.paths[i], self.mode).to(self.dtype), None
+            if self.resize:
+                return i, preprocess(self.paths[i], self.mode).to(self.dtype), None
+            return i, decode(self.paths[i]), None
         except (OSError, UnidentifiedImageError, ValueError) as e:
             return i, None, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
-    good = [(i, x) for i, x, _ in items if x is not None]
-    bad = [(i, err) for i, x, err in items if x is None]
-    batch = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], batch, bad
+    """Stacks of equal-shaped items (decoded images of several sizes make several), and the failures."""
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for i, x, _ in items:
+        if x is not None:
+            groups.setdefault((x.dtype, tuple(x.shape)), []).append((i, x))
+    stacks = [([i for i, _ in group], torch.stack([x for _, x in group])) for group in groups.values()]
+    return stacks, [(i, err) for i, x, err in items if x is None]
 
 
 @dataclass
@@ -162,6 +197,13 @@ def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> 
     return Extractor(module.eval().to(torch_dtype), name, sha256_file(file), dev, torch_dtype)
 
 
+def resize_location(extractor: Extractor) -> str:
+    """Where `extract_features` resizes for this extractor by default, for the protocol."""
+    if extractor.device.type == "cuda":
+        return "on the GPU in torch (histoldm.evaluate.resize), from uint8 pixels"
+    return "in DataLoader workers on the CPU (PIL)"
+
+
 @dataclass
 class FeatureSet:
     """Features of the images that decoded, their paths, and the files that were skipped."""
@@ -180,12 +222,15 @@ def extract_features(
     batch_size: int = 32,
     workers: int = 1,
     desc: str = "features",
+    resize_on_device: bool | None = None,
 ) -> FeatureSet:
-    """Features for every readable image; unreadable files are skipped and listed with the reason."""
+    """Features for every readable image; unreadable files are skipped and listed with the reason.
+    resize_on_device (default: when the extractor is on a GPU) moves the resize out of the workers."""
     from tqdm import tqdm
 
+    on_device = extractor.device.type == "cuda" if resize_on_device is None else resize_on_device
     loader = torch.utils.data.DataLoader(
-        ImageFiles(paths, mode, extractor.dtype),
+        ImageFiles(paths, mode, extractor.dtype, resize=not on_device),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -197,12 +242,14 @@ def extract_features(
     kept: list[Path] = []
     skipped: list[dict[str, str]] = []
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
-        for idx, batch, bad in loader:
+        for stacks, bad in loader:
             skipped += [{"file": str(paths[i]), "reason": err} for i, err in bad]
-            if batch is not None:
+            for idx, batch in stacks:
+                if batch.dtype == torch.uint8:
+                    batch = to_inception_input(batch.to(extractor.device, non_blocking=True), mode)
                 feats.append(extractor(batch))
                 kept += [Path(paths[i]) for i in idx]
-            bar.update(len(idx) + len(bad))
+            bar.update(sum(len(idx) for idx, _ in stacks) + len(bad))
     if not kept:
         where = Path(paths[0]).parent if paths else "input"
         raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")

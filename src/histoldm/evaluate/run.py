@@ -82,7 +82,8 @@ def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
-    return {"resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], **extractor.protocol()}
+    return {"resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], "resize_where": F.resize_location(extractor),
+            **extractor.protocol()}
 
 
 def run_fid_ref(cfg: FidRefConfig) -> dict:
