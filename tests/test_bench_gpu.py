@@ -59,12 +59,12 @@ def test_tiny_bench_writes_table_and_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench_gpu.json").read_text())
     results = {r["case"]: r for r in report["results"]}
-    assert {"baseline train bf16 1-head", "baseline train bf16 h64", "train pathldm +CL +ckpt(levels 0,1)", "sample pathldm dpm++3 g1.75 bs2"} <= set(results)
+    assert {"baseline train bf16 1-head", "baseline train bf16 h64", "train pathldm +ckpt(levels 0,1)", "sample pathldm dpm++3 g1.75 bs2"} <= set(results)
     ok = [r for r in results.values() if r["status"] == "ok"]
     assert all(r["img_s"] > 0 and r["flops_per_img"] > 0 and r["tflops"] > 0 for r in ok)
     assert {r["group"] for r in ok} == {"baseline-train", "baseline-sample", "train", "sample"}
     assert all(r["status"].startswith("skipped: compile needs CUDA") for n, r in results.items() if "compile" in n)
-    assert results["train pathldm +CL +ckpt(levels 0,1)"]["config"]["checkpoint_levels"] == [0, 1]
+    assert results["train pathldm +ckpt(levels 0,1)"]["config"]["checkpoint_levels"] == [0, 1]
     assert results["sample pathldm dpm++3 g1.75 bs2"]["hours_for_200k"] == pytest.approx(200_000 / results["sample pathldm dpm++3 g1.75 bs2"]["img_s"] / 3600)
     assert report["environment"]["device"] == "cpu" and report["summary"]["dpm_fastest"]["img_s"] > 0
     table = (tmp_path / "bench_gpu.md").read_text()

@@ -56,7 +56,7 @@ class SampleConfig(StrictModel):
     text_cache: Path | None = None  # an encode-text folder instead of running the encoder
     compile: bool = False  # torch.compile the UNet (CUDA only; pays off for long runs)
     compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (faster to compile)
-    channels_last: bool = True  # UNet memory format on CUDA (docs/performance.md: measure both)
+    channels_last: bool = False  # NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option
 
 
 def resolve_bundle(checkpoint: Path) -> Path:
