@@ -294,6 +294,19 @@ def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
     c = run_captions(CaptionsConfig(store=tmp_path / "store", summaries=tmp_path / "store" / "summaries.jsonl"))
     assert c["patches_without_summary"] == 0
 
+    # Interrupted before the tables, one PNG missing: a re-run keeps the other PNGs and remakes the rest.
+    pngs = sorted((tmp_path / "store").rglob("*.png"))
+    lost, untouched = pngs[0], pngs[1]
+    lost_bytes, untouched_inode = lost.read_bytes(), untouched.stat().st_ino
+    lost.unlink()
+    (tmp_path / "store" / "patches.parquet").unlink()
+    again = import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"])
+    assert again["patches"] == 11 and again["kept_from_earlier_run"] == 10
+    assert lost.read_bytes() == lost_bytes and untouched.stat().st_ino == untouched_inode
+    assert PatchStore.open(tmp_path / "store").patch_ids == store.patch_ids
+    with pytest.raises(UserError, match=r"other inputs \(mpp 1.0 -> 0.5\)"):
+        import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"], mpp=0.5)
+
 
 def test_pathldm_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     h5 = tmp_path / "nox.h5"
@@ -316,7 +329,13 @@ def test_folder_import(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("path,slide_id,prob_tumor\np0.jpg,TCGA-AA-0001-01Z,0.7\np1.jpg,TCGA-AA-0001-01Z,\nmissing.jpg,S2,0.1\n")
     r = import_folder(imgs, tmp_path / "p.csv", tmp_path / "store")
     assert r["patches"] == 2 and r["skipped"][0]["path"] == "missing.jpg"
+    assert r["skipped"][0]["reason"].startswith("FileNotFoundError")
     assert PatchStore.open(tmp_path / "store").table.column("case_id").to_pylist() == ["TCGA-AA-0001"] * 2
+    assert import_folder(imgs, tmp_path / "p.csv", tmp_path / "store")["kept_from_earlier_run"] == 2  # resumed
+    with (tmp_path / "p.csv").open("a") as f:
+        f.write("p2.jpg,S3,0.2\n")
+    with pytest.raises(UserError, match="holds an import of other inputs"):
+        import_folder(imgs, tmp_path / "p.csv", tmp_path / "store")
 
 
 def test_case_id_of() -> None:

@@ -17,16 +17,19 @@ from typing import Any
 from histoldm.errors import UserError
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write data to path so that readers see either the old file or the whole new one.
+    fsync=False still survives a killed process (the rename is atomic), not a power cut: for the
+    many small files of a resumable job, where one fsync each would dominate the run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +63,16 @@ def settings_changes(path: Path, current: dict[str, Any]) -> dict[str, tuple[Any
         return {}
     recorded = json.loads(path.read_text(encoding="utf-8"))
     return {k: (recorded[k], v) for k, v in current.items() if k in recorded and recorded[k] != v}
+
+
+def record_or_check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
+    """First run: record settings in `path`. A re-run that resumes: stop with one line (`mismatch`
+    and what changed) when they differ, since its output would mix the two."""
+    if changes := settings_changes(path, settings):
+        was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changes.items()))
+        raise UserError(f"{mismatch} ({was}); choose another --out")
+    if not Path(path).is_file():
+        atomic_write_json(path, settings)
 
 
 def repair_torn_tail(path: Path) -> None:

@@ -8,6 +8,10 @@ object arrays; they are read with an unpickler that only admits numpy's array re
 
 Output in OUT (itself a patch store): patches.parquet + PNGs, scores.parquet, summaries.jsonl
 (backend "pathldm-import"), split.json (method "given:pathldm-npz"), manifest.json.
+
+Both imports resume: each PNG is written atomically, a re-run into the same OUT keeps the PNGs already
+there (decoding and re-encoding is the whole cost) and rewrites the tables, which are cheap.
+`import.json` records the inputs; resuming from other inputs is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import pickle
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,9 @@ from histoldm.data.scores import SCORE_COLUMNS, probability, write_scores
 from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_jsonl, atomic_write_text, read_text_input, require_file
+from histoldm.fileio import (
+    atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_text_input, record_or_check_settings, require_file,
+)
 from histoldm.manifest import write_manifest
 
 _ALLOWED_GLOBALS = {
@@ -72,6 +79,28 @@ def read_npz_safely(path: Path) -> dict[str, Any]:
     return out
 
 
+IMPORT_SETTINGS = "import.json"
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size}
+
+
+def _check_import_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A re-run into OUT keeps the PNGs already there, so it must import the same inputs."""
+    record_or_check_settings(out / IMPORT_SETTINGS, settings, f"{out}: holds an import of other inputs")
+
+
+def _write_png_once(target: Path, make_png: Callable[[], bytes]) -> bool:
+    """The patch's PNG, unless a resumed run already wrote it (atomically, so whole): True if written."""
+    if target.is_file():
+        return False
+    data = make_png()
+    atomic_write_bytes(target, data, fsync=False)  # patches.parquet, written last, marks completion
+    return True
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
@@ -82,6 +111,27 @@ def _jpeg_bytes(value: Any) -> bytes:
     if isinstance(value, np.void):
         return value.tobytes()
     return np.asarray(value, dtype=np.uint8).tobytes()
+
+
+class _Unreadable(Exception):
+    """An input image that cannot be decoded: skipped and listed, the import goes on."""
+
+
+def _png_of_jpeg(value: Any) -> bytes:
+    try:
+        img = Image.open(io.BytesIO(_jpeg_bytes(value)))
+        img.load()
+    except (OSError, ValueError) as e:
+        raise _Unreadable(e) from None
+    return png_bytes(img)
+
+
+def _png_of_file(path: Path) -> bytes:
+    try:
+        with Image.open(path) as im:
+            return png_bytes(im)
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"{type(e).__name__}: {e}") from None
 
 
 def _summary_record(case_id: str, summary: str | list[str], source: str) -> dict[str, Any]:
@@ -107,6 +157,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
     npz = list(npz or [])
     out = Path(out)
     splits = {Path(p).stem: read_npz_safely(p) for p in npz}
+    _check_import_settings(out, {"h5": _file_identity(h5), "npz": [_file_identity(p) for p in npz], "mpp": mpp})
     for name, d in splits.items():
         if "indices" not in d:
             raise UserError(f"{name}.npz: no `indices` array (PathLDM split layout)")
@@ -131,20 +182,17 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
                 row_split.setdefault(int(i), name)
         rows_to_import = sorted(row_split) if splits else list(range(n))
 
-        rows, scores, case_split_rows = [], {}, {}
+        rows, scores, case_split_rows, kept = [], {}, {}, 0
         for i in tqdm(rows_to_import, desc="import pathldm", unit="patch"):
             wsi, folder = wsi_all[i], folder_all[i]
             slide_id, case_id = safe_id(wsi), case_id_of(wsi)
             patch_id = f"{slide_id}_{safe_id(folder)}"
+            rel = image_relpath(slide_id, patch_id)
             try:
-                img = Image.open(io.BytesIO(_jpeg_bytes(f["X"][i])))
-                img.load()
-            except (OSError, ValueError) as e:
+                kept += not _write_png_once(out / rel, lambda: _png_of_jpeg(f["X"][i]))
+            except _Unreadable as e:
                 skipped.append({"index": i, "patch_id": patch_id, "reason": f"unreadable JPEG ({e})"})
                 continue
-            rel = image_relpath(slide_id, patch_id)
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            (out / rel).write_bytes(png_bytes(img))  # no fsync per patch: patches.parquet, written last, marks completion
             rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "mpp": mpp, "path": rel})
             split = row_split.get(i)
             if split:
@@ -164,7 +212,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
     atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
-    produced: dict[str, Any] = {"patches": len(rows), "summaries": len(summaries)}
+    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": kept, "summaries": len(summaries)}
     if splits:
         # PathLDM splits by slide; a case whose slides fall in several splits goes where most of its
         # patches are (ties: first split name) and is listed under `conflicts`.
@@ -203,7 +251,8 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
     if "path" not in (reader.fieldnames or []):
         raise UserError(f"{csv_path}: needs a `path` column (image path relative to {images})")
     records = list(reader)
-    rows, scores, skipped = [], {}, []
+    _check_import_settings(out, {"images": str(images.resolve()), "csv": _file_identity(csv_path)})
+    rows, scores, skipped, kept = [], {}, [], 0
     seen: set[str] = set()
     for line, rec in enumerate(tqdm(records, desc="import folder", unit="patch"), 2):
         src = images / rec["path"]
@@ -212,19 +261,17 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
         if patch_id in seen:
             skipped.append({"line": line, "path": rec["path"], "reason": f"duplicate patch_id {patch_id}"})
             continue
+        rel = image_relpath(slide_id, patch_id)
         try:
-            with Image.open(src) as im:
-                data = png_bytes(im)
             x = int(float(rec["x"])) if rec.get("x") else None
             y = int(float(rec["y"])) if rec.get("y") else None
             mpp = float(rec["mpp"]) if rec.get("mpp") else None
             probs = {c: probability(rec.get(c)) for c in SCORE_COLUMNS}
-        except (OSError, ValueError) as e:
-            skipped.append({"line": line, "path": rec["path"], "reason": f"{type(e).__name__}: {e}"})
+            kept += not _write_png_once(out / rel, lambda: _png_of_file(src))
+        except (_Unreadable, ValueError) as e:
+            reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
+            skipped.append({"line": line, "path": rec["path"], "reason": reason})
             continue
-        rel = image_relpath(slide_id, patch_id)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(data)
         seen.add(patch_id)
         rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": rec.get("case_id") or case_id_of(slide_id),
                      "x": x, "y": y, "mpp": mpp, "path": rel})
@@ -233,7 +280,7 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
     write_parquet(out / "patches.parquet", patch_table(rows))
     if scores:
         write_scores(out / "scores.parquet", [r["patch_id"] for r in rows], scores)
-    produced = {"patches": len(rows), "scored": len(scores)}
+    produced = {"patches": len(rows), "scored": len(scores), "kept_from_earlier_run": kept}
     write_manifest(out / "manifest.json", stage="import-folder", config={"images": str(images), "csv": str(csv_path)},
                    inputs={"csv": csv_path}, produced=produced, started=started, skipped=skipped)
     return {"store": str(out), **produced, "skipped": skipped}

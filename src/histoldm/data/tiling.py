@@ -32,7 +32,7 @@ from histoldm.data.store import (
 )
 from histoldm.data.tissue import otsu_threshold, saturation, tissue_fraction
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, settings_changes
+from histoldm.fileio import atomic_write_json, record_or_check_settings
 from histoldm.manifest import write_manifest
 
 PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; resuming with others is refused
@@ -108,12 +108,7 @@ def slide_ids(slides: list[Path]) -> dict[Path, str]:
 def _check_params(out: Path, cfg: TileConfig) -> None:
     """Slides already in the store are resumed, so they must have been cut with these settings."""
     params = cfg.model_dump(mode="json", include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"})
-    path = out / PARAMS_FILE
-    if changes := settings_changes(path, params):
-        was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changes.items()))
-        raise UserError(f"{out}: store was tiled with other settings ({was}); choose another --out")
-    if not path.is_file():
-        atomic_write_json(path, params)
+    record_or_check_settings(out / PARAMS_FILE, params, f"{out}: store was tiled with other settings")
 
 
 def grid(length: int, extent: float, stride: float) -> list[int]:
