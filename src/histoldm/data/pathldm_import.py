@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import pickle
 import time
 import zipfile

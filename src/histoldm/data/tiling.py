@@ -32,7 +32,7 @@ from histoldm.data.store import (
 )
 from histoldm.data.tissue import otsu_threshold, saturation, tissue_fraction
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, record_or_check_settings
+from histoldm.fileio import record_or_check_settings
 from histoldm.manifest import write_manifest
 
 PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; resuming with others is refused
