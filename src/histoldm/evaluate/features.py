@@ -58,29 +58,6 @@ def image_format(paths: Sequence[Path]) -> str:
     return "+".join(sorted({p.suffix.lower().lstrip(".").replace("jpeg", "jpg") for p in paths}))
 
 
-def preprocess(path: Path, mode: ResizeMode) -> torch.Tensor:
-    """One image file -> float32 (3, 299, 299) in the extractor's input range."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
-    if mode == "bicubic":
-        if rgb.size != (INCEPTION_SIZE, INCEPTION_SIZE):
-            channels = [
-                np.asarray(Image.fromarray(np.asarray(ch, dtype=np.float32), mode="F").resize(
-                    (INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC))
-                for ch in rgb.split()
-            ]
-            arr = np.clip(np.stack(channels), 0.0, 255.0)  # bicubic overshoots; clean-fid clips too
-        else:
-            arr = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
-        return (torch.from_numpy(np.ascontiguousarray(arr)) - 128.0) / 128.0
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1).copy()) / 255.0
-    if x.shape[1:] != (INCEPTION_SIZE, INCEPTION_SIZE):
-        x = torch.nn.functional.interpolate(
-            x[None], size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
-        )[0]
-    return 2.0 * x - 1.0
-
-
 def decode(path: Path) -> torch.Tensor:
     """One image file -> uint8 (3, H, W) RGB."""
     with Image.open(path) as im:
@@ -88,21 +65,36 @@ def decode(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
+def _scale(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
+    """Pixel values (0-255, float) at 299x299 -> the extractor's input range of the mode."""
+    return (x - 128.0) / 128.0 if mode == "bicubic" else 2.0 * (x / 255.0) - 1.0
+
+
 def to_inception_input(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
-    """uint8 (..., 3, H, W) on any device -> float32 (..., 3, 299, 299): what `preprocess` gives, from
-    tensors (bicubic bit for bit for square tiles, tests/test_evaluate.py; legacy is the same torch op)."""
+    """uint8 (..., 3, H, W) on any device -> float32 (..., 3, 299, 299) in the extractor's input range:
+    what `preprocess` gives (bicubic bit for bit for square tiles, tests/test_evaluate.py)."""
     size = (INCEPTION_SIZE, INCEPTION_SIZE)
-    resize = tuple(x.shape[-2:]) != size
+    y = x.float()
+    if tuple(x.shape[-2:]) == size:
+        return _scale(y, mode)
     if mode == "bicubic":
-        y = x.float()
-        if resize:
-            y = pil_bicubic_resize(y, *size).clamp_(0.0, 255.0)
-        return (y - 128.0) / 128.0
-    y = x.float() / 255.0
-    if resize:
-        flat = y.reshape(-1, *y.shape[-3:])
-        y = torch.nn.functional.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*y.shape[:-2], *size)
-    return 2.0 * y - 1.0
+        return _scale(pil_bicubic_resize(y, *size).clamp_(0.0, 255.0), mode)  # bicubic overshoots; clean-fid clips too
+    unit = (y / 255.0).reshape(-1, *y.shape[-3:])
+    unit = torch.nn.functional.interpolate(unit, size=size, mode="bilinear", align_corners=False)
+    return 2.0 * unit.reshape(*y.shape[:-2], *size) - 1.0
+
+
+def preprocess(path: Path, mode: ResizeMode) -> torch.Tensor:
+    """One image file -> float32 (3, 299, 299) in the extractor's input range; the bicubic resize by
+    PIL itself, several times faster on a CPU than the tensor version."""
+    pixels = decode(path)
+    if mode != "bicubic" or tuple(pixels.shape[-2:]) == (INCEPTION_SIZE, INCEPTION_SIZE):
+        return to_inception_input(pixels, mode)
+    channels = [
+        np.asarray(Image.fromarray(plane.numpy().astype(np.float32), mode="F").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC))
+        for plane in pixels
+    ]
+    return _scale(torch.from_numpy(np.clip(np.stack(channels), 0.0, 255.0)), mode)
 
 
 class ImageFiles(torch.utils.data.Dataset):
