@@ -34,6 +34,7 @@ from histoldm.fileio import sha256_file
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INCEPTION_SIZE = 299
 ResizeMode = Literal["bicubic", "legacy"]
+MAX_SIDE_TO_SHIP = 1024  # larger images are resized in the workers even when the extractor is on a GPU
 RESIZE_DESCRIPTION = {
     "bicubic": "PIL bicubic per float channel to 299, scaled (x-128)/128 (clean-fid style)",
     "legacy": "torch bilinear (align_corners=False) to 299 on [0,1], scaled 2x-1 (pytorch-fid style)",
@@ -72,7 +73,7 @@ def _scale(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
 
 def to_inception_input(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
     """uint8 (..., 3, H, W) on any device -> float32 (..., 3, 299, 299) in the extractor's input range:
-    what `preprocess` gives (bicubic bit for bit for square tiles, tests/test_evaluate.py)."""
+    what `preprocess` gives (bicubic: see histoldm.evaluate.resize for where it is bit for bit)."""
     size = (INCEPTION_SIZE, INCEPTION_SIZE)
     y = x.float()
     if tuple(x.shape[-2:]) == size:
@@ -85,9 +86,13 @@ def to_inception_input(x: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
 
 
 def preprocess(path: Path, mode: ResizeMode) -> torch.Tensor:
-    """One image file -> float32 (3, 299, 299) in the extractor's input range; the bicubic resize by
-    PIL itself, several times faster on a CPU than the tensor version."""
-    pixels = decode(path)
+    """One image file -> float32 (3, 299, 299) in the extractor's input range."""
+    return preprocess_pixels(decode(path), mode)
+
+
+def preprocess_pixels(pixels: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
+    """uint8 (3, H, W) -> float32 (3, 299, 299); the bicubic resize by PIL itself, several times faster
+    on a CPU than the tensor version."""
     if mode != "bicubic" or tuple(pixels.shape[-2:]) == (INCEPTION_SIZE, INCEPTION_SIZE):
         return to_inception_input(pixels, mode)
     channels = [
@@ -102,7 +107,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
     Resized items come in the extractor's dtype: the cast it would make on the device anyway, done
     in the worker, so a half-precision extractor moves half the bytes between processes (same values).
-    With resize=False items are the decoded uint8 pixels, resized later on the extractor's device.
+    With resize=False items are the decoded uint8 pixels, resized later on the extractor's device,
+    except images with a side over MAX_SIDE_TO_SHIP: those are resized here (shipping them whole would
+    hold gigabytes in shared memory and in the device resize's float64 buffers).
     """
 
     def __init__(self, paths: Sequence[Path], mode: ResizeMode, dtype: torch.dtype = torch.float32, resize: bool = True):
@@ -116,9 +123,10 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            if self.resize:
-                return i, preprocess(self.paths[i], self.mode).to(self.dtype), None
-            return i, decode(self.paths[i]), None
+            pixels = decode(self.paths[i])
+            if self.resize or max(pixels.shape[-2:]) > MAX_SIDE_TO_SHIP:
+                return i, preprocess_pixels(pixels, self.mode).to(self.dtype), None
+            return i, pixels, None
         except (OSError, UnidentifiedImageError, ValueError) as e:
             return i, None, f"{type(e).__name__}: {e}".splitlines()[0]
 
@@ -231,7 +239,7 @@ def extract_features(
         persistent_workers=False,
     )
     feats: list[np.ndarray] = []
-    kept: list[Path] = []
+    kept: list[int] = []
     skipped: list[dict[str, str]] = []
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
         for stacks, bad in loader:
@@ -240,9 +248,11 @@ def extract_features(
                 if batch.dtype == torch.uint8:
                     batch = to_inception_input(batch.to(extractor.device, non_blocking=True), mode)
                 feats.append(extractor(batch))
-                kept += [Path(paths[i]) for i in idx]
+                kept += idx
             bar.update(sum(len(idx) for idx, _ in stacks) + len(bad))
     if not kept:
         where = Path(paths[0]).parent if paths else "input"
         raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")
-    return FeatureSet(np.concatenate(feats), kept, skipped, image_format(kept))
+    order = np.argsort(kept, kind="stable")  # rows in input order whatever the grouping: KID draws subsets by row
+    kept_paths = [Path(paths[kept[j]]) for j in order]
+    return FeatureSet(np.concatenate(feats)[order], kept_paths, skipped, image_format(kept_paths))
