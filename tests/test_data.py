@@ -294,18 +294,23 @@ def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
     c = run_captions(CaptionsConfig(store=tmp_path / "store", summaries=tmp_path / "store" / "summaries.jsonl"))
     assert c["patches_without_summary"] == 0
 
-    # Interrupted before the tables, one PNG missing: a re-run keeps the other PNGs and remakes the rest.
+    # Interrupted before the tables, one PNG missing and one cut short: a re-run keeps the complete
+    # PNGs and remakes the others.
     pngs = sorted((tmp_path / "store").rglob("*.png"))
-    lost, untouched = pngs[0], pngs[1]
-    lost_bytes, untouched_inode = lost.read_bytes(), untouched.stat().st_ino
+    lost, cut, untouched = pngs[0], pngs[1], pngs[2]
+    lost_bytes, cut_bytes, untouched_inode = lost.read_bytes(), cut.read_bytes(), untouched.stat().st_ino
     lost.unlink()
+    cut.write_bytes(cut_bytes[: len(cut_bytes) // 2])
     (tmp_path / "store" / "patches.parquet").unlink()
     again = import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"])
-    assert again["patches"] == 11 and again["kept_from_earlier_run"] == 10
-    assert lost.read_bytes() == lost_bytes and untouched.stat().st_ino == untouched_inode
+    assert again["patches"] == 11 and again["kept_from_earlier_run"] == 9
+    assert lost.read_bytes() == lost_bytes and cut.read_bytes() == cut_bytes and untouched.stat().st_ino == untouched_inode
     assert PatchStore.open(tmp_path / "store").patch_ids == store.patch_ids
     with pytest.raises(UserError, match=r"other inputs \(mpp 1.0 -> 0.5\)"):
         import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"], mpp=0.5)
+    (tmp_path / "p.csv").write_text("path\nx.png\n")
+    with pytest.raises(UserError, match="kind pathldm -> folder"):  # another kind of import into this store
+        import_folder(tmp_path, tmp_path / "p.csv", tmp_path / "store")
 
 
 def test_pathldm_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -314,6 +319,15 @@ def test_pathldm_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         f["wsi"] = np.array([b"a"])
     assert main(["import", "pathldm", str(h5), "--out", str(tmp_path / "o")]) == 2
     assert "no dataset 'X'" in capsys.readouterr().err
+    # the failed start recorded nothing: the fixed file imports into the same folder
+    with h5py.File(h5, "w") as f:  # two rows whose ids collide once made file-safe: the second is skipped
+        x = f.create_dataset("X", (2,), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(2):
+            x[i] = _jpeg(render_tile(0.5, 0.5, 0.1, i, size=32))
+        f["wsi"] = np.array([b"S1", b"S1"])
+        f["folder_name"] = np.array([b"a b", b"a_b"])
+    r = import_pathldm(h5, tmp_path / "o")
+    assert r["patches"] == 1 and r["skipped"][0]["index"] == 1 and "duplicate patch_id" in r["skipped"][0]["reason"]
     # npz dictionaries load without unpickling arbitrary classes
     evil = tmp_path / "evil.npz"
     np.savez(evil, indices=np.arange(2), summaries=np.array([Path("x")], dtype=object))

@@ -65,12 +65,17 @@ def settings_changes(path: Path, current: dict[str, Any]) -> dict[str, tuple[Any
     return {k: (recorded[k], v) for k, v in current.items() if k in recorded and recorded[k] != v}
 
 
-def record_or_check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
-    """First run: record settings in `path`. A re-run that resumes: stop with one line (`mismatch`
-    and what changed) when they differ, since its output would mix the two."""
+def check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
+    """Stop with one line (`mismatch` and what changed) when the settings recorded in `path` differ:
+    resuming that output with these would mix the two."""
     if changes := settings_changes(path, settings):
         was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changes.items()))
         raise UserError(f"{mismatch} ({was}); choose another --out")
+
+
+def record_or_check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
+    """First run: record settings in `path`. A re-run that resumes: `check_settings`."""
+    check_settings(path, settings, mismatch)
     if not Path(path).is_file():
         atomic_write_json(path, settings)
 

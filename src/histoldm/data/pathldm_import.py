@@ -9,9 +9,9 @@ object arrays; they are read with an unpickler that only admits numpy's array re
 Output in OUT (itself a patch store): patches.parquet + PNGs, scores.parquet, summaries.jsonl
 (backend "pathldm-import"), split.json (method "given:pathldm-npz"), manifest.json.
 
-Both imports resume: each PNG is written atomically, a re-run into the same OUT keeps the PNGs already
-there (decoding and re-encoding is the whole cost) and rewrites the tables, which are cheap.
-`import.json` records the inputs; resuming from other inputs is refused.
+Both imports resume (`_PatchWriter`): a re-run into the same OUT keeps the complete PNGs already there
+(decoding and re-encoding is the whole cost) and rewrites the tables, which are cheap; `import.json`
+records the inputs, and resuming from other inputs is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import (
-    atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_text_input, record_or_check_settings, require_file,
+    atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_settings, read_text_input, require_file,
 )
 from histoldm.manifest import write_manifest
 
@@ -79,6 +79,8 @@ def read_npz_safely(path: Path) -> dict[str, Any]:
 
 
 IMPORT_SETTINGS = "import.json"
+_PNG_HEAD = b"\x89PNG\r\n\x1a\n"
+_PNG_TAIL = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
 
 
 def _file_identity(path: Path) -> dict[str, Any]:
@@ -86,18 +88,42 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size}
 
 
-def _check_import_settings(out: Path, settings: dict[str, Any]) -> None:
-    """A re-run into OUT keeps the PNGs already there, so it must import the same inputs."""
-    record_or_check_settings(out / IMPORT_SETTINGS, settings, f"{out}: holds an import of other inputs")
-
-
-def _write_png_once(target: Path, make_png: Callable[[], bytes]) -> bool:
-    """The patch's PNG, unless a resumed run already wrote it (atomically, so whole): True if written."""
-    if target.is_file():
+def _complete_png(path: Path) -> bool:
+    """Starts and ends as a whole PNG does: a file cut short (a power cut, an older version's plain
+    write) fails, so it is written again instead of kept."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-12, 2)
+            return head == _PNG_HEAD and f.read(12) == _PNG_TAIL
+    except OSError:  # missing, or shorter than 12 bytes
         return False
-    data = make_png()
-    atomic_write_bytes(target, data, fsync=False)  # patches.parquet, written last, marks completion
-    return True
+
+
+class _PatchWriter:
+    """Writes an import's PNGs so that a re-run into the same folder resumes.
+
+    The inputs are checked against OUT/import.json before anything is written, and recorded with the
+    first PNG (so a run that fails before writing one locks nothing). A re-run keeps the complete PNGs
+    of the recorded import; a folder without a record (an older version's, or someone else's) is
+    written over. Each PNG is written atomically.
+    """
+
+    def __init__(self, out: Path, settings: dict[str, Any]):
+        self.out, self.settings, self.record = Path(out), settings, Path(out) / IMPORT_SETTINGS
+        check_settings(self.record, settings, f"{out}: holds an import of other inputs")
+        self.resuming = self.record.is_file()
+        self.kept = 0
+
+    def write_once(self, rel: str, make_png: Callable[[], bytes]) -> None:
+        target = self.out / rel
+        if self.resuming and _complete_png(target):
+            self.kept += 1
+            return
+        data = make_png()
+        if not self.record.is_file():
+            atomic_write_json(self.record, self.settings)
+        atomic_write_bytes(target, data, fsync=False)  # no fsync per patch: _complete_png catches what a power cut leaves
 
 
 def _text(value: Any) -> str:
@@ -113,15 +139,19 @@ def _jpeg_bytes(value: Any) -> bytes:
 
 
 class _Unreadable(Exception):
-    """An input image that cannot be decoded: skipped and listed, the import goes on."""
+    """An input image that cannot be read or decoded: skipped and listed, the import goes on."""
 
 
-def _png_of_jpeg(value: Any) -> bytes:
+def _png_of_row(images: Any, row: int) -> bytes:
+    try:
+        value = images[row]
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"HDF5 row unreadable ({e})") from None
     try:
         img = Image.open(io.BytesIO(_jpeg_bytes(value)))
         img.load()
     except (OSError, ValueError) as e:
-        raise _Unreadable(e) from None
+        raise _Unreadable(f"unreadable JPEG ({e})") from None
     return png_bytes(img)
 
 
@@ -156,7 +186,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
     npz = list(npz or [])
     out = Path(out)
     splits = {Path(p).stem: read_npz_safely(p) for p in npz}
-    _check_import_settings(out, {"h5": _file_identity(h5), "npz": [_file_identity(p) for p in npz], "mpp": mpp})
+    writer = _PatchWriter(out, {"kind": "pathldm", "h5": _file_identity(h5), "npz": [_file_identity(p) for p in npz], "mpp": mpp})
     for name, d in splits.items():
         if "indices" not in d:
             raise UserError(f"{name}.npz: no `indices` array (PathLDM split layout)")
@@ -181,17 +211,21 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
                 row_split.setdefault(int(i), name)
         rows_to_import = sorted(row_split) if splits else list(range(n))
 
-        rows, scores, case_split_rows, kept = [], {}, {}, 0
+        rows, scores, case_split_rows, seen = [], {}, {}, set()
         for i in tqdm(rows_to_import, desc="import pathldm", unit="patch"):
             wsi, folder = wsi_all[i], folder_all[i]
             slide_id, case_id = safe_id(wsi), case_id_of(wsi)
             patch_id = f"{slide_id}_{safe_id(folder)}"
+            if patch_id in seen:
+                skipped.append({"index": i, "patch_id": patch_id, "reason": "duplicate patch_id (wsi and folder_name equal once made file-safe)"})
+                continue
             rel = image_relpath(slide_id, patch_id)
             try:
-                kept += not _write_png_once(out / rel, lambda: _png_of_jpeg(f["X"][i]))
+                writer.write_once(rel, lambda: _png_of_row(f["X"], i))
             except _Unreadable as e:
-                skipped.append({"index": i, "patch_id": patch_id, "reason": f"unreadable JPEG ({e})"})
+                skipped.append({"index": i, "patch_id": patch_id, "reason": str(e)})
                 continue
+            seen.add(patch_id)
             rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "mpp": mpp, "path": rel})
             split = row_split.get(i)
             if split:
@@ -211,7 +245,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
     atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
-    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": kept, "summaries": len(summaries)}
+    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": writer.kept, "summaries": len(summaries)}
     if splits:
         # PathLDM splits by slide; a case whose slides fall in several splits goes where most of its
         # patches are (ties: first split name) and is listed under `conflicts`.
@@ -250,8 +284,8 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
     if "path" not in (reader.fieldnames or []):
         raise UserError(f"{csv_path}: needs a `path` column (image path relative to {images})")
     records = list(reader)
-    _check_import_settings(out, {"images": str(images.resolve()), "csv": _file_identity(csv_path)})
-    rows, scores, skipped, kept = [], {}, [], 0
+    writer = _PatchWriter(out, {"kind": "folder", "images": str(images.resolve()), "csv": _file_identity(csv_path)})
+    rows, scores, skipped = [], {}, []
     seen: set[str] = set()
     for line, rec in enumerate(tqdm(records, desc="import folder", unit="patch"), 2):
         src = images / rec["path"]
@@ -266,7 +300,7 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
             y = int(float(rec["y"])) if rec.get("y") else None
             mpp = float(rec["mpp"]) if rec.get("mpp") else None
             probs = {c: probability(rec.get(c)) for c in SCORE_COLUMNS}
-            kept += not _write_png_once(out / rel, lambda: _png_of_file(src))
+            writer.write_once(rel, lambda: _png_of_file(src))
         except (_Unreadable, ValueError) as e:
             reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
             skipped.append({"line": line, "path": rec["path"], "reason": reason})
@@ -279,7 +313,7 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
     write_parquet(out / "patches.parquet", patch_table(rows))
     if scores:
         write_scores(out / "scores.parquet", [r["patch_id"] for r in rows], scores)
-    produced = {"patches": len(rows), "scored": len(scores), "kept_from_earlier_run": kept}
+    produced = {"patches": len(rows), "scored": len(scores), "kept_from_earlier_run": writer.kept}
     write_manifest(out / "manifest.json", stage="import-folder", config={"images": str(images), "csv": str(csv_path)},
                    inputs={"csv": csv_path}, produced=produced, started=started, skipped=skipped)
     return {"store": str(out), **produced, "skipped": skipped}
