@@ -197,9 +197,15 @@ def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> 
     return Extractor(module.eval().to(torch_dtype), name, sha256_file(file), dev, torch_dtype)
 
 
+def resizes_on_device(extractor: Extractor) -> bool:
+    """Whether `extract_features` resizes on the extractor's device by default: on a GPU the CPUs,
+    not the network, would set the pace."""
+    return extractor.device.type == "cuda"
+
+
 def resize_location(extractor: Extractor) -> str:
     """Where `extract_features` resizes for this extractor by default, for the protocol."""
-    if extractor.device.type == "cuda":
+    if resizes_on_device(extractor):
         return "on the GPU in torch (histoldm.evaluate.resize), from uint8 pixels"
     return "in DataLoader workers on the CPU (PIL)"
 
@@ -228,7 +234,7 @@ def extract_features(
     resize_on_device (default: when the extractor is on a GPU) moves the resize out of the workers."""
     from tqdm import tqdm
 
-    on_device = extractor.device.type == "cuda" if resize_on_device is None else resize_on_device
+    on_device = resizes_on_device(extractor) if resize_on_device is None else resize_on_device
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, mode, extractor.dtype, resize=not on_device),
         batch_size=batch_size,
