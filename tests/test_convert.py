@@ -173,6 +173,54 @@ def compvis_clip_shapes(*, width, layers, intermediate, vocab=49408, positions=7
     return sd
 
 
+def pytorch_fid_inception_shapes() -> dict[str, tuple]:
+    """pytorch-fid's InceptionV3([3]) (the 2048-d pool features) as PathLDM's LatentDiffusion registers it
+    under `inception.` when track_fid=True: four nn.Sequential blocks of torchvision's Inception v3 modules
+    (FID variants of A, C and E, same tensors), each BasicConv2d a bias-free conv plus a BatchNorm."""
+    sd: dict[str, tuple] = {}
+
+    def basic(name, i, o, k):
+        kh, kw = (k, k) if isinstance(k, int) else k
+        sd[f"{name}.conv.weight"] = (o, i, kh, kw)
+        for x in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"{name}.bn.{x}"] = (o,)
+        sd[f"{name}.bn.num_batches_tracked"] = ()
+
+    def inception_a(name, i, pool):
+        for b, ci, co, k in (("branch1x1", i, 64, 1), ("branch5x5_1", i, 48, 1), ("branch5x5_2", 48, 64, 5), ("branch3x3dbl_1", i, 64, 1),
+                             ("branch3x3dbl_2", 64, 96, 3), ("branch3x3dbl_3", 96, 96, 3), ("branch_pool", i, pool, 1)):
+            basic(f"{name}.{b}", ci, co, k)
+
+    def inception_c(name, c7):
+        for b, ci, co, k in (("branch1x1", 768, 192, 1), ("branch7x7_1", 768, c7, 1), ("branch7x7_2", c7, c7, (1, 7)), ("branch7x7_3", c7, 192, (7, 1)),
+                             ("branch7x7dbl_1", 768, c7, 1), ("branch7x7dbl_2", c7, c7, (7, 1)), ("branch7x7dbl_3", c7, c7, (1, 7)),
+                             ("branch7x7dbl_4", c7, c7, (7, 1)), ("branch7x7dbl_5", c7, 192, (1, 7)), ("branch_pool", 768, 192, 1)):
+            basic(f"{name}.{b}", ci, co, k)
+
+    def inception_e(name, i):
+        for b, ci, co, k in (("branch1x1", i, 320, 1), ("branch3x3_1", i, 384, 1), ("branch3x3_2a", 384, 384, (1, 3)), ("branch3x3_2b", 384, 384, (3, 1)),
+                             ("branch3x3dbl_1", i, 448, 1), ("branch3x3dbl_2", 448, 384, 3), ("branch3x3dbl_3a", 384, 384, (1, 3)),
+                             ("branch3x3dbl_3b", 384, 384, (3, 1)), ("branch_pool", i, 192, 1)):
+            basic(f"{name}.{b}", ci, co, k)
+
+    for j, (i, o, k) in enumerate(((3, 32, 3), (32, 32, 3), (32, 64, 3))):  # Conv2d_1a, 2a, 2b, then a max pool
+        basic(f"inception.blocks.0.{j}", i, o, k)
+    basic("inception.blocks.1.0", 64, 80, 1)  # Conv2d_3b_1x1
+    basic("inception.blocks.1.1", 80, 192, 3)  # Conv2d_4a_3x3
+    for j, (i, pool) in enumerate(((192, 32), (256, 64), (288, 64))):  # Mixed_5b-d
+        inception_a(f"inception.blocks.2.{j}", i, pool)
+    for b, ci, co, k in (("branch3x3", 288, 384, 3), ("branch3x3dbl_1", 288, 64, 1), ("branch3x3dbl_2", 64, 96, 3), ("branch3x3dbl_3", 96, 96, 3)):
+        basic(f"inception.blocks.2.3.{b}", ci, co, k)  # Mixed_6a
+    for j, c7 in enumerate((128, 160, 160, 192)):  # Mixed_6b-e
+        inception_c(f"inception.blocks.2.{4 + j}", c7)
+    for b, ci, co, k in (("branch3x3_1", 768, 192, 1), ("branch3x3_2", 192, 320, 3), ("branch7x7x3_1", 768, 192, 1),
+                         ("branch7x7x3_2", 192, 192, (1, 7)), ("branch7x7x3_3", 192, 192, (7, 1)), ("branch7x7x3_4", 192, 192, 3)):
+        basic(f"inception.blocks.3.0.{b}", ci, co, k)  # Mixed_7a
+    inception_e("inception.blocks.3.1", 1280)  # Mixed_7b
+    inception_e("inception.blocks.3.2", 2048)  # Mixed_7c
+    return sd
+
+
 def compvis_layout(unet_preset: str, vq_preset: str, *, context_dim: int, clip: dict) -> dict[str, tuple]:
     """The whole LatentDiffusion state dict's shapes for our presets' architecture."""
     u, a = UNET_PRESETS[unet_preset], AUTOENCODER_PRESETS[vq_preset]
@@ -266,6 +314,8 @@ def test_full_pathldm_layout_maps_one_to_one_with_matching_shapes():
     every tensor is a broadcast scalar whose value is its index, so arrival is traceable."""
     layout = compvis_layout("pathldm", "vq-f4", context_dim=512, clip=dict(width=512, layers=12, intermediate=2048))
     state = {k: torch.tensor(float(i)).expand(s) for i, (k, s) in enumerate(layout.items())} | schedule_buffers()
+    fid = pytorch_fid_inception_shapes()  # what PathLDM's code saves with its default track_fid=True
+    state |= {k: torch.zeros(()).expand(s) for k, s in fid.items()}
     cfg = cv.ConvertConfig(checkpoint="x.ckpt", out="unused")
     models, names, shapes = cv.plan_conversion(state, cfg, "pathldm.ckpt")
     assert models["text_encoder"].config.num_attention_heads == 8
@@ -273,7 +323,8 @@ def test_full_pathldm_layout_maps_one_to_one_with_matching_shapes():
 
     unet = converted.parts["unet"]
     assert sum(t.numel() for t in unet.values()) == pytest.approx(400.92e6, rel=1e-4)
-    assert {s["key"] for s in converted.skipped} == {"betas", "alphas_cumprod", "sqrt_alphas_cumprod", "scale_factor", "cond_stage_model.transformer.text_model.embeddings.position_ids"}
+    assert {s["key"] for s in converted.skipped} == {"betas", "alphas_cumprod", "sqrt_alphas_cumprod", "scale_factor", "cond_stage_model.transformer.text_model.embeddings.position_ids"} | set(fid)
+    assert sum(s["reason"].startswith("FID network") for s in converted.skipped) == len(fid) == 564
     ids = [int(t.reshape(-1)[0]) for part in converted.parts.values() for t in part.values()]
     assert len(ids) == len(set(ids)) == len(layout) - 1  # a bijection; only position_ids is skipped
     back = cv.to_compvis(converted.parts, names)
@@ -338,6 +389,27 @@ def test_safetensors_input_and_ema_weights(tmp_path, tiny_state):
     assert {"model_ema.decay", "cond_stage_model.transformer.logit_scale"} <= {s["key"] for s in converted.skipped}
     unet, _, _, converted = cv.convert_state_dict(state, tiny_cfg(ema=True), str(path))
     assert torch.equal(unet.state_dict()["conv_in.weight"], tiny_state["model.diffusion_model.input_blocks.0.0.weight"] + 1)
+
+
+def test_pathldm_training_submodules_are_skipped_and_listed(tmp_path, tiny_state, capsys):
+    """A checkpoint as PathLDM's code saves it: the FID network (track_fid=True), an EMA copy of the
+    autoencoder and its remap buffer, a learned logvar; each skipped under its reason, in the report,
+    the manifest and the command's output, and the model tensors still land where they belong."""
+    fid = {k: torch.zeros(1) for k in pytorch_fid_inception_shapes()}  # every key; its real shapes are in the test above
+    extras = {"first_stage_model.model_ema.decoderconv_outweight": torch.ones(3), "first_stage_model.quantize.used": torch.arange(64),
+              "logvar": torch.zeros(1000)}
+    ckpt = tmp_path / "pathldm.ckpt"
+    torch.save({"state_dict": {**tiny_state, **fid, **extras}}, ckpt)
+    out = tmp_path / "bundle"
+    assert main(["convert-ldm", str(ckpt), "--out", str(out), *TINY_ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 564: FID network" in printed, printed
+    report = json.loads((out / "conversion_report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["key"] for s in report["skipped"] if s["reason"].startswith("FID network")} == set(fid)
+    assert set(extras) <= {s["key"] for s in report["skipped"]} and len(manifest["skipped"]) == len(report["skipped"])
+    back = cv.bundle_to_compvis(out)
+    assert all(torch.equal(back[k], tiny_state[k]) for k in back)
 
 
 def test_agrees_with_diffusers_own_single_file_converter(tiny_state):
