@@ -359,3 +359,159 @@ def test_encode_latents_resizes_patches_when_asked(tmp_path):
     run_encode_latents(EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "lat", device="cpu", workers=0, image_size=16))
     cache = LatentCache.open(tmp_path / "lat")
     assert cache.meta["image_size"] == 16 and cache.meta["size"] == 4
+
+
+# ---------------------------------------------------------------- starting weights: model.init_from / model.init
+
+
+def _compvis_unet(context_dim: int = DIM, seed: int = 0, preset: str = "tiny") -> dict[str, torch.Tensor]:
+    """A CompVis openaimodel.UNetModel state dict for a preset, from the CompVis structure (test_convert)."""
+    from test_convert import compvis_layout, random_state
+
+    layout = compvis_layout(preset, "vq-f4-tiny", context_dim=context_dim, clip=dict(width=16, layers=1, intermediate=32))
+    return {k.removeprefix("model.diffusion_model."): v for k, v in random_state(layout, seed).items() if k.startswith("model.diffusion_model.")}
+
+
+def _ours_from_compvis(unet_state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Our key -> CompVis UNet key for the tiny preset (the table convert-ldm's tests check independently)."""
+    from histoldm.models import compvis_keys as ck
+    from histoldm.models.presets import UNET_PRESETS
+
+    tiny = UNET_PRESETS["tiny"]
+    names = ck.unet_names(unet_state.keys(), tiny["layers_per_block"], tiny["up_block_types"])
+    return names
+
+
+def _train_args(tmp_path: Path, caches: dict, init_from: Path, *sets: str) -> list[str]:
+    pairs = [f"runs_dir={tmp_path / 'runs'}", *(f"data.{k}={v}" for k, v in caches.items()), *sets]
+    return ["train", "--config", str(CONFIGS / "train_tiny.yaml"), "--init-from", str(init_from), *(x for p in pairs for x in ("--set", p))]
+
+
+@pytest.mark.parametrize("layout", ["latent-diffusion", "unet.ckpt"])
+def test_init_from_compvis_checkpoint_is_bit_for_bit_then_trains(tmp_path, caches, layout):
+    """cin256-v2's layout (UNet + ClassEmbedder + schedule buffers) and PathLDM's bare unet.ckpt: the UNet
+    at step 0 is the checkpoint's, exactly; only the class embedder and the buffers are skipped; then it trains."""
+    from test_convert import schedule_buffers
+
+    unet_sd = _compvis_unet()
+    if layout == "latent-diffusion":
+        state = {f"model.diffusion_model.{k}": v for k, v in unet_sd.items()} | schedule_buffers()
+        state["cond_stage_model.embedding.weight"] = torch.randn(1001, DIM)  # cin256-v2's ClassEmbedder (1000 classes + null)
+    else:
+        state = dict(unet_sd)
+    ckpt = tmp_path / "unet.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+
+    start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "zero"), max_steps=0, ema=False, model={"init_from": str(ckpt)}))
+    ours = load_file(Path(start["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    names = _ours_from_compvis(ours)
+    assert set(names.values()) == set(unet_sd)  # every UNet tensor of the checkpoint is used
+    assert all(torch.equal(ours[k], unet_sd[names[k]]) for k in ours)
+    init = json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"]
+    skipped = {s["key"]: s["reason"] for s in init["skipped"]}
+    assert init["loaded"] == len(unet_sd) and init["kind"] == ("compvis" if layout == "latent-diffusion" else "compvis-unet")
+    assert init["sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
+    if layout == "latent-diffusion":
+        assert [k for k, r in skipped.items() if r.startswith("class embedder")] == ["cond_stage_model.embedding.weight"]
+        assert set(skipped) == {"cond_stage_model.embedding.weight", *schedule_buffers()}
+    else:
+        assert skipped == {}
+
+    trained = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "train"), max_steps=6, log_every=3, ema=False, model={"init_from": str(ckpt)}))
+    after = load_file(Path(trained["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(np.isfinite(r["loss"]) for r in _stats(trained["run_dir"]))
+    assert not torch.equal(after["conv_in.weight"], ours["conv_in.weight"])
+
+
+def test_resume_ignores_init_from_and_says_so(tmp_path, caches, capsys):
+    ckpt = tmp_path / "unet.ckpt"
+    torch.save({"state_dict": _compvis_unet()}, ckpt)
+    run_dir = str(tmp_path / "run")
+    run_train(_config(tmp_path, caches, run_dir=run_dir, max_steps=2, checkpoint_every=2, model={"init_from": str(ckpt)}))
+    (Path(run_dir) / "manifest.json").unlink()  # as if killed after the checkpoint
+    again = run_train(_config(tmp_path, caches, run_dir=run_dir, max_steps=4, model={"init_from": str(tmp_path / "gone.ckpt")}))
+    assert again["steps"] == 4 and "model.init_from" in capsys.readouterr().out  # the missing file is never read
+    init = json.loads((Path(run_dir) / "manifest.json").read_text())["init"]
+    assert init["source"] == str(ckpt.resolve())  # what the run started from, not what the resume named
+
+
+def test_convert_ldm_bundle_fine_tunes_end_to_end(tmp_path, caches, capsys):
+    from test_convert import TINY_ARGS, compvis_layout, random_state, schedule_buffers
+
+    state = random_state(compvis_layout("tiny", "vq-f4-tiny", context_dim=DIM, clip=dict(width=DIM, layers=1, intermediate=32))) | schedule_buffers()
+    ckpt = tmp_path / "pathldm.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+    bundle = tmp_path / "converted"
+    assert main(["convert-ldm", str(ckpt), "--out", str(bundle), *TINY_ARGS]) == 0
+    assert main(_train_args(tmp_path, caches, bundle, "max_steps=3", "ema=false")) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    init = json.loads((run_dir / "manifest.json").read_text())["init"]
+    assert (init["kind"], init["loaded"], init["skipped"]) == ("bundle", len(load_file(bundle / "unet" / "diffusion_pytorch_model.safetensors")), [])
+    assert "UNet from" in capsys.readouterr().out
+    # a run folder is a source too: the fine-tuned run starts the next one
+    assert main(_train_args(tmp_path, caches, run_dir, "max_steps=3", "name=second")) == 0
+    assert json.loads(next((tmp_path / "runs").glob("*-second")).joinpath("manifest.json").read_text())["init"]["kind"] == "run"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: _compvis_unet(context_dim=2 * DIM), f"cross-attention takes {2 * DIM}-wide context, the text cache's embeddings are {DIM}-d"),
+        (lambda: _compvis_unet(preset="small"), "118 UNet tensors the 32-64-channel UNet has no place for: input_blocks.4.0.op.weight"),
+        (lambda: {**_compvis_unet(), "input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}, "input_blocks.0.0.weight has shape (32, 4, 3, 3), the 32-64-channel UNet expects (32, 3, 3, 3)"),
+        (lambda: {**_compvis_unet(), "input_blocks.9.0.weight": torch.zeros(1)}, "1 UNet tensors the 32-64-channel UNet has no place for: input_blocks.9.0.weight"),
+    ],
+)
+def test_init_from_mismatches_are_one_line_errors(tmp_path, caches, capsys, make, message):
+    ckpt = tmp_path / "wrong.ckpt"
+    torch.save({"state_dict": make()}, ckpt)
+    assert main(_train_args(tmp_path, caches, ckpt)) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(ckpt) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is written
+
+
+def test_compvis_init_zeroes_exactly_compvis_zero_modules(tmp_path, caches):
+    """CompVis zero_module: every ResBlock's out_layers.3, SpatialTransformer proj_out and out.2, named in
+    CompVis terms from the CompVis structure; a from-scratch run with model.init: compvis starts there."""
+    from histoldm.models.init import compvis_init
+    from histoldm.models.presets import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", context_dim=DIM, sample_size=SIZE)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    zeroed = compvis_init(unet)
+    names = _ours_from_compvis(unet.state_dict())
+    zero = {names[k] for k, v in unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert all(not unet.state_dict()[k].any() for k, v in names.items() if v in zero)
+    expected = {k for k in _compvis_unet() if k.rsplit(".", 1)[0].endswith((".out_layers.3", ".proj_out")) or k.startswith("out.2.")}
+    assert zero == expected and zeroed == len(expected) == 26
+    out = unet(torch.randn(2, 3, SIZE, SIZE), torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, LENGTH, DIM)).sample
+    assert torch.equal(out, torch.zeros_like(out))
+
+    start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "c"), max_steps=0, model={"init": "compvis"}))
+    weights = load_file(Path(start["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not weights["conv_out.weight"].any() and weights["conv_in.weight"].any()
+    assert json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"] == {"source": "scratch", "init": "compvis", "zeroed": 26}
+
+
+def test_taming_quantize_picks_tamings_code_on_near_ties():
+    """Latent vectors on the bisector of two neighbouring codes: diffusers' cdist and taming's
+    z^2 + e^2 - 2 z.e pick different codes for many of them; quantize="taming" picks taming's."""
+    from histoldm.models.autoencoder import decode, load_autoencoder, taming_quantize
+
+    ae = load_autoencoder("vq-f4-tiny")
+    e = ae.model.quantize.embedding.weight.detach()
+    gaps = torch.cdist(e, e).fill_diagonal_(float("inf"))
+    g = torch.Generator().manual_seed(0)
+    z = ((e + e[gaps.argmin(1)]) / 2).repeat(25, 1) + 1e-9 * torch.randn(25 * len(e), 3, generator=g)  # 1600 near-ties
+    taming = torch.argmin(torch.sum(z**2, 1, keepdim=True) + torch.sum(e**2, 1) - 2 * torch.einsum("bd,dn->bn", z, e.t()), 1)
+    differ = taming != torch.argmin(torch.cdist(z, e), 1)
+    assert differ.sum() > 50  # the choice of expression matters on these
+    as_latents = lambda v: v.t().reshape(1, 3, 40, 40)  # noqa: E731
+    assert torch.equal(taming_quantize(as_latents(z), e), as_latents(z + (e[taming] - z)))
+    with torch.no_grad():
+        ours, default = decode(ae, as_latents(z), quantize="taming"), decode(ae, as_latents(z))
+        assert torch.equal(default, ae.model.decode(as_latents(z)).sample)  # the default is diffusers' own
+        assert torch.allclose(ours, ae.model.decode(as_latents(e[taming]), force_not_quantize=True).sample, atol=1e-5)
+        assert (ours - default).abs().amax() > 1e-3

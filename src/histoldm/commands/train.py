@@ -17,6 +17,7 @@ def register(sub: Any) -> None:
     )
     add_config_options(p)
     p.add_argument("--resume", help="auto (default: resume this run if it has a checkpoint) | latest | none | PATH")
+    p.add_argument("--init-from", help="start the UNet from a model bundle, run folder or CompVis checkpoint (model.init_from; ignored on resume)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.train.trainer import TrainConfig, run_train
 
-    cfg = resolve_config(args, TrainConfig, {"resume": args.resume})
+    flags = {"resume": args.resume} | ({"model": {"init_from": args.init_from}} if args.init_from else {})
+    cfg = resolve_config(args, TrainConfig, flags)
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0

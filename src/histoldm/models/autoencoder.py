@@ -5,7 +5,10 @@ training from scratch), a local folder written by `save_pretrained`, or a hub id
 read from the folder's `config.json` (`_class_name`), never guessed.
 
 Encoding conventions (what the diffusion model sees, before the cache's scaling factor):
-- VQ: the pre-quantisation latent (PathLDM); `decode` quantises first.
+- VQ: the pre-quantisation latent (PathLDM); `decode` quantises first. Which code a latent vector
+  gets is an argmin over distances, and near-ties (about 1 in 10^5 vectors) fall to whichever
+  floating-point expression computes them: `quantize="diffusers"` (default) uses diffusers'
+  `cdist`, `quantize="taming"` CompVis/taming's `z^2 + e^2 - 2 z.e`, as PathLDM's decoding did.
 - KL: the posterior mean by default (deterministic, so a cache is reproducible); `sample=True`
   draws from the posterior instead. The posterior's std is small next to diffusion noise.
 """
@@ -24,6 +27,7 @@ from histoldm.errors import UserError
 from histoldm.models.presets import AUTOENCODER_PRESETS, build_autoencoder
 
 _CLASSES = {"VQModel": "vq", "AutoencoderKL": "kl"}
+QuantizeRule = Literal["diffusers", "taming"]
 
 
 @dataclass
@@ -101,8 +105,21 @@ def encode(ae: Autoencoder, images: torch.Tensor, *, sample: bool = False, gener
     return dist.sample(generator) if sample else dist.mean
 
 
-def decode(ae: Autoencoder, latents: torch.Tensor) -> torch.Tensor:
-    """unscaled latents -> images in about [-1, 1] (VQ: quantised first, as in PathLDM)."""
+def taming_quantize(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """taming's VectorQuantizer2 (PathLDM's first stage) in inference: the code at the argmin of
+    z^2 + e^2 - 2 z.e, computed in that order, returned as z + (e - z) like its straight-through output."""
+    z = latents.permute(0, 2, 3, 1).contiguous()
+    flat = z.view(-1, codebook.shape[1])
+    d = torch.sum(flat**2, dim=1, keepdim=True) + torch.sum(codebook**2, dim=1) - 2 * torch.einsum("bd,dn->bn", flat, codebook.t())
+    z_q = codebook[torch.argmin(d, dim=1)].view(z.shape)
+    return (z + (z_q - z)).permute(0, 3, 1, 2).contiguous()
+
+
+def decode(ae: Autoencoder, latents: torch.Tensor, *, quantize: QuantizeRule = "diffusers") -> torch.Tensor:
+    """unscaled latents -> images in about [-1, 1] (VQ: quantised first, as in PathLDM, by `quantize`'s rule)."""
     if ae.kind == "vq":
+        if quantize == "taming":
+            quantized = taming_quantize(latents, ae.model.quantize.embedding.weight)
+            return ae.model.decode(quantized, force_not_quantize=True).sample
         return ae.model.decode(latents, force_not_quantize=False).sample
     return ae.model.decode(latents).sample

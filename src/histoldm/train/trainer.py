@@ -9,6 +9,7 @@ See docs/training.md for the configs, resume semantics and launch commands.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -46,6 +47,8 @@ class ModelSection(StrictModel):
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile, CUDA only
     compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster)
+    init: Literal["diffusers", "compvis"] = "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
+    init_from: Path | None = None  # starting UNet weights (bundle, run, CompVis checkpoint); read only when a run starts
 
 
 class OptimSection(StrictModel):
@@ -103,7 +106,8 @@ def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
 CONTRACT = "contract.json"
 # Model settings that change neither the weights nor what they mean (the caches' fingerprints cover the autoencoder).
 NOT_IN_CONTRACT = {"gradient_checkpointing", "checkpoint_levels", "channels_last", "compile", "compile_mode",
-                   "autoencoder", "autoencoder_fingerprint"}
+                   "autoencoder", "autoencoder_fingerprint", "init", "init_from"}  # init*: read only when a run starts
+INIT_FILE = "init.json"
 
 
 def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
@@ -143,6 +147,25 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
     if finished and cfg.resume == "auto":  # say so: at full scale a silent restart repeats days of training
         print(f"train: {finished[-1]} is finished; starting a new run {new.name} (resume: {finished[-1]} continues that one)")
     return new
+
+
+def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path, say=print) -> dict:
+    """The UNet's starting weights, chosen when a run starts; a resumed run's come from its checkpoint,
+    and what it started from is read back from RUN/init.json for the manifest."""
+    from histoldm.models.init import compvis_init, load_init_weights
+
+    if resume_from is not None:
+        if cfg.model.init_from is not None:
+            say(f"train: resuming {run_dir}; model.init_from ({cfg.model.init_from}) is read only when a run starts, ignored")
+        path = run_dir / INIT_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if cfg.model.init_from is not None:
+        report = load_init_weights(cfg.model.init_from, unet).as_dict()
+        say(f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped"
+              + "".join(f"\n  skipped {s['key']}: {s['reason']}" for s in report["skipped"][:20])
+              + (f"\n  ... ({len(report['skipped'])} in all, listed in {run_dir / INIT_FILE})" if len(report["skipped"]) > 20 else ""))
+        return report
+    return {"source": "scratch", "init": cfg.model.init, "zeroed": compvis_init(unet) if cfg.model.init == "compvis" else 0}
 
 
 def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):
@@ -222,18 +245,23 @@ def run_train(cfg: TrainConfig) -> dict:
     resume_from = resolve_resume(run_dir, cfg.resume)
     contract = run_contract(cfg, latents.meta, text.meta)
     _check_contract(resume_from, contract)
+
+    # Model: fp32 master weights, seeded; starting weights checked before the run folder is written.
+    set_seed(cfg.seed)
+    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=int(latents.meta["size"]))
+    init = _initialise(unet, cfg, resume_from, run_dir, accelerator.print)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_partial(run_dir)
         atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
         atomic_write_json(run_dir / CONTRACT, contract)
+        if resume_from is None:
+            atomic_write_json(run_dir / INIT_FILE, init)
     validator = None
     if cfg.validation.every and accelerator.is_main_process:
         validator = ValidationGrid(cfg.validation, text, latents.meta, cfg.model.prediction_type, device, cfg.seed)
 
-    # Model, optimizer, schedule, EMA: fp32 master weights, seeded initialisation.
-    set_seed(cfg.seed)
-    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=int(latents.meta["size"]))
+    # Speed settings, optimizer, schedule, EMA.
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(unet, cfg.model.checkpoint_levels)
     memory_format = torch.channels_last if cfg.model.channels_last and on_gpu else torch.contiguous_format
@@ -352,7 +380,7 @@ def run_train(cfg: TrainConfig) -> dict:
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
                        produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "skipped_pairs": dataset.skipped},
-                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision})
+                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
