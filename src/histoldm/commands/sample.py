@@ -13,7 +13,7 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "sample",
-        "Generate one PNG per caption with DDIM (PathLDM: 50 steps, guidance 1.75); resumable, shardable with accelerate launch.",
+        "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
         "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
     )
     p.add_argument("--checkpoint", type=Path, help="model bundle folder, or a training run folder (uses RUN/model/)")

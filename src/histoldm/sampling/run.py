@@ -44,7 +44,7 @@ class SampleConfig(StrictModel):
     split: Path | None = None  # split.json: sample only the cases of split_name (captions.parquet only)
     split_name: str = "test"
     steps: int = Field(50, ge=1, le=999)  # PathLDM: 50 DDIM steps (1000 would step past the schedule's end)
-    guidance: float = 1.75  # PathLDM's classifier-free guidance scale; 1.0 = conditional only
+    guidance: float = 1.75  # the seed paper's classifier-free guidance scale (PathLDM's notebook: 1.5); 1.0 = conditional only
     solver: Literal["ddim", "dpmpp"] = "ddim"  # dpmpp: DPM-Solver++ (2M), good at ~20 steps
     eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
     batch_size: int = Field(16, ge=1)  # images per UNet call (the UNet sees twice as many: cond + uncond)
