@@ -515,3 +515,14 @@ def test_taming_quantize_picks_tamings_code_on_near_ties():
         assert torch.equal(default, ae.model.decode(as_latents(z)).sample)  # the default is diffusers' own
         assert torch.allclose(ours, ae.model.decode(as_latents(e[taming]), force_not_quantize=True).sample, atol=1e-5)
         assert (ours - default).abs().amax() > 1e-3
+
+
+def test_init_from_a_bundle_of_another_head_layout_is_refused(tmp_path, caches):
+    """pathldm and pathldm-h64 share every tensor shape; only the head count differs, which would
+    silently change what the weights compute: the source's saved config is compared, not only shapes."""
+    first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=0))
+    config = Path(first["bundle"]) / "unet" / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, "attention_head_dim": [2, 4]}))
+    with pytest.raises(UserError, match=r"attention_head_dim is \[2, 4\], the run's UNet preset has \[1, 2\]"):
+        run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=0, model={"init_from": first["bundle"]}))

@@ -102,7 +102,25 @@ def unet_label(unet) -> str:
     return f"{'-'.join(str(c) for c in unet.config.block_out_channels)}-channel"
 
 
-def _from_histoldm(path: Path) -> tuple[dict[str, torch.Tensor], str, Path]:
+# UNet settings that change what the weights compute without changing any tensor's shape (heads) or that shapes
+# would only catch later: a bundle or run made with others is refused.
+_ARCHITECTURE = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "attention_head_dim",
+                 "cross_attention_dim", "in_channels", "out_channels", "flip_sin_to_cos", "freq_shift")
+
+
+def _check_architecture(theirs: dict, unet, source: Path) -> None:
+    """`theirs`: a saved UNet config.json, or a preset's constructor arguments (keys it lacks are not compared)."""
+
+    def plain(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    for key in (k for k in _ARCHITECTURE if k in theirs):
+        if plain(theirs[key]) != plain(unet.config.get(key)):
+            raise UserError(f"{source}: UNet {key} is {plain(theirs[key])}, the run's UNet preset has {plain(unet.config.get(key))}; "
+                            "set model.unet_preset to the source's")
+
+
+def _from_histoldm(path: Path, unet) -> tuple[dict[str, torch.Tensor], str, Path]:
     """(state, kind, file hashed): a bundle's UNet, or a run's exported bundle / latest checkpoint."""
     from safetensors.torch import load_file
 
@@ -119,7 +137,22 @@ def _from_histoldm(path: Path) -> tuple[dict[str, torch.Tensor], str, Path]:
         raise UserError(f"{path}: not a model bundle ({META_FILE}), a finished run (model/) or a run with a checkpoint")
     if not weights.is_file():
         raise UserError(f"{weights}: UNet weights missing")
+    _check_architecture(_saved_architecture(weights, path), unet, path)
     return load_file(str(weights)), kind, weights
+
+
+def _saved_architecture(weights: Path, path: Path) -> dict:
+    """The source UNet's config: its config.json beside the weights, or for a run's checkpoint the preset in RUN/config.json."""
+    import json
+
+    from histoldm.models.presets import UNET_PRESETS
+
+    try:
+        if weights.parent.name == "unet":
+            return json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
+        return dict(UNET_PRESETS.get(json.loads((path / "config.json").read_text(encoding="utf-8"))["model"]["unet_preset"], {}))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: cannot read the UNet's configuration ({type(e).__name__}: {e})") from None
 
 
 def _check_shapes(state: dict[str, torch.Tensor], unet, source: Path, names: dict[str, str]) -> None:
@@ -148,7 +181,7 @@ def load_init_weights(source: Path, unet) -> InitReport:
     if not source.exists():
         raise UserError(f"{source}: model.init_from not found (a model bundle, run folder or CompVis checkpoint)")
     if source.is_dir():
-        state, kind, hashed = _from_histoldm(source)
+        state, kind, hashed = _from_histoldm(source, unet)
         skipped: list[dict[str, str]] = []
         names: dict[str, str] = {}
     else:
