@@ -102,10 +102,11 @@ def unet_label(unet) -> str:
     return f"{'-'.join(str(c) for c in unet.config.block_out_channels)}-channel"
 
 
-# UNet settings that change what the weights compute without changing any tensor's shape (heads) or that shapes
-# would only catch later: a bundle or run made with others is refused.
+# The preset's UNet settings; heads and the time embedding change what the weights compute without changing
+# any tensor's shape. A bundle or run made with others is refused. (Context width and latent channels come
+# from the caches, not the preset: the shape check names them.)
 _ARCHITECTURE = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "attention_head_dim",
-                 "cross_attention_dim", "in_channels", "out_channels", "flip_sin_to_cos", "freq_shift")
+                 "flip_sin_to_cos", "freq_shift")
 
 
 def _check_architecture(theirs: dict, unet, source: Path) -> None:
