@@ -526,3 +526,16 @@ def test_init_from_a_bundle_of_another_head_layout_is_refused(tmp_path, caches):
     config.write_text(json.dumps({**saved, "attention_head_dim": [2, 4]}))
     with pytest.raises(UserError, match=r"attention_head_dim is \[2, 4\], the run's UNet preset has \[1, 2\]"):
         run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=0, model={"init_from": first["bundle"]}))
+
+
+def test_init_from_an_unfinished_run_uses_its_latest_checkpoint(tmp_path, caches):
+    import shutil
+
+    first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=2, checkpoint_every=2))
+    shutil.rmtree(first["bundle"])  # as if still training: only checkpoints
+    weights = Path(first["run_dir"]) / "checkpoints" / "step-00000002" / "model.safetensors"
+    second = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=0, ema=False, model={"init_from": first["run_dir"]}))
+    got, want = load_file(Path(second["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors"), load_file(weights)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    init = json.loads((Path(second["run_dir"]) / "manifest.json").read_text())["init"]
+    assert init["kind"] == "run" and init["sha256"] == __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
