@@ -372,6 +372,20 @@ def _compvis_unet(context_dim: int = DIM, seed: int = 0, preset: str = "tiny") -
     return {k.removeprefix("model.diffusion_model."): v for k, v in random_state(layout, seed).items() if k.startswith("model.diffusion_model.")}
 
 
+def _unet_at_step_0(tmp_path: Path, caches: dict, model: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """The UNet a run starts with, built and initialised by the trainer's own code (seeded as run_train does)."""
+    from accelerate.utils import set_seed
+
+    from histoldm.models.presets import build_unet
+    from histoldm.train.trainer import _initialise
+
+    cfg = _config(tmp_path, caches, model=model)
+    set_seed(cfg.seed)
+    unet = build_unet(cfg.model.unet_preset, context_dim=DIM, latent_channels=3, sample_size=SIZE)
+    report = _initialise(unet, cfg, None, tmp_path / "unused")
+    return unet.state_dict(), report
+
+
 def _ours_from_compvis(unet_state: dict[str, torch.Tensor]) -> dict[str, str]:
     """Our key -> CompVis UNet key for the tiny preset (the table convert-ldm's tests check independently)."""
     from histoldm.models import compvis_keys as ck
@@ -402,12 +416,10 @@ def test_init_from_compvis_checkpoint_is_bit_for_bit_then_trains(tmp_path, cache
     ckpt = tmp_path / "unet.ckpt"
     torch.save({"state_dict": state}, ckpt)
 
-    start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "zero"), max_steps=0, ema=False, model={"init_from": str(ckpt)}))
-    ours = load_file(Path(start["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    ours, init = _unet_at_step_0(tmp_path, caches, {"init_from": str(ckpt)})
     names = _ours_from_compvis(ours)
     assert set(names.values()) == set(unet_sd)  # every UNet tensor of the checkpoint is used
     assert all(torch.equal(ours[k], unet_sd[names[k]]) for k in ours)
-    init = json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"]
     skipped = {s["key"]: s["reason"] for s in init["skipped"]}
     assert init["loaded"] == len(unet_sd) and init["kind"] == ("compvis" if layout == "latent-diffusion" else "compvis-unet")
     assert init["sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
@@ -419,6 +431,7 @@ def test_init_from_compvis_checkpoint_is_bit_for_bit_then_trains(tmp_path, cache
 
     trained = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "train"), max_steps=6, log_every=3, ema=False, model={"init_from": str(ckpt)}))
     after = load_file(Path(trained["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert json.loads((Path(trained["run_dir"]) / "manifest.json").read_text())["init"] == init
     assert all(np.isfinite(r["loss"]) for r in _stats(trained["run_dir"]))
     assert not torch.equal(after["conv_in.weight"], ours["conv_in.weight"])
 
@@ -489,10 +502,10 @@ def test_compvis_init_zeroes_exactly_compvis_zero_modules(tmp_path, caches):
     out = unet(torch.randn(2, 3, SIZE, SIZE), torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, LENGTH, DIM)).sample
     assert torch.equal(out, torch.zeros_like(out))
 
-    start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "c"), max_steps=0, model={"init": "compvis"}))
-    weights = load_file(Path(start["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    weights, report = _unet_at_step_0(tmp_path, caches, {"init": "compvis"})
     assert not weights["conv_out.weight"].any() and weights["conv_in.weight"].any()
-    assert json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"] == {"source": "scratch", "init": "compvis", "zeroed": 26}
+    start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "c"), max_steps=2, model={"init": "compvis"}))
+    assert json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"] == report == {"source": "scratch", "init": "compvis", "zeroed": 26}
 
 
 def test_taming_quantize_picks_tamings_code_on_near_ties():
@@ -520,12 +533,12 @@ def test_taming_quantize_picks_tamings_code_on_near_ties():
 def test_init_from_a_bundle_of_another_head_layout_is_refused(tmp_path, caches):
     """pathldm and pathldm-h64 share every tensor shape; only the head count differs, which would
     silently change what the weights compute: the source's saved config is compared, not only shapes."""
-    first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=0))
+    first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=1))
     config = Path(first["bundle"]) / "unet" / "config.json"
     saved = json.loads(config.read_text())
     config.write_text(json.dumps({**saved, "attention_head_dim": [2, 4]}))
     with pytest.raises(UserError, match=r"attention_head_dim is \[2, 4\], the run's UNet preset has \[1, 2\]"):
-        run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=0, model={"init_from": first["bundle"]}))
+        run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1, model={"init_from": first["bundle"]}))
 
 
 def test_init_from_an_unfinished_run_uses_its_latest_checkpoint(tmp_path, caches):
@@ -534,8 +547,7 @@ def test_init_from_an_unfinished_run_uses_its_latest_checkpoint(tmp_path, caches
     first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=2, checkpoint_every=2))
     shutil.rmtree(first["bundle"])  # as if still training: only checkpoints
     weights = Path(first["run_dir"]) / "checkpoints" / "step-00000002" / "model.safetensors"
-    second = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=0, ema=False, model={"init_from": first["run_dir"]}))
-    got, want = load_file(Path(second["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors"), load_file(weights)
+    got, init = _unet_at_step_0(tmp_path, caches, {"init_from": first["run_dir"]})
+    want = load_file(weights)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    init = json.loads((Path(second["run_dir"]) / "manifest.json").read_text())["init"]
     assert init["kind"] == "run" and init["sha256"] == __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
