@@ -1,11 +1,12 @@
 """Inception pool3 features for FID/KID/precision-recall, with the preprocessing pinned and recorded.
 
 FID moves with the resize filter, the input scaling and the network weights, so all three are
-named in the protocol that travels with every number. Two preprocessing modes:
+named in the protocol that travels with every number. Two preprocessing modes, each the half of a
+named protocol (`PROTOCOL_RESIZE`):
 
-- `bicubic` (default, clean-fid style): PIL bicubic resize to 299 of each channel as float (no
+- `bicubic` (default, protocol `clean`, clean-fid style): PIL bicubic resize to 299 of each channel as float (no
   re-quantisation to uint8), then `(x - 128) / 128`, the scaling of the original TF graph.
-- `legacy` (pytorch-fid style): pixels to [0, 1], torch bilinear resize (align_corners=False),
+- `legacy` (protocol `pytorch-fid`): pixels to [0, 1], torch bilinear resize (align_corners=False),
   then `2x - 1`.
 
 Decoding and resizing run in DataLoader worker processes so they overlap the network. With the
@@ -39,6 +40,11 @@ RESIZE_DESCRIPTION = {
     "bicubic": "PIL bicubic per float channel to 299, scaled (x-128)/128 (clean-fid style)",
     "legacy": "torch bilinear (align_corners=False) to 299 on [0,1], scaled 2x-1 (pytorch-fid style)",
 }
+ProtocolName = Literal["clean", "pytorch-fid"]
+# the named protocols: with the bundled network, "clean" is clean-fid's clean mode and "pytorch-fid"
+# reproduces pytorch-fid (the paper's tool) end to end; tests/test_evaluate.py checks the latter
+PROTOCOL_RESIZE: dict[str, ResizeMode] = {"clean": "bicubic", "pytorch-fid": "legacy"}
+RESIZE_PROTOCOL = {resize: name for name, resize in PROTOCOL_RESIZE.items()}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -57,6 +63,20 @@ def list_images(folder: Path) -> list[Path]:
 def image_format(paths: Sequence[Path]) -> str:
     """The file formats of a set, e.g. 'png' or 'jpg+png' (JPEG artefacts move FID)."""
     return "+".join(sorted({p.suffix.lower().lstrip(".").replace("jpeg", "jpg") for p in paths}))
+
+
+def image_sizes(paths: Sequence[Path]) -> str:
+    """The pixel sizes of a set, e.g. '64x64' or '256x256+512x512', from the file headers (cheap, so it
+    can be checked before any feature): sets of different sizes give an FID of the resolution gap.
+    Unreadable files are left out here; extraction skips and lists them."""
+    sizes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    return "+".join(f"{w}x{h}" for w, h in sorted(sizes)) or "unknown"
 
 
 def decode(path: Path) -> torch.Tensor:

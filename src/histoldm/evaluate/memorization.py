@@ -5,7 +5,10 @@ default). The threshold is relative to the training set itself: the `quantile` (
 each training patch's distance to its nearest *other* training patch. A generator that draws new
 images from the training distribution puts about `quantile` of its images under that threshold
 (that is the chance level reported); one that copies puts far more (a copy has distance ~0).
-Overlapping or duplicated training tiles lower the threshold, which makes the check stricter.
+Overlapping training tiles lower the threshold, which makes the check stricter. Exact duplicates
+(distance 0 up to round-off) would drive it to 0, where nothing can fall below it and the check
+passes whatever the generator does; so training patches with an exact duplicate are left out of
+the threshold and counted in the report, and a training set of duplicates only is not measured.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from histoldm.errors import UserError
 from histoldm.evaluate.metrics import pairwise_distances
 
 Metric = Literal["cosine", "l2"]
+DUPLICATE_TOLERANCE = 1e-6  # distances below this share of the largest training NN distance are exact duplicates
 
 
 def distances(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
@@ -58,13 +62,24 @@ def memorization_report(
         raise UserError(f"memorisation: need at least 2 training images, got {len(train)}")
     nn_idx, nn_dist = nearest(fake, train, metric)
     _, train_nn = nearest(train, train, metric, exclude_self=True)
-    threshold = float(np.quantile(train_nn, quantile))
+    duplicated = train_nn <= DUPLICATE_TOLERANCE * float(train_nn.max())
+    distinct = train_nn[~duplicated]
+    threshold = float(np.quantile(distinct, quantile)) if distinct.size else None
     order = np.argsort(nn_dist)[:n_pairs]
+    n_dup = int(duplicated.sum())
+    checks = {}
+    if threshold is None:
+        checks["status"] = f"all {len(train)} training patches have an exact duplicate in the training set: no threshold to compare with; deduplicate them"
+    elif n_dup:
+        checks["note"] = (f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; they are left out of the "
+                          "threshold (with them it would be 0, and nothing could fall below it)")
     return {
         "metric": metric,
         "threshold": threshold,
-        "threshold_rule": f"{quantile:g} quantile of training-to-nearest-other-training distances",
-        "share_below_threshold": float((nn_dist < threshold).mean()),
+        "threshold_rule": f"{quantile:g} quantile of training-to-nearest-other-training distances, exact duplicates left out",
+        "share_below_threshold": None if threshold is None else float((nn_dist < threshold).mean()),
+        "train_with_exact_duplicate": n_dup,
+        **checks,
         "chance_level": quantile,
         "median_nn_distance_fake_to_train": float(np.median(nn_dist)),
         "median_nn_distance_train_to_train": float(np.median(train_nn)),

