@@ -405,7 +405,7 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
 
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, (h, w) in enumerate([(64, 64), (310, 300), (299, 299)]):  # upsampled, downsampled, as is
+    for i, (h, w) in enumerate([(64, 64), (310, 300)]):  # upsampled (the demo's size), downsampled
         Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     result = run_fid_ref(FidRefConfig(images=folder, out=tmp_path / "ours.npz", protocol="pytorch-fid", workers=0))
     mu, sigma, recorded = M.load_stats(tmp_path / "ours.npz")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-
 from pydantic import model_validator
 
 from histoldm.config import StrictModel
@@ -99,8 +98,8 @@ def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
-    return {"protocol": F.RESIZE_PROTOCOL[cfg.resize], "resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], "resize_where": F.resize_location(extractor),
-            **extractor.protocol()}
+    return {"protocol": F.RESIZE_PROTOCOL[cfg.resize], "resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize],
+            "resize_where": F.resize_location(extractor), **extractor.protocol()}
 
 
 def run_fid_ref(cfg: FidRefConfig) -> dict:
@@ -142,6 +141,7 @@ def _real_side(
 
 
 def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """mu, sigma of a set; fewer than 2 images have no covariance, said naming the folder."""
     if len(fs.paths) < 2:
         raise UserError(f"{folder}: FID needs at least 2 readable images per set, got {len(fs.paths)}")
     return M.gaussian_stats(fs.features)
