@@ -215,6 +215,9 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     index = [json.loads(line) for line in (tmp_path / "real" / "index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and all(caps[r["id"]]["case_id"] == "SYN-0002" and r["caption"] == caps[r["id"]]["caption"] for r in index)
     assert all(Image.open(tmp_path / "real" / r["file"]).size == (64, 64) for r in index)
+    (tmp_path / "a_file").write_text("x")  # an --out that is a file: one line naming it, before any patch is read
+    assert main(["export-patches", str(store), "--captions", str(store / "captions.parquet"), "--split", str(tmp_path / "split.json"),
+                 "--out", str(tmp_path / "a_file")]) == 2
 
 
 def test_fill_template_drops_parts_with_missing_values() -> None:
