@@ -1,0 +1,173 @@
+"""What a text says about a finding: present, absent or possible, read from the whole clause.
+
+A summary that drops "absent" from "Ductal carcinoma in situ, absent." states the opposite of the
+report, so the status of a finding is read from every cue around its keyword, not only from the
+keyword's comma segment:
+- cues before it govern it ("no", "negative for", "no evidence of", "without", "suspicious for",
+  "cannot rule out", "positive for", "with"), and a list after the cue ("negative for necrosis,
+  lymphovascular invasion and DCIS"): a list joined by and/or/nor, or a single item;
+- cues after it close it ("absent", "not identified", "is not seen", "negative", "cannot be
+  excluded", "present", "identified"), across commas and descriptors ("DCIS, cribriform type,
+  present") or a list of findings ("LVI and DCIS are absent"), but never across another finding
+  with its own words ("IDC, grade 2, DCIS absent" says nothing about the IDC).
+A negation or doubt before the keyword beats a positive participle after it ("no LVI identified",
+"no evidence of DCIS is seen"), and uncertainty is its own status: "suspicious for LVI" is
+"possible", never "present". The same reader checks summaries against their reports.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+Status = Literal["present", "absent", "possible"]
+_UNSTATED = "unstated"  # "LVI: not assessed" names the finding without saying anything about it
+
+FINDINGS: dict[str, re.Pattern[str]] = {
+    "lvi": re.compile(r"lympho-?\s?vascular(?:\s+(?:space\s+)?invasion)?|lymph-vascular\s+invasion|angiolymphatic(?:\s+invasion)?"
+                      r"|lymphatic\s+invasion|vascular\s+invasion|\blvi\b", re.IGNORECASE),
+    "dcis": re.compile(r"ductal\s+carcinoma\s+in[- ]situ(?:\s*\(dcis\))?|\bdcis\b|intraductal\s+carcinoma", re.IGNORECASE),
+    "lcis": re.compile(r"lobular\s+carcinoma\s+in[- ]situ(?:\s*\(lcis\))?|\blcis\b", re.IGNORECASE),
+    "necrosis": re.compile(r"\b(?<!fat )(?:tumou?r\s+|comedo[- ]?)?necros[ie]s\b|\b(?<!fat )necrotic\b", re.IGNORECASE),
+    "calcifications": re.compile(r"\b(?:micro-?)?calcifications?\b", re.IGNORECASE),
+    "invasive": re.compile(r"\b(?:invasive|infiltrating)\s+(?:(?:mammary|ductal|lobular|mucinous|papillary|micropapillary)\s+)*carcinoma\b"
+                           r"|\binvasive\s+carcinoma\s+of\s+no\s+special\s+type\b", re.IGNORECASE),
+}
+# Nouns that are not read here but end another finding's scope (a list of them is still a list).
+_OTHER_NOUNS = re.compile(r"\bmargins?\b|\blymph\s+nodes?\b|\bmetasta\w+(?:\s+carcinoma)?|\bpaget'?s?\s+disease\b"
+                          r"|\bcarcinoma\b|\btumou?r\b", re.IGNORECASE)
+
+_CUES: list[tuple[str, str, str]] = [  # (regex, "pre"/"post", status); longer phrases first
+    (r"not\s+(?:assessed|evaluated|assessable|applicable|reported|performed)|cannot\s+be\s+(?:assessed|evaluated|determined)"
+     r"|\bunknown\b|\bn/a\b", "post", _UNSTATED),
+    (r"cannot\s+be\s+(?:excluded|ruled\s+out)|can'?t\s+be\s+(?:excluded|ruled\s+out)|not\s+(?:be\s+)?(?:excluded|ruled\s+out)"
+     r"|(?:is|are)\s+(?:suspected|questionable|equivocal|indeterminate|possible|probable)|\bsuspected\b|\bequivocal\b|\bindeterminate\b",
+     "post", "possible"),
+    (r"not\s+(?:definitively\s+|definitely\s+)?(?:identified|seen|present|detected|found|appreciated|noted|visualized)"
+     r"|none\s+(?:identified|seen|present|detected)|\babsent\b|\bnegative\b(?!\s+for)|\bnone\b|\buninvolved\b",
+     "post", "absent"),
+    (r"suspicious\s+(?:for|of)|suggestive\s+of|concerning\s+for|worrisome\s+for|cannot\s+(?:rule\s+out|exclude)"
+     r"|can'?t\s+(?:rule\s+out|exclude)|\bpossible\b|\bpossibly\b|\bprobable\b|\bquestionable\b|\bfocus\s+suspicious\s+for",
+     "pre", "possible"),
+    (r"no\s+(?:evidence|sign|signs|definite\s+evidence)\s+of|negative\s+for|free\s+of|absence\s+of|without(?:\s+evidence\s+of)?"
+     r"|(?:does|did|do)\s+not\s+(?:show|demonstrate|reveal|contain|identify)|\bno\b|\bnot\b|\bnor\b",
+     "pre", "absent"),
+    (r"positive\s+for|presence\s+of|\bwith\b|associated\s+with|\bshows?\b|\bshowing\b|\bdemonstrat\w*|\bfeatures?\s+of",
+     "pre", "present"),
+    (r"\bpresent\b|\bidentified\b|\bseen\b|\bnoted\b|\bdetected\b|\bpositive\b|\bextensive\b|\bfocal\b|\bmultifocal\b|\binvolved\b",
+     "post", "present"),
+]
+_CUE = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _, _) in enumerate(_CUES)), re.IGNORECASE)
+_GLUE = re.compile(r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas\b|\bwere\b|\bboth\b|\beither\b|\bneither\b)*$", re.IGNORECASE)
+_LIST_WORD = re.compile(r"\b(?:and|or|nor)\b", re.IGNORECASE)
+_MAX_FILLER_WORDS = 3  # "no evidence of [definite residual] DCIS": words between a cue and its first item
+_MAX_DESCRIPTOR_WORDS = 8  # "DCIS[, cribriform type, nuclear grade 2,] present"
+_CLAUSE_END = re.compile(r"(?<!\d)\.(?!\d)|;|\n")
+_ORDER = (_UNSTATED, "possible", "absent", "present")  # when two cues disagree: doubt, then negation
+
+
+@lru_cache(maxsize=64)
+def clauses(text: str) -> tuple[str, ...]:
+    """Sentences and clauses; a full stop inside a number (2.1) does not split. Cached: every
+    fact reader walks the same diagnostic text."""
+    return tuple(c.strip() for c in _CLAUSE_END.split(text) if c.strip())
+
+
+def _nouns(clause: str) -> list[tuple[int, int]]:
+    """Spans of every finding keyword and scope-ending noun, without overlaps (the earlier wins)."""
+    spans = sorted({m.span() for p in [*FINDINGS.values(), _OTHER_NOUNS] for m in p.finditer(clause)})
+    kept: list[tuple[int, int]] = []
+    for s, e in spans:
+        if kept and s < kept[-1][1]:
+            if e > kept[-1][1] and s == kept[-1][0]:
+                kept[-1] = (s, e)
+            continue
+        kept.append((s, e))
+    return kept
+
+
+def _cues(clause: str) -> list[tuple[int, int, str, str]]:
+    found = []
+    for m in _CUE.finditer(clause):
+        i = int(next(k for k, v in m.groupdict().items() if v is not None)[1:])
+        found.append((m.start(), m.end(), _CUES[i][1], _CUES[i][2]))
+    return found
+
+
+def _without_nouns(text: str, offset: int, nouns: list[tuple[int, int]]) -> tuple[str, int]:
+    """`text` (starting at `offset` in the clause) with the nouns inside it blanked, and how many."""
+    chars, count = list(text), 0
+    for s, e in nouns:
+        if s >= offset and e <= offset + len(text):
+            chars[s - offset : e - offset] = " " * (e - s)
+            count += 1
+    return "".join(chars), count
+
+
+def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: list[tuple[int, int]], cues) -> bool:
+    """Whether the keyword at `key` is in the scope of a cue ending at `cue_end`: the first item
+    after at most a few filler words, or an item of a list joined by and/or/nor."""
+    items = [n for n in nouns if n[0] >= cue_end]
+    if not items:
+        return False
+    if len(clause[cue_end : items[0][0]].split()) > _MAX_FILLER_WORDS:
+        return False
+    run, seps = [items[0]], []
+    for prev, nxt in zip(items, items[1:]):
+        sep = clause[prev[1] : nxt[0]]
+        if not _GLUE.match(sep):
+            break
+        after = clause[nxt[1] :]
+        own_cue = next((c for c in cues if c[0] >= nxt[1]), None)
+        if ("," in sep and not _LIST_WORD.search(sep) and own_cue and own_cue[2] == "post"
+                and _GLUE.match(after[: own_cue[0] - nxt[1]])):
+            break  # ", LVI present": a new statement, not a list item
+        run.append(nxt)
+        seps.append(sep)
+    if len(run) > 1 and not any(_LIST_WORD.search(s) for s in seps):
+        run = run[:1]
+    return key in run
+
+
+def _post_applies(clause: str, key: tuple[int, int], cue_start: int, nouns: list[tuple[int, int]]) -> bool:
+    gap, n_nouns = _without_nouns(clause[key[1] : cue_start], key[1], nouns)
+    if n_nouns:
+        return bool(_GLUE.match(gap))  # "LVI and DCIS are absent"
+    return len(gap.replace(",", " ").split()) <= _MAX_DESCRIPTOR_WORDS
+
+
+def status_at(clause: str, key: tuple[int, int]) -> str | None:
+    """The status of the finding whose keyword spans `key` in `clause`: a Status, "unstated"
+    ("not assessed"), or None when no cue reaches it."""
+    nouns = _nouns(clause)
+    if key not in nouns:  # a keyword inside a longer noun ("in situ" of "ductal carcinoma in situ")
+        nouns = sorted([*nouns, key])
+    cues = _cues(clause)
+    before = [c for c in cues if c[1] <= key[0]]
+    after = [c for c in cues if c[0] >= key[1]]
+    pre = before[-1] if before and before[-1][2] == "pre" and _pre_governs(clause, before[-1][1], key, nouns, cues) else None
+    post = after[0] if after and after[0][2] == "post" and _post_applies(clause, key, after[0][0], nouns) else None
+    if pre and post:
+        return min(pre[3], post[3], key=_ORDER.index)
+    if pre:
+        return pre[3]
+    return post[3] if post else None
+
+
+def read_status(text: str, finding: str, bare_means_present: bool = False) -> Status | None:
+    """The first stated status of `finding` (a key of FINDINGS) in `text`.
+
+    `bare_means_present`: in a caption a finding named without a status word asserts it
+    ("IDC; DCIS; ER+"), while in a report a bare name may be a heading or a question."""
+    pattern = FINDINGS[finding]
+    if not pattern.search(text):
+        return None
+    for clause in clauses(text):
+        for m in pattern.finditer(clause):
+            status = status_at(clause, m.span())
+            if status is None and bare_means_present:
+                status = "present"
+            if status is not None and status != _UNSTATED:
+                return status  # type: ignore[return-value]
+    return None
