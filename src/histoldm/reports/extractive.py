@@ -59,7 +59,7 @@ def _boilerplate(sentence: str) -> bool:
 _INLINE_HEADER = re.compile(
     r"(?<=\S)[ \t]+(?=(?:(?:final |pathologic(?:al)? )?diagnos[ie]s|gross description|clinical (?:history|information)"
     r"|microscopic description|specimens? (?:received|submitted)|comments?|addendum(?: \d)?|ancillary studies"
-    r"|intra-?operative consultation)\s*:|synoptic\b"
+    r"|intra-?operative consultation)\s*:|synoptic\b|I attest\b|electronically signed\b|page \d+ of \d+\b|\*{3}"
     # synoptic keys, "Key: value" or "KEY ...... value", so each checklist item becomes its own clause
     r"|(?:histologic (?:type|grade)[^:.]{0,20}|tumou?r size|growth pattern|tumou?r necrosis|tumou?r-infiltrating lymphocytes"
     r"|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes|pathologic stage"

@@ -242,7 +242,7 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
         "",
         "CLINICAL HISTORY:",
         free(f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass, first noticed "
-             f"{rng.randint(2, 14)} months ago. Mammogram: spiculated mass with {'associated' if calcifications else 'no'} "
+             f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with {'associated' if calcifications else 'no'} "
              f"calcifications. Core biopsy at an outside institution showed carcinoma. "
              + rng.choice(["No prior history of malignancy.", "Family history of breast cancer (mother).",
                            "History of hypertension and type 2 diabetes."])),
