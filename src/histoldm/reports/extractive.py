@@ -50,9 +50,11 @@ _BOILERPLATE_HINTS = ("signed", "attest", "reviewed the slides", "md", "m.d", "t
                       "tumor board", "communicated to")
 
 
+_BOILERPLATE_HINT = re.compile("|".join(map(re.escape, _BOILERPLATE_HINTS)))
+
+
 def _boilerplate(sentence: str) -> bool:
-    lowered = sentence.lower()
-    return any(h in lowered for h in _BOILERPLATE_HINTS) and bool(_BOILERPLATE_LINE.search(sentence))
+    return bool(_BOILERPLATE_HINT.search(sentence.lower())) and bool(_BOILERPLATE_LINE.search(sentence))
 
 
 # OCR'd reports (TCGA-Reports) often run every section into one line: break before known headers.
@@ -71,8 +73,10 @@ _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....
 _VALUE_ON_NEXT_LINE = re.compile(r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)", re.MULTILINE)
 
 
+@lru_cache(maxsize=64)
 def diagnostic_text(report: str) -> str:
-    """The report without boilerplate sections and sentences (gross, history, signatures, addresses)."""
+    """The report without boilerplate sections and sentences (gross, history, signatures, addresses).
+    Cached: the summariser and the consistency check both read it."""
     kept: list[str] = []
     dropping = False
     report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", _DOT_LEADER.sub(": ", report))  # "Margins:\n  negative" -> "Margins: negative"
@@ -332,8 +336,9 @@ def _her2_sign(value: str) -> str:
     return "HER2-"
 
 
+@lru_cache(maxsize=64)
 def receptor_signs(text: str) -> dict[str, str]:
-    """{"ER": "ER+", "PR": "PR-", "HER2": "HER2-"} for each receptor the text states."""
+    """{"ER": "ER+", "PR": "PR-", "HER2": "HER2-"} for each receptor the text states (cached; do not mutate)."""
     signs = {}
     if m := _ER.search(text):
         signs["ER"] = "ER" + _RECEPTOR_WORDS[m.group(1).lower()]

@@ -17,6 +17,7 @@ A negation or doubt before the keyword beats a positive participle after it ("no
 
 from __future__ import annotations
 
+import bisect
 import re
 from functools import lru_cache
 from typing import Literal
@@ -155,19 +156,31 @@ def status_at(clause: str, key: tuple[int, int]) -> str | None:
     return post[3] if post else None
 
 
+@lru_cache(maxsize=64)
+def _clause_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in _CLAUSE_END.finditer(text)]
+
+
+def _clause_of(text: str, start: int, end: int) -> tuple[str, tuple[int, int]]:
+    """The clause of `text` holding text[start:end], and the span within it."""
+    starts = _clause_starts(text)
+    i = bisect.bisect_right(starts, start) - 1
+    stop = starts[i + 1] - 1 if i + 1 < len(starts) else len(text)
+    return text[starts[i] : stop], (start - starts[i], end - starts[i])
+
+
+@lru_cache(maxsize=1024)
 def read_status(text: str, finding: str, bare_means_present: bool = False) -> Status | None:
-    """The first stated status of `finding` (a key of FINDINGS) in `text`.
+    """The first stated status of `finding` (a key of FINDINGS) in `text` (cached: the summariser
+    and the consistency check read the same report).
 
     `bare_means_present`: in a caption a finding named without a status word asserts it
     ("IDC; DCIS; ER+"), while in a report a bare name may be a heading or a question."""
-    pattern = FINDINGS[finding]
-    if not pattern.search(text):
-        return None
-    for clause in clauses(text):
-        for m in pattern.finditer(clause):
-            status = status_at(clause, m.span())
-            if status is None and bare_means_present:
-                status = "present"
-            if status is not None and status != _UNSTATED:
-                return status  # type: ignore[return-value]
+    for m in FINDINGS[finding].finditer(text):
+        clause, span = _clause_of(text, m.start(), m.end())
+        status = status_at(clause, span)
+        if status is None and bare_means_present:
+            status = "present"
+        if status is not None and status != _UNSTATED:
+            return status  # type: ignore[return-value]
     return None
