@@ -386,6 +386,31 @@ def test_fallback_cut_never_drops_a_negation():
         assert count_tokens(summary) <= budget and _caption_says(summary, "dcis") in (None, "absent"), (budget, summary)
 
 
+OTHER_FACTS = [  # (diagnosis, what every budget's summary must not say, what the 154-token one says, a reversed caption)
+    ("Suspicious for invasive ductal carcinoma, grade 2. Ductal carcinoma in situ, solid type, present.",
+     r"^(?:Invasive|IDC)", "Possible invasive ductal carcinoma, grade 2", "Invasive ductal carcinoma, grade 2; DCIS."),
+    ("Ductal carcinoma in situ, solid type, nuclear grade 3. Negative for invasive carcinoma. Margins negative.",
+     r"^Invasive", "No invasive carcinoma", "Invasive carcinoma; DCIS, solid."),
+    ("Invasive ductal carcinoma, grade 3. Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
+     r"ER\+|PR\+|HER2-", "ER-, PR-, HER2+", "Invasive ductal carcinoma, grade 3; ER+, PR-, HER2+."),
+    ("Invasive ductal carcinoma, grade 3. Carcinoma is close to but does not involve the margin.",
+     r"margins positive", "margins negative", "Invasive ductal carcinoma, grade 3; margins positive."),
+    ("Invasive ductal carcinoma, grade 1. Lymph nodes: 0/5 positive. ER: negative.",
+     r"ER\+|[1-5]/5", "0/5 lymph nodes positive", "Invasive ductal carcinoma, grade 1; nodes 2/5 positive; ER-."),
+]
+
+
+def test_type_receptors_margins_and_nodes_follow_the_same_rule():
+    for diagnosis, never, at_154, reversed_caption in OTHER_FACTS:
+        report = "FINAL DIAGNOSIS:\n" + diagnosis
+        for budget in BUDGETS:
+            summary = extractive_summary(report, budget)[0]
+            assert not re.search(never, summary), (diagnosis, budget, summary)
+            assert not contradictions(report, summary), (diagnosis, budget, summary)
+        assert at_154 in extractive_summary(report, 154)[0], diagnosis
+        assert contradictions(report, reversed_caption), (diagnosis, reversed_caption)  # every backend's check catches it
+
+
 def _reversed(finding: str, truth: str) -> str:
     name = {"dcis": "DCIS", "lvi": "lymphovascular invasion", "necrosis": "tumour necrosis"}[finding]
     return f"{name} present" if truth != "present" else f"no {name}"

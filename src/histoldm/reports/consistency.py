@@ -45,8 +45,8 @@ def _nodes_positive(text: str) -> bool | None:
 
 def statements(text: str, is_summary: bool) -> Statements:
     found = {}
-    for name in FINDINGS:
-        status = read_status(text, name, bare_means_present=is_summary)
+    for name in FINDINGS:  # a report's diagnosis naming an invasive carcinoma asserts it, as a caption does
+        status = read_status(text, name, bare_means_present=is_summary or name == "invasive")
         if status:
             found[name] = status
     return Statements(found, receptor_signs(text), margin_status(text), _nodes_positive(text))

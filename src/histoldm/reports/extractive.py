@@ -117,7 +117,7 @@ _OTHER_TUMOUR = re.compile(
     r"mesothelioma|blastoma|astrocytoma|oligodendroglioma))\b(?!\s+in\s+situ)",
     re.IGNORECASE,
 )
-_NOT_A_TYPE = re.compile(r"^(metastatic|for|of|no|with|residual|the|and|or|possible|suspicious)\b", re.IGNORECASE)
+_NOT_A_TYPE = re.compile(r"^(metastatic|for|of|no|with|without|residual|the|and|or|possible|suspicious|negative|positive|evidence)\b", re.IGNORECASE)
 
 
 def _stated(clause: str, m: re.Match) -> str | None:
@@ -145,8 +145,11 @@ def _histologic_type(text: str) -> Phrasings | None:
             words = m.group(1).lower().split()
             while words and _NOT_A_TYPE.match(words[0]):
                 words = words[1:]
-            if words and (status := _stated(clause, m)):
+            noun = re.search(r"\S+$", m.group(1))  # the status of "carcinoma", not of "negative for ... carcinoma"
+            if words and (status := _stated(clause, re.compile(re.escape(noun[0])).search(clause, m.start() + noun.start()))):
                 return _possibly((" ".join(words).capitalize(),), status)
+    if read_status(text, "invasive", bare_means_present=True) == "absent":
+        return ("No invasive carcinoma",)
     return None
 
 
@@ -336,17 +339,31 @@ def _her2_sign(value: str) -> str:
     return "HER2-"
 
 
+_RECEPTOR_NAME = r"(?:o?estrogen\s+receptors?|progesterone\s+receptors?|\bER\b|\bPg?R\b|her[- ]?2(?:\s*/\s*neu)?)"
+_STAINING_FOR = re.compile(rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE)
+
+
+def _receptor_key(name: str) -> str:
+    name = name.lower()
+    return "ER" if name.startswith(("e", "o")) else "PR" if name.startswith("p") else "HER2"
+
+
 @lru_cache(maxsize=64)
 def receptor_signs(text: str) -> dict[str, str]:
-    """{"ER": "ER+", "PR": "PR-", "HER2": "HER2-"} for each receptor the text states (cached; do not mutate)."""
+    """{"ER": "ER+", "PR": "PR-", "HER2": "HER2-"} for each receptor the text states, "ER negative"
+    or "negative for estrogen and progesterone receptors" alike (cached; do not mutate)."""
     signs = {}
+    for m in _STAINING_FOR.finditer(text):  # "tumour cells are negative for ER and PR, positive for HER2"
+        for name in re.findall(_RECEPTOR_NAME, m.group(2), re.IGNORECASE):
+            key = _receptor_key(name)
+            signs.setdefault(key, key + ("+" if m.group(1).lower() == "positive" else "-"))
     if m := _ER.search(text):
         signs["ER"] = "ER" + _RECEPTOR_WORDS[m.group(1).lower()]
     if m := _PR.search(text):
         signs["PR"] = "PR" + _RECEPTOR_WORDS[m.group(1).lower()]
     if m := _HER2.search(text):
         signs["HER2"] = _her2_sign(m.group(1))
-    return signs
+    return dict(sorted(signs.items(), key=lambda kv: ("ER", "PR", "HER2").index(kv[0])))
 
 
 def _receptors(text: str) -> Phrasings | None:

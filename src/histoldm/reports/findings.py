@@ -64,13 +64,13 @@ _GLUE = re.compile(r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas
 _LIST_WORD = re.compile(r"\b(?:and|or|nor)\b", re.IGNORECASE)
 _MAX_FILLER_WORDS = 3  # "no evidence of [definite residual] DCIS": words between a cue and its first item
 _MAX_DESCRIPTOR_WORDS = 8  # "DCIS[, cribriform type, nuclear grade 2,] present"
-_CLAUSE_END = re.compile(r"(?<!\d)\.(?!\d)|;|\n")
+_CLAUSE_END = re.compile(r"(?<!\d)\.|\.(?!\d)|;|\n")  # "2.1 cm" is one clause, "grade 2. DCIS" two
 _ORDER = (_UNSTATED, "possible", "absent", "present")  # when two cues disagree: doubt, then negation
 
 
 @lru_cache(maxsize=64)
 def clauses(text: str) -> tuple[str, ...]:
-    """Sentences and clauses; a full stop inside a number (2.1) does not split. Cached: every
+    """Sentences and clauses; a full stop between digits (2.1) does not split. Cached: every
     fact reader walks the same diagnostic text."""
     return tuple(c.strip() for c in _CLAUSE_END.split(text) if c.strip())
 
@@ -142,7 +142,10 @@ def status_at(clause: str, key: tuple[int, int]) -> str | None:
     """The status of the finding whose keyword spans `key` in `clause`: a Status, "unstated"
     ("not assessed"), or None when no cue reaches it."""
     nouns = _nouns(clause)
-    if key not in nouns:  # a keyword inside a longer noun ("in situ" of "ductal carcinoma in situ")
+    enclosing = next((n for n in nouns if n[0] <= key[0] and key[1] <= n[1]), None)
+    if enclosing:  # a keyword inside a longer noun ("carcinoma" of "invasive carcinoma") shares its status
+        key = enclosing
+    else:
         nouns = sorted([*nouns, key])
     cues = _cues(clause)
     before = [c for c in cues if c[1] <= key[0]]
