@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from histoldm.reports.extractive import _NODES, diagnostic_text, margin_status, receptor_signs
+from histoldm.reports.extractive import diagnostic_text, margin_status, node_counts, receptor_signs
 from histoldm.reports.findings import FINDINGS, read_status
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
@@ -32,8 +32,8 @@ class Statements:
 
 
 def _nodes_positive(text: str) -> bool | None:
-    if m := _NODES.search(text):
-        return int(m[1] or m[3]) > 0
+    if counts := node_counts(text):
+        return counts[0] > 0
     if m := re.search(r"\bnodes?\s+(\d{1,2})\s*/\s*\d{1,2}\b", text, re.IGNORECASE):
         return int(m[1]) > 0
     if re.search(r"\b(?:lymph\s+)?nodes?\s+(?:are\s+)?negative\b|negative\s+(?:lymph\s+)?nodes\b", text, re.IGNORECASE):

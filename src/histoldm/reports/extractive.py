@@ -420,12 +420,18 @@ _NODES = re.compile(r"(\d{1,2})\s*(?:of|/)\s*(\d{1,2})\s+(?:[a-z]+\s+){0,2}lymph
                     r"|lymph\s+nodes?[^:\n]{0,20}:\s*(\d{1,2})\s*/\s*(\d{1,2})\s+(?:positive|involved)", re.IGNORECASE)
 
 
-def _nodes(text: str) -> Phrasings | None:
+def node_counts(text: str) -> tuple[int, int] | None:
+    """(positive, examined) lymph nodes from "2 of 14 lymph nodes positive" or "Lymph nodes: 2/14 positive"."""
     if not (m := _NODES.search(text)):
         return None
     pos, total = int(m[1] or m[3]), int(m[2] or m[4])
-    if pos > total:
+    return (pos, total) if pos <= total else None
+
+
+def _nodes(text: str) -> Phrasings | None:
+    if not (counts := node_counts(text)):
         return None
+    pos, total = counts
     return (f"nodes {pos}/{total}", f"{pos}/{total} lymph nodes positive", f"{pos} of {total} lymph nodes positive")
 
 

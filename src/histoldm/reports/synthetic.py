@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import re
-import textwrap
 from dataclasses import dataclass
 
 _TYPES = [
@@ -157,7 +156,7 @@ _NOTES = (
 )
 
 
-def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> tuple[list[str], dict[str, int]]:
+def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> list[str]:
     er_pct = rng.randint(60, 100) if er else 0
     pr_pct = rng.randint(10, 95) if pr else 0
     ki67 = rng.randint(3, 70)
@@ -184,7 +183,7 @@ def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> tuple
             f"HER2        {'Positive' if her2 else 'Negative'}    score {her2_score}",
             f"Ki-67       {ki67}%",
         ]
-    return lines, {"er": er_pct, "pr": pr_pct, "ki67": ki67}
+    return lines
 
 
 def _stage(size: float, nodes_positive: int) -> str:
@@ -223,7 +222,7 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
     def free(text: str) -> str:
         return _wrap(_ocr(text, rng, ocr), rng)
 
-    receptors, pct = _receptor_lines(rng, er, pr, her2)
+    receptors = _receptor_lines(rng, er, pr, her2)
     parts = ["A"] + ["B", "C", "D", "E"][: rng.randint(1, 1 + 3 * min(verbosity, 1))]
     part_names = {"A": f"{side.capitalize()} breast, {procedure}", "B": "Sentinel lymph node(s)",
                   "C": "Additional superior margin", "D": "Axillary contents, level I and II", "E": "Additional deep margin"}
