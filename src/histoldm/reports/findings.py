@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -75,7 +76,8 @@ def clauses(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in _CLAUSE_END.split(text) if c.strip())
 
 
-def _nouns(clause: str) -> list[tuple[int, int]]:
+@lru_cache(maxsize=4096)
+def _nouns(clause: str) -> tuple[tuple[int, int], ...]:
     """Spans of every finding keyword and scope-ending noun, without overlaps (the earlier wins)."""
     spans = sorted({m.span() for p in [*FINDINGS.values(), _OTHER_NOUNS] for m in p.finditer(clause)})
     kept: list[tuple[int, int]] = []
@@ -85,18 +87,19 @@ def _nouns(clause: str) -> list[tuple[int, int]]:
                 kept[-1] = (s, e)
             continue
         kept.append((s, e))
-    return kept
+    return tuple(kept)
 
 
-def _cues(clause: str) -> list[tuple[int, int, str, str]]:
+@lru_cache(maxsize=4096)
+def _cues(clause: str) -> tuple[tuple[int, int, str, str], ...]:
     found = []
     for m in _CUE.finditer(clause):
         i = int(next(k for k, v in m.groupdict().items() if v is not None)[1:])
         found.append((m.start(), m.end(), _CUES[i][1], _CUES[i][2]))
-    return found
+    return tuple(found)
 
 
-def _without_nouns(text: str, offset: int, nouns: list[tuple[int, int]]) -> tuple[str, int]:
+def _without_nouns(text: str, offset: int, nouns: Sequence[tuple[int, int]]) -> tuple[str, int]:
     """`text` (starting at `offset` in the clause) with the nouns inside it blanked, and how many."""
     chars, count = list(text), 0
     for s, e in nouns:
@@ -106,7 +109,8 @@ def _without_nouns(text: str, offset: int, nouns: list[tuple[int, int]]) -> tupl
     return "".join(chars), count
 
 
-def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: list[tuple[int, int]], cues) -> bool:
+def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: Sequence[tuple[int, int]],
+                 cues: Sequence[tuple[int, int, str, str]]) -> bool:
     """Whether the keyword at `key` is in the scope of a cue ending at `cue_end`: the first item
     after at most a few filler words, or an item of a list joined by and/or/nor."""
     items = [n for n in nouns if n[0] >= cue_end]
@@ -131,7 +135,7 @@ def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: list[tu
     return key in run
 
 
-def _post_applies(clause: str, key: tuple[int, int], cue_start: int, nouns: list[tuple[int, int]]) -> bool:
+def _post_applies(clause: str, key: tuple[int, int], cue_start: int, nouns: Sequence[tuple[int, int]]) -> bool:
     gap, n_nouns = _without_nouns(clause[key[1] : cue_start], key[1], nouns)
     if n_nouns:
         return bool(_GLUE.match(gap))  # "LVI and DCIS are absent"
