@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from histoldm.reports.budget import truncate_to_budget
-from histoldm.reports.findings import FINDINGS, clauses, read_status, status_at
+from histoldm.reports.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
 # --- sections -------------------------------------------------------------------------------
@@ -36,12 +36,11 @@ _DROP_SECTIONS = re.compile(
     r"|operative diagnosis|patient|submitting physician|received|intra-?operative consultation|frozen section( diagnosis)?)$",
     re.IGNORECASE,
 )
-_BOILERPLATE_LINE = re.compile(
-    r"electronically signed|signed out|attest|reviewed the slides|\bM\.?D\.?\b(?!\s*anderson)|\btel\b|phone|fax|"
-    r"\bstreet\b|\bavenue\b|\bsuite\b|page \d|\bMRN\b|accession|end of (synthetic )?report|synthetic report|"
-    r"controls? (stained|reacted)|dictated|transcribed|food and drug administration|\bFDA\b|\bCLIA\b|confidential|"
-    r"privileged|explanatory notes?|guideline|tumor board|communicated to",
-    re.IGNORECASE,
+_BOILERPLATE_LINE = re.compile(  # run on lowered text
+    r"electronically signed|signed out|attest|reviewed the slides|\bm\.?d\.?\b(?!\s*anderson)|\btel\b|phone|fax|"
+    r"\bstreet\b|\bavenue\b|\bsuite\b|page \d|\bmrn\b|accession|end of (synthetic )?report|synthetic report|"
+    r"controls? (stained|reacted)|dictated|transcribed|food and drug administration|\bfda\b|\bclia\b|confidential|"
+    r"privileged|explanatory notes?|guideline|tumor board|communicated to"
 )
 # Every alternative above contains one of these (lower case): a cheap test that skips the regex on most sentences.
 _BOILERPLATE_HINTS = ("signed", "attest", "reviewed the slides", "md", "m.d", "tel", "phone", "fax", "street", "avenue",
@@ -54,7 +53,8 @@ _BOILERPLATE_HINT = re.compile("|".join(map(re.escape, _BOILERPLATE_HINTS)))
 
 
 def _boilerplate(sentence: str) -> bool:
-    return bool(_BOILERPLATE_HINT.search(sentence.lower())) and bool(_BOILERPLATE_LINE.search(sentence))
+    lowered = lower(sentence)
+    return bool(_BOILERPLATE_HINT.search(lowered)) and bool(_BOILERPLATE_LINE.search(lowered))
 
 
 # OCR'd reports (TCGA-Reports) often run every section into one line: break before known headers.
@@ -68,6 +68,7 @@ _INLINE_HEADER = re.compile(
     r"|(?:estrogen|progesterone) receptor|her-?2[^:.]{0,12})\s*:)",
     re.IGNORECASE,
 )
+_LONG_LINE = 160  # longer lines are sections run together (OCR); shorter ones keep the report's own breaks
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*])")
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
 _VALUE_ON_NEXT_LINE = re.compile(r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)", re.MULTILINE)
@@ -79,8 +80,11 @@ def diagnostic_text(report: str) -> str:
     Cached: the summariser and the consistency check both read it."""
     kept: list[str] = []
     dropping = False
-    report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", _DOT_LEADER.sub(": ", report))  # "Margins:\n  negative" -> "Margins: negative"
-    for line in _INLINE_HEADER.sub("\n", report).splitlines():
+    if "..." in report:
+        report = _DOT_LEADER.sub(": ", report)
+    report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", report)  # "Margins:\n  negative" -> "Margins: negative"
+    lines = [_INLINE_HEADER.sub("\n", x) if len(x) > _LONG_LINE else x for x in report.splitlines()]
+    for line in "\n".join(lines).splitlines():
         header = _HEADER.match(line)
         if header:  # a boilerplate section runs until the next header of any other kind
             dropping = bool(_DROP_SECTIONS.match(header.group(1).strip()))
@@ -275,7 +279,7 @@ def _growth(text: str) -> Phrasings | None:
     return tuple(names)
 
 
-_IN_SITU = re.compile(FINDINGS["dcis"].pattern + "|" + FINDINGS["lcis"].pattern, re.IGNORECASE)
+_IN_SITU = re.compile(rf"\b(?:{FINDINGS['dcis'].pattern}|{FINDINGS['lcis'].pattern})", re.IGNORECASE)
 _DCIS_PATTERNS = ("micropapillary", "cribriform", "comedo", "solid", "papillary", "clinging", "flat")
 _NUCLEAR_GRADE = re.compile(r"nuclear grade\s*[:\-]?\s*(iii|ii|i|[123]|high|intermediate|low)", re.IGNORECASE)
 _NUCLEAR_WORD = re.compile(r"\b(high|intermediate|low)[- ]grade\b", re.IGNORECASE)
