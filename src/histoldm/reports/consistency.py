@@ -60,7 +60,10 @@ def report_statements(report: str) -> Statements:
 
 def contradictions(report: str, summary: str) -> list[str]:
     """One line per finding the summary states differently from the report (empty when consistent)."""
-    said, truth = statements(summary, is_summary=True), report_statements(report)
+    said = statements(summary, is_summary=True)
+    if not (said.findings or said.receptors or said.margins or said.nodes_positive is not None):
+        return []  # nothing to check: the report need not be read
+    truth = report_statements(report)
     problems = []
     for name, status in said.findings.items():
         if name in truth.findings and truth.findings[name] != status:
