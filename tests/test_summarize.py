@@ -342,6 +342,10 @@ NEGATION_TABLE = [  # (sentence in the report, finding, truth)
     ("No evidence of tumor necrosis.", "necrosis", "absent"),
     ("Tumor necrosis cannot be excluded.", "necrosis", "possible"),
     ("Tumor necrosis is present.", "necrosis", "present"),
+    ("The tumor shows extensive necrosis.", "necrosis", "present"),
+    ("No extensive tumor necrosis.", "necrosis", "absent"),
+    ("Lymph-vascular space invasion is not identified.", "lvi", "absent"),
+    ("Negative for focal necrosis or extensive lymphovascular invasion.", "lvi", "absent"),
 ]
 # How a caption names each finding; the first word of a match says its status ("no X", "possible X", "X").
 _CAPTION_NAMES = {"dcis": r"DCIS|ductal carcinoma in situ", "lvi": r"LVI|lymphovascular invasion", "necrosis": r"(?:tumou?r )?necrosis"}

@@ -30,7 +30,7 @@ _UNSTATED = "unstated"  # "LVI: not assessed" names the finding without saying a
 # regex engine can skip ahead to possible first letters (5x faster on long reports); word starts
 # are checked in `_matches` instead.
 FINDINGS: dict[str, re.Pattern[str]] = {
-    "lvi": re.compile(r"lympho-?\s?vascular(?:\s+(?:space\s+)?invasion)?|lymph-vascular\s+invasion|angiolymphatic(?:\s+invasion)?"
+    "lvi": re.compile(r"lympho?-?\s?vascular(?:\s+(?:space\s+)?invasion)?|angiolymphatic(?:\s+invasion)?"
                       r"|lymphatic\s+invasion|vascular\s+invasion|lvi\b"),
     "dcis": re.compile(r"ductal\s+carcinoma\s+in[- ]situ(?:\s*\(dcis\))?|dcis\b|intraductal\s+carcinoma"),
     "lcis": re.compile(r"lobular\s+carcinoma\s+in[- ]situ(?:\s*\(lcis\))?|lcis\b"),
@@ -63,7 +63,7 @@ def _matches(finding: str, low: str):
 _OTHER_NOUNS = re.compile(r"\bmargins?\b|\blymph\s+nodes?\b|\bmetasta\w+(?:\s+carcinoma)?|\bpaget'?s?\s+disease\b"
                           r"|\bcarcinoma\b|\btumou?r\b")
 
-_CUES: list[tuple[str, str, str]] = [  # (regex, "pre"/"post", status); longer phrases first
+_CUES: list[tuple[str, str, str]] = [  # (regex, "pre"/"post"/"adjective", status); longer phrases first
     (r"not\s+(?:assessed|evaluated|assessable|applicable|reported|performed)|cannot\s+be\s+(?:assessed|evaluated|determined)"
      r"|\bunknown\b|\bn/a\b", "post", _UNSTATED),
     (r"cannot\s+be\s+(?:excluded|ruled\s+out)|can'?t\s+be\s+(?:excluded|ruled\s+out)|not\s+(?:be\s+)?(?:excluded|ruled\s+out)"
@@ -80,11 +80,12 @@ _CUES: list[tuple[str, str, str]] = [  # (regex, "pre"/"post", status); longer p
      "pre", "absent"),
     (r"positive\s+for|presence\s+of|\bwith\b|associated\s+with|\bshows?\b|\bshowing\b|\bdemonstrat\w*|\bfeatures?\s+of",
      "pre", "present"),
-    (r"\bpresent\b|\bidentified\b|\bseen\b|\bnoted\b|\bdetected\b|\bpositive\b|\bextensive\b|\bfocal\b|\bmultifocal\b|\binvolved\b",
-     "post", "present"),
+    (r"\bpresent\b|\bidentified\b|\bseen\b|\bnoted\b|\bdetected\b|\bpositive\b|\binvolved\b", "post", "present"),
+    (r"\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b", "adjective", "present"),  # "extensive necrosis", "LVI: focal"
 ]
 _CUE = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _, _) in enumerate(_CUES)))  # on lowered clauses
-_GLUE = re.compile(r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas\b|\bwere\b|\bboth\b|\beither\b|\bneither\b)*$")
+_GLUE = re.compile(r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas\b|\bwere\b|\bboth\b|\beither\b|\bneither\b"
+                   r"|\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b)*$")
 _LIST_WORD = re.compile(r"\b(?:and|or|nor)\b")
 _MAX_FILLER_WORDS = 3  # "no evidence of [definite residual] DCIS": words between a cue and its first item
 _MAX_DESCRIPTOR_WORDS = 8  # "DCIS[, cribriform type, nuclear grade 2,] present"
@@ -148,7 +149,7 @@ def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: Sequenc
             break
         after = clause[nxt[1] :]
         own_cue = next((c for c in cues if c[0] >= nxt[1]), None)
-        if ("," in sep and not _LIST_WORD.search(sep) and own_cue and own_cue[2] == "post"
+        if ("," in sep and not _LIST_WORD.search(sep) and own_cue and own_cue[2] in ("post", "adjective")
                 and _GLUE.match(after[: own_cue[0] - nxt[1]])):
             break  # ", LVI present": a new statement, not a list item
         run.append(nxt)
@@ -178,8 +179,11 @@ def status_at(clause: str, key: tuple[int, int]) -> str | None:
     cues = _cues(clause)
     before = [c for c in cues if c[1] <= key[0]]
     after = [c for c in cues if c[0] >= key[1]]
-    pre = before[-1] if before and before[-1][2] == "pre" and _pre_governs(clause, before[-1][1], key, nouns, cues) else None
-    post = after[0] if after and after[0][2] == "post" and _post_applies(clause, key, after[0][0], nouns) else None
+    adjective = before[-1] if before and before[-1][2] == "adjective" and not clause[before[-1][1] : key[0]].strip() else None
+    governing = [c for c in before if c[2] != "adjective"]  # "no extensive necrosis": adjectives are filler words
+    pre = governing[-1] if governing and governing[-1][2] == "pre" and _pre_governs(clause, governing[-1][1], key, nouns, cues) else None
+    pre = pre or adjective  # else an adjective right before the finding states it: "with extensive necrosis"
+    post = after[0] if after and after[0][2] in ("post", "adjective") and _post_applies(clause, key, after[0][0], nouns) else None
     if pre and post:
         return min(pre[3], post[3], key=_ORDER.index)
     if pre:
