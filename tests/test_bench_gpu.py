@@ -107,7 +107,7 @@ def test_compiling_blocks_in_place_gives_the_same_output():
     x, t, c = _inputs()
     with torch.no_grad():
         assert torch.allclose(eager(x, t, c).sample, compiled(x, t, c).sample, atol=1e-6)
-    with pytest.raises(UserError, match="choose full or blocks"):
+    with pytest.raises(UserError, match="choose full, fullgraph or blocks"):
         compile_unet(eager, "everything")
 
 
