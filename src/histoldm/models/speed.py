@@ -44,7 +44,8 @@ def compile_unet(unet: torch.nn.Module, mode: CompileMode = "full", backend: str
         raise UserError(f"compile mode '{mode}': choose full, fullgraph or blocks")
     options = {"mode": tuning} if backend == "inductor" and tuning != "default" else {}
     if mode != "blocks":
-        return torch.compile(unet, backend=backend, fullgraph=mode == "fullgraph", **options)
+        # dynamic=False: guidance on an interval alternates two batch sizes; two static graphs beat one dynamic
+        return torch.compile(unet, backend=backend, fullgraph=mode == "fullgraph", dynamic=False, **options)
     _raise_recompile_limit()
     blocks = [m for m in unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
     if not blocks:

@@ -52,3 +52,8 @@ def classifier_free_guidance(
         return e_u + scale * (e_c - e_u)
 
     return guided
+
+
+def unet_passes(timesteps: list[int], interval: tuple[int, int] | None) -> int:
+    """UNet evaluations per image for guided sampling at these timesteps: 2 where guidance applies, else 1."""
+    return sum(1 if interval is not None and not interval[0] <= t <= interval[1] else 2 for t in timesteps)
