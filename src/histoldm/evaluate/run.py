@@ -76,9 +76,14 @@ def fake_image_paths(fake: Path) -> list[Path]:
     return paths
 
 
-def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str) -> F.FeatureSet:
+def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str, procs=None, parts: Path | None = None) -> F.FeatureSet | None:
+    """Features of `paths`; across the processes of `accelerate launch` (procs) each takes its share,
+    saved under `parts`, and only the main process gets the merged set (the others None)."""
     workers = cfg.workers if cfg.workers is not None else default_workers()
-    return F.extract_features(paths, extractor, mode=cfg.resize, batch_size=cfg.batch_size, workers=workers, desc=desc)
+    options = {"mode": cfg.resize, "batch_size": cfg.batch_size, "workers": workers, "desc": desc}
+    if procs is None:
+        return F.extract_features(paths, extractor, **options)
+    return F.extract_in_processes(paths, extractor, procs, parts, desc.split()[0], **options)
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
@@ -102,7 +107,7 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
 
 
-def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
+def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
     """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
     real = Path(cfg.real)
     if real.is_file():
@@ -112,7 +117,7 @@ def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> t
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         return mu, sigma, None
-    fs = _extract(cfg, extractor, F.list_images(real), "real features")
+    fs = real_fs
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
     mu, sigma = M.gaussian_stats(fs.features)
     M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]})
@@ -131,12 +136,17 @@ def _entry(protocol: dict, **values) -> dict:
     return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
 
 
-def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[dict, list[dict]]:
+def _train_is_real(cfg: EvaluateConfig) -> bool:
+    return Path(cfg.real).is_dir() and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
+
+
+def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, train_fs: F.FeatureSet | None,
+                  protocol: dict) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
-    same = real_fs is not None and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
-    train_fs = real_fs if same else _extract(cfg, extractor, F.list_images(cfg.train_real), "train features")
+    same = _train_is_real(cfg)
+    train_fs = real_fs if same else train_fs
     memo = memorization_report(
         fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
         metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
@@ -146,24 +156,39 @@ def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.Featur
     return _entry({**protocol, "n_train": len(train_fs.paths)}, **memo), skipped
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics."""
+def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
+    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics.
+    Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
+    its share of each image set (OUT/features/ holds the shares until the metrics are written) and
+    the main process computes the metrics; the others return {}."""
+    import shutil
+
+    from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
 
     started = time.time()
+    procs = procs or launched_processes(cfg.device, "evaluate")
+    sharded = procs if procs.world > 1 else None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if not Path(cfg.real).exists():
         raise UserError(f"{cfg.real}: real images or statistics not found")
     fake_paths = fake_image_paths(cfg.fake)
-    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
+    extractor = F.load_extractor(cfg.extractor, str(procs.device) if sharded else cfg.device, cfg.dtype)
     protocol = _base_protocol(cfg, extractor)
     if Path(cfg.real).is_file():  # refuse mismatched statistics before spending time on features
         _check_ref_protocol(Path(cfg.real), protocol)
 
-    fake_fs = _extract(cfg, extractor, fake_paths, "fake features")
+    parts = out / "features"
+    fake_fs = _extract(cfg, extractor, fake_paths, "fake features", sharded, parts)
+    real_fs = _extract(cfg, extractor, F.list_images(cfg.real), "real features", sharded, parts) if Path(cfg.real).is_dir() else None
+    train_fs = None
+    if cfg.train_real is not None and not _train_is_real(cfg):
+        train_fs = _extract(cfg, extractor, F.list_images(cfg.train_real), "train features", sharded, parts)
+    if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
+        return {}
     protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, protocol)
+    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = M.gaussian_stats(fake_fs.features)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
@@ -183,7 +208,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
     if cfg.train_real is not None:
-        metrics["memorization"], train_skipped = _memorization(cfg, extractor, fake_fs, real_fs, protocol)
+        metrics["memorization"], train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
         skipped += train_skipped
     if cfg.adherence:
         from histoldm.evaluate.adherence import run_adherence
@@ -200,6 +225,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         produced={"metrics": "metrics.json", "real_stats": "real_stats.npz" if real_fs else None, "n_fake": len(fake_fs.paths)},
         started=started, seed=cfg.seed, skipped=skipped,
     )
+    shutil.rmtree(parts, ignore_errors=True)
     return metrics
 
 
