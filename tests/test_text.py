@@ -186,6 +186,32 @@ def test_encode_text_in_two_processes_writes_the_single_process_cache(tmp_path):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+def test_encode_text_under_torchrun_with_two_cpu_processes(tmp_path):
+    """The real launch: two gloo processes (torchrun sets WORLD_SIZE/RANK), one merged cache, equal to one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join([SHORT, LONG, "a", "b", "c"]) + "\n", encoding="utf-8")
+    args = ["encode-text", str(captions), "--text-encoder", "tiny-clip", "--batch-size", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "histoldm.cli",
+           *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("5 captions (5 new") == 1  # the main process reports, once
+    a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
+    assert torch.equal(a["embeddings"], b["embeddings"]) and not (tmp_path / "two" / "parts").exists()
+    assert (tmp_path / "two" / "index.jsonl").read_bytes() == (tmp_path / "one" / "index.jsonl").read_bytes()
+
+
 def test_cache_mismatch_is_an_error(tmp_path, capsys):
     captions = tmp_path / "captions.parquet"
     pq.write_table(pa.table({"patch_id": ["a", "b"], "caption": [SHORT, None]}), captions)
