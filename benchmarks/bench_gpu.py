@@ -398,12 +398,12 @@ class Bench:
             _sync(p.device)
         cuda = p.device == "cuda"
         events = prof.key_averages()
-        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"  # self time: kernels, not the ops that launch them
+        device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"  # renamed in torch 2.4+
+        key = device_key if cuda else "self_cpu_time_total"  # self time: kernels, not the ops that launch them
         table = events.table(sort_by=key, row_limit=30, max_name_column_width=90)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "profile_ddim_step.txt").write_text(f"one guided DDIM step, {preset}, batch {bs} (UNet batch {2 * bs}), sorted by {key}\n\n{table}\n")
-        names = ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
-        kernels = [(e.key, next((getattr(e, n) for n in names if hasattr(e, n)), 0.0)) for e in events]
+        kernels = [(e.key, getattr(e, key)) for e in events]
         kernels = [(k, t) for k, t in kernels if t > 0]
         total = sum(t for _, t in kernels) or 1.0
         return {"preset": preset, "batch": bs, "step_ms": total / 1e3,
@@ -511,6 +511,8 @@ class Bench:
             record["status"] = f"skipped: time budget ({elapsed:.0f}s used + ~{case.est_s:.0f}s > {self.p.budget_s:.0f}s)"
         else:
             print(f"\n=== {case.name} (t={elapsed:.0f}s)", flush=True)
+            if case.needs_cuda:  # compiled cases: fresh dynamo caches, so earlier cases' graphs do not fill the recompile limit
+                torch._dynamo.reset()
             start = time.perf_counter()
             try:
                 record.update(case.run())

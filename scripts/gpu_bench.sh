@@ -7,13 +7,13 @@
 # lands in $OUT. Prepared here by scripts/gpu_prepare.sh; run there with carry [".whl", ".gpu"]:
 #
 #   bash scripts/gpu_bench.sh [BENCH_GPU_BUDGET_S]      # default 420: no bench case starts that would end later
-#   bash scripts/gpu_bench.sh --smoke                   # on a CPU: the same steps, tiny, in about a minute
+#   PYTHON=.venv/bin/python bash scripts/gpu_bench.sh --smoke   # on a CPU: the bench steps, tiny (about a minute idle)
 set -uo pipefail
 if [[ "${1:-}" == "--smoke" ]]; then
   export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TQDM_DISABLE=1
   out=${OUT:-bench-gpu-out}
   mkdir -p "$out"
-  python3 -u benchmarks/bench_gpu.py --tiny --out "$out" --cases "baseline train bf16 1-head,sample,profile,encode,compile" 2>&1 | tee "$out/bench_gpu.log"
+  "${PYTHON:-python3}" -u benchmarks/bench_gpu.py --tiny --out "$out" --cases "baseline train bf16 1-head,sample,profile,encode,compile" 2>&1 | tee "$out/bench_gpu.log"
   exit "${PIPESTATUS[0]}"
 fi
 budget=${1:-420}

@@ -125,6 +125,17 @@ def test_compiling_blocks_in_place_gives_the_same_output():
         compile_unet(eager, "everything")
 
 
+def test_the_unet_compiles_as_one_graph():
+    """compile_mode fullgraph: dynamo raises at any graph break, so this passing means one graph
+    (dynamo's eager backend: the trace, not inductor's kernels, which are bench_gpu's GPU cases)."""
+    eager = _tiny_unet()
+    x, t, c = _inputs()
+    with torch.no_grad():
+        reference = eager(x, t, c).sample
+        compiled = compile_unet(eager, "fullgraph", backend="eager")
+        assert compiled is not eager and torch.allclose(compiled(x, t, c).sample, reference, atol=1e-6)
+
+
 def test_trainer_refuses_checkpoint_levels_without_checkpointing(tmp_path, fresh_accelerate):
     sys.path.insert(0, str(BENCH.parent))
     from bench_train import write_synthetic_caches
