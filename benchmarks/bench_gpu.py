@@ -303,7 +303,7 @@ class Bench:
                 "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
 
     # ---------- ours: the sampler ----------
-    def sample_config(self, sampling: str, **update) -> "SampleConfig":  # noqa: F821
+    def sample_config(self, sampling: str, **update):
         """The paper's settings or the fast preset, at this profile's batch (and, --tiny, its few steps)."""
         from histoldm.sampling.run import SampleConfig
 
