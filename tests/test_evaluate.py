@@ -279,6 +279,38 @@ def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):
     assert (out / "real_stats.npz").is_file() and (out / "memorization_pairs.png").is_file()
 
 
+def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
+    """Each process extracts images i, i+N, ... of every set and saves its share; run here rank by rank
+    (what `accelerate launch` runs at once, barrier between): rank 1 leaves its shares, rank 0 merges
+    them in input order and computes the metrics one process computes."""
+    from histoldm.devices import Processes
+    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+
+    real, ext = _real_set(tmp_path, 5), _tiny_extractor(tmp_path / "pool.pt")
+    fake = tmp_path / "fake"
+    shutil.copytree(real, fake)
+    (fake / "3.png").unlink()
+    (fake / "9-notes.png").write_text("not an image")  # skipped by whichever process holds it
+    for i in range(5, 8):
+        Image.fromarray(_tile(50 + 3 * i, RNG)).save(fake / f"{i}.png")
+    cfg = EvaluateConfig(real=real, fake=fake, out=tmp_path / "one", extractor=ext, workers=0, train_real=real, kid_subsets=5,
+                         kid_subset_size=4, fid_method="eigh")
+    one = run_evaluate(cfg)
+    two = cfg.model_copy(update={"out": tmp_path / "two"})
+    ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
+    assert run_evaluate(two, ranks[1]) == {}
+    assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir()) == ["fake.rank1-of-2.npz", "real.rank1-of-2.npz"]
+    sharded = run_evaluate(two, ranks[0])
+    assert not (tmp_path / "two" / "features").exists()  # merged and removed
+    assert sharded["fid"]["value"] == pytest.approx(one["fid"]["value"], rel=1e-6, abs=1e-9) and one["fid"]["value"] > 1
+    for key in ("kid", "precision_recall", "memorization"):
+        assert sharded[key]["protocol"] == one[key]["protocol"]
+    assert sharded["kid"]["mean"] == pytest.approx(one["kid"]["mean"], rel=1e-6, abs=1e-9)
+    assert (sharded["precision_recall"]["precision"], sharded["precision_recall"]["recall"]) == (one["precision_recall"]["precision"], one["precision_recall"]["recall"])
+    skipped = [json.loads((tmp_path / d / "manifest.json").read_text())["skipped"] for d in ("one", "two")]
+    assert [s["file"] for s in skipped[0]] == [s["file"] for s in skipped[1]] == [str(fake / "9-notes.png")]
+
+
 def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, capsys):
     real, ext = _real_set(tmp_path, 5), _tiny_extractor(tmp_path / "pool.pt")
     stats = tmp_path / "ref.npz"

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg = resolve_config(args, EvaluateConfig, flags)
     metrics = run_evaluate(cfg)
+    if not metrics:  # a non-main process under accelerate launch
+        return 0
     for line in report_lines(metrics):
         print(line)
     print(f"wrote {cfg.out / 'metrics.json'}")

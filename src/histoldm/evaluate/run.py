@@ -92,9 +92,14 @@ def fake_image_paths(fake: Path) -> list[Path]:
     return paths
 
 
-def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str) -> F.FeatureSet:
+def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str, procs=None, parts: Path | None = None) -> F.FeatureSet | None:
+    """Features of `paths`; across the processes of `accelerate launch` (procs) each takes its share,
+    saved under `parts`, and only the main process gets the merged set (the others None)."""
     workers = cfg.workers if cfg.workers is not None else default_workers()
-    return F.extract_features(paths, extractor, mode=cfg.resize, batch_size=cfg.batch_size, workers=workers, desc=desc)
+    options = {"mode": cfg.resize, "batch_size": cfg.batch_size, "workers": workers, "desc": desc}
+    if procs is None:
+        return F.extract_features(paths, extractor, **options)
+    return F.extract_in_processes(paths, extractor, procs, parts, desc.split()[0], **options)
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
@@ -121,18 +126,16 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
 
 
-def _real_side(
-    cfg: EvaluateConfig, extractor: F.Extractor, real_paths: list[Path] | None, protocol: dict
-) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
+def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
     """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
-    if real_paths is None:
+    if real_fs is None:
         mu, sigma, ref = M.load_stats(Path(cfg.real))
         if ref is None:
             protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         return mu, sigma, None
-    fs = _extract(cfg, extractor, real_paths, "real features")
+    fs = real_fs
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
     mu, sigma = _stats(fs, cfg.real)
     M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
@@ -172,14 +175,17 @@ def _entry(protocol: dict, **values) -> dict:
     return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
 
 
-def _memorization(
-    cfg: EvaluateConfig, extractor: F.Extractor, train_paths: list[Path], fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict
-) -> tuple[dict, list[dict]]:
+def _train_is_real(cfg: EvaluateConfig) -> bool:
+    return Path(cfg.real).is_dir() and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
+
+
+def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, train_fs: F.FeatureSet | None,
+                  protocol: dict) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
-    same = real_fs is not None and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
-    train_fs = real_fs if same else _extract(cfg, extractor, train_paths, "train features")
+    same = _train_is_real(cfg)
+    train_fs = real_fs if same else train_fs
     memo = memorization_report(
         fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
         metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
@@ -189,31 +195,44 @@ def _memorization(
     return _entry({**protocol, "n_train": len(train_fs.paths)}, **memo), skipped
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics."""
+def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
+    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics.
+    Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
+    its share of each image set (OUT/features/ holds the shares until the metrics are written) and
+    the main process computes the metrics; the others return {}."""
+    import shutil
+
+    from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
 
     started = time.time()
+    procs = procs or launched_processes(cfg.device, "evaluate")
+    sharded = procs if procs.world > 1 else None
     out = require_output_folder(cfg.out)
     if not Path(cfg.real).exists():
         raise UserError(f"{cfg.real}: real images or statistics not found")
     fake_paths = fake_image_paths(cfg.fake)
     real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
-    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None else []
+    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
     if cfg.adherence:
         from histoldm.evaluate.adherence import check_adherence_inputs
 
         check_adherence_inputs(cfg.fake, cfg.captions)
-    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
+    extractor = F.load_extractor(cfg.extractor, str(procs.device) if sharded else cfg.device, cfg.dtype)
     protocol = _base_protocol(cfg, extractor)
     if real_paths is None:  # refuse mismatched statistics before spending time on features
         _check_ref_protocol(Path(cfg.real), protocol)
     protocol.update(_image_sizes(cfg, real_paths, fake_paths))
     out.mkdir(parents=True, exist_ok=True)
 
-    fake_fs = _extract(cfg, extractor, fake_paths, "fake features")
+    parts = out / "features"
+    fake_fs = _extract(cfg, extractor, fake_paths, "fake features", sharded, parts)
+    real_fs = _extract(cfg, extractor, real_paths, "real features", sharded, parts) if real_paths is not None else None
+    train_fs = _extract(cfg, extractor, train_paths, "train features", sharded, parts) if train_paths else None
+    if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
+        return {}
     protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_paths, protocol)
+    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
@@ -238,7 +257,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
     if cfg.train_real is not None:
-        metrics["memorization"], train_skipped = _memorization(cfg, extractor, train_paths, fake_fs, real_fs, protocol)
+        metrics["memorization"], train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
         skipped += train_skipped
     if cfg.adherence:
         from histoldm.evaluate.adherence import run_adherence
@@ -255,6 +274,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         produced={"metrics": "metrics.json", "real_stats": "real_stats.npz" if real_fs else None, "n_fake": len(fake_fs.paths)},
         started=started, seed=cfg.seed, skipped=skipped,
     )
+    shutil.rmtree(parts, ignore_errors=True)
     return metrics
 
 

@@ -45,7 +45,7 @@ class ModelSection(StrictModel):
     checkpoint_levels: list[int] | None = None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile, CUDA only
-    compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster)
+    compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
 
 
 class OptimSection(StrictModel):
