@@ -183,8 +183,9 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> Path:
     axes[0].bar(labels, [r["fid"] for r in rows], color="#8c6bb1", label="FID vs real held-out")
     if all(r["fid_floor"] is not None for r in rows):
         axes[0].bar(labels, [r["fid_floor"] for r in rows], width=0.4, color="#bdbdbd", hatch="//", label="seed-to-seed floor")
-    axes[0].set(xlabel="summary budget (CLIP tokens)", ylabel="FID (lower is better)", title="FID by summary length")
-    axes[0].legend(fontsize=8)
+    axes[0].set(xlabel="summary budget (CLIP tokens)", ylabel="FID (lower is better)", title="FID by summary length",
+                ylim=(0, 1.3 * max(r["fid"] for r in rows)))  # headroom for the legend
+    axes[0].legend(fontsize=8, loc="upper center", ncols=2)
     axes[1].bar(labels, [m or 0 for m in memory], color="#41ae76")
     axes[1].set(xlabel="summary budget (CLIP tokens)", ylabel="peak GiB (allocated)" if gpu else "peak RSS rise during training (GiB)",
                 title="train-time GPU memory" if gpu else "train-time process memory (CPU)")
