@@ -80,7 +80,7 @@ def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
 
     The budget counts CLIP tokens (the summariser's unit), so with a CLIP encoder no summary is longer
     than it and the context is set by the budget alone (the paper's 154 = 150-token summary + 4 prefix
-    tokens). A tokenizer that splits text finer (MiniLM's WordPiece: up to ~25% more tokens on these
+    tokens). A tokenizer that splits text finer (MiniLM's WordPiece: up to 23% more tokens on the synthetic
     summaries) gets the longest summary instead, so no caption is cut. `chunks` mode encodes whole
     77-token windows of 75 text tokens each, so its length is rounded up to whole windows."""
     from histoldm.text.tokenizer import CLIP_CONTEXT
