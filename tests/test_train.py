@@ -235,6 +235,29 @@ def test_encode_latents_round_trip_and_resume(tmp_path, capsys):
     assert "config.json missing" in capsys.readouterr().err
 
 
+def test_encode_latents_in_two_processes_writes_the_single_process_cache(tmp_path):
+    """Process i of N encodes shards i, i+N, ...; run here rank by rank (what `accelerate launch` runs at
+    once, with barriers between): rank 0 plans and measures the KL scale, rank 1 follows, and the
+    finished cache is the single process's, file for file. A rank that ends alone leaves it resumable."""
+    from histoldm.devices import Processes
+    from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
+
+    store = _write_store(tmp_path / "store")
+    cfg = EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "one", batch_size=2, shard_size=2, device="cpu", workers=0)
+    one = run_encode_latents(cfg)
+    sharded = cfg.model_copy(update={"out": tmp_path / "two"})
+    ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
+    first = run_encode_latents(sharded, ranks[0])
+    assert first["shards_missing"] == 2  # shards 1 and 3 are rank 1's
+    assert sorted(p.name for p in (tmp_path / "two").glob("latents-*.npy")) == ["latents-00000.npy", "latents-00002.npy"]
+    assert run_encode_latents(sharded, ranks[1]) == {"out": str(tmp_path / "two"), "shards_this_process": 2}
+    finished = run_encode_latents(sharded)  # a plain re-run finds every shard done and writes the index
+    assert finished["latents"] == one["latents"] == 6 and finished["scaling_factor"] == one["scaling_factor"]
+    for path in sorted((tmp_path / "one").glob("latents-*")) + [tmp_path / "one" / "index.parquet"]:
+        assert (tmp_path / "two" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert len(LatentCache.open(tmp_path / "two")) == 6
+
+
 def test_train_vae_a_few_steps(tmp_path, capsys):
     from histoldm.models.autoencoder import load_autoencoder
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from histoldm.errors import UserError
@@ -32,3 +36,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
         require_bf16(device)
         return torch.bfloat16
     return torch.float32
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among those `accelerate launch` started (rank 0 of 1 when run plainly):
+    a stage splits its work by `rank`, waits at `barrier`, and lets the main process merge."""
+
+    rank: int
+    world: int
+    device: torch.device
+    barrier: Callable[[], None]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_processes(device_name: str, stage: str) -> Processes:
+    """One process on `resolve_device(device_name)`, or under `accelerate launch` this process's rank,
+    the world size and its own device (cuda:LOCAL_RANK, or the CPU with gloo)."""
+    device = resolve_device(device_name)  # refuses CUDA on a machine without it, before any process group
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched == 1:
+        return Processes(0, 1, device, lambda: None)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type == "cpu")
+    if state.num_processes != launched:  # each process would think it is alone and redo all the work
+        raise UserError(f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
+    return Processes(state.process_index, state.num_processes, state.device, state.wait_for_everyone)

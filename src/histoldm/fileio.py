@@ -166,3 +166,32 @@ def require_file(path: Path, what: str = "input") -> Path:
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     return path
+
+
+
+def _require_writable_folder_for(path: Path, what: str) -> None:
+    """The nearest existing folder at or above `path`'s parent must be a folder this user can write in."""
+    folder = next((p for p in path.absolute().parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"{path}: cannot write the {what} there ({folder} is a file)")
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write the {what} there ({folder} is not writable)")
+
+
+def require_output_file(path: Path, what: str = "output file") -> Path:
+    """Fail early, with one line naming the path as typed, when an output file cannot be written there:
+    checked before the compute, not discovered at the final atomic write (which would name a temp file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: {what} is an existing folder; give a file path")
+    _require_writable_folder_for(path, what)
+    return path
+
+
+def require_output_folder(path: Path, what: str = "output folder") -> Path:
+    """`require_output_file` for an output folder: an existing file or an unwritable place is refused early."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: {what} is an existing file; give a folder")
+    _require_writable_folder_for(path / "_", what)
+    return path

@@ -17,7 +17,8 @@ from pydantic import Field
 from histoldm.config import StrictModel, deep_merge, load_config
 from histoldm.data.export import export_patches, split_items
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_jsonl
+from histoldm.fileio import atomic_write_json, atomic_write_jsonl
+from histoldm.memory import PeakRSS
 
 
 class DemoDataConfig(StrictModel):
@@ -162,7 +163,6 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
     from histoldm.data.captions import CaptionsConfig, run_captions
     from histoldm.evaluate.run import EvaluateConfig, run_evaluate
-    from histoldm.sample import SampleConfig, run_sample
     from histoldm.text.cache import EncodeTextConfig, run_encode_text
     from histoldm.train.trainer import TrainConfig, run_train
 
@@ -170,8 +170,8 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     captions = work / "captions.parquet"
     caption_result = run_captions(CaptionsConfig(store=store, summaries=summaries, out=captions))
     text_cache = work / "text-cache"
-    run_encode_text(EncodeTextConfig(captions=captions, text_encoder=recipe.text_encoder, mode=recipe.text_mode,
-                                     max_length=recipe.text_max_length, out=text_cache))
+    text = run_encode_text(EncodeTextConfig(captions=captions, text_encoder=recipe.text_encoder, mode=recipe.text_mode,
+                                            max_length=recipe.text_max_length, out=text_cache))
     train_cfg = {
         "name": name, "run_dir": work / "run", "seed": recipe.seed, "max_steps": recipe.train_steps,
         "batch_size": recipe.batch_size, "precision": _precision(recipe), "ema": recipe.ema, "ema_decay": recipe.ema_decay,
@@ -180,18 +180,48 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
         "model": {"unet_preset": recipe.unet_preset},
         "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps},
     }
-    train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
+    finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
+    with PeakRSS() as rss:
+        train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
+    train["peak_rss"] = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
 
     items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
     atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
-    samples = work / "samples"
-    run_sample(SampleConfig(checkpoint=Path(train["run_dir"]), captions=sample_list, out=samples, steps=recipe.sample_steps,
-                            guidance=recipe.guidance, solver=recipe.solver, batch_size=recipe.sample_batch_size,
-                            seed=recipe.seed, text_cache=text_cache))
+    samples = sample_held_out(Path(train["run_dir"]), sample_list, work / "samples", recipe, recipe.seed, text_cache)
     real = export_patches(store, items, work / "real-held-out", recipe.image_size)
     metrics = run_evaluate(EvaluateConfig(real=real, fake=samples, out=work / "eval", seed=recipe.seed,
                                           kid_subset_size=min(recipe.kid_subset_size, len(items)), fid_method="eigh",
                                           adherence=True, captions=captions, adherence_mpp=model_mpp(store, recipe.image_size)))
-    return {"captions": caption_result, "captions_file": captions, "train": train, "samples": samples, "real": real,
-            "metrics": metrics, "items": items}
+    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "samples": samples, "real": real,
+            "metrics": metrics, "items": items, "sample_list": sample_list, "text_cache": text_cache}
+
+
+def sample_held_out(checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path) -> Path:
+    """The recipe's sampler over a caption list; only `seed` varies between calls on one model."""
+    from histoldm.sample import SampleConfig, run_sample
+
+    run_sample(SampleConfig(checkpoint=checkpoint, captions=captions, out=out, steps=recipe.sample_steps, guidance=recipe.guidance,
+                            solver=recipe.solver, batch_size=recipe.sample_batch_size, seed=seed, text_cache=text_cache))
+    return out
+
+
+def _train_peak_rss(path: Path, rss: PeakRSS, finished_before: bool) -> dict[str, Any]:
+    """The training's peak RSS, kept in `path`: a re-run that finds training finished measures only
+    loading, so it reports the figure recorded by the run that trained."""
+    if finished_before and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    atomic_write_json(path, rss.result())
+    return rss.result()
+
+
+def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict[str, Any]:
+    """The seed-to-seed floor of `result`'s FID and KID: its held-out captions sampled again from the
+    same model with seed + 1 (WORK/samples-seed<N>), compared with its samples under the same protocol."""
+    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+
+    work = Path(work)
+    second = work / f"samples-seed{recipe.seed + 1}"
+    sample_held_out(Path(result["train"]["run_dir"]), result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
+    return run_seed_floor(SeedFloorConfig(first=result["samples"], second=second, out=work / "noise-floor", seed=recipe.seed,
+                                          kid_subset_size=min(recipe.kid_subset_size, len(result["items"]))))

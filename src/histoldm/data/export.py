@@ -1,7 +1,8 @@
 """Real patches of one split as a plain image folder: the `--real` side of FID and the adherence ceiling.
 
-Images are written at the resolution the model generates (`size`), so FID compares like with like,
-with an index.jsonl in the sampler's layout (id, caption, file) so the same checks read both folders.
+Images are written at `size`, which should be the resolution the model generates (`evaluate`
+refuses real and generated sets of different sizes: FID would measure the resolution gap), with an
+index.jsonl in the sampler's layout (id, caption, file) so the same checks read both folders.
 A seeded choice of `n` patches keeps the real set the size of the generated one.
 """
 
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_jsonl
+from histoldm.fileio import atomic_write_jsonl, require_output_folder
 
 
 class ExportPatchesConfig(StrictModel):
@@ -72,6 +73,7 @@ def run_export_patches(cfg: ExportPatchesConfig) -> dict[str, Any]:
     from histoldm.manifest import write_manifest
 
     started = time.time()
+    require_output_folder(cfg.out)
     items = split_items(cfg.captions, cfg.split, cfg.n, cfg.seed, cfg.split_name)
     export_patches(cfg.store, items, cfg.out, cfg.size)
     write_manifest(Path(cfg.out) / "manifest.json", stage="export-patches", config=cfg, seed=cfg.seed, started=started,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from histoldm.config import StrictModel
@@ -53,6 +53,15 @@ class TileConfig(StrictModel):
     thumbnail_size: int = Field(2048, ge=64)
     workers: int = Field(1, ge=1)  # processes, one slide each
     extensions: list[str] = Field(default_factory=lambda: list(SLIDE_EXTENSIONS))
+    # (K, N): this job tiles slides K, K+N, K+2N, ... of the sorted list (0 <= K < N), for array jobs
+    # writing into one store; patches.parquet always lists every slide finished by any job.
+    shard: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> TileConfig:
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
+        return self
 
 
 def target_mpp(magnification: float) -> float:
@@ -219,12 +228,26 @@ def _tile_slide_safe(path: Path, slide_id: str, cfg: TileConfig, show_progress: 
         return {"slide_id": slide_id, "patches": 0, "status": "failed", "slide": str(path), "reason": reason}
 
 
+def _store_table(out: Path, slide_ids_all: list[str], results: list[dict[str, Any]]):
+    """The patch table of every finished slide of the list, in slide-id order (what one job tiling all of
+    them writes), and the slides neither finished nor failed here: another shard's, still running."""
+    import pyarrow as pa
+
+    failed = {r["slide_id"] for r in results if r["status"] == "failed"}
+    here = {r["slide_id"] for r in results if r["status"] != "failed"}  # just checked by tile_slide
+    finished = sorted(s for s in slide_ids_all if s in here or (s not in failed and _slide_complete(out, s)))
+    parts = [read_parquet(_part_path(out, s), "slide part") for s in finished]
+    pending = sorted(set(slide_ids_all) - set(finished) - failed)
+    return (pa.concat_tables(parts) if parts else patch_table([])), pending
+
+
 def run_tile(cfg: TileConfig) -> dict[str, Any]:
     """Tile every slide under cfg.slides into the store cfg.out; write patches.parquet and manifest.json."""
     started = time.time()
     out = Path(cfg.out)
-    slides = find_slides(cfg.slides, cfg.extensions)
-    ids = slide_ids(slides)
+    all_slides = find_slides(cfg.slides, cfg.extensions)
+    ids = slide_ids(all_slides)  # over the whole list: every shard names a slide alike
+    slides = all_slides[cfg.shard[0] :: cfg.shard[1]] if cfg.shard else all_slides
     out.mkdir(parents=True, exist_ok=True)
     _check_params(out, cfg)
 
@@ -247,13 +270,12 @@ def run_tile(cfg: TileConfig) -> dict[str, Any]:
     skipped = sorted(
         ({"slide": r["slide"], "reason": r["reason"]} for r in results if r["status"] == "failed"), key=lambda s: s["slide"]
     )
-    parts = [read_parquet(_part_path(out, r["slide_id"]), "slide part") for r in done]
-    import pyarrow as pa
-
-    table = pa.concat_tables(parts) if parts else patch_table([])
+    table, pending = _store_table(out, [ids[p] for p in all_slides], results)
     write_parquet(out / "patches.parquet", table)
     produced = {
         "patches": table.num_rows,
+        "shard": f"{cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else None,
+        "slides_pending": len(pending),  # other shards' slides not finished yet (their job rewrites patches.parquet)
         "slides_tiled": sum(r["status"] == "tiled" for r in done),
         "slides_resumed": sum(r["status"] == "resumed" for r in done),
         "slides_failed": len(skipped),

@@ -74,6 +74,20 @@ def caption_levels(captions_parquet: Path, attributes: list[str]) -> dict[str, d
     }
 
 
+def check_adherence_inputs(fake_dir: Path, captions_parquet: Path | None, attributes: list[str] | None = None) -> list[dict]:
+    """The index rows, once it is clear where their levels come from: called before any feature is
+    computed, so a missing --captions is said at once, not after the FID."""
+    from histoldm.fileio import require_file
+
+    attributes = attributes or list(DEFAULT_DESCRIPTORS)
+    rows = read_sample_index(fake_dir)
+    if captions_parquet:
+        require_file(captions_parquet, "captions file")
+    elif not any(f"{a}_level" in r for r in rows for a in attributes):
+        raise UserError(f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)")
+    return rows
+
+
 def run_adherence(
     fake_dir: Path,
     *,
@@ -92,9 +106,7 @@ def run_adherence(
     for name in attributes.values():
         if name not in DESCRIPTOR_NAMES:
             raise UserError(f"adherence: unknown descriptor {name!r} (choose from {', '.join(DESCRIPTOR_NAMES)})")
-    rows = read_sample_index(fake_dir)
-    if not captions_parquet and not any(f"{a}_level" in r for r in rows for a in attributes):
-        raise UserError(f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)")
+    rows = check_adherence_inputs(fake_dir, captions_parquet, list(attributes))
     levels = caption_levels(captions_parquet, list(attributes)) if captions_parquet else {}
     results: dict[str, dict] = {}
     cache: dict[str, dict[str, float]] = {}

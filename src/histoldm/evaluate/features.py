@@ -1,11 +1,12 @@
 """Inception pool3 features for FID/KID/precision-recall, with the preprocessing pinned and recorded.
 
 FID moves with the resize filter, the input scaling and the network weights, so all three are
-named in the protocol that travels with every number. Two preprocessing modes:
+named in the protocol that travels with every number. Two preprocessing modes, each the half of a
+named protocol (`PROTOCOL_RESIZE`):
 
-- `bicubic` (default, clean-fid style): PIL bicubic resize to 299 of each channel as float (no
+- `bicubic` (default, protocol `clean`, clean-fid style): PIL bicubic resize to 299 of each channel as float (no
   re-quantisation to uint8), then `(x - 128) / 128`, the scaling of the original TF graph.
-- `legacy` (pytorch-fid style): pixels to [0, 1], torch bilinear resize (align_corners=False),
+- `legacy` (protocol `pytorch-fid`): pixels to [0, 1], torch bilinear resize (align_corners=False),
   then `2x - 1`.
 
 Decoding and resizing run in DataLoader worker processes so they overlap the network. With the
@@ -17,6 +18,9 @@ there the CPUs, not the network, set the pace.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,11 @@ RESIZE_DESCRIPTION = {
     "bicubic": "PIL bicubic per float channel to 299, scaled (x-128)/128 (clean-fid style)",
     "legacy": "torch bilinear (align_corners=False) to 299 on [0,1], scaled 2x-1 (pytorch-fid style)",
 }
+ProtocolName = Literal["clean", "pytorch-fid"]
+# the named protocols: with the bundled network, "clean" is clean-fid's clean mode and "pytorch-fid"
+# reproduces pytorch-fid (the paper's tool) end to end; tests/test_evaluate.py checks the latter
+PROTOCOL_RESIZE: dict[str, ResizeMode] = {"clean": "bicubic", "pytorch-fid": "legacy"}
+RESIZE_PROTOCOL = {resize: name for name, resize in PROTOCOL_RESIZE.items()}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -57,6 +66,20 @@ def list_images(folder: Path) -> list[Path]:
 def image_format(paths: Sequence[Path]) -> str:
     """The file formats of a set, e.g. 'png' or 'jpg+png' (JPEG artefacts move FID)."""
     return "+".join(sorted({p.suffix.lower().lstrip(".").replace("jpeg", "jpg") for p in paths}))
+
+
+def image_sizes(paths: Sequence[Path]) -> str:
+    """The pixel sizes of a set, e.g. '64x64' or '256x256+512x512', from the file headers (cheap, so it
+    can be checked before any feature): sets of different sizes give an FID of the resolution gap.
+    Unreadable files are left out here; extraction skips and lists them."""
+    sizes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    return "+".join(f"{w}x{h}" for w, h in sorted(sizes)) or "unknown"
 
 
 def decode(path: Path) -> torch.Tensor:
@@ -262,3 +285,54 @@ def extract_features(
     order = np.argsort(kept, kind="stable")  # rows in input order whatever the grouping: KID draws subsets by row
     kept_paths = [Path(paths[kept[j]]) for j in order]
     return FeatureSet(np.concatenate(feats)[order], kept_paths, skipped, image_format(kept_paths))
+
+
+def extract_in_processes(paths: Sequence[Path], extractor: Extractor, procs, parts: Path, name: str, **options) -> FeatureSet | None:
+    """`extract_features` across the processes of `accelerate launch`: process i of N takes images i,
+    i+N, ... and saves its rows as PARTS/<name>.rank<i>-of-<N>.npz (a re-run with the same images and
+    protocol reuses it); the main process merges them in input order and gets the FeatureSet one
+    process would (rows equal up to float rounding: batches differ); the others get None.
+    `procs`: histoldm.devices.Processes."""
+    if procs.world == 1:
+        return extract_features(paths, extractor, **options)
+    mine = list(range(procs.rank, len(paths), procs.world))
+    part = Path(parts) / f"{name}.rank{procs.rank}-of-{procs.world}.npz"
+    digest = hashlib.sha256(json.dumps([[str(paths[i]) for i in mine], extractor.sha256, str(extractor.dtype), options.get("mode")]).encode()).hexdigest()
+    if not (part.is_file() and str(np.load(part)["digest"]) == digest):
+        _save_share(part, digest, [paths[i] for i in mine], mine, extractor, options)
+    procs.barrier()
+    if not procs.is_main:
+        return None
+    rows, feats, skipped = [], [], []
+    for rank in range(procs.world):
+        share = Path(parts) / f"{name}.rank{rank}-of-{procs.world}.npz"
+        if not share.is_file():
+            raise UserError(f"{share}: missing (process {rank} of {procs.world} did not finish); re-run to finish")
+        with np.load(share) as z:
+            rows.append(z["rows"])
+            feats.append(z["features"])
+            skipped += json.loads(str(z["skipped"]))
+    order = np.concatenate(rows)
+    if not len(order):
+        where = Path(paths[0]).parent if paths else "input"
+        raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")
+    kept = np.argsort(order, kind="stable")
+    kept_paths = [Path(paths[i]) for i in order[kept]]
+    return FeatureSet(np.concatenate([f for f in feats if len(f)])[kept], kept_paths, skipped, image_format(kept_paths))
+
+
+def _save_share(part: Path, digest: str, paths: list[Path], positions: list[int], extractor: Extractor, options: dict) -> None:
+    """One process's features, their positions in the whole list and its skipped files, saved atomically."""
+    from histoldm.fileio import atomic_write_bytes
+
+    try:
+        fs = extract_features(paths, extractor, **options)
+        where = {str(p): i for p, i in zip(paths, positions)}
+        rows, feats, skipped = np.array([where[str(p)] for p in fs.paths], np.int64), fs.features, fs.skipped
+    except UserError as e:  # none of this share readable: the merge decides whether any image was
+        rows, feats = np.zeros(0, np.int64), np.zeros((0, 0), np.float64)
+        skipped = [{"file": str(p), "reason": f"unreadable ({e})"} for p in paths]
+    buffer = io.BytesIO()
+    np.savez(buffer, rows=rows, features=feats, skipped=np.array(json.dumps(skipped)), digest=np.array(digest))
+    part.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(part, buffer.getvalue())

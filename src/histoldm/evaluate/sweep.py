@@ -3,26 +3,35 @@
 For each summary budget (20 / 35 / 50 / 154 CLIP tokens by default): summarise the reports, caption
 the patches, encode the captions, train, sample the held-out captions and evaluate. The patch
 store, split and latent cache are shared by every budget, so the rows differ only in their
-summaries. Writes results.csv, results.md and results.png; a re-run resumes finished stages.
+summaries and in the text context length each budget needs (`context_length`). Beside each FID
+and KID stands its seed-to-seed floor (the same captions sampled again with the next seed). Writes
+results.csv, results.md, results.png, tokens.png and report.html; a re-run resumes finished stages.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
+import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel
+from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_jsonl
-from histoldm.pipeline import DemoDataConfig, ModelRecipe, build_demo_data, prepare_latents, summarize, train_sample_evaluate
+from histoldm.pipeline import (DemoDataConfig, ModelRecipe, build_demo_data, noise_floor, prepare_latents, summarize,
+                               train_sample_evaluate)
 
-COLUMNS = ["budget", "mean_summary_tokens", "unique_captions", "fid", "kid_mean", "kid_std", "precision", "recall",
-           "adherence_tumor_auroc", "peak_train_memory_gib", "train_steps", "train_img_s", "wall_time_s"]
+COLUMNS = ["budget", "mean_summary_tokens", "text_context", "truncated_captions", "unique_captions", "fid", "fid_floor",
+           "kid_mean", "kid_std", "kid_floor", "precision", "recall", "adherence_tumor_auroc", "peak_train_memory_gib",
+           "peak_train_rss_gib", "train_rss_rise_gib", "train_steps", "train_img_s", "wall_time_s"]
+CONTEXT_RULE = ("text context per row = BOS + longest caption prefix (\"high tumor; high til;\") + max(budget, longest summary "
+                "in the encoder's tokens) + EOS; chunks mode rounds up to whole 77-token windows")
 
 
 class SweepConfig(StrictModel):
@@ -34,6 +43,8 @@ class SweepConfig(StrictModel):
     split: Path | None = None  # split.json of the store's cases
     demo_data: DemoDataConfig = DemoDataConfig()
     recipe: ModelRecipe = ModelRecipe()
+    text_context: Literal["budget", "recipe"] = "budget"  # budget: per-row length (context_length); recipe: text_max_length for all
+    noise_floor: bool = True  # sample every row's held-out captions twice (two seeds) for the FID/KID floor
 
     @model_validator(mode="after")
     def _own_data_complete(self) -> "SweepConfig":
@@ -48,54 +59,192 @@ class SweepConfig(StrictModel):
         return self
 
 
-def _row(budget: int, summaries: Path, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
+    """Tokens of each text in the encoder's own tokenizer, without BOS/EOS."""
+    return [len(ids) for ids in encoder.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]] if texts else []
+
+
+def caption_prefix_tokens(encoder: Any) -> int:
+    """Tokens the default caption template puts before the summary, longest level words ("high tumor;
+    high til;"): the caption minus its summary, so the "; " joining them is counted too."""
+    from histoldm.data.captions import DEFAULT_TEMPLATE, CaptionsConfig, fill_template
+
+    levels = CaptionsConfig.model_fields["levels"].get_default(call_default_factory=True)
+    probe = "x"
+    captions = [fill_template(DEFAULT_TEMPLATE, {"tumor": a, "til": b, "summary": probe}) for a in levels for b in levels]
+    return max(_token_counts(encoder, captions)) - _token_counts(encoder, [probe])[0]
+
+
+def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
+    """The row's text context: BOS + caption prefix + max(budget, longest summary) + EOS, in the encoder's tokens.
+
+    The budget counts CLIP tokens (the summariser's unit), so with a CLIP encoder no summary is longer
+    than it and the context is set by the budget alone (the paper's 154 = 150-token summary + 4 prefix
+    tokens). A tokenizer that splits text finer (MiniLM's WordPiece: up to 23% more tokens on the synthetic
+    summaries) gets the longest summary instead, so no caption is cut. `chunks` mode encodes whole
+    77-token windows of 75 text tokens each, so its length is rounded up to whole windows."""
+    from histoldm.text.tokenizer import CLIP_CONTEXT
+
+    text_tokens = caption_prefix_tokens(encoder) + max(budget, *_token_counts(encoder, summaries), 0)
+    if encoder.mode == "chunks":
+        return CLIP_CONTEXT * math.ceil(text_tokens / (CLIP_CONTEXT - 2))
+    return text_tokens + 2
+
+
+def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, ModelRecipe]:
+    """Each budget's recipe with its text context length, checked against the encoder before any training
+    (a CLIP `truncate` encoder cannot take a 162-token context: better said now than after three rows)."""
+    from histoldm.text.encoders import load_text_encoder
+
+    r = cfg.recipe
+    if cfg.text_context == "recipe":
+        return {b: r for b in summaries}
+    encoder = load_text_encoder(r.text_encoder, r.text_mode, None, device="cpu")
+    recipes = {}
+    for budget, path in summaries.items():
+        texts = [rec["summary"] for rec in read_jsonl(path) if rec.get("status") != "failed" and rec.get("summary")]
+        length = context_length(budget, texts, encoder)
+        try:
+            load_text_encoder(r.text_encoder, r.text_mode, length, device="cpu")
+        except UserError as e:
+            raise UserError(f"budget {budget} needs a {length}-token text context ({CONTEXT_RULE}): {e}") from None
+        recipes[budget] = r.model_copy(update={"text_max_length": length})
+    return recipes
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _row(budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     tokens = [r["tokens"] for r in read_jsonl(summaries) if r.get("status") != "failed"]
     m = result["metrics"]
     kid, pr = m.get("kid", {}), m.get("precision_recall", {})
     tumor = m.get("adherence", {}).get("by_attribute", {}).get("tumor", {})
-    peak = result["train"]["peak_memory"].get("allocated_gib")
+    rss = result["train"].get("peak_rss", {})
     return {
         "budget": budget,
         "mean_summary_tokens": round(statistics.mean(tokens), 1) if tokens else None,
+        "text_context": result["text"]["length"],
+        "truncated_captions": result["text"]["n_truncated"],
         "unique_captions": result["captions"].get("unique_captions"),
         "fid": round(m["fid"]["value"], 3),
-        "kid_mean": round(kid["mean"], 5) if "mean" in kid else None,
-        "kid_std": round(kid["std"], 5) if "std" in kid else None,
-        "precision": round(pr["precision"], 3) if "precision" in pr else None,
-        "recall": round(pr["recall"], 3) if "recall" in pr else None,
-        "adherence_tumor_auroc": round(tumor["auroc"], 3) if "auroc" in tumor else None,
-        "peak_train_memory_gib": peak,
+        "fid_floor": round(floor["fid"]["value"], 3) if floor else None,
+        "kid_mean": _round(kid.get("mean"), 5),
+        "kid_std": _round(kid.get("std"), 5),
+        "kid_floor": round(floor["kid"]["mean"], 5) if floor else None,
+        "precision": _round(pr.get("precision"), 3),
+        "recall": _round(pr.get("recall"), 3),
+        "adherence_tumor_auroc": _round(tumor.get("auroc"), 3),
+        "peak_train_memory_gib": result["train"]["peak_memory"].get("allocated_gib"),
+        "peak_train_rss_gib": rss.get("peak_rss_gib"),
+        "train_rss_rise_gib": rss.get("rise_gib"),
         "train_steps": result["train"]["steps"],
         "train_img_s": round(result["train"]["img_s"], 1) if result["train"].get("img_s") else None,
         "wall_time_s": round(seconds, 1),
     }
 
 
-def _markdown(rows: list[dict[str, Any]], protocol_line: str, memory_note: str) -> str:
+def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> list[str]:
+    """The lines under the table saying how each column was measured."""
+    gpu = any(r["peak_train_memory_gib"] for r in rows)
+    return [
+        f"FID protocol: {protocol_line}",
+        "fid_floor / kid_floor: FID and KID between two sample sets of the same held-out captions from the same model, seeds "
+        f"{cfg.recipe.seed} and {cfg.recipe.seed + 1} (the seed-to-seed noise floor); FID differences between rows smaller than "
+        "the floor are noise." if cfg.noise_floor else "fid_floor / kid_floor: not measured (noise_floor: false).",
+        f"text_context: {CONTEXT_RULE}." if cfg.text_context == "budget" else "text_context: recipe.text_max_length for every row.",
+        ("peak_train_memory_gib: torch.cuda.max_memory_allocated over the training run." if gpu
+         else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."),
+        "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every 0.05 s, "
+        "exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when training started. "
+        "RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be reused, so rows are "
+        "compared by the rise, in the order they ran.",
+    ]
+
+
+def _markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(["# Summary-length sweep", "", *lines, "", f"FID protocol: {protocol_line}", "", memory_note, ""])
+    return "\n".join(["# Summary-length sweep", "", *lines, "", *[line for note in notes for line in (note, "")]])
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> Path:
+    """FID per budget with its seed-to-seed floor, and train memory: GPU allocated, else the process RSS rise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [str(r["budget"]) for r in rows]
-    memory = [r["peak_train_memory_gib"] for r in rows]
-    panels = 2 if any(m is not None for m in memory) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2), squeeze=False)
-    axes[0][0].bar(labels, [r["fid"] for r in rows], color="#8c6bb1")
-    axes[0][0].set(xlabel="summary budget (CLIP tokens)", ylabel="FID (lower is better)", title="FID by summary length")
-    if panels == 2:
-        axes[0][1].bar(labels, [m or 0 for m in memory], color="#41ae76")
-        axes[0][1].set(xlabel="summary budget (CLIP tokens)", ylabel="peak GiB (allocated)", title="train-time GPU memory")
+    gpu = all(r["peak_train_memory_gib"] is not None for r in rows)
+    memory = [r["peak_train_memory_gib"] if gpu else r["train_rss_rise_gib"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    axes[0].bar(labels, [r["fid"] for r in rows], color="#8c6bb1", label="FID vs real held-out")
+    if all(r["fid_floor"] is not None for r in rows):
+        axes[0].bar(labels, [r["fid_floor"] for r in rows], width=0.4, color="#bdbdbd", hatch="//", label="seed-to-seed floor")
+    axes[0].set(xlabel="summary budget (CLIP tokens)", ylabel="FID (lower is better)", title="FID by summary length",
+                ylim=(0, 1.3 * max(r["fid"] for r in rows)))  # headroom for the legend
+    axes[0].legend(fontsize=8, loc="upper center", ncols=2)
+    axes[1].bar(labels, [m or 0 for m in memory], color="#41ae76")
+    axes[1].set(xlabel="summary budget (CLIP tokens)", ylabel="peak GiB (allocated)" if gpu else "peak RSS rise during training (GiB)",
+                title="train-time GPU memory" if gpu else "train-time process memory (CPU)")
+    for k, r in enumerate(rows):
+        axes[1].annotate(f"ctx {r['text_context']}", (k, memory[k] or 0), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _token_histograms(summaries: dict[int, Path], contexts: dict[int, int], out: Path) -> Path:
+    """One histogram per budget of the summaries' CLIP token counts, the budget marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(3.2 * len(summaries), 2.8), squeeze=False)
+    for ax, (budget, path) in zip(axes[0], summaries.items()):
+        tokens = [r["tokens"] for r in read_jsonl(path) if r.get("status") != "failed"]
+        ax.hist(tokens, bins=range(0, max([budget, *tokens]) + 2, max(1, budget // 20)), color="#6baed6")
+        ax.axvline(budget, color="#d7301f", linestyle="--", label=f"budget {budget}")
+        ax.set(xlabel="summary tokens (CLIP)", ylabel="summaries", title=f"budget {budget}, text context {contexts[budget]}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _write_html(out: Path, cfg: SweepConfig, rows: list[dict[str, Any]], results: dict[int, dict[str, Any]],
+                floors: dict[int, dict[str, Any] | None], notes: list[str], figures: list[tuple[str, Path]]) -> Path:
+    """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
+    the token-length histograms and the FID plot."""
+    from histoldm.report import caption_rows, stage_manifests, write_report
+    from histoldm.text.tokenizer import count_tokens
+
+    metrics, examples, captions = [], [], []
+    for budget, result in results.items():
+        m, floor = result["metrics"], floors[budget]
+        fid_floor = f" (floor {floor['fid']['value']:.2f})" if floor else ""
+        metrics.append((f"budget {budget}: FID", f"{m['fid']['value']:.2f}{fid_floor}", m["fid"]["protocol_line"]))
+        if "mean" in m["kid"]:
+            kid_floor = f" (floor {floor['kid']['mean']:.4f})" if floor else ""
+            metrics.append((f"budget {budget}: KID", f"{m['kid']['mean']:.4f} ± {m['kid']['std']:.4f}{kid_floor}", m["kid"]["protocol_line"]))
+        examples += caption_rows(result, max_rows=2, label=f"[budget {budget}] ")
+        for caption in list(dict.fromkeys(item["caption"] for item in result["items"]))[:3]:
+            captions.append([budget, count_tokens(caption), caption])
+    intro = (f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget trained "
+             f"{cfg.recipe.train_steps} steps on the same patches, split and latents; only the summaries (and the text context they "
+             "need) differ between rows. " + html.escape(" ".join(notes)))
+    return write_report(
+        out / "report.html", title="histoldm summary-length sweep", intro=intro, caption_rows=examples, metrics=metrics,
+        figures=figures,
+        tables=[("Results", COLUMNS, [[("n/a" if r[c] is None else r[c]) for c in COLUMNS] for r in rows]),
+                ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions)],
+        manifests=stage_manifests(out),
+    )
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
@@ -111,30 +260,37 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         reports, store, split = data["reports"], data["store"], data["split"]
     else:
         reports, store, split = cfg.reports, cfg.store, cfg.split
+
+    # Every budget's summaries and text context first: a summariser or context error stops the sweep before training.
+    summaries = {b: summarize(reports, out / f"budget-{b}" / "summaries.jsonl", b, cfg.summarize) for b in cfg.budgets}
+    recipes = row_recipes(cfg, summaries)
     latents = prepare_latents(out, store, split, cfg.recipe)
 
-    # One row per budget: summaries -> captions -> text cache -> train -> sample -> evaluate.
-    rows, protocol_line = [], ""
+    # One row per budget: captions -> text cache -> train -> sample (two seeds) -> evaluate.
+    rows, results, floors, protocol_line = [], {}, {}, ""
     for budget in cfg.budgets:
         t0 = time.time()
         work = out / f"budget-{budget}"
-        summaries = summarize(reports, work / "summaries.jsonl", budget, cfg.summarize)
-        result = train_sample_evaluate(work, store=store, split=split, summaries=summaries, latents=latents["latents"],
-                                       recipe=cfg.recipe, name=f"budget-{budget}")
-        rows.append(_row(budget, summaries, result, time.time() - t0))
-        protocol_line = result["metrics"]["fid"]["protocol_line"]
+        results[budget] = train_sample_evaluate(work, store=store, split=split, summaries=summaries[budget], latents=latents["latents"],
+                                                recipe=recipes[budget], name=f"budget-{budget}")
+        floors[budget] = noise_floor(work, results[budget], recipes[budget]) if cfg.noise_floor else None
+        rows.append(_row(budget, summaries[budget], results[budget], floors[budget], time.time() - t0))
+        protocol_line = results[budget]["metrics"]["fid"]["protocol_line"]
 
-    # Table (CSV + Markdown) and bar plot.
+    # Table (CSV + Markdown), plots and the HTML report.
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    memory_note = ("Peak train memory: torch.cuda.max_memory_allocated over the training run." if any(r["peak_train_memory_gib"] for r in rows)
-                   else "Peak train memory: n/a, trained on CPU (no GPU memory to measure).")
-    atomic_write_text(out / "results.md", _markdown(rows, protocol_line, memory_note))
+    notes = _notes(rows, cfg, protocol_line)
+    atomic_write_text(out / "results.md", _markdown(rows, notes))
     plot = _plot(rows, out / "results.png")
+    tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
+    report = _write_html(out, cfg, rows, results, floors, notes,
+                         [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)])
     write_manifest(out / "manifest.json", stage="sweep", config=cfg, seed=cfg.recipe.seed, started=started,
                    inputs={"reports": reports, "store": Path(store) / "patches.parquet", "split": split},
-                   produced={"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name})
-    return {"table": str(out / "results.md"), "plot": str(plot)}
+                   produced={"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name,
+                             "tokens": tokens.name, "report": report.name})
+    return {"table": str(out / "results.md"), "plot": str(plot), "report": str(report)}

@@ -1,6 +1,8 @@
 """Pathology reports -> short summaries at a chosen CLIP-token budget (issue 3).
 
 loading: read CSV / .txt folder / JSONL and normalise case ids; synthetic: made-up TCGA-BRCA-style
-reports for demos and tests; extractive: the offline deterministic summariser; prompts + llm: the
-LLM backends; summarize: the resumable, concurrent driver with regeneration.
+reports with their ground truth, for demos and tests; findings: present / absent / possible read
+from the whole clause; extractive: the offline deterministic summariser; consistency: does a
+summary contradict its report (every backend); scoring: ground-truth facts a summary keeps;
+prompts + llm: the LLM backends; summarize: the resumable, concurrent driver with regeneration.
 """

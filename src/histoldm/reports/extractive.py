@@ -1,13 +1,19 @@
-"""The offline, deterministic summariser: pull the facts that show in tissue, write them tersely.
+"""The offline, deterministic summariser: the facts a patch can show, in order of relevance.
 
-A diffusion model can only learn from words that describe what a patch looks like: histologic
-type, grade, tumour size, lymphovascular invasion, the in-situ component and receptor status
-(margins only when the budget allows). Everything else in a pathology report (specimen handling,
-gross description, clinical history, signatures, addresses) is dropped. Facts are found with
-rules on the diagnosis text, written in a fixed canonical phrasing, and packed into the CLIP-token
-budget: first every fact in its shortest form, then longer, clearer forms while they still fit.
-Reports with none of these facts (other organs, unusual wording) fall back to the most
-informative diagnosis clauses, cut at a clause boundary.
+A diffusion model can only learn from words that describe what a patch looks like, so facts are
+read from the diagnosis text with rules and written in a fixed, terse phrasing, in this order of
+relevance to a 10x patch (docs/summaries.md says why): histologic type, grade, tumour-infiltrating
+lymphocytes, necrosis, mitotic rate, nuclear pleomorphism, growth pattern; then the in-situ
+component, lymphovascular invasion, receptors; then tumour size, lymph nodes, margins; then the
+marginal facts (calcifications, Ki-67, stage, laterality and procedure). Administrative text
+(specimen handling, gross description, history, signatures, disclaimers) never enters.
+
+Packing keeps the longest prefix of that order whose shortest phrasings fit the CLIP-token budget,
+then lengthens phrasings in the same order while they fit, so the facts of a shorter budget are
+always a prefix of a longer budget's. A finding's status (present, absent, possible) comes from
+`findings`, which reads the whole clause, so "DCIS, absent" stays "no DCIS" at every budget.
+Reports with none of these facts (other organs, unusual wording) fall back to whole diagnosis
+clauses that fit, never cut inside a clause in a way that reverses it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from histoldm.reports.budget import truncate_to_budget
+from histoldm.reports.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
 # --- sections -------------------------------------------------------------------------------
@@ -26,58 +33,72 @@ _HEADER = re.compile(r"^\s*(?!(?:the|a|an|it|this|there)\b)([A-Za-z][A-Za-z()&'-
 _DROP_SECTIONS = re.compile(
     r"^(gross( description)?|clinical (history|information|data|notes?)|history|specimens?( \(?s\)?)?( received)?"
     r"|specimen\(s\)( received)?|source of specimen|pre-?operative diagnosis|post-?operative diagnosis"
-    r"|operative diagnosis|patient|submitting physician|received)$",
+    r"|operative diagnosis|patient|submitting physician|received|intra-?operative consultation|frozen section( diagnosis)?)$",
     re.IGNORECASE,
 )
-_BOILERPLATE_LINE = re.compile(
-    r"electronically signed|signed out|attest|reviewed the slides|\bM\.?D\.?\b(?!\s*anderson)|\btel\b|phone|fax|"
-    r"\bstreet\b|\bavenue\b|\bsuite\b|page \d|\bMRN\b|accession|end of (synthetic )?report|synthetic report|"
-    r"controls? (stained|reacted)|dictated|transcribed",
-    re.IGNORECASE,
+_BOILERPLATE_LINE = re.compile(  # run on lowered text
+    r"electronically signed|signed out|attest|reviewed the slides|\bm\.?d\.?\b(?!\s*anderson)|\btel\b|phone|fax|"
+    r"\bstreet\b|\bavenue\b|\bsuite\b|page \d|\bmrn\b|accession|end of (synthetic )?report|synthetic report|"
+    r"controls? (stained|reacted)|dictated|transcribed|food and drug administration|\bfda\b|\bclia\b|confidential|"
+    r"privileged|explanatory notes?|guideline|tumor board|communicated to"
 )
+# Every alternative above contains one of these (lower case): a cheap test that skips the regex on most sentences.
+_BOILERPLATE_HINTS = ("signed", "attest", "reviewed the slides", "md", "m.d", "tel", "phone", "fax", "street", "avenue",
+                      "suite", "page ", "mrn", "accession", "end of", "synthetic report", "control", "dictated", "transcribed",
+                      "food and drug", "fda", "clia", "confidential", "privileged", "explanatory note", "guideline",
+                      "tumor board", "communicated to")
+
+
+_BOILERPLATE_HINT = re.compile("|".join(map(re.escape, _BOILERPLATE_HINTS)))
+
+
+def _boilerplate(sentence: str) -> bool:
+    lowered = lower(sentence)
+    return bool(_BOILERPLATE_HINT.search(lowered)) and bool(_BOILERPLATE_LINE.search(lowered))
 
 
 # OCR'd reports (TCGA-Reports) often run every section into one line: break before known headers.
 _INLINE_HEADER = re.compile(
-    r"(?<=\S)[ \t]+(?=(?:final |pathologic(?:al)? )?diagnos[ie]s\s*:|gross description\s*:|clinical (?:history|information)\s*:"
-    r"|microscopic description\s*:|specimens? (?:received|submitted)\s*:|comments?\s*:|synoptic\b|addendum\s*:"
-    # CAP synoptic keys, so each checklist item becomes its own clause
-    r"|histologic (?:type|grade)[^:]{0,20}:|tumou?r size\s*:|lympho?-?\s?vascular invasion\s*:|ductal carcinoma in situ\s*:"
-    r"|margins?\s*:|(?:estrogen|progesterone) receptor\s*:|her-?2[^:]{0,12}:)",
+    r"(?<=\S)[ \t]+(?=(?:(?:final |pathologic(?:al)? )?diagnos[ie]s|gross description|clinical (?:history|information)"
+    r"|microscopic description|specimens? (?:received|submitted)|comments?|addendum(?: \d)?|ancillary studies"
+    r"|intra-?operative consultation)\s*:|synoptic\b|I attest\b|electronically signed\b|page \d+ of \d+\b|\*{3}"
+    # synoptic keys, "Key: value" or "KEY ...... value", so each checklist item becomes its own clause
+    r"|(?:histologic (?:type|grade)[^:.]{0,20}|tumou?r size|growth pattern|tumou?r necrosis|tumou?r-infiltrating lymphocytes"
+    r"|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes|pathologic stage"
+    r"|(?:estrogen|progesterone) receptor|her-?2[^:.]{0,12})\s*:)",
     re.IGNORECASE,
 )
+_LONG_LINE = 160  # longer lines are sections run together (OCR); shorter ones keep the report's own breaks
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*])")
+_DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
+_VALUE_ON_NEXT_LINE = re.compile(r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)", re.MULTILINE)
 
 
+@lru_cache(maxsize=64)
 def diagnostic_text(report: str) -> str:
-    """The report without boilerplate sections and sentences (gross, history, signatures, addresses)."""
+    """The report without boilerplate sections and sentences (gross, history, signatures, addresses).
+    Cached: the summariser and the consistency check both read it."""
     kept: list[str] = []
     dropping = False
-    for line in _INLINE_HEADER.sub("\n", report).splitlines():
+    if "..." in report:
+        report = _DOT_LEADER.sub(": ", report)
+    report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", report)  # "Margins:\n  negative" -> "Margins: negative"
+    lines = [_INLINE_HEADER.sub("\n", x) if len(x) > _LONG_LINE else x for x in report.splitlines()]
+    for line in "\n".join(lines).splitlines():
         header = _HEADER.match(line)
         if header:  # a boilerplate section runs until the next header of any other kind
             dropping = bool(_DROP_SECTIONS.match(header.group(1).strip()))
         if dropping:
             continue
-        sentences = [x for x in _SENTENCE_END.split(line) if not _BOILERPLATE_LINE.search(x)]
+        sentences = [x for x in _SENTENCE_END.split(line) if not _boilerplate(x)]
         if sentences:
             kept.append(" ".join(sentences))
     return "\n".join(kept)
 
 
-def _clauses(text: str) -> list[str]:
-    """Sentences/clauses; a full stop inside a number (2.1) does not split."""
-    return [c.strip() for c in re.split(r"(?<!\d)\.(?!\d)|;|\n", text) if c.strip()]
+# --- facts, in order of relevance -------------------------------------------------------------
 
-
-_NEGATED = re.compile(r"\b(no|not|negative for|without|absent|free of)\b[^,;]{0,25}$", re.IGNORECASE)
-
-
-def _negated(text: str, start: int) -> bool:
-    return bool(_NEGATED.search(text[max(0, start - 40) : start]))
-
-
-# --- facts ----------------------------------------------------------------------------------
+Phrasings = tuple[str, ...]  # one fact's phrasings; packing sorts them by token count
 
 _TYPES: list[tuple[str, tuple[str, ...]]] = [
     (r"(mixed|with)\s+(invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(features|carcinoma)",
@@ -100,20 +121,39 @@ _OTHER_TUMOUR = re.compile(
     r"mesothelioma|blastoma|astrocytoma|oligodendroglioma))\b(?!\s+in\s+situ)",
     re.IGNORECASE,
 )
-_NOT_A_TYPE = re.compile(r"^(metastatic|for|of|no|with|residual|the|and|or)\b", re.IGNORECASE)
+_NOT_A_TYPE = re.compile(r"^(metastatic|for|of|no|with|without|residual|the|and|or|possible|suspicious|negative|positive|evidence)\b", re.IGNORECASE)
 
 
-def _histologic_type(text: str) -> tuple[str, ...] | None:
+def _stated(clause: str, m: re.Match) -> str | None:
+    """The status of a match, None when the clause denies it (so the reader moves on)."""
+    status = status_at(clause, m.span())
+    return None if status in ("absent", "unstated") else status or "present"
+
+
+def _possibly(names: Phrasings, status: str) -> Phrasings:
+    """"suspicious for X" is written "possible X", never "X"."""
+    return names if status == "present" else tuple(f"Possible {n[0].lower() + n[1:] if n[1:2].islower() else n}" for n in names)
+
+
+def _histologic_type(text: str) -> Phrasings | None:
+    parts = clauses(text)
     for pattern, names in _TYPES_RE:
-        for m in pattern.finditer(text):
-            if not _negated(text, m.start()):
-                return names
-    for m in _OTHER_TUMOUR.finditer(text):
-        words = m.group(1).lower().split()
-        while words and _NOT_A_TYPE.match(words[0]):
-            words = words[1:]
-        if words and not _negated(text, m.start()):
-            return (" ".join(words).capitalize(),)
+        if not pattern.search(text):
+            continue
+        for clause in parts:
+            for m in pattern.finditer(clause):
+                if status := _stated(clause, m):
+                    return _possibly(names, status)
+    for clause in parts:
+        for m in _OTHER_TUMOUR.finditer(clause):
+            words = m.group(1).lower().split()
+            while words and _NOT_A_TYPE.match(words[0]):
+                words = words[1:]
+            noun = re.search(r"\S+$", m.group(1))  # the status of "carcinoma", not of "negative for ... carcinoma"
+            if words and (status := _stated(clause, re.compile(re.escape(noun[0])).search(clause, m.start() + noun.start()))):
+                return _possibly((" ".join(words).capitalize(),), status)
+    if read_status(text, "invasive", bare_means_present=True) == "absent":
+        return ("No invasive carcinoma",)
     return None
 
 
@@ -122,28 +162,231 @@ _GRADE = re.compile(r"(?<!nuclear )(?<!nuclear\s)\bgrade\s*[:\-]?\s*(iii|ii|i|[1
 _NOTTINGHAM = re.compile(r"nottingham|elston|\bsbr\b|bloom|richardson", re.IGNORECASE)
 _SCORE = re.compile(r"(?:total|nottingham|combined)\s+score\s*[:\-]?\s*([3-9])\s*(?:/|of)\s*9", re.IGNORECASE)
 _DIFFERENTIATED = re.compile(r"\b(well|moderately|poorly)[- ]differentiated\b", re.IGNORECASE)
+_COMPONENTS = re.compile(r"tubul\w*(?:\s+formation)?\s*[:\-]?\s*([123])\b.{0,12}?(?:nuclear\s+)?pleomorphism\s*[:\-]?\s*([123])\b"
+                         r".{0,12}?mito\w*(?:\s+count)?\s*[:\-]?\s*([123])\b", re.IGNORECASE)
 
 
-def _grade(text: str) -> tuple[str, ...] | None:
-    for clause in _clauses(text):
-        if re.search(r"in situ|\bdcis\b|\blcis\b", clause, re.IGNORECASE):
+def _grade(text: str) -> Phrasings | None:
+    for clause in clauses(text):
+        lowered = clause.lower()
+        if ("grade" not in lowered and "score" not in lowered) or re.search(r"in situ|\bdcis\b|\blcis\b", lowered):
             continue
         nottingham = bool(_NOTTINGHAM.search(clause))
+        g = None
         if m := _GRADE.search(clause):
             g = _ROMAN[m.group(1).lower()]
-            return (f"grade {g}", f"Nottingham grade {g}") if nottingham else (f"grade {g}",)
-        if m := _SCORE.search(clause):
-            score = int(m.group(1))
+        elif m := _SCORE.search(clause):
+            score, nottingham = int(m.group(1)), True
             g = 1 if score <= 5 else 2 if score <= 7 else 3
-            return (f"grade {g}", f"Nottingham grade {g}")
+        if g is None:
+            continue
+        names = [f"grade {g}"] + ([f"Nottingham grade {g}"] if nottingham else [])
+        if c := _COMPONENTS.search(clause):
+            names.append(f"{'Nottingham ' if nottingham else ''}grade {g} (tubules {c[1]}, nuclei {c[2]}, mitoses {c[3]})")
+        return tuple(names)
     if m := _DIFFERENTIATED.search(text):
         return (f"{m.group(1).lower()} differentiated",)
     return None
 
 
+_TILS = re.compile(r"tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b|lymphocytic\s+(?:infiltrate|infiltration|response)", re.IGNORECASE)
+_TIL_LEVELS = [("high", r"brisk|marked|prominent|dense|extensive|high|abundant|heavy"),
+               ("moderate", r"moderate|intermediate"), ("low", r"sparse|mild|minimal|scant|low|few|focal|weak|non-?brisk")]
+_PERCENT = re.compile(r"(\d{1,3})\s*%")
+
+
+def _tils(text: str) -> Phrasings | None:
+    if not _TILS.search(text):
+        return None
+    for clause in clauses(text):
+        if not (m := _TILS.search(clause)):
+            continue
+        if status_at(clause, m.span()) == "absent":
+            return ("no TILs", "no tumour-infiltrating lymphocytes")
+        level = next((name for name, words in _TIL_LEVELS if re.search(rf"\b(?:{words})\b", clause, re.IGNORECASE)), None)
+        if level is None:
+            continue
+        pct = _PERCENT.search(clause[m.start() :])
+        names = [f"{level} TILs"]
+        if pct:
+            names += [f"{level} TILs ({pct[1]}%)", f"{level} tumour-infiltrating lymphocytes ({pct[1]}% of stroma)"]
+        return tuple(names)
+    return None
+
+
+def _finding(text: str, finding: str, names: dict[str, Phrasings]) -> Phrasings | None:
+    """A finding's phrasings for the status the text states (present, absent or possible)."""
+    status = read_status(text, finding)
+    return names[status] if status else None
+
+
+def _necrosis(text: str) -> Phrasings | None:
+    return _finding(text, "necrosis", {"present": ("necrosis", "necrosis present", "tumour necrosis present"),
+                                       "absent": ("no necrosis", "no tumour necrosis"),
+                                       "possible": ("possible necrosis", "possible tumour necrosis")})
+
+
+_MITOTIC_SCORE = re.compile(r"mito(?:ses|tic(?:\s+(?:count|score|activity|rate))?)\s*(?:score\s*)?[:\-]?\s*([123])\b(?!\s*(?:mitos|per|/))", re.IGNORECASE)
+_MITOTIC_WORD = re.compile(r"mitotic\s+(?:activity|rate|count)\s+(?:is\s+)?(low|intermediate|moderate|high)|"
+                           r"(low|intermediate|moderate|high)\s+mitotic\s+(?:activity|rate|count)", re.IGNORECASE)
+_MITOSES_PER = re.compile(r"(\d{1,3})\s+mitos[ie]s\s*(?:per|/)\s*10\s*(?:high[- ]power\s+fields|hpfs?)", re.IGNORECASE)
+_SCORE_WORD = {"1": "low", "2": "intermediate", "3": "high", "moderate": "intermediate"}
+
+
+def _mitoses(text: str) -> Phrasings | None:
+    word = None
+    if m := _MITOTIC_WORD.search(text):
+        word = (m[1] or m[2]).lower()
+    elif m := _MITOTIC_SCORE.search(text):
+        word = m[1]
+    if word is None:
+        return None
+    word = _SCORE_WORD.get(word, word)
+    names = [f"{word} mitotic rate"]
+    if per := _MITOSES_PER.search(text):
+        names.append(f"{word} mitotic rate ({per[1]} per 10 HPF)")
+    return tuple(names)
+
+
+_PLEO_WORD = re.compile(r"\b(mild|slight|moderate|marked|severe|prominent)\s+(?:nuclear\s+)?pleomorphism", re.IGNORECASE)
+_PLEO_SCORE = re.compile(r"(?:nuclear\s+)?pleomorphism\s*(?:score\s*)?[:\-]?\s*([123])\b", re.IGNORECASE)
+_PLEO_NAMES = {"1": "mild", "2": "moderate", "3": "marked", "slight": "mild", "severe": "marked", "prominent": "marked"}
+
+
+def _pleomorphism(text: str) -> Phrasings | None:
+    m = _PLEO_WORD.search(text) or _PLEO_SCORE.search(text)
+    if not m:
+        return None
+    word = _PLEO_NAMES.get(m[1].lower(), m[1].lower())
+    return (f"{word} pleomorphism", f"{word} nuclear pleomorphism")
+
+
+_GROWTH = re.compile(r"(?:growth\s+pattern\s*[:\-.]*\s*|(?:growing|arranged|infiltrating)\s+(?:in|as)\s+)"
+                     r"((?:[a-z-]+(?:,\s*|\s+and\s+|\s+)){0,6}(?:nests|cords|glands|sheets|files|trabeculae|tubules|clusters"
+                     r"|papillae|mucin))\b", re.IGNORECASE)
+_TUBULES = re.compile(r"tubule\s+formation\s+(?:is\s+)?(prominent|moderate|minimal|scant|absent)", re.IGNORECASE)
+
+
+def _growth(text: str) -> Phrasings | None:
+    m = _GROWTH.search(text)
+    tubules = _TUBULES.search(text)
+    if not m:
+        return (f"{tubules[1].lower()} tubule formation",) if tubules else None
+    pattern = " ".join(m[1].lower().split())
+    names = [f"growth in {pattern}"]
+    if tubules:
+        names.append(f"growth in {pattern}, {tubules[1].lower()} tubule formation")
+    return tuple(names)
+
+
+_IN_SITU = re.compile(rf"\b(?:{FINDINGS['dcis'].pattern}|{FINDINGS['lcis'].pattern})", re.IGNORECASE)
+_DCIS_PATTERNS = ("micropapillary", "cribriform", "comedo", "solid", "papillary", "clinging", "flat")
+_NUCLEAR_GRADE = re.compile(r"nuclear grade\s*[:\-]?\s*(iii|ii|i|[123]|high|intermediate|low)", re.IGNORECASE)
+_NUCLEAR_WORD = re.compile(r"\b(high|intermediate|low)[- ]grade\b", re.IGNORECASE)
+_DESCRIBED = re.compile(r"type|pattern|nuclear grade|[- ]grade\b|%|comprising|extensive", re.IGNORECASE)
+
+
+def _in_situ(text: str) -> Phrasings | None:
+    if not _IN_SITU.search(text):
+        return None
+    for clause in clauses(text):
+        m = _IN_SITU.search(clause)
+        if not m:
+            continue
+        name = "LCIS" if "lobular" in m.group(0).lower() or "lcis" in m.group(0).lower() else "DCIS"
+        status = status_at(clause, m.span())
+        if status == "absent":
+            return (f"no {name}",)
+        if status == "possible":
+            return (f"possible {name}",)
+        if status is None and not _DESCRIBED.search(clause):
+            continue  # a bare mention (a heading, a question) states nothing
+        lowered = clause.lower()
+        pattern = next((p for p in _DCIS_PATTERNS if p in lowered), None)
+        nuclear = None
+        if g := _NUCLEAR_GRADE.search(clause):
+            value = g.group(1).lower()
+            nuclear = {"1": "low", "i": "low", "2": "intermediate", "ii": "intermediate", "3": "high", "iii": "high"}.get(value, value)
+        elif g := _NUCLEAR_WORD.search(clause):
+            nuclear = g.group(1).lower()
+        variants = [name]
+        if pattern:
+            variants.append(f"{name}, {pattern}")
+        if pattern and nuclear:
+            variants.append(f"{name}, {pattern}, {nuclear} nuclear grade")
+            if pct := _PERCENT.search(clause):
+                variants.append(f"{name}, {pattern}, {nuclear} nuclear grade, {pct[1]}% of tumour")
+        return tuple(variants)
+    return None
+
+
+def _lvi(text: str) -> Phrasings | None:
+    return _finding(text, "lvi", {"present": ("LVI present", "lymphovascular invasion present"),
+                                  "absent": ("no LVI", "no lymphovascular invasion"),
+                                  "possible": ("possible LVI", "possible lymphovascular invasion")})
+
+
+_RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
+_PCT_AFTER = r"(?:[\s(]{0,16}(\d{1,3})\s*%)?"
+_ER = re.compile(r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)" + _PCT_AFTER, re.IGNORECASE)
+_PR = re.compile(r"(?:progesterone\s+receptors?|\bPg?R\b)(?:\s*\((?:PR|PgR|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)" + _PCT_AFTER, re.IGNORECASE)
+_HER2 = re.compile(r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))"
+                   r"(?:[\s(]{0,16}(?:score\s+)?([0-3]\+?)(?=[)\s.,;]|$))?", re.IGNORECASE)
+
+
+def _her2_sign(value: str) -> str:
+    v = value.lower().replace(" ", "")
+    if v in ("positive", "amplified", "3+", "pos", "+"):
+        return "HER2+"
+    if v in ("equivocal", "2+"):
+        return "HER2 equivocal"
+    return "HER2-"
+
+
+_RECEPTOR_NAME = r"(?:o?estrogen\s+receptors?|progesterone\s+receptors?|\bER\b|\bPg?R\b|her[- ]?2(?:\s*/\s*neu)?)"
+_STAINING_FOR = re.compile(rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE)
+
+
+def _receptor_key(name: str) -> str:
+    name = name.lower()
+    return "ER" if name.startswith(("e", "o")) else "PR" if name.startswith("p") else "HER2"
+
+
+@lru_cache(maxsize=64)
+def receptor_signs(text: str) -> dict[str, str]:
+    """{"ER": "ER+", "PR": "PR-", "HER2": "HER2-"} for each receptor the text states, "ER negative"
+    or "negative for estrogen and progesterone receptors" alike (cached; do not mutate)."""
+    signs = {}
+    for m in _STAINING_FOR.finditer(text):  # "tumour cells are negative for ER and PR, positive for HER2"
+        for name in re.findall(_RECEPTOR_NAME, m.group(2), re.IGNORECASE):
+            key = _receptor_key(name)
+            signs.setdefault(key, key + ("+" if m.group(1).lower() == "positive" else "-"))
+    if m := _ER.search(text):
+        signs["ER"] = "ER" + _RECEPTOR_WORDS[m.group(1).lower()]
+    if m := _PR.search(text):
+        signs["PR"] = "PR" + _RECEPTOR_WORDS[m.group(1).lower()]
+    if m := _HER2.search(text):
+        signs["HER2"] = _her2_sign(m.group(1))
+    return dict(sorted(signs.items(), key=lambda kv: ("ER", "PR", "HER2").index(kv[0])))
+
+
+def _receptors(text: str) -> Phrasings | None:
+    signs = receptor_signs(text)
+    if not signs:
+        return None
+    detailed = []
+    for key, pattern in (("ER", _ER), ("PR", _PR), ("HER2", _HER2)):
+        if key in signs:
+            m = pattern.search(text)
+            extra = m.group(2) if m and m.group(2) else None
+            detailed.append(f"{signs[key]} ({extra}{'%' if key != 'HER2' else ''})" if extra else signs[key])
+    plain = ", ".join(signs.values())
+    return (plain,) if detailed == list(signs.values()) else (plain, ", ".join(detailed))
+
+
 _DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
 _SIZE_CONTEXT = re.compile(r"size|greatest dimension|greatest diameter|measur|largest", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(r"margin|node|specimen|distance|from the|skin|nipple|biopsy site|cassette", re.IGNORECASE)
+_NOT_TUMOUR_SIZE = re.compile(r"margin|node|specimen|distance|from the|skin|nipple|biopsy site|cassette|field|diameter of", re.IGNORECASE)
 _GROSS_MASS = re.compile(r"\b(mass|tumou?r|lesion|nodule|neoplasm)\b", re.IGNORECASE)
 
 
@@ -160,142 +403,125 @@ def _format_cm(cm: float) -> str:
     return f"{round(cm, 1):g} cm"
 
 
-def _size(diagnostic: str, full: str) -> tuple[str, ...] | None:
+def _size(diagnostic: str, full: str) -> Phrasings | None:
     """Tumour size from the diagnosis; else the gross description's mass (never the specimen's)."""
-    for clause in _clauses(diagnostic):
+    for clause in clauses(diagnostic):
         if _SIZE_CONTEXT.search(clause) and not _NOT_TUMOUR_SIZE.search(clause):
             if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm),)
-    for clause in _clauses(diagnostic):  # "invasive ductal carcinoma, grade 3, 2 cm"
+                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
+    for clause in clauses(diagnostic):  # "invasive ductal carcinoma, grade 3, 2 cm"
         if re.search(r"carcinoma|tumou?r", clause, re.IGNORECASE) and not _NOT_TUMOUR_SIZE.search(clause):
             if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm),)
-    for clause in _clauses(full):
-        if _GROSS_MASS.search(clause) and "measur" in clause.lower() and not _NOT_TUMOUR_SIZE.search(clause):
-            if (cm := _largest_dimension_cm(clause[_GROSS_MASS.search(clause).start() :])) and 0 < cm < 40:
-                return (_format_cm(cm),)
+                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
+    for clause in clauses(full):
+        if (mass := _GROSS_MASS.search(clause)) and "measur" in clause.lower() and not _NOT_TUMOUR_SIZE.search(clause[: mass.start()]):
+            if (cm := _largest_dimension_cm(clause[mass.start() :])) and 0 < cm < 40:
+                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
     return None
 
 
-_LVI = re.compile(r"lympho-?\s?vascular|lymph-vascular|angiolymphatic|lymphatic invasion|vascular invasion|\blvi\b", re.IGNORECASE)
-_ABSENT = re.compile(r"not identified|not seen|not present|absent|negative|\bno\b|\bnone\b|not definitively", re.IGNORECASE)
-_PRESENT = re.compile(r"present|identified|positive|\bseen\b|extensive|focal", re.IGNORECASE)
+_NODES = re.compile(r"(\d{1,2})\s*(?:of|/)\s*(\d{1,2})\s+(?:[a-z]+\s+){0,2}lymph\s+nodes?\s+(?:are\s+|were\s+)?(?:positive|involved)"
+                    r"|lymph\s+nodes?[^:\n]{0,20}:\s*(\d{1,2})\s*/\s*(\d{1,2})\s+(?:positive|involved)", re.IGNORECASE)
 
 
-def _status_in(clause: str, keyword: re.Match) -> bool | None:
-    """True/False/None for present/absent/unknown, read in the keyword's comma-delimited segment
-    (so "no necrosis, LVI present" is present, and "LVI: present, no DCIS" too)."""
-    start = clause.rfind(",", 0, keyword.start()) + 1
-    end = clause.find(",", keyword.end())
-    segment = clause[start : end if end >= 0 else len(clause)]
-    if _ABSENT.search(segment):
-        return False
-    if _PRESENT.search(segment):
-        return True
-    return None
+def node_counts(text: str) -> tuple[int, int] | None:
+    """(positive, examined) lymph nodes from "2 of 14 lymph nodes positive" or "Lymph nodes: 2/14 positive"."""
+    if not (m := _NODES.search(text)):
+        return None
+    pos, total = int(m[1] or m[3]), int(m[2] or m[4])
+    return (pos, total) if pos <= total else None
 
 
-def _lvi(text: str) -> tuple[str, ...] | None:
-    for clause in _clauses(text):
-        if m := _LVI.search(clause):
-            status = _status_in(clause, m)
-            if status is True:
-                return ("LVI present", "lymphovascular invasion present")
-            if status is False:
-                return ("no LVI", "no lymphovascular invasion")
-    return None
+def _nodes(text: str) -> Phrasings | None:
+    if not (counts := node_counts(text)):
+        return None
+    pos, total = counts
+    return (f"nodes {pos}/{total}", f"{pos}/{total} lymph nodes positive", f"{pos} of {total} lymph nodes positive")
 
 
-_IN_SITU = re.compile(r"ductal carcinoma in[- ]situ|\bdcis\b|intraductal carcinoma|lobular carcinoma in[- ]situ|\blcis\b", re.IGNORECASE)
-_DCIS_PATTERNS = ("micropapillary", "cribriform", "comedo", "solid", "papillary", "clinging", "flat")
-_NUCLEAR_GRADE = re.compile(r"nuclear grade\s*[:\-]?\s*(iii|ii|i|[123]|high|intermediate|low)", re.IGNORECASE)
-_NUCLEAR_WORD = re.compile(r"\b(high|intermediate|low)[- ]grade\b", re.IGNORECASE)
-
-
-def _in_situ(text: str) -> tuple[str, ...] | None:
-    for clause in _clauses(text):
-        m = _IN_SITU.search(clause)
-        if not m:
-            continue
-        name = "LCIS" if "lobular" in m.group(0).lower() or "lcis" in m.group(0).lower() else "DCIS"
-        if _status_in(clause, m) is False:
-            return (f"no {name}",)
-        lowered = clause.lower()
-        pattern = next((p for p in _DCIS_PATTERNS if p in lowered), None)
-        nuclear = None
-        if g := _NUCLEAR_GRADE.search(clause):
-            value = g.group(1).lower()
-            nuclear = {"1": "low", "i": "low", "2": "intermediate", "ii": "intermediate", "3": "high", "iii": "high"}.get(value, value)
-        elif g := _NUCLEAR_WORD.search(clause):
-            nuclear = g.group(1).lower()
-        variants = [name]
-        if pattern:
-            variants.append(f"{name}, {pattern}")
-        if pattern and nuclear:
-            variants.append(f"{name}, {pattern}, {nuclear} nuclear grade")
-        return tuple(variants)
-    return None
-
-
-_RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
-_ER = re.compile(r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)", re.IGNORECASE)
-_PR = re.compile(r"(?:progesterone\s+receptors?|\bPg?R\b)(?:\s*\((?:PR|PgR|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)", re.IGNORECASE)
-_HER2 = re.compile(r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))", re.IGNORECASE)
-
-
-def _her2_sign(value: str) -> str:
-    v = value.lower().replace(" ", "")
-    if v in ("positive", "amplified", "3+", "pos", "+"):
-        return "HER2+"
-    if v in ("equivocal", "2+"):
-        return "HER2 equivocal"
-    return "HER2-"
-
-
-def _receptors(text: str) -> tuple[str, ...] | None:
-    parts = []
-    if m := _ER.search(text):
-        parts.append("ER" + _RECEPTOR_WORDS[m.group(1).lower()])
-    if m := _PR.search(text):
-        parts.append("PR" + _RECEPTOR_WORDS[m.group(1).lower()])
-    if m := _HER2.search(text):
-        parts.append(_her2_sign(m.group(1)))
-    return (", ".join(parts),) if parts else None
-
-
-_MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not involved|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE)
+_MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not involved|does not involve|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present at|extends to|transected", re.IGNORECASE)
+_CLOSEST = re.compile(r"closest\s+margin\s*(?:\((\w+)\))?[^\d;]{0,20}(\d+(?:\.\d+)?)\s*(mm|cm)", re.IGNORECASE)
 
 
-def _margins(text: str) -> tuple[str, ...] | None:
-    for clause in _clauses(text):
+def margin_status(text: str) -> str | None:
+    """"negative" or "positive" from the first clause about margins."""
+    for clause in clauses(text):
         if "margin" not in clause.lower():
             continue
         if _MARGIN_NEGATIVE.search(clause):
-            return ("margins negative",)
+            return "negative"
         if _MARGIN_POSITIVE.search(clause):
-            return ("margins positive",)
+            return "positive"
     return None
 
 
-# --- packing --------------------------------------------------------------------------------
+def _margins(text: str) -> Phrasings | None:
+    status = margin_status(text)
+    if status is None:
+        return None
+    names = [f"margins {status}"]
+    if status == "negative" and (m := _CLOSEST.search(text)):
+        names.append(f"margins negative, closest {m[2]} {m[3].lower()}" + (f" ({m[1].lower()})" if m[1] else ""))
+    return tuple(names)
+
+
+_KI67 = re.compile(r"ki-?67[^\d\n]{0,30}(\d{1,3})\s*%", re.IGNORECASE)
+_STAGE = re.compile(r"\b(p?T(?:is|[0-4][a-d]?)\s*(?:\(\w+\)\s*)?p?N(?:[0-3][a-c]?|x)(?:\s*\([^)]{1,12}\))?(?:\s*p?M[01x])?)", re.IGNORECASE)
+_SITE = re.compile(r"\b(left|right)\s+breast\b|\bbreast,\s*(left|right)\b", re.IGNORECASE)
+_PROCEDURE = re.compile(r"modified radical mastectomy|simple mastectomy|total mastectomy|partial mastectomy|mastectomy|lumpectomy"
+                        r"|excisional biopsy|wide local excision", re.IGNORECASE)
+
+
+def _calcifications(text: str) -> Phrasings | None:
+    return _finding(text, "calcifications", {"present": ("calcifications present",), "absent": ("no calcifications",),
+                                             "possible": ("possible calcifications",)})
+
+
+def _ki67(text: str) -> Phrasings | None:
+    return (f"Ki-67 {m[1]}%",) if (m := _KI67.search(text)) else None
+
+
+def _stage(text: str) -> Phrasings | None:
+    return (" ".join(m[1].split()),) if (m := _STAGE.search(text)) else None
+
+
+def _site(full: str) -> Phrasings | None:
+    side, procedure = _SITE.search(full), _PROCEDURE.search(full)
+    if not side:
+        return None
+    where = f"{(side[1] or side[2]).lower()} breast"
+    return (where, f"{where}, {procedure[0].lower()}") if procedure else (where,)
 
 
 @dataclass
 class Facts:
-    """Each fact as its phrasings (any order); None when the report does not state it."""
+    """Each fact as its phrasings, in order of relevance; None when the report does not state it."""
 
-    histologic_type: tuple[str, ...] | None = None
-    grade: tuple[str, ...] | None = None
-    size: tuple[str, ...] | None = None
-    lvi: tuple[str, ...] | None = None
-    in_situ: tuple[str, ...] | None = None
-    receptors: tuple[str, ...] | None = None
-    margins: tuple[str, ...] | None = None
+    histologic_type: Phrasings | None = None
+    grade: Phrasings | None = None
+    tils: Phrasings | None = None
+    necrosis: Phrasings | None = None
+    mitoses: Phrasings | None = None
+    pleomorphism: Phrasings | None = None
+    growth: Phrasings | None = None
+    in_situ: Phrasings | None = None
+    lvi: Phrasings | None = None
+    receptors: Phrasings | None = None
+    size: Phrasings | None = None
+    nodes: Phrasings | None = None
+    margins: Phrasings | None = None
+    calcifications: Phrasings | None = None
+    ki67: Phrasings | None = None
+    stage: Phrasings | None = None
+    site: Phrasings | None = None
 
-    def core(self) -> list[tuple[str, ...] | None]:
-        """In priority order: what a patch shows most directly comes first."""
-        return [self.histologic_type, self.grade, self.size, self.lvi, self.in_situ, self.receptors]
+    def ordered(self) -> list[tuple[str, Phrasings]]:
+        """(name, phrasings) of the stated facts, most relevant to a patch first (the field order)."""
+        return [(name, value) for name, value in vars(self).items() if value]
+
+
+RELEVANCE_ORDER = tuple(Facts.__dataclass_fields__)
 
 
 def extract_facts(report: str) -> Facts:
@@ -303,62 +529,92 @@ def extract_facts(report: str) -> Facts:
     return Facts(
         histologic_type=_histologic_type(diagnostic),
         grade=_grade(diagnostic),
-        size=_size(diagnostic, report),
-        lvi=_lvi(diagnostic),
+        tils=_tils(diagnostic),
+        necrosis=_necrosis(diagnostic),
+        mitoses=_mitoses(diagnostic),
+        pleomorphism=_pleomorphism(diagnostic),
+        growth=_growth(diagnostic),
         in_situ=_in_situ(diagnostic),
+        lvi=_lvi(diagnostic),
         receptors=_receptors(diagnostic),
+        size=_size(diagnostic, report),
+        nodes=_nodes(diagnostic),
         margins=_margins(diagnostic),
+        calcifications=_calcifications(diagnostic),
+        ki67=_ki67(diagnostic),
+        stage=_stage(diagnostic),
+        site=_site(report),
     )
 
 
-def _render(chosen: list[str | None]) -> str:
-    """'Type, grade, size; LVI; DCIS; receptors; margins.' (first three joined by commas)."""
-    head = ", ".join(c for c in chosen[:3] if c)
-    tail = [c for c in chosen[3:] if c]
-    text = "; ".join(([head] if head else []) + tail)
+# --- packing --------------------------------------------------------------------------------
+
+
+def _render(chosen: list[str]) -> str:
+    """'Type, grade; fact; fact.' (the first two joined by a comma when the first is the type)."""
+    text = "; ".join(chosen)
     return (text[0].upper() + text[1:] + ".") if text else ""
 
 
 @lru_cache(maxsize=1 << 16)
 def _phrase_tokens(phrase: str) -> int:
-    """count_tokens through the Rust tokenizer directly, cached: packing tries ~10 candidates a
+    """count_tokens through the Rust tokenizer directly, cached: packing tries many candidates a
     report and many repeat across reports, so this is most of the stage's speed."""
     return len(clip_tokenizer().backend_tokenizer.encode(phrase, add_special_tokens=False).ids)
 
 
-def pack_facts(facts: Facts, budget: int) -> str:
-    """Fit as many facts as possible (shortest forms), then lengthen them in priority order, then margins."""
-    slots = [tuple(sorted(s, key=_phrase_tokens)) if s else None for s in facts.core() + [facts.margins]]
-    level: list[int | None] = [None] * len(slots)
+def _join_type_and_grade(names: list[str], phrases: list[str]) -> list[str]:
+    if names[:2] == ["histologic_type", "grade"] and len(phrases) >= 2:
+        return [f"{phrases[0]}, {phrases[1]}", *phrases[2:]]
+    return phrases
 
-    def text_at(levels: list[int | None]) -> str:
-        return _render([slots[i][lv] if lv is not None else None for i, lv in enumerate(levels)])  # type: ignore[index]
 
-    def fits(levels: list[int | None]) -> bool:
-        return _phrase_tokens(text_at(levels)) <= budget
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    facts: tuple[str, ...]  # names of the facts it states, in relevance order (empty for a fallback)
+    used_fallback: bool
 
-    core = range(len(slots) - 1)
-    for i in core:
-        if slots[i]:
-            trial = level.copy()
-            trial[i] = 0
-            if fits(trial):
-                level = trial
-    for i in core:
-        if level[i] is not None:
-            for lv in range(len(slots[i]) - 1, level[i], -1):  # type: ignore[arg-type]
-                trial = level.copy()
-                trial[i] = lv
-                if fits(trial):
-                    level = trial
-                    break
-    m = len(slots) - 1
-    if slots[m]:
-        trial = level.copy()
-        trial[m] = 0
-        if fits(trial):
-            level = trial
-    return text_at(level)
+
+def _estimate(phrases: list[str]) -> int:
+    """Tokens of the rendered phrases: each phrase's (cached) count plus one per separator and the
+    full stop. CLIP's pre-tokenizer splits at spaces, so this is exact except where punctuation
+    meets ("%);"), where BPE can only merge, so it is an upper bound; `pack_facts` checks the result."""
+    return sum(_phrase_tokens(p) for p in phrases) + len(phrases)
+
+
+def _pack(names: list[str], slots: list[Phrasings], budget: int, count) -> list[int]:
+    def tokens(levels: list[int]) -> int:
+        return count(_join_type_and_grade(names, [slots[i][lv] for i, lv in enumerate(levels)]))
+
+    levels: list[int] = []
+    for _ in slots:
+        if tokens(levels + [0]) > budget:
+            break
+        levels.append(0)
+    for i in range(len(levels)):
+        for lv in range(len(slots[i]) - 1, levels[i], -1):
+            trial = levels[:i] + [lv] + levels[i + 1 :]
+            if tokens(trial) <= budget:
+                levels = trial
+                break
+    return levels
+
+
+def pack_facts(facts: Facts, budget: int) -> Summary:
+    """The longest relevance-order prefix of the facts whose shortest phrasings fit, then longer
+    phrasings in relevance order while they fit (so shorter budgets give prefixes of longer ones)."""
+    stated = facts.ordered()
+    names = [name for name, _ in stated]
+    slots = [tuple(sorted(set(p), key=lambda x: (_phrase_tokens(x), x))) for _, p in stated]
+
+    def text_at(levels: list[int]) -> str:
+        return _render(_join_type_and_grade(names, [slots[i][lv] for i, lv in enumerate(levels)]))
+
+    levels = _pack(names, slots, budget, _estimate)
+    if _phrase_tokens(text_at(levels)) > budget:  # the estimate was short: pack again counting exactly
+        levels = _pack(names, slots, budget, lambda phrases: _phrase_tokens(_render(phrases)))
+    return Summary(text_at(levels), tuple(names[: len(levels)]), False)
 
 
 _INFORMATIVE = re.compile(
@@ -374,22 +630,40 @@ def _sentence_case(clause: str) -> str:
     return (clause.lower() if clause.isupper() else clause).lstrip("-–•* ").strip()
 
 
+def safe_truncate(report: str, text: str, budget: int) -> str:
+    """`text` cut to the budget at a clause boundary, cut further while the cut states a finding
+    the report contradicts ("ductal carcinoma in situ, absent" must not end as "ductal carcinoma in situ")."""
+    from histoldm.reports.consistency import contradictions
+
+    cut = truncate_to_budget(text, budget)
+    while cut and contradictions(report, cut):
+        shorter = truncate_to_budget(cut, _phrase_tokens(cut) - 1)
+        cut = "" if shorter == cut else shorter
+    return cut
+
+
 def fallback_summary(report: str, budget: int) -> str:
-    """For reports without recognised facts: informative diagnosis clauses in order, cut to fit."""
-    clauses = [_sentence_case(c) for c in _clauses(diagnostic_text(report)) if _INFORMATIVE.search(c)]
-    clauses = [c for c in clauses if c]
-    if not clauses:
-        clauses = [_sentence_case(c) for c in _clauses(diagnostic_text(report) or report)][:5]
-    text = "; ".join(clauses[:12])
+    """For reports without recognised facts: informative diagnosis clauses in order, whole, within budget."""
+    clause_list = [_sentence_case(c) for c in clauses(diagnostic_text(report)) if _INFORMATIVE.search(c)]
+    clause_list = [c for c in clause_list if c]
+    if not clause_list:
+        clause_list = [_sentence_case(c) for c in clauses(diagnostic_text(report) or report)][:5]
+    text = "; ".join(clause_list[:12])
     text = (text[:1].upper() + text[1:]) if text else ""
-    return truncate_to_budget(text, budget)
+    return safe_truncate(report, text, budget)
+
+
+def summarise(report: str, budget: int) -> Summary:
+    """The facts packed into `budget` CLIP tokens, or whole diagnosis clauses when none are found."""
+    facts = extract_facts(report)
+    if facts.histologic_type or len(facts.ordered()) >= 2:
+        summary = pack_facts(facts, budget)
+        if summary.text:
+            return summary
+    return Summary(fallback_summary(report, budget), (), True)
 
 
 def extractive_summary(report: str, budget: int) -> tuple[str, bool]:
-    """(summary, used_fallback): the facts packed into `budget` CLIP tokens, or clauses when none are found."""
-    facts = extract_facts(report)
-    if facts.histologic_type or sum(f is not None for f in facts.core()) >= 2:
-        summary = pack_facts(facts, budget)
-        if summary:
-            return summary, False
-    return fallback_summary(report, budget), True
+    """(summary, used_fallback); see `summarise`."""
+    summary = summarise(report, budget)
+    return summary.text, summary.used_fallback

@@ -93,3 +93,12 @@ def feedback(reply_tokens: int | None, token_budget: int) -> str:
         f"That was {reply_tokens} tokens; rewrite it in at most {token_budget} tokens (about {words} words), "
         "keeping the most important findings. Reply with the summary only."
     )
+
+
+def contradiction_feedback(problems: list[str], token_budget: int) -> str:
+    """The regeneration message after a reply that states a finding differently from the report."""
+    return (
+        f"That summary contradicts the report: {'; '.join(problems)}. Rewrite it in at most {token_budget} tokens "
+        f"(about {word_budget(token_budget)} words), stating every finding as the report does: keep 'no', 'absent', "
+        "'not identified', 'negative' and doubts such as 'possible' or 'cannot be excluded'. Reply with the summary only."
+    )

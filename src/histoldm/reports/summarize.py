@@ -4,7 +4,9 @@ Resumable and crash-safe: each finished case is appended to the output JSONL and
 once, and a re-run skips every case id already there, so a crash loses at most the requests in
 flight. A case is never dropped silently: it ends `ok`, `regenerated` (needed feedback rounds),
 `truncated` (still over budget after the last attempt, cut at a clause boundary) or `failed`
-(with the reason). LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
+(with the reason). Every summary, from any backend, is checked against its report
+(`consistency`): a reply that drops a negation or states the opposite of a finding goes back to
+the model with the contradiction named, and a case whose replies all contradict the report fails. LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
-from histoldm.reports.budget import truncate_to_budget
+from histoldm.reports.consistency import contradictions
 from histoldm.reports.llm import ChatBackend, PermanentError, TransientError
 from histoldm.reports.loading import Report, load_reports
-from histoldm.reports.prompts import PRESETS, PromptTemplate, feedback, load_prompt, render
+from histoldm.reports.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
 from histoldm.text.tokenizer import count_tokens
 
 STATUSES = ("ok", "regenerated", "truncated", "failed")
@@ -148,7 +150,9 @@ def summarize_with_llm(cfg: SummarizeConfig, backend: ChatBackend, template: Pro
 
 
 def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
-    """The regeneration loop: retry errors with backoff, over-budget or empty replies with feedback."""
+    """The regeneration loop: retry errors with backoff; over-budget, empty or contradicting replies with feedback."""
+    from histoldm.reports.extractive import safe_truncate
+
     messages = render(template, report.text, cfg.budget)
     usage: dict[str, int] | None = None  # stays None unless the backend reports usage
     best_over: tuple[int, str] | None = None  # the shortest over-budget reply, for the last resort
@@ -170,21 +174,27 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
                 usage[k] += int(reply.usage.get(k, 0) or 0)
         text = _clean_reply(reply.text)
         n = count_tokens(text) if text else None
-        if n is not None and n <= cfg.budget:
+        problems = contradictions(report.text, text) if n is not None and n <= cfg.budget else []
+        if n is not None and n <= cfg.budget and not problems:
             status = "regenerated" if feedback_rounds else "ok"
             return {"status": status, "summary": text, "tokens": n, "attempts": attempt, "usage": usage}
-        if n is None:
+        if problems:
+            last_error = "reply contradicts the report: " + "; ".join(problems)
+            note = contradiction_feedback(problems, cfg.budget)
+        elif n is None:
             last_error = "empty reply"
+            note = feedback(n, cfg.budget)
         else:
             last_error = f"reply of {n} tokens, over the budget of {cfg.budget}"
             if best_over is None or n < best_over[0]:
                 best_over = (n, text)
-        messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": feedback(n, cfg.budget)}]
+            note = feedback(n, cfg.budget)
+        messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": note}]
         feedback_rounds += 1
-    if best_over is not None:
+    if best_over is not None and (cut := safe_truncate(report.text, best_over[1], cfg.budget)):
         return {
             "status": "truncated",
-            "summary": truncate_to_budget(best_over[1], cfg.budget),
+            "summary": cut,
             "attempts": attempt,
             "usage": usage,
             "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut at a clause boundary",
@@ -201,6 +211,8 @@ def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]
         return {"status": "failed", "attempts": 1, "error": f"{report.source}: unexpected {type(e).__name__}: {e}"}
     if not summary:
         return {"status": "failed", "attempts": 1, "error": f"{report.source}: no diagnostic text found"}
+    if problems := contradictions(report.text, summary):  # a reader bug must never become a reversed caption
+        return {"status": "failed", "attempts": 1, "error": f"{report.source}: summary contradicts the report: " + "; ".join(problems)}
     if used_fallback:
         return {"status": "truncated", "summary": summary, "attempts": 1, "error": "no known facts found; diagnosis clauses cut to fit"}
     return {"status": "ok", "summary": summary, "attempts": 1}
@@ -303,7 +315,7 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
         tqdm.write(f"warning: {w}")
 
     backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
-    model_name = backend.model if backend else "rules-v1" if cfg.backend == "extractive" else str(cfg.model)
+    model_name = backend.model if backend else "rules-v2" if cfg.backend == "extractive" else str(cfg.model)
     counts: Counter = Counter()
     tokens: list[int] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}

@@ -1,46 +1,93 @@
-"""Made-up TCGA-BRCA-style surgical pathology reports, for demos, tests and benchmarks.
+"""Made-up TCGA-BRCA-style surgical pathology reports with a known ground truth, for demos, tests
+and benchmarks.
 
 No real TCGA report may ship with this project, yet the summariser must be exercised on text that
-looks like the real thing: boilerplate headers, gross descriptions full of sizes that are NOT the
-tumour size, synoptic lines, receptor panels and signatures. Every report says it is synthetic,
-and case ids use the tissue-source code "SY", which no TCGA site uses.
+looks like the real thing: real reports are OCR'd documents of hundreds to a couple of thousand
+words, and most of that is not about the tumour. Each report here has a header, clinical history,
+intraoperative consultation, a gross description per specimen part with a cassette key (full of
+sizes that are NOT the tumour size), a microscopic description (growth pattern, pleomorphism,
+mitoses, necrosis, lymphocytes), a final diagnosis in one of four formats (narrative bullets, CAP
+synoptic "Key: value", dotted leaders, value on the next line), comments, addenda, signatures
+and disclaimers, with OCR-like artefacts (l/1 and O/0 swaps, "rn" for "m", hyphenated line
+breaks, page headers repeated mid-text, stray marks). Negative findings are written in many
+phrasings ("Ductal carcinoma in situ, absent.", "No lymphovascular invasion is identified.",
+"negative for necrosis"), and some are uncertain ("cannot be excluded", "suspicious for").
+
+The artefacts hit the boilerplate, gross and comment text; the diagnostic statements keep their
+words (line breaks and case vary), so the ground truth stays recoverable. Every report says on
+its first line that it is synthetic, and case ids use the tissue-source code "SY", which no TCGA
+site uses. Lengths: see docs/summaries.md (`report_word_counts`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 _TYPES = [
-    ("invasive ductal carcinoma", "Invasive ductal carcinoma"),
-    ("infiltrating ductal carcinoma", "Invasive ductal carcinoma"),
-    ("invasive lobular carcinoma", "Invasive lobular carcinoma"),
-    ("infiltrating lobular carcinoma", "Invasive lobular carcinoma"),
-    ("invasive carcinoma with mixed ductal and lobular features", "Invasive mixed ductal and lobular carcinoma"),
-    ("mucinous carcinoma", "Mucinous carcinoma"),
+    ("invasive ductal carcinoma", "Invasive ductal carcinoma", "nests, cords and glands"),
+    ("infiltrating ductal carcinoma", "Invasive ductal carcinoma", "solid sheets and nests"),
+    ("invasive lobular carcinoma", "Invasive lobular carcinoma", "single files and targetoid cords"),
+    ("infiltrating lobular carcinoma", "Invasive lobular carcinoma", "single files"),
+    ("invasive carcinoma with mixed ductal and lobular features", "Invasive mixed ductal and lobular carcinoma", "nests and single files"),
+    ("mucinous carcinoma", "Mucinous carcinoma", "clusters floating in pools of extracellular mucin"),
 ]
 _TYPE_WEIGHTS = [40, 20, 12, 6, 8, 4]
 _DCIS_PATTERNS = ["cribriform", "solid", "comedo", "micropapillary", "papillary"]
 _SIDES = ["left", "right"]
 _PROCEDURES = ["modified radical mastectomy", "simple mastectomy", "lumpectomy", "partial mastectomy"]
 _PATHOLOGISTS = ["A. Synthetic, MD", "B. Example, MD", "C. Placeholder, MD, PhD", "D. Fictional, MD"]
+_TIL_WORDS = {"low": ("sparse", 5), "moderate": ("moderate", 25), "high": ("brisk", 60)}  # level -> word, stromal % centre
+_PLEO_WORDS = {1: "mild", 2: "moderate", 3: "marked"}
+_MITOSIS_WORDS = {1: "low", 2: "intermediate", 3: "high"}
+_MITOSES_PER_10HPF = {1: (1, 7), 2: (8, 14), 3: (15, 40)}
+
+# Absent / possible findings in many phrasings ({X} is the finding's name); the summariser must keep each.
+_ABSENT = ["{X}, absent", "{X}: absent", "{X}: not identified", "{X} is not identified", "No {x} is identified",
+           "Negative for {x}", "No evidence of {x}", "{X}: none seen", "{X} is not seen", "{X}, negative", "There is no {x}"]
+_POSSIBLE = ["Suspicious for {x}", "{X} cannot be excluded", "Focus suspicious for {x}", "{X}: cannot be ruled out"]
+_PRESENT = ["{X}, present", "{X}: present", "{X} is identified", "{X}: identified", "{X} present"]
+
+_DISCLAIMERS = [
+    "This test was developed and its performance characteristics determined by the Department of Pathology. It has "
+    "not been cleared or approved by the U.S. Food and Drug Administration. The FDA has determined that such clearance "
+    "or approval is not necessary. This test is used for clinical purposes. It should not be regarded as investigational "
+    "or for research.",
+    "The laboratory is certified under the Clinical Laboratory Improvement Amendments of 1988 (CLIA-88) as qualified to "
+    "perform high complexity clinical laboratory testing. Immunohistochemical stains were performed on formalin-fixed, "
+    "paraffin-embedded tissue with appropriate positive and negative controls.",
+    "Fixation: the specimen was placed in 10% neutral buffered formalin within one hour of excision and fixed for 6 to "
+    "72 hours, in keeping with ASCO/CAP guidelines for hormone receptor and HER2 testing.",
+    "Confidentiality notice: this report contains privileged health information. If you have received it in error, "
+    "notify the sender and destroy all copies. Unauthorised review, use or disclosure is prohibited.",
+]
 
 
 @dataclass(frozen=True)
 class SyntheticCase:
-    """A synthetic report with the facts it was written from (tests compare summaries to them)."""
+    """A synthetic report with the facts it was written from (tests and benchmarks score summaries on them)."""
 
     case_id: str
     text: str
     histologic_type: str
     grade: int
+    tubules: int
+    pleomorphism: int
+    mitoses: int
+    growth_pattern: str
+    til_level: str  # low / moderate / high
+    necrosis: str  # present / absent / possible
     size_cm: float
-    lvi: bool
+    lvi: str  # present / absent / possible
+    dcis: str  # present / absent / possible
     dcis_pattern: str | None
     er: bool
     pr: bool
     her2: bool
     margins_negative: bool
+    nodes_positive: int
+    nodes_total: int
 
 
 def _case_ids(n: int, rng: random.Random) -> list[str]:
@@ -52,134 +99,273 @@ def _case_ids(n: int, rng: random.Random) -> list[str]:
     return ids
 
 
+def _state(rng: random.Random, status: str, name: str, short: str | None = None) -> str:
+    """One statement of a finding's status in a random phrasing (sometimes the abbreviation)."""
+    shown = short if short and rng.random() < 0.25 else name
+    template = rng.choice({"absent": _ABSENT, "possible": _POSSIBLE, "present": _PRESENT}[status])
+    return template.replace("{X}", shown[0].upper() + shown[1:]).replace("{x}", shown)
+
+
+def _value(rng: random.Random, status: str) -> str:
+    """A finding's status as a synoptic checklist value."""
+    return rng.choice({"absent": ["Absent", "Not identified", "None seen", "Negative", "Not present"],
+                       "possible": ["Cannot be excluded", "Indeterminate", "Cannot be ruled out", "Equivocal"],
+                       "present": ["Present", "Identified", "Present, focal"]}[status])
+
+
+def _ocr(text: str, rng: random.Random, rate: float) -> str:
+    """OCR-like character confusions in free text (never in the diagnosis lines)."""
+    swaps = [("l", "1"), ("O", "0"), ("m", "rn"), ("ti", "fi"), ("e", "c"), (" ", "  ")]
+    out = []
+    for word in text.split(" "):
+        if rng.random() < rate:
+            a, b = rng.choice(swaps)
+            word = word.replace(a, b, 1)
+        if rng.random() < rate / 3:
+            word += rng.choice(["|", "~", "'", ","])
+        out.append(word)
+    return " ".join(out)
+
+
+def _wrap(text: str, rng: random.Random) -> str:
+    """Fixed-width lines as a scanner's page gives them, sometimes with a hyphenated break."""
+    width, lines, line = rng.randint(68, 96), [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            if len(word) > 7 and word.isalpha() and rng.random() < 0.15:
+                line, word = f"{line} {word[:3]}-", word[3:]
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join([*lines, line])
+
+
+_NOTES = (
+    "Explanatory notes. The Nottingham combined histologic grade adds scores for tubule formation, nuclear "
+    "pleomorphism and mitotic count, each from one to three; totals of three to five are low, six to seven "
+    "intermediate and eight to nine high. Mitotic counts depend on the field diameter of the microscope, which for "
+    "this instrument is 0.55 mm. Tumor size is the largest dimension of the invasive component measured on the "
+    "slide and correlated with the gross and imaging findings; when several foci are present the largest is used "
+    "for staging and the others are listed separately. Hormone receptor results follow the ASCO/CAP guideline, "
+    "with one to ten percent staining reported as low positive. HER2 immunohistochemistry is scored from zero to "
+    "three plus; equivocal results are reflexed to in situ hybridization and reported in an addendum. Stromal "
+    "tumor-infiltrating lymphocytes are scored over the stromal area within the tumor borders following the "
+    "international working group recommendations. Pathologic staging follows the AJCC eighth edition and is "
+    "based on the information available to the pathologist at the time of this report."
+)
+
+
 def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> list[str]:
     er_pct = rng.randint(60, 100) if er else 0
     pr_pct = rng.randint(10, 95) if pr else 0
-    her2_score = rng.choice(["3+"]) if her2 else rng.choice(["0", "1+"])
-    if rng.random() < 0.5:
-        return [
-            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} ({er_pct}% of tumor nuclei, strong intensity)",
+    ki67 = rng.randint(3, 70)
+    her2_score = "3+" if her2 else rng.choice(["0", "1+"])
+    style = rng.random()
+    if style < 0.4:
+        lines = [
+            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} ({er_pct}% of tumor nuclei, {'strong' if er else 'no'} staining)",
             f"PROGESTERONE RECEPTOR: {'POSITIVE' if pr else 'NEGATIVE'} ({pr_pct}% of tumor nuclei)",
             f"HER2/NEU (IHC): {'POSITIVE' if her2 else 'NEGATIVE'} (score {her2_score})",
+            f"Ki-67 proliferation index: {ki67}%",
         ]
-    return [
-        f"Immunohistochemistry performed on block A3 shows the tumor cells to be estrogen receptor "
-        f"{'positive' if er else 'negative'} ({er_pct}%), progesterone receptor {'positive' if pr else 'negative'} "
-        f"({pr_pct}%) and HER2 {'positive' if her2 else 'negative'} ({her2_score})."
-    ]
-
-
-def _diagnosis_list(raw_type, grade, scores, size, lvi, dcis, dcis_grade, margins_negative, margin_mm, rng) -> list[str]:
-    """The narrative bullet style of many TCGA-BRCA reports."""
-    t, p, m = scores
-    lines = [
-        f"   - {raw_type.upper()}, NOTTINGHAM GRADE {grade} OF 3 (TUBULES {t}, NUCLEAR PLEOMORPHISM {p}, "
-        f"MITOSES {m}; TOTAL SCORE {t + p + m}/9).",
-        f"   - TUMOR SIZE: {size} CM IN GREATEST DIMENSION.",
-        f"   - LYMPHOVASCULAR INVASION: {'PRESENT' if lvi else 'NOT IDENTIFIED'}.",
-    ]
-    if dcis:
-        lines.append(
-            f"   - DUCTAL CARCINOMA IN SITU, {dcis.upper()} TYPE, NUCLEAR GRADE {dcis_grade}, "
-            f"COMPRISING {rng.randint(5, 30)}% OF THE TUMOR."
-        )
+    elif style < 0.7:
+        lines = [
+            f"Immunohistochemistry performed on block A3 shows the tumor cells to be estrogen receptor "
+            f"{'positive' if er else 'negative'} ({er_pct}%), progesterone receptor {'positive' if pr else 'negative'} "
+            f"({pr_pct}%) and HER2 {'positive' if her2 else 'negative'} ({her2_score}). Ki-67: {ki67}%."
+        ]
     else:
-        lines.append("   - DUCTAL CARCINOMA IN SITU: NOT IDENTIFIED.")
-    if margins_negative:
-        lines.append(f"   - SURGICAL MARGINS ARE NEGATIVE; CLOSEST MARGIN (DEEP) {margin_mm} MM.")
-    else:
-        lines.append("   - INVASIVE CARCINOMA IS PRESENT AT THE DEEP MARGIN (MARGIN POSITIVE).")
+        lines = [
+            "Marker      Result      Percent     Intensity",
+            f"ER          {'Positive' if er else 'Negative'}    {er_pct}%         {'3+' if er else '0'}",
+            f"PR          {'Positive' if pr else 'Negative'}    {pr_pct}%         {'2+' if pr else '0'}",
+            f"HER2        {'Positive' if her2 else 'Negative'}    score {her2_score}",
+            f"Ki-67       {ki67}%",
+        ]
     return lines
 
 
-def _diagnosis_synoptic(raw_type, grade, scores, size, lvi, dcis, dcis_grade, margins_negative, margin_mm) -> list[str]:
-    """The CAP synoptic-checklist style."""
-    t, p, m = scores
-    return [
-        "   SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST",
-        f"   Histologic type: {raw_type.capitalize()}",
-        f"   Histologic grade (Nottingham): Grade {grade} (tubule formation {t}, nuclear pleomorphism {p}, mitotic count {m})",
-        f"   Tumor size: greatest dimension of invasive component {size} cm",
-        f"   Lymph-vascular invasion: {'Present' if lvi else 'Not identified'}",
-        f"   Ductal carcinoma in situ: {f'Present, {dcis} pattern, nuclear grade {dcis_grade}' if dcis else 'Absent'}",
-        f"   Margins: {f'Uninvolved by invasive carcinoma; distance from closest margin {margin_mm} mm' if margins_negative else 'Involved by invasive carcinoma (deep margin)'}",
-    ]
+def _stage(size: float, nodes_positive: int) -> str:
+    t = "pT1c" if size <= 2 else "pT2" if size <= 5 else "pT3"
+    n = "pN0" if nodes_positive == 0 else "pN1a" if nodes_positive <= 3 else "pN2a"
+    return f"{t} {n}"
 
 
 def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
-    raw_type, histologic_type = rng.choices(_TYPES, weights=_TYPE_WEIGHTS)[0]
+    raw_type, histologic_type, growth = rng.choices(_TYPES, weights=_TYPE_WEIGHTS)[0]
+    lobular = "lobular" in histologic_type
     grade = rng.choices([1, 2, 3], weights=[2, 5, 4])[0]
+    tubules, pleo, mitoses = rng.choice({1: [(1, 1, 1), (2, 1, 1), (1, 2, 1)], 2: [(3, 2, 1), (2, 2, 2), (3, 3, 1)],
+                                         3: [(3, 3, 3), (3, 3, 2), (2, 3, 3)]}[grade])
+    til_level = rng.choices(["low", "moderate", "high"], weights=[5, 3, 2] if grade < 3 else [2, 3, 4])[0]
+    necrosis = rng.choices(["present", "absent", "possible"], weights=[3 if grade == 3 else 1, 6, 1])[0]
     size = round(rng.uniform(0.6, 6.5), 1)
-    lvi = rng.random() < 0.4
-    dcis = rng.choice(_DCIS_PATTERNS) if rng.random() < 0.65 and "lobular carcinoma" not in histologic_type else None
+    lvi = rng.choices(["present", "absent", "possible"], weights=[4, 5, 1])[0]
+    dcis = "absent" if lobular else rng.choices(["present", "absent", "possible"], weights=[13, 6, 1])[0]
+    dcis_pattern = rng.choice(_DCIS_PATTERNS) if dcis == "present" else None
+    dcis_grade = rng.randint(1, 3)
     er = rng.random() < 0.75
     pr = er and rng.random() < 0.8
     her2 = rng.random() < 0.18
     margins_negative = rng.random() < 0.85
-    side = rng.choice(_SIDES)
-    procedure = rng.choice(_PROCEDURES)
-    specimen = [round(rng.uniform(8, 25), 1) for _ in range(3)]
-    nodes_total = rng.randint(1, 22)
-    nodes_pos = rng.randint(0, min(nodes_total, 6)) if rng.random() < 0.5 else 0
-    tubule, pleo, mitoses = {1: (2, 1, 1), 2: (3, 2, 1), 3: (3, 3, 3)}[grade]
     margin_mm = round(rng.uniform(0.5, 25.0), 1)
+    nodes_total = rng.randint(1, 22)
+    nodes_positive = rng.randint(1, min(nodes_total, 6)) if rng.random() < 0.4 else 0
+    calcifications = rng.random() < 0.5
+    side, procedure = rng.choice(_SIDES), rng.choice(_PROCEDURES)
+    ocr = rng.choice([0.0, 0.01, 0.03, 0.06])
+    verbosity = rng.choices([0, 1, 2], weights=[3, 5, 2])[0]  # terse, usual, long-winded report
+    stromal_tils = max(1, min(90, _TIL_WORDS[til_level][1] + rng.randint(-4, 15)))
+    mitoses_count = rng.randint(*_MITOSES_PER_10HPF[mitoses])
+
+    def free(text: str) -> str:
+        return _wrap(_ocr(text, rng, ocr), rng)
+
+    receptors = _receptor_lines(rng, er, pr, her2)
+    parts = ["A"] + ["B", "C", "D", "E"][: rng.randint(1, 1 + 3 * min(verbosity, 1))]
+    part_names = {"A": f"{side.capitalize()} breast, {procedure}", "B": "Sentinel lymph node(s)",
+                  "C": "Additional superior margin", "D": "Axillary contents, level I and II", "E": "Additional deep margin"}
+    page = [0]
+
+    def page_break() -> list[str]:
+        page[0] += 1
+        return ["", f"Page {page[0]} of 4      {case_id}      SURGICAL PATHOLOGY      (continued)", ""]
 
     lines = [
         "*** SYNTHETIC REPORT - MADE UP BY histoldm FOR TESTING - NOT PATIENT DATA ***",
         "SURGICAL PATHOLOGY REPORT",
         f"Patient: SYNTHETIC, PATIENT    Case: {case_id}    MRN: 000-{rng.randint(10000, 99999)}",
         f"Submitting physician: Dr. Example    Received: 01/{rng.randint(10, 28)}/2009",
-        "Pathology Department, 100 Example Street, Sample City, ST 00000   Tel (000) 555-0100",
+        "Pathology Department, 100 Example Street, Sample City, ST 00000   Tel (000) 555-0100   Fax (000) 555-0101",
         "",
         "CLINICAL HISTORY:",
-        f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass; core biopsy showed carcinoma.",
+        free(f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass, first noticed "
+             f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with {'associated' if calcifications else 'no'} "
+             f"calcifications. Core biopsy at an outside institution showed carcinoma. "
+             + rng.choice(["No prior history of malignancy.", "Family history of breast cancer (mother).",
+                           "History of hypertension and type 2 diabetes."])),
         "",
         "SPECIMEN(S) RECEIVED:",
-        f"A: {side.capitalize()} breast, {procedure}",
-        "B: Sentinel lymph node(s)",
+        *[f"{p}: {part_names[p]}" for p in parts],
         "",
-        "GROSS DESCRIPTION:",
-        f"The specimen is received fresh in a container labeled with the patient's name and '{side} breast'. "
-        f"It consists of a {procedure} specimen measuring {specimen[0]} x {specimen[1]} x {specimen[2]} cm. "
-        f"The margins are inked: superior blue, inferior green, deep black. Serial sectioning reveals a firm, "
-        f"tan-white, stellate mass measuring {size} x {round(size * 0.8, 1)} x {round(size * 0.6, 1)} cm. "
-        f"Representative sections are submitted in cassettes A1-A{rng.randint(8, 20)}.",
-        "",
-        "MICROSCOPIC DESCRIPTION:",
-        "Sections show an infiltrative neoplasm arranged in nests, cords and glands within a desmoplastic stroma.",
-        "",
-        "FINAL DIAGNOSIS:",
-        f"A. BREAST, {side.upper()}, {procedure.upper()}:",
     ]
-    dcis_grade = rng.randint(1, 3)
-    if rng.random() < 0.6:
-        lines += _diagnosis_list(raw_type, grade, (tubule, pleo, mitoses), size, lvi, dcis, dcis_grade, margins_negative, margin_mm, rng)
+    if "B" in parts and verbosity:
+        lines += [
+            "INTRAOPERATIVE CONSULTATION:",
+            free(f"Frozen section of the sentinel lymph node(s) by Dr. Example: "
+                 f"{'metastatic carcinoma present' if nodes_positive else 'no tumor seen'} (FSB1). Touch preparation performed."),
+            "",
+        ]
+    gross = [
+        f"A. The specimen is received fresh in a container labeled with the patient's name and '{side} breast'. It "
+        f"consists of a {procedure} specimen measuring {round(rng.uniform(8, 25), 1)} x {round(rng.uniform(6, 18), 1)} x "
+        f"{round(rng.uniform(2, 7), 1)} cm{'' if 'mastectomy' not in procedure else f' with an overlying skin ellipse of {round(rng.uniform(10, 20), 1)} x {round(rng.uniform(3, 8), 1)} cm and an unremarkable nipple'}. "
+        f"The margins are inked as follows: superior blue, inferior green, medial yellow, lateral orange, anterior red and "
+        f"deep black. Serial sectioning reveals a firm, tan-white, stellate mass measuring {size} x {round(size * 0.8, 1)} x "
+        f"{round(size * 0.6, 1)} cm, located {rng.randint(1, 9)} cm from the nipple and {margin_mm / 10 + 0.1:.1f} cm from the "
+        f"closest (deep) margin. The remaining breast parenchyma is composed of {rng.randint(30, 90)}% adipose tissue and "
+        f"{rng.choice(['fibrous', 'fibrocystic', 'unremarkable'])} tissue. A biopsy clip is identified within the mass. "
+        f"Representative sections are submitted as follows:",
+    ]
+    n_cassettes = rng.randint(3, [6, 20, 70][verbosity])
+    for k in range(1, n_cassettes + 1):
+        gross.append(f"A{k}: " + rng.choice(["mass with deep margin", "mass, full face", "superior margin, perpendicular",
+                                              "inferior margin", "nipple", "upper outer quadrant, random", "lower inner quadrant",
+                                              "biopsy site", "skin", "medial margin", "lateral margin"]))
+    for p in parts[1:]:
+        count = rng.randint(1, 8)
+        gross.append(f"{p}. Received in formalin labeled '{part_names[p].lower()}' is a {round(rng.uniform(1, 9), 1)} x "
+                     f"{round(rng.uniform(1, 6), 1)} x {round(rng.uniform(0.5, 3), 1)} cm portion of fibroadipose tissue. "
+                     f"{count} possible lymph node candidates ranging from {round(rng.uniform(0.2, 0.6), 1)} to "
+                     f"{round(rng.uniform(0.7, 2.5), 1)} cm are identified. Entirely submitted in cassettes {p}1-{p}{count + 1}.")
+    lines += ["GROSS DESCRIPTION:", *[free(g) if not re.match(r"^[A-E]\d+:", g) else g for g in gross], *page_break()]
+
+    til_word = _TIL_WORDS[til_level][0]
+    micro = [
+        f"Sections of the breast show an infiltrating carcinoma growing in {growth} within a desmoplastic stroma.",
+        f"Tubule formation is {['', 'prominent (more than 75%)', 'moderate (10-75%)', 'minimal (less than 10%)'][tubules]}.",
+        f"The tumor cells show {_PLEO_WORDS[pleo]} nuclear pleomorphism.",
+        f"Mitotic activity is {_MITOSIS_WORDS[mitoses]}, {mitoses_count} mitoses per 10 high-power fields.",
+        f"There is a {til_word} lymphocytic infiltrate (stromal tumor-infiltrating lymphocytes about {stromal_tils}%).",
+        _state(rng, necrosis, "tumor necrosis") + ".",
+        f"{'Microcalcifications are present in benign ducts and in the tumor' if calcifications else 'No microcalcifications are seen'}.",
+        "The background breast shows " + rng.choice(["fibrocystic change.", "columnar cell change.", "usual ductal hyperplasia.",
+                                                    "no significant abnormality."]),
+    ]
+    if verbosity:
+        lines += ["MICROSCOPIC DESCRIPTION:", *micro, ""]
+    if verbosity == 2:
+        lines += [free(f"Part {p}: sections of the {part_names[p].lower()} show {rng.randint(1, 9)} lymph nodes and "
+                       "fibroadipose tissue with dilated vessels, focal fat necrosis related to the prior procedure, and "
+                       "scattered benign ducts. Levels were cut on each block and reviewed together with a keratin stain "
+                       "where the hematoxylin and eosin appearance was not conclusive.") for p in parts[1:]]
+
+    dcis_text = (f"Ductal carcinoma in situ, {dcis_pattern} type, nuclear grade {dcis_grade}, comprising {rng.randint(5, 30)}% "
+                 f"of the tumor" if dcis == "present" else _state(rng, dcis, "ductal carcinoma in situ", "DCIS"))
+    lvi_text = _state(rng, lvi, "lymphovascular invasion", "LVI")
+    nec_text = _state(rng, necrosis, "tumor necrosis")
+    margin_text = (f"Margins negative for carcinoma; closest margin (deep) {margin_mm} mm" if margins_negative
+                   else "Invasive carcinoma is present at the deep margin (margin positive)")
+    nodes_text = f"{nodes_positive} of {nodes_total} lymph nodes positive for metastatic carcinoma"
+    til_text = f"Tumor-infiltrating lymphocytes: {til_word} ({stromal_tils}% of stroma)"
+    score = f"tubules {tubules}, nuclear pleomorphism {pleo}, mitoses {mitoses}; total score {tubules + pleo + mitoses}/9"
+    style = rng.random()
+    if style < 0.35:  # narrative bullets in capitals
+        diagnosis = [f"A. BREAST, {side.upper()}, {procedure.upper()}:",
+                     f"   - {raw_type.upper()}, NOTTINGHAM GRADE {grade} OF 3 ({score.upper()}).",
+                     f"   - TUMOR SIZE: {size} CM IN GREATEST DIMENSION.",
+                     f"   - {lvi_text.upper()}.", f"   - {dcis_text.upper()}.", f"   - {nec_text.upper()}.",
+                     f"   - {til_text.upper()}.", f"   - {margin_text.upper()}."]
     else:
-        lines += _diagnosis_synoptic(raw_type, grade, (tubule, pleo, mitoses), size, lvi, dcis, dcis_grade, margins_negative, margin_mm)
+        fields = [("Histologic type", raw_type.capitalize()), ("Histologic grade (Nottingham)", f"Grade {grade} ({score})"),
+                  ("Tumor size", f"{size} cm (greatest dimension of invasive component)"), ("Growth pattern", growth),
+                  ("Tumor necrosis", _value(rng, necrosis)),
+                  ("Tumor-infiltrating lymphocytes", f"{til_word} ({stromal_tils}% of stroma)"),
+                  ("Lymph-vascular invasion", _value(rng, lvi)),
+                  ("Ductal carcinoma in situ", _value(rng, dcis) + (f", {dcis_pattern} type, nuclear grade {dcis_grade}" if dcis_pattern else "")),
+                  ("Margins", margin_text),
+                  ("Regional lymph nodes", f"{nodes_positive}/{nodes_total} positive"), ("Pathologic stage", _stage(size, nodes_positive))]
+        if style < 0.6:
+            diagnosis = ["SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST (CAP)"] + [f"   {k}: {v}" for k, v in fields]
+        elif style < 0.8:
+            diagnosis = ["BREAST CANCER SYNOPTIC CHECKLIST"] + [f"{k.upper()} {'.' * (34 - len(k))} {v}" for k, v in fields]
+        else:
+            diagnosis = ["Synoptic report:"] + [f"{k}:\n   {v}" for k, v in fields]
+    lines += ["FINAL DIAGNOSIS:", *diagnosis]
+    node_parts = [p for p in parts if p in "BD"]
+    for p in node_parts:
+        lines.append(f"{p}. LYMPH NODES, {part_names[p].upper()}: " + (nodes_text.upper() if p == node_parts[0]
+                                                                       else "NEGATIVE FOR METASTATIC CARCINOMA (0 OF 3)") + ".")
+    for p in (p for p in parts if p in "CE"):
+        lines.append(f"{p}. {part_names[p].upper()}: BENIGN BREAST TISSUE, NEGATIVE FOR CARCINOMA.")
+    if verbosity == 2:
+        lines += ["", free(_NOTES)]
+    lines += ["", *page_break()]
+    if verbosity:
+        lines += ["COMMENT:", free("Controls stained appropriately. The case was reviewed at the breast tumor board. "
+                                   "Results were communicated to Dr. Example by telephone on the day of sign-out. "
+                                   + " ".join(_DISCLAIMERS[2 : 2 + verbosity])), ""]
+    addenda = rng.randint(0, 2)
+    if addenda == 0:
+        lines += ["ANCILLARY STUDIES:", *receptors, ""]
+    else:
+        lines += ["ADDENDUM 1:", f"Hormone receptor and HER2 studies on block A{rng.randint(1, 5)}:", *receptors, ""]
+        if addenda == 2:
+            lines += ["ADDENDUM 2:", free("Additional levels were examined on the sentinel lymph node at the request of the "
+                                          "clinician; the findings do not change the diagnosis above."), ""]
     lines += [
-        f"B. LYMPH NODES, SENTINEL: {nodes_pos} OF {nodes_total} LYMPH NODES POSITIVE FOR METASTATIC CARCINOMA.",
-        "",
-        "ANCILLARY STUDIES:",
-        *_receptor_lines(rng, er, pr, her2),
-        "",
-        "COMMENT: Controls stained appropriately. Results reviewed with Dr. Example on the day of sign-out.",
-        "",
         "I attest that I have personally reviewed the slides and that this report reflects my interpretation.",
         f"Electronically signed by {rng.choice(_PATHOLOGISTS)} on 02/{rng.randint(10, 28)}/2009",
+        *page_break(),
+        *[free(d) for d in _DISCLAIMERS[: verbosity]],
         "*** END OF SYNTHETIC REPORT ***",
     ]
     return SyntheticCase(
-        case_id=case_id,
-        text="\n".join(lines),
-        histologic_type=histologic_type,
-        grade=grade,
-        size_cm=size,
-        lvi=lvi,
-        dcis_pattern=dcis,
-        er=er,
-        pr=pr,
-        her2=her2,
-        margins_negative=margins_negative,
+        case_id=case_id, text="\n".join(lines), histologic_type=histologic_type, grade=grade, tubules=tubules,
+        pleomorphism=pleo, mitoses=mitoses, growth_pattern=growth, til_level=til_level, necrosis=necrosis, size_cm=size,
+        lvi=lvi, dcis=dcis, dcis_pattern=dcis_pattern, er=er, pr=pr, her2=her2, margins_negative=margins_negative,
+        nodes_positive=nodes_positive, nodes_total=nodes_total,
     )
 
 

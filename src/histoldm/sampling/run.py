@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel
 from histoldm.devices import resolve_device
@@ -33,6 +33,14 @@ from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
 GRID_MAX = 64  # a grid of more images is too large to look at
+# `preset` fills the fields a config or flag leaves unset (docs/sampling.md; the fast one's quality is not yet measured):
+# paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5); fast = DPM-Solver++ 2M in fewer steps with
+# guidance only on an interval of noise levels (the unconditional UNet pass skipped elsewhere).
+SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"solver": "ddim", "steps": 50, "guidance": 1.75, "guidance_interval": None},
+    # (44, 634): the sigma interval (0.28, 5.42] Kynkaanniemi et al. found for SD-XL, on PathLDM's schedule
+    "fast": {"solver": "dpmpp", "steps": 12, "guidance": 1.75, "guidance_interval": (44, 634)},
+}
 
 
 class SampleConfig(StrictModel):
@@ -43,9 +51,13 @@ class SampleConfig(StrictModel):
     num_images: int = Field(1, ge=1)
     split: Path | None = None  # split.json: sample only the cases of split_name (captions.parquet only)
     split_name: str = "test"
+    preset: Literal["paper", "fast"] = "paper"  # defaults of solver, steps, guidance, guidance_interval (SAMPLE_PRESETS)
     steps: int = Field(50, ge=1, le=999)  # PathLDM: 50 DDIM steps (1000 would step past the schedule's end)
     guidance: float = 1.75  # the seed paper's classifier-free guidance scale (PathLDM's notebook: 1.5); 1.0 = conditional only
-    solver: Literal["ddim", "dpmpp"] = "ddim"  # dpmpp: DPM-Solver++ (2M), good at ~20 steps
+    # Guidance only for training timesteps lo <= t <= hi (Kynkaanniemi et al. 2024); elsewhere the
+    # conditional pass alone, so the unconditional UNet pass is skipped there. None: every step.
+    guidance_interval: tuple[int, int] | None = None
+    solver: Literal["ddim", "dpmpp", "unipc"] = "ddim"  # dpmpp: DPM-Solver++ (2M), unipc: UniPC; both good at ~20 steps
     eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
     batch_size: int = Field(16, ge=1)  # images per UNet call (the UNet sees twice as many: cond + uncond)
     decode_batch: int = Field(32, ge=1)  # images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32
@@ -54,9 +66,26 @@ class SampleConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
     text_cache: Path | None = None  # an encode-text folder instead of running the encoder
-    compile: bool = False  # torch.compile the UNet (CUDA only; pays off for long runs)
-    compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (faster to compile)
+    compile: bool = False  # torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)
+    compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (faster to compile)
+    # torch.compile's mode: reduce-overhead = CUDA graphs (fewer launch gaps), max-autotune = tuned kernels + CUDA graphs
+    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: bool = False  # NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The preset's values for the fields not given (an explicit --steps still wins)."""
+        if isinstance(data, dict):
+            preset = SAMPLE_PRESETS.get(data.get("preset", "paper"), {})  # an unknown name fails on the field itself
+            data = {**preset, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_interval(self) -> SampleConfig:
+        if self.guidance_interval is not None and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 999:
+            raise ValueError(f"guidance_interval {list(self.guidance_interval)}: needs 0 <= lo <= hi <= 999 (training timesteps)")
+        return self
 
 
 def resolve_bundle(checkpoint: Path) -> Path:
@@ -187,10 +216,10 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
             f"{bundle}: checkpoint trained on latents of autoencoder fingerprint {meta.latent.fingerprint[:12]}, "
             f"{ae_spec} has {ae.fingerprint[:12]}"
         )
-    if cfg.compile and device.type == "cuda":
+    if cfg.compile:
         from histoldm.models.speed import compile_unet
 
-        unet = compile_unet(unet, cfg.compile_mode)
+        unet = compile_unet(unet, cfg.compile_mode, tuning=cfg.compile_tuning)
     return unet, ae
 
 
@@ -225,17 +254,17 @@ class ImageSampler:
         """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
         from histoldm.models.autoencoder import decode
         from histoldm.sampling.guidance import classifier_free_guidance
-        from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, training_alphas_cumprod
+        from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, sample_unipc, training_alphas_cumprod
 
         cfg = self.cfg
         context, truncated = self.text.encode(captions)
-        guided = classifier_free_guidance(self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance)
+        guided = classifier_free_guidance(self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval)
         x = initial_noise(seeds, self.latent_shape).to(self.device)
         if cfg.solver == "ddim":
             generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
             latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
         else:
-            latents = sample_dpmpp_2m(guided, x, cfg.steps)
+            latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
         latents = latents / self.scaling_factor
         images = [decode(self.ae, chunk).cpu() for chunk in latents.split(cfg.decode_batch)]
         return torch.cat(images), truncated
@@ -260,6 +289,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         "weights": f"{meta.source}@{meta.trained_steps}",  # a re-export after more training is another model
         "steps": cfg.steps,
         "guidance": cfg.guidance,
+        "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval is not None else None,
         "solver": cfg.solver,
         "eta": cfg.eta,
         "seed": cfg.seed,
@@ -314,6 +344,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         "grid": str(grid) if grid else None,
         "solver": cfg.solver,
         "steps": cfg.steps,
+        "guidance_interval": cfg.guidance_interval,
     }
     write_manifest(
         out / "manifest.json",

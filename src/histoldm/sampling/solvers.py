@@ -42,6 +42,36 @@ def _training_alphas_cumprod() -> torch.Tensor:
     return ddim_scheduler().alphas_cumprod.to(torch.float32)
 
 
+def solver_timesteps(solver: str, steps: int) -> list[int]:
+    """The training timesteps at which `solver` calls the denoiser, in order (one call each)."""
+    if solver == "ddim":
+        return [int(t) for t in _ddim_timesteps(steps)]
+    scheduler = _multistep_scheduler(solver)
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def _multistep_scheduler(solver: str):
+    """A fresh diffusers scheduler for dpmpp / unipc (they keep earlier model outputs as state)."""
+    from histoldm.models.schedule import SCHEDULE, dpm_solver_scheduler
+
+    if solver == "dpmpp":
+        from diffusers import DPMSolverMultistepScheduler
+
+        # Steps uniform in log-SNR (the paper's choice): with PathLDM's small final noise the leading
+        # spacing's last jump (t=48 -> 0 at 20 steps) returns the posterior mean and halves the
+        # variance of a Gaussian test distribution; log-SNR spacing ends at t=1 and gets it right.
+        return DPMSolverMultistepScheduler.from_config(dpm_solver_scheduler("epsilon").config, use_lu_lambdas=True)
+    if solver == "unipc":
+        from diffusers import UniPCMultistepScheduler
+
+        # Karras sigma spacing: with linspace/leading spacing UniPC's last jump to sigma 0 leaves a
+        # Gaussian test distribution with half its variance at 20 steps; Karras spacing ends at t=0
+        # in small steps and gets it within 4% (tests/test_sample.py).
+        return UniPCMultistepScheduler(**SCHEDULE, prediction_type="epsilon", use_karras_sigmas=True)
+    raise ValueError(f"no multistep scheduler for solver {solver!r}")
+
+
 def _per_image_noise(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Noise drawn image by image on the CPU, so it does not depend on batch size or device."""
     noise = [torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators]
@@ -82,19 +112,18 @@ def sample_ddim(
 
 @torch.no_grad()
 def sample_dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """DPM-Solver++ (2M, Lu et al. 2022) on PathLDM's schedule: about 20 steps instead of DDIM's 50.
+    """DPM-Solver++ (2M, Lu et al. 2022) on PathLDM's schedule: about 20 steps instead of DDIM's 50,
+    through diffusers' DPMSolverMultistepScheduler set to epsilon (`eps_fn` already returns eps)."""
+    return _sample_multistep(eps_fn, x, steps, _multistep_scheduler("dpmpp"))
 
-    Driven through diffusers' DPMSolverMultistepScheduler (fresh per call: it keeps the previous
-    model output as state); `eps_fn` already returns eps, so the scheduler is set to epsilon.
-    Steps are uniform in log-SNR (the paper's choice): with PathLDM's small final noise, the
-    leading spacing's last jump (t=48 -> 0 at 20 steps) returns the posterior mean and halves the
-    variance of a Gaussian test distribution; log-SNR spacing ends at t=1 and gets it right.
-    """
-    from diffusers import DPMSolverMultistepScheduler
 
-    from histoldm.models.schedule import dpm_solver_scheduler
+@torch.no_grad()
+def sample_unipc(eps_fn: EpsFn, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """UniPC (bh2, order 2, Zhao et al. 2023) on PathLDM's schedule, through diffusers' scheduler."""
+    return _sample_multistep(eps_fn, x, steps, _multistep_scheduler("unipc"))
 
-    scheduler = DPMSolverMultistepScheduler.from_config(dpm_solver_scheduler("epsilon").config, use_lu_lambdas=True)
+
+def _sample_multistep(eps_fn: EpsFn, x: torch.Tensor, steps: int, scheduler) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=x.device)
     x = x.to(torch.float32)
     for t in scheduler.timesteps:

@@ -9,12 +9,19 @@ Re-running into the same folder with the same encoder, mode and length encodes o
 yet cached and appends them; with anything else it is an error, never a silent reuse. Write order
 (embeddings, then index lines, then meta) keeps the folder readable after a crash at any point:
 rows beyond the index are ignored and re-encoded.
+
+Across processes (`accelerate launch -m histoldm.cli encode-text ...`): batch b of the new captions
+goes to process b mod N, which saves its rows to DIR/parts/ (kept until merged, so a re-run reuses
+them); the main process merges them in caption order. The batches are the ones a single process
+encodes, so the cache is the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +36,7 @@ from histoldm.data.store import read_parquet
 from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"
+PARTS = "parts"  # per-process rows of an unfinished run across processes
 INDEX = "index.jsonl"
 META = "meta.json"
 
@@ -165,36 +173,101 @@ def _existing_cache(out: Path, encoder) -> TextCache | None:
     return cache
 
 
-def run_encode_text(cfg: EncodeTextConfig) -> dict:
-    """Encode the unique captions of cfg.captions not yet in cfg.out; returns the meta plus counts."""
+def _encode_batches(encoder, captions: list[str], bs: int, batches: list[int], table: torch.Tensor, offset: int, show: bool) -> list[bool]:
+    """Encode the given batches (of `bs` captions each) into table rows offset + position; their truncation flags."""
     from tqdm import tqdm
 
+    flags: list[bool] = []
+    for b in tqdm(batches, desc="encode-text", unit="batch", disable=not (show and batches)):
+        embeddings, batch_flags = encoder.encode_flagged(captions[b * bs : (b + 1) * bs], batch_size=bs)
+        table[offset + b * bs : offset + b * bs + len(batch_flags)] = embeddings.cpu()
+        flags += batch_flags
+    return flags
+
+
+def _part_digest(encoder, captions: list[str]) -> str:
+    h = hashlib.sha256(f"{encoder.fingerprint}\n{encoder.mode}\n{encoder.max_length}\n".encode())
+    for c in captions:
+        h.update(c.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _encode_share(encoder, new: list[str], bs: int, procs, out: Path) -> Path:
+    """This process's batches (b mod N == rank) saved as parts/rank<i>-of-<N>.safetensors; a part of
+    the same captions and encoder left by an earlier run is reused."""
+    from safetensors import safe_open
+
+    batches = list(range(procs.rank, -(-len(new) // bs), procs.world))
+    mine = [c for b in batches for c in new[b * bs : (b + 1) * bs]]
+    digest = _part_digest(encoder, mine)
+    part = out / PARTS / f"rank{procs.rank}-of-{procs.world}.safetensors"
+    if part.is_file():
+        with safe_open(str(part), framework="pt") as f:
+            if (f.metadata() or {}).get("digest") == digest:
+                return part
+    table = torch.empty(len(new), encoder.length, encoder.dim, dtype=encoder.dtype)
+    flags = _encode_batches(encoder, new, bs, batches, table, 0, procs.is_main)
+    rows = torch.cat([table[b * bs : (b + 1) * bs] for b in batches]) if batches else table[:0]
+    part.parent.mkdir(exist_ok=True)
+    _save_safetensors(part, {"embeddings": rows, "truncated": torch.tensor(flags, dtype=torch.bool)}, {"digest": digest})
+    return part
+
+
+def _merge_shares(new: list[str], bs: int, world: int, out: Path, table: torch.Tensor, offset: int) -> list[bool]:
+    """Rows of every process's part into the table in caption order; the truncation flags in that order."""
+    from safetensors.torch import load_file
+
+    flags = [False] * len(new)
+    n_batches = -(-len(new) // bs)
+    for rank in range(world):
+        part = out / PARTS / f"rank{rank}-of-{world}.safetensors"
+        if not part.is_file():
+            raise UserError(f"{part}: missing (process {rank} of {world} did not finish); re-run to finish the cache")
+        tensors, pos = load_file(str(part)), 0
+        for b in range(rank, n_batches, world):
+            n = len(new[b * bs : (b + 1) * bs])
+            table[offset + b * bs : offset + b * bs + n] = tensors["embeddings"][pos : pos + n]
+            flags[b * bs : b * bs + n] = tensors["truncated"][pos : pos + n].tolist()
+            pos += n
+    return flags
+
+
+def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
+    """Encode the unique captions of cfg.captions not yet in cfg.out (under accelerate launch, this
+    process's share); returns the meta plus counts. `procs`: histoldm.devices.Processes, default the
+    processes this one was launched among."""
+    from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
     from histoldm.text.encoders import load_text_encoder
 
     started = time.time()
     captions, skipped = read_captions(cfg.captions)
     unique = list(dict.fromkeys(captions))
-    device = str(resolve_device(cfg.device))
+    procs = procs or launched_processes(cfg.device, "encode-text")
+    device = str(procs.device)
     encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=cfg.dtype)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    old = _existing_cache(out, encoder)
+    old = _existing_cache(out, encoder) if procs.is_main or (out / META).is_file() else None
 
     old_captions = old.captions if old else []
     old_truncated = old.truncated if old else []
     known = set(old_captions)
     new = [c for c in unique if c not in known]
-    new_truncated: list[bool] = []
     n_old = len(old_captions)
+    bs = cfg.batch_size
+    if procs.world > 1:
+        _encode_share(encoder, new, bs, procs, out)
+        procs.barrier()
+        if not procs.is_main:
+            return {"out": str(out), "n_new_this_process": len(range(procs.rank, -(-len(new) // bs), procs.world))}
     table = torch.empty(n_old + len(new), encoder.length, encoder.dim, dtype=encoder.dtype)
     if old:
         table[:n_old] = old.embeddings.to(encoder.dtype)
-    bs = cfg.batch_size
-    for i in tqdm(range(0, len(new), bs), desc="encode-text", unit="batch", disable=not new):
-        embeddings, flags = encoder.encode_flagged(new[i : i + bs], batch_size=bs)
-        table[n_old + i : n_old + i + bs] = embeddings.cpu()
-        new_truncated += flags
+    if procs.world > 1:
+        new_truncated = _merge_shares(new, bs, procs.world, out, table, n_old)
+    else:
+        new_truncated = _encode_batches(encoder, new, bs, list(range(-(-len(new) // bs))), table, n_old, True)
     uncond = encoder.encode([""]).cpu()
 
     meta = {
@@ -211,6 +284,7 @@ def run_encode_text(cfg: EncodeTextConfig) -> dict:
     _save_safetensors(out / EMBEDDINGS, {"embeddings": table, "uncond": uncond}, {k: str(v) for k, v in meta.items()})
     append_jsonl(out / INDEX, ({"caption": c, "row": n_old + i, "truncated": t} for i, (c, t) in enumerate(zip(new, new_truncated))))
     atomic_write_json(out / META, meta)
+    shutil.rmtree(out / PARTS, ignore_errors=True)  # merged
 
     truncated_now = [c for c, t in zip(new, new_truncated) if t]
     produced = {**meta, "n_new": len(new), "n_reused": len(unique) - len(new), "n_input_rows": len(captions), "shape": list(table.shape)}

@@ -9,6 +9,10 @@ Resumable: the plan (patch order, shard size, autoencoder fingerprint, scaling f
 meta.json before the first shard; a re-run with the same plan skips finished shards. Each shard is
 written atomically, so a kill loses at most the shard in progress.
 
+Across processes (`accelerate launch -m histoldm.cli encode-latents ...`): process i of N encodes
+shards i, i+N, ...; the main process then writes the index. Every shard holds the same patches and
+is encoded in the same batches whatever N is, so the cache is the one a single process writes.
+
 KL latents are scaled by 1/std measured over the first batches (as Stable Diffusion's 0.18215 was);
 VQ latents keep PathLDM's scale 1.0.
 """
@@ -145,17 +149,20 @@ def _plan_hash(ids: list[str], shard_size: int) -> str:
     return h.hexdigest()
 
 
-def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
-    """Encode every patch of the store once; returns counts and the output folder."""
+def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
+    """Encode every patch of the store once (this process's share of the shards under accelerate
+    launch); returns counts and the output folder. `procs`: histoldm.devices.Processes, default
+    the processes this one was launched among."""
     from tqdm import tqdm
 
-    from histoldm.devices import autocast_dtype, resolve_device
+    from histoldm.devices import autocast_dtype, launched_processes
     from histoldm.manifest import write_manifest
     from histoldm.models.autoencoder import load_autoencoder
 
     started = time.time()
     ids, paths = _read_store(cfg.store)
-    device = resolve_device(cfg.device)
+    procs = procs or launched_processes(cfg.device, "encode-latents")
+    device = procs.device
     dtype = autocast_dtype(cfg.precision, device)
     pin = device.type == "cuda"
     ae = load_autoencoder(cfg.vae, device)
@@ -174,7 +181,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
     elif cfg.scaling_factor is not None:
         scale = cfg.scaling_factor
     elif ae.kind == "kl":
-        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin)
+        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")  # others read it below
     else:
         scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
     meta = {
@@ -191,15 +198,19 @@ def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
         "n_patches": len(ids),
         "complete": False,
     }
-    if not old:
+    if not old and procs.is_main:
         atomic_write_json(meta_path, meta)
+    procs.barrier()
+    if not old and not procs.is_main:  # the main process's plan, measured scale included
+        meta = json.loads(meta_path.read_text())
+        scale = float(meta["scaling_factor"])
 
-    # Encode: one shard at a time, each written atomically; finished shards are skipped.
+    # Encode: this process's shards, one at a time, each written atomically; finished shards are skipped.
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
-    skipped: list[dict] = []
-    index_rows: list[tuple[str, int, int]] = []
-    with tqdm(total=len(ids), desc="encode-latents", unit="patch") as bar:
-        for k in range(n_shards):
+    mine = list(range(procs.rank, n_shards, procs.world))
+    with tqdm(total=sum(min(len(ids), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in mine), desc="encode-latents",
+              unit="patch", disable=not procs.is_main) as bar:
+        for k in mine:
             lo, hi = k * cfg.shard_size, min(len(ids), (k + 1) * cfg.shard_size)
             ids_file = out / f"{_shard_name(k)}.json"
             if not (ids_file.is_file() and (out / f"{_shard_name(k)}.npy").is_file()):
@@ -220,9 +231,18 @@ def run_encode_latents(cfg: EncodeLatentsConfig) -> dict:
                 atomic_write_json(ids_file, {"patch_ids": kept, "skipped": missed})
             else:
                 bar.update(hi - lo)
-            done = json.loads(ids_file.read_text())
-            index_rows += [(pid, k, row) for row, pid in enumerate(done["patch_ids"])]
-            skipped += done["skipped"]
+    procs.barrier()
+    if not procs.is_main:
+        return {"out": str(out), "shards_this_process": len(mine)}
+    missing = [k for k in range(n_shards) if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())]
+    if missing:  # a process of this run died, or ran alone with another rank: a re-run finishes the cache
+        return {"out": str(out), "latents": 0, "skipped": 0, "shards": n_shards, "shards_missing": len(missing), "scaling_factor": scale}
+    skipped: list[dict] = []
+    index_rows: list[tuple[str, int, int]] = []
+    for k in range(n_shards):
+        done = json.loads((out / f"{_shard_name(k)}.json").read_text())
+        index_rows += [(pid, k, row) for row, pid in enumerate(done["patch_ids"])]
+        skipped += done["skipped"]
 
     # Finish: the index, then meta marked complete, then the manifest.
     import pyarrow as pa

@@ -46,7 +46,7 @@ class ModelSection(StrictModel):
     checkpoint_levels: list[int] | None = None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile, CUDA only
-    compile_mode: Literal["full", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster)
+    compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
     init: Literal["diffusers", "compvis"] = "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
     init_from: Path | None = None  # starting UNet weights (bundle, run, CompVis checkpoint); read only when a run starts
 

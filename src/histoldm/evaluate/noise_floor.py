@@ -1,0 +1,70 @@
+"""The seed-to-seed noise floor of FID and KID: the same model, the same captions, two seeds.
+
+Two sample sets that differ only in their initial noise come from one distribution, so the FID and
+KID between them is what sampling noise alone gives at this N (FID's small-N bias included). A
+difference between two models smaller than this floor is not evidence that one is better.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from histoldm.errors import UserError
+from histoldm.evaluate import features as F
+from histoldm.evaluate import metrics as M
+from histoldm.evaluate.run import ExtractConfig, _base_protocol, _entry, _extract, fake_image_paths
+from histoldm.fileio import atomic_write_json, read_jsonl
+
+
+class SeedFloorConfig(ExtractConfig):
+    first: Path  # a `histoldm sample` folder
+    second: Path  # the same captions sampled from the same model with another seed
+    out: Path
+    fid_method: M.FidMethod = "eigh"
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    seed: int = 0
+
+
+def _sample_set(folder: Path) -> tuple[dict, list[str]]:
+    """The sampler settings (model, steps, guidance, seed, ...) and the caption ids of a sample folder."""
+    folder = Path(folder)
+    for name in ("settings.json", "index.jsonl"):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder}: not a `histoldm sample` folder ({name} missing)")
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    return settings, sorted(r["id"] for r in read_jsonl(folder / "index.jsonl"))
+
+
+def run_seed_floor(cfg: SeedFloorConfig) -> dict:
+    """FID and KID between two seeds' sample sets of the same captions; writes OUT/metrics.json."""
+    from histoldm.manifest import write_manifest
+
+    started = time.time()
+    (settings_a, ids_a), (settings_b, ids_b) = _sample_set(cfg.first), _sample_set(cfg.second)
+    seed_a, seed_b = settings_a.pop("seed", None), settings_b.pop("seed", None)
+    if ids_a != ids_b:
+        raise UserError(f"{cfg.second}: holds other captions than {cfg.first}; the floor compares one caption list under two seeds")
+    if settings_a != settings_b:
+        differ = sorted(k for k in settings_a.keys() | settings_b.keys() if settings_a.get(k) != settings_b.get(k))
+        raise UserError(f"{cfg.second}: sampled with other settings than {cfg.first} ({', '.join(differ)}); only the seed may differ")
+    if seed_a == seed_b:
+        raise UserError(f"{cfg.second}: sampled with the same seed as {cfg.first} ({seed_a}); the floor needs two seeds")
+    extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
+    a = _extract(cfg, extractor, fake_image_paths(cfg.first), f"seed {seed_a} features")
+    b = _extract(cfg, extractor, fake_image_paths(cfg.second), f"seed {seed_b} features")
+    protocol = {**_base_protocol(cfg, extractor), "n_real": len(a.paths), "n_fake": len(b.paths), "image_format_real": a.image_format,
+                "image_format_fake": b.image_format, "feature_dim": a.features.shape[1], "seeds": [seed_a, seed_b]}
+    fid = M.frechet_distance(*M.gaussian_stats(a.features), *M.gaussian_stats(b.features), method=cfg.fid_method)
+    kid_mean, kid_std = M.kid(a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    size = min(cfg.kid_subset_size, len(a.paths), len(b.paths))
+    floor = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid),
+             "kid": _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", floor)
+    write_manifest(out / "manifest.json", stage="noise-floor", config=cfg, inputs={"first": cfg.first / "index.jsonl", "second": cfg.second / "index.jsonl"},
+                   produced={"metrics": "metrics.json", "fid": fid, "kid": kid_mean}, started=started, seed=cfg.seed)
+    return floor
