@@ -14,8 +14,6 @@ rows beyond the index are ignored and re-encoded.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -26,7 +24,7 @@ from histoldm.config import StrictModel
 from histoldm.devices import resolve_device
 from histoldm.errors import UserError
 from histoldm.data.store import read_parquet
-from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, read_text_input, require_file
+from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"
 INDEX = "index.jsonl"
@@ -70,17 +68,12 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors save through a temporary file in the same folder, then os.replace."""
+    """safetensors save through a temporary file in the same folder (atomic_output)."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        follow_umask(tmp)
 
 
 class TextCache:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, settings_changes
+from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
 
 class TrainVAEConfig(StrictModel):
@@ -236,6 +236,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
     model.save_pretrained(out / "autoencoder", safe_serialization=True)
+    follow_umask(out / "autoencoder")
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
