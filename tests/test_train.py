@@ -359,3 +359,19 @@ def test_encode_latents_resizes_patches_when_asked(tmp_path):
     run_encode_latents(EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "lat", device="cpu", workers=0, image_size=16))
     cache = LatentCache.open(tmp_path / "lat")
     assert cache.meta["image_size"] == 16 and cache.meta["size"] == 4
+
+
+@pytest.mark.parametrize("args, key", [
+    (["train-vae", "STORE", "--out", "OUT", "--steps", "0"], "steps"),
+    (["train-vae", "STORE", "--out", "OUT", "--steps", "-5"], "steps"),
+    (["train-vae", "STORE", "--out", "OUT", "--batch-size", "0"], "batch_size"),
+    (["train", "--config", str(CONFIGS / "train_tiny.yaml"), "--set", "max_steps=0"], "max_steps"),
+    (["train", "--config", str(CONFIGS / "train_tiny.yaml"), "--set", "optim.lr=-1"], "optim.lr"),
+])
+def test_zero_or_negative_counts_are_refused_before_training(tmp_path, capsys, args, key):
+    """0 steps used to exit 0 and save untrained weights as a model."""
+    args = [str(tmp_path / "store") if a == "STORE" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"'{key}'" in err and "greater than" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
