@@ -375,3 +375,24 @@ def test_zero_or_negative_counts_are_refused_before_training(tmp_path, capsys, a
     err = capsys.readouterr().err.strip()
     assert f"'{key}'" in err and "greater than" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_training_without_a_split_says_so_loudly(tmp_path, caches, capsys):
+    """Without data.split the run trains on the test cases too: it must say so, and say what it trains on."""
+    no_split = {k: v for k, v in caches.items() if k != "split"}
+    cfg = _config(tmp_path, no_split, run_dir=str(tmp_path / "a"), max_steps=1)
+    cfg.data.split = None
+    run_train(cfg)
+    captured = capsys.readouterr()
+    assert "WARNING: no data.split" in captured.err and "48 pairs from 4 cases" in captured.err
+    run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1))
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and "48 training pairs from 4 cases (split 'train'" in captured.out
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["produced"]["cases"] == 4
+
+
+def test_shipped_training_configs_name_a_split():
+    from histoldm.config import read_yaml
+
+    for name in ("train_tiny.yaml", "histoldm.yaml", "pathldm.yaml"):
+        assert read_yaml(CONFIGS / name)["data"].get("split"), name

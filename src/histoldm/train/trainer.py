@@ -10,6 +10,7 @@ See docs/training.md for the configs, resume semantics and launch commands.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -186,6 +187,16 @@ def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: 
         raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
 
 
+def report_training_data(cfg: TrainConfig, pairs: int, cases: int) -> None:
+    """Say what the model learns from; without a split that includes the test cases, which would
+    make every later evaluation on them meaningless, so it is said loudly."""
+    if cfg.data.split is None:
+        print(f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
+              f"({pairs} pairs from {cases} cases); set data.split to a split.json to hold cases out", file=sys.stderr)
+    else:
+        print(f"train: {pairs} training pairs from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
+
+
 def run_train(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
@@ -218,6 +229,8 @@ def run_train(cfg: TrainConfig) -> dict:
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        report_training_data(cfg, len(dataset), dataset.cases)
     run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
     resume_from = resolve_resume(run_dir, cfg.resume)
     contract = run_contract(cfg, latents.meta, text.meta)
@@ -351,7 +364,7 @@ def run_train(cfg: TrainConfig) -> dict:
         write_manifest(run_dir / "manifest.json", stage="train", config=cfg, seed=cfg.seed, started=started,
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
-                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "skipped_pairs": dataset.skipped},
+                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
                        extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision})
     accelerator.wait_for_everyone()
     accelerator.end_training()
