@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -125,6 +126,8 @@ def repair_torn_tail(path: Path) -> None:
         if f.read(1) == b"\n":
             return
     data = path.read_bytes()
+    torn_line = data.count(b"\n") + 1
+    print(f"warning: {path}:{torn_line}: cut a torn last line (left by an interrupted write)", file=sys.stderr)
     with open(path, "r+b") as f:
         f.truncate(data.rfind(b"\n") + 1)
 
@@ -155,6 +158,7 @@ def read_jsonl(path: Path, *, skip_torn_last_line: bool = True) -> Iterator[dict
             yield json.loads(line)
         except json.JSONDecodeError as e:
             if skip_torn_last_line and i == len(lines) and not line.endswith("\n"):
+                print(f"warning: {path}:{i}: ignored a torn last line (left by an interrupted write)", file=sys.stderr)
                 return
             raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
 

@@ -74,14 +74,18 @@ def fill_template(template: str, values: dict[str, str | None]) -> str:
 
 
 def load_summaries(path: Path) -> dict[str, str]:
-    """case_id -> summary from a summaries JSONL; failed or empty summaries count as missing."""
-    out: dict[str, str] = {}
+    """case_id -> summary from a summaries JSONL; failed or empty summaries count as missing. A case's
+    last line wins (summarize keeps one line per case, but a run killed mid --retry-failed leaves two)."""
+    latest: dict[str, dict] = {}
     for rec in read_jsonl(path):
         if "case_id" not in rec:
             raise UserError(f"{path}: a line without case_id")
+        latest[str(rec["case_id"])] = rec
+    out: dict[str, str] = {}
+    for case, rec in latest.items():
         text = (rec.get("summary") or "").strip()
         if text and rec.get("status", "ok") != "failed":
-            out[str(rec["case_id"])] = text
+            out[case] = text
     return out
 
 
