@@ -59,6 +59,15 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files (`.NAME.*.tmp`) that atomic_output leaves when its process is killed;
+    returns how many. Only for a folder no other process is writing into at the moment."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write data to path so that readers see either the old file or the whole new one.
     fsync=False still survives a killed process (the rename is atomic), not a power cut: for the

@@ -125,7 +125,8 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
     produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
-                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary)}
+                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary),
+                "empty_captions": sum(not r["caption"] for r in rows)}
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
                            "summaries": cfg.summaries},

@@ -99,6 +99,11 @@ def load_split(path: Path) -> dict[str, str]:
     return _invert(groups, path)
 
 
+def split_names(path: Path) -> list[str]:
+    """Every split a split.json names, empty ones included (load_split only sees assigned cases)."""
+    return sorted(json.loads(read_text_input(path, "split file"))["cases"])
+
+
 def _invert(groups: dict[str, list[str]], source: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for split in sorted(groups):

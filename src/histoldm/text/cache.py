@@ -43,7 +43,9 @@ class EncodeTextConfig(StrictModel):
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:
-    """Captions in file order, and the rows skipped (null captions) with the reason."""
+    """Captions in file order, and the rows skipped (null or empty captions) with the reason. An empty
+    caption is not encoded: the unconditional row already stands for it, and training would treat it
+    as a real caption."""
     path = require_file(Path(path), "captions file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -60,8 +62,10 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
         raise UserError(f"{path}: expected a .parquet, .jsonl or .txt captions file")
     captions, skipped = [], []
     for i, v in enumerate(values):
-        if isinstance(v, str):
+        if isinstance(v, str) and v.strip():
             captions.append(v)
+        elif isinstance(v, str):
+            skipped.append({"row": i, "reason": "empty caption"})
         else:
             skipped.append({"row": i, "reason": f"caption is {type(v).__name__}, not text"})
     return captions, skipped
@@ -217,4 +221,4 @@ def run_encode_text(cfg: EncodeTextConfig) -> dict:
         skipped=skipped,
         extra={"truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]}, "device": device},
     )
-    return {**produced, "out": str(out)}
+    return {**produced, "out": str(out), "n_skipped": len(skipped)}
