@@ -164,11 +164,12 @@ def test_encode_text_cache_round_trip_truncation_and_resume(tmp_path):
 
 def test_cache_mismatch_is_an_error(tmp_path, capsys):
     captions = tmp_path / "captions.parquet"
-    pq.write_table(pa.table({"patch_id": ["a", "b"], "caption": [SHORT, None]}), captions)
+    pq.write_table(pa.table({"patch_id": ["a", "b", "c"], "caption": [SHORT, None, " "]}), captions)
     out = tmp_path / "cache"
     result = run_encode_text(EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=out, max_length=154))
-    assert result["n_captions"] == 1
-    assert json.loads((out / "manifest.json").read_text())["skipped"][0]["row"] == 1  # the null caption
+    assert result["n_captions"] == 1 and result["n_skipped"] == 2  # an empty caption is not encoded as a real one
+    skipped = json.loads((out / "manifest.json").read_text())["skipped"]
+    assert [(s["row"], s["reason"]) for s in skipped] == [(1, "caption is NoneType, not text"), (2, "empty caption")]
     cache = TextCache.open(out)
     with pytest.raises(UserError, match=r"cache made with tiny-clip/pathldm/154 .*asked for openai/clip-vit-base-patch32/pathldm/154"):
         cache.check_compatible("openai/clip-vit-base-patch32", "pathldm", 154)
