@@ -403,3 +403,23 @@ def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]  # the lines above it are the progress bar
     assert "TCGA-AA-0001-01Z-00-DX1.svs" in err and "truncated or corrupt" in err and "1 more failed too" in err
     assert not (tmp_path / "store" / "patches.parquet").exists()
+
+
+def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, dict],
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """An --out that cannot be written used to fail after the work, naming a `.split.json.*.tmp` file."""
+    store, _ = cmu_store
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for argv, typed in (
+        (["split", "--store", str(store), "--out", str(folder)], folder),
+        (["split", "--store", str(store), "--out", str(tmp_path / "a_file" / "split.json")], tmp_path / "a_file" / "split.json"),
+        (["captions", str(store), "--out", str(folder)], folder),
+        (["captions", str(store), "--out", str(tmp_path / "a_file" / "c.parquet")], tmp_path / "a_file" / "c.parquet"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"histoldm: {typed}: ") or f" {typed}: " in err, err
+        assert ".tmp" not in err and ("is a folder" in err or "is a file, not a folder" in err), err
+    assert list(folder.iterdir()) == []

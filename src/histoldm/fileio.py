@@ -212,3 +212,20 @@ def require_file(path: Path, what: str = "input") -> Path:
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     return path
+
+
+def require_writable_file(path: Path, what: str = "output") -> Path:
+    """Fail early, with one line naming the path as given, when an output file cannot be written there
+    (a folder in its place, a file in place of its folder, no permission): otherwise the error comes
+    after all the work and names the temporary file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: {what} is a folder; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: cannot create {what}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write {what}: no write permission in {parent}")
+    return path

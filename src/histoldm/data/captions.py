@@ -22,7 +22,7 @@ from histoldm.config import StrictModel
 from histoldm.data.scores import levels_of, read_scores
 from histoldm.data.store import PatchStore, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import read_jsonl
+from histoldm.fileio import read_jsonl, require_writable_file
 from histoldm.manifest import write_manifest
 
 DEFAULT_TEMPLATE = "{tumor} tumor; {til} til; {summary}"
@@ -92,6 +92,8 @@ def load_summaries(path: Path) -> dict[str, str]:
 def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
     """Write captions.parquet and report patches without a summary and the number of unique captions."""
     started = time.time()
+    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
+    require_writable_file(out, "captions file")
     store = PatchStore.open(cfg.store)
     scores_path = cfg.scores or (Path(cfg.store) / "scores.parquet")
     scores = read_scores(scores_path) if (cfg.scores or scores_path.is_file()) else {}
@@ -122,7 +124,6 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
         rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values),
                      "tumor_level": values["tumor"], "til_level": values["til"]})
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
     produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
                 "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary),
