@@ -70,7 +70,8 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
     if not train or not test:
         why = (f"split {split} leaves {len(train)} training and {len(test)} held-out patches" if split is not None else
                f"holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of {len(table['path'])} for training")
-        raise UserError(f"{store}: {why} ({len(order)} cases); lower holdout_patches or give a split")
+        raise UserError(f"{store}: {why} ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
+                        "or lower --set holdout_patches=N")
     return train, test
 
 
