@@ -2,8 +2,7 @@
 
 PathLDM loads its checkpoints with `strict=False`, so a prefix mismatch silently loads nothing.
 Here every tensor of the checkpoint is accounted for: it is mapped onto our UNet, VQ autoencoder
-or CLIP text model, or skipped by a named rule (schedule buffers, EMA copies, training losses, the FID network that
-PathLDM's `LatentDiffusion` registers as `inception` when track_fid=True, its default), and
+or CLIP text model, or skipped by a named rule (schedule buffers, EMA copy, training loss), and
 anything else - a missing, unexpected or wrongly shaped tensor - stops the conversion with the
 keys named. `to_compvis` is the inverse mapping; a round trip reproduces every tensor bit for bit.
 
@@ -42,9 +41,6 @@ SKIP_RULES: list[tuple[str, str]] = [
     (r"model_ema\.(decay|num_updates)", "EMA bookkeeping"),
     (r"model_ema\..+", "EMA copy of the UNet weights (convert it instead with --ema)"),
     (r"first_stage_model\.loss\..+", "autoencoder training loss (LPIPS / discriminator), not used for sampling"),
-    (r"first_stage_model\.model_ema\..+", "EMA copy of the autoencoder (taming VQModel use_ema), not used for sampling"),
-    (r"first_stage_model\.(colorize|quantize\.used)", "autoencoder bookkeeping buffer (segmentation colouring / codebook remap), unused for RGB"),
-    (r"inception\..+", "FID network (pytorch-fid InceptionV3, registered by PathLDM's LatentDiffusion when track_fid=True)"),
     (r"cond_stage_model\.transformer\.text_model\.embeddings\.position_ids", "constant position-id buffer, rebuilt by transformers"),
     (r"cond_stage_model\.transformer\.(vision_model\..+|visual_projection\.weight|text_projection\.weight|logit_scale)", "CLIP image tower / projection heads, unused for text conditioning"),
 ]
@@ -354,7 +350,7 @@ def run_convert(cfg: ConvertConfig) -> dict:
         produced={"bundle": str(out), **{k: v["tensors"] for k, v in counts.items()}}, started=started,
         skipped=converted.skipped, extra={"text_fingerprint": meta.text.fingerprint, "latent_fingerprint": meta.latent.fingerprint},
     )  # fmt: skip
-    return {"bundle": str(out), "converted": counts, "skipped": len(converted.skipped), "skipped_by_reason": reasons, "report": str(out / _REPORT_FILE)}
+    return {"bundle": str(out), "converted": counts, "skipped": len(converted.skipped), "report": str(out / _REPORT_FILE)}
 
 
 def bundle_to_compvis(folder: Path) -> dict[str, torch.Tensor]:
