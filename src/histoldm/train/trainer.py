@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.devices import require_bf16
@@ -31,9 +32,9 @@ class DataSection(StrictModel):
     split: Path | None = None  # split.json; None = every captioned patch
     split_name: str = "train"
     augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
-    uncond_prob: float = 0.1  # guidance dropout, applied uniformly
+    uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
     preload_text: bool = True  # keep the caption-embedding table on the device
-    workers: int = 2  # DataLoader worker processes
+    workers: int = Field(2, ge=0)  # DataLoader worker processes
 
 
 class ModelSection(StrictModel):
@@ -50,10 +51,10 @@ class ModelSection(StrictModel):
 
 
 class OptimSection(StrictModel):
-    lr: float = 2.5e-5  # PathLDM; not scaled by batch size
+    lr: float = Field(2.5e-5, gt=0)  # PathLDM; not scaled by batch size
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 1000  # linear from lr/warmup to lr, then constant
+    warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
     grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
     min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
 
@@ -64,16 +65,16 @@ class TrainConfig(StrictModel):
     run_dir: Path | None = None  # explicit run folder; default runs_dir/{id:05d}-{name}
     resume: str = "auto"  # auto | latest | none | PATH (checkpoint or run folder)
     seed: int = 0
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # per process, per micro-batch
-    grad_accum: int = 1
+    max_steps: int = Field(1000, gt=0)  # optimizer steps (0 would save untrained weights as a model)
+    batch_size: int = Field(32, gt=0)  # per process, per micro-batch
+    grad_accum: int = Field(1, gt=0)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     cpu: bool = False  # force CPU even when a GPU is present
     ema: bool = False
     ema_decay: float = 0.9999
-    log_every: int = 50
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
+    log_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(5000, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
     data: DataSection
     model: ModelSection = ModelSection()
     optim: OptimSection = OptimSection()

@@ -29,20 +29,20 @@ class TrainVAEConfig(StrictModel):
     store: Path
     out: Path
     init: str = "kl-f4"  # a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune
-    steps: int = 20000
-    batch_size: int = 8
-    lr: float = 1e-4
-    kl_weight: float = 1e-6
-    crop: int | None = None  # random square crop (pixels); None = whole patches
+    steps: int = Field(20000, gt=0)  # 0 would save untrained weights as an autoencoder
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    crop: int | None = Field(None, ge=8)  # random square crop (pixels); None = whole patches
     image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
-    holdout_patches: int = 256  # at least this many patches, as whole cases, are held out (without `split`)
+    holdout_patches: int = Field(256, gt=0)  # at least this many patches, as whole cases, are held out (without `split`)
     split: Path | None = None  # split.json: train on its `train` cases, measure on the others (no test patch seen)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
     device: str = "auto"
     seed: int = 0
-    workers: int = 2
-    log_every: int = 100
-    checkpoint_every: int = 2000
+    workers: int = Field(2, ge=0)
+    log_every: int = Field(100, gt=0)
+    checkpoint_every: int = Field(2000, gt=0)
     resume: str = "auto"
 
 
