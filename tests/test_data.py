@@ -79,8 +79,8 @@ def test_slide_resolution_tolerance_and_same_named_slides(tmp_path: Path, capsys
     r = run_tile(TileConfig(slides=SLIDE, out=tmp_path / "near", magnification=20, mpp=0.51, size=256, overlap=0))
     rows = PatchStore.open(tmp_path / "near").table.to_pylist()
     assert r["patches"] >= 1 and all(x["mpp"] == 0.51 and x["extent"] == 256 for x in rows)
-    far = run_tile(TileConfig(slides=SLIDE, out=tmp_path / "far", magnification=20, mpp=0.6, size=256))
-    assert far["patches"] == 0 and "finest level is 0.600 um/px" in far["skipped"][0]["reason"]
+    with pytest.raises(UserError, match="finest level is 0.600 um/px"):  # the only slide: nothing tiled is an error
+        run_tile(TileConfig(slides=SLIDE, out=tmp_path / "far", magnification=20, mpp=0.6, size=256))
     # two files with one name in different folders would share a slide id: refused before any work
     for sub in ("a", "b"):
         (tmp_path / "two" / sub).mkdir(parents=True)
@@ -102,7 +102,7 @@ def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
     reasons = {Path(s["slide"]).name: s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"truncated.svs", "plain.tif"}
     assert "no magnification metadata" in reasons["plain.tif"] and "--mpp" in reasons["plain.tif"]
-    assert "truncated.svs: unreadable slide" in reasons["truncated.svs"]
+    assert "truncated.svs: OpenSlide cannot read this .svs slide: truncated or corrupt file" in reasons["truncated.svs"]
     store = PatchStore.open(tmp_path / "store")
     assert set(store.table.column("case_id").to_pylist()) == {"TCGA-AB-1234"}
     # with --mpp the plain TIFF tiles: 0.5 um/px at 10x is a downsample of 2
@@ -414,3 +414,38 @@ def test_store_with_duplicate_patch_ids_is_refused(tmp_path: Path) -> None:
     write_parquet(tmp_path / "patches.parquet", patch_table([row, row]))
     with pytest.raises(UserError, match="duplicate patch_id"):
         PatchStore.open(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.03])
+def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, keep: float) -> None:
+    """A copy of the CC0 slide cut short (as a failed download leaves it): 90% kept used to reach PIL and
+    be blamed on missing metadata, 3% gave 'UnidentifiedImageError'; either way exit 0 with 0 patches."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    data = SLIDE.read_bytes()
+    for name in ("TCGA-AA-0001-01Z-00-DX1.svs", "TCGA-AA-0002-01Z-00-DX1.svs"):
+        (slides / name).write_bytes(data[: int(len(data) * keep)])
+    assert main(["tile", str(slides), "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the lines above it are the progress bar
+    assert "TCGA-AA-0001-01Z-00-DX1.svs" in err and "truncated or corrupt" in err and "1 more failed too" in err
+    assert not (tmp_path / "store" / "patches.parquet").exists()
+
+
+def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, dict],
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """An --out that cannot be written used to fail after the work, naming a `.split.json.*.tmp` file."""
+    store, _ = cmu_store
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for argv, typed in (
+        (["split", "--store", str(store), "--out", str(folder)], folder),
+        (["split", "--store", str(store), "--out", str(tmp_path / "a_file" / "split.json")], tmp_path / "a_file" / "split.json"),
+        (["captions", str(store), "--out", str(folder)], folder),
+        (["captions", str(store), "--out", str(tmp_path / "a_file" / "c.parquet")], tmp_path / "a_file" / "c.parquet"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"histoldm: {typed}: ") or f" {typed}: " in err, err
+        assert ".tmp" not in err and ("is a folder" in err or "is a file, not a folder" in err), err
+    assert list(folder.iterdir()) == []

@@ -125,3 +125,36 @@ def test_wrong_kinds_of_input_are_one_line_errors(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def _tiny_meta():
+    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
+
+    return BundleMeta(unet_preset="tiny", text=TextContract(encoder="minilm", mode="truncate", max_length=8, dim=8),
+                      latent=LatentContract(channels=3, size=8))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    """Outputs on a shared server must be readable by the lab when the umask says so (mkstemp alone gives 0600)."""
+    import os
+    import stat
+
+    import torch
+
+    from histoldm.fileio import atomic_write_text
+    from histoldm.models.bundle import save_bundle
+    from histoldm.models.presets import build_unet
+    from histoldm.text.cache import _save_safetensors
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}\n")
+        _save_safetensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)}, {})
+        save_bundle(tmp_path / "bundle", _tiny_meta(), build_unet("tiny", context_dim=8, latent_channels=3, sample_size=8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "t.safetensors").stat().st_mode) == mode
+    weights = list((tmp_path / "bundle").rglob("*.safetensors"))  # safetensors itself writes 0600 files
+    assert weights and all(stat.S_IMODE(p.stat().st_mode) == mode for p in weights)

@@ -290,7 +290,14 @@ def test_caption_inputs(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["B"], "test": ["A"]}}), encoding="utf-8")
     items, _ = read_caption_items(tmp_path / "captions.parquet", split=tmp_path / "split.json")
     assert [i.id for i in items] == ["p1", "p3"]
-    assert [i.id for i in read_caption_items(prompt="tumor", num_images=3)[0]] == ["000000", "000001", "000002"]
+    # --prompt ids are numbered like .txt lines (they used to start at 000000)
+    assert [i.id for i in read_caption_items(prompt="tumor", num_images=3)[0]] == ["000001", "000002", "000003"]
+    # a split that exists but holds no case is named as such, not as missing
+    (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["A", "B"], "val": []}}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"split 'val' has no cases \(have train \(2 cases\), val \(0 cases\)\)"):
+        read_caption_items(tmp_path / "captions.parquet", split=tmp_path / "split.json", split_name="val")
+    with pytest.raises(UserError, match="no split named 'test'"):
+        read_caption_items(tmp_path / "captions.parquet", split=tmp_path / "split.json", split_name="test")
 
 
 def test_empty_caption_file_is_a_user_error(tmp_path, bundle):
@@ -335,10 +342,11 @@ def test_interrupted_run_resumes_to_the_same_files(bundle, captions_file, refere
     with open(out / "index.jsonl", "a", encoding="utf-8") as f:
         f.write('{"id": "0000')  # a torn index line
     (out / "images/000/000009.png").write_bytes(b"half a png")  # a PNG without its index line
+    (out / "images/000/.000009.png.k1ll3d.tmp").write_bytes(b"half")  # the temp file a kill left behind
     (out / "grid.png").unlink()
 
     result = _sample(bundle, captions_file, out, batch_size=8)
-    assert result["n_new"] == 1
+    assert result["n_new"] == 1 and not list(out.rglob("*.tmp"))
     for path in sorted(reference_run.rglob("*.png")) + [reference_run / "index.jsonl"]:
         rel = path.relative_to(reference_run)
         assert (out / rel).read_bytes() == path.read_bytes(), rel
@@ -387,6 +395,6 @@ def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file
         assert np.abs(_pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"out/images/000/{n:06d}.png")).max() <= 1
 
     assert main([*common, "--prompt", "low tumor, high til", "--num-images", "1", "--solver", "dpmpp", "--out", str(tmp_path / "dpm")]) == 0
-    assert _pixels(tmp_path / "dpm/images/000/000000.png").std() > 1
+    assert _pixels(tmp_path / "dpm/images/000/000001.png").std() > 1
     assert main([*common, "--prompt", "x", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -188,13 +188,18 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         assert sum(server.requests.values()) == before and again["written"] == 0
         # --retry-failed asks again only for the failed ones; their new line comes last
         before = dict(server.requests)
-        again = run_summarize(_llm_cfg(tmp_path, server.url, retry_failed=True))
+        with pytest.raises(UserError, match="all 5 cases of this run failed"):  # they fail again: not a success
+            run_summarize(_llm_cfg(tmp_path, server.url, retry_failed=True))
         asked = {c for c in server.requests if server.requests[c] != before.get(c, 0)}
         assert asked == {"c7", "c9", "c10"}  # empty, always500, auth (the bad inputs fail before any request)
-        assert again["all_counts"]["failed"] == 5
+        manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+        assert manifest["produced"]["by_status"]["failed"] == 5 and manifest["produced"]["this_run"] == {"failed": 5}
+        # one line per case, as docs/formats.md promises: the retried cases' old lines are gone
+        ids = [json.loads(line)["case_id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert len(ids) == len(set(ids)) == len(records)
 
 
-def test_out_file_with_other_settings_and_torn_line(tmp_path):
+def test_out_file_with_other_settings_and_torn_line(tmp_path, capsys):
     _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(3, seed=1))
     cfg = SummarizeConfig(input=tmp_path / "r.jsonl", out=tmp_path / "s.jsonl", budget=35)
     run_summarize(cfg)
@@ -202,8 +207,38 @@ def test_out_file_with_other_settings_and_torn_line(tmp_path):
         run_summarize(cfg.model_copy(update={"budget": 20}))
     lines = (tmp_path / "s.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "s.jsonl").write_text("".join(lines[:2]) + lines[2][:30])  # a crash mid-append
+    capsys.readouterr()
     result = run_summarize(cfg)
     assert result["written"] == 1 and len(list(read_jsonl(tmp_path / "s.jsonl"))) == 3
+    assert f"{tmp_path / 's.jsonl'}:3: ignored a torn last line" in capsys.readouterr().err  # said, not silent
+
+
+def test_an_outage_is_an_error_and_the_table_covers_the_whole_file(tmp_path, capsys):
+    """A wrong --base-url used to print '3 written (failed 3)' and exit 0."""
+    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": f"TCGA-AA-000{i}", "text": f"CASE c{i} MODE ok"} for i in range(3)])
+    args = ["summarize", str(tmp_path / "reports.jsonl"), "--out", str(tmp_path / "out.jsonl"), "--backend", "openai",
+            "--model", "m", "--api-key-env", "HISTOLDM_TEST_NO_SUCH_KEY", "--timeout", "1.5", "--max-attempts", "1", "--limit", "2"]
+    with FlakyChatServer() as server:
+        url = server.url
+    assert main([*args, "--base-url", url]) == 2  # the server is gone: every request is refused
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out.jsonl'}: all 2 cases of this run failed (first: TCGA-AA-000" in err.strip().splitlines()[-1]
+    with FlakyChatServer() as server:
+        assert main([*args[:-2], "--base-url", server.url]) == 0  # the third case only: the failed ones stay
+        assert "3 cases in the whole file (one line each), 1 written by this run" in capsys.readouterr().err
+        assert main([*args[:-2], "--base-url", server.url, "--retry-failed"]) == 0
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert statuses == ["ok", "ok", "ok"]  # one line per case after the retry
+
+
+def test_counting_long_texts_does_not_warn_about_clip_length(caplog):
+    """Budgets count texts longer than CLIP's 77 on purpose; transformers' warning was a false alarm."""
+    from histoldm.text.tokenizer import clip_tokenizer, count_tokens_batch
+
+    clip_tokenizer().deprecation_warnings.clear()  # transformers warns once per tokenizer
+    with caplog.at_level("WARNING"):
+        assert count_tokens(LONG) > 77 and count_tokens_batch([LONG])[0] > 77
+    assert "longer than the specified maximum" not in caplog.text
 
 
 # --- inputs ---------------------------------------------------------------------------------

@@ -214,11 +214,12 @@ def test_encode_text_under_torchrun_with_two_cpu_processes(tmp_path):
 
 def test_cache_mismatch_is_an_error(tmp_path, capsys):
     captions = tmp_path / "captions.parquet"
-    pq.write_table(pa.table({"patch_id": ["a", "b"], "caption": [SHORT, None]}), captions)
+    pq.write_table(pa.table({"patch_id": ["a", "b", "c"], "caption": [SHORT, None, " "]}), captions)
     out = tmp_path / "cache"
     result = run_encode_text(EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=out, max_length=154))
-    assert result["n_captions"] == 1
-    assert json.loads((out / "manifest.json").read_text())["skipped"][0]["row"] == 1  # the null caption
+    assert result["n_captions"] == 1 and result["n_skipped"] == 2  # an empty caption is not encoded as a real one
+    skipped = json.loads((out / "manifest.json").read_text())["skipped"]
+    assert [(s["row"], s["reason"]) for s in skipped] == [(1, "caption is NoneType, not text"), (2, "empty caption")]
     cache = TextCache.open(out)
     with pytest.raises(UserError, match=r"cache made with tiny-clip/pathldm/154 .*asked for openai/clip-vit-base-patch32/pathldm/154"):
         cache.check_compatible("openai/clip-vit-base-patch32", "pathldm", 154)
@@ -242,3 +243,26 @@ def test_read_captions_rejects_bad_inputs(tmp_path):
         read_captions(tmp_path / "c.csv")
     with pytest.raises(UserError, match="not a text-embedding cache"):
         TextCache.open(tmp_path)
+
+
+@pytest.mark.parametrize("offline_env", [True, False])
+def test_hub_encoder_fails_fast_offline_and_names_the_offline_ones(tmp_path, monkeypatch, offline_env):
+    """vinid/plip on a machine without the hub used to spend ~30 s in retries before failing."""
+    import socket
+    import time
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    if offline_env:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # no variable set, but the hub's endpoint does not answer (a closed local port)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"vinid/plip: not in the local Hugging Face cache .*minilm.*tiny-clip"):
+        load_text_encoder("vinid/plip")
+    assert time.monotonic() - started < 10

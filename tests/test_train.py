@@ -574,3 +574,39 @@ def test_init_from_an_unfinished_run_uses_its_latest_checkpoint(tmp_path, caches
     want = load_file(weights)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert init["kind"] == "run" and init["sha256"] == __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
+
+@pytest.mark.parametrize("args, key", [
+    (["train-vae", "STORE", "--out", "OUT", "--steps", "0"], "steps"),
+    (["train-vae", "STORE", "--out", "OUT", "--steps", "-5"], "steps"),
+    (["train-vae", "STORE", "--out", "OUT", "--batch-size", "0"], "batch_size"),
+    (["train", "--config", str(CONFIGS / "train_tiny.yaml"), "--set", "max_steps=0"], "max_steps"),
+    (["train", "--config", str(CONFIGS / "train_tiny.yaml"), "--set", "optim.lr=-1"], "optim.lr"),
+])
+def test_zero_or_negative_counts_are_refused_before_training(tmp_path, capsys, args, key):
+    """0 steps used to exit 0 and save untrained weights as a model."""
+    args = [str(tmp_path / "store") if a == "STORE" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"'{key}'" in err and "greater than" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_without_a_split_says_so_loudly(tmp_path, caches, capsys):
+    """Without data.split the run trains on the test cases too: it must say so, and say what it trains on."""
+    no_split = {k: v for k, v in caches.items() if k != "split"}
+    cfg = _config(tmp_path, no_split, run_dir=str(tmp_path / "a"), max_steps=1)
+    cfg.data.split = None
+    run_train(cfg)
+    captured = capsys.readouterr()
+    assert "WARNING: no data.split" in captured.err and "48 pairs from 4 cases" in captured.err
+    run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1))
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and "48 training pairs from 4 cases (split 'train'" in captured.out
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["produced"]["cases"] == 4
+
+
+def test_shipped_training_configs_name_a_split():
+    from histoldm.config import read_yaml
+
+    for name in ("train_tiny.yaml", "histoldm.yaml", "pathldm.yaml"):
+        assert read_yaml(CONFIGS / name)["data"].get("split"), name

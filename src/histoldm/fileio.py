@@ -9,31 +9,74 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from histoldm.errors import UserError
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write data to path so that readers see either the old file or the whole new one.
-    fsync=False still survives a killed process (the rename is atomic), not a power cut: for the
-    many small files of a resumable job, where one fsync each would dominate the run."""
+def umask_file_mode() -> int:
+    """The mode a plain open() would give a new file: 0666 minus the process umask. mkstemp makes
+    0600 files, which on a shared server would hide every output from the rest of the lab."""
+    try:  # Linux reports the umask without changing it (os.umask would race with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file, or every file under a folder, the umask's mode: safetensors' save_file (so also
+    save_pretrained) writes 0600 files whatever the umask."""
+    path = Path(path)
+    mode = umask_file_mode()
+    for p in [path] if path.is_file() else (q for q in path.rglob("*") if q.is_file()):
+        os.chmod(p, mode)
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (mode following the umask) for a writer that needs a file name;
+    renamed over `path` when the block ends cleanly, removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        os.fchmod(fd, umask_file_mode())
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files (`.NAME.*.tmp`) that atomic_output leaves when its process is killed;
+    returns how many. Only for a folder no other process is writing into at the moment."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write data to path so that readers see either the old file or the whole new one.
+    fsync=False still survives a killed process (the rename is atomic), not a power cut: for the
+    many small files of a resumable job, where one fsync each would dominate the run."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,6 +135,8 @@ def repair_torn_tail(path: Path) -> None:
         if f.read(1) == b"\n":
             return
     data = path.read_bytes()
+    torn_line = data.count(b"\n") + 1
+    print(f"warning: {path}:{torn_line}: cut a torn last line (left by an interrupted write)", file=sys.stderr)
     with open(path, "r+b") as f:
         f.truncate(data.rfind(b"\n") + 1)
 
@@ -122,6 +167,7 @@ def read_jsonl(path: Path, *, skip_torn_last_line: bool = True) -> Iterator[dict
             yield json.loads(line)
         except json.JSONDecodeError as e:
             if skip_torn_last_line and i == len(lines) and not line.endswith("\n"):
+                print(f"warning: {path}:{i}: ignored a torn last line (left by an interrupted write)", file=sys.stderr)
                 return
             raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
 

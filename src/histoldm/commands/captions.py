@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
     r = run_captions(cfg)
     print(f"{r['patches']} captions ({r['unique_captions']} unique) -> {r['out']}; "
           f"{r['patches_without_summary']} patches without a summary ({len(r['cases_without_summary'])} cases)")
+    if r["empty_captions"]:
+        print(f"warning: {r['empty_captions']} patches have an empty caption (no scores and no summary); "
+              "encode-text skips them and train leaves them out", file=sys.stderr)
     return 0

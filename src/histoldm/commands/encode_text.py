@@ -51,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{result['out']}: {result['n_captions']} captions ({result['n_new']} new, {result['n_reused']} already cached), "
         f"shape {tuple(result['shape'])}, {result['n_truncated']} truncated, fingerprint {result['fingerprint'][:12]}"
+        + (f"; {result['n_skipped']} rows skipped (empty or non-text captions, listed in the manifest)" if result["n_skipped"] else "")
     )
     return 0

@@ -22,7 +22,7 @@ from histoldm.config import StrictModel
 from histoldm.data.scores import levels_of, read_scores
 from histoldm.data.store import PatchStore, write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import read_jsonl
+from histoldm.fileio import read_jsonl, require_output_file
 from histoldm.manifest import write_manifest
 
 DEFAULT_TEMPLATE = "{tumor} tumor; {til} til; {summary}"
@@ -74,20 +74,26 @@ def fill_template(template: str, values: dict[str, str | None]) -> str:
 
 
 def load_summaries(path: Path) -> dict[str, str]:
-    """case_id -> summary from a summaries JSONL; failed or empty summaries count as missing."""
-    out: dict[str, str] = {}
+    """case_id -> summary from a summaries JSONL; failed or empty summaries count as missing. A case's
+    last line wins (summarize keeps one line per case, but a run killed mid --retry-failed leaves two)."""
+    latest: dict[str, dict] = {}
     for rec in read_jsonl(path):
         if "case_id" not in rec:
             raise UserError(f"{path}: a line without case_id")
+        latest[str(rec["case_id"])] = rec
+    out: dict[str, str] = {}
+    for case, rec in latest.items():
         text = (rec.get("summary") or "").strip()
         if text and rec.get("status", "ok") != "failed":
-            out[str(rec["case_id"])] = text
+            out[case] = text
     return out
 
 
 def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
     """Write captions.parquet and report patches without a summary and the number of unique captions."""
     started = time.time()
+    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
+    require_output_file(out, "captions file")
     store = PatchStore.open(cfg.store)
     scores_path = cfg.scores or (Path(cfg.store) / "scores.parquet")
     scores = read_scores(scores_path) if (cfg.scores or scores_path.is_file()) else {}
@@ -118,10 +124,10 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
         rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values),
                      "tumor_level": values["tumor"], "til_level": values["til"]})
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
     produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
-                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary)}
+                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary),
+                "empty_captions": sum(not r["caption"] for r in rows)}
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
                            "summaries": cfg.summaries},

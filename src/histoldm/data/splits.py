@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text, read_text_input, require_file
+from histoldm.fileio import atomic_write_text, read_text_input, require_file, require_output_file
 from histoldm.manifest import write_manifest
 
 METHOD = "patient-stratified-v1"
@@ -99,6 +99,11 @@ def load_split(path: Path) -> dict[str, str]:
     return _invert(groups, path)
 
 
+def split_names(path: Path) -> list[str]:
+    """Every split a split.json names, empty ones included (load_split only sees assigned cases)."""
+    return sorted(json.loads(read_text_input(path, "split file"))["cases"])
+
+
 def _invert(groups: dict[str, list[str]], source: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for split in sorted(groups):
@@ -142,6 +147,7 @@ def _read_label_csv(path: Path, column: str | None) -> dict[str, str]:
 def run_split(cfg: SplitConfig) -> dict[str, Any]:
     """Write split.json (and its manifest); returns counts per split."""
     started = time.time()
+    require_output_file(cfg.out, "split file")
     if cfg.given:
         groups = read_given_split(cfg.given)
         text = split_json(groups, method=f"given:{Path(cfg.given).name}", seed=None, fractions=None, stratify_by=None)

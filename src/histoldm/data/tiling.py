@@ -39,6 +39,8 @@ PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; res
 MPP_TOLERANCE = 0.05  # a slide up to 5% coarser than the target is tiled at its own resolution, not refused
 
 SLIDE_EXTENSIONS = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"]
+IMAGE_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}  # may be plain images, read through PIL when OpenSlide cannot
+CORRUPT = "truncated or corrupt file"
 
 
 class TileConfig(StrictModel):
@@ -114,6 +116,27 @@ def slide_ids(slides: list[Path]) -> dict[Path, str]:
     return ids
 
 
+def open_slide(path: Path):
+    """OpenSlide for scanner formats, openslide's PIL-backed ImageSlide for plain images (it has no
+    magnification metadata, so it needs --mpp). A scanner file OpenSlide cannot open is named as
+    truncated or corrupt, not passed to PIL (whose 'cannot identify image file' hides the cause)."""
+    import openslide
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise UserError(f"{path}: OpenSlide cannot read this {path.suffix} slide: {CORRUPT}, or not a slide") from None
+    except openslide.OpenSlideError as e:
+        raise UserError(f"{path}: unreadable slide, {CORRUPT} (OpenSlide: {e})") from None
+    try:
+        return openslide.ImageSlide(str(path))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: neither OpenSlide nor PIL can read it: {CORRUPT}, or an unsupported format ({e})") from None
+
+
 def _check_params(out: Path, cfg: TileConfig) -> None:
     """Slides already in the store are resumed, so they must have been cut with these settings."""
     params = cfg.model_dump(mode="json", include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"})
@@ -145,7 +168,6 @@ def _slide_complete(out: Path, slide_id: str) -> bool:
 
 def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool = False) -> dict[str, Any]:
     """Tile one slide into the store; returns {slide_id, patches, status}. Raises on a bad slide."""
-    import openslide
     from PIL import Image
 
     setup_start = time.perf_counter()
@@ -153,9 +175,7 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
     if _slide_complete(out, slide_id):
         n = read_parquet(_part_path(out, slide_id), "slide part").num_rows
         return {"slide_id": slide_id, "patches": n, "status": "resumed"}
-    # open_slide: OpenSlide for scanner formats, else openslide's PIL-backed ImageSlide (plain TIFF,
-    # PNG, JPEG), which has no magnification metadata and so needs --mpp.
-    slide = openslide.open_slide(str(path))
+    slide = open_slide(path)
     try:
         mpp0 = base_mpp(dict(slide.properties), cfg.mpp, str(path))
         mpp_out = target_mpp(cfg.magnification)
@@ -224,7 +244,7 @@ def _tile_slide_safe(path: Path, slide_id: str, cfg: TileConfig, show_progress: 
     try:
         return tile_slide(path, slide_id, cfg, show_progress)
     except Exception as e:  # noqa: BLE001 - OpenSlide, PIL and OS errors alike must not stop the run
-        reason = str(e) if isinstance(e, UserError) else f"{path}: unreadable slide ({type(e).__name__}: {e})"
+        reason = str(e) if isinstance(e, UserError) else f"{path}: unreadable slide, probably a {CORRUPT} ({type(e).__name__}: {e})"
         return {"slide_id": slide_id, "patches": 0, "status": "failed", "slide": str(path), "reason": reason}
 
 
@@ -270,6 +290,9 @@ def run_tile(cfg: TileConfig) -> dict[str, Any]:
     skipped = sorted(
         ({"slide": r["slide"], "reason": r["reason"]} for r in results if r["status"] == "failed"), key=lambda s: s["slide"]
     )
+    if skipped and not done:  # nothing tiled by this job: an empty store would only fail later, further from the cause
+        more = f" ({len(skipped) - 1} more failed too; no slide could be tiled)" if len(skipped) > 1 else ""
+        raise UserError(skipped[0]["reason"] + more)
     table, pending = _store_table(out, [ids[p] for p in all_slides], results)
     write_parquet(out / "patches.parquet", table)
     produced = {

@@ -18,7 +18,7 @@ from typing import Literal
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text
+from histoldm.fileio import atomic_write_text, follow_umask
 
 META_FILE = "histoldm_model.json"
 FORMAT = "histoldm-model/1"
@@ -60,6 +60,7 @@ def save_bundle(folder: Path, meta: BundleMeta, unet, autoencoder=None) -> Path:
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     if autoencoder is not None:
         autoencoder.save_pretrained(folder / "autoencoder", safe_serialization=True)
+    follow_umask(folder)
     atomic_write_text(folder / META_FILE, meta.model_dump_json(indent=2) + "\n")
     return folder
 

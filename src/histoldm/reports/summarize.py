@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,7 +25,7 @@ from pydantic import Field, field_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import read_jsonl, repair_torn_tail
+from histoldm.fileio import atomic_write_jsonl, read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
 from histoldm.reports.consistency import contradictions
 from histoldm.reports.llm import ChatBackend, PermanentError, TransientError
@@ -256,15 +257,30 @@ def _histogram(tokens: list[int], budget: int, bins: int = 8) -> list[tuple[str,
     return [(f"{i * width}-{min((i + 1) * width - 1, budget) if i < bins - 1 else budget}", counts.get(i, 0)) for i in range(bins)]
 
 
-def _print_table(counts: Counter, histogram: list[tuple[str, int]], usage: dict[str, int], out: Path) -> None:
+def one_line_per_case(out: Path) -> Counter:
+    """Keep only each case's newest line (a --retry-failed run appends a second one), rewriting the
+    file atomically when there is anything to drop; returns the whole file's counts by status."""
+    records = list(read_jsonl(out))
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        latest[rec["case_id"]] = rec  # a case keeps its first position and takes its newest line
+    if len(latest) < len(records):
+        atomic_write_jsonl(out, latest.values())
+    counts = Counter({s: 0 for s in STATUSES})
+    counts.update(r.get("status") for r in latest.values())
+    return counts
+
+
+def _print_table(all_counts: Counter, counts: Counter, histogram: list[tuple[str, int]], usage: dict[str, int], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"summaries -> {out}")
+    table = Table(title=f"summaries in {out}")
     table.add_column("status")
-    table.add_column("cases", justify="right")
+    table.add_column("whole file", justify="right")
+    table.add_column("this run", justify="right")
     for status in STATUSES:
-        table.add_row(status, str(counts.get(status, 0)))
+        table.add_row(status, str(all_counts.get(status, 0)), str(counts.get(status, 0)))
     hist = Table(title="tokens per summary (this run)")
     hist.add_column("tokens")
     hist.add_column("cases", justify="right")
@@ -276,6 +292,8 @@ def _print_table(counts: Counter, histogram: list[tuple[str, int]], usage: dict[
     console.print(table)
     console.print(hist)
     console.print(f"usage: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens")
+    print(f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), {sum(counts.values())} written by this run",
+          file=sys.stderr)
 
 
 def _dry_run(cfg: SummarizeConfig, template: PromptTemplate | None, report: Report) -> dict[str, Any]:
@@ -317,6 +335,7 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
     backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
     model_name = backend.model if backend else "rules-v2" if cfg.backend == "extractive" else str(cfg.model)
     counts: Counter = Counter()
+    first_failure: list[str] = []
     tokens: list[int] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
@@ -324,6 +343,8 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
         record = _record(cfg, report, model_name, prompt_sha, **result)
         writer.write(record)
         counts[record["status"]] += 1
+        if record["status"] == "failed" and not first_failure:
+            first_failure.append(f"{report.case_id}: {record['error']}")
         if record["status"] != "failed":
             tokens.append(record["tokens"])
         for k in usage:
@@ -360,10 +381,8 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
     over = [t for t in tokens if t > cfg.budget]
     if over:  # cannot happen by construction; a loud guard, since the budget is the stage's contract
         raise RuntimeError(f"{len(over)} summaries over budget: a bug in histoldm, please report it")
-    _print_table(counts, histogram, usage, cfg.out)
-    latest = {r["case_id"]: r["status"] for r in read_jsonl(cfg.out)}  # a retried case's last line wins
-    all_counts = Counter({s: 0 for s in STATUSES})
-    all_counts.update(latest.values())
+    all_counts = one_line_per_case(cfg.out)
+    _print_table(all_counts, counts, histogram, usage, cfg.out)
     manifest = write_manifest(
         manifest_path(cfg.out),
         stage="summarize",
@@ -375,6 +394,9 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
         skipped=[{"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"} for d in loaded.duplicates],
         extra={"warnings": warnings, "usage_this_run": usage, "token_histogram_this_run": histogram},
     )
+    if counts and counts["failed"] == sum(counts.values()):  # an outage or a wrong --base-url is not a success
+        raise UserError(f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {first_failure[0]}); "
+                        "fix the cause and re-run with --retry-failed")
     return {
         "out": str(cfg.out),
         "manifest": str(manifest_path(cfg.out)),

@@ -1,7 +1,7 @@
 """What to sample: (id, caption) items from a text file, JSONL, captions.parquet (+ split) or one prompt.
 
 Ids name the output files and seed each image, so they must be stable across re-runs: line
-numbers for .txt, the `id` key for JSONL, `patch_id` for captions.parquet.
+numbers for .txt (from 000001), 000001.. for --prompt, the `id` key for JSONL, `patch_id` for captions.parquet.
 """
 
 from __future__ import annotations
@@ -57,11 +57,13 @@ def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list
     table = read_parquet(path, "captions file", columns).to_pydict()
     keep = [True] * len(table["patch_id"])
     if split:
-        from histoldm.data.splits import load_split
+        from histoldm.data.splits import load_split, split_names
 
         case_split = load_split(split)
         if split_name not in set(case_split.values()):
-            raise UserError(f"{split}: no split named {split_name!r} (have {', '.join(sorted(set(case_split.values())))})")
+            names = split_names(split)
+            problem = f"split {split_name!r} has no cases" if split_name in names else f"no split named {split_name!r}"
+            raise UserError(f"{split}: {problem} (have {', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})")
         keep = [case_split.get(c) == split_name for c in table["case_id"]]
     items, skipped = [], []
     for pid, caption, k in zip(table["patch_id"], table["caption"], keep):
@@ -88,7 +90,8 @@ def read_caption_items(
     if prompt is not None:
         if not prompt.strip():
             raise UserError("--prompt: empty prompt")
-        items, skipped = [CaptionItem(f"{i:06d}", prompt.strip()) for i in range(num_images)], []
+        # numbered from 1, like the lines of a .txt file
+        items, skipped = [CaptionItem(f"{i:06d}", prompt.strip()) for i in range(1, num_images + 1)], []
         source = "--prompt"
     else:
         path = require_file(Path(captions), "captions file")

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from histoldm.config import StrictModel
 from histoldm.devices import resolve_device
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, settings_changes
+from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, remove_stale_temps, settings_changes
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
@@ -296,6 +296,8 @@ def run_sample(cfg: SampleConfig) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
     }
     _check_settings(out, settings, state.is_main_process)
+    if state.is_main_process:  # before any process writes: PNGs a killed run was writing
+        remove_stale_temps(out)
     state.wait_for_everyone()
 
     # Work: this process's share of the items, minus those already finished by any earlier run.

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -30,10 +28,9 @@ from typing import Literal
 import torch
 
 from histoldm.config import StrictModel
-from histoldm.devices import resolve_device
 from histoldm.errors import UserError
 from histoldm.data.store import read_parquet
-from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, read_text_input, require_file
+from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"
 PARTS = "parts"  # per-process rows of an unfinished run across processes
@@ -53,7 +50,9 @@ class EncodeTextConfig(StrictModel):
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:
-    """Captions in file order, and the rows skipped (null captions) with the reason."""
+    """Captions in file order, and the rows skipped (null or empty captions) with the reason. An empty
+    caption is not encoded: the unconditional row already stands for it, and training would treat it
+    as a real caption."""
     path = require_file(Path(path), "captions file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -70,25 +69,22 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
         raise UserError(f"{path}: expected a .parquet, .jsonl or .txt captions file")
     captions, skipped = [], []
     for i, v in enumerate(values):
-        if isinstance(v, str):
+        if isinstance(v, str) and v.strip():
             captions.append(v)
+        elif isinstance(v, str):
+            skipped.append({"row": i, "reason": "empty caption"})
         else:
             skipped.append({"row": i, "reason": f"caption is {type(v).__name__}, not text"})
     return captions, skipped
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors save through a temporary file in the same folder, then os.replace."""
+    """safetensors save through a temporary file in the same folder (atomic_output)."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        follow_umask(tmp)
 
 
 class TextCache:
@@ -298,4 +294,4 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
         skipped=skipped,
         extra={"truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]}, "device": device},
     )
-    return {**produced, "out": str(out)}
+    return {**produced, "out": str(out), "n_skipped": len(skipped)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -185,12 +186,38 @@ def _folder_model_type(folder: Path) -> str:
         raise UserError(f"{config}: not valid JSON ({e.msg})") from None
 
 
+OFFLINE_ENCODERS = "--text-encoder minilm (bundled) or tiny-clip (random weights, for tests), or a folder saved with save_pretrained"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable() -> bool:
+    """True when the Hugging Face hub must not or cannot be asked: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
+    is set, or its endpoint gives no answer within a few seconds. Without this check an offline
+    machine spends half a minute in the hub client's retries before failing."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)  # any HTTP answer means reachable
+    except Exception:  # noqa: BLE001 - DNS, refused, timeout, proxy: all mean "not now"
+        return True
+    return False
+
+
 def _load_clip(name: str) -> torch.nn.Module:
+    """A CLIP text model from a folder, or a hub id (from the local cache alone when the hub is unreachable)."""
     from transformers import CLIPTextModel
 
+    offline = not Path(name).is_dir() and hub_unreachable()
     try:
-        return CLIPTextModel.from_pretrained(name)
+        return CLIPTextModel.from_pretrained(name, local_files_only=offline)
     except OSError as e:
+        if offline:
+            raise UserError(f"{name}: not in the local Hugging Face cache and the hub is offline or unreachable; "
+                            f"offline, use {OFFLINE_ENCODERS}") from None
         raise UserError(f"{name}: not tiny-clip, minilm, a local model folder or a reachable hub id ({str(e).splitlines()[0]})") from None
 
 

@@ -64,8 +64,9 @@ def clip_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def token_ids(text: str) -> list[int]:
-    """BPE ids of `text` without BOS/EOS."""
-    return clip_tokenizer()(text, add_special_tokens=False)["input_ids"]
+    """BPE ids of `text` without BOS/EOS. Texts longer than CLIP's 77 are counted on purpose (budgets,
+    long-caption modes), so transformers' "longer than the specified maximum" warning is turned off."""
+    return clip_tokenizer()(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def count_tokens(text: str) -> int:
@@ -76,4 +77,4 @@ def count_tokens(text: str) -> int:
 def count_tokens_batch(texts: list[str]) -> list[int]:
     if not texts:
         return []
-    return [len(ids) for ids in clip_tokenizer()(texts, add_special_tokens=False)["input_ids"]]
+    return [len(ids) for ids in clip_tokenizer()(texts, add_special_tokens=False, verbose=False)["input_ids"]]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, atomic_write_text
+from histoldm.fileio import atomic_write_json, atomic_write_text, follow_umask
 
 LATEST = "latest"
 STATE = "state.json"
@@ -40,6 +40,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    follow_umask(path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 

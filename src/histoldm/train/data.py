@@ -56,7 +56,8 @@ def _split_cases(split_path: Path, split: str) -> set[str]:
 
 
 class LatentTextDataset(torch.utils.data.Dataset):
-    """Items are (latent float32 (C, H, W), text row). `skipped` counts patches left out and why."""
+    """Items are (latent float32 (C, H, W), text row). `skipped` counts patches left out and why;
+    `cases` is how many cases the pairs come from."""
 
     def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
         from histoldm.data.store import read_parquet
@@ -68,6 +69,7 @@ class LatentTextDataset(torch.utils.data.Dataset):
         self.index: list[int] = []
         self.rows: list[int] = []
         self.skipped = {"other_split": 0, "no_latent": 0, "caption_not_in_text_cache": 0}
+        used_cases: set[str] = set()
         for pid, case, caption in zip(table["patch_id"], table["case_id"], table["caption"]):
             if cases is not None and str(case) not in cases:
                 self.skipped["other_split"] += 1
@@ -78,6 +80,8 @@ class LatentTextDataset(torch.utils.data.Dataset):
             else:
                 self.index.append(position[str(pid)])
                 self.rows.append(text.row_of(caption))
+                used_cases.add(str(case))
+        self.cases = len(used_cases)
         if not self.index:
             raise UserError(f"{captions_path}: no training pairs (skipped: {self.skipped})")
 

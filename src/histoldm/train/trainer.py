@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.devices import require_bf16
@@ -31,9 +33,9 @@ class DataSection(StrictModel):
     split: Path | None = None  # split.json; None = every captioned patch
     split_name: str = "train"
     augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
-    uncond_prob: float = 0.1  # guidance dropout, applied uniformly
+    uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
     preload_text: bool = True  # keep the caption-embedding table on the device
-    workers: int = 2  # DataLoader worker processes
+    workers: int = Field(2, ge=0)  # DataLoader worker processes
 
 
 class ModelSection(StrictModel):
@@ -52,10 +54,10 @@ class ModelSection(StrictModel):
 
 
 class OptimSection(StrictModel):
-    lr: float = 2.5e-5  # PathLDM; not scaled by batch size
+    lr: float = Field(2.5e-5, gt=0)  # PathLDM; not scaled by batch size
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 1000  # linear from lr/warmup to lr, then constant
+    warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
     grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
     min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
 
@@ -66,16 +68,16 @@ class TrainConfig(StrictModel):
     run_dir: Path | None = None  # explicit run folder; default runs_dir/{id:05d}-{name}
     resume: str = "auto"  # auto | latest | none | PATH (checkpoint or run folder)
     seed: int = 0
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # per process, per micro-batch
-    grad_accum: int = 1
+    max_steps: int = Field(1000, gt=0)  # optimizer steps (0 would save untrained weights as a model)
+    batch_size: int = Field(32, gt=0)  # per process, per micro-batch
+    grad_accum: int = Field(1, gt=0)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     cpu: bool = False  # force CPU even when a GPU is present
     ema: bool = False
     ema_decay: float = 0.9999
-    log_every: int = 50
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
+    log_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(5000, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
     data: DataSection
     model: ModelSection = ModelSection()
     optim: OptimSection = OptimSection()
@@ -209,6 +211,16 @@ def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: 
         raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
 
 
+def report_training_data(cfg: TrainConfig, pairs: int, cases: int) -> None:
+    """Say what the model learns from; without a split that includes the test cases, which would
+    make every later evaluation on them meaningless, so it is said loudly."""
+    if cfg.data.split is None:
+        print(f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
+              f"({pairs} pairs from {cases} cases); set data.split to a split.json to hold cases out", file=sys.stderr)
+    else:
+        print(f"train: {pairs} training pairs from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
+
+
 def run_train(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
@@ -241,6 +253,8 @@ def run_train(cfg: TrainConfig) -> dict:
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        report_training_data(cfg, len(dataset), dataset.cases)
     run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
     resume_from = resolve_resume(run_dir, cfg.resume)
     contract = run_contract(cfg, latents.meta, text.meta)
@@ -379,7 +393,7 @@ def run_train(cfg: TrainConfig) -> dict:
         write_manifest(run_dir / "manifest.json", stage="train", config=cfg, seed=cfg.seed, started=started,
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
-                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "skipped_pairs": dataset.skipped},
+                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
                        extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init})
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -22,27 +22,27 @@ import torch.nn.functional as F
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, settings_changes
+from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
 
 class TrainVAEConfig(StrictModel):
     store: Path
     out: Path
     init: str = "kl-f4"  # a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune
-    steps: int = 20000
-    batch_size: int = 8
-    lr: float = 1e-4
-    kl_weight: float = 1e-6
-    crop: int | None = None  # random square crop (pixels); None = whole patches
+    steps: int = Field(20000, gt=0)  # 0 would save untrained weights as an autoencoder
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    crop: int | None = Field(None, ge=8)  # random square crop (pixels); None = whole patches
     image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
-    holdout_patches: int = 256  # at least this many patches, as whole cases, are held out (without `split`)
+    holdout_patches: int = Field(256, gt=0)  # at least this many patches, as whole cases, are held out (without `split`)
     split: Path | None = None  # split.json: train on its `train` cases, measure on the others (no test patch seen)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
     device: str = "auto"
     seed: int = 0
-    workers: int = 2
-    log_every: int = 100
-    checkpoint_every: int = 2000
+    workers: int = Field(2, ge=0)
+    log_every: int = Field(100, gt=0)
+    checkpoint_every: int = Field(2000, gt=0)
     resume: str = "auto"
 
 
@@ -70,7 +70,8 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
     if not train or not test:
         why = (f"split {split} leaves {len(train)} training and {len(test)} held-out patches" if split is not None else
                f"holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of {len(table['path'])} for training")
-        raise UserError(f"{store}: {why} ({len(order)} cases); lower holdout_patches or give a split")
+        raise UserError(f"{store}: {why} ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
+                        "or lower --set holdout_patches=N")
     return train, test
 
 
@@ -236,6 +237,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
     model.save_pretrained(out / "autoencoder", safe_serialization=True)
+    follow_umask(out / "autoencoder")
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
