@@ -447,5 +447,5 @@ def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, c
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"histoldm: {typed}: ") or f" {typed}: " in err, err
-        assert ".tmp" not in err and ("is a folder" in err or "is a file, not a folder" in err), err
+        assert ".tmp" not in err and ("is an existing folder" in err or "is a file)" in err), err
     assert list(folder.iterdir()) == []
