@@ -173,4 +173,5 @@ def protocol_line(protocol: dict[str, Any]) -> str:
         f"format real {protocol.get('image_format_real')} / fake {protocol.get('image_format_fake')}, "
         f"resize {protocol.get('resize')}, extractor {protocol.get('extractor')} sha256 {sha}, "
         f"dim {protocol.get('feature_dim')}"
+        + (f", real statistics: {protocol['real_statistics']}" if protocol.get("real_statistics") else "")
     )

@@ -107,10 +107,13 @@ def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, protocol: dict) -> t
     real = Path(cfg.real)
     if real.is_file():
         mu, sigma, ref = M.load_stats(real)
-        if ref is None:
-            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
+        if ref is None:  # pytorch-fid's or PathLDM's (center_crop_real_stats.npz): only mu and sigma
+            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown",
+                            real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours")
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
+        if mu.size != protocol["feature_dim"]:
+            raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol['feature_dim']}-d")
         return mu, sigma, None
     fs = _extract(cfg, extractor, F.list_images(real), "real features")
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from histoldm.config import StrictModel
-from histoldm.devices import resolve_device
+from histoldm.devices import Precision, resolve_device, text_dtype
 from histoldm.errors import UserError
 from histoldm.data.store import read_parquet
 from histoldm.fileio import append_jsonl, atomic_write_json, read_jsonl, read_text_input, require_file
@@ -42,6 +42,7 @@ class EncodeTextConfig(StrictModel):
     batch_size: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    precision: Precision = "default"  # pathldm: float32, as PathLDM encoded its captions
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:
@@ -176,7 +177,7 @@ def run_encode_text(cfg: EncodeTextConfig) -> dict:
     captions, skipped = read_captions(cfg.captions)
     unique = list(dict.fromkeys(captions))
     device = str(resolve_device(cfg.device))
-    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=cfg.dtype)
+    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=text_dtype(cfg.precision, cfg.dtype))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     old = _existing_cache(out, encoder)
