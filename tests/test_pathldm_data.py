@@ -208,3 +208,13 @@ def test_evaluate_takes_foreign_statistics_and_says_so(tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     assert main(args[:2] + [str(tmp_path / "wide.npz")] + args[3:]) == 2
     assert "statistics of 2048-d features, this run's extractor gives 48-d" in capsys.readouterr().err
+
+
+def test_sampling_a_patch_with_several_captions_gives_each_its_own_id(tmp_path):
+    import pyarrow as pa
+
+    from histoldm.sampling.captions_io import read_caption_items
+
+    pq.write_table(pa.table({"patch_id": ["p1", "p1", "p2", "p1"], "caption": ["a", "b", "c", "d"]}), tmp_path / "captions.parquet")
+    items, _ = read_caption_items(tmp_path / "captions.parquet")
+    assert [(i.id, i.caption) for i in items] == [("p1", "a"), ("p1~2", "b"), ("p2", "c"), ("p1~3", "d")]

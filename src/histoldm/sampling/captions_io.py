@@ -63,12 +63,13 @@ def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list
         if split_name not in set(case_split.values()):
             raise UserError(f"{split}: no split named {split_name!r} (have {', '.join(sorted(set(case_split.values())))})")
         keep = [case_split.get(c) == split_name for c in table["case_id"]]
-    items, skipped = [], []
+    items, skipped, seen = [], [], {}
     for pid, caption, k in zip(table["patch_id"], table["caption"], keep):
         if not k:
             continue
         if isinstance(caption, str) and caption.strip():
-            items.append(CaptionItem(str(pid), caption.strip()))
+            seen[str(pid)] = n = seen.get(str(pid), 0) + 1  # a patch's further captions (several summaries): id~2, id~3, ...
+            items.append(CaptionItem(str(pid) if n == 1 else f"{pid}~{n}", caption.strip()))
         else:
             skipped.append({"id": str(pid), "reason": "empty or null caption"})
     return items, skipped
