@@ -1,12 +1,12 @@
 """Training data from caches only: latent rows joined to caption-embedding rows by patch id.
 
 captions.parquet (patch_id, case_id, caption) x split.json (cases of the chosen split) x latent
-cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text_row) pairs and looks
+cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text rows) items and looks
 the embeddings up itself, so the text table can live on the GPU once instead of travelling per batch.
 
-Randomness at training time (random crops, dihedral augmentation, guidance dropout) is drawn on the device from
-a generator seeded by (seed, step, rank), and the sampler's order from (seed, epoch): a resumed run
-sees exactly the batches and draws of an uninterrupted one.
+Randomness at training time (random crops, the caption of a patch with several, dihedral augmentation,
+guidance dropout) is drawn from generators seeded by (seed, step, rank), and the sampler's order from
+(seed, epoch): a resumed run sees exactly the batches and draws of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -143,18 +143,18 @@ def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: boo
     return torch.where(draws[2], latents.transpose(-1, -2), latents) if transpose else latents
 
 
-def crop_window(latent_meta: dict, crop: int | None, where: str = "data.crop") -> int:
+def crop_window(latent_meta: dict, crop: int | None) -> int:
     """The latent window a `crop` of pixels is: the model's input size. Crops lie on the autoencoder's
     stride (a latent cell is stride x stride pixels), so they are checked against it here."""
     size = int(latent_meta["size"])
     if crop is None:
         return size
     if not latent_meta.get("image_size"):
-        raise UserError(f"{where}: the latent cache does not record its image size (an older encode-latents); re-encode it to crop")
+        raise UserError("data.crop: the latent cache does not record its image size (an older encode-latents); re-encode it to crop")
     image_size = int(latent_meta["image_size"])
     stride = image_size // size
     if crop % stride or crop > image_size:
-        raise UserError(f"{where}: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px")
+        raise UserError(f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px")
     return crop // stride
 
 
