@@ -10,7 +10,7 @@ from histoldm.commands._common import add_command, add_config_options, resolve_c
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "captions", "Build one caption per patch from a template (default '{tumor} tumor; {til} til; {summary}').",
+    p = add_command(sub, "captions", "Build one caption per patch (per summary with --all-summaries) from a template (default '{tumor} tumor; {til} til; {summary}').",
                     "histoldm captions store --summaries summaries.jsonl --levels low,mid,high")
     p.add_argument("store", type=Path, nargs="?", help="patch store folder")
     p.add_argument("--scores", type=Path, help="scores.parquet (default STORE/scores.parquet if present)")
