@@ -398,3 +398,19 @@ def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file
     assert _pixels(tmp_path / "dpm/images/000/000001.png").std() > 1
     assert main([*common, "--prompt", "x", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_pathldm_numerics_on_cpu_land_near_the_default(bundle, captions_file, reference_run, tmp_path):
+    """`precision: pathldm` runs on the CPU (fp32 UNet under fp16 autocast, truncation): other pixels
+    than the default's, on average about half a level darker, no more than a few levels away; a text
+    cache encoded in bf16 is refused."""
+    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+
+    _sample(bundle, captions_file, tmp_path / "pd", batch_size=8, precision="pathldm")
+    numerics = json.loads((tmp_path / "pd" / "settings.json").read_text())["numerics"]
+    assert numerics == {"precision": "pathldm", "text_dtype": "float32", "weights": "float32", "autocast": "float16", "to_uint8": "truncate"}
+    diffs = np.stack([_pixels(tmp_path / f"pd/images/000/{n:06d}.png") - _pixels(reference_run / f"images/000/{n:06d}.png") for n in range(1, 10)])
+    assert diffs.any() and np.abs(diffs).mean() < 2 and -1.0 < diffs.mean() < -0.2
+    run_encode_text(EncodeTextConfig(captions=captions_file, text_encoder="tiny-clip", max_length=154, out=tmp_path / "tc", device="cpu", dtype="bfloat16"))
+    with pytest.raises(UserError, match="precision pathldm needs float32"):
+        _sample(bundle, captions_file, tmp_path / "pd2", precision="pathldm", text_cache=tmp_path / "tc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -66,3 +67,42 @@ def launched_processes(device_name: str, stage: str) -> Processes:
     if state.num_processes != launched:  # each process would think it is alone and redo all the work
         raise UserError(f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
     return Processes(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
+
+
+Precision = Literal["default", "pathldm"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SamplingNumerics:
+    """How text encoding and sampling compute: `precision: pathldm` reproduces PathLDM's numerics
+    (fp32 text encoder, fp32 UNet weights under fp16 autocast, 8-bit by truncation)."""
+
+    precision: str
+    text_dtype: str  # the text encoder's dtype name ("auto": bf16 on CUDA, fp32 elsewhere)
+    weights: torch.dtype  # the UNet's weights
+    autocast: torch.dtype | None  # autocast around the UNet calls; None = none
+    truncate: bool  # to 8-bit by truncation (PathLDM) instead of rounding
+
+    def record(self) -> dict:
+        return {"precision": self.precision, "text_dtype": self.text_dtype, "weights": str(self.weights).removeprefix("torch."),
+                "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else None,
+                "to_uint8": "truncate" if self.truncate else "round"}
+
+
+def text_dtype(precision: Precision, dtype: str) -> str:
+    """The text encoder's dtype name: PathLDM encodes in fp32; asking for pathldm and another dtype is a contradiction."""
+    if precision == "pathldm":
+        if dtype not in ("auto", "float32"):
+            raise UserError(f"precision pathldm encodes text in float32; drop dtype {dtype} (or use precision default)")
+        return "float32"
+    return dtype
+
+
+def sampling_numerics(precision: Precision, dtype: str, device: torch.device) -> SamplingNumerics:
+    """`default`: the UNet in `dtype` (auto: bf16 on CUDA, fp32 on the CPU), no autocast, rounding.
+    `pathldm`: fp32 weights under fp16 autocast (on the CPU too: torch's CPU autocast takes fp16; tested on 2.13), truncation."""
+    if precision == "pathldm":
+        return SamplingNumerics("pathldm", text_dtype(precision, dtype), torch.float32, torch.float16, True)
+    weights = _DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return SamplingNumerics("default", dtype, weights, None, False)

@@ -11,7 +11,7 @@ from histoldm.commands._common import add_command, add_config_options, resolve_c
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "captions", "Build one caption per patch from a template (default '{tumor} tumor; {til} til; {summary}').",
+    p = add_command(sub, "captions", "Build one caption per patch (per summary with --all-summaries) from a template (default '{tumor} tumor; {til} til; {summary}').",
                     "histoldm captions store --summaries summaries.jsonl --levels low,mid,high")
     p.add_argument("store", type=Path, nargs="?", help="patch store folder")
     p.add_argument("--scores", type=Path, help="scores.parquet (default STORE/scores.parquet if present)")
@@ -19,6 +19,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output Parquet (default STORE/captions.parquet)")
     p.add_argument("--template", help="caption template; parts separated by '; ' are dropped when a value is missing")
     p.add_argument("--levels", help="comma-separated level names, 2 to 4 (default low,high)")
+    p.add_argument("--all-summaries", action="store_true", default=None,
+                   help="one caption per summary of a case (variants, repeated lines); training draws one per read")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -28,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     levels = args.levels.split(",") if args.levels else None
     cfg = resolve_config(args, CaptionsConfig, {"store": args.store, "scores": args.scores, "summaries": args.summaries,
-                                                "out": args.out, "template": args.template, "levels": levels})
+                                                "out": args.out, "template": args.template, "levels": levels,
+                                                "all_summaries": args.all_summaries})
     r = run_captions(cfg)
-    print(f"{r['patches']} captions ({r['unique_captions']} unique) -> {r['out']}; "
+    print(f"{r['caption_rows']} captions of {r['patches']} patches ({r['unique_captions']} unique) -> {r['out']}; "
           f"{r['patches_without_summary']} patches without a summary ({len(r['cases_without_summary'])} cases)")
     if r["empty_captions"]:
         print(f"warning: {r['empty_captions']} patches have an empty caption (no scores and no summary); "

@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="captions per encoder call (default 256)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--precision", choices=["default", "pathldm"], help="pathldm: encode in float32, as PathLDM did (default: --dtype)")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "device": args.device,
         "dtype": args.dtype,
+        "precision": args.precision,
     }
     cfg = resolve_config(args, EncodeTextConfig, flags)
     result = run_encode_text(cfg)

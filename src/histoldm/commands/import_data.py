@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("import folder: --csv is required")
         r = import_folder(args.source, args.csv, args.out)
     print(f"{r['patches']} patches -> {r['store']}; {len(r['skipped'])} skipped")
+    if r.get("tile_sizes"):
+        sizes = ", ".join(f"{size} px ({n})" for size, n in r["tile_sizes"].items())
+        print(f"tiles kept at their stored size, not resized: {sizes}; train a smaller model input on random crops with data.crop")
     for s in r["skipped"][:10]:
         print(f"skipped: {s}")
     return 0

@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="base seed; each image is seeded from (seed, id) (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--precision", choices=["default", "pathldm"], help="pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation); default: ours")
     p.add_argument("--text-encoder", help="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
     p.add_argument("--text-cache", type=Path, help="encode-text folder to take caption embeddings from instead of the encoder")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (pays off for long runs)")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.sample import SampleConfig, run_sample
 
     names = ["checkpoint", "captions", "prompt", "num_images", "split", "split_name", "out", "preset", "steps", "guidance", "guidance_interval",
-             "solver", "eta", "batch_size", "seed", "device", "dtype", "text_encoder", "text_cache", "compile", "compile_mode",
+             "solver", "eta", "batch_size", "seed", "device", "dtype", "precision", "text_encoder", "text_cache", "compile", "compile_mode",
              "compile_tuning"]  # fmt: skip
     cfg = resolve_config(args, SampleConfig, {name: getattr(args, name) for name in names})
     result = run_sample(cfg)

@@ -4,6 +4,10 @@ Default template (PathLDM): "{tumor} tumor; {til} til; {summary}". The template 
 into parts; a part whose placeholder has no value (missing score, missing summary) is left out,
 so a patch without a TIL score reads "high tumor; <summary>". Descriptor placeholders ({fat},
 {nuclei}, {stroma}, {large_nuclei}, {lymphocytes}) are computed from the images when used.
+
+With `all_summaries` a case with several summaries (a record's `variants`, as PathLDM's multiple-
+captions npz gives, or several lines for one case) gives each patch one caption row per summary;
+training then draws one of a patch's captions at random each time it reads the patch.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class CaptionsConfig(StrictModel):
     template: str = DEFAULT_TEMPLATE
     levels: list[str] = Field(default_factory=lambda: ["low", "high"])
     descriptor_levels: list[str] = Field(default_factory=lambda: ["low", "high"])
+    all_summaries: bool = False  # one caption row per summary of the case (PathLDM's multiple-captions variant)
 
     @field_validator("levels", "descriptor_levels")
     @classmethod
@@ -89,6 +94,21 @@ def load_summaries(path: Path) -> dict[str, str]:
     return out
 
 
+def load_summary_lists(path: Path) -> dict[str, list[str]]:
+    """case_id -> every distinct summary of the case, in file order: each line's `variants` (or its
+    `summary`), lines for the same case adding to the list; failed or empty ones left out."""
+    out: dict[str, list[str]] = {}
+    for rec in read_jsonl(path):
+        if "case_id" not in rec:
+            raise UserError(f"{path}: a line without case_id")
+        if rec.get("status", "ok") == "failed":
+            continue
+        texts = [str(t).strip() for t in (rec.get("variants") or [rec.get("summary") or ""])]
+        have = out.setdefault(str(rec["case_id"]), [])
+        have += [t for t in texts if t and t not in have]
+    return {case: texts for case, texts in out.items() if texts}
+
+
 def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
     """Write captions.parquet and report patches without a summary and the number of unique captions."""
     started = time.time()
@@ -97,7 +117,12 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
     store = PatchStore.open(cfg.store)
     scores_path = cfg.scores or (Path(cfg.store) / "scores.parquet")
     scores = read_scores(scores_path) if (cfg.scores or scores_path.is_file()) else {}
-    summaries = load_summaries(cfg.summaries) if cfg.summaries else {}
+    if not cfg.summaries:
+        summaries: dict[str, list[str]] = {}
+    elif cfg.all_summaries:
+        summaries = load_summary_lists(cfg.summaries)
+    else:
+        summaries = {case: [text] for case, text in load_summaries(cfg.summaries).items()}
     used = placeholders(cfg.template)
     wanted = [d for d in used if d in DESCRIPTOR_PLACEHOLDERS]
 
@@ -109,7 +134,6 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
         values: dict[str, str | None] = {
             "tumor": levels_of(s.get("prob_tumor"), cfg.levels),
             "til": levels_of(s.get("prob_til"), cfg.levels),
-            "summary": summaries.get(case),
         }
         if wanted:
             from histoldm.data.descriptors import describe, scaled
@@ -118,14 +142,16 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
             for name in wanted:
                 key = DESCRIPTOR_PLACEHOLDERS[name]
                 values[name] = levels_of(scaled(key, d[key]), cfg.descriptor_levels)
-        if "summary" in used and values["summary"] is None:
+        texts = summaries.get(case) or [None]
+        if "summary" in used and texts == [None]:
             no_summary += 1
             cases_without_summary.add(case)
-        rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values),
-                     "tumor_level": values["tumor"], "til_level": values["til"]})
+        for text in texts:
+            rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values | {"summary": text}),
+                         "tumor_level": values["tumor"], "til_level": values["til"]})
 
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
-    produced = {"patches": len(rows), "unique_captions": len({r["caption"] for r in rows}),
+    produced = {"patches": len({r["patch_id"] for r in rows}), "caption_rows": len(rows), "unique_captions": len({r["caption"] for r in rows}),
                 "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary),
                 "empty_captions": sum(not r["caption"] for r in rows)}
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,

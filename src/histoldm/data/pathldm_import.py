@@ -126,6 +126,23 @@ class _PatchWriter:
         atomic_write_bytes(target, data, fsync=False)  # no fsync per patch: _complete_png catches what a power cut leaves
 
 
+def _png_size(path: Path) -> str:
+    """WIDTHxHEIGHT from a PNG's IHDR chunk (24 bytes read, no decode)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return f"{int.from_bytes(head[16:20], 'big')}x{int.from_bytes(head[20:24], 'big')}"
+
+
+def tile_sizes(out: Path, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many imported tiles have each size: imports keep tiles as stored (never resized), so a
+    model with a smaller input trains on random crops (train `data.crop`), at the tiles' magnification."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        size = _png_size(out / r["path"])
+        counts[size] = counts.get(size, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
@@ -245,7 +262,8 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
     atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
-    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": writer.kept, "summaries": len(summaries)}
+    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": writer.kept, "summaries": len(summaries),
+                                "tile_sizes": tile_sizes(out, rows)}
     if splits:
         # PathLDM splits by slide; a case whose slides fall in several splits goes where most of its
         # patches are (ties: first split name) and is listed under `conflicts`.

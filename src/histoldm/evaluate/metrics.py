@@ -174,4 +174,5 @@ def protocol_line(protocol: dict[str, Any]) -> str:
         f"size real {protocol.get('image_size_real')} / fake {protocol.get('image_size_fake')}, "
         f"resize {protocol.get('resize')}, extractor {protocol.get('extractor')} sha256 {sha}, "
         f"dim {protocol.get('feature_dim')}"
+        + (f", real statistics: {protocol['real_statistics']}" if protocol.get("real_statistics") else "")
     )

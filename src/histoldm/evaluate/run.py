@@ -129,11 +129,15 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
 def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
     """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
     if real_fs is None:
-        mu, sigma, ref = M.load_stats(Path(cfg.real))
-        if ref is None:
-            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown")
+        real = Path(cfg.real)
+        mu, sigma, ref = M.load_stats(real)
+        if ref is None:  # pytorch-fid's or PathLDM's (center_crop_real_stats.npz): only mu and sigma
+            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown",
+                            real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours")
         else:
             protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
+        if mu.size != protocol["feature_dim"]:
+            raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol['feature_dim']}-d")
         return mu, sigma, None
     fs = real_fs
     protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)

@@ -65,12 +65,13 @@ def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list
             problem = f"split {split_name!r} has no cases" if split_name in names else f"no split named {split_name!r}"
             raise UserError(f"{split}: {problem} (have {', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})")
         keep = [case_split.get(c) == split_name for c in table["case_id"]]
-    items, skipped = [], []
+    items, skipped, seen = [], [], {}
     for pid, caption, k in zip(table["patch_id"], table["caption"], keep):
         if not k:
             continue
         if isinstance(caption, str) and caption.strip():
-            items.append(CaptionItem(str(pid), caption.strip()))
+            seen[str(pid)] = n = seen.get(str(pid), 0) + 1  # a patch's further captions (several summaries): id~2, id~3, ...
+            items.append(CaptionItem(str(pid) if n == 1 else f"{pid}~{n}", caption.strip()))
         else:
             skipped.append({"id": str(pid), "reason": "empty or null caption"})
     return items, skipped

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel
-from histoldm.devices import resolve_device
+from histoldm.devices import Precision, SamplingNumerics, resolve_device, sampling_numerics
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, remove_stale_temps, settings_changes
 from histoldm.models.bundle import META_FILE
@@ -64,6 +64,7 @@ class SampleConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    precision: Precision = "default"  # pathldm: fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation
     text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
     text_cache: Path | None = None  # an encode-text folder instead of running the encoder
     compile: bool = False  # torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)
@@ -114,17 +115,20 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds])
 
 
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [-1, 1] -> (3, H, W) uint8 on the CPU, rounded (not truncated)."""
+def to_uint8(image: torch.Tensor, truncate: bool = False) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] -> (3, H, W) uint8 on the CPU, rounded; `truncate` as PathLDM writes its
+    samples ((x + 1) / 2 * 255, cast to 8 bits: on average half a level darker than rounding)."""
+    if truncate:
+        return ((image.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).cpu()
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+def png_bytes(image: torch.Tensor, truncate: bool = False) -> bytes:
     """(3, H, W) in [-1, 1] -> PNG bytes (8-bit RGB)."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    Image.fromarray(to_uint8(image, truncate).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -192,9 +196,7 @@ def _resolve_device_dtype(cfg: SampleConfig):
     if launched != state.num_processes:  # each process would think it is alone and redo all the work
         raise UserError(f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
     device = state.device
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dtype = names[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return state, device, dtype
+    return state, device, sampling_numerics(cfg.precision, cfg.dtype, device)
 
 
 def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, cfg: SampleConfig):
@@ -234,20 +236,24 @@ class ImageSampler:
     latent_shape: tuple[int, int, int]
     scaling_factor: float
     device: torch.device
+    numerics: SamplingNumerics
 
     @classmethod
-    def load(cls, cfg: SampleConfig, bundle: Path, meta, device: torch.device, dtype: torch.dtype, captions: list[str]) -> ImageSampler:
+    def load(cls, cfg: SampleConfig, bundle: Path, meta, device: torch.device, numerics: SamplingNumerics, captions: list[str]) -> ImageSampler:
         from histoldm.sampling.context import open_text_source
         from histoldm.sampling.guidance import unet_eps_fn
         from histoldm.sampling.solvers import training_alphas_cumprod
 
         text = open_text_source(
-            bundle, meta, text_encoder=cfg.text_encoder, text_cache=cfg.text_cache, device=device, dtype=cfg.dtype, captions=captions
+            bundle, meta, text_encoder=cfg.text_encoder, text_cache=cfg.text_cache, device=device, dtype=numerics.text_dtype, captions=captions
         )
-        unet, ae = _load_models(bundle, meta, device, dtype, cfg)
+        if numerics.precision == "pathldm" and cfg.text_cache is not None and text.cache.meta.get("dtype") != "float32":
+            raise UserError(f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; precision pathldm needs float32 "
+                            "(encode-text --precision pathldm)")
+        unet, ae = _load_models(bundle, meta, device, numerics.weights, cfg)
         eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
         shape = (meta.latent.channels, meta.latent.size, meta.latent.size)
-        return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device)
+        return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device, numerics)
 
     @torch.no_grad()
     def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
@@ -260,13 +266,16 @@ class ImageSampler:
         context, truncated = self.text.encode(captions)
         guided = classifier_free_guidance(self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval)
         x = initial_noise(seeds, self.latent_shape).to(self.device)
-        if cfg.solver == "ddim":
-            generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
-            latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
-        else:
-            latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
-        latents = latents / self.scaling_factor
-        images = [decode(self.ae, chunk).cpu() for chunk in latents.split(cfg.decode_batch)]
+        autocast = self.numerics.autocast
+        with torch.autocast(self.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            if cfg.solver == "ddim":
+                generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
+                latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
+            else:
+                latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
+        latents = latents.float() / self.scaling_factor
+        quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"  # VQ near-ties: taming's argmin, as PathLDM
+        images = [decode(self.ae, chunk, quantize=quantize).cpu() for chunk in latents.split(cfg.decode_batch)]
         return torch.cat(images), truncated
 
 
@@ -281,7 +290,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     bundle = resolve_bundle(cfg.checkpoint)
     meta = read_bundle_meta(bundle)
     items, skipped = read_caption_items(cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name)
-    state, device, dtype = _resolve_device_dtype(cfg)
+    state, device, numerics = _resolve_device_dtype(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -293,7 +302,8 @@ def run_sample(cfg: SampleConfig) -> dict:
         "solver": cfg.solver,
         "eta": cfg.eta,
         "seed": cfg.seed,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(numerics.weights).removeprefix("torch."),
+        "numerics": numerics.record(),
     }
     _check_settings(out, settings, state.is_main_process)
     if state.is_main_process:  # before any process writes: PNGs a killed run was writing
@@ -310,7 +320,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
 
     # Sample: models are loaded only when there is something to do.
-    sampler = ImageSampler.load(cfg, bundle, meta, device, dtype, [item.caption for _, item in pending]) if pending else None
+    sampler = ImageSampler.load(cfg, bundle, meta, device, numerics, [item.caption for _, item in pending]) if pending else None
     n_truncated = 0
     show = bool(pending) and state.is_main_process  # img/s and ETA of the main process's share
     bar = tqdm(total=len(pending), unit="img", desc=f"sample[{state.process_index}/{state.num_processes}]", disable=not show, smoothing=0.1)
@@ -322,7 +332,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         records = []
         for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
             file = image_file(k, item.id)
-            atomic_write_bytes(out / file, png_bytes(image))
+            atomic_write_bytes(out / file, png_bytes(image, numerics.truncate))
             records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
         append_jsonl(index_path, records)  # after the PNGs: an index line always points at a whole file
         bar.update(len(batch))

@@ -1,12 +1,12 @@
 """Training data from caches only: latent rows joined to caption-embedding rows by patch id.
 
 captions.parquet (patch_id, case_id, caption) x split.json (cases of the chosen split) x latent
-cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text_row) pairs and looks
+cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text rows) items and looks
 the embeddings up itself, so the text table can live on the GPU once instead of travelling per batch.
 
-Randomness at training time (dihedral augmentation, guidance dropout) is drawn on the device from
-a generator seeded by (seed, step, rank), and the sampler's order from (seed, epoch): a resumed run
-sees exactly the batches and draws of an uninterrupted one.
+Randomness at training time (random crops, the caption of a patch with several, dihedral augmentation,
+guidance dropout) is drawn from generators seeded by (seed, step, rank), and the sampler's order from
+(seed, epoch): a resumed run sees exactly the batches and draws of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def _split_cases(split_path: Path, split: str) -> set[str]:
 
 
 class LatentTextDataset(torch.utils.data.Dataset):
-    """Items are (latent float32 (C, H, W), text row). `skipped` counts patches left out and why;
+    """Items are (latent float32 (C, H, W), the patch's text rows (K,) padded with -1, how many).
+    A patch with several caption rows (several summaries of its case) is one item: the trainer draws
+    one of its captions per read (`pick_captions`). `skipped` counts caption rows left out and why;
     `cases` is how many cases the pairs come from."""
 
     def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
@@ -66,8 +68,7 @@ class LatentTextDataset(torch.utils.data.Dataset):
         cases = _split_cases(split_path, split) if split_path else None
         position = latents.positions()
         self.latents = latents
-        self.index: list[int] = []
-        self.rows: list[int] = []
+        rows_of: dict[int, list[int]] = {}
         self.skipped = {"other_split": 0, "no_latent": 0, "caption_not_in_text_cache": 0}
         used_cases: set[str] = set()
         for pid, case, caption in zip(table["patch_id"], table["case_id"], table["caption"]):
@@ -78,18 +79,30 @@ class LatentTextDataset(torch.utils.data.Dataset):
             elif text.row_of(caption) is None:
                 self.skipped["caption_not_in_text_cache"] += 1
             else:
-                self.index.append(position[str(pid)])
-                self.rows.append(text.row_of(caption))
+                rows = rows_of.setdefault(position[str(pid)], [])
+                if text.row_of(caption) not in rows:
+                    rows.append(text.row_of(caption))
                 used_cases.add(str(case))
         self.cases = len(used_cases)
-        if not self.index:
+        if not rows_of:
             raise UserError(f"{captions_path}: no training pairs (skipped: {self.skipped})")
+        self.index = list(rows_of)
+        self.counts = torch.tensor([len(r) for r in rows_of.values()])
+        width = int(self.counts.max())
+        self.rows = torch.tensor([r + [-1] * (width - len(r)) for r in rows_of.values()])
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.latents[self.index[i]], dtype=np.float32)), self.rows[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.latents[self.index[i]], dtype=np.float32)), self.rows[i], self.counts[i]
+
+
+def pick_captions(rows: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One caption row per item, uniformly among its `counts` candidates (PathLDM's multiple-captions
+    variant draws one summary per read); items with one caption get it."""
+    choice = (torch.rand(counts.shape, generator=gen, device=counts.device) * counts).long().clamp_max(counts - 1)
+    return rows.gather(1, choice[:, None])[:, 0]
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -132,6 +145,33 @@ def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: boo
     latents = torch.where(draws[0], latents.flip(-1), latents)
     latents = torch.where(draws[1], latents.flip(-2), latents)
     return torch.where(draws[2], latents.transpose(-1, -2), latents) if transpose else latents
+
+
+def crop_window(latent_meta: dict, crop: int | None) -> int:
+    """The latent window a `crop` of pixels is: the model's input size. Crops lie on the autoencoder's
+    stride (a latent cell is stride x stride pixels), so they are checked against it here."""
+    size = int(latent_meta["size"])
+    if crop is None:
+        return size
+    if not latent_meta.get("image_size"):
+        raise UserError("data.crop: the latent cache does not record its image size (an older encode-latents); re-encode it to crop")
+    image_size = int(latent_meta["image_size"])
+    stride = image_size // size
+    if crop % stride or crop > image_size:
+        raise UserError(f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px")
+    return crop // stride
+
+
+def random_crop(latents: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """A size x size window per sample at a uniformly drawn offset (PathLDM's random crop of a larger
+    tile, taken in latent space: pixel offsets on the autoencoder's stride). `gen` is a CPU
+    generator, so the offsets cost no device sync; the slicing runs wherever `latents` are."""
+    b, _, h, w = latents.shape
+    if (h, w) == (size, size):
+        return latents
+    ys = torch.randint(0, h - size + 1, (b,), generator=gen).tolist()
+    xs = torch.randint(0, w - size + 1, (b,), generator=gen).tolist()
+    return torch.stack([latents[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys, xs))])
 
 
 def drop_captions(rows: torch.Tensor, uncond_row: int, p: float, gen: torch.Generator) -> torch.Tensor:

@@ -33,6 +33,7 @@ class DataSection(StrictModel):
     split: Path | None = None  # split.json; None = every captioned patch
     split_name: str = "train"
     augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
+    crop: int | None = Field(None, ge=8)  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
     uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
     preload_text: bool = True  # keep the caption-embedding table on the device
     workers: int = Field(2, ge=0)  # DataLoader worker processes
@@ -231,7 +232,9 @@ def run_train(cfg: TrainConfig) -> dict:
     from histoldm.models.presets import build_unet
     from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
-    from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, drop_captions, augment_dihedral, step_generator
+    from histoldm.train.data import (
+        LatentTextDataset, ResumableSampler, TextTable, augment_dihedral, crop_window, drop_captions, pick_captions, random_crop, step_generator,
+    )
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
     from histoldm.train.objective import DiffusionObjective
@@ -243,6 +246,8 @@ def run_train(cfg: TrainConfig) -> dict:
     latents = LatentCache.open(cfg.data.latents)
     text = TextTable(cfg.data.text_cache)
     _check_inputs(cfg, latents.meta, text.dim)
+    window = crop_window(latents.meta, cfg.data.crop)
+    model_meta = {**latents.meta, "size": window, "image_size": cfg.data.crop or latents.meta.get("image_size")}  # what the UNet sees
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
     use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = not use_cpu
@@ -257,12 +262,12 @@ def run_train(cfg: TrainConfig) -> dict:
         report_training_data(cfg, len(dataset), dataset.cases)
     run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
     resume_from = resolve_resume(run_dir, cfg.resume)
-    contract = run_contract(cfg, latents.meta, text.meta)
+    contract = run_contract(cfg, model_meta, text.meta)
     _check_contract(resume_from, contract)
 
     # Model: fp32 master weights, seeded; starting weights checked before the run folder is written.
     set_seed(cfg.seed)
-    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=int(latents.meta["size"]))
+    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=window)
     init = _initialise(unet, cfg, resume_from, run_dir, accelerator.print)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +278,7 @@ def run_train(cfg: TrainConfig) -> dict:
             atomic_write_json(run_dir / INIT_FILE, init)
     validator = None
     if cfg.validation.every and accelerator.is_main_process:
-        validator = ValidationGrid(cfg.validation, text, latents.meta, cfg.model.prediction_type, device, cfg.seed)
+        validator = ValidationGrid(cfg.validation, text, model_meta, cfg.model.prediction_type, device, cfg.seed)
 
     # Speed settings, optimizer, schedule, EMA.
     if cfg.model.gradient_checkpointing:
@@ -321,11 +326,13 @@ def run_train(cfg: TrainConfig) -> dict:
     while step < cfg.max_steps:
         # Forward and backward over the micro-batches; DDP syncs gradients on the last one only.
         for micro in range(cfg.grad_accum):
-            lat, rows = next(batches)
+            lat, rows, counts = next(batches)
             draw = data_position + micro
             gen = step_generator(cfg.seed, draw, rank, device)
+            rows = pick_captions(rows, counts, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=3))
             rows = drop_captions(rows, text.uncond_row, cfg.data.uncond_prob, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=1))
             lat = lat.to(device, non_blocking=True)
+            lat = random_crop(lat, window, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2))
             lat = augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral") if cfg.data.augment != "none" else lat
             lat = lat.contiguous(memory_format=memory_format)
             context = (table[rows.to(device, non_blocking=True)] if cfg.data.preload_text else table[rows].to(device, non_blocking=True)).float()
@@ -388,7 +395,7 @@ def run_train(cfg: TrainConfig) -> dict:
     result = {"run_dir": str(run_dir), "bundle": str(run_dir / "model"), "steps": step, "peak_memory": peak, "img_s": img_s, "processes": world}
     if accelerator.is_main_process:
         writer.close()
-        meta = _bundle_meta(cfg, latents.meta, text.meta, step, source=str(run_dir))
+        meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
         _export_bundle(run_dir / "model", meta, unet, ema)
         write_manifest(run_dir / "manifest.json", stage="train", config=cfg, seed=cfg.seed, started=started,
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
