@@ -39,6 +39,7 @@ class ModelRecipe(StrictModel):
     autoencoder: str = "kl-f4-tiny"  # KL preset trained here, or a folder / hub id used as is
     autoencoder_steps: int = 250  # training steps when `autoencoder` is a preset (0 = random weights)
     autoencoder_batch_size: int = 16
+    autoencoder_crop: int | None = None  # train the autoencoder on random crops of this many pixels (None = whole images)
     text_encoder: str = "minilm"
     text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
     text_max_length: int | None = 64
@@ -129,8 +130,8 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
         vae_dir = work / "vae"
         vae_cfg = TrainVAEConfig(
             store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
-            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
-            split=split, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps)
+            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, crop=recipe.autoencoder_crop, seed=recipe.seed,
+            split=split, workers=0, preload=True, log_every=50, checkpoint_every=recipe.autoencoder_steps)
         if (vae_dir / "metrics.json").is_file():  # finished earlier: reuse it only if trained with these settings
             trained_with = json.loads((vae_dir / "manifest.json").read_text())["config"]
             if trained_with != vae_cfg.model_dump(mode="json"):
