@@ -48,6 +48,7 @@ class ModelRecipe(StrictModel):
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 50
+    min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); None = plain epsilon MSE
     ema: bool = True
     ema_decay: float = 0.995
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
@@ -179,7 +180,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
         "log_every": recipe.log_every, "checkpoint_every": min(recipe.checkpoint_every, recipe.train_steps), "keep_checkpoints": 1,
         "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split, "workers": 0},
         "model": {"unet_preset": recipe.unet_preset},
-        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps},
+        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps, "min_snr_gamma": recipe.min_snr_gamma},
     }
     train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
 
