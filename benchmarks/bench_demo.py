@@ -51,7 +51,7 @@ def quality(out: Path) -> list[str]:
 def bench_table(out: Path, wall_s: float, load_before: tuple[float, ...], load_after: tuple[float, ...], compete: bool) -> str:
     timing = json.loads((out / "timing.json").read_text())
     total = timing["total_s"]
-    rows = [*timing["stages_s"].items(), ("other (report, loss curve, real-image adherence)", timing["other_s"])]
+    rows = [*timing["stages_s"].items(), ("other (real-image adherence, loss curve, between stages)", timing["other_s"])]
     lines = [
         f"`histoldm demo` on {timing['machine_text']}, {time.strftime('%Y-%m-%d %H:%M %Z')}; "
         f"{'beside one busy process (pure-Python loop)' if compete else 'no competing process started'}; "
