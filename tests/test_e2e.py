@@ -14,6 +14,7 @@ TINY = [
     "--set", "recipe.image_size=32", "--set", "recipe.autoencoder_steps=4", "--set", "recipe.autoencoder_batch_size=4",
     "--set", "recipe.train_steps=6", "--set", "recipe.batch_size=8", "--set", "recipe.log_every=2",
     "--set", "recipe.sample_steps=4", "--set", "recipe.n_samples=6",
+    "--set", "recipe.autoencoder_crop=16", "--set", "recipe.min_snr_gamma=5",
 ]
 
 
@@ -38,6 +39,8 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
                   "model/run/manifest.json", "model/samples/manifest.json", "model/eval/manifest.json"):
         manifest = json.loads((demo_out / stage).read_text())
         assert manifest["versions"]["torch"] and "config" in manifest, stage
+    assert json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16  # recipe keys reach their stage
+    assert json.loads((demo_out / "model" / "run" / "config.json").read_text())["optim"]["min_snr_gamma"] == 5
 
 
 def test_demo_says_where_the_time_went(demo_out):

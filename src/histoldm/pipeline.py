@@ -39,7 +39,7 @@ class ModelRecipe(StrictModel):
     autoencoder: str = "kl-f4-tiny"  # KL preset trained here, or a folder / hub id used as is
     autoencoder_steps: int = 250  # training steps when `autoencoder` is a preset (0 = random weights)
     autoencoder_batch_size: int = 16
-    autoencoder_crop: int | None = None  # train the autoencoder on random crops of this many pixels (None = whole images)
+    autoencoder_crop: int | None = None  # random crops of this many pixels (None = whole images); 32 lost the demo's adherence (RESULTS.md)
     text_encoder: str = "minilm"
     text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
     text_max_length: int | None = 64
