@@ -207,6 +207,22 @@ def test_synthetic_tiles_are_deterministic_and_attributes_measurable() -> None:
     assert describe(render_tile(0.2, 0.2, 0.35, 8))["fat_fraction"] > 0.25 > describe(render_tile(0.2, 0.2, 0.0, 8))["fat_fraction"]
 
 
+def test_synthetic_tiles_same_as_dilating_the_whole_tile(monkeypatch) -> None:
+    """The bounding-box dilation paints exactly the pixels the whole-tile dilation did, edges included."""
+    from scipy import ndimage
+
+    from histoldm.data import synthetic
+
+    tiles = [render_tile(0.9, 0.8, 0.1, (0, i)) for i in range(2)] + [render_tile(0.5, 0.5, 0.0, 3, size=64)]
+
+    def whole_tile(occupied: np.ndarray, mask: np.ndarray) -> None:
+        np.logical_or(occupied, ndimage.binary_dilation(mask), out=occupied)
+
+    monkeypatch.setattr(synthetic, "_dilate_into", whole_tile)
+    before = [render_tile(0.9, 0.8, 0.1, (0, i)) for i in range(2)] + [render_tile(0.5, 0.5, 0.0, 3, size=64)]
+    assert all(np.array_equal(a, b) for a, b in zip(tiles, before, strict=True))
+
+
 def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     store = tmp_path / "syn"
     r = make_synthetic_dataset(store, n_cases=3, tiles_per_case=4, seed=0, size=256)

@@ -15,6 +15,7 @@ TINY = [
     "--set", "recipe.image_size=32", "--set", "recipe.autoencoder_steps=4", "--set", "recipe.autoencoder_batch_size=4",
     "--set", "recipe.train_steps=6", "--set", "recipe.batch_size=8", "--set", "recipe.log_every=2",
     "--set", "recipe.sample_steps=4", "--set", "recipe.n_samples=6",
+    "--set", "recipe.autoencoder_crop=16", "--set", "recipe.min_snr_gamma=5",
 ]
 
 
@@ -42,12 +43,38 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
                   "model/samples-seed1/manifest.json", "model/noise-floor/manifest.json"):
         manifest = json.loads((demo_out / stage).read_text())
         assert manifest["versions"]["torch"] and "config" in manifest, stage
+    assert json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16  # recipe keys reach their stage
+    assert json.loads((demo_out / "model" / "run" / "config.json").read_text())["optim"]["min_snr_gamma"] == 5
 
 
-def test_demo_rerun_resumes_finished_stages(demo_out):
+def test_demo_says_where_the_time_went(demo_out):
+    """Report, timing.json and the benchmark's table give seconds per stage, the machine and the total."""
+    import importlib.util
+    from pathlib import Path
+
+    from histoldm.devices import cpu_model
+
+    timing = json.loads((demo_out / "timing.json").read_text())
+    stages = timing["stages_s"]
+    assert {"tile", "synthetic", "summarize", "train-vae", "encode-latents", "encode-text", "train", "sample", "evaluate"} <= set(stages)
+    assert all(s >= 0 for s in stages.values()) and timing["other_s"] >= 0
+    assert sum(stages.values()) + timing["other_s"] == pytest.approx(timing["total_s"], abs=0.5)
+    assert timing["machine"]["cpu"] == cpu_model() and timing["machine"]["threads"] >= 1
+    report = (demo_out / "report.html").read_text()
+    assert "Time per stage" in report and "train-vae" in report and cpu_model() in report
+    spec = importlib.util.spec_from_file_location("bench_demo", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = bench.bench_table(demo_out, 1.0, (0.5,), (0.7,), compete=False)
+    assert "| train |" in table and "| train-vae |" in table and cpu_model() in table and "tumor adherence AUROC" in table
+
+
+def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
     before = (demo_out / "model" / "samples" / "index.jsonl").read_bytes()
-    assert main(["demo", "--out", str(demo_out), *TINY]) == 0
+    assert main(["demo", "--out", str(demo_out), *TINY, "--threads", "1"]) == 0
     assert (demo_out / "model" / "samples" / "index.jsonl").read_bytes() == before
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # the final line: total, machine, threads, per stage
+    assert last.startswith("demo finished in ") and "1 torch thread" in last and "train-vae " in last and "report.html" in last
 
 
 @pytest.fixture(scope="module")

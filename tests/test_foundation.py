@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -100,6 +101,45 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     assert main(["encode-text", str(tmp_path / "c.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "cache"), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA device" in err and "Traceback" not in err
+
+
+def test_cpu_threads_policy_leaves_half_the_cores_and_refuses_zero(capsys):
+    """The demo's default: half the cores (torch's all-cores default collapses beside a busy process)."""
+    import torch
+
+    from histoldm.devices import available_cores, default_cpu_threads, machine_facts, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert default_cpu_threads() == max(1, available_cores() // 2)
+        assert set_cpu_threads(None) == default_cpu_threads() == torch.get_num_threads()
+        assert set_cpu_threads(1) == 1 and machine_facts()["threads"] == 1
+        with pytest.raises(UserError, match="threads 0"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
+    facts = machine_facts()
+    assert facts["cpu"] and facts["cores"] >= 1 and facts["machine_cores"] >= facts["cores"]
+    assert main(["demo", "--out", "unused", "--threads", "0"]) == 2
+    assert "threads" in capsys.readouterr().err
+
+
+def test_stage_times_in_the_order_the_stages_finished(tmp_path):
+    """The demo's time table reads every manifest's wall time, oldest first; files without one are left out."""
+    import os
+
+    from histoldm.manifest import stage_times
+
+    paths = {}
+    for i, (label, stage) in enumerate([("b", "train"), ("a", "tile"), ("c", "sample")]):
+        paths[label] = tmp_path / f"{label}.json"
+        write_manifest(paths[label], stage=stage, config={}, inputs={}, produced={}, started=time.time() - 10 * (i + 1))
+        os.utime(paths[label], (1000 + [2, 1, 3][i], 1000 + [2, 1, 3][i]))
+    paths["broken"] = tmp_path / "broken.json"
+    paths["broken"].write_text("{not json")
+    rows = stage_times(paths)
+    assert [(label, stage) for label, stage, _ in rows] == [("a", "tile"), ("b", "train"), ("c", "sample")]
+    assert [round(s) for _, _, s in rows] == [20, 10, 30]
 
 
 def test_wrong_kinds_of_input_are_one_line_errors(tmp_path, capsys):

@@ -275,6 +275,24 @@ def test_train_vae_a_few_steps(tmp_path, capsys):
     assert "other lr" in capsys.readouterr().err
 
 
+def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):
+    """`preload` (the demo's data path) decodes once; every batch, the unreadable patch included, is the loader's."""
+    from histoldm.train.data import ResumableSampler
+    from histoldm.train.vae import TrainVAEConfig, _batches
+
+    store = _write_store(tmp_path / "store", n=8)
+    paths = [store / p for p in pq.read_table(store / "patches.parquet").column("path").to_pylist()]
+    cfg = TrainVAEConfig(store=store, out=tmp_path / "vae", workers=0, image_size=16)
+    loader = _batches(paths, ResumableSampler(len(paths), 3, seed=0), cfg)
+    preloaded = _batches(paths, ResumableSampler(len(paths), 3, seed=0), cfg.model_copy(update={"preload": True}))
+    seen_broken = False
+    for _ in range(7):  # over two epochs
+        for (a, ok_a, err_a), (b, ok_b, err_b) in zip(next(loader), next(preloaded), strict=True):
+            assert ok_a == ok_b and err_a == err_b and torch.equal(a, b)
+            seen_broken |= not ok_a
+    assert seen_broken
+
+
 def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):
     """A diverging autoencoder run exits with one line; no checkpoint it leaves holds non-finite weights."""
     from safetensors.torch import load_file

@@ -14,9 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
-from histoldm.fileio import read_jsonl
+from histoldm.fileio import atomic_write_json, read_jsonl
 from histoldm.pipeline import (DemoDataConfig, ModelRecipe, build_demo_data, model_mpp, noise_floor, prepare_latents, summarize,
                                train_sample_evaluate)
 
@@ -26,6 +28,7 @@ class DemoConfig(StrictModel):
     budget: int = 35  # the seed paper's best summary length
     data: DemoDataConfig = DemoDataConfig()
     recipe: ModelRecipe = ModelRecipe()
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = histoldm.devices.default_cpu_threads()
 
 
 def loss_curve(stats: Path, out: Path) -> Path:
@@ -73,11 +76,33 @@ def _metric_rows(metrics: dict[str, Any], real_adherence: dict[str, Any], floor:
     return rows
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 600 else f"{s / 60:.1f} min"
+
+
+def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per stage (from the manifests, summed by stage name in run order), the rest of the run,
+    the total and the machine, plus the one-line form the demo prints last."""
+    from histoldm.manifest import stage_times
+    from histoldm.report import stage_manifests
+
+    stages: dict[str, float] = {}
+    for _, stage, seconds in stage_times(stage_manifests(out)):
+        stages[stage] = stages.get(stage, 0.0) + seconds
+    other = max(0.0, total_s - sum(stages.values()))  # real-image adherence, loss curve, between stages
+    machine_text = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread{'s' * (machine['threads'] != 1)}"
+    line = f"{_seconds(total_s)} on {machine_text} (" + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)]) + ")"
+    return {"stages_s": {k: round(v, 1) for k, v in stages.items()}, "other_s": round(other, 1), "total_s": round(total_s, 1),
+            "machine": machine, "machine_text": machine_text, "line": line}
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    from histoldm.devices import machine_facts, set_cpu_threads
     from histoldm.evaluate.adherence import run_adherence
     from histoldm.report import caption_rows, stage_manifests, write_report
 
     started = time.time()
+    set_cpu_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -101,9 +126,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
     vae = latents["vae_metrics"] or {}
-    minutes = (time.time() - started) / 60
+    timing = stage_timing(out, time.time() - started, machine_facts())
     intro = (
-        f"Every stage of histoldm ran for real at demo scale in {minutes:.1f} min. Data: the CC0 slide CMU-1-Small-Region "
+        f"Every stage of histoldm ran for real at demo scale in {timing['total_s'] / 60:.1f} min on {timing['machine_text']} "
+        f"(time per stage below). Data: the CC0 slide CMU-1-Small-Region "
         f"(Carnegie Mellon University) tiled at {cfg.data.magnification:g}x, {cfg.data.patch_size} px, plus "
         f"{cfg.data.synthetic_cases} synthetic H&amp;E-like cases with known tumor/TIL levels; reports are synthetic and say so. "
         f"Split by case (seeded): {len(split.get('train', []))} train cases; the held-out test cases, whose patches are the "
@@ -122,9 +148,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         caption_rows=caption_rows(result),
         metrics=_metric_rows(result["metrics"], real_adherence, floor),
         figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png")],
-        tables=[("Summaries", ["case", "tokens", "status", "summary"],
+        tables=[("Time per stage", ["stage", "seconds"],
+                 [*([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
+                  ["other (real-image adherence, loss curve, between stages)", f"{timing['other_s']:.1f}"],
+                  [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"]]),
+                ("Summaries", ["case", "tokens", "status", "summary"],
                  [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],
         manifests=stage_manifests(out),
     )
-    return {"report": str(report), "minutes": minutes}
+    atomic_write_json(out / "timing.json", timing)
+    return {"report": str(report), "minutes": timing["total_s"] / 60, "timing": timing}
 

@@ -106,3 +106,53 @@ def sampling_numerics(precision: Precision, dtype: str, device: torch.device) ->
         return SamplingNumerics("pathldm", text_dtype(precision, dtype), torch.float32, torch.float16, True)
     weights = _DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return SamplingNumerics("default", dtype, weights, None, False)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_cpu_threads() -> int:
+    """Half the cores, at least one. torch's default (every core) makes each small op wait at an OpenMP
+    barrier for a thread the OS has lent to another process: beside one CPU-heavy process on 2 cores the
+    demo's training steps ran ~6x slower with 2 threads than with 1 (benchmarks/RESULTS.md, issue 18)."""
+    return max(1, available_cores() // 2)
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads (None = `default_cpu_threads()`); returns the number in use."""
+    if threads is not None and threads < 1:
+        raise UserError(f"threads {threads}: must be at least 1")
+    torch.set_num_threads(threads or default_cpu_threads())
+    return torch.get_num_threads()
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo, macOS sysctl), else what `platform` knows."""
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_facts() -> dict[str, str | int]:
+    """What a timing needs beside it: CPU model, cores available to this process, torch threads in use."""
+    return {"cpu": cpu_model(), "cores": available_cores(), "machine_cores": os.cpu_count() or 0, "threads": torch.get_num_threads()}

@@ -90,3 +90,20 @@ def write_manifest(
         manifest.update(extra)
     atomic_write_json(Path(path), manifest)
     return manifest
+
+
+def stage_times(manifests: dict[str, Path]) -> list[tuple[str, str, float]]:
+    """(label, stage, seconds) per manifest that records a wall time, in the order they were written.
+
+    Manifests keep the time of the run that made them: a resumed stage shows its first run's time."""
+    import json
+
+    rows = []
+    for label, path in sorted(manifests.items(), key=lambda item: Path(item[1]).stat().st_mtime if Path(item[1]).exists() else 0):
+        try:
+            manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(manifest.get("wall_time_s"), (int, float)):
+            rows.append((label, str(manifest.get("stage", "")), float(manifest["wall_time_s"])))
+    return rows

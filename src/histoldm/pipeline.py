@@ -40,6 +40,7 @@ class ModelRecipe(StrictModel):
     autoencoder: str = "kl-f4-tiny"  # KL preset trained here, or a folder / hub id used as is
     autoencoder_steps: int = 250  # training steps when `autoencoder` is a preset (0 = random weights)
     autoencoder_batch_size: int = 16
+    autoencoder_crop: int | None = None  # random crops of this many pixels (None = whole images); 32 lost the demo's adherence (RESULTS.md)
     text_encoder: str = "minilm"
     text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
     text_max_length: int | None = 64
@@ -48,6 +49,7 @@ class ModelRecipe(StrictModel):
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 50
+    min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); None = plain epsilon MSE
     ema: bool = True
     ema_decay: float = 0.995
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
@@ -130,8 +132,8 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
         vae_dir = work / "vae"
         vae_cfg = TrainVAEConfig(
             store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
-            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, seed=recipe.seed,
-            split=split, workers=0, log_every=50, checkpoint_every=recipe.autoencoder_steps)
+            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, crop=recipe.autoencoder_crop, seed=recipe.seed,
+            split=split, workers=0, preload=True, log_every=50, checkpoint_every=recipe.autoencoder_steps)
         if (vae_dir / "metrics.json").is_file():  # finished earlier: reuse it only if trained with these settings
             trained_with = json.loads((vae_dir / "manifest.json").read_text())["config"]
             if trained_with != vae_cfg.model_dump(mode="json"):
@@ -178,7 +180,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
         "log_every": recipe.log_every, "checkpoint_every": min(recipe.checkpoint_every, recipe.train_steps), "keep_checkpoints": 1,
         "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split, "workers": 0},
         "model": {"unet_preset": recipe.unet_preset},
-        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps},
+        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps, "min_snr_gamma": recipe.min_snr_gamma},
     }
     finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
     with PeakRSS() as rss:

@@ -19,6 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder (default demo-out); a re-run resumes finished stages")
     p.add_argument("--budget", type=int, help="summary length in CLIP tokens (default 35)")
     p.add_argument("--train-steps", type=int, help="UNet training steps (default 1200)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores, at least 1)")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.demo import DemoConfig, run_demo
 
-    flags = {"out": args.out, "budget": args.budget, "recipe": {"train_steps": args.train_steps} if args.train_steps is not None else None}
+    flags = {"out": args.out, "budget": args.budget, "threads": args.threads,
+             "recipe": {"train_steps": args.train_steps} if args.train_steps is not None else None}
     result = run_demo(resolve_config(args, DemoConfig, flags))
-    print(f"demo finished in {result['minutes']:.1f} min; open the report: {result['report']}")
+    print(f"demo finished in {result['timing']['line']}; open the report: {result['report']}")
     return 0

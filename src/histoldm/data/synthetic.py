@@ -48,6 +48,18 @@ def _ellipse(canvas: np.ndarray, cy: float, cx: float, ry: float, rx: float, ang
     return mask
 
 
+def _dilate_into(occupied: np.ndarray, mask: np.ndarray) -> None:
+    """occupied |= binary_dilation(mask), on the mask's bounding box plus one pixel: the same pixels as
+    dilating the whole tile, without scanning it once per nucleus (that was half the demo's synthetic stage)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return
+    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[0])
+    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[1])
+    window = occupied[y0:y1, x0:x1]
+    np.logical_or(window, ndimage.binary_dilation(mask[y0:y1, x0:x1]), out=window)
+
+
 def _place(rng: np.random.Generator, occupied: np.ndarray, radius: float, tries: int = 200,
            near: tuple[float, float, float] | None = None) -> tuple[float, float] | None:
     """A centre whose disc does not touch painted nuclei or fat (keeps blobs separate, measurable).
@@ -101,7 +113,7 @@ def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...
             mask = _ellipse(hema, centre[0], centre[1], ry, rx, ang, value, jitter, rng)
             hema[mask] *= rng.uniform(0.8, 1.2, int(mask.sum())).astype(np.float32)  # chromatin texture
             eosin[mask] = 0.1
-            np.logical_or(occupied, ndimage.binary_dilation(mask), out=occupied)
+            _dilate_into(occupied, mask)
 
     free = 1.0 - fat
     nuclei(int((2 + 100 * tumor**2) * free * area), (7.0, 9.5), (1.0, 1.3), (0.7, 1.0), 0.12, 1.5)

@@ -41,6 +41,7 @@ class TrainVAEConfig(StrictModel):
     device: str = "auto"
     seed: int = 0
     workers: int = Field(2, ge=0)
+    preload: bool = False  # decode the training patches once and keep them in memory (small stores: the demo)
     log_every: int = Field(100, gt=0)
     checkpoint_every: int = Field(2000, gt=0)
     resume: str = "auto"
@@ -147,7 +148,7 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
 
 
 # Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads.
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "resume", "device"}
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "resume", "device"}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -157,6 +158,20 @@ def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None
     changed = sorted(settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES)))
     if changed:
         raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
+
+
+def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
+    """Per step, the sampler's batch as (image, ok, error) items: decoded by a DataLoader, or, with
+    `preload`, decoded once up front (at the demo's 64 px the decoding cost as much as the model's step)."""
+    from histoldm.train.latents import PatchImages, as_list
+
+    images = PatchImages(paths, cfg.image_size)
+    if not cfg.preload:
+        yield from torch.utils.data.DataLoader(images, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
+        return
+    decoded = [images[i] for i in range(len(images))]
+    for indices in sampler:
+        yield [decoded[i] for i in indices]
 
 
 def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype) -> torch.Tensor:
@@ -187,7 +202,6 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import ResumableSampler
-    from histoldm.train.latents import PatchImages, as_list
 
     started = time.time()
 
@@ -215,8 +229,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     # Training loop; NaN is checked at every host sync, so no checkpoint ever holds diverged weights.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
-    loader = torch.utils.data.DataLoader(PatchImages(train_paths, cfg.image_size), batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
-    batches = iter(loader)
+    batches = _batches(train_paths, sampler, cfg)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
