@@ -315,6 +315,7 @@ class Bench:
 
     def ours_sample(self, preset: str, sampling: str, compile_mode: str | None = None, tuning: str = "default",
                     channels_last: bool = False) -> dict:
+        from histoldm.devices import sampling_numerics
         from histoldm.models.autoencoder import decode, load_autoencoder
         from histoldm.models.speed import compile_unet
         from histoldm.sampling.context import CacheText
@@ -338,7 +339,7 @@ class Bench:
             unet = compile_unet(unet, compile_mode, tuning=tuning)
         ae = load_autoencoder(p.autoencoder, device=device)
         sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
-                               ae, (3, p.size, p.size), 1.0, device)
+                               ae, (3, p.size, p.size), 1.0, device, sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device))
         captions, seeds = [f"caption {i % 64}" for i in range(bs)], list(range(bs))
         started = time.perf_counter()
         # Warm-up: compiled, the whole run (every batch shape the guidance interval makes is compiled);

@@ -157,6 +157,7 @@ def test_sampler_decodes_in_chunks_without_changing_images(tmp_path):
 
     from histoldm.models.autoencoder import load_autoencoder
     from histoldm.sampling.context import CacheText
+    from histoldm.devices import sampling_numerics
     from histoldm.sampling.guidance import unet_eps_fn
     from histoldm.sampling.run import ImageSampler, SampleConfig
     from histoldm.sampling.solvers import training_alphas_cumprod
@@ -166,7 +167,7 @@ def test_sampler_decodes_in_chunks_without_changing_images(tmp_path):
     unet = _tiny_unet().eval()
     cfg = SampleConfig(checkpoint=tmp_path, out=tmp_path / "out", prompt="x", steps=3, solver="dpmpp", decode_batch=32)
     sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod()),
-                           load_autoencoder("vq-f4-tiny"), (3, 8, 8), 1.0, torch.device("cpu"))
+                           load_autoencoder("vq-f4-tiny"), (3, 8, 8), 1.0, torch.device("cpu"), sampling_numerics("default", "float32", torch.device("cpu")))
     captions, seeds = [f"caption {i}" for i in (0, 1, 2)], [5, 6, 7]
     whole, _ = sampler(captions, seeds)
     chunked, _ = dataclasses.replace(sampler, cfg=cfg.model_copy(update={"decode_batch": 2}))(captions, seeds)
