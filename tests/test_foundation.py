@@ -103,15 +103,15 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     assert "no CUDA device" in err and "Traceback" not in err
 
 
-def test_cpu_threads_policy_leaves_half_the_cores_and_refuses_zero(capsys):
-    """The demo's default: half the cores (torch's all-cores default collapses beside a busy process)."""
+def test_cpu_threads_policy_uses_every_core_and_refuses_zero(capsys):
+    """The demo's default: every core this process may use (idle, 2 threads beat 1 by ~2x on 2 cores)."""
     import torch
 
     from histoldm.devices import available_cores, default_cpu_threads, machine_facts, set_cpu_threads
 
     before = torch.get_num_threads()
     try:
-        assert default_cpu_threads() == max(1, available_cores() // 2)
+        assert default_cpu_threads() == available_cores()
         assert set_cpu_threads(None) == default_cpu_threads() == torch.get_num_threads()
         assert set_cpu_threads(1) == 1 and machine_facts()["threads"] == 1
         with pytest.raises(UserError, match="threads 0"):

@@ -117,10 +117,10 @@ def available_cores() -> int:
 
 
 def default_cpu_threads() -> int:
-    """Half the cores, at least one. torch's default (every core) makes each small op wait at an OpenMP
-    barrier for a thread the OS has lent to another process: beside one CPU-heavy process on 2 cores the
-    demo's training steps ran ~6x slower with 2 threads than with 1 (benchmarks/RESULTS.md, issue 18)."""
-    return max(1, available_cores() // 2)
+    """Every core this process may use (torch's own default). Measured on an idle 2-vCPU Xeon, the demo took
+    13.2 min with 1 thread against 6.5-8.4 min with 2; beside busy processes 1 thread was up to ~6x faster per
+    step (benchmarks/RESULTS.md, 2026-11-30), which is what `--threads 1` is for on a shared machine."""
+    return available_cores()
 
 
 def set_cpu_threads(threads: int | None) -> int:
