@@ -21,12 +21,7 @@ from histoldm.train.data import crop_window, pick_captions, random_crop, step_ge
 WSIS = ["TCGA-A1-0001-01Z-00-DX1.abc", "TCGA-B2-0002-01Z-00-DX1.def"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pathldm_files(root: Path, tile: int, per_wsi: int) -> tuple[Path, Path]:
