@@ -133,6 +133,24 @@ def test_tile_shards_fill_one_store_equal_to_a_single_job(tmp_path: Path, capsys
     assert "--shard 2/2: expected K/N with 0 <= K < N" in capsys.readouterr().err
 
 
+def test_a_shard_whose_slides_all_fail_still_completes_the_store(tmp_path: Path) -> None:
+    """Job 1/2 holds only a corrupt slide: the slides job 0/2 tiled are still written, not an exit 2."""
+    import openslide
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    with openslide.OpenSlide(str(SLIDE)) as s:
+        for name, (x, y) in (("a.tif", (600, 900)), ("c.tif", (1200, 900))):
+            s.read_region((x, y), 0, (600, 600)).convert("RGB").save(slides / name)
+    (slides / "b.tif").write_bytes(b"II*\x00" + bytes(200))  # sorted second: shard 1/2's only slide
+    common = ["--mpp", "0.5", "--size", "64", "--set", "min_tissue=0.3"]
+    assert main(["tile", str(slides), "--out", str(tmp_path / "s"), "--shard", "0/2", *common]) == 0
+    assert main(["tile", str(slides), "--out", str(tmp_path / "s"), "--shard", "1/2", *common]) == 0
+    assert set(PatchStore.open(tmp_path / "s").table.column("slide_id").to_pylist()) == {"a", "c"}
+    skipped = json.loads((tmp_path / "s" / "manifest.json").read_text())["skipped"]
+    assert [Path(x["slide"]).name for x in skipped] == ["b.tif"]
+
+
 def test_missing_magnification_source_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["tile", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")]) == 2
     assert "slide file or folder not found" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_cpu_threads_policy_uses_every_core_and_refuses_zero(capsys):
-    """The demo's default: every core this process may use (idle, 2 threads beat 1 by ~2x on 2 cores)."""
+    """The demo's default: every core this process may use (idle, 2 threads beat 1 by 1.5x on 2 cores)."""
     import torch
 
     from histoldm.devices import available_cores, default_cpu_threads, machine_facts, set_cpu_threads

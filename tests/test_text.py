@@ -132,6 +132,19 @@ def test_minilm_gives_384_d_states():
         load_text_encoder("minilm", "pathldm")
 
 
+def test_appending_to_a_cache_in_another_dtype_is_refused(tmp_path, capsys):
+    """A bf16 cache extended by a pathldm (float32) run would recast the old rows and relabel the cache float32."""
+    captions = tmp_path / "captions.txt"
+    captions.write_text(f"{SHORT}\n", encoding="utf-8")
+    out = tmp_path / "cache"
+    base = ["encode-text", str(captions), "--text-encoder", "tiny-clip", "--out", str(out), "--device", "cpu"]
+    assert main([*base, "--dtype", "bfloat16"]) == 0
+    captions.write_text(f"{SHORT}\n{LONG}\n", encoding="utf-8")
+    assert main([*base, "--precision", "pathldm"]) == 2
+    assert "cache encoded in bfloat16, this run encodes in float32" in capsys.readouterr().err
+    assert TextCache.open(out).meta["dtype"] == "bfloat16" and TextCache.open(out).captions == [SHORT]
+
+
 def test_encode_text_cache_round_trip_truncation_and_resume(tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text(f"{SHORT}\n{LONG}\n{SHORT}\nlow tumor; high til\n", encoding="utf-8")

@@ -616,10 +616,10 @@ def test_training_without_a_split_says_so_loudly(tmp_path, caches, capsys):
     cfg.data.split = None
     run_train(cfg)
     captured = capsys.readouterr()
-    assert "WARNING: no data.split" in captured.err and "48 pairs from 4 cases" in captured.err
+    assert "WARNING: no data.split" in captured.err and "48 patches from 4 cases" in captured.err
     run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1))
     captured = capsys.readouterr()
-    assert "WARNING" not in captured.err and "48 training pairs from 4 cases (split 'train'" in captured.out
+    assert "WARNING" not in captured.err and "48 training patches from 4 cases (split 'train'" in captured.out
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["produced"]["cases"] == 4
 
 

@@ -118,7 +118,7 @@ def available_cores() -> int:
 
 def default_cpu_threads() -> int:
     """Every core this process may use (torch's own default). Measured on an idle 2-vCPU Xeon, the demo took
-    13.2 min with 1 thread against 6.5-8.4 min with 2; beside busy processes 1 thread was up to ~6x faster per
+    13.2 min with 1 thread against 8.9 min with 2 (1.5x); beside busy processes 1 thread was up to ~6x faster per
     step (benchmarks/RESULTS.md, 2026-11-30), which is what `--threads 1` is for on a shared machine."""
     return available_cores()
 

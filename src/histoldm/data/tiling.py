@@ -290,10 +290,10 @@ def run_tile(cfg: TileConfig) -> dict[str, Any]:
     skipped = sorted(
         ({"slide": r["slide"], "reason": r["reason"]} for r in results if r["status"] == "failed"), key=lambda s: s["slide"]
     )
-    if skipped and not done:  # nothing tiled by this job: an empty store would only fail later, further from the cause
+    table, pending = _store_table(out, [ids[p] for p in all_slides], results)
+    if skipped and table.num_rows == 0 and not pending:  # no slide tiled by any job: an empty store would only fail later
         more = f" ({len(skipped) - 1} more failed too; no slide could be tiled)" if len(skipped) > 1 else ""
         raise UserError(skipped[0]["reason"] + more)
-    table, pending = _store_table(out, [ids[p] for p in all_slides], results)
     write_parquet(out / "patches.parquet", table)
     produced = {
         "patches": table.num_rows,

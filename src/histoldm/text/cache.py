@@ -168,6 +168,9 @@ def _existing_cache(out: Path, encoder) -> TextCache | None:
         return None
     cache = TextCache.open(out)
     cache.check_compatible(encoder.name, encoder.mode, encoder.max_length, encoder.fingerprint)
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    if cache.meta.get("dtype", dtype) != dtype:  # appending would recast the old rows and relabel the cache
+        raise UserError(f"{out}: cache encoded in {cache.meta['dtype']}, this run encodes in {dtype}; use a new --out")
     return cache
 
 
@@ -184,7 +187,7 @@ def _encode_batches(encoder, captions: list[str], bs: int, batches: list[int], t
 
 
 def _part_digest(encoder, captions: list[str]) -> str:
-    h = hashlib.sha256(f"{encoder.fingerprint}\n{encoder.mode}\n{encoder.max_length}\n".encode())
+    h = hashlib.sha256(f"{encoder.fingerprint}\n{encoder.mode}\n{encoder.max_length}\n{encoder.dtype}\n".encode())
     for c in captions:
         h.update(c.encode() + b"\0")
     return h.hexdigest()

@@ -212,14 +212,14 @@ def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: 
         raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
 
 
-def report_training_data(cfg: TrainConfig, pairs: int, cases: int) -> None:
+def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
     """Say what the model learns from; without a split that includes the test cases, which would
     make every later evaluation on them meaningless, so it is said loudly."""
     if cfg.data.split is None:
         print(f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
-              f"({pairs} pairs from {cases} cases); set data.split to a split.json to hold cases out", file=sys.stderr)
+              f"({patches} patches from {cases} cases); set data.split to a split.json to hold cases out", file=sys.stderr)
     else:
-        print(f"train: {pairs} training pairs from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
+        print(f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
 
 
 def run_train(cfg: TrainConfig) -> dict:
