@@ -414,7 +414,8 @@ class Bench:
     def encode_latents(self) -> dict:
         """`run_encode_latents` with VQ-f4 on a PNG patch store (64 synthetic tiles, repeated under new ids:
         the same decode work), 256 px, bf16, against the bare encoder on tensors at the same batch."""
-        from histoldm.data.store import patch_table, read_parquet, write_parquet
+        from histoldm.data.store import patch_table
+        from histoldm.tables import read_parquet, write_parquet
         from histoldm.data.synthetic import make_synthetic_dataset
         from histoldm.devices import autocast_dtype
         from histoldm.models.autoencoder import encode, load_autoencoder

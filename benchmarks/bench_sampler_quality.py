@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from histoldm.evaluate.run import EvaluateConfig, run_evaluate
-    from histoldm.sample import SampleConfig, run_sample
+    from histoldm.sampling.run import SampleConfig, run_sample
     from histoldm.sampling.guidance import unet_passes
     from histoldm.sampling.solvers import solver_timesteps
 

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from histoldm.fileio import read_jsonl
-from histoldm.reports.summarize import SummarizeConfig, run_summarize
-from histoldm.reports.synthetic import make_synthetic_reports
+from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+from histoldm.summaries.synthetic import make_synthetic_reports
 
 # States no finding a synthetic report could contradict, so every case costs one request (each reply
 # is still checked against its report, which is part of the client's work being timed).

@@ -14,9 +14,9 @@ import argparse
 import statistics
 import time
 
-from histoldm.reports.extractive import summarise
-from histoldm.reports.scoring import GROUND_TRUTH_FACTS, facts_stated, stated_opposite
-from histoldm.reports.synthetic import make_synthetic_cases
+from histoldm.summaries.extractive import summarise
+from histoldm.summaries.scoring import GROUND_TRUTH_FACTS, facts_stated, stated_opposite
+from histoldm.summaries.synthetic import make_synthetic_cases
 from histoldm.text.tokenizer import count_tokens
 
 

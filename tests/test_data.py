@@ -441,7 +441,8 @@ def test_merge_stores_joins_tables_scores_and_images(tmp_path):
 
 def test_store_with_duplicate_patch_ids_is_refused(tmp_path: Path) -> None:
     """Two rows with one patch id would silently train, encode and sample one of them twice."""
-    from histoldm.data.store import patch_table, write_parquet
+    from histoldm.data.store import patch_table
+    from histoldm.tables import write_parquet
 
     row = {"patch_id": "p0", "slide_id": "s", "case_id": "c", "x": 0, "y": 0, "level": 0, "mpp": 1.0,
            "tissue_fraction": 1.0, "path": "patches/s/p0.png"}

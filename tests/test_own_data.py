@@ -15,7 +15,7 @@ import pytest
 
 from histoldm.assets import asset_path
 from histoldm.cli import main
-from histoldm.reports.synthetic import make_synthetic_reports
+from histoldm.summaries.synthetic import make_synthetic_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ["TCGA-AA-0001", "TCGA-AB-0002", "TCGA-AC-0003", "TCGA-AD-0004"]

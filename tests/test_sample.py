@@ -46,7 +46,7 @@ def captions_file(tmp_path_factory) -> Path:
 
 
 def _sample(bundle: Path, captions: Path, out: Path, **kw) -> dict:
-    from histoldm.sample import SampleConfig, run_sample
+    from histoldm.sampling.run import SampleConfig, run_sample
 
     return run_sample(SampleConfig(checkpoint=bundle, captions=captions, out=out, steps=STEPS, device="cpu", **kw))
 
@@ -218,7 +218,7 @@ def test_guidance_interval_skips_the_unconditional_pass_outside_it():
 def test_presets_fill_only_the_fields_not_given(tmp_path):
     from pydantic import ValidationError
 
-    from histoldm.sample import SampleConfig
+    from histoldm.sampling.run import SampleConfig
     from histoldm.sampling.run import SAMPLE_PRESETS
 
     base = {"checkpoint": tmp_path, "out": tmp_path / "o", "prompt": "x"}

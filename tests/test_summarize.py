@@ -15,14 +15,14 @@ import pytest
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
-from histoldm.reports.budget import truncate_to_budget
-from histoldm.reports.consistency import contradictions
-from histoldm.reports.extractive import RELEVANCE_ORDER, extractive_summary, summarise
-from histoldm.reports.loading import load_reports, normalise_case_id
-from histoldm.reports.prompts import load_prompt, render
-from histoldm.reports.scoring import facts_stated, stated_opposite
-from histoldm.reports.summarize import SummarizeConfig, run_summarize
-from histoldm.reports.synthetic import make_synthetic_cases, make_synthetic_reports
+from histoldm.summaries.budget import truncate_to_budget
+from histoldm.summaries.consistency import contradictions
+from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarise
+from histoldm.summaries.loading import load_reports, normalise_case_id
+from histoldm.summaries.prompts import load_prompt, render
+from histoldm.summaries.scoring import facts_stated, stated_opposite
+from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+from histoldm.summaries.synthetic import make_synthetic_cases, make_synthetic_reports
 from histoldm.text.tokenizer import count_tokens
 
 SHORT = "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; DCIS, cribriform; ER+, PR+, HER2-."
@@ -513,7 +513,7 @@ def test_llm_over_budget_reply_is_never_cut_into_the_opposite(tmp_path):
 
 
 def test_receptor_status_written_as_symbols():
-    from histoldm.reports.extractive import _receptors
+    from histoldm.summaries.extractive import _receptors
 
     written = {"ER+ PR- HER2+": "ER+, PR-, HER2+", "ER+ PR+ HER2-.": "ER+, PR+, HER2-", "HER2 -": "HER2-",
                "HER2-neu negative": "HER2-", "Her-2 pos": "HER2+", "HER2 (IHC) 2+": "HER2 equivocal", "HER2: 3+": "HER2+"}

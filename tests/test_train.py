@@ -528,7 +528,7 @@ def test_init_from_mismatches_are_one_line_errors(tmp_path, caches, capsys, make
 def test_compvis_init_zeroes_exactly_compvis_zero_modules(tmp_path, caches):
     """CompVis zero_module: every ResBlock's out_layers.3, SpatialTransformer proj_out and out.2, named in
     CompVis terms from the CompVis structure; a from-scratch run with model.init: compvis starts there."""
-    from histoldm.models.init import compvis_init
+    from histoldm.train.init import compvis_init
     from histoldm.models.presets import build_unet
 
     torch.manual_seed(0)

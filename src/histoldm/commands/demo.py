@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
-    from histoldm.demo import DemoConfig, run_demo
+    from histoldm.experiments.demo import DemoConfig, run_demo
 
     flags = {"out": args.out, "budget": args.budget, "threads": args.threads,
              "recipe": {"train_steps": args.train_steps} if args.train_steps is not None else None}

@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
-    from histoldm.sample import SampleConfig, run_sample
+    from histoldm.sampling.run import SampleConfig, run_sample
 
     names = ["checkpoint", "captions", "prompt", "num_images", "split", "split_name", "out", "preset", "steps", "guidance", "guidance_interval",
              "solver", "eta", "batch_size", "seed", "device", "dtype", "precision", "text_encoder", "text_cache", "compile", "compile_mode",

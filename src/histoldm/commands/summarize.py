@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histoldm.reports.summarize import SummarizeConfig, run_summarize
+    from histoldm.summaries.summarize import SummarizeConfig, run_summarize
 
     cfg = resolve_config(
         args,

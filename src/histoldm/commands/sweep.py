@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from histoldm.commands._common import resolve_config
     from histoldm.config import dump_config
-    from histoldm.evaluate.sweep import SweepConfig, run_sweep
+    from histoldm.experiments.sweep import SweepConfig, run_sweep
 
     cfg = resolve_config(args, SweepConfig, {"out": args.out, "budgets": args.budgets})
     if args.dry_run:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from histoldm.config import StrictModel
 from histoldm.data.scores import levels_of, read_scores
-from histoldm.data.store import PatchStore, write_parquet
+from histoldm.data.store import PatchStore
+from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl, require_output_file
 from histoldm.manifest import write_manifest

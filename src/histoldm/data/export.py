@@ -34,7 +34,7 @@ class ExportPatchesConfig(StrictModel):
 def split_items(captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test") -> list[dict[str, str]]:
     """The captioned patches of one split's cases (a seeded choice of n when given), in patch_id order."""
     from histoldm.data.splits import load_split
-    from histoldm.data.store import read_parquet
+    from histoldm.tables import read_parquet
 
     cases = load_split(split)
     rows = [r for r in read_parquet(captions, "captions file", ["patch_id", "case_id", "caption"]).to_pylist()

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from histoldm.data.scores import SCORE_COLUMNS, probability, write_scores
 from histoldm.data.splits import split_json
-from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id, write_parquet
+from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id
+from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import (
     atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_settings, read_text_input, require_file,

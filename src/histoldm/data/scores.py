@@ -21,7 +21,8 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from histoldm.config import StrictModel
-from histoldm.data.store import PatchStore, write_parquet
+from histoldm.data.store import PatchStore
+from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input
 from histoldm.manifest import write_manifest
@@ -154,7 +155,7 @@ def write_scores(path: Path, patch_ids: list[str], scores: dict[str, dict[str, f
 
 
 def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
-    from histoldm.data.store import read_parquet
+    from histoldm.tables import read_parquet
 
     t = read_parquet(path, "scores table").to_pydict()
     try:

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_bytes
+from histoldm.tables import read_parquet, write_parquet
 
 TABLE_NAME = "patches.parquet"
 
@@ -71,35 +70,6 @@ def png_bytes(img: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
 def patch_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows (dicts; missing keys become null) -> a table with the store schema."""
     return pa.Table.from_pylist([{k: r.get(k) for k in PATCH_SCHEMA.names} for r in rows], schema=PATCH_SCHEMA)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def write_parquet(path: Path, table: pa.Table) -> None:
-    """Atomic Parquet write: a reader never sees half a table."""
-    atomic_write_bytes(Path(path), parquet_bytes(table))
-
-
-def read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet input with one-line errors: missing, not Parquet, or lacking a needed column."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: {what} is not a readable Parquet file ({e})") from None
-    missing = [c for c in columns or [] if c not in schema.names]
-    if missing:
-        raise UserError(f"{path}: {what} lacks column(s) {', '.join(missing)} (has {', '.join(schema.names)})")
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: {what} is not a readable Parquet file ({e})") from None
 
 
 def write_patch_table(root: Path, rows: list[dict[str, Any]]) -> Path:

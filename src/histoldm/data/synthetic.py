@@ -20,7 +20,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from histoldm.data.descriptors import compose
-from histoldm.data.store import image_relpath, patch_table, png_bytes, write_parquet
+from histoldm.data.store import image_relpath, patch_table, png_bytes
+from histoldm.tables import write_parquet
 from histoldm.manifest import write_manifest
 
 

@@ -63,7 +63,7 @@ def read_sample_index(fake_dir: Path) -> list[dict]:
 
 def caption_levels(captions_parquet: Path, attributes: list[str]) -> dict[str, dict[str, str]]:
     """caption -> {attribute: level} from captions.parquet (columns caption, <attr>_level)."""
-    from histoldm.data.store import read_parquet
+    from histoldm.tables import read_parquet
 
     table = read_parquet(captions_parquet, "captions file").to_pydict()
     missing = [c for c in ["caption"] + [f"{a}_level" for a in attributes] if c not in table]

@@ -51,7 +51,7 @@ def _from_jsonl(path: Path) -> tuple[list[CaptionItem], list[dict]]:
 
 
 def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list[CaptionItem], list[dict]]:
-    from histoldm.data.store import read_parquet
+    from histoldm.tables import read_parquet
 
     columns = ["patch_id", "caption"] + (["case_id"] if split else [])
     table = read_parquet(path, "captions file", columns).to_pydict()

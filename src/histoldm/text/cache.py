@@ -30,7 +30,7 @@ import torch
 from histoldm.config import StrictModel
 from histoldm.devices import Precision, text_dtype
 from histoldm.errors import UserError
-from histoldm.data.store import read_parquet
+from histoldm.tables import read_parquet
 from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"

@@ -62,7 +62,7 @@ class LatentTextDataset(torch.utils.data.Dataset):
     `cases` is how many cases the pairs come from."""
 
     def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
-        from histoldm.data.store import read_parquet
+        from histoldm.tables import read_parquet
 
         table = read_parquet(captions_path, "captions file", ["patch_id", "case_id", "caption"]).to_pydict()
         cases = _split_cases(split_path, split) if split_path else None

@@ -155,7 +155,7 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
 def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path, say=print) -> dict:
     """The UNet's starting weights, chosen when a run starts; a resumed run's come from its checkpoint,
     and what it started from is read back from RUN/init.json for the manifest."""
-    from histoldm.models.init import compvis_init, load_init_weights
+    from histoldm.train.init import compvis_init, load_init_weights
 
     if resume_from is not None:
         if cfg.model.init_from is not None:

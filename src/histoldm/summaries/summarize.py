@@ -27,10 +27,10 @@ from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl, read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
-from histoldm.reports.consistency import contradictions
-from histoldm.reports.llm import ChatBackend, PermanentError, TransientError
-from histoldm.reports.loading import Report, load_reports
-from histoldm.reports.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
+from histoldm.summaries.consistency import contradictions
+from histoldm.summaries.llm import ChatBackend, PermanentError, TransientError
+from histoldm.summaries.loading import Report, load_reports
+from histoldm.summaries.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
 from histoldm.text.tokenizer import count_tokens
 
 STATUSES = ("ok", "regenerated", "truncated", "failed")
@@ -152,7 +152,7 @@ def summarize_with_llm(cfg: SummarizeConfig, backend: ChatBackend, template: Pro
 
 def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
     """The regeneration loop: retry errors with backoff; over-budget, empty or contradicting replies with feedback."""
-    from histoldm.reports.extractive import safe_truncate
+    from histoldm.summaries.extractive import safe_truncate
 
     messages = render(template, report.text, cfg.budget)
     usage: dict[str, int] | None = None  # stays None unless the backend reports usage
@@ -204,7 +204,7 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
 
 
 def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]:
-    from histoldm.reports.extractive import extractive_summary
+    from histoldm.summaries.extractive import extractive_summary
 
     try:
         summary, used_fallback = extractive_summary(report.text, cfg.budget)
@@ -223,7 +223,7 @@ def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]
 
 
 def _make_backend(cfg: SummarizeConfig) -> ChatBackend:
-    from histoldm.reports.llm import LocalBackend, OpenAIBackend
+    from histoldm.summaries.llm import LocalBackend, OpenAIBackend
 
     max_tokens = cfg.max_tokens or 4 * cfg.budget + 32
     if cfg.backend == "openai":

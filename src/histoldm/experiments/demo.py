@@ -19,7 +19,7 @@ from pydantic import Field
 from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
 from histoldm.fileio import atomic_write_json, read_jsonl
-from histoldm.pipeline import (DemoDataConfig, ModelRecipe, build_demo_data, model_mpp, noise_floor, prepare_latents, summarize,
+from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, model_mpp, noise_floor, prepare_latents, summarize,
                                train_sample_evaluate)
 
 
@@ -84,7 +84,7 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     """Seconds per stage (from the manifests, summed by stage name in run order), the rest of the run,
     the total and the machine, plus the one-line form the demo prints last."""
     from histoldm.manifest import stage_times
-    from histoldm.report import stage_manifests
+    from histoldm.html_report import stage_manifests
 
     stages: dict[str, float] = {}
     for _, stage, seconds in stage_times(stage_manifests(out)):
@@ -99,7 +99,7 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from histoldm.devices import machine_facts, set_cpu_threads
     from histoldm.evaluate.adherence import run_adherence
-    from histoldm.report import caption_rows, stage_manifests, write_report
+    from histoldm.html_report import caption_rows, stage_manifests, write_report
 
     started = time.time()
     set_cpu_threads(cfg.threads)

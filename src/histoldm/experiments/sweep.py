@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_jsonl
-from histoldm.pipeline import (DemoDataConfig, ModelRecipe, build_demo_data, noise_floor, prepare_latents, summarize,
+from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, noise_floor, prepare_latents, summarize,
                                train_sample_evaluate)
 
 COLUMNS = ["budget", "mean_summary_tokens", "text_context", "truncated_captions", "unique_captions", "fid", "fid_floor",
@@ -53,7 +53,7 @@ class SweepConfig(StrictModel):
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
-        from histoldm.reports.summarize import SummarizeConfig  # typos fail now, not after minutes of training
+        from histoldm.summaries.summarize import SummarizeConfig  # typos fail now, not after minutes of training
 
         SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
         return self
@@ -221,7 +221,7 @@ def _write_html(out: Path, cfg: SweepConfig, rows: list[dict[str, Any]], results
                 floors: dict[int, dict[str, Any] | None], notes: list[str], figures: list[tuple[str, Path]]) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
-    from histoldm.report import caption_rows, stage_manifests, write_report
+    from histoldm.html_report import caption_rows, stage_manifests, write_report
     from histoldm.text.tokenizer import count_tokens
 
     metrics, examples, captions = [], [], []

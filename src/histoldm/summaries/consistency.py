@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from histoldm.reports.extractive import diagnostic_text, margin_status, node_counts, receptor_signs
-from histoldm.reports.findings import FINDINGS, read_status
+from histoldm.summaries.extractive import diagnostic_text, margin_status, node_counts, receptor_signs
+from histoldm.summaries.findings import FINDINGS, read_status
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
           "necrosis": "necrosis", "calcifications": "calcifications", "invasive": "invasive carcinoma"}

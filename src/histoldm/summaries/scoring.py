@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from histoldm.reports.extractive import margin_status, receptor_signs
-from histoldm.reports.findings import read_status
-from histoldm.reports.synthetic import SyntheticCase
+from histoldm.summaries.extractive import margin_status, receptor_signs
+from histoldm.summaries.findings import read_status
+from histoldm.summaries.synthetic import SyntheticCase
 
 GROUND_TRUTH_FACTS = ("histologic_type", "grade", "tils", "necrosis", "mitoses", "pleomorphism", "growth", "in_situ",
                       "lvi", "receptors", "size", "nodes", "margins")

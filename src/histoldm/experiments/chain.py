@@ -77,7 +77,7 @@ def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
     """One synthetic TCGA-style report per case of the store, re-keyed to the store's case ids.
 
     The texts say on their first line that they are synthetic; they exist so every case has a report."""
-    from histoldm.reports.synthetic import make_synthetic_reports
+    from histoldm.summaries.synthetic import make_synthetic_reports
 
     cases = sorted(set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()))
     reports = make_synthetic_reports(len(cases), seed)
@@ -113,7 +113,7 @@ def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
-    from histoldm.reports.summarize import SummarizeConfig, run_summarize
+    from histoldm.summaries.summarize import SummarizeConfig, run_summarize
 
     run_summarize(load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget}))
     return out
@@ -201,7 +201,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
 
 def sample_held_out(checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path) -> Path:
     """The recipe's sampler over a caption list; only `seed` varies between calls on one model."""
-    from histoldm.sample import SampleConfig, run_sample
+    from histoldm.sampling.run import SampleConfig, run_sample
 
     run_sample(SampleConfig(checkpoint=checkpoint, captions=captions, out=out, steps=recipe.sample_steps, guidance=recipe.guidance,
                             solver=recipe.solver, batch_size=recipe.sample_batch_size, seed=seed, text_cache=text_cache))

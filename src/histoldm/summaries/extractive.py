@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from histoldm.reports.budget import truncate_to_budget
-from histoldm.reports.findings import FINDINGS, clauses, lower, read_status, status_at
+from histoldm.summaries.budget import truncate_to_budget
+from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
 # --- sections -------------------------------------------------------------------------------
@@ -633,7 +633,7 @@ def _sentence_case(clause: str) -> str:
 def safe_truncate(report: str, text: str, budget: int) -> str:
     """`text` cut to the budget at a clause boundary, cut further while the cut states a finding
     the report contradicts ("ductal carcinoma in situ, absent" must not end as "ductal carcinoma in situ")."""
-    from histoldm.reports.consistency import contradictions
+    from histoldm.summaries.consistency import contradictions
 
     cut = truncate_to_budget(text, budget)
     while cut and contradictions(report, cut):
