@@ -134,6 +134,62 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
     assert again["steps"] == 8 and [r["step"] for r in _stats(again["run_dir"])] == [2, 4, 6, 8]
 
 
+def _warmup_run(lr: float, warmup: int):
+    """A tiny model, AdamW and the trainer's warm-up schedule, as run_train builds them."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    return model, opt, sched
+
+
+def test_resume_applies_the_configs_optimizer_settings_from_the_next_step(tmp_path):
+    """A resumed run keeps the moments and the schedule's position but runs with the config's peak lr,
+    weight decay and warm-up; an unchanged config restores the exact lr and reports nothing."""
+    from histoldm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, opt, sched = _warmup_run(1e-3, warmup=10)
+    for _ in range(3):
+        model(torch.randn(5, 4)).square().sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    save_checkpoint(tmp_path, 3, model=model, ema=None, optimizer=opt, lr_scheduler=sched, scaler=None, data_position=3, keep=1,
+                    schedule={"warmup_steps": 10})
+    ckpt = tmp_path / "checkpoints" / "step-00000003"
+
+    same_model, same_opt, same_sched = _warmup_run(1e-3, warmup=10)
+    state = load_checkpoint(ckpt, model=same_model, ema=None, optimizer=same_opt, lr_scheduler=same_sched, scaler=None, schedule={"warmup_steps": 10})
+    assert state["optimizer_changes"] == {}
+    assert same_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 1e-3 * 4 / 10
+    assert torch.equal(same_opt.state[same_model.weight]["exp_avg"], opt.state[model.weight]["exp_avg"])
+
+    new_model, new_opt, new_sched = _warmup_run(1e-4, warmup=5)
+    new_opt.param_groups[0]["weight_decay"] = 0.0
+    state = load_checkpoint(ckpt, model=new_model, ema=None, optimizer=new_opt, lr_scheduler=new_sched, scaler=None, schedule={"warmup_steps": 5})
+    assert state["optimizer_changes"] == {"lr": [1e-3, 1e-4], "weight_decay": [0.01, 0.0], "warmup_steps": [10, 5]}
+    group = new_opt.param_groups[0]
+    assert group["lr"] == pytest.approx(1e-4 * 4 / 5) and group["weight_decay"] == 0.0  # in effect for the next optimizer step
+    assert new_sched.get_last_lr() == [group["lr"]]
+    assert torch.equal(new_opt.state[new_model.weight]["exp_avg"], opt.state[model.weight]["exp_avg"])  # moments kept
+    new_sched.step()  # the schedule continues from step 3 with the new peak
+    assert group["lr"] == pytest.approx(1e-4)
+
+
+def test_resumed_run_says_which_optimizer_settings_changed(tmp_path, caches, capsys):
+    run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=4, checkpoint_every=4, log_every=1, optim={"lr": 1e-3, "warmup_steps": 10}))
+    capsys.readouterr()
+    resumed = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=6, checkpoint_every=6, log_every=1,
+                                resume="latest", optim={"lr": 2e-4, "warmup_steps": 10}))
+    assert "optim.lr 0.001 -> 0.0002" in capsys.readouterr().out
+    manifest = json.loads((Path(resumed["run_dir"]) / "manifest.json").read_text())
+    assert manifest["optimizer_changes_on_resume"] == {"lr": [1e-3, 2e-4]}
+    lrs = {r["step"]: r["lr"] for r in _stats(resumed["run_dir"])}  # the lr each logged step leaves for the next one
+    assert lrs[4] == pytest.approx(1e-3 * 5 / 10) and lrs[5] == pytest.approx(2e-4 * 6 / 10)
+    state = json.loads((Path(resumed["run_dir"]) / "checkpoints" / "step-00000006" / "state.json").read_text())
+    assert state["optimizer_param_groups"][0]["initial_lr"] == 2e-4 and state["optimizer_settings"]["lr"] == 2e-4
+
+
 def test_resumed_optimizer_moments_take_their_parameters_layout():
     """channels_last weights: fused AdamW on CUDA needs moments with the same strides after a resume."""
     from histoldm.train.checkpoint import _match_parameter_layout
@@ -271,8 +327,15 @@ def test_train_vae_a_few_steps(tmp_path, capsys):
     assert read_latest(out) == "step-00000003" and not (out / "checkpoints" / "step-00000002").exists()  # rotated
     # more steps resume; other training settings would overwrite this autoencoder with a mix of two
     assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "4", "--batch-size", "2",
-                 "--set", "lr=0.01", "--set", "holdout_patches=2", "--set", "workers=0"]) == 2
-    assert "other lr" in capsys.readouterr().err
+                 "--set", "kl_weight=0.01", "--set", "holdout_patches=2", "--set", "workers=0"]) == 2
+    assert "other kl_weight" in capsys.readouterr().err
+    # a changed lr is applied from the resumed step on, and said
+    assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "4", "--batch-size", "2",
+                 "--set", "lr=1e-5", "--set", "holdout_patches=2", "--set", "workers=0"]) == 0
+    assert "lr 0.0001 -> 1e-05" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["optimizer_changes_on_resume"] == {"lr": [1e-4, 1e-5]}
+    state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["optimizer_param_groups"][0]["lr"] == 1e-5
 
 
 def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):

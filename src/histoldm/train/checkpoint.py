@@ -5,12 +5,17 @@
       ema.safetensors        EMA weights, when EMA is on
       optimizer.safetensors  optimizer state tensors ("state.<param>.<key>")
       rng.safetensors        torch CPU / CUDA generator states of the main process
-      state.json             step, data position, param groups, LR schedule, loss scaler, RNG (python,
-                             numpy) - written last: a folder without it is not a checkpoint
+      state.json             step, data position, param groups, LR schedule and the optimizer settings it was
+                             trained with, loss scaler, RNG (python, numpy) - written last: a folder without
+                             it is not a checkpoint
     RUN/latest               the name of the newest complete checkpoint
 
 A checkpoint is built in `.tmp-step-...`, renamed into place, and only then is `latest` replaced
 (atomically). A kill at any moment leaves `latest` naming a complete checkpoint.
+
+A resumed run keeps the optimizer's moments and the schedule's position but takes its hyper-parameters
+(peak lr, betas, weight decay, eps, the schedule's settings) from the config it runs with: resuming with a
+lower lr is how a run is usually cooled down. load_checkpoint returns what changed (old -> new).
 """
 
 from __future__ import annotations
@@ -70,8 +75,16 @@ def _restore_rng(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Non
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
 
 
+def optimizer_settings(optimizer, schedule: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a config sets (read from the first param group; every group gets the same),
+    plus the settings the LR schedule's lambda was built from (e.g. warmup_steps)."""
+    group = optimizer.param_groups[0]
+    return {"lr": group["initial_lr"], "betas": list(group["betas"]), "weight_decay": group["weight_decay"], "eps": group["eps"], **schedule}
+
+
 def save_checkpoint(
-    run_dir: Path, step: int, *, model, ema, optimizer, lr_scheduler, scaler, data_position: int, keep: int
+    run_dir: Path, step: int, *, model, ema, optimizer, lr_scheduler, scaler, data_position: int, keep: int,
+    schedule: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `step` completely, then point `latest` at it, then drop the oldest beyond `keep`."""
     folder = run_dir / "checkpoints"
@@ -93,6 +106,7 @@ def save_checkpoint(
         "optimizer_param_groups": opt["param_groups"],
         "optimizer_scalars": {f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if not torch.is_tensor(v)},
         "lr_scheduler": lr_scheduler.state_dict(),
+        "optimizer_settings": optimizer_settings(optimizer, schedule or {}),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "python_rng": random.getstate(),
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -165,8 +179,28 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler) -> dict[str, Any]:
-    """Restore everything save_checkpoint wrote; returns the state (step, data_position, ...)."""
+def _apply_settings(optimizer, lr_scheduler, settings: dict[str, Any]) -> None:
+    """Give every param group the config's hyper-parameters and the scheduler the config's peak lr, and set
+    the current lr to what the (LambdaLR) schedule gives at the resumed step with that peak."""
+    for group in optimizer.param_groups:
+        group.update(initial_lr=settings["lr"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"], eps=settings["eps"])
+    lr_scheduler.base_lrs = [settings["lr"]] * len(optimizer.param_groups)
+    lrs = [base * f(lr_scheduler.last_epoch) for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    lr_scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
+
+
+def describe_changes(changes: dict[str, list], prefix: str = "") -> str:
+    """One line for the log: `optim.lr 2.5e-05 -> 1e-05, optim.warmup_steps 1000 -> 10`."""
+    return ", ".join(f"{prefix}{k} {old} -> {new}" for k, (old, new) in changes.items())
+
+
+def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore everything save_checkpoint wrote, then apply the config's optimizer settings (the ones the
+    optimizer was built with, plus `schedule`); returns the state (step, data_position, ...) with
+    `optimizer_changes`: {setting: [checkpoint's, config's]} for each setting that differs."""
+    configured = optimizer_settings(optimizer, schedule or {})
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
     try:
         missing, unexpected = model.load_state_dict(_load_tensors(path / "model.safetensors"), strict=False)
@@ -188,6 +222,9 @@ def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler) 
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
     _match_parameter_layout(optimizer)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
+    saved = state.get("optimizer_settings") or optimizer_settings(optimizer, {})  # older checkpoints: their param groups
+    _apply_settings(optimizer, lr_scheduler, configured)
+    state["optimizer_changes"] = {k: [saved[k], v] for k, v in configured.items() if k in saved and saved[k] != v}
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     _restore_rng(_load_tensors(path / "rng.safetensors"), state)

@@ -231,7 +231,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from histoldm.manifest import write_manifest
     from histoldm.models.presets import build_unet
     from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
-    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
+    from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import (
         LatentTextDataset, ResumableSampler, TextTable, augment_dihedral, crop_window, drop_captions, pick_captions, random_crop, step_generator,
     )
@@ -288,20 +288,25 @@ def run_train(cfg: TrainConfig) -> dict:
     o = cfg.optim
     optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 if o.warmup_steps == 0 else min(1.0, (s + 1) / o.warmup_steps))
+    schedule = {"warmup_steps": o.warmup_steps}  # what the lambda is built from, kept in checkpoints
     ema = EMA(unet, cfg.ema_decay) if cfg.ema else None
     objective = DiffusionObjective(cfg.model.prediction_type, o.min_snr_gamma, device)
     table = text.table_with_uncond()
     table = table.to(device) if cfg.data.preload_text else (table.pin_memory() if on_gpu else table)
 
-    # Resume: weights, EMA, optimizer, LR schedule, loss scaler, RNG and data position.
-    step, data_position = 0, 0
+    # Resume: weights, EMA, optimizer state, LR schedule position, loss scaler, RNG and data position; the
+    # optimizer's hyper-parameters (peak lr, betas, weight decay, warmup) are this config's.
+    step, data_position, optimizer_changes = 0, 0, {}
     model, optimizer = accelerator.prepare(unet, optimizer)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=accelerator.scaler)
-        step, data_position = state["step"], state["data_position"]
+        state = load_checkpoint(resume_from, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                scaler=accelerator.scaler, schedule=schedule)
+        step, data_position, optimizer_changes = state["step"], state["data_position"], state["optimizer_changes"]
         if accelerator.is_main_process:  # log lines after the checkpoint are re-made by this session
             truncate_stats(run_dir / "stats.jsonl", step)
         accelerator.print(f"resumed from {resume_from} at step {step}")
+        if optimizer_changes:
+            accelerator.print(f"train: resuming with the config's {describe_changes(optimizer_changes, 'optim.')}")
     if cfg.model.compile and on_gpu:
         model = compile_unet(model, cfg.model.compile_mode)
 
@@ -378,7 +383,7 @@ def run_train(cfg: TrainConfig) -> dict:
             _stop_if_diverged(accelerator, nonfinite, step, run_dir)
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, step, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                scaler=accelerator.scaler, data_position=data_position, keep=cfg.keep_checkpoints)
+                                scaler=accelerator.scaler, data_position=data_position, keep=cfg.keep_checkpoints, schedule=schedule)
             accelerator.wait_for_everyone()
 
         # Validation grid every validation.every steps, on the main process; the others wait.
@@ -401,7 +406,8 @@ def run_train(cfg: TrainConfig) -> dict:
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
                        produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
-                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init})
+                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init,
+                              "optimizer_changes_on_resume": optimizer_changes})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

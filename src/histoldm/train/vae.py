@@ -147,8 +147,9 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
     return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
 
 
-# Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads.
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "resume", "device"}
+# Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads, and
+# the learning rate (applied from the resumed step on, like the LDM trainer's optimizer settings).
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "resume", "device", "lr"}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -200,7 +201,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from histoldm.devices import autocast_dtype, resolve_device
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
-    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
+    from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import ResumableSampler
 
     started = time.time()
@@ -213,7 +214,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     resume_from = resolve_resume(out, cfg.resume)
     _check_same_training(out, cfg, resume_from is not None)
 
-    # Model and optimizer (constant LR), restored from the latest checkpoint when there is one.
+    # Model and optimizer (constant LR), restored from the latest checkpoint when there is one; the lr is the config's.
     torch.manual_seed(cfg.seed)
     model = _load_model(cfg.init).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
@@ -221,11 +222,14 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    step = 0
+    step, optimizer_changes = 0, {}
     if resume_from is not None:
-        step = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)["step"]
+        state = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)
+        step, optimizer_changes = state["step"], state["optimizer_changes"]
         truncate_stats(out / "stats.jsonl", step)
         print(f"train-vae: resumed from {resume_from} at step {step}")
+        if optimizer_changes:
+            print(f"train-vae: resuming with the config's {describe_changes(optimizer_changes)}")
 
     # Training loop; NaN is checked at every host sync, so no checkpoint ever holds diverged weights.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
@@ -254,5 +258,6 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
-                   produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed)
+                   produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed,
+                   extra={"optimizer_changes_on_resume": optimizer_changes})
     return {"autoencoder": str(out / "autoencoder"), **metrics}
