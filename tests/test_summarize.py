@@ -562,3 +562,53 @@ def test_prompt_presets_and_files(tmp_path):
         load_prompt(str(tmp_path / "bad.yaml"))
     with pytest.raises(UserError, match="not a prompt preset"):
         load_prompt("nonexistent-preset")
+
+
+# --- the local backend, offline, on a tiny random causal LM ----------------------------------
+
+
+WORDS = ["tumor", "cells", "tissue", "section", "grade", "margin", "carcinoma"]  # one CLIP token each
+
+
+@pytest.fixture
+def tiny_local_lm(tmp_path, monkeypatch):
+    """A 2-layer GPT-2 with random weights and a word-level tokenizer with a chat template, saved as
+    a transformers folder. It never ends early and never emits its special tokens (generation config),
+    so every reply is exactly max_new_tokens of WORDS."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=4096, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1))
+    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=None, suppress_tokens=[0, 1])
+    folder = tmp_path / "tiny-lm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_backend_generates_and_its_replies_go_through_the_budget_check(tmp_path, tiny_local_lm, capsys):
+    from histoldm.summaries.llm import LocalBackend
+
+    reply = LocalBackend(str(tiny_local_lm), temperature=0.0, seed=0, max_tokens=6).complete(
+        [{"role": "system", "content": "summarise"}, {"role": "user", "content": "invasive carcinoma grade 2"}])
+    assert len(reply.text.split()) == 6 and set(reply.text.split()) <= set(WORDS)
+    assert reply.usage["completion_tokens"] == 6 and reply.usage["prompt_tokens"] > 0
+
+    # end to end: six words never fit a 1-token budget, so after the last attempt the case is cut to fit
+    _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(1, seed=3))
+    out = tmp_path / "s.jsonl"
+    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(out), "--backend", "local", "--model", str(tiny_local_lm),
+                 "--budget", "1", "--max-tokens", "6", "--max-attempts", "2"]) == 0
+    [record] = list(read_jsonl(out))
+    assert record["status"] == "truncated" and record["attempts"] == 2, record
+    assert "still over budget after 2 attempts (shortest reply" in record["error"]
+    assert record["usage"]["completion_tokens"] == 12  # both attempts generated
+    assert record["summary"] in WORDS and record["tokens"] == 1  # the shortest reply's first word
