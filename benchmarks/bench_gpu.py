@@ -46,8 +46,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import write_synthetic_caches  # noqa: E402  (the documented cache formats)
 
 PEAK_TFLOPS = 790.0  # H100 dense bf16, measured (8192^3 matmul); nominal 989
 IMAGES_TO_PROJECT = 200_000
@@ -180,6 +178,8 @@ class Bench:
     # ---------- shared inputs ----------
     def data(self):
         """Synthetic latent + text caches and captions.parquet, in the documented formats (written once)."""
+        from histoldm.train.synthetic import write_synthetic_caches
+
         if self._data is None:
             p = self.p
             section = write_synthetic_caches(self.work / "caches", max(4 * p.train_batch, 512), 3, p.size, p.ctx, p.dim, captions=64)

@@ -1,4 +1,5 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files; the builders they share (random PNG folders, a patch store,
+a TorchScript extractor) are plain functions in builders.py."""
 
 from __future__ import annotations
 

@@ -131,8 +131,7 @@ def test_the_unet_compiles_as_one_graph():
 
 
 def test_trainer_refuses_checkpoint_levels_without_checkpointing(tmp_path, fresh_accelerate):
-    sys.path.insert(0, str(BENCH.parent))
-    from bench_train import write_synthetic_caches
+    from histoldm.train.synthetic import write_synthetic_caches
 
     from histoldm.train.trainer import ModelSection, TrainConfig, run_train
 
@@ -146,8 +145,7 @@ def test_trainer_refuses_checkpoint_levels_without_checkpointing(tmp_path, fresh
 def test_sampler_decodes_in_chunks_without_changing_images(tmp_path):
     import dataclasses
 
-    sys.path.insert(0, str(BENCH.parent))
-    from bench_train import write_synthetic_caches
+    from histoldm.train.synthetic import write_synthetic_caches
 
     from histoldm.models.autoencoder import load_autoencoder
     from histoldm.sampling.context import CacheText

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import save_pool_extractor, write_random_pngs
 from histoldm.cli import main
 from histoldm.data.descriptors import compose
 from histoldm.errors import UserError
@@ -199,22 +200,10 @@ def _real_set(tmp_path, n=4):
     return real
 
 
-def _tiny_extractor(path):
-    """A real TorchScript extractor with 48-d features: the file path users take for their own weights."""
-    import torch
-
-    class Pool(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
-
-    torch.jit.save(torch.jit.script(Pool()), str(path))
-    return path
-
-
 def test_half_precision_extractor_gets_the_values_it_would_cast_itself(tmp_path):
     """Workers hand over images already in the extractor's dtype: same features as casting on the device."""
     paths = list_images(_real_set(tmp_path, 2))
-    extractor = load_extractor(_tiny_extractor(tmp_path / "pool.pt"), "cpu", "float16")
+    extractor = load_extractor(save_pool_extractor(tmp_path / "pool.pt"), "cpu", "float16")
     from_workers = extract_features(paths, extractor, workers=1).features
     cast_by_extractor = np.concatenate([extractor(preprocess(p, "bicubic")[None]) for p in paths])
     np.testing.assert_allclose(from_workers, cast_by_extractor, rtol=1e-6, atol=0)  # a float16 rounding would be ~1e-3
@@ -240,12 +229,9 @@ def test_resizing_on_the_device_gives_the_workers_features(tmp_path, monkeypatch
     from histoldm.evaluate import features as F
 
     monkeypatch.setattr(F, "MAX_SIDE_TO_SHIP", 300)
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for i, size in enumerate([(256, 256), (120, 90), (256, 256), (299, 299), (320, 320), (120, 90), (256, 256)]):
-        Image.fromarray(RNG.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = write_random_pngs(tmp_path / "mixed", [(256, 256), (120, 90), (256, 256), (299, 299), (320, 320), (120, 90), (256, 256)], RNG)
     (folder / "broken.png").write_text("not an image")
-    extractor = load_extractor(_tiny_extractor(tmp_path / "pool.pt"), "cpu", "float32")
+    extractor = load_extractor(save_pool_extractor(tmp_path / "pool.pt"), "cpu", "float32")
     paths = list_images(folder)
     results = [extract_features(paths, extractor, batch_size=4, workers=1, resize_on_device=flag) for flag in (False, True)]
     for result in results:
@@ -286,7 +272,7 @@ def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
     from histoldm.devices import Processes
     from histoldm.evaluate.run import EvaluateConfig, run_evaluate
 
-    real, ext = _real_set(tmp_path, 5), _tiny_extractor(tmp_path / "pool.pt")
+    real, ext = _real_set(tmp_path, 5), save_pool_extractor(tmp_path / "pool.pt")
     fake = tmp_path / "fake"
     shutil.copytree(real, fake)
     (fake / "3.png").unlink()
@@ -312,7 +298,7 @@ def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
 
 
 def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, capsys):
-    real, ext = _real_set(tmp_path, 5), _tiny_extractor(tmp_path / "pool.pt")
+    real, ext = _real_set(tmp_path, 5), save_pool_extractor(tmp_path / "pool.pt")
     stats = tmp_path / "ref.npz"
     assert main(["fid-ref", str(real), "--out", str(stats), "--extractor", str(ext), "--workers", "0"]) == 0
     assert "user TorchScript pool.pt" in capsys.readouterr().out
@@ -344,11 +330,7 @@ def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, cap
 
 
 def _folder(tmp_path, name, n, size):
-    folder = tmp_path / name
-    folder.mkdir()
-    for i in range(n):
-        Image.fromarray(RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return write_random_pngs(tmp_path / name, [(size, size)] * n, RNG)
 
 
 def _no_features(monkeypatch):
@@ -363,7 +345,7 @@ def _no_features(monkeypatch):
 
 def test_real_and_generated_sets_of_different_sizes_are_refused_before_features(tmp_path, capsys, monkeypatch):
     """256 px reals against 64 px fakes gave an FID of the resolution gap and exit 0 (issue 17)."""
-    real, fake, ext = _folder(tmp_path, "real", 5, 48), _folder(tmp_path, "fake", 5, 32), _tiny_extractor(tmp_path / "pool.pt")
+    real, fake, ext = _folder(tmp_path, "real", 5, 48), _folder(tmp_path, "fake", 5, 32), save_pool_extractor(tmp_path / "pool.pt")
     base = ["--extractor", str(ext), "--workers", "0"]
     stats = tmp_path / "ref.npz"
     assert main(["fid-ref", str(real), "--out", str(stats), *base]) == 0
@@ -383,7 +365,7 @@ def test_real_and_generated_sets_of_different_sizes_are_refused_before_features(
 def test_outputs_and_inputs_are_checked_before_features(tmp_path, capsys, monkeypatch):
     """fid-ref --out FOLDER used to extract every feature and then blame a temp file; --adherence without
     levels failed after the features; both now stop first, naming the path as typed."""
-    real, ext = _folder(tmp_path, "real", 4, 32), _tiny_extractor(tmp_path / "pool.pt")
+    real, ext = _folder(tmp_path, "real", 4, 32), save_pool_extractor(tmp_path / "pool.pt")
     (real / "index.jsonl").write_text("".join(json.dumps({"id": i, "caption": "c", "file": f"{i}.png"}) + "\n" for i in range(4)))
     base = ["--extractor", str(ext), "--workers", "0"]
     _no_features(monkeypatch)
@@ -412,7 +394,7 @@ def test_outputs_and_inputs_are_checked_before_features(tmp_path, capsys, monkey
 def test_three_generated_images_give_every_metric_they_allow(tmp_path, capsys):
     """Precision/recall needs more than k images per set; with 3 fakes it is skipped with the reason and
     FID and KID are still computed (before: no metric at all)."""
-    real, fake, ext = _folder(tmp_path, "real", 6, 32), _folder(tmp_path, "fake", 3, 32), _tiny_extractor(tmp_path / "pool.pt")
+    real, fake, ext = _folder(tmp_path, "real", 6, 32), _folder(tmp_path, "fake", 3, 32), save_pool_extractor(tmp_path / "pool.pt")
     out = tmp_path / "e"
     assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out), "--extractor", str(ext), "--workers", "0",
                  "--kid-subsets", "2"]) == 0
@@ -435,10 +417,7 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
     from histoldm.evaluate.run import FidRefConfig, run_fid_ref
     from torchvision_inception_parts import bundled_state_dict, import_pytorch_fid
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, (h, w) in enumerate([(64, 64), (310, 300)]):  # upsampled (the demo's size), downsampled
-        Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = write_random_pngs(tmp_path / "imgs", [(64, 64), (310, 300)], RNG)  # upsampled (the demo's size), downsampled
     result = run_fid_ref(FidRefConfig(images=folder, out=tmp_path / "ours.npz", protocol="pytorch-fid", workers=0))
     mu, sigma, recorded = M.load_stats(tmp_path / "ours.npz")
     assert recorded["protocol"] == "pytorch-fid" and recorded["resize"] == "legacy" and result["protocol"]["protocol"] == "pytorch-fid"

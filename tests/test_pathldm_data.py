@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import save_pool_extractor, write_random_pngs
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.train.data import crop_window, pick_captions, random_crop, step_generator
@@ -180,16 +181,9 @@ def test_evaluate_takes_foreign_statistics_and_says_so(tmp_path, capsys):
     from histoldm.evaluate import metrics as M
     from histoldm.evaluate.features import extract_features, list_images, load_extractor
 
-    class Pool(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
-
-    torch.jit.save(torch.jit.script(Pool()), str(tmp_path / "pool.pt"))
-    fake = tmp_path / "fake"
-    fake.mkdir()
+    save_pool_extractor(tmp_path / "pool.pt")
     rng = np.random.default_rng(1)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(fake / f"{i}.png")
+    fake = write_random_pngs(tmp_path / "fake", [(64, 64)] * 4, rng)
     real = rng.normal(size=(60, 48))
     np.savez(tmp_path / "center_crop_real_stats.npz", mu=real.mean(0).astype(np.float32), sigma=np.cov(real, rowvar=False).astype(np.float32))
     args = ["evaluate", "--real", str(tmp_path / "center_crop_real_stats.npz"), "--fake", str(fake), "--out", str(tmp_path / "eval"),

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from builders import write_patch_store
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.models.bundle import read_bundle_meta
@@ -250,24 +251,11 @@ def test_ddp_two_cpu_processes(tmp_path, caches):
     assert manifest["processes"] == 2 and read_latest(tmp_path / "ddp") == "step-00000004"
 
 
-def _write_store(root: Path, n: int = 6, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        rel = f"patches/s{i % 2}/q{i}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / rel)
-        rows.append({"patch_id": f"q{i}", "slide_id": f"s{i % 2}", "case_id": f"c{i % 3}", "path": rel})
-    rows.append({"patch_id": "broken", "slide_id": "s0", "case_id": "c0", "path": "patches/missing.png"})
-    pq.write_table(pa.Table.from_pylist(rows), root / "patches.parquet")
-    return root
-
-
 def test_encode_latents_round_trip_and_resume(tmp_path, capsys):
     from histoldm.models.autoencoder import decode, encode, load_autoencoder
     from histoldm.train.latents import LatentCache
 
-    store = _write_store(tmp_path / "store")
+    store = write_patch_store(tmp_path / "store")
     out = tmp_path / "lat"
     args = ["encode-latents", str(store), "--vae", "kl-f4-tiny", "--out", str(out), "--batch-size", "4", "--set", "shard_size=4", "--set", "workers=0"]
     assert main(args) == 0
@@ -298,7 +286,7 @@ def test_encode_latents_in_two_processes_writes_the_single_process_cache(tmp_pat
     from histoldm.devices import Processes
     from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
 
-    store = _write_store(tmp_path / "store")
+    store = write_patch_store(tmp_path / "store")
     cfg = EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "one", batch_size=2, shard_size=2, device="cpu", workers=0)
     one = run_encode_latents(cfg)
     sharded = cfg.model_copy(update={"out": tmp_path / "two"})
@@ -317,7 +305,7 @@ def test_encode_latents_in_two_processes_writes_the_single_process_cache(tmp_pat
 def test_train_vae_a_few_steps(tmp_path, capsys):
     from histoldm.models.autoencoder import load_autoencoder
 
-    store = _write_store(tmp_path / "store", n=8)
+    store = write_patch_store(tmp_path / "store", n=8)
     out = tmp_path / "vae"
     assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "3", "--batch-size", "2",
                  "--set", "holdout_patches=2", "--set", "workers=0", "--set", "log_every=1", "--set", "checkpoint_every=2"]) == 0
@@ -343,7 +331,7 @@ def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):
     from histoldm.train.data import ResumableSampler
     from histoldm.train.vae import TrainVAEConfig, _batches
 
-    store = _write_store(tmp_path / "store", n=8)
+    store = write_patch_store(tmp_path / "store", n=8)
     paths = [store / p for p in pq.read_table(store / "patches.parquet").column("path").to_pylist()]
     cfg = TrainVAEConfig(store=store, out=tmp_path / "vae", workers=0, image_size=16)
     loader = _batches(paths, ResumableSampler(len(paths), 3, seed=0), cfg)
@@ -360,7 +348,7 @@ def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):
     """A diverging autoencoder run exits with one line; no checkpoint it leaves holds non-finite weights."""
     from safetensors.torch import load_file
 
-    store = _write_store(tmp_path / "store", n=8)
+    store = write_patch_store(tmp_path / "store", n=8)
     out = tmp_path / "vae"
     assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "6", "--batch-size", "2",
                  "--set", "lr=1e30", "--set", "holdout_patches=2", "--set", "workers=0", "--set", "log_every=100",
@@ -373,7 +361,7 @@ def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):
 
 def test_train_vae_holds_out_the_split_cases(tmp_path):
     """With a split, the autoencoder never trains on held-out cases: PSNR is measured on exactly them."""
-    store = _write_store(tmp_path / "store", n=9)
+    store = write_patch_store(tmp_path / "store", n=9)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"cases": {"train": ["c0", "c1"], "test": ["c2"]}}))
     out = tmp_path / "vae"
@@ -445,21 +433,9 @@ def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
 
 def test_encode_latents_resizes_patches_when_asked(tmp_path):
     """A model may work below the stored resolution: 32 px patches encoded at 16 px give 4x4 latents."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
     from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
 
-    store = tmp_path / "store"
-    (store / "patches").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(store / "patches" / f"p{i}.png")
-        rows.append({"patch_id": f"p{i}", "case_id": "c", "path": f"patches/p{i}.png"})
-    pq.write_table(pa.Table.from_pylist(rows), store / "patches.parquet")
+    store = write_patch_store(tmp_path / "store", n=3, size=32, broken=False)
     run_encode_latents(EncodeLatentsConfig(store=store, vae="kl-f4-tiny", out=tmp_path / "lat", device="cpu", workers=0, image_size=16))
     cache = LatentCache.open(tmp_path / "lat")
     assert cache.meta["image_size"] == 16 and cache.meta["size"] == 4
