@@ -19,8 +19,8 @@ from pydantic import Field
 from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
 from histoldm.fileio import atomic_write_json, read_jsonl
-from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, model_mpp, noise_floor, prepare_latents, summarize,
-                               train_sample_evaluate)
+from histoldm.experiments.chain import ModelRecipe, model_mpp, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
 
 
 class DemoConfig(StrictModel):

@@ -24,8 +24,8 @@ from pydantic import Field, model_validator
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_jsonl
-from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, noise_floor, prepare_latents, summarize,
-                               train_sample_evaluate)
+from histoldm.experiments.chain import ModelRecipe, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
 
 COLUMNS = ["budget", "mean_summary_tokens", "text_context", "truncated_captions", "unique_captions", "fid", "fid_floor",
            "kid_mean", "kid_std", "kid_floor", "precision", "recall", "adherence_tumor_auroc", "peak_train_memory_gib",
