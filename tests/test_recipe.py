@@ -31,6 +31,11 @@ def test_demo_refuses_a_bad_stage_key_in_one_line_before_any_compute(tmp_path, c
     assert not out.exists()  # nothing ran
 
 
+def test_demo_train_steps_flag_is_the_train_sections_max_steps(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train-steps", "0"]) == 2
+    assert "config key 'recipe.train.max_steps': Input should be greater than 0" in capsys.readouterr().err
+
+
 def test_sweep_yaml_typo_names_the_file_and_the_key(tmp_path, capsys):
     config = tmp_path / "sweep.yaml"
     config.write_text(f"out: {tmp_path / 'sweep'}\nrecipe:\n  encode_latents:\n    batch_size: 8\n    wrokers: 2\n")
