@@ -8,7 +8,7 @@ one core's worth of work, like a compile or another job) for the whole run and s
 
     python benchmarks/bench_demo.py --out /tmp/bench-idle
     python benchmarks/bench_demo.py --out /tmp/bench-busy --compete
-    python benchmarks/bench_demo.py --out /tmp/bench-t2 --threads 2 -- --set recipe.train_steps=600
+    python benchmarks/bench_demo.py --out /tmp/bench-t2 --threads 2 -- --set recipe.train.max_steps=600
 """
 
 from __future__ import annotations

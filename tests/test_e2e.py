@@ -12,10 +12,10 @@ from histoldm.cli import main
 
 TINY = [
     "--set", "data.synthetic_cases=3", "--set", "data.tiles_per_case=4",
-    "--set", "recipe.image_size=32", "--set", "recipe.autoencoder_steps=4", "--set", "recipe.autoencoder_batch_size=4",
-    "--set", "recipe.train_steps=6", "--set", "recipe.batch_size=8", "--set", "recipe.log_every=2",
-    "--set", "recipe.sample_steps=4", "--set", "recipe.n_samples=6",
-    "--set", "recipe.autoencoder_crop=16", "--set", "recipe.min_snr_gamma=5",
+    "--set", "recipe.image_size=32", "--set", "recipe.train_vae.steps=4", "--set", "recipe.train_vae.batch_size=4",
+    "--set", "recipe.train.max_steps=6", "--set", "recipe.train.batch_size=8", "--set", "recipe.train.log_every=2",
+    "--set", "recipe.sample.steps=4", "--set", "recipe.n_samples=6",
+    "--set", "recipe.train_vae.crop=16", "--set", "recipe.train.optim.min_snr_gamma=5",
 ]
 
 

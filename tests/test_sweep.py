@@ -39,10 +39,13 @@ def test_context_grows_to_the_longest_summary_when_the_encoder_tokenizes_finer()
 def test_row_recipes_refuse_a_context_the_encoder_cannot_take(tmp_path):
     summaries = tmp_path / "s.jsonl"
     summaries.write_text('{"case_id": "a", "summary": "x", "tokens": 1, "status": "ok"}\n')
-    cfg = SweepConfig(budgets=[20, 154], recipe={"text_encoder": "tiny-clip", "text_mode": "truncate", "text_max_length": 77})
+    encoder = {"text_encoder": "tiny-clip", "mode": "truncate"}
+    cfg = SweepConfig(budgets=[20, 154], recipe={"encode_text": encoder})
     with pytest.raises(UserError, match="budget 154 needs a 162-token text context"):
         row_recipes(cfg, {20: summaries, 154: summaries})
-    assert row_recipes(cfg.model_copy(update={"text_context": "recipe"}), {154: summaries})[154].text_max_length == 77
+    assert row_recipes(cfg, {20: summaries})[20].encode_text == {**encoder, "max_length": 28}
+    fixed = SweepConfig(budgets=[154], text_context="recipe", recipe={"encode_text": {**encoder, "max_length": 77}})
+    assert row_recipes(fixed, {154: summaries})[154].encode_text["max_length"] == 77
 
 
 def test_peak_rss_sees_memory_allocated_inside_the_stage():

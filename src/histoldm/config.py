@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input
@@ -106,3 +107,18 @@ def _has_key(data: dict[str, Any], loc: tuple) -> bool:
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def key_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> ValidationError:
+    """A validation error on one key, for a check a validator makes beyond the field's type (load_config
+    reports it as `config key 'a.b': message`)."""
+    return ValidationError.from_exception_data("config", [{"type": PydanticCustomError("config_key", "{message}", {"message": message}),
+                                                           "loc": loc, "input": value}])
+
+
+def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> ValidationError:
+    """`err`, from validating a nested config by hand, with its keys under `prefix` (so load_config names the
+    whole key, e.g. `recipe.train.optim.lrr`), its error types and messages kept."""
+    return ValidationError.from_exception_data(err.title, [
+        {"type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}), "loc": (*prefix, *e["loc"]), "input": e.get("input")}
+        for e in err.errors()])

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.experiments.demo import DemoConfig, run_demo
 
     flags = {"out": args.out, "budget": args.budget, "threads": args.threads,
-             "recipe": {"train_steps": args.train_steps} if args.train_steps is not None else None}
+             "recipe": {"train": {"max_steps": args.train_steps}} if args.train_steps is not None else None}
     result = run_demo(resolve_config(args, DemoConfig, flags))
     print(f"demo finished in {result['timing']['line']}; open the report: {result['report']}")
     return 0

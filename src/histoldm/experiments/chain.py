@@ -3,113 +3,182 @@
 Each step calls the same library function as its CLI subcommand and writes into its own folder
 of the work directory, so every intermediate file and manifest stays inspectable. Steps whose
 output already exists are resumed or skipped by the stage itself.
+
+The recipe holds the stage settings as the stages' own configs: one section per stage
+(`train_vae`: TrainVAEConfig, `encode_latents`: EncodeLatentsConfig, `encode_text`: EncodeTextConfig,
+`train`: TrainConfig, `sample`: SampleConfig, `evaluate`: EvaluateConfig), each holding the keys the
+user gave, nested as in that config (`recipe.train.optim.lr`). Only four knobs sit at the recipe level,
+because they span stages: `image_size` (autoencoder, latents, real images), `autoencoder` (trained or
+used as is, then encoding), `seed` (every stage, and seed + 1 for the noise floor) and `n_samples`
+(held-out captions: not a stage setting). A stage's config is built as: the stage's defaults <- this
+experiment's (EXPERIMENT_DEFAULTS: the demo's scale) <- values derived from the others when not given
+(a short run checkpoints at its end, KID subsets no larger than the set, ...) <- the user's section <-
+what the experiment fills in itself: the paths of its data and work folder and the recipe-level knobs.
+A user who sets one of those is refused (it would be overwritten). Every section is built into its
+stage's config when the recipe is loaded, with stand-in paths, so a typo or a bad value is a one-line
+error naming the key (`recipe.train.optim.lrr`) before any compute.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from histoldm.config import StrictModel, deep_merge, load_config
+from histoldm.config import StrictModel, deep_merge, key_error, load_config, nested_error
 from histoldm.data.export import export_patches, split_items
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, atomic_write_jsonl
 from histoldm.memory import PeakRSS
 
+if TYPE_CHECKING:
+    from histoldm.evaluate.run import EvaluateConfig
+    from histoldm.sampling.run import SampleConfig
+    from histoldm.text.cache import EncodeTextConfig
+    from histoldm.train.latents import EncodeLatentsConfig
+    from histoldm.train.trainer import TrainConfig
+    from histoldm.train.vae import TrainVAEConfig
 
-class DemoDataConfig(StrictModel):
-    """The demo dataset: the bundled CC0 slide plus synthetic H&E-like cases with known attributes."""
+C = TypeVar("C", bound=BaseModel)
 
-    magnification: float = 10.0  # PathLDM's; synthetic tiles are drawn at the same 1 um/px
-    patch_size: int = 256
-    overlap: int = 192  # the CC0 slide is small: without overlap 10x gives only a handful of patches
-    synthetic_cases: int = Field(8, ge=2)
-    tiles_per_case: int = Field(12, ge=1)
-    test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
+# What this experiment sets beyond each stage's own defaults: the demo's scale (CPU, minutes, a few hundred
+# patches), so `histoldm demo` needs no config. A full-scale sweep overrides them (configs/sweep_token_lengths.yaml).
+EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Decoded once and kept in memory (preload), in this process: at 64 px decoding cost as much as a step.
+    "train_vae": {"steps": 250, "batch_size": 16, "lr": 1e-3, "workers": 0, "preload": True, "log_every": 50},
+    "encode_latents": {"batch_size": 32, "workers": 0},
+    "encode_text": {"text_encoder": "minilm", "mode": "truncate", "max_length": 64},
+    # 600 steps gave chance-level condition adherence in the demo, 1500 a clear signal (benchmarks/RESULTS.md).
+    "train": {"max_steps": 1200, "batch_size": 32, "ema": True, "ema_decay": 0.995, "log_every": 20, "keep_checkpoints": 1,
+              "data": {"workers": 0}, "model": {"unet_preset": "tiny"}, "optim": {"lr": 5e-4, "warmup_steps": 50}},
+    "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` still works)
+    "evaluate": {"fid_method": "eigh", "adherence": True},  # eigh: the same trace as sqrtm, ~10x faster on CPU
+}
+# Stage keys filled from a recipe-level knob: a user who sets one is pointed at the knob.
+_KNOBS = {"seed": "recipe.seed", "image_size": "recipe.image_size", "init": "recipe.autoencoder", "vae": "recipe.autoencoder"}
+_HERE = Path(".")  # the stand-in path a section is validated with when the recipe is loaded
 
 
 class ModelRecipe(StrictModel):
     """Everything from captions to metrics for one set of summaries (one row of the sweep)."""
 
-    image_size: int | None = 64  # resolution the models work at; None = the stored patch size
-    autoencoder: str = "kl-f4-tiny"  # KL preset trained here, or a folder / hub id used as is
-    autoencoder_steps: int = 250  # training steps when `autoencoder` is a preset (0 = random weights)
-    autoencoder_batch_size: int = 16
-    autoencoder_crop: int | None = None  # random crops of this many pixels (None = whole images); 32 lost the demo's adherence (RESULTS.md)
-    text_encoder: str = "minilm"
-    text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
-    text_max_length: int | None = 64
-    unet_preset: str = "tiny"
-    train_steps: int = 1200  # 600 gave chance-level condition adherence in the demo, 1500 a clear signal
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup_steps: int = 50
-    min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); None = plain epsilon MSE
-    ema: bool = True
-    ema_decay: float = 0.995
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
-    log_every: int = Field(20, ge=1)
-    checkpoint_every: int = Field(5000, ge=1)
-    train_overrides: dict[str, Any] = Field(default_factory=dict)  # any other TrainConfig keys, e.g. {model: {compile: true}}
-    sample_steps: int = 50
-    guidance: float = 1.75
-    solver: Literal["ddim", "dpmpp"] = "ddim"
-    n_samples: int = Field(48, ge=2)  # held-out patches whose captions are sampled (and their real images)
-    sample_batch_size: int = 16
-    kid_subset_size: int = 1000
+    image_size: int | None = Field(64, ge=8)  # resolution the models work at; None = the stored patch size
+    autoencoder: str = "kl-f4-tiny"  # a KL preset is trained here (`train_vae`); a VQ preset, folder or hub id is used as is
     seed: int = 0
+    n_samples: int = Field(48, ge=2)  # held-out patches whose captions are sampled (and their real images)
+    train_vae: dict[str, Any] = Field(default_factory=dict)  # TrainVAEConfig keys; used when `autoencoder` is a KL preset
+    encode_latents: dict[str, Any] = Field(default_factory=dict)  # EncodeLatentsConfig keys
+    encode_text: dict[str, Any] = Field(default_factory=dict)  # EncodeTextConfig keys
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig keys, nested: {optim: {lr: ...}, data: {workers: ...}}
+    sample: dict[str, Any] = Field(default_factory=dict)  # SampleConfig keys (for both seeds of the noise floor)
+    evaluate: dict[str, Any] = Field(default_factory=dict)  # EvaluateConfig keys; the noise floor measures with the same protocol
+
+    @model_validator(mode="after")
+    def _sections_are_stage_configs(self) -> "ModelRecipe":
+        """Every stage's config, built now with stand-in paths: a bad key fails here, not after minutes of compute."""
+        if trains_autoencoder(self):
+            vae_config(self, _HERE, _HERE, _HERE)
+        elif self.train_vae:
+            raise key_error(("train_vae",), f"used only when recipe.autoencoder is a KL preset (trained here); "
+                                            f"'{self.autoencoder}' is used as is")
+        latents_config(self, _HERE, self.autoencoder, _HERE)
+        text_config(self, _HERE, _HERE)
+        train_config(self, "x", _HERE, _HERE, _HERE, _HERE, _HERE)
+        sample_config(self, _HERE, _HERE, _HERE, self.seed, _HERE)
+        evaluate_config(self, _HERE, _HERE, _HERE, _HERE, self.n_samples, 1.0)
+        return self
+
+    def settings(self, stage: str) -> dict[str, Any]:
+        """The stage's keys this experiment sets or the user gave (not the stage's own defaults)."""
+        return deep_merge(EXPERIMENT_DEFAULTS[stage], getattr(self, stage))
+
+    def stage(self, stage: str, model: type[C], owned: dict[str, Any], derived: Callable[[C], dict[str, Any]] | None = None) -> C:
+        """The stage's config: its defaults <- EXPERIMENT_DEFAULTS <- the user's section <- `owned` (the
+        experiment's paths and knobs, refused from the user); then `derived` (from the built config) for
+        the keys the user did not give."""
+        given = getattr(self, stage)
+        if clash := _common_key(given, owned):
+            knob = _KNOBS.get(clash[-1]) if len(clash) == 1 else None
+            raise key_error((stage, *clash), f"set by the experiment from {knob}; set that instead" if knob else
+                            "set by the experiment (a path of its data or work folder, or the run's name)")
+        try:
+            cfg = model.model_validate(deep_merge(self.settings(stage), owned))
+        except ValidationError as e:
+            raise nested_error((stage,), e) from None
+        updates = {k: v for k, v in (derived(cfg) if derived else {}).items() if k not in given}
+        return cfg.model_copy(update=updates) if updates else cfg
 
 
-def _precision(recipe: ModelRecipe) -> str:
+def _common_key(given: dict[str, Any], owned: dict[str, Any]) -> tuple[str, ...] | None:
+    """The first key path in both (nested sections are compared key by key)."""
+    for key in given.keys() & owned.keys():
+        if isinstance(given[key], dict) and isinstance(owned[key], dict):
+            if sub := _common_key(given[key], owned[key]):
+                return (key, *sub)
+        else:
+            return (key,)
+    return None
+
+
+def trains_autoencoder(recipe: ModelRecipe) -> bool:
+    from histoldm.models.presets import AUTOENCODER_PRESETS
+
+    return AUTOENCODER_PRESETS.get(recipe.autoencoder, {}).get("kind") == "kl"
+
+
+def _precision() -> str:
     import torch
 
-    if recipe.precision != "auto":
-        return recipe.precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
-    """One synthetic TCGA-style report per case of the store, re-keyed to the store's case ids.
+def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> TrainVAEConfig:
+    from histoldm.train.vae import TrainVAEConfig
 
-    The texts say on their first line that they are synthetic; they exist so every case has a report."""
-    from histoldm.summaries.synthetic import make_synthetic_reports
-
-    cases = sorted(set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()))
-    reports = make_synthetic_reports(len(cases), seed)
-    return [{"case_id": case, "text": r["text"]} for case, r in zip(cases, reports)]
+    owned = {"store": store, "out": out, "split": split, "init": recipe.autoencoder, "image_size": recipe.image_size, "seed": recipe.seed}
+    return recipe.stage("train_vae", TrainVAEConfig, owned, lambda c: {"checkpoint_every": c.steps})
 
 
-def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
-    """Tile the CC0 slide, add synthetic cases, score, merge, write reports and a patient-level split."""
-    from histoldm.assets import asset_path
-    from histoldm.data.scores import ScoresConfig, run_scores
-    from histoldm.data.splits import SplitConfig, run_split
-    from histoldm.data.store import merge_stores
-    from histoldm.data.synthetic import make_synthetic_dataset
-    from histoldm.data.tiling import TileConfig, run_tile
+def latents_config(recipe: ModelRecipe, store: Path, vae: str, out: Path) -> EncodeLatentsConfig:
+    from histoldm.train.latents import EncodeLatentsConfig
 
-    work = Path(work)
-    slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"
-    if not (store / "patches.parquet").is_file():
-        run_tile(TileConfig(slides=asset_path("cmu_slide"), out=slide_store, magnification=cfg.magnification,
-                            size=cfg.patch_size, overlap=cfg.overlap))
-        run_scores(ScoresConfig(store=slide_store, proxy=True))
-        if not (synthetic_store / "patches.parquet").is_file():
-            make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size)
-        merge_stores([slide_store, synthetic_store], store)
-    reports = work / "reports.jsonl"
-    if not reports.is_file():
-        atomic_write_jsonl(reports, demo_reports(store, cfg.seed))
-    split = work / "split.json"
-    if not split.is_file():
-        run_split(SplitConfig(out=split, store=store, seed=cfg.seed,
-                              fractions={"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}))
-    return {"store": store, "reports": reports, "split": split}
+    return recipe.stage("encode_latents", EncodeLatentsConfig, {"store": store, "vae": vae, "out": out, "image_size": recipe.image_size})
+
+
+def text_config(recipe: ModelRecipe, captions: Path, out: Path) -> EncodeTextConfig:
+    from histoldm.text.cache import EncodeTextConfig
+
+    return recipe.stage("encode_text", EncodeTextConfig, {"captions": captions, "out": out})
+
+
+def train_config(recipe: ModelRecipe, name: str, run_dir: Path, latents: Path, text_cache: Path, captions: Path,
+                 split: Path) -> TrainConfig:
+    from histoldm.train.trainer import TrainConfig
+
+    owned = {"name": name, "run_dir": run_dir, "seed": recipe.seed,
+             "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split}}
+    # auto precision: bf16 on a GPU that has it, else fp32; a run shorter than checkpoint_every checkpoints at its end
+    return recipe.stage("train", TrainConfig, owned,
+                        lambda c: {"precision": _precision(), "checkpoint_every": min(c.checkpoint_every, c.max_steps)})
+
+
+def sample_config(recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path) -> SampleConfig:
+    from histoldm.sampling.run import SampleConfig
+
+    owned = {"checkpoint": checkpoint, "captions": captions, "out": out, "seed": seed, "text_cache": text_cache}
+    return recipe.stage("sample", SampleConfig, owned)
+
+
+def evaluate_config(recipe: ModelRecipe, real: Path, fake: Path, out: Path, captions: Path, n_items: int,
+                    mpp: float) -> EvaluateConfig:
+    from histoldm.evaluate.run import EvaluateConfig
+
+    owned = {"real": real, "fake": fake, "out": out, "seed": recipe.seed, "captions": captions}
+    return recipe.stage("evaluate", EvaluateConfig, owned,
+                        lambda c: {"kid_subset_size": min(c.kid_subset_size, n_items), "adherence_mpp": mpp})
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
@@ -120,20 +189,16 @@ def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | N
 
 
 def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -> dict[str, Any]:
-    """Train the autoencoder (on the training cases only) when the recipe names a preset, then cache
+    """Train the autoencoder (on the training cases only) when the recipe names a KL preset, then cache
     latents of every patch."""
-    from histoldm.models.presets import AUTOENCODER_PRESETS
-    from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
-    from histoldm.train.vae import TrainVAEConfig, run_train_vae
+    from histoldm.train.latents import run_encode_latents
+    from histoldm.train.vae import run_train_vae
 
     work = Path(work)
     autoencoder, vae_metrics = recipe.autoencoder, None
-    if recipe.autoencoder in AUTOENCODER_PRESETS and recipe.autoencoder_steps > 0:
+    if trains_autoencoder(recipe):
         vae_dir = work / "vae"
-        vae_cfg = TrainVAEConfig(
-            store=store, out=vae_dir, init=recipe.autoencoder, steps=recipe.autoencoder_steps,
-            batch_size=recipe.autoencoder_batch_size, lr=1e-3, image_size=recipe.image_size, crop=recipe.autoencoder_crop, seed=recipe.seed,
-            split=split, workers=0, preload=True, log_every=50, checkpoint_every=recipe.autoencoder_steps)
+        vae_cfg = vae_config(recipe, store, split, vae_dir)
         if (vae_dir / "metrics.json").is_file():  # finished earlier: reuse it only if trained with these settings
             trained_with = json.loads((vae_dir / "manifest.json").read_text())["config"]
             if trained_with != vae_cfg.model_dump(mode="json"):
@@ -143,8 +208,7 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
             vae_metrics = run_train_vae(vae_cfg)
         autoencoder = str(vae_dir / "autoencoder")
     latents = work / "latents"
-    run_encode_latents(EncodeLatentsConfig(store=store, vae=autoencoder, out=latents, image_size=recipe.image_size,
-                                           batch_size=32, workers=0))
+    run_encode_latents(latents_config(recipe, store, autoencoder, latents))
     return {"latents": latents, "vae_metrics": vae_metrics}
 
 
@@ -164,48 +228,42 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
                           recipe: ModelRecipe, name: str) -> dict[str, Any]:
     """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
     from histoldm.data.captions import CaptionsConfig, run_captions
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
-    from histoldm.text.cache import EncodeTextConfig, run_encode_text
-    from histoldm.train.trainer import TrainConfig, run_train
+    from histoldm.evaluate.run import run_evaluate
+    from histoldm.text.cache import run_encode_text
+    from histoldm.train.trainer import run_train
 
     work = Path(work)
     captions = work / "captions.parquet"
     caption_result = run_captions(CaptionsConfig(store=store, summaries=summaries, out=captions))
     text_cache = work / "text-cache"
-    text = run_encode_text(EncodeTextConfig(captions=captions, text_encoder=recipe.text_encoder, mode=recipe.text_mode,
-                                            max_length=recipe.text_max_length, out=text_cache))
-    train_cfg = {
-        "name": name, "run_dir": work / "run", "seed": recipe.seed, "max_steps": recipe.train_steps,
-        "batch_size": recipe.batch_size, "precision": _precision(recipe), "ema": recipe.ema, "ema_decay": recipe.ema_decay,
-        "log_every": recipe.log_every, "checkpoint_every": min(recipe.checkpoint_every, recipe.train_steps), "keep_checkpoints": 1,
-        "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split, "workers": 0},
-        "model": {"unet_preset": recipe.unet_preset},
-        "optim": {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps, "min_snr_gamma": recipe.min_snr_gamma},
-    }
+    text_cfg = text_config(recipe, captions, text_cache)
+    text = run_encode_text(text_cfg)
+    train_cfg = train_config(recipe, name, work / "run", latents, text_cache, captions, split)
     finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
     with PeakRSS() as rss:
-        train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
+        train = run_train(train_cfg)
     train["peak_rss"] = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
 
     items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
     atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
-    samples = sample_held_out(Path(train["run_dir"]), sample_list, work / "samples", recipe, recipe.seed, text_cache)
+    sample_cfg = sample_held_out(Path(train["run_dir"]), sample_list, work / "samples", recipe, recipe.seed, text_cache)
+    samples = sample_cfg.out
     real = export_patches(store, items, work / "real-held-out", recipe.image_size)
-    metrics = run_evaluate(EvaluateConfig(real=real, fake=samples, out=work / "eval", seed=recipe.seed,
-                                          kid_subset_size=min(recipe.kid_subset_size, len(items)), fid_method="eigh",
-                                          adherence=True, captions=captions, adherence_mpp=model_mpp(store, recipe.image_size)))
+    evaluate_cfg = evaluate_config(recipe, real, samples, work / "eval", captions, len(items), model_mpp(store, recipe.image_size))
+    metrics = run_evaluate(evaluate_cfg)
     return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "samples": samples, "real": real,
-            "metrics": metrics, "items": items, "sample_list": sample_list, "text_cache": text_cache}
+            "metrics": metrics, "items": items, "sample_list": sample_list, "text_cache": text_cache,
+            "configs": {"encode_text": text_cfg, "train": train_cfg, "sample": sample_cfg, "evaluate": evaluate_cfg}}
 
 
-def sample_held_out(checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path) -> Path:
-    """The recipe's sampler over a caption list; only `seed` varies between calls on one model."""
-    from histoldm.sampling.run import SampleConfig, run_sample
+def sample_held_out(checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path) -> SampleConfig:
+    """The recipe's sampler over a caption list (its config returned); only `seed` varies between calls on one model."""
+    from histoldm.sampling.run import run_sample
 
-    run_sample(SampleConfig(checkpoint=checkpoint, captions=captions, out=out, steps=recipe.sample_steps, guidance=recipe.guidance,
-                            solver=recipe.solver, batch_size=recipe.sample_batch_size, seed=seed, text_cache=text_cache))
-    return out
+    cfg = sample_config(recipe, checkpoint, captions, out, seed, text_cache)
+    run_sample(cfg)
+    return cfg
 
 
 def _train_peak_rss(path: Path, rss: PeakRSS, finished_before: bool) -> dict[str, Any]:
@@ -219,11 +277,14 @@ def _train_peak_rss(path: Path, rss: PeakRSS, finished_before: bool) -> dict[str
 
 def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict[str, Any]:
     """The seed-to-seed floor of `result`'s FID and KID: its held-out captions sampled again from the
-    same model with seed + 1 (WORK/samples-seed<N>), compared with its samples under the same protocol."""
+    same model with seed + 1 (WORK/samples-seed<N>), compared with its samples under the evaluation's protocol
+    and KID settings."""
     from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
 
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"
     sample_held_out(Path(result["train"]["run_dir"]), result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
-    return run_seed_floor(SeedFloorConfig(first=result["samples"], second=second, out=work / "noise-floor", seed=recipe.seed,
-                                          kid_subset_size=min(recipe.kid_subset_size, len(result["items"]))))
+    evaluated = result["configs"]["evaluate"]
+    shared = (SeedFloorConfig.model_fields.keys() & type(evaluated).model_fields.keys()) - {"out"}
+    return run_seed_floor(SeedFloorConfig(**{k: getattr(evaluated, k) for k in shared},
+                                          first=result["samples"], second=second, out=work / "noise-floor"))

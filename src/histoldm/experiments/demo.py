@@ -19,15 +19,15 @@ from pydantic import Field
 from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
 from histoldm.fileio import atomic_write_json, read_jsonl
-from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, model_mpp, noise_floor, prepare_latents, summarize,
-                               train_sample_evaluate)
+from histoldm.experiments.chain import ModelRecipe, model_mpp, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
 
 
 class DemoConfig(StrictModel):
     out: Path = Path("demo-out")
     budget: int = 35  # the seed paper's best summary length
     data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = ModelRecipe()
+    recipe: ModelRecipe = Field(default_factory=ModelRecipe)  # stage settings: see histoldm.experiments.chain
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None = histoldm.devices.default_cpu_threads()
 
 
@@ -126,6 +126,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
     vae = latents["vae_metrics"] or {}
+    text, train, sample = (result["configs"][stage] for stage in ("encode_text", "train", "sample"))
     timing = stage_timing(out, time.time() - started, machine_facts())
     intro = (
         f"Every stage of histoldm ran for real at demo scale in {timing['total_s'] / 60:.1f} min on {timing['machine_text']} "
@@ -135,9 +136,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"Split by case (seeded): {len(split.get('train', []))} train cases; the held-out test cases, whose patches are the "
         f"real side of every metric, are {', '.join(split.get('test', []))}. "
         f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
-        f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {cfg.recipe.text_encoder} ({cfg.recipe.text_mode}), "
-        f"UNet preset {cfg.recipe.unet_preset} trained {result['train']['steps']} steps. Samples: {cfg.recipe.solver.upper()} "
-        f"{cfg.recipe.sample_steps} steps, guidance {cfg.recipe.guidance}. At this scale the numbers show that the pipeline "
+        f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {text.text_encoder} ({text.mode}), "
+        f"UNet preset {train.model.unet_preset} trained {result['train']['steps']} steps. Samples: {sample.solver.upper()} "
+        f"{sample.steps} steps, guidance {sample.guidance}. At this scale the numbers show that the pipeline "
         "works end to end, not image quality: FID on a few dozen images is dominated by its bias. Beside FID and KID stands their "
         "seed-to-seed floor: the same captions sampled again from the same model with the next seed, measured against the first set."
     )

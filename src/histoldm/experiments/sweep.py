@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from histoldm.config import StrictModel
+from histoldm.config import StrictModel, key_error
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_jsonl
-from histoldm.experiments.chain import (DemoDataConfig, ModelRecipe, build_demo_data, noise_floor, prepare_latents, summarize,
-                               train_sample_evaluate)
+from histoldm.experiments.chain import ModelRecipe, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
 
 COLUMNS = ["budget", "mean_summary_tokens", "text_context", "truncated_captions", "unique_captions", "fid", "fid_floor",
            "kid_mean", "kid_std", "kid_floor", "precision", "recall", "adherence_tumor_auroc", "peak_train_memory_gib",
@@ -42,8 +42,8 @@ class SweepConfig(StrictModel):
     store: Path | None = None  # patch store with scores.parquet; None: the demo dataset
     split: Path | None = None  # split.json of the store's cases
     demo_data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = ModelRecipe()
-    text_context: Literal["budget", "recipe"] = "budget"  # budget: per-row length (context_length); recipe: text_max_length for all
+    recipe: ModelRecipe = Field(default_factory=ModelRecipe)  # stage settings: see histoldm.experiments.chain
+    text_context: Literal["budget", "recipe"] = "budget"  # budget: per-row length (context_length); recipe: recipe.encode_text.max_length for all
     noise_floor: bool = True  # sample every row's held-out captions twice (two seeds) for the FID/KID floor
 
     @model_validator(mode="after")
@@ -53,6 +53,9 @@ class SweepConfig(StrictModel):
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
+        if self.text_context == "budget" and "max_length" in self.recipe.encode_text:
+            raise key_error(("recipe", "encode_text", "max_length"), "set per budget by text_context: budget; "
+                            "give text_context: recipe to use this length in every row")
         from histoldm.summaries.summarize import SummarizeConfig  # typos fail now, not after minutes of training
 
         SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
@@ -99,16 +102,17 @@ def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, Model
     r = cfg.recipe
     if cfg.text_context == "recipe":
         return {b: r for b in summaries}
-    encoder = load_text_encoder(r.text_encoder, r.text_mode, None, device="cpu")
+    text = r.settings("encode_text")
+    encoder = load_text_encoder(text["text_encoder"], text["mode"], None, device="cpu")
     recipes = {}
     for budget, path in summaries.items():
         texts = [rec["summary"] for rec in read_jsonl(path) if rec.get("status") != "failed" and rec.get("summary")]
         length = context_length(budget, texts, encoder)
         try:
-            load_text_encoder(r.text_encoder, r.text_mode, length, device="cpu")
+            load_text_encoder(text["text_encoder"], text["mode"], length, device="cpu")
         except UserError as e:
             raise UserError(f"budget {budget} needs a {length}-token text context ({CONTEXT_RULE}): {e}") from None
-        recipes[budget] = r.model_copy(update={"text_max_length": length})
+        recipes[budget] = r.model_copy(update={"encode_text": {**r.encode_text, "max_length": length}})
     return recipes
 
 
@@ -153,7 +157,7 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
         "fid_floor / kid_floor: FID and KID between two sample sets of the same held-out captions from the same model, seeds "
         f"{cfg.recipe.seed} and {cfg.recipe.seed + 1} (the seed-to-seed noise floor); FID differences between rows smaller than "
         "the floor are noise." if cfg.noise_floor else "fid_floor / kid_floor: not measured (noise_floor: false).",
-        f"text_context: {CONTEXT_RULE}." if cfg.text_context == "budget" else "text_context: recipe.text_max_length for every row.",
+        f"text_context: {CONTEXT_RULE}." if cfg.text_context == "budget" else "text_context: recipe.encode_text.max_length for every row.",
         ("peak_train_memory_gib: torch.cuda.max_memory_allocated over the training run." if gpu
          else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."),
         "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every 0.05 s, "
@@ -236,7 +240,7 @@ def _write_html(out: Path, cfg: SweepConfig, rows: list[dict[str, Any]], results
         for caption in list(dict.fromkeys(item["caption"] for item in result["items"]))[:3]:
             captions.append([budget, count_tokens(caption), caption])
     intro = (f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget trained "
-             f"{cfg.recipe.train_steps} steps on the same patches, split and latents; only the summaries (and the text context they "
+             f"{cfg.recipe.settings('train')['max_steps']} steps on the same patches, split and latents; only the summaries (and the text context they "
              "need) differ between rows. " + html.escape(" ".join(notes)))
     return write_report(
         out / "report.html", title="histoldm summary-length sweep", intro=intro, caption_rows=examples, metrics=metrics,
