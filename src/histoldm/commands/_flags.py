@@ -54,7 +54,10 @@ def add_config_flags(
         keys.append(name)
     for option, key in nested.items():
         kwargs = _argument(nested_field(model, key), None, key)
-        parser.add_argument(option, dest=key, **kwargs)  # type: ignore[arg-type]
+        if kwargs is None:
+            raise TypeError(f"{option}: config key {key} cannot be given as one command-line value")
+        kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
+        parser.add_argument(option, dest=key, **kwargs)
         keys.append(key)
     parser.set_defaults(**{KEYS_DEST: keys})
     return keys

@@ -45,7 +45,7 @@ class ModelRecipe(StrictModel):
     text_mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "truncate"
     text_max_length: int | None = 64
     unet_preset: str = "tiny"
-    train_steps: int = 1200  # 600 gave chance-level condition adherence in the demo, 1500 a clear signal
+    train_steps: int = Field(1200, description="UNet training steps (600 gave chance-level condition adherence in the demo, 1500 a clear signal)")
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 50
