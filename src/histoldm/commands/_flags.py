@@ -19,8 +19,10 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from histoldm.config import set_dotted
+
 SCALARS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, Path: Path}
-KEYS_DEST = "_config_keys"  # the namespace attribute listing which dests are config keys
+KEYS_DEST = "_config_keys"  # namespace attribute: {dest (= dotted config key): converter or None}
 
 
 def add_config_flags(
@@ -37,41 +39,39 @@ def add_config_flags(
     positional: a field taken as the optional positional argument (the command's input).
     aliases: extra option name per field, e.g. {"timeout_s": "--timeout"} keeps an older spelling.
     nested: option -> dotted key of a nested field, e.g. {"--init-from": "model.init_from"}.
-    converters: field -> parser of one string, replacing the derived type (e.g. tile's `--shard K/N`).
+    converters: field -> parser of the string typed, applied when the config is resolved, so that its
+        UserError reads like any config error (e.g. tile's `--shard K/N`).
     """
     aliases, nested, converters = aliases or {}, nested or {}, converters or {}
-    keys = []
+    keys: dict[str, Callable[[str], Any] | None] = {}
     for name, field in model.model_fields.items():
         kwargs = _argument(field, converters.get(name))
         if kwargs is None:  # a nested model or a free-form mapping: --set and --config reach it
             continue
-        if name == positional:
-            kwargs.pop("action", None)
-            parser.add_argument(name, nargs="?", **{k: v for k, v in kwargs.items() if k != "nargs"})
+        if name == positional:  # a path or name: its type and help, given once, optionally
+            parser.add_argument(name, nargs="?", type=kwargs["type"], help=kwargs["help"])
         else:
             names = [f"--{name.replace('_', '-')}", *([aliases[name]] if name in aliases else [])]
             parser.add_argument(*names, dest=name, **kwargs)
-        keys.append(name)
+        keys[name] = converters.get(name)
     for option, key in nested.items():
         kwargs = _argument(nested_field(model, key), None, key)
         if kwargs is None:
             raise TypeError(f"{option}: config key {key} cannot be given as one command-line value")
         kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
         parser.add_argument(option, dest=key, **kwargs)
-        keys.append(key)
+        keys[key] = None
     parser.set_defaults(**{KEYS_DEST: keys})
-    return keys
+    return list(keys)
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys given on the command line, as a nested dict (dotted dests become levels)."""
-    from histoldm.config import set_dotted
-
     out: dict[str, Any] = {}
-    for key in getattr(args, KEYS_DEST, []):
+    for key, convert in getattr(args, KEYS_DEST, {}).items():
         value = getattr(args, key)
         if value is not None:
-            set_dotted(out, key, value)
+            set_dotted(out, key, convert(value) if convert else value)
     return out
 
 
@@ -87,7 +87,7 @@ def _argument(field: FieldInfo, converter: Callable[[str], Any] | None, key: str
     """add_argument keywords for one field, or None when one command-line string cannot express it."""
     kwargs: dict[str, Any] = {"default": None, "help": _help(field, key)}
     if converter is not None:
-        return kwargs | {"type": converter}
+        return kwargs | {"type": str}
     tp = _unwrap_optional(field.annotation)
     origin, params = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:

@@ -15,10 +15,12 @@ def register(sub: Any) -> None:
 
 
 def parse_shard(text: str) -> list[int]:
-    """'K/N' -> [K, N], for `--shard $SLURM_ARRAY_TASK_ID/10`."""
+    """'K/N' -> [K, N], for `--shard $SLURM_ARRAY_TASK_ID/10`; anything else is a UserError naming what was typed."""
+    from histoldm.errors import UserError
+
     k, sep, n = text.partition("/")
     if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
-        raise argparse.ArgumentTypeError(f"{text}: expected K/N with 0 <= K < N, e.g. 0/4")
+        raise UserError(f"--shard {text}: expected K/N with 0 <= K < N, e.g. 0/4")
     return [int(k), int(n)]
 
 
