@@ -116,7 +116,8 @@ def test_old_option_spellings_still_fill_the_same_keys():
 
     parse = build_parser().parse_args
     assert resolve_config(parse(["summarize", "r.csv", "--out", "s.jsonl", "--timeout", "5"]), SummarizeConfig).timeout_s == 5.0
-    assert resolve_config(parse(["captions", "st", "--levels", "low,mid,high"]), CaptionsConfig).levels == ["low", "mid", "high"]
+    cfg = resolve_config(parse(["captions", "--levels", "low,mid,high", "st"]), CaptionsConfig)  # one value, then the store
+    assert cfg.levels == ["low", "mid", "high"] and cfg.store == Path("st")
     cfg = resolve_config(parse(["split", "--out", "s.json", "--store", "st", "--fractions", "train=0.5,test=0.5"]), SplitConfig)
     assert cfg.fractions == {"train": 0.5, "test": 0.5}
     assert resolve_config(parse(["tile", "sl", "--out", "st", "--shard", "1/4"]), TileConfig).shard == (1, 4)

@@ -49,7 +49,7 @@ def add_config_flags(
         if kwargs is None:  # a nested model or a free-form mapping: --set and --config reach it
             continue
         if name == positional:  # a path or name: its type and help, given once, optionally
-            parser.add_argument(name, nargs="?", type=kwargs["type"], help=kwargs["help"])
+            parser.add_argument(name, nargs="?", type=kwargs.get("type"), help=kwargs["help"])
         else:
             names = [f"--{name.replace('_', '-')}", *([aliases[name]] if name in aliases else [])]
             parser.add_argument(*names, dest=name, **kwargs)

@@ -12,7 +12,8 @@ from histoldm.commands._common import add_command, resolve_config
 def register(sub: Any) -> None:
     add_command(sub, "captions", "Build one caption per patch (per summary with --all-summaries) from a template.",
                 "histoldm captions store --summaries summaries.jsonl --levels low,mid,high", run,
-                config="histoldm.data.captions:CaptionsConfig", positional="store")
+                config="histoldm.data.captions:CaptionsConfig", positional="store",
+                converters={"levels": lambda text: text.split(",")})  # one comma-separated value, as before: `--levels a,b STORE`
 
 
 def run(args: argparse.Namespace) -> int:
