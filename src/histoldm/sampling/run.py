@@ -62,7 +62,7 @@ class SampleConfig(StrictModel):
     seed: int = Field(0, description="base seed; each image is seeded from (seed, id)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
-    precision: Precision = Field("default", description="pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation); default: ours")
+    precision: Precision = Field("default", description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)")
     text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
     text_cache: Path | None = Field(None, description="encode-text folder to take caption embeddings from instead of the encoder")
     compile: bool = Field(False, description="torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)")

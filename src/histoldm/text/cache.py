@@ -49,7 +49,7 @@ class EncodeTextConfig(StrictModel):
     batch_size: int = Field(256, description="captions per encoder call")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
-    precision: Precision = Field("default", description="pathldm: encode in float32, as PathLDM did (default: --dtype)")
+    precision: Precision = Field("default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did")
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:
