@@ -10,13 +10,36 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from histoldm import __version__, commands
 from histoldm.errors import UserError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error; we print only the error, as one line, exit 2."""
+    """argparse prints usage plus the error; we print only the error, as one line, exit 2.
+
+    `populate` adds a subcommand's options on its first use (parsing or help): they are derived from
+    its stage's config model, and importing every stage for any command would cost seconds.
+    """
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self._populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populated()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}\n")

@@ -44,22 +44,36 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """`key=value` pairs (dotted keys for nested fields; values parsed as YAML scalars)."""
+    """`key=value` pairs (dotted keys for nested fields; values parsed as YAML scalars).
+
+    A key given again replaces its value; a key and a key inside it (`a=1` and `a.b=2`) are an error,
+    since either order would silently drop one of them."""
     out: dict[str, Any] = {}
+    keys: list[str] = []
     for item in items or []:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        for other in keys:
+            if key.startswith(other + ".") or other.startswith(key + "."):
+                outer, inner = sorted((key, other), key=len)
+                raise UserError(f"--set {other} and --set {key} overlap ({inner} lies inside {outer}): give one of them")
+        keys.append(key)
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(out, key, value)
     return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree['a']['b'] = value for key 'a.b', creating the levels on the way."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,8 @@ from histoldm.commands._common import add_command
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "assets", "List the offline assets shipped inside PyPI packages.", "histoldm assets --check")
+    p = add_command(sub, "assets", "List the offline assets shipped inside PyPI packages.", "histoldm assets --check", run)
     p.add_argument("--check", action="store_true", help="exit 2 when any asset is missing")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from histoldm.commands._common import add_command, add_config_options
+from histoldm.commands._common import add_command, resolve_config
 
 
 def register(sub: Any) -> None:
-    p = add_command(
-        sub,
-        "demo",
-        "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
-        "histoldm demo --out demo-out",
-    )
-    p.add_argument("--out", type=Path, help="output folder (default demo-out); a re-run resumes finished stages")
-    p.add_argument("--budget", type=int, help="summary length in CLIP tokens (default 35)")
-    p.add_argument("--train-steps", type=int, help="UNet training steps (default 1200)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: every core; 1 is faster when other processes share the cores)")
-    add_config_options(p)
-    p.set_defaults(func=run)
+    add_command(sub, "demo", "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
+                "histoldm demo --out demo-out", run,
+                config="histoldm.experiments.demo:DemoConfig", nested={"--train-steps": "recipe.train.max_steps"})
 
 
 def run(args: argparse.Namespace) -> int:
-    from histoldm.commands._common import resolve_config
     from histoldm.experiments.demo import DemoConfig, run_demo
 
-    flags = {"out": args.out, "budget": args.budget, "threads": args.threads,
-             "recipe": {"train": {"max_steps": args.train_steps}} if args.train_steps is not None else None}
-    result = run_demo(resolve_config(args, DemoConfig, flags))
+    result = run_demo(resolve_config(args, DemoConfig))
     print(f"demo finished in {result['timing']['line']}; open the report: {result['report']}")
     return 0

@@ -11,14 +11,13 @@ from histoldm.commands._common import add_command
 
 def register(sub: Any) -> None:
     p = add_command(sub, "import", "Import PathLDM's HDF5 + npz (mode pathldm) or a folder of images + CSV (mode folder).",
-                    "histoldm import pathldm data.h5 --npz train.npz --npz test.npz --out store")
+                    "histoldm import pathldm data.h5 --npz train.npz --npz test.npz --out store", run)
     p.add_argument("mode", choices=["pathldm", "folder"], help="pathldm: HDF5 + npz splits; folder: images + CSV")
     p.add_argument("source", type=Path, help="the HDF5 file (pathldm) or the image folder (folder)")
     p.add_argument("--out", type=Path, required=True, help="patch store folder to create (re-run into it to resume)")
     p.add_argument("--npz", type=Path, action="append", help="pathldm: train.npz / test.npz (repeatable)")
     p.add_argument("--mpp", type=float, default=1.0, help="pathldm: microns per pixel of the patches (default 1.0 = 10x)")
     p.add_argument("--csv", type=Path, help="folder: CSV with path (and slide_id, case_id, x, y, mpp, prob_tumor, prob_til)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,14 +39,14 @@ CAPTIONS_SCHEMA = pa.schema([("patch_id", pa.string()), ("case_id", pa.string())
 
 
 class CaptionsConfig(StrictModel):
-    store: Path
-    scores: Path | None = None  # default STORE/scores.parquet when it exists
-    summaries: Path | None = None  # summaries.jsonl (case_id, summary, status, ...)
-    out: Path | None = None  # default STORE/captions.parquet
-    template: str = DEFAULT_TEMPLATE
-    levels: list[str] = Field(default_factory=lambda: ["low", "high"])
-    descriptor_levels: list[str] = Field(default_factory=lambda: ["low", "high"])
-    all_summaries: bool = False  # one caption row per summary of the case (PathLDM's multiple-captions variant)
+    store: Path = Field(description="patch store folder")
+    scores: Path | None = Field(None, description="scores.parquet (default STORE/scores.parquet if present)")
+    summaries: Path | None = Field(None, description="summaries.jsonl (case_id, summary)")
+    out: Path | None = Field(None, description="output Parquet (default STORE/captions.parquet)")
+    template: str = Field(DEFAULT_TEMPLATE, description="caption template; parts separated by '; ' are dropped when a value is missing")
+    levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="score level names, 2 to 4")
+    descriptor_levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="level names of the colour descriptors, 2 to 4")
+    all_summaries: bool = Field(False, description="one caption per summary of a case (variants, repeated lines); training draws one per read")
 
     @field_validator("levels", "descriptor_levels")
     @classmethod

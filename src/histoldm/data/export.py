@@ -21,14 +21,14 @@ from histoldm.fileio import atomic_write_jsonl, require_output_folder
 
 
 class ExportPatchesConfig(StrictModel):
-    store: Path
-    captions: Path  # captions.parquet (patch_id, case_id, caption)
-    split: Path
-    out: Path
-    split_name: str = "test"
-    size: int | None = Field(None, ge=8)  # resize to the model's resolution; None = as stored
-    n: int | None = Field(None, ge=1)  # a seeded choice of this many patches; None = all of the split
-    seed: int = 0
+    store: Path = Field(description="patch store folder (with patches.parquet)")
+    captions: Path = Field(description="captions.parquet of the store")
+    split: Path = Field(description="split.json")
+    out: Path = Field(description="output folder")
+    split_name: str = Field("test", description="which split to export")
+    size: int | None = Field(None, ge=8, description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` refuses real and generated images of different sizes)")
+    n: int | None = Field(None, ge=1, description="a seeded choice of this many patches (default: all of the split)")
+    seed: int = Field(0, description="seed of that choice")
 
 
 def split_items(captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test") -> list[dict[str, str]]:

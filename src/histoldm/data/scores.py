@@ -38,12 +38,12 @@ def levels_of(p: float | None, levels: list[str] | tuple[str, ...] = ("low", "hi
 
 
 class ScoresConfig(StrictModel):
-    store: Path
-    out: Path | None = None  # default STORE/scores.parquet
-    csv: Path | None = None
-    heatmaps: Path | None = None
-    stride: float | None = Field(None, gt=0)  # level-0 pixels per heat-map cell (or `stride` in each npz)
-    proxy: bool = False
+    store: Path = Field(description="patch store folder")
+    out: Path | None = Field(None, description="output Parquet (default STORE/scores.parquet)")
+    csv: Path | None = Field(None, description="CSV with patch_id (or slide_id, x, y) and prob_tumor / prob_til")
+    heatmaps: Path | None = Field(None, description="folder of <slide_id>.npz grids (prob_tumor, prob_til[, stride])")
+    stride: float | None = Field(None, gt=0, description="level-0 pixels per heat-map cell (or `stride` in each npz)")
+    proxy: bool = Field(False, description="HEURISTIC scores from the images (demo only)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ScoresConfig":

@@ -27,14 +27,14 @@ METHOD = "patient-stratified-v1"
 
 
 class SplitConfig(StrictModel):
-    out: Path  # split.json
-    store: Path | None = None  # cases = the store's case_id column
-    cases: Path | None = None  # or a CSV with case_id (and the label column)
-    stratify_by: str | None = None  # column of `cases` (or `labels`) holding the label
-    labels: Path | None = None  # CSV case_id,<stratify_by> when cases come from the store
-    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
-    seed: int = 0
-    given: Path | None = None  # import this split instead of drawing one
+    out: Path = Field(description="split.json to write")
+    store: Path | None = Field(None, description="patch store whose case_id column lists the cases")
+    cases: Path | None = Field(None, description="CSV with case_id (and the label column) instead of a store")
+    stratify_by: str | None = Field(None, description="label column to stratify by")
+    labels: Path | None = Field(None, description="CSV case_id,<label> for stratifying a store's cases")
+    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}, description="share of the cases per split")
+    seed: int = Field(0, description="random seed")
+    given: Path | None = Field(None, description="import this split (split.json, {split: [cases]} JSON, or CSV case_id,split)")
 
     @model_validator(mode="after")
     def _labels_for_stratifying(self) -> "SplitConfig":

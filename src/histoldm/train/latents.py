@@ -39,17 +39,17 @@ INDEX = "index.parquet"
 
 
 class EncodeLatentsConfig(StrictModel):
-    store: Path
-    vae: str  # preset name, local folder or hub id (histoldm.models.autoencoder.load_autoencoder)
-    out: Path
-    batch_size: int = 32
-    shard_size: int = 8192  # patches per shard file
-    device: str = "auto"  # auto = cuda when available
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 on a GPU, fp32 on CPU
-    scale_batches: int = 4  # KL: batches used to measure the latent std
-    scaling_factor: float | None = None  # override the measured (KL) or preset (VQ) factor
-    workers: int = 2  # image-decoding worker processes
-    image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
+    store: Path = Field(description="patch store folder (with patches.parquet)")
+    vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | local folder | hub id")
+    out: Path = Field(description="output folder")
+    batch_size: int = Field(32, description="patches per encoder call")
+    shard_size: int = Field(8192, description="patches per shard file")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on a GPU, fp32 on CPU")
+    scale_batches: int = Field(4, description="KL: batches used to measure the latent std")
+    scaling_factor: float | None = Field(None, description="override the measured (KL) or preset (VQ) scaling factor")
+    workers: int = Field(2, description="image-decoding worker processes")
+    image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels before encoding (default: as stored)")
 
 
 def _shard_name(k: int) -> str:

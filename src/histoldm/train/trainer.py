@@ -51,7 +51,7 @@ class ModelSection(StrictModel):
     compile: bool = False  # torch.compile, CUDA only
     compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
     init: Literal["diffusers", "compvis"] = "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
-    init_from: Path | None = None  # starting UNet weights (bundle, run, CompVis checkpoint); read only when a run starts
+    init_from: Path | None = Field(None, description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)")
 
 
 class OptimSection(StrictModel):
@@ -64,21 +64,21 @@ class OptimSection(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    name: str = "ldm"
-    runs_dir: Path = Path("runs")
-    run_dir: Path | None = None  # explicit run folder; default runs_dir/{id:05d}-{name}
-    resume: str = "auto"  # auto | latest | none | PATH (checkpoint or run folder)
-    seed: int = 0
-    max_steps: int = Field(1000, gt=0)  # optimizer steps (0 would save untrained weights as a model)
-    batch_size: int = Field(32, gt=0)  # per process, per micro-batch
-    grad_accum: int = Field(1, gt=0)
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    cpu: bool = False  # force CPU even when a GPU is present
-    ema: bool = False
-    ema_decay: float = 0.9999
-    log_every: int = Field(50, gt=0)
-    checkpoint_every: int = Field(5000, gt=0)
-    keep_checkpoints: int = Field(3, gt=0)
+    name: str = Field("ldm", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
+    runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
+    run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
+    resume: str = Field("auto", description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)")
+    seed: int = Field(0, description="random seed")
+    max_steps: int = Field(1000, gt=0, description="optimizer steps")
+    batch_size: int = Field(32, gt=0, description="per process, per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="mixed precision of the UNet")
+    cpu: bool = Field(False, description="force CPU even when a GPU is present")
+    ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
+    ema_decay: float = Field(0.9999, description="EMA decay per step")
+    log_every: int = Field(50, gt=0, description="steps between log lines")
+    checkpoint_every: int = Field(5000, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept")
     data: DataSection
     model: ModelSection = ModelSection()
     optim: OptimSection = OptimSection()

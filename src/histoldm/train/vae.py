@@ -26,25 +26,25 @@ from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
 
 class TrainVAEConfig(StrictModel):
-    store: Path
-    out: Path
-    init: str = "kl-f4"  # a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune
-    steps: int = Field(20000, gt=0)  # 0 would save untrained weights as an autoencoder
-    batch_size: int = Field(8, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    kl_weight: float = Field(1e-6, ge=0)
-    crop: int | None = Field(None, ge=8)  # random square crop (pixels); None = whole patches
-    image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
-    holdout_patches: int = Field(256, gt=0)  # at least this many patches, as whole cases, are held out (without `split`)
-    split: Path | None = None  # split.json: train on its `train` cases, measure on the others (no test patch seen)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
-    device: str = "auto"
-    seed: int = 0
-    workers: int = Field(2, ge=0)
-    preload: bool = False  # decode the training patches once and keep them in memory (small stores: the demo)
-    log_every: int = Field(100, gt=0)
-    checkpoint_every: int = Field(2000, gt=0)
-    resume: str = "auto"
+    store: Path = Field(description="patch store folder (with patches.parquet)")
+    out: Path = Field(description="output folder (autoencoder/ + metrics.json + manifest.json)")
+    init: str = Field("kl-f4", description="start from: a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune")
+    steps: int = Field(20000, gt=0, description="optimizer steps")
+    batch_size: int = Field(8, gt=0, description="patches per step")
+    lr: float = Field(1e-4, gt=0, description="learning rate")
+    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term")
+    crop: int | None = Field(None, ge=8, description="random square crop of this many pixels (default: whole patches)")
+    image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels first (default: as stored)")
+    holdout_patches: int = Field(256, gt=0, description="without --split: hold out whole cases with at least this many patches")
+    split: Path | None = Field(None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on a GPU, fp32 on CPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = Field(0, description="random seed")
+    workers: int = Field(2, ge=0, description="image-decoding worker processes")
+    preload: bool = Field(False, description="decode the training patches once and keep them in memory (small stores: the demo)")
+    log_every: int = Field(100, gt=0, description="steps between log lines")
+    checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
+    resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
 
 
 def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:
