@@ -31,14 +31,16 @@ def add_config_flags(
     *,
     positional: str | None = None,
     aliases: Mapping[str, str] | None = None,
-    nested: Mapping[str, str] | None = None,
+    nested: Mapping[str, str | tuple[str, str]] | None = None,
     converters: Mapping[str, Callable[[str], Any]] | None = None,
 ) -> list[str]:
     """Add the model's options to `parser`; returns the dotted config keys they set.
 
     positional: a field taken as the optional positional argument (the command's input).
     aliases: extra option name per field, e.g. {"timeout_s": "--timeout"} keeps an older spelling.
-    nested: option -> dotted key of a nested field, e.g. {"--init-from": "model.init_from"}.
+    nested: option -> dotted key of a nested field, e.g. {"--init-from": "model.init_from"}; where the key
+        runs through a free-form section (an experiment's stage settings), (key, "module:Model.field") names
+        the stage config field that types and describes it.
     converters: field -> parser of the string typed, applied when the config is resolved, so that its
         UserError reads like any config error (e.g. tile's `--shard K/N`).
     """
@@ -54,8 +56,9 @@ def add_config_flags(
             names = [f"--{name.replace('_', '-')}", *([aliases[name]] if name in aliases else [])]
             parser.add_argument(*names, dest=name, **kwargs)
         keys[name] = converters.get(name)
-    for option, key in nested.items():
-        kwargs = _argument(nested_field(model, key), None, key)
+    for option, target in nested.items():
+        key, field = (target, nested_field(model, target)) if isinstance(target, str) else (target[0], named_field(target[1]))
+        kwargs = _argument(field, None, key, show_default=isinstance(target, str))  # a section's default is the experiment's
         if kwargs is None:
             raise TypeError(f"{option}: config key {key} cannot be given as one command-line value")
         kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
@@ -83,9 +86,19 @@ def nested_field(model: type[BaseModel], key: str) -> FieldInfo:
     return model.model_fields[leaf]
 
 
-def _argument(field: FieldInfo, converter: Callable[[str], Any] | None, key: str | None = None) -> dict[str, Any] | None:
+def named_field(spec: str) -> FieldInfo:
+    """The FieldInfo named 'module:Model.field' (imported when the command's options are built)."""
+    import importlib
+
+    module, _, path = spec.partition(":")
+    model_name, _, field = path.partition(".")
+    return getattr(importlib.import_module(module), model_name).model_fields[field]
+
+
+def _argument(field: FieldInfo, converter: Callable[[str], Any] | None, key: str | None = None,
+              show_default: bool = True) -> dict[str, Any] | None:
     """add_argument keywords for one field, or None when one command-line string cannot express it."""
-    kwargs: dict[str, Any] = {"default": None, "help": _help(field, key)}
+    kwargs: dict[str, Any] = {"default": None, "help": _help(field, key, show_default)}
     if converter is not None:
         return kwargs | {"type": str}
     tp = _unwrap_optional(field.annotation)
@@ -113,11 +126,11 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _help(field: FieldInfo, key: str | None) -> str:
+def _help(field: FieldInfo, key: str | None, show_default: bool = True) -> str:
     parts = [field.description or ""]
     if key:
         parts.append(f"(config key {key})")
-    if not field.is_required():
+    if show_default and not field.is_required():
         default = field.get_default(call_default_factory=True)
         if default is not None:
             parts.append(f"(default: {_show(default)})")

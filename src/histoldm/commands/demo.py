@@ -11,7 +11,7 @@ from histoldm.commands._common import add_command, resolve_config
 def register(sub: Any) -> None:
     add_command(sub, "demo", "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
                 "histoldm demo --out demo-out", run,
-                config="histoldm.experiments.demo:DemoConfig", nested={"--train-steps": "recipe.train.max_steps"})
+                config="histoldm.experiments.demo:DemoConfig", nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")})
 
 
 def run(args: argparse.Namespace) -> int:
