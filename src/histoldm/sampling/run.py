@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from histoldm.config import StrictModel
-from histoldm.devices import Precision, SamplingNumerics, resolve_device, sampling_numerics
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import Precision, SamplingNumerics, dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, remove_stale_temps, settings_changes
 from histoldm.models.bundle import META_FILE
@@ -63,7 +63,7 @@ class SampleConfig(StrictModel):
     decode_batch: int = Field(32, ge=1)  # images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: DtypeName = "auto"  # auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)
     precision: Precision = "default"  # pathldm: fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation
     text_encoder: str | None = None  # default: the bundle's text_encoder/, else the one it was trained with
     text_cache: Path | None = None  # an encode-text folder instead of running the encoder
@@ -302,7 +302,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         "solver": cfg.solver,
         "eta": cfg.eta,
         "seed": cfg.seed,
-        "dtype": str(numerics.weights).removeprefix("torch."),
+        "dtype": dtype_name(numerics.weights),
         "numerics": numerics.record(),
     }
     _check_settings(out, settings, state.is_main_process)

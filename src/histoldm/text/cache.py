@@ -27,8 +27,8 @@ from typing import Literal
 
 import torch
 
-from histoldm.config import StrictModel
-from histoldm.devices import Precision, text_dtype
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import Precision, resolve_dtype, text_dtype
 from histoldm.errors import UserError
 from histoldm.tables import read_parquet
 from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
@@ -47,7 +47,7 @@ class EncodeTextConfig(StrictModel):
     out: Path
     batch_size: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: DtypeName = "auto"  # auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)
     precision: Precision = "default"  # pathldm: float32, as PathLDM encoded its captions
 
 
@@ -246,7 +246,8 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
     unique = list(dict.fromkeys(captions))
     procs = procs or launched_processes(cfg.device, "encode-text")
     device = str(procs.device)
-    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=text_dtype(cfg.precision, cfg.dtype))
+    dtype = resolve_dtype(text_dtype(cfg.precision, cfg.dtype), procs.device, stage="encode-text dtype")
+    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=dtype)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     old = _existing_cache(out, encoder) if procs.is_main or (out / META).is_file() else None

@@ -24,13 +24,12 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from histoldm.config import StrictModel
+from histoldm.config import AutocastDtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes, atomic_write_json, require_file
 
@@ -45,7 +44,7 @@ class EncodeLatentsConfig(StrictModel):
     batch_size: int = 32
     shard_size: int = 8192  # patches per shard file
     device: str = "auto"  # auto = cuda when available
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 on a GPU, fp32 on CPU
+    precision: AutocastDtypeName = "auto"  # autocast dtype; auto: bfloat16 on a GPU that supports it, else float32
     scale_batches: int = 4  # KL: batches used to measure the latent std
     scaling_factor: float | None = None  # override the measured (KL) or preset (VQ) factor
     workers: int = 2  # image-decoding worker processes
@@ -155,7 +154,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
     the processes this one was launched among."""
     from tqdm import tqdm
 
-    from histoldm.devices import autocast_dtype, launched_processes
+    from histoldm.devices import launched_processes, resolve_dtype
     from histoldm.manifest import write_manifest
     from histoldm.models.autoencoder import load_autoencoder
 
@@ -163,7 +162,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
     ids, paths = _read_store(cfg.store)
     procs = procs or launched_processes(cfg.device, "encode-latents")
     device = procs.device
-    dtype = autocast_dtype(cfg.precision, device)
+    dtype = resolve_dtype(cfg.precision, device, stage="encode-latents precision")
     pin = device.type == "cuda"
     ae = load_autoencoder(cfg.vae, device)
     shape = _first_shape(paths, cfg.image_size)

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from histoldm.config import StrictModel
-from histoldm.devices import require_bf16
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import dtype_name, resolve_dtype
 from histoldm.errors import UserError
 from histoldm.train.validation import ValidationSection
 
@@ -72,7 +72,7 @@ class TrainConfig(StrictModel):
     max_steps: int = Field(1000, gt=0)  # optimizer steps (0 would save untrained weights as a model)
     batch_size: int = Field(32, gt=0)  # per process, per micro-batch
     grad_accum: int = Field(1, gt=0)
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: DtypeName = "bfloat16"  # autocast dtype (also on CPU); auto: bfloat16 where supported, else float32
     cpu: bool = False  # force CPU even when a GPU is present
     ema: bool = False
     ema_decay: float = 0.9999
@@ -85,11 +85,8 @@ class TrainConfig(StrictModel):
     validation: ValidationSection = ValidationSection()  # image grid; off by default
 
 
-def _check_precision(precision: str, on_gpu: bool) -> None:
-    if precision == "fp16" and not on_gpu:
-        raise UserError("precision: fp16 autocast needs a GPU; use bf16 or fp32 on CPU")
-    if precision == "bf16" and on_gpu:
-        require_bf16(torch.device("cuda"))
+# The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).
+MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
@@ -251,12 +248,12 @@ def run_train(cfg: TrainConfig) -> dict:
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
     use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = not use_cpu
-    _check_precision(cfg.precision, on_gpu)
+    dtype = resolve_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True)
     if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
         raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
 
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
+    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         report_training_data(cfg, len(dataset), dataset.cases)
@@ -384,7 +381,7 @@ def run_train(cfg: TrainConfig) -> dict:
         # Validation grid every validation.every steps, on the main process; the others wait.
         if cfg.validation.every and step % cfg.validation.every == 0:
             if validator is not None:
-                validator.render(unet, step, run_dir, writer, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision))
+                validator.render(unet, step, run_dir, writer, None if dtype == torch.float32 else dtype)
             accelerator.wait_for_everyone()
     bar.close()
     del batches
@@ -401,7 +398,7 @@ def run_train(cfg: TrainConfig) -> dict:
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
                        produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
-                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init})
+                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": dtype_name(dtype), "init": init})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import Field
 import torch.nn.functional as F
 
-from histoldm.config import StrictModel
+from histoldm.config import AutocastDtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
@@ -37,7 +36,7 @@ class TrainVAEConfig(StrictModel):
     image_size: int | None = Field(None, ge=8)  # resize patches to this many pixels first; None = as stored
     holdout_patches: int = Field(256, gt=0)  # at least this many patches, as whole cases, are held out (without `split`)
     split: Path | None = None  # split.json: train on its `train` cases, measure on the others (no test patch seen)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on a GPU, fp32 on CPU
+    precision: AutocastDtypeName = "auto"  # autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)
     device: str = "auto"
     seed: int = 0
     workers: int = Field(2, ge=0)
@@ -197,7 +196,7 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from tqdm import tqdm
 
-    from histoldm.devices import autocast_dtype, resolve_device
+    from histoldm.devices import resolve_device, resolve_dtype
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
@@ -208,7 +207,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     # Data and device: held-out cases first, precision checked before any compute.
     train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches, cfg.split)
     device = resolve_device(cfg.device)
-    dtype = autocast_dtype(cfg.precision, device)
+    dtype = resolve_dtype(cfg.precision, device, stage="train-vae precision")
     out = Path(cfg.out)
     resume_from = resolve_resume(out, cfg.resume)
     _check_same_training(out, cfg, resume_from is not None)
