@@ -123,9 +123,9 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
         "model": {"unet_preset": "tiny"}, "optim": {"warmup_steps": 1},
     })
     result = run_train(cfg)
-    meta = read_bundle_meta(Path(result["bundle"]))
+    meta = read_bundle_meta(Path(result.bundle))
     assert meta.latent.size == 16  # the UNet's input: the 64 px crop, at the tiles' magnification
-    assert json.loads((Path(result["bundle"]) / "unet" / "config.json").read_text())["sample_size"] == 16
+    assert json.loads((Path(result.bundle) / "unet" / "config.json").read_text())["sample_size"] == 16
     assert len(reads) == 6 and all(len(offsets) == 2 for offsets in reads.values())  # 6 patches, 2 epochs
     assert all(offsets[0] != offsets[1] for offsets in reads.values())
     assert sorted(int(c) for counts, _ in picks for c in counts) == [1] * 6 + [2] * 6  # one item per patch, not per caption

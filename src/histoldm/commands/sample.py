@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
              "compile_tuning"]  # fmt: skip
     cfg = resolve_config(args, SampleConfig, {name: getattr(args, name) for name in names})
     result = run_sample(cfg)
-    if "images" not in result:  # a non-main process under accelerate launch
+    if result is None:  # a non-main process under accelerate launch
         return 0
     print(
-        f"{result['out']}: {result['images']} images ({result['n_new']} new), {result['n_truncated']} captions truncated, "
-        f"{result['skipped']} input rows skipped" + (f", grid {result['grid']}" if result["grid"] else "")
+        f"{result.out}: {result.images} images ({result.n_new} new), {result.n_truncated} captions truncated, "
+        f"{result.skipped} input rows skipped" + (f", grid {result.grid}" if result.grid else "")
     )
     return 0

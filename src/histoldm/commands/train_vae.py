@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     flags = {"store": args.store, "out": args.out, "init": args.init, "steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
              "split": args.split}
     result = run_train_vae(resolve_config(args, TrainVAEConfig, flags))
-    print(f"autoencoder in {result['autoencoder']}: held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}")
+    print(f"autoencoder in {result.autoencoder}: held-out PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
     return 0

@@ -114,6 +114,8 @@ def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | N
 def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -> dict[str, Any]:
     """Train the autoencoder (on the training cases only) when the recipe names a preset, then cache
     latents of every patch."""
+    import dataclasses
+
     from histoldm.models.presets import AUTOENCODER_PRESETS
     from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
     from histoldm.train.vae import TrainVAEConfig, run_train_vae
@@ -132,7 +134,7 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
                 raise UserError(f"{vae_dir}: autoencoder trained with other settings than this recipe's; choose another --out")
             vae_metrics = json.loads((vae_dir / "metrics.json").read_text())
         else:
-            vae_metrics = run_train_vae(vae_cfg)
+            vae_metrics = dataclasses.asdict(run_train_vae(vae_cfg))
         autoencoder = str(vae_dir / "autoencoder")
     latents = work / "latents"
     run_encode_latents(EncodeLatentsConfig(store=store, vae=autoencoder, out=latents, image_size=recipe.image_size,
@@ -177,17 +179,17 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
     with PeakRSS() as rss:
         train = run_train(load_config(TrainConfig, None, deep_merge(train_cfg, recipe.train_overrides)))
-    train["peak_rss"] = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
+    train_peak_rss = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
 
     items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
     atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
-    samples = sample_held_out(Path(train["run_dir"]), sample_list, work / "samples", recipe, recipe.seed, text_cache)
+    samples = sample_held_out(train.run_dir, sample_list, work / "samples", recipe, recipe.seed, text_cache)
     real = export_patches(store, items, work / "real-held-out", recipe.image_size)
     metrics = run_evaluate(EvaluateConfig(real=real, fake=samples, out=work / "eval", seed=recipe.seed,
                                           kid_subset_size=min(recipe.kid_subset_size, len(items)), fid_method="eigh",
-                                          adherence=True, captions=captions, adherence_mpp=model_mpp(store, recipe.image_size)))
-    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "samples": samples, "real": real,
+                                          adherence=True, captions=captions, adherence_mpp=model_mpp(store, recipe.image_size))).metrics
+    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "train_peak_rss": train_peak_rss, "samples": samples, "real": real,
             "metrics": metrics, "items": items, "sample_list": sample_list, "text_cache": text_cache}
 
 
@@ -216,6 +218,6 @@ def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict
 
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"
-    sample_held_out(Path(result["train"]["run_dir"]), result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
+    sample_held_out(result["train"].run_dir, result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
     return run_seed_floor(SeedFloorConfig(first=result["samples"], second=second, out=work / "noise-floor", seed=recipe.seed,
-                                          kid_subset_size=min(recipe.kid_subset_size, len(result["items"]))))
+                                          kid_subset_size=min(recipe.kid_subset_size, len(result["items"])))).metrics

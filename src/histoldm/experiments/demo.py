@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                    mpp=model_mpp(data["store"], cfg.recipe.image_size), seed=cfg.recipe.seed)
 
     # Report.
-    curve = loss_curve(Path(result["train"]["run_dir"]) / "stats.jsonl", out / "loss.png")
+    curve = loss_curve(result["train"].run_dir / "stats.jsonl", out / "loss.png")
     split: dict[str, list[str]] = defaultdict(list)
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
@@ -136,7 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"real side of every metric, are {', '.join(split.get('test', []))}. "
         f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
         f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {cfg.recipe.text_encoder} ({cfg.recipe.text_mode}), "
-        f"UNet preset {cfg.recipe.unet_preset} trained {result['train']['steps']} steps. Samples: {cfg.recipe.solver.upper()} "
+        f"UNet preset {cfg.recipe.unet_preset} trained {result['train'].steps} steps. Samples: {cfg.recipe.solver.upper()} "
         f"{cfg.recipe.sample_steps} steps, guidance {cfg.recipe.guidance}. At this scale the numbers show that the pipeline "
         "works end to end, not image quality: FID on a few dozen images is dominated by its bias. Beside FID and KID stands their "
         "seed-to-seed floor: the same captions sampled again from the same model with the next seed, measured against the first set."

@@ -279,8 +279,24 @@ class ImageSampler:
         return torch.cat(images), truncated
 
 
-def run_sample(cfg: SampleConfig) -> dict:
-    """Sample every caption not yet in cfg.out; returns counts and paths (see the module docstring)."""
+@dataclass(frozen=True)
+class SampleResult:
+    """`histoldm sample`, on the main process: counts over the whole folder and this run."""
+
+    out: Path
+    bundle: Path
+    n_items: int  # captions asked for
+    images: int  # finished images of those captions in the folder
+    n_new: int  # made by this run (the main process's share)
+    n_truncated: int  # finished images whose caption the encoder truncated
+    n_truncated_new: int  # of those made by this run
+    skipped: int  # input rows skipped (listed in the manifest)
+    grid: Path | None
+
+
+def run_sample(cfg: SampleConfig) -> SampleResult | None:
+    """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
+    the main process returns the counts, the others None."""
     from tqdm import tqdm
 
     from histoldm.manifest import write_manifest
@@ -340,9 +356,8 @@ def run_sample(cfg: SampleConfig) -> dict:
 
     # Finish: one index in caption order, a grid for small runs, the manifest (main process only).
     state.wait_for_everyone()
-    result = {"out": str(out), "bundle": str(bundle), "n_items": len(items), "n_new": len(pending), "n_truncated_new": n_truncated}
     if not state.is_main_process:
-        return result
+        return None
     records = _finalise_index(out, items)
     wanted = {item.id for item in items}
     finished = [r for r in records if r["id"] in wanted]
@@ -369,4 +384,4 @@ def run_sample(cfg: SampleConfig) -> dict:
         skipped=skipped,
         extra={"settings": settings, "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]}},
     )
-    return {**result, "images": len(finished), "grid": produced["grid"], "n_truncated": len(truncated_captions), "skipped": len(skipped)}
+    return SampleResult(out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid)

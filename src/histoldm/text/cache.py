@@ -22,8 +22,9 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -233,10 +234,31 @@ def _merge_shares(new: list[str], bs: int, world: int, out: Path, table: torch.T
     return flags
 
 
-def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
+@dataclass(frozen=True)
+class EncodeTextResult:
+    """`histoldm encode-text`, on the main process: the cache's meta.json and this run's counts."""
+
+    out: Path
+    meta: dict[str, Any]  # meta.json: encoder, mode, max_length, length, dim, fingerprint, dtype, n_captions, n_truncated
+    n_new: int  # captions encoded by this run
+    n_reused: int  # unique captions already in the cache
+    n_input_rows: int
+    n_skipped: int  # input rows skipped (empty or non-text captions, listed in the manifest)
+    shape: tuple[int, int, int]  # the embeddings table: captions x length x dim
+
+    @property
+    def n_captions(self) -> int:
+        return self.meta["n_captions"]
+
+    @property
+    def n_truncated(self) -> int:
+        return self.meta["n_truncated"]
+
+
+def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | None:
     """Encode the unique captions of cfg.captions not yet in cfg.out (under accelerate launch, this
-    process's share); returns the meta plus counts. `procs`: histoldm.devices.Processes, default the
-    processes this one was launched among."""
+    process's share); the main process returns the meta plus counts, the others None. `procs`:
+    histoldm.devices.Processes, default the processes this one was launched among."""
     from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
     from histoldm.text.encoders import load_text_encoder
@@ -262,7 +284,7 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
         _encode_share(encoder, new, bs, procs, out)
         procs.barrier()
         if not procs.is_main:
-            return {"out": str(out), "n_new_this_process": len(range(procs.rank, -(-len(new) // bs), procs.world))}
+            return None
     table = torch.empty(n_old + len(new), encoder.length, encoder.dim, dtype=encoder.dtype)
     if old:
         table[:n_old] = old.embeddings.to(encoder.dtype)
@@ -300,4 +322,4 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
         skipped=skipped,
         extra={"truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]}, "device": device},
     )
-    return {**produced, "out": str(out), "n_skipped": len(skipped)}
+    return EncodeTextResult(out, meta, len(new), len(unique) - len(new), len(captions), len(skipped), tuple(table.shape))

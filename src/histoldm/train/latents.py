@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +149,23 @@ def _plan_hash(ids: list[str], shard_size: int) -> str:
     return h.hexdigest()
 
 
-def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
+@dataclass(frozen=True)
+class EncodeLatentsResult:
+    """`histoldm encode-latents`, on the main process. With `shards_missing` > 0 (a process of this run
+    stopped) the cache is unfinished: `latents` and `skipped` are 0 and a re-run finishes it."""
+
+    out: Path
+    latents: int
+    skipped: int
+    shards: int
+    scaling_factor: float
+    shards_missing: int = 0
+
+
+def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsResult | None:
     """Encode every patch of the store once (this process's share of the shards under accelerate
-    launch); returns counts and the output folder. `procs`: histoldm.devices.Processes, default
-    the processes this one was launched among."""
+    launch); the main process returns counts and the output folder, the others None. `procs`:
+    histoldm.devices.Processes, default the processes this one was launched among."""
     from tqdm import tqdm
 
     from histoldm.devices import launched_processes, resolve_dtype
@@ -232,10 +246,10 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
                 bar.update(hi - lo)
     procs.barrier()
     if not procs.is_main:
-        return {"out": str(out), "shards_this_process": len(mine)}
+        return None
     missing = [k for k in range(n_shards) if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())]
     if missing:  # a process of this run died, or ran alone with another rank: a re-run finishes the cache
-        return {"out": str(out), "latents": 0, "skipped": 0, "shards": n_shards, "shards_missing": len(missing), "scaling_factor": scale}
+        return EncodeLatentsResult(out, 0, 0, n_shards, scale, shards_missing=len(missing))
     skipped: list[dict] = []
     index_rows: list[tuple[str, int, int]] = []
     for k in range(n_shards):
@@ -260,7 +274,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
     produced = {"latents": len(index_rows), "skipped": len(skipped), "shards": n_shards, "scaling_factor": scale}
     write_manifest(out / "manifest.json", stage="encode-latents", config=cfg, inputs={"store": cfg.store / "patches.parquet"},
                    produced=produced, started=started, skipped=skipped)
-    return {"out": str(out), **produced}
+    return EncodeLatentsResult(out, len(index_rows), len(skipped), n_shards, scale)
 
 
 class LatentCache:

@@ -14,8 +14,9 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -219,7 +220,19 @@ def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
         print(f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
 
 
-def run_train(cfg: TrainConfig) -> dict:
+@dataclass(frozen=True)
+class TrainResult:
+    """`histoldm train`, on every process (each with its own device's peak memory)."""
+
+    run_dir: Path
+    bundle: Path  # RUN/model: the exported inference weights
+    steps: int
+    peak_memory: dict[str, Any]  # allocated_gib, reserved_gib (None on CPU, with the reason), device
+    img_s: float | None  # mean training throughput over the logging windows after the first
+    processes: int
+
+
+def run_train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm import tqdm
@@ -389,7 +402,6 @@ def run_train(cfg: TrainConfig) -> dict:
     # Export the model bundle (EMA weights when on) and the run manifest.
     peak = _peak_memory(device)
     img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
-    result = {"run_dir": str(run_dir), "bundle": str(run_dir / "model"), "steps": step, "peak_memory": peak, "img_s": img_s, "processes": world}
     if accelerator.is_main_process:
         writer.close()
         meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
@@ -401,4 +413,4 @@ def run_train(cfg: TrainConfig) -> dict:
                        extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": dtype_name(dtype), "init": init})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return result
+    return TrainResult(run_dir, run_dir / "model", step, peak, img_s, world)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -193,7 +194,17 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
     return loss.detach()
 
 
-def run_train_vae(cfg: TrainVAEConfig) -> dict:
+@dataclass(frozen=True)
+class TrainVAEResult:
+    """`histoldm train-vae`: the autoencoder folder and its held-out reconstruction quality."""
+
+    autoencoder: Path
+    psnr: float  # dB, mean over the held-out patches
+    ssim: float
+    n: int  # held-out patches measured
+
+
+def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from tqdm import tqdm
 
     from histoldm.devices import resolve_device, resolve_dtype
@@ -254,4 +265,4 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
                    produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed)
-    return {"autoencoder": str(out / "autoencoder"), **metrics}
+    return TrainVAEResult(out / "autoencoder", **metrics)
