@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
                                                 "out": args.out, "template": args.template, "levels": levels,
                                                 "all_summaries": args.all_summaries})
     r = run_captions(cfg)
-    print(f"{r['caption_rows']} captions of {r['patches']} patches ({r['unique_captions']} unique) -> {r['out']}; "
-          f"{r['patches_without_summary']} patches without a summary ({len(r['cases_without_summary'])} cases)")
-    if r["empty_captions"]:
-        print(f"warning: {r['empty_captions']} patches have an empty caption (no scores and no summary); "
+    print(f"{r.caption_rows} captions of {r.patches} patches ({r.unique_captions} unique) -> {r.out}; "
+          f"{r.patches_without_summary} patches without a summary ({len(r.cases_without_summary)} cases)")
+    if r.empty_captions:
+        print(f"warning: {r.empty_captions} patches have an empty caption (no scores and no summary); "
               "encode-text skips them and train leaves them out", file=sys.stderr)
     return 0

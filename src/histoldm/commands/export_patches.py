@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     flags = {"store": args.store, "captions": args.captions, "split": args.split, "split_name": args.split_name, "out": args.out,
              "size": args.size, "n": args.n, "seed": args.seed}
     result = run_export_patches(resolve_config(args, ExportPatchesConfig, flags))
-    print(f"{result['images']} patches in {result['out']}")
+    print(f"{result.images} patches in {result.out}")
     return 0

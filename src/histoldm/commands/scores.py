@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, ScoresConfig, {"store": args.store, "out": args.out, "csv": args.csv,
                                               "heatmaps": args.heatmaps, "stride": args.stride, "proxy": args.proxy})
     r = run_scores(cfg)
-    print(f"{r['scored']}/{r['patches']} patches scored ({r['method']}) -> {r['out']}; {len(r['skipped'])} rows skipped")
-    for s in r["skipped"][:10]:
+    print(f"{r.scored}/{r.patches} patches scored ({r.method}) -> {r.out}; {len(r.skipped)} rows skipped")
+    for s in r.skipped[:10]:
         print(f"skipped: {s}")
     return 0

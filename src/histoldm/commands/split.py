@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
                                              "stratify_by": args.stratify_by, "fractions": args.fractions,
                                              "seed": args.seed, "given": args.given})
     r = run_split(cfg)
-    print(f"{r['out']}: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()) + " cases")
+    print(f"{r.out}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()) + " cases")
     return 0

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
                                             "size": args.size, "overlap": args.overlap, "mpp": args.mpp,
                                             "min_tissue": args.min_tissue, "workers": args.workers, "shard": parse_shard(args.shard)})
     r = run_tile(cfg)
-    print(f"{r['patches']} patches in {r['store']} ({r['slides_tiled']} slides tiled, {r['slides_resumed']} resumed, "
-          f"{r['slides_failed']} skipped" + (f"; shard {r['shard']}, {r['slides_pending']} slides of other shards not finished yet)" if r["shard"] else ")"))
-    for s in r["skipped"]:
+    print(f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, "
+          f"{r.slides_failed} skipped" + (f"; shard {r.shard}, {r.slides_pending} slides of other shards not finished yet)" if r.shard else ")"))
+    for s in r.skipped:
         print(f"skipped: {s['reason']}")
     return 0
