@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         ),  # fmt: skip
     )
     result = run_convert(cfg)
-    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in result["converted"].items())
-    print(f"bundle {result['bundle']}: {counts}; {result['skipped']} checkpoint entries skipped (see {result['report']})")
-    for reason, n in result["skipped_by_reason"].items():
+    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in result.converted.items())
+    print(f"bundle {result.bundle}: {counts}; {result.skipped} checkpoint entries skipped (see {result.report})")
+    for reason, n in result.skipped_by_reason.items():
         print(f"  skipped {n}: {reason}")
     return 0
