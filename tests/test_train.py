@@ -163,6 +163,16 @@ def test_bad_inputs_fail_before_compute(tmp_path, caches):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
 
 
+def test_bf16_on_a_gpu_without_it_is_refused_before_any_compute(tmp_path, caches, monkeypatch):
+    """A CUDA card without bf16 (simulated: only torch.cuda's answers change, in this test only)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(UserError, match=r"^train precision bfloat16: not supported by Tesla T4; use float32"):
+        run_train(_config(tmp_path, caches, precision="bf16"))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caches):
     first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=5, checkpoint_every=5))
     poisoned = _write_caches(tmp_path / "poisoned")  # same patch ids and fingerprint, infinite latents
