@@ -117,7 +117,7 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
     monkeypatch.setattr(data, "random_crop", recording_crop)
     monkeypatch.setattr(data, "pick_captions", recording_pick)
     cfg = TrainConfig.model_validate({
-        "runs_dir": str(tmp_path / "runs"), "max_steps": 6, "batch_size": 2, "precision": "fp32", "log_every": 3, "checkpoint_every": 6,
+        "runs_dir": str(tmp_path / "runs"), "max_steps": 6, "batch_size": 2, "precision": "float32", "log_every": 3, "checkpoint_every": 6,
         "data": {"latents": str(tmp_path / "lat"), "text_cache": str(tmp_path / "text"), "captions": str(store / "captions.parquet"),
                  "crop": 64, "augment": "flips", "workers": 0},
         "model": {"unet_preset": "tiny"}, "optim": {"warmup_steps": 1},
