@@ -140,3 +140,15 @@ def test_cpu_dtypes_as_before():
         "evaluate": (EvaluateConfig.model_fields["dtype"].default, torch.float32),
     }
     assert {k: resolve_dtype(name, CPU, stage=k) for k, (name, _) in defaults.items()} == {k: d for k, (_, d) in defaults.items()}
+
+
+def test_an_autoencoder_run_recorded_with_an_old_spelling_still_resumes(tmp_path):
+    from histoldm.fileio import atomic_write_json
+    from histoldm.train.vae import TrainVAEConfig, _check_same_training
+
+    cfg = TrainVAEConfig(store=tmp_path / "s", out=tmp_path / "o", precision="float32")
+    (tmp_path / "o").mkdir()
+    atomic_write_json(tmp_path / "o" / "config.json", {**cfg.model_dump(mode="json"), "precision": "fp32"})  # written before the one vocabulary
+    _check_same_training(tmp_path / "o", cfg, resuming=True)
+    with pytest.raises(UserError, match="other precision"):
+        _check_same_training(tmp_path / "o", cfg.model_copy(update={"precision": "bfloat16"}), resuming=True)

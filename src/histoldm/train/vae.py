@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 import torch.nn.functional as F
 
-from histoldm.config import AutocastDtypeName, StrictModel
+from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
@@ -155,7 +155,9 @@ def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None
     """Resuming with other data or hyper-parameters would overwrite the autoencoder with a mix of two."""
     if not resuming:
         return
-    changed = sorted(settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES)))
+    changes = settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES))
+    # a run recorded with an older spelling (bf16, fp32) resumes under the one vocabulary's name
+    changed = sorted(k for k, (old, new) in changes.items() if not (k == "precision" and normalise_dtype_name(old) == new))
     if changed:
         raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
 
