@@ -296,9 +296,9 @@ class Bench:
         if flops is None:
             _reset_memory(p.device)
             flops = self.count_train_flops(preset)
-        peak = result["peak_memory"]
-        return {"preset": preset, "batch": p.train_batch, "steps": result["steps"], "loss_first_window": losses[0], "loss_last_window": losses[-1],
-                "s_per_iter": p.train_batch / result["img_s"], "img_s": result["img_s"],
+        peak = result.peak_memory
+        return {"preset": preset, "batch": p.train_batch, "steps": result.steps, "loss_first_window": losses[0], "loss_last_window": losses[-1],
+                "s_per_iter": p.train_batch / result.img_s, "img_s": result.img_s,
                 "flops_per_img": flops, "peak_alloc_gib": peak["allocated_gib"], "peak_reserved_gib": peak["reserved_gib"],
                 "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
 
@@ -417,7 +417,7 @@ class Bench:
         from histoldm.data.store import patch_table
         from histoldm.tables import read_parquet, write_parquet
         from histoldm.data.synthetic import make_synthetic_dataset
-        from histoldm.devices import autocast_dtype
+        from histoldm.devices import resolve_dtype
         from histoldm.models.autoencoder import encode, load_autoencoder
         from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
 
@@ -441,7 +441,7 @@ class Bench:
         command_s = time.perf_counter() - started
         ae = load_autoencoder(p.autoencoder, device=device)
         x = torch.rand(p.encode_batch, 3, size, size, device=device) * 2 - 1
-        dtype = autocast_dtype(cfg.precision, device)
+        dtype = resolve_dtype(cfg.precision, device, stage="encode-latents precision")
 
         def bare():
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -449,7 +449,7 @@ class Bench:
 
         sec = _median_time(bare, 3, 1, p.device)
         shutil.rmtree(cfg.out, ignore_errors=True)
-        return {"preset": p.autoencoder, "batch": p.encode_batch, "patches": n, "latents": result["latents"], "workers": workers,
+        return {"preset": p.autoencoder, "batch": p.encode_batch, "patches": n, "latents": result.latents, "workers": workers,
                 "s_per_iter": command_s, "img_s": n / command_s, "encoder_only_img_s": p.encode_batch / sec, "image_px": size,
                 "flops_per_img": 0.0, **_peak(p.device)}
 

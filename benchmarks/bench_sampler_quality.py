@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         passes = unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
         rows.append({"setting": name, "seed": seed, "solver": cfg.solver, "steps": cfg.steps, "interval": cfg.guidance_interval,
-                     "unet_passes": passes, "images": result["images"], "sample_s": round(wall, 1), "out": cfg.out})
+                     "unet_passes": passes, "images": result.images, "sample_s": round(wall, 1), "out": cfg.out})
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in rows[-1].items()}), flush=True)
     reference = next(r["out"] for r in rows if r["setting"] == "ddim50" and r["seed"] == 0)
     lines = ["| setting vs DDIM-50 seed 0 | seed | UNet passes / image | FID | KID (x 1e-3) | precision / recall | sample wall s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["out"] == reference:
             continue
-        m = run_evaluate(EvaluateConfig(real=reference, fake=r["out"], out=r["out"] / "eval", fid_method="eigh", workers=1))
+        m = run_evaluate(EvaluateConfig(real=reference, fake=r["out"], out=r["out"] / "eval", fid_method="eigh", workers=1)).metrics
         kid, pr = m["kid"], m["precision_recall"]
         lines.append(f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {m['fid']['value']:.2f} | {1e3 * kid['mean']:.2f} +- {1e3 * kid['std']:.2f} | "
                      f"{pr['precision']:.3f} / {pr['recall']:.3f} | {r['sample_s']} |")

@@ -75,7 +75,7 @@ def bench_extractive(folder: Path, n: int) -> dict:
     result = run_summarize(cfg)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     tokens = [r["tokens"] for r in read_jsonl(cfg.out)]
-    return {"reports": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "per_s": round(n / wall), "counts": result["counts"], "max_tokens": max(tokens), "mean_tokens": round(sum(tokens) / len(tokens), 1)}
+    return {"reports": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "per_s": round(n / wall), "counts": result.counts, "max_tokens": max(tokens), "mean_tokens": round(sum(tokens) / len(tokens), 1)}
 
 
 def bench_server(folder: Path, n: int, latency_s: float, concurrency: int) -> dict:
@@ -103,7 +103,7 @@ def bench_server(folder: Path, n: int, latency_s: float, concurrency: int) -> di
         server.terminate()
         server.join()
     ideal = n * latency_s / concurrency
-    return {"requests": n, "latency_ms": latency_s * 1000, "concurrency": concurrency, "startup_s": round(startup, 2), "wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2), "ideal_s": round(ideal, 2), "counts": result["counts"], "usage": result["usage"]}
+    return {"requests": n, "latency_ms": latency_s * 1000, "concurrency": concurrency, "startup_s": round(startup, 2), "wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2), "ideal_s": round(ideal, 2), "counts": result.counts, "usage": result.usage}
 
 
 def bench_local(folder: Path, n: int) -> dict:
@@ -113,7 +113,7 @@ def bench_local(folder: Path, n: int) -> dict:
     result = run_summarize(cfg)
     wall = time.perf_counter() - started
     records = list(read_jsonl(cfg.out))
-    return {"cases": n, "wall_s_incl_model_load": round(wall, 1), "counts": result["counts"], "summaries": [r["summary"] for r in records]}
+    return {"cases": n, "wall_s_incl_model_load": round(wall, 1), "counts": result.counts, "summaries": [r["summary"] for r in records]}
 
 
 def main() -> None:

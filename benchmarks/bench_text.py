@@ -69,7 +69,7 @@ def main() -> None:
         "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
         "encode_captions_per_s": round(args.n / encode_s, 1),
         "stage_captions_per_s": round(args.n / stage_s, 1), "stage_s": round(stage_s, 2),
-        "n_truncated": result["n_truncated"], "cache_mb": round(size_mb, 1),
+        "n_truncated": result.n_truncated, "cache_mb": round(size_mb, 1),
     }, indent=2))
 
 

@@ -32,9 +32,9 @@ def main() -> None:
                              size=args.size, overlap=args.overlap, min_tissue=args.min_tissue, workers=1)
             t0 = time.perf_counter()
             result = run_tile(cfg)
-            rates.append(result["patches"] / (time.perf_counter() - t0))
-            slide = next(iter(result["per_slide"].values()))
-            n, candidates = result["patches"], slide["candidates"]
+            rates.append(result.patches / (time.perf_counter() - t0))
+            slide = next(iter(result.per_slide.values()))
+            n, candidates = result.patches, slide["candidates"]
             loop_rates.append(candidates / slide["seconds_patches"])
     print(f"magnification {args.magnification:g}x, size {args.size}, overlap {args.overlap}: {n} patches per run; "
           f"{statistics.median(rates):.1f} patches/s per core (median of {args.repeats}; "

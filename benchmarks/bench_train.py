@@ -52,8 +52,8 @@ def main() -> None:
         result = run_train(cfg)
         stats = [json.loads(line) for line in (root / "run" / "stats.jsonl").read_text().splitlines()]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"preset": args.preset, "precision": args.precision, "batch_size": args.batch_size, "steps": result["steps"],
-                      "img_s": round(result["img_s"], 2), "peak_memory": result["peak_memory"], "device": device,
+    print(json.dumps({"preset": args.preset, "precision": args.precision, "batch_size": args.batch_size, "steps": result.steps,
+                      "img_s": round(result.img_s, 2), "peak_memory": result.peak_memory, "device": device,
                       "final_loss": stats[-1]["loss"]}, indent=2))
 
 

@@ -33,7 +33,7 @@ for seed in (0, 1):
                         "split": str(work / "split.json"), "workers": 0},
                "model": {"unet_preset": "tiny", "init": init}, "optim": {"lr": 5e-4, "warmup_steps": 50}}
         run = run_train(load_config(TrainConfig, None, cfg))
-        stats = [json.loads(line) for line in (Path(run["run_dir"]) / "stats.jsonl").read_text().splitlines()]
+        stats = [json.loads(line) for line in (Path(run.run_dir) / "stats.jsonl").read_text().splitlines()]
         results[f"{init}-{seed}"] = [round(s["loss"], 4) for s in stats]
         print(init, seed, results[f"{init}-{seed}"], flush=True)
 (work / "compare.json").write_text(json.dumps(results, indent=1))

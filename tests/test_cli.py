@@ -13,6 +13,7 @@ import pytest
 from pydantic import Field, create_model
 
 from histoldm.cli import build_parser, main
+from histoldm.errors import UserError
 from histoldm.commands._common import resolve_config
 from histoldm.commands._flags import KEYS_DEST, add_config_flags, nested_field
 from histoldm.config import StrictModel
@@ -159,3 +160,13 @@ def test_top_level_help_imports_no_stage():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_dtype_options_take_the_older_spellings():
+    """A dtype field normalises bf16/fp16/fp32 itself, so the option must not refuse them first."""
+    from histoldm.sampling.run import SampleConfig
+
+    args = build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "bf16"])
+    assert resolve_config(args, SampleConfig).dtype == "bfloat16"
+    with pytest.raises(UserError, match="dtype"):
+        resolve_config(build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "half"]), SampleConfig)

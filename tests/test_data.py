@@ -25,7 +25,7 @@ from histoldm.data.scores import ScoresConfig, levels_of, run_scores
 from histoldm.data.splits import SplitConfig, load_split, run_split
 from histoldm.data.store import PatchStore, case_id_of
 from histoldm.data.synthetic import make_synthetic_dataset, render_tile
-from histoldm.data.tiling import TileConfig, run_tile
+from histoldm.data.tiling import TileConfig, TileResult, run_tile
 from histoldm.data.tissue import tissue_fraction, tissue_threshold
 from histoldm.errors import UserError
 
@@ -33,15 +33,15 @@ SLIDE = asset_path("cmu_slide")
 
 
 @pytest.fixture(scope="module")
-def cmu_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def cmu_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TileResult]:
     out = tmp_path_factory.mktemp("cmu") / "store"
     result = run_tile(TileConfig(slides=SLIDE, out=out, magnification=10, size=256, overlap=32, min_tissue=0.5))
     return out, result
 
 
-def test_tiling_physical_size_tissue_and_manifest_roundtrip(cmu_store: tuple[Path, dict]) -> None:
+def test_tiling_physical_size_tissue_and_manifest_roundtrip(cmu_store: tuple[Path, TileResult]) -> None:
     out, result = cmu_store
-    assert result["patches"] >= 4 and not result["skipped"]
+    assert result.patches >= 4 and not result.skipped
     store = PatchStore.open(out)
     rows = store.table.to_pylist()
     base_mpp = float(openslide.OpenSlide(str(SLIDE)).properties["openslide.mpp-x"])
@@ -65,10 +65,10 @@ def test_tiling_physical_size_tissue_and_manifest_roundtrip(cmu_store: tuple[Pat
     assert any(abs((b - a) - 224 * 1.0 / base_mpp) < 1.5 for a, b in zip(xs, xs[1:]))
 
 
-def test_tiling_resumes_per_slide(cmu_store: tuple[Path, dict]) -> None:
+def test_tiling_resumes_per_slide(cmu_store: tuple[Path, TileResult]) -> None:
     out, first = cmu_store
     again = run_tile(TileConfig(slides=SLIDE, out=out, overlap=32))
-    assert again["slides_resumed"] == 1 and again["patches"] == first["patches"]
+    assert again.slides_resumed == 1 and again.patches == first.patches
     # resuming keeps finished slides as they are, so other settings must not resume into this store
     with pytest.raises(UserError, match=r"other settings \(magnification 10.0 -> 20.0, size 256 -> 128\)"):
         run_tile(TileConfig(slides=SLIDE, out=out, overlap=32, magnification=20, size=128))
@@ -78,7 +78,7 @@ def test_slide_resolution_tolerance_and_same_named_slides(tmp_path: Path, capsys
     # a slide stated 2% coarser than 20x (as scanners do) tiles at its own resolution, recorded as such
     r = run_tile(TileConfig(slides=SLIDE, out=tmp_path / "near", magnification=20, mpp=0.51, size=256, overlap=0))
     rows = PatchStore.open(tmp_path / "near").table.to_pylist()
-    assert r["patches"] >= 1 and all(x["mpp"] == 0.51 and x["extent"] == 256 for x in rows)
+    assert r.patches >= 1 and all(x["mpp"] == 0.51 and x["extent"] == 256 for x in rows)
     with pytest.raises(UserError, match="finest level is 0.600 um/px"):  # the only slide: nothing tiled is an error
         run_tile(TileConfig(slides=SLIDE, out=tmp_path / "far", magnification=20, mpp=0.6, size=256))
     # two files with one name in different folders would share a slide id: refused before any work
@@ -107,7 +107,7 @@ def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
     assert set(store.table.column("case_id").to_pylist()) == {"TCGA-AB-1234"}
     # with --mpp the plain TIFF tiles: 0.5 um/px at 10x is a downsample of 2
     r = run_tile(TileConfig(slides=slides / "plain.tif", out=tmp_path / "plain", mpp=0.5, size=128, min_tissue=0.3))
-    assert r["patches"] >= 1 and all(e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist())
+    assert r.patches >= 1 and all(e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist())
 
 
 def test_tile_shards_fill_one_store_equal_to_a_single_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -164,7 +164,7 @@ def test_levels_rule() -> None:
     assert levels_of(0.99, ["a", "b", "c", "d"]) == "d"
 
 
-def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, dict], tmp_path: Path) -> None:
+def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, TileResult], tmp_path: Path) -> None:
     out, _ = cmu_store
     rows = PatchStore.open(out).table.to_pylist()
     csv_path = tmp_path / "scores.csv"
@@ -174,7 +174,7 @@ def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, d
         w.writerow([rows[0]["slide_id"], rows[0]["x"], rows[0]["y"], 0.9, ""])
         w.writerow(["no-such-slide", 0, 0, 0.1, 0.1])
     r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
-    assert r["scored"] == 1 and r["skipped"][0]["reason"] == "unknown slide"
+    assert r.scored == 1 and r.skipped[0]["reason"] == "unknown slide"
     t = pq.read_table(tmp_path / "s.parquet").to_pylist()
     assert len(t) == len(rows) and t[0]["prob_tumor"] == 0.9 and t[0]["prob_til"] is None
     manifest = json.loads((tmp_path / "s.parquet.manifest.json").read_text())
@@ -195,14 +195,14 @@ def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, d
         ScoresConfig(store=out)
 
 
-def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(cmu_store: tuple[Path, dict], tmp_path: Path) -> None:
+def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(cmu_store: tuple[Path, TileResult], tmp_path: Path) -> None:
     out, _ = cmu_store
     pid = PatchStore.open(out).patch_ids[0]
     csv_path = tmp_path / "pct.csv"
     csv_path.write_text(f"patch_id,prob_tumor\n{pid},85\n,0.2\n")
     r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
-    reasons = [s["reason"] for s in r["skipped"]]
-    assert r["scored"] == 0 and "not percentages" in reasons[0] and "unreadable row" in reasons[1]
+    reasons = [s["reason"] for s in r.skipped]
+    assert r.scored == 0 and "not percentages" in reasons[0] and "unreadable row" in reasons[1]
     assert levels_of(1.0000001) == "high"  # float rounding of a mean just above 1 is clamped, not refused
 
 
@@ -247,23 +247,23 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     assert r["patches"] == 12
     attrs = {a["patch_id"]: a for a in pq.read_table(store / "attributes.parquet").to_pylist()}
     proxy = run_scores(ScoresConfig(store=store, proxy=True, out=tmp_path / "proxy.parquet"))
-    assert proxy["method"] == "proxy-heuristic"
+    assert proxy.method == "proxy-heuristic"
     for row in pq.read_table(tmp_path / "proxy.parquet").to_pylist():
         assert levels_of(row["prob_tumor"]) == attrs[row["patch_id"]]["tumor"]
     summaries = tmp_path / "summaries.jsonl"
     summaries.write_text(json.dumps({"case_id": "SYN-0000", "summary": "Invasive ductal carcinoma.", "status": "ok"}) + "\n"
                          + json.dumps({"case_id": "SYN-0001", "summary": "", "status": "failed"}) + "\n")
     c = run_captions(CaptionsConfig(store=store, summaries=summaries))
-    assert c["patches_without_summary"] == 8 and c["cases_without_summary"] == ["SYN-0001", "SYN-0002"]
+    assert c.patches_without_summary == 8 and c.cases_without_summary == ["SYN-0001", "SYN-0002"]
     caps = {x["patch_id"]: x for x in pq.read_table(store / "captions.parquet").to_pylist()}
     for pid, a in attrs.items():
         expected = f"{a['tumor']} tumor; {a['til']} til"
         if a["case_id"] == "SYN-0000":
             expected += "; Invasive ductal carcinoma."
         assert caps[pid]["caption"] == expected and caps[pid]["tumor_level"] == a["tumor"]
-    assert c["unique_captions"] == len({x["caption"] for x in caps.values()})
+    assert c.unique_captions == len({x["caption"] for x in caps.values()})
     d = run_captions(CaptionsConfig(store=store, template="{nuclei} nuclei; {fat} fat", out=tmp_path / "d.parquet"))
-    assert d["unique_captions"] >= 2
+    assert d.unique_captions >= 2
 
     # the test split's real patches as a folder for fid-ref / evaluate --real, at the model's resolution
     (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["SYN-0000", "SYN-0001"], "test": ["SYN-0002"]}}))
@@ -352,7 +352,7 @@ def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
     assert summ[1]["summary"] == "Lobular carcinoma." and summ[1]["variants"] == ["Lobular carcinoma.", "ILC."]
     assert all(s["backend"] == "pathldm-import" and s["status"] == "ok" and s["tokens"] > 0 for s in summ)
     c = run_captions(CaptionsConfig(store=tmp_path / "store", summaries=tmp_path / "store" / "summaries.jsonl"))
-    assert c["patches_without_summary"] == 0
+    assert c.patches_without_summary == 0
 
     # Interrupted before the tables, one PNG missing and one cut short: a re-run keeps the complete
     # PNGs and remakes the others.
@@ -466,7 +466,7 @@ def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, 
     assert not (tmp_path / "store" / "patches.parquet").exists()
 
 
-def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, dict],
+def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, TileResult],
                                                                 capsys: pytest.CaptureFixture) -> None:
     """An --out that cannot be written used to fail after the work, naming a `.split.json.*.tmp` file."""
     store, _ = cmu_store

@@ -281,12 +281,14 @@ def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
         Image.fromarray(_tile(50 + 3 * i, RNG)).save(fake / f"{i}.png")
     cfg = EvaluateConfig(real=real, fake=fake, out=tmp_path / "one", extractor=ext, workers=0, train_real=real, kid_subsets=5,
                          kid_subset_size=4, fid_method="eigh")
-    one = run_evaluate(cfg)
+    one = run_evaluate(cfg).metrics
     two = cfg.model_copy(update={"out": tmp_path / "two"})
     ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
-    assert run_evaluate(two, ranks[1]) == {}
+    assert run_evaluate(two, ranks[1]) is None  # its shares saved; the main process computes the metrics
     assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir()) == ["fake.rank1-of-2.npz", "real.rank1-of-2.npz"]
-    sharded = run_evaluate(two, ranks[0])
+    result = run_evaluate(two, ranks[0])
+    sharded = result.metrics
+    assert json.loads((result.out / "metrics.json").read_text()) == json.loads(json.dumps(sharded))  # the result is what was written
     assert not (tmp_path / "two" / "features").exists()  # merged and removed
     assert sharded["fid"]["value"] == pytest.approx(one["fid"]["value"], rel=1e-6, abs=1e-9) and one["fid"]["value"] > 1
     for key in ("kid", "precision_recall", "memorization"):
@@ -420,7 +422,7 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
     folder = write_random_pngs(tmp_path / "imgs", [(64, 64), (310, 300)], RNG)  # upsampled (the demo's size), downsampled
     result = run_fid_ref(FidRefConfig(images=folder, out=tmp_path / "ours.npz", protocol="pytorch-fid", workers=0))
     mu, sigma, recorded = M.load_stats(tmp_path / "ours.npz")
-    assert recorded["protocol"] == "pytorch-fid" and recorded["resize"] == "legacy" and result["protocol"]["protocol"] == "pytorch-fid"
+    assert recorded["protocol"] == "pytorch-fid" and recorded["resize"] == "legacy" and result.protocol.protocol == "pytorch-fid"
 
     inception, fid_score = import_pytorch_fid(monkeypatch)
     template = inception._inception_v3(num_classes=1008, aux_logits=False, weights=None).state_dict()
@@ -439,3 +441,22 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
     mu_o, sigma_o = other.mean(0), np.cov(other, rowvar=False)
     expected = fid_score.calculate_frechet_distance(mu_t[:64], sigma_t[:64, :64], mu_o, sigma_o)
     assert M.frechet_distance(mu[:64], sigma[:64, :64], mu_o, sigma_o) == pytest.approx(expected, rel=1e-5)
+
+
+def test_fid_protocol_is_frozen_and_extended_into_new_objects():
+    """The protocol is built once and extended (never mutated); its JSON holds only the fields that
+    are set, in the shape metrics.json has always had (seeds as a list)."""
+    import dataclasses
+
+    from histoldm.evaluate.protocol import FidProtocol
+
+    base = FidProtocol(protocol="clean", resize="bicubic", resize_detail="d", resize_where="w", extractor="e", extractor_sha256="ab" * 32)
+    sets = base.extend(n_real=5, n_fake=4, image_format_real="png", image_format_fake="png", feature_dim=2048, seeds=(0, 1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.n_real = 3
+    assert base.n_real is None and sets.n_real == 5
+    entry = sets.extend(fid_method="eigh").entry(value=1.5)
+    assert entry == {"value": 1.5, "protocol_line": M.protocol_line(entry["protocol"]), "protocol": {
+        "protocol": "clean", "resize": "bicubic", "resize_detail": "d", "resize_where": "w", "extractor": "e", "extractor_sha256": "ab" * 32,
+        "n_fake": 4, "image_format_fake": "png", "feature_dim": 2048, "n_real": 5, "image_format_real": "png", "seeds": [0, 1], "fid_method": "eigh"}}
+    assert "fid_method" not in sets.as_dict() and "N real 5, N fake 4" in sets.line()

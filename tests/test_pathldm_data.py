@@ -118,15 +118,15 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
     monkeypatch.setattr(data, "random_crop", recording_crop)
     monkeypatch.setattr(data, "pick_captions", recording_pick)
     cfg = TrainConfig.model_validate({
-        "runs_dir": str(tmp_path / "runs"), "max_steps": 6, "batch_size": 2, "precision": "fp32", "log_every": 3, "checkpoint_every": 6,
+        "runs_dir": str(tmp_path / "runs"), "max_steps": 6, "batch_size": 2, "precision": "float32", "log_every": 3, "checkpoint_every": 6,
         "data": {"latents": str(tmp_path / "lat"), "text_cache": str(tmp_path / "text"), "captions": str(store / "captions.parquet"),
                  "crop": 64, "augment": "flips", "workers": 0},
         "model": {"unet_preset": "tiny"}, "optim": {"warmup_steps": 1},
     })
     result = run_train(cfg)
-    meta = read_bundle_meta(Path(result["bundle"]))
+    meta = read_bundle_meta(Path(result.bundle))
     assert meta.latent.size == 16  # the UNet's input: the 64 px crop, at the tiles' magnification
-    assert json.loads((Path(result["bundle"]) / "unet" / "config.json").read_text())["sample_size"] == 16
+    assert json.loads((Path(result.bundle) / "unet" / "config.json").read_text())["sample_size"] == 16
     assert len(reads) == 6 and all(len(offsets) == 2 for offsets in reads.values())  # 6 patches, 2 epochs
     assert all(offsets[0] != offsets[1] for offsets in reads.values())
     assert sorted(int(c) for counts, _ in picks for c in counts) == [1] * 6 + [2] * 6  # one item per patch, not per caption

@@ -68,5 +68,5 @@ def test_derived_defaults_yield_to_what_the_user_gave():
     assert evaluate_config(recipe, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 10
     given = ModelRecipe(train={"max_steps": 100, "checkpoint_every": 7000, "precision": "bf16"}, evaluate={"kid_subset_size": 500})
     train = train_config(given, "x", HERE, HERE, HERE, HERE, HERE)
-    assert (train.checkpoint_every, train.precision) == (7000, "bf16")
+    assert (train.checkpoint_every, train.precision) == (7000, "bfloat16")
     assert evaluate_config(given, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 500

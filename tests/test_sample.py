@@ -45,7 +45,7 @@ def captions_file(tmp_path_factory) -> Path:
     return path
 
 
-def _sample(bundle: Path, captions: Path, out: Path, **kw) -> dict:
+def _sample(bundle: Path, captions: Path, out: Path, **kw):
     from histoldm.sampling.run import SampleConfig, run_sample
 
     return run_sample(SampleConfig(checkpoint=bundle, captions=captions, out=out, steps=STEPS, device="cpu", **kw))
@@ -236,7 +236,7 @@ def test_fast_preset_images_do_not_depend_on_the_batch(bundle, captions_file, tm
     """Guidance interval + DPM-Solver++: each image is still a function of its own seed only."""
     whole = _sample(bundle, captions_file, tmp_path / "bs8", batch_size=8, preset="fast", guidance_interval=(300, 999))
     _sample(bundle, captions_file, tmp_path / "bs1", batch_size=1, preset="fast", guidance_interval=(300, 999))
-    assert whole["images"] == 9
+    assert whole.images == 9
     for n in range(1, 10):
         a, b = _pixels(tmp_path / f"bs8/images/000/{n:06d}.png"), _pixels(tmp_path / f"bs1/images/000/{n:06d}.png")
         assert np.abs(a - b).max() <= 1, n
@@ -346,11 +346,11 @@ def test_interrupted_run_resumes_to_the_same_files(bundle, captions_file, refere
     (out / "grid.png").unlink()
 
     result = _sample(bundle, captions_file, out, batch_size=8)
-    assert result["n_new"] == 1 and not list(out.rglob("*.tmp"))
+    assert result.n_new == 1 and not list(out.rglob("*.tmp"))
     for path in sorted(reference_run.rglob("*.png")) + [reference_run / "index.jsonl"]:
         rel = path.relative_to(reference_run)
         assert (out / rel).read_bytes() == path.read_bytes(), rel
-    assert _sample(bundle, captions_file, out, batch_size=8)["n_new"] == 0
+    assert _sample(bundle, captions_file, out, batch_size=8).n_new == 0
     with pytest.raises(UserError, match="other settings"):
         _sample(bundle, captions_file, out, batch_size=8, guidance=3.0)
     changed = tmp_path / "changed.txt"  # same line numbers (ids), another caption on one of them

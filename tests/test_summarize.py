@@ -176,7 +176,7 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         assert records["TCGA-ZZ-EMPT"]["status"] == "failed" and "empty report" in records["TCGA-ZZ-EMPT"]["error"]
         assert records["TCGA-ZZ-HUGE"]["status"] == "failed" and "100,018 characters" in records["TCGA-ZZ-HUGE"]["error"]
         assert records["TCGA-ZZ-BYTE"]["status"] == "ok"
-        assert any("not valid UTF-8" in w for w in result["warnings"])
+        assert any("not valid UTF-8" in w for w in result.warnings)
         assert server.requests["huge"] == 0
         manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
         assert manifest["stage"] == "summarize" and manifest["produced"]["cases"] == len(records)
@@ -185,7 +185,7 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         # a second run sends nothing for finished cases (failed ones included)
         before = sum(server.requests.values())
         again = run_summarize(_llm_cfg(tmp_path, server.url))
-        assert sum(server.requests.values()) == before and again["written"] == 0
+        assert sum(server.requests.values()) == before and again.written == 0
         # --retry-failed asks again only for the failed ones; their new line comes last
         before = dict(server.requests)
         with pytest.raises(UserError, match="all 5 cases of this run failed"):  # they fail again: not a success
@@ -209,7 +209,7 @@ def test_out_file_with_other_settings_and_torn_line(tmp_path, capsys):
     (tmp_path / "s.jsonl").write_text("".join(lines[:2]) + lines[2][:30])  # a crash mid-append
     capsys.readouterr()
     result = run_summarize(cfg)
-    assert result["written"] == 1 and len(list(read_jsonl(tmp_path / "s.jsonl"))) == 3
+    assert result.written == 1 and len(list(read_jsonl(tmp_path / "s.jsonl"))) == 3
     assert f"{tmp_path / 's.jsonl'}:3: ignored a torn last line" in capsys.readouterr().err  # said, not silent
 
 

@@ -169,7 +169,7 @@ def test_encode_text_cache_round_trip_truncation_and_resume(tmp_path):
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"caption": "high tumor; high til"}) + "\n" + json.dumps({"caption": SHORT}) + "\n")
     result = run_encode_text(EncodeTextConfig(captions=more, text_encoder="tiny-clip", out=out))
-    assert result["n_new"] == 1 and result["n_reused"] == 1
+    assert result.n_new == 1 and result.n_reused == 1
     again = TextCache.open(out)
     assert len(again) == 4 and again.row("high tumor; high til") == 3 and again.row(SHORT) == cache.row(SHORT)
     torch.testing.assert_close(again.embeddings[:3], cache.embeddings, atol=0, rtol=0)
@@ -190,9 +190,10 @@ def test_encode_text_in_two_processes_writes_the_single_process_cache(tmp_path):
     ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
     with pytest.raises(UserError, match="rank1-of-2.safetensors: missing"):  # main alone: process 1's batch is not there yet
         run_encode_text(two, ranks[0])
-    assert run_encode_text(two, ranks[1]) == {"out": str(tmp_path / "two"), "n_new_this_process": 1}
+    assert run_encode_text(two, ranks[1]) is None  # its part written, the main process merges
+    assert len(list((tmp_path / "two" / "parts").glob("*rank1-of-2*"))) == 1
     result = run_encode_text(two, ranks[0])  # reuses its own part from the first try, merges
-    assert result["n_new"] == 6 and result["n_truncated"] == 1 and not (tmp_path / "two" / "parts").exists()
+    assert result.n_new == 6 and result.n_truncated == 1 and not (tmp_path / "two" / "parts").exists()
     a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
     assert torch.equal(a["embeddings"], b["embeddings"]) and torch.equal(a["uncond"], b["uncond"])
     for name in ("index.jsonl", "meta.json"):
@@ -230,7 +231,7 @@ def test_cache_mismatch_is_an_error(tmp_path, capsys):
     pq.write_table(pa.table({"patch_id": ["a", "b", "c"], "caption": [SHORT, None, " "]}), captions)
     out = tmp_path / "cache"
     result = run_encode_text(EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=out, max_length=154))
-    assert result["n_captions"] == 1 and result["n_skipped"] == 2  # an empty caption is not encoded as a real one
+    assert result.n_captions == 1 and result.n_skipped == 2  # an empty caption is not encoded as a real one
     skipped = json.loads((out / "manifest.json").read_text())["skipped"]
     assert [(s["row"], s["reason"]) for s in skipped] == [(1, "caption is NoneType, not text"), (2, "empty caption")]
     cache = TextCache.open(out)

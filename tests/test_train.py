@@ -77,30 +77,30 @@ def caches(tmp_path_factory):
 def test_loss_falls_and_bundle_is_exported(tmp_path, caches):
     cfg = _config(tmp_path, caches, max_steps=80, log_every=20, checkpoint_every=1000, batch_size=8, ema=False, optim={"lr": 2e-3})
     result = run_train(cfg)
-    stats = _stats(result["run_dir"])
+    stats = _stats(result.run_dir)
     assert stats[-1]["loss"] < 0.6 * stats[0]["loss"], stats
-    meta = read_bundle_meta(Path(result["bundle"]))
+    meta = read_bundle_meta(Path(result.bundle))
     assert (meta.text.dim, meta.latent.fingerprint, meta.trained_steps) == (DIM, "synthetic-ae", 80)
-    manifest = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())
+    manifest = json.loads((Path(result.run_dir) / "manifest.json").read_text())
     assert manifest["peak_memory"]["allocated_gib"] is None and "CPU" in manifest["peak_memory"]["reason"]
-    assert Path(result["run_dir"]).name == "00000-tiny" and (Path(result["run_dir"]) / "tb").is_dir()
+    assert Path(result.run_dir).name == "00000-tiny" and (Path(result.run_dir) / "tb").is_dir()
 
 
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, caches):
     straight = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=12, checkpoint_every=6, grad_accum=2))
     run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=6, checkpoint_every=6, grad_accum=2))
     resumed = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=12, checkpoint_every=6, grad_accum=2, resume="latest"))
-    assert resumed["steps"] == 12
+    assert resumed.steps == 12
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        a = load_file(Path(straight["run_dir"]) / "checkpoints" / "step-00000012" / name)
-        b = load_file(Path(resumed["run_dir"]) / "checkpoints" / "step-00000012" / name)
+        a = load_file(Path(straight.run_dir) / "checkpoints" / "step-00000012" / name)
+        b = load_file(Path(resumed.run_dir) / "checkpoints" / "step-00000012" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    assert _stats(straight["run_dir"])[-1]["loss"] == _stats(resumed["run_dir"])[-1]["loss"]
+    assert _stats(straight.run_dir)[-1]["loss"] == _stats(resumed.run_dir)[-1]["loss"]
 
 
 def test_interrupted_save_leaves_latest_valid_and_rerun_resumes(tmp_path, caches):
     first = run_train(_config(tmp_path, caches, max_steps=10, checkpoint_every=10))
-    run_dir = Path(first["run_dir"])
+    run_dir = Path(first.run_dir)
     (run_dir / "manifest.json").unlink()  # as if killed before the end
     partial = run_dir / "checkpoints" / ".tmp-step-00000015"
     partial.mkdir()
@@ -108,14 +108,14 @@ def test_interrupted_save_leaves_latest_valid_and_rerun_resumes(tmp_path, caches
     (run_dir / "checkpoints" / "step-00000020").mkdir()  # renamed but never completed: no state.json
     assert read_latest(run_dir) == "step-00000010"
     again = run_train(_config(tmp_path, caches, max_steps=20, checkpoint_every=10))  # same name: resumes by itself
-    assert again["run_dir"] == str(run_dir) and again["steps"] == 20
+    assert again.run_dir == run_dir and again.steps == 20
     assert read_latest(run_dir) == "step-00000020" and not partial.exists()
     assert (run_dir / "checkpoints" / "step-00000020" / "state.json").is_file()
 
 
 def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
     run = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=8, checkpoint_every=4, log_every=2, keep_checkpoints=3))
-    run_dir = Path(run["run_dir"])
+    run_dir = Path(run.run_dir)
     # as if killed after logging step 8 but before its checkpoint completed
     import shutil
 
@@ -132,7 +132,7 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
         run_train(_config(tmp_path, caches, run_dir=str(run_dir), max_steps=8, checkpoint_every=4, log_every=2,
                           keep_checkpoints=3, model={"prediction_type": "v_prediction"}))
     again = run_train(_config(tmp_path, caches, run_dir=str(run_dir), max_steps=8, checkpoint_every=4, log_every=2, keep_checkpoints=3))
-    assert again["steps"] == 8 and [r["step"] for r in _stats(again["run_dir"])] == [2, 4, 6, 8]
+    assert again.steps == 8 and [r["step"] for r in _stats(again.run_dir)] == [2, 4, 6, 8]
 
 
 def _warmup_run(lr: float, warmup: int):
@@ -215,9 +215,19 @@ def test_bad_inputs_fail_before_compute(tmp_path, caches):
         run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "fresh"), resume="latest"))
     with pytest.raises(UserError, match="not a complete checkpoint"):
         run_train(_config(tmp_path, caches, resume=str(tmp_path / "nowhere")))
-    with pytest.raises(UserError, match="fp16"):
-        run_train(_config(tmp_path, caches, precision="fp16"))
+    with pytest.raises(UserError, match="train precision float16: training in float16 needs a GPU"):
+        run_train(_config(tmp_path, caches, precision="fp16"))  # the old spelling, read as float16
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_before_any_compute(tmp_path, caches, monkeypatch):
+    """A CUDA card without bf16 (simulated: only torch.cuda's answers change, in this test only)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(UserError, match=r"^train precision bfloat16: not supported by Tesla T4; use float32"):
+        run_train(_config(tmp_path, caches, precision="bf16"))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caches):
@@ -226,7 +236,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caches):
     np.save(Path(poisoned["latents"]) / "latents-00000.npy", np.full((48, 3, SIZE, SIZE), np.inf, np.float16))
     with pytest.raises(UserError, match="NaN"):
         run_train(_config(tmp_path, poisoned, run_dir=str(tmp_path / "r"), max_steps=10, checkpoint_every=10))
-    assert read_latest(Path(first["run_dir"])) == "step-00000005"
+    assert read_latest(Path(first.run_dir)) == "step-00000005"
 
 
 def _free_port() -> int:
@@ -292,11 +302,11 @@ def test_encode_latents_in_two_processes_writes_the_single_process_cache(tmp_pat
     sharded = cfg.model_copy(update={"out": tmp_path / "two"})
     ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
     first = run_encode_latents(sharded, ranks[0])
-    assert first["shards_missing"] == 2  # shards 1 and 3 are rank 1's
+    assert first.shards_missing == 2  # shards 1 and 3 are rank 1's
     assert sorted(p.name for p in (tmp_path / "two").glob("latents-*.npy")) == ["latents-00000.npy", "latents-00002.npy"]
-    assert run_encode_latents(sharded, ranks[1]) == {"out": str(tmp_path / "two"), "shards_this_process": 2}
+    assert run_encode_latents(sharded, ranks[1]) is None  # its shards written, the main process finishes
     finished = run_encode_latents(sharded)  # a plain re-run finds every shard done and writes the index
-    assert finished["latents"] == one["latents"] == 6 and finished["scaling_factor"] == one["scaling_factor"]
+    assert finished.latents == one.latents == 6 and finished.scaling_factor == one.scaling_factor
     for path in sorted((tmp_path / "one").glob("latents-*")) + [tmp_path / "one" / "index.parquet"]:
         assert (tmp_path / "two" / path.name).read_bytes() == path.read_bytes(), path.name
     assert len(LatentCache.open(tmp_path / "two")) == 6
@@ -425,7 +435,7 @@ def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
     data = _write_caches(tmp_path / "c", fingerprint=load_autoencoder("kl-f4-tiny").fingerprint)
     grid = {"every": 3, "autoencoder": "kl-f4-tiny", "n": 2, "steps": 2}
     result = run_train(_config(tmp_path, data, max_steps=3, validation=grid))
-    with Image.open(Path(result["run_dir"]) / "validation" / "step-00000003.png") as im:
+    with Image.open(Path(result.run_dir) / "validation" / "step-00000003.png") as im:
         assert im.size == (2 * 4 * SIZE, 4 * SIZE)  # f = 4 autoencoder, captions side by side
     with pytest.raises(UserError, match="not the autoencoder"):
         run_train(_config(tmp_path, _write_caches(tmp_path / "d"), max_steps=3, validation=grid))
@@ -510,9 +520,9 @@ def test_init_from_compvis_checkpoint_is_bit_for_bit_then_trains(tmp_path, cache
         assert skipped == {}
 
     trained = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "train"), max_steps=6, log_every=3, ema=False, model={"init_from": str(ckpt)}))
-    after = load_file(Path(trained["bundle"]) / "unet" / "diffusion_pytorch_model.safetensors")
-    assert json.loads((Path(trained["run_dir"]) / "manifest.json").read_text())["init"] == init
-    assert all(np.isfinite(r["loss"]) for r in _stats(trained["run_dir"]))
+    after = load_file(Path(trained.bundle) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert json.loads((Path(trained.run_dir) / "manifest.json").read_text())["init"] == init
+    assert all(np.isfinite(r["loss"]) for r in _stats(trained.run_dir))
     assert not torch.equal(after["conv_in.weight"], ours["conv_in.weight"])
 
 
@@ -523,7 +533,7 @@ def test_resume_ignores_init_from_and_says_so(tmp_path, caches, capsys):
     run_train(_config(tmp_path, caches, run_dir=run_dir, max_steps=2, checkpoint_every=2, model={"init_from": str(ckpt)}))
     (Path(run_dir) / "manifest.json").unlink()  # as if killed after the checkpoint
     again = run_train(_config(tmp_path, caches, run_dir=run_dir, max_steps=4, model={"init_from": str(tmp_path / "gone.ckpt")}))
-    assert again["steps"] == 4 and "model.init_from" in capsys.readouterr().out  # the missing file is never read
+    assert again.steps == 4 and "model.init_from" in capsys.readouterr().out  # the missing file is never read
     init = json.loads((Path(run_dir) / "manifest.json").read_text())["init"]
     assert init["source"] == str(ckpt.resolve())  # what the run started from, not what the resume named
 
@@ -585,7 +595,7 @@ def test_compvis_init_zeroes_exactly_compvis_zero_modules(tmp_path, caches):
     weights, report = _unet_at_step_0(tmp_path, caches, {"init": "compvis"})
     assert not weights["conv_out.weight"].any() and weights["conv_in.weight"].any()
     start = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "c"), max_steps=2, model={"init": "compvis"}))
-    assert json.loads((Path(start["run_dir"]) / "manifest.json").read_text())["init"] == report == {"source": "scratch", "init": "compvis", "zeroed": 26}
+    assert json.loads((Path(start.run_dir) / "manifest.json").read_text())["init"] == report == {"source": "scratch", "init": "compvis", "zeroed": 26}
 
 
 def test_taming_quantize_picks_tamings_code_on_near_ties():
@@ -614,20 +624,20 @@ def test_init_from_a_bundle_of_another_head_layout_is_refused(tmp_path, caches):
     """pathldm and pathldm-h64 share every tensor shape; only the head count differs, which would
     silently change what the weights compute: the source's saved config is compared, not only shapes."""
     first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=1))
-    config = Path(first["bundle"]) / "unet" / "config.json"
+    config = Path(first.bundle) / "unet" / "config.json"
     saved = json.loads(config.read_text())
     config.write_text(json.dumps({**saved, "attention_head_dim": [2, 4]}))
     with pytest.raises(UserError, match=r"attention_head_dim is \[2, 4\], the run's UNet preset has \[1, 2\]"):
-        run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1, model={"init_from": first["bundle"]}))
+        run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "b"), max_steps=1, model={"init_from": first.bundle}))
 
 
 def test_init_from_an_unfinished_run_uses_its_latest_checkpoint(tmp_path, caches):
     import shutil
 
     first = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "a"), max_steps=2, checkpoint_every=2))
-    shutil.rmtree(first["bundle"])  # as if still training: only checkpoints
-    weights = Path(first["run_dir"]) / "checkpoints" / "step-00000002" / "model.safetensors"
-    got, init = _unet_at_step_0(tmp_path, caches, {"init_from": first["run_dir"]})
+    shutil.rmtree(first.bundle)  # as if still training: only checkpoints
+    weights = Path(first.run_dir) / "checkpoints" / "step-00000002" / "model.safetensors"
+    got, init = _unet_at_step_0(tmp_path, caches, {"init_from": first.run_dir})
     want = load_file(weights)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert init["kind"] == "run" and init["sha256"] == __import__("hashlib").sha256(weights.read_bytes()).hexdigest()

@@ -7,10 +7,10 @@ reported as one line naming the file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 from histoldm.errors import UserError
@@ -136,3 +136,19 @@ def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> Validat
     return ValidationError.from_exception_data(err.title, [
         {"type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}), "loc": (*prefix, *e["loc"]), "input": e.get("input")}
         for e in err.errors()])
+
+
+# One precision vocabulary for every stage's dtype or precision field (resolved by histoldm.devices.resolve_dtype).
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the spellings of older configs and flags
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", *DTYPE_ALIASES)  # what a command line accepts
+
+
+def normalise_dtype_name(value: Any) -> Any:
+    """`bf16`, `fp16`, `fp32` -> `bfloat16`, `float16`, `float32`; anything else unchanged (the field checks it)."""
+    return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+# A config's dtype: the old spellings are normalised when the config is read, so outputs record one vocabulary.
+DtypeName = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(normalise_dtype_name)]
+# The same without float16, for stages that autocast without a loss scaler (train-vae) or never offered it (encode-latents).
+AutocastDtypeName = Annotated[Literal["auto", "float32", "bfloat16"], BeforeValidator(normalise_dtype_name)]

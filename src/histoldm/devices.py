@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from histoldm.config import DTYPE_CHOICES, normalise_dtype_name
 from histoldm.errors import UserError
 
 
@@ -25,18 +26,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def require_bf16(device: torch.device) -> None:
-    """bf16 on a GPU that lacks it would run, slowly and wrongly emulated; refuse before any compute."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"precision bf16: not supported by {torch.cuda.get_device_name(device)}; use fp32 (or fp16 for training)")
+# The torch dtype of each name of the configs' vocabulary (histoldm.config.DtypeName; `auto` is resolved below).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The `auto|bf16|fp32` policy of the encoding stages: auto is bf16 on a GPU and fp32 on the CPU."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        require_bf16(device)
-        return torch.bfloat16
-    return torch.float32
+def resolve_dtype(name: str, device: torch.device, *, stage: str, training: bool = False) -> torch.dtype:
+    """The one precision policy of every stage, checked before any compute.
+
+    auto: bfloat16 on a CUDA device that supports it, float32 anywhere else (a GPU without bf16, the CPU).
+    bfloat16 on a CUDA device without it is refused (it would run emulated, slowly); on the CPU it runs.
+    float16: training (`training=True`) needs accelerate's loss scaler, hence a GPU; inference runs it anywhere.
+    `stage` names the stage and key in the error line, e.g. "train precision"."""
+    name = str(normalise_dtype_name(name))
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    if name == "auto":
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"{stage} {name}: expected one of {', '.join(DTYPE_CHOICES)}")
+    if name == "bfloat16" and on_cuda and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{stage} bfloat16: not supported by {torch.cuda.get_device_name(device)}; use float32 (or float16)")
+    if name == "float16" and training and not on_cuda:
+        raise UserError(f"{stage} float16: training in float16 needs a GPU (its loss scaler); use bfloat16 or float32 on the CPU")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the vocabulary's name of a resolved dtype, as outputs record it."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,6 @@ def launched_processes(device_name: str, stage: str) -> Processes:
 
 
 Precision = Literal["default", "pathldm"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -79,14 +95,14 @@ class SamplingNumerics:
     (fp32 text encoder, fp32 UNet weights under fp16 autocast, 8-bit by truncation)."""
 
     precision: str
-    text_dtype: str  # the text encoder's dtype name ("auto": bf16 on CUDA, fp32 elsewhere)
+    text_dtype: str  # the text encoder's dtype name, resolved by `resolve_dtype` where the encoder is loaded
     weights: torch.dtype  # the UNet's weights
     autocast: torch.dtype | None  # autocast around the UNet calls; None = none
     truncate: bool  # to 8-bit by truncation (PathLDM) instead of rounding
 
     def record(self) -> dict:
-        return {"precision": self.precision, "text_dtype": self.text_dtype, "weights": str(self.weights).removeprefix("torch."),
-                "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else None,
+        return {"precision": self.precision, "text_dtype": self.text_dtype, "weights": dtype_name(self.weights),
+                "autocast": dtype_name(self.autocast) if self.autocast else None,
                 "to_uint8": "truncate" if self.truncate else "round"}
 
 
@@ -100,12 +116,11 @@ def text_dtype(precision: Precision, dtype: str) -> str:
 
 
 def sampling_numerics(precision: Precision, dtype: str, device: torch.device) -> SamplingNumerics:
-    """`default`: the UNet in `dtype` (auto: bf16 on CUDA, fp32 on the CPU), no autocast, rounding.
+    """`default`: the UNet in `resolve_dtype(dtype)`, no autocast, rounding.
     `pathldm`: fp32 weights under fp16 autocast (on the CPU too: torch's CPU autocast takes fp16; tested on 2.13), truncation."""
     if precision == "pathldm":
         return SamplingNumerics("pathldm", text_dtype(precision, dtype), torch.float32, torch.float16, True)
-    weights = _DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return SamplingNumerics("default", dtype, weights, None, False)
+    return SamplingNumerics("default", dtype, resolve_dtype(dtype, device, stage="sample dtype"), None, False)
 
 
 def available_cores() -> int:

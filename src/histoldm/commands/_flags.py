@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
 from histoldm.config import set_dotted
@@ -105,6 +105,9 @@ def _argument(field: FieldInfo, converter: Callable[[str], Any] | None, key: str
     origin, params = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:
         return kwargs | {"action": argparse.BooleanOptionalAction}
+    if origin is Literal and any(isinstance(m, BeforeValidator) for m in field.metadata):
+        # the field normalises other spellings first (e.g. bf16 -> bfloat16): the config checks the value
+        return kwargs | {"type": type(params[0]), "metavar": "{" + ",".join(map(str, params)) + "}"}
     if origin is Literal:
         return kwargs | {"choices": list(params), "type": type(params[0])}
     if tp in SCALARS:

@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.data.captions import CaptionsConfig, run_captions
 
     r = run_captions(resolve_config(args, CaptionsConfig))
-    print(f"{r['caption_rows']} captions of {r['patches']} patches ({r['unique_captions']} unique) -> {r['out']}; "
-          f"{r['patches_without_summary']} patches without a summary ({len(r['cases_without_summary'])} cases)")
-    if r["empty_captions"]:
-        print(f"warning: {r['empty_captions']} patches have an empty caption (no scores and no summary); "
+    print(f"{r.caption_rows} captions of {r.patches} patches ({r.unique_captions} unique) -> {r.out}; "
+          f"{r.patches_without_summary} patches without a summary ({len(r.cases_without_summary)} cases)")
+    if r.empty_captions:
+        print(f"warning: {r.empty_captions} patches have an empty caption (no scores and no summary); "
               "encode-text skips them and train leaves them out", file=sys.stderr)
     return 0

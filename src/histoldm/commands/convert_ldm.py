@@ -18,8 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.models.convert import ConvertConfig, run_convert
 
     result = run_convert(resolve_config(args, ConvertConfig))
-    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in result["converted"].items())
-    print(f"bundle {result['bundle']}: {counts}; {result['skipped']} checkpoint entries skipped (see {result['report']})")
-    for reason, n in result["skipped_by_reason"].items():
+    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in result.converted.items())
+    print(f"bundle {result.bundle}: {counts}; {result.skipped} checkpoint entries skipped (see {result.report})")
+    for reason, n in result.skipped_by_reason.items():
         print(f"  skipped {n}: {reason}")
     return 0

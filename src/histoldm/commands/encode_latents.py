@@ -18,10 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
 
     result = run_encode_latents(resolve_config(args, EncodeLatentsConfig))
-    if "latents" not in result:  # a non-main process under accelerate launch
+    if result is None:  # a non-main process under accelerate launch
         return 0
-    if result.get("shards_missing"):
-        print(f"{result['out']}: {result['shards_missing']} of {result['shards']} shards not encoded (a process stopped); re-run to finish")
+    if result.shards_missing:
+        print(f"{result.out}: {result.shards_missing} of {result.shards} shards not encoded (a process stopped); re-run to finish")
         return 1
-    print(f"{result['latents']} latents ({result['skipped']} skipped) in {result['out']}, scaling factor {result['scaling_factor']:.5g}")
+    print(f"{result.latents} latents ({result.skipped} skipped) in {result.out}, scaling factor {result.scaling_factor:.5g}")
     return 0

@@ -18,11 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.text.cache import EncodeTextConfig, run_encode_text
 
     result = run_encode_text(resolve_config(args, EncodeTextConfig))
-    if "n_captions" not in result:  # a non-main process under accelerate launch
+    if result is None:  # a non-main process under accelerate launch
         return 0
     print(
-        f"{result['out']}: {result['n_captions']} captions ({result['n_new']} new, {result['n_reused']} already cached), "
-        f"shape {tuple(result['shape'])}, {result['n_truncated']} truncated, fingerprint {result['fingerprint'][:12]}"
-        + (f"; {result['n_skipped']} rows skipped (empty or non-text captions, listed in the manifest)" if result["n_skipped"] else "")
+        f"{result.out}: {result.n_captions} captions ({result.n_new} new, {result.n_reused} already cached), "
+        f"shape {result.shape}, {result.n_truncated} truncated, fingerprint {result.meta['fingerprint'][:12]}"
+        + (f"; {result.n_skipped} rows skipped (empty or non-text captions, listed in the manifest)" if result.n_skipped else "")
     )
     return 0

@@ -21,23 +21,22 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.evaluate.run import EvaluateConfig, report_lines, run_evaluate
 
     cfg = resolve_config(args, EvaluateConfig)
-    metrics = run_evaluate(cfg)
-    if not metrics:  # a non-main process under accelerate launch
+    result = run_evaluate(cfg)
+    if result is None:  # a non-main process under accelerate launch
         return 0
-    for line in report_lines(metrics):
+    for line in report_lines(result.metrics):
         print(line)
     print(f"wrote {cfg.out / 'metrics.json'}")
     return 0
 
 
 def run_ref(args: argparse.Namespace) -> int:
-    from histoldm.evaluate.metrics import protocol_line
     from histoldm.evaluate.run import FidRefConfig, run_fid_ref
 
     result = run_fid_ref(resolve_config(args, FidRefConfig))
-    p = result["protocol"]
-    as_real = {"n_real": p["n"], "n_fake": "-", "image_format_real": p["image_format"], "image_format_fake": "-", "image_size_real": p["image_size"], "image_size_fake": "-"}
-    print(f"wrote {result['stats']}  [{protocol_line({**p, **as_real})}]")
-    if result["skipped"]:
-        print(f"skipped {len(result['skipped'])} unreadable files (listed in the manifest)")
+    p = result.protocol
+    as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size, image_size_fake="-")
+    print(f"wrote {result.stats}  [{as_real.line()}]")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable files (listed in the manifest)")
     return 0

@@ -18,5 +18,5 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.data.export import ExportPatchesConfig, run_export_patches
 
     result = run_export_patches(resolve_config(args, ExportPatchesConfig))
-    print(f"{result['images']} patches in {result['out']}")
+    print(f"{result.images} patches in {result.out}")
     return 0

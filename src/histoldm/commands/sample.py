@@ -18,10 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.sampling.run import SampleConfig, run_sample
 
     result = run_sample(resolve_config(args, SampleConfig))
-    if "images" not in result:  # a non-main process under accelerate launch
+    if result is None:  # a non-main process under accelerate launch
         return 0
     print(
-        f"{result['out']}: {result['images']} images ({result['n_new']} new), {result['n_truncated']} captions truncated, "
-        f"{result['skipped']} input rows skipped" + (f", grid {result['grid']}" if result["grid"] else "")
+        f"{result.out}: {result.images} images ({result.n_new} new), {result.n_truncated} captions truncated, "
+        f"{result.skipped} input rows skipped" + (f", grid {result.grid}" if result.grid else "")
     )
     return 0

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.data.scores import ScoresConfig, run_scores
 
     r = run_scores(resolve_config(args, ScoresConfig))
-    print(f"{r['scored']}/{r['patches']} patches scored ({r['method']}) -> {r['out']}; {len(r['skipped'])} rows skipped")
-    for s in r["skipped"][:10]:
+    print(f"{r.scored}/{r.patches} patches scored ({r.method}) -> {r.out}; {len(r.skipped)} rows skipped")
+    for s in r.skipped[:10]:
         print(f"skipped: {s}")
     return 0

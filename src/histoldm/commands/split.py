@@ -18,5 +18,5 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.data.splits import SplitConfig, run_split
 
     r = run_split(resolve_config(args, SplitConfig))
-    print(f"{r['out']}: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()) + " cases")
+    print(f"{r.out}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()) + " cases")
     return 0

@@ -15,11 +15,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+    from histoldm.summaries.summarize import SummarizeConfig, SummarizeDryRun, run_summarize
 
     result = run_summarize(resolve_config(args, SummarizeConfig))
-    if result.get("dry_run"):
+    if isinstance(result, SummarizeDryRun):
         return 0
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items())) or "nothing new"
-    print(f"{result['out']}: {result['written']} written ({counts}), {result['skipped_finished']} already done; manifest {result['manifest']}")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing new"
+    print(f"{result.out}: {result.written} written ({counts}), {result.skipped_finished} already done; manifest {result.manifest}")
     return 0

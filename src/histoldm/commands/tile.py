@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.data.tiling import TileConfig, run_tile
 
     r = run_tile(resolve_config(args, TileConfig))
-    print(f"{r['patches']} patches in {r['store']} ({r['slides_tiled']} slides tiled, {r['slides_resumed']} resumed, "
-          f"{r['slides_failed']} skipped" + (f"; shard {r['shard']}, {r['slides_pending']} slides of other shards not finished yet)" if r["shard"] else ")"))
-    for s in r["skipped"]:
+    print(f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, "
+          f"{r.slides_failed} skipped" + (f"; shard {r.shard}, {r.slides_pending} slides of other shards not finished yet)" if r.shard else ")"))
+    for s in r.skipped:
         print(f"skipped: {s['reason']}")
     return 0

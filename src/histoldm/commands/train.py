@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     if printed_dry_run(args, cfg):
         return 0
     result = run_train(cfg)
-    peak = result["peak_memory"]["allocated_gib"]
-    img_s = f"{result['img_s']:.1f}" if result["img_s"] is not None else "n/a"
+    peak = result.peak_memory["allocated_gib"]
+    img_s = f"{result.img_s:.1f}" if result.img_s is not None else "n/a"
     memory = f"peak GPU memory {peak:.2f} GiB" if peak is not None else "CPU: no GPU memory to measure"
-    print(f"trained {result['steps']} steps in {result['run_dir']} ({img_s} img/s, {memory}); model: {result['bundle']}")
+    print(f"trained {result.steps} steps in {result.run_dir} ({img_s} img/s, {memory}); model: {result.bundle}")
     return 0

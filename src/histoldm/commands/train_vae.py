@@ -18,5 +18,5 @@ def run(args: argparse.Namespace) -> int:
     from histoldm.train.vae import TrainVAEConfig, run_train_vae
 
     result = run_train_vae(resolve_config(args, TrainVAEConfig))
-    print(f"autoencoder in {result['autoencoder']}: held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}")
+    print(f"autoencoder in {result.autoencoder}: held-out PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
     return 0

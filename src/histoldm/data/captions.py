@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import string
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -110,7 +110,20 @@ def load_summary_lists(path: Path) -> dict[str, list[str]]:
     return {case: texts for case, texts in out.items() if texts}
 
 
-def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CaptionsResult:
+    """`histoldm captions`: the captions file and its counts (a patch has one row per summary)."""
+
+    out: Path
+    patches: int
+    caption_rows: int
+    unique_captions: int
+    patches_without_summary: int
+    cases_without_summary: list[str]
+    empty_captions: int
+
+
+def run_captions(cfg: CaptionsConfig) -> CaptionsResult:
     """Write captions.parquet and report patches without a summary and the number of unique captions."""
     started = time.time()
     out = Path(cfg.out) if cfg.out else Path(cfg.store) / "captions.parquet"
@@ -159,4 +172,4 @@ def run_captions(cfg: CaptionsConfig) -> dict[str, Any]:
                    inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
                            "summaries": cfg.summaries},
                    produced=produced, started=started)
-    return {"out": str(out), **produced}
+    return CaptionsResult(Path(out), **produced)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
@@ -69,7 +69,15 @@ def export_patches(store: Path, items: list[dict[str, str]], out: Path, size: in
     return out
 
 
-def run_export_patches(cfg: ExportPatchesConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExportPatchesResult:
+    """`histoldm export-patches`: the folder of PNGs and how many were written."""
+
+    out: Path
+    images: int
+
+
+def run_export_patches(cfg: ExportPatchesConfig) -> ExportPatchesResult:
     from histoldm.manifest import write_manifest
 
     started = time.time()
@@ -79,4 +87,4 @@ def run_export_patches(cfg: ExportPatchesConfig) -> dict[str, Any]:
     write_manifest(Path(cfg.out) / "manifest.json", stage="export-patches", config=cfg, seed=cfg.seed, started=started,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "captions": cfg.captions, "split": cfg.split},
                    produced={"images": len(items)})
-    return {"out": str(cfg.out), "images": len(items)}
+    return ExportPatchesResult(Path(cfg.out), len(items))

@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,18 @@ def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
         raise UserError(f"{path}: {e}") from None
 
 
-def run_scores(cfg: ScoresConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ScoresResult:
+    """`histoldm scores`: the scores file and how many patches got scores, by which method."""
+
+    out: Path
+    patches: int
+    scored: int
+    method: str  # csv | heatmaps | proxy-heuristic
+    skipped: list[dict[str, Any]]  # rows or heatmaps that could not be used, with the reason
+
+
+def run_scores(cfg: ScoresConfig) -> ScoresResult:
     """Write scores.parquet (one row per patch of the store, null where unknown) and its manifest."""
     started = time.time()
     store = PatchStore.open(cfg.store)
@@ -183,4 +195,4 @@ def run_scores(cfg: ScoresConfig) -> dict[str, Any]:
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="scores", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "csv": cfg.csv, "heatmaps": cfg.heatmaps},
                    produced=produced, started=started, skipped=skipped)
-    return {"out": str(out), **produced, "skipped": skipped}
+    return ScoresResult(Path(out), **produced, skipped=skipped)

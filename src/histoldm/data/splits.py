@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,15 @@ def _read_label_csv(path: Path, column: str | None) -> dict[str, str]:
     return {row["case_id"]: (row[column] if column else "") for row in reader}
 
 
-def run_split(cfg: SplitConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SplitResult:
+    """`histoldm split`: the split file and the number of cases in each part."""
+
+    out: Path
+    counts: dict[str, int]
+
+
+def run_split(cfg: SplitConfig) -> SplitResult:
     """Write split.json (and its manifest); returns counts per split."""
     started = time.time()
     require_output_file(cfg.out, "split file")
@@ -176,4 +185,4 @@ def run_split(cfg: SplitConfig) -> dict[str, Any]:
     write_manifest(Path(cfg.out).with_name(Path(cfg.out).name + ".manifest.json"), stage="split", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet" if cfg.store else None, "cases": cfg.cases, "labels": cfg.labels, "given": cfg.given},
                    produced=produced, started=started, seed=cfg.seed)
-    return {"out": str(cfg.out), "counts": produced}
+    return SplitResult(Path(cfg.out), produced)

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,22 @@ def _store_table(out: Path, slide_ids_all: list[str], results: list[dict[str, An
     return (pa.concat_tables(parts) if parts else patch_table([])), pending
 
 
-def run_tile(cfg: TileConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TileResult:
+    """`histoldm tile`: the store and what this job did (`per_slide`: each slide's patches and status)."""
+
+    store: Path
+    patches: int  # in the store's patches.parquet
+    shard: str | None  # "i/n" when this job tiled one shard of the slides
+    slides_pending: int  # other shards' slides not finished yet
+    slides_tiled: int
+    slides_resumed: int
+    slides_failed: int
+    per_slide: dict[str, dict[str, Any]]
+    skipped: list[dict[str, str]]  # failed slides with the reason
+
+
+def run_tile(cfg: TileConfig) -> TileResult:
     """Tile every slide under cfg.slides into the store cfg.out; write patches.parquet and manifest.json."""
     started = time.time()
     out = Path(cfg.out)
@@ -304,4 +320,4 @@ def run_tile(cfg: TileConfig) -> dict[str, Any]:
     }
     write_manifest(out / "manifest.json", stage="tile", config=cfg, inputs={"slides": cfg.slides},
                    produced=produced, started=started, skipped=skipped)
-    return {"store": str(out), **produced, "skipped": skipped}
+    return TileResult(out, **produced, skipped=skipped)

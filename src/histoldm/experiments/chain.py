@@ -52,7 +52,8 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "encode_latents": {"batch_size": 32, "workers": 0},
     "encode_text": {"text_encoder": "minilm", "mode": "truncate", "max_length": 64},
     # 600 steps gave chance-level condition adherence in the demo, 1500 a clear signal (benchmarks/RESULTS.md).
-    "train": {"max_steps": 1200, "batch_size": 32, "ema": True, "ema_decay": 0.995, "log_every": 20, "keep_checkpoints": 1,
+    # precision auto: bfloat16 on a GPU that has it, else float32 (the trainer's own default autocasts bf16 on CPU too)
+    "train": {"max_steps": 1200, "batch_size": 32, "precision": "auto", "ema": True, "ema_decay": 0.995, "log_every": 20, "keep_checkpoints": 1,
               "data": {"workers": 0}, "model": {"unet_preset": "tiny"}, "optim": {"lr": 5e-4, "warmup_steps": 50}},
     "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` still works)
     "evaluate": {"fid_method": "eigh", "adherence": True},  # eigh: the same trace as sqrtm, ~10x faster on CPU
@@ -129,11 +130,6 @@ def trains_autoencoder(recipe: ModelRecipe) -> bool:
     return AUTOENCODER_PRESETS.get(recipe.autoencoder, {}).get("kind") == "kl"
 
 
-def _precision() -> str:
-    import torch
-
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
 
 def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> TrainVAEConfig:
     from histoldm.train.vae import TrainVAEConfig
@@ -160,9 +156,8 @@ def train_config(recipe: ModelRecipe, name: str, run_dir: Path, latents: Path, t
 
     owned = {"name": name, "run_dir": run_dir, "seed": recipe.seed,
              "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split}}
-    # auto precision: bf16 on a GPU that has it, else fp32; a run shorter than checkpoint_every checkpoints at its end
-    return recipe.stage("train", TrainConfig, owned,
-                        lambda c: {"precision": _precision(), "checkpoint_every": min(c.checkpoint_every, c.max_steps)})
+    # a run shorter than checkpoint_every checkpoints at its end
+    return recipe.stage("train", TrainConfig, owned, lambda c: {"checkpoint_every": min(c.checkpoint_every, c.max_steps)})
 
 
 def sample_config(recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path) -> SampleConfig:
@@ -191,6 +186,8 @@ def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | N
 def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -> dict[str, Any]:
     """Train the autoencoder (on the training cases only) when the recipe names a KL preset, then cache
     latents of every patch."""
+    import dataclasses
+
     from histoldm.train.latents import run_encode_latents
     from histoldm.train.vae import run_train_vae
 
@@ -205,7 +202,7 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
                 raise UserError(f"{vae_dir}: autoencoder trained with other settings than this recipe's; choose another --out")
             vae_metrics = json.loads((vae_dir / "metrics.json").read_text())
         else:
-            vae_metrics = run_train_vae(vae_cfg)
+            vae_metrics = dataclasses.asdict(run_train_vae(vae_cfg))
         autoencoder = str(vae_dir / "autoencoder")
     latents = work / "latents"
     run_encode_latents(latents_config(recipe, store, autoencoder, latents))
@@ -242,17 +239,17 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
     with PeakRSS() as rss:
         train = run_train(train_cfg)
-    train["peak_rss"] = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
+    train_peak_rss = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
 
     items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
     atomic_write_jsonl(sample_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
-    sample_cfg = sample_held_out(Path(train["run_dir"]), sample_list, work / "samples", recipe, recipe.seed, text_cache)
+    sample_cfg = sample_held_out(train.run_dir, sample_list, work / "samples", recipe, recipe.seed, text_cache)
     samples = sample_cfg.out
     real = export_patches(store, items, work / "real-held-out", recipe.image_size)
     evaluate_cfg = evaluate_config(recipe, real, samples, work / "eval", captions, len(items), model_mpp(store, recipe.image_size))
-    metrics = run_evaluate(evaluate_cfg)
-    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "samples": samples, "real": real,
+    metrics = run_evaluate(evaluate_cfg).metrics
+    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "train_peak_rss": train_peak_rss, "samples": samples, "real": real,
             "metrics": metrics, "items": items, "sample_list": sample_list, "text_cache": text_cache,
             "configs": {"encode_text": text_cfg, "train": train_cfg, "sample": sample_cfg, "evaluate": evaluate_cfg}}
 
@@ -283,8 +280,8 @@ def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict
 
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"
-    sample_held_out(Path(result["train"]["run_dir"]), result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
+    sample_held_out(result["train"].run_dir, result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
     evaluated = result["configs"]["evaluate"]
     shared = (SeedFloorConfig.model_fields.keys() & type(evaluated).model_fields.keys()) - {"out"}
     return run_seed_floor(SeedFloorConfig(**{k: getattr(evaluated, k) for k in shared},
-                                          first=result["samples"], second=second, out=work / "noise-floor"))
+                                          first=result["samples"], second=second, out=work / "noise-floor")).metrics

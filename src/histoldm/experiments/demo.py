@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                    mpp=model_mpp(data["store"], cfg.recipe.image_size), seed=cfg.recipe.seed)
 
     # Report.
-    curve = loss_curve(Path(result["train"]["run_dir"]) / "stats.jsonl", out / "loss.png")
+    curve = loss_curve(result["train"].run_dir / "stats.jsonl", out / "loss.png")
     split: dict[str, list[str]] = defaultdict(list)
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
@@ -137,7 +137,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"real side of every metric, are {', '.join(split.get('test', []))}. "
         f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
         f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {text.text_encoder} ({text.mode}), "
-        f"UNet preset {train.model.unet_preset} trained {result['train']['steps']} steps. Samples: {sample.solver.upper()} "
+        f"UNet preset {train.model.unet_preset} trained {result['train'].steps} steps. Samples: {sample.solver.upper()} "
         f"{sample.steps} steps, guidance {sample.guidance}. At this scale the numbers show that the pipeline "
         "works end to end, not image quality: FID on a few dozen images is dominated by its bias. Beside FID and KID stands their "
         "seed-to-seed floor: the same captions sampled again from the same model with the next seed, measured against the first set."

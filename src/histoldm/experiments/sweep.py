@@ -125,13 +125,13 @@ def _row(budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, 
     m = result["metrics"]
     kid, pr = m.get("kid", {}), m.get("precision_recall", {})
     tumor = m.get("adherence", {}).get("by_attribute", {}).get("tumor", {})
-    rss = result["train"].get("peak_rss", {})
+    rss, train = result["train_peak_rss"], result["train"]
     return {
         "budget": budget,
         "mean_summary_tokens": round(statistics.mean(tokens), 1) if tokens else None,
-        "text_context": result["text"]["length"],
-        "truncated_captions": result["text"]["n_truncated"],
-        "unique_captions": result["captions"].get("unique_captions"),
+        "text_context": result["text"].meta["length"],
+        "truncated_captions": result["text"].n_truncated,
+        "unique_captions": result["captions"].unique_captions,
         "fid": round(m["fid"]["value"], 3),
         "fid_floor": round(floor["fid"]["value"], 3) if floor else None,
         "kid_mean": _round(kid.get("mean"), 5),
@@ -140,11 +140,11 @@ def _row(budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, 
         "precision": _round(pr.get("precision"), 3),
         "recall": _round(pr.get("recall"), 3),
         "adherence_tumor_auroc": _round(tumor.get("auroc"), 3),
-        "peak_train_memory_gib": result["train"]["peak_memory"].get("allocated_gib"),
+        "peak_train_memory_gib": train.peak_memory.get("allocated_gib"),
         "peak_train_rss_gib": rss.get("peak_rss_gib"),
         "train_rss_rise_gib": rss.get("rise_gib"),
-        "train_steps": result["train"]["steps"],
-        "train_img_s": round(result["train"]["img_s"], 1) if result["train"].get("img_s") else None,
+        "train_steps": train.steps,
+        "train_img_s": round(train.img_s, 1) if train.img_s else None,
         "wall_time_s": round(seconds, 1),
     }
 

@@ -317,7 +317,18 @@ def convert_state_dict(state: dict[str, torch.Tensor], cfg: ConvertConfig, sourc
     return unet, vq, text.eval(), converted
 
 
-def run_convert(cfg: ConvertConfig) -> dict:
+@dataclass(frozen=True)
+class ConvertResult:
+    """`histoldm convert-ldm`: the bundle, tensors and parameters per component, and what was left out."""
+
+    bundle: Path
+    converted: dict[str, dict[str, int]]  # component -> {tensors, parameters}
+    skipped: int  # checkpoint entries not converted (listed with reasons in the report)
+    skipped_by_reason: dict[str, int]
+    report: Path
+
+
+def run_convert(cfg: ConvertConfig) -> ConvertResult:
     """Write the bundle: text_encoder/ first, then unet/ + autoencoder/ + meta (meta last = complete)."""
     from histoldm.manifest import write_manifest
     from histoldm.models.autoencoder import weights_fingerprint
@@ -355,7 +366,7 @@ def run_convert(cfg: ConvertConfig) -> dict:
         produced={"bundle": str(out), **{k: v["tensors"] for k, v in counts.items()}}, started=started,
         skipped=converted.skipped, extra={"text_fingerprint": meta.text.fingerprint, "latent_fingerprint": meta.latent.fingerprint},
     )  # fmt: skip
-    return {"bundle": str(out), "converted": counts, "skipped": len(converted.skipped), "skipped_by_reason": reasons, "report": str(out / _REPORT_FILE)}
+    return ConvertResult(out, counts, len(converted.skipped), reasons, out / _REPORT_FILE)
 
 
 def bundle_to_compvis(folder: Path) -> dict[str, torch.Tensor]:

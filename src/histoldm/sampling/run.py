@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from histoldm.config import StrictModel
-from histoldm.devices import Precision, SamplingNumerics, resolve_device, sampling_numerics
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import Precision, SamplingNumerics, dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, remove_stale_temps, settings_changes
 from histoldm.models.bundle import META_FILE
@@ -61,7 +61,7 @@ class SampleConfig(StrictModel):
     decode_batch: int = Field(32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32")
     seed: int = Field(0, description="base seed; each image is seeded from (seed, id)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    dtype: DtypeName = Field("auto", description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)")
     precision: Precision = Field("default", description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)")
     text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
     text_cache: Path | None = Field(None, description="encode-text folder to take caption embeddings from instead of the encoder")
@@ -276,8 +276,24 @@ class ImageSampler:
         return torch.cat(images), truncated
 
 
-def run_sample(cfg: SampleConfig) -> dict:
-    """Sample every caption not yet in cfg.out; returns counts and paths (see the module docstring)."""
+@dataclass(frozen=True)
+class SampleResult:
+    """`histoldm sample`, on the main process: counts over the whole folder and this run."""
+
+    out: Path
+    bundle: Path
+    n_items: int  # captions asked for
+    images: int  # finished images of those captions in the folder
+    n_new: int  # made by this run (the main process's share)
+    n_truncated: int  # finished images whose caption the encoder truncated
+    n_truncated_new: int  # of those made by this run
+    skipped: int  # input rows skipped (listed in the manifest)
+    grid: Path | None
+
+
+def run_sample(cfg: SampleConfig) -> SampleResult | None:
+    """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
+    the main process returns the counts, the others None."""
     from tqdm import tqdm
 
     from histoldm.manifest import write_manifest
@@ -299,7 +315,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         "solver": cfg.solver,
         "eta": cfg.eta,
         "seed": cfg.seed,
-        "dtype": str(numerics.weights).removeprefix("torch."),
+        "dtype": dtype_name(numerics.weights),
         "numerics": numerics.record(),
     }
     _check_settings(out, settings, state.is_main_process)
@@ -337,9 +353,8 @@ def run_sample(cfg: SampleConfig) -> dict:
 
     # Finish: one index in caption order, a grid for small runs, the manifest (main process only).
     state.wait_for_everyone()
-    result = {"out": str(out), "bundle": str(bundle), "n_items": len(items), "n_new": len(pending), "n_truncated_new": n_truncated}
     if not state.is_main_process:
-        return result
+        return None
     records = _finalise_index(out, items)
     wanted = {item.id for item in items}
     finished = [r for r in records if r["id"] in wanted]
@@ -366,4 +381,4 @@ def run_sample(cfg: SampleConfig) -> dict:
         skipped=skipped,
         extra={"settings": settings, "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]}},
     )
-    return {**result, "images": len(finished), "grid": produced["grid"], "n_truncated": len(truncated_captions), "skipped": len(skipped)}
+    return SampleResult(out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid)

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -296,21 +297,48 @@ def _print_table(all_counts: Counter, counts: Counter, histogram: list[tuple[str
           file=sys.stderr)
 
 
-def _dry_run(cfg: SummarizeConfig, template: PromptTemplate | None, report: Report) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SummarizeDryRun:
+    """`summarize --dry-run`: what the first case would get (extractive) or be sent (LLM); nothing written."""
+
+    case_id: str
+    summary: str | None = None  # the extractive backend's summary
+    messages: list[dict[str, str]] | None = None  # an LLM backend's rendered prompt
+
+
+@dataclass(frozen=True)
+class SummarizeResult:
+    """`histoldm summarize`: this run's counts and usage, and the whole file's counts."""
+
+    out: Path
+    manifest: Path
+    cases: int  # reports read (after --limit)
+    skipped_finished: int  # already in the file from an earlier run
+    written: int  # by this run
+    counts: dict[str, int]  # this run's records by status
+    all_counts: dict[str, int]  # the whole file's records by status
+    duplicates: list[dict[str, str]]  # dropped duplicate reports: case_id, source, kept
+    warnings: list[str]
+    usage: dict[str, int]  # LLM tokens of this run: prompt_tokens, completion_tokens
+    token_histogram: list[tuple[str, int]]  # this run's summary lengths (CLIP tokens) in bins up to the budget
+    wall_s: float
+
+
+def _dry_run(cfg: SummarizeConfig, template: PromptTemplate | None, report: Report) -> SummarizeDryRun:
     print(f"dry run: case {report.case_id} ({report.source}), budget {cfg.budget}")
     if template is None:
         result = summarize_extractive(cfg, report)
         print("extractive backend: no prompt; it would write:")
         print(result.get("summary", result.get("error")))
-        return {"dry_run": True, "case_id": report.case_id, "summary": result.get("summary")}
+        return SummarizeDryRun(report.case_id, summary=result.get("summary"))
     messages = render(template, report.text, cfg.budget)
     for m in messages:
         print(f"--- {m['role']} ---")
         print(m["content"])
-    return {"dry_run": True, "case_id": report.case_id, "messages": messages}
+    return SummarizeDryRun(report.case_id, messages=messages)
 
 
-def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
+def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
     """Summarise every report not yet in `cfg.out`; returns counts, usage and paths."""
     from tqdm import tqdm
 
@@ -397,17 +425,17 @@ def run_summarize(cfg: SummarizeConfig) -> dict[str, Any]:
     if counts and counts["failed"] == sum(counts.values()):  # an outage or a wrong --base-url is not a success
         raise UserError(f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {first_failure[0]}); "
                         "fix the cause and re-run with --retry-failed")
-    return {
-        "out": str(cfg.out),
-        "manifest": str(manifest_path(cfg.out)),
-        "cases": len(reports),
-        "skipped_finished": len(reports) - len(pending),
-        "written": sum(counts.values()),
-        "counts": dict(counts),
-        "all_counts": dict(all_counts),
-        "duplicates": loaded.duplicates,
-        "warnings": warnings,
-        "usage": usage,
-        "token_histogram": histogram,
-        "wall_s": manifest["wall_time_s"],
-    }
+    return SummarizeResult(
+        out=Path(cfg.out),
+        manifest=manifest_path(cfg.out),
+        cases=len(reports),
+        skipped_finished=len(reports) - len(pending),
+        written=sum(counts.values()),
+        counts=dict(counts),
+        all_counts=dict(all_counts),
+        duplicates=loaded.duplicates,
+        warnings=warnings,
+        usage=usage,
+        token_histogram=histogram,
+        wall_s=manifest["wall_time_s"],
+    )

@@ -22,14 +22,15 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from histoldm.config import StrictModel
-from histoldm.devices import Precision, text_dtype
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import Precision, resolve_dtype, text_dtype
 from histoldm.errors import UserError
 from histoldm.tables import read_parquet
 from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
@@ -48,7 +49,7 @@ class EncodeTextConfig(StrictModel):
     out: Path = Field(description="output folder")
     batch_size: int = Field(256, description="captions per encoder call")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    dtype: DtypeName = Field("auto", description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)")
     precision: Precision = Field("default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did")
 
 
@@ -234,10 +235,31 @@ def _merge_shares(new: list[str], bs: int, world: int, out: Path, table: torch.T
     return flags
 
 
-def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
+@dataclass(frozen=True)
+class EncodeTextResult:
+    """`histoldm encode-text`, on the main process: the cache's meta.json and this run's counts."""
+
+    out: Path
+    meta: dict[str, Any]  # meta.json: encoder, mode, max_length, length, dim, fingerprint, dtype, n_captions, n_truncated
+    n_new: int  # captions encoded by this run
+    n_reused: int  # unique captions already in the cache
+    n_input_rows: int
+    n_skipped: int  # input rows skipped (empty or non-text captions, listed in the manifest)
+    shape: tuple[int, int, int]  # the embeddings table: captions x length x dim
+
+    @property
+    def n_captions(self) -> int:
+        return self.meta["n_captions"]
+
+    @property
+    def n_truncated(self) -> int:
+        return self.meta["n_truncated"]
+
+
+def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | None:
     """Encode the unique captions of cfg.captions not yet in cfg.out (under accelerate launch, this
-    process's share); returns the meta plus counts. `procs`: histoldm.devices.Processes, default the
-    processes this one was launched among."""
+    process's share); the main process returns the meta plus counts, the others None. `procs`:
+    histoldm.devices.Processes, default the processes this one was launched among."""
     from histoldm.devices import launched_processes
     from histoldm.manifest import write_manifest
     from histoldm.text.encoders import load_text_encoder
@@ -247,7 +269,8 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
     unique = list(dict.fromkeys(captions))
     procs = procs or launched_processes(cfg.device, "encode-text")
     device = str(procs.device)
-    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=text_dtype(cfg.precision, cfg.dtype))
+    dtype = resolve_dtype(text_dtype(cfg.precision, cfg.dtype), procs.device, stage="encode-text dtype")
+    encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=dtype)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     old = _existing_cache(out, encoder) if procs.is_main or (out / META).is_file() else None
@@ -262,7 +285,7 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
         _encode_share(encoder, new, bs, procs, out)
         procs.barrier()
         if not procs.is_main:
-            return {"out": str(out), "n_new_this_process": len(range(procs.rank, -(-len(new) // bs), procs.world))}
+            return None
     table = torch.empty(n_old + len(new), encoder.length, encoder.dim, dtype=encoder.dtype)
     if old:
         table[:n_old] = old.embeddings.to(encoder.dtype)
@@ -300,4 +323,4 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> dict:
         skipped=skipped,
         extra={"truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]}, "device": device},
     )
-    return {**produced, "out": str(out), "n_skipped": len(skipped)}
+    return EncodeTextResult(out, meta, len(new), len(unique) - len(new), len(captions), len(skipped), tuple(table.shape))

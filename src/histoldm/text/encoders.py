@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from histoldm.devices import resolve_dtype
 from histoldm.errors import UserError
 from histoldm.text import long_captions as lc
 from histoldm.text.tokenizer import BOS_ID, EOS_ID, clip_tokenizer
@@ -221,24 +222,6 @@ def _load_clip(name: str) -> torch.nn.Module:
         raise UserError(f"{name}: not tiny-clip, minilm, a local model folder or a reachable hub id ({str(e).splitlines()[0]})") from None
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise UserError(f"dtype {dtype!r}: expected one of {', '.join(names)} or auto")
-    return names[dtype]
-
-
 def load_text_encoder(
     name: str,
     mode: str = "pathldm",
@@ -248,13 +231,14 @@ def load_text_encoder(
 ) -> TextEncoder:
     """The encoder called `name` in long-caption `mode`; max_length None = the mode's natural length.
 
-    dtype None/"auto": bfloat16 on CUDA, float32 elsewhere.
+    dtype: a torch dtype, or a name resolved by `histoldm.devices.resolve_dtype` (None = auto: bfloat16 on a
+    CUDA device that supports it, float32 elsewhere).
     """
     from histoldm.assets import asset_path
 
     if mode not in lc.MODES:
         raise UserError(f"text encoder mode {mode!r}: expected one of {', '.join(lc.MODES)}")
-    torch_dtype = _resolve_dtype(dtype, device)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype or "auto", torch.device(device), stage="text encoder dtype")
     if name == "tiny-clip":
         return ClipTextEncoder(name, tiny_clip_model(), mode, max_length, device, torch_dtype)
     if name == "minilm":

@@ -23,14 +23,14 @@ import hashlib
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from histoldm.config import StrictModel
+from histoldm.config import AutocastDtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes, atomic_write_json, require_file
 
@@ -45,7 +45,7 @@ class EncodeLatentsConfig(StrictModel):
     batch_size: int = Field(32, description="patches per encoder call")
     shard_size: int = Field(8192, description="patches per shard file")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on a GPU, fp32 on CPU")
+    precision: AutocastDtypeName = Field("auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32")
     scale_batches: int = Field(4, description="KL: batches used to measure the latent std")
     scaling_factor: float | None = Field(None, description="override the measured (KL) or preset (VQ) scaling factor")
     workers: int = Field(2, description="image-decoding worker processes")
@@ -149,13 +149,26 @@ def _plan_hash(ids: list[str], shard_size: int) -> str:
     return h.hexdigest()
 
 
-def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
+@dataclass(frozen=True)
+class EncodeLatentsResult:
+    """`histoldm encode-latents`, on the main process. With `shards_missing` > 0 (a process of this run
+    stopped) the cache is unfinished: `latents` and `skipped` are 0 and a re-run finishes it."""
+
+    out: Path
+    latents: int
+    skipped: int
+    shards: int
+    scaling_factor: float
+    shards_missing: int = 0
+
+
+def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsResult | None:
     """Encode every patch of the store once (this process's share of the shards under accelerate
-    launch); returns counts and the output folder. `procs`: histoldm.devices.Processes, default
-    the processes this one was launched among."""
+    launch); the main process returns counts and the output folder, the others None. `procs`:
+    histoldm.devices.Processes, default the processes this one was launched among."""
     from tqdm import tqdm
 
-    from histoldm.devices import autocast_dtype, launched_processes
+    from histoldm.devices import launched_processes, resolve_dtype
     from histoldm.manifest import write_manifest
     from histoldm.models.autoencoder import load_autoencoder
 
@@ -163,7 +176,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
     ids, paths = _read_store(cfg.store)
     procs = procs or launched_processes(cfg.device, "encode-latents")
     device = procs.device
-    dtype = autocast_dtype(cfg.precision, device)
+    dtype = resolve_dtype(cfg.precision, device, stage="encode-latents precision")
     pin = device.type == "cuda"
     ae = load_autoencoder(cfg.vae, device)
     shape = _first_shape(paths, cfg.image_size)
@@ -233,10 +246,10 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
                 bar.update(hi - lo)
     procs.barrier()
     if not procs.is_main:
-        return {"out": str(out), "shards_this_process": len(mine)}
+        return None
     missing = [k for k in range(n_shards) if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())]
     if missing:  # a process of this run died, or ran alone with another rank: a re-run finishes the cache
-        return {"out": str(out), "latents": 0, "skipped": 0, "shards": n_shards, "shards_missing": len(missing), "scaling_factor": scale}
+        return EncodeLatentsResult(out, 0, 0, n_shards, scale, shards_missing=len(missing))
     skipped: list[dict] = []
     index_rows: list[tuple[str, int, int]] = []
     for k in range(n_shards):
@@ -261,7 +274,7 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> dict:
     produced = {"latents": len(index_rows), "skipped": len(skipped), "shards": n_shards, "scaling_factor": scale}
     write_manifest(out / "manifest.json", stage="encode-latents", config=cfg, inputs={"store": cfg.store / "patches.parquet"},
                    produced=produced, started=started, skipped=skipped)
-    return {"out": str(out), **produced}
+    return EncodeLatentsResult(out, len(index_rows), len(skipped), n_shards, scale)
 
 
 class LatentCache:

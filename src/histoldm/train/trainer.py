@@ -14,14 +14,15 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from histoldm.config import StrictModel
-from histoldm.devices import require_bf16
+from histoldm.config import DtypeName, StrictModel
+from histoldm.devices import dtype_name, resolve_dtype
 from histoldm.errors import UserError
 from histoldm.train.validation import ValidationSection
 
@@ -72,7 +73,7 @@ class TrainConfig(StrictModel):
     max_steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(32, gt=0, description="per process, per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="mixed precision of the UNet")
+    precision: DtypeName = Field("bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32")
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
     ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
     ema_decay: float = Field(0.9999, description="EMA decay per step")
@@ -85,11 +86,8 @@ class TrainConfig(StrictModel):
     validation: ValidationSection = ValidationSection()  # image grid; off by default
 
 
-def _check_precision(precision: str, on_gpu: bool) -> None:
-    if precision == "fp16" and not on_gpu:
-        raise UserError("precision: fp16 autocast needs a GPU; use bf16 or fp32 on CPU")
-    if precision == "bf16" and on_gpu:
-        require_bf16(torch.device("cuda"))
+# The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).
+MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
@@ -222,7 +220,19 @@ def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
         print(f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
 
 
-def run_train(cfg: TrainConfig) -> dict:
+@dataclass(frozen=True)
+class TrainResult:
+    """`histoldm train`, on every process (each with its own device's peak memory)."""
+
+    run_dir: Path
+    bundle: Path  # RUN/model: the exported inference weights
+    steps: int
+    peak_memory: dict[str, Any]  # allocated_gib, reserved_gib (None on CPU, with the reason), device
+    img_s: float | None  # mean training throughput over the logging windows after the first
+    processes: int
+
+
+def run_train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm import tqdm
@@ -251,12 +261,12 @@ def run_train(cfg: TrainConfig) -> dict:
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
     use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = not use_cpu
-    _check_precision(cfg.precision, on_gpu)
+    dtype = resolve_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True)
     if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
         raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
 
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision), cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
+    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         report_training_data(cfg, len(dataset), dataset.cases)
@@ -389,7 +399,7 @@ def run_train(cfg: TrainConfig) -> dict:
         # Validation grid every validation.every steps, on the main process; the others wait.
         if cfg.validation.every and step % cfg.validation.every == 0:
             if validator is not None:
-                validator.render(unet, step, run_dir, writer, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision))
+                validator.render(unet, step, run_dir, writer, None if dtype == torch.float32 else dtype)
             accelerator.wait_for_everyone()
     bar.close()
     del batches
@@ -397,7 +407,6 @@ def run_train(cfg: TrainConfig) -> dict:
     # Export the model bundle (EMA weights when on) and the run manifest.
     peak = _peak_memory(device)
     img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
-    result = {"run_dir": str(run_dir), "bundle": str(run_dir / "model"), "steps": step, "peak_memory": peak, "img_s": img_s, "processes": world}
     if accelerator.is_main_process:
         writer.close()
         meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
@@ -406,8 +415,8 @@ def run_train(cfg: TrainConfig) -> dict:
                        inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
                                "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
                        produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
-                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": cfg.precision, "init": init,
+                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": dtype_name(dtype), "init": init,
                               "optimizer_changes_on_resume": optimizer_changes})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return result
+    return TrainResult(run_dir, run_dir / "model", step, peak, img_s, world)

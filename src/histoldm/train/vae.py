@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import Field
 import torch.nn.functional as F
 
-from histoldm.config import StrictModel
+from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
 
@@ -37,7 +37,7 @@ class TrainVAEConfig(StrictModel):
     image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels first (default: as stored)")
     holdout_patches: int = Field(256, gt=0, description="without --split: hold out whole cases with at least this many patches")
     split: Path | None = Field(None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on a GPU, fp32 on CPU")
+    precision: AutocastDtypeName = Field("auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = Field(0, description="random seed")
     workers: int = Field(2, ge=0, description="image-decoding worker processes")
@@ -156,7 +156,9 @@ def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None
     """Resuming with other data or hyper-parameters would overwrite the autoencoder with a mix of two."""
     if not resuming:
         return
-    changed = sorted(settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES)))
+    changes = settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES))
+    # a run recorded with an older spelling (bf16, fp32) resumes under the one vocabulary's name
+    changed = sorted(k for k, (old, new) in changes.items() if not (k == "precision" and normalise_dtype_name(old) == new))
     if changed:
         raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
 
@@ -195,10 +197,20 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
     return loss.detach()
 
 
-def run_train_vae(cfg: TrainVAEConfig) -> dict:
+@dataclass(frozen=True)
+class TrainVAEResult:
+    """`histoldm train-vae`: the autoencoder folder and its held-out reconstruction quality."""
+
+    autoencoder: Path
+    psnr: float  # dB, mean over the held-out patches
+    ssim: float
+    n: int  # held-out patches measured
+
+
+def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from tqdm import tqdm
 
-    from histoldm.devices import autocast_dtype, resolve_device
+    from histoldm.devices import resolve_device, resolve_dtype
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
@@ -209,7 +221,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     # Data and device: held-out cases first, precision checked before any compute.
     train_paths, test_paths = _split_cases(Path(cfg.store), cfg.holdout_patches, cfg.split)
     device = resolve_device(cfg.device)
-    dtype = autocast_dtype(cfg.precision, device)
+    dtype = resolve_dtype(cfg.precision, device, stage="train-vae precision")
     out = Path(cfg.out)
     resume_from = resolve_resume(out, cfg.resume)
     _check_same_training(out, cfg, resume_from is not None)
@@ -260,4 +272,4 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
                    produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed,
                    extra={"optimizer_changes_on_resume": optimizer_changes})
-    return {"autoencoder": str(out / "autoencoder"), **metrics}
+    return TrainVAEResult(out / "autoencoder", **metrics)
