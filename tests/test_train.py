@@ -183,11 +183,11 @@ def test_resumed_run_says_which_optimizer_settings_changed(tmp_path, caches, cap
     resumed = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=6, checkpoint_every=6, log_every=1,
                                 resume="latest", optim={"lr": 2e-4, "warmup_steps": 10}))
     assert "optim.lr 0.001 -> 0.0002" in capsys.readouterr().out
-    manifest = json.loads((Path(resumed["run_dir"]) / "manifest.json").read_text())
+    manifest = json.loads((Path(resumed.run_dir) / "manifest.json").read_text())
     assert manifest["optimizer_changes_on_resume"] == {"lr": [1e-3, 2e-4]}
-    lrs = {r["step"]: r["lr"] for r in _stats(resumed["run_dir"])}  # the lr each logged step leaves for the next one
+    lrs = {r["step"]: r["lr"] for r in _stats(resumed.run_dir)}  # the lr each logged step leaves for the next one
     assert lrs[4] == pytest.approx(1e-3 * 5 / 10) and lrs[5] == pytest.approx(2e-4 * 6 / 10)
-    state = json.loads((Path(resumed["run_dir"]) / "checkpoints" / "step-00000006" / "state.json").read_text())
+    state = json.loads((Path(resumed.run_dir) / "checkpoints" / "step-00000006" / "state.json").read_text())
     assert state["optimizer_param_groups"][0]["initial_lr"] == 2e-4 and state["optimizer_settings"]["lr"] == 2e-4
 
 
