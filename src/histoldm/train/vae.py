@@ -42,6 +42,7 @@ class TrainVAEConfig(StrictModel):
     seed: int = 0
     workers: int = Field(2, ge=0)
     preload: bool = False  # decode the training patches once and keep them in memory (small stores: the demo)
+    channels_last: bool | None = None  # NHWC model and images; None = on CPU only (measured 1.3x faster a step there)
     log_every: int = Field(100, gt=0)
     checkpoint_every: int = Field(2000, gt=0)
     resume: str = "auto"
@@ -148,7 +149,7 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
 
 
 # Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads.
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "resume", "device"}
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "channels_last", "resume", "device"}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -174,7 +175,8 @@ def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
         yield [decoded[i] for i in indices]
 
 
-def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype) -> torch.Tensor:
+def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype,
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
 
@@ -184,6 +186,7 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
         crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), stream=1)
         top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=crop_gen).tolist()
         x = x[..., top : top + cfg.crop, left : left + cfg.crop]
+    x = x.contiguous(memory_format=memory_format)
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         posterior = model.encode(x).latent_dist
         rec = model.decode(posterior.sample(gen)).sample
@@ -215,7 +218,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     # Model and optimizer (constant LR), restored from the latest checkpoint when there is one.
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg.init).to(device)
+    memory_format = torch.channels_last if (cfg.channels_last if cfg.channels_last is not None else device.type == "cpu") else torch.contiguous_format
+    model = _load_model(cfg.init).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +238,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
         if x is not None:
-            loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype)
+            loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype, memory_format)
             nonfinite |= ~torch.isfinite(loss)
         lr_scheduler.step()
         last = step + 1 == cfg.steps
@@ -249,7 +253,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
-    model.save_pretrained(out / "autoencoder", safe_serialization=True)
+    model.to(memory_format=torch.contiguous_format).save_pretrained(out / "autoencoder", safe_serialization=True)
     follow_umask(out / "autoencoder")
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
