@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="output folder (default demo-out); a re-run resumes finished stages")
     p.add_argument("--budget", type=int, help="summary length in CLIP tokens (default 35)")
     p.add_argument("--train-steps", type=int, help="UNet training steps (default 1200)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: every core; 1 is faster when other processes share the cores)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)")
     add_config_options(p)
     p.set_defaults(func=run)
 
