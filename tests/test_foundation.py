@@ -1,9 +1,11 @@
 """The frame every stage plugs into: CLI errors, configs, manifests, atomic files, tokenizer."""
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,16 +105,19 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     assert "no CUDA device" in err and "Traceback" not in err
 
 
-def test_cpu_threads_policy_uses_every_core_and_refuses_zero(capsys):
-    """The demo's default: every core this process may use (idle, 2 threads beat 1 by 1.5x on 2 cores)."""
+def test_cpu_threads_policy_uses_the_free_cores_and_refuses_zero(capsys):
+    """The demo's default: a thread per core no other process is using (idle, 2 threads beat 1 by 1.5x on
+    2 cores; beside a busy process a thread per core collapsed 6-10x)."""
     import torch
 
-    from histoldm.devices import available_cores, default_cpu_threads, machine_facts, set_cpu_threads
+    from histoldm.devices import available_cores, default_cpu_threads, machine_facts, set_cpu_threads, threads_beside
 
+    assert [threads_beside(2, b) for b in (0.0, 0.3, 0.8, 1.0, 5.0)] == [2, 2, 1, 1, 1]
+    assert threads_beside(16, 1.2) == 15 and threads_beside(1, 0.0) == 1
     before = torch.get_num_threads()
     try:
-        assert default_cpu_threads() == available_cores()
-        assert set_cpu_threads(None) == default_cpu_threads() == torch.get_num_threads()
+        assert 1 <= default_cpu_threads() <= available_cores()
+        assert 1 <= set_cpu_threads(None) <= available_cores() and set_cpu_threads(None) == torch.get_num_threads()
         assert set_cpu_threads(1) == 1 and machine_facts()["threads"] == 1
         with pytest.raises(UserError, match="threads 0"):
             set_cpu_threads(0)
@@ -122,6 +127,21 @@ def test_cpu_threads_policy_uses_every_core_and_refuses_zero(capsys):
     assert facts["cpu"] and facts["cores"] >= 1 and facts["machine_cores"] >= facts["cores"]
     assert main(["demo", "--out", "unused", "--threads", "0"]) == 2
     assert "threads" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="the busy-core probe reads Linux /proc/stat")
+def test_busy_cores_sees_a_busy_process_and_the_default_leaves_its_core():
+    from histoldm.devices import available_cores, busy_cores, default_cpu_threads
+
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores() >= 0.7  # other load on the machine only adds to it
+        if available_cores() == os.cpu_count() and available_cores() >= 2:
+            assert default_cpu_threads() <= available_cores() - 1
+    finally:
+        loop.kill()
+        loop.wait()
 
 
 def test_stage_times_in_the_order_the_stages_finished(tmp_path):

@@ -98,6 +98,35 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, caches):
     assert _stats(straight.run_dir)[-1]["loss"] == _stats(resumed.run_dir)[-1]["loss"]
 
 
+def _nhwc(model: torch.nn.Module) -> bool:
+    """Whether the model's first 3x3 convolution holds its weight channels_last (1x1 kernels are both layouts)."""
+    weight = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Record the models `module.name` builds (the real ones, trained as usual)."""
+    built, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    return built
+
+
+def test_channels_last_is_the_cpu_default_and_trains_the_same_model(tmp_path, caches, monkeypatch):
+    """NHWC on CPU (faster there, docs/performance.md) is a memory layout, not other math: the default run
+    is the channels_last run bit for bit, and the NCHW run matches it up to float rounding."""
+    import histoldm.models.presets
+
+    built = _spy(monkeypatch, histoldm.models.presets, "build_unet")
+    runs = {name: run_train(_config(tmp_path, caches, run_dir=str(tmp_path / name), max_steps=8, checkpoint_every=8, model={"channels_last": flag}))
+            for name, flag in (("default", None), ("nhwc", True), ("nchw", False))}
+    assert [_nhwc(m) for m in built] == [True, True, False]
+    weights = {name: load_file(r.run_dir / "checkpoints" / "step-00000008" / "model.safetensors") for name, r in runs.items()}
+    assert all(torch.equal(weights["default"][k], weights["nhwc"][k]) for k in weights["nhwc"])
+    assert all(torch.allclose(weights["nchw"][k], weights["nhwc"][k], rtol=1e-3, atol=1e-4) for k in weights["nhwc"])
+    losses = {name: _stats(r.run_dir)[-1]["loss"] for name, r in runs.items()}
+    assert losses["nchw"] == pytest.approx(losses["nhwc"], rel=1e-4)
+
+
 def test_interrupted_save_leaves_latest_valid_and_rerun_resumes(tmp_path, caches):
     first = run_train(_config(tmp_path, caches, max_steps=10, checkpoint_every=10))
     run_dir = Path(first.run_dir)
@@ -352,6 +381,26 @@ def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):
             assert ok_a == ok_b and err_a == err_b and torch.equal(a, b)
             seen_broken |= not ok_a
     assert seen_broken
+
+
+def test_train_vae_channels_last_is_the_cpu_default_and_trains_the_same_model(tmp_path, monkeypatch):
+    """The autoencoder's NHWC layout on CPU: the default is it bit for bit, NCHW agrees up to rounding,
+    and the saved weights are contiguous (safetensors needs that)."""
+    import histoldm.train.vae
+    from histoldm.train.vae import TrainVAEConfig, run_train_vae
+
+    layouts, step = [], histoldm.train.vae._train_step  # the model's layout while it trains (it is saved NCHW)
+    monkeypatch.setattr(histoldm.train.vae, "_train_step", lambda model, *a: layouts.append(_nhwc(model)) or step(model, *a))
+    store = write_patch_store(tmp_path / "store", n=8)
+    base = TrainVAEConfig(store=store, out=tmp_path / "x", init="kl-f4-tiny", steps=3, batch_size=2, lr=1e-5, holdout_patches=2, workers=0)
+    metrics, weights = {}, {}
+    for name, flag in (("default", None), ("nhwc", True), ("nchw", False)):
+        metrics[name] = run_train_vae(base.model_copy(update={"out": tmp_path / name, "channels_last": flag}))
+        weights[name] = load_file(tmp_path / name / "autoencoder" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(weights["default"][k], weights["nhwc"][k]) for k in weights["nhwc"])
+    assert all(torch.allclose(weights["nchw"][k], weights["nhwc"][k], rtol=1e-3, atol=1e-4) for k in weights["nhwc"])
+    assert metrics["nchw"].psnr == pytest.approx(metrics["nhwc"].psnr, abs=1e-3)
+    assert layouts == [True] * 3 + [True] * 3 + [False] * 3
 
 
 def test_train_vae_stops_on_nan_before_saving_it(tmp_path, capsys):

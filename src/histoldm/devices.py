@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -131,11 +133,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(interval: float = 0.3) -> float | None:
+    """Cores' worth of CPU time the machine spent busy over the next `interval` seconds (Linux /proc/stat;
+    None elsewhere). Sampled while this process sleeps, so it is what other processes use."""
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return None
+
+    def sample() -> tuple[int, int]:
+        ticks = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks), ticks[3] + ticks[4]
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def threads_beside(cores: int, busy: float) -> int:
+    """Threads for `cores` cores when other processes keep `busy` cores' worth of them running: one per free core."""
+    return max(1, min(cores, cores - round(busy)))
+
+
 def default_cpu_threads() -> int:
-    """Every core this process may use (torch's own default). Measured on an idle 2-vCPU Xeon, the demo took
-    13.2 min with 1 thread against 8.9 min with 2 (1.5x); beside busy processes 1 thread was up to ~6x faster per
-    step (benchmarks/RESULTS.md, 2026-11-30), which is what `--threads 1` is for on a shared machine."""
-    return available_cores()
+    """One thread per core that no other process is using when the demo starts (every core on an idle machine,
+    torch's own default). Idle, the 2-vCPU Xeon ran the demo 1.5x faster with 2 threads than with 1; with a core
+    busy elsewhere, a thread per core waits at every op's barrier for a descheduled thread: 6-10x slower per
+    step than one thread (benchmarks/RESULTS.md, 2026-11-30). `--threads N` overrides."""
+    cores = available_cores()
+    busy = busy_cores()
+    if busy is None:
+        return cores
+    return threads_beside(cores, busy * cores / (os.cpu_count() or cores))  # the share of the busy cores that are ours
 
 
 def set_cpu_threads(threads: int | None) -> int:

@@ -28,7 +28,7 @@ class DemoConfig(StrictModel):
     budget: int = Field(35, description="summary length in CLIP tokens (the seed paper's best)")
     data: DemoDataConfig = DemoDataConfig()
     recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: every core; 1 is faster when other processes share the cores)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)")
 
 
 def loss_curve(stats: Path, out: Path) -> Path:

@@ -48,7 +48,7 @@ class ModelSection(StrictModel):
     autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
     gradient_checkpointing: bool = False
     checkpoint_levels: list[int] | None = None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
-    channels_last: bool = False  # CUDA only
+    channels_last: bool | None = None  # NHWC weights and latents; None = on CPU (measured 1.45x faster a step), off on CUDA (measured slower)
     compile: bool = False  # torch.compile, CUDA only
     compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
     init: Literal["diffusers", "compvis"] = "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
@@ -293,7 +293,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     # Speed settings, optimizer, schedule, EMA.
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(unet, cfg.model.checkpoint_levels)
-    memory_format = torch.channels_last if cfg.model.channels_last and on_gpu else torch.contiguous_format
+    channels_last = cfg.model.channels_last if cfg.model.channels_last is not None else not on_gpu
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet.to(device, memory_format=memory_format).train()
     o = cfg.optim
     optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)

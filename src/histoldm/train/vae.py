@@ -42,6 +42,7 @@ class TrainVAEConfig(StrictModel):
     seed: int = Field(0, description="random seed")
     workers: int = Field(2, ge=0, description="image-decoding worker processes")
     preload: bool = Field(False, description="decode the training patches once and keep them in memory (small stores: the demo)")
+    channels_last: bool | None = Field(None, description="NHWC model and images (default: on CPU only, measured 1.3x faster a step there)")
     log_every: int = Field(100, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
     resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
@@ -147,9 +148,9 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
     return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
 
 
-# Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads, and
-# the learning rate (applied from the resumed step on, like the LDM trainer's optimizer settings).
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "resume", "device", "lr"}
+# Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads, its memory
+# layout, and the learning rate (applied from the resumed step on, like the LDM trainer's optimizer settings).
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "channels_last", "resume", "device", "lr"}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -177,7 +178,8 @@ def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
         yield [decoded[i] for i in indices]
 
 
-def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype) -> torch.Tensor:
+def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype,
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
 
@@ -187,6 +189,7 @@ def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: in
         crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), stream=1)
         top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=crop_gen).tolist()
         x = x[..., top : top + cfg.crop, left : left + cfg.crop]
+    x = x.contiguous(memory_format=memory_format)
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         posterior = model.encode(x).latent_dist
         rec = model.decode(posterior.sample(gen)).sample
@@ -228,7 +231,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
 
     # Model and optimizer (constant LR), restored from the latest checkpoint when there is one; the lr is the config's.
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg.init).to(device)
+    memory_format = torch.channels_last if (cfg.channels_last if cfg.channels_last is not None else device.type == "cpu") else torch.contiguous_format
+    model = _load_model(cfg.init).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
         if x is not None:
-            loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype)
+            loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype, memory_format)
             nonfinite |= ~torch.isfinite(loss)
         lr_scheduler.step()
         last = step + 1 == cfg.steps
@@ -265,7 +269,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
     metrics = evaluate(model, test_paths, cfg.batch_size, device, dtype, cfg.image_size)
-    model.save_pretrained(out / "autoencoder", safe_serialization=True)
+    model.to(memory_format=torch.contiguous_format).save_pretrained(out / "autoencoder", safe_serialization=True)
     follow_umask(out / "autoencoder")
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
