@@ -1,4 +1,4 @@
-"""The `histoldm` command: one subcommand per pipeline stage, discovered from histoldm.commands.
+"""The `histoldm` command: subcommands discovered from histoldm.commands (stages.py: one row per stage).
 
 Each subcommand module defines `register(subparsers)`; heavy imports stay inside the command
 functions so that `--help` is instant. Expected mistakes (UserError) print one line and exit 2.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,14 +57,41 @@ def resolve_config(args: argparse.Namespace, model: type[C]) -> C:
     return load_config(model, getattr(args, "config", None), overrides)
 
 
-def add_dry_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+@dataclass(frozen=True)
+class StageCommand:
+    """A subcommand that runs one stage from its config: options derived from `config`, the stage's
+    `run` function called with the resolved config, `report` printing its result (it may return an exit
+    code). A None result is a non-main process under accelerate launch: the main one reports."""
 
+    name: str
+    help: str
+    example: str
+    config: str  # 'module:ConfigModel'
+    run: str  # the run function's name in the same module
+    report: Callable[[Any, Any], int | None]
+    dry_run: bool = False  # --dry-run prints the resolved config (YAML, loadable with --config) and exits
+    # How the options are derived (histoldm.commands._flags.add_config_flags):
+    positional: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    nested: dict[str, str | tuple[str, str]] = field(default_factory=dict)
+    converters: dict[str, Callable[[str], Any]] = field(default_factory=dict)
 
-def printed_dry_run(args: argparse.Namespace, cfg: BaseModel) -> bool:
-    """With --dry-run, print the resolved config (YAML, loadable with --config) and report True."""
-    from histoldm.config import dump_config
+    def add_to(self, sub: Any) -> None:
+        parser = add_command(sub, self.name, self.help, self.example, self.execute, config=self.config, positional=self.positional,
+                             aliases=self.aliases, nested=self.nested, converters=self.converters)
+        if self.dry_run:
+            parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
-    if args.dry_run:
-        print(dump_config(cfg), end="")
-    return bool(args.dry_run)
+    def execute(self, args: argparse.Namespace) -> int:
+        module, _, model = self.config.partition(":")
+        stage = importlib.import_module(module)
+        cfg = resolve_config(args, getattr(stage, model))
+        if self.dry_run and args.dry_run:
+            from histoldm.config import dump_config
+
+            print(dump_config(cfg), end="")
+            return 0
+        result = getattr(stage, self.run)(cfg)
+        if result is None:  # a non-main process under accelerate launch
+            return 0
+        return int(self.report(result, cfg) or 0)

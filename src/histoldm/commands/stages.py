@@ -1,0 +1,197 @@
+"""The subcommands that run one stage (or one experiment) from its config: a row each.
+
+A row names the stage's config model and run function ('module:name', imported only when that
+subcommand is used, so `histoldm --help` stays instant) and how to print its result; the options come
+from the config model (commands/_flags.py), so a new config field needs no edit here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from histoldm.commands._common import StageCommand
+
+if TYPE_CHECKING:
+    from histoldm.data.captions import CaptionsResult
+    from histoldm.data.export import ExportPatchesResult
+    from histoldm.data.scores import ScoresResult
+    from histoldm.data.splits import SplitResult
+    from histoldm.data.tiling import TileResult
+    from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
+    from histoldm.models.convert import ConvertResult
+    from histoldm.sampling.run import SampleResult
+    from histoldm.summaries.summarize import SummarizeResult
+    from histoldm.text.cache import EncodeTextResult
+    from histoldm.train.latents import EncodeLatentsResult
+    from histoldm.train.trainer import TrainResult
+    from histoldm.train.vae import TrainVAEResult
+
+
+def parse_shard(text: str) -> list[int]:
+    """'K/N' -> [K, N], for `--shard $SLURM_ARRAY_TASK_ID/10`; anything else is a UserError naming what was typed."""
+    from histoldm.errors import UserError
+
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
+        raise UserError(f"--shard {text}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return [int(k), int(n)]
+
+
+def _tile(r: TileResult, cfg: Any) -> None:
+    pending = f"; shard {r.shard}, {r.slides_pending} slides of other shards not finished yet)" if r.shard else ")"
+    print(f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, {r.slides_failed} skipped{pending}")
+    for s in r.skipped:
+        print(f"skipped: {s['reason']}")
+
+
+def _scores(r: ScoresResult, cfg: Any) -> None:
+    print(f"{r.scored}/{r.patches} patches scored ({r.method}) -> {r.out}; {len(r.skipped)} rows skipped")
+    for s in r.skipped[:10]:
+        print(f"skipped: {s}")
+
+
+def _summarize(r: SummarizeResult, cfg: Any) -> None:
+    from histoldm.summaries.summarize import SummarizeDryRun
+
+    if isinstance(r, SummarizeDryRun):  # the prompts were printed
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
+    print(f"{r.out}: {r.written} written ({counts}), {r.skipped_finished} already done; manifest {r.manifest}")
+
+
+def _split(r: SplitResult, cfg: Any) -> None:
+    print(f"{r.out}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()) + " cases")
+
+
+def _captions(r: CaptionsResult, cfg: Any) -> None:
+    print(f"{r.caption_rows} captions of {r.patches} patches ({r.unique_captions} unique) -> {r.out}; "
+          f"{r.patches_without_summary} patches without a summary ({len(r.cases_without_summary)} cases)")
+    if r.empty_captions:
+        print(f"warning: {r.empty_captions} patches have an empty caption (no scores and no summary); "
+              "encode-text skips them and train leaves them out", file=sys.stderr)
+
+
+def _export_patches(r: ExportPatchesResult, cfg: Any) -> None:
+    print(f"{r.images} patches in {r.out}")
+
+
+def _encode_text(r: EncodeTextResult, cfg: Any) -> None:
+    skipped = f"; {r.n_skipped} rows skipped (empty or non-text captions, listed in the manifest)" if r.n_skipped else ""
+    print(f"{r.out}: {r.n_captions} captions ({r.n_new} new, {r.n_reused} already cached), shape {r.shape}, "
+          f"{r.n_truncated} truncated, fingerprint {r.meta['fingerprint'][:12]}{skipped}")
+
+
+def _train_vae(r: TrainVAEResult, cfg: Any) -> None:
+    print(f"autoencoder in {r.autoencoder}: held-out PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}")
+
+
+def _encode_latents(r: EncodeLatentsResult, cfg: Any) -> int:
+    if r.shards_missing:
+        print(f"{r.out}: {r.shards_missing} of {r.shards} shards not encoded (a process stopped); re-run to finish")
+        return 1
+    print(f"{r.latents} latents ({r.skipped} skipped) in {r.out}, scaling factor {r.scaling_factor:.5g}")
+    return 0
+
+
+def _train(r: TrainResult, cfg: Any) -> None:
+    peak = r.peak_memory["allocated_gib"]
+    img_s = f"{r.img_s:.1f}" if r.img_s is not None else "n/a"
+    memory = f"peak GPU memory {peak:.2f} GiB" if peak is not None else "CPU: no GPU memory to measure"
+    print(f"trained {r.steps} steps in {r.run_dir} ({img_s} img/s, {memory}); model: {r.bundle}")
+
+
+def _sample(r: SampleResult, cfg: Any) -> None:
+    grid = f", grid {r.grid}" if r.grid else ""
+    print(f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}")
+
+
+def _evaluate(r: EvaluateResult, cfg: EvaluateConfig) -> None:
+    from histoldm.evaluate.run import report_lines
+
+    for line in report_lines(r.metrics):
+        print(line)
+    print(f"wrote {cfg.out / 'metrics.json'}")
+
+
+def _fid_ref(r: FidRefResult, cfg: Any) -> None:
+    p = r.protocol
+    as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size,
+                       image_size_fake="-")
+    print(f"wrote {r.stats}  [{as_real.line()}]")
+    if r.skipped:
+        print(f"skipped {len(r.skipped)} unreadable files (listed in the manifest)")
+
+
+def _convert(r: ConvertResult, cfg: Any) -> None:
+    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in r.converted.items())
+    print(f"bundle {r.bundle}: {counts}; {r.skipped} checkpoint entries skipped (see {r.report})")
+    for reason, n in r.skipped_by_reason.items():
+        print(f"  skipped {n}: {reason}")
+
+
+def _demo(r: dict[str, Any], cfg: Any) -> None:
+    print(f"demo finished in {r['timing']['line']}; open the report: {r['report']}")
+
+
+def _sweep(r: dict[str, Any], cfg: Any) -> None:
+    print(open(r["table"], encoding="utf-8").read())
+    print(f"table: {r['table']}  plot: {r['plot']}  report: {r['report']}")
+
+
+COMMANDS = (
+    StageCommand("tile", "Cut fixed-magnification tissue patches from every slide OpenSlide reads.",
+                 "histoldm tile slides/ --out store --magnification 10 --size 256 --overlap 32 --workers 2",
+                 "histoldm.data.tiling:TileConfig", "run_tile", _tile, positional="slides", converters={"shard": parse_shard}),
+    StageCommand("scores", "Attach tumour and TIL probabilities to patches (CSV, heat-map grids, or an image proxy).",
+                 "histoldm scores store --csv wsinfer_scores.csv", "histoldm.data.scores:ScoresConfig", "run_scores", _scores,
+                 positional="store"),
+    StageCommand("summarize", "Summarise pathology reports to at most N CLIP tokens (extractive, any OpenAI-compatible LLM, or a local LLM).",
+                 "histoldm summarize TCGA_Reports.csv --out summaries.jsonl --budget 35 --backend extractive",
+                 "histoldm.summaries.summarize:SummarizeConfig", "run_summarize", _summarize, positional="input",
+                 aliases={"timeout_s": "--timeout"}),
+    StageCommand("split", "Split cases (patients) into train/val/test; no case in two splits.",
+                 "histoldm split --store store --out split.json --seed 0 --fractions train=0.8,val=0.1,test=0.1",
+                 "histoldm.data.splits:SplitConfig", "run_split", _split),
+    StageCommand("captions", "Build one caption per patch (per summary with --all-summaries) from a template.",
+                 "histoldm captions store --summaries summaries.jsonl --levels low,mid,high", "histoldm.data.captions:CaptionsConfig",
+                 "run_captions", _captions, positional="store",
+                 converters={"levels": lambda text: text.split(",")}),  # one comma-separated value, as before: `--levels a,b STORE`
+    StageCommand("export-patches", "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
+                 "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
+                 "histoldm.data.export:ExportPatchesConfig", "run_export_patches", _export_patches, positional="store"),
+    StageCommand("encode-text", "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
+                 "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
+                 "histoldm.text.cache:EncodeTextConfig", "run_encode_text", _encode_text, positional="captions"),
+    StageCommand("train-vae", "Train or fine-tune a KL autoencoder (f=4) on a patch store; reports PSNR/SSIM on held-out patches.",
+                 "histoldm train-vae work/store --out work/vae --init kl-f4 --steps 20000", "histoldm.train.vae:TrainVAEConfig",
+                 "run_train_vae", _train_vae, positional="store"),
+    StageCommand("encode-latents", "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
+                 "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
+                 "histoldm.train.latents:EncodeLatentsConfig", "run_encode_latents", _encode_latents, positional="store"),
+    StageCommand("train", "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
+                 "histoldm train --config configs/histoldm.yaml --set data.latents=work/latents --resume latest",
+                 "histoldm.train.trainer:TrainConfig", "run_train", _train, dry_run=True, nested={"--init-from": "model.init_from"}),
+    StageCommand("sample", "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
+                 "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
+                 "histoldm.sampling.run:SampleConfig", "run_sample", _sample),
+    StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
+                 "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
+                 "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate),
+    StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
+                 "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,
+                 positional="images"),
+    StageCommand("convert-ldm", "Convert a CompVis latent-diffusion checkpoint (PathLDM's release) into a model bundle, checking every tensor.",
+                 "histoldm convert-ldm pathldm_plip.ckpt --out models/pathldm-plip", "histoldm.models.convert:ConvertConfig", "run_convert",
+                 _convert, positional="checkpoint"),
+    StageCommand("demo", "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
+                 "histoldm demo --out demo-out", "histoldm.experiments.demo:DemoConfig", "run_demo", _demo,
+                 nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")}),
+    StageCommand("sweep", "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
+                 "histoldm sweep --config configs/sweep_demo.yaml", "histoldm.experiments.sweep:SweepConfig", "run_sweep", _sweep, dry_run=True),
+)
+
+
+def register(sub: Any) -> None:
+    for command in COMMANDS:
+        command.add_to(sub)
