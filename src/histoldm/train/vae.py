@@ -42,7 +42,7 @@ class TrainVAEConfig(StrictModel):
     seed: int = Field(0, description="random seed")
     workers: int = Field(2, ge=0, description="image-decoding worker processes")
     preload: bool = Field(False, description="decode the training patches once and keep them in memory (small stores: the demo)")
-    channels_last: bool | None = Field(None, description="NHWC model and images (default: on CPU only, measured 1.3x faster a step there)")
+    channels_last: bool | None = Field(None, description="NHWC model and images (default: on CPU only, measured 0-20% faster a step there)")
     log_every: int = Field(100, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
     resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
