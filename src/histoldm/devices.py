@@ -53,6 +53,13 @@ def resolve_dtype(name: str, device: torch.device, *, stage: str, training: bool
     return DTYPES[name]
 
 
+def training_memory_format(channels_last: bool | None, device: torch.device) -> torch.memory_format:
+    """The layout a training loop holds its model and batches in: channels_last when asked, and by default
+    (None) on the CPU only, where NHWC convolutions measured 0-20% faster a step and on CUDA slower."""
+    nhwc = channels_last if channels_last is not None else torch.device(device).type == "cpu"
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> "bfloat16": the vocabulary's name of a resolved dtype, as outputs record it."""
     return str(dtype).removeprefix("torch.")
@@ -181,7 +188,6 @@ def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo, macOS sysctl), else what `platform` knows."""
     import platform
     import subprocess
-    from pathlib import Path
 
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():

@@ -131,7 +131,6 @@ def trains_autoencoder(recipe: ModelRecipe) -> bool:
     return AUTOENCODER_PRESETS.get(recipe.autoencoder, {}).get("kind") == "kl"
 
 
-
 def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> TrainVAEConfig:
     from histoldm.train.vae import TrainVAEConfig
 
@@ -269,8 +268,9 @@ def _train_peak_rss(path: Path, rss: PeakRSS, finished_before: bool) -> dict[str
     loading, so it reports the figure recorded by the run that trained."""
     if finished_before and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    atomic_write_json(path, rss.result())
-    return rss.result()
+    measured = rss.result()
+    atomic_write_json(path, measured)
+    return measured
 
 
 def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict[str, Any]:

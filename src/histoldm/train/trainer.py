@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from histoldm.config import DtypeName, StrictModel
-from histoldm.devices import dtype_name, resolve_dtype
+from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
 from histoldm.train.validation import ValidationSection
 
@@ -293,8 +293,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     # Speed settings, optimizer, schedule, EMA.
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(unet, cfg.model.checkpoint_levels)
-    channels_last = cfg.model.channels_last if cfg.model.channels_last is not None else not on_gpu
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = training_memory_format(cfg.model.channels_last, device)
     unet.to(device, memory_format=memory_format).train()
     o = cfg.optim
     optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)

@@ -213,7 +213,7 @@ class TrainVAEResult:
 def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from tqdm import tqdm
 
-    from histoldm.devices import resolve_device, resolve_dtype
+    from histoldm.devices import resolve_device, resolve_dtype, training_memory_format
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
@@ -231,7 +231,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
 
     # Model and optimizer (constant LR), restored from the latest checkpoint when there is one; the lr is the config's.
     torch.manual_seed(cfg.seed)
-    memory_format = torch.channels_last if (cfg.channels_last if cfg.channels_last is not None else device.type == "cpu") else torch.contiguous_format
+    memory_format = training_memory_format(cfg.channels_last, device)
     model = _load_model(cfg.init).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
