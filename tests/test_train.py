@@ -1,5 +1,6 @@
 """Autoencoder, latent cache and LDM training on CPU with tiny models and synthetic caches."""
 
+import functools
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.models.bundle import read_bundle_meta
 from histoldm.train.checkpoint import read_latest
+from histoldm.train.lr_schedule import lr_factor
 from histoldm.train.trainer import TrainConfig, run_train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -169,8 +171,27 @@ def _warmup_run(lr: float, warmup: int):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, warmup, "constant", 100))
     return model, opt, sched
+
+
+def test_lr_factor_warms_up_then_holds_or_follows_a_cosine_to_zero():
+    assert [lr_factor(4, "constant", 100, s) for s in (0, 3, 4, 99)] == [0.25, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(4, "cosine", 104, s) for s in (0, 3, 4, 54, 104)]
+    assert cosine[:3] == [0.25, 1.0, 1.0] and cosine[3] == pytest.approx(0.5) and cosine[4] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(cosine[2:], cosine[3:]))
+
+
+def test_cosine_decay_reaches_zero_at_max_steps_and_resume_reports_a_new_end(tmp_path, caches, capsys):
+    run = run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=6, checkpoint_every=3, log_every=1,
+                            optim={"lr": 1e-3, "warmup_steps": 2, "decay": "cosine"}))
+    lrs = [r["lr"] for r in _stats(run.run_dir)]  # the lr each logged step leaves for the next one
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+    capsys.readouterr()
+    run_train(_config(tmp_path, caches, run_dir=str(tmp_path / "r"), max_steps=10, checkpoint_every=10, log_every=1, resume="latest",
+                      optim={"lr": 1e-3, "warmup_steps": 2, "decay": "cosine"}))
+    assert "optim.decay_end_step 6 -> 10" in capsys.readouterr().out
 
 
 def test_resume_applies_the_configs_optimizer_settings_from_the_next_step(tmp_path):
@@ -363,6 +384,12 @@ def test_train_vae_a_few_steps(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["optimizer_changes_on_resume"] == {"lr": [1e-4, 1e-5]}
     state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
     assert state["optimizer_param_groups"][0]["lr"] == 1e-5
+    # a cosine decay from the resumed step on ends at lr 0 at the last step
+    assert main(["train-vae", str(store), "--out", str(out), "--init", "kl-f4-tiny", "--steps", "6", "--batch-size", "2", "--decay", "cosine",
+                 "--set", "lr=1e-5", "--set", "holdout_patches=2", "--set", "workers=0"]) == 0
+    assert "decay constant -> cosine" in capsys.readouterr().out
+    state = json.loads((out / "checkpoints" / "step-00000006" / "state.json").read_text())
+    assert state["optimizer_param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-15)
 
 
 def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):

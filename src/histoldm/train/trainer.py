@@ -24,6 +24,7 @@ from pydantic import Field
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
+from histoldm.train.lr_schedule import Decay
 from histoldm.train.validation import ValidationSection
 
 
@@ -60,6 +61,7 @@ class OptimSection(StrictModel):
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
+    decay: Decay = "constant"  # after warm-up: hold lr (PathLDM), or a cosine to 0 at max_steps
     grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
     min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
 
@@ -247,6 +249,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     )
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
+    from histoldm.train.lr_schedule import lr_scheduler as make_lr_scheduler
     from histoldm.train.objective import DiffusionObjective
     from histoldm.train.validation import ValidationGrid
 
@@ -297,8 +300,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     unet.to(device, memory_format=memory_format).train()
     o = cfg.optim
     optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 if o.warmup_steps == 0 else min(1.0, (s + 1) / o.warmup_steps))
-    schedule = {"warmup_steps": o.warmup_steps}  # what the lambda is built from, kept in checkpoints
+    lr_scheduler, schedule = make_lr_scheduler(optimizer, o.warmup_steps, o.decay, cfg.max_steps)  # schedule: kept in checkpoints
     ema = EMA(unet, cfg.ema_decay) if cfg.ema else None
     objective = DiffusionObjective(cfg.model.prediction_type, o.min_snr_gamma, device)
     table = text.table_with_uncond()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
+from histoldm.train.lr_schedule import Decay
 
 
 class TrainVAEConfig(StrictModel):
@@ -32,6 +33,7 @@ class TrainVAEConfig(StrictModel):
     steps: int = Field(20000, gt=0, description="optimizer steps")
     batch_size: int = Field(8, gt=0, description="patches per step")
     lr: float = Field(1e-4, gt=0, description="learning rate")
+    decay: Decay = Field("constant", description="learning rate after the start: constant, or a cosine to 0 at the last step")
     kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term")
     crop: int | None = Field(None, ge=8, description="random square crop of this many pixels (default: whole patches)")
     image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels first (default: as stored)")
@@ -150,7 +152,7 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
 
 # Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads, its memory
 # layout, and the learning rate (applied from the resumed step on, like the LDM trainer's optimizer settings).
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "channels_last", "resume", "device", "lr"}
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "channels_last", "resume", "device", "lr", "decay"}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -218,6 +220,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import ResumableSampler
+    from histoldm.train.lr_schedule import lr_scheduler as make_lr_scheduler
 
     started = time.time()
 
@@ -229,18 +232,18 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     resume_from = resolve_resume(out, cfg.resume)
     _check_same_training(out, cfg, resume_from is not None)
 
-    # Model and optimizer (constant LR), restored from the latest checkpoint when there is one; the lr is the config's.
+    # Model and optimizer (constant LR or a cosine to 0), restored from the latest checkpoint when there is one; the lr is the config's.
     torch.manual_seed(cfg.seed)
     memory_format = training_memory_format(cfg.channels_last, device)
     model = _load_model(cfg.init).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    lr_scheduler, schedule = make_lr_scheduler(optimizer, 0, cfg.decay, cfg.steps)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     step, optimizer_changes = 0, {}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None)
+        state = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, schedule=schedule)
         step, optimizer_changes = state["step"], state["optimizer_changes"]
         truncate_stats(out / "stats.jsonl", step)
         print(f"train-vae: resumed from {resume_from} at step {step}")
@@ -264,7 +267,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             if x is not None and ((step + 1) % cfg.log_every == 0 or last):
                 append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": float(loss), "time": time.time()}])
             if (step + 1) % cfg.checkpoint_every == 0 or last:
-                save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1)
+                save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1,
+                                schedule=schedule)
     del batches
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
