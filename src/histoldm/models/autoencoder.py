@@ -1,6 +1,6 @@
 """The first stage: a diffusers VQModel or AutoencoderKL behind one encode/decode interface.
 
-A spec is a preset name (`vq-f4`, `kl-f4`, `kl-f4-tiny`: random weights, seeded, for tests and
+A spec is a preset name (`vq-f4`, `kl-f4`, `kl-f4-tiny`, `kl-f4-lite`: random weights, seeded, for tests and
 training from scratch), a local folder written by `save_pretrained`, or a hub id. The class is
 read from the folder's `config.json` (`_class_name`), never guessed.
 

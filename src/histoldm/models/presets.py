@@ -2,8 +2,9 @@
 
 `pathldm` is PathLDM's UNet exactly (CompVis openaimodel: 192 channels, mult 1-2-3-5, one head per
 attention layer; 400.92M parameters with context 512). `pathldm-h64` differs only in using
-64-channel heads (3, 6, 9, 15 heads), which lets SDPA use flash kernels. `small` and `tiny` are for
-CPU demos and tests.
+64-channel heads (3, 6, 9, 15 heads), which lets SDPA use flash kernels. `small`, `tiny` and `tiny-mid`
+are for CPU demos and tests; `tiny-mid` (the demo's) is `tiny` with cross-attention in the middle block only:
+0.6-0.7x the training step, and with a cosine lr the demo's condition adherence held (benchmarks/RESULTS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(1, 2, 3),
         norm_num_groups=32,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    ),
+    "tiny-mid": dict(  # tiny with cross-attention in the middle block only
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        attention_head_dim=(1, 2),
+        norm_num_groups=8,
         flip_sin_to_cos=True,
         freq_shift=0,
     ),
@@ -92,6 +103,17 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=2,
+    ),
+    "kl-f4-lite": dict(  # kl-f4-tiny with 32 channels at the middle resolution too: the demo's
+        kind="kl",
+        in_channels=3,
+        out_channels=3,
+        latent_channels=3,
+        block_out_channels=(32, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=16,
     ),
     "kl-f4-tiny": dict(
         kind="kl",

@@ -40,7 +40,7 @@ INDEX = "index.parquet"
 
 class EncodeLatentsConfig(StrictModel):
     store: Path = Field(description="patch store folder (with patches.parquet)")
-    vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | local folder | hub id")
+    vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | kl-f4-lite | local folder | hub id")
     out: Path = Field(description="output folder")
     batch_size: int = Field(32, description="patches per encoder call")
     shard_size: int = Field(8192, description="patches per shard file")
