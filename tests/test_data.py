@@ -241,6 +241,16 @@ def test_synthetic_tiles_same_as_dilating_the_whole_tile(monkeypatch) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(tiles, before, strict=True))
 
 
+def test_synthetic_tiles_rendered_in_processes_are_the_same_files(tmp_path: Path) -> None:
+    one = make_synthetic_dataset(tmp_path / "one", n_cases=2, tiles_per_case=3, seed=0, size=64)
+    two = make_synthetic_dataset(tmp_path / "two", n_cases=2, tiles_per_case=3, seed=0, size=64, workers=2)
+    assert one["patches"] == two["patches"] == 6
+    for table in ("patches.parquet", "scores.parquet", "attributes.parquet"):
+        assert pq.read_table(tmp_path / "one" / table).equals(pq.read_table(tmp_path / "two" / table))
+    pngs = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(pngs) == 6 and all((tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in pngs)
+
+
 def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     store = tmp_path / "syn"
     r = make_synthetic_dataset(store, n_cases=3, tiles_per_case=4, seed=0, size=256)

@@ -132,38 +132,54 @@ def level_name(value: float) -> str:
     return "high" if value >= 0.5 else "low"
 
 
-def make_synthetic_dataset(out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256) -> dict[str, Any]:
+def _write_tile(job: tuple[int, int, int, int, str]) -> tuple[dict, dict, dict]:
+    """Render, encode and write one tile; its patch, score and truth rows. Depends only on the job."""
+    seed, c, t, size, out = job
+    case_id = f"SYN-{c:04d}"
+    slide_id = f"{case_id}-S1"
+    rng = np.random.default_rng((seed, c, t, 1))
+    tumor_high, til_high = rng.random() < 0.5, rng.random() < 0.5
+    tumor = rng.uniform(0.65, 1.0) if tumor_high else rng.uniform(0.0, 0.35)
+    til = rng.uniform(0.65, 1.0) if til_high else rng.uniform(0.0, 0.35)
+    fat = rng.uniform(0.0, 0.4)
+    rgb = render_tile(tumor, til, fat, (seed, c, t, 2), size)
+    x, y = t * size, 0
+    patch_id = f"{slide_id}_{x}_{y}"
+    rel = image_relpath(slide_id, patch_id)
+    (Path(out) / rel).write_bytes(png_bytes(rgb))  # tables, written last, mark the dataset complete
+    return ({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "x": x, "y": y, "level": 0,
+             "mpp": 1.0, "tissue_fraction": round(1 - fat, 4), "path": rel, "extent": float(size)},
+            {"patch_id": patch_id, "prob_tumor": round(tumor, 4), "prob_til": round(til, 4)},
+            {"patch_id": patch_id, "case_id": case_id, "tumor": level_name(tumor), "til": level_name(til),
+             "tumor_intensity": round(tumor, 4), "til_intensity": round(til, 4), "fat_target": round(fat, 4)})
+
+
+def make_synthetic_dataset(out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256,
+                           workers: int = 1) -> dict[str, Any]:
     """Write a patch store of synthetic tiles plus scores.parquet and attributes.parquet (the truth).
 
     Each tile draws tumor and TIL as high or low (balanced), an intensity within that level
     (high: 0.65-1.0, low: 0.0-0.35, used as prob_tumor / prob_til) and a fat share (0-0.4).
-    Case ids are SYN-0000, SYN-0001, ...; one slide per case.
+    Case ids are SYN-0000, SYN-0001, ...; one slide per case. `workers` > 1 renders tiles in that many
+    processes (the same files: each tile depends only on its job); the demo passes its free cores.
     """
-    started = time.time()
-    out = Path(out_store)
-    rows, scores, attrs = [], [], []
-    for c in tqdm(range(n_cases), desc="synthetic", unit="case"):
-        case_id = f"SYN-{c:04d}"
-        slide_id = f"{case_id}-S1"
-        (out / "patches" / slide_id).mkdir(parents=True, exist_ok=True)
-        for t in range(tiles_per_case):
-            rng = np.random.default_rng((seed, c, t, 1))
-            tumor_high, til_high = rng.random() < 0.5, rng.random() < 0.5
-            tumor = rng.uniform(0.65, 1.0) if tumor_high else rng.uniform(0.0, 0.35)
-            til = rng.uniform(0.65, 1.0) if til_high else rng.uniform(0.0, 0.35)
-            fat = rng.uniform(0.0, 0.4)
-            rgb = render_tile(tumor, til, fat, (seed, c, t, 2), size)
-            x, y = t * size, 0
-            patch_id = f"{slide_id}_{x}_{y}"
-            rel = image_relpath(slide_id, patch_id)
-            (out / rel).write_bytes(png_bytes(rgb))  # tables, written last, mark the dataset complete
-            rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "x": x, "y": y, "level": 0,
-                         "mpp": 1.0, "tissue_fraction": round(1 - fat, 4), "path": rel, "extent": float(size)})
-            scores.append({"patch_id": patch_id, "prob_tumor": round(tumor, 4), "prob_til": round(til, 4)})
-            attrs.append({"patch_id": patch_id, "case_id": case_id, "tumor": level_name(tumor), "til": level_name(til),
-                          "tumor_intensity": round(tumor, 4), "til_intensity": round(til, 4), "fat_target": round(fat, 4)})
     import pyarrow as pa
 
+    started = time.time()
+    out = Path(out_store)
+    for c in range(n_cases):
+        (out / "patches" / f"SYN-{c:04d}-S1").mkdir(parents=True, exist_ok=True)
+    jobs = [(seed, c, t, size, str(out)) for c in range(n_cases) for t in range(tiles_per_case)]
+    progress = dict(total=len(jobs), desc="synthetic", unit="tile")
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:  # spawn: no forked torch/OpenMP state
+            results = list(tqdm(pool.map(_write_tile, jobs, chunksize=max(1, len(jobs) // (4 * workers))), **progress))
+    else:
+        results = [_write_tile(job) for job in tqdm(jobs, **progress)]
+    rows, scores, attrs = (list(column) for column in zip(*results))
     write_parquet(out / "scores.parquet", pa.Table.from_pylist(scores, schema=pa.schema(
         [("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])))
     write_parquet(out / "attributes.parquet", pa.Table.from_pylist(attrs))

@@ -102,12 +102,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from histoldm.html_report import caption_rows, stage_manifests, write_report
 
     started = time.time()
-    set_cpu_threads(cfg.threads)
+    threads = set_cpu_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
     # Data: the CC0 slide + synthetic cases, scores, synthetic reports, a patient-level split.
-    data = build_demo_data(out / "data", cfg.data)
+    data = build_demo_data(out / "data", cfg.data, workers=threads)  # the synthetic tiles: one process per free core
     # Summaries at the paper's best budget with the offline extractive backend.
     summaries = summarize(data["reports"], out / "summaries.jsonl", cfg.budget)
     # Autoencoder and latent cache, then captions -> text cache -> training -> sampling -> metrics.

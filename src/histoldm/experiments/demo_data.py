@@ -36,8 +36,9 @@ def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
     return [{"case_id": case, "text": r["text"]} for case, r in zip(cases, reports)]
 
 
-def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
-    """Tile the CC0 slide, add synthetic cases, score, merge, write reports and a patient-level split."""
+def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[str, Path]:
+    """Tile the CC0 slide, add synthetic cases (rendered in `workers` processes), score, merge, write reports
+    and a patient-level split."""
     from histoldm.assets import asset_path
     from histoldm.data.scores import ScoresConfig, run_scores
     from histoldm.data.splits import SplitConfig, run_split
@@ -52,7 +53,8 @@ def build_demo_data(work: Path, cfg: DemoDataConfig) -> dict[str, Path]:
                             size=cfg.patch_size, overlap=cfg.overlap))
         run_scores(ScoresConfig(store=slide_store, proxy=True))
         if not (synthetic_store / "patches.parquet").is_file():
-            make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size)
+            make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size,
+                                   workers=workers)
         merge_stores([slide_store, synthetic_store], store)
     reports = work / "reports.jsonl"
     if not reports.is_file():
