@@ -130,6 +130,24 @@ def test_sweep_floor_refuses_one_seed_twice(sweep_out, tmp_path):
         run_seed_floor(SeedFloorConfig(first=samples, second=samples, out=tmp_path))
 
 
+def test_floor_reuses_the_first_sets_features_only_for_its_own_images(sweep_out, tmp_path):
+    from histoldm.errors import UserError
+    from histoldm.evaluate import features as F
+    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+    from histoldm.evaluate.run import fake_image_paths
+
+    work = sweep_out / "budget-20"
+    cfg = SeedFloorConfig(first=work / "samples", second=work / "samples-seed1", out=tmp_path / "a", kid_subsets=10)
+    given = F.extract_features(fake_image_paths(cfg.first), F.load_extractor(), workers=0)
+    fresh = run_seed_floor(cfg).metrics
+    reused = run_seed_floor(cfg.model_copy(update={"out": tmp_path / "b"}), first_features=given).metrics
+    assert reused["fid"]["value"] == pytest.approx(fresh["fid"]["value"], rel=1e-6)
+    assert reused["kid"]["mean"] == pytest.approx(fresh["kid"]["mean"], rel=1e-6, abs=1e-9)
+    others = F.FeatureSet(given.features[:-1], given.paths[:-1], [], given.image_format)
+    with pytest.raises(UserError, match="other images"):
+        run_seed_floor(cfg.model_copy(update={"out": tmp_path / "c"}), first_features=others)
+
+
 def test_sweep_html_report_shows_each_budget(sweep_out):
     html = (sweep_out / "report.html").read_text()
     for budget in (20, 154):

@@ -38,8 +38,12 @@ def _sample_set(folder: Path) -> tuple[dict, list[str]]:
     return settings, sorted(r["id"] for r in read_jsonl(folder / "index.jsonl"))
 
 
-def run_seed_floor(cfg: SeedFloorConfig) -> EvaluateResult:
-    """FID and KID between two seeds' sample sets of the same captions; writes OUT/metrics.json."""
+def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = None) -> EvaluateResult:
+    """FID and KID between two seeds' sample sets of the same captions; writes OUT/metrics.json.
+
+    `first_features`: the first set's features when the caller already has them (`histoldm evaluate`'s
+    EvaluateResult.fake_features, made with this config's extractor and resize); they must cover exactly
+    the first folder's images. Saves extracting that set again (a quarter of the demo's Inception time)."""
     from histoldm.manifest import write_manifest
 
     started = time.time()
@@ -53,7 +57,13 @@ def run_seed_floor(cfg: SeedFloorConfig) -> EvaluateResult:
     if seed_a == seed_b:
         raise UserError(f"{cfg.second}: sampled with the same seed as {cfg.first} ({seed_a}); the floor needs two seeds")
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
-    a = _extract(cfg, extractor, fake_image_paths(cfg.first), f"seed {seed_a} features")
+    first_paths = fake_image_paths(cfg.first)
+    if first_features is None:
+        a = _extract(cfg, extractor, first_paths, f"seed {seed_a} features")
+    elif sorted(map(str, first_features.paths + [Path(s["file"]) for s in first_features.skipped])) == sorted(map(str, first_paths)):
+        a = first_features
+    else:
+        raise UserError(f"{cfg.first}: the features given for it are of other images")
     b = _extract(cfg, extractor, fake_image_paths(cfg.second), f"seed {seed_b} features")
     protocol = _base_protocol(cfg, extractor).extend(n_real=len(a.paths), n_fake=len(b.paths), image_format_real=a.image_format,
                                                      image_format_fake=b.image_format, feature_dim=a.features.shape[1], seeds=(seed_a, seed_b))

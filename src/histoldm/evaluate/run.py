@@ -125,6 +125,8 @@ class EvaluateResult:
 
     out: Path
     metrics: dict[str, Any]
+    fake_features: F.FeatureSet | None = None  # the generated set's features, kept in memory for a caller that measures
+                                               # more against them (the demo's noise floor); not written to disk
 
 
 def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
@@ -298,7 +300,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
         started=started, seed=cfg.seed, skipped=skipped,
     )
     shutil.rmtree(parts, ignore_errors=True)
-    return EvaluateResult(out, metrics)
+    return EvaluateResult(out, metrics, fake_fs)
 
 
 def report_lines(metrics: dict) -> list[str]:
