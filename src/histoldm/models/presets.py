@@ -45,16 +45,6 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         flip_sin_to_cos=True,
         freq_shift=0,
     ),
-    "tiny-mid": dict(  # tiny with cross-attention in the middle block only
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        attention_head_dim=(1, 2),
-        norm_num_groups=8,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-    ),
     "tiny": dict(
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -66,6 +56,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         freq_shift=0,
     ),
 }
+# tiny with cross-attention in the middle block only (one transformer block instead of four): the demo's
+UNET_PRESETS["tiny-mid"] = dict(UNET_PRESETS["tiny"], down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
 
 AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
     # PathLDM's first stage: CompVis vq-f4 (fine-tuned on TCGA-BRCA). Latents 3x64x64 at 256 px.
@@ -104,17 +96,6 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=2,
     ),
-    "kl-f4-lite": dict(  # kl-f4-tiny with 32 channels at the middle resolution too: the demo's
-        kind="kl",
-        in_channels=3,
-        out_channels=3,
-        latent_channels=3,
-        block_out_channels=(32, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=16,
-    ),
     "kl-f4-tiny": dict(
         kind="kl",
         in_channels=3,
@@ -127,6 +108,8 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=16,
     ),
 }
+# kl-f4-tiny with 32 channels at the middle resolution too (0.74x its training step): the demo's
+AUTOENCODER_PRESETS["kl-f4-lite"] = dict(AUTOENCODER_PRESETS["kl-f4-tiny"], block_out_channels=(32, 32, 64))
 
 
 def unet_kwargs(preset: str, *, context_dim: int, latent_channels: int = 3, sample_size: int = 64) -> dict[str, Any]:
