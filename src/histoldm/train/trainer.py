@@ -24,7 +24,7 @@ from pydantic import Field
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
-from histoldm.train.lr_schedule import Decay
+from histoldm.train.lr_schedule import Decay, make_lr_scheduler
 from histoldm.train.validation import ValidationSection
 
 
@@ -249,7 +249,6 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     )
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
-    from histoldm.train.lr_schedule import lr_scheduler as make_lr_scheduler
     from histoldm.train.objective import DiffusionObjective
     from histoldm.train.validation import ValidationGrid
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
-from histoldm.train.lr_schedule import Decay
+from histoldm.train.lr_schedule import Decay, make_lr_scheduler
 
 
 class TrainVAEConfig(StrictModel):
@@ -220,7 +220,6 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from histoldm.manifest import write_manifest
     from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
     from histoldm.train.data import ResumableSampler
-    from histoldm.train.lr_schedule import lr_scheduler as make_lr_scheduler
 
     started = time.time()
 
