@@ -1,7 +1,7 @@
 """The learning-rate schedule both trainers share: linear warm-up, then constant or a cosine to zero.
 
-A cosine to zero at the last step is what lets the demo's short runs train the UNet and the autoencoder in
-fewer, better steps (benchmarks/RESULTS.md, issue 18); constant after warm-up is PathLDM's.
+A cosine to zero at the last step is what let the demo's short UNet run take fewer, better steps
+(benchmarks/RESULTS.md, issue 18); constant after warm-up is PathLDM's and stays the default.
 """
 
 from __future__ import annotations
