@@ -21,6 +21,7 @@ HERE = Path(".")
     ("recipe.train.data.latents=elsewhere", "config key 'recipe.train.data.latents': set by the experiment"),
     ("recipe.sample.seed=3", "config key 'recipe.sample.seed': set by the experiment from recipe.seed"),
     ("recipe.autoencoder=models/vq", "config key 'recipe.train_vae': used only when recipe.autoencoder is a KL preset"),
+    ("recipe.train.model.unet_preset=tiny-midd", "config key 'recipe.train.model.unet_preset': unknown UNet preset 'tiny-midd'"),
 ])
 def test_demo_refuses_a_bad_stage_key_in_one_line_before_any_compute(tmp_path, capsys, override, says):
     out = tmp_path / "demo"

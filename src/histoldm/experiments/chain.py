@@ -33,6 +33,7 @@ from histoldm.data.export import export_patches, split_items
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, atomic_write_jsonl
 from histoldm.memory import PeakRSS
+from histoldm.models.presets import AUTOENCODER_PRESETS, UNET_PRESETS
 
 if TYPE_CHECKING:
     from histoldm.evaluate.run import EvaluateConfig
@@ -90,7 +91,9 @@ class ModelRecipe(StrictModel):
                                             f"'{self.autoencoder}' is used as is")
         latents_config(self, _HERE, self.autoencoder, _HERE)
         text_config(self, _HERE, _HERE)
-        train_config(self, "x", _HERE, _HERE, _HERE, _HERE, _HERE)
+        preset = train_config(self, "x", _HERE, _HERE, _HERE, _HERE, _HERE).model.unet_preset
+        if preset not in UNET_PRESETS:  # the trainer finds out only after the autoencoder has trained
+            raise key_error(("train", "model", "unet_preset"), f"unknown UNet preset '{preset}' (choose from {', '.join(UNET_PRESETS)})")
         sample_config(self, _HERE, _HERE, _HERE, self.seed, _HERE)
         evaluate_config(self, _HERE, _HERE, _HERE, _HERE, self.n_samples, 1.0)
         return self
@@ -128,8 +131,6 @@ def _common_key(given: dict[str, Any], owned: dict[str, Any]) -> tuple[str, ...]
 
 
 def trains_autoencoder(recipe: ModelRecipe) -> bool:
-    from histoldm.models.presets import AUTOENCODER_PRESETS
-
     return AUTOENCODER_PRESETS.get(recipe.autoencoder, {}).get("kind") == "kl"
 
 
