@@ -126,7 +126,7 @@ def test_old_option_spellings_still_fill_the_same_keys():
     assert cfg.fractions == {"train": 0.5, "test": 0.5}
     assert resolve_config(parse(["tile", "sl", "--out", "st", "--shard", "1/4"]), TileConfig).shard == (1, 4)
     assert resolve_config(parse(["demo", "--train-steps", "7"]), DemoConfig).recipe.train["max_steps"] == 7
-    cfg = resolve_config(parse(["train", "--config", str(ROOT / "configs" / "pathldm.yaml"), "--init-from", "b"]), TrainConfig)
+    cfg = resolve_config(parse(["train", "--config", "pathldm", "--init-from", "b"]), TrainConfig)
     assert cfg.model.init_from == Path("b")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from histoldm.config_files import SHIPPED_DIR
 from histoldm.config import load_config, read_yaml
 from histoldm.devices import resolve_dtype, sampling_numerics
 from histoldm.errors import UserError
@@ -112,14 +113,14 @@ def test_shipped_configs_use_the_one_vocabulary():
     from histoldm.train.trainer import TrainConfig
 
     names = {"auto", "float32", "bfloat16", "float16"}
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    for path in sorted(SHIPPED_DIR.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"\b(bf16|fp16|fp32)\b\s*(#|$)", text, re.M), f"{path}: old dtype spelling"
         raw = read_yaml(path)
         for block in (raw, raw.get("recipe") or {}):
             if "precision" in block:
                 assert block["precision"] in names, path
-    assert TrainConfig.model_validate(read_yaml(ROOT / "configs" / "train_tiny.yaml")).precision == "float32"
+    assert TrainConfig.model_validate(read_yaml(SHIPPED_DIR / "train_tiny.yaml")).precision == "float32"
 
 
 def test_cpu_dtypes_as_before():

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from histoldm.config_files import SHIPPED_DIR
 from histoldm.cli import main
 from histoldm.config import load_config
 from histoldm.experiments.chain import ModelRecipe, evaluate_config, train_config, vae_config
 from histoldm.experiments.sweep import SweepConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = SHIPPED_DIR
 HERE = Path(".")
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from builders import write_patch_store
+from histoldm.config_files import SHIPPED_DIR
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.models.bundle import read_bundle_meta
@@ -23,7 +24,7 @@ from histoldm.train.checkpoint import read_latest
 from histoldm.train.lr_schedule import lr_factor
 from histoldm.train.trainer import TrainConfig, run_train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = SHIPPED_DIR
 CAPTIONS = ["high tumor; low til; invasive carcinoma", "low tumor; high til; lymphocytes", "low tumor; low til; stroma"]
 DIM, LENGTH, SIZE = 16, 6, 8
 

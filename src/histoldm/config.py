@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
+from histoldm.config_files import config_file
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input
 
@@ -99,7 +100,9 @@ def load_config(
     path: Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> C:
-    """Defaults <- YAML file <- overrides (command-line flags that were given, and --set pairs)."""
+    """Defaults <- YAML file (a path, or a shipped config's name) <- overrides (command-line flags that were
+    given, and --set pairs)."""
+    path = config_file(path) if path else None
     from_file: dict[str, Any] = read_yaml(path) if path else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:

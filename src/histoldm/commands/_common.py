@@ -44,7 +44,7 @@ def add_command(sub: Any, name: str, help: str, example: str, run: Callable[[arg
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config file; options given on the command line override it")
+    parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config's name (`histoldm config list`); options given on the command line override it")
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE",
         help="override one config key (repeatable; dotted keys for nested fields); wins over an option for the same key",

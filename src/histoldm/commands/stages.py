@@ -170,7 +170,7 @@ COMMANDS = (
                  "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
                  "histoldm.train.latents:EncodeLatentsConfig", "run_encode_latents", _encode_latents, positional="store"),
     StageCommand("train", "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
-                 "histoldm train --config configs/histoldm.yaml --set data.latents=work/latents --resume latest",
+                 "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
                  "histoldm.train.trainer:TrainConfig", "run_train", _train, dry_run=True, nested={"--init-from": "model.init_from"}),
     StageCommand("sample", "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
                  "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
@@ -188,7 +188,7 @@ COMMANDS = (
                  "histoldm demo --out demo-out", "histoldm.experiments.demo:DemoConfig", "run_demo", _demo,
                  nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")}),
     StageCommand("sweep", "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
-                 "histoldm sweep --config configs/sweep_demo.yaml", "histoldm.experiments.sweep:SweepConfig", "run_sweep", _sweep, dry_run=True),
+                 "histoldm sweep --config sweep_demo", "histoldm.experiments.sweep:SweepConfig", "run_sweep", _sweep, dry_run=True),
 )
 
 
