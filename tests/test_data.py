@@ -494,3 +494,31 @@ def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, c
         assert err.startswith(f"histoldm: {typed}: ") or f" {typed}: " in err, err
         assert ".tmp" not in err and ("is an existing folder" in err or "is a file)" in err), err
     assert list(folder.iterdir()) == []
+
+
+def test_split_warns_of_an_empty_split_and_says_how_many_cases_it_needs(tmp_path: Path, capsys) -> None:
+    """Three cases at 0.8/0.1/0.1 all land in train: said on stderr (and in the manifest) with the case count
+    each empty split needs; a share that fits three cases gives no warning."""
+    cases = tmp_path / "cases.csv"
+    cases.write_text("case_id\nA\nB\nC\n")
+    assert main(["split", "--cases", str(cases), "--out", str(tmp_path / "s.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "test 0, train 3, val 0 cases" in out
+    lines = err.strip().splitlines()
+    assert lines == ["warning: split test has no case: 0.1 of 3 cases rounds to none; it gets one from 4 cases on "
+                     "(or give it a larger share with --fractions)",
+                     "warning: split val has no case: 0.1 of 3 cases rounds to none; it gets one from 7 cases on "
+                     "(or give it a larger share with --fractions)"]
+    assert len(json.loads((tmp_path / "s.json.manifest.json").read_text())["warnings"]) == 2
+    for n, need in ((4, {"test": 1, "val": 0}), (7, {"test": 1, "val": 1})):  # the counts the warning names are the real ones
+        split = run_split(SplitConfig(cases=_cases_csv(tmp_path, n), out=tmp_path / f"s{n}.json"))
+        assert {k: v for k, v in split.counts.items() if k != "train"} == need
+    assert main(["split", "--cases", str(cases), "--out", str(tmp_path / "s2.json"), "--fractions", "train=0.8,test=0.2"]) == 0
+    out, err = capsys.readouterr()
+    assert "test 1, train 2 cases" in out and err == ""
+
+
+def _cases_csv(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / f"cases{n}.csv"
+    path.write_text("case_id\n" + "".join(f"C{i}\n" for i in range(n)))
+    return path

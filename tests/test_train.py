@@ -754,3 +754,16 @@ def test_shipped_training_configs_name_a_split():
 
     for name in ("train_tiny.yaml", "histoldm.yaml", "pathldm.yaml"):
         assert read_yaml(CONFIGS / name)["data"].get("split"), name
+
+
+def test_train_vae_with_a_split_of_no_held_out_case_names_the_split(tmp_path, capsys):
+    """--split given, every case in train: the error names the split file and how to split again, never
+    '--split' or holdout_patches (the advice for a run without a split)."""
+    store = write_patch_store(tmp_path / "store", n=9)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"cases": {"test": [], "train": ["c0", "c1", "c2"], "val": []}}))
+    assert main(["train-vae", str(store), "--out", str(tmp_path / "vae"), "--init", "kl-f4-tiny", "--steps", "1",
+                 "--split", str(split), "--set", "workers=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{split}: puts 3 of the 3 cases" in err and "0 in its other splits" in err
+    assert "--fractions" in err and "--split" not in err and "holdout_patches" not in err

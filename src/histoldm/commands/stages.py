@@ -62,6 +62,8 @@ def _summarize(r: SummarizeResult, cfg: Any) -> None:
 
 def _split(r: SplitResult, cfg: Any) -> None:
     print(f"{r.out}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()) + " cases")
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _captions(r: CaptionsResult, cfg: Any) -> None:

@@ -63,6 +63,22 @@ def _counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+def cases_needed(fractions: dict[str, float], name: str) -> int:
+    """The fewest cases with which split `name` (fraction > 0) gets one under largest-remainder rounding."""
+    n = 1
+    while _counts(n, fractions)[name] == 0:
+        n += 1
+    return n
+
+
+def empty_part_warnings(counts: dict[str, int], fractions: dict[str, float]) -> list[str]:
+    """One line per split with a share of the cases but none of them: a test split of 0 cases gives no FID."""
+    n = sum(counts.values())
+    return [f"split {name} has no case: {fractions[name]:g} of {n} cases rounds to none; it gets one from "
+            f"{cases_needed(fractions, name)} cases on (or give it a larger share with --fractions)"
+            for name, k in sorted(counts.items()) if k == 0 and fractions.get(name, 0) > 0]
+
+
 def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
                 labels: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Assign each unique case to one split; stratified by `labels` when given."""
@@ -151,6 +167,7 @@ class SplitResult:
 
     out: Path
     counts: dict[str, int]
+    warnings: list[str]  # splits given a share of the cases but none (empty_part_warnings)
 
 
 def run_split(cfg: SplitConfig) -> SplitResult:
@@ -182,7 +199,8 @@ def run_split(cfg: SplitConfig) -> SplitResult:
                           stratify_by=cfg.stratify_by if labels else None)
     atomic_write_text(Path(cfg.out), text)
     produced = {k: len(v) for k, v in sorted(groups.items())}
+    warnings = [] if cfg.given else empty_part_warnings(produced, cfg.fractions)
     write_manifest(Path(cfg.out).with_name(Path(cfg.out).name + ".manifest.json"), stage="split", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet" if cfg.store else None, "cases": cfg.cases, "labels": cfg.labels, "given": cfg.given},
-                   produced=produced, started=started, seed=cfg.seed)
-    return SplitResult(Path(cfg.out), produced)
+                   produced=produced, started=started, seed=cfg.seed, extra={"warnings": warnings})
+    return SplitResult(Path(cfg.out), produced, warnings)

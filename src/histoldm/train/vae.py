@@ -71,10 +71,14 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
             held.add(c)
     train = [store / p for p, c in zip(table["path"], table["case_id"]) if c not in held]
     test = [store / p for p, c in zip(table["path"], table["case_id"]) if c in held]
+    if (not train or not test) and split is not None:
+        in_train = sum(c not in held for c in order)
+        raise UserError(f"{split}: puts {in_train} of the {len(order)} cases of {store} in train and {len(order) - in_train} in its other "
+                        f"splits ({len(train)} training, {len(test)} held-out patches); train-vae needs cases on both sides: "
+                        "split again with a larger test share (histoldm split --fractions train=0.8,test=0.2)")
     if not train or not test:
-        why = (f"split {split} leaves {len(train)} training and {len(test)} held-out patches" if split is not None else
-               f"holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of {len(table['path'])} for training")
-        raise UserError(f"{store}: {why} ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
+        raise UserError(f"{store}: holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of "
+                        f"{len(table['path'])} for training ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
                         "or lower --set holdout_patches=N")
     return train, test
 
