@@ -280,3 +280,17 @@ def test_hub_encoder_fails_fast_offline_and_names_the_offline_ones(tmp_path, mon
     with pytest.raises(UserError, match=r"vinid/plip: not in the local Hugging Face cache .*minilm.*tiny-clip"):
         load_text_encoder("vinid/plip")
     assert time.monotonic() - started < 10
+
+
+def test_encode_text_without_mode_takes_the_encoders_own(tmp_path, capsys):
+    """No --mode: minilm (the one real offline encoder) encodes in truncate, its only mode; a CLIP model in
+    PathLDM's; a mode the encoder cannot run is still refused."""
+    captions = tmp_path / "captions.txt"
+    captions.write_text(f"{SHORT}\n{LONG}\n", encoding="utf-8")
+    assert main(["encode-text", str(captions), "--text-encoder", "minilm", "--max-length", "32", "--out", str(tmp_path / "m")]) == 0
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert (meta["mode"], meta["max_length"], meta["dim"], meta["n_truncated"]) == ("truncate", 32, 384, 1)
+    assert main(["encode-text", str(captions), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["mode"] == "pathldm"
+    assert main(["encode-text", str(captions), "--text-encoder", "minilm", "--mode", "chunks", "--out", str(tmp_path / "x")]) == 2
+    assert "supports only mode truncate, not chunks" in capsys.readouterr().err

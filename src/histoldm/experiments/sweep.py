@@ -103,13 +103,13 @@ def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, Model
     if cfg.text_context == "recipe":
         return {b: r for b in summaries}
     text = r.settings("encode_text")
-    encoder = load_text_encoder(text["text_encoder"], text["mode"], None, device="cpu")
+    encoder = load_text_encoder(text["text_encoder"], text.get("mode"), None, device="cpu")
     recipes = {}
     for budget, path in summaries.items():
         texts = [rec["summary"] for rec in read_jsonl(path) if rec.get("status") != "failed" and rec.get("summary")]
         length = context_length(budget, texts, encoder)
         try:
-            load_text_encoder(text["text_encoder"], text["mode"], length, device="cpu")
+            load_text_encoder(text["text_encoder"], text.get("mode"), length, device="cpu")
         except UserError as e:
             raise UserError(f"budget {budget} needs a {length}-token text context ({CONTEXT_RULE}): {e}") from None
         recipes[budget] = r.model_copy(update={"encode_text": {**r.encode_text, "max_length": length}})

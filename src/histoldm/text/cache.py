@@ -44,7 +44,8 @@ META = "meta.json"
 class EncodeTextConfig(StrictModel):
     captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")
     text_encoder: str = Field("openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip")
-    mode: Literal["pathldm", "truncate", "chunks", "interpolate"] = Field("pathldm", description="long-caption encoding")
+    mode: Literal["pathldm", "truncate", "chunks", "interpolate"] | None = Field(
+        None, description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for BERT-style ones such as minilm)")
     max_length: int | None = Field(None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)")
     out: Path = Field(description="output folder")
     batch_size: int = Field(256, description="captions per encoder call")

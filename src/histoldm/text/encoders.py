@@ -187,6 +187,8 @@ def _folder_model_type(folder: Path) -> str:
         raise UserError(f"{config}: not valid JSON ({e.msg})") from None
 
 
+# The long-caption mode of each encoder kind when none is given.
+DEFAULT_MODES = {"clip": "pathldm", "bert": "truncate"}
 OFFLINE_ENCODERS = "--text-encoder minilm (bundled) or tiny-clip (random weights, for tests), or a folder saved with save_pretrained"
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -224,29 +226,33 @@ def _load_clip(name: str) -> torch.nn.Module:
 
 def load_text_encoder(
     name: str,
-    mode: str = "pathldm",
+    mode: str | None = None,
     max_length: int | None = 154,
     device: str = "cpu",
     dtype: torch.dtype | str | None = None,
 ) -> TextEncoder:
     """The encoder called `name` in long-caption `mode`; max_length None = the mode's natural length.
 
+    mode None: the encoder's own (`DEFAULT_MODES`): PathLDM's for CLIP models, `truncate` for BERT-style ones,
+    which read all tokens at once and have no other.
+
     dtype: a torch dtype, or a name resolved by `histoldm.devices.resolve_dtype` (None = auto: bfloat16 on a
     CUDA device that supports it, float32 elsewhere).
     """
     from histoldm.assets import asset_path
 
-    if mode not in lc.MODES:
+    if mode is not None and mode not in lc.MODES:
         raise UserError(f"text encoder mode {mode!r}: expected one of {', '.join(lc.MODES)}")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype or "auto", torch.device(device), stage="text encoder dtype")
+    clip_mode, bert_mode = mode or DEFAULT_MODES["clip"], mode or DEFAULT_MODES["bert"]
     if name == "tiny-clip":
-        return ClipTextEncoder(name, tiny_clip_model(), mode, max_length, device, torch_dtype)
+        return ClipTextEncoder(name, tiny_clip_model(), clip_mode, max_length, device, torch_dtype)
     if name == "minilm":
-        return BertTextEncoder(name, asset_path("minilm"), mode, max_length, device, torch_dtype)
+        return BertTextEncoder(name, asset_path("minilm"), bert_mode, max_length, device, torch_dtype)
     folder = Path(name)
     if folder.is_dir():
         if _folder_model_type(folder) in ("clip", "clip_text_model"):
-            return ClipTextEncoder(name, _load_clip(str(folder)), mode, max_length, device, torch_dtype)
-        return BertTextEncoder(name, folder, mode, max_length, device, torch_dtype)
-    return ClipTextEncoder(name, _load_clip(name), mode, max_length, device, torch_dtype)
+            return ClipTextEncoder(name, _load_clip(str(folder)), clip_mode, max_length, device, torch_dtype)
+        return BertTextEncoder(name, folder, bert_mode, max_length, device, torch_dtype)
+    return ClipTextEncoder(name, _load_clip(name), clip_mode, max_length, device, torch_dtype)
 
