@@ -311,8 +311,14 @@ def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, cap
                      "--fid-method", method, "--workers", "0"]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert abs(metrics["fid"]["value"]) < 1e-6 and metrics["fid"]["protocol"]["n_real"] == 5
-        assert "need real features" in metrics["kid"]["status"]
+        assert np.isfinite(metrics["kid"]["mean"]) and metrics["precision_recall"]["precision"] == 1.0  # from the stored features
     assert "FID" in capsys.readouterr().out
+    bare = tmp_path / "bare.npz"  # statistics without features: FID only, the others said to be skipped
+    assert main(["fid-ref", str(real), "--out", str(bare), "--extractor", str(ext), "--workers", "0", "--no-features"]) == 0
+    assert main(["evaluate", "--real", str(bare), "--fake", str(real), "--out", str(tmp_path / "e-bare"), "--extractor", str(ext), "--workers", "0"]) == 0
+    metrics = json.loads((tmp_path / "e-bare" / "metrics.json").read_text())
+    assert abs(metrics["fid"]["value"]) < 1e-6 and "need real features" in metrics["kid"]["status"]
+    assert "KID skipped: real given as statistics without features" in capsys.readouterr().out
 
     def fails(args, message):
         assert main(args) == 2
@@ -460,3 +466,36 @@ def test_fid_protocol_is_frozen_and_extended_into_new_objects():
         "protocol": "clean", "resize": "bicubic", "resize_detail": "d", "resize_where": "w", "extractor": "e", "extractor_sha256": "ab" * 32,
         "n_fake": 4, "image_format_fake": "png", "feature_dim": 2048, "n_real": 5, "image_format_real": "png", "seeds": [0, 1], "fid_method": "eigh"}}
     assert "fid_method" not in sets.as_dict() and "N real 5, N fake 4" in sets.line()
+
+
+def test_evaluate_against_fid_ref_statistics_gives_the_folders_metrics(tmp_path, capsys):
+    """fid-ref keeps the features: evaluate --real STATS.npz gives the FID, KID and precision/recall that
+    --real FOLDER gives on the same images; statistics of another protocol are one line, exit 2."""
+    real, fake, ext = _folder(tmp_path, "real", 7, 32), _folder(tmp_path, "fake", 6, 32), save_pool_extractor(tmp_path / "pool.pt")
+    base = ["--fake", str(fake), "--extractor", str(ext), "--workers", "0", "--kid-subsets", "4", "--fid-method", "eigh"]
+    stats = tmp_path / "test_stats.npz"
+    assert main(["fid-ref", str(real), "--out", str(stats), "--extractor", str(ext), "--workers", "0"]) == 0
+    assert main(["evaluate", "--real", str(real), "--out", str(tmp_path / "from-folder"), *base]) == 0
+    assert main(["evaluate", "--real", str(stats), "--out", str(tmp_path / "from-stats"), *base]) == 0
+    printed = capsys.readouterr().out
+    folder, saved = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("from-folder", "from-stats"))
+    assert saved["fid"]["value"] == pytest.approx(folder["fid"]["value"], rel=1e-9) and folder["fid"]["value"] > 0.01
+    assert saved["kid"]["mean"] == pytest.approx(folder["kid"]["mean"], rel=1e-5, abs=1e-9)
+    assert saved["precision_recall"]["precision"] == folder["precision_recall"]["precision"]
+    assert saved["precision_recall"]["recall"] == folder["precision_recall"]["recall"]
+    assert saved["kid"]["protocol"]["n_real"] == 7 and "KID skipped" not in printed
+    assert main(["evaluate", "--real", str(stats), "--out", str(tmp_path / "x"), *base, "--protocol", "pytorch-fid"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{stats}: statistics made with resize=bicubic, this run uses legacy" in err
+
+
+def test_small_sets_print_the_fid_caveat_beside_the_number(tmp_path, capsys):
+    """4 against 4 images: the printed FID line carries the small-N note with both N, not only metrics.json."""
+    real, fake = _folder(tmp_path, "real", 4, 32), _folder(tmp_path, "fake", 4, 32)
+    ext = save_pool_extractor(tmp_path / "pool.pt")
+    assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(tmp_path / "e"), "--extractor", str(ext),
+                 "--workers", "0", "--kid-subsets", "2"]) == 0
+    fid_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("FID "))
+    note = json.loads((tmp_path / "e" / "metrics.json").read_text())["fid"]["note"]
+    assert "N = 4 real / 4 generated" in note and "biased upward" in note
+    assert fid_line.index(note) < fid_line.index("[protocol")  # beside the number, before the protocol

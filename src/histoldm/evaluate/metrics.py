@@ -75,13 +75,29 @@ def _imag_too_large(m: np.ndarray) -> bool:
     return np.iscomplexobj(m) and not np.allclose(np.diagonal(m).imag, 0, atol=IMAG_TOLERANCE)
 
 
-def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, protocol: dict[str, Any]) -> None:
-    """pytorch-fid layout (`mu`, `sigma`) plus `protocol` (a JSON string; pytorch-fid ignores it)."""
+def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, protocol: dict[str, Any], features: np.ndarray | None = None) -> None:
+    """pytorch-fid layout (`mu`, `sigma`) plus `protocol` (a JSON string) and, when given, the `features` (float32,
+    N x dim) the statistics came from, so KID and precision/recall can be measured against them (pytorch-fid
+    ignores both)."""
     import io
 
+    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64), "protocol": np.array(json.dumps(protocol, sort_keys=True))}
+    if features is not None:
+        arrays["features"] = np.asarray(features, np.float32)
     buf = io.BytesIO()
-    np.savez(buf, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), protocol=np.array(json.dumps(protocol, sort_keys=True)))
+    np.savez(buf, **arrays)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_features(path: Path, mu: np.ndarray, n: Any) -> np.ndarray | None:
+    """The features a statistics file keeps (None when it has none), checked against its mu and its protocol's N."""
+    with np.load(Path(path), allow_pickle=False) as f:
+        if "features" not in f:
+            return None
+        features = f["features"]
+    if features.ndim != 2 or features.shape[1] != mu.size or (isinstance(n, int) and len(features) != n):
+        raise UserError(f"{path}: stored features {features.shape} do not fit its statistics ({mu.size}-d, N {n}); remake them with `histoldm fid-ref`")
+    return features
 
 
 def load_stats(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:

@@ -55,7 +55,7 @@ class ExtractConfig(StrictModel):
 
 
 class EvaluateConfig(ExtractConfig):
-    real: Path = Field(description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (then FID only)")
+    real: Path = Field(description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)")
     fake: Path = Field(description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)")
     out: Path = Field(description="output folder: metrics.json, real_stats.npz, manifest.json")
     fid_method: M.FidMethod = Field("sqrtm", description="matrix square root: sqrtm (pytorch-fid) or eigh (same value, ~10x faster on CPU)")
@@ -79,6 +79,7 @@ class EvaluateConfig(ExtractConfig):
 class FidRefConfig(ExtractConfig):
     images: Path = Field(description="folder of real images")
     out: Path = Field(description="the .npz to write")
+    features: bool = Field(True, description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` gives KID and precision/recall as well as FID")
 
 
 def fake_image_paths(fake: Path) -> list[Path]:
@@ -140,18 +141,18 @@ def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
     fs = _extract(cfg, extractor, paths, "real features")
     protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
                                                      image_size=F.image_sizes(fs.paths), feature_dim=fs.features.shape[1])
-    M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol.as_dict())
+    M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol.as_dict(), fs.features if cfg.features else None)
     write_manifest(
         Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
-        produced={"stats": str(cfg.out), "n": len(fs.paths)}, started=started, skipped=fs.skipped,
+        produced={"stats": str(cfg.out), "n": len(fs.paths), "features": cfg.features}, started=started, skipped=fs.skipped,
     )
     return FidRefResult(Path(cfg.out), protocol, fs.skipped)
 
 
 def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None,
-               protocol: FidProtocol) -> tuple[np.ndarray, np.ndarray, F.FeatureSet | None, FidProtocol]:
-    """mu, sigma of the real set, its features when it is a folder (KID and P/R need them), and the
-    protocol with the real set's count and format."""
+               protocol: FidProtocol) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, FidProtocol]:
+    """mu, sigma of the real set, its features (KID and P/R need them: a folder's, or those `fid-ref` kept
+    in the statistics; None for statistics without them), and the protocol with the real set's count and format."""
     if real_fs is None:
         real = Path(cfg.real)
         mu, sigma, ref = M.load_stats(real)
@@ -162,14 +163,14 @@ def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSe
             protocol = protocol.extend(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         if mu.size != protocol.feature_dim:
             raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol.feature_dim}-d")
-        return mu, sigma, None, protocol
+        return mu, sigma, M.load_features(real, mu, protocol.n_real), protocol
     fs = real_fs
     protocol = protocol.extend(n_real=len(fs.paths), image_format_real=fs.image_format)
     mu, sigma = _stats(fs, cfg.real)
     stats_protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
                                                            image_size=protocol.image_size_real, feature_dim=fs.features.shape[1])
     M.save_stats(cfg.out / "real_stats.npz", mu, sigma, stats_protocol.as_dict())
-    return mu, sigma, fs, protocol
+    return mu, sigma, fs.features, protocol
 
 
 def _stats(fs: F.FeatureSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -257,24 +258,26 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
         return None
     protocol = protocol.extend(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
-    mu_r, sigma_r, real_fs, protocol = _real_side(cfg, extractor, real_fs, protocol)
+    mu_r, sigma_r, real_features, protocol = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
     fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
     metrics: dict = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid)}
     n_real = protocol.n_real if isinstance(protocol.n_real, int) else len(mu_r)
     if min(n_real, len(fake_fs.paths)) < len(mu_r):
-        metrics["fid"]["note"] = "fewer images than feature dimensions: singular covariance, FID biased upward; compare only at equal N"
-    if real_fs is None:
-        why = "real given as statistics: KID and precision/recall need real features (give a folder)"
+        metrics["fid"]["note"] = (f"N = {n_real} real / {len(fake_fs.paths)} generated, fewer than the {len(mu_r)} feature dimensions: "
+                                  "singular covariance, FID biased upward; compare only at equal N")
+    if real_features is None:
+        why = ("real given as statistics without features: KID and precision/recall need real features "
+               "(give the folder, or statistics from `histoldm fid-ref`, which keeps them)")
         metrics["kid"] = metrics["precision_recall"] = {"status": why}
     else:
-        kid_mean, kid_std = M.kid(real_fs.features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
-        size = min(cfg.kid_subset_size, len(real_fs.paths), len(fake_fs.paths))
+        kid_mean, kid_std = M.kid(real_features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        n_r, n_f = len(real_features), len(fake_fs.paths)
+        size = min(cfg.kid_subset_size, n_r, n_f)
         metrics["kid"] = protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(mean=kid_mean, std=kid_std)
-        n_r, n_f = len(real_fs.paths), len(fake_fs.paths)
         if min(n_r, n_f) > cfg.pr_k:
-            precision, recall = M.precision_recall(real_fs.features, fake_fs.features, k=cfg.pr_k)
+            precision, recall = M.precision_recall(real_features, fake_fs.features, k=cfg.pr_k)
             metrics["precision_recall"] = protocol.extend(k=cfg.pr_k).entry(precision=precision, recall=recall)
         else:  # the k-th nearest neighbour within a set needs more than k images in it
             why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
@@ -307,7 +310,8 @@ def report_lines(metrics: dict) -> list[str]:
     """Human-readable lines, the protocol beside every number."""
     from histoldm.evaluate.adherence import adherence_line
 
-    lines = [f"FID {metrics['fid']['value']:.3f}  [{metrics['fid']['protocol_line']}]"]
+    fid = metrics["fid"]
+    lines = [f"FID {fid['value']:.3f}" + (f" ({fid['note']})" if fid.get("note") else "") + f"  [{fid['protocol_line']}]"]
     kid = metrics["kid"]
     lines.append(f"KID {kid['mean']:.5f} +- {kid['std']:.5f}  [{kid['protocol_line']}, {kid['protocol']['kid_subsets']} subsets of {kid['protocol']['kid_subset_size']}]" if "mean" in kid else f"KID skipped: {kid['status']}")
     pr = metrics["precision_recall"]
