@@ -499,3 +499,20 @@ def test_small_sets_print_the_fid_caveat_beside_the_number(tmp_path, capsys):
     note = json.loads((tmp_path / "e" / "metrics.json").read_text())["fid"]["note"]
     assert "N = 4 real / 4 generated" in note and "biased upward" in note
     assert fid_line.index(note) < fid_line.index("[protocol")  # beside the number, before the protocol
+
+
+def test_noise_floor_records_both_sets_image_sizes(tmp_path):
+    """The seed-to-seed floor's protocol names the image sizes as evaluate's does (its line read 'size real None')."""
+    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+
+    folders = []
+    for seed in (0, 1):
+        folder = _folder(tmp_path, f"seed{seed}", 5, 32)
+        (folder / "settings.json").write_text(json.dumps({"seed": seed, "steps": 4}))
+        (folder / "index.jsonl").write_text("".join(json.dumps({"id": p.stem, "file": p.name}) + "\n" for p in sorted(folder.glob("*.png"))))
+        folders.append(folder)
+    floor = run_seed_floor(SeedFloorConfig(first=folders[0], second=folders[1], out=tmp_path / "floor", kid_subsets=2, workers=0,
+                                           extractor=save_pool_extractor(tmp_path / "pool.pt"))).metrics
+    for key in ("fid", "kid"):
+        assert (floor[key]["protocol"]["image_size_real"], floor[key]["protocol"]["image_size_fake"]) == ("32x32", "32x32")
+        assert "size real 32x32 / fake 32x32" in floor[key]["protocol_line"] and "None" not in floor[key]["protocol_line"]

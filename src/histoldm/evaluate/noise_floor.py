@@ -66,7 +66,8 @@ def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = N
         raise UserError(f"{cfg.first}: the features given for it are of other images")
     b = _extract(cfg, extractor, fake_image_paths(cfg.second), f"seed {seed_b} features")
     protocol = _base_protocol(cfg, extractor).extend(n_real=len(a.paths), n_fake=len(b.paths), image_format_real=a.image_format,
-                                                     image_format_fake=b.image_format, feature_dim=a.features.shape[1], seeds=(seed_a, seed_b))
+                                                     image_format_fake=b.image_format, image_size_real=F.image_sizes(a.paths),
+                                                     image_size_fake=F.image_sizes(b.paths), feature_dim=a.features.shape[1], seeds=(seed_a, seed_b))
     fid = M.frechet_distance(*M.gaussian_stats(a.features), *M.gaussian_stats(b.features), method=cfg.fid_method)
     kid_mean, kid_std = M.kid(a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
     size = min(cfg.kid_subset_size, len(a.paths), len(b.paths))
