@@ -767,3 +767,24 @@ def test_train_vae_with_a_split_of_no_held_out_case_names_the_split(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{split}: puts 3 of the 3 cases" in err and "0 in its other splits" in err
     assert "--fractions" in err and "--split" not in err and "holdout_patches" not in err
+
+
+def test_init_from_prints_skipped_keys_grouped_with_counts(tmp_path, caches, capsys):
+    """cin256-v2's file order: schedule buffers, UNet, dozens of first-stage tensors, the class embedder last.
+    Every group is printed with its count, so the class embedder is named however many tensors come before it."""
+    from test_convert import compvis_layout, random_state, schedule_buffers
+
+    full = random_state(compvis_layout("tiny", "vq-f4-tiny", context_dim=DIM, clip=dict(width=16, layers=1, intermediate=32)))
+    first_stage = {k: v for k, v in full.items() if k.startswith("first_stage_model.") and ".loss." not in k}
+    assert len(first_stage) > 20
+    state = schedule_buffers() | {k: v for k, v in full.items() if k.startswith("model.diffusion_model.")} | first_stage
+    state["cond_stage_model.embedding.weight"] = torch.randn(1001, DIM)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+    assert main(_train_args(tmp_path, caches, ckpt, "max_steps=1", f"run_dir={tmp_path / 'run'}")) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 tensor, class embedder (CompVis ClassEmbedder" in printed and "cond_stage_model.embedding.weight" in printed
+    assert f"skipped {len(first_stage)} tensors, first stage (autoencoder)" in printed
+    assert "skipped 3 tensors, diffusion schedule buffer" in printed and "betas, alphas_cumprod, sqrt_alphas_cumprod" in printed
+    init = json.loads((tmp_path / "run" / "init.json").read_text())
+    assert len(init["skipped"]) == len(first_stage) + 5 and f"{len(init['skipped'])} skipped" in printed  # + scale_factor

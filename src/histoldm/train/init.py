@@ -49,6 +49,19 @@ class InitReport:
         return asdict(self)
 
 
+def skipped_lines(skipped: list[dict[str, str]], names_shown: int = 3) -> list[str]:
+    """The skipped keys grouped by reason, each group with its count and first names, so a group of one
+    (cin256-v2's class embedder) is seen beside hundreds of first-stage tensors; groups in file order."""
+    groups: dict[str, list[str]] = {}
+    for s in skipped:
+        groups.setdefault(s["reason"], []).append(s["key"])
+    lines = []
+    for reason, keys in groups.items():
+        more = f", ... ({len(keys) - names_shown} more)" if len(keys) > names_shown else ""
+        lines.append(f"skipped {len(keys)} {'tensor' if len(keys) == 1 else 'tensors'}, {reason}: {', '.join(keys[:names_shown])}{more}")
+    return lines
+
+
 def compvis_init(unet: torch.nn.Module) -> int:
     """CompVis openaimodel's zero_module: each resnet's output conv (conv2), each spatial transformer's
     proj_out and the final conv_out start at zero, so every block starts as the identity and the

@@ -155,7 +155,7 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
 def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path, say=print) -> dict:
     """The UNet's starting weights, chosen when a run starts; a resumed run's come from its checkpoint,
     and what it started from is read back from RUN/init.json for the manifest."""
-    from histoldm.train.init import compvis_init, load_init_weights
+    from histoldm.train.init import compvis_init, load_init_weights, skipped_lines
 
     if resume_from is not None:
         if cfg.model.init_from is not None:
@@ -164,9 +164,9 @@ def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path,
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if cfg.model.init_from is not None:
         report = load_init_weights(cfg.model.init_from, unet).as_dict()
-        say(f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped"
-              + "".join(f"\n  skipped {s['key']}: {s['reason']}" for s in report["skipped"][:20])
-              + (f"\n  ... ({len(report['skipped'])} in all, listed in {run_dir / INIT_FILE})" if len(report["skipped"]) > 20 else ""))
+        listed = f" (each listed in {run_dir / INIT_FILE})" if report["skipped"] else ""
+        say(f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped{listed}"
+            + "".join(f"\n  {line}" for line in skipped_lines(report["skipped"])))
         return report
     return {"source": "scratch", "init": cfg.model.init, "zeroed": compvis_init(unet) if cfg.model.init == "compvis" else 0}
 
