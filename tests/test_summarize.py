@@ -602,13 +602,63 @@ def test_local_backend_generates_and_its_replies_go_through_the_budget_check(tmp
     assert len(reply.text.split()) == 6 and set(reply.text.split()) <= set(WORDS)
     assert reply.usage["completion_tokens"] == 6 and reply.usage["prompt_tokens"] > 0
 
-    # end to end: six words never fit a 1-token budget, so after the last attempt the case is cut to fit
+    # end to end: six words (one clause) never fit a 1-token budget, and a reply is cut only after a whole
+    # clause, so after the last attempt the case fails with the reason
     _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(1, seed=3))
     out = tmp_path / "s.jsonl"
     assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(out), "--backend", "local", "--model", str(tiny_local_lm),
-                 "--budget", "1", "--max-tokens", "6", "--max-attempts", "2"]) == 0
+                 "--budget", "1", "--max-tokens", "6", "--max-attempts", "2"]) == 2  # every case of the run failed
     [record] = list(read_jsonl(out))
-    assert record["status"] == "truncated" and record["attempts"] == 2, record
-    assert "still over budget after 2 attempts (shortest reply" in record["error"]
+    assert record["status"] == "failed" and record["attempts"] == 2, record
+    assert "still over budget after 2 attempts, and no whole clause of the shortest reply" in record["error"]
     assert record["usage"]["completion_tokens"] == 12  # both attempts generated
-    assert record["summary"] in WORDS and record["tokens"] == 1  # the shortest reply's first word
+
+
+def test_llm_over_budget_reply_is_cut_after_whole_clauses_only(tmp_path):
+    """An over-budget reply is cut where a clause ends (; or .): the comma inside "ER, PR positive" is no
+    place to cut ("...; LVI present; ER." was written); a reply whose first clause alone is over budget fails."""
+    reply = "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; LVI present; ER, PR positive; HER2 negative; margins negative."
+    budget = 21
+    assert truncate_to_budget(reply, budget).endswith("; LVI present; ER.")  # the fragment a comma cut leaves
+    report = _table_report("c", "Lymphovascular invasion is present.")
+    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": "c", "text": report},
+                                              {"case_id": "d", "text": _table_report("d", "Lymphovascular invasion is present.")}])
+    with ScriptedChatServer({"c": [reply], "d": ["Invasive ductal carcinoma of no special type, Nottingham grade 2 of 3, measuring 2.1 cm in "
+                                                 "greatest dimension, with lymphovascular invasion present and receptors as stated."]}) as server:
+        run_summarize(_llm_cfg(tmp_path, server.url, budget=budget, max_attempts=2))
+    records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert records["c"]["status"] == "truncated" and records["c"]["tokens"] <= budget
+    assert records["c"]["summary"] == "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; LVI present."
+    assert records["d"]["status"] == "failed" and "no whole clause of the shortest reply" in records["d"]["error"]
+
+
+def test_summarize_lists_failed_cases_with_reasons_on_screen_and_in_the_manifest(tmp_path, capsys):
+    """Twelve cases the server refuses and one it answers: each failed id with its reason, the first ten
+    printed then a count, all twelve in the manifest's skipped (before: only 'failed 12')."""
+    reports = [{"case_id": f"TCGA-AA-{i:04d}", "text": f"CASE c{i} MODE auth"} for i in range(12)]
+    reports.append({"case_id": "TCGA-BB-0001", "text": "CASE ok MODE ok"})
+    _write_jsonl(tmp_path / "reports.jsonl", reports)
+    out = tmp_path / "out.jsonl"
+    with FlakyChatServer() as server:
+        assert main(["summarize", str(tmp_path / "reports.jsonl"), "--out", str(out), "--backend", "openai", "--model", "m",
+                     "--base-url", server.url, "--api-key-env", "HISTOLDM_TEST_NO_SUCH_KEY", "--max-attempts", "1"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
+    listed = [line for line in printed if line.startswith("failed: ")]
+    assert [line.split(": ")[1] for line in listed] == [f"TCGA-AA-{i:04d}" for i in range(10)]
+    assert all(len(line.split(": ", 2)[2]) > 5 for line in listed)  # each with its reason
+    assert "12 cases failed (2 more; all listed in the manifest's skipped)" in printed[-1]
+    skipped = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["skipped"]
+    assert [s["case_id"] for s in skipped] == [f"TCGA-AA-{i:04d}" for i in range(12)]
+    assert all(s["reason"].startswith("failed: ") for s in skipped)
+
+
+def test_an_out_file_of_other_settings_names_only_what_differs(tmp_path):
+    """Another budget with the extractive backend: the message names the budgets, not 'prompt None'."""
+    _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(2, seed=1))
+    cfg = SummarizeConfig(input=tmp_path / "r.jsonl", out=tmp_path / "s.jsonl", budget=35)
+    run_summarize(cfg)
+    with pytest.raises(UserError) as err:
+        run_summarize(cfg.model_copy(update={"budget": 20}))
+    assert str(err.value) == f"{tmp_path / 's.jsonl'}: holds summaries made with budget 35; this run asks budget 20; choose another --out"
+    with pytest.raises(UserError, match="made with backend extractive, no prompt \\(extractive backend\\); this run asks backend openai, the prompt [0-9a-f]{12};"):
+        run_summarize(cfg.model_copy(update={"backend": "openai", "model": "m"}))

@@ -58,6 +58,12 @@ def _summarize(r: SummarizeResult, cfg: Any) -> None:
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
     print(f"{r.out}: {r.written} written ({counts}), {r.skipped_finished} already done; manifest {r.manifest}")
+    shown = 10
+    for f in r.failed[:shown]:
+        print(f"failed: {f['case_id']}: {f['reason']}")
+    if r.failed:
+        more = f"{len(r.failed) - shown} more; " if len(r.failed) > shown else ""
+        print(f"{len(r.failed)} cases failed ({more}all listed in the manifest's skipped); fix the cause and re-run with --retry-failed")
 
 
 def _split(r: SplitResult, cfg: Any) -> None:

@@ -2,7 +2,8 @@
 
 The last resort of every backend: a summary over budget is cut at the last clause boundary
 (; , . :) that fits, else at a word boundary, else at a token boundary, so a caption never
-exceeds the length the text encoder was trained with.
+exceeds the length the text encoder was trained with. An LLM's reply is cut at whole clauses only
+(`whole_clause_prefixes`): its commas and colons also run inside a finding ("ER, PR positive").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from histoldm.text.tokenizer import clip_tokenizer, count_tokens, token_ids
 
 _CLAUSE_END = re.compile(r"[;,.:](?=\s|$)")
+_WHOLE_CLAUSE_END = re.compile(r"[;.!?](?=\s|$)")
 _TRAILING = " ;,:-/("
 
 
@@ -51,3 +53,12 @@ def truncate_to_budget(text: str, budget: int) -> str:
     while decoded and count_tokens(decoded) > budget:
         decoded = decoded[:-1].rstrip()
     return decoded
+
+
+def whole_clause_prefixes(text: str, budget: int) -> list[str]:
+    """The prefixes of `text` that end where a clause ends (; . ! ?) and fit the budget, longest first, each
+    ending in a full stop: "...; LVI present; ER, PR positive" is cut to "...; LVI present.", never "...; ER."."""
+    text = " ".join(text.split())
+    cuts = sorted({m.start() for m in _WHOLE_CLAUSE_END.finditer(text)} | {len(text)}, reverse=True)
+    prefixes = (text[:cut].rstrip(_TRAILING) for cut in cuts)
+    return [_with_full_stop(p, budget) for p in prefixes if p and count_tokens(p) <= budget]

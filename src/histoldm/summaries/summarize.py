@@ -3,7 +3,7 @@
 Resumable and crash-safe: each finished case is appended to the output JSONL and flushed at
 once, and a re-run skips every case id already there, so a crash loses at most the requests in
 flight. A case is never dropped silently: it ends `ok`, `regenerated` (needed feedback rounds),
-`truncated` (still over budget after the last attempt, cut at a clause boundary) or `failed`
+`truncated` (still over budget after the last attempt, cut after a whole clause) or `failed`
 (with the reason). Every summary, from any backend, is checked against its report
 (`consistency`): a reply that drops a negation or states the opposite of a finding goes back to
 the model with the contradiction named, and a case whose replies all contradict the report fails. LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
@@ -28,6 +28,7 @@ from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl, read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
+from histoldm.summaries.budget import whole_clause_prefixes
 from histoldm.summaries.consistency import contradictions
 from histoldm.summaries.llm import ChatBackend, PermanentError, TransientError
 from histoldm.summaries.loading import Report, load_reports
@@ -153,8 +154,6 @@ def summarize_with_llm(cfg: SummarizeConfig, backend: ChatBackend, template: Pro
 
 def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
     """The regeneration loop: retry errors with backoff; over-budget, empty or contradicting replies with feedback."""
-    from histoldm.summaries.extractive import safe_truncate
-
     messages = render(template, report.text, cfg.budget)
     usage: dict[str, int] | None = None  # stays None unless the backend reports usage
     best_over: tuple[int, str] | None = None  # the shortest over-budget reply, for the last resort
@@ -193,14 +192,17 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
             note = feedback(n, cfg.budget)
         messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": note}]
         feedback_rounds += 1
-    if best_over is not None and (cut := safe_truncate(report.text, best_over[1], cfg.budget)):
-        return {
-            "status": "truncated",
-            "summary": cut,
-            "attempts": attempt,
-            "usage": usage,
-            "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut at a clause boundary",
-        }
+    if best_over is not None:  # the longest run of whole clauses that fits and states nothing the report contradicts
+        cut = next((c for c in whole_clause_prefixes(best_over[1], cfg.budget) if not contradictions(report.text, c)), None)
+        if cut:
+            return {
+                "status": "truncated",
+                "summary": cut,
+                "attempts": attempt,
+                "usage": usage,
+                "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut after a whole clause",
+            }
+        last_error = f"still over budget after {attempt} attempts, and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
     return {"status": "failed", "attempts": attempt, "usage": usage, "error": f"{attempt} attempts failed; last: {last_error}"}
 
 
@@ -239,17 +241,31 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
     if not cfg.out.exists():
         return {}
     done: dict[str, str] = {}
+    mine = {"budget": cfg.budget, "backend": cfg.backend, "prompt_sha256": prompt_sha}
     for rec in read_jsonl(cfg.out):
-        mine = (cfg.budget, cfg.backend, prompt_sha)
-        theirs = (rec.get("budget"), rec.get("backend"), rec.get("prompt_sha256"))
-        if theirs != mine:
-            def describe(b: Any, be: Any, sha: Any) -> str:
-                return f"budget {b}, backend {be}, prompt {str(sha)[:12]}"
-
-            raise UserError(f"{cfg.out}: holds summaries made with {describe(*theirs)}; this run asks {describe(*mine)}; choose another --out")
+        if differ := [k for k, v in mine.items() if rec.get(k) != v]:
+            raise UserError(f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; this run asks {_settings(mine, differ)}; "
+                            "choose another --out")
         if rec.get("status") in STATUSES:
             done[rec["case_id"]] = rec["status"]
     return done
+
+
+def _settings(record: dict[str, Any], keys: list[str]) -> str:
+    """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f', 'no prompt (extractive)'."""
+    def one(key: str) -> str:
+        value = record.get(key)
+        if key == "prompt_sha256":
+            return f"the prompt {str(value)[:12]}" if value else "no prompt (extractive backend)"
+        return f"{key} {value}"
+
+    return ", ".join(one(k) for k in keys)
+
+
+def _failed_cases(out: Path) -> list[dict[str, str]]:
+    """The file's failed cases (one line per case) with their reasons, by case id (the file is in finishing order)."""
+    failed = [{"case_id": r["case_id"], "reason": str(r.get("error"))} for r in read_jsonl(out) if r.get("status") == "failed"]
+    return sorted(failed, key=lambda f: f["case_id"])
 
 
 def _histogram(tokens: list[int], budget: int, bins: int = 8) -> list[tuple[str, int]]:
@@ -318,6 +334,7 @@ class SummarizeResult:
     counts: dict[str, int]  # this run's records by status
     all_counts: dict[str, int]  # the whole file's records by status
     duplicates: list[dict[str, str]]  # dropped duplicate reports: case_id, source, kept
+    failed: list[dict[str, str]]  # the whole file's failed cases: case_id, reason (--retry-failed tries them again)
     warnings: list[str]
     usage: dict[str, int]  # LLM tokens of this run: prompt_tokens, completion_tokens
     token_histogram: list[tuple[str, int]]  # this run's summary lengths (CLIP tokens) in bins up to the budget
@@ -410,6 +427,7 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
     if over:  # cannot happen by construction; a loud guard, since the budget is the stage's contract
         raise RuntimeError(f"{len(over)} summaries over budget: a bug in histoldm, please report it")
     all_counts = one_line_per_case(cfg.out)
+    failed = _failed_cases(cfg.out)
     _print_table(all_counts, counts, histogram, usage, cfg.out)
     manifest = write_manifest(
         manifest_path(cfg.out),
@@ -419,7 +437,8 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
         produced={"summaries": str(cfg.out), "cases": sum(all_counts.values()), "by_status": dict(all_counts), "this_run": dict(counts)},
         started=started,
         seed=cfg.seed,
-        skipped=[{"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"} for d in loaded.duplicates],
+        skipped=[{"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"} for d in loaded.duplicates]
+        + [{"case_id": f["case_id"], "reason": f"failed: {f['reason']}"} for f in failed],
         extra={"warnings": warnings, "usage_this_run": usage, "token_histogram_this_run": histogram},
     )
     if counts and counts["failed"] == sum(counts.values()):  # an outage or a wrong --base-url is not a success
@@ -434,6 +453,7 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
         counts=dict(counts),
         all_counts=dict(all_counts),
         duplicates=loaded.duplicates,
+        failed=failed,
         warnings=warnings,
         usage=usage,
         token_histogram=histogram,
