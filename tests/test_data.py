@@ -527,6 +527,20 @@ def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, 
     assert not (tmp_path / "store" / "patches.parquet").exists()
 
 
+def test_a_tile_run_that_tiles_nothing_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No readable slide: no store folder and no tiling.json, so a retry with another --size is not refused
+    as 'tiled with other settings' (the store holds no patch)."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "TCGA-AA-0001-01Z-00-DX1.svs").write_bytes(SLIDE.read_bytes()[:60_000])  # a download cut short
+    assert main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "128"]) == 2
+    assert not (tmp_path / "store").exists()
+    shutil.copy(SLIDE, slides / "TCGA-AA-0001-01Z-00-DX1.svs")  # downloaded again
+    capsys.readouterr()
+    assert main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "256", "--set", "min_tissue=0.5"]) == 0
+    assert PatchStore.open(tmp_path / "store").image(PatchStore.open(tmp_path / "store").patch_ids[0]).size == (256, 256)
+
+
 def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, TileResult],
                                                                 capsys: pytest.CaptureFixture) -> None:
     """An --out that cannot be written used to fail after the work, naming a `.split.json.*.tmp` file."""
