@@ -144,6 +144,8 @@ def test_every_stage_refuses_a_read_only_output_before_any_compute(chain, read_o
         err = capsys.readouterr().err
         assert err == f"histoldm {name}: error: {typed}: cannot write the output there ({ro} is not writable)\n", name
         assert time.perf_counter() - started < 5, name  # refused before the work, not after it
+    assert main(["import", "folder", str(c["store"] / "patches"), "--csv", str(tmp_path / "one.txt"), "--out", f"{ro}/imported"]) == 2
+    assert capsys.readouterr().err == f"histoldm import: error: {ro}/imported: cannot write the output there ({ro} is not writable)\n"
     assert not any(read_only_folder.iterdir())
 
 
