@@ -70,7 +70,7 @@ def test_train_stops_when_captions_are_not_in_the_text_cache(chain, tmp_path, ca
 
     assert main(_train_argv(local, tmp_path / "run")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{text}: 1 captions of {captions} (2 training patches) are not in the text cache" in err
+    assert err.count("\n") == 1 and f"{text}: 1 of the captions in {captions} (2 training pairs) are not in the text cache" in err
     assert not (tmp_path / "run").exists()
 
     # allowed: trains on the rest and says so in the manifest

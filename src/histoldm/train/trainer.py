@@ -221,13 +221,15 @@ def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
     if not missing:
         return
     if cfg.data.allow_missing_captions:
-        print(f"train: {missing} training patches left out: their {len(dataset.missing_captions)} captions are not in the text cache "
+        print(f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not in the text cache "
               "(data.allow_missing_captions)", file=sys.stderr)
         return
-    fix = (f"histoldm encode-text {cfg.data.captions} --out {cfg.data.text_cache} --text-encoder {text_meta['encoder']} "
-           f"--mode {text_meta['mode']} --max-length {text_meta['max_length']}")
-    raise UserError(f"{cfg.data.text_cache}: {len(dataset.missing_captions)} captions of {cfg.data.captions} ({missing} training patches) "
-                    f"are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them")
+    from shlex import quote
+
+    fix = (f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
+           f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} --max-length {text_meta['max_length']}")
+    raise UserError(f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} ({missing} training "
+                    f"pairs) are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them")
 
 
 def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
