@@ -197,13 +197,64 @@ def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, T
 
 def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(cmu_store: tuple[Path, TileResult], tmp_path: Path) -> None:
     out, _ = cmu_store
-    pid = PatchStore.open(out).patch_ids[0]
-    csv_path = tmp_path / "pct.csv"
-    csv_path.write_text(f"patch_id,prob_tumor\n{pid},85\n,0.2\n")
+    first, second = PatchStore.open(out).patch_ids[:2]
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text(f"patch_id,prob_tumor,prob_til\n{first},150,0.3\n,0.2,0.2\n{second},0.7,high\n")
     r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
     reasons = [s["reason"] for s in r.skipped]
-    assert r.scored == 0 and "not percentages" in reasons[0] and "unreadable row" in reasons[1]
+    assert r.scored == 2 and "outside [0, 1]" in reasons[0] and "unreadable row" in reasons[1] and "'high'" in reasons[2]
+    got = {row["patch_id"]: row for row in pq.read_table(tmp_path / "s.parquet").to_pylist()}
+    # each column on its own: the bad prob_tumor of the first row keeps its prob_til, and the other way round
+    assert got[first]["prob_tumor"] is None and got[first]["prob_til"] == pytest.approx(0.3)
+    assert got[second]["prob_tumor"] == pytest.approx(0.7) and got[second]["prob_til"] is None
     assert levels_of(1.0000001) == "high"  # float rounding of a mean just above 1 is clamped, not refused
+
+
+def _percent_csv(store: Path, path: Path) -> Path:
+    """Scores as a classifier's spreadsheet export may write them: percentages, one tumour value per patch."""
+    ids = PatchStore.open(store).patch_ids
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patch_id", "prob_tumor", "prob_til"])
+        for i, pid in enumerate(ids):
+            w.writerow([pid, 90 if i % 2 else 10, 0.8 if i % 3 == 0 else 0.2])  # prob_til is a probability
+    return path
+
+
+def test_scores_in_percent_are_refused_and_the_good_output_is_kept(cmu_store: tuple[Path, TileResult], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = cmu_store
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "scores.parquet"
+    assert main(["scores", str(out), "--proxy", "--out", str(good)]) == 0
+    before = good.read_bytes()
+    _percent_csv(out, tmp_path / "pct.csv")
+    capsys.readouterr()
+    assert main(["scores", str(out), "--csv", "pct.csv", "--out", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("histoldm scores: error: pct.csv: prob_tumor looks like percentages") and "--percent" in err
+    assert good.read_bytes() == before
+
+    # --percent: the percentage column divided by 100, the probability column as it is (each judged on its own)
+    assert main(["scores", str(out), "--csv", "pct.csv", "--percent", "--out", str(good)]) == 0
+    rows = pq.read_table(good).to_pylist()
+    assert [r["prob_tumor"] for r in rows] == pytest.approx([0.9 if i % 2 else 0.1 for i in range(len(rows))])
+    assert all(r["prob_til"] is not None for r in rows)
+
+
+def test_scores_that_score_nothing_never_replace_a_good_output(cmu_store: tuple[Path, TileResult], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    out, _ = cmu_store
+    good = tmp_path / "scores.parquet"
+    assert main(["scores", str(out), "--proxy", "--out", str(good)]) == 0
+    before = good.read_bytes()
+    stale = tmp_path / "other-store.csv"  # the CSV of another store: no patch id matches
+    stale.write_text("patch_id,prob_tumor\nelsewhere-1,0.4\nelsewhere-2,0.6\n")
+    capsys.readouterr()
+    assert main(["scores", str(out), "--csv", str(stale), "--out", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert f"{stale}: no patch of {out} got a score (2 rows skipped; first: line 2: unknown patch_id)" in err and "not written" in err
+    assert good.read_bytes() == before
 
 
 def test_deconvolution_inverts_composition() -> None:
@@ -474,6 +525,20 @@ def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]  # the lines above it are the progress bar
     assert "TCGA-AA-0001-01Z-00-DX1.svs" in err and "truncated or corrupt" in err and "1 more failed too" in err
     assert not (tmp_path / "store" / "patches.parquet").exists()
+
+
+def test_a_tile_run_that_tiles_nothing_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No readable slide: no store folder and no tiling.json, so a retry with another --size is not refused
+    as 'tiled with other settings' (the store holds no patch)."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "TCGA-AA-0001-01Z-00-DX1.svs").write_bytes(SLIDE.read_bytes()[:60_000])  # a download cut short
+    assert main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "128"]) == 2
+    assert not (tmp_path / "store").exists()
+    shutil.copy(SLIDE, slides / "TCGA-AA-0001-01Z-00-DX1.svs")  # downloaded again
+    capsys.readouterr()
+    assert main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "256", "--set", "min_tissue=0.5"]) == 0
+    assert PatchStore.open(tmp_path / "store").image(PatchStore.open(tmp_path / "store").patch_ids[0]).size == (256, 256)
 
 
 def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, TileResult],

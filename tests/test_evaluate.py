@@ -388,7 +388,7 @@ def test_outputs_and_inputs_are_checked_before_features(tmp_path, capsys, monkey
     fails(["fid-ref", str(real), "--out", str(existing), *base], f"{existing}: statistics file is an existing folder")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    fails(["fid-ref", str(real), "--out", str(blocker / "ref.npz"), *base], f"{blocker / 'ref.npz'}: cannot write the statistics file there ({blocker} is a file)")
+    fails(["fid-ref", str(real), "--out", str(blocker / "ref.npz"), *base], f"{blocker / 'ref.npz'}: cannot write the output there ({blocker} is a file)")
     fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(blocker), *base], f"{blocker}: output folder is an existing file")
     fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--adherence", *base], "adherence needs --captions")
     fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--adherence", "--captions",

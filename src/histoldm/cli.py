@@ -7,6 +7,7 @@ functions so that `--help` is instant. Expected mistakes (UserError) print one l
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         why = {FileExistsError: "exists as a file, expected a folder", IsADirectoryError: "is a folder, expected a file",
                NotADirectoryError: "a file stands where a folder is needed"}.get(type(e), e.strerror)
         sys.stderr.write(f"histoldm {args.command}: error: {e.filename}: {why}\n")
+        return 2
+    except OSError as e:
+        if e.errno != errno.EROFS:  # a read-only file system the output check could not foresee (mounted read-only since)
+            raise
+        sys.stderr.write(f"histoldm {args.command}: error: {e.filename}: read-only file system\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"histoldm {args.command}: interrupted; finished work is kept, re-run to resume\n")

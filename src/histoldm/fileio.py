@@ -215,13 +215,28 @@ def require_file(path: Path, what: str = "input") -> Path:
 
 
 
-def _require_writable_folder_for(path: Path, what: str) -> None:
-    """The nearest existing folder at or above `path`'s parent must be a folder this user can write in."""
-    folder = next((p for p in path.absolute().parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise UserError(f"{path}: cannot write the {what} there ({folder} is a file)")
-    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: cannot write the {what} there ({folder} is not writable)")
+def require_writable(path: Path, what: str = "output") -> Path:
+    """Fail early, with one line naming `path` as typed, when nothing can be written there: the folder
+    itself when it exists, else the nearest existing folder above it must be one this user can write in.
+    A read-only mount, an immutable folder or missing rights all read alike (os.access)."""
+    path = Path(path)
+    target = path.absolute() if path.is_dir() else path.absolute().parent
+    folder = next((p for p in (target, *target.parents) if p.exists()), None)
+    if folder is None:
+        return path
+    if not folder.is_dir():
+        raise UserError(f"{path}: cannot write the {what} there ({_as_typed(folder, path)} is a file)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write the {what} there ({_as_typed(folder, path)} is not writable)")
+    return path
+
+
+def _as_typed(folder: Path, path: Path) -> Path:
+    """`folder` spelled as the user spelled `path` (relative stays relative) where it is one of its ancestors."""
+    for candidate in (path, *path.parents):
+        if candidate.absolute() == folder:
+            return candidate
+    return folder
 
 
 def require_output_file(path: Path, what: str = "output file") -> Path:
@@ -230,8 +245,7 @@ def require_output_file(path: Path, what: str = "output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: {what} is an existing folder; give a file path")
-    _require_writable_folder_for(path, what)
-    return path
+    return require_writable(path, what)
 
 
 def require_output_folder(path: Path, what: str = "output folder") -> Path:
@@ -239,5 +253,4 @@ def require_output_folder(path: Path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: {what} is an existing file; give a folder")
-    _require_writable_folder_for(path / "_", what)
-    return path
+    return require_writable(path, what)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def write_manifest(
         "versions": package_versions(),
         "git_commit": git_commit(),
     }
+    if "torch" in sys.modules:  # a torch stage: how many CPU threads it ran with (--threads)
+        manifest["torch_threads"] = sys.modules["torch"].get_num_threads()
     if extra:
         manifest.update(extra)
     atomic_write_json(Path(path), manifest)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,12 +77,21 @@ class StageCommand:
     aliases: dict[str, str] = field(default_factory=dict)
     nested: dict[str, str | tuple[str, str]] = field(default_factory=dict)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict)
+    # Config keys naming where the stage writes; the first one set is checked writable before the stage runs.
+    writes: tuple[str, ...] = ("out",)
+    # What Ctrl-C leaves behind and how to go on, formatted with the config's fields ({out}).
+    interrupted: str = "what finished before it is kept; run the same command again"
+    torch_threads: bool = False  # a torch stage: --threads, set before the stage runs
 
     def add_to(self, sub: Any) -> None:
         parser = add_command(sub, self.name, self.help, self.example, self.execute, config=self.config, positional=self.positional,
                              aliases=self.aliases, nested=self.nested, converters=self.converters)
         if self.dry_run:
             parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        if self.torch_threads:
+            parser.add_argument("--threads", type=int, default=None, metavar="N",
+                                help="torch CPU threads (default: OMP_NUM_THREADS when set, else one per core no other process "
+                                     "is using at the start); recorded in the manifest")
 
     def execute(self, args: argparse.Namespace) -> int:
         module, _, model = self.config.partition(":")
@@ -91,7 +102,49 @@ class StageCommand:
 
             print(dump_config(cfg), end="")
             return 0
-        result = getattr(stage, self.run)(cfg)
+        self.check_output(cfg)
+        try:
+            with self.cpu_threads(args):
+                result = getattr(stage, self.run)(cfg)
+        except KeyboardInterrupt:
+            close_progress_bars()
+            kept = self.interrupted.format(**dict(cfg))
+            print(f"histoldm {self.name}: interrupted; {kept}", file=sys.stderr)
+            return 130
         if result is None:  # a non-main process under accelerate launch
             return 0
         return int(self.report(result, cfg) or 0)
+
+    @contextmanager
+    def cpu_threads(self, args: argparse.Namespace) -> Iterator[None]:
+        """A torch stage runs with --threads CPU threads (default: histoldm.devices.default_cpu_threads); the
+        caller's count comes back afterwards, so a stage called in-process changes nothing around it."""
+        if not self.torch_threads:
+            yield
+            return
+        import torch
+
+        from histoldm.devices import set_cpu_threads
+
+        before = torch.get_num_threads()
+        set_cpu_threads(args.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def check_output(self, cfg: BaseModel) -> None:
+        """Refuse an output nothing can be written to (read-only, no rights, a file in the way) before
+        any compute, naming the path as the user typed it."""
+        from histoldm.fileio import require_writable
+
+        where = next((getattr(cfg, key) for key in self.writes if getattr(cfg, key, None) is not None), None)
+        if where is not None:
+            require_writable(where)
+
+
+def close_progress_bars() -> None:
+    """End the open tqdm bars, so that a last message stands on a line of its own and no bar is redrawn after it."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()

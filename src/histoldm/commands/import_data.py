@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from histoldm.data.pathldm_import import import_folder, import_pathldm
     from histoldm.errors import UserError
+    from histoldm.fileio import require_writable
 
+    require_writable(args.out)  # as the stage shell checks every stage's output
     if args.mode == "pathldm":
         r = import_pathldm(args.source, args.out, args.npz, args.mpp)
     else:

@@ -25,7 +25,7 @@ from histoldm.config import StrictModel
 from histoldm.data.store import PatchStore
 from histoldm.tables import write_parquet
 from histoldm.errors import UserError
-from histoldm.fileio import read_text_input
+from histoldm.fileio import read_text_input, require_output_file
 from histoldm.manifest import write_manifest
 
 SCORES_SCHEMA = pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])
@@ -45,12 +45,15 @@ class ScoresConfig(StrictModel):
     heatmaps: Path | None = Field(None, description="folder of <slide_id>.npz grids (prob_tumor, prob_til[, stride])")
     stride: float | None = Field(None, gt=0, description="level-0 pixels per heat-map cell (or `stride` in each npz)")
     proxy: bool = Field(False, description="HEURISTIC scores from the images (demo only)")
+    percent: bool = Field(False, description="the CSV's scores are percentages (0-100): divide them by 100")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ScoresConfig":
         given = [n for n, v in (("csv", self.csv), ("heatmaps", self.heatmaps), ("proxy", self.proxy or None)) if v]
         if len(given) != 1:
             raise ValueError(f"give exactly one score source (csv, heatmaps or proxy), got {given or 'none'}")
+        if self.percent and not self.csv:
+            raise ValueError("percent reads a CSV's scores; it goes with csv only")
         return self
 
 
@@ -66,8 +69,37 @@ def probability(value: float | str | None) -> float | None:
     return min(max(float(value), 0.0), 1.0)
 
 
-def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
-    """Rows keyed by patch_id, or by slide_id + x + y; rows naming unknown patches/slides are skipped."""
+def _number(cell: str | None) -> float | None:
+    """A CSV cell as a float; blank, NA and NaN are unknown (None). Raises ValueError on anything else."""
+    if cell is None or cell.strip().lower() in {"", "nan", "na", "none"}:
+        return None
+    value = float(cell)
+    return None if math.isnan(value) else value
+
+
+def percent_scale(path: Path, rows: list[dict[str, str]], percent: bool) -> dict[str, float]:
+    """Per score column, what its values are multiplied by to be probabilities: 1/100 with `percent`,
+    else 1. A column whose values all lie in [0, 100] with some above 1 is refused unless `percent` says
+    so: read as probabilities every one of them would be out of range, and the patches left unscored."""
+    if percent:
+        return {c: 0.01 for c in SCORE_COLUMNS}
+    for column in SCORE_COLUMNS:
+        values = []
+        for row in rows:
+            try:
+                values.append(_number(row.get(column)))
+            except ValueError:
+                continue
+        values = [v for v in values if v is not None]
+        if values and min(values) >= 0 and max(values) <= 100 and max(values) > 1 + 1e-6:
+            raise UserError(f"{path}: {column} looks like percentages (values from {min(values):g} to {max(values):g}); "
+                            "pass --percent to read them as percentages, or write probabilities in [0, 1]")
+    return {c: 1.0 for c in SCORE_COLUMNS}
+
+
+def scores_from_csv(store: PatchStore, path: Path, percent: bool = False) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+    """Rows keyed by patch_id, or by slide_id + x + y; rows naming unknown patches/slides are skipped.
+    Each score column is judged on its own: a bad prob_tumor leaves the row's prob_til in place."""
     table = store.table.to_pydict()
     by_coord = {(s, x, y): p for p, s, x, y in zip(table["patch_id"], table.get("slide_id", []), table.get("x", []), table.get("y", []))}
     known_patches, known_slides = set(table["patch_id"]), set(table.get("slide_id", []))
@@ -79,7 +111,9 @@ def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, 
         raise UserError(f"{path}: needs a prob_tumor and/or prob_til column")
     if "patch_id" not in cols and not {"slide_id", "x", "y"} <= cols:
         raise UserError(f"{path}: needs a patch_id column, or slide_id, x and y columns")
-    for line, row in enumerate(reader, 2):
+    rows = list(reader)
+    scale = percent_scale(path, rows, percent)
+    for line, row in enumerate(rows, 2):
         try:
             if row.get("patch_id"):
                 pid = row["patch_id"]
@@ -95,9 +129,17 @@ def scores_from_csv(store: PatchStore, path: Path) -> tuple[dict[str, dict[str, 
                     skipped.append({"line": line, "slide_id": key[0], "reason": f"no patch at x={key[1]}, y={key[2]}"})
                     continue
                 pid = by_coord[key]
-            scores[pid] = {c: probability(row.get(c)) for c in SCORE_COLUMNS}
         except (ValueError, TypeError, KeyError) as e:
             skipped.append({"line": line, "reason": f"unreadable row ({e})"})
+            continue
+        scores[pid] = {}
+        for c in SCORE_COLUMNS:
+            try:
+                value = _number(row.get(c))
+                scores[pid][c] = probability(None if value is None else value * scale[c])
+            except (ValueError, TypeError) as e:
+                scores[pid][c] = None
+                skipped.append({"line": line, "patch_id": pid, "column": c, "reason": f"{c} {row.get(c)!r} unreadable ({e}); the row's other score kept"})
     return scores, skipped
 
 
@@ -165,6 +207,12 @@ def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
         raise UserError(f"{path}: {e}") from None
 
 
+def _describe(skip: dict[str, Any]) -> str:
+    """One skipped row or heat map as a phrase: where, then why."""
+    where = f"line {skip['line']}" if "line" in skip else str(skip.get("slide_id", ""))
+    return f"{where}: {skip['reason']}" if where else skip["reason"]
+
+
 @dataclass(frozen=True)
 class ScoresResult:
     """`histoldm scores`: the scores file and how many patches got scores, by which method."""
@@ -182,16 +230,22 @@ def run_scores(cfg: ScoresConfig) -> ScoresResult:
     store = PatchStore.open(cfg.store)
     out = Path(cfg.out) if cfg.out else Path(cfg.store) / "scores.parquet"
     skipped: list[dict[str, Any]] = []
+    require_output_file(out, "scores file")
     if cfg.csv:
-        scores, skipped = scores_from_csv(store, cfg.csv)
+        scores, skipped = scores_from_csv(store, cfg.csv, cfg.percent)
         method = "csv"
     elif cfg.heatmaps:
         scores, skipped = scores_from_heatmaps(store, cfg.heatmaps, cfg.stride)
         method = "heatmaps"
     else:
         scores, method = scores_from_proxy(store), "proxy-heuristic"
+    scored = sum(any(v is not None for v in scores.get(p, {}).values()) for p in store.patch_ids)
+    if scored == 0:  # an all-null table would replace a good one and leave every caption without levels
+        first = f"; first: {_describe(skipped[0])}" if skipped else ""
+        raise UserError(f"{cfg.csv or cfg.heatmaps}: no patch of {cfg.store} got a score ({len(skipped)} rows skipped{first}); "
+                        f"{out} not written")
     write_scores(out, store.patch_ids, scores)
-    produced = {"patches": len(store), "scored": len(scores), "method": method}
+    produced = {"patches": len(store), "scored": scored, "method": method}
     write_manifest(out.with_name(out.name + ".manifest.json"), stage="scores", config=cfg,
                    inputs={"store": Path(cfg.store) / "patches.parquet", "csv": cfg.csv, "heatmaps": cfg.heatmaps},
                    produced=produced, started=started, skipped=skipped)

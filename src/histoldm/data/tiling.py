@@ -142,6 +142,16 @@ def _check_params(out: Path, cfg: TileConfig) -> None:
     record_or_check_settings(out / PARAMS_FILE, params, f"{out}: store was tiled with other settings")
 
 
+def _remove_empty_store(out: Path, made_out: bool) -> None:
+    """Undo a first run that tiled nothing: its settings file, then every folder under the store left empty,
+    and the store's folder itself when this run made it; a folder holding any other file stays."""
+    (out / PARAMS_FILE).unlink(missing_ok=True)
+    folders = sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for folder in folders + ([out] if made_out else []):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def grid(length: int, extent: float, stride: float) -> list[int]:
     if length < extent:
         return []
@@ -282,6 +292,7 @@ def run_tile(cfg: TileConfig) -> TileResult:
     all_slides = find_slides(cfg.slides, cfg.extensions)
     ids = slide_ids(all_slides)  # over the whole list: every shard names a slide alike
     slides = all_slides[cfg.shard[0] :: cfg.shard[1]] if cfg.shard else all_slides
+    first_run, made_out = not (out / PARAMS_FILE).is_file(), not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _check_params(out, cfg)
 
@@ -306,6 +317,8 @@ def run_tile(cfg: TileConfig) -> TileResult:
     )
     table, pending = _store_table(out, [ids[p] for p in all_slides], results)
     if skipped and table.num_rows == 0 and not pending:  # no slide tiled by any job: an empty store would only fail later
+        if first_run:  # nothing tiled: leave no settings behind to refuse a retry with others
+            _remove_empty_store(out, made_out)
         more = f" ({len(skipped) - 1} more failed too; no slide could be tiled)" if len(skipped) > 1 else ""
         raise UserError(skipped[0]["reason"] + more)
     write_parquet(out / "patches.parquet", table)

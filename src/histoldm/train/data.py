@@ -69,15 +69,19 @@ class LatentTextDataset(torch.utils.data.Dataset):
         position = latents.positions()
         self.latents = latents
         rows_of: dict[int, list[int]] = {}
-        self.skipped = {"other_split": 0, "no_latent": 0, "caption_not_in_text_cache": 0}
+        self.skipped = {"other_split": 0, "no_latent": 0, "empty_caption": 0, "caption_not_in_text_cache": 0}
+        self.missing_captions: set[str] = set()  # captions encode-text has not cached (captions re-made since?)
         used_cases: set[str] = set()
         for pid, case, caption in zip(table["patch_id"], table["case_id"], table["caption"]):
             if cases is not None and str(case) not in cases:
                 self.skipped["other_split"] += 1
             elif str(pid) not in position:
                 self.skipped["no_latent"] += 1
+            elif not (isinstance(caption, str) and caption.strip()):  # encode-text skips it: no caption to learn
+                self.skipped["empty_caption"] += 1
             elif text.row_of(caption) is None:
                 self.skipped["caption_not_in_text_cache"] += 1
+                self.missing_captions.add(caption)
             else:
                 rows = rows_of.setdefault(position[str(pid)], [])
                 if text.row_of(caption) not in rows:

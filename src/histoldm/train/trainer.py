@@ -39,6 +39,8 @@ class DataSection(StrictModel):
     uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
     preload_text: bool = True  # keep the caption-embedding table on the device
     workers: int = Field(2, ge=0)  # DataLoader worker processes
+    allow_missing_captions: bool = Field(False, description="train on the patches whose captions are in the text cache when "
+                                         "some are not (their count is in the manifest); off: such a run stops and names the fix")
 
 
 class ModelSection(StrictModel):
@@ -212,6 +214,24 @@ def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: 
         raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
 
 
+def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
+    """Captions re-made after encode-text (a summary changed) are not in the text cache: training on the rest
+    would silently drop their patches, so it stops naming the command that encodes them."""
+    missing = dataset.skipped["caption_not_in_text_cache"]
+    if not missing:
+        return
+    if cfg.data.allow_missing_captions:
+        print(f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not in the text cache "
+              "(data.allow_missing_captions)", file=sys.stderr)
+        return
+    from shlex import quote
+
+    fix = (f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
+           f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} --max-length {text_meta['max_length']}")
+    raise UserError(f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} ({missing} training "
+                    f"pairs) are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them")
+
+
 def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
     """Say what the model learns from; without a split that includes the test cases, which would
     make every later evaluation on them meaningless, so it is said loudly."""
@@ -261,6 +281,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     window = crop_window(latents.meta, cfg.data.crop)
     model_meta = {**latents.meta, "size": window, "image_size": cfg.data.crop or latents.meta.get("image_size")}  # what the UNet sees
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    check_captions_cached(cfg, dataset, text.meta)
     use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = not use_cpu
     dtype = resolve_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True)
