@@ -85,7 +85,8 @@ _HISTORY = re.compile(
 _CORRECTION = re.compile(
     r"\b(?:previously|originally|initially|formerly)\b.{0,80}?\b(?:(?:is|are|has\s+been|have\s+been|was|were|should\s+be)\s+)?"
     r"(?:corrected|revised|amended|changed|updated|reclassified)\s+to\b"
-    r"|\b(?:is|are|has\s+been|was|were|should\s+be)\s+(?:corrected|revised|amended|changed|updated|reclassified)\s+to\b|\bshould\s+read\b",
+    r"|\b(?:is|are|has\s+been|was|were|should\s+be)\s+(?:corrected|revised|amended|changed|updated|reclassified)\s+to\b|\bshould\s+read\b"
+    r"|\b(?:corrected|revised|amended|changed|updated|upgraded|downgraded|reclassified)\s+from\b.{0,60}?\bto\b",
     re.IGNORECASE,
 )
 
@@ -114,6 +115,7 @@ _TYPES = [
 ]
 _TYPE_RE = re.compile("|".join(f"(?P<t{i}>{p})" for i, (p, _) in enumerate(_TYPES)))  # on lowered text
 _DIAGNOSTIC = frozenset({"final_diagnosis", "addendum", "body", "comment", "microscopic", "synoptic"})
+_OPENING = re.compile(r"^[\s\-•*]*(?:(?:residual|extensive|focal|multifocal|florid|associated|high|intermediate|low|nuclear|grade|with)[\s,-]*){0,4}$")
 _IN_SITU_NEAR = re.compile(r"in\s+situ|\bdcis\b|\blcis\b")
 
 _GRADE = re.compile(r"(?<!nuclear )(?<!nuclear\s\s)\bgrade\s*[:\-]?\s*(iii|ii|i|[123])\b(?!\s*\+)(?:\s*(?:/|of|out\s+of)\s*3)?", re.IGNORECASE)
@@ -138,6 +140,8 @@ _ER = re.compile(_ER_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _PR = re.compile(_PR_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _ER_PCT = re.compile(_ER_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
 _PR_PCT = re.compile(_PR_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
+_ER_LOOSE = re.compile(_ER_NAME + r"[^.;:]{0,70}:\s*" + _SIGN + _DETAIL, re.IGNORECASE)  # addenda: "ER was repeated on A3 ...: POSITIVE"
+_PR_LOOSE = re.compile(_PR_NAME + r"[^.;:]{0,70}:\s*" + _SIGN + _DETAIL, re.IGNORECASE)
 _RECEPTOR_NAME = r"(?:o?estrogen\s+receptors?|progesterone\s+receptors?|\bER\b|\bPg?R\b|her-?\s?2(?:\s*/\s*neu)?)"
 _STAINING_FOR = re.compile(rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE)
 _ER_PR_TOGETHER = re.compile(r"\b(?:ER\s*(?:/|and|,)\s*PR|hormone\s+receptors?(?:\s*\(ER/PR\))?)\s*(?:are\s+|both\s+|:\s*|status\s*:?\s*)*(positive|negative)",
@@ -204,7 +208,7 @@ def _cm(text: str) -> tuple[float, str] | None:
 
 
 def _format_cm(cm: float) -> str:
-    return f"{round(cm, 1):g} cm"
+    return f"{cm:.1f} cm"
 
 
 def _sign_value(v: str) -> str:
@@ -268,7 +272,7 @@ class _Reader:
     def _names_a_diagnosis(self, finding: str, low: str, start: int) -> bool:
         """A diagnosis line that opens with an in-situ carcinoma ("- Ductal carcinoma in situ, cribriform type")
         asserts it; a bare name elsewhere (a heading, a question) states nothing."""
-        return (finding in ("dcis", "lcis") and self.sentence.section in _DIAGNOSTIC and not low[:start].strip(" -•*\t")
+        return (finding in ("dcis", "lcis") and self.sentence.section in _DIAGNOSTIC and bool(_OPENING.match(low[:start]))
                 and bool(low[start:].strip(" .")) and not re.match(r"[^,;]*:\s*$", low[start:]))
 
     def _types(self, clause: str) -> None:
@@ -313,8 +317,9 @@ class _Reader:
         for m in _STAINING_FOR.finditer(text):  # "tumour cells are negative for ER and PR, positive for HER2"
             for name in re.findall(_RECEPTOR_NAME, m.group(2), re.IGNORECASE):
                 self.add(_receptor_kind(name), m.group(1).lower())
-        for kind, sign_re, pct_re in (("er", _ER, _ER_PCT), ("pr", _PR, _PR_PCT)):
-            if m := sign_re.search(text):
+        for kind, sign_re, pct_re, loose_re in (("er", _ER, _ER_PCT, _ER_LOOSE), ("pr", _PR, _PR_PCT, _PR_LOOSE)):
+            m = sign_re.search(text) or (loose_re.search(text) if self.sentence.section == ADDENDUM else None)
+            if m:
                 detail = ((m["q"] or "") + m["v"] + (m["d"] or "")).strip()
                 self.add(kind, _sign_value(m["v"]), detail=detail if detail.lower() not in ("positive", "negative", "+", "-") else None)
             elif m := pct_re.search(text):
@@ -364,9 +369,8 @@ class _Reader:
             detail = "isolated tumor cells" if not itc.group(0).lower().startswith("pn") else itc.group(0)
         elif micro := _MICROMET.search(text):
             detail = detail or micro.group(0).lower()
-        for i, pattern in enumerate(_NODE_COUNTS):
-            if i == 2 and not _NODE_WORDS.search(text):
-                continue
+        for i in (2, 0, 1, 3):  # a "(0/6)" beside "isolated tumor cells in one of 6 nodes" is the count
+            pattern = _NODE_COUNTS[i]
             for m in pattern.finditer(text):
                 if i == 1 and re.search(r"ratio|score|grade|her|%", m.group(0), re.IGNORECASE):
                     continue
@@ -662,8 +666,11 @@ def summary_facts(summary: str) -> list[Fact]:
     status (ISH, else IHC score, else the stated word)."""
     facts = []
     readings = summary_readings(summary)
+    in_situ_only = any(r.kind == "dcis" and r.status == "present" for r in readings)
     for r in readings:
-        if r.kind in FACT_KINDS and r.kind != "her2":
+        if r.kind == "histologic_type" and r.status == "absent" and in_situ_only:  # "No invasive carcinoma; DCIS"
+            facts.append(Fact(r.kind, "ductal carcinoma in situ", "present", r.fact().evidence, "no invasive carcinoma"))
+        elif r.kind in FACT_KINDS and r.kind != "her2":
             facts.append(r.fact())
     by_clause: dict[int, list[Reading]] = {}
     for r in readings:

@@ -153,10 +153,10 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
     if truth is None:
         return _contradiction(r, past[kind]) if kind in past and past[kind].value == r.value and kind in ("laterality", "procedure") else False
     if kind in ("er", "pr"):
-        if truth.value != r.value and not (r.explicit is False and truth.value == "negative"):
+        if truth.value != r.value:
             return _contradiction(r, truth)
-        said_pct = _percents(r.detail)
-        if said_pct and _percents(truth.detail) and not any(p in _percents(c.detail) or _in_range(p, c.detail) for c in stated_anywhere):
+        said = _percents(r.detail)
+        if said and _percents(truth.detail) and not any(said[0] in _percents(c.detail) or _in_range(said[0], c.detail) for c in stated_anywhere):
             return _contradiction(r, truth)
         return None
     if kind == "procedure":
