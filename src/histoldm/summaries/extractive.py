@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from histoldm.summaries.budget import truncate_to_budget
+from histoldm.summaries.case_facts import Fact, _case
 from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
@@ -283,6 +284,7 @@ _IN_SITU = re.compile(rf"\b(?:{FINDINGS['dcis'].pattern}|{FINDINGS['lcis'].patte
 _DCIS_PATTERNS = ("micropapillary", "cribriform", "comedo", "solid", "papillary", "clinging", "flat")
 _NUCLEAR_GRADE = re.compile(r"nuclear grade\s*[:\-]?\s*(iii|ii|i|[123]|high|intermediate|low)", re.IGNORECASE)
 _NUCLEAR_WORD = re.compile(r"\b(high|intermediate|low)[- ]grade\b", re.IGNORECASE)
+_QUALIFIED_PERCENT = re.compile(r"[<>≤≥]?\s*\d{1,3}\s*%")  # "<5%" stays "<5%"
 _DESCRIBED = re.compile(r"type|pattern|nuclear grade|[- ]grade\b|%|comprising|extensive", re.IGNORECASE)
 
 
@@ -314,8 +316,8 @@ def _in_situ(text: str) -> Phrasings | None:
             variants.append(f"{name}, {pattern}")
         if pattern and nuclear:
             variants.append(f"{name}, {pattern}, {nuclear} nuclear grade")
-            if pct := _PERCENT.search(clause):
-                variants.append(f"{name}, {pattern}, {nuclear} nuclear grade, {pct[1]}% of tumour")
+            if pct := _QUALIFIED_PERCENT.search(clause):
+                variants.append(f"{name}, {pattern}, {nuclear} nuclear grade, {''.join(pct[0].split())} of tumour")
         return tuple(variants)
     return None
 
@@ -506,6 +508,7 @@ class Facts:
     pleomorphism: Phrasings | None = None
     growth: Phrasings | None = None
     in_situ: Phrasings | None = None
+    lcis: Phrasings | None = None
     lvi: Phrasings | None = None
     receptors: Phrasings | None = None
     size: Phrasings | None = None
@@ -523,27 +526,134 @@ class Facts:
 
 RELEVANCE_ORDER = tuple(Facts.__dataclass_fields__)
 
+_TYPE_NAMES = {"invasive ductal carcinoma": ("Invasive ductal carcinoma", "IDC"),
+               "invasive lobular carcinoma": ("Invasive lobular carcinoma", "ILC"),
+               "invasive mixed ductal and lobular carcinoma": ("Invasive mixed ductal and lobular carcinoma", "Mixed ductal-lobular carcinoma")}
+_STATUS_NAMES = {"present": "{0}", "absent": "no {0}", "possible": "possible {0}"}
+
+
+def _type_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    if fact is None:
+        return _histologic_type(diagnostic)  # other organs: the generic tumour reader
+    if fact.status == "absent" or fact.detail == "no invasive carcinoma":
+        return ("No invasive carcinoma",)
+    names = _TYPE_NAMES.get(fact.value, (fact.value[0].upper() + fact.value[1:],))
+    return _possibly(names, fact.status)
+
+
+def _status_names(fact: Fact | None, short: str, long: str, present: str = "{0}") -> Phrasings | None:
+    if fact is None:
+        return None
+    pattern = present if fact.status == "present" else _STATUS_NAMES[fact.status]
+    return tuple(dict.fromkeys(pattern.format(n) for n in (short, long)))
+
+
+def _in_situ_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    if fact is None or fact.status != "present":
+        return _status_names(fact, "DCIS", "ductal carcinoma in situ")
+    described = _in_situ(diagnostic) or ()
+    variants = [v for v in described if v.startswith("DCIS")] or ["DCIS"]
+    if fact.detail and "%" in fact.detail and not any("%" in v for v in variants):
+        variants.append(f"{variants[-1]}, {fact.detail.split(', ')[-1]} of tumour")
+    return tuple(variants)
+
+
+def _receptor_phrase(fact: Fact, name: str, detailed: bool) -> str:
+    sign = {"positive": "+", "negative": "-"}.get(fact.value)
+    plain = f"{name}{sign}" if sign else f"{name} {fact.value}"
+    if not detailed or not fact.detail:
+        return plain
+    detail = fact.detail.replace(";", ",")
+    if name == "HER2":
+        return f"{plain} ({detail})" if detail != "triple negative" else plain
+    if re.match(r"(?:weakly|weak|low|strongly|strong|moderately|moderate|focally|diffusely)\b", detail, re.IGNORECASE):
+        return f"{name} {' '.join(detail.lower().split())}"
+    pct = _QUALIFIED_PERCENT.search(detail)
+    return f"{plain} ({''.join(pct[0].split())})" if pct else plain
+
+
+def _receptors_from(facts: dict[str, Fact], diagnostic: str) -> Phrasings | None:
+    stated = [(facts[k], n) for k, n in (("er", "ER"), ("pr", "PR"), ("her2", "HER2")) if k in facts]
+    if not stated:
+        return _receptors(diagnostic)
+    plain = ", ".join(_receptor_phrase(f, n, False) for f, n in stated)
+    detailed = ", ".join(_receptor_phrase(f, n, True) for f, n in stated)
+    return (plain,) if detailed == plain else (plain, detailed)
+
+
+def _nodes_from(fact: Fact | None) -> Phrasings | None:
+    if fact is None:
+        return None
+    k, n = fact.value.split("/")
+    names = [f"nodes {k}/{n}", f"{k}/{n} lymph nodes positive", f"{k} of {n} lymph nodes positive"]
+    if fact.detail:
+        names.append(f"{k}/{n} lymph nodes positive ({fact.detail})")
+    return tuple(names)
+
+
+def _tils_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    described = _tils(diagnostic)
+    if fact is None:
+        return described
+    if described and not described[0].startswith("no "):
+        level = described[0].split()[0]
+        return (f"{level} TILs", f"{level} TILs ({fact.value})", f"{level} tumour-infiltrating lymphocytes ({fact.value} of stroma)")
+    return (f"TILs {fact.value}", f"tumour-infiltrating lymphocytes {fact.value}")
+
+
+def _margins_from(fact: Fact | None) -> Phrasings | None:
+    if fact is None:
+        return None
+    names = [f"margins {fact.value}"]
+    if fact.detail:
+        names.append(f"margins {fact.value}, {fact.detail}")
+    return tuple(names)
+
+
+def _stage_from(facts: dict[str, Fact], diagnostic: str) -> Phrasings | None:
+    stage = " ".join(facts[k].value for k in ("pt", "pn") if k in facts)
+    return (stage,) if stage else _stage(diagnostic)
+
+
+def _site_from(facts: dict[str, Fact]) -> Phrasings | None:
+    if "laterality" not in facts:
+        return None
+    where = f"{facts['laterality'].value} breast"
+    return (where, f"{where}, {facts['procedure'].value}") if "procedure" in facts else (where,)
+
 
 def extract_facts(report: str) -> Facts:
-    diagnostic = diagnostic_text(report)
+    """Phrasings of the case's facts (`case_facts`: sections, parts, addenda and history resolved);
+    the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
+    from the diagnostic text."""
+    facts, _ = _case(report)
+    from histoldm.summaries.report_document import repair_ocr
+
+    diagnostic = diagnostic_text(repair_ocr(report))
+    grade = facts.get("grade")
+    grade_names = None
+    if grade:
+        grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
+    size = facts.get("size")
     return Facts(
-        histologic_type=_histologic_type(diagnostic),
-        grade=_grade(diagnostic),
-        tils=_tils(diagnostic),
-        necrosis=_necrosis(diagnostic),
+        histologic_type=_type_from(facts.get("histologic_type"), diagnostic),
+        grade=grade_names if grade else None if facts.get("histologic_type") else _grade(diagnostic),
+        tils=_tils_from(facts.get("tils"), diagnostic),
+        necrosis=_status_names(facts.get("necrosis"), "necrosis", "tumour necrosis", "{0} present"),
         mitoses=_mitoses(diagnostic),
         pleomorphism=_pleomorphism(diagnostic),
         growth=_growth(diagnostic),
-        in_situ=_in_situ(diagnostic),
-        lvi=_lvi(diagnostic),
-        receptors=_receptors(diagnostic),
-        size=_size(diagnostic, report),
-        nodes=_nodes(diagnostic),
-        margins=_margins(diagnostic),
-        calcifications=_calcifications(diagnostic),
+        in_situ=_in_situ_from(facts.get("dcis"), diagnostic),
+        lcis=_status_names(facts.get("lcis"), "LCIS", "lobular carcinoma in situ"),
+        lvi=_status_names(facts.get("lvi"), "LVI", "lymphovascular invasion", "{0} present"),
+        receptors=_receptors_from(facts, diagnostic),
+        size=(size.value, f"tumour size {size.value}") if size else None,
+        nodes=_nodes_from(facts.get("nodes")),
+        margins=_margins_from(facts.get("margins")),
+        calcifications=_status_names(facts.get("calcifications"), "calcifications", "calcifications", "{0} present"),
         ki67=_ki67(diagnostic),
-        stage=_stage(diagnostic),
-        site=_site(report),
+        stage=_stage_from(facts, diagnostic),
+        site=_site_from(facts),
     )
 
 
