@@ -641,7 +641,8 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         new = f[kind]
         if kind in ("er", "pr"):
             name = {"er": "estrogen receptor", "pr": "progesterone receptor"}[kind]
-            extra = " The tumor is therefore triple negative." if f.get("er") == f.get("pr") == f.get("her2") == "negative" else ""
+            extra = (" The tumor is therefore triple negative." if f.get("er") == f.get("pr") == f.get("her2") == "negative"
+                     and kind == [k for k in corrections if k in ("er", "pr")][-1] else "")  # said once, after the last
             addendum.append(rng.choice([
                 f"The {name} result in the original report was recorded in error as {old}. Corrected result: {kind.upper()} {new.upper()} "
                 f"({'0%' if new == 'negative' else '85%, strong'}).{extra}",
