@@ -75,13 +75,15 @@ def read_summary(summary: str) -> dict[str, str]:
     return out
 
 
-def check(report: str, summary: str) -> list[str]:
-    """The project's checker: `consistency.check_summary(...).contradictions` when present, else `contradictions`."""
+def check(report: str, summary: str) -> tuple[list[str], int]:
+    """The project's checker: (contradictions, how many statements it calls unsupported), from
+    `consistency.check_summary` when present, else today's `contradictions` (which has no unsupported)."""
     from histoldm.summaries import consistency
 
     if hasattr(consistency, "check_summary"):
-        return [str(c) for c in consistency.check_summary(report, summary).contradictions]
-    return consistency.contradictions(report, summary)
+        result = consistency.check_summary(report, summary)
+        return [str(c) for c in result.contradictions], len(getattr(result, "unsupported", ()))
+    return consistency.contradictions(report, summary), 0
 
 
 def false_statements(case: HardReport, said: dict[str, str]) -> list[str]:
@@ -153,28 +155,32 @@ def run_budget(cases: list[HardReport], budget: int) -> dict:
 
 
 def run_checker(cases: list[HardReport]) -> dict:
-    rejected, total, missed, planted = Counter(), Counter(), Counter(), Counter()
+    rejected, total, missed, planted, unsupported = Counter(), Counter(), Counter(), Counter(), Counter()
     reject_examples: dict[str, str] = {}
     miss_examples: dict[str, str] = {}
     for case in cases:
         true_problems = set()
         for style, summary in zip(("abbreviated", "prose", "list"), true_summaries(case)):
             total[style] += 1
-            if problems := check(case.text, summary):
+            problems, true_unsupported = check(case.text, summary)
+            if problems:
                 rejected[style] += 1
                 reject_examples.setdefault(style, f"{case.case_id}: {summary} -> {problems[0]}")
             if style == "abbreviated":
-                true_problems = set(problems)
+                true_problems, true_unsupported_n = set(problems), true_unsupported
         for kind, summary in planted_contradictions(case):  # abbreviated style, like the true summary above
             planted[kind] += 1
-            if not set(check(case.text, summary)) - true_problems:  # caught only by a complaint the true summary did not get
+            problems, n_unsupported = check(case.text, summary)
+            if not set(problems) - true_problems:  # caught only by a complaint the true summary did not get
                 missed[kind] += 1
+                unsupported[kind] += n_unsupported > true_unsupported_n  # not a contradiction, but flagged as unsupported
                 miss_examples.setdefault(kind, f"{case.case_id}: {summary}")
     return {
         "checker": True, "reports": len(cases),
         "true_rejected": {s: rejected[s] for s in total}, "true_total": dict(total),
         "true_rejected_rate": round(sum(rejected.values()) / sum(total.values()), 4),
         "planted_missed": {k: missed[k] for k in planted}, "planted_total": dict(planted),
+        "planted_missed_but_unsupported": {k: unsupported[k] for k in planted},
         "planted_caught_rate": round(1 - sum(missed.values()) / sum(planted.values()), 4),
         "reject_examples": reject_examples, "miss_examples": miss_examples,
     }
@@ -217,9 +223,9 @@ def main() -> None:
     print(f"\nfacts stated per kind (of {len(cases)}): " + ", ".join(f"{k} {rows[0]['stated'][k]}" for k in kinds))
     print(f"\nChecker: correct summaries rejected {sum(checker['true_rejected'].values())} / {sum(checker['true_total'].values())} "
           f"({_pct(checker['true_rejected_rate'])}); planted contradictions caught {_pct(checker['planted_caught_rate'])}\n")
-    print("| planted kind | missed / planted |\n|---|---|")
+    print("| planted kind | missed / planted | of the missed: flagged unsupported |\n|---|---|---|")
     for kind, total in sorted(checker["planted_total"].items()):
-        print(f"| {kind} | {checker['planted_missed'][kind]} / {total} |")
+        print(f"| {kind} | {checker['planted_missed'][kind]} / {total} | {checker['planted_missed_but_unsupported'][kind]} |")
     print("\n| summary style | rejected / total |\n|---|---|")
     for style, total in checker["true_total"].items():
         print(f"| {style} | {checker['true_rejected'][style]} / {total} |")

@@ -445,12 +445,13 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     age = rng.randint(34, 84)
     if history_kind == "contralateral" and "laterality" not in corrections:
         year = rng.randint(1998, 2010)
-        prior_proc = rng.choice([p for p in ("lumpectomy", "segmental mastectomy", "modified radical mastectomy") if p != f["procedure"]])
+        conserving = ("lumpectomy", "segmental mastectomy", "partial mastectomy")
+        prior_proc = rng.choice(["modified radical mastectomy", "simple mastectomy"] if f["procedure"] in conserving else conserving)
         prior_type = rng.choice([IDC, ILC])
         prior_er = rng.choice(["positive", "negative"])
         prior_grade = rng.choice("123")
         history = (f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
-                   f"ER {prior_er}) treated by {prior_proc} and radiation in {year}, now with a new {shown_side} breast mass "
+                   f"ER {prior_er}) treated by {prior_proc}{' and radiation' if 'mastectomy' not in prior_proc or 'segmental' in prior_proc or 'partial' in prior_proc else ''} in {year}, now with a new {shown_side} breast mass "
                    f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}")
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
