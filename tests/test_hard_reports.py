@@ -52,6 +52,7 @@ def test_every_planted_pattern_occurs(corpus):
         assert features[feature] >= 10, (feature, features[feature])
     assert sum(1 for r in corpus if "lcis" in r.facts) >= 50
     assert all(len(r.parts) >= 2 for r in corpus) and all(set(r.facts) <= set(FACT_KINDS) for r in corpus)
+    assert all(set(r.surface) == set(r.facts) and r.facts["nodes"] in r.surface["nodes"] for r in corpus)
 
 
 def _addendum(text: str) -> str:

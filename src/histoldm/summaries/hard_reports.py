@@ -99,8 +99,7 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
     if kind == "laterality":
         return (f"{value} breast", value, f"{value}-sided")
     if kind == "procedure":
-        extra = {"modified radical mastectomy": ("MRM",), "partial mastectomy": ("partial mastectomy",),
-                 "segmental mastectomy": ("segmental resection",)}.get(value, ())
+        extra = {"modified radical mastectomy": ("MRM",), "segmental mastectomy": ("segmental resection",)}.get(value, ())
         return (value, *extra)
     if kind == "histologic_type":
         return _TYPE_FORMS[value]
@@ -781,7 +780,7 @@ def _fit_length(text: str, rng: random.Random, noise: _Noise) -> str:
         extra = []
     block = f"\n{_wrap(' '.join(extra), rng)}\n" if extra else "\n"
     out = body + block + signature
-    while len(out.split()) < MIN_WORDS:  # never reached with the filler above; kept so the range always holds
+    while len(out.split()) < MIN_WORDS:  # a body too long for a filler paragraph yet short: one line at a time
         out = out.replace("\n" + signature, "\nThe report was reviewed and approved.\n" + signature)
     return out
 
