@@ -54,6 +54,20 @@ _RECEPTOR_FORMS = {
     "her2": ("HER2", "HER-2", "HER2/neu"),
 }
 _OCR_SWAPS = (("i", "l"), ("l", "1"), ("I", "l"), ("m", "rn"), ("l", "I"))
+_PART_STYLES = ("dot", "dot", "paren", "part", "number", "specimen")  # "A.", "A)", "PART A:", "PART 1:", "Specimen A -"
+_DIRECTIONS = ["SUPERIOR", "INFERIOR", "MEDIAL", "LATERAL", "DEEP", "ANTERIOR"]
+_LVI_NAMES = ("LYMPHOVASCULAR INVASION", "LYMPH-VASCULAR INVASION", "ANGIOLYMPHATIC INVASION", "LYMPHOVASCULAR SPACE INVASION")
+
+
+def _part_id(letter: str, style: str) -> str:
+    return str("ABCDEFG".index(letter) + 1) if style == "number" else letter
+
+
+def _part_heading(letter: str, style: str) -> str:
+    """How the diagnosis opens a specimen part, in one of the styles reports use."""
+    shown = _part_id(letter, style)
+    return {"dot": f"{shown}.", "paren": f"{shown})", "part": f"PART {shown}:", "number": f"PART {shown}:",
+            "specimen": f"Specimen {shown} -"}[style]
 
 
 @dataclass(frozen=True)
@@ -419,6 +433,9 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
     side, other = f["laterality"], "right" if f["laterality"] == "left" else "left"
     invasive = scenario in ("invasive", "neoadjuvant_residual")
+    part_style = rng.choice(_PART_STYLES)
+    lvi_name = rng.choice(_LVI_NAMES)
+    case.features.add(f"part_style:{part_style}")
 
     # corrections by addendum: the text above the addendum shows the old value
     corrections: dict[str, str] = {}
@@ -478,7 +495,8 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     else:
         history = f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; biopsy-proven carcinoma."
 
-    # specimen parts
+    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
+    involved = rng.choice(_DIRECTIONS)
     proc = f["procedure"]
     parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
     node_lines, synoptic_nodes = _nodes(case, parts)
@@ -486,7 +504,7 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     margin_part = None
     if extra_margin:
         margin_part = "ABCDEFG"[len(parts)]
-        parts.append((margin_part, f"ADDITIONAL {rng.choice(['SUPERIOR', 'MEDIAL', 'LATERAL', 'DEEP', 'INFERIOR'])} MARGIN, {shown_side.upper()} BREAST"))
+        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
     if f["dcis"] == "present" and margin_part:
         case.trap("dcis", "absent", "negative_part")
     case.features.add(f"parts:{len(parts)}")
@@ -499,13 +517,13 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         a.append(f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, CRIBRIFORM TYPE, "
                  f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)")
         a.append(f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, CONSISTENT WITH TREATMENT EFFECT")
-        a.append(_status_phrase(rng, "LYMPHOVASCULAR INVASION", "absent"))
+        a.append(_status_phrase(rng, lvi_name, "absent"))
     elif scenario == "dcis_only":
         nec = ", WITH CENTRAL COMEDONECROSIS" if f["necrosis"] == "present" else ", WITHOUT NECROSIS"
         a.append(f"DUCTAL CARCINOMA IN SITU, {rng.choice(['HIGH', 'INTERMEDIATE'])} NUCLEAR GRADE, "
                  f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, SPANNING {rng.uniform(0.5, 4.5):.1f} CM")
         a.append(rng.choice(["NO INVASIVE CARCINOMA IDENTIFIED", "NEGATIVE FOR INVASIVE CARCINOMA"]))
-        a.append(_status_phrase(rng, "LYMPHOVASCULAR INVASION", "absent"))
+        a.append(_status_phrase(rng, lvi_name, "absent"))
         case.trap("histologic_type", IDC, "in_situ_only")
     else:
         word = rng.choice(["INVASIVE", "INFILTRATING"])
@@ -527,7 +545,7 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
                  f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " "))
         if scenario == "neoadjuvant_residual":
             a.append(f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM")
-        a.append(_status_phrase(rng, "LYMPHOVASCULAR INVASION", f["lvi"]))
+        a.append(_status_phrase(rng, lvi_name, f["lvi"]))
         if f["dcis"] == "present":
             comedo = rng.random() < 0.5
             a.append(f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
@@ -553,10 +571,10 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
                              "SURGICAL MARGINS FREE OF CARCINOMA", f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)"]))
     else:
         lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
-        a.append(rng.choice([f"{lesion} EXTENDS TO THE INKED {rng.choice(['POSTERIOR', 'SUPERIOR', 'MEDIAL'])} MARGIN (MARGIN POSITIVE)",
-                             f"MARGINS POSITIVE: {lesion} AT THE {rng.choice(['DEEP', 'LATERAL'])} MARGIN"]))
+        a.append(rng.choice([f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
+                             f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN"]))
     margin_line = ("BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
-                   if rng.random() < 0.6 else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED; FINAL MARGIN CLEAR")
+                   if rng.random() < 0.6 else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE")
 
     # receptor text (in the diagnosis, in ancillary studies, or reported in an addendum)
     receptor_lines: list[str] = []
@@ -608,7 +626,8 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         micro.append("Sections show ducts distended by atypical epithelial cells with "
                      + ("central comedo-type necrosis." if f.get("necrosis") == "present" else "no necrosis.")
                      + " No stromal invasion is seen on multiple levels and keratin stains.")
-    micro.append(f"Part {margin_part or parts[-1][0]} consists of benign breast tissue." if margin_part else "The remaining parts are described below.")
+    micro.append(f"Part {_part_id(margin_part, part_style)} consists of benign breast tissue." if margin_part
+                 else "The remaining parts are described below.")
     micro = [noise(m) if rng.random() < 0.5 else m for m in micro]
 
     # synoptic
@@ -664,17 +683,20 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         case.features.add("addendum_correction")
 
     # gross description (distractor sizes) and intraoperative consultation
-    gross = [noise(f"A. Received fresh labeled '{shown_side} breast' is a {proc} specimen, {rng.uniform(8, 22):.1f} x "
+    gross = [noise(f"{_part_id('A', part_style)}. Received fresh labeled '{shown_side} breast' is a {proc} specimen, {rng.uniform(8, 22):.1f} x "
                    f"{rng.uniform(6, 15):.1f} x {rng.uniform(2, 6):.1f} cm. Inked: superior blue, inferior green, deep black. "
                    f"Sectioning shows a firm tan-white {'tumor bed' if not invasive else 'mass'} measuring {rng.uniform(0.8, 5.5):.1f} cm, "
                    f"{rng.randint(2, 20)} mm from the deep margin. Representative sections in A1-A{rng.randint(6, 18)}.")]
     for letter, label in parts[1:]:
-        gross.append(noise(f"{letter}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
+        gross.append(noise(f"{_part_id(letter, part_style)}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
                            f"{rng.uniform(1, 8):.1f} x {rng.uniform(1, 5):.1f} cm. Entirely submitted in {letter}1-{letter}{rng.randint(2, 6)}."))
     intraop = None
     if rng.random() < 0.45:
         fs = "NEGATIVE FOR CARCINOMA" if f["nodes"].startswith("0/") else "POSITIVE FOR METASTATIC CARCINOMA"
         intraop = f"FSB1 (sentinel node, touch prep and frozen section): {fs}. Called to the operating room by Dr. Example."
+        if f["margins"] == "positive" and rng.random() < 0.6:  # the frozen section missed what the permanent sections show
+            intraop += " FSA1 (closest margin, frozen section): NEGATIVE FOR CARCINOMA; FINAL DIAGNOSIS DEFERRED TO PERMANENT SECTIONS."
+            case.trap("margins", "negative", "intraoperative")
 
     # put the report together
     heads = {
@@ -691,21 +713,21 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     }
     sections: dict[str, list[str]] = {
         "history": [heads["history"], noise(history)],
-        "specimens": [heads["specimens"], *[f"{letter}: {label.title()}" for letter, label in parts]],
+        "specimens": [heads["specimens"], *[f"{_part_id(letter, part_style)}: {label.title()}" for letter, label in parts]],
         "gross": [heads["gross"], *gross],
         "intraop": [heads["intraop"], intraop] if intraop else [],
         "micro": [heads["micro"], *micro],
     }
-    diagnosis = [heads["diagnosis"], f"A. {parts[0][1]}:", *[f"   - {line}." for line in a]]
+    diagnosis = [heads["diagnosis"], f"{_part_heading('A', part_style)} {parts[0][1]}:", *[f"   - {line}." for line in a]]
     if receptor_lines and not receptors_in_addendum and rng.random() < 0.5:
         diagnosis += [f"   - {line}." for line in receptor_lines]
         receptor_lines_left: list[str] = []
     else:
         receptor_lines_left = receptor_lines
     for letter, label, text in node_lines:
-        diagnosis += [f"{letter}. {label}:", f"   - {text}."]
+        diagnosis += [f"{_part_heading(letter, part_style)} {label}:", f"   - {text}."]
     if margin_part:
-        diagnosis += [f"{margin_part}. {dict(parts)[margin_part]}:", f"   - {margin_line}."]
+        diagnosis += [f"{_part_heading(margin_part, part_style)} {dict(parts)[margin_part]}:", f"   - {margin_line}."]
     if til_line and rng.random() < 0.5:
         diagnosis += [f"NOTE: {til_line}."]
     sections["diagnosis"] = diagnosis
@@ -756,7 +778,7 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     if notation in ("pn1mi", "itc"):
         notes["nodes"] = {"pn1mi": "pN1mi", "itc": "pN0(i+)"}[notation]
     return HardReport(case_id=case_id, text=text, facts=dict(f), traps=tuple(case.traps),
-                      features=frozenset(case.features), parts=tuple(letter for letter, _ in parts), notes=notes)
+                      features=frozenset(case.features), parts=tuple(_part_id(letter, part_style) for letter, _ in parts), notes=notes)
 
 
 _FILLER = [
