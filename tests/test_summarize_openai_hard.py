@@ -32,7 +32,7 @@ def test_correct_summaries_of_hard_reports_are_accepted_at_once(tmp_path):
     assert len(cases) == 5 and {"negative_part", "addendum", "history"} <= patterns, patterns  # the hard kinds are there
     script = {c.case_id: [write_summary(c.facts, c.notes, SUMMARY_STYLES[i % 3])] for i, c in enumerate(cases)}
     _write_jsonl(tmp_path / "reports.jsonl", [_served(c) for c in cases])
-    with ScriptedChatServer(script) as server:
+    with ScriptedChatServer(script) as server, suppress(UserError):  # a run whose every case fails exits 2
         run_summarize(_llm_cfg(tmp_path, server.url, budget=154, prompt="pathldm", max_attempts=3))
     records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     wrong = {cid: (r["status"], r["attempts"], r["error"]) for cid, r in records.items() if (r["status"], r["attempts"]) != ("ok", 1)}
