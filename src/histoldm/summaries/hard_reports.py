@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from histoldm.summaries.synthetic import _DISCLAIMERS, _wrap
 
@@ -174,6 +175,7 @@ _NEGATED_AFTER = re.compile(r"^\s*(?:[,:]\s*|\s)(?:is\s+|are\s+|was\s+)?(?:absen
 _IN_SITU_WORDS = re.compile(r"\b(?:DCIS|LCIS|in\s+situ|comedo)", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def _pattern(form: str) -> re.Pattern:
     body = r"[\s:]+".join(re.escape(w) for w in form.split())  # "grade 2" also reads "Grade: 2"
     return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
