@@ -161,10 +161,12 @@ _HER2_SIGN = re.compile(r"^[\s:=\-]*(?:\((?:ihc|fish|ish)\)\s*)?(?:status\s*)?[:
 
 _WORD_NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                                             "fifteen sixteen seventeen eighteen nineteen twenty".split())} | {"no": 0, "none": 0}
-_NUM = r"(\d{1,2}|" + "|".join(_WORD_NUMBERS) + r")"
+_WORD_NUMBERS |= {f"{tens}-{unit}": base + _WORD_NUMBERS[unit] for tens, base in (("twenty", 20), ("thirty", 30))
+                  for unit in "one two three four five six seven eight nine".split()} | {"thirty": 30}
+_NUM = r"(\d{1,2}|" + "|".join(sorted(_WORD_NUMBERS, key=len, reverse=True)) + r")"
 _NODE_COUNTS = [
     re.compile(rf"\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s+(?:[a-z-]+\s+){{0,3}}(?:lymph\s+)?nodes?", re.IGNORECASE),  # "2 of 15 lymph nodes"
-    re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*(\d{{1,2}})\s*/\s*(\d{{1,2}})\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0/14"
+    re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0 of 14"
     re.compile(rf"(?<![\d/.])\(\s*(\d{{1,2}})\s*/\s*(\d{{1,2}})\s*\)(?![\d/])", re.IGNORECASE),  # "(0/3)" in a sentence about nodes
     re.compile(rf"\b{_NUM}\s+(?:positive|involved)\s+(?:[a-z-]+\s+){{0,2}}(?:lymph\s+)?nodes?\s+(?:out\s+)?of\s+{_NUM}", re.IGNORECASE),
 ]

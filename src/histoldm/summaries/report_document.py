@@ -78,7 +78,7 @@ def repair_ocr(text: str) -> str:
 # --- sections and parts ------------------------------------------------------------------------
 
 _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked in order
-    (r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|revised (?:report|diagnosis)|corrected report", ADDENDUM),
+    (r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?", ADDENDUM),
     (r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary|summary of (?:findings|tumou?r)", SYNOPTIC),
     (r"clinical (?:history|information|data|notes?|indications?|diagnosis)|(?:pertinent )?(?:medical )?history"
      r"|indications?(?: for (?:procedure|surgery|study))?|pre-?operative diagnosis|post-?operative diagnosis", CLINICAL_HISTORY),
