@@ -624,7 +624,7 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
     if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumour):
         facts["her2"] = her2
     if nodes := _nodes_total(by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour):
-        if nodes.detail is None and "pn" in facts and re.search(r"mi|i\+", facts["pn"].value):
+        if "pn" in facts and re.search(r"mi|i\+", facts["pn"].value) and not (nodes.detail or "").lower().startswith("isolated"):
             nodes = Fact(nodes.kind, nodes.value, nodes.status, nodes.evidence, facts["pn"].value)
         facts["nodes"] = nodes
     return facts

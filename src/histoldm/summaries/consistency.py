@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from histoldm.summaries.case_facts import FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, report_readings, summary_readings
+from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, case_facts, report_readings,
+                                          summary_facts, summary_readings)
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
           "necrosis": "tumour necrosis", "calcifications": "calcifications", "er": "ER", "pr": "PR", "her2": "HER2",
@@ -210,3 +211,20 @@ def contradictions(report: str, summary: str) -> list[str]:
     """One line per contradiction (empty when consistent): what the summary states and what the report
     states, each quoted."""
     return [c.message for c in check_summary(report, summary).contradictions]
+
+
+def audited_facts(report_text: str, summary: str) -> tuple[list[dict], list[dict]]:
+    """For `summaries.jsonl`: each fact the summary states, as the report's fact of that kind with its
+    evidence (section, part, sentence) and the summary clause that states it; and the summary's
+    unsupported statements (kind, value, summary_clause)."""
+    case = {f.kind: f for f in case_facts(report_text)}
+    facts, unsupported, seen = [], [], set()
+    for f in summary_facts(summary):
+        if (f.kind, f.evidence.sentence) in seen:
+            continue
+        seen.add((f.kind, f.evidence.sentence))
+        if f.kind in case:
+            facts.append({**case[f.kind].to_json(), "summary_clause": f.evidence.sentence})
+        else:
+            unsupported.append({"kind": f.kind, "value": f.value, "summary_clause": f.evidence.sentence})
+    return facts, unsupported

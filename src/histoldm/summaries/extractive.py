@@ -647,7 +647,7 @@ def extract_facts(report: str) -> Facts:
         lcis=_status_names(facts.get("lcis"), "LCIS", "lobular carcinoma in situ"),
         lvi=_status_names(facts.get("lvi"), "LVI", "lymphovascular invasion", "{0} present"),
         receptors=_receptors_from(facts, diagnostic),
-        size=(size.value, f"tumour size {size.value}") if size else None,
+        size=(_format_cm(float(size.value.split()[0])), f"tumour size {_format_cm(float(size.value.split()[0]))}") if size else None,
         nodes=_nodes_from(facts.get("nodes")),
         margins=_margins_from(facts.get("margins")),
         calcifications=_status_names(facts.get("calcifications"), "calcifications", "calcifications", "{0} present"),
