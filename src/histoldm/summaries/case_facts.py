@@ -229,9 +229,10 @@ def _pct_value(p: str) -> str:
 class _Reader:
     """Readings of one sentence; `bare_means_present` for summaries, where a named finding is asserted."""
 
-    def __init__(self, sentence: Sentence, bare_means_present: bool):
+    def __init__(self, sentence: Sentence, bare_means_present: bool, node_part: bool = False):
         self.sentence = sentence
         self.bare = bare_means_present
+        self.node_part = node_part  # the sentence's part is a lymph node specimen ("B. SENTINEL LYMPH NODES")
         self.text = _as_corrected(sentence.text)
         self.low = lower(self.text)
         self.out: list[Reading] = []
@@ -361,10 +362,8 @@ class _Reader:
 
     def _nodes(self) -> None:
         text = self.text
-        heading = self.sentence.part and _NODE_WORDS.search(self.sentence.text) is None
-        if not _NODE_WORDS.search(text) and not heading:
-            return
-        if _NODE_WORDS.search(text) is None:
+        about_nodes = bool(_NODE_WORDS.search(text)) or self.node_part
+        if not about_nodes:
             return
         detail = next((m.group(0) for m in (_STAGE_N.search(text),) if m and "mi" in m.group(0)), None)
         if itc := _ITC.search(text):
@@ -373,6 +372,8 @@ class _Reader:
             detail = detail or micro.group(0).lower()
         for i in (2, 0, 1, 3):  # a "(0/6)" beside "isolated tumor cells in one of 6 nodes" is the count
             pattern = _NODE_COUNTS[i]
+            if i == 2 and not about_nodes:
+                continue
             for m in pattern.finditer(text):
                 if i == 1 and re.search(r"ratio|score|grade|her|%", m.group(0), re.IGNORECASE):
                     continue
@@ -465,9 +466,9 @@ def _receptor_kind(name: str) -> str:
     return "er" if name.startswith(("e", "o")) else "pr" if name.startswith("p") else "her2"
 
 
-def read_sentence(sentence: Sentence, bare_means_present: bool = False) -> list[Reading]:
+def read_sentence(sentence: Sentence, bare_means_present: bool = False, node_part: bool = False) -> list[Reading]:
     """Everything one sentence states, kind by kind (historical when it speaks of a prior specimen)."""
-    return _Reader(sentence, bare_means_present).read()
+    return _Reader(sentence, bare_means_present, node_part).read()
 
 
 # --- joining a case --------------------------------------------------------------------------
@@ -478,10 +479,11 @@ def report_readings(report_text: str) -> tuple[tuple[Reading, ...], tuple[Readin
     """(current readings, historical readings) of a report; clinical history is all historical."""
     doc = parse_report(report_text)
     current, history = [], []
+    node_parts = {p for p, heading in doc.part_headings.items() if _NODE_WORDS.search(heading)}
     for s in doc.sentences:
         if s.section == "header":
             continue
-        for r in read_sentence(s):
+        for r in read_sentence(s, node_part=bool(set(s.parts) & node_parts)):
             if s.section in NEVER_CURRENT or r.status == "historical":
                 history.append(Reading(r.kind, r.value, "historical", r.detail, r.sentence, r.explicit))
             elif s.section == SPECIMENS and r.kind not in ("laterality", "procedure"):

@@ -94,7 +94,8 @@ def _procedure_group(value: str) -> str:
     return next((name for name, pattern in _PROCEDURE_GROUPS if pattern.search(value)), value)
 
 
-def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: tuple[Reading, ...]) -> Contradiction | None | bool:
+def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: tuple[Reading, ...],
+           historical: tuple[Reading, ...]) -> Contradiction | None | bool:
     """A contradiction, None when consistent, or False when the report does not state the kind."""
     kind = r.kind
     stated_anywhere = [c for c in current if c.kind == kind]
@@ -151,8 +152,11 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
     if kind not in FACT_KINDS:
         return None
     truth = facts.get(kind)
+    history = [h for h in historical if h.kind == kind and h.value == r.value]
     if truth is None:
-        return _contradiction(r, past[kind]) if kind in past and past[kind].value == r.value and kind in ("laterality", "procedure") else False
+        return _contradiction(r, history[0]) if history else False
+    if history and truth.value != r.value:  # the value of a prior specimen, stated as the current one
+        return _contradiction(r, history[0])
     if kind in ("er", "pr"):
         if truth.value != r.value:
             return _contradiction(r, truth)
@@ -172,7 +176,12 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
         if not said:
             return None
         return None if any(r.value == c.value or _in_range(said[0], c.value) for c in stated_anywhere) else _contradiction(r, truth)
-    if kind in ("nodes", "margins"):
+    if kind == "nodes":  # a part's own count is true only where the summary says which nodes it counts
+        qualified = re.search(r"sentinel|axillary|non-sentinel|level|part\b", r.sentence.text, re.IGNORECASE)
+        if truth.value == r.value or qualified and any(c.value == r.value for c in stated_anywhere):
+            return None
+        return _contradiction(r, truth)
+    if kind == "margins":
         if truth.value == r.value or any(c.value == r.value for c in stated_anywhere):
             return None
         return _contradiction(r, truth)
@@ -194,11 +203,11 @@ def check_summary(report_text: str, summary: str) -> SummaryCheck:
     if not readings:
         return SummaryCheck([], [])
     facts, past = _case(report_text)
-    current, _ = report_readings(report_text)
+    current, historical = report_readings(report_text)
     found: list[Contradiction] = []
     unsupported: list[Fact] = []
     for r in readings:
-        result = _check(r, facts, past, current)
+        result = _check(r, facts, past, current, historical)
         if result is False:
             if r.kind in FACT_KINDS:
                 unsupported.append(r.fact())

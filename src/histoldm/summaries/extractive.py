@@ -622,6 +622,12 @@ def _site_from(facts: dict[str, Fact]) -> Phrasings | None:
     return (where, f"{where}, {facts['procedure'].value}") if "procedure" in facts else (where,)
 
 
+def _size_names(cm: float) -> Phrasings:
+    """"2.1 cm"; a whole number also in millimetres ("1 cm (10 mm)"), so no reader takes it for a rounded value."""
+    long = f"tumour size {_format_cm(cm)}" + (f" ({round(cm * 10)} mm)" if cm == round(cm) else "")
+    return (_format_cm(cm), long)
+
+
 def extract_facts(report: str) -> Facts:
     """Phrasings of the case's facts (`case_facts`: sections, parts, addenda and history resolved);
     the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
@@ -647,7 +653,7 @@ def extract_facts(report: str) -> Facts:
         lcis=_status_names(facts.get("lcis"), "LCIS", "lobular carcinoma in situ"),
         lvi=_status_names(facts.get("lvi"), "LVI", "lymphovascular invasion", "{0} present"),
         receptors=_receptors_from(facts, diagnostic),
-        size=(_format_cm(float(size.value.split()[0])), f"tumour size {_format_cm(float(size.value.split()[0]))}") if size else None,
+        size=_size_names(float(size.value.split()[0])) if size else None,
         nodes=_nodes_from(facts.get("nodes")),
         margins=_margins_from(facts.get("margins")),
         calcifications=_status_names(facts.get("calcifications"), "calcifications", "calcifications", "{0} present"),
