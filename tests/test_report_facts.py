@@ -163,8 +163,9 @@ def test_history_of_a_prior_lumpectomy_is_not_the_current_specimen():
     assert (_fact(HISTORY_REPORT, "laterality").value, _fact(HISTORY_REPORT, "procedure").value) == ("left", "partial mastectomy")
     summary = extractive_summary(HISTORY_REPORT, 154)[0]
     assert "left breast, partial mastectomy" in summary and "right" not in summary.lower() and "lumpectomy" not in summary
-    (problem,) = contradictions(HISTORY_REPORT, "ILC, grade 2; right breast, lumpectomy.")
-    assert "right" in problem and "LEFT BREAST, PARTIAL MASTECTOMY" in problem
+    side, procedure = contradictions(HISTORY_REPORT, "ILC, grade 2; right breast, lumpectomy.")
+    assert "laterality right" in side and "LEFT BREAST, PARTIAL MASTECTOMY" in side
+    assert "procedure lumpectomy" in procedure and "only as history" in procedure and "lumpectomy (2009)" in procedure
 
 
 def test_one_part_negative_for_dcis_does_not_make_the_case_negative():

@@ -178,7 +178,7 @@ _MICROMET = re.compile(r"micro-?metasta\w+", re.IGNORECASE)
 
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?\s*(?:mm|cm))", re.IGNORECASE)
+_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
 
 _TILS = re.compile(r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE)
 _TIL_PCT = re.compile(rf"^[^.;%]{{0,50}}?({_PCT})")
@@ -193,7 +193,12 @@ _PROCEDURE = re.compile(
     re.IGNORECASE,
 )
 _STAGE_T = re.compile(r"(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?![A-Za-z0-9])|(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?=N)")
-_STAGE_N = re.compile(r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:\s*\(?(?:mi|i[+-]|mol[+-]|sn)\)?)*|X))(?![A-Za-z0-9])")
+_STAGE_N = re.compile(r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:mi|\s*\((?:mi|i[+-]|mol[+-]|sn)\))*|X))(?![A-Za-z0-9])")
+
+
+_FINDING_HINT = re.compile(r"lymph|vascular|lvi|dcis|lcis|situ|necro|calcif|intraductal")
+_RECEPTOR_HINT = re.compile(r"\ber\b|\bpg?r\b|estrogen|progesterone|receptor|triple|hormone")
+_SITE_HINT = re.compile(r"left|right|laterality|ectomy|biopsy|excision")
 
 
 def _number(word: str) -> int:
@@ -241,19 +246,35 @@ class _Reader:
         self.out.append(Reading(kind, value, status, detail, self.sentence, explicit))
 
     def read(self) -> list[Reading]:
-        for clause in clauses(self.text):
-            self._findings(clause)
-            self._types(clause)
-        self._grade()
-        self._size()
-        self._receptors()
-        self._her2()
-        self._nodes()
-        self._margins()
-        self._tils()
-        self._site()
-        self._stage()
-        if _HISTORY.search(self.text) and not self.sentence.section == ADDENDUM:
+        low, text = self.low, self.text
+        # Cheap word tests first: most sentences of a report (gross, boilerplate) concern no reader.
+        findings = _FINDING_HINT.search(low) is not None
+        types = "carcinoma" in low or "idc" in low or "ilc" in low
+        if findings or types:
+            for clause in clauses(text):
+                if findings:
+                    self._findings(clause)
+                if types:
+                    self._types(clause)
+        if "grade" in low or "score" in low or "differentiated" in low:
+            self._grade()
+        if "cm" in low or "mm" in low:
+            self._size()
+        if _RECEPTOR_HINT.search(low):
+            self._receptors()
+        if "her" in low or "erbb" in low or "ish" in low:
+            self._her2()
+        if self.node_part or _NODE_WORDS.search(text):
+            self._nodes()
+        if "margin" in low:
+            self._margins()
+        if "til" in low or "lymphocyt" in low:
+            self._tils()
+        if _SITE_HINT.search(low):
+            self._site()
+        if "pt" in low or "pn" in low:
+            self._stage()
+        if self.out and self.sentence.section != ADDENDUM and _HISTORY.search(self.text):
             self.out = [Reading(r.kind, r.value, "historical", r.detail, r.sentence, r.explicit) for r in self.out]
         return self.out
 
@@ -404,7 +425,7 @@ class _Reader:
                 continue
             close = _CLOSEST.search(clause)
             if _MARGIN_NEGATIVE.search(clause):
-                self.add("margins", "negative", detail=f"closest {close[1]}" if close else None)
+                self.add("margins", "negative", detail=f"closest {close[1]} {close[2].lower()}" if close else None)
                 return
             if _MARGIN_POSITIVE.search(clause):
                 self.add("margins", "positive")
