@@ -165,7 +165,7 @@ def test_history_of_a_prior_lumpectomy_is_not_the_current_specimen():
     assert "left breast, partial mastectomy" in summary and "right" not in summary.lower() and "lumpectomy" not in summary
     side, procedure = contradictions(HISTORY_REPORT, "ILC, grade 2; right breast, lumpectomy.")
     assert "laterality right" in side and "LEFT BREAST, PARTIAL MASTECTOMY" in side
-    assert "procedure lumpectomy" in procedure and "only as history" in procedure and "lumpectomy (2009)" in procedure
+    assert "procedure lumpectomy" in procedure and "prior specimen" in procedure and "lumpectomy (2009)" in procedure
 
 
 def test_one_part_negative_for_dcis_does_not_make_the_case_negative():

@@ -156,7 +156,9 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
     if truth is None:
         return _contradiction(r, history[0]) if history else False
     if history and truth.value != r.value:  # the value of a prior specimen, stated as the current one
-        return _contradiction(r, history[0])
+        found = _contradiction(r, truth)
+        note = f'; {r.value} is a prior specimen\'s ("{history[0].sentence.text}")'
+        return Contradiction(found.kind, found.summary_clause, found.report_sentence, found.message + note)
     if kind in ("er", "pr"):
         if truth.value != r.value:
             return _contradiction(r, truth)
