@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Literal
 
-from histoldm.summaries.findings import FINDINGS, _matches, clauses, lower, status_at
+from histoldm.summaries.findings import _matches, clauses, lower, status_at
 from histoldm.summaries.report_document import ADDENDUM, BODY, NEVER_CURRENT, SPECIMENS, SYNOPTIC, Sentence, parse_report
 
 Status = Literal["present", "absent", "possible", "historical"]
@@ -167,7 +167,7 @@ _NUM = r"(\d{1,2}|" + "|".join(sorted(_WORD_NUMBERS, key=len, reverse=True)) + r
 _NODE_COUNTS = [
     re.compile(rf"\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s+(?:[a-z-]+\s+){{0,3}}(?:lymph\s+)?nodes?", re.IGNORECASE),  # "2 of 15 lymph nodes"
     re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0 of 14"
-    re.compile(rf"(?<![\d/.])\(\s*(\d{{1,2}})\s*/\s*(\d{{1,2}})\s*\)(?![\d/])", re.IGNORECASE),  # "(0/3)" in a sentence about nodes
+    re.compile(r"(?<![\d/.])\(\s*(\d{1,2})\s*/\s*(\d{1,2})\s*\)(?![\d/])"),  # "(0/3)" in a sentence about nodes
     re.compile(rf"\b{_NUM}\s+(?:positive|involved)\s+(?:[a-z-]+\s+){{0,2}}(?:lymph\s+)?nodes?\s+(?:out\s+)?of\s+{_NUM}", re.IGNORECASE),
 ]
 _NODES_EXAMINED = re.compile(r"(?:nodes?\s+)?(?:examined|identified|removed|retrieved|submitted|total)\b[^:\d]{0,20}[:\-]?\s*(\d{1,2})\b", re.IGNORECASE)
