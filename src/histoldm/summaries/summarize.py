@@ -364,7 +364,7 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
         tqdm.write(f"warning: {w}")
 
     backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
-    model_name = backend.model if backend else "rules-v2" if cfg.backend == "extractive" else str(cfg.model)
+    model_name = backend.model if backend else "rules-v3" if cfg.backend == "extractive" else str(cfg.model)
     counts: Counter = Counter()
     first_failure: list[str] = []
     tokens: list[int] = []
