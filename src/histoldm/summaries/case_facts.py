@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Literal
 
-from histoldm.summaries.findings import FINDINGS, _matches, clauses, lower, status_at
+from histoldm.summaries.findings import _matches, clauses, lower, status_at
 from histoldm.summaries.report_document import ADDENDUM, BODY, NEVER_CURRENT, SPECIMENS, SYNOPTIC, Sentence, parse_report
 
 Status = Literal["present", "absent", "possible", "historical"]
@@ -161,11 +161,13 @@ _HER2_SIGN = re.compile(r"^[\s:=\-]*(?:\((?:ihc|fish|ish)\)\s*)?(?:status\s*)?[:
 
 _WORD_NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                                             "fifteen sixteen seventeen eighteen nineteen twenty".split())} | {"no": 0, "none": 0}
-_NUM = r"(\d{1,2}|" + "|".join(_WORD_NUMBERS) + r")"
+_WORD_NUMBERS |= {f"{tens}-{unit}": base + _WORD_NUMBERS[unit] for tens, base in (("twenty", 20), ("thirty", 30))
+                  for unit in "one two three four five six seven eight nine".split()} | {"thirty": 30}
+_NUM = r"(\d{1,2}|" + "|".join(sorted(_WORD_NUMBERS, key=len, reverse=True)) + r")"
 _NODE_COUNTS = [
     re.compile(rf"\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s+(?:[a-z-]+\s+){{0,3}}(?:lymph\s+)?nodes?", re.IGNORECASE),  # "2 of 15 lymph nodes"
-    re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*(\d{{1,2}})\s*/\s*(\d{{1,2}})\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0/14"
-    re.compile(rf"(?<![\d/.])\(\s*(\d{{1,2}})\s*/\s*(\d{{1,2}})\s*\)(?![\d/])", re.IGNORECASE),  # "(0/3)" in a sentence about nodes
+    re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0 of 14"
+    re.compile(r"(?<![\d/.])\(\s*(\d{1,2})\s*/\s*(\d{1,2})\s*\)(?![\d/])"),  # "(0/3)" in a sentence about nodes
     re.compile(rf"\b{_NUM}\s+(?:positive|involved)\s+(?:[a-z-]+\s+){{0,2}}(?:lymph\s+)?nodes?\s+(?:out\s+)?of\s+{_NUM}", re.IGNORECASE),
 ]
 _NODES_EXAMINED = re.compile(r"(?:nodes?\s+)?(?:examined|identified|removed|retrieved|submitted|total)\b[^:\d]{0,20}[:\-]?\s*(\d{1,2})\b", re.IGNORECASE)
@@ -176,7 +178,7 @@ _MICROMET = re.compile(r"micro-?metasta\w+", re.IGNORECASE)
 
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?\s*(?:mm|cm))", re.IGNORECASE)
+_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
 
 _TILS = re.compile(r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE)
 _TIL_PCT = re.compile(rf"^[^.;%]{{0,50}}?({_PCT})")
@@ -191,7 +193,12 @@ _PROCEDURE = re.compile(
     re.IGNORECASE,
 )
 _STAGE_T = re.compile(r"(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?![A-Za-z0-9])|(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?=N)")
-_STAGE_N = re.compile(r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:\s*\(?(?:mi|i[+-]|mol[+-]|sn)\)?)*|X))(?![A-Za-z0-9])")
+_STAGE_N = re.compile(r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:mi|\s*\((?:mi|i[+-]|mol[+-]|sn)\))*|X))(?![A-Za-z0-9])")
+
+
+_FINDING_HINT = re.compile(r"lymph|vascular|lvi|dcis|lcis|situ|necro|calcif|intraductal")
+_RECEPTOR_HINT = re.compile(r"\ber\b|\bpg?r\b|estrogen|progesterone|receptor|triple|hormone")
+_SITE_HINT = re.compile(r"left|right|laterality|ectomy|biopsy|excision")
 
 
 def _number(word: str) -> int:
@@ -227,9 +234,10 @@ def _pct_value(p: str) -> str:
 class _Reader:
     """Readings of one sentence; `bare_means_present` for summaries, where a named finding is asserted."""
 
-    def __init__(self, sentence: Sentence, bare_means_present: bool):
+    def __init__(self, sentence: Sentence, bare_means_present: bool, node_part: bool = False):
         self.sentence = sentence
         self.bare = bare_means_present
+        self.node_part = node_part  # the sentence's part is a lymph node specimen ("B. SENTINEL LYMPH NODES")
         self.text = _as_corrected(sentence.text)
         self.low = lower(self.text)
         self.out: list[Reading] = []
@@ -238,19 +246,35 @@ class _Reader:
         self.out.append(Reading(kind, value, status, detail, self.sentence, explicit))
 
     def read(self) -> list[Reading]:
-        for clause in clauses(self.text):
-            self._findings(clause)
-            self._types(clause)
-        self._grade()
-        self._size()
-        self._receptors()
-        self._her2()
-        self._nodes()
-        self._margins()
-        self._tils()
-        self._site()
-        self._stage()
-        if _HISTORY.search(self.text) and not self.sentence.section == ADDENDUM:
+        low, text = self.low, self.text
+        # Cheap word tests first: most sentences of a report (gross, boilerplate) concern no reader.
+        findings = _FINDING_HINT.search(low) is not None
+        types = "carcinoma" in low or "idc" in low or "ilc" in low
+        if findings or types:
+            for clause in clauses(text):
+                if findings:
+                    self._findings(clause)
+                if types:
+                    self._types(clause)
+        if "grade" in low or "score" in low or "differentiated" in low:
+            self._grade()
+        if "cm" in low or "mm" in low:
+            self._size()
+        if _RECEPTOR_HINT.search(low):
+            self._receptors()
+        if "her" in low or "erbb" in low or "ish" in low:
+            self._her2()
+        if self.node_part or _NODE_WORDS.search(text):
+            self._nodes()
+        if "margin" in low:
+            self._margins()
+        if "til" in low or "lymphocyt" in low:
+            self._tils()
+        if _SITE_HINT.search(low):
+            self._site()
+        if "pt" in low or "pn" in low:
+            self._stage()
+        if self.out and self.sentence.section != ADDENDUM and _HISTORY.search(self.text):
             self.out = [Reading(r.kind, r.value, "historical", r.detail, r.sentence, r.explicit) for r in self.out]
         return self.out
 
@@ -359,10 +383,8 @@ class _Reader:
 
     def _nodes(self) -> None:
         text = self.text
-        heading = self.sentence.part and _NODE_WORDS.search(self.sentence.text) is None
-        if not _NODE_WORDS.search(text) and not heading:
-            return
-        if _NODE_WORDS.search(text) is None:
+        about_nodes = bool(_NODE_WORDS.search(text)) or self.node_part
+        if not about_nodes:
             return
         detail = next((m.group(0) for m in (_STAGE_N.search(text),) if m and "mi" in m.group(0)), None)
         if itc := _ITC.search(text):
@@ -371,6 +393,8 @@ class _Reader:
             detail = detail or micro.group(0).lower()
         for i in (2, 0, 1, 3):  # a "(0/6)" beside "isolated tumor cells in one of 6 nodes" is the count
             pattern = _NODE_COUNTS[i]
+            if i == 2 and not about_nodes:
+                continue
             for m in pattern.finditer(text):
                 if i == 1 and re.search(r"ratio|score|grade|her|%", m.group(0), re.IGNORECASE):
                     continue
@@ -401,7 +425,7 @@ class _Reader:
                 continue
             close = _CLOSEST.search(clause)
             if _MARGIN_NEGATIVE.search(clause):
-                self.add("margins", "negative", detail=f"closest {close[1]}" if close else None)
+                self.add("margins", "negative", detail=f"closest {close[1]} {close[2].lower()}" if close else None)
                 return
             if _MARGIN_POSITIVE.search(clause):
                 self.add("margins", "positive")
@@ -463,9 +487,9 @@ def _receptor_kind(name: str) -> str:
     return "er" if name.startswith(("e", "o")) else "pr" if name.startswith("p") else "her2"
 
 
-def read_sentence(sentence: Sentence, bare_means_present: bool = False) -> list[Reading]:
+def read_sentence(sentence: Sentence, bare_means_present: bool = False, node_part: bool = False) -> list[Reading]:
     """Everything one sentence states, kind by kind (historical when it speaks of a prior specimen)."""
-    return _Reader(sentence, bare_means_present).read()
+    return _Reader(sentence, bare_means_present, node_part).read()
 
 
 # --- joining a case --------------------------------------------------------------------------
@@ -476,10 +500,11 @@ def report_readings(report_text: str) -> tuple[tuple[Reading, ...], tuple[Readin
     """(current readings, historical readings) of a report; clinical history is all historical."""
     doc = parse_report(report_text)
     current, history = [], []
+    node_parts = {p for p, heading in doc.part_headings.items() if _NODE_WORDS.search(heading)}
     for s in doc.sentences:
         if s.section == "header":
             continue
-        for r in read_sentence(s):
+        for r in read_sentence(s, node_part=bool(set(s.parts) & node_parts)):
             if s.section in NEVER_CURRENT or r.status == "historical":
                 history.append(Reading(r.kind, r.value, "historical", r.detail, r.sentence, r.explicit))
             elif s.section == SPECIMENS and r.kind not in ("laterality", "procedure"):
@@ -622,7 +647,7 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
     if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumour):
         facts["her2"] = her2
     if nodes := _nodes_total(by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour):
-        if nodes.detail is None and "pn" in facts and re.search(r"mi|i\+", facts["pn"].value):
+        if "pn" in facts and re.search(r"mi|i\+", facts["pn"].value) and not (nodes.detail or "").lower().startswith("isolated"):
             nodes = Fact(nodes.kind, nodes.value, nodes.status, nodes.evidence, facts["pn"].value)
         facts["nodes"] = nodes
     return facts

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from histoldm.summaries.case_facts import FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, report_readings, summary_readings
+from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, case_facts, report_readings,
+                                          summary_facts, summary_readings)
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
           "necrosis": "tumour necrosis", "calcifications": "calcifications", "er": "ER", "pr": "PR", "her2": "HER2",
@@ -93,7 +94,8 @@ def _procedure_group(value: str) -> str:
     return next((name for name, pattern in _PROCEDURE_GROUPS if pattern.search(value)), value)
 
 
-def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: tuple[Reading, ...]) -> Contradiction | None | bool:
+def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: tuple[Reading, ...],
+           historical: tuple[Reading, ...]) -> Contradiction | None | bool:
     """A contradiction, None when consistent, or False when the report does not state the kind."""
     kind = r.kind
     stated_anywhere = [c for c in current if c.kind == kind]
@@ -150,8 +152,13 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
     if kind not in FACT_KINDS:
         return None
     truth = facts.get(kind)
+    history = [h for h in historical if h.kind == kind and h.value == r.value]
     if truth is None:
-        return _contradiction(r, past[kind]) if kind in past and past[kind].value == r.value and kind in ("laterality", "procedure") else False
+        return _contradiction(r, history[0]) if history else False
+    if history and truth.value != r.value:  # the value of a prior specimen, stated as the current one
+        found = _contradiction(r, truth)
+        note = f'; {r.value} is a prior specimen\'s ("{history[0].sentence.text}")'
+        return Contradiction(found.kind, found.summary_clause, found.report_sentence, found.message + note)
     if kind in ("er", "pr"):
         if truth.value != r.value:
             return _contradiction(r, truth)
@@ -171,7 +178,12 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
         if not said:
             return None
         return None if any(r.value == c.value or _in_range(said[0], c.value) for c in stated_anywhere) else _contradiction(r, truth)
-    if kind in ("nodes", "margins"):
+    if kind == "nodes":  # a part's own count is true only where the summary says which nodes it counts
+        qualified = re.search(r"sentinel|axillary|non-sentinel|level|part\b", r.sentence.text, re.IGNORECASE)
+        if truth.value == r.value or qualified and any(c.value == r.value for c in stated_anywhere):
+            return None
+        return _contradiction(r, truth)
+    if kind == "margins":
         if truth.value == r.value or any(c.value == r.value for c in stated_anywhere):
             return None
         return _contradiction(r, truth)
@@ -193,11 +205,11 @@ def check_summary(report_text: str, summary: str) -> SummaryCheck:
     if not readings:
         return SummaryCheck([], [])
     facts, past = _case(report_text)
-    current, _ = report_readings(report_text)
+    current, historical = report_readings(report_text)
     found: list[Contradiction] = []
     unsupported: list[Fact] = []
     for r in readings:
-        result = _check(r, facts, past, current)
+        result = _check(r, facts, past, current, historical)
         if result is False:
             if r.kind in FACT_KINDS:
                 unsupported.append(r.fact())
@@ -210,3 +222,20 @@ def contradictions(report: str, summary: str) -> list[str]:
     """One line per contradiction (empty when consistent): what the summary states and what the report
     states, each quoted."""
     return [c.message for c in check_summary(report, summary).contradictions]
+
+
+def audited_facts(report_text: str, summary: str) -> tuple[list[dict], list[dict]]:
+    """For `summaries.jsonl`: each fact the summary states, as the report's fact of that kind with its
+    evidence (section, part, sentence) and the summary clause that states it; and the summary's
+    unsupported statements (kind, value, summary_clause)."""
+    case = {f.kind: f for f in case_facts(report_text)}
+    facts, unsupported, seen = [], [], set()
+    for f in summary_facts(summary):
+        if (f.kind, f.evidence.sentence) in seen:
+            continue
+        seen.add((f.kind, f.evidence.sentence))
+        if f.kind in case:
+            facts.append({**case[f.kind].to_json(), "summary_clause": f.evidence.sentence})
+        else:
+            unsupported.append({"kind": f.kind, "value": f.value, "summary_clause": f.evidence.sentence})
+    return facts, unsupported

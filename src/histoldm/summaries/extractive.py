@@ -215,18 +215,6 @@ def _tils(text: str) -> Phrasings | None:
     return None
 
 
-def _finding(text: str, finding: str, names: dict[str, Phrasings]) -> Phrasings | None:
-    """A finding's phrasings for the status the text states (present, absent or possible)."""
-    status = read_status(text, finding)
-    return names[status] if status else None
-
-
-def _necrosis(text: str) -> Phrasings | None:
-    return _finding(text, "necrosis", {"present": ("necrosis", "necrosis present", "tumour necrosis present"),
-                                       "absent": ("no necrosis", "no tumour necrosis"),
-                                       "possible": ("possible necrosis", "possible tumour necrosis")})
-
-
 _MITOTIC_SCORE = re.compile(r"mito(?:ses|tic(?:\s+(?:count|score|activity|rate))?)\s*(?:score\s*)?[:\-]?\s*([123])\b(?!\s*(?:mitos|per|/))", re.IGNORECASE)
 _MITOTIC_WORD = re.compile(r"mitotic\s+(?:activity|rate|count)\s+(?:is\s+)?(low|intermediate|moderate|high)|"
                            r"(low|intermediate|moderate|high)\s+mitotic\s+(?:activity|rate|count)", re.IGNORECASE)
@@ -322,12 +310,6 @@ def _in_situ(text: str) -> Phrasings | None:
     return None
 
 
-def _lvi(text: str) -> Phrasings | None:
-    return _finding(text, "lvi", {"present": ("LVI present", "lymphovascular invasion present"),
-                                  "absent": ("no LVI", "no lymphovascular invasion"),
-                                  "possible": ("possible LVI", "possible lymphovascular invasion")})
-
-
 _RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
 _PCT_AFTER = r"(?:[\s(]{0,16}(\d{1,3})\s*%)?"
 _ER = re.compile(r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)" + _PCT_AFTER, re.IGNORECASE)
@@ -386,64 +368,12 @@ def _receptors(text: str) -> Phrasings | None:
     return (plain,) if detailed == list(signs.values()) else (plain, ", ".join(detailed))
 
 
-_DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
-_SIZE_CONTEXT = re.compile(r"size|greatest dimension|greatest diameter|measur|largest", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(r"margin|node|specimen|distance|from the|skin|nipple|biopsy site|cassette|field|diameter of", re.IGNORECASE)
-_GROSS_MASS = re.compile(r"\b(mass|tumou?r|lesion|nodule|neoplasm)\b", re.IGNORECASE)
-
-
-def _largest_dimension_cm(clause: str) -> float | None:
-    m = _DIMENSIONS.search(clause)
-    if not m:
-        return None
-    values = [float(m.group(1))] + [float(v) for v in re.findall(r"\d+(?:\.\d+)?", m.group(2))]
-    largest = max(values)
-    return largest / 10 if m.group(3).lower() == "mm" else largest
-
-
 def _format_cm(cm: float) -> str:
     return f"{round(cm, 1):g} cm"
 
 
-def _size(diagnostic: str, full: str) -> Phrasings | None:
-    """Tumour size from the diagnosis; else the gross description's mass (never the specimen's)."""
-    for clause in clauses(diagnostic):
-        if _SIZE_CONTEXT.search(clause) and not _NOT_TUMOUR_SIZE.search(clause):
-            if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    for clause in clauses(diagnostic):  # "invasive ductal carcinoma, grade 3, 2 cm"
-        if re.search(r"carcinoma|tumou?r", clause, re.IGNORECASE) and not _NOT_TUMOUR_SIZE.search(clause):
-            if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    for clause in clauses(full):
-        if (mass := _GROSS_MASS.search(clause)) and "measur" in clause.lower() and not _NOT_TUMOUR_SIZE.search(clause[: mass.start()]):
-            if (cm := _largest_dimension_cm(clause[mass.start() :])) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    return None
-
-
-_NODES = re.compile(r"(\d{1,2})\s*(?:of|/)\s*(\d{1,2})\s+(?:[a-z]+\s+){0,2}lymph\s+nodes?\s+(?:are\s+|were\s+)?(?:positive|involved)"
-                    r"|lymph\s+nodes?[^:\n]{0,20}:\s*(\d{1,2})\s*/\s*(\d{1,2})\s+(?:positive|involved)", re.IGNORECASE)
-
-
-def node_counts(text: str) -> tuple[int, int] | None:
-    """(positive, examined) lymph nodes from "2 of 14 lymph nodes positive" or "Lymph nodes: 2/14 positive"."""
-    if not (m := _NODES.search(text)):
-        return None
-    pos, total = int(m[1] or m[3]), int(m[2] or m[4])
-    return (pos, total) if pos <= total else None
-
-
-def _nodes(text: str) -> Phrasings | None:
-    if not (counts := node_counts(text)):
-        return None
-    pos, total = counts
-    return (f"nodes {pos}/{total}", f"{pos}/{total} lymph nodes positive", f"{pos} of {total} lymph nodes positive")
-
-
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not involved|does not involve|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present at|extends to|transected", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest\s+margin\s*(?:\((\w+)\))?[^\d;]{0,20}(\d+(?:\.\d+)?)\s*(mm|cm)", re.IGNORECASE)
 
 
 def margin_status(text: str) -> str | None:
@@ -458,42 +388,14 @@ def margin_status(text: str) -> str | None:
     return None
 
 
-def _margins(text: str) -> Phrasings | None:
-    status = margin_status(text)
-    if status is None:
-        return None
-    names = [f"margins {status}"]
-    if status == "negative" and (m := _CLOSEST.search(text)):
-        names.append(f"margins negative, closest {m[2]} {m[3].lower()}" + (f" ({m[1].lower()})" if m[1] else ""))
-    return tuple(names)
-
-
 _KI67 = re.compile(r"ki-?67[^\d\n]{0,30}(\d{1,3})\s*%", re.IGNORECASE)
 _STAGE = re.compile(r"\b(p?T(?:is|[0-4][a-d]?)\s*(?:\(\w+\)\s*)?p?N(?:[0-3][a-c]?|x)(?:\s*\([^)]{1,12}\))?(?:\s*p?M[01x])?)", re.IGNORECASE)
-_SITE = re.compile(r"\b(left|right)\s+breast\b|\bbreast,\s*(left|right)\b", re.IGNORECASE)
-_PROCEDURE = re.compile(r"modified radical mastectomy|simple mastectomy|total mastectomy|partial mastectomy|mastectomy|lumpectomy"
-                        r"|excisional biopsy|wide local excision", re.IGNORECASE)
-
-
-def _calcifications(text: str) -> Phrasings | None:
-    return _finding(text, "calcifications", {"present": ("calcifications present",), "absent": ("no calcifications",),
-                                             "possible": ("possible calcifications",)})
-
-
 def _ki67(text: str) -> Phrasings | None:
     return (f"Ki-67 {m[1]}%",) if (m := _KI67.search(text)) else None
 
 
 def _stage(text: str) -> Phrasings | None:
     return (" ".join(m[1].split()),) if (m := _STAGE.search(text)) else None
-
-
-def _site(full: str) -> Phrasings | None:
-    side, procedure = _SITE.search(full), _PROCEDURE.search(full)
-    if not side:
-        return None
-    where = f"{(side[1] or side[2]).lower()} breast"
-    return (where, f"{where}, {procedure[0].lower()}") if procedure else (where,)
 
 
 @dataclass
@@ -622,6 +524,12 @@ def _site_from(facts: dict[str, Fact]) -> Phrasings | None:
     return (where, f"{where}, {facts['procedure'].value}") if "procedure" in facts else (where,)
 
 
+def _size_names(cm: float) -> Phrasings:
+    """"2.1 cm"; a whole number also in millimetres ("1 cm (10 mm)"), so no reader takes it for a rounded value."""
+    long = f"tumour size {_format_cm(cm)}" + (f" ({round(cm * 10)} mm)" if cm == round(cm) else "")
+    return (_format_cm(cm), long)
+
+
 def extract_facts(report: str) -> Facts:
     """Phrasings of the case's facts (`case_facts`: sections, parts, addenda and history resolved);
     the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
@@ -647,7 +555,7 @@ def extract_facts(report: str) -> Facts:
         lcis=_status_names(facts.get("lcis"), "LCIS", "lobular carcinoma in situ"),
         lvi=_status_names(facts.get("lvi"), "LVI", "lymphovascular invasion", "{0} present"),
         receptors=_receptors_from(facts, diagnostic),
-        size=(size.value, f"tumour size {size.value}") if size else None,
+        size=_size_names(float(size.value.split()[0])) if size else None,
         nodes=_nodes_from(facts.get("nodes")),
         margins=_margins_from(facts.get("margins")),
         calcifications=_status_names(facts.get("calcifications"), "calcifications", "calcifications", "{0} present"),

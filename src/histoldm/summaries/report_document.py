@@ -44,6 +44,7 @@ positive equivocal amplified amplification estrogen progesterone receptor recept
 moderately poorly well differentiated histologic sentinel axillary multifocal unifocal focal extensive limited
 inflammatory infiltrate stromal intraductal epithelial neoplasm neoplastic lesion lesions nipple skin lateral medial
 inferior superior anterior posterior closest distance million examined including complete completely
+single files nests cords glands sheets trabeculae tubules clusters pattern growth labeled labelled fibrocystic
 """.split()
 
 
@@ -58,7 +59,11 @@ _OCR_TOKEN = re.compile(r"(?<![\w|])(?=[\w|]*(?:[l1I|0]|rn))[A-Za-z][\w|]{2,}|(?
 
 
 def _repair_token(m: re.Match) -> str:
-    token = m.group(0)
+    return _repair_word(m.group(0))
+
+
+@lru_cache(maxsize=1 << 16)
+def _repair_word(token: str) -> str:
     if token.lower() in _KNOWN or not any(c.isalpha() for c in token):
         return token
     word = _BY_FOLDED.get(_fold(token))
@@ -70,6 +75,7 @@ def _repair_token(m: re.Match) -> str:
     return word.capitalize() if token[0].isupper() and token[0] != "I" else word  # "Lnfiltrating", "lnfiltrating"
 
 
+@lru_cache(maxsize=64)
 def repair_ocr(text: str) -> str:
     """`text` with OCR'd forms of pathology words repaired ("lnfiltrating", "carcinorna", "INVAS1VE")."""
     return _OCR_TOKEN.sub(_repair_token, text)
@@ -78,7 +84,7 @@ def repair_ocr(text: str) -> str:
 # --- sections and parts ------------------------------------------------------------------------
 
 _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked in order
-    (r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|revised (?:report|diagnosis)|corrected report", ADDENDUM),
+    (r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?", ADDENDUM),
     (r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary|summary of (?:findings|tumou?r)", SYNOPTIC),
     (r"clinical (?:history|information|data|notes?|indications?|diagnosis)|(?:pertinent )?(?:medical )?history"
      r"|indications?(?: for (?:procedure|surgery|study))?|pre-?operative diagnosis|post-?operative diagnosis", CLINICAL_HISTORY),
