@@ -2,7 +2,7 @@
 (issue 25), on `histoldm.summaries.hard_reports` (several specimen parts, addenda that correct,
 history of a prior cancer, neoadjuvant therapy, in-situ-only cases, node notations, OCR noise).
 
-    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--json out.jsonl]
+    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--one-line] [--json out.jsonl]
 
 Per budget, with the extractive backend exactly as `histoldm summarize` calls it for one report:
 (a) facts kept: per fact kind, the share of reports stating the fact whose summary states it with
@@ -17,7 +17,9 @@ three styles (IDC / ER+ (80%) / HER2 2+ FISH amplified abbreviations, prose, key
 it rejects, and planted contradictions (reversed negation, wrong receptor, wrong laterality,
 history as current, pre-addendum value, ...) that it misses: a planted one counts as caught only by a
 complaint that the same summary without the planted error did not get.
-Prints one JSON line per budget and one for the checker, then Markdown tables.
+--one-line runs every report together on one line (whitespace joined), as OCR'd TCGA text often
+arrives; the ground truth is the same. Prints one JSON line per budget and one for the checker, then
+Markdown tables.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYO
     os.environ[_var] = "false" if _var == "TOKENIZERS_PARALLELISM" else "1"  # one core, before any library starts threads
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -195,6 +198,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 35, 50, 154])
+    parser.add_argument("--one-line", action="store_true", help="each report run together on one line, as OCR often gives it")
     parser.add_argument("--json", type=Path, help="also write the JSON lines to this file")
     args = parser.parse_args()
     if "torch" in sys.modules:
@@ -202,9 +206,11 @@ def main() -> None:
 
         torch.set_num_threads(1)
     cases = make_hard_reports(args.reports, args.seed)
+    if args.one_line:
+        cases = [dataclasses.replace(c, text=" ".join(c.text.split())) for c in cases]
     words = [c.words for c in cases]
     print(f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median {statistics.median(words):.0f}; "
-          f"torch imported: {'torch' in sys.modules}", file=sys.stderr)
+          f"{'run together on one line; ' if args.one_line else ''}torch imported: {'torch' in sys.modules}", file=sys.stderr)
     rows = [run_budget(cases, b) for b in args.budgets]
     checker = run_checker(cases)
     lines = [json.dumps(r, sort_keys=True) for r in [*rows, checker]]
