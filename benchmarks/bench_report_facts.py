@@ -6,7 +6,7 @@ history of a prior cancer, neoadjuvant therapy, in-situ-only cases, node notatio
 
 Per budget, with the extractive backend exactly as `histoldm summarize` calls it for one report:
 (a) facts kept: per fact kind, the share of reports stating the fact whose summary states it with
-    the right value (`hard_reports.states`, an oracle independent of the project's readers);
+    the right value (`summary_oracle.states`, independent of the project's readers);
 (b) false statements: summaries where the project's summary reader (`read_summary` below) finds a
     value that contradicts the ground truth; separately, summaries that state a planted trap's
     wrong value by the oracle (history as current, the pre-addendum value, ...) or copy an OCR'd word;
@@ -38,8 +38,8 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from histoldm.summaries.hard_reports import (  # noqa: E402
-    FACT_KINDS, HardReport, make_hard_reports, planted_contradictions, states, trap_fallen, true_summaries)
+from histoldm.summaries.hard_reports import FACT_KINDS, HardReport, make_hard_reports  # noqa: E402
+from histoldm.summaries.summary_oracle import planted_contradictions, states, trap_fallen, true_summaries  # noqa: E402
 from histoldm.summaries.loading import Report  # noqa: E402
 from histoldm.summaries.summarize import SummarizeConfig, summarize_extractive  # noqa: E402
 from histoldm.text.tokenizer import count_tokens  # noqa: E402

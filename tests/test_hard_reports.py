@@ -9,9 +9,8 @@ from collections import Counter
 
 import pytest
 
-from histoldm.summaries.hard_reports import (
-    DCIS, FACT_KINDS, MAX_WORDS, MIN_WORDS, make_hard_reports, planted_contradictions, states, trap_fallen, true_summaries,
-    write_summary)
+from histoldm.summaries.hard_reports import DCIS, FACT_KINDS, MAX_WORDS, MIN_WORDS, make_hard_reports
+from histoldm.summaries.summary_oracle import planted_contradictions, states, trap_fallen, true_summaries, write_summary
 from histoldm.summaries.loading import normalise_case_id
 from histoldm.summaries.synthetic import make_synthetic_cases
 

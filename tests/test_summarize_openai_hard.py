@@ -11,7 +11,8 @@ from test_summarize import ScriptedChatServer, _llm_cfg, _write_jsonl
 
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
-from histoldm.summaries.hard_reports import SUMMARY_STYLES, HardReport, make_hard_reports, write_summary
+from histoldm.summaries.hard_reports import HardReport, make_hard_reports
+from histoldm.summaries.summary_oracle import SUMMARY_STYLES, write_summary
 from histoldm.summaries.summarize import run_summarize
 
 
