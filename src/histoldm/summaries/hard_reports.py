@@ -366,19 +366,9 @@ def _status_line(rng: random.Random, k: int, n: int, notation: str | None = None
             else f"NONE OF {number_word(n).upper()} LYMPH NODES INVOLVED BY CARCINOMA")
 
 
-def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
-    case = _plan(rng)
-    f = case.facts
-    scenario = next(s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features)
-    receptors = _receptor_plan(case, scenario)
-    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
-    side, other = f["laterality"], "right" if f["laterality"] == "left" else "left"
-    invasive = scenario in ("invasive", "neoadjuvant_residual")
-    part_style = rng.choice(_PART_STYLES)
-    lvi_name = rng.choice(_LVI_NAMES)
-    case.features.add(f"part_style:{part_style}")
-
-    # corrections by addendum: the text above the addendum shows the old value
+def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> dict[str, str]:
+    """The values an addendum will correct, kind -> the old value the body of the report shows (each a trap)."""
+    rng, f = case.rng, case.facts
     corrections: dict[str, str] = {}
     correctable = [k for k in ("er", "pr", "grade", "laterality") if k in f] + (["her2"] if receptors.get("her2_ihc") == "2+" else [])
     if correctable and rng.random() < 0.4:
@@ -394,10 +384,12 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             else:
                 corrections[kind] = "equivocal"
             case.trap(kind, corrections[kind], "addendum")
-    shown = {**f, **corrections}  # what the body of the report says
-    shown_side = shown["laterality"]
+    return corrections
 
-    # clinical history
+
+def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side: str, other: str) -> str:
+    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note (traps planted)."""
+    rng, f = case.rng, case.facts
     history_kind = rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0] if scenario in ("invasive", "dcis_only") else "neoadjuvant"
     age = rng.randint(34, 84)
     if history_kind == "contralateral" and "laterality" not in corrections:
@@ -407,8 +399,9 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         prior_type = rng.choice([IDC, ILC])
         prior_er = rng.choice(["positive", "negative"])
         prior_grade = rng.choice("123")
+        radiation = " and radiation" if prior_proc in conserving else ""
         history = (f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
-                   f"ER {prior_er}) treated by {prior_proc}{' and radiation' if 'mastectomy' not in prior_proc or 'segmental' in prior_proc or 'partial' in prior_proc else ''} in {year}, now with a new {shown_side} breast mass "
+                   f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
                    f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}")
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
@@ -435,22 +428,13 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         history = f"{age}-year-old woman, {shown_side} breast mass. Family history of breast cancer (mother, sister). BRCA testing pending."
     else:
         history = f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; biopsy-proven carcinoma."
+    return history
 
-    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
-    involved = rng.choice(_DIRECTIONS)
-    proc = f["procedure"]
-    parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
-    node_lines, synoptic_nodes = _nodes(case, parts)
-    extra_margin = rng.random() < 0.7 or (f["dcis"] == "present")
-    margin_part = None
-    if extra_margin:
-        margin_part = "ABCDEFG"[len(parts)]
-        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
-    if f["dcis"] == "present" and margin_part:
-        case.trap("dcis", "absent", "negative_part")
-    case.features.add(f"parts:{len(parts)}")
 
-    # diagnosis of part A
+def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, involved: str, noise: _Noise) -> tuple[list[str], bool]:
+    """The diagnosis lines of the tumour part, and whether its LCIS has central necrosis."""
+    rng, f = case.rng, case.facts
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
     a = []
     lcis_central = False
     if scenario == "no_residual_invasive":
@@ -514,6 +498,42 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
         a.append(rng.choice([f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
                              f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN"]))
+    return a, lcis_central
+
+
+def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
+    case = _plan(rng)
+    f = case.facts
+    scenario = next(s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features)
+    receptors = _receptor_plan(case, scenario)
+    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
+    other = "right" if f["laterality"] == "left" else "left"
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
+    part_style = rng.choice(_PART_STYLES)
+    lvi_name = rng.choice(_LVI_NAMES)
+    case.features.add(f"part_style:{part_style}")
+
+    corrections = _corrections(case, receptors, other)
+    shown = {**f, **corrections}  # what the body of the report says
+    shown_side = shown["laterality"]
+
+    history = _history(case, scenario, corrections, shown["laterality"], other)
+
+    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
+    involved = rng.choice(_DIRECTIONS)
+    proc = f["procedure"]
+    parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
+    node_lines, synoptic_nodes = _nodes(case, parts)
+    extra_margin = rng.random() < 0.7 or (f["dcis"] == "present")
+    margin_part = None
+    if extra_margin:
+        margin_part = "ABCDEFG"[len(parts)]
+        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
+    if f["dcis"] == "present" and margin_part:
+        case.trap("dcis", "absent", "negative_part")
+    case.features.add(f"parts:{len(parts)}")
+
+    a, lcis_central = _part_a(case, scenario, shown, lvi_name, involved, noise)
     margin_line = ("BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
                    if rng.random() < 0.6 else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE")
 
