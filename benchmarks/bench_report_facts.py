@@ -13,7 +13,8 @@ Per budget, with the extractive backend exactly as `histoldm summarize` calls it
 (d) speed: reports per second on one core (threads pinned to 1; CPU and wall time), and 10,000
     reports extrapolated.
 And once: (c) the checker's errors both ways: correct summaries written from the ground truth in
-three styles (IDC / ER+ (80%) / HER2 2+ FISH amplified abbreviations, prose, key-value list) that
+four styles (IDC / ER+ (80%) / HER2 2+ FISH amplified abbreviations, prose, a key-value list,
+clinical sentences with ER-positive and sizes in mm) that
 it rejects, and planted contradictions (reversed negation, wrong receptor, wrong laterality,
 history as current, pre-addendum value, ...) that it misses: a planted one counts as caught only by a
 complaint that the same summary without the planted error did not get.
@@ -39,7 +40,8 @@ from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from histoldm.summaries.hard_reports import FACT_KINDS, HardReport, make_hard_reports  # noqa: E402
-from histoldm.summaries.summary_oracle import planted_contradictions, states, trap_fallen, true_summaries  # noqa: E402
+from histoldm.summaries.summary_oracle import (  # noqa: E402
+    SUMMARY_STYLES, planted_contradictions, states, trap_fallen, true_summaries)
 from histoldm.summaries.loading import Report  # noqa: E402
 from histoldm.summaries.summarize import SummarizeConfig, summarize_extractive  # noqa: E402
 from histoldm.text.tokenizer import count_tokens  # noqa: E402
@@ -163,7 +165,7 @@ def run_checker(cases: list[HardReport]) -> dict:
     miss_examples: dict[str, str] = {}
     for case in cases:
         true_problems = set()
-        for style, summary in zip(("abbreviated", "prose", "list"), true_summaries(case)):
+        for style, summary in zip(SUMMARY_STYLES, true_summaries(case)):
             total[style] += 1
             problems, true_unsupported = check(case.text, summary)
             if problems:

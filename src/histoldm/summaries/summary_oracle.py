@@ -48,6 +48,8 @@ def _mentions(summary: str, kind: str, forms: tuple[str, ...], in_situ_case: boo
                 continue  # necrosis of an in-situ component is not the invasive tumour's necrosis
             if kind == "grade" and re.search(r"nuclear\s+$", summary[lo : m.start()], re.IGNORECASE):
                 continue  # DCIS nuclear grade is not the Nottingham grade
+            if kind == "nodes" and re.search(r"grade\s+$", summary[lo : m.start()], re.IGNORECASE):
+                continue  # "grade 2/3" is not a node count
             before = summary[lo : m.start()]
             negated = kind in (*FINDING_KINDS, "histologic_type") and (
                 bool(_NEGATED_BEFORE.search(before)) or bool(_NEGATED_AFTER.match(summary[m.end() : hi])))
@@ -75,7 +77,7 @@ def trap_fallen(summary: str, trap: Trap, facts: dict[str, str]) -> bool:
 
 # --- summaries written from the truth, as an LLM would write them --------------------------------
 
-SUMMARY_STYLES = ("abbreviated", "prose", "list")
+SUMMARY_STYLES = ("abbreviated", "prose", "list", "clinical")
 _TYPE_SHORT = {IDC: "IDC", ILC: "ILC", DCIS: "DCIS"}
 
 
@@ -94,9 +96,56 @@ def _receptor_clause(kind: str, value: str, note: str | None, style: str) -> str
     return f"{name}{sign}" + (f" ({detail})" if detail else "")
 
 
+def _clinical(facts: dict[str, str], notes: dict[str, str]) -> str:
+    """Sentences as a clinician writes them: hyphenated receptors, the size in mm, "not identified"."""
+    f, out = facts, []
+    kind = f.get("histologic_type")
+    if kind == DCIS:
+        out.append("Ductal carcinoma in situ without invasive carcinoma")
+    elif kind:
+        head = kind[0].upper() + kind[1:] + (" (NST)" if kind == IDC else "")
+        if "grade" in f:
+            head += f", Nottingham grade {f['grade']}/3"
+        if "size" in f:
+            head += f", {round(float(f['size'].split()[0]) * 10):d} mm"
+        out.append(head)
+    if "laterality" in f or "procedure" in f:
+        out[-1:] = [f"{out[-1]}, {f.get('laterality', '')} {f.get('procedure', '')}".replace("  ", " ").rstrip()] if out else [
+            f"{f.get('laterality', '')} {f.get('procedure', '')}".strip().capitalize()]
+    words = {"lvi": "Lymphovascular invasion", "dcis": "Associated DCIS", "lcis": "Lobular carcinoma in situ",
+             "necrosis": "Tumour necrosis"}
+    for finding in FINDING_KINDS:
+        if finding in f and not (finding == "dcis" and kind == DCIS):
+            out.append(f"{words[finding]} {'identified' if f[finding] == 'present' else 'not identified'}")
+    if "tils" in f:
+        out.append(f"Stromal TILs approximately {f['tils']}")
+    if "margins" in f:
+        out.append(f"Margins {'clear' if f['margins'] == 'negative' else 'involved'}")
+    if "nodes" in f:
+        k, n = f["nodes"].split("/")
+        out.append(f"Nodes: {k} of {n} positive" + (f" ({notes['nodes']})" if "nodes" in notes else ""))
+    receptors = []
+    for r in ("er", "pr", "her2"):
+        if r in f:
+            name, note = {"er": "ER", "pr": "PR", "her2": "HER2"}[r], notes.get(r)
+            if f[r] == "equivocal":
+                receptors.append("HER2 equivocal (IHC 2+)")
+            elif note and (note.startswith(("weakly", "low")) or "<1%" in note):
+                receptors.append(f"{name} {note}")
+            else:
+                detail = note if r == "her2" else note.split("(")[1].rstrip(")") if note and "(" in note else None
+                receptors.append(f"{name}-{f[r]}" + (f" (IHC {detail})" if r == "her2" and detail else f" ({detail})" if detail else ""))
+    if receptors:
+        out.append(", ".join(receptors))
+    return ". ".join(out) + "."
+
+
 def write_summary(facts: dict[str, str], notes: dict[str, str] | None = None, style: str = "abbreviated") -> str:
-    """A summary stating exactly `facts` in one of SUMMARY_STYLES (abbreviations, prose, key-value list)."""
+    """A summary stating exactly `facts` in one of SUMMARY_STYLES (abbreviations, prose, key-value list, clinical
+    sentences)."""
     notes = notes or {}
+    if style == "clinical":
+        return _clinical(facts, notes)
     f = facts
     short = style != "prose"
     clauses = []
