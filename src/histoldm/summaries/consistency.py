@@ -6,8 +6,8 @@ clause, where a finding named without a status word counts as asserted ("IDC; DC
 is present). A contradiction is only one the check can show: the summary clause and the report
 sentence that disagree, both quoted. A statement the report does not make at all is `unsupported`,
 counted apart and never a contradiction. Where a report states several values for a kind (a sentinel
-count and the case total, two margins of two excisions), a summary that repeats any one of them is
-not contradicted.
+count beside the case total, two sizes), a summary that repeats one of them is not contradicted (a
+part's node count only where the summary says which nodes it counts).
 """
 
 from __future__ import annotations
@@ -181,10 +181,6 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
     if kind == "nodes":  # a part's own count is true only where the summary says which nodes it counts
         qualified = re.search(r"sentinel|axillary|non-sentinel|level|part\b", r.sentence.text, re.IGNORECASE)
         if truth.value == r.value or qualified and any(c.value == r.value for c in stated_anywhere):
-            return None
-        return _contradiction(r, truth)
-    if kind == "margins":
-        if truth.value == r.value or any(c.value == r.value for c in stated_anywhere):
             return None
         return _contradiction(r, truth)
     return None if truth.value == r.value else _contradiction(r, truth)
