@@ -178,7 +178,7 @@ _MICROMET = re.compile(r"micro-?metasta\w+", re.IGNORECASE)
 
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
+_CLOSEST = re.compile(r"closest(?:\s+margin)?\s*(?:\((\w+)\))?[^\d.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
 
 _TILS = re.compile(r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE)
 _TIL_PCT = re.compile(rf"^[^.;%]{{0,50}}?({_PCT})")
@@ -423,9 +423,10 @@ class _Reader:
         for clause in clauses(self.text):
             if "margin" not in lower(clause) or re.search(r"\binked?\b|\bdesignat", clause, re.IGNORECASE) and self.sentence.section == "gross":
                 continue
-            close = _CLOSEST.search(clause)
             if _MARGIN_NEGATIVE.search(clause):
-                self.add("margins", "negative", detail=f"closest {close[1]} {close[2].lower()}" if close else None)
+                close = _CLOSEST.search(clause) or _CLOSEST.search(self.text)  # "margins negative; closest margin (deep) 4 mm"
+                where = f" ({close[1].lower()})" if close and close[1] else ""
+                self.add("margins", "negative", detail=f"closest {close[2]} {close[3].lower()}{where}" if close else None)
                 return
             if _MARGIN_POSITIVE.search(clause):
                 self.add("margins", "positive")

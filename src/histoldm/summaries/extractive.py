@@ -541,7 +541,11 @@ def extract_facts(report: str) -> Facts:
     grade = facts.get("grade")
     grade_names = None
     if grade:
-        grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
+        described = _grade(diagnostic)  # with the component scores, where the diagnosis gives the same grade
+        if described and described[0] == f"grade {grade.value}":
+            grade_names = described
+        else:
+            grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
     size = facts.get("size")
     return Facts(
         histologic_type=_type_from(facts.get("histologic_type"), diagnostic),
