@@ -276,3 +276,12 @@ def test_a_frozen_section_overruled_by_the_final_diagnosis_does_not_excuse_a_mar
     (problem,) = contradictions(report, "IDC, grade 2; margins negative.")
     assert "margins positive" in problem and "extends to the inked inferior margin" in problem
     assert not contradictions(report, "IDC, grade 2; margins positive.")
+
+
+def test_summaries_keep_their_length_after_a_text_encoder_padded_the_shared_tokenizer():
+    from histoldm.text.tokenizer import clip_tokenizer
+
+    before = extractive_summary(MICROMET_REPORT, 154)[0]
+    clip_tokenizer()(["a caption"], max_length=77, padding="max_length", truncation=True)  # what the text encoders do
+    assert extractive_summary(HISTORY_REPORT, 154)[0].count(";") >= 8  # every phrase not counted as 77 tokens
+    assert extractive_summary(MICROMET_REPORT, 154)[0] == before

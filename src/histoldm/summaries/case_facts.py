@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Literal
 
-from histoldm.summaries.findings import _matches, clauses, lower, status_at
+from histoldm.summaries.findings import finding_matches, clauses, lower, status_at
 from histoldm.summaries.report_document import ADDENDUM, BODY, NEVER_CURRENT, SPECIMENS, SYNOPTIC, Sentence, parse_report
 
 Status = Literal["present", "absent", "possible", "historical"]
@@ -283,7 +283,7 @@ class _Reader:
         if "margin" in low:
             return  # "margins negative for DCIS" is about the margins, not about whether there is DCIS
         for finding in FINDING_KINDS:
-            for m in _matches(finding, low):
+            for m in finding_matches(finding, low):
                 if finding == "necrosis" and _in_situ_necrosis(low, m.start(), m.end()):
                     continue  # "LCIS with central necrosis", "DCIS with comedo necrosis": not tumour necrosis
                 status = status_at(clause, m.span())
@@ -655,7 +655,9 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
 
 
 @lru_cache(maxsize=256)
-def _case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
+def joined_case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
+    """(kind -> the case's current fact, kind -> the first historical fact) of a report (cached: the
+    summariser, the check and `summaries.jsonl` read the same report)."""
     current, history = report_readings(report_text)
     facts = join_case(list(current))
     past: dict[str, Fact] = {}
@@ -668,7 +670,7 @@ def _case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
 def case_facts(report_text: str) -> list[Fact]:
     """One fact per kind for the case (FACT_KINDS order), after precedence and the join of parts; a
     kind the report gives only as history comes with status `historical`."""
-    facts, past = _case(report_text)
+    facts, past = joined_case(report_text)
     return [facts[k] if k in facts else past[k] for k in FACT_KINDS if k in facts or k in past]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, case_facts, report_readings,
+from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, joined_case, case_facts, report_readings,
                                           summary_facts, summary_readings)
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
@@ -200,7 +200,7 @@ def check_summary(report_text: str, summary: str) -> SummaryCheck:
     readings = summary_readings(summary)
     if not readings:
         return SummaryCheck([], [])
-    facts, past = _case(report_text)
+    facts, past = joined_case(report_text)
     current, historical = report_readings(report_text)
     found: list[Contradiction] = []
     unsupported: list[Fact] = []
