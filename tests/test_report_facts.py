@@ -265,3 +265,23 @@ def test_summaries_jsonl_carries_facts_with_evidence(tmp_path):
     assert by_kind["er"]["evidence"]["sentence"] in repair_ocr(ADDENDUM_REPORT)
     assert by_kind["er"]["summary_clause"] in record["summary"]
     assert by_kind["nodes"]["value"] == "7/18" and record["unsupported"] == []
+
+
+def test_a_frozen_section_overruled_by_the_final_diagnosis_does_not_excuse_a_margin():
+    report = ("INTRAOPERATIVE CONSULTATION:\nA. Left breast, lumpectomy, frozen section of the inferior margin: negative for carcinoma.\n"
+              "FINAL DIAGNOSIS:\nA. Left breast, lumpectomy:\n- Invasive ductal carcinoma, grade 2, 1.8 cm.\n"
+              "- Invasive carcinoma extends to the inked inferior margin; margins positive.\n"
+              "B. Left breast, additional superior margin:\n- Benign breast tissue; margin negative for carcinoma.\n")
+    assert _fact(report, "margins").value == "positive"
+    (problem,) = contradictions(report, "IDC, grade 2; margins negative.")
+    assert "margins positive" in problem and "extends to the inked inferior margin" in problem
+    assert not contradictions(report, "IDC, grade 2; margins positive.")
+
+
+def test_summaries_keep_their_length_after_a_text_encoder_padded_the_shared_tokenizer():
+    from histoldm.text.tokenizer import clip_tokenizer
+
+    before = extractive_summary(MICROMET_REPORT, 154)[0]
+    clip_tokenizer()(["a caption"], max_length=77, padding="max_length", truncation=True)  # what the text encoders do
+    assert extractive_summary(HISTORY_REPORT, 154)[0].count(";") >= 8  # every phrase not counted as 77 tokens
+    assert extractive_summary(MICROMET_REPORT, 154)[0] == before

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Literal
 
-from histoldm.summaries.findings import _matches, clauses, lower, status_at
+from histoldm.summaries.findings import finding_matches, clauses, lower, status_at
 from histoldm.summaries.report_document import ADDENDUM, BODY, NEVER_CURRENT, SPECIMENS, SYNOPTIC, Sentence, parse_report
 
 Status = Literal["present", "absent", "possible", "historical"]
@@ -178,7 +178,7 @@ _MICROMET = re.compile(r"micro-?metasta\w+", re.IGNORECASE)
 
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest[^.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
+_CLOSEST = re.compile(r"closest(?:\s+margin)?\s*(?:\((\w+)\))?[^\d.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
 
 _TILS = re.compile(r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE)
 _TIL_PCT = re.compile(rf"^[^.;%]{{0,50}}?({_PCT})")
@@ -283,7 +283,7 @@ class _Reader:
         if "margin" in low:
             return  # "margins negative for DCIS" is about the margins, not about whether there is DCIS
         for finding in FINDING_KINDS:
-            for m in _matches(finding, low):
+            for m in finding_matches(finding, low):
                 if finding == "necrosis" and _in_situ_necrosis(low, m.start(), m.end()):
                     continue  # "LCIS with central necrosis", "DCIS with comedo necrosis": not tumour necrosis
                 status = status_at(clause, m.span())
@@ -423,9 +423,10 @@ class _Reader:
         for clause in clauses(self.text):
             if "margin" not in lower(clause) or re.search(r"\binked?\b|\bdesignat", clause, re.IGNORECASE) and self.sentence.section == "gross":
                 continue
-            close = _CLOSEST.search(clause)
             if _MARGIN_NEGATIVE.search(clause):
-                self.add("margins", "negative", detail=f"closest {close[1]} {close[2].lower()}" if close else None)
+                close = _CLOSEST.search(clause) or _CLOSEST.search(self.text)  # "margins negative; closest margin (deep) 4 mm"
+                where = f" ({close[1].lower()})" if close and close[1] else ""
+                self.add("margins", "negative", detail=f"closest {close[2]} {close[3].lower()}{where}" if close else None)
                 return
             if _MARGIN_POSITIVE.search(clause):
                 self.add("margins", "positive")
@@ -654,7 +655,9 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
 
 
 @lru_cache(maxsize=256)
-def _case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
+def joined_case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
+    """(kind -> the case's current fact, kind -> the first historical fact) of a report (cached: the
+    summariser, the check and `summaries.jsonl` read the same report)."""
     current, history = report_readings(report_text)
     facts = join_case(list(current))
     past: dict[str, Fact] = {}
@@ -667,7 +670,7 @@ def _case(report_text: str) -> tuple[dict[str, Fact], dict[str, Fact]]:
 def case_facts(report_text: str) -> list[Fact]:
     """One fact per kind for the case (FACT_KINDS order), after precedence and the join of parts; a
     kind the report gives only as history comes with status `historical`."""
-    facts, past = _case(report_text)
+    facts, past = joined_case(report_text)
     return [facts[k] if k in facts else past[k] for k in FACT_KINDS if k in facts or k in past]
 
 

@@ -6,8 +6,8 @@ clause, where a finding named without a status word counts as asserted ("IDC; DC
 is present). A contradiction is only one the check can show: the summary clause and the report
 sentence that disagree, both quoted. A statement the report does not make at all is `unsupported`,
 counted apart and never a contradiction. Where a report states several values for a kind (a sentinel
-count and the case total, two margins of two excisions), a summary that repeats any one of them is
-not contradicted.
+count beside the case total, two sizes), a summary that repeats one of them is not contradicted (a
+part's node count only where the summary says which nodes it counts).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, _case, case_facts, report_readings,
+from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, joined_case, case_facts, report_readings,
                                           summary_facts, summary_readings)
 
 _NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
@@ -183,10 +183,6 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
         if truth.value == r.value or qualified and any(c.value == r.value for c in stated_anywhere):
             return None
         return _contradiction(r, truth)
-    if kind == "margins":
-        if truth.value == r.value or any(c.value == r.value for c in stated_anywhere):
-            return None
-        return _contradiction(r, truth)
     return None if truth.value == r.value else _contradiction(r, truth)
 
 
@@ -204,7 +200,7 @@ def check_summary(report_text: str, summary: str) -> SummaryCheck:
     readings = summary_readings(summary)
     if not readings:
         return SummaryCheck([], [])
-    facts, past = _case(report_text)
+    facts, past = joined_case(report_text)
     current, historical = report_readings(report_text)
     found: list[Contradiction] = []
     unsupported: list[Fact] = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from histoldm.summaries.budget import truncate_to_budget
-from histoldm.summaries.case_facts import Fact, _case
+from histoldm.summaries.case_facts import Fact, joined_case
 from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
@@ -534,14 +534,18 @@ def extract_facts(report: str) -> Facts:
     """Phrasings of the case's facts (`case_facts`: sections, parts, addenda and history resolved);
     the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
     from the diagnostic text."""
-    facts, _ = _case(report)
+    facts, _ = joined_case(report)
     from histoldm.summaries.report_document import repair_ocr
 
     diagnostic = diagnostic_text(repair_ocr(report))
     grade = facts.get("grade")
     grade_names = None
     if grade:
-        grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
+        described = _grade(diagnostic)  # with the component scores, where the diagnosis gives the same grade
+        if described and described[0] == f"grade {grade.value}":
+            grade_names = described
+        else:
+            grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
     size = facts.get("size")
     return Facts(
         histologic_type=_type_from(facts.get("histologic_type"), diagnostic),
@@ -574,11 +578,24 @@ def _render(chosen: list[str]) -> str:
     return (text[0].upper() + text[1:] + ".") if text else ""
 
 
+@lru_cache(maxsize=1)
+def _counting_tokenizer():
+    """A private copy of CLIP's Rust tokenizer without padding or truncation: the text encoders call the
+    shared tokenizer with padding="max_length", which stays set on its backend and would make every
+    phrase count as 77 tokens for the rest of the process."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(clip_tokenizer().backend_tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 @lru_cache(maxsize=1 << 16)
 def _phrase_tokens(phrase: str) -> int:
     """count_tokens through the Rust tokenizer directly, cached: packing tries many candidates a
     report and many repeat across reports, so this is most of the stage's speed."""
-    return len(clip_tokenizer().backend_tokenizer.encode(phrase, add_special_tokens=False).ids)
+    return len(_counting_tokenizer().encode(phrase, add_special_tokens=False).ids)
 
 
 def _join_type_and_grade(names: list[str], phrases: list[str]) -> list[str]:
