@@ -2,22 +2,25 @@
 (issue 25), on `histoldm.summaries.hard_reports` (several specimen parts, addenda that correct,
 history of a prior cancer, neoadjuvant therapy, in-situ-only cases, node notations, OCR noise).
 
-    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--json out.jsonl]
+    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--one-line] [--json out.jsonl]
 
 Per budget, with the extractive backend exactly as `histoldm summarize` calls it for one report:
 (a) facts kept: per fact kind, the share of reports stating the fact whose summary states it with
-    the right value (`hard_reports.states`, an oracle independent of the project's readers);
+    the right value (`summary_oracle.states`, independent of the project's readers);
 (b) false statements: summaries where the project's summary reader (`read_summary` below) finds a
     value that contradicts the ground truth; separately, summaries that state a planted trap's
     wrong value by the oracle (history as current, the pre-addendum value, ...) or copy an OCR'd word;
 (d) speed: reports per second on one core (threads pinned to 1; CPU and wall time), and 10,000
     reports extrapolated.
 And once: (c) the checker's errors both ways: correct summaries written from the ground truth in
-three styles (IDC / ER+ (80%) / HER2 2+ FISH amplified abbreviations, prose, key-value list) that
+four styles (IDC / ER+ (80%) / HER2 2+ FISH amplified abbreviations, prose, a key-value list,
+clinical sentences with ER-positive and sizes in mm) that
 it rejects, and planted contradictions (reversed negation, wrong receptor, wrong laterality,
 history as current, pre-addendum value, ...) that it misses: a planted one counts as caught only by a
 complaint that the same summary without the planted error did not get.
-Prints one JSON line per budget and one for the checker, then Markdown tables.
+--one-line runs every report together on one line (whitespace joined), as OCR'd TCGA text often
+arrives; the ground truth is the same. Prints one JSON line per budget and one for the checker, then
+Markdown tables.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYO
     os.environ[_var] = "false" if _var == "TOKENIZERS_PARALLELISM" else "1"  # one core, before any library starts threads
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -35,8 +39,9 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from histoldm.summaries.hard_reports import (  # noqa: E402
-    FACT_KINDS, HardReport, make_hard_reports, planted_contradictions, states, trap_fallen, true_summaries)
+from histoldm.summaries.hard_reports import FACT_KINDS, HardReport, make_hard_reports  # noqa: E402
+from histoldm.summaries.summary_oracle import (  # noqa: E402
+    SUMMARY_STYLES, planted_contradictions, states, trap_fallen, true_summaries)
 from histoldm.summaries.loading import Report  # noqa: E402
 from histoldm.summaries.summarize import SummarizeConfig, summarize_extractive  # noqa: E402
 from histoldm.text.tokenizer import count_tokens  # noqa: E402
@@ -160,7 +165,7 @@ def run_checker(cases: list[HardReport]) -> dict:
     miss_examples: dict[str, str] = {}
     for case in cases:
         true_problems = set()
-        for style, summary in zip(("abbreviated", "prose", "list"), true_summaries(case)):
+        for style, summary in zip(SUMMARY_STYLES, true_summaries(case)):
             total[style] += 1
             problems, true_unsupported = check(case.text, summary)
             if problems:
@@ -195,6 +200,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 35, 50, 154])
+    parser.add_argument("--one-line", action="store_true", help="each report run together on one line, as OCR often gives it")
     parser.add_argument("--json", type=Path, help="also write the JSON lines to this file")
     args = parser.parse_args()
     if "torch" in sys.modules:
@@ -202,9 +208,11 @@ def main() -> None:
 
         torch.set_num_threads(1)
     cases = make_hard_reports(args.reports, args.seed)
+    if args.one_line:
+        cases = [dataclasses.replace(c, text=" ".join(c.text.split())) for c in cases]
     words = [c.words for c in cases]
     print(f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median {statistics.median(words):.0f}; "
-          f"torch imported: {'torch' in sys.modules}", file=sys.stderr)
+          f"{'run together on one line; ' if args.one_line else ''}torch imported: {'torch' in sys.modules}", file=sys.stderr)
     rows = [run_budget(cases, b) for b in args.budgets]
     checker = run_checker(cases)
     lines = [json.dumps(r, sort_keys=True) for r in [*rows, checker]]

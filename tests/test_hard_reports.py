@@ -9,9 +9,8 @@ from collections import Counter
 
 import pytest
 
-from histoldm.summaries.hard_reports import (
-    DCIS, FACT_KINDS, MAX_WORDS, MIN_WORDS, make_hard_reports, planted_contradictions, states, trap_fallen, true_summaries,
-    write_summary)
+from histoldm.summaries.hard_reports import DCIS, FACT_KINDS, MAX_WORDS, MIN_WORDS, make_hard_reports
+from histoldm.summaries.summary_oracle import planted_contradictions, states, trap_fallen, true_summaries, write_summary
 from histoldm.summaries.loading import normalise_case_id
 from histoldm.summaries.synthetic import make_synthetic_cases
 
@@ -167,6 +166,7 @@ def test_oracle_reads_polarity_and_in_situ_necrosis():
     assert states("DCIS: present.", "dcis", "present", facts) and states("Negative for DCIS.", "dcis", "absent", facts)
     assert not states("No DCIS.", "dcis", "present", facts)
     assert not states("IDC; DCIS, nuclear grade 2.", "grade", "2", facts) and states("Grade: 2.", "grade", "2", facts)
+    assert not states("IDC, Nottingham grade 2/3.", "nodes", "2/3", facts) and states("Nodes: 2 of 3 positive.", "nodes", "2/3", facts)
     assert not states("No invasive ductal carcinoma; DCIS.", "histologic_type", "invasive ductal carcinoma", facts)
     assert states("ER+ (80%), PR-, HER2 2+ FISH amplified.", "her2", "positive") and not states("ER-positive.", "er", "negative")
     assert write_summary({"laterality": "left", "nodes": "2/15"}, {}, "prose") == "Left breast; two of fifteen lymph nodes positive."

@@ -11,7 +11,8 @@ from test_summarize import ScriptedChatServer, _llm_cfg, _write_jsonl
 
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
-from histoldm.summaries.hard_reports import SUMMARY_STYLES, HardReport, make_hard_reports, write_summary
+from histoldm.summaries.hard_reports import HardReport, make_hard_reports
+from histoldm.summaries.summary_oracle import SUMMARY_STYLES, write_summary
 from histoldm.summaries.summarize import run_summarize
 
 
@@ -30,7 +31,7 @@ def test_correct_summaries_of_hard_reports_are_accepted_at_once(tmp_path):
     cases = _hard_cases()
     patterns = {t.pattern for c in cases for t in c.traps}
     assert len(cases) == 5 and {"negative_part", "addendum", "history"} <= patterns, patterns  # the hard kinds are there
-    script = {c.case_id: [write_summary(c.facts, c.notes, SUMMARY_STYLES[i % 3])] for i, c in enumerate(cases)}
+    script = {c.case_id: [write_summary(c.facts, c.notes, SUMMARY_STYLES[i % len(SUMMARY_STYLES)])] for i, c in enumerate(cases)}
     _write_jsonl(tmp_path / "reports.jsonl", [_served(c) for c in cases])
     with ScriptedChatServer(script) as server, suppress(UserError):  # a run whose every case fails exits 2
         run_summarize(_llm_cfg(tmp_path, server.url, budget=154, prompt="pathldm", max_attempts=3))

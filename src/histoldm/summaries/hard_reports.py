@@ -8,8 +8,8 @@ DCIS" while the main part has DCIS; LCIS has central necrosis while the invasive
 node counts are split over sentinel and non-sentinel parts and written in many notations; words
 arrive OCR'd ("lnfiltrating"). Each `HardReport` carries the case's facts (kind -> canonical
 value), the phrasings a correct summary may use for each, and the planted traps: the wrong value
-a naive reader would state, with the pattern that plants it. `states(summary, kind, value)` is
-an oracle, independent of the project's readers, that says whether a summary states a value.
+a naive reader would state, with the pattern that plants it. `summary_oracle` scores summaries
+against them.
 
 Reports are 366 to 725 words, the range of the reports that showed the problem. Every report
 says on its first line that it is synthetic; case ids are `TCGA-SY-H...` (tissue-source code
@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from histoldm.summaries.synthetic import _DISCLAIMERS, _wrap
 
@@ -102,7 +101,7 @@ class HardReport:
         return len(self.text.split())
 
 
-def _number_word(n: int) -> str:
+def number_word(n: int) -> str:
     return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
 
 
@@ -148,7 +147,7 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         return tuple(forms)
     if kind == "nodes":
         k, n = (int(x) for x in value.split("/"))
-        forms = [value, f"{k} of {n}", f"{_number_word(k)} of {_number_word(n)}", f"{k}/{n}"]
+        forms = [value, f"{k} of {n}", f"{number_word(k)} of {number_word(n)}", f"{k}/{n}"]
         return tuple(dict.fromkeys(forms))
     if kind == "margins":
         if value == "negative":
@@ -165,66 +164,6 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
     if kind == "ocr":
         return (value,)
     raise ValueError(f"unknown fact kind {kind!r}")
-
-
-# --- the oracle: does a summary state a value? ----------------------------------------------------
-
-_NEGATED_BEFORE = re.compile(r"(?:\bno|\bnot|\bwithout|\bnegative\s+for|\bfree\s+of|\babsence\s+of)\s+(?:[\w-]+\s+){0,3}$", re.IGNORECASE)
-_NEGATED_AFTER = re.compile(r"^\s*(?:[,:]\s*|\s)(?:is\s+|are\s+|was\s+)?(?:absent|not\s+identified|not\s+seen|negative|none|not\s+present)\b",
-                            re.IGNORECASE)
-_IN_SITU_WORDS = re.compile(r"\b(?:DCIS|LCIS|in\s+situ|comedo)", re.IGNORECASE)
-
-
-@lru_cache(maxsize=4096)
-def _pattern(form: str) -> re.Pattern:
-    body = r"[\s:]+".join(re.escape(w) for w in form.split())  # "grade 2" also reads "Grade: 2"
-    return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
-
-
-def _clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
-    """The clause around a match: between semicolons, sentence stops (not decimal points) and line ends."""
-    stops = [m.end() for m in re.finditer(r";|\.(?!\d)|\n", text[:start])]
-    after = re.search(r";|\.(?!\d)|\n", text[end:])
-    return (stops[-1] if stops else 0), (end + after.start() if after else len(text))
-
-
-def _mentions(summary: str, kind: str, forms: tuple[str, ...], in_situ_case: bool | None = None) -> list[bool]:
-    """For each mention of one of `forms`: True when stated as present (not negated), False when negated."""
-    said = []
-    taken: list[tuple[int, int]] = []
-    for form in sorted(forms, key=len, reverse=True):  # "tumour necrosis" before "necrosis"
-        for m in _pattern(form).finditer(summary):
-            if any(a < m.end() and m.start() < b for a, b in taken):
-                continue
-            taken.append((m.start(), m.end()))
-            lo, hi = _clause_bounds(summary, m.start(), m.end())
-            if kind == "necrosis" and in_situ_case is False and _IN_SITU_WORDS.search(summary[lo:hi]):
-                continue  # necrosis of an in-situ component is not the invasive tumour's necrosis
-            if kind == "grade" and re.search(r"nuclear\s+$", summary[lo : m.start()], re.IGNORECASE):
-                continue  # DCIS nuclear grade is not the Nottingham grade
-            before = summary[lo : m.start()]
-            negated = kind in (*FINDING_KINDS, "histologic_type") and (
-                bool(_NEGATED_BEFORE.search(before)) or bool(_NEGATED_AFTER.match(summary[m.end() : hi])))
-            said.append(not negated)
-    return said
-
-
-def states(summary: str, kind: str, value: str, facts: dict[str, str] | None = None) -> bool:
-    """Whether `summary` states `value` for `kind` (any phrasing from `surface_forms`, with the right polarity)."""
-    forms = surface_forms(kind, value, facts)
-    if kind in FINDING_KINDS:
-        in_situ_case = None if facts is None else facts.get("histologic_type") == DCIS
-        return (value == "present") in _mentions(summary, kind, forms, in_situ_case)
-    if kind == "ocr":
-        return bool(_pattern(value).search(summary))
-    return True in _mentions(summary, kind, forms)
-
-
-def trap_fallen(summary: str, trap: Trap, facts: dict[str, str]) -> bool:
-    """Whether the summary states the trap's wrong value."""
-    if trap.kind in ("er", "pr", "her2"):  # the wrong sign alone, not "triple negative" built from the true facts
-        facts = {"histologic_type": facts.get("histologic_type", "")}
-    return states(summary, trap.kind, trap.wrong, facts)
 
 
 # --- writing a report -------------------------------------------------------------------------------
@@ -390,7 +329,7 @@ def _nodes(case: _Case, parts: list[tuple[str, str]]) -> tuple[list[tuple[str, s
         k = 0 if rng.random() < 0.5 else rng.randint(1, min(n, 7))
         if notation == "pn1mi":
             k = 1
-            text = (f"MICROMETASTATIC CARCINOMA IN {_number_word(k).upper()} OF {_number_word(n).upper()} LYMPH NODES "
+            text = (f"MICROMETASTATIC CARCINOMA IN {number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES "
                     f"(LARGEST FOCUS 0.{rng.randint(3, 18):02d} CM; pN1mi), NO EXTRANODAL EXTENSION")
         elif notation == "itc":
             k = 0
@@ -422,24 +361,14 @@ def _status_line(rng: random.Random, k: int, n: int, notation: str | None = None
                 else f"METASTATIC CARCINOMA IN {k} OF {n} LYMPH NODES")
     if notation == "paren":
         return ("NEGATIVE FOR METASTATIC CARCINOMA" + f" (0/{n})" if k == 0
-                else f"METASTATIC CARCINOMA IN {_number_word(k).upper()} LYMPH NODE{'S' if k > 1 else ''} ({k}/{n})")
-    return (f"{_number_word(k).upper()} OF {_number_word(n).upper()} LYMPH NODES POSITIVE FOR METASTATIC CARCINOMA" if k
-            else f"NONE OF {_number_word(n).upper()} LYMPH NODES INVOLVED BY CARCINOMA")
+                else f"METASTATIC CARCINOMA IN {number_word(k).upper()} LYMPH NODE{'S' if k > 1 else ''} ({k}/{n})")
+    return (f"{number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES POSITIVE FOR METASTATIC CARCINOMA" if k
+            else f"NONE OF {number_word(n).upper()} LYMPH NODES INVOLVED BY CARCINOMA")
 
 
-def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
-    case = _plan(rng)
-    f = case.facts
-    scenario = next(s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features)
-    receptors = _receptor_plan(case, scenario)
-    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
-    side, other = f["laterality"], "right" if f["laterality"] == "left" else "left"
-    invasive = scenario in ("invasive", "neoadjuvant_residual")
-    part_style = rng.choice(_PART_STYLES)
-    lvi_name = rng.choice(_LVI_NAMES)
-    case.features.add(f"part_style:{part_style}")
-
-    # corrections by addendum: the text above the addendum shows the old value
+def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> dict[str, str]:
+    """The values an addendum will correct, kind -> the old value the body of the report shows (each a trap)."""
+    rng, f = case.rng, case.facts
     corrections: dict[str, str] = {}
     correctable = [k for k in ("er", "pr", "grade", "laterality") if k in f] + (["her2"] if receptors.get("her2_ihc") == "2+" else [])
     if correctable and rng.random() < 0.4:
@@ -455,10 +384,12 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             else:
                 corrections[kind] = "equivocal"
             case.trap(kind, corrections[kind], "addendum")
-    shown = {**f, **corrections}  # what the body of the report says
-    shown_side = shown["laterality"]
+    return corrections
 
-    # clinical history
+
+def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side: str, other: str) -> str:
+    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note (traps planted)."""
+    rng, f = case.rng, case.facts
     history_kind = rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0] if scenario in ("invasive", "dcis_only") else "neoadjuvant"
     age = rng.randint(34, 84)
     if history_kind == "contralateral" and "laterality" not in corrections:
@@ -468,8 +399,9 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         prior_type = rng.choice([IDC, ILC])
         prior_er = rng.choice(["positive", "negative"])
         prior_grade = rng.choice("123")
+        radiation = " and radiation" if prior_proc in conserving else ""
         history = (f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
-                   f"ER {prior_er}) treated by {prior_proc}{' and radiation' if 'mastectomy' not in prior_proc or 'segmental' in prior_proc or 'partial' in prior_proc else ''} in {year}, now with a new {shown_side} breast mass "
+                   f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
                    f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}")
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
@@ -496,22 +428,13 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         history = f"{age}-year-old woman, {shown_side} breast mass. Family history of breast cancer (mother, sister). BRCA testing pending."
     else:
         history = f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; biopsy-proven carcinoma."
+    return history
 
-    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
-    involved = rng.choice(_DIRECTIONS)
-    proc = f["procedure"]
-    parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
-    node_lines, synoptic_nodes = _nodes(case, parts)
-    extra_margin = rng.random() < 0.7 or (f["dcis"] == "present")
-    margin_part = None
-    if extra_margin:
-        margin_part = "ABCDEFG"[len(parts)]
-        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
-    if f["dcis"] == "present" and margin_part:
-        case.trap("dcis", "absent", "negative_part")
-    case.features.add(f"parts:{len(parts)}")
 
-    # diagnosis of part A
+def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, involved: str, noise: _Noise) -> tuple[list[str], bool]:
+    """The diagnosis lines of the tumour part, and whether its LCIS has central necrosis."""
+    rng, f = case.rng, case.facts
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
     a = []
     lcis_central = False
     if scenario == "no_residual_invasive":
@@ -575,6 +498,42 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
         a.append(rng.choice([f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
                              f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN"]))
+    return a, lcis_central
+
+
+def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
+    case = _plan(rng)
+    f = case.facts
+    scenario = next(s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features)
+    receptors = _receptor_plan(case, scenario)
+    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
+    other = "right" if f["laterality"] == "left" else "left"
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
+    part_style = rng.choice(_PART_STYLES)
+    lvi_name = rng.choice(_LVI_NAMES)
+    case.features.add(f"part_style:{part_style}")
+
+    corrections = _corrections(case, receptors, other)
+    shown = {**f, **corrections}  # what the body of the report says
+    shown_side = shown["laterality"]
+
+    history = _history(case, scenario, corrections, shown["laterality"], other)
+
+    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
+    involved = rng.choice(_DIRECTIONS)
+    proc = f["procedure"]
+    parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
+    node_lines, synoptic_nodes = _nodes(case, parts)
+    extra_margin = rng.random() < 0.7 or (f["dcis"] == "present")
+    margin_part = None
+    if extra_margin:
+        margin_part = "ABCDEFG"[len(parts)]
+        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
+    if f["dcis"] == "present" and margin_part:
+        case.trap("dcis", "absent", "negative_part")
+    case.features.add(f"parts:{len(parts)}")
+
+    a, lcis_central = _part_a(case, scenario, shown, lvi_name, involved, noise)
     margin_line = ("BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
                    if rng.random() < 0.6 else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE")
 
@@ -820,112 +779,3 @@ def make_hard_reports(n: int, seed: int = 0) -> list[HardReport]:
         raise ValueError(f"n must be between 0 and {36**3}")
     rng = random.Random(seed)
     return [make_hard_report(cid, rng) for cid in _case_ids(n, rng)]
-
-
-# --- summaries written from the truth, as an LLM would write them --------------------------------
-
-SUMMARY_STYLES = ("abbreviated", "prose", "list")
-_TYPE_SHORT = {IDC: "IDC", ILC: "ILC", DCIS: "DCIS"}
-
-
-def _receptor_clause(kind: str, value: str, note: str | None, style: str) -> str:
-    name = {"er": "ER", "pr": "PR", "her2": "HER2"}[kind]
-    if kind == "her2" and note and note.startswith("2+") and value != "equivocal":
-        return f"{name} {note}" if style != "prose" else f"{name} {value} ({note})"
-    if value == "equivocal":
-        return f"{name} equivocal (2+)"
-    sign = {"positive": "+", "negative": "-"}[value]
-    if note and note.split(" (")[0] in ("weakly positive", "low positive") or note and "<1%" in note:
-        return f"{name} {note}"  # the qualifier kept verbatim
-    detail = note.split("(")[1].rstrip(")") if note and "(" in note else note
-    if style == "prose":
-        return f"{name} {value}" + (f" ({detail})" if detail else "")
-    return f"{name}{sign}" + (f" ({detail})" if detail else "")
-
-
-def write_summary(facts: dict[str, str], notes: dict[str, str] | None = None, style: str = "abbreviated") -> str:
-    """A summary stating exactly `facts` in one of SUMMARY_STYLES (abbreviations, prose, key-value list)."""
-    notes = notes or {}
-    f = facts
-    short = style != "prose"
-    clauses = []
-    where = " ".join(x for x in (f"{f['laterality']} breast" if "laterality" in f else "", f.get("procedure", "")) if x)
-    kind = f.get("histologic_type")
-    if kind:
-        head = _TYPE_SHORT[kind] if short else kind[0].upper() + kind[1:]
-        if kind == DCIS:
-            head += ", no invasive carcinoma"
-        if "grade" in f:
-            head += f", grade {f['grade']}" if style != "list" else f", G{f['grade']}"
-        if "size" in f:
-            head += f", {f['size']}"
-        clauses.append(head)
-    elif "grade" in f:
-        clauses.append(f"grade {f['grade']}")
-    if where:
-        clauses.insert(0, where[0].upper() + where[1:]) if style != "prose" else clauses.append(f"{where}")
-    names = {"lvi": ("LVI", "lymphovascular invasion"), "dcis": ("DCIS", "ductal carcinoma in situ"),
-             "lcis": ("LCIS", "lobular carcinoma in situ"), "necrosis": ("tumour necrosis", "tumor necrosis")}
-    for finding in FINDING_KINDS:
-        if finding not in f or (finding == "dcis" and kind == DCIS and f[finding] == "present"):
-            continue
-        name = names[finding][0 if short else 1]
-        if finding == "necrosis" and kind == DCIS:
-            name = "necrosis"
-        if style == "list":
-            clauses.append(f"{name}: {f[finding]}")
-        else:
-            clauses.append(f"{name} present" if f[finding] == "present" else f"no {name}")
-    if "tils" in f:
-        clauses.append({"abbreviated": f"TILs {f['tils']}", "prose": f"stromal TILs {f['tils']}", "list": f"TILs: {f['tils']}"}[style])
-    if "margins" in f:
-        clauses.append({"abbreviated": f"margins {f['margins']}", "prose": f"margins are {f['margins']}",
-                        "list": f"Margins: {f['margins']}"}[style])
-    if "nodes" in f:
-        k, n = (int(x) for x in f["nodes"].split("/"))
-        qualifier = f" ({notes['nodes']})" if "nodes" in notes else ""
-        clauses.append({"abbreviated": f"nodes {k}/{n}{qualifier}",
-                        "prose": f"{_number_word(k)} of {_number_word(n)} lymph nodes positive{qualifier}",
-                        "list": f"Lymph nodes: {k}/{n}{qualifier}"}[style])
-    receptors = [_receptor_clause(r, f[r], notes.get(r), style) for r in ("er", "pr", "her2") if r in f]
-    if receptors:
-        clauses.append(", ".join(receptors))
-    text = "; ".join(clauses) if style != "list" else ". ".join(c[0].upper() + c[1:] for c in clauses)
-    return text[0].upper() + text[1:] + "."
-
-
-def true_summaries(report: HardReport) -> list[str]:
-    """Correct summaries of the report, one per style: a checker must accept every one."""
-    return [write_summary(report.facts, report.notes, style) for style in SUMMARY_STYLES]
-
-
-def _flip(kind: str, value: str) -> str:
-    return {"present": "absent", "absent": "present", "positive": "negative", "negative": "positive", "equivocal": "positive",
-            "left": "right", "right": "left"}[value]
-
-
-def _without(notes: dict[str, str], kind: str) -> dict[str, str]:
-    """The notes less the qualifier of a changed value (a wrong "ER-" must not keep "(80%)")."""
-    return {k: v for k, v in notes.items() if k != kind}
-
-
-def planted_contradictions(report: HardReport, style: str = "abbreviated") -> list[tuple[str, str]]:
-    """(kind of error, summary) pairs, each a correct summary with one value made false: a reversed negation, a wrong
-    receptor, a wrong laterality, and every planted trap (history as current, a pre-addendum value, ...)."""
-    f, out = report.facts, []
-    notes = report.notes
-    finding = next((k for k in ("dcis", "lvi", "necrosis", "lcis") if k in f and not (k == "dcis" and f.get("histologic_type") == DCIS)), None)
-    if finding:
-        out.append(("reversed_negation", write_summary({**f, finding: _flip(finding, f[finding])}, notes, style)))
-    receptor = next((k for k in ("er", "her2", "pr") if k in f), None)
-    if receptor:
-        wrong = _flip(receptor, f[receptor])
-        out.append(("wrong_receptor", write_summary({**f, receptor: wrong}, _without(notes, receptor), style)))
-    out.append(("wrong_laterality", write_summary({**f, "laterality": _flip("laterality", f["laterality"])}, notes, style)))
-    for trap in report.traps:
-        if trap.kind == "ocr":
-            continue
-        kind = {"history": "history_as_current", "addendum": "pre_addendum"}.get(trap.pattern, trap.pattern)
-        changed = {**f, trap.kind: trap.wrong}
-        out.append((kind, write_summary(changed, _without(notes, trap.kind), style)))
-    return out
