@@ -95,8 +95,7 @@ _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked
     (r"microscopic(?: description| examination| findings)?|histology", MICROSCOPIC),
     (r"(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s(?: \(.*\))?|final pathologic(?:al)? diagnosis|interpretation", FINAL_DIAGNOSIS),
     (r"ancillary (?:studies|testing|tests)|immunohistochemi\w+(?: (?:studies|results|stains))?|(?:special|immuno) ?stains|biomarkers?"
-     r"|(?:breast )?(?:cancer )?(?:prognostic |predictive )?markers?(?: studies)?|(?:hormone )?receptor studies|her-?2(?:/neu)? (?:fish|ish|testing)"
-     r"|(?:fluorescence )?in situ hybridi[sz]ation|fish(?: results)?", ANCILLARY),
+     r"|(?:breast )?(?:cancer )?(?:prognostic |predictive )?markers?(?: studies)?|(?:hormone )?receptor studies", ANCILLARY),
     (r"comments?|notes?", COMMENT),
     (r"patient(?: information)?|case|accession(?: number)?|report|surgical pathology(?: report)?|pathology report", HEADER),
 ]
@@ -112,6 +111,13 @@ _INLINE_HEADING = re.compile(  # OCR'd reports run sections into one line: break
     r"|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes|pathologic stage|laterality|procedure"
     r"|(?:estrogen|progesterone) receptor|her-?2[^:.]{0,12})\s*:)",
     re.IGNORECASE,
+)
+_INLINE_UPPER_HEADING = re.compile(  # headings in capitals, as OCR'd reports run together on one line carry them
+    r"(?<=\S)(?<!FINAL)(?<!PATHOLOGIC)(?<!PATHOLOGICAL)(?<!CLINICAL)(?<!MEDICAL)(?<!-)(?<!SURGICAL)\s+(?=(?:CLINICAL (?:HISTORY|INFORMATION)"
+    r"|HISTORY|SPECIMENS?(?:\(S\))?(?: RECEIVED| SUBMITTED)?|GROSS DESCRIPTION|INTRA-?OPERATIVE CONSULTATION|FROZEN SECTION(?: DIAGNOSIS)?"
+    r"|MICROSCOPIC(?: DESCRIPTION)?|(?:FINAL )?(?:PATHOLOGIC(?:AL)? )?DIAGNOSIS|COMMENTS?|ADDENDUM\b[^:a-z]{0,30}|AMENDMENT\b[^:a-z]{0,30}"
+    r"|AMENDED REPORT|(?:REVISED|CORRECTED) REPORT\b[^:a-z]{0,30}|ANCILLARY STUDIES)\s*:|(?:SYNOPTIC REPORT|CANCER CASE SUMMARY)\b"
+    r"|(?<=[.:;)] )(?<!\b[A-Z]\. )(?:[A-Z][A-Za-z()#/&\- ]{3,40}):)"  # any capitalised key after a full stop: a heading decides
 )
 _LONG_LINE = 160
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
@@ -187,7 +193,7 @@ def _lines(report: str) -> list[str]:
     out = []
     for line in report.splitlines():
         if len(line) > _LONG_LINE:
-            line = _INLINE_HEADING.sub("\n", line)
+            line = _INLINE_UPPER_HEADING.sub("\n", _INLINE_HEADING.sub("\n", line))
             line = _INLINE_PART.sub("\n", line)
         out.extend(line.splitlines())
     return out
