@@ -117,7 +117,8 @@ _INLINE_UPPER_HEADING = re.compile(  # headings in capitals, as OCR'd reports ru
     r"|HISTORY|SPECIMENS?(?:\(S\))?(?: RECEIVED| SUBMITTED)?|GROSS DESCRIPTION|INTRA-?OPERATIVE CONSULTATION|FROZEN SECTION(?: DIAGNOSIS)?"
     r"|MICROSCOPIC(?: DESCRIPTION)?|(?:FINAL )?(?:PATHOLOGIC(?:AL)? )?DIAGNOSIS|COMMENTS?|ADDENDUM\b[^:a-z]{0,30}|AMENDMENT\b[^:a-z]{0,30}"
     r"|AMENDED REPORT|(?:REVISED|CORRECTED) REPORT\b[^:a-z]{0,30}|ANCILLARY STUDIES)\s*:|(?:SYNOPTIC REPORT|CANCER CASE SUMMARY)\b"
-    r"|(?<=[.:;)] )(?<!\b[A-Z]\. )(?:[A-Z][A-Za-z()#/&\- ]{3,40}):)"  # any capitalised key after a full stop: a heading decides
+    r"|(?<=[.:;)] )(?<!\b[A-Z]\. )(?:[A-Z][A-Za-z()#/&\- ]{3,40}):"  # any capitalised key after a full stop: a heading decides
+    r"|(?<=[a-z0-9%)] )[A-Z][a-z]+(?: (?:[a-z-]+|\([A-Za-z]+\))){0,3}:(?!\d))"  # "... in situ Necrosis: Not identified": checklist keys
 )
 _LONG_LINE = 160
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
