@@ -155,7 +155,8 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         by_mode = {m: records[f"TCGA-T{i % 10}-{i:04d}"] for i, m in enumerate(MODES)}
 
         for rec in records.values():
-            assert set(rec) == {"case_id", "summary", "tokens", "budget", "backend", "model", "prompt_sha256", "attempts", "status", "usage", "error"}
+            assert set(rec) == {"case_id", "summary", "tokens", "budget", "backend", "model", "prompt_sha256", "attempts", "status", "usage", "error",
+                                "facts", "unsupported"}
             if rec["status"] == "failed":
                 assert rec["error"] and rec["summary"] == ""
             else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from histoldm.summaries.budget import truncate_to_budget
+from histoldm.summaries.case_facts import Fact, joined_case
 from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.text.tokenizer import clip_tokenizer
 
@@ -214,18 +215,6 @@ def _tils(text: str) -> Phrasings | None:
     return None
 
 
-def _finding(text: str, finding: str, names: dict[str, Phrasings]) -> Phrasings | None:
-    """A finding's phrasings for the status the text states (present, absent or possible)."""
-    status = read_status(text, finding)
-    return names[status] if status else None
-
-
-def _necrosis(text: str) -> Phrasings | None:
-    return _finding(text, "necrosis", {"present": ("necrosis", "necrosis present", "tumour necrosis present"),
-                                       "absent": ("no necrosis", "no tumour necrosis"),
-                                       "possible": ("possible necrosis", "possible tumour necrosis")})
-
-
 _MITOTIC_SCORE = re.compile(r"mito(?:ses|tic(?:\s+(?:count|score|activity|rate))?)\s*(?:score\s*)?[:\-]?\s*([123])\b(?!\s*(?:mitos|per|/))", re.IGNORECASE)
 _MITOTIC_WORD = re.compile(r"mitotic\s+(?:activity|rate|count)\s+(?:is\s+)?(low|intermediate|moderate|high)|"
                            r"(low|intermediate|moderate|high)\s+mitotic\s+(?:activity|rate|count)", re.IGNORECASE)
@@ -283,6 +272,7 @@ _IN_SITU = re.compile(rf"\b(?:{FINDINGS['dcis'].pattern}|{FINDINGS['lcis'].patte
 _DCIS_PATTERNS = ("micropapillary", "cribriform", "comedo", "solid", "papillary", "clinging", "flat")
 _NUCLEAR_GRADE = re.compile(r"nuclear grade\s*[:\-]?\s*(iii|ii|i|[123]|high|intermediate|low)", re.IGNORECASE)
 _NUCLEAR_WORD = re.compile(r"\b(high|intermediate|low)[- ]grade\b", re.IGNORECASE)
+_QUALIFIED_PERCENT = re.compile(r"[<>≤≥]?\s*\d{1,3}\s*%")  # "<5%" stays "<5%"
 _DESCRIBED = re.compile(r"type|pattern|nuclear grade|[- ]grade\b|%|comprising|extensive", re.IGNORECASE)
 
 
@@ -314,16 +304,10 @@ def _in_situ(text: str) -> Phrasings | None:
             variants.append(f"{name}, {pattern}")
         if pattern and nuclear:
             variants.append(f"{name}, {pattern}, {nuclear} nuclear grade")
-            if pct := _PERCENT.search(clause):
-                variants.append(f"{name}, {pattern}, {nuclear} nuclear grade, {pct[1]}% of tumour")
+            if pct := _QUALIFIED_PERCENT.search(clause):
+                variants.append(f"{name}, {pattern}, {nuclear} nuclear grade, {''.join(pct[0].split())} of tumour")
         return tuple(variants)
     return None
-
-
-def _lvi(text: str) -> Phrasings | None:
-    return _finding(text, "lvi", {"present": ("LVI present", "lymphovascular invasion present"),
-                                  "absent": ("no LVI", "no lymphovascular invasion"),
-                                  "possible": ("possible LVI", "possible lymphovascular invasion")})
 
 
 _RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
@@ -384,64 +368,12 @@ def _receptors(text: str) -> Phrasings | None:
     return (plain,) if detailed == list(signs.values()) else (plain, ", ".join(detailed))
 
 
-_DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
-_SIZE_CONTEXT = re.compile(r"size|greatest dimension|greatest diameter|measur|largest", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(r"margin|node|specimen|distance|from the|skin|nipple|biopsy site|cassette|field|diameter of", re.IGNORECASE)
-_GROSS_MASS = re.compile(r"\b(mass|tumou?r|lesion|nodule|neoplasm)\b", re.IGNORECASE)
-
-
-def _largest_dimension_cm(clause: str) -> float | None:
-    m = _DIMENSIONS.search(clause)
-    if not m:
-        return None
-    values = [float(m.group(1))] + [float(v) for v in re.findall(r"\d+(?:\.\d+)?", m.group(2))]
-    largest = max(values)
-    return largest / 10 if m.group(3).lower() == "mm" else largest
-
-
 def _format_cm(cm: float) -> str:
     return f"{round(cm, 1):g} cm"
 
 
-def _size(diagnostic: str, full: str) -> Phrasings | None:
-    """Tumour size from the diagnosis; else the gross description's mass (never the specimen's)."""
-    for clause in clauses(diagnostic):
-        if _SIZE_CONTEXT.search(clause) and not _NOT_TUMOUR_SIZE.search(clause):
-            if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    for clause in clauses(diagnostic):  # "invasive ductal carcinoma, grade 3, 2 cm"
-        if re.search(r"carcinoma|tumou?r", clause, re.IGNORECASE) and not _NOT_TUMOUR_SIZE.search(clause):
-            if (cm := _largest_dimension_cm(clause)) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    for clause in clauses(full):
-        if (mass := _GROSS_MASS.search(clause)) and "measur" in clause.lower() and not _NOT_TUMOUR_SIZE.search(clause[: mass.start()]):
-            if (cm := _largest_dimension_cm(clause[mass.start() :])) and 0 < cm < 40:
-                return (_format_cm(cm), f"tumour size {_format_cm(cm)}")
-    return None
-
-
-_NODES = re.compile(r"(\d{1,2})\s*(?:of|/)\s*(\d{1,2})\s+(?:[a-z]+\s+){0,2}lymph\s+nodes?\s+(?:are\s+|were\s+)?(?:positive|involved)"
-                    r"|lymph\s+nodes?[^:\n]{0,20}:\s*(\d{1,2})\s*/\s*(\d{1,2})\s+(?:positive|involved)", re.IGNORECASE)
-
-
-def node_counts(text: str) -> tuple[int, int] | None:
-    """(positive, examined) lymph nodes from "2 of 14 lymph nodes positive" or "Lymph nodes: 2/14 positive"."""
-    if not (m := _NODES.search(text)):
-        return None
-    pos, total = int(m[1] or m[3]), int(m[2] or m[4])
-    return (pos, total) if pos <= total else None
-
-
-def _nodes(text: str) -> Phrasings | None:
-    if not (counts := node_counts(text)):
-        return None
-    pos, total = counts
-    return (f"nodes {pos}/{total}", f"{pos}/{total} lymph nodes positive", f"{pos} of {total} lymph nodes positive")
-
-
 _MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not involved|does not involve|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present at|extends to|transected", re.IGNORECASE)
-_CLOSEST = re.compile(r"closest\s+margin\s*(?:\((\w+)\))?[^\d;]{0,20}(\d+(?:\.\d+)?)\s*(mm|cm)", re.IGNORECASE)
 
 
 def margin_status(text: str) -> str | None:
@@ -456,42 +388,14 @@ def margin_status(text: str) -> str | None:
     return None
 
 
-def _margins(text: str) -> Phrasings | None:
-    status = margin_status(text)
-    if status is None:
-        return None
-    names = [f"margins {status}"]
-    if status == "negative" and (m := _CLOSEST.search(text)):
-        names.append(f"margins negative, closest {m[2]} {m[3].lower()}" + (f" ({m[1].lower()})" if m[1] else ""))
-    return tuple(names)
-
-
 _KI67 = re.compile(r"ki-?67[^\d\n]{0,30}(\d{1,3})\s*%", re.IGNORECASE)
 _STAGE = re.compile(r"\b(p?T(?:is|[0-4][a-d]?)\s*(?:\(\w+\)\s*)?p?N(?:[0-3][a-c]?|x)(?:\s*\([^)]{1,12}\))?(?:\s*p?M[01x])?)", re.IGNORECASE)
-_SITE = re.compile(r"\b(left|right)\s+breast\b|\bbreast,\s*(left|right)\b", re.IGNORECASE)
-_PROCEDURE = re.compile(r"modified radical mastectomy|simple mastectomy|total mastectomy|partial mastectomy|mastectomy|lumpectomy"
-                        r"|excisional biopsy|wide local excision", re.IGNORECASE)
-
-
-def _calcifications(text: str) -> Phrasings | None:
-    return _finding(text, "calcifications", {"present": ("calcifications present",), "absent": ("no calcifications",),
-                                             "possible": ("possible calcifications",)})
-
-
 def _ki67(text: str) -> Phrasings | None:
     return (f"Ki-67 {m[1]}%",) if (m := _KI67.search(text)) else None
 
 
 def _stage(text: str) -> Phrasings | None:
     return (" ".join(m[1].split()),) if (m := _STAGE.search(text)) else None
-
-
-def _site(full: str) -> Phrasings | None:
-    side, procedure = _SITE.search(full), _PROCEDURE.search(full)
-    if not side:
-        return None
-    where = f"{(side[1] or side[2]).lower()} breast"
-    return (where, f"{where}, {procedure[0].lower()}") if procedure else (where,)
 
 
 @dataclass
@@ -506,6 +410,7 @@ class Facts:
     pleomorphism: Phrasings | None = None
     growth: Phrasings | None = None
     in_situ: Phrasings | None = None
+    lcis: Phrasings | None = None
     lvi: Phrasings | None = None
     receptors: Phrasings | None = None
     size: Phrasings | None = None
@@ -523,27 +428,144 @@ class Facts:
 
 RELEVANCE_ORDER = tuple(Facts.__dataclass_fields__)
 
+_TYPE_NAMES = {"invasive ductal carcinoma": ("Invasive ductal carcinoma", "IDC"),
+               "invasive lobular carcinoma": ("Invasive lobular carcinoma", "ILC"),
+               "invasive mixed ductal and lobular carcinoma": ("Invasive mixed ductal and lobular carcinoma", "Mixed ductal-lobular carcinoma")}
+_STATUS_NAMES = {"present": "{0}", "absent": "no {0}", "possible": "possible {0}"}
+
+
+def _type_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    if fact is None:
+        return _histologic_type(diagnostic)  # other organs: the generic tumour reader
+    if fact.status == "absent" or fact.detail == "no invasive carcinoma":
+        return ("No invasive carcinoma",)
+    names = _TYPE_NAMES.get(fact.value, (fact.value[0].upper() + fact.value[1:],))
+    return _possibly(names, fact.status)
+
+
+def _status_names(fact: Fact | None, short: str, long: str, present: str = "{0}") -> Phrasings | None:
+    if fact is None:
+        return None
+    pattern = present if fact.status == "present" else _STATUS_NAMES[fact.status]
+    return tuple(dict.fromkeys(pattern.format(n) for n in (short, long)))
+
+
+def _in_situ_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    if fact is None or fact.status != "present":
+        return _status_names(fact, "DCIS", "ductal carcinoma in situ")
+    described = _in_situ(diagnostic) or ()
+    variants = [v for v in described if v.startswith("DCIS")] or ["DCIS"]
+    if fact.detail and "%" in fact.detail and not any("%" in v for v in variants):
+        variants.append(f"{variants[-1]}, {fact.detail.split(', ')[-1]} of tumour")
+    return tuple(variants)
+
+
+def _receptor_phrase(fact: Fact, name: str, detailed: bool) -> str:
+    sign = {"positive": "+", "negative": "-"}.get(fact.value)
+    plain = f"{name}{sign}" if sign else f"{name} {fact.value}"
+    if not detailed or not fact.detail:
+        return plain
+    detail = fact.detail.replace(";", ",")
+    if name == "HER2":
+        return f"{plain} ({detail})" if detail != "triple negative" else plain
+    if re.match(r"(?:weakly|weak|low|strongly|strong|moderately|moderate|focally|diffusely)\b", detail, re.IGNORECASE):
+        return f"{name} {' '.join(detail.lower().split())}"
+    pct = _QUALIFIED_PERCENT.search(detail)
+    return f"{plain} ({''.join(pct[0].split())})" if pct else plain
+
+
+def _receptors_from(facts: dict[str, Fact], diagnostic: str) -> Phrasings | None:
+    stated = [(facts[k], n) for k, n in (("er", "ER"), ("pr", "PR"), ("her2", "HER2")) if k in facts]
+    if not stated:
+        return _receptors(diagnostic)
+    plain = ", ".join(_receptor_phrase(f, n, False) for f, n in stated)
+    detailed = ", ".join(_receptor_phrase(f, n, True) for f, n in stated)
+    return (plain,) if detailed == plain else (plain, detailed)
+
+
+def _nodes_from(fact: Fact | None) -> Phrasings | None:
+    if fact is None:
+        return None
+    k, n = fact.value.split("/")
+    names = [f"nodes {k}/{n}", f"{k}/{n} lymph nodes positive", f"{k} of {n} lymph nodes positive"]
+    if fact.detail:
+        names.append(f"{k}/{n} lymph nodes positive ({fact.detail})")
+    return tuple(names)
+
+
+def _tils_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
+    described = _tils(diagnostic)
+    if fact is None:
+        return described
+    if described and not described[0].startswith("no "):
+        level = described[0].split()[0]
+        return (f"{level} TILs", f"{level} TILs ({fact.value})", f"{level} tumour-infiltrating lymphocytes ({fact.value} of stroma)")
+    return (f"TILs {fact.value}", f"tumour-infiltrating lymphocytes {fact.value}")
+
+
+def _margins_from(fact: Fact | None) -> Phrasings | None:
+    if fact is None:
+        return None
+    names = [f"margins {fact.value}"]
+    if fact.detail:
+        names.append(f"margins {fact.value}, {fact.detail}")
+    return tuple(names)
+
+
+def _stage_from(facts: dict[str, Fact], diagnostic: str) -> Phrasings | None:
+    stage = " ".join(facts[k].value for k in ("pt", "pn") if k in facts)
+    return (stage,) if stage else _stage(diagnostic)
+
+
+def _site_from(facts: dict[str, Fact]) -> Phrasings | None:
+    if "laterality" not in facts:
+        return None
+    where = f"{facts['laterality'].value} breast"
+    return (where, f"{where}, {facts['procedure'].value}") if "procedure" in facts else (where,)
+
+
+def _size_names(cm: float) -> Phrasings:
+    """"2.1 cm"; a whole number also in millimetres ("1 cm (10 mm)"), so no reader takes it for a rounded value."""
+    long = f"tumour size {_format_cm(cm)}" + (f" ({round(cm * 10)} mm)" if cm == round(cm) else "")
+    return (_format_cm(cm), long)
+
 
 def extract_facts(report: str) -> Facts:
-    diagnostic = diagnostic_text(report)
+    """Phrasings of the case's facts (`case_facts`: sections, parts, addenda and history resolved);
+    the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
+    from the diagnostic text."""
+    facts, _ = joined_case(report)
+    from histoldm.summaries.report_document import repair_ocr
+
+    diagnostic = diagnostic_text(repair_ocr(report))
+    grade = facts.get("grade")
+    grade_names = None
+    if grade:
+        described = _grade(diagnostic)  # with the component scores, where the diagnosis gives the same grade
+        if described and described[0] == f"grade {grade.value}":
+            grade_names = described
+        else:
+            grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
+    size = facts.get("size")
     return Facts(
-        histologic_type=_histologic_type(diagnostic),
-        grade=_grade(diagnostic),
-        tils=_tils(diagnostic),
-        necrosis=_necrosis(diagnostic),
+        histologic_type=_type_from(facts.get("histologic_type"), diagnostic),
+        grade=grade_names if grade else None if facts.get("histologic_type") else _grade(diagnostic),
+        tils=_tils_from(facts.get("tils"), diagnostic),
+        necrosis=_status_names(facts.get("necrosis"), "necrosis", "tumour necrosis", "{0} present"),
         mitoses=_mitoses(diagnostic),
         pleomorphism=_pleomorphism(diagnostic),
         growth=_growth(diagnostic),
-        in_situ=_in_situ(diagnostic),
-        lvi=_lvi(diagnostic),
-        receptors=_receptors(diagnostic),
-        size=_size(diagnostic, report),
-        nodes=_nodes(diagnostic),
-        margins=_margins(diagnostic),
-        calcifications=_calcifications(diagnostic),
+        in_situ=_in_situ_from(facts.get("dcis"), diagnostic),
+        lcis=_status_names(facts.get("lcis"), "LCIS", "lobular carcinoma in situ"),
+        lvi=_status_names(facts.get("lvi"), "LVI", "lymphovascular invasion", "{0} present"),
+        receptors=_receptors_from(facts, diagnostic),
+        size=_size_names(float(size.value.split()[0])) if size else None,
+        nodes=_nodes_from(facts.get("nodes")),
+        margins=_margins_from(facts.get("margins")),
+        calcifications=_status_names(facts.get("calcifications"), "calcifications", "calcifications", "{0} present"),
         ki67=_ki67(diagnostic),
-        stage=_stage(diagnostic),
-        site=_site(report),
+        stage=_stage_from(facts, diagnostic),
+        site=_site_from(facts),
     )
 
 
@@ -556,11 +578,24 @@ def _render(chosen: list[str]) -> str:
     return (text[0].upper() + text[1:] + ".") if text else ""
 
 
+@lru_cache(maxsize=1)
+def _counting_tokenizer():
+    """A private copy of CLIP's Rust tokenizer without padding or truncation: the text encoders call the
+    shared tokenizer with padding="max_length", which stays set on its backend and would make every
+    phrase count as 77 tokens for the rest of the process."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(clip_tokenizer().backend_tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 @lru_cache(maxsize=1 << 16)
 def _phrase_tokens(phrase: str) -> int:
     """count_tokens through the Rust tokenizer directly, cached: packing tries many candidates a
     report and many repeat across reports, so this is most of the stage's speed."""
-    return len(clip_tokenizer().backend_tokenizer.encode(phrase, add_special_tokens=False).ids)
+    return len(_counting_tokenizer().encode(phrase, add_special_tokens=False).ids)
 
 
 def _join_type_and_grade(names: list[str], phrases: list[str]) -> list[str]:

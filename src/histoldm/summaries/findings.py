@@ -28,7 +28,7 @@ _UNSTATED = "unstated"  # "LVI: not assessed" names the finding without saying a
 
 # Patterns run case-sensitively on ASCII-lowered text and start with a letter, not \b, so the
 # regex engine can skip ahead to possible first letters (5x faster on long reports); word starts
-# are checked in `_matches` instead.
+# are checked in `finding_matches` instead.
 FINDINGS: dict[str, re.Pattern[str]] = {
     "lvi": re.compile(r"lympho?-?\s?vascular(?:\s+(?:space\s+)?invasion)?|angiolymphatic(?:\s+invasion)?"
                       r"|lymphatic\s+invasion|vascular\s+invasion|lvi\b"),
@@ -47,7 +47,7 @@ def lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
-def _matches(finding: str, low: str):
+def finding_matches(finding: str, low: str):
     """Matches of a finding in lowered text that start a word (and are not, e.g., fat necrosis)."""
     not_after = _NOT_AFTER.get(finding)
     for m in FINDINGS[finding].finditer(low):
@@ -103,7 +103,7 @@ def clauses(text: str) -> tuple[str, ...]:
 @lru_cache(maxsize=4096)
 def _nouns(clause: str) -> tuple[tuple[int, int], ...]:
     """Spans of every finding keyword and scope-ending noun, without overlaps (the earlier wins)."""
-    spans = sorted({m.span() for f in FINDINGS for m in _matches(f, clause)} | {m.span() for m in _OTHER_NOUNS.finditer(clause)})
+    spans = sorted({m.span() for f in FINDINGS for m in finding_matches(f, clause)} | {m.span() for m in _OTHER_NOUNS.finditer(clause)})
     kept: list[tuple[int, int]] = []
     for s, e in spans:
         if kept and s < kept[-1][1]:
@@ -212,7 +212,7 @@ def read_status(text: str, finding: str, bare_means_present: bool = False) -> St
     `bare_means_present`: in a caption a finding named without a status word asserts it
     ("IDC; DCIS; ER+"), while in a report a bare name may be a heading or a question."""
     low = lower(text)
-    for m in _matches(finding, low):
+    for m in finding_matches(finding, low):
         clause, span = _clause_of(low, m.start(), m.end())
         status = status_at(clause, span)
         if status is None and bare_means_present:

@@ -29,7 +29,7 @@ from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl, read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
 from histoldm.summaries.budget import whole_clause_prefixes
-from histoldm.summaries.consistency import contradictions
+from histoldm.summaries.consistency import audited_facts, contradictions
 from histoldm.summaries.llm import ChatBackend, PermanentError, TransientError
 from histoldm.summaries.loading import Report, load_reports
 from histoldm.summaries.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
@@ -101,6 +101,7 @@ class _Appender:
 
 def _record(cfg: SummarizeConfig, report: Report, model: str, prompt_sha: str | None, **fields: Any) -> dict[str, Any]:
     summary = fields.get("summary", "")
+    facts, unsupported = audited_facts(report.text, summary) if summary else ([], [])
     return {
         "case_id": report.case_id,
         "summary": summary,
@@ -113,6 +114,8 @@ def _record(cfg: SummarizeConfig, report: Report, model: str, prompt_sha: str | 
         "status": fields["status"],
         "usage": fields.get("usage"),
         "error": fields.get("error"),
+        "facts": facts,
+        "unsupported": unsupported,
     }
 
 
@@ -378,7 +381,7 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
         tqdm.write(f"warning: {w}")
 
     backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
-    model_name = backend.model if backend else "rules-v2" if cfg.backend == "extractive" else str(cfg.model)
+    model_name = backend.model if backend else "rules-v3" if cfg.backend == "extractive" else str(cfg.model)
     counts: Counter = Counter()
     first_failure: list[str] = []
     tokens: list[int] = []
