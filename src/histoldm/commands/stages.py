@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from histoldm.data.tiling import TileResult
     from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
     from histoldm.models.convert import ConvertResult
+    from histoldm.sampling.region_run import RegionResult
     from histoldm.sampling.run import SampleResult
     from histoldm.summaries.summarize import SummarizeResult
     from histoldm.text.cache import EncodeTextResult
@@ -106,6 +107,11 @@ def _sample(r: SampleResult, cfg: Any) -> None:
     print(f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}")
 
 
+def _sample_region(r: RegionResult, cfg: Any) -> None:
+    speed = f", {r.seconds_per_region:.1f} s per new region" if r.seconds_per_region is not None else ""
+    print(f"{r.out}: {r.finished}/{r.n_regions} regions finished ({r.n_new} new{speed})")
+
+
 def _evaluate(r: EvaluateResult, cfg: EvaluateConfig) -> None:
     from histoldm.evaluate.run import report_lines
 
@@ -175,6 +181,9 @@ COMMANDS = (
     StageCommand("sample", "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
                  "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
                  "histoldm.sampling.run:SampleConfig", "run_sample", _sample),
+    StageCommand("sample-region", "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
+                 "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
+                 "histoldm.sampling.region_run:RegionConfig", "run_sample_region", _sample_region, converters={"shard": parse_shard}),
     StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
                  "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
                  "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate),
