@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from histoldm.data.scores import ScoresResult
     from histoldm.data.splits import SplitResult
     from histoldm.data.tiling import TileResult
+    from histoldm.evaluate.region import RegionEvalResult
     from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
     from histoldm.models.convert import ConvertResult
     from histoldm.sampling.region_run import RegionResult
@@ -120,6 +121,14 @@ def _evaluate(r: EvaluateResult, cfg: EvaluateConfig) -> None:
     print(f"wrote {cfg.out / 'metrics.json'}")
 
 
+def _evaluate_region(r: RegionEvalResult, cfg: Any) -> None:
+    from histoldm.evaluate.region import region_report_lines
+
+    for line in region_report_lines(r.metrics):
+        print(line)
+    print(f"wrote {r.out / 'metrics.json'}")
+
+
 def _fid_ref(r: FidRefResult, cfg: Any) -> None:
     p = r.protocol
     as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size,
@@ -187,6 +196,9 @@ COMMANDS = (
     StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
                  "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
                  "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate),
+    StageCommand("evaluate-region", "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
+                 "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
+                 "histoldm.evaluate.region:RegionEvalConfig", "run_evaluate_region", _evaluate_region),
     StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
                  "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,
                  positional="images"),

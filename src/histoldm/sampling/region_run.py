@@ -313,7 +313,8 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
         record = {"id": spec.id, "file": f"regions/{stem}.tiff", "preview": f"previews/{stem}.png", "seed": seed, "size": spec.size,
                   "template": cfg.template, "summary": spec.summary, "map_source": spec.label_map.source,
                   "map": [list(row) for row in spec.label_map.cells], "window_px": geo.window * geo.factor,
-                  "stride_px": geo.stride * geo.factor, "mpp": cfg.mpp, "settings": settings}
+                  "stride_px": geo.stride * geo.factor, "decode_tile_px": geo.decode_tile * geo.factor,
+                  "decode_stride_px": geo.decode_stride * geo.factor, "mpp": cfg.mpp, "settings": settings}
         atomic_write_bytes(out / record["preview"], preview_png(image, cfg.preview_size))
         description = json.dumps({k: record[k] for k in ("id", "seed", "template", "summary", "map")})
         atomic_write_bytes(out / record["file"], pyramid_tiff_bytes(image, cfg.mpp, description))
