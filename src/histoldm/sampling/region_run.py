@@ -196,16 +196,19 @@ def finished_regions(out: Path) -> dict[str, dict]:
 
 
 class RegionSampler:
-    """A loaded model and its text source; `__call__` makes one region's pixels."""
+    """A loaded patch sampler (models, text source) and the region geometry; `__call__` makes one region."""
 
-    def __init__(self, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]):
+    def __init__(self, cfg: RegionConfig, geo: Geometry, model, numerics):
+        self.cfg, self.geo, self.model, self.numerics = cfg, geo, model, numerics  # model: histoldm.sampling.run.ImageSampler
+
+    @classmethod
+    def load(cls, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]) -> RegionSampler:
         from histoldm.devices import resolve_device, sampling_numerics
         from histoldm.sampling.run import ImageSampler
 
         device = resolve_device(cfg.device)
-        self.cfg, self.geo = cfg, geo
-        self.numerics = sampling_numerics(cfg.precision, cfg.dtype, device)
-        self.model = ImageSampler.load(cfg.sample_config(), bundle, meta, device, self.numerics, captions)
+        numerics = sampling_numerics(cfg.precision, cfg.dtype, device)
+        return cls(cfg, geo, ImageSampler.load(cfg.sample_config(), bundle, meta, device, numerics, captions), numerics)
 
     @torch.no_grad()
     def __call__(self, spec: RegionSpec, seed: int) -> np.ndarray:
@@ -303,7 +306,7 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
 
         captions = sorted({window_caption(cfg.template, s.label_map, i, j, s.summary)
                            for s in pending for i in range(s.label_map.shape[0]) for j in range(s.label_map.shape[1])})
-        sampler = RegionSampler(cfg, bundle, meta, geo, captions)
+        sampler = RegionSampler.load(cfg, bundle, meta, geo, captions)
     seconds = []
     for spec in tqdm(pending, desc="regions", unit="region", disable=not pending):
         t0 = time.time()
