@@ -81,21 +81,42 @@ def blended_eps_fn(groups: Sequence[tuple[Sequence[Window], EpsFn]], window: int
 
 
 def decode_tiled(decode_fn: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, factor: int, tile: int, stride: int,
-                 batch: int = 4) -> torch.Tensor:
+                 batch: int = 4, finish: Callable[[torch.Tensor], torch.Tensor] = lambda band: band) -> torch.Tensor:
     """(1, C, h, w) latents -> (3, h * factor, w * factor) images, decoded `batch` tiles of `tile` latent
     pixels at a time and blended with the Hann weight in pixel space: the decoder never sees more than a
-    tile (its memory does not grow with the region), and its edge effects fall where the weight is ~0."""
+    tile, and its edge effects fall where the weight is ~0. Blending runs down the region in bands one
+    tile high; each band's finished rows go through `finish` (e.g. to uint8) into the output at once, so
+    the float accumulators stay one tile row high whatever the region's size."""
     _, _, h, w = latents.shape
-    tiles = [t for row in window_grid(h, w, min(tile, h, w), stride) for t in row]
     size = min(tile, h, w)
+    rows = window_grid(h, w, size, stride)
     weight = hann_weight(size * factor)
-    out = torch.zeros(3, h * factor, w * factor, dtype=torch.float32)
-    total = torch.zeros(h * factor, w * factor, dtype=torch.float32)
-    for i in range(0, len(tiles), batch):
-        chunk = tiles[i : i + batch]
-        images = decode_fn(torch.stack([latents[0, :, r : r + size, c : c + size] for r, c in chunk])).float().cpu()
-        for (r, c), image in zip(chunk, images):
-            y, x = r * factor, c * factor
-            out[:, y : y + size * factor, x : x + size * factor] += image * weight
-            total[y : y + size * factor, x : x + size * factor] += weight
-    return out / total
+    band_h, width = size * factor, w * factor
+    out: torch.Tensor | None = None
+    acc = torch.zeros(3, band_h, width, dtype=torch.float32)
+    total = torch.zeros(band_h, width, dtype=torch.float32)
+    base = 0  # output row of the band's first row
+
+    def flush(upto: int) -> None:  # rows base..upto-1 are final: no later tile reaches them
+        nonlocal out, acc, total, base
+        n = upto - base
+        if n <= 0:
+            return
+        done = finish(acc[:, :n] / total[:n])
+        out = torch.empty((done.shape[0], h * factor, width), dtype=done.dtype) if out is None else out
+        out[:, base:upto] = done
+        acc = torch.cat([acc[:, n:], torch.zeros(3, n, width)], dim=1)
+        total = torch.cat([total[n:], torch.zeros(n, width)])
+        base = upto
+
+    for row in rows:
+        flush(row[0][0] * factor)
+        for i in range(0, len(row), batch):
+            chunk = row[i : i + batch]
+            images = decode_fn(torch.stack([latents[0, :, r : r + size, c : c + size] for r, c in chunk])).float().cpu()
+            for (r, c), image in zip(chunk, images):
+                y, x = r * factor - base, c * factor
+                acc[:, y : y + band_h, x : x + band_h] += image * weight
+                total[y : y + band_h, x : x + band_h] += weight
+    flush(h * factor)
+    return out

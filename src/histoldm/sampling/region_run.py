@@ -241,8 +241,8 @@ class RegionSampler:
             latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
         quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"
         image = decode_tiled(lambda z: decode(m.ae, z, quantize=quantize), latents.float() / m.scaling_factor, geo.factor,
-                             geo.decode_tile, geo.decode_stride, cfg.decode_batch)
-        return to_uint8(image, self.numerics.truncate).permute(1, 2, 0).numpy()
+                             geo.decode_tile, geo.decode_stride, cfg.decode_batch, finish=lambda band: to_uint8(band, self.numerics.truncate))
+        return image.permute(1, 2, 0).contiguous().numpy()
 
 
 def preview_png(image: np.ndarray, max_side: int) -> bytes:
