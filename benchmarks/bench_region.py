@@ -5,10 +5,11 @@ sampler's adherence AUROC, and the time and peak memory of one region at several
     nice -n 10 python benchmarks/bench_region.py --demo DEMO --out OUT          # DEMO: a finished `histoldm demo --out DEMO`
 
 Quality: one region of --quality-size px per held-out case summary and map pattern (--per-case), sampled
-with the demo's own sampler settings (DEMO/model/samples/settings.json), each map two halves (tumour high
-on one side, TIL high on one side, orientation by region), then `evaluate-region` against the demo's real
-held-out patches (N crops = N real, the demo's FID protocol). Timing: each size in a fresh process
-(`histoldm sample-region`, constant map), wall time and the process's peak RSS (os.wait4).
+with the demo's own sampler settings (DEMO/model/samples/settings.json), each map four quadrants
+(histoldm.experiments.demo_region.quadrant_map: tumour high on one half, TIL high on one half, orientation
+by region), then `evaluate-region` against the demo's real held-out patches (N crops = N real, the demo's
+FID protocol). Timing: each size in a fresh process (`histoldm sample-region`, constant map), wall time
+and the process's peak RSS (os.wait4).
 Writes OUT/bench_region.json and prints a markdown table.
 """
 
@@ -21,19 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-
-def half_map(rows: int, cols: int, k: int) -> str:
-    """CSV cells: tumour high on the left (k even) or right half, TIL high on the top (k // 2 even) or bottom."""
-    cells = []
-    for i in range(rows):
-        row = []
-        for j in range(cols):
-            tumor = "high" if (j < cols / 2) == (k % 2 == 0) else "low"
-            til = "high" if (i < rows / 2) == ((k // 2) % 2 == 0) else "low"
-            row.append(f"{tumor}/{til}")
-        cells.append(",".join(row))
-    return "\n".join(cells) + "\n"
 
 
 def timed_region(bundle: Path, out: Path, size: int, preset: str, summary: str, mpp: float, threads: int) -> dict:
@@ -67,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from histoldm.data.captions import load_summaries
     from histoldm.evaluate.region import RegionEvalConfig, run_evaluate_region
     from histoldm.experiments.chain import model_mpp
+    from histoldm.experiments.demo_region import quadrant_map
     from histoldm.models.bundle import read_bundle_meta
     from histoldm.sampling.region_run import RegionConfig, geometry, run_sample_region
 
@@ -87,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in split:
         for k in range(args.per_case):
             path = out / f"map-{case}-{k}.csv"
-            path.write_text(half_map(len(grid), len(grid[0]), k))
+            path.write_text(quadrant_map(len(grid), len(grid[0]), k))
             lines.append({"id": f"{case}-{k}", "summary": summaries.get(case, ""), "label_map": path.name})
     (out / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
