@@ -24,7 +24,7 @@ from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.run import ExtractConfig
-from histoldm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_jsonl, require_file, require_output_folder
+from histoldm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, require_file, require_output_folder
 
 ATTRIBUTES = {"tumor": 0, "til": 1}  # position of each level in a map cell "TUMOR/TIL"
 
