@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-case", type=int, default=2, help="regions per held-out case (map orientations)")
     ap.add_argument("--timing-sizes", default="512,1024,2048")
     ap.add_argument("--timing-preset", default="fast", choices=["paper", "fast"])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared box: more only spin-wait)")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from histoldm.data.captions import load_summaries
     from histoldm.evaluate.region import RegionEvalConfig, run_evaluate_region

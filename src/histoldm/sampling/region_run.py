@@ -53,7 +53,7 @@ class RegionConfig(StrictModel):
     guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI")
     solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp (DPM-Solver++ 2M) or unipc")
     eta: float = Field(0.0, ge=0.0, description="DDIM eta")
-    batch_size: int = Field(16, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
+    batch_size: int = Field(64, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
     decode_tile: int | None = Field(None, ge=1, description="latent pixels per decoder tile (default: the model's latent size)")
     decode_stride: int | None = Field(None, ge=1, description="decoder tile stride in latent pixels (default: half a tile)")
     decode_batch: int = Field(4, ge=1, description="tiles per decoder call")
