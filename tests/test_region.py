@@ -17,6 +17,7 @@ import torch
 from builders import save_pool_extractor, write_random_pngs
 
 from histoldm.cli import main
+from histoldm.errors import UserError
 from histoldm.evaluate.region import RegionEvalConfig, border_positions, run_evaluate_region, seam_score
 from histoldm.sampling.region import blended_eps_fn, decode_tiled, window_grid
 from histoldm.sampling.region_run import RegionConfig, run_sample_region
@@ -128,6 +129,10 @@ def test_resume_after_sigkill_finishes_to_the_same_regions(bundle, label_map, re
     for region_id in ("000001", "000002", "000003"):
         assert np.abs(_pixels(reference, region_id) - _pixels(out, region_id)).max() <= 1
     assert run_sample_region(_config(bundle, label_map, out)).n_new == 0
+    with pytest.raises(UserError, match="other settings"):
+        run_sample_region(_config(bundle, label_map, out, guidance=3.0))
+    with pytest.raises(UserError, match="3 regions were made with another map, summary or size"):
+        run_sample_region(_config(bundle, label_map, out, summary="lobular carcinoma"))
 
 
 def test_shards_split_the_regions_and_share_the_folder(bundle, label_map, reference, tmp_path):

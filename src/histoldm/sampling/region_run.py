@@ -139,6 +139,7 @@ def autoencoder_factor(bundle: Path, meta) -> int:
 
 
 def geometry(cfg: RegionConfig, bundle: Path, meta) -> Geometry:
+    """Windows of the model's latent size every --stride, decode tiles; a stride over a window is a UserError."""
     window = meta.latent.size
     stride = cfg.stride or max(1, window // 2)
     if stride > window:
@@ -151,7 +152,8 @@ def region_specs(cfg: RegionConfig, geo: Geometry) -> list[RegionSpec]:
     """Every region asked for, each map checked against its window grid: all before any model loads."""
     def spec(region_id: str, summary: str, map_path: Path | None, level: str | None, size: int, where: str) -> RegionSpec:
         geo.check_size(size, where)
-        shape = (len(geo.grid(size)), len(geo.grid(size)[0]))
+        grid = geo.grid(size)
+        shape = (len(grid), len(grid[0]))
         label_map = read_label_map(map_path, cfg.levels) if map_path is not None else constant_map(level, cfg.levels, shape)
         what = (f"a {size} px region (windows of {geo.window * geo.factor} px every {geo.stride * geo.factor} px, "
                 "the last one at the edge)")
@@ -305,6 +307,11 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
     if cfg.shard is None:  # no other job writes here: the temp files of a killed run can go
         remove_stale_temps(out)
     done = finished_regions(out)
+    changed = [s.id for s in specs if s.id in done and (done[s.id]["map"], done[s.id]["summary"], done[s.id]["size"])
+               != ([list(row) for row in s.label_map.cells], s.summary, s.size)]
+    if changed:
+        raise UserError(f"{out}: {len(changed)} regions were made with another map, summary or size under the same ids "
+                        f"(first: {changed[0]}); use a new --out")
     mine = [s for k, s in enumerate(specs) if cfg.shard is None or k % cfg.shard[1] == cfg.shard[0]]
     pending = [s for s in mine if s.id not in done]
     index = out / ("index.jsonl" if cfg.shard is None else f"index.shard{cfg.shard[0]}-of-{cfg.shard[1]}.jsonl")
