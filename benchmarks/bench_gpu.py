@@ -85,11 +85,12 @@ class Profile:
     encode_batch: int
     workers: int  # training data loader (encode-latents decodes with all CPUs but one)
     budget_s: float  # no case is started whose estimate would end past this
+    region_px: int = 4096  # side of the sample-region case's region
 
 
 def make_profile(args) -> Profile:
     if args.tiny:
-        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 3, 16, 8, 0, float("inf"))
+        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 3, 16, 8, 0, float("inf"), 64)
     elif args.quick:
         p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 300, 15, 3, 10, 128, 256, 1, 50, 20, 2, None,
                     4096, 256, 4, 480.0)
@@ -358,6 +359,51 @@ class Bench:
                 "decode_s": decode_sec, "img_s_without_decode": bs / max(sec - decode_sec, 1e-9),
                 "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600, **same, **_peak(p.device)}
 
+    def ours_region(self, preset: str, sampling: str) -> dict:
+        """Seconds for one `sample-region` region of p.region_px (windows of the model's latent size at half-window
+        stride, guided, blended; tiled decode), after a warm-up region of 3x3 windows at one step."""
+        from histoldm.devices import sampling_numerics
+        from histoldm.models.autoencoder import load_autoencoder
+        from histoldm.sampling.context import CacheText
+        from histoldm.sampling.guidance import unet_eps_fn, unet_passes
+        from histoldm.sampling.region_map import constant_map
+        from histoldm.sampling.region_run import Geometry, RegionConfig, RegionSampler, RegionSpec
+        from histoldm.sampling.run import ImageSampler
+        from histoldm.sampling.solvers import solver_timesteps, training_alphas_cumprod
+        from histoldm.text.cache import TextCache
+
+        p = self.p
+        cfg = self.sample_config(sampling)
+        region = RegionConfig(checkpoint=self.work, out=self.work / "regions", level="high/low", template="caption {summary}", size=p.region_px,
+                              preset=sampling, steps=cfg.steps, batch_size=p.sample_batch, decode_batch=16)
+        device = torch.device(p.device)
+        _reset_memory(p.device)
+        unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
+        ae = load_autoencoder(p.autoencoder, device=device)
+        numerics = sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device)
+        model = ImageSampler(cfg, CacheText(TextCache.open(self.data().text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
+                             ae, (3, p.size, p.size), 1.0, device, numerics)
+        geo = Geometry(p.size, p.size // 2, ae.downsample, p.size, p.size // 2)
+        sampler = RegionSampler(region, geo, model, numerics)
+        side = p.region_px // geo.factor
+        windows = sum(len(row) for row in geo.grid(p.region_px))
+
+        def spec(size: int) -> RegionSpec:
+            grid = geo.grid(size)
+            return RegionSpec("bench", "0", constant_map("high/low", region.levels, (len(grid), len(grid[0]))), size)
+
+        warm = RegionSampler(region.model_copy(update={"steps": 1}), geo, model, numerics)
+        warm(spec(p.size * geo.factor * 2), 0)
+        started = time.perf_counter()
+        image = sampler(spec(p.region_px), 0)
+        _sync(p.device)
+        sec = time.perf_counter() - started
+        passes = unet_passes(solver_timesteps(region.solver, region.steps), region.guidance_interval)
+        return {"preset": preset, "batch": p.sample_batch, "solver": region.solver, "steps": region.steps,
+                "guidance_interval": region.guidance_interval, "unet_passes": passes, "region_px": p.region_px, "latent_side": side,
+                "windows": windows, "s_per_region": sec, "window_passes_per_s": windows * passes / sec, "image_shape": list(image.shape),
+                **_peak(p.device)}
+
     def compare_to_eager(self, key: tuple, images: torch.Tensor, eager: bool) -> dict:
         """A compiled case's images against the eager case's (same captions, seeds, settings), in 8-bit
         levels: bf16 rounding in a different kernel order moves a few pixels by a level or two."""
@@ -496,6 +542,9 @@ class Bench:
             Case("train pathldm-h64", "train", lambda: self.ours_train(H), False, 25),
             Case("train pathldm-h64 +compile(blocks) +ckpt(levels 0,1)", "train",
                  lambda: self.ours_train(H, **blocks, **ckpt_hi), False, 80, needs_cuda=True),
+            # scripts/gpu_bench.sh runs these on their own (--cases sample-region): seconds per region
+            Case(f"sample-region {p.region_px}px {ddim} {bs}", "region", lambda: self.ours_region(F, "paper"), False, 90),
+            Case(f"sample-region {p.region_px}px dpmpp-interval preset {bs}", "region", lambda: self.ours_region(F, "fast"), False, 30),
         ]
 
     def wanted(self, case: Case) -> bool:
@@ -610,6 +659,8 @@ class Bench:
                  f"MFU against {PEAK_TFLOPS:.0f} TFLOP/s (measured dense bf16; 989 nominal).", "", self.table(), "",
                  "Targets (issue 20):", ""] + [f"- {k}: {v['verdict']}" + (f" ({v['best']['case']}: {v['best']['img_s']:.1f} img/s)" if "best" in v else "")
                                                for k, v in t["verdicts"].items()]
+        lines += [f"- {r['case']}: {r['s_per_region']:.1f} s per region ({r['windows']} windows, {r['unet_passes']} UNet passes each)"
+                  for r in self.results if r["group"] == "region" and r["status"] == "ok"]
         for r in self.results:
             if r["group"] == "profile" and r["status"] == "ok":
                 lines += ["", f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of kernels; by kind: "

@@ -37,3 +37,5 @@ a.vae_case("vq-f4 bf16 256px bs64", 64, torch.bfloat16)
 json.dump(a.RESULTS, open(os.path.join(os.environ.get("OUT", "."), "anchor.json"), "w"), indent=1)
 ' 2>&1 | tee "$out/anchor.log"
 python3 -u benchmarks/bench_gpu.py --quick --budget-s "$budget" --out "$out" 2>&1 | tee "$out/bench_gpu.log"
+# sample-region: seconds per 4,096 px region with PathLDM's UNet, DDIM-50 and the fast preset (about 2 minutes).
+python3 -u benchmarks/bench_gpu.py --quick --cases sample-region --budget-s 240 --out "$out/region" 2>&1 | tee "$out/bench_region.log"

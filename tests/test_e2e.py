@@ -36,6 +36,8 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
     assert len(generated) == len(held_out) >= 4
     assert all((demo_out / "model" / "samples" / g["file"]).is_file() for g in generated)
     assert report.count("<img") >= 2 * len(held_out)  # real and generated patches by caption
+    region = json.loads((demo_out / "region" / "index.jsonl").read_text().splitlines()[0])  # the large region, 8 model images across
+    assert region["size"] == 8 * 32 and "region/map-and-region.png" in report and (demo_out / "region" / region["file"]).is_file()
     floor = json.loads((demo_out / "model" / "noise-floor" / "metrics.json").read_text())
     assert floor["fid"]["value"] > 0 and f"(floor {floor['fid']['value']:.2f})" in report  # the FID's noise beside it
     for stage in ("summaries.jsonl.manifest.json", "data/store-slide/manifest.json", "latents/manifest.json",

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from histoldm.data.scores import ScoresResult
     from histoldm.data.splits import SplitResult
     from histoldm.data.tiling import TileResult
+    from histoldm.evaluate.region import RegionEvalResult
     from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
     from histoldm.models.convert import ConvertResult
+    from histoldm.sampling.region_run import RegionResult
     from histoldm.sampling.run import SampleResult
     from histoldm.summaries.summarize import SummarizeResult
     from histoldm.text.cache import EncodeTextResult
@@ -114,12 +116,25 @@ def _sample(r: SampleResult, cfg: Any) -> None:
     print(f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}")
 
 
+def _sample_region(r: RegionResult, cfg: Any) -> None:
+    speed = f", {r.seconds_per_region:.1f} s per new region" if r.seconds_per_region is not None else ""
+    print(f"{r.out}: {r.finished}/{r.n_regions} regions finished ({r.n_new} new{speed})")
+
+
 def _evaluate(r: EvaluateResult, cfg: EvaluateConfig) -> None:
     from histoldm.evaluate.run import report_lines
 
     for line in report_lines(r.metrics):
         print(line)
     print(f"wrote {cfg.out / 'metrics.json'}")
+
+
+def _evaluate_region(r: RegionEvalResult, cfg: Any) -> None:
+    from histoldm.evaluate.region import region_report_lines
+
+    for line in region_report_lines(r.metrics):
+        print(line)
+    print(f"wrote {r.out / 'metrics.json'}")
 
 
 def _fid_ref(r: FidRefResult, cfg: Any) -> None:
@@ -191,9 +206,17 @@ COMMANDS = (
                  "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
                  "histoldm.sampling.run:SampleConfig", "run_sample", _sample, torch_threads=True,
                  interrupted="the images written so far are kept in {out}; the same command resumes with the rest"),
+    StageCommand("sample-region", "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
+                 "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
+                 "histoldm.sampling.region_run:RegionConfig", "run_sample_region", _sample_region, converters={"shard": parse_shard},
+                 torch_threads=True, interrupted="finished regions are kept in {out}; the same command resumes with the rest"),
     StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
                  "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
                  "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate, torch_threads=True,
+                 interrupted="metrics.json is written only at the end; run the same command again"),
+    StageCommand("evaluate-region", "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
+                 "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
+                 "histoldm.evaluate.region:RegionEvalConfig", "run_evaluate_region", _evaluate_region, torch_threads=True,
                  interrupted="metrics.json is written only at the end; run the same command again"),
     StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
                  "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,

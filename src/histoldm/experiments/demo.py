@@ -29,6 +29,7 @@ class DemoConfig(StrictModel):
     data: DemoDataConfig = DemoDataConfig()
     recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)")
+    region_scale: int = Field(8, ge=0, description="the report's large region (sample-region, fast preset) is this many model images across: 512 px at 64 px; 0 = none")
 
 
 def loss_curve(stats: Path, out: Path) -> Path:
@@ -96,6 +97,19 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
             "machine": machine, "machine_text": machine_text, "line": line}
 
 
+def _region_figure(out: Path, cfg: DemoConfig, result: dict[str, Any], summaries: Path, case: str, mpp: float) -> list[tuple[str, Path]]:
+    """One large region from a held-out case's summary and a quadrant map (histoldm.experiments.demo_region)."""
+    from histoldm.data.captions import load_summaries
+    from histoldm.experiments.demo_region import demo_region
+
+    size = cfg.region_scale * (cfg.recipe.image_size or cfg.data.patch_size)
+    steps = {"steps": cfg.recipe.sample["steps"]} if "steps" in cfg.recipe.sample else {}
+    picture = demo_region(out / "region", result["train"].run_dir / "model", load_summaries(summaries).get(case, ""), mpp, size,
+                          {"preset": "fast", **steps})
+    return [(f"A generated {size} x {size} px region (sample-region, fast preset) from the summary of held-out case {case} (right), "
+             "and the map its windows followed (left: red = tumour level, green = TIL level; top-left quadrant high/high)", picture)]
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from histoldm.devices import machine_facts, set_cpu_threads
     from histoldm.evaluate.adherence import run_adherence
@@ -125,6 +139,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     split: dict[str, list[str]] = defaultdict(list)
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
+    region = _region_figure(out, cfg, result, summaries, split["test"][0], model_mpp(data["store"], cfg.recipe.image_size)) if cfg.region_scale else []
     vae = latents["vae_metrics"] or {}
     text, train, sample = (result["configs"][stage] for stage in ("encode_text", "train", "sample"))
     timing = stage_timing(out, time.time() - started, machine_facts())
@@ -148,7 +163,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         intro=intro,
         caption_rows=caption_rows(result),
         metrics=_metric_rows(result["metrics"], real_adherence, floor),
-        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png")],
+        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png"), *region],
         tables=[("Time per stage", ["stage", "seconds"],
                  [*([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
                   ["other (real-image adherence, loss curve, between stages)", f"{timing['other_s']:.1f}"],

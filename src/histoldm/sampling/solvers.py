@@ -130,3 +130,15 @@ def _sample_multistep(eps_fn: EpsFn, x: torch.Tensor, steps: int, scheduler) -> 
         eps = eps_fn(x, int(t)).to(torch.float32)
         x = scheduler.step(eps, t, x).prev_sample
     return x
+
+
+def solve(solver: str, eps_fn: EpsFn, x: torch.Tensor, steps: int, eta: float = 0.0,
+          generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Run the solver named as in `histoldm sample --solver` (ddim, dpmpp, unipc) from noise `x`."""
+    if solver == "ddim":
+        return sample_ddim(eps_fn, x, ddim_timesteps(steps), training_alphas_cumprod(), eta=eta, generators=generators)
+    if solver == "dpmpp":
+        return sample_dpmpp_2m(eps_fn, x, steps)
+    if solver == "unipc":
+        return sample_unipc(eps_fn, x, steps)
+    raise ValueError(f"unknown solver {solver!r}")

@@ -1,0 +1,350 @@
+"""`histoldm sample-region`: regions larger than the model from a caption template, the case summary and a
+label map of tumour / TIL levels; deterministic per region, resumable per region, shardable.
+
+    OUT/regions/<id>.tiff     tiled pyramidal TIFF (deflate), resolution tags from --mpp
+    OUT/previews/<id>.png     the region scaled to at most --preview-size px
+    OUT/index.jsonl           one line per finished region (append-only; index.shard<K>-of-<N>.jsonl per shard)
+    OUT/settings.json         what decides the pixels; resuming with other settings is an error
+    OUT/manifest.json
+
+Windows, blending and the tiled decode: `histoldm.sampling.region`; the map: `region_map`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from histoldm.config import DtypeName, StrictModel
+from histoldm.data.captions import DEFAULT_TEMPLATE, KNOWN_PLACEHOLDERS, placeholders
+from histoldm.devices import Precision
+from histoldm.errors import UserError
+from histoldm.fileio import append_jsonl, atomic_write_bytes, read_jsonl, record_or_check_settings, remove_stale_temps, require_output_folder
+from histoldm.sampling.captions_io import safe_file_stem
+from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map
+from histoldm.sampling.run import SAMPLE_PRESETS, SampleConfig, image_seed, resolve_bundle
+
+REGION_PLACEHOLDERS = {"tumor", "til", "summary"}
+
+
+class RegionConfig(StrictModel):
+    checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
+    out: Path = Field(description="output folder (re-run into it to resume)")
+    size: int = Field(1024, ge=8, description="region side in pixels (square); at least the model's image size")
+    label_map: Path | None = Field(None, description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one cell per window")
+    level: str | None = Field(None, description="one TUMOR/TIL level for every window instead of --label-map, e.g. high/low")
+    summary: str = Field("", description="the case's report summary ({summary} of the template)")
+    template: str = Field(DEFAULT_TEMPLATE, description="caption of each window, filled from its map cell as training captions are")
+    levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="level names the map may use (the captions' --levels)")
+    regions: Path | None = Field(None, description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), level, size; overrides --num-regions")
+    num_regions: int = Field(1, ge=1, description="regions of the flags' settings (ids 000001, ...; each its own seed)")
+    stride: int | None = Field(None, ge=1, description="window stride in latent pixels (default: half the model's latent size)")
+    preset: Literal["paper", "fast"] = Field("paper", description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval")
+    steps: int = Field(50, ge=1, le=999, description="solver steps")
+    guidance: float = Field(1.75, description="classifier-free guidance scale (1 = conditional only)")
+    guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI")
+    solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp (DPM-Solver++ 2M) or unipc")
+    eta: float = Field(0.0, ge=0.0, description="DDIM eta")
+    batch_size: int = Field(64, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
+    decode_tile: int | None = Field(None, ge=1, description="latent pixels per decoder tile (default: the model's latent size)")
+    decode_stride: int | None = Field(None, ge=1, description="decoder tile stride in latent pixels (default: half a tile)")
+    decode_batch: int = Field(4, ge=1, description="tiles per decoder call")
+    mpp: float = Field(1.0, gt=0, description="microns per pixel of the model's images (10x: ~1.0), written to the TIFF")
+    preview_size: int = Field(1024, ge=16, description="longest side of the PNG preview")
+    seed: int = Field(0, description="base seed; each region is seeded from (seed, id)")
+    shard: tuple[int, int] | None = Field(None, description="K/N: make only regions K, K+N, ... (0 <= K < N); jobs share --out")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
+    dtype: DtypeName = Field("auto", description="UNet dtype, as in `sample`")
+    precision: Precision = Field("default", description="default or pathldm numerics, as in `sample`")
+    text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's)")
+    text_cache: Path | None = Field(None, description="encode-text folder holding every window caption")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**SAMPLE_PRESETS.get(data.get("preset", "paper"), {}), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RegionConfig:
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
+        if unknown := placeholders(self.template) - REGION_PLACEHOLDERS:
+            raise ValueError(f"template placeholders {sorted(unknown)} have no value in a region (it fills {sorted(REGION_PLACEHOLDERS)}; "
+                             f"captions knows {sorted(KNOWN_PLACEHOLDERS)})")
+        if self.regions is None and (self.label_map is None) == (self.level is None):
+            raise ValueError("give exactly one of label_map and level (or a regions file)")
+        return self
+
+    def sample_config(self) -> SampleConfig:
+        """The patch sampler's config with the same model, numerics and solver (it loads the models)."""
+        keep = ("checkpoint", "out", "steps", "guidance", "guidance_interval", "solver", "eta", "seed", "device", "dtype", "precision",
+                "text_encoder", "text_cache")
+        return SampleConfig(prompt="region", preset=self.preset, **{k: getattr(self, k) for k in keep})
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Window and decode-tile sizes of a model, in latent pixels, and its latent-to-pixel factor."""
+
+    window: int
+    stride: int
+    factor: int
+    decode_tile: int
+    decode_stride: int
+
+    def grid(self, size: int) -> list[list[tuple[int, int]]]:
+        from histoldm.sampling.region import window_grid
+
+        side = size // self.factor
+        return window_grid(side, side, self.window, self.stride)
+
+    def check_size(self, size: int, where: str) -> None:
+        if size % self.factor or size // self.factor < self.window:
+            raise UserError(f"{where}: region size {size} px must be a multiple of {self.factor} and at least the model's "
+                            f"{self.window * self.factor} px")
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    id: str
+    summary: str
+    label_map: LabelMap
+    size: int
+
+
+def autoencoder_factor(bundle: Path, meta) -> int:
+    """Pixels per latent pixel, from the autoencoder's config (no weights loaded)."""
+    from histoldm.models.presets import AUTOENCODER_PRESETS
+
+    config = bundle / "autoencoder" / "config.json"
+    if config.is_file():
+        channels = json.loads(config.read_text(encoding="utf-8"))["block_out_channels"]
+    elif meta.latent.autoencoder in AUTOENCODER_PRESETS:
+        channels = AUTOENCODER_PRESETS[meta.latent.autoencoder]["block_out_channels"]
+    else:
+        from histoldm.models.autoencoder import load_autoencoder
+
+        return load_autoencoder(meta.latent.autoencoder).downsample
+    return 2 ** (len(channels) - 1)
+
+
+def geometry(cfg: RegionConfig, bundle: Path, meta) -> Geometry:
+    """Windows of the model's latent size every --stride, decode tiles; a stride over a window is a UserError."""
+    window = meta.latent.size
+    stride = cfg.stride or max(1, window // 2)
+    if stride > window:
+        raise UserError(f"--stride {stride}: larger than the model's latent size {window} (windows would leave gaps)")
+    tile = cfg.decode_tile or window
+    return Geometry(window, stride, autoencoder_factor(bundle, meta), tile, cfg.decode_stride or max(1, tile // 2))
+
+
+def region_specs(cfg: RegionConfig, geo: Geometry) -> list[RegionSpec]:
+    """Every region asked for, each map checked against its window grid: all before any model loads."""
+    def spec(region_id: str, summary: str, map_path: Path | None, level: str | None, size: int, where: str) -> RegionSpec:
+        geo.check_size(size, where)
+        grid = geo.grid(size)
+        shape = (len(grid), len(grid[0]))
+        label_map = read_label_map(map_path, cfg.levels) if map_path is not None else constant_map(level, cfg.levels, shape)
+        what = (f"a {size} px region (windows of {geo.window * geo.factor} px every {geo.stride * geo.factor} px, "
+                "the last one at the edge)")
+        check_map_shape(label_map, shape, what)
+        return RegionSpec(region_id, summary, label_map, size)
+
+    if cfg.regions is None:
+        return [spec(f"{k:06d}", cfg.summary, cfg.label_map, cfg.level, cfg.size, "--size") for k in range(1, cfg.num_regions + 1)]
+    specs, seen = [], set()
+    for n, rec in enumerate(read_jsonl(cfg.regions), 1):
+        where = f"{cfg.regions} line {n}"
+        if "id" not in rec:
+            raise UserError(f"{where}: no id")
+        region_id = str(rec["id"])
+        if safe_file_stem(region_id) in seen:
+            raise UserError(f"{where}: id {region_id!r} given twice (or two ids with the same file name)")
+        seen.add(safe_file_stem(region_id))
+        map_path = Path(cfg.regions).parent / rec["label_map"] if rec.get("label_map") else None
+        level = rec.get("level") or (None if map_path else cfg.level)
+        if map_path is None and level is None:
+            map_path = cfg.label_map
+        if map_path is None and level is None:
+            raise UserError(f"{where}: neither label_map nor level (and no --label-map or --level to fall back on)")
+        specs.append(spec(region_id, str(rec.get("summary", cfg.summary)), map_path, level, int(rec.get("size", cfg.size)), where))
+    if not specs:
+        raise UserError(f"{cfg.regions}: no regions")
+    return specs
+
+
+def _index_files(out: Path) -> list[Path]:
+    return [p for p in [out / "index.jsonl", *sorted(out.glob("index.shard*.jsonl"))] if p.is_file()]
+
+
+def finished_regions(out: Path) -> dict[str, dict]:
+    """id -> index record, for regions whose line and TIFF both exist."""
+    done: dict[str, dict] = {}
+    for path in _index_files(out):
+        for rec in read_jsonl(path):
+            if (out / rec["file"]).is_file():
+                done[rec["id"]] = rec
+    return done
+
+
+class RegionSampler:
+    """A loaded patch sampler (models, text source) and the region geometry; `__call__` makes one region."""
+
+    def __init__(self, cfg: RegionConfig, geo: Geometry, model, numerics):
+        self.cfg, self.geo, self.model, self.numerics = cfg, geo, model, numerics  # model: histoldm.sampling.run.ImageSampler
+
+    @classmethod
+    def load(cls, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]) -> RegionSampler:
+        from histoldm.devices import resolve_device, sampling_numerics
+        from histoldm.sampling.run import ImageSampler
+
+        device = resolve_device(cfg.device)
+        numerics = sampling_numerics(cfg.precision, cfg.dtype, device)
+        return cls(cfg, geo, ImageSampler.load(cfg.sample_config(), bundle, meta, device, numerics, captions), numerics)
+
+    def _guided(self, captions: list[str], context_of: dict[str, torch.Tensor], uncond: torch.Tensor):
+        """The guided denoiser of one batch of windows, its contexts stacked only while it runs: kept for
+        every batch of a 4,096 px region they would take gigabytes (64 windows x 154 tokens x 768 floats)."""
+        from histoldm.sampling.guidance import classifier_free_guidance
+
+        cfg, m = self.cfg, self.model
+
+        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+            cond = torch.stack([context_of[caption] for caption in captions])
+            return classifier_free_guidance(m.eps_fn, cond, uncond, cfg.guidance, cfg.guidance_interval)(x, t)
+
+        return eps_fn
+
+    @torch.no_grad()
+    def __call__(self, spec: RegionSpec, seed: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of one region."""
+        from histoldm.models.autoencoder import decode
+        from histoldm.sampling.region import blended_eps_fn, decode_tiled
+        from histoldm.sampling.region_map import window_caption
+        from histoldm.sampling.run import to_uint8
+        from histoldm.sampling.solvers import solve
+
+        cfg, geo, m = self.cfg, self.geo, self.model
+        grid = geo.grid(spec.size)
+        windows = [(w, window_caption(cfg.template, spec.label_map, i, j, spec.summary)) for i, row in enumerate(grid) for j, w in enumerate(row)]
+        unique = sorted({caption for _, caption in windows})
+        contexts, _ = m.text.encode(unique)
+        context_of = dict(zip(unique, contexts.to(m.device)))
+        uncond = m.text.uncond.to(m.device)
+        groups = [([w for w, _ in batch], self._guided([caption for _, caption in batch], context_of, uncond))
+                  for batch in (windows[b : b + cfg.batch_size] for b in range(0, len(windows), cfg.batch_size))]
+        side = spec.size // geo.factor
+        eps_fn = blended_eps_fn(groups, geo.window, side, side)
+        noise = torch.randn((m.latent_shape[0], side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        generators = [torch.Generator().manual_seed(seed + 1)] if cfg.eta > 0 else None
+        autocast = self.numerics.autocast
+        with torch.autocast(m.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
+        quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"
+        image = decode_tiled(lambda z: decode(m.ae, z, quantize=quantize), latents.float() / m.scaling_factor, geo.factor,
+                             geo.decode_tile, geo.decode_stride, cfg.decode_batch, finish=lambda band: to_uint8(band, self.numerics.truncate))
+        return image.permute(1, 2, 0).contiguous().numpy()
+
+
+def preview_png(image: np.ndarray, max_side: int) -> bytes:
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    scale = min(1.0, max_side / max(picture.size))
+    if scale < 1.0:
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BOX)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """`histoldm sample-region`: the folder, and the regions finished in it (all shards) and by this run."""
+
+    out: Path
+    bundle: Path
+    n_regions: int
+    finished: int
+    n_new: int
+    seconds_per_region: float | None
+
+
+def run_sample_region(cfg: RegionConfig) -> RegionResult:
+    """Make every region of this shard not yet finished in cfg.out (module docstring)."""
+    from tqdm import tqdm
+
+    from histoldm.devices import dtype_name, resolve_device, sampling_numerics
+    from histoldm.manifest import write_manifest
+    from histoldm.models.bundle import read_bundle_meta
+    from histoldm.sampling.region_tiff import pyramid_tiff_bytes
+
+    started = time.time()
+    bundle = resolve_bundle(cfg.checkpoint)
+    meta = read_bundle_meta(bundle)
+    geo = geometry(cfg, bundle, meta)
+    specs = region_specs(cfg, geo)
+    out = require_output_folder(Path(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    numerics = sampling_numerics(cfg.precision, cfg.dtype, resolve_device(cfg.device))
+    settings = {
+        "bundle": str(bundle.resolve()), "weights": f"{meta.source}@{meta.trained_steps}", "template": cfg.template,
+        "steps": cfg.steps, "guidance": cfg.guidance, "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval else None,
+        "solver": cfg.solver, "eta": cfg.eta, "seed": cfg.seed, "stride": geo.stride, "decode_tile": geo.decode_tile,
+        "decode_stride": geo.decode_stride, "mpp": cfg.mpp, "dtype": dtype_name(numerics.weights), "numerics": numerics.record(),
+    }
+    record_or_check_settings(out / "settings.json", settings, f"{out}: folder holds regions made with other settings")
+    if cfg.shard is None:  # no other job writes here: the temp files of a killed run can go
+        remove_stale_temps(out)
+    done = finished_regions(out)
+    changed = [s.id for s in specs if s.id in done and (done[s.id]["map"], done[s.id]["summary"], done[s.id]["size"])
+               != ([list(row) for row in s.label_map.cells], s.summary, s.size)]
+    if changed:
+        raise UserError(f"{out}: {len(changed)} regions were made with another map, summary or size under the same ids "
+                        f"(first: {changed[0]}); use a new --out")
+    mine = [s for k, s in enumerate(specs) if cfg.shard is None or k % cfg.shard[1] == cfg.shard[0]]
+    pending = [s for s in mine if s.id not in done]
+    index = out / ("index.jsonl" if cfg.shard is None else f"index.shard{cfg.shard[0]}-of-{cfg.shard[1]}.jsonl")
+
+    sampler = None
+    if pending:
+        from histoldm.sampling.region_map import window_caption
+
+        captions = sorted({window_caption(cfg.template, s.label_map, i, j, s.summary)
+                           for s in pending for i in range(s.label_map.shape[0]) for j in range(s.label_map.shape[1])})
+        sampler = RegionSampler.load(cfg, bundle, meta, geo, captions)
+    seconds = []
+    for spec in tqdm(pending, desc="regions", unit="region", disable=not pending):
+        t0 = time.time()
+        seed = image_seed(cfg.seed, spec.id)
+        image = sampler(spec, seed)
+        stem = safe_file_stem(spec.id)
+        record = {"id": spec.id, "file": f"regions/{stem}.tiff", "preview": f"previews/{stem}.png", "seed": seed, "size": spec.size,
+                  "template": cfg.template, "summary": spec.summary, "map_source": spec.label_map.source,
+                  "map": [list(row) for row in spec.label_map.cells], "window_px": geo.window * geo.factor,
+                  "stride_px": geo.stride * geo.factor, "decode_tile_px": geo.decode_tile * geo.factor,
+                  "decode_stride_px": geo.decode_stride * geo.factor, "mpp": cfg.mpp, "settings": settings}
+        atomic_write_bytes(out / record["preview"], preview_png(image, cfg.preview_size))
+        description = json.dumps({k: record[k] for k in ("id", "seed", "template", "summary", "map")})
+        atomic_write_bytes(out / record["file"], pyramid_tiff_bytes(image, cfg.mpp, description))
+        append_jsonl(index, [record])  # after the files: an index line always points at whole files
+        seconds.append(time.time() - t0)
+
+    done = finished_regions(out)
+    finished = sum(s.id in done for s in specs)
+    write_manifest(out / ("manifest.json" if cfg.shard is None else f"manifest.shard{cfg.shard[0]}-of-{cfg.shard[1]}.json"),
+                   stage="sample-region", config=cfg,
+                   inputs={"checkpoint": bundle, "label_map": cfg.label_map, "regions": cfg.regions, "text_cache": cfg.text_cache},
+                   produced={"regions": finished, "new": len(pending), "seconds": seconds}, started=started, seed=cfg.seed,
+                   extra={"settings": settings})
+    return RegionResult(out, bundle, len(specs), finished, len(pending), float(np.mean(seconds)) if seconds else None)
