@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from histoldm.data.splits import SplitResult
     from histoldm.data.tiling import TileResult
     from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
+    from histoldm.evaluate.utility import UtilityConfig, UtilityResult
     from histoldm.models.convert import ConvertResult
     from histoldm.sampling.run import SampleResult
     from histoldm.summaries.summarize import SummarizeResult
@@ -114,6 +115,14 @@ def _evaluate(r: EvaluateResult, cfg: EvaluateConfig) -> None:
     print(f"wrote {cfg.out / 'metrics.json'}")
 
 
+def _utility(r: UtilityResult, cfg: UtilityConfig) -> None:
+    from histoldm.evaluate.utility import utility_lines
+
+    for line in utility_lines(r.metrics["utility"]):
+        print(line)
+    print(f"wrote {cfg.out / 'metrics.json'} and {r.plot}")
+
+
 def _fid_ref(r: FidRefResult, cfg: Any) -> None:
     p = r.protocol
     as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size,
@@ -178,6 +187,9 @@ COMMANDS = (
     StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
                  "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
                  "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate),
+    StageCommand("utility", "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
+                 "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
+                 "histoldm.evaluate.utility:UtilityConfig", "run_utility", _utility),
     StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
                  "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,
                  positional="images"),
