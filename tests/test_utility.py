@@ -134,3 +134,30 @@ def test_synthetic_images_from_held_out_captions_are_refused(world, tmp_path, ca
     # held-out real patches from a training case are refused too: the generator saw them
     with pytest.raises(Exception, match="the generator saw it"):
         run_utility(_cfg(world, tmp_path / "v").model_copy(update={"real": world["train_real"]}))
+
+
+def test_demo_data_holds_out_real_tissue_blocks_apart_from_training(tmp_path):
+    """The CC0 slide's held-out blocks are test cases of real tissue; no training patch shares a pixel with them."""
+    from histoldm.data.splits import load_split
+    from histoldm.experiments.demo_data import SLIDE_GROUP, DemoDataConfig, build_demo_data
+
+    data = build_demo_data(tmp_path / "data", DemoDataConfig(synthetic_cases=2, tiles_per_case=1))
+    split = load_split(data["split"])
+    rows = pq.read_table(data["store"] / "patches.parquet").to_pylist()
+    slide = [r for r in rows if r["case_id"].startswith("cmu_small_region-block-")]
+    held = [r for r in slide if split[r["case_id"]] == "test"]
+    train = [r for r in slide if split[r["case_id"]] == "train"]
+    assert len({r["case_id"] for r in held}) >= 3 and len(held) >= 10 and len(train) >= 40  # several real held-out cases, most tissue trains
+    assert {c for c, s in split.items() if s == "test"} >= {r["case_id"] for r in held} and any(c.startswith("SYN-") for c, s in split.items() if s == "test")
+
+    def overlap(a, b):
+        return a["x"] < b["x"] + b["extent"] and b["x"] < a["x"] + a["extent"] and a["y"] < b["y"] + b["extent"] and b["y"] < a["y"] + a["extent"]
+
+    assert not any(overlap(t, h) for t in train for h in held)
+    tiled = pq.read_table(tmp_path / "data" / "store-slide" / "patches.parquet").num_rows
+    blocks = json.loads(data["blocks"].read_text())
+    assert len(slide) + len(blocks["dropped_overlapping_held_out"]) == tiled  # only the overlapping tiles are left out
+    assert "not independent patients" in blocks["note"] and "not independent patients" in data["split"].read_text()
+    import re
+
+    assert all(re.search(SLIDE_GROUP, r["case_id"]) for r in slide) and not any(re.search(SLIDE_GROUP, r["case_id"]) for r in rows if r not in slide)
