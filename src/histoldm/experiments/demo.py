@@ -121,7 +121,7 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     stages: dict[str, float] = {}
     for _, stage, seconds in stage_times(stage_manifests(out)):
         stages[stage] = stages.get(stage, 0.0) + seconds
-    other = max(0.0, total_s - sum(stages.values()))  # real-image adherence, loss curve, between stages
+    other = max(0.0, total_s - sum(stages.values()))  # real-image and per-group metrics, loss curve, between stages
     machine_text = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread{'s' * (machine['threads'] != 1)}"
     line = f"{_seconds(total_s)} on {machine_text} (" + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)]) + ")"
     return {"stages_s": {k: round(v, 1) for k, v in stages.items()}, "other_s": round(other, 1), "total_s": round(total_s, 1),
@@ -133,7 +133,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from histoldm.evaluate.adherence import run_adherence
     from histoldm.evaluate.utility import table_rows, utility_lines
     from histoldm.experiments.utility_step import utility_step
-    from histoldm.html_report import caption_rows, stage_manifests, write_report
+    from histoldm.html_report import stage_manifests, write_report
 
     started = time.time()
     threads = set_cpu_threads(cfg.threads)
@@ -203,7 +203,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                   for g in ("real tissue", "synthetic cases")),
                 ("Time per stage", ["stage", "seconds"],
                  [*([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
-                  ["other (real-image adherence, loss curve, between stages)", f"{timing['other_s']:.1f}"],
+                  ["other (real-image and per-group metrics, loss curve, between stages)", f"{timing['other_s']:.1f}"],
                   [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"]]),
                 ("Summaries", ["case", "tokens", "status", "summary"],
                  [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],
