@@ -161,3 +161,13 @@ def test_demo_data_holds_out_real_tissue_blocks_apart_from_training(tmp_path):
     import re
 
     assert all(re.search(SLIDE_GROUP, r["case_id"]) for r in slide) and not any(re.search(SLIDE_GROUP, r["case_id"]) for r in rows if r not in slide)
+
+
+def test_held_out_features_given_by_the_caller_are_used_for_exactly_those_files(world, tmp_path):
+    """The demo hands over the evaluation's held-out features: used when their files are the index's."""
+    from histoldm.evaluate.features import FeatureSet
+
+    files = [world["real"] / f"{r['patch_id']}.png" for r in world["held"]]
+    flat = FeatureSet(np.zeros((len(files), 48)), files, [], "png")  # every held-out image alike: no probe can rank them
+    m = run_utility(_cfg(world, tmp_path / "u"), held_out_features=flat).metrics
+    assert all(s["auroc"] == 0.5 for r in m["utility"]["by_attribute"]["tumor"]["conditions"] for s in r["by_group"]["all"]["seeds"])

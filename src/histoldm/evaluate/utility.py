@@ -392,9 +392,11 @@ def utility_plot(utility: dict[str, Any], out: Path) -> Path:
     return Path(out)
 
 
-def run_utility(cfg: UtilityConfig) -> UtilityResult:
+def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = None) -> UtilityResult:
     """Check the inputs and the leakage guard, extract the three sets' features, fit and score every
-    probe, write OUT/metrics.json, OUT/utility.png and the manifest."""
+    probe, write OUT/metrics.json, OUT/utility.png and the manifest. `held_out_features`: the held-out
+    set's features already extracted under this protocol (the demo's evaluation), used when they are
+    of exactly the files the index lists."""
     from histoldm.data.splits import load_split
     from histoldm.evaluate.features import load_extractor
     from histoldm.manifest import write_manifest
@@ -414,7 +416,9 @@ def run_utility(cfg: UtilityConfig) -> UtilityResult:
     extractor = load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     x_train = _features(cfg, extractor, train, "train features")
     x_fake = _features(cfg, extractor, fake, "fake features")
-    x_held = _features(cfg, extractor, held, "held-out features")
+    given = held_out_features
+    same = given is not None and [p.resolve() for p in given.paths] == [p.resolve() for p in held.files]
+    x_held = given.features if same else _features(cfg, extractor, held, "held-out features")
     by_attribute = utility_table((x_train, train), (x_fake, fake), (x_held, held), cfg)
     protocol = _base_protocol(cfg, extractor).extend(
         n_real=len(held.files), n_fake=len(fake.files), n_train=len(train.files), feature_dim=int(x_held.shape[1]),

@@ -32,4 +32,5 @@ def utility_step(work: Path, *, store: Path, split: Path, result: dict[str, Any]
     evaluated = result["configs"]["evaluate"]
     shared = {k: getattr(evaluated, k) for k in ("protocol", "resize", "extractor", "device", "dtype", "batch_size", "workers")}
     return run_utility(UtilityConfig(**shared, real=result["real"], train_real=train_real, fake=fake, captions=captions, split=split,
-                                     out=work / "utility", held_out_groups=groups))
+                                     out=work / "utility", held_out_groups=groups),
+                       held_out_features=result["real_features"])  # extracted by the evaluation, same extractor and resize
