@@ -171,3 +171,14 @@ def test_held_out_features_given_by_the_caller_are_used_for_exactly_those_files(
     flat = FeatureSet(np.zeros((len(files), 48)), files, [], "png")  # every held-out image alike: no probe can rank them
     m = run_utility(_cfg(world, tmp_path / "u"), held_out_features=flat).metrics
     assert all(s["auroc"] == 0.5 for r in m["utility"]["by_attribute"]["tumor"]["conditions"] for s in r["by_group"]["all"]["seeds"])
+
+
+def test_a_group_whose_resamples_all_hold_one_level_reports_no_interval():
+    from histoldm.evaluate.utility import table_rows, utility_lines
+
+    s = bootstrap_scores(np.array([0.9, 0.1]), np.array([True, False]), ["a", "b"], 20, 0)  # one level per case
+    assert s["auroc"] == 1.0 and s["bootstrap_used"] < 20  # resamples of one case are left out
+    s = {**s, "auroc_ci": None, "balanced_accuracy_ci": None}  # as when no resample holds both levels
+    utility = {"protocol_line": "p", "by_attribute": {"tumor": {"conditions": [
+        {"condition": "real", "n_real": 2, "n_synthetic": 0, "by_group": {"all": {"seeds": [s]}}}]}}}
+    assert "[n/a]" in table_rows(utility, "all")[0][3] and "[n/a]" in utility_lines(utility)[1]

@@ -324,12 +324,14 @@ def utility_lines(utility: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _seed_text(s: dict[str, Any]) -> str:
-    def interval(ci: list[float] | None) -> str:
-        return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[n/a]"
+def _interval(ci: list[float] | None) -> str:
+    """'[lo, hi]', or '[n/a]' when every bootstrap resample held one level only."""
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[n/a]"
 
-    return (f"seed {s['seed']} AUROC {s['auroc']:.3f} {interval(s['auroc_ci'])}, "
-            f"balanced acc {s['balanced_accuracy']:.3f} {interval(s['balanced_accuracy_ci'])}")
+
+def _seed_text(s: dict[str, Any]) -> str:
+    return (f"seed {s['seed']} AUROC {s['auroc']:.3f} {_interval(s['auroc_ci'])}, "
+            f"balanced acc {s['balanced_accuracy']:.3f} {_interval(s['balanced_accuracy_ci'])}")
 
 
 def table_rows(utility: dict[str, Any], group: str) -> list[list[str]]:
@@ -341,8 +343,8 @@ def table_rows(utility: dict[str, Any], group: str) -> list[list[str]]:
             if "seeds" not in r:
                 rows.append([attr, row["condition"], f"{row.get('n_real', 0)} / {row.get('n_synthetic', 0)}", row.get("status") or r.get("status", ""), ""])
                 continue
-            auc = "; ".join(f"{s['auroc']:.3f} [{s['auroc_ci'][0]:.2f}, {s['auroc_ci'][1]:.2f}]" for s in r["seeds"])
-            bal = "; ".join(f"{s['balanced_accuracy']:.3f} [{s['balanced_accuracy_ci'][0]:.2f}, {s['balanced_accuracy_ci'][1]:.2f}]" for s in r["seeds"])
+            auc = "; ".join(f"{s['auroc']:.3f} {_interval(s['auroc_ci'])}" for s in r["seeds"])
+            bal = "; ".join(f"{s['balanced_accuracy']:.3f} {_interval(s['balanced_accuracy_ci'])}" for s in r["seeds"])
             rows.append([attr, row["condition"], f"{row['n_real']} / {row['n_synthetic']}", auc, bal])
     return rows
 
@@ -369,8 +371,9 @@ def utility_plot(utility: dict[str, Any], out: Path) -> Path:
                 if pts:
                     xs = [100 * f for f, _ in pts]
                     ys = [r["auroc_mean"] for _, r in pts]
-                    lo = [y - r["seeds"][0]["auroc_ci"][0] for y, (_, r) in zip(ys, pts)]
-                    hi = [r["seeds"][0]["auroc_ci"][1] - y for y, (_, r) in zip(ys, pts)]
+                    cis = [r["seeds"][0]["auroc_ci"] or [y, y] for y, (_, r) in zip(ys, pts)]  # no interval: no bar
+                    lo = [y - ci[0] for y, ci in zip(ys, cis)]
+                    hi = [ci[1] - y for y, ci in zip(ys, cis)]
                     ax.errorbar(xs, ys, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], marker="o", capsize=3, color=colour, label=label)
             tstr = [r["by_group"][g] for r in rows if r["real_fraction"] == 0 and "seeds" in r.get("by_group", {}).get(g, {})]
             if tstr:
