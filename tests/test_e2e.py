@@ -17,12 +17,13 @@ TINY = [
     "--set", "recipe.sample.steps=4", "--set", "recipe.n_samples=6",
     "--set", "recipe.train_vae.crop=16", "--set", "recipe.train.optim.min_snr_gamma=5",
 ]
+DEMO_ONLY = ["--set", "utility_samples=24"]  # training captions sampled for the utility evaluation
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), *TINY]) == 0
+    assert main(["demo", "--out", str(out), *TINY, *DEMO_ONLY]) == 0
     return out
 
 
@@ -45,6 +46,14 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
                   "model/samples-seed1/manifest.json", "model/noise-floor/manifest.json"):
         manifest = json.loads((demo_out / stage).read_text())
         assert manifest["versions"]["torch"] and "config" in manifest, stage
+    # real tissue held out: its captions lead the grid, its numbers stand apart, and the utility plot is shown
+    assert report.index("[real tissue]") < report.index("[synthetic cases]") < report.index("Training loss")
+    utility = json.loads((demo_out / "model" / "utility" / "metrics.json").read_text())["utility"]
+    assert set(utility["by_attribute"]["tumor"]["held_out"]) == {"all", "real tissue", "synthetic cases"}
+    assert utility["by_attribute"]["tumor"]["held_out"]["real tissue"]["n"] >= 1 and "linear probe" in report
+    assert 'src="model/utility/utility.png"' in report and (demo_out / "model" / "utility" / "utility.png").is_file()
+    groups = json.loads((demo_out / "model" / "held-out-groups.json").read_text())
+    assert groups["real tissue"]["n_real"] + groups["synthetic cases"]["n_real"] == len(held_out)
     assert json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16  # recipe keys reach their stage
     assert json.loads((demo_out / "model" / "run" / "config.json").read_text())["optim"]["min_snr_gamma"] == 5
 
@@ -58,7 +67,7 @@ def test_demo_says_where_the_time_went(demo_out):
 
     timing = json.loads((demo_out / "timing.json").read_text())
     stages = timing["stages_s"]
-    assert {"tile", "synthetic", "summarize", "train-vae", "encode-latents", "encode-text", "train", "sample", "evaluate"} <= set(stages)
+    assert {"tile", "synthetic", "summarize", "train-vae", "encode-latents", "encode-text", "train", "sample", "evaluate", "utility"} <= set(stages)
     assert all(s >= 0 for s in stages.values()) and timing["other_s"] >= 0
     assert sum(stages.values()) + timing["other_s"] == pytest.approx(timing["total_s"], abs=0.5)
     assert timing["machine"]["cpu"] == cpu_model() and timing["machine"]["threads"] >= 1
@@ -73,7 +82,7 @@ def test_demo_says_where_the_time_went(demo_out):
 
 def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
     before = (demo_out / "model" / "samples" / "index.jsonl").read_bytes()
-    assert main(["demo", "--out", str(demo_out), *TINY, "--threads", "1"]) == 0
+    assert main(["demo", "--out", str(demo_out), *TINY, *DEMO_ONLY, "--threads", "1"]) == 0
     assert (demo_out / "model" / "samples" / "index.jsonl").read_bytes() == before
     last = capsys.readouterr().out.strip().splitlines()[-1]  # the final line: total, machine, threads, per stage
     assert last.startswith("demo finished in ") and "1 torch thread" in last and "train-vae " in last and "report.html" in last

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from histoldm.data.tiling import TileResult
     from histoldm.evaluate.region import RegionEvalResult
     from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
+    from histoldm.evaluate.utility import UtilityConfig, UtilityResult
     from histoldm.models.convert import ConvertResult
     from histoldm.sampling.region_run import RegionResult
     from histoldm.sampling.run import SampleResult
@@ -137,6 +138,14 @@ def _evaluate_region(r: RegionEvalResult, cfg: Any) -> None:
     print(f"wrote {r.out / 'metrics.json'}")
 
 
+def _utility(r: UtilityResult, cfg: UtilityConfig) -> None:
+    from histoldm.evaluate.utility import utility_lines
+
+    for line in utility_lines(r.metrics["utility"]):
+        print(line)
+    print(f"wrote {cfg.out / 'metrics.json'} and {r.plot}")
+
+
 def _fid_ref(r: FidRefResult, cfg: Any) -> None:
     p = r.protocol
     as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size,
@@ -217,6 +226,10 @@ COMMANDS = (
     StageCommand("evaluate-region", "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
                  "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
                  "histoldm.evaluate.region:RegionEvalConfig", "run_evaluate_region", _evaluate_region, torch_threads=True,
+                 interrupted="metrics.json is written only at the end; run the same command again"),
+    StageCommand("utility", "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
+                 "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
+                 "histoldm.evaluate.utility:UtilityConfig", "run_utility", _utility, torch_threads=True,
                  interrupted="metrics.json is written only at the end; run the same command again"),
     StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
                  "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,

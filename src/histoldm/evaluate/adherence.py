@@ -98,8 +98,10 @@ def run_adherence(
     mpp: float = 1.0,
     n_permutations: int = 1000,
     seed: int = 0,
+    ids: set[str] | None = None,
 ) -> dict:
-    """Adherence per attribute over the generated images listed in FAKE/index.jsonl."""
+    """Adherence per attribute over the generated images listed in FAKE/index.jsonl (those whose id is
+    in `ids`, when given: a subset such as the demo's real-tissue captions)."""
     from tqdm import tqdm
 
     attributes = attributes or DEFAULT_DESCRIPTORS
@@ -107,6 +109,8 @@ def run_adherence(
         if name not in DESCRIPTOR_NAMES:
             raise UserError(f"adherence: unknown descriptor {name!r} (choose from {', '.join(DESCRIPTOR_NAMES)})")
     rows = check_adherence_inputs(fake_dir, captions_parquet, list(attributes))
+    if ids is not None:
+        rows = [r for r in rows if r.get("id") in ids]
     levels = caption_levels(captions_parquet, list(attributes)) if captions_parquet else {}
     results: dict[str, dict] = {}
     cache: dict[str, dict[str, float]] = {}

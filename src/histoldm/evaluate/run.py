@@ -128,6 +128,7 @@ class EvaluateResult:
     metrics: dict[str, Any]
     fake_features: F.FeatureSet | None = None  # the generated set's features, kept in memory for a caller that measures
                                                # more against them (the demo's noise floor); not written to disk
+    real_features: F.FeatureSet | None = None  # the real set's, when it is a folder (the demo's per-group metrics)
 
 
 def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
@@ -303,7 +304,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
         started=started, seed=cfg.seed, skipped=skipped,
     )
     shutil.rmtree(parts, ignore_errors=True)
-    return EvaluateResult(out, metrics, fake_fs)
+    return EvaluateResult(out, metrics, fake_fs, real_fs)
 
 
 def report_lines(metrics: dict) -> list[str]:

@@ -253,7 +253,7 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     evaluate_cfg = evaluate_config(recipe, real, samples, work / "eval", captions, len(items), model_mpp(store, recipe.image_size))
     evaluated = run_evaluate(evaluate_cfg)
     return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "train_peak_rss": train_peak_rss, "samples": samples, "real": real,
-            "metrics": evaluated.metrics, "fake_features": evaluated.fake_features, "items": items, "sample_list": sample_list, "text_cache": text_cache,
+            "metrics": evaluated.metrics, "fake_features": evaluated.fake_features, "real_features": evaluated.real_features, "items": items, "sample_list": sample_list, "text_cache": text_cache,
             "configs": {"encode_text": text_cfg, "train": train_cfg, "sample": sample_cfg, "evaluate": evaluate_cfg}}
 
 

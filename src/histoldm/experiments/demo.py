@@ -4,7 +4,9 @@ The CC0 slide is tiled, a synthetic report per case is summarised to 35 CLIP tok
 tumor/TIL levels (proxy scores on the slide, known values on the synthetic cases), the cases are
 split by patient, a small autoencoder and a tiny conditional UNet are trained, held-out captions
 are sampled with DDIM-50 and guidance 1.75, and FID/KID/precision-recall plus condition adherence
-are measured against the held-out real patches.
+are measured against the held-out real patches, overall and separately for the slide's held-out blocks
+(real tissue) and the synthetic cases. Training captions are sampled too, for the utility evaluation:
+linear probes trained on real, synthetic and both, scored on the held-out real patches.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
 from histoldm.fileio import atomic_write_json, read_jsonl
 from histoldm.experiments.chain import ModelRecipe, model_mpp, noise_floor, prepare_latents, summarize, train_sample_evaluate
-from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
+from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
+from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, DemoDataConfig, build_demo_data
 
 
 class DemoConfig(StrictModel):
@@ -30,6 +33,10 @@ class DemoConfig(StrictModel):
     recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)")
     region_scale: int = Field(8, ge=0, description="the report's large region (sample-region, fast preset) is this many model images across: 512 px at 64 px; 0 = none")
+    utility_samples: int = Field(96, ge=2, description="training captions sampled for the utility evaluation (the generated set its probes train on)")
+
+
+HELD_OUT_GROUPS = {"real tissue": SLIDE_GROUP, "synthetic cases": SYNTHETIC_GROUP}
 
 
 def loss_curve(stats: Path, out: Path) -> Path:
@@ -77,6 +84,31 @@ def _metric_rows(metrics: dict[str, Any], real_adherence: dict[str, Any], floor:
     return rows
 
 
+def _real_tissue_first(result: dict[str, Any]) -> list:
+    """The grid's rows: captions of held-out real tissue first, then of synthetic cases."""
+    from histoldm.html_report import caption_rows
+
+    ids = {name: group_ids(result["items"], pattern) for name, pattern in HELD_OUT_GROUPS.items()}
+    return [row for name in HELD_OUT_GROUPS for row in caption_rows(
+        {**result, "items": [r for r in result["items"] if r["patch_id"] in ids[name]]}, max_rows=4, label=f"[{name}] ")]
+
+
+def _utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Headline rows: AUROC (mean of the seeds) of the real, TSTR and real + synthetic probes, and the curve's first point."""
+    rows = []
+    first = min(utility["protocol"]["fractions"])
+    for attr, a in utility["by_attribute"].items():
+        names = {r["condition"]: r for r in a["conditions"]}
+        wanted = ["real", "synthetic only (TSTR)", "real + synthetic", f"{first:.0%} real", f"{first:.0%} real + synthetic"]
+        for g in ("real tissue", "synthetic cases"):
+            parts = []
+            for w in wanted:
+                r = names.get(w, {}).get("by_group", {}).get(g, {})
+                parts.append(f"{w} {r['auroc_mean']:.2f}" if "auroc_mean" in r else f"{w} n/a")
+            rows.append((f"utility {attr}, held-out {g}", "AUROC " + "; ".join(parts), utility["protocol_line"]))
+    return rows
+
+
 def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.1f} min"
 
@@ -90,7 +122,7 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     stages: dict[str, float] = {}
     for _, stage, seconds in stage_times(stage_manifests(out)):
         stages[stage] = stages.get(stage, 0.0) + seconds
-    other = max(0.0, total_s - sum(stages.values()))  # real-image adherence, loss curve, between stages
+    other = max(0.0, total_s - sum(stages.values()))  # real-image and per-group metrics, loss curve, between stages
     machine_text = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread{'s' * (machine['threads'] != 1)}"
     line = f"{_seconds(total_s)} on {machine_text} (" + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)]) + ")"
     return {"stages_s": {k: round(v, 1) for k, v in stages.items()}, "other_s": round(other, 1), "total_s": round(total_s, 1),
@@ -113,7 +145,9 @@ def _region_figure(out: Path, cfg: DemoConfig, result: dict[str, Any], summaries
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from histoldm.devices import machine_facts, set_cpu_threads
     from histoldm.evaluate.adherence import run_adherence
-    from histoldm.html_report import caption_rows, stage_manifests, write_report
+    from histoldm.evaluate.utility import table_rows, utility_lines
+    from histoldm.experiments.utility_step import utility_step
+    from histoldm.html_report import stage_manifests, write_report
 
     started = time.time()
     threads = set_cpu_threads(cfg.threads)
@@ -131,8 +165,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # FID/KID of a second seed's samples against the first: the noise the metrics carry at this N.
     floor = noise_floor(out / "model", result, cfg.recipe)
     # The same adherence check on the real held-out images: the ceiling a perfect model would reach.
-    real_adherence = run_adherence(result["real"], captions_parquet=result["captions_file"],
-                                   mpp=model_mpp(data["store"], cfg.recipe.image_size), seed=cfg.recipe.seed)
+    mpp = model_mpp(data["store"], cfg.recipe.image_size)
+    real_adherence = run_adherence(result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=cfg.recipe.seed)
+    # The same numbers for the real-tissue and the synthetic held-out cases apart, then the utility evaluation.
+    by_group = group_metrics(result, HELD_OUT_GROUPS, mpp=mpp, seed=cfg.recipe.seed)
+    utility = utility_step(out / "model", store=data["store"], split=data["split"], result=result, recipe=cfg.recipe,
+                           n_fake=cfg.utility_samples, groups=HELD_OUT_GROUPS).metrics["utility"]
+    atomic_write_json(out / "model" / "held-out-groups.json", by_group)
+    for line in utility_lines(utility):
+        print(line)
 
     # Report.
     curve = loss_curve(result["train"].run_dir / "stats.jsonl", out / "loss.png")
@@ -148,8 +189,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"(time per stage below). Data: the CC0 slide CMU-1-Small-Region "
         f"(Carnegie Mellon University) tiled at {cfg.data.magnification:g}x, {cfg.data.patch_size} px, plus "
         f"{cfg.data.synthetic_cases} synthetic H&amp;E-like cases with known tumor/TIL levels; reports are synthetic and say so. "
-        f"Split by case (seeded): {len(split.get('train', []))} train cases; the held-out test cases, whose patches are the "
-        f"real side of every metric, are {', '.join(split.get('test', []))}. "
+        f"The slide is cut into blocks of {cfg.data.slide_block} px that act as cases; its top {cfg.data.held_out_block_rows} block rows are "
+        f"held out and the training patches overlapping them are left out, so held-out tissue is never seen in training. Blocks of one "
+        f"slide are not independent patients (neighbouring tissue, one stain, one scan): read the real-tissue numbers as a check, not "
+        f"as a generalisation estimate. Split by case: {len(split.get('train', []))} train cases; the held-out test cases, whose patches are the "
+        f"real side of every metric, are {', '.join(split.get('test', []))}. Metrics are given over all of them and separately for "
+        f"the real tissue and the synthetic cases. "
         f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
         f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {text.text_encoder} ({text.mode}), "
         f"UNet preset {train.model.unet_preset} trained {result['train'].steps} steps. Samples: {sample.solver.upper()} "
@@ -161,12 +206,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         out / "report.html",
         title="histoldm demo",
         intro=intro,
-        caption_rows=caption_rows(result),
-        metrics=_metric_rows(result["metrics"], real_adherence, floor),
-        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png"), *region],
-        tables=[("Time per stage", ["stage", "seconds"],
+        caption_rows=_real_tissue_first(result),
+        metrics=_metric_rows(result["metrics"], real_adherence, floor) + group_rows(by_group, result["metrics"]["fid"]["protocol_line"])
+        + _utility_rows(utility),
+        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png"), *region,
+                 ("Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real training "
+                  "patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)", out / "model" / "utility" / "utility.png")],
+        tables=[*((f"Utility, held-out {g}: AUROC and balanced accuracy per seed [95% case-bootstrap interval] (protocol: the metrics table)",
+                   ["attribute", "probe trained on", "N real / synthetic", "AUROC (seed 0; seed 1)",
+                                                     "balanced accuracy (seed 0; seed 1)"], table_rows(utility, g))
+                  for g in ("real tissue", "synthetic cases")),
+                ("Time per stage", ["stage", "seconds"],
                  [*([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
-                  ["other (real-image adherence, loss curve, between stages)", f"{timing['other_s']:.1f}"],
+                  ["other (real-image and per-group metrics, loss curve, between stages)", f"{timing['other_s']:.1f}"],
                   [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"]]),
                 ("Summaries", ["case", "tokens", "status", "summary"],
                  [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],

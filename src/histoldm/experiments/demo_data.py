@@ -1,10 +1,15 @@
 """The demo dataset, built from what ships with the package: the bundled CC0 slide plus synthetic
 H&E-like cases with known tumor/TIL levels, one synthetic report per case and a patient-level split.
-Used by `histoldm demo` and by `histoldm sweep` when no store of the user's is given."""
+The slide is cut into spatial blocks that act as cases (histoldm.data.blocks): its top block rows are
+held out, so the held-out set holds real tissue beside synthetic cases; the synthetic cases are split
+by the seeded patient-level method. Used by `histoldm demo` and by `histoldm sweep` when no store of
+the user's is given."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -21,8 +26,14 @@ class DemoDataConfig(StrictModel):
     overlap: int = 192  # the CC0 slide is small: without overlap 10x gives only a handful of patches
     synthetic_cases: int = Field(8, ge=2)
     tiles_per_case: int = Field(12, ge=1)
-    test_fraction: float = Field(0.3, gt=0, lt=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)  # of the synthetic cases
+    slide_block: int = Field(128, ge=16, description="side in pixels of the square blocks the slide is cut into; each block is a case")
+    held_out_block_rows: int = Field(2, ge=1, description="the slide's top block rows held out (patches overlapping them are dropped from training)")
     seed: int = 0
+
+
+SLIDE_GROUP = "^cmu_small_region-block-"  # case ids of the slide's blocks (regex), for reporting real tissue apart
+SYNTHETIC_GROUP = "^SYN-"
 
 
 def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
@@ -41,26 +52,49 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
     and a patient-level split."""
     from histoldm.assets import asset_path
     from histoldm.data.scores import ScoresConfig, run_scores
-    from histoldm.data.splits import SplitConfig, run_split
+    from histoldm.data.blocks import cut_into_blocks
     from histoldm.data.store import merge_stores
     from histoldm.data.synthetic import make_synthetic_dataset
     from histoldm.data.tiling import TileConfig, run_tile
 
     work = Path(work)
     slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"
+    blocks_store = work / "store-slide-blocks"
     if not (store / "patches.parquet").is_file():
         run_tile(TileConfig(slides=asset_path("cmu_slide"), out=slide_store, magnification=cfg.magnification,
                             size=cfg.patch_size, overlap=cfg.overlap))
         run_scores(ScoresConfig(store=slide_store, proxy=True))
+        cut_into_blocks(slide_store, blocks_store, size=cfg.patch_size, block=cfg.slide_block, held_out_rows=cfg.held_out_block_rows)
         if not (synthetic_store / "patches.parquet").is_file():
             make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size,
                                    workers=workers)
-        merge_stores([slide_store, synthetic_store], store)
+        merge_stores([blocks_store, synthetic_store], store)
     reports = work / "reports.jsonl"
     if not reports.is_file():
         atomic_write_jsonl(reports, demo_reports(store, cfg.seed))
     split = work / "split.json"
     if not split.is_file():
-        run_split(SplitConfig(out=split, store=store, seed=cfg.seed,
-                              fractions={"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}))
-    return {"store": store, "reports": reports, "split": split}
+        write_demo_split(split, store, json.loads((blocks_store / "blocks.json").read_text(encoding="utf-8")), cfg)
+    return {"store": store, "reports": reports, "split": split, "blocks": blocks_store / "blocks.json"}
+
+
+def write_demo_split(path: Path, store: Path, blocks: dict[str, Any], cfg: DemoDataConfig) -> None:
+    """split.json: the slide's held-out blocks in test, its other blocks in train, the synthetic cases
+    split by the seeded patient-level method (histoldm.data.splits) at `test_fraction`."""
+    import time
+
+    from histoldm.data.splits import METHOD, split_cases, split_json
+    from histoldm.fileio import atomic_write_text
+    from histoldm.manifest import write_manifest
+
+    started = time.time()
+    cases = pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()
+    synthetic = sorted({c for c in cases if c not in set(blocks["held_out"]) | set(blocks["train"])})
+    fractions = {"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}
+    groups = split_cases(synthetic, fractions, cfg.seed)
+    groups = {"train": groups["train"] + blocks["train"], "test": groups["test"] + blocks["held_out"]}
+    method = f"{METHOD} for the synthetic cases; slide blocks of {blocks['block_px']} px, the top {blocks['held_out_block_rows']} rows held out"
+    atomic_write_text(path, split_json(groups, method=method, seed=cfg.seed, fractions=fractions, stratify_by=None,
+                                       extra={"note": blocks["note"]}))
+    write_manifest(path.with_name(path.name + ".manifest.json"), stage="split", config=cfg, inputs={"store": Path(store) / "patches.parquet"},
+                   produced={k: len(v) for k, v in sorted(groups.items())}, started=started, seed=cfg.seed)
