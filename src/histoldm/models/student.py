@@ -30,7 +30,9 @@ def make_student(teacher, embedding_dim: int = GUIDANCE_EMBEDDING_DIM):
     """A new UNet with the teacher's architecture and weights plus a zero guidance projection."""
     from diffusers import UNet2DConditionModel
 
-    student = UNet2DConditionModel.from_config({**teacher.config, "time_cond_proj_dim": embedding_dim})
+    # without diffusers' private keys: `_use_default_values` (a UNet built in code) would reset time_cond_proj_dim
+    config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
+    student = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": embedding_dim})
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
         raise ValueError(f"student does not fit its teacher: missing {missing}, unexpected {unexpected}")
