@@ -3,8 +3,9 @@ held-out patches, beside DDIM-50's own seed-to-seed floor at the same N, on two 
 
 For each setting and seed, `histoldm sample` draws the held-out captions (each `--repeat` times, under ids
 id-r0, id-r1, ...: per-image seeds come from (seed, id)); `histoldm evaluate` compares the set with the real
-held-out patches (FID, KID, precision/recall, condition adherence) and, as a second column labelled
-"same noise", FID against DDIM-50 with the same seed. The floor is the FID / KID between DDIM-50 seed 0
+held-out patches (FID, KID, precision/recall, condition adherence; evaluate's default protocol, each set's
+Inception features extracted once) and, as a second column labelled "same noise", FID against DDIM-50 with
+the same seed. The floor is the FID / KID between DDIM-50 seed 0
 and seed 1 (histoldm.evaluate.noise_floor): two draws of one distribution. A setting whose FID and KID
 against the real patches lie within DDIM-50's own two seeds (and within the floor of each other) is not
 measurably worse than DDIM-50 at this N.
@@ -12,7 +13,8 @@ measurably worse than DDIM-50 at this N.
 Settings with the `turbo` preset sample the student (`--student`, made by `histoldm distill`); the others
 the teacher. An existing sample folder (e.g. the demo's own DDIM-50 sets) can stand in for a setting and seed
 (`--reuse ddim50:0=DIR`): its settings.json must say the same solver, steps, guidance and seed; its wall
-time per image then comes from its manifest. Results are appended to OUT/results.jsonl as each set
+time per image then comes from its manifest. `--timing ddim50,turbo4` instead
+times the settings on the same few images, interleaved (median of 3 rounds), to OUT/timing.json. Results are appended to OUT/results.jsonl as each set
 finishes (a re-run skips finished sets) and the table written to OUT/few_step.md.
 
     nice -n 10 python -u benchmarks/bench_few_step.py --teacher DEMO/model/run/model --student RUN/model \\
@@ -93,28 +95,94 @@ def sample_set(name: str, seed: int, args, captions: Path) -> dict:
             "unet_passes": unet_passes(cfg), "out": str(out), "s_per_image": round(per_image, 3), "reused": bool(reuse)}
 
 
-def evaluate_set(row: dict, args, same_noise_reference: Path | None) -> dict:
-    """Metrics against the real held-out patches (and FID against DDIM-50 of the same seed: same noise)."""
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+class Evaluator:
+    """`histoldm evaluate`'s metrics under its default protocol (clean resize, bundled InceptionV3), with each
+    image set's features extracted once (OUT/features/*.npy): every set is compared with the real patches and
+    with DDIM-50, so evaluate's own per-call extraction would triple the Inception time."""
 
-    out = args.out / "eval" / f"{row['setting'].replace(' ', '_')}-seed{row['seed']}"
-    m = run_evaluate(EvaluateConfig(real=args.real, fake=Path(row["out"]), out=out / "real", fid_method="eigh", workers=1, adherence=True,
-                                    captions=args.captions_parquet, seed=row["seed"])).metrics
-    adherence = {a: r.get("auroc") for a, r in m["adherence"]["by_attribute"].items()}
-    record = {**row, "fid": m["fid"]["value"], "kid": m["kid"].get("mean"), "kid_std": m["kid"].get("std"),
-              "precision": m["precision_recall"].get("precision"), "recall": m["precision_recall"].get("recall"), "adherence_auroc": adherence,
-              "protocol_line": m["fid"]["protocol_line"]}
-    if same_noise_reference is not None and Path(same_noise_reference) != Path(row["out"]):
-        same = run_evaluate(EvaluateConfig(real=same_noise_reference, fake=Path(row["out"]), out=out / "same-noise", fid_method="eigh", workers=1)).metrics
-        record["same_noise_fid"] = same["fid"]["value"]
-    return record
+    def __init__(self, args):
+        from histoldm.evaluate import features as F
+        from histoldm.evaluate.run import ExtractConfig, _base_protocol
+
+        self.args = args
+        self.cfg = ExtractConfig(workers=1)
+        self.extractor = F.load_extractor(self.cfg.extractor, self.cfg.device, self.cfg.dtype)
+        self.protocol = _base_protocol(self.cfg, self.extractor)
+        self.cache = args.out / "features"
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def features(self, folder: Path):
+        import numpy as np
+
+        from histoldm.evaluate import features as F
+        from histoldm.evaluate.run import fake_image_paths
+
+        key = self.cache / (str(Path(folder).resolve()).strip("/").replace("/", "_") + ".npy")
+        if key.is_file():
+            return np.load(key)
+        paths = F.list_images(folder) if not (Path(folder) / "index.jsonl").is_file() else fake_image_paths(folder)
+        fs = F.extract_features(paths, self.extractor, mode=self.cfg.resize, batch_size=self.cfg.batch_size, workers=1, desc=Path(folder).name)
+        np.save(key, fs.features)
+        return fs.features
+
+    def compare(self, real, fake, seed: int) -> dict:
+        from histoldm.evaluate import metrics as M
+
+        fid = M.frechet_distance(*M.gaussian_stats(real), *M.gaussian_stats(fake), method="eigh")
+        kid_mean, kid_std = M.kid(real, fake, n_subsets=100, subset_size=1000, seed=seed)
+        precision, recall = M.precision_recall(real, fake, k=3)
+        line = self.protocol.extend(n_real=len(real), n_fake=len(fake), fid_method="eigh").line() + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
+        return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall, "protocol_line": line}
+
+    def evaluate_set(self, row: dict, same_noise_reference: Path) -> dict:
+        """Metrics against the real held-out patches, adherence, and FID against DDIM-50 of the same seed (same noise)."""
+        from histoldm.evaluate.adherence import run_adherence
+        from histoldm.evaluate import metrics as M
+
+        fake = self.features(Path(row["out"]))
+        record = {**row, **self.compare(self.features(self.args.real), fake, row["seed"])}
+        adherence = run_adherence(Path(row["out"]), captions_parquet=self.args.captions_parquet, seed=row["seed"])
+        record["adherence_auroc"] = {a: r.get("auroc") for a, r in adherence["by_attribute"].items()}
+        if Path(same_noise_reference) != Path(row["out"]):
+            ref = self.features(same_noise_reference)
+            record["same_noise_fid"] = M.frechet_distance(*M.gaussian_stats(ref), *M.gaussian_stats(fake), method="eigh")
+        return record
+
+    def seed_floor(self, first: Path, second: Path) -> dict:
+        """DDIM-50 seed 0 against seed 1: what sampling noise alone gives at this N."""
+        floor = self.compare(self.features(first), self.features(second), 0)
+        return {"setting": "DDIM-50 seed 0 vs seed 1 (floor)", **floor}
 
 
-def seed_floor(first: Path, second: Path, out: Path) -> dict:
-    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+def timing(args, names: list[str], n_images: int, repeats: int = 3) -> dict:
+    """Seconds per image of each setting on the same images, the settings interleaved in each of `repeats`
+    rounds (median): on a shared machine the load drifts, and interleaving puts every setting under the same."""
+    import statistics
 
-    m = run_seed_floor(SeedFloorConfig(first=first, second=second, out=out, workers=1)).metrics
-    return {"setting": "DDIM-50 seed 0 vs seed 1 (floor)", "fid": m["fid"]["value"], "kid": m["kid"].get("mean"), "protocol_line": m["fid"]["protocol_line"]}
+    import torch
+
+    from histoldm.devices import sampling_numerics
+    from histoldm.models.bundle import read_bundle_meta
+    from histoldm.sampling.captions_io import read_caption_items
+    from histoldm.sampling.run import ImageSampler, SampleConfig, image_seed, resolve_bundle
+
+    items, _ = read_caption_items(args.captions)
+    captions, seeds = [it.caption for it in items[:n_images]], [image_seed(0, it.id) for it in items[:n_images]]
+    device = torch.device("cpu")
+    samplers = {}
+    for name in names:
+        fields = SETTINGS[name]
+        bundle = resolve_bundle(args.student if fields.get("preset") == "turbo" else args.teacher)
+        cfg = SampleConfig(checkpoint=bundle, prompt="x", out=args.out / "timing", text_cache=args.text_cache, device="cpu", batch_size=n_images, **fields)
+        samplers[name] = ImageSampler.load(cfg, bundle, read_bundle_meta(bundle), device, sampling_numerics("default", "auto", device), captions)
+        samplers[name](captions[:1], seeds[:1])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, sampler in samplers.items():
+            started = time.perf_counter()
+            sampler(captions, seeds)
+            times[name].append((time.perf_counter() - started) / n_images)
+    return {name: {"s_per_image_median": statistics.median(t), "runs": t, "images": n_images, "threads": torch.get_num_threads()} for name, t in times.items()}
 
 
 def table(records: list[dict], floor: dict | None) -> str:
@@ -130,7 +198,8 @@ def table(records: list[dict], floor: dict | None) -> str:
                      f"{f(r.get('same_noise_fid'))} |")
         lines.append(f"| ↳ protocol: {r['protocol_line']} | | | | | | | | |")
     if floor:
-        lines.append(f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} | - | - | - |")
+        lines.append(f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} +- {f(floor['kid_std'], 1e3)} | "
+                     f"{f(floor['precision'], digits=3)} / {f(floor['recall'], digits=3)} | - | - |")
         lines.append(f"| ↳ protocol: {floor['protocol_line']} | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
@@ -147,26 +216,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, in the order to run: " + ", ".join(SETTINGS))
     ap.add_argument("--reuse", action="append", default=[], metavar="NAME:SEED=DIR", help="an existing sample folder for one setting and seed")
+    ap.add_argument("--timing", default="", help="only time these settings (comma-separated), interleaved, on --timing-images images; no quality")
+    ap.add_argument("--timing-images", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.reuse = dict(item.split("=", 1) for item in args.reuse)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        result = timing(args, args.timing.split(","), args.timing_images)
+        (args.out / "timing.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return 0
     captions = repeated_captions(args.captions, args.repeat, args.out)
     results = args.out / "results.jsonl"
     done = {(r["setting"], r["seed"]): r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
+    evaluator = Evaluator(args)
     ddim = {seed: sample_set("ddim50", seed, args, captions) for seed in seeds}  # the reference every row is shown beside
     for name in args.settings.split(","):
         for seed in seeds:
             if (name, seed) in done:
                 continue
             row = ddim[seed] if name == "ddim50" else sample_set(name, seed, args, captions)
-            done[(name, seed)] = evaluate_set(row, args, Path(ddim[seed]["out"]))
+            done[(name, seed)] = evaluator.evaluate_set(row, Path(ddim[seed]["out"]))
             with results.open("a") as f:
                 f.write(json.dumps(done[(name, seed)]) + "\n")
             print(json.dumps(done[(name, seed)]), flush=True)
-    floor = seed_floor(Path(ddim[seeds[0]]["out"]), Path(ddim[seeds[1]]["out"]), args.out / "eval" / "floor") if len(seeds) > 1 else None
+    floor = evaluator.seed_floor(Path(ddim[seeds[0]]["out"]), Path(ddim[seeds[1]]["out"])) if len(seeds) > 1 else None
     text = table([done[k] for k in done], floor)
     (args.out / "few_step.md").write_text(text)
     print(text)
