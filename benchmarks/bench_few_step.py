@@ -131,7 +131,8 @@ class Evaluator:
         fid = M.frechet_distance(*M.gaussian_stats(real), *M.gaussian_stats(fake), method="eigh")
         kid_mean, kid_std = M.kid(real, fake, n_subsets=100, subset_size=1000, seed=seed)
         precision, recall = M.precision_recall(real, fake, k=3)
-        line = self.protocol.extend(n_real=len(real), n_fake=len(fake), fid_method="eigh").line() + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
+        line = self.protocol.extend(n_real=len(real), n_fake=len(fake), fid_method="eigh", image_format_real="png", image_format_fake="png",
+                                    feature_dim=real.shape[1]).line() + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
         return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall, "protocol_line": line}
 
     def evaluate_set(self, row: dict, same_noise_reference: Path) -> dict:
