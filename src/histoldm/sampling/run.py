@@ -33,7 +33,7 @@ from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
 GRID_MAX = 64  # a grid of more images is too large to look at
-# `preset` fills the fields a config or flag leaves unset (docs/sampling.md; the fast one's quality is not yet measured):
+# `preset` fills the fields a config or flag leaves unset (docs/sampling.md says which to use for what, as measured):
 # paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5); fast = DPM-Solver++ 2M in fewer steps with
 # guidance only on an interval of noise levels (the unconditional UNet pass skipped elsewhere).
 SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
