@@ -172,3 +172,8 @@ def test_cli_distils_and_resumes(teacher, tmp_path, capsys):
     assert main([*args, "--max-steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "distilled 4 steps in" in out and "00000-turbo" in out
+
+
+def test_config_refuses_a_setting_distill_would_ignore(teacher, tmp_path):
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        _config(teacher, tmp_path / "z", optim={"min_snr_gamma": 5.0})

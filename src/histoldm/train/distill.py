@@ -68,6 +68,8 @@ class DistillConfig(StrictModel):
             raise ValueError(f"guidance_range {list(self.guidance_range)}: needs 0 < lo <= hi")
         if self.embedding_dim % 2:
             raise ValueError(f"embedding_dim {self.embedding_dim}: needs an even width (sin and cos halves)")
+        if self.optim.min_snr_gamma is not None:
+            raise ValueError("optim.min_snr_gamma: a weighting of train's diffusion loss; distill's consistency loss has none")
         return self
 
 
@@ -229,6 +231,8 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
             loss_sum += loss.detach()
             nonfinite |= ~torch.isfinite(loss.detach())
         data_position += cfg.grad_accum
+        if o.grad_clip is not None:
+            accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
