@@ -1,6 +1,7 @@
 """Issues 9 and 20 in one run on one card: the anchor's baseline (shared/bench/gpu_anchor.py,
 re-implemented) beside the project's own trainer (`run_train` on synthetic caches), sampler
-(`ImageSampler`, the paper's DDIM-50 and the `fast` preset, eager and compiled), encode-latents
+(`ImageSampler`, the paper's DDIM-50, the `fast` preset and a distilled student's `turbo` preset
+(4 consistency steps), eager and compiled), encode-latents
 (VQ-f4, a PNG patch store -> latent cache) and a torch-profiler table of one guided DDIM step.
 
 Baseline cases: a bare fwd+bwd+fused-AdamW step under bf16 autocast (one-head and 64-channel-head
@@ -309,7 +310,7 @@ class Bench:
         from histoldm.sampling.run import SampleConfig
 
         p = self.p
-        steps = {"paper": p.ddim_steps, "fast": p.fast_steps}[sampling]
+        steps = {"paper": p.ddim_steps, "fast": p.fast_steps, "turbo": None}[sampling]
         fields = {"steps": steps} if steps is not None else {}
         return SampleConfig(checkpoint=self.work, out=self.work / "samples", prompt="bench", preset=sampling, batch_size=p.sample_batch,
                             **fields, **update)
@@ -319,6 +320,8 @@ class Bench:
         from histoldm.devices import sampling_numerics
         from histoldm.models.autoencoder import decode, load_autoencoder
         from histoldm.models.speed import compile_unet
+        from histoldm.models.student import make_student
+        from histoldm.sampling.consistency import student_eps_fn
         from histoldm.sampling.context import CacheText
         from histoldm.sampling.guidance import unet_eps_fn, unet_passes
         from histoldm.sampling.run import ImageSampler
@@ -328,19 +331,25 @@ class Bench:
         p, bs = self.p, self.p.sample_batch
         cfg = self.sample_config(sampling, compile=bool(compile_mode), compile_mode=compile_mode or "full", compile_tuning=tuning,
                                  channels_last=channels_last)
-        passes = unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
+        student = sampling == "turbo"  # a distilled student: the UNet plus its guidance-scale input, one pass a step
+        passes = cfg.steps if student else unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
         data = self.data()
         _reset_memory(p.device)
         device = torch.device(p.device)
         unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
         flops = passes * self.count_unet_flops(preset, unet)
+        if student:
+            with torch.device(p.device):
+                unet = make_student(unet).eval().requires_grad_(False).to(_dtype(p.precision))
         if device.type == "cuda" and channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         if compile_mode:
             unet = compile_unet(unet, compile_mode, tuning=tuning)
         ae = load_autoencoder(p.autoencoder, device=device)
-        sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
-                               ae, (3, p.size, p.size), 1.0, device, sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device))
+        alphas = training_alphas_cumprod().to(device)
+        eps_fn = student_eps_fn(unet, "epsilon", alphas, cfg.guidance, unet.config.time_cond_proj_dim) if student else unet_eps_fn(unet, "epsilon", alphas)
+        sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), eps_fn, ae, (3, p.size, p.size), 1.0, device,
+                               sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device), solver_steps=50 if student else None)
         captions, seeds = [f"caption {i % 64}" for i in range(bs)], list(range(bs))
         started = time.perf_counter()
         # Warm-up: compiled, the whole run (every batch shape the guidance interval makes is compiled);
@@ -515,10 +524,12 @@ class Bench:
             Case(f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(H), True, 16),
             Case(f"sample pathldm {ddim} {bs}", "sample", lambda: self.ours_sample(F, "paper"), True, 35),
             Case(f"sample pathldm {fast} {bs}", "sample", lambda: self.ours_sample(F, "fast"), True, 12),
+            Case(f"sample pathldm turbo(lcm4) {bs}", "sample", lambda: self.ours_sample(F, "turbo"), True, 8),
             Case(f"profile pathldm one guided ddim step {bs}", "profile", lambda: self.profile_ddim_step(F), True, 8),
             Case(f"encode-latents {p.autoencoder} {p.encode_n} PNGs", "encode", self.encode_latents, True, 30),
             Case(f"sample pathldm {ddim} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "paper", "blocks"), True, 80, needs_cuda=True),
             Case(f"sample pathldm {fast} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "fast", "blocks"), True, 30, needs_cuda=True),
+            Case(f"sample pathldm turbo(lcm4) {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "turbo", "blocks"), True, 20, needs_cuda=True),
             Case("train pathldm +compile(blocks) +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **blocks, **ckpt_hi), True, 140, needs_cuda=True),
             Case("train pathldm +compile(blocks) +ckpt(all)", "train", lambda: self.ours_train(F, **blocks, **ckpt_all), True, 50, needs_cuda=True),
             Case("train pathldm +compile(blocks)", "train", lambda: self.ours_train(F, **blocks), True, 50, needs_cuda=True),
@@ -616,6 +627,7 @@ class Bench:
                                         if r["peak_alloc_gib"] is not None), key=lambda r: r["peak_alloc_gib"], default=None),
             "ddim_fastest": ddim,
             "fast_fastest": fast,
+            "turbo_fastest": sampler("turbo"),  # a distilled student, 4 passes per image (no target set)
             "verdicts": {
                 "ddim50_img_s": met(ddim, "img_s", TARGETS["ddim50_img_s"]),
                 "fast_img_s": met(fast, "img_s", TARGETS["fast_img_s"]),

@@ -47,7 +47,7 @@ def _inputs(b: int = 2):
 
 
 def test_tiny_bench_writes_table_and_json(tmp_path):
-    cases = "baseline train bf16 1-head,baseline ddim,ckpt(levels,fast,profile,encode,compile(full"
+    cases = "baseline train bf16 1-head,baseline ddim,ckpt(levels,fast,turbo,profile,encode,compile(full"
     proc = subprocess.run([sys.executable, "-u", str(BENCH), "--tiny", "--out", str(tmp_path), "--cases", cases],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,6 +63,9 @@ def test_tiny_bench_writes_table_and_json(tmp_path):
     # the fast preset: DPM-Solver++ with guidance on (44, 634); at 3 steps (999, 500, 0) one step is guided
     assert (fast["solver"], fast["guidance_interval"], fast["unet_passes"]) == ("dpmpp", [44, 634], 4)
     assert fast["hours_for_200k"] == pytest.approx(200_000 / fast["img_s"] / 3600)
+    turbo = results["sample pathldm turbo(lcm4) bs2"]  # a distilled student: 4 consistency steps, one UNet pass each
+    assert (turbo["status"], turbo["solver"], turbo["steps"], turbo["unet_passes"]) == ("ok", "lcm", 4, 4) and turbo["img_s"] > 0
+    assert report["summary"]["turbo_fastest"]["img_s"] == turbo["img_s"]
     assert encode["latents"] == encode["patches"] == 16 and encode["img_s"] > 0 and encode["encoder_only_img_s"] > 0
     profile = results["profile pathldm one guided ddim step bs2"]
     assert profile["top"] and sum(profile["by_kind_pct"].values()) == pytest.approx(100, abs=0.5) and profile["by_kind_pct"].get("convolution", 0) > 0

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from histoldm.sampling.run import SampleResult
     from histoldm.summaries.summarize import SummarizeResult
     from histoldm.text.cache import EncodeTextResult
+    from histoldm.train.distill import DistillResult
     from histoldm.train.latents import EncodeLatentsResult
     from histoldm.train.trainer import TrainResult
     from histoldm.train.vae import TrainVAEResult
@@ -110,6 +111,12 @@ def _train(r: TrainResult, cfg: Any) -> None:
     img_s = f"{r.img_s:.1f}" if r.img_s is not None else "n/a"
     memory = f"peak GPU memory {peak:.2f} GiB" if peak is not None else "CPU: no GPU memory to measure"
     print(f"trained {r.steps} steps in {r.run_dir} ({img_s} img/s, {memory}); model: {r.bundle}")
+
+
+def _distill(r: DistillResult, cfg: Any) -> None:
+    img_s = f"{r.img_s:.1f}" if r.img_s is not None else "n/a"
+    print(f"distilled {r.steps} steps in {r.run_dir} ({r.seconds:.0f} s this session, {img_s} img/s); student: {r.bundle} "
+          f"(sample it with --preset turbo)")
 
 
 def _sample(r: SampleResult, cfg: Any) -> None:
@@ -209,6 +216,12 @@ COMMANDS = (
     StageCommand("train", "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
                  "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
                  "histoldm.train.trainer:TrainConfig", "run_train", _train, dry_run=True, nested={"--init-from": "model.init_from"},
+                 writes=("run_dir", "runs_dir"), torch_threads=True,
+                 interrupted="the run's last checkpoint is kept; the same command resumes from it"),
+    StageCommand("distill", "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); re-running resumes.",
+                 "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache --captions work/captions.parquet --split work/split.json",
+                 "histoldm.train.distill:DistillConfig", "run_distill", _distill, dry_run=True,
+                 nested={"--latents": "data.latents", "--text-cache": "data.text_cache", "--captions": "data.captions", "--split": "data.split"},
                  writes=("run_dir", "runs_dir"), torch_threads=True,
                  interrupted="the run's last checkpoint is kept; the same command resumes from it"),
     StageCommand("sample", "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",

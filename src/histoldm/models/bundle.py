@@ -6,6 +6,8 @@
       autoencoder/          optional: diffusers VQModel / AutoencoderKL (else meta.latent.autoencoder names one)
       text_encoder/         optional: a saved text model (conversion from PathLDM writes one)
 
+A student made by `histoldm distill` records in `distilled` how it samples (few steps, guidance baked in).
+
 The text and latent sections carry fingerprints so that sampling with another text encoder, or
 decoding with another autoencoder, is an error instead of silent garbage.
 """
@@ -41,6 +43,16 @@ class LatentContract(StrictModel):
     fingerprint: str = ""  # latent cache meta has the same
 
 
+class DistilledSampling(StrictModel):
+    """How a distilled student samples: consistency steps on the teacher's DDIM grid, guidance as an input."""
+
+    method: Literal["lcm"] = "lcm"
+    solver_steps: int  # the teacher's DDIM grid the student was distilled on (LCMScheduler original_inference_steps)
+    guidance_range: tuple[float, float]  # guidance scales the student saw; sampling outside it is refused
+    embedding_dim: int  # width of the guidance-scale embedding (UNet time_cond_proj_dim)
+    teacher: str = ""  # the teacher bundle and its trained steps
+
+
 class BundleMeta(StrictModel):
     format: str = FORMAT
     unet_preset: str
@@ -49,6 +61,7 @@ class BundleMeta(StrictModel):
     latent: LatentContract
     trained_steps: int = 0
     source: str = ""  # the run or checkpoint this bundle came from
+    distilled: DistilledSampling | None = None  # set on a few-step student; None on a teacher
 
 
 def save_bundle(folder: Path, meta: BundleMeta, unet, autoencoder=None) -> Path:

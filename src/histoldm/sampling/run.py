@@ -33,14 +33,17 @@ from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
 GRID_MAX = 64  # a grid of more images is too large to look at
-# `preset` fills the fields a config or flag leaves unset (docs/sampling.md; the fast one's quality is not yet measured):
+# `preset` fills the fields a config or flag leaves unset (docs/sampling.md says which to use for what, as measured):
 # paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5); fast = DPM-Solver++ 2M in fewer steps with
 # guidance only on an interval of noise levels (the unconditional UNet pass skipped elsewhere).
 SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"solver": "ddim", "steps": 50, "guidance": 1.75, "guidance_interval": None},
     # (44, 634): the sigma interval (0.28, 5.42] Kynkaanniemi et al. found for SD-XL, on PathLDM's schedule
     "fast": {"solver": "dpmpp", "steps": 12, "guidance": 1.75, "guidance_interval": (44, 634)},
+    # a student made by `histoldm distill`: 4 consistency steps, one UNet pass each, guidance baked in
+    "turbo": {"solver": "lcm", "steps": 4, "guidance": 1.75, "guidance_interval": None},
 }
+LCM_MAX_STEPS = 8  # a consistency student is distilled for 1-8 steps
 
 
 class SampleConfig(StrictModel):
@@ -51,11 +54,11 @@ class SampleConfig(StrictModel):
     num_images: int = Field(1, ge=1, description="images for --prompt")
     split: Path | None = Field(None, description="split.json: sample only the cases of --split-name (captions.parquet)")
     split_name: str = Field("test", description="the split --split selects")
-    preset: Literal["paper", "fast"] = Field("paper", description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval (docs/sampling.md); options given beside it win")
+    preset: Literal["paper", "fast", "turbo"] = Field("paper", description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win")
     steps: int = Field(50, ge=1, le=999, description="solver steps (PathLDM: 50 DDIM steps)")
     guidance: float = Field(1.75, description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)")
     guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)")
-    solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp = DPM-Solver++ 2M or unipc = UniPC (try --steps 20)")
+    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] = Field("ddim", description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a distilled student (--preset turbo)")
     eta: float = Field(0.0, ge=0.0, description="DDIM eta; 0 = deterministic DDIM, as PathLDM")
     batch_size: int = Field(16, ge=1, description="images per UNet call (the UNet sees twice as many: cond + uncond)")
     decode_batch: int = Field(32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32")
@@ -83,6 +86,10 @@ class SampleConfig(StrictModel):
     def _check_interval(self) -> SampleConfig:
         if self.guidance_interval is not None and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 999:
             raise ValueError(f"guidance_interval {list(self.guidance_interval)}: needs 0 <= lo <= hi <= 999 (training timesteps)")
+        if self.solver == "lcm" and self.steps > LCM_MAX_STEPS:
+            raise ValueError(f"steps {self.steps}: a distilled student samples in 1-{LCM_MAX_STEPS} steps")
+        if self.solver == "lcm" and self.guidance_interval is not None:
+            raise ValueError("guidance_interval: a distilled student has guidance baked in (no unconditional pass to skip)")
         return self
 
 
@@ -95,6 +102,17 @@ def resolve_bundle(checkpoint: Path) -> Path:
         if (folder / META_FILE).is_file():
             return folder
     raise UserError(f"{checkpoint}: neither a model bundle ({META_FILE}) nor a training run with model/ (training unfinished?)")
+
+
+def check_solver_fits_bundle(bundle: Path, meta, solver: str, guidance: float) -> None:
+    """A student samples only with consistency steps, a teacher never: the other pairing gives noise."""
+    if solver == "lcm" and meta.distilled is None:
+        raise UserError(f"{bundle}: a teacher bundle (no distilled sampler); --preset turbo needs a student made by `histoldm distill`")
+    if solver != "lcm" and meta.distilled is not None:
+        raise UserError(f"{bundle}: a distilled student samples only with --preset turbo (--solver lcm), not --solver {solver}")
+    if meta.distilled is not None and not meta.distilled.guidance_range[0] <= guidance <= meta.distilled.guidance_range[1]:
+        lo, hi = meta.distilled.guidance_range
+        raise UserError(f"{bundle}: --guidance {guidance} is outside the scales this student was distilled for ({lo}-{hi})")
 
 
 def image_seed(seed: int, item_id: str) -> int:
@@ -234,10 +252,12 @@ class ImageSampler:
     scaling_factor: float
     device: torch.device
     numerics: SamplingNumerics
+    solver_steps: int | None = None  # a student's distillation grid (consistency sampling); None for a teacher
 
     @classmethod
     def load(cls, cfg: SampleConfig, bundle: Path, meta, device: torch.device, numerics: SamplingNumerics, captions: list[str]) -> ImageSampler:
         from histoldm.sampling.context import open_text_source
+        from histoldm.sampling.consistency import student_eps_fn
         from histoldm.sampling.guidance import unet_eps_fn
         from histoldm.sampling.solvers import training_alphas_cumprod
 
@@ -248,14 +268,19 @@ class ImageSampler:
             raise UserError(f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; precision pathldm needs float32 "
                             "(encode-text --precision pathldm)")
         unet, ae = _load_models(bundle, meta, device, numerics.weights, cfg)
-        eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
+        if meta.distilled is not None:
+            eps_fn = student_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device), cfg.guidance, meta.distilled.embedding_dim)
+        else:
+            eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
         shape = (meta.latent.channels, meta.latent.size, meta.latent.size)
-        return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device, numerics)
+        solver_steps = meta.distilled.solver_steps if meta.distilled is not None else None
+        return cls(cfg, text, eps_fn, ae, shape, meta.latent.scaling_factor, device, numerics, solver_steps)
 
     @torch.no_grad()
     def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
         """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
         from histoldm.models.autoencoder import decode
+        from histoldm.sampling.consistency import sample_consistency
         from histoldm.sampling.guidance import classifier_free_guidance
         from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, sample_unipc, training_alphas_cumprod
 
@@ -265,7 +290,11 @@ class ImageSampler:
         x = initial_noise(seeds, self.latent_shape).to(self.device)
         autocast = self.numerics.autocast
         with torch.autocast(self.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            if cfg.solver == "ddim":
+            if cfg.solver == "lcm":  # the student's guidance is an input: one conditional pass per step
+                context = context.to(self.device)
+                generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
+                latents = sample_consistency(lambda x, t: self.eps_fn(x, t, context), x, cfg.steps, self.solver_steps, generators)
+            elif cfg.solver == "ddim":
                 generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
                 latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
             else:
@@ -302,6 +331,7 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     started = time.time()
     bundle = resolve_bundle(cfg.checkpoint)
     meta = read_bundle_meta(bundle)
+    check_solver_fits_bundle(bundle, meta, cfg.solver, cfg.guidance)
     items, skipped = read_caption_items(cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name)
     state, device, numerics = _resolve_device_dtype(cfg)
     out = Path(cfg.out)
