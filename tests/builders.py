@@ -52,6 +52,27 @@ def save_pool_extractor(path: Path) -> Path:
 TEACHER_CAPTIONS = ["high tumor; low til; invasive carcinoma", "low tumor; high til; lymphocytes", "low tumor; low til; stroma"]
 
 
+def write_tiny_bundle(folder: Path) -> Path:
+    """A tiny model bundle: tiny UNet on 8x8 latents (context of tiny-clip), tiny f=4 KL autoencoder stored inside."""
+    import torch
+
+    from histoldm.models.autoencoder import load_autoencoder
+    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
+    from histoldm.models.presets import build_unet
+    from histoldm.text.encoders import load_text_encoder
+
+    text = load_text_encoder("tiny-clip", "pathldm", 154)
+    torch.manual_seed(0)
+    unet = build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8)
+    ae = load_autoencoder("kl-f4-tiny")
+    meta = BundleMeta(
+        unet_preset="tiny",
+        text=TextContract(**text.contract()),
+        latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint),
+    )
+    return save_bundle(folder / "model", meta, unet, ae.model)
+
+
 def write_tiny_teacher(root: Path, n: int = 24, seed: int = 0) -> dict:
     """A random tiny teacher bundle (tiny UNet, tiny-clip text, the tiny KL autoencoder inside) and the caches
     it would have been trained on: a latent cache of that autoencoder's contract, captions.parquet, a text

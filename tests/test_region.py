@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import save_pool_extractor, write_random_pngs
+from builders import save_pool_extractor, write_random_pngs, write_tiny_bundle
 
 from histoldm.cli import main
 from histoldm.errors import UserError
@@ -36,18 +36,7 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A tiny bundle (tiny UNet on 8x8 latents, tiny f=4 KL autoencoder: 32 px windows)."""
-    from histoldm.models.autoencoder import load_autoencoder
-    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
-    from histoldm.models.presets import build_unet
-    from histoldm.text.encoders import load_text_encoder
-
-    text = load_text_encoder("tiny-clip", "pathldm", 154)
-    torch.manual_seed(0)
-    unet = build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8)
-    ae = load_autoencoder("kl-f4-tiny")
-    meta = BundleMeta(unet_preset="tiny", text=TextContract(**text.contract()),
-                      latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint))
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "model", meta, unet, ae.model)
+    return write_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from builders import write_tiny_bundle
+
 from histoldm.errors import UserError
 from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, training_alphas_cumprod
 
@@ -21,21 +23,7 @@ CAPTIONS = [f"high tumor, low til, sample {i}" for i in range(8)] + [LONG_CAPTIO
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A tiny model bundle: tiny UNet (context of tiny-clip), tiny KL autoencoder stored inside."""
-    from histoldm.models.autoencoder import load_autoencoder
-    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
-    from histoldm.models.presets import build_unet
-    from histoldm.text.encoders import load_text_encoder
-
-    text = load_text_encoder("tiny-clip", "pathldm", 154)
-    torch.manual_seed(0)
-    unet = build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8)
-    ae = load_autoencoder("kl-f4-tiny")
-    meta = BundleMeta(
-        unet_preset="tiny",
-        text=TextContract(**text.contract()),
-        latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint),
-    )
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "model", meta, unet, ae.model)
+    return write_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

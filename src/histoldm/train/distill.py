@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
-from histoldm.train.trainer import OptimSection
+from histoldm.train.trainer import OptimSection, TrainingRunConfig
 
 
 class DistillData(StrictModel):
@@ -39,18 +39,11 @@ class DistillData(StrictModel):
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
-class DistillConfig(StrictModel):
-    teacher: Path = Field(description="the trained model bundle (or training run folder) to distil")
+class DistillConfig(TrainingRunConfig):
     name: str = Field("turbo", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
-    runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
-    run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
-    resume: str = Field("auto", description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)")
-    seed: int = Field(0, description="random seed")
-    max_steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     precision: DtypeName = Field("bfloat16", description="autocast dtype of the UNets (also on CPU); auto: bfloat16 where supported, else float32")
-    cpu: bool = Field(False, description="force CPU even when a GPU is present")
+    teacher: Path = Field(description="the trained model bundle (or training run folder) to distil")
     solver_steps: int = Field(50, ge=2, le=1000, description="the teacher's DDIM grid: one distillation step jumps 1000/N training steps (LCM: 50)")
     guidance_range: tuple[float, float] = Field((1.0, 3.0), description="guidance scales drawn per sample; the student samples at any scale in this range")
     embedding_dim: int = Field(256, ge=2, description="width of the guidance-scale embedding added to the timestep embedding")

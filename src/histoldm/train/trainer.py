@@ -68,7 +68,9 @@ class OptimSection(StrictModel):
     min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
 
 
-class TrainConfig(StrictModel):
+class TrainingRunConfig(StrictModel):
+    """The run-folder, resume and step settings every UNet training stage (train, distill) shares."""
+
     name: str = Field("ldm", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
     runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
     run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
@@ -79,6 +81,9 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     precision: DtypeName = Field("bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32")
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
+
+
+class TrainConfig(TrainingRunConfig):
     ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
     ema_decay: float = Field(0.9999, description="EMA decay per step")
     log_every: int = Field(50, gt=0, description="steps between log lines")
