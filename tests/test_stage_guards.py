@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import write_patch_store
+from builders import write_patch_store, write_tiny_bundle
 from histoldm.assets import asset_path
 from histoldm.cli import main
 from histoldm.commands.stages import COMMANDS
@@ -135,10 +135,16 @@ def test_every_stage_refuses_a_read_only_output_before_any_compute(chain, read_o
         "convert-ldm": [str(tmp_path / "model.ckpt"), "--out", f"{ro}/bundle"],
         "demo": ["--out", f"{ro}/demo"],
         "sweep": ["--out", f"{ro}/sweep"],
+        "distill": ["--teacher", str(tmp_path), "--run-dir", f"{ro}/student", *[a for k, v in (("latents", c["latents"]), ("text-cache", c["text"]),
+                    ("captions", c["captions"]), ("split", c["split"])) for a in (f"--{k}", str(v))]],
+        "sample-region": ["--checkpoint", str(tmp_path), "--level", "high/low", "--size", "64", "--out", f"{ro}/regions"],
+        "evaluate-region": ["--regions", str(tmp_path), "--real", str(c["store"] / "patches"), "--out", f"{ro}/eval-regions"],
+        "utility": ["--real", str(c["store"] / "patches"), "--train-real", str(c["store"] / "patches"), "--fake", str(c["store"] / "patches"),
+                    "--captions", str(c["captions"]), "--split", str(c["split"]), "--out", f"{ro}/utility"],
     }
     assert set(argv) == {command.name for command in COMMANDS}  # a new stage joins this walk
     for name, args in argv.items():
-        typed = args[args.index("--run-dir" if name == "train" else "--out") + 1]
+        typed = args[args.index("--run-dir" if name in ("train", "distill") else "--out") + 1]
         started = time.perf_counter()
         assert main([name, *args]) == 2, name
         err = capsys.readouterr().err
@@ -159,17 +165,7 @@ def _wait_for(predicate, timeout: float) -> None:
 
 def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
     """A real SIGINT to `histoldm sample` in a child process, after its first images are written."""
-    from histoldm.models.autoencoder import load_autoencoder
-    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
-    from histoldm.models.presets import build_unet
-    from histoldm.text.encoders import load_text_encoder
-
-    text = load_text_encoder("tiny-clip", "pathldm", 154)
-    ae = load_autoencoder("kl-f4-tiny")
-    torch.manual_seed(0)
-    meta = BundleMeta(unet_preset="tiny", text=TextContract(**text.contract()),
-                      latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint))
-    bundle = save_bundle(tmp_path / "model", meta, build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8), ae.model)
+    bundle = write_tiny_bundle(tmp_path)
     (tmp_path / "captions.txt").write_text("".join(f"high tumor, low til, sample {i}\n" for i in range(2000)))
     out = tmp_path / "samples"
     cmd = [sys.executable, "-m", "histoldm.cli", "sample", "--checkpoint", str(bundle), "--captions", str(tmp_path / "captions.txt"),
