@@ -26,7 +26,14 @@ BUSY_LOOP = "while True:\n    pass"
 
 def run_demo(out: Path, threads: int | None, extra: list[str], compete: bool) -> float:
     """The demo as a user runs it (its own process), optionally beside one busy process; wall seconds."""
-    cmd = [sys.executable, "-c", "import sys; from histoldm.cli import main; sys.exit(main())", "demo", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from histoldm.cli import main; sys.exit(main())",
+        "demo",
+        "--out",
+        str(out),
+    ]
     cmd += ["--threads", str(threads)] if threads else []
     competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if compete else None
     try:
@@ -48,10 +55,15 @@ def quality(out: Path) -> list[str]:
     return lines
 
 
-def bench_table(out: Path, wall_s: float, load_before: tuple[float, ...], load_after: tuple[float, ...], compete: bool) -> str:
+def bench_table(
+    out: Path, wall_s: float, load_before: tuple[float, ...], load_after: tuple[float, ...], compete: bool
+) -> str:
     timing = json.loads((out / "timing.json").read_text())
     total = timing["total_s"]
-    rows = [*timing["stages_s"].items(), ("other (real-image adherence, loss curve, between stages)", timing["other_s"])]
+    rows = [
+        *timing["stages_s"].items(),
+        ("other (real-image adherence, loss curve, between stages)", timing["other_s"]),
+    ]
     lines = [
         f"`histoldm demo` on {timing['machine_text']}, {time.strftime('%Y-%m-%d %H:%M %Z')}; "
         f"{'beside one busy process (pure-Python loop)' if compete else 'no competing process started'}; "

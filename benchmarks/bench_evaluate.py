@@ -64,12 +64,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="default: min(4, cores - 1) on CPU, cores - 1 on CUDA")
     ap.add_argument("--resize", default="bicubic", choices=["bicubic", "legacy"])
-    ap.add_argument("--rounds", type=int, default=3, help="alternating bare/pipeline rounds; the best of each is compared")
-    ap.add_argument("--extractor", type=Path, default=None, help="a TorchScript feature network (default: the bundled InceptionV3)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating bare/pipeline rounds; the best of each is compared"
+    )
+    ap.add_argument(
+        "--extractor", type=Path, default=None, help="a TorchScript feature network (default: the bundled InceptionV3)"
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     cores = os.cpu_count() or 2
-    workers = args.workers if args.workers is not None else (max(1, cores - 1) if args.device.startswith("cuda") else max(1, min(4, cores - 1)))
+    workers = (
+        args.workers
+        if args.workers is not None
+        else (max(1, cores - 1) if args.device.startswith("cuda") else max(1, min(4, cores - 1)))
+    )
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
 
@@ -108,21 +116,37 @@ def main() -> None:
         compare = {}
         if extractor.device.type == "cuda":
             t0 = time.perf_counter()
-            fw = extract_features(paths, extractor, mode=args.resize, batch_size=args.batch_size, workers=workers, resize_on_device=False)
+            fw = extract_features(
+                paths, extractor, mode=args.resize, batch_size=args.batch_size, workers=workers, resize_on_device=False
+            )
             compare["pipeline_resize_in_workers_img_s"] = round(len(fw.paths) / (time.perf_counter() - t0), 2)
             same_order = [str(p) for p in fw.paths] == [str(p) for p in fs.paths]
             diff = np.abs(fw.features - fs.features).max() / np.abs(fw.features).max() if same_order else float("nan")
             compare["features_max_rel_diff_device_vs_workers_resize"] = float(diff)
 
     result = {
-        "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
         "card": torch.cuda.get_device_name() if extractor.device.type == "cuda" else "cpu",
-        "extractor": extractor.name, "extractor_sha256": extractor.sha256[:16],
-        "n": args.n, "size": args.size, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
-        "workers": workers, "resize": args.resize, "torch_threads": torch.get_num_threads(), "cores": cores,
-        "rounds": args.rounds, "bare_runs_img_s": [round(v, 2) for v in bare_runs], "pipeline_runs_img_s": [round(v, 2) for v in full_runs],
-        "bare_extractor_img_s": round(bare, 2), "pipeline_img_s": round(full, 2), "ratio_best": round(full / bare, 3),
-        "ratio_median": round(float(np.median(full_runs) / np.median(bare_runs)), 3), **compare,
+        "extractor": extractor.name,
+        "extractor_sha256": extractor.sha256[:16],
+        "n": args.n,
+        "size": args.size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "workers": workers,
+        "resize": args.resize,
+        "torch_threads": torch.get_num_threads(),
+        "cores": cores,
+        "rounds": args.rounds,
+        "bare_runs_img_s": [round(v, 2) for v in bare_runs],
+        "pipeline_runs_img_s": [round(v, 2) for v in full_runs],
+        "bare_extractor_img_s": round(bare, 2),
+        "pipeline_img_s": round(full, 2),
+        "ratio_best": round(full / bare, 3),
+        "ratio_median": round(float(np.median(full_runs) / np.median(bare_runs)), 3),
+        **compare,
     }
     print(json.dumps(result))
     if args.json:

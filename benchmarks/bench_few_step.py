@@ -56,7 +56,9 @@ def repeated_captions(captions: Path, repeat: int, out: Path) -> Path:
 
     items, _ = read_caption_items(captions)
     path = out / "captions_repeated.jsonl"
-    rows = [{"id": it.id if repeat == 1 else f"{it.id}-r{k}", "caption": it.caption} for it in items for k in range(repeat)]
+    rows = [
+        {"id": it.id if repeat == 1 else f"{it.id}-r{k}", "caption": it.caption} for it in items for k in range(repeat)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -79,7 +81,9 @@ def sample_set(name: str, seed: int, args, captions: Path) -> dict:
     bundle = args.student if fields.get("preset") == "turbo" else args.teacher
     reuse = args.reuse.get(f"{name}:{seed}")
     out = Path(reuse) if reuse else args.out / f"{name.replace(' ', '_')}-seed{seed}"
-    cfg = SampleConfig(checkpoint=bundle, captions=captions, text_cache=args.text_cache, out=out, seed=seed, device="cpu", **fields)
+    cfg = SampleConfig(
+        checkpoint=bundle, captions=captions, text_cache=args.text_cache, out=out, seed=seed, device="cpu", **fields
+    )
     if reuse:
         settings = json.loads((out / "settings.json").read_text())
         wanted = {"solver": cfg.solver, "steps": cfg.steps, "guidance": cfg.guidance, "seed": seed}
@@ -91,8 +95,17 @@ def sample_set(name: str, seed: int, args, captions: Path) -> dict:
         started = time.perf_counter()
         result = run_sample(cfg)
         per_image = (time.perf_counter() - started) / max(result.n_new, 1)
-    return {"setting": name, "seed": seed, "solver": cfg.solver, "steps": cfg.steps, "interval": cfg.guidance_interval,
-            "unet_passes": unet_passes(cfg), "out": str(out), "s_per_image": round(per_image, 3), "reused": bool(reuse)}
+    return {
+        "setting": name,
+        "seed": seed,
+        "solver": cfg.solver,
+        "steps": cfg.steps,
+        "interval": cfg.guidance_interval,
+        "unet_passes": unet_passes(cfg),
+        "out": str(out),
+        "s_per_image": round(per_image, 3),
+        "reused": bool(reuse),
+    }
 
 
 class Evaluator:
@@ -121,7 +134,14 @@ class Evaluator:
         if key.is_file():
             return np.load(key)
         paths = F.list_images(folder) if not (Path(folder) / "index.jsonl").is_file() else fake_image_paths(folder)
-        fs = F.extract_features(paths, self.extractor, mode=self.cfg.resize, batch_size=self.cfg.batch_size, workers=1, desc=Path(folder).name)
+        fs = F.extract_features(
+            paths,
+            self.extractor,
+            mode=self.cfg.resize,
+            batch_size=self.cfg.batch_size,
+            workers=1,
+            desc=Path(folder).name,
+        )
         np.save(key, fs.features)
         return fs.features
 
@@ -131,14 +151,30 @@ class Evaluator:
         fid = M.frechet_distance(*M.gaussian_stats(real), *M.gaussian_stats(fake), method="eigh")
         kid_mean, kid_std = M.kid(real, fake, n_subsets=100, subset_size=1000, seed=seed)
         precision, recall = M.precision_recall(real, fake, k=3)
-        line = self.protocol.extend(n_real=len(real), n_fake=len(fake), fid_method="eigh", image_format_real="png", image_format_fake="png",
-                                    feature_dim=real.shape[1]).line() + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
-        return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall, "protocol_line": line}
+        line = (
+            self.protocol.extend(
+                n_real=len(real),
+                n_fake=len(fake),
+                fid_method="eigh",
+                image_format_real="png",
+                image_format_fake="png",
+                feature_dim=real.shape[1],
+            ).line()
+            + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
+        )
+        return {
+            "fid": fid,
+            "kid": kid_mean,
+            "kid_std": kid_std,
+            "precision": precision,
+            "recall": recall,
+            "protocol_line": line,
+        }
 
     def evaluate_set(self, row: dict, same_noise_reference: Path) -> dict:
         """Metrics against the real held-out patches, adherence, and FID against DDIM-50 of the same seed (same noise)."""
-        from histoldm.evaluate.adherence import run_adherence
         from histoldm.evaluate import metrics as M
+        from histoldm.evaluate.adherence import run_adherence
 
         fake = self.features(Path(row["out"]))
         record = {**row, **self.compare(self.features(self.args.real), fake, row["seed"])}
@@ -146,7 +182,9 @@ class Evaluator:
         record["adherence_auroc"] = {a: r.get("auroc") for a, r in adherence["by_attribute"].items()}
         if Path(same_noise_reference) != Path(row["out"]):
             ref = self.features(same_noise_reference)
-            record["same_noise_fid"] = M.frechet_distance(*M.gaussian_stats(ref), *M.gaussian_stats(fake), method="eigh")
+            record["same_noise_fid"] = M.frechet_distance(
+                *M.gaussian_stats(ref), *M.gaussian_stats(fake), method="eigh"
+            )
         return record
 
     def seed_floor(self, first: Path, second: Path) -> dict:
@@ -174,8 +212,18 @@ def timing(args, names: list[str], n_images: int, repeats: int = 3) -> dict:
     for name in names:
         fields = SETTINGS[name]
         bundle = resolve_bundle(args.student if fields.get("preset") == "turbo" else args.teacher)
-        cfg = SampleConfig(checkpoint=bundle, prompt="x", out=args.out / "timing", text_cache=args.text_cache, device="cpu", batch_size=n_images, **fields)
-        samplers[name] = ImageSampler.load(cfg, bundle, read_bundle_meta(bundle), device, sampling_numerics("default", "auto", device), captions)
+        cfg = SampleConfig(
+            checkpoint=bundle,
+            prompt="x",
+            out=args.out / "timing",
+            text_cache=args.text_cache,
+            device="cpu",
+            batch_size=n_images,
+            **fields,
+        )
+        samplers[name] = ImageSampler.load(
+            cfg, bundle, read_bundle_meta(bundle), device, sampling_numerics("default", "auto", device), captions
+        )
         samplers[name](captions[:1], seeds[:1])  # warm-up
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
@@ -183,24 +231,39 @@ def timing(args, names: list[str], n_images: int, repeats: int = 3) -> dict:
             started = time.perf_counter()
             sampler(captions, seeds)
             times[name].append((time.perf_counter() - started) / n_images)
-    return {name: {"s_per_image_median": statistics.median(t), "runs": t, "images": n_images, "threads": torch.get_num_threads()} for name, t in times.items()}
+    return {
+        name: {
+            "s_per_image_median": statistics.median(t),
+            "runs": t,
+            "images": n_images,
+            "threads": torch.get_num_threads(),
+        }
+        for name, t in times.items()
+    }
 
 
 def table(records: list[dict], floor: dict | None) -> str:
     def f(v, scale=1.0, digits=2):
         return "-" if v is None else f"{v * scale:.{digits}f}"
 
-    lines = ["| setting | seed | UNet passes / image | s / image (CPU) | FID vs real | KID vs real (x 1e-3) | precision / recall | "
-             "adherence AUROC tumor / til | same-noise FID vs DDIM-50 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | seed | UNet passes / image | s / image (CPU) | FID vs real | KID vs real (x 1e-3) | precision / recall | "
+        "adherence AUROC tumor / til | same-noise FID vs DDIM-50 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         auroc = r.get("adherence_auroc") or {}
-        lines.append(f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {f(r['s_per_image'])} | {f(r['fid'])} | {f(r['kid'], 1e3)} +- {f(r['kid_std'], 1e3)} | "
-                     f"{f(r['precision'], digits=3)} / {f(r['recall'], digits=3)} | {f(auroc.get('tumor'), digits=3)} / {f(auroc.get('til'), digits=3)} | "
-                     f"{f(r.get('same_noise_fid'))} |")
+        lines.append(
+            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {f(r['s_per_image'])} | {f(r['fid'])} | {f(r['kid'], 1e3)} +- {f(r['kid_std'], 1e3)} | "
+            f"{f(r['precision'], digits=3)} / {f(r['recall'], digits=3)} | {f(auroc.get('tumor'), digits=3)} / {f(auroc.get('til'), digits=3)} | "
+            f"{f(r.get('same_noise_fid'))} |"
+        )
         lines.append(f"| ↳ protocol: {r['protocol_line']} | | | | | | | | |")
     if floor:
-        lines.append(f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} +- {f(floor['kid_std'], 1e3)} | "
-                     f"{f(floor['precision'], digits=3)} / {f(floor['recall'], digits=3)} | - | - |")
+        lines.append(
+            f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} +- {f(floor['kid_std'], 1e3)} | "
+            f"{f(floor['precision'], digits=3)} / {f(floor['recall'], digits=3)} | - | - |"
+        )
         lines.append(f"| ↳ protocol: {floor['protocol_line']} | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
@@ -210,14 +273,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher", type=Path, required=True, help="the trained model bundle (or run folder)")
     ap.add_argument("--student", type=Path, help="the distilled student bundle (needed by the turbo settings)")
     ap.add_argument("--captions", type=Path, required=True, help="held-out captions (.txt, .jsonl or captions.parquet)")
-    ap.add_argument("--captions-parquet", type=Path, required=True, help="captions.parquet with each caption's tumor / til level (adherence)")
+    ap.add_argument(
+        "--captions-parquet",
+        type=Path,
+        required=True,
+        help="captions.parquet with each caption's tumor / til level (adherence)",
+    )
     ap.add_argument("--real", type=Path, required=True, help="the real held-out patches (export-patches folder)")
     ap.add_argument("--text-cache", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=1, help="samples per caption (N = captions x repeat)")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, in the order to run: " + ", ".join(SETTINGS))
-    ap.add_argument("--reuse", action="append", default=[], metavar="NAME:SEED=DIR", help="an existing sample folder for one setting and seed")
-    ap.add_argument("--timing", default="", help="only time these settings (comma-separated), interleaved, on --timing-images images; no quality")
+    ap.add_argument(
+        "--settings", default=",".join(SETTINGS), help="comma-separated, in the order to run: " + ", ".join(SETTINGS)
+    )
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="NAME:SEED=DIR",
+        help="an existing sample folder for one setting and seed",
+    )
+    ap.add_argument(
+        "--timing",
+        default="",
+        help="only time these settings (comma-separated), interleaved, on --timing-images images; no quality",
+    )
     ap.add_argument("--timing-images", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -231,10 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     captions = repeated_captions(args.captions, args.repeat, args.out)
     results = args.out / "results.jsonl"
-    done = {(r["setting"], r["seed"]): r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
+    done = (
+        {(r["setting"], r["seed"]): r for r in map(json.loads, results.read_text().splitlines())}
+        if results.is_file()
+        else {}
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
     evaluator = Evaluator(args)
-    ddim = {seed: sample_set("ddim50", seed, args, captions) for seed in seeds}  # the reference every row is shown beside
+    ddim = {
+        seed: sample_set("ddim50", seed, args, captions) for seed in seeds
+    }  # the reference every row is shown beside
     for name in args.settings.split(","):
         for seed in seeds:
             if (name, seed) in done:

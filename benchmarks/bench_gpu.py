@@ -47,13 +47,18 @@ from pathlib import Path
 
 import torch
 
-
 PEAK_TFLOPS = 790.0  # H100 dense bf16, measured (8192^3 matmul); nominal 989
 IMAGES_TO_PROJECT = 200_000
 # issue 20 (H200/H100): DDIM-50 2x the anchor loop, the fast preset 50 img/s, training 350 img/s,
 # <= 9 GiB at >= 250 img/s, encode-latents 500 img/s per card
-TARGETS = {"train_img_s": 350.0, "train_peak_gib": 9.0, "train_img_s_within_9gib": 250.0, "ddim50_img_s": 20.0, "fast_img_s": 50.0,
-           "encode_latents_img_s": 500.0}
+TARGETS = {
+    "train_img_s": 350.0,
+    "train_peak_gib": 9.0,
+    "train_img_s_within_9gib": 250.0,
+    "ddim50_img_s": 20.0,
+    "fast_img_s": 50.0,
+    "encode_latents_img_s": 500.0,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +96,102 @@ class Profile:
 
 def make_profile(args) -> Profile:
     if args.tiny:
-        p = Profile("tiny", "cpu", "fp32", "tiny", "tiny", "vq-f4-tiny", 8, 8, 16, 4, 4, 6, 2, 1, 2, 2, 2, 1, 3, 3, 1, 3, 16, 8, 0, float("inf"), 64)
+        p = Profile(
+            "tiny",
+            "cpu",
+            "fp32",
+            "tiny",
+            "tiny",
+            "vq-f4-tiny",
+            8,
+            8,
+            16,
+            4,
+            4,
+            6,
+            2,
+            1,
+            2,
+            2,
+            2,
+            1,
+            3,
+            3,
+            1,
+            3,
+            16,
+            8,
+            0,
+            float("inf"),
+            64,
+        )
     elif args.quick:
-        p = Profile("quick", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 45, 300, 15, 3, 10, 128, 256, 1, 50, 20, 2, None,
-                    4096, 256, 4, 480.0)
+        p = Profile(
+            "quick",
+            "cuda",
+            "bf16",
+            "pathldm",
+            "pathldm-h64",
+            "vq-f4",
+            64,
+            154,
+            512,
+            32,
+            45,
+            300,
+            15,
+            3,
+            10,
+            128,
+            256,
+            1,
+            50,
+            20,
+            2,
+            None,
+            4096,
+            256,
+            4,
+            480.0,
+        )
     else:
-        p = Profile("full", "cuda", "bf16", "pathldm", "pathldm-h64", "vq-f4", 64, 154, 512, 32, 150, 300, 30, 3, 20, 128, 256, 2, 50, 20, 2, None,
-                    8192, 256, 4, 540.0)
-    updates = {k: v for k, v in {"train_steps": args.train_steps, "sample_batch": args.sample_batch, "budget_s": args.budget_s}.items() if v is not None}
+        p = Profile(
+            "full",
+            "cuda",
+            "bf16",
+            "pathldm",
+            "pathldm-h64",
+            "vq-f4",
+            64,
+            154,
+            512,
+            32,
+            150,
+            300,
+            30,
+            3,
+            20,
+            128,
+            256,
+            2,
+            50,
+            20,
+            2,
+            None,
+            8192,
+            256,
+            4,
+            540.0,
+        )
+    updates = {
+        k: v
+        for k, v in {
+            "train_steps": args.train_steps,
+            "sample_batch": args.sample_batch,
+            "budget_s": args.budget_s,
+        }.items()
+        if v is not None
+    }
     return dataclasses.replace(p, **updates)
 
 
@@ -144,7 +237,10 @@ def _reset_memory(device: str) -> None:
 def _peak(device: str) -> dict:
     if device != "cuda":
         return {"peak_alloc_gib": None, "peak_reserved_gib": None}
-    return {"peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    return {
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
 
 
 KERNEL_KINDS = (  # first match wins; names of cuDNN / cuBLAS / inductor / aten kernels
@@ -152,7 +248,10 @@ KERNEL_KINDS = (  # first match wins; names of cuDNN / cuBLAS / inductor / aten 
     ("convolution", ("conv", "cudnn", "implicit", "winograd", "fprop", "dgrad", "wgrad", "sm90_xmma")),
     ("matmul", ("gemm", "matmul", "addmm", "mm", "linear", "cutlass")),
     ("normalization", ("group_norm", "groupnorm", "layer_norm", "layernorm", "native_group", "native_layer", "norm")),
-    ("elementwise / copies", ("elementwise", "vectorized", "copy", "cat", "add", "mul", "silu", "gelu", "triton", "fill", "unrolled")),
+    (
+        "elementwise / copies",
+        ("elementwise", "vectorized", "copy", "cat", "add", "mul", "silu", "gelu", "triton", "fill", "unrolled"),
+    ),
 )
 
 
@@ -175,7 +274,9 @@ class Bench:
         self.started = time.perf_counter()
         self._data = None
         self._runs = 0
-        self._eager_images: dict[tuple, torch.Tensor] = {}  # (preset, sampling, channels_last) -> images of the eager case
+        self._eager_images: dict[
+            tuple, torch.Tensor
+        ] = {}  # (preset, sampling, channels_last) -> images of the eager case
 
     # ---------- shared inputs ----------
     def data(self):
@@ -184,7 +285,9 @@ class Bench:
 
         if self._data is None:
             p = self.p
-            section = write_synthetic_caches(self.work / "caches", max(4 * p.train_batch, 512), 3, p.size, p.ctx, p.dim, captions=64)
+            section = write_synthetic_caches(
+                self.work / "caches", max(4 * p.train_batch, 512), 3, p.size, p.ctx, p.dim, captions=64
+            )
             self._data = section.model_copy(update={"workers": p.workers})
         return self._data
 
@@ -220,8 +323,11 @@ class Bench:
             p, b = self.p, 2
             dtype = next(model.parameters()).dtype
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model(torch.randn(b, 3, p.size, p.size, device=p.device, dtype=dtype), torch.full((b,), 500, device=p.device),
-                      torch.randn(b, p.ctx, p.dim, device=p.device, dtype=dtype))
+                model(
+                    torch.randn(b, 3, p.size, p.size, device=p.device, dtype=dtype),
+                    torch.full((b,), 500, device=p.device),
+                    torch.randn(b, p.ctx, p.dim, device=p.device, dtype=dtype),
+                )
             self.unet_flops[preset] = counter.get_total_flops() / b
         return self.unet_flops[preset]
 
@@ -249,7 +355,14 @@ class Bench:
             flops = self.count_train_flops(preset, m)
             _reset_memory(p.device)
             sec = _median_time(step, p.base_iters, p.base_warm, p.device)
-            return {"preset": preset, "batch": p.train_batch, "s_per_iter": sec, "img_s": p.train_batch / sec, "flops_per_img": flops, **_peak(p.device)}
+            return {
+                "preset": preset,
+                "batch": p.train_batch,
+                "s_per_iter": sec,
+                "img_s": p.train_batch / sec,
+                "flops_per_img": flops,
+                **_peak(p.device),
+            }
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
@@ -274,7 +387,15 @@ class Bench:
         run(p.warm_steps)
         sec = _median_time(lambda: run(p.ddim_steps), p.sample_repeats, 0, p.device)
         flops = 2 * p.ddim_steps * self.count_unet_flops(preset, m)
-        return {"preset": preset, "batch": bs, "steps": p.ddim_steps, "s_per_iter": sec, "img_s": bs / sec, "flops_per_img": flops, **_peak(p.device)}
+        return {
+            "preset": preset,
+            "batch": bs,
+            "steps": p.ddim_steps,
+            "s_per_iter": sec,
+            "img_s": bs / sec,
+            "flops_per_img": flops,
+            **_peak(p.device),
+        }
 
     # ---------- ours: the trainer ----------
     def ours_train(self, preset: str, steps: int | None = None, **model: object) -> dict:
@@ -284,8 +405,16 @@ class Bench:
         self._runs += 1
         run_dir = self.work / f"run-{self._runs:02d}"
         cfg = TrainConfig(
-            name="bench", run_dir=run_dir, resume="none", max_steps=steps or p.train_steps, batch_size=p.train_batch, precision=p.precision,
-            cpu=p.device == "cpu", log_every=p.log_every, checkpoint_every=10**9, data=self.data(),
+            name="bench",
+            run_dir=run_dir,
+            resume="none",
+            max_steps=steps or p.train_steps,
+            batch_size=p.train_batch,
+            precision=p.precision,
+            cpu=p.device == "cpu",
+            log_every=p.log_every,
+            checkpoint_every=10**9,
+            data=self.data(),
             model=ModelSection(unet_preset=preset, **model),
         )
         flops = self.train_flops.get(preset)
@@ -299,10 +428,19 @@ class Bench:
             _reset_memory(p.device)
             flops = self.count_train_flops(preset)
         peak = result.peak_memory
-        return {"preset": preset, "batch": p.train_batch, "steps": result.steps, "loss_first_window": losses[0], "loss_last_window": losses[-1],
-                "s_per_iter": p.train_batch / result.img_s, "img_s": result.img_s,
-                "flops_per_img": flops, "peak_alloc_gib": peak["allocated_gib"], "peak_reserved_gib": peak["reserved_gib"],
-                "config": cfg.model.model_dump(mode="json", exclude_defaults=True)}
+        return {
+            "preset": preset,
+            "batch": p.train_batch,
+            "steps": result.steps,
+            "loss_first_window": losses[0],
+            "loss_last_window": losses[-1],
+            "s_per_iter": p.train_batch / result.img_s,
+            "img_s": result.img_s,
+            "flops_per_img": flops,
+            "peak_alloc_gib": peak["allocated_gib"],
+            "peak_reserved_gib": peak["reserved_gib"],
+            "config": cfg.model.model_dump(mode="json", exclude_defaults=True),
+        }
 
     # ---------- ours: the sampler ----------
     def sample_config(self, sampling: str, **update):
@@ -312,11 +450,24 @@ class Bench:
         p = self.p
         steps = {"paper": p.ddim_steps, "fast": p.fast_steps, "turbo": None}[sampling]
         fields = {"steps": steps} if steps is not None else {}
-        return SampleConfig(checkpoint=self.work, out=self.work / "samples", prompt="bench", preset=sampling, batch_size=p.sample_batch,
-                            **fields, **update)
+        return SampleConfig(
+            checkpoint=self.work,
+            out=self.work / "samples",
+            prompt="bench",
+            preset=sampling,
+            batch_size=p.sample_batch,
+            **fields,
+            **update,
+        )
 
-    def ours_sample(self, preset: str, sampling: str, compile_mode: str | None = None, tuning: str = "default",
-                    channels_last: bool = False) -> dict:
+    def ours_sample(
+        self,
+        preset: str,
+        sampling: str,
+        compile_mode: str | None = None,
+        tuning: str = "default",
+        channels_last: bool = False,
+    ) -> dict:
         from histoldm.devices import sampling_numerics
         from histoldm.models.autoencoder import decode, load_autoencoder
         from histoldm.models.speed import compile_unet
@@ -329,8 +480,13 @@ class Bench:
         from histoldm.text.cache import TextCache
 
         p, bs = self.p, self.p.sample_batch
-        cfg = self.sample_config(sampling, compile=bool(compile_mode), compile_mode=compile_mode or "full", compile_tuning=tuning,
-                                 channels_last=channels_last)
+        cfg = self.sample_config(
+            sampling,
+            compile=bool(compile_mode),
+            compile_mode=compile_mode or "full",
+            compile_tuning=tuning,
+            channels_last=channels_last,
+        )
         student = sampling == "turbo"  # a distilled student: the UNet plus its guidance-scale input, one pass a step
         passes = cfg.steps if student else unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
         data = self.data()
@@ -347,14 +503,31 @@ class Bench:
             unet = compile_unet(unet, compile_mode, tuning=tuning)
         ae = load_autoencoder(p.autoencoder, device=device)
         alphas = training_alphas_cumprod().to(device)
-        eps_fn = student_eps_fn(unet, "epsilon", alphas, cfg.guidance, unet.config.time_cond_proj_dim) if student else unet_eps_fn(unet, "epsilon", alphas)
-        sampler = ImageSampler(cfg, CacheText(TextCache.open(data.text_cache)), eps_fn, ae, (3, p.size, p.size), 1.0, device,
-                               sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device), solver_steps=50 if student else None)
+        eps_fn = (
+            student_eps_fn(unet, "epsilon", alphas, cfg.guidance, unet.config.time_cond_proj_dim)
+            if student
+            else unet_eps_fn(unet, "epsilon", alphas)
+        )
+        sampler = ImageSampler(
+            cfg,
+            CacheText(TextCache.open(data.text_cache)),
+            eps_fn,
+            ae,
+            (3, p.size, p.size),
+            1.0,
+            device,
+            sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device),
+            solver_steps=50 if student else None,
+        )
         captions, seeds = [f"caption {i % 64}" for i in range(bs)], list(range(bs))
         started = time.perf_counter()
         # Warm-up: compiled, the whole run (every batch shape the guidance interval makes is compiled);
         # eager, a few steps.
-        warm = sampler if compile_mode else dataclasses.replace(sampler, cfg=cfg.model_copy(update={"steps": p.warm_steps}))
+        warm = (
+            sampler
+            if compile_mode
+            else dataclasses.replace(sampler, cfg=cfg.model_copy(update={"steps": p.warm_steps}))
+        )
         warm(captions, seeds)
         warm_s = time.perf_counter() - started
         images: list[torch.Tensor] = []
@@ -363,10 +536,23 @@ class Bench:
         latents = torch.randn(bs, 3, p.size, p.size, device=device)
         decode_sec = _median_time(lambda: [decode(ae, z) for z in latents.split(cfg.decode_batch)], 1, 1, p.device)
         img_s = bs / sec
-        return {"preset": preset, "batch": bs, "solver": cfg.solver, "steps": cfg.steps, "guidance_interval": cfg.guidance_interval,
-                "unet_passes": passes, "s_per_iter": sec, "img_s": img_s, "flops_per_img": flops, "warmup_s": warm_s,
-                "decode_s": decode_sec, "img_s_without_decode": bs / max(sec - decode_sec, 1e-9),
-                "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600, **same, **_peak(p.device)}
+        return {
+            "preset": preset,
+            "batch": bs,
+            "solver": cfg.solver,
+            "steps": cfg.steps,
+            "guidance_interval": cfg.guidance_interval,
+            "unet_passes": passes,
+            "s_per_iter": sec,
+            "img_s": img_s,
+            "flops_per_img": flops,
+            "warmup_s": warm_s,
+            "decode_s": decode_sec,
+            "img_s_without_decode": bs / max(sec - decode_sec, 1e-9),
+            "hours_for_200k": IMAGES_TO_PROJECT / img_s / 3600,
+            **same,
+            **_peak(p.device),
+        }
 
     def ours_region(self, preset: str, sampling: str) -> dict:
         """Seconds for one `sample-region` region of p.region_px (windows of the model's latent size at half-window
@@ -383,15 +569,32 @@ class Bench:
 
         p = self.p
         cfg = self.sample_config(sampling)
-        region = RegionConfig(checkpoint=self.work, out=self.work / "regions", level="high/low", template="caption {summary}", size=p.region_px,
-                              preset=sampling, steps=cfg.steps, batch_size=p.sample_batch, decode_batch=16)
+        region = RegionConfig(
+            checkpoint=self.work,
+            out=self.work / "regions",
+            level="high/low",
+            template="caption {summary}",
+            size=p.region_px,
+            preset=sampling,
+            steps=cfg.steps,
+            batch_size=p.sample_batch,
+            decode_batch=16,
+        )
         device = torch.device(p.device)
         _reset_memory(p.device)
         unet = self.build_unet(preset).eval().requires_grad_(False).to(_dtype(p.precision))
         ae = load_autoencoder(p.autoencoder, device=device)
         numerics = sampling_numerics("default", str(_dtype(p.precision)).removeprefix("torch."), device)
-        model = ImageSampler(cfg, CacheText(TextCache.open(self.data().text_cache)), unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
-                             ae, (3, p.size, p.size), 1.0, device, numerics)
+        model = ImageSampler(
+            cfg,
+            CacheText(TextCache.open(self.data().text_cache)),
+            unet_eps_fn(unet, "epsilon", training_alphas_cumprod().to(device)),
+            ae,
+            (3, p.size, p.size),
+            1.0,
+            device,
+            numerics,
+        )
         geo = Geometry(p.size, p.size // 2, ae.downsample, p.size, p.size // 2)
         sampler = RegionSampler(region, geo, model, numerics)
         side = p.region_px // geo.factor
@@ -408,10 +611,21 @@ class Bench:
         _sync(p.device)
         sec = time.perf_counter() - started
         passes = unet_passes(solver_timesteps(region.solver, region.steps), region.guidance_interval)
-        return {"preset": preset, "batch": p.sample_batch, "solver": region.solver, "steps": region.steps,
-                "guidance_interval": region.guidance_interval, "unet_passes": passes, "region_px": p.region_px, "latent_side": side,
-                "windows": windows, "s_per_region": sec, "window_passes_per_s": windows * passes / sec, "image_shape": list(image.shape),
-                **_peak(p.device)}
+        return {
+            "preset": preset,
+            "batch": p.sample_batch,
+            "solver": region.solver,
+            "steps": region.steps,
+            "guidance_interval": region.guidance_interval,
+            "unet_passes": passes,
+            "region_px": p.region_px,
+            "latent_side": side,
+            "windows": windows,
+            "s_per_region": sec,
+            "window_passes_per_s": windows * passes / sec,
+            "image_shape": list(image.shape),
+            **_peak(p.device),
+        }
 
     def compare_to_eager(self, key: tuple, images: torch.Tensor, eager: bool) -> dict:
         """A compiled case's images against the eager case's (same captions, seeds, settings), in 8-bit
@@ -422,9 +636,12 @@ class Bench:
         ref = self._eager_images.get(key)
         if ref is None:
             return {"vs_eager": "no eager case of these settings ran first"}
-        levels = ((images.float().clamp(-1, 1) - ref.float().clamp(-1, 1)).abs() * 127.5)
-        return {"vs_eager_max_levels": float(levels.max()), "vs_eager_mean_levels": float(levels.mean()),
-                "vs_eager_pct_over_2_levels": float(100 * (levels > 2).float().mean())}
+        levels = (images.float().clamp(-1, 1) - ref.float().clamp(-1, 1)).abs() * 127.5
+        return {
+            "vs_eager_max_levels": float(levels.max()),
+            "vs_eager_mean_levels": float(levels.mean()),
+            "vs_eager_pct_over_2_levels": float(100 * (levels > 2).float().mean()),
+        }
 
     # ---------- profile and encode-latents ----------
     def profile_ddim_step(self, preset: str) -> dict:
@@ -454,26 +671,37 @@ class Bench:
             _sync(p.device)
         cuda = p.device == "cuda"
         events = prof.key_averages()
-        device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"  # renamed in torch 2.4+
+        device_key = (
+            "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        )  # renamed in torch 2.4+
         key = device_key if cuda else "self_cpu_time_total"  # self time: kernels, not the ops that launch them
         table = events.table(sort_by=key, row_limit=30, max_name_column_width=90)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "profile_ddim_step.txt").write_text(f"one guided DDIM step, {preset}, batch {bs} (UNet batch {2 * bs}), sorted by {key}\n\n{table}\n")
+        (self.out / "profile_ddim_step.txt").write_text(
+            f"one guided DDIM step, {preset}, batch {bs} (UNet batch {2 * bs}), sorted by {key}\n\n{table}\n"
+        )
         kernels = [(e.key, getattr(e, key)) for e in events]
         kernels = [(k, t) for k, t in kernels if t > 0]
         total = sum(t for _, t in kernels) or 1.0
-        return {"preset": preset, "batch": bs, "step_ms": total / 1e3,
-                "by_kind_pct": {kind: round(100 * share, 1) for kind, share in kernel_kinds(kernels, total).items()},
-                "top": [{"name": k[:120], "ms": t / 1e3, "pct": round(100 * t / total, 1)} for k, t in sorted(kernels, key=lambda kt: -kt[1])[:15]]}
+        return {
+            "preset": preset,
+            "batch": bs,
+            "step_ms": total / 1e3,
+            "by_kind_pct": {kind: round(100 * share, 1) for kind, share in kernel_kinds(kernels, total).items()},
+            "top": [
+                {"name": k[:120], "ms": t / 1e3, "pct": round(100 * t / total, 1)}
+                for k, t in sorted(kernels, key=lambda kt: -kt[1])[:15]
+            ],
+        }
 
     def encode_latents(self) -> dict:
         """`run_encode_latents` with VQ-f4 on a PNG patch store (64 synthetic tiles, repeated under new ids:
         the same decode work), 256 px, bf16, against the bare encoder on tensors at the same batch."""
         from histoldm.data.store import patch_table
-        from histoldm.tables import read_parquet, write_parquet
         from histoldm.data.synthetic import make_synthetic_dataset
         from histoldm.devices import resolve_dtype
         from histoldm.models.autoencoder import encode, load_autoencoder
+        from histoldm.tables import read_parquet, write_parquet
         from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
 
         p = self.p
@@ -482,13 +710,22 @@ class Bench:
         if not (store / "patches.parquet").is_file():
             make_synthetic_dataset(store, 4, min(16, -(-p.encode_n // 4)), size=size)
             rows = read_parquet(store / "patches.parquet", "store").to_pylist()
-            many = [{**r, "patch_id": f"{r['patch_id']}_r{k}"} for k in range(max(1, p.encode_n // len(rows))) for r in rows]
+            many = [
+                {**r, "patch_id": f"{r['patch_id']}_r{k}"} for k in range(max(1, p.encode_n // len(rows))) for r in rows
+            ]
             write_parquet(store / "patches.parquet", patch_table(many))
         n = read_parquet(store / "patches.parquet", "store").num_rows
         device = torch.device(p.device)
         workers = max(1, (os.cpu_count() or 2) - 1) if p.device == "cuda" else 0
-        cfg = EncodeLatentsConfig(store=store, vae=p.autoencoder, out=self.work / f"latents-{time.monotonic_ns()}", batch_size=p.encode_batch,
-                                  device=p.device, precision="bf16" if p.precision == "bf16" else "fp32", workers=workers)
+        cfg = EncodeLatentsConfig(
+            store=store,
+            vae=p.autoencoder,
+            out=self.work / f"latents-{time.monotonic_ns()}",
+            batch_size=p.encode_batch,
+            device=p.device,
+            precision="bf16" if p.precision == "bf16" else "fp32",
+            workers=workers,
+        )
         _reset_memory(p.device)
         started = time.perf_counter()
         result = run_encode_latents(cfg)
@@ -504,9 +741,19 @@ class Bench:
 
         sec = _median_time(bare, 3, 1, p.device)
         shutil.rmtree(cfg.out, ignore_errors=True)
-        return {"preset": p.autoencoder, "batch": p.encode_batch, "patches": n, "latents": result.latents, "workers": workers,
-                "s_per_iter": command_s, "img_s": n / command_s, "encoder_only_img_s": p.encode_batch / sec, "image_px": size,
-                "flops_per_img": 0.0, **_peak(p.device)}
+        return {
+            "preset": p.autoencoder,
+            "batch": p.encode_batch,
+            "patches": n,
+            "latents": result.latents,
+            "workers": workers,
+            "s_per_iter": command_s,
+            "img_s": n / command_s,
+            "encoder_only_img_s": p.encode_batch / sec,
+            "image_px": size,
+            "flops_per_img": 0.0,
+            **_peak(p.device),
+        }
 
     # ---------- running ----------
     def cases(self) -> list[Case]:
@@ -521,41 +768,146 @@ class Bench:
         fast = "fast" + (f"(dpm++{p.fast_steps})" if p.fast_steps else "")
         return [
             Case("baseline train bf16 1-head", "baseline-train", lambda: self.baseline_train(F), True, 8),
-            Case(f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(H), True, 16),
+            Case(
+                f"baseline ddim{p.ddim_steps} cfg bf16 h64 bs{p.base_sample_batch}",
+                "baseline-sample",
+                lambda: self.baseline_sample(H),
+                True,
+                16,
+            ),
             Case(f"sample pathldm {ddim} {bs}", "sample", lambda: self.ours_sample(F, "paper"), True, 35),
             Case(f"sample pathldm {fast} {bs}", "sample", lambda: self.ours_sample(F, "fast"), True, 12),
             Case(f"sample pathldm turbo(lcm4) {bs}", "sample", lambda: self.ours_sample(F, "turbo"), True, 8),
             Case(f"profile pathldm one guided ddim step {bs}", "profile", lambda: self.profile_ddim_step(F), True, 8),
             Case(f"encode-latents {p.autoencoder} {p.encode_n} PNGs", "encode", self.encode_latents, True, 30),
-            Case(f"sample pathldm {ddim} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "paper", "blocks"), True, 80, needs_cuda=True),
-            Case(f"sample pathldm {fast} {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "fast", "blocks"), True, 30, needs_cuda=True),
-            Case(f"sample pathldm turbo(lcm4) {bs} +compile(blocks)", "sample", lambda: self.ours_sample(F, "turbo", "blocks"), True, 20, needs_cuda=True),
-            Case("train pathldm +compile(blocks) +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **blocks, **ckpt_hi), True, 140, needs_cuda=True),
-            Case("train pathldm +compile(blocks) +ckpt(all)", "train", lambda: self.ours_train(F, **blocks, **ckpt_all), True, 50, needs_cuda=True),
-            Case("train pathldm +compile(blocks)", "train", lambda: self.ours_train(F, **blocks), True, 50, needs_cuda=True),
-            Case(f"sample pathldm {ddim} {bs} +compile(full, reduce-overhead)", "sample",
-                 lambda: self.ours_sample(F, "paper", "full", "reduce-overhead"), True, 120, needs_cuda=True),
-            Case(f"sample pathldm {fast} {bs} +compile(full, reduce-overhead)", "sample",
-                 lambda: self.ours_sample(F, "fast", "full", "reduce-overhead"), True, 40, needs_cuda=True),
-            Case("train pathldm +compile(fullgraph)", "train", lambda: self.ours_train(F, compile=True, compile_mode="fullgraph"), True, 150, needs_cuda=True),
+            Case(
+                f"sample pathldm {ddim} {bs} +compile(blocks)",
+                "sample",
+                lambda: self.ours_sample(F, "paper", "blocks"),
+                True,
+                80,
+                needs_cuda=True,
+            ),
+            Case(
+                f"sample pathldm {fast} {bs} +compile(blocks)",
+                "sample",
+                lambda: self.ours_sample(F, "fast", "blocks"),
+                True,
+                30,
+                needs_cuda=True,
+            ),
+            Case(
+                f"sample pathldm turbo(lcm4) {bs} +compile(blocks)",
+                "sample",
+                lambda: self.ours_sample(F, "turbo", "blocks"),
+                True,
+                20,
+                needs_cuda=True,
+            ),
+            Case(
+                "train pathldm +compile(blocks) +ckpt(levels 0,1)",
+                "train",
+                lambda: self.ours_train(F, **blocks, **ckpt_hi),
+                True,
+                140,
+                needs_cuda=True,
+            ),
+            Case(
+                "train pathldm +compile(blocks) +ckpt(all)",
+                "train",
+                lambda: self.ours_train(F, **blocks, **ckpt_all),
+                True,
+                50,
+                needs_cuda=True,
+            ),
+            Case(
+                "train pathldm +compile(blocks)",
+                "train",
+                lambda: self.ours_train(F, **blocks),
+                True,
+                50,
+                needs_cuda=True,
+            ),
+            Case(
+                f"sample pathldm {ddim} {bs} +compile(full, reduce-overhead)",
+                "sample",
+                lambda: self.ours_sample(F, "paper", "full", "reduce-overhead"),
+                True,
+                120,
+                needs_cuda=True,
+            ),
+            Case(
+                f"sample pathldm {fast} {bs} +compile(full, reduce-overhead)",
+                "sample",
+                lambda: self.ours_sample(F, "fast", "full", "reduce-overhead"),
+                True,
+                40,
+                needs_cuda=True,
+            ),
+            Case(
+                "train pathldm +compile(fullgraph)",
+                "train",
+                lambda: self.ours_train(F, compile=True, compile_mode="fullgraph"),
+                True,
+                150,
+                needs_cuda=True,
+            ),
             Case("train pathldm", "train", lambda: self.ours_train(F), True, 25),
             Case("train pathldm +ckpt(levels 0,1)", "train", lambda: self.ours_train(F, **ckpt_hi), True, 27),
             Case("baseline train bf16 h64", "baseline-train", lambda: self.baseline_train(H), False, 8),
-            Case(f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}", "baseline-sample", lambda: self.baseline_sample(F), False, 20),
-            Case(f"train pathldm {p.long_train_steps} steps", "train", lambda: self.ours_train(F, p.long_train_steps), False, 25 + p.long_train_steps * 0.2),
+            Case(
+                f"baseline ddim{p.ddim_steps} cfg bf16 1-head bs{p.base_sample_batch}",
+                "baseline-sample",
+                lambda: self.baseline_sample(F),
+                False,
+                20,
+            ),
+            Case(
+                f"train pathldm {p.long_train_steps} steps",
+                "train",
+                lambda: self.ours_train(F, p.long_train_steps),
+                False,
+                25 + p.long_train_steps * 0.2,
+            ),
             Case("train pathldm +CL", "train", lambda: self.ours_train(F, **cl), False, 25),
             Case("train pathldm +ckpt(all)", "train", lambda: self.ours_train(F, **ckpt_all), False, 28),
-            Case(f"sample pathldm {ddim} {bs} +compile(full, max-autotune)", "sample",
-                 lambda: self.ours_sample(F, "paper", "full", "max-autotune"), False, 400, needs_cuda=True),
+            Case(
+                f"sample pathldm {ddim} {bs} +compile(full, max-autotune)",
+                "sample",
+                lambda: self.ours_sample(F, "paper", "full", "max-autotune"),
+                False,
+                400,
+                needs_cuda=True,
+            ),
             Case(f"sample pathldm-h64 {ddim} {bs}", "sample", lambda: self.ours_sample(H, "paper"), False, 28),
             Case(f"sample pathldm-h64 {fast} {bs}", "sample", lambda: self.ours_sample(H, "fast"), False, 10),
-            Case(f"sample pathldm {ddim} {bs} +CL", "sample", lambda: self.ours_sample(F, "paper", channels_last=True), False, 40),
+            Case(
+                f"sample pathldm {ddim} {bs} +CL",
+                "sample",
+                lambda: self.ours_sample(F, "paper", channels_last=True),
+                False,
+                40,
+            ),
             Case("train pathldm-h64", "train", lambda: self.ours_train(H), False, 25),
-            Case("train pathldm-h64 +compile(blocks) +ckpt(levels 0,1)", "train",
-                 lambda: self.ours_train(H, **blocks, **ckpt_hi), False, 80, needs_cuda=True),
+            Case(
+                "train pathldm-h64 +compile(blocks) +ckpt(levels 0,1)",
+                "train",
+                lambda: self.ours_train(H, **blocks, **ckpt_hi),
+                False,
+                80,
+                needs_cuda=True,
+            ),
             # scripts/gpu_bench.sh runs these on their own (--cases sample-region): seconds per region
-            Case(f"sample-region {p.region_px}px {ddim} {bs}", "region", lambda: self.ours_region(F, "paper"), False, 90),
-            Case(f"sample-region {p.region_px}px dpmpp-interval preset {bs}", "region", lambda: self.ours_region(F, "fast"), False, 30),
+            Case(
+                f"sample-region {p.region_px}px {ddim} {bs}", "region", lambda: self.ours_region(F, "paper"), False, 90
+            ),
+            Case(
+                f"sample-region {p.region_px}px dpmpp-interval preset {bs}",
+                "region",
+                lambda: self.ours_region(F, "fast"),
+                False,
+                30,
+            ),
         ]
 
     def wanted(self, case: Case) -> bool:
@@ -570,10 +922,14 @@ class Bench:
         if case.needs_cuda and self.p.device != "cuda":
             record["status"] = "skipped: compile needs CUDA"
         elif self.p.device == "cuda" and elapsed + case.est_s > self.p.budget_s:
-            record["status"] = f"skipped: time budget ({elapsed:.0f}s used + ~{case.est_s:.0f}s > {self.p.budget_s:.0f}s)"
+            record["status"] = (
+                f"skipped: time budget ({elapsed:.0f}s used + ~{case.est_s:.0f}s > {self.p.budget_s:.0f}s)"
+            )
         else:
             print(f"\n=== {case.name} (t={elapsed:.0f}s)", flush=True)
-            if case.needs_cuda:  # compiled cases: fresh dynamo caches, so earlier cases' graphs do not fill the recompile limit
+            if (
+                case.needs_cuda
+            ):  # compiled cases: fresh dynamo caches, so earlier cases' graphs do not fill the recompile limit
                 torch._dynamo.reset()
             start = time.perf_counter()
             try:
@@ -595,18 +951,26 @@ class Bench:
             return
         r["tflops"] = r["flops_per_img"] * r["img_s"] / 1e12
         r["mfu_pct"] = 100 * r["tflops"] / PEAK_TFLOPS if self.p.device == "cuda" else None
-        base = next((b for b in self.results if b["group"] == f"baseline-{r['group']}" and b.get("status") == "ok"), None)
+        base = next(
+            (b for b in self.results if b["group"] == f"baseline-{r['group']}" and b.get("status") == "ok"), None
+        )
         if r["group"] in ("train", "sample") and base:
             r["x_baseline"] = r["img_s"] / base["img_s"]
 
     def targets(self) -> dict:
         ok = [r for r in self.results if r.get("status") == "ok"]
         train = [r for r in ok if r["group"] == "train" and r["preset"] == self.p.faithful]
-        fits = [r for r in train if r["peak_alloc_gib"] is not None and r["peak_alloc_gib"] <= TARGETS["train_peak_gib"]]
+        fits = [
+            r for r in train if r["peak_alloc_gib"] is not None and r["peak_alloc_gib"] <= TARGETS["train_peak_gib"]
+        ]
 
         def best(rows, key="img_s"):
             row = max(rows, key=lambda r: r[key], default=None)
-            return None if row is None else {"case": row["case"], key: row[key], "peak_alloc_gib": row.get("peak_alloc_gib")}
+            return (
+                None
+                if row is None
+                else {"case": row["case"], key: row[key], "peak_alloc_gib": row.get("peak_alloc_gib")}
+            )
 
         def sampler(prefix):
             return best([r for r in ok if r["group"] == "sample" and prefix in r["case"]])
@@ -615,7 +979,11 @@ class Bench:
             if row is None:
                 return {"target": target, "verdict": "not measured"}
             ok = row[key] >= target if above else row[key] <= target
-            return {"target": target, "best": row, "verdict": "met" if ok else f"missed by {100 * abs(1 - row[key] / target):.0f}%"}
+            return {
+                "target": target,
+                "best": row,
+                "verdict": "met" if ok else f"missed by {100 * abs(1 - row[key] / target):.0f}%",
+            }
 
         ddim, fast = sampler(f"ddim{self.p.ddim_steps} "), sampler("fast")
         encode = best([r for r in ok if r["group"] == "encode"])
@@ -623,8 +991,15 @@ class Bench:
         return {
             "train_fastest": best(train),
             "train_fastest_within_9gib": best(fits),
-            "train_lowest_memory": min(({"case": r["case"], "peak_alloc_gib": r["peak_alloc_gib"], "img_s": r["img_s"]} for r in train
-                                        if r["peak_alloc_gib"] is not None), key=lambda r: r["peak_alloc_gib"], default=None),
+            "train_lowest_memory": min(
+                (
+                    {"case": r["case"], "peak_alloc_gib": r["peak_alloc_gib"], "img_s": r["img_s"]}
+                    for r in train
+                    if r["peak_alloc_gib"] is not None
+                ),
+                key=lambda r: r["peak_alloc_gib"],
+                default=None,
+            ),
             "ddim_fastest": ddim,
             "fast_fastest": fast,
             "turbo_fastest": sampler("turbo"),  # a distilled student, 4 passes per image (no target set)
@@ -632,7 +1007,9 @@ class Bench:
                 "ddim50_img_s": met(ddim, "img_s", TARGETS["ddim50_img_s"]),
                 "fast_img_s": met(fast, "img_s", TARGETS["fast_img_s"]),
                 "train_img_s": met(best(train), "img_s", TARGETS["train_img_s"]),
-                "train_within_9gib_at_250": met(best(fits_fast) or best(fits), "img_s", TARGETS["train_img_s_within_9gib"]),
+                "train_within_9gib_at_250": met(
+                    best(fits_fast) or best(fits), "img_s", TARGETS["train_img_s_within_9gib"]
+                ),
                 "encode_latents_img_s": met(encode, "img_s", TARGETS["encode_latents_img_s"]),
             },
             "targets": TARGETS,
@@ -641,14 +1018,23 @@ class Bench:
     def environment(self) -> dict:
         import diffusers
 
-        return {"date": datetime.date.today().isoformat(), "mode": self.p.mode,
-                "device": torch.cuda.get_device_name() if self.p.device == "cuda" else "cpu",
-                "torch": torch.__version__, "diffusers": diffusers.__version__, "python": sys.version.split()[0],
-                "command": "python -u " + " ".join(sys.argv), "peak_tflops_for_mfu": PEAK_TFLOPS, "profile": dataclasses.asdict(self.p)}
+        return {
+            "date": datetime.date.today().isoformat(),
+            "mode": self.p.mode,
+            "device": torch.cuda.get_device_name() if self.p.device == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": sys.version.split()[0],
+            "command": "python -u " + " ".join(sys.argv),
+            "peak_tflops_for_mfu": PEAK_TFLOPS,
+            "profile": dataclasses.asdict(self.p),
+        }
 
     def table(self) -> str:
-        head = ("| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB "
-                "| h for 200k | UNet passes | vs eager: max levels, % px > 2 |")
+        head = (
+            "| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB "
+            "| h for 200k | UNet passes | vs eager: max levels, % px > 2 |"
+        )
         rows = [head, "|" + "---|" * 14]
 
         def f(v, fmt):
@@ -656,42 +1042,71 @@ class Bench:
 
         for r in self.results:
             status = r["status"] if r["status"] == "ok" else r["status"][:90].replace("|", "/")
-            rows.append(f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} | "
-                        f"{f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
-                        f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | {f(r.get('peak_alloc_gib'), '.2f')} | "
-                        f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} | {r.get('unet_passes', '')} | "
-                        + (f"{r['vs_eager_max_levels']:.0f}, {r['vs_eager_pct_over_2_levels']:.3f} |" if "vs_eager_max_levels" in r else " |"))
+            rows.append(
+                f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} | "
+                f"{f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
+                f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | {f(r.get('peak_alloc_gib'), '.2f')} | "
+                f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} | {r.get('unet_passes', '')} | "
+                + (
+                    f"{r['vs_eager_max_levels']:.0f}, {r['vs_eager_pct_over_2_levels']:.3f} |"
+                    if "vs_eager_max_levels" in r
+                    else " |"
+                )
+            )
         return "\n".join(rows)
 
     def markdown(self) -> str:
         env = self.environment()
         t = self.targets()
-        lines = [f"### bench_gpu.py ({env['mode']}), {env['date']}, {env['device']}", "",
-                 f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; command: `{env['command']}`; "
-                 f"MFU against {PEAK_TFLOPS:.0f} TFLOP/s (measured dense bf16; 989 nominal).", "", self.table(), "",
-                 "Targets (issue 20):", ""] + [f"- {k}: {v['verdict']}" + (f" ({v['best']['case']}: {v['best']['img_s']:.1f} img/s)" if "best" in v else "")
-                                               for k, v in t["verdicts"].items()]
-        lines += [f"- {r['case']}: {r['s_per_region']:.1f} s per region ({r['windows']} windows, {r['unet_passes']} UNet passes each)"
-                  for r in self.results if r["group"] == "region" and r["status"] == "ok"]
+        lines = [
+            f"### bench_gpu.py ({env['mode']}), {env['date']}, {env['device']}",
+            "",
+            f"torch {env['torch']}, diffusers {env['diffusers']}, Python {env['python']}; command: `{env['command']}`; "
+            f"MFU against {PEAK_TFLOPS:.0f} TFLOP/s (measured dense bf16; 989 nominal).",
+            "",
+            self.table(),
+            "",
+            "Targets (issue 20):",
+            "",
+        ] + [
+            f"- {k}: {v['verdict']}"
+            + (f" ({v['best']['case']}: {v['best']['img_s']:.1f} img/s)" if "best" in v else "")
+            for k, v in t["verdicts"].items()
+        ]
+        lines += [
+            f"- {r['case']}: {r['s_per_region']:.1f} s per region ({r['windows']} windows, {r['unet_passes']} UNet passes each)"
+            for r in self.results
+            if r["group"] == "region" and r["status"] == "ok"
+        ]
         for r in self.results:
             if r["group"] == "profile" and r["status"] == "ok":
-                lines += ["", f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of kernels; by kind: "
-                          + ", ".join(f"{k} {v}%" for k, v in sorted(r["by_kind_pct"].items(), key=lambda kv: -kv[1])), "",
-                          "| kernel | ms | % |", "|---|---|---|"] + [f"| `{k['name'][:90]}` | {k['ms']:.2f} | {k['pct']} |" for k in r["top"]]
+                lines += [
+                    "",
+                    f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of kernels; by kind: "
+                    + ", ".join(f"{k} {v}%" for k, v in sorted(r["by_kind_pct"].items(), key=lambda kv: -kv[1])),
+                    "",
+                    "| kernel | ms | % |",
+                    "|---|---|---|",
+                ] + [f"| `{k['name'][:90]}` | {k['ms']:.2f} | {k['pct']} |" for k in r["top"]]
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
         from histoldm.fileio import atomic_write_json, atomic_write_text
 
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "bench_gpu.json", {"environment": self.environment(), "results": self.results, "summary": self.targets()})
+        atomic_write_json(
+            self.out / "bench_gpu.json",
+            {"environment": self.environment(), "results": self.results, "summary": self.targets()},
+        )
         atomic_write_text(self.out / "bench_gpu.md", self.markdown())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the subset that fits ~6 minutes on one H100, compilation included")
+    mode.add_argument(
+        "--quick", action="store_true", help="the subset that fits ~6 minutes on one H100, compilation included"
+    )
     mode.add_argument("--tiny", action="store_true", help="tiny preset on CPU, few steps (tests)")
     ap.add_argument("--cases", default=None, help="comma-separated substrings: run only cases whose name contains one")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else ./bench-gpu-out)")
@@ -710,7 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
     shm = Path("/dev/shm")  # each training case writes a 4.8 GB checkpoint and a 1.6 GB bundle: RAM is faster than disk
     roomy = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 16 * 2**30
     tmp_root = shm if profile.device == "cuda" and roomy else None
-    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if profile.device == 'cuda' else 'cpu'}, mode {profile.mode}", flush=True)
+    print(
+        f"torch {torch.__version__}, device {torch.cuda.get_device_name() if profile.device == 'cuda' else 'cpu'}, mode {profile.mode}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=tmp_root) as work:
         bench = Bench(profile, out, Path(work), selected)
         for case in bench.cases():

@@ -33,25 +33,46 @@ from histoldm.summaries.hard_reports import make_hard_reports  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_summarize import NEGATION_TABLE, _table_report  # noqa: E402
 
-_TERMS = {"dcis": ["ductal carcinoma in situ", "dcis"],
-          "lvi": ["lymphovascular invasion", "lymph-vascular invasion", "lymph-vascular space invasion", "lvi"],
-          "necrosis": ["tumor necrosis", "necrosis"]}
+_TERMS = {
+    "dcis": ["ductal carcinoma in situ", "dcis"],
+    "lvi": ["lymphovascular invasion", "lymph-vascular invasion", "lymph-vascular space invasion", "lvi"],
+    "necrosis": ["tumor necrosis", "necrosis"],
+}
 
 
 def pipeline():
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler")
-    ruler.add_patterns([{"label": kind, "pattern": [{"LOWER": w} for w in re.findall(r"\w+|-", term)]}
-                        for kind, terms in _TERMS.items() for term in terms])
+    ruler.add_patterns(
+        [
+            {"label": kind, "pattern": [{"LOWER": w} for w in re.findall(r"\w+|-", term)]}
+            for kind, terms in _TERMS.items()
+            for term in terms
+        ]
+    )
     negation = termset("en_clinical")
-    negation.add_patterns({"following_negations": ["absent", "not identified", "is not identified", "not seen", "is not seen",
-                                                   "none seen", "negative"],
-                           "preceding_negations": ["negative for", "no evidence of", "free of"]})
+    negation.add_patterns(
+        {
+            "following_negations": [
+                "absent",
+                "not identified",
+                "is not identified",
+                "not seen",
+                "is not seen",
+                "none seen",
+                "negative",
+            ],
+            "preceding_negations": ["negative for", "no evidence of", "free of"],
+        }
+    )
     nlp.add_pipe("negex", name="negation", config={"neg_termset": negation.get_patterns()})
-    doubt = {"pseudo_negations": [], "termination": ["but", "however", ",", ";"],
-             "preceding_negations": ["suspicious for", "focus suspicious for", "cannot rule out", "possible", "probable"],
-             "following_negations": ["cannot be excluded", "cannot be ruled out", "is suspected", "equivocal"]}
+    doubt = {
+        "pseudo_negations": [],
+        "termination": ["but", "however", ",", ";"],
+        "preceding_negations": ["suspicious for", "focus suspicious for", "cannot rule out", "possible", "probable"],
+        "following_negations": ["cannot be excluded", "cannot be ruled out", "is suspected", "equivocal"],
+    }
     nlp.add_pipe("negex", name="uncertainty", config={"neg_termset": doubt, "extension_name": "uncertain"})
     return nlp
 
@@ -79,12 +100,16 @@ def main() -> None:
             right[name] += status == truth
         if said["library"] != truth or said["project"] != truth:
             print(f"truth {truth:8s} library {said['library']!s:8s} project {said['project']!s:8s} | {sentence!r}")
-    print(f"NEGATION_TABLE rows right (of {len(NEGATION_TABLE)}): negspacy {right['library']}, project reader {right['project']}")
+    print(
+        f"NEGATION_TABLE rows right (of {len(NEGATION_TABLE)}): negspacy {right['library']}, project reader {right['project']}"
+    )
     texts = [c.text for c in make_hard_reports(100, seed=0)]
     start = time.process_time()
     for text in texts:
         nlp(text)
-    print(f"spaCy + NegEx alone: {(time.process_time() - start) / len(texts) * 1000:.1f} ms CPU per hard report (one core)")
+    print(
+        f"spaCy + NegEx alone: {(time.process_time() - start) / len(texts) * 1000:.1f} ms CPU per hard report (one core)"
+    )
 
 
 if __name__ == "__main__":

@@ -34,23 +34,42 @@ def run(work: Path, tag: str, recipe_keys: dict, threads: int | None) -> dict:
     demo = DemoConfig(out=work)
     data = build_demo_data(work / "data", demo.data)
     summaries = summarize(data["reports"], work / "summaries.jsonl", demo.budget)
-    vae_key = json.dumps({"autoencoder": recipe.autoencoder, "image_size": recipe.image_size, "seed": recipe.seed,
-                          "train_vae": recipe.settings("train_vae")}, sort_keys=True)
+    vae_key = json.dumps(
+        {
+            "autoencoder": recipe.autoencoder,
+            "image_size": recipe.image_size,
+            "seed": recipe.seed,
+            "train_vae": recipe.settings("train_vae"),
+        },
+        sort_keys=True,
+    )
     vae_work = work / f"vae-{hashlib.sha256(vae_key.encode()).hexdigest()[:10]}"
     if (vae_work / tag).exists():
         raise UserError(f"{vae_work / tag}: exists; choose another --tag")
     started = time.time()
     latents = prepare_latents(vae_work, data["store"], data["split"], recipe)
-    result = train_sample_evaluate(vae_work / tag, store=data["store"], split=data["split"], summaries=summaries,
-                                   latents=latents["latents"], recipe=recipe, name=tag)
+    result = train_sample_evaluate(
+        vae_work / tag,
+        store=data["store"],
+        split=data["split"],
+        summaries=summaries,
+        latents=latents["latents"],
+        recipe=recipe,
+        name=tag,
+    )
     adherence = result["metrics"].get("adherence", {}).get("by_attribute", {})
     return {
-        "tag": tag, "folder": str(vae_work / tag), "recipe": recipe_keys, "threads": used,
+        "tag": tag,
+        "folder": str(vae_work / tag),
+        "recipe": recipe_keys,
+        "threads": used,
         "autoencoder_psnr": (latents["vae_metrics"] or {}).get("psnr"),
-        "fid": result["metrics"]["fid"]["value"], "kid": result["metrics"]["kid"].get("mean"),
+        "fid": result["metrics"]["fid"]["value"],
+        "kid": result["metrics"]["kid"].get("mean"),
         **{f"{attr}_auroc": adherence.get(attr, {}).get("auroc") for attr in ("tumor", "til")},
         **{f"{attr}_p": adherence.get(attr, {}).get("p_value") for attr in ("tumor", "til")},
-        "wall_s": round(time.time() - started, 1), "train_img_s": result["train"].img_s,
+        "wall_s": round(time.time() - started, 1),
+        "train_img_s": result["train"].img_s,
     }
 
 

@@ -26,8 +26,28 @@ from pathlib import Path
 
 def timed_region(bundle: Path, out: Path, size: int, preset: str, summary: str, mpp: float, threads: int) -> dict:
     """One region in a fresh process: wall seconds and that process's peak RSS."""
-    cmd = [sys.executable, "-m", "histoldm.cli", "sample-region", "--checkpoint", str(bundle), "--out", str(out), "--size", str(size),
-           "--level", "high/low", "--summary", summary, "--preset", preset, "--mpp", str(mpp), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "histoldm.cli",
+        "sample-region",
+        "--checkpoint",
+        str(bundle),
+        "--out",
+        str(out),
+        "--size",
+        str(size),
+        "--level",
+        "high/low",
+        "--summary",
+        summary,
+        "--preset",
+        preset,
+        "--mpp",
+        str(mpp),
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -37,8 +57,13 @@ def timed_region(bundle: Path, out: Path, size: int, preset: str, summary: str, 
     if status != 0:
         raise RuntimeError(f"sample-region {size} px failed:\n{output[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"size": size, "preset": preset, "wall_s_process": round(wall, 1), "region_s": round(manifest["produced"]["seconds"][0], 1),
-            "peak_rss_gib": round(usage.ru_maxrss * 1024 / 2**30, 3)}
+    return {
+        "size": size,
+        "preset": preset,
+        "wall_s_process": round(wall, 1),
+        "region_s": round(manifest["produced"]["seconds"][0], 1),
+        "peak_rss_gib": round(usage.ru_maxrss * 1024 / 2**30, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     bundle = demo / "model" / "run" / "model"
     meta = read_bundle_meta(bundle)
     settings = json.loads((demo / "model" / "samples" / "settings.json").read_text())
-    sampler = {"steps": settings["steps"], "guidance": settings["guidance"], "solver": settings["solver"], "eta": settings["eta"],
-               "guidance_interval": settings["guidance_interval"]}
+    sampler = {
+        "steps": settings["steps"],
+        "guidance": settings["guidance"],
+        "solver": settings["solver"],
+        "eta": settings["eta"],
+        "guidance_interval": settings["guidance_interval"],
+    }
     split = json.loads((demo / "data" / "split.json").read_text())["cases"]["test"]
     summaries = load_summaries(demo / "summaries.jsonl")
     probe = RegionConfig(checkpoint=bundle, out=out / "regions", level="high/low", size=args.quality_size)
@@ -84,25 +114,58 @@ def main(argv: list[str] | None = None) -> int:
     (out / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
     started = time.perf_counter()
-    made = run_sample_region(RegionConfig(checkpoint=bundle, out=out / "regions", regions=out / "regions.jsonl", size=args.quality_size,
-                                          mpp=mpp, device="cpu", **sampler))
+    made = run_sample_region(
+        RegionConfig(
+            checkpoint=bundle,
+            out=out / "regions",
+            regions=out / "regions.jsonl",
+            size=args.quality_size,
+            mpp=mpp,
+            device="cpu",
+            **sampler,
+        )
+    )
     sample_s = time.perf_counter() - started
     patch_eval = json.loads((demo / "model" / "eval" / "metrics.json").read_text())
     floor = json.loads((demo / "model" / "noise-floor" / "metrics.json").read_text())
     protocol = patch_eval["fid"]["protocol"]
-    evaluated = run_evaluate_region(RegionEvalConfig(regions=out / "regions", real=demo / "model" / "real-held-out", out=out / "eval",
-                                                     fid_method=protocol.get("fid_method", "sqrtm"), resize=protocol["resize"],
-                                                     kid_subset_size=patch_eval["kid"]["protocol"]["kid_subset_size"], real_regions=16)).metrics
+    evaluated = run_evaluate_region(
+        RegionEvalConfig(
+            regions=out / "regions",
+            real=demo / "model" / "real-held-out",
+            out=out / "eval",
+            fid_method=protocol.get("fid_method", "sqrtm"),
+            resize=protocol["resize"],
+            kid_subset_size=patch_eval["kid"]["protocol"]["kid_subset_size"],
+            real_regions=16,
+        )
+    ).metrics
     crop, seam, agree = evaluated["crop"], evaluated["seam"], evaluated["map_agreement"]["by_attribute"]
     patch_adherence = patch_eval.get("adherence", {}).get("by_attribute", {})
     quality = {
-        "regions": made.finished, "size": args.quality_size, "mpp": mpp, "sampler": sampler, "seconds_per_region": made.seconds_per_region,
-        "sample_s": round(sample_s, 1), "window_px": geo.window * geo.factor, "stride_px": geo.stride * geo.factor,
-        "crop_fid": crop["fid"]["value"], "crop_kid": crop["kid"].get("mean"), "n_crops": crop["n_crops"], "n_real": crop["n_real"],
-        "patch_fid": patch_eval["fid"]["value"], "patch_kid": patch_eval["kid"].get("mean"), "patch_n": patch_eval["fid"]["protocol"]["n_fake"],
-        "floor_fid": floor["fid"]["value"], "floor_kid": floor.get("kid", {}).get("mean"),
-        "seam_generated": seam["generated"], "seam_real": seam["real"], "seam_ratio": seam["ratio"], "seam_real_mpp": seam["real_mpp_by_size"],
-        "map_auroc": {a: r.get("auroc") for a, r in agree.items()}, "map_p": {a: r.get("p_value") for a, r in agree.items()},
+        "regions": made.finished,
+        "size": args.quality_size,
+        "mpp": mpp,
+        "sampler": sampler,
+        "seconds_per_region": made.seconds_per_region,
+        "sample_s": round(sample_s, 1),
+        "window_px": geo.window * geo.factor,
+        "stride_px": geo.stride * geo.factor,
+        "crop_fid": crop["fid"]["value"],
+        "crop_kid": crop["kid"].get("mean"),
+        "n_crops": crop["n_crops"],
+        "n_real": crop["n_real"],
+        "patch_fid": patch_eval["fid"]["value"],
+        "patch_kid": patch_eval["kid"].get("mean"),
+        "patch_n": patch_eval["fid"]["protocol"]["n_fake"],
+        "floor_fid": floor["fid"]["value"],
+        "floor_kid": floor.get("kid", {}).get("mean"),
+        "seam_generated": seam["generated"],
+        "seam_real": seam["real"],
+        "seam_ratio": seam["ratio"],
+        "seam_real_mpp": seam["real_mpp_by_size"],
+        "map_auroc": {a: r.get("auroc") for a, r in agree.items()},
+        "map_p": {a: r.get("p_value") for a, r in agree.items()},
         "patch_auroc": {a: r.get("auroc") for a, r in patch_adherence.items()},
     }
     quality["crop_minus_patch_fid"] = quality["crop_fid"] - quality["patch_fid"]
@@ -111,24 +174,38 @@ def main(argv: list[str] | None = None) -> int:
 
     timing = []
     for size in [int(s) for s in args.timing_sizes.split(",") if s]:
-        row = timed_region(bundle, out / f"timing-{size}", size, args.timing_preset, summaries.get(split[0], ""), mpp, args.threads)
+        row = timed_region(
+            bundle, out / f"timing-{size}", size, args.timing_preset, summaries.get(split[0], ""), mpp, args.threads
+        )
         side = size // geo.factor
-        row |= {"windows": sum(len(r) for r in geo.grid(size)), "latent_canvas_mib": round(meta.latent.channels * side * side * 4 / 2**20, 2),
-                "band_accumulators_mib": round(size * geo.decode_tile * geo.factor * 16 / 2**20, 2), "output_uint8_mib": round(size * size * 3 / 2**20, 1)}
+        row |= {
+            "windows": sum(len(r) for r in geo.grid(size)),
+            "latent_canvas_mib": round(meta.latent.channels * side * side * 4 / 2**20, 2),
+            "band_accumulators_mib": round(size * geo.decode_tile * geo.factor * 16 / 2**20, 2),
+            "output_uint8_mib": round(size * size * 3 / 2**20, 1),
+        }
         timing.append(row)
         print(json.dumps(row), flush=True)
-    (out / "bench_region.json").write_text(json.dumps({"quality": quality, "timing": timing, "command": " ".join(sys.argv)}, indent=1))
+    (out / "bench_region.json").write_text(
+        json.dumps({"quality": quality, "timing": timing, "command": " ".join(sys.argv)}, indent=1)
+    )
 
     q = quality
-    print(f"\n| metric | regions | patch sampler |\n|---|---|---|\n"
-          f"| FID (N={q['n_crops']} crops / N={q['patch_n']} patches) | {q['crop_fid']:.2f} | {q['patch_fid']:.2f} (seed-to-seed floor {q['floor_fid']:.2f}) |\n"
-          f"| KID | {q['crop_kid']:.4f} | {q['patch_kid']:.4f} (floor {q['floor_kid']}) |\n"
-          f"| seam score (real slide regions {q['seam_real']:.3f}) | {q['seam_generated']:.3f} (ratio {q['seam_ratio']:.3f}) | |\n"
-          + "".join(f"| map agreement AUROC {a} | {v} | {q['patch_auroc'].get(a)} |\n" for a, v in q["map_auroc"].items()))
-    print("| size px | windows | preset | s per region | peak RSS GiB | latent canvas MiB | decode band MiB | uint8 output MiB |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n| metric | regions | patch sampler |\n|---|---|---|\n"
+        f"| FID (N={q['n_crops']} crops / N={q['patch_n']} patches) | {q['crop_fid']:.2f} | {q['patch_fid']:.2f} (seed-to-seed floor {q['floor_fid']:.2f}) |\n"
+        f"| KID | {q['crop_kid']:.4f} | {q['patch_kid']:.4f} (floor {q['floor_kid']}) |\n"
+        f"| seam score (real slide regions {q['seam_real']:.3f}) | {q['seam_generated']:.3f} (ratio {q['seam_ratio']:.3f}) | |\n"
+        + "".join(f"| map agreement AUROC {a} | {v} | {q['patch_auroc'].get(a)} |\n" for a, v in q["map_auroc"].items())
+    )
+    print(
+        "| size px | windows | preset | s per region | peak RSS GiB | latent canvas MiB | decode band MiB | uint8 output MiB |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in timing:
-        print(f"| {r['size']} | {r['windows']} | {r['preset']} | {r['region_s']} | {r['peak_rss_gib']} | {r['latent_canvas_mib']} | "
-              f"{r['band_accumulators_mib']} | {r['output_uint8_mib']} |")
+        print(
+            f"| {r['size']} | {r['windows']} | {r['preset']} | {r['region_s']} | {r['peak_rss_gib']} | {r['latent_canvas_mib']} | "
+            f"{r['band_accumulators_mib']} | {r['output_uint8_mib']} |"
+        )
     return 0
 
 

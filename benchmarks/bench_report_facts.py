@@ -27,8 +27,16 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
-    os.environ[_var] = "false" if _var == "TOKENIZERS_PARALLELISM" else "1"  # one core, before any library starts threads
+for _var in (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+    "TOKENIZERS_PARALLELISM",
+):
+    os.environ[_var] = (
+        "false" if _var == "TOKENIZERS_PARALLELISM" else "1"
+    )  # one core, before any library starts threads
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -40,10 +48,15 @@ from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from histoldm.summaries.hard_reports import FACT_KINDS, HardReport, make_hard_reports  # noqa: E402
-from histoldm.summaries.summary_oracle import (  # noqa: E402
-    SUMMARY_STYLES, planted_contradictions, states, trap_fallen, true_summaries)
 from histoldm.summaries.loading import Report  # noqa: E402
 from histoldm.summaries.summarize import SummarizeConfig, summarize_extractive  # noqa: E402
+from histoldm.summaries.summary_oracle import (  # noqa: E402
+    SUMMARY_STYLES,
+    planted_contradictions,
+    states,
+    trap_fallen,
+    true_summaries,
+)
 from histoldm.text.tokenizer import count_tokens  # noqa: E402
 
 _SIGN = {"+": "positive", "-": "negative"}
@@ -70,7 +83,11 @@ def read_summary(summary: str) -> dict[str, str]:
     from histoldm.summaries.consistency import statements
 
     said = statements(summary, is_summary=True)
-    out = {name: status for name, status in said.findings.items() if name in ("lvi", "dcis", "lcis", "necrosis", "invasive")}
+    out = {
+        name: status
+        for name, status in said.findings.items()
+        if name in ("lvi", "dcis", "lcis", "necrosis", "invasive")
+    }
     for key, sign in said.receptors.items():
         out[key.lower()] = "equivocal" if "equivocal" in sign else _SIGN[sign[-1]]
     if said.margins:
@@ -146,15 +163,23 @@ def run_budget(cases: list[HardReport], budget: int) -> dict:
             trap_kinds[f"{t.pattern}:{t.kind}"] += 1
     n = len(cases)
     return {
-        "budget": budget, "reports": n, "statuses": dict(statuses),
-        "tokens_mean": round(statistics.mean(tokens), 1), "tokens_max": max(tokens),
+        "budget": budget,
+        "reports": n,
+        "statuses": dict(statuses),
+        "tokens_mean": round(statistics.mean(tokens), 1),
+        "tokens_max": max(tokens),
         "recall": {k: round(kept[k] / stated[k], 4) for k in FACT_KINDS if stated[k]},
         "stated": {k: stated[k] for k in FACT_KINDS if stated[k]},
         "all_facts_kept": round(all_kept / n, 4),
-        "false_statement_reports": false_cases, "false_statements_by_kind": dict(false_kinds),
-        "trap_reports": trap_cases, "ocr_copied_reports": ocr_cases, "traps_by_pattern": dict(trap_kinds),
+        "false_statement_reports": false_cases,
+        "false_statements_by_kind": dict(false_kinds),
+        "trap_reports": trap_cases,
+        "ocr_copied_reports": ocr_cases,
+        "traps_by_pattern": dict(trap_kinds),
         "false_examples": examples,
-        "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "reports_per_cpu_s": round(n / cpu, 1) if cpu else None,
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "reports_per_cpu_s": round(n / cpu, 1) if cpu else None,
         "cpu_s_per_10k": round(cpu / n * 10_000, 1),
     }
 
@@ -178,16 +203,22 @@ def run_checker(cases: list[HardReport]) -> dict:
             problems, n_unsupported = check(case.text, summary)
             if not set(problems) - true_problems:  # caught only by a complaint the true summary did not get
                 missed[kind] += 1
-                unsupported[kind] += n_unsupported > true_unsupported_n  # not a contradiction, but flagged as unsupported
+                unsupported[kind] += (
+                    n_unsupported > true_unsupported_n
+                )  # not a contradiction, but flagged as unsupported
                 miss_examples.setdefault(kind, f"{case.case_id}: {summary}")
     return {
-        "checker": True, "reports": len(cases),
-        "true_rejected": {s: rejected[s] for s in total}, "true_total": dict(total),
+        "checker": True,
+        "reports": len(cases),
+        "true_rejected": {s: rejected[s] for s in total},
+        "true_total": dict(total),
         "true_rejected_rate": round(sum(rejected.values()) / sum(total.values()), 4),
-        "planted_missed": {k: missed[k] for k in planted}, "planted_total": dict(planted),
+        "planted_missed": {k: missed[k] for k in planted},
+        "planted_total": dict(planted),
         "planted_missed_but_unsupported": {k: unsupported[k] for k in planted},
         "planted_caught_rate": round(1 - sum(missed.values()) / sum(planted.values()), 4),
-        "reject_examples": reject_examples, "miss_examples": miss_examples,
+        "reject_examples": reject_examples,
+        "miss_examples": miss_examples,
     }
 
 
@@ -200,7 +231,9 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 35, 50, 154])
-    parser.add_argument("--one-line", action="store_true", help="each report run together on one line, as OCR often gives it")
+    parser.add_argument(
+        "--one-line", action="store_true", help="each report run together on one line, as OCR often gives it"
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON lines to this file")
     args = parser.parse_args()
     if "torch" in sys.modules:
@@ -211,8 +244,11 @@ def main() -> None:
     if args.one_line:
         cases = [dataclasses.replace(c, text=" ".join(c.text.split())) for c in cases]
     words = [c.words for c in cases]
-    print(f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median {statistics.median(words):.0f}; "
-          f"{'run together on one line; ' if args.one_line else ''}torch imported: {'torch' in sys.modules}", file=sys.stderr)
+    print(
+        f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median {statistics.median(words):.0f}; "
+        f"{'run together on one line; ' if args.one_line else ''}torch imported: {'torch' in sys.modules}",
+        file=sys.stderr,
+    )
     rows = [run_budget(cases, b) for b in args.budgets]
     checker = run_checker(cases)
     lines = [json.dumps(r, sort_keys=True) for r in [*rows, checker]]
@@ -220,20 +256,41 @@ def main() -> None:
     if args.json:
         args.json.write_text("\n".join(lines) + "\n", encoding="utf-8")
     kinds = [k for k in FACT_KINDS if k in rows[0]["recall"]]
-    header = ["budget", "tokens mean (max)", "failed", "all facts kept", "false stmts (reader)", "trap stated (oracle)",
-              "OCR copied", *kinds, "CPU s / 10k reports"]
+    header = [
+        "budget",
+        "tokens mean (max)",
+        "failed",
+        "all facts kept",
+        "false stmts (reader)",
+        "trap stated (oracle)",
+        "OCR copied",
+        *kinds,
+        "CPU s / 10k reports",
+    ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
-        cells = [str(r["budget"]), f"{r['tokens_mean']} ({r['tokens_max']})", str(r["statuses"].get("failed", 0)),
-                 _pct(r["all_facts_kept"]), str(r["false_statement_reports"]), str(r["trap_reports"]), str(r["ocr_copied_reports"]),
-                 *[_pct(r["recall"][k]) for k in kinds], str(r["cpu_s_per_10k"])]
+        cells = [
+            str(r["budget"]),
+            f"{r['tokens_mean']} ({r['tokens_max']})",
+            str(r["statuses"].get("failed", 0)),
+            _pct(r["all_facts_kept"]),
+            str(r["false_statement_reports"]),
+            str(r["trap_reports"]),
+            str(r["ocr_copied_reports"]),
+            *[_pct(r["recall"][k]) for k in kinds],
+            str(r["cpu_s_per_10k"]),
+        ]
         print("| " + " | ".join(cells) + " |")
     print(f"\nfacts stated per kind (of {len(cases)}): " + ", ".join(f"{k} {rows[0]['stated'][k]}" for k in kinds))
-    print(f"\nChecker: correct summaries rejected {sum(checker['true_rejected'].values())} / {sum(checker['true_total'].values())} "
-          f"({_pct(checker['true_rejected_rate'])}); planted contradictions caught {_pct(checker['planted_caught_rate'])}\n")
+    print(
+        f"\nChecker: correct summaries rejected {sum(checker['true_rejected'].values())} / {sum(checker['true_total'].values())} "
+        f"({_pct(checker['true_rejected_rate'])}); planted contradictions caught {_pct(checker['planted_caught_rate'])}\n"
+    )
     print("| planted kind | missed / planted | of the missed: flagged unsupported |\n|---|---|---|")
     for kind, total in sorted(checker["planted_total"].items()):
-        print(f"| {kind} | {checker['planted_missed'][kind]} / {total} | {checker['planted_missed_but_unsupported'][kind]} |")
+        print(
+            f"| {kind} | {checker['planted_missed'][kind]} / {total} | {checker['planted_missed_but_unsupported'][kind]} |"
+        )
     print("\n| summary style | rejected / total |\n|---|---|")
     for style, total in checker["true_total"].items():
         print(f"| {style} | {checker['true_rejected'][style]} / {total} |")

@@ -36,7 +36,11 @@ def repeated_captions(captions: Path, repeat: int, out: Path) -> Path:
 
     items, _ = read_caption_items(captions)
     path = out / "captions_repeated.jsonl"
-    path.write_text("".join(json.dumps({"id": f"{it.id}-r{k}", "caption": it.caption}) + "\n" for it in items for k in range(repeat)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"{it.id}-r{k}", "caption": it.caption}) + "\n" for it in items for k in range(repeat)
+        )
+    )
     return path
 
 
@@ -51,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from histoldm.evaluate.run import EvaluateConfig, run_evaluate
-    from histoldm.sampling.run import SampleConfig, run_sample
     from histoldm.sampling.guidance import unet_passes
+    from histoldm.sampling.run import SampleConfig, run_sample
     from histoldm.sampling.solvers import solver_timesteps
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -60,24 +64,49 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(name, 0) for name in args.settings.split(",")] + [("ddim50", 1)]
     rows = []
     for name, seed in runs:
-        cfg = SampleConfig(checkpoint=args.checkpoint, captions=captions, text_cache=args.text_cache, out=args.out / f"{name.replace(' ', '_')}-seed{seed}",
-                           seed=seed, device="cpu", **SETTINGS[name])
+        cfg = SampleConfig(
+            checkpoint=args.checkpoint,
+            captions=captions,
+            text_cache=args.text_cache,
+            out=args.out / f"{name.replace(' ', '_')}-seed{seed}",
+            seed=seed,
+            device="cpu",
+            **SETTINGS[name],
+        )
         started = time.perf_counter()
         result = run_sample(cfg)
         wall = time.perf_counter() - started
         passes = unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
-        rows.append({"setting": name, "seed": seed, "solver": cfg.solver, "steps": cfg.steps, "interval": cfg.guidance_interval,
-                     "unet_passes": passes, "images": result.images, "sample_s": round(wall, 1), "out": cfg.out})
+        rows.append(
+            {
+                "setting": name,
+                "seed": seed,
+                "solver": cfg.solver,
+                "steps": cfg.steps,
+                "interval": cfg.guidance_interval,
+                "unet_passes": passes,
+                "images": result.images,
+                "sample_s": round(wall, 1),
+                "out": cfg.out,
+            }
+        )
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in rows[-1].items()}), flush=True)
     reference = next(r["out"] for r in rows if r["setting"] == "ddim50" and r["seed"] == 0)
-    lines = ["| setting vs DDIM-50 seed 0 | seed | UNet passes / image | FID | KID (x 1e-3) | precision / recall | sample wall s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting vs DDIM-50 seed 0 | seed | UNet passes / image | FID | KID (x 1e-3) | precision / recall | sample wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["out"] == reference:
             continue
-        m = run_evaluate(EvaluateConfig(real=reference, fake=r["out"], out=r["out"] / "eval", fid_method="eigh", workers=1)).metrics
+        m = run_evaluate(
+            EvaluateConfig(real=reference, fake=r["out"], out=r["out"] / "eval", fid_method="eigh", workers=1)
+        ).metrics
         kid, pr = m["kid"], m["precision_recall"]
-        lines.append(f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {m['fid']['value']:.2f} | {1e3 * kid['mean']:.2f} +- {1e3 * kid['std']:.2f} | "
-                     f"{pr['precision']:.3f} / {pr['recall']:.3f} | {r['sample_s']} |")
+        lines.append(
+            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {m['fid']['value']:.2f} | {1e3 * kid['mean']:.2f} +- {1e3 * kid['std']:.2f} | "
+            f"{pr['precision']:.3f} / {pr['recall']:.3f} | {r['sample_s']} |"
+        )
         print(lines[-1], flush=True)
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -75,7 +75,15 @@ def bench_extractive(folder: Path, n: int) -> dict:
     result = run_summarize(cfg)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     tokens = [r["tokens"] for r in read_jsonl(cfg.out)]
-    return {"reports": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "per_s": round(n / wall), "counts": result.counts, "max_tokens": max(tokens), "mean_tokens": round(sum(tokens) / len(tokens), 1)}
+    return {
+        "reports": n,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "per_s": round(n / wall),
+        "counts": result.counts,
+        "max_tokens": max(tokens),
+        "mean_tokens": round(sum(tokens) / len(tokens), 1),
+    }
 
 
 def bench_server(folder: Path, n: int, latency_s: float, concurrency: int) -> dict:
@@ -93,8 +101,14 @@ def bench_server(folder: Path, n: int, latency_s: float, concurrency: int) -> di
         clip_tokenizer()
         startup = time.perf_counter() - warm_started
         cfg = SummarizeConfig(
-            input=folder / "server_reports.jsonl", out=folder / "server.jsonl", budget=35, backend="openai",
-            model="bench", base_url=url, api_key_env="HISTOLDM_BENCH_NO_KEY", concurrency=concurrency,
+            input=folder / "server_reports.jsonl",
+            out=folder / "server.jsonl",
+            budget=35,
+            backend="openai",
+            model="bench",
+            base_url=url,
+            api_key_env="HISTOLDM_BENCH_NO_KEY",
+            concurrency=concurrency,
         )
         started, cpu_started = time.perf_counter(), time.process_time()
         result = run_summarize(cfg)
@@ -103,17 +117,39 @@ def bench_server(folder: Path, n: int, latency_s: float, concurrency: int) -> di
         server.terminate()
         server.join()
     ideal = n * latency_s / concurrency
-    return {"requests": n, "latency_ms": latency_s * 1000, "concurrency": concurrency, "startup_s": round(startup, 2), "wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2), "ideal_s": round(ideal, 2), "counts": result.counts, "usage": result.usage}
+    return {
+        "requests": n,
+        "latency_ms": latency_s * 1000,
+        "concurrency": concurrency,
+        "startup_s": round(startup, 2),
+        "wall_s": round(wall, 2),
+        "client_cpu_s": round(cpu, 2),
+        "ideal_s": round(ideal, 2),
+        "counts": result.counts,
+        "usage": result.usage,
+    }
 
 
 def bench_local(folder: Path, n: int) -> dict:
     _write_reports(folder / "local_reports.jsonl", n, seed=2)
-    cfg = SummarizeConfig(input=folder / "local_reports.jsonl", out=folder / "local.jsonl", budget=35, backend="local", max_attempts=2, concurrency=1)
+    cfg = SummarizeConfig(
+        input=folder / "local_reports.jsonl",
+        out=folder / "local.jsonl",
+        budget=35,
+        backend="local",
+        max_attempts=2,
+        concurrency=1,
+    )
     started = time.perf_counter()
     result = run_summarize(cfg)
     wall = time.perf_counter() - started
     records = list(read_jsonl(cfg.out))
-    return {"cases": n, "wall_s_incl_model_load": round(wall, 1), "counts": result.counts, "summaries": [r["summary"] for r in records]}
+    return {
+        "cases": n,
+        "wall_s_incl_model_load": round(wall, 1),
+        "counts": result.counts,
+        "summaries": [r["summary"] for r in records],
+    }
 
 
 def main() -> None:
@@ -131,7 +167,9 @@ def main() -> None:
             results["extractive"] = bench_extractive(folder, args.reports)
             print("extractive:", results["extractive"], "(target < 60 s)", flush=True)
         if args.requests:
-            results["openai_local_server"] = bench_server(folder, args.requests, args.latency_ms / 1000, args.concurrency)
+            results["openai_local_server"] = bench_server(
+                folder, args.requests, args.latency_ms / 1000, args.concurrency
+            )
             print("openai backend vs local server:", results["openai_local_server"], "(target < 5 s)", flush=True)
         if args.local:
             results["local_smollm2"] = bench_local(folder, args.local)

@@ -31,7 +31,8 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     levels = ("low", "high")
     return [
-        f"{rng.choice(levels)} tumor; {rng.choice(levels)} til; case {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(20, 140)))
+        f"{rng.choice(levels)} tumor; {rng.choice(levels)} til; case {i}: "
+        + " ".join(rng.choices(WORDS, k=rng.randint(20, 140)))
         for i in range(n)
     ]
 
@@ -56,21 +57,37 @@ def main() -> None:
         path = Path(tmp) / "captions.txt"
         path.write_text("\n".join(captions) + "\n", encoding="utf-8")
         cfg = EncodeTextConfig(
-            captions=path, text_encoder=args.text_encoder, mode=args.mode, max_length=args.max_length,
-            out=Path(tmp) / "cache", batch_size=args.batch_size, device="cpu",
+            captions=path,
+            text_encoder=args.text_encoder,
+            mode=args.mode,
+            max_length=args.max_length,
+            out=Path(tmp) / "cache",
+            batch_size=args.batch_size,
+            device="cpu",
         )
         t0 = time.perf_counter()
         result = run_encode_text(cfg)
         stage_s = time.perf_counter() - t0
         size_mb = (Path(tmp) / "cache" / "embeddings.safetensors").stat().st_size / 2**20
 
-    print(json.dumps({
-        "n_captions": args.n, "encoder": args.text_encoder, "mode": args.mode, "max_length": args.max_length,
-        "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
-        "encode_captions_per_s": round(args.n / encode_s, 1),
-        "stage_captions_per_s": round(args.n / stage_s, 1), "stage_s": round(stage_s, 2),
-        "n_truncated": result.n_truncated, "cache_mb": round(size_mb, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "n_captions": args.n,
+                "encoder": args.text_encoder,
+                "mode": args.mode,
+                "max_length": args.max_length,
+                "batch_size": args.batch_size,
+                "torch_threads": torch.get_num_threads(),
+                "encode_captions_per_s": round(args.n / encode_s, 1),
+                "stage_captions_per_s": round(args.n / stage_s, 1),
+                "stage_s": round(stage_s, 2),
+                "n_truncated": result.n_truncated,
+                "cache_mb": round(size_mb, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

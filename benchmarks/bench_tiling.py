@@ -28,19 +28,28 @@ def main() -> None:
     rates, loop_rates, n = [], [], 0
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TileConfig(slides=asset_path("cmu_slide"), out=Path(tmp) / "store", magnification=args.magnification,
-                             size=args.size, overlap=args.overlap, min_tissue=args.min_tissue, workers=1)
+            cfg = TileConfig(
+                slides=asset_path("cmu_slide"),
+                out=Path(tmp) / "store",
+                magnification=args.magnification,
+                size=args.size,
+                overlap=args.overlap,
+                min_tissue=args.min_tissue,
+                workers=1,
+            )
             t0 = time.perf_counter()
             result = run_tile(cfg)
             rates.append(result.patches / (time.perf_counter() - t0))
             slide = next(iter(result.per_slide.values()))
             n, candidates = result.patches, slide["candidates"]
             loop_rates.append(candidates / slide["seconds_patches"])
-    print(f"magnification {args.magnification:g}x, size {args.size}, overlap {args.overlap}: {n} patches per run; "
-          f"{statistics.median(rates):.1f} patches/s per core (median of {args.repeats}; "
-          f"min {min(rates):.1f}, max {max(rates):.1f}) end to end incl. slide open + thumbnail; "
-          f"patch loop alone (read, resize, tissue check, PNG write): {statistics.median(loop_rates):.1f} candidate patches/s "
-          f"({candidates} candidates)")
+    print(
+        f"magnification {args.magnification:g}x, size {args.size}, overlap {args.overlap}: {n} patches per run; "
+        f"{statistics.median(rates):.1f} patches/s per core (median of {args.repeats}; "
+        f"min {min(rates):.1f}, max {max(rates):.1f}) end to end incl. slide open + thumbnail; "
+        f"patch loop alone (read, resize, tissue check, PNG write): {statistics.median(loop_rates):.1f} candidate patches/s "
+        f"({candidates} candidates)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,17 +44,40 @@ def main() -> None:
         n = max(4 * args.batch_size, 512)
         data = write_synthetic_caches(root, n, 3, args.size, args.length, args.dim, captions=64)
         cfg = TrainConfig(
-            name="bench", run_dir=root / "run", resume="none", max_steps=args.steps, batch_size=args.batch_size,
-            precision=args.precision, log_every=args.log_every, checkpoint_every=10**9, data=data,
-            model=ModelSection(unet_preset=args.preset, channels_last=args.channels_last, compile=args.compile,
-                               gradient_checkpointing=args.gradient_checkpointing),
+            name="bench",
+            run_dir=root / "run",
+            resume="none",
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            log_every=args.log_every,
+            checkpoint_every=10**9,
+            data=data,
+            model=ModelSection(
+                unet_preset=args.preset,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                gradient_checkpointing=args.gradient_checkpointing,
+            ),
         )
         result = run_train(cfg)
         stats = [json.loads(line) for line in (root / "run" / "stats.jsonl").read_text().splitlines()]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"preset": args.preset, "precision": args.precision, "batch_size": args.batch_size, "steps": result.steps,
-                      "img_s": round(result.img_s, 2), "peak_memory": result.peak_memory, "device": device,
-                      "final_loss": stats[-1]["loss"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "precision": args.precision,
+                "batch_size": args.batch_size,
+                "steps": result.steps,
+                "img_s": round(result.img_s, 2),
+                "peak_memory": result.peak_memory,
+                "device": device,
+                "final_loss": stats[-1]["loss"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

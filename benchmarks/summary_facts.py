@@ -30,8 +30,10 @@ def main() -> None:
     cases = make_synthetic_cases(args.reports, args.seed)
     words = sorted(len(c.text.split()) for c in cases)
     quantiles = statistics.quantiles(words, n=10)
-    print(f"reports: {len(cases)} (seed {args.seed}); words min {words[0]}, p10 {quantiles[0]:.0f}, "
-          f"median {statistics.median(words):.0f}, p90 {quantiles[-1]:.0f}, max {words[-1]}\n")
+    print(
+        f"reports: {len(cases)} (seed {args.seed}); words min {words[0]}, p10 {quantiles[0]:.0f}, "
+        f"median {statistics.median(words):.0f}, p90 {quantiles[-1]:.0f}, max {words[-1]}\n"
+    )
     short = {"histologic_type": "type", "in_situ": "DCIS", "pleomorphism": "pleo", "receptors": "ER/PR/HER2"}
     header = ["budget", "tokens mean (min-max)", f"facts kept (of {len(GROUND_TRUTH_FACTS)})", "opposite"]
     header += [short.get(f, f) for f in GROUND_TRUTH_FACTS]
@@ -48,8 +50,12 @@ def main() -> None:
             for name, ok in stated.items():
                 per_fact[name] += ok
             opposite += bool(stated_opposite(case, text))
-        row = [str(budget), f"{statistics.mean(tokens):.1f} ({min(tokens)}-{max(tokens)})", f"{statistics.mean(kept):.2f}",
-               str(opposite)] + [f"{100 * per_fact[f] / len(cases):.0f}%" for f in GROUND_TRUTH_FACTS]
+        row = [
+            str(budget),
+            f"{statistics.mean(tokens):.1f} ({min(tokens)}-{max(tokens)})",
+            f"{statistics.mean(kept):.2f}",
+            str(opposite),
+        ] + [f"{100 * per_fact[f] / len(cases):.0f}%" for f in GROUND_TRUTH_FACTS]
         print("| " + " | ".join(row) + " |")
     print(f"\n({time.perf_counter() - started:.1f} s)")
 

@@ -49,7 +49,11 @@ def save_pool_extractor(path: Path) -> Path:
     return path
 
 
-TEACHER_CAPTIONS = ["high tumor; low til; invasive carcinoma", "low tumor; high til; lymphocytes", "low tumor; low til; stroma"]
+TEACHER_CAPTIONS = [
+    "high tumor; low til; invasive carcinoma",
+    "low tumor; high til; lymphocytes",
+    "low tumor; low til; stroma",
+]
 
 
 def write_tiny_bundle(folder: Path) -> Path:
@@ -68,7 +72,9 @@ def write_tiny_bundle(folder: Path) -> Path:
     meta = BundleMeta(
         unet_preset="tiny",
         text=TextContract(**text.contract()),
-        latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint),
+        latent=LatentContract(
+            channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint
+        ),
     )
     return save_bundle(folder / "model", meta, unet, ae.model)
 
@@ -91,23 +97,63 @@ def write_tiny_teacher(root: Path, n: int = 24, seed: int = 0) -> dict:
     text = load_text_encoder("tiny-clip", "pathldm", 154)
     g = torch.Generator().manual_seed(seed)
     which = torch.arange(n) % len(TEACHER_CAPTIONS)
-    latents = torch.randn(len(TEACHER_CAPTIONS), 3, 8, 8, generator=g)[which] + 0.3 * torch.randn(n, 3, 8, 8, generator=g)
+    latents = torch.randn(len(TEACHER_CAPTIONS), 3, 8, 8, generator=g)[which] + 0.3 * torch.randn(
+        n, 3, 8, 8, generator=g
+    )
     ids = [f"p{i:04d}" for i in range(n)]
     lat_dir = root / "latents"
     lat_dir.mkdir(parents=True)
     np.save(lat_dir / "latents-00000.npy", latents.numpy().astype(np.float16))
-    pq.write_table(pa.table({"patch_id": ids, "shard": pa.array([0] * n, pa.int32()), "row": pa.array(range(n), pa.int32())}), lat_dir / "index.parquet")
-    (lat_dir / "meta.json").write_text(json.dumps({"autoencoder": "kl-f4-tiny", "kind": "kl", "scaling_factor": 0.5, "channels": 3, "size": 8,
-                                                   "fingerprint": ae.fingerprint, "complete": True, "n_shards": 1}))
+    pq.write_table(
+        pa.table({"patch_id": ids, "shard": pa.array([0] * n, pa.int32()), "row": pa.array(range(n), pa.int32())}),
+        lat_dir / "index.parquet",
+    )
+    (lat_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "autoencoder": "kl-f4-tiny",
+                "kind": "kl",
+                "scaling_factor": 0.5,
+                "channels": 3,
+                "size": 8,
+                "fingerprint": ae.fingerprint,
+                "complete": True,
+                "n_shards": 1,
+            }
+        )
+    )
     cases = [f"case{i % 4}" for i in range(n)]
-    pq.write_table(pa.table({"patch_id": ids, "case_id": cases, "caption": [TEACHER_CAPTIONS[int(w)] for w in which]}), root / "captions.parquet")
+    pq.write_table(
+        pa.table({"patch_id": ids, "case_id": cases, "caption": [TEACHER_CAPTIONS[int(w)] for w in which]}),
+        root / "captions.parquet",
+    )
     (root / "split.json").write_text(json.dumps({"cases": {"train": ["case0", "case1", "case2"], "test": ["case3"]}}))
-    run_encode_text(EncodeTextConfig(captions=root / "captions.parquet", text_encoder="tiny-clip", mode="pathldm", max_length=154,
-                                     out=root / "text", device="cpu"))
+    run_encode_text(
+        EncodeTextConfig(
+            captions=root / "captions.parquet",
+            text_encoder="tiny-clip",
+            mode="pathldm",
+            max_length=154,
+            out=root / "text",
+            device="cpu",
+        )
+    )
     torch.manual_seed(seed)
     unet = build_unet("tiny", context_dim=text.dim, latent_channels=3, sample_size=8)
-    meta = BundleMeta(unet_preset="tiny", text=TextContract(**text.contract()),
-                      latent=LatentContract(channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint),
-                      trained_steps=1000, source="random tiny teacher")
+    meta = BundleMeta(
+        unet_preset="tiny",
+        text=TextContract(**text.contract()),
+        latent=LatentContract(
+            channels=3, size=8, scaling_factor=0.5, autoencoder="kl-f4-tiny", kind="kl", fingerprint=ae.fingerprint
+        ),
+        trained_steps=1000,
+        source="random tiny teacher",
+    )
     save_bundle(root / "teacher", meta, unet, ae.model)
-    return {"teacher": root / "teacher", "latents": lat_dir, "text_cache": root / "text", "captions": root / "captions.parquet", "split": root / "split.json"}
+    return {
+        "teacher": root / "teacher",
+        "latents": lat_dir,
+        "text_cache": root / "text",
+        "captions": root / "captions.parquet",
+        "split": root / "split.json",
+    }

@@ -13,10 +13,10 @@ import pytest
 from pydantic import Field, create_model
 
 from histoldm.cli import build_parser, main
-from histoldm.errors import UserError
 from histoldm.commands._common import resolve_config
 from histoldm.commands._flags import KEYS_DEST, add_config_flags, nested_field
 from histoldm.config import StrictModel
+from histoldm.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,11 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
 def test_a_new_config_field_is_an_option_with_its_type_help_and_default(monkeypatch):
     import histoldm.sampling.run as sampling
 
-    plus = create_model("SampleConfigPlus", __base__=sampling.SampleConfig,
-                        cfg_rescale=(float, Field(0.7, ge=0, description="rescale the guided prediction")))
+    plus = create_model(
+        "SampleConfigPlus",
+        __base__=sampling.SampleConfig,
+        cfg_rescale=(float, Field(0.7, ge=0, description="rescale the guided prediction")),
+    )
     monkeypatch.setattr(sampling, "SampleConfig", plus)  # as if the field were written into SampleConfig
     sample = _subparsers()["sample"]
     action = _option(sample, "--cfg-rescale")
@@ -64,9 +67,13 @@ def test_each_annotation_becomes_the_matching_option():
     parser = argparse.ArgumentParser()
     keys = add_config_flags(parser, Kinds, positional="path")
     assert keys == ["path", "mode", "flag", "window", "names", "shares"]  # a nested model and a free dict: --set only
-    args = parser.parse_args(["p", "--mode", "b", "--no-flag", "--window", "3", "9", "--names", "u,v", "w", "--shares", "a=0.5,b=0.5"])
+    args = parser.parse_args(
+        ["p", "--mode", "b", "--no-flag", "--window", "3", "9", "--names", "u,v", "w", "--shares", "a=0.5,b=0.5"]
+    )
     cfg = resolve_config(args, Kinds)
-    assert cfg == Kinds(path=Path("p"), mode="b", flag=False, window=(3, 9), names=["u", "v", "w"], shares={"a": 0.5, "b": 0.5})
+    assert cfg == Kinds(
+        path=Path("p"), mode="b", flag=False, window=(3, 9), names=["u", "v", "w"], shares={"a": 0.5, "b": 0.5}
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "c"])  # Literal -> choices
     help_text = parser.format_help()
@@ -90,13 +97,21 @@ def test_every_option_lands_on_a_config_field(command):
     """Parse each option alone: the namespace names a real field and carries the value typed."""
     sub = _subparsers()[command]
     sub.format_help()
-    model_path = {"sample": "histoldm.sampling.run:SampleConfig", "train": "histoldm.train.trainer:TrainConfig",
-                  "tile": "histoldm.data.tiling:TileConfig", "summarize": "histoldm.summaries.summarize:SummarizeConfig",
-                  "evaluate": "histoldm.evaluate.run:EvaluateConfig", "captions": "histoldm.data.captions:CaptionsConfig",
-                  "split": "histoldm.data.splits:SplitConfig", "demo": "histoldm.experiments.demo:DemoConfig"}[command]
+    model_path = {
+        "sample": "histoldm.sampling.run:SampleConfig",
+        "train": "histoldm.train.trainer:TrainConfig",
+        "tile": "histoldm.data.tiling:TileConfig",
+        "summarize": "histoldm.summaries.summarize:SummarizeConfig",
+        "evaluate": "histoldm.evaluate.run:EvaluateConfig",
+        "captions": "histoldm.data.captions:CaptionsConfig",
+        "split": "histoldm.data.splits:SplitConfig",
+        "demo": "histoldm.experiments.demo:DemoConfig",
+    }[command]
     module, _, name = model_path.partition(":")
     model = getattr(__import__(module, fromlist=[name]), name)
-    shell = ("help", "config", "overrides", "dry_run") + (("threads",) if command != "demo" else ())  # the stage shell's, not the config's
+    shell = ("help", "config", "overrides", "dry_run") + (
+        ("threads",) if command != "demo" else ()
+    )  # the stage shell's, not the config's
     options = [a for a in sub._actions if a.option_strings and a.dest not in shell]
     assert options
     for action in options:
@@ -120,10 +135,17 @@ def test_old_option_spellings_still_fill_the_same_keys():
     from histoldm.train.trainer import TrainConfig
 
     parse = build_parser().parse_args
-    assert resolve_config(parse(["summarize", "r.csv", "--out", "s.jsonl", "--timeout", "5"]), SummarizeConfig).timeout_s == 5.0
-    cfg = resolve_config(parse(["captions", "--levels", "low,mid,high", "st"]), CaptionsConfig)  # one value, then the store
+    assert (
+        resolve_config(parse(["summarize", "r.csv", "--out", "s.jsonl", "--timeout", "5"]), SummarizeConfig).timeout_s
+        == 5.0
+    )
+    cfg = resolve_config(
+        parse(["captions", "--levels", "low,mid,high", "st"]), CaptionsConfig
+    )  # one value, then the store
     assert cfg.levels == ["low", "mid", "high"] and cfg.store == Path("st")
-    cfg = resolve_config(parse(["split", "--out", "s.json", "--store", "st", "--fractions", "train=0.5,test=0.5"]), SplitConfig)
+    cfg = resolve_config(
+        parse(["split", "--out", "s.json", "--store", "st", "--fractions", "train=0.5,test=0.5"]), SplitConfig
+    )
     assert cfg.fractions == {"train": 0.5, "test": 0.5}
     assert resolve_config(parse(["tile", "sl", "--out", "st", "--shard", "1/4"]), TileConfig).shard == (1, 4)
     assert resolve_config(parse(["demo", "--train-steps", "7"]), DemoConfig).recipe.train["max_steps"] == 7
@@ -134,7 +156,9 @@ def test_old_option_spellings_still_fill_the_same_keys():
 def test_set_wins_over_an_option_for_the_same_key():
     from histoldm.sampling.run import SampleConfig
 
-    args = build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--steps", "10", "--set", "steps=20"])
+    args = build_parser().parse_args(
+        ["sample", "--checkpoint", "m", "--out", "o", "--steps", "10", "--set", "steps=20"]
+    )
     assert resolve_config(args, SampleConfig).steps == 20
 
 
@@ -155,9 +179,14 @@ def test_every_command_help_works_and_ends_with_its_example():
 
 def test_top_level_help_imports_no_stage():
     """Options come from the stage's model only when its command is used: `histoldm --help` stays instant."""
-    stages = tuple(f"histoldm.{s}." for s in ("data", "text", "models", "train", "sampling", "evaluate", "summaries", "experiments"))
-    code = ("import sys\nfrom histoldm.cli import build_parser\nbuild_parser().format_help()\n"
-            f"print(sorted(m for m in sys.modules if m == 'torch' or m.startswith({stages!r})))")
+    stages = tuple(
+        f"histoldm.{s}."
+        for s in ("data", "text", "models", "train", "sampling", "evaluate", "summaries", "experiments")
+    )
+    code = (
+        "import sys\nfrom histoldm.cli import build_parser\nbuild_parser().format_help()\n"
+        f"print(sorted(m for m in sys.modules if m == 'torch' or m.startswith({stages!r})))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
@@ -170,4 +199,6 @@ def test_dtype_options_take_the_older_spellings():
     args = build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "bf16"])
     assert resolve_config(args, SampleConfig).dtype == "bfloat16"
     with pytest.raises(UserError, match="dtype"):
-        resolve_config(build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "half"]), SampleConfig)
+        resolve_config(
+            build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "half"]), SampleConfig
+        )

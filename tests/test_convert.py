@@ -27,7 +27,9 @@ from histoldm.text.encoders import TINY_CLIP as TINY_CLIP_CONFIG
 # ---------------------------------------------------------------- CompVis structure, shapes only
 
 
-def compvis_unet_shapes(*, in_ch, model_channels, channel_mult, num_res_blocks, attention_ds, context_dim) -> dict[str, tuple]:
+def compvis_unet_shapes(
+    *, in_ch, model_channels, channel_mult, num_res_blocks, attention_ds, context_dim
+) -> dict[str, tuple]:
     """openaimodel.UNetModel (legacy SpatialTransformer: 1x1-conv proj_in/out, depth 1, GEGLU ff x4)."""
     sd: dict[str, tuple] = {}
     emb = 4 * model_channels
@@ -159,7 +161,10 @@ def compvis_vq_shapes(*, ch, ch_mult, num_res_blocks, embed_dim, n_embed) -> dic
 def compvis_clip_shapes(*, width, layers, intermediate, vocab=49408, positions=77) -> dict[str, tuple]:
     """transformers CLIPTextModel as stored by transformers 4.30 (position_ids still a saved buffer)."""
     p = "text_model."
-    sd = {f"{p}embeddings.token_embedding.weight": (vocab, width), f"{p}embeddings.position_embedding.weight": (positions, width)}
+    sd = {
+        f"{p}embeddings.token_embedding.weight": (vocab, width),
+        f"{p}embeddings.position_embedding.weight": (positions, width),
+    }
     sd[f"{p}embeddings.position_ids"] = (1, positions)
     for i in range(layers):
         b = f"{p}encoder.layers.{i}."
@@ -187,20 +192,44 @@ def pytorch_fid_inception_shapes() -> dict[str, tuple]:
         sd[f"{name}.bn.num_batches_tracked"] = ()
 
     def inception_a(name, i, pool):
-        for b, ci, co, k in (("branch1x1", i, 64, 1), ("branch5x5_1", i, 48, 1), ("branch5x5_2", 48, 64, 5), ("branch3x3dbl_1", i, 64, 1),
-                             ("branch3x3dbl_2", 64, 96, 3), ("branch3x3dbl_3", 96, 96, 3), ("branch_pool", i, pool, 1)):
+        for b, ci, co, k in (
+            ("branch1x1", i, 64, 1),
+            ("branch5x5_1", i, 48, 1),
+            ("branch5x5_2", 48, 64, 5),
+            ("branch3x3dbl_1", i, 64, 1),
+            ("branch3x3dbl_2", 64, 96, 3),
+            ("branch3x3dbl_3", 96, 96, 3),
+            ("branch_pool", i, pool, 1),
+        ):
             basic(f"{name}.{b}", ci, co, k)
 
     def inception_c(name, c7):
-        for b, ci, co, k in (("branch1x1", 768, 192, 1), ("branch7x7_1", 768, c7, 1), ("branch7x7_2", c7, c7, (1, 7)), ("branch7x7_3", c7, 192, (7, 1)),
-                             ("branch7x7dbl_1", 768, c7, 1), ("branch7x7dbl_2", c7, c7, (7, 1)), ("branch7x7dbl_3", c7, c7, (1, 7)),
-                             ("branch7x7dbl_4", c7, c7, (7, 1)), ("branch7x7dbl_5", c7, 192, (1, 7)), ("branch_pool", 768, 192, 1)):
+        for b, ci, co, k in (
+            ("branch1x1", 768, 192, 1),
+            ("branch7x7_1", 768, c7, 1),
+            ("branch7x7_2", c7, c7, (1, 7)),
+            ("branch7x7_3", c7, 192, (7, 1)),
+            ("branch7x7dbl_1", 768, c7, 1),
+            ("branch7x7dbl_2", c7, c7, (7, 1)),
+            ("branch7x7dbl_3", c7, c7, (1, 7)),
+            ("branch7x7dbl_4", c7, c7, (7, 1)),
+            ("branch7x7dbl_5", c7, 192, (1, 7)),
+            ("branch_pool", 768, 192, 1),
+        ):
             basic(f"{name}.{b}", ci, co, k)
 
     def inception_e(name, i):
-        for b, ci, co, k in (("branch1x1", i, 320, 1), ("branch3x3_1", i, 384, 1), ("branch3x3_2a", 384, 384, (1, 3)), ("branch3x3_2b", 384, 384, (3, 1)),
-                             ("branch3x3dbl_1", i, 448, 1), ("branch3x3dbl_2", 448, 384, 3), ("branch3x3dbl_3a", 384, 384, (1, 3)),
-                             ("branch3x3dbl_3b", 384, 384, (3, 1)), ("branch_pool", i, 192, 1)):
+        for b, ci, co, k in (
+            ("branch1x1", i, 320, 1),
+            ("branch3x3_1", i, 384, 1),
+            ("branch3x3_2a", 384, 384, (1, 3)),
+            ("branch3x3_2b", 384, 384, (3, 1)),
+            ("branch3x3dbl_1", i, 448, 1),
+            ("branch3x3dbl_2", 448, 384, 3),
+            ("branch3x3dbl_3a", 384, 384, (1, 3)),
+            ("branch3x3dbl_3b", 384, 384, (3, 1)),
+            ("branch_pool", i, 192, 1),
+        ):
             basic(f"{name}.{b}", ci, co, k)
 
     for j, (i, o, k) in enumerate(((3, 32, 3), (32, 32, 3), (32, 64, 3))):  # Conv2d_1a, 2a, 2b, then a max pool
@@ -209,12 +238,23 @@ def pytorch_fid_inception_shapes() -> dict[str, tuple]:
     basic("inception.blocks.1.1", 80, 192, 3)  # Conv2d_4a_3x3
     for j, (i, pool) in enumerate(((192, 32), (256, 64), (288, 64))):  # Mixed_5b-d
         inception_a(f"inception.blocks.2.{j}", i, pool)
-    for b, ci, co, k in (("branch3x3", 288, 384, 3), ("branch3x3dbl_1", 288, 64, 1), ("branch3x3dbl_2", 64, 96, 3), ("branch3x3dbl_3", 96, 96, 3)):
+    for b, ci, co, k in (
+        ("branch3x3", 288, 384, 3),
+        ("branch3x3dbl_1", 288, 64, 1),
+        ("branch3x3dbl_2", 64, 96, 3),
+        ("branch3x3dbl_3", 96, 96, 3),
+    ):
         basic(f"inception.blocks.2.3.{b}", ci, co, k)  # Mixed_6a
     for j, c7 in enumerate((128, 160, 160, 192)):  # Mixed_6b-e
         inception_c(f"inception.blocks.2.{4 + j}", c7)
-    for b, ci, co, k in (("branch3x3_1", 768, 192, 1), ("branch3x3_2", 192, 320, 3), ("branch7x7x3_1", 768, 192, 1),
-                         ("branch7x7x3_2", 192, 192, (1, 7)), ("branch7x7x3_3", 192, 192, (7, 1)), ("branch7x7x3_4", 192, 192, 3)):
+    for b, ci, co, k in (
+        ("branch3x3_1", 768, 192, 1),
+        ("branch3x3_2", 192, 320, 3),
+        ("branch7x7x3_1", 768, 192, 1),
+        ("branch7x7x3_2", 192, 192, (1, 7)),
+        ("branch7x7x3_3", 192, 192, (7, 1)),
+        ("branch7x7x3_4", 192, 192, 3),
+    ):
         basic(f"inception.blocks.3.0.{b}", ci, co, k)  # Mixed_7a
     inception_e("inception.blocks.3.1", 1280)  # Mixed_7b
     inception_e("inception.blocks.3.2", 2048)  # Mixed_7c
@@ -244,13 +284,21 @@ def schedule_buffers() -> dict[str, torch.Tensor]:
     """What CompVis DDPM.register_schedule stores for PathLDM's linear schedule (a sample of them)."""
     betas = torch.linspace(math.sqrt(0.0015), math.sqrt(0.0195), 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
-    return {"betas": betas.float(), "alphas_cumprod": alphas_cumprod.float(), "sqrt_alphas_cumprod": alphas_cumprod.sqrt().float(), "scale_factor": torch.tensor(1.0)}
+    return {
+        "betas": betas.float(),
+        "alphas_cumprod": alphas_cumprod.float(),
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt().float(),
+        "scale_factor": torch.tensor(1.0),
+    }
 
 
 def random_state(layout: dict[str, tuple], seed: int = 0) -> dict[str, torch.Tensor]:
     """Distinct random values in every tensor, so each one can be traced to where it lands."""
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.arange(s[-1]).expand(s).clone() if k.endswith("position_ids") else torch.randn(s, generator=g) for k, s in layout.items()}
+    return {
+        k: torch.arange(s[-1]).expand(s).clone() if k.endswith("position_ids") else torch.randn(s, generator=g)
+        for k, s in layout.items()
+    }
 
 
 TINY_CLIP = dict(width=64, layers=2, intermediate=128)
@@ -264,36 +312,78 @@ EXPECTED_TINY = {
     "model.diffusion_model.time_embed.2.bias": ("unet", "time_embedding.linear_2.bias"),
     "model.diffusion_model.input_blocks.1.0.in_layers.0.weight": ("unet", "down_blocks.0.resnets.0.norm1.weight"),
     "model.diffusion_model.input_blocks.1.0.in_layers.2.weight": ("unet", "down_blocks.0.resnets.0.conv1.weight"),
-    "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight": ("unet", "down_blocks.0.resnets.0.time_emb_proj.weight"),
+    "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight": (
+        "unet",
+        "down_blocks.0.resnets.0.time_emb_proj.weight",
+    ),
     "model.diffusion_model.input_blocks.1.0.out_layers.0.bias": ("unet", "down_blocks.0.resnets.0.norm2.bias"),
     "model.diffusion_model.input_blocks.1.0.out_layers.3.weight": ("unet", "down_blocks.0.resnets.0.conv2.weight"),
     "model.diffusion_model.input_blocks.2.0.op.weight": ("unet", "down_blocks.0.downsamplers.0.conv.weight"),
-    "model.diffusion_model.input_blocks.3.0.skip_connection.weight": ("unet", "down_blocks.1.resnets.0.conv_shortcut.weight"),
+    "model.diffusion_model.input_blocks.3.0.skip_connection.weight": (
+        "unet",
+        "down_blocks.1.resnets.0.conv_shortcut.weight",
+    ),
     "model.diffusion_model.input_blocks.3.1.proj_in.weight": ("unet", "down_blocks.1.attentions.0.proj_in.weight"),
-    "model.diffusion_model.input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight": ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"),
+    "model.diffusion_model.input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight": (
+        "unet",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+    ),
     "model.diffusion_model.middle_block.0.in_layers.2.weight": ("unet", "mid_block.resnets.0.conv1.weight"),
     "model.diffusion_model.middle_block.1.proj_out.weight": ("unet", "mid_block.attentions.0.proj_out.weight"),
     "model.diffusion_model.middle_block.2.out_layers.3.bias": ("unet", "mid_block.resnets.1.conv2.bias"),
-    "model.diffusion_model.output_blocks.0.0.skip_connection.weight": ("unet", "up_blocks.0.resnets.0.conv_shortcut.weight"),
-    "model.diffusion_model.output_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight": ("unet", "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj.weight"),
+    "model.diffusion_model.output_blocks.0.0.skip_connection.weight": (
+        "unet",
+        "up_blocks.0.resnets.0.conv_shortcut.weight",
+    ),
+    "model.diffusion_model.output_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight": (
+        "unet",
+        "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj.weight",
+    ),
     "model.diffusion_model.output_blocks.1.2.conv.weight": ("unet", "up_blocks.0.upsamplers.0.conv.weight"),
     "model.diffusion_model.output_blocks.3.0.in_layers.0.weight": ("unet", "up_blocks.1.resnets.1.norm1.weight"),
     "model.diffusion_model.out.0.weight": ("unet", "conv_norm_out.weight"),
     "model.diffusion_model.out.2.bias": ("unet", "conv_out.bias"),
-    "first_stage_model.encoder.down.0.block.0.conv1.weight": ("autoencoder", "encoder.down_blocks.0.resnets.0.conv1.weight"),
-    "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight": ("autoencoder", "encoder.down_blocks.1.resnets.0.conv_shortcut.weight"),
-    "first_stage_model.encoder.down.1.downsample.conv.weight": ("autoencoder", "encoder.down_blocks.1.downsamplers.0.conv.weight"),
-    "first_stage_model.encoder.mid.attn_1.norm.weight": ("autoencoder", "encoder.mid_block.attentions.0.group_norm.weight"),
+    "first_stage_model.encoder.down.0.block.0.conv1.weight": (
+        "autoencoder",
+        "encoder.down_blocks.0.resnets.0.conv1.weight",
+    ),
+    "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight": (
+        "autoencoder",
+        "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+    ),
+    "first_stage_model.encoder.down.1.downsample.conv.weight": (
+        "autoencoder",
+        "encoder.down_blocks.1.downsamplers.0.conv.weight",
+    ),
+    "first_stage_model.encoder.mid.attn_1.norm.weight": (
+        "autoencoder",
+        "encoder.mid_block.attentions.0.group_norm.weight",
+    ),
     "first_stage_model.encoder.mid.attn_1.q.weight": ("autoencoder", "encoder.mid_block.attentions.0.to_q.weight"),
-    "first_stage_model.decoder.mid.attn_1.proj_out.bias": ("autoencoder", "decoder.mid_block.attentions.0.to_out.0.bias"),
+    "first_stage_model.decoder.mid.attn_1.proj_out.bias": (
+        "autoencoder",
+        "decoder.mid_block.attentions.0.to_out.0.bias",
+    ),
     "first_stage_model.encoder.mid.block_2.norm1.weight": ("autoencoder", "encoder.mid_block.resnets.1.norm1.weight"),
     "first_stage_model.encoder.norm_out.weight": ("autoencoder", "encoder.conv_norm_out.weight"),
-    "first_stage_model.decoder.up.2.block.0.conv1.weight": ("autoencoder", "decoder.up_blocks.0.resnets.0.conv1.weight"),
-    "first_stage_model.decoder.up.2.upsample.conv.weight": ("autoencoder", "decoder.up_blocks.0.upsamplers.0.conv.weight"),
-    "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": ("autoencoder", "decoder.up_blocks.2.resnets.0.conv_shortcut.weight"),
+    "first_stage_model.decoder.up.2.block.0.conv1.weight": (
+        "autoencoder",
+        "decoder.up_blocks.0.resnets.0.conv1.weight",
+    ),
+    "first_stage_model.decoder.up.2.upsample.conv.weight": (
+        "autoencoder",
+        "decoder.up_blocks.0.upsamplers.0.conv.weight",
+    ),
+    "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (
+        "autoencoder",
+        "decoder.up_blocks.2.resnets.0.conv_shortcut.weight",
+    ),
     "first_stage_model.quantize.embedding.weight": ("autoencoder", "quantize.embedding.weight"),
     "first_stage_model.post_quant_conv.weight": ("autoencoder", "post_quant_conv.weight"),
-    "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.weight": ("text_encoder", "text_model.encoder.layers.1.mlp.fc2.weight"),
+    "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.weight": (
+        "text_encoder",
+        "text_model.encoder.layers.1.mlp.fc2.weight",
+    ),
 }
 
 
@@ -303,7 +393,9 @@ def tiny_state() -> dict[str, torch.Tensor]:
 
 
 def tiny_cfg(**kw) -> cv.ConvertConfig:
-    return cv.ConvertConfig(checkpoint="x.ckpt", out="unused", unet_preset="tiny", autoencoder_preset="vq-f4-tiny", sample_size=8, **kw)
+    return cv.ConvertConfig(
+        checkpoint="x.ckpt", out="unused", unet_preset="tiny", autoencoder_preset="vq-f4-tiny", sample_size=8, **kw
+    )
 
 
 # ---------------------------------------------------------------- tests
@@ -323,7 +415,13 @@ def test_full_pathldm_layout_maps_one_to_one_with_matching_shapes():
 
     unet = converted.parts["unet"]
     assert sum(t.numel() for t in unet.values()) == pytest.approx(400.92e6, rel=1e-4)
-    assert {s["key"] for s in converted.skipped} == {"betas", "alphas_cumprod", "sqrt_alphas_cumprod", "scale_factor", "cond_stage_model.transformer.text_model.embeddings.position_ids"} | set(fid)
+    assert {s["key"] for s in converted.skipped} == {
+        "betas",
+        "alphas_cumprod",
+        "sqrt_alphas_cumprod",
+        "scale_factor",
+        "cond_stage_model.transformer.text_model.embeddings.position_ids",
+    } | set(fid)
     assert sum(s["reason"].startswith("FID network") for s in converted.skipped) == len(fid) == 564
     ids = [int(t.reshape(-1)[0]) for part in converted.parts.values() for t in part.values()]
     assert len(ids) == len(set(ids)) == len(layout) - 1  # a bijection; only position_ids is skipped
@@ -339,7 +437,9 @@ def test_tiny_conversion_puts_every_tensor_in_place_and_round_trips(tmp_path, ti
     out = tmp_path / "bundle"
     text_config = tmp_path / "clip_config.json"  # a hub-style full CLIPConfig: its text_config is used
     text_config.write_text(json.dumps({"text_config": dict(TINY_CLIP_CONFIG, num_attention_heads=2)}))
-    assert main(["convert-ldm", str(ckpt), "--out", str(out), *TINY_ARGS, "--text-encoder-config", str(text_config)]) == 0
+    assert (
+        main(["convert-ldm", str(ckpt), "--out", str(out), *TINY_ARGS, "--text-encoder-config", str(text_config)]) == 0
+    )
     assert "unet" in capsys.readouterr().out
 
     from diffusers import VQModel
@@ -356,7 +456,9 @@ def test_tiny_conversion_puts_every_tensor_in_place_and_round_trips(tmp_path, ti
     }
     for theirs, (comp, key) in EXPECTED_TINY.items():
         want, got = tiny_state[theirs], ours[comp]
-        got = got[key] if key in got else got[key.removeprefix("text_model.")]  # transformers 5 has no text_model wrapper
+        got = (
+            got[key] if key in got else got[key.removeprefix("text_model.")]
+        )  # transformers 5 has no text_model wrapper
         assert torch.equal(got.reshape(want.shape), want), f"{theirs} -> {key}"
 
     back = cv.bundle_to_compvis(out)
@@ -367,7 +469,13 @@ def test_tiny_conversion_puts_every_tensor_in_place_and_round_trips(tmp_path, ti
         assert tensor.dtype == tiny_state[key].dtype and torch.equal(tensor, tiny_state[key]), key
 
     meta = read_bundle_meta(out)
-    assert (meta.unet_preset, meta.prediction_type, meta.latent.kind, meta.latent.channels, meta.latent.size) == ("tiny", "epsilon", "vq", 3, 8)
+    assert (meta.unet_preset, meta.prediction_type, meta.latent.kind, meta.latent.channels, meta.latent.size) == (
+        "tiny",
+        "epsilon",
+        "vq",
+        3,
+        8,
+    )
     assert (meta.text.mode, meta.text.max_length, meta.text.dim) == ("pathldm", 154, 64)
     assert json.loads((out / "text_encoder" / "config.json").read_text())["num_attention_heads"] == 2
     assert meta.text.fingerprint == load_text_encoder(meta.text.encoder, mode="pathldm", max_length=154).fingerprint
@@ -380,7 +488,11 @@ def test_tiny_conversion_puts_every_tensor_in_place_and_round_trips(tmp_path, ti
 def test_safetensors_input_and_ema_weights(tmp_path, tiny_state):
     path = tmp_path / "plain.safetensors"
     ema = {cv._ema_name(k): v + 1 for k, v in tiny_state.items() if k.startswith("model.diffusion_model.")}
-    extras = {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5), "cond_stage_model.transformer.logit_scale": torch.tensor(4.6)}
+    extras = {
+        "model_ema.decay": torch.tensor(0.9999),
+        "model_ema.num_updates": torch.tensor(5),
+        "cond_stage_model.transformer.logit_scale": torch.tensor(4.6),
+    }
     save_file({**tiny_state, **ema, **extras}, str(path))
     state = cv.read_checkpoint(path)
     unet, _, _, converted = cv.convert_state_dict(state, tiny_cfg(), str(path))
@@ -388,16 +500,23 @@ def test_safetensors_input_and_ema_weights(tmp_path, tiny_state):
     assert sum(s["reason"].startswith("EMA copy") for s in converted.skipped) == len(ema)
     assert {"model_ema.decay", "cond_stage_model.transformer.logit_scale"} <= {s["key"] for s in converted.skipped}
     unet, _, _, converted = cv.convert_state_dict(state, tiny_cfg(ema=True), str(path))
-    assert torch.equal(unet.state_dict()["conv_in.weight"], tiny_state["model.diffusion_model.input_blocks.0.0.weight"] + 1)
+    assert torch.equal(
+        unet.state_dict()["conv_in.weight"], tiny_state["model.diffusion_model.input_blocks.0.0.weight"] + 1
+    )
 
 
 def test_pathldm_training_submodules_are_skipped_and_listed(tmp_path, tiny_state, capsys):
     """A checkpoint as PathLDM's code saves it: the FID network (track_fid=True), an EMA copy of the
     autoencoder and its remap buffer, a learned logvar; each skipped under its reason, in the report,
     the manifest and the command's output, and the model tensors still land where they belong."""
-    fid = {k: torch.zeros(1) for k in pytorch_fid_inception_shapes()}  # every key; its real shapes are in the test above
-    extras = {"first_stage_model.model_ema.decoderconv_outweight": torch.ones(3), "first_stage_model.quantize.used": torch.arange(64),
-              "logvar": torch.zeros(1000)}
+    fid = {
+        k: torch.zeros(1) for k in pytorch_fid_inception_shapes()
+    }  # every key; its real shapes are in the test above
+    extras = {
+        "first_stage_model.model_ema.decoderconv_outweight": torch.ones(3),
+        "first_stage_model.quantize.used": torch.arange(64),
+        "logvar": torch.zeros(1000),
+    }
     ckpt = tmp_path / "pathldm.ckpt"
     torch.save({"state_dict": {**tiny_state, **fid, **extras}}, ckpt)
     out = tmp_path / "bundle"
@@ -429,9 +548,18 @@ def test_agrees_with_diffusers_own_single_file_converter(tiny_state):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("model.diffusion_model.output_blocks.1.2.conv.weight"), "1 missing: model.diffusion_model.output_blocks.1.2.conv.weight"),
-        (lambda s: s.update({"model.diffusion_model.input_blocks.9.0.op.weight": torch.zeros(1)}), "1 unexpected: model.diffusion_model.input_blocks.9.0.op.weight"),
-        (lambda s: s.update({"first_stage_model.quantize.embedding.weight": torch.zeros(65, 3)}), "shape mismatches (checkpoint vs ours): first_stage_model.quantize.embedding.weight (65, 3) vs (64, 3)"),
+        (
+            lambda s: s.pop("model.diffusion_model.output_blocks.1.2.conv.weight"),
+            "1 missing: model.diffusion_model.output_blocks.1.2.conv.weight",
+        ),
+        (
+            lambda s: s.update({"model.diffusion_model.input_blocks.9.0.op.weight": torch.zeros(1)}),
+            "1 unexpected: model.diffusion_model.input_blocks.9.0.op.weight",
+        ),
+        (
+            lambda s: s.update({"first_stage_model.quantize.embedding.weight": torch.zeros(65, 3)}),
+            "shape mismatches (checkpoint vs ours): first_stage_model.quantize.embedding.weight (65, 3) vs (64, 3)",
+        ),
         (lambda s: s.update({"betas": torch.linspace(1e-4, 0.02, 1000)}), "another noise schedule"),
         (lambda s: [s.pop(k) for k in list(s) if k.startswith("cond_stage_model.")], "no cond_stage_model"),
     ],
@@ -451,11 +579,14 @@ def test_unreadable_or_foreign_checkpoints_exit_2(tmp_path, capsys):
         "random.ckpt": (bytes(range(256)) * 8, "not a readable PyTorch checkpoint"),
         "random.safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "not a readable safetensors file"),
     }
-    for name, (data, message) in cases.items():
+    for name, (data, _message) in cases.items():
         (tmp_path / name).write_bytes(data)
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
     cases["foreign.ckpt"] = (None, "no model.diffusion_model.* keys")
-    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(2)}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "lightning.ckpt")
+    torch.save(
+        {"state_dict": {"model.diffusion_model.x": torch.zeros(2)}, "hyper_parameters": argparse.Namespace(lr=1e-4)},
+        tmp_path / "lightning.ckpt",
+    )
     cases["lightning.ckpt"] = (None, "pickled Python objects (argparse.Namespace)")
     for name, (_, message) in cases.items():
         assert main(["convert-ldm", str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2, name

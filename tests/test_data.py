@@ -107,7 +107,9 @@ def test_bad_slides_are_reported_and_skipped(tmp_path: Path) -> None:
     assert set(store.table.column("case_id").to_pylist()) == {"TCGA-AB-1234"}
     # with --mpp the plain TIFF tiles: 0.5 um/px at 10x is a downsample of 2
     r = run_tile(TileConfig(slides=slides / "plain.tif", out=tmp_path / "plain", mpp=0.5, size=128, min_tissue=0.3))
-    assert r.patches >= 1 and all(e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist())
+    assert r.patches >= 1 and all(
+        e == 256 for e in PatchStore.open(tmp_path / "plain").table.column("extent").to_pylist()
+    )
 
 
 def test_tile_shards_fill_one_store_equal_to_a_single_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -126,7 +128,9 @@ def test_tile_shards_fill_one_store_equal_to_a_single_job(tmp_path: Path, capsys
     assert "2 slides of other shards not finished yet" in capsys.readouterr().out
     assert main(["tile", str(slides), "--out", str(tmp_path / "sharded"), "--shard", "0/2", *common]) == 0
     one, sharded = PatchStore.open(tmp_path / "one").table, PatchStore.open(tmp_path / "sharded").table
-    assert one.num_rows > first.num_rows and sharded.equals(one)  # the last job leaves the whole store, in one job's order
+    assert one.num_rows > first.num_rows and sharded.equals(
+        one
+    )  # the last job leaves the whole store, in one job's order
     for rel in one.column("path").to_pylist():
         assert (tmp_path / "sharded" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes()
     assert main(["tile", str(slides), "--out", str(tmp_path / "x"), "--shard", "2/2"]) == 2
@@ -195,14 +199,18 @@ def test_scores_csv_unknown_slides_skipped_and_heatmaps(cmu_store: tuple[Path, T
         ScoresConfig(store=out)
 
 
-def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(cmu_store: tuple[Path, TileResult], tmp_path: Path) -> None:
+def test_scores_out_of_range_or_keyless_rows_are_skipped_with_reasons(
+    cmu_store: tuple[Path, TileResult], tmp_path: Path
+) -> None:
     out, _ = cmu_store
     first, second = PatchStore.open(out).patch_ids[:2]
     csv_path = tmp_path / "bad.csv"
     csv_path.write_text(f"patch_id,prob_tumor,prob_til\n{first},150,0.3\n,0.2,0.2\n{second},0.7,high\n")
     r = run_scores(ScoresConfig(store=out, csv=csv_path, out=tmp_path / "s.parquet"))
     reasons = [s["reason"] for s in r.skipped]
-    assert r.scored == 2 and "outside [0, 1]" in reasons[0] and "unreadable row" in reasons[1] and "'high'" in reasons[2]
+    assert (
+        r.scored == 2 and "outside [0, 1]" in reasons[0] and "unreadable row" in reasons[1] and "'high'" in reasons[2]
+    )
     got = {row["patch_id"]: row for row in pq.read_table(tmp_path / "s.parquet").to_pylist()}
     # each column on its own: the bad prob_tumor of the first row keeps its prob_til, and the other way round
     assert got[first]["prob_tumor"] is None and got[first]["prob_til"] == pytest.approx(0.3)
@@ -221,8 +229,9 @@ def _percent_csv(store: Path, path: Path) -> Path:
     return path
 
 
-def test_scores_in_percent_are_refused_and_the_good_output_is_kept(cmu_store: tuple[Path, TileResult], tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scores_in_percent_are_refused_and_the_good_output_is_kept(
+    cmu_store: tuple[Path, TileResult], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, _ = cmu_store
     monkeypatch.chdir(tmp_path)
     good = tmp_path / "scores.parquet"
@@ -232,7 +241,11 @@ def test_scores_in_percent_are_refused_and_the_good_output_is_kept(cmu_store: tu
     capsys.readouterr()
     assert main(["scores", str(out), "--csv", "pct.csv", "--out", str(good)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("histoldm scores: error: pct.csv: prob_tumor looks like percentages") and "--percent" in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("histoldm scores: error: pct.csv: prob_tumor looks like percentages")
+        and "--percent" in err
+    )
     assert good.read_bytes() == before
 
     # --percent: the percentage column divided by 100, the probability column as it is (each judged on its own)
@@ -242,8 +255,9 @@ def test_scores_in_percent_are_refused_and_the_good_output_is_kept(cmu_store: tu
     assert all(r["prob_til"] is not None for r in rows)
 
 
-def test_scores_that_score_nothing_never_replace_a_good_output(cmu_store: tuple[Path, TileResult], tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_scores_that_score_nothing_never_replace_a_good_output(
+    cmu_store: tuple[Path, TileResult], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out, _ = cmu_store
     good = tmp_path / "scores.parquet"
     assert main(["scores", str(out), "--proxy", "--out", str(good)]) == 0
@@ -253,7 +267,10 @@ def test_scores_that_score_nothing_never_replace_a_good_output(cmu_store: tuple[
     capsys.readouterr()
     assert main(["scores", str(out), "--csv", str(stale), "--out", str(good)]) == 2
     err = capsys.readouterr().err
-    assert f"{stale}: no patch of {out} got a score (2 rows skipped; first: line 2: unknown patch_id)" in err and "not written" in err
+    assert (
+        f"{stale}: no patch of {out} got a score (2 rows skipped; first: line 2: unknown patch_id)" in err
+        and "not written" in err
+    )
     assert good.read_bytes() == before
 
 
@@ -267,13 +284,23 @@ def test_deconvolution_inverts_composition() -> None:
 def test_synthetic_tiles_are_deterministic_and_attributes_measurable() -> None:
     assert np.array_equal(render_tile(0.8, 0.2, 0.1, 5), render_tile(0.8, 0.2, 0.1, 5))
     rng = np.random.default_rng(1)
-    high = [describe(render_tile(rng.uniform(0.65, 1), rng.uniform(0, 1), rng.uniform(0, 0.4), i))["nuclear_density"] for i in range(8)]
-    low = [describe(render_tile(rng.uniform(0, 0.35), rng.uniform(0, 1), rng.uniform(0, 0.4), 100 + i))["nuclear_density"] for i in range(8)]
+    high = [
+        describe(render_tile(rng.uniform(0.65, 1), rng.uniform(0, 1), rng.uniform(0, 0.4), i))["nuclear_density"]
+        for i in range(8)
+    ]
+    low = [
+        describe(render_tile(rng.uniform(0, 0.35), rng.uniform(0, 1), rng.uniform(0, 0.4), 100 + i))["nuclear_density"]
+        for i in range(8)
+    ]
     assert min(high) > max(low)
     til_hi = describe(render_tile(0.2, 0.9, 0.0, 7))["lymphocytes"]
     til_lo = describe(render_tile(0.2, 0.1, 0.0, 7))["lymphocytes"]
     assert til_hi > 3 * til_lo
-    assert describe(render_tile(0.2, 0.2, 0.35, 8))["fat_fraction"] > 0.25 > describe(render_tile(0.2, 0.2, 0.0, 8))["fat_fraction"]
+    assert (
+        describe(render_tile(0.2, 0.2, 0.35, 8))["fat_fraction"]
+        > 0.25
+        > describe(render_tile(0.2, 0.2, 0.0, 8))["fat_fraction"]
+    )
 
 
 def test_synthetic_tiles_same_as_dilating_the_whole_tile(monkeypatch) -> None:
@@ -299,7 +326,9 @@ def test_synthetic_tiles_rendered_in_processes_are_the_same_files(tmp_path: Path
     for table in ("patches.parquet", "scores.parquet", "attributes.parquet"):
         assert pq.read_table(tmp_path / "one" / table).equals(pq.read_table(tmp_path / "two" / table))
     pngs = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
-    assert len(pngs) == 6 and all((tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in pngs)
+    assert len(pngs) == 6 and all(
+        (tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in pngs
+    )
 
 
 def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
@@ -312,8 +341,12 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     for row in pq.read_table(tmp_path / "proxy.parquet").to_pylist():
         assert levels_of(row["prob_tumor"]) == attrs[row["patch_id"]]["tumor"]
     summaries = tmp_path / "summaries.jsonl"
-    summaries.write_text(json.dumps({"case_id": "SYN-0000", "summary": "Invasive ductal carcinoma.", "status": "ok"}) + "\n"
-                         + json.dumps({"case_id": "SYN-0001", "summary": "", "status": "failed"}) + "\n")
+    summaries.write_text(
+        json.dumps({"case_id": "SYN-0000", "summary": "Invasive ductal carcinoma.", "status": "ok"})
+        + "\n"
+        + json.dumps({"case_id": "SYN-0001", "summary": "", "status": "failed"})
+        + "\n"
+    )
     c = run_captions(CaptionsConfig(store=store, summaries=summaries))
     assert c.patches_without_summary == 8 and c.cases_without_summary == ["SYN-0001", "SYN-0002"]
     caps = {x["patch_id"]: x for x in pq.read_table(store / "captions.parquet").to_pylist()}
@@ -327,15 +360,49 @@ def test_synthetic_dataset_proxy_scores_captions(tmp_path: Path) -> None:
     assert d.unique_captions >= 2
 
     # the test split's real patches as a folder for fid-ref / evaluate --real, at the model's resolution
-    (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["SYN-0000", "SYN-0001"], "test": ["SYN-0002"]}}))
-    assert main(["export-patches", str(store), "--captions", str(store / "captions.parquet"), "--split", str(tmp_path / "split.json"),
-                 "--out", str(tmp_path / "real"), "--size", "64", "--n", "3"]) == 0
+    (tmp_path / "split.json").write_text(
+        json.dumps({"cases": {"train": ["SYN-0000", "SYN-0001"], "test": ["SYN-0002"]}})
+    )
+    assert (
+        main(
+            [
+                "export-patches",
+                str(store),
+                "--captions",
+                str(store / "captions.parquet"),
+                "--split",
+                str(tmp_path / "split.json"),
+                "--out",
+                str(tmp_path / "real"),
+                "--size",
+                "64",
+                "--n",
+                "3",
+            ]
+        )
+        == 0
+    )
     index = [json.loads(line) for line in (tmp_path / "real" / "index.jsonl").read_text().splitlines()]
-    assert len(index) == 3 and all(caps[r["id"]]["case_id"] == "SYN-0002" and r["caption"] == caps[r["id"]]["caption"] for r in index)
+    assert len(index) == 3 and all(
+        caps[r["id"]]["case_id"] == "SYN-0002" and r["caption"] == caps[r["id"]]["caption"] for r in index
+    )
     assert all(Image.open(tmp_path / "real" / r["file"]).size == (64, 64) for r in index)
     (tmp_path / "a_file").write_text("x")  # an --out that is a file: one line naming it, before any patch is read
-    assert main(["export-patches", str(store), "--captions", str(store / "captions.parquet"), "--split", str(tmp_path / "split.json"),
-                 "--out", str(tmp_path / "a_file")]) == 2
+    assert (
+        main(
+            [
+                "export-patches",
+                str(store),
+                "--captions",
+                str(store / "captions.parquet"),
+                "--split",
+                str(tmp_path / "split.json"),
+                "--out",
+                str(tmp_path / "a_file"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_fill_template_drops_parts_with_missing_values() -> None:
@@ -395,10 +462,20 @@ def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
         f["wsi"] = np.array([w.encode() for w, _ in rows])
         f["folder_name"] = np.array([fo.encode() for _, fo in rows])
     prob = {w: {fo: (0.8 if k % 2 else 0.2) for k, fo in enumerate(folders)} for w in wsis}
-    np.savez(tmp_path / "train.npz", indices=np.arange(0, 8), summaries={wsis[0]: "IDC grade 2.", wsis[1]: "IDC grade 2."},
-             prob_tumor=prob, prob_til=prob)
-    np.savez(tmp_path / "test.npz", indices=np.arange(8, 12), summaries={wsis[2]: ["Lobular carcinoma.", "ILC."]},
-             prob_tumor=prob, prob_til={})
+    np.savez(
+        tmp_path / "train.npz",
+        indices=np.arange(0, 8),
+        summaries={wsis[0]: "IDC grade 2.", wsis[1]: "IDC grade 2."},
+        prob_tumor=prob,
+        prob_til=prob,
+    )
+    np.savez(
+        tmp_path / "test.npz",
+        indices=np.arange(8, 12),
+        summaries={wsis[2]: ["Lobular carcinoma.", "ILC."]},
+        prob_tumor=prob,
+        prob_til={},
+    )
     r = import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"])
     assert r["patches"] == 11 and r["skipped"][0]["index"] == 5
     store = PatchStore.open(tmp_path / "store")
@@ -425,7 +502,9 @@ def test_pathldm_hdf5_npz_import(tmp_path: Path) -> None:
     (tmp_path / "store" / "patches.parquet").unlink()
     again = import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"])
     assert again["patches"] == 11 and again["kept_from_earlier_run"] == 9
-    assert lost.read_bytes() == lost_bytes and cut.read_bytes() == cut_bytes and untouched.stat().st_ino == untouched_inode
+    assert (
+        lost.read_bytes() == lost_bytes and cut.read_bytes() == cut_bytes and untouched.stat().st_ino == untouched_inode
+    )
     assert PatchStore.open(tmp_path / "store").patch_ids == store.patch_ids
     with pytest.raises(UserError, match=r"other inputs \(mpp 1.0 -> 0.5\)"):
         import_pathldm(h5, tmp_path / "store", [tmp_path / "train.npz", tmp_path / "test.npz"], mpp=0.5)
@@ -461,7 +540,9 @@ def test_folder_import(tmp_path: Path) -> None:
     imgs.mkdir()
     for i in range(3):
         Image.fromarray(render_tile(0.5, 0.5, 0.0, i, size=32)).save(imgs / f"p{i}.jpg")
-    (tmp_path / "p.csv").write_text("path,slide_id,prob_tumor\np0.jpg,TCGA-AA-0001-01Z,0.7\np1.jpg,TCGA-AA-0001-01Z,\nmissing.jpg,S2,0.1\n")
+    (tmp_path / "p.csv").write_text(
+        "path,slide_id,prob_tumor\np0.jpg,TCGA-AA-0001-01Z,0.7\np1.jpg,TCGA-AA-0001-01Z,\nmissing.jpg,S2,0.1\n"
+    )
     r = import_folder(imgs, tmp_path / "p.csv", tmp_path / "store")
     assert r["patches"] == 2 and r["skipped"][0]["path"] == "missing.jpg"
     assert r["skipped"][0]["reason"].startswith("FileNotFoundError")
@@ -505,15 +586,26 @@ def test_store_with_duplicate_patch_ids_is_refused(tmp_path: Path) -> None:
     from histoldm.data.store import patch_table
     from histoldm.tables import write_parquet
 
-    row = {"patch_id": "p0", "slide_id": "s", "case_id": "c", "x": 0, "y": 0, "level": 0, "mpp": 1.0,
-           "tissue_fraction": 1.0, "path": "patches/s/p0.png"}
+    row = {
+        "patch_id": "p0",
+        "slide_id": "s",
+        "case_id": "c",
+        "x": 0,
+        "y": 0,
+        "level": 0,
+        "mpp": 1.0,
+        "tissue_fraction": 1.0,
+        "path": "patches/s/p0.png",
+    }
     write_parquet(tmp_path / "patches.parquet", patch_table([row, row]))
     with pytest.raises(UserError, match="duplicate patch_id"):
         PatchStore.open(tmp_path)
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.03])
-def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, keep: float) -> None:
+def test_truncated_slides_are_named_and_nothing_tiled_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, keep: float
+) -> None:
     """A copy of the CC0 slide cut short (as a failed download leaves it): 90% kept used to reach PIL and
     be blamed on missing metadata, 3% gave 'UnidentifiedImageError'; either way exit 0 with 0 patches."""
     slides = tmp_path / "slides"
@@ -537,12 +629,18 @@ def test_a_tile_run_that_tiles_nothing_leaves_nothing_behind(tmp_path: Path, cap
     assert not (tmp_path / "store").exists()
     shutil.copy(SLIDE, slides / "TCGA-AA-0001-01Z-00-DX1.svs")  # downloaded again
     capsys.readouterr()
-    assert main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "256", "--set", "min_tissue=0.5"]) == 0
-    assert PatchStore.open(tmp_path / "store").image(PatchStore.open(tmp_path / "store").patch_ids[0]).size == (256, 256)
+    assert (
+        main(["tile", str(slides), "--out", str(tmp_path / "store"), "--size", "256", "--set", "min_tissue=0.5"]) == 0
+    )
+    assert PatchStore.open(tmp_path / "store").image(PatchStore.open(tmp_path / "store").patch_ids[0]).size == (
+        256,
+        256,
+    )
 
 
-def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, cmu_store: tuple[Path, TileResult],
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_split_and_captions_check_their_output_before_any_work(
+    tmp_path: Path, cmu_store: tuple[Path, TileResult], capsys: pytest.CaptureFixture
+) -> None:
     """An --out that cannot be written used to fail after the work, naming a `.split.json.*.tmp` file."""
     store, _ = cmu_store
     folder = tmp_path / "existing"
@@ -550,7 +648,10 @@ def test_split_and_captions_check_their_output_before_any_work(tmp_path: Path, c
     (tmp_path / "a_file").write_text("x")
     for argv, typed in (
         (["split", "--store", str(store), "--out", str(folder)], folder),
-        (["split", "--store", str(store), "--out", str(tmp_path / "a_file" / "split.json")], tmp_path / "a_file" / "split.json"),
+        (
+            ["split", "--store", str(store), "--out", str(tmp_path / "a_file" / "split.json")],
+            tmp_path / "a_file" / "split.json",
+        ),
         (["captions", str(store), "--out", str(folder)], folder),
         (["captions", str(store), "--out", str(tmp_path / "a_file" / "c.parquet")], tmp_path / "a_file" / "c.parquet"),
     ):
@@ -570,15 +671,23 @@ def test_split_warns_of_an_empty_split_and_says_how_many_cases_it_needs(tmp_path
     out, err = capsys.readouterr()
     assert "test 0, train 3, val 0 cases" in out
     lines = err.strip().splitlines()
-    assert lines == ["warning: split test has no case: 0.1 of 3 cases rounds to none; it gets one from 4 cases on "
-                     "(or give it a larger share with --fractions)",
-                     "warning: split val has no case: 0.1 of 3 cases rounds to none; it gets one from 7 cases on "
-                     "(or give it a larger share with --fractions)"]
+    assert lines == [
+        "warning: split test has no case: 0.1 of 3 cases rounds to none; it gets one from 4 cases on "
+        "(or give it a larger share with --fractions)",
+        "warning: split val has no case: 0.1 of 3 cases rounds to none; it gets one from 7 cases on "
+        "(or give it a larger share with --fractions)",
+    ]
     assert len(json.loads((tmp_path / "s.json.manifest.json").read_text())["warnings"]) == 2
-    for n, need in ((4, {"test": 1, "val": 0}), (7, {"test": 1, "val": 1})):  # the counts the warning names are the real ones
+    for n, need in (
+        (4, {"test": 1, "val": 0}),
+        (7, {"test": 1, "val": 1}),
+    ):  # the counts the warning names are the real ones
         split = run_split(SplitConfig(cases=_cases_csv(tmp_path, n), out=tmp_path / f"s{n}.json"))
         assert {k: v for k, v in split.counts.items() if k != "train"} == need
-    assert main(["split", "--cases", str(cases), "--out", str(tmp_path / "s2.json"), "--fractions", "train=0.8,test=0.2"]) == 0
+    assert (
+        main(["split", "--cases", str(cases), "--out", str(tmp_path / "s2.json"), "--fractions", "train=0.8,test=0.2"])
+        == 0
+    )
     out, err = capsys.readouterr()
     assert "test 1, train 2 cases" in out and err == ""
 

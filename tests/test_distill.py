@@ -17,7 +17,6 @@ from histoldm.cli import main
 from histoldm.models.bundle import read_bundle_meta
 from histoldm.train.distill import DistillConfig, run_distill
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
@@ -27,8 +26,17 @@ def teacher(tmp_path_factory) -> dict:
 
 
 def _config(paths: dict, run_dir: Path, **overrides) -> DistillConfig:
-    raw = {"teacher": paths["teacher"], "run_dir": run_dir, "batch_size": 4, "precision": "float32", "log_every": 2, "checkpoint_every": 4,
-           "max_steps": 8, "data": {k: paths[k] for k in ("latents", "text_cache", "captions", "split")}, "optim": {"lr": 1e-3, "warmup_steps": 2}}
+    raw = {
+        "teacher": paths["teacher"],
+        "run_dir": run_dir,
+        "batch_size": 4,
+        "precision": "float32",
+        "log_every": 2,
+        "checkpoint_every": 4,
+        "max_steps": 8,
+        "data": {k: paths[k] for k in ("latents", "text_cache", "captions", "split")},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+    }
     return DistillConfig.model_validate({**raw, **overrides})
 
 
@@ -40,7 +48,15 @@ def student(teacher, tmp_path_factory) -> Path:
 def _sample(bundle: Path, out: Path, **kw):
     from histoldm.sampling.run import SampleConfig, run_sample
 
-    args = {"checkpoint": bundle, "prompt": TEACHER_CAPTIONS[1], "num_images": 4, "out": out, "preset": "turbo", "device": "cpu", **kw}
+    args = {
+        "checkpoint": bundle,
+        "prompt": TEACHER_CAPTIONS[1],
+        "num_images": 4,
+        "out": out,
+        "preset": "turbo",
+        "device": "cpu",
+        **kw,
+    }
     return run_sample(SampleConfig.model_validate(args))
 
 
@@ -64,7 +80,9 @@ def test_untrained_student_is_its_teachers_conditional_prediction(teacher):
     with torch.no_grad():
         expected = unet(x, t, encoder_hidden_states=context).sample
         for scale in (1.0, 3.0):
-            got = student(x, t, encoder_hidden_states=context, timestep_cond=guidance_embedding(torch.full((2,), scale))).sample
+            got = student(
+                x, t, encoder_hidden_states=context, timestep_cond=guidance_embedding(torch.full((2,), scale))
+            ).sample
             torch.testing.assert_close(got, expected)
 
 
@@ -80,7 +98,9 @@ def test_consistency_target_at_the_last_jump_is_the_teachers_ddim_step(teacher):
 
 def test_student_samples_in_1_2_and_4_steps_and_records_how(teacher, student, tmp_path):
     meta = read_bundle_meta(student)
-    assert meta.distilled is not None and meta.distilled.solver_steps == 50 and meta.distilled.guidance_range == (1.0, 3.0)
+    assert (
+        meta.distilled is not None and meta.distilled.solver_steps == 50 and meta.distilled.guidance_range == (1.0, 3.0)
+    )
     assert meta.trained_steps == 8 and (student / "autoencoder" / "config.json").is_file()
     weights = load_file(student / "unet" / "diffusion_pytorch_model.safetensors")
     assert weights["time_embedding.cond_proj.weight"].abs().max() > 0  # the guidance input was trained
@@ -102,7 +122,9 @@ def test_student_with_the_same_seed_gives_the_same_images_whatever_the_batch(stu
     _sample(student, tmp_path / "d", batch_size=4, seed=4)
     a = sorted((tmp_path / "a" / "images").rglob("*.png"))
     assert [p.read_bytes() for p in a] == [(tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in a]
-    assert np.abs(_pixels(tmp_path / "a") - _pixels(tmp_path / "c")).max() <= 1  # per-image noise: batch size changes no image
+    assert (
+        np.abs(_pixels(tmp_path / "a") - _pixels(tmp_path / "c")).max() <= 1
+    )  # per-image noise: batch size changes no image
     assert np.abs(_pixels(tmp_path / "a") - _pixels(tmp_path / "d")).max() > 10  # another seed is another image
 
 
@@ -117,7 +139,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(teacher, tmp_path):
         a = load_file(straight.run_dir / "checkpoints" / "step-00000008" / name)
         b = load_file(resumed.run_dir / "checkpoints" / "step-00000008" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    stats = [[json.loads(line) for line in (r.run_dir / "stats.jsonl").read_text().splitlines()] for r in (straight, resumed)]
+    stats = [
+        [json.loads(line) for line in (r.run_dir / "stats.jsonl").read_text().splitlines()] for r in (straight, resumed)
+    ]
     assert [(s["step"], s["loss"]) for s in stats[0]] == [(s["step"], s["loss"]) for s in stats[1]]
 
 
@@ -131,14 +155,36 @@ def test_resume_refuses_another_student_form(teacher, tmp_path):
 
 def test_turbo_on_a_teacher_and_ddim_on_a_student_are_one_line_errors(teacher, student, tmp_path, capsys):
     common = ["sample", "--prompt", TEACHER_CAPTIONS[0], "--device", "cpu"]
-    assert main([*common, "--checkpoint", str(teacher["teacher"]), "--preset", "turbo", "--out", str(tmp_path / "t")]) == 2
+    assert (
+        main([*common, "--checkpoint", str(teacher["teacher"]), "--preset", "turbo", "--out", str(tmp_path / "t")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "distill" in err and str(teacher["teacher"]) in err
     assert not (tmp_path / "t").exists()  # refused before any output
     assert main([*common, "--checkpoint", str(student), "--out", str(tmp_path / "s")]) == 2
     assert "--preset turbo" in capsys.readouterr().err
-    assert main([*common, "--checkpoint", str(student), "--preset", "turbo", "--steps", "9", "--out", str(tmp_path / "s9")]) == 2
-    assert main([*common, "--checkpoint", str(student), "--preset", "turbo", "--guidance", "5", "--out", str(tmp_path / "g")]) == 2
+    assert (
+        main(
+            [*common, "--checkpoint", str(student), "--preset", "turbo", "--steps", "9", "--out", str(tmp_path / "s9")]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--checkpoint",
+                str(student),
+                "--preset",
+                "turbo",
+                "--guidance",
+                "5",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 2
+    )
     assert "outside the scales" in capsys.readouterr().err
 
 
@@ -157,9 +203,29 @@ def test_distilling_a_student_or_foreign_caches_is_refused(teacher, student, tmp
 
 
 def test_cli_distils_and_resumes(teacher, tmp_path, capsys):
-    args = ["distill", "--teacher", str(teacher["teacher"]), "--latents", str(teacher["latents"]), "--text-cache", str(teacher["text_cache"]),
-            "--captions", str(teacher["captions"]), "--split", str(teacher["split"]), "--runs-dir", str(tmp_path / "runs"), "--batch-size", "4",
-            "--precision", "float32", "--checkpoint-every", "2", "--log-every", "2"]
+    args = [
+        "distill",
+        "--teacher",
+        str(teacher["teacher"]),
+        "--latents",
+        str(teacher["latents"]),
+        "--text-cache",
+        str(teacher["text_cache"]),
+        "--captions",
+        str(teacher["captions"]),
+        "--split",
+        str(teacher["split"]),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--batch-size",
+        "4",
+        "--precision",
+        "float32",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "2",
+    ]
     assert main([*args, "--max-steps", "2"]) == 0
     assert "distilled 2 steps" in capsys.readouterr().out
     (tmp_path / "runs" / "00000-turbo" / "manifest.json").unlink()  # as if killed after the checkpoint

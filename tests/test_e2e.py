@@ -11,11 +11,30 @@ import pytest
 from histoldm.cli import main
 
 TINY = [
-    "--set", "data.synthetic_cases=3", "--set", "data.tiles_per_case=4",
-    "--set", "recipe.image_size=32", "--set", "recipe.train_vae.steps=4", "--set", "recipe.train_vae.batch_size=4",
-    "--set", "recipe.train.max_steps=6", "--set", "recipe.train.batch_size=8", "--set", "recipe.train.log_every=2",
-    "--set", "recipe.sample.steps=4", "--set", "recipe.n_samples=6",
-    "--set", "recipe.train_vae.crop=16", "--set", "recipe.train.optim.min_snr_gamma=5",
+    "--set",
+    "data.synthetic_cases=3",
+    "--set",
+    "data.tiles_per_case=4",
+    "--set",
+    "recipe.image_size=32",
+    "--set",
+    "recipe.train_vae.steps=4",
+    "--set",
+    "recipe.train_vae.batch_size=4",
+    "--set",
+    "recipe.train.max_steps=6",
+    "--set",
+    "recipe.train.batch_size=8",
+    "--set",
+    "recipe.train.log_every=2",
+    "--set",
+    "recipe.sample.steps=4",
+    "--set",
+    "recipe.n_samples=6",
+    "--set",
+    "recipe.train_vae.crop=16",
+    "--set",
+    "recipe.train.optim.min_snr_gamma=5",
 ]
 DEMO_ONLY = ["--set", "utility_samples=24"]  # training captions sampled for the utility evaluation
 
@@ -37,13 +56,26 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
     assert len(generated) == len(held_out) >= 4
     assert all((demo_out / "model" / "samples" / g["file"]).is_file() for g in generated)
     assert report.count("<img") >= 2 * len(held_out)  # real and generated patches by caption
-    region = json.loads((demo_out / "region" / "index.jsonl").read_text().splitlines()[0])  # the large region, 8 model images across
-    assert region["size"] == 8 * 32 and "region/map-and-region.png" in report and (demo_out / "region" / region["file"]).is_file()
+    region = json.loads(
+        (demo_out / "region" / "index.jsonl").read_text().splitlines()[0]
+    )  # the large region, 8 model images across
+    assert (
+        region["size"] == 8 * 32
+        and "region/map-and-region.png" in report
+        and (demo_out / "region" / region["file"]).is_file()
+    )
     floor = json.loads((demo_out / "model" / "noise-floor" / "metrics.json").read_text())
     assert floor["fid"]["value"] > 0 and f"(floor {floor['fid']['value']:.2f})" in report  # the FID's noise beside it
-    for stage in ("summaries.jsonl.manifest.json", "data/store-slide/manifest.json", "latents/manifest.json",
-                  "model/run/manifest.json", "model/samples/manifest.json", "model/eval/manifest.json",
-                  "model/samples-seed1/manifest.json", "model/noise-floor/manifest.json"):
+    for stage in (
+        "summaries.jsonl.manifest.json",
+        "data/store-slide/manifest.json",
+        "latents/manifest.json",
+        "model/run/manifest.json",
+        "model/samples/manifest.json",
+        "model/eval/manifest.json",
+        "model/samples-seed1/manifest.json",
+        "model/noise-floor/manifest.json",
+    ):
         manifest = json.loads((demo_out / stage).read_text())
         assert manifest["versions"]["torch"] and "config" in manifest, stage
     # real tissue held out: its captions lead the grid, its numbers stand apart, and the utility plot is shown
@@ -54,7 +86,9 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
     assert 'src="model/utility/utility.png"' in report and (demo_out / "model" / "utility" / "utility.png").is_file()
     groups = json.loads((demo_out / "model" / "held-out-groups.json").read_text())
     assert groups["real tissue"]["n_real"] + groups["synthetic cases"]["n_real"] == len(held_out)
-    assert json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16  # recipe keys reach their stage
+    assert (
+        json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16
+    )  # recipe keys reach their stage
     assert json.loads((demo_out / "model" / "run" / "config.json").read_text())["optim"]["min_snr_gamma"] == 5
 
 
@@ -67,17 +101,32 @@ def test_demo_says_where_the_time_went(demo_out):
 
     timing = json.loads((demo_out / "timing.json").read_text())
     stages = timing["stages_s"]
-    assert {"tile", "synthetic", "summarize", "train-vae", "encode-latents", "encode-text", "train", "sample", "evaluate", "utility"} <= set(stages)
+    assert {
+        "tile",
+        "synthetic",
+        "summarize",
+        "train-vae",
+        "encode-latents",
+        "encode-text",
+        "train",
+        "sample",
+        "evaluate",
+        "utility",
+    } <= set(stages)
     assert all(s >= 0 for s in stages.values()) and timing["other_s"] >= 0
     assert sum(stages.values()) + timing["other_s"] == pytest.approx(timing["total_s"], abs=0.5)
     assert timing["machine"]["cpu"] == cpu_model() and timing["machine"]["threads"] >= 1
     report = (demo_out / "report.html").read_text()
     assert "Time per stage" in report and "train-vae" in report and cpu_model() in report
-    spec = importlib.util.spec_from_file_location("bench_demo", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_demo", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     table = bench.bench_table(demo_out, 1.0, (0.5,), (0.7,), compete=False)
-    assert "| train |" in table and "| train-vae |" in table and cpu_model() in table and "tumor adherence AUROC" in table
+    assert (
+        "| train |" in table and "| train-vae |" in table and cpu_model() in table and "tumor adherence AUROC" in table
+    )
 
 
 def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
@@ -85,7 +134,12 @@ def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
     assert main(["demo", "--out", str(demo_out), *TINY, *DEMO_ONLY, "--threads", "1"]) == 0
     assert (demo_out / "model" / "samples" / "index.jsonl").read_bytes() == before
     last = capsys.readouterr().out.strip().splitlines()[-1]  # the final line: total, machine, threads, per stage
-    assert last.startswith("demo finished in ") and "1 torch thread" in last and "train-vae " in last and "report.html" in last
+    assert (
+        last.startswith("demo finished in ")
+        and "1 torch thread" in last
+        and "train-vae " in last
+        and "report.html" in last
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +166,9 @@ def test_sweep_rows_get_the_context_their_budget_needs_and_cpu_memory(sweep_out)
         meta = json.loads((sweep_out / f"budget-{budget}" / "text-cache" / "meta.json").read_text())
         assert meta["length"] == int(row["text_context"]) and meta["n_truncated"] == int(row["truncated_captions"]) == 0
         assert row["peak_train_memory_gib"] == ""  # no GPU memory on CPU ...
-        assert float(row["peak_train_rss_gib"]) > 0 and float(row["train_rss_rise_gib"]) >= 0  # ... the process RSS instead
+        assert (
+            float(row["peak_train_rss_gib"]) > 0 and float(row["train_rss_rise_gib"]) >= 0
+        )  # ... the process RSS instead
 
 
 def test_sweep_noise_floor_compares_two_seeds_of_the_same_captions(sweep_out):
@@ -121,8 +177,13 @@ def test_sweep_noise_floor_compares_two_seeds_of_the_same_captions(sweep_out):
     work = sweep_out / "budget-20"
     first = [json.loads(line) for line in (work / "samples" / "index.jsonl").read_text().splitlines()]
     second = [json.loads(line) for line in (work / "samples-seed1" / "index.jsonl").read_text().splitlines()]
-    assert [r["caption"] for r in first] == [r["caption"] for r in second] and {r["seed"] for r in first} != {r["seed"] for r in second}
-    pixels = [np.asarray(Image.open(work / folder / r["file"]), dtype=np.int16) for folder, r in (("samples", first[0]), ("samples-seed1", second[0]))]
+    assert [r["caption"] for r in first] == [r["caption"] for r in second] and {r["seed"] for r in first} != {
+        r["seed"] for r in second
+    }
+    pixels = [
+        np.asarray(Image.open(work / folder / r["file"]), dtype=np.int16)
+        for folder, r in (("samples", first[0]), ("samples-seed1", second[0]))
+    ]
     assert np.abs(pixels[0] - pixels[1]).mean() > 1  # another seed, another image
     floor = json.loads((work / "noise-floor" / "metrics.json").read_text())
     assert floor["fid"]["value"] > 0 and floor["fid"]["protocol"]["seeds"] == [0, 1]
@@ -163,4 +224,9 @@ def test_sweep_html_report_shows_each_budget(sweep_out):
     html = (sweep_out / "report.html").read_text()
     for budget in (20, 154):
         assert f"budget {budget}: FID" in html and f"[budget {budget}] " in html  # metrics with floor, example captions
-    assert "floor" in html and "tokens.png" in html and "results.png" in html and (sweep_out / "tokens.png").stat().st_size > 0
+    assert (
+        "floor" in html
+        and "tokens.png" in html
+        and "results.png" in html
+        and (sweep_out / "tokens.png").stat().st_size > 0
+    )

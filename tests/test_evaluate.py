@@ -19,7 +19,13 @@ from histoldm.errors import UserError
 from histoldm.evaluate import adherence as A
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.features import (
-    INCEPTION_SIZE, decode, extract_features, list_images, load_extractor, preprocess, to_inception_input,
+    INCEPTION_SIZE,
+    decode,
+    extract_features,
+    list_images,
+    load_extractor,
+    preprocess,
+    to_inception_input,
 )
 from histoldm.evaluate.memorization import memorization_report
 
@@ -27,6 +33,7 @@ RNG = np.random.default_rng(1234)
 
 
 # --- Frechet distance ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["sqrtm", "eigh"])
 def test_frechet_matches_closed_form_for_diagonal_gaussians(method):
@@ -40,7 +47,9 @@ def test_frechet_matches_closed_form_for_diagonal_gaussians(method):
 def test_frechet_methods_agree_on_full_and_singular_covariances():
     a, b = RNG.normal(size=(500, 32)), RNG.normal(size=(500, 32)) @ RNG.normal(size=(32, 32)) * 0.3
     args = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert M.frechet_distance(*args, method="eigh") == pytest.approx(M.frechet_distance(*args, method="sqrtm"), rel=1e-8)
+    assert M.frechet_distance(*args, method="eigh") == pytest.approx(
+        M.frechet_distance(*args, method="sqrtm"), rel=1e-8
+    )
     few = RNG.normal(size=(12, 128))  # fewer samples than dimensions: singular covariance
     mu, sigma = M.gaussian_stats(few)
     for method in ("sqrtm", "eigh"):
@@ -55,6 +64,7 @@ def test_frechet_rejects_invalid_covariance_and_shape_mismatch():
 
 
 # --- KID, precision/recall ----------------------------------------------------------------------
+
 
 def test_kid_is_about_zero_for_one_distribution_and_positive_for_two():
     x, y = RNG.normal(size=(300, 64)), RNG.normal(size=(300, 64))
@@ -82,6 +92,7 @@ def test_precision_recall_identical_and_disjoint():
 
 # --- statistics files ---------------------------------------------------------------------------
 
+
 def test_stats_npz_roundtrip_in_pytorch_fid_layout(tmp_path):
     mu, sigma = M.gaussian_stats(RNG.normal(size=(10, 6)))
     M.save_stats(tmp_path / "s.npz", mu, sigma, {"n": 10, "resize": "bicubic"})
@@ -100,6 +111,7 @@ def test_stats_npz_roundtrip_in_pytorch_fid_layout(tmp_path):
 
 
 # --- memorisation -------------------------------------------------------------------------------
+
 
 def test_memorization_flags_copies_not_new_draws():
     train = RNG.normal(size=(200, 32))
@@ -129,6 +141,7 @@ def test_memorization_with_duplicated_training_tiles_still_flags_copies():
 
 
 # --- condition adherence ------------------------------------------------------------------------
+
 
 def _tile(n_nuclei: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     """A pink tile with n round haematoxylin nuclei (stain concentrations -> RGB)."""
@@ -179,6 +192,7 @@ def test_auroc_of_label_independent_scores_is_near_chance():
 
 # --- images, extractor, end to end --------------------------------------------------------------
 
+
 def test_preprocess_modes_give_inception_input(tmp_path):
     rgb = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")
@@ -209,7 +223,9 @@ def test_half_precision_extractor_gets_the_values_it_would_cast_itself(tmp_path)
     np.testing.assert_allclose(from_workers, cast_by_extractor, rtol=1e-6, atol=0)  # a float16 rounding would be ~1e-3
 
 
-@pytest.mark.parametrize("height,width", [(256, 256), (100, 140), (299, 250), (512, 512), (37, 41), (1024, 333), (400, 300)])
+@pytest.mark.parametrize(
+    "height,width", [(256, 256), (100, 140), (299, 250), (512, 512), (37, 41), (1024, 333), (400, 300)]
+)
 def test_tensor_resize_is_pils_resize(tmp_path, height, width):
     """The GPU path's resize (torch, any device) against PIL's own, on random pixels."""
     Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / "a.png")
@@ -229,17 +245,27 @@ def test_resizing_on_the_device_gives_the_workers_features(tmp_path, monkeypatch
     from histoldm.evaluate import features as F
 
     monkeypatch.setattr(F, "MAX_SIDE_TO_SHIP", 300)
-    folder = write_random_pngs(tmp_path / "mixed", [(256, 256), (120, 90), (256, 256), (299, 299), (320, 320), (120, 90), (256, 256)], RNG)
+    folder = write_random_pngs(
+        tmp_path / "mixed", [(256, 256), (120, 90), (256, 256), (299, 299), (320, 320), (120, 90), (256, 256)], RNG
+    )
     (folder / "broken.png").write_text("not an image")
     extractor = load_extractor(save_pool_extractor(tmp_path / "pool.pt"), "cpu", "float32")
     paths = list_images(folder)
-    results = [extract_features(paths, extractor, batch_size=4, workers=1, resize_on_device=flag) for flag in (False, True)]
+    results = [
+        extract_features(paths, extractor, batch_size=4, workers=1, resize_on_device=flag) for flag in (False, True)
+    ]
     for result in results:
         assert [s["file"] for s in result.skipped] == [str(folder / "broken.png")]
         assert result.paths == [p for p in paths if p.name != "broken.png"]
-    np.testing.assert_allclose(results[0].features, results[1].features, rtol=1e-6, atol=0)  # batches grouped differently
+    np.testing.assert_allclose(
+        results[0].features, results[1].features, rtol=1e-6, atol=0
+    )  # batches grouped differently
     shipped = F.ImageFiles(paths, "bicubic", resize=False)
-    assert shipped[0][1].dtype == torch.uint8 and shipped[4][1].shape == (3, INCEPTION_SIZE, INCEPTION_SIZE)  # 320 px: resized here
+    assert shipped[0][1].dtype == torch.uint8 and shipped[4][1].shape == (
+        3,
+        INCEPTION_SIZE,
+        INCEPTION_SIZE,
+    )  # 320 px: resized here
 
 
 def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):
@@ -247,8 +273,25 @@ def test_evaluate_end_to_end_with_real_inception(tmp_path, capsys):
     shutil.copytree(real, fake)
     (fake / "notes.png").write_text("not an image")  # skipped and recorded, the run goes on
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out), "--train-real", str(real),
-               "--kid-subsets", "3", "--fid-method", "eigh", "--workers", "1"])
+    rc = main(
+        [
+            "evaluate",
+            "--real",
+            str(real),
+            "--fake",
+            str(fake),
+            "--out",
+            str(out),
+            "--train-real",
+            str(real),
+            "--kid-subsets",
+            "3",
+            "--fid-method",
+            "eigh",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -279,22 +322,39 @@ def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
     (fake / "9-notes.png").write_text("not an image")  # skipped by whichever process holds it
     for i in range(5, 8):
         Image.fromarray(_tile(50 + 3 * i, RNG)).save(fake / f"{i}.png")
-    cfg = EvaluateConfig(real=real, fake=fake, out=tmp_path / "one", extractor=ext, workers=0, train_real=real, kid_subsets=5,
-                         kid_subset_size=4, fid_method="eigh")
+    cfg = EvaluateConfig(
+        real=real,
+        fake=fake,
+        out=tmp_path / "one",
+        extractor=ext,
+        workers=0,
+        train_real=real,
+        kid_subsets=5,
+        kid_subset_size=4,
+        fid_method="eigh",
+    )
     one = run_evaluate(cfg).metrics
     two = cfg.model_copy(update={"out": tmp_path / "two"})
     ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
     assert run_evaluate(two, ranks[1]) is None  # its shares saved; the main process computes the metrics
-    assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir()) == ["fake.rank1-of-2.npz", "real.rank1-of-2.npz"]
+    assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir()) == [
+        "fake.rank1-of-2.npz",
+        "real.rank1-of-2.npz",
+    ]
     result = run_evaluate(two, ranks[0])
     sharded = result.metrics
-    assert json.loads((result.out / "metrics.json").read_text()) == json.loads(json.dumps(sharded))  # the result is what was written
+    assert json.loads((result.out / "metrics.json").read_text()) == json.loads(
+        json.dumps(sharded)
+    )  # the result is what was written
     assert not (tmp_path / "two" / "features").exists()  # merged and removed
     assert sharded["fid"]["value"] == pytest.approx(one["fid"]["value"], rel=1e-6, abs=1e-9) and one["fid"]["value"] > 1
     for key in ("kid", "precision_recall", "memorization"):
         assert sharded[key]["protocol"] == one[key]["protocol"]
     assert sharded["kid"]["mean"] == pytest.approx(one["kid"]["mean"], rel=1e-6, abs=1e-9)
-    assert (sharded["precision_recall"]["precision"], sharded["precision_recall"]["recall"]) == (one["precision_recall"]["precision"], one["precision_recall"]["recall"])
+    assert (sharded["precision_recall"]["precision"], sharded["precision_recall"]["recall"]) == (
+        one["precision_recall"]["precision"],
+        one["precision_recall"]["recall"],
+    )
     skipped = [json.loads((tmp_path / d / "manifest.json").read_text())["skipped"] for d in ("one", "two")]
     assert [s["file"] for s in skipped[0]] == [s["file"] for s in skipped[1]] == [str(fake / "9-notes.png")]
 
@@ -307,15 +367,55 @@ def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, cap
     assert M.load_stats(stats)[2]["n"] == 5 and (tmp_path / "ref.npz.manifest.json").is_file()
     for method in ("sqrtm", "eigh"):  # the saved statistics against the same images: ~0
         out = tmp_path / f"e-{method}"
-        assert main(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(out), "--extractor", str(ext),
-                     "--fid-method", method, "--workers", "0"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--real",
+                    str(stats),
+                    "--fake",
+                    str(real),
+                    "--out",
+                    str(out),
+                    "--extractor",
+                    str(ext),
+                    "--fid-method",
+                    method,
+                    "--workers",
+                    "0",
+                ]
+            )
+            == 0
+        )
         metrics = json.loads((out / "metrics.json").read_text())
         assert abs(metrics["fid"]["value"]) < 1e-6 and metrics["fid"]["protocol"]["n_real"] == 5
-        assert np.isfinite(metrics["kid"]["mean"]) and metrics["precision_recall"]["precision"] == 1.0  # from the stored features
+        assert (
+            np.isfinite(metrics["kid"]["mean"]) and metrics["precision_recall"]["precision"] == 1.0
+        )  # from the stored features
     assert "FID" in capsys.readouterr().out
     bare = tmp_path / "bare.npz"  # statistics without features: FID only, the others said to be skipped
-    assert main(["fid-ref", str(real), "--out", str(bare), "--extractor", str(ext), "--workers", "0", "--no-features"]) == 0
-    assert main(["evaluate", "--real", str(bare), "--fake", str(real), "--out", str(tmp_path / "e-bare"), "--extractor", str(ext), "--workers", "0"]) == 0
+    assert (
+        main(["fid-ref", str(real), "--out", str(bare), "--extractor", str(ext), "--workers", "0", "--no-features"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(bare),
+                "--fake",
+                str(real),
+                "--out",
+                str(tmp_path / "e-bare"),
+                "--extractor",
+                str(ext),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "e-bare" / "metrics.json").read_text())
     assert abs(metrics["fid"]["value"]) < 1e-6 and "need real features" in metrics["kid"]["status"]
     assert "KID skipped: real given as statistics without features" in capsys.readouterr().out
@@ -325,16 +425,39 @@ def test_reference_statistics_and_bad_inputs_with_a_user_extractor(tmp_path, cap
         assert message in capsys.readouterr().err
 
     base = ["--extractor", str(ext), "--workers", "0"]
-    fails(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(tmp_path / "x"), "--resize", "legacy", *base], "resize=bicubic")
+    fails(
+        [
+            "evaluate",
+            "--real",
+            str(stats),
+            "--fake",
+            str(real),
+            "--out",
+            str(tmp_path / "x"),
+            "--resize",
+            "legacy",
+            *base,
+        ],
+        "resize=bicubic",
+    )
     fails(["evaluate", "--real", str(stats), "--fake", str(real), "--out", str(tmp_path / "x")], "extractor_sha256=")
-    fails(["evaluate", "--real", str(tmp_path / "missing"), "--fake", str(real), "--out", str(tmp_path / "x"), *base], "not found")
+    fails(
+        ["evaluate", "--real", str(tmp_path / "missing"), "--fake", str(real), "--out", str(tmp_path / "x"), *base],
+        "not found",
+    )
     (tmp_path / "empty").mkdir()
-    fails(["evaluate", "--real", str(real), "--fake", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), *base], "no images found")
+    fails(
+        ["evaluate", "--real", str(real), "--fake", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), *base],
+        "no images found",
+    )
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "x.png").write_text("nope")
     fails(["evaluate", "--real", str(real), "--fake", str(junk), "--out", str(tmp_path / "x"), *base], "could be read")
-    fails(["fid-ref", str(real), "--out", str(tmp_path / "r.npz"), "--extractor", str(real / "0.png")], "not a TorchScript file")
+    fails(
+        ["fid-ref", str(real), "--out", str(tmp_path / "r.npz"), "--extractor", str(real / "0.png")],
+        "not a TorchScript file",
+    )
 
 
 def _folder(tmp_path, name, n, size):
@@ -353,20 +476,45 @@ def _no_features(monkeypatch):
 
 def test_real_and_generated_sets_of_different_sizes_are_refused_before_features(tmp_path, capsys, monkeypatch):
     """256 px reals against 64 px fakes gave an FID of the resolution gap and exit 0 (issue 17)."""
-    real, fake, ext = _folder(tmp_path, "real", 5, 48), _folder(tmp_path, "fake", 5, 32), save_pool_extractor(tmp_path / "pool.pt")
+    real, fake, ext = (
+        _folder(tmp_path, "real", 5, 48),
+        _folder(tmp_path, "fake", 5, 32),
+        save_pool_extractor(tmp_path / "pool.pt"),
+    )
     base = ["--extractor", str(ext), "--workers", "0"]
     stats = tmp_path / "ref.npz"
     assert main(["fid-ref", str(real), "--out", str(stats), *base]) == 0
     assert M.load_stats(stats)[2]["image_size"] == "48x48" and "size real 48x48" in capsys.readouterr().out
     allowed = tmp_path / "allowed"
-    assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(allowed), "--allow-size-mismatch", *base]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--fake",
+                str(fake),
+                "--out",
+                str(allowed),
+                "--allow-size-mismatch",
+                *base,
+            ]
+        )
+        == 0
+    )
     p = json.loads((allowed / "metrics.json").read_text())["fid"]["protocol"]
-    assert (p["image_size_real"], p["image_size_fake"]) == ("48x48", "32x32") and "size real 48x48 / fake 32x32" in capsys.readouterr().out
+    assert (p["image_size_real"], p["image_size_fake"]) == (
+        "48x48",
+        "32x32",
+    ) and "size real 48x48 / fake 32x32" in capsys.readouterr().out
     _no_features(monkeypatch)
     for ref in (real, stats):  # a folder, and statistics that recorded their size
         assert main(["evaluate", "--real", str(ref), "--fake", str(fake), "--out", str(tmp_path / "e"), *base]) == 2
         err = capsys.readouterr().err
-        assert f"{ref}: real images are 48x48 px but the generated ones in {fake} are 32x32 px" in err and len(err.strip().splitlines()) == 1
+        assert (
+            f"{ref}: real images are 48x48 px but the generated ones in {fake} are 32x32 px" in err
+            and len(err.strip().splitlines()) == 1
+        )
     assert not (tmp_path / "e").exists()
 
 
@@ -374,7 +522,9 @@ def test_outputs_and_inputs_are_checked_before_features(tmp_path, capsys, monkey
     """fid-ref --out FOLDER used to extract every feature and then blame a temp file; --adherence without
     levels failed after the features; both now stop first, naming the path as typed."""
     real, ext = _folder(tmp_path, "real", 4, 32), save_pool_extractor(tmp_path / "pool.pt")
-    (real / "index.jsonl").write_text("".join(json.dumps({"id": i, "caption": "c", "file": f"{i}.png"}) + "\n" for i in range(4)))
+    (real / "index.jsonl").write_text(
+        "".join(json.dumps({"id": i, "caption": "c", "file": f"{i}.png"}) + "\n" for i in range(4))
+    )
     base = ["--extractor", str(ext), "--workers", "0"]
     _no_features(monkeypatch)
 
@@ -388,31 +538,128 @@ def test_outputs_and_inputs_are_checked_before_features(tmp_path, capsys, monkey
     fails(["fid-ref", str(real), "--out", str(existing), *base], f"{existing}: statistics file is an existing folder")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    fails(["fid-ref", str(real), "--out", str(blocker / "ref.npz"), *base], f"{blocker / 'ref.npz'}: cannot write the output there ({blocker} is a file)")
-    fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(blocker), *base], f"{blocker}: output folder is an existing file")
-    fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--adherence", *base], "adherence needs --captions")
-    fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--adherence", "--captions",
-           str(tmp_path / "nope.parquet"), *base], f"{tmp_path / 'nope.parquet'}: captions file not found")
-    fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--train-real", str(tmp_path / "nope"), *base],
-          f"{tmp_path / 'nope'}: image folder not found")
-    fails(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--protocol", "clean", "--resize", "legacy", *base],
-          "protocol clean resizes bicubic, not legacy")
+    fails(
+        ["fid-ref", str(real), "--out", str(blocker / "ref.npz"), *base],
+        f"{blocker / 'ref.npz'}: cannot write the output there ({blocker} is a file)",
+    )
+    fails(
+        ["evaluate", "--real", str(real), "--fake", str(real), "--out", str(blocker), *base],
+        f"{blocker}: output folder is an existing file",
+    )
+    fails(
+        ["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "e"), "--adherence", *base],
+        "adherence needs --captions",
+    )
+    fails(
+        [
+            "evaluate",
+            "--real",
+            str(real),
+            "--fake",
+            str(real),
+            "--out",
+            str(tmp_path / "e"),
+            "--adherence",
+            "--captions",
+            str(tmp_path / "nope.parquet"),
+            *base,
+        ],
+        f"{tmp_path / 'nope.parquet'}: captions file not found",
+    )
+    fails(
+        [
+            "evaluate",
+            "--real",
+            str(real),
+            "--fake",
+            str(real),
+            "--out",
+            str(tmp_path / "e"),
+            "--train-real",
+            str(tmp_path / "nope"),
+            *base,
+        ],
+        f"{tmp_path / 'nope'}: image folder not found",
+    )
+    fails(
+        [
+            "evaluate",
+            "--real",
+            str(real),
+            "--fake",
+            str(real),
+            "--out",
+            str(tmp_path / "e"),
+            "--protocol",
+            "clean",
+            "--resize",
+            "legacy",
+            *base,
+        ],
+        "protocol clean resizes bicubic, not legacy",
+    )
 
 
 def test_three_generated_images_give_every_metric_they_allow(tmp_path, capsys):
     """Precision/recall needs more than k images per set; with 3 fakes it is skipped with the reason and
     FID and KID are still computed (before: no metric at all)."""
-    real, fake, ext = _folder(tmp_path, "real", 6, 32), _folder(tmp_path, "fake", 3, 32), save_pool_extractor(tmp_path / "pool.pt")
+    real, fake, ext = (
+        _folder(tmp_path, "real", 6, 32),
+        _folder(tmp_path, "fake", 3, 32),
+        save_pool_extractor(tmp_path / "pool.pt"),
+    )
     out = tmp_path / "e"
-    assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out), "--extractor", str(ext), "--workers", "0",
-                 "--kid-subsets", "2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--fake",
+                str(fake),
+                "--out",
+                str(out),
+                "--extractor",
+                str(ext),
+                "--workers",
+                "0",
+                "--kid-subsets",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert np.isfinite(metrics["fid"]["value"]) and np.isfinite(metrics["kid"]["mean"]) and "precision" not in metrics["precision_recall"]
-    assert "more than k=3 images per set" in metrics["precision_recall"]["status"] and metrics["precision_recall"]["protocol"]["n_fake"] == 3
+    assert (
+        np.isfinite(metrics["fid"]["value"])
+        and np.isfinite(metrics["kid"]["mean"])
+        and "precision" not in metrics["precision_recall"]
+    )
+    assert (
+        "more than k=3 images per set" in metrics["precision_recall"]["status"]
+        and metrics["precision_recall"]["protocol"]["n_fake"] == 3
+    )
     assert "precision/recall skipped: needs more than k=3" in printed and "FID " in printed and "KID " in printed
     one = _folder(tmp_path, "one", 1, 32)
-    assert main(["evaluate", "--real", str(real), "--fake", str(one), "--out", str(tmp_path / "e1"), "--extractor", str(ext), "--workers", "0"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--fake",
+                str(one),
+                "--out",
+                str(tmp_path / "e1"),
+                "--extractor",
+                str(ext),
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert f"{one}: FID needs at least 2 readable images per set, got 1" in capsys.readouterr().err
 
 
@@ -425,19 +672,30 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
     from histoldm.evaluate.run import FidRefConfig, run_fid_ref
     from torchvision_inception_parts import bundled_state_dict, import_pytorch_fid
 
-    folder = write_random_pngs(tmp_path / "imgs", [(64, 64), (310, 300)], RNG)  # upsampled (the demo's size), downsampled
+    folder = write_random_pngs(
+        tmp_path / "imgs", [(64, 64), (310, 300)], RNG
+    )  # upsampled (the demo's size), downsampled
     result = run_fid_ref(FidRefConfig(images=folder, out=tmp_path / "ours.npz", protocol="pytorch-fid", workers=0))
     mu, sigma, recorded = M.load_stats(tmp_path / "ours.npz")
-    assert recorded["protocol"] == "pytorch-fid" and recorded["resize"] == "legacy" and result.protocol.protocol == "pytorch-fid"
+    assert (
+        recorded["protocol"] == "pytorch-fid"
+        and recorded["resize"] == "legacy"
+        and result.protocol.protocol == "pytorch-fid"
+    )
 
     inception, fid_score = import_pytorch_fid(monkeypatch)
     template = inception._inception_v3(num_classes=1008, aux_logits=False, weights=None).state_dict()
     mapped = bundled_state_dict(load_extractor().module, template)
-    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *a, **k: mapped)  # the weights, not the computation
+    monkeypatch.setattr(
+        inception, "load_state_dict_from_url", lambda *a, **k: mapped
+    )  # the weights, not the computation
     model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
     files = [str(p) for p in list_images(folder)]
     theirs = fid_score.get_activations(files, model, batch_size=1, dims=2048, device="cpu", num_workers=0)
-    mu_t, sigma_t = np.mean(theirs, axis=0), np.cov(theirs, rowvar=False)  # pytorch-fid's calculate_activation_statistics
+    mu_t, sigma_t = (
+        np.mean(theirs, axis=0),
+        np.cov(theirs, rowvar=False),
+    )  # pytorch-fid's calculate_activation_statistics
     assert np.abs(theirs).max() > 1.0  # real activations, not zeros
     np.testing.assert_allclose(mu, mu_t, rtol=0, atol=1e-4)
     np.testing.assert_allclose(sigma, sigma_t, rtol=0, atol=1e-4)
@@ -456,23 +714,63 @@ def test_fid_protocol_is_frozen_and_extended_into_new_objects():
 
     from histoldm.evaluate.protocol import FidProtocol
 
-    base = FidProtocol(protocol="clean", resize="bicubic", resize_detail="d", resize_where="w", extractor="e", extractor_sha256="ab" * 32)
-    sets = base.extend(n_real=5, n_fake=4, image_format_real="png", image_format_fake="png", feature_dim=2048, seeds=(0, 1))
+    base = FidProtocol(
+        protocol="clean",
+        resize="bicubic",
+        resize_detail="d",
+        resize_where="w",
+        extractor="e",
+        extractor_sha256="ab" * 32,
+    )
+    sets = base.extend(
+        n_real=5, n_fake=4, image_format_real="png", image_format_fake="png", feature_dim=2048, seeds=(0, 1)
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.n_real = 3
     assert base.n_real is None and sets.n_real == 5
     entry = sets.extend(fid_method="eigh").entry(value=1.5)
-    assert entry == {"value": 1.5, "protocol_line": M.protocol_line(entry["protocol"]), "protocol": {
-        "protocol": "clean", "resize": "bicubic", "resize_detail": "d", "resize_where": "w", "extractor": "e", "extractor_sha256": "ab" * 32,
-        "n_fake": 4, "image_format_fake": "png", "feature_dim": 2048, "n_real": 5, "image_format_real": "png", "seeds": [0, 1], "fid_method": "eigh"}}
+    assert entry == {
+        "value": 1.5,
+        "protocol_line": M.protocol_line(entry["protocol"]),
+        "protocol": {
+            "protocol": "clean",
+            "resize": "bicubic",
+            "resize_detail": "d",
+            "resize_where": "w",
+            "extractor": "e",
+            "extractor_sha256": "ab" * 32,
+            "n_fake": 4,
+            "image_format_fake": "png",
+            "feature_dim": 2048,
+            "n_real": 5,
+            "image_format_real": "png",
+            "seeds": [0, 1],
+            "fid_method": "eigh",
+        },
+    }
     assert "fid_method" not in sets.as_dict() and "N real 5, N fake 4" in sets.line()
 
 
 def test_evaluate_against_fid_ref_statistics_gives_the_folders_metrics(tmp_path, capsys):
     """fid-ref keeps the features: evaluate --real STATS.npz gives the FID, KID and precision/recall that
     --real FOLDER gives on the same images; statistics of another protocol are one line, exit 2."""
-    real, fake, ext = _folder(tmp_path, "real", 7, 32), _folder(tmp_path, "fake", 6, 32), save_pool_extractor(tmp_path / "pool.pt")
-    base = ["--fake", str(fake), "--extractor", str(ext), "--workers", "0", "--kid-subsets", "4", "--fid-method", "eigh"]
+    real, fake, ext = (
+        _folder(tmp_path, "real", 7, 32),
+        _folder(tmp_path, "fake", 6, 32),
+        save_pool_extractor(tmp_path / "pool.pt"),
+    )
+    base = [
+        "--fake",
+        str(fake),
+        "--extractor",
+        str(ext),
+        "--workers",
+        "0",
+        "--kid-subsets",
+        "4",
+        "--fid-method",
+        "eigh",
+    ]
     stats = tmp_path / "test_stats.npz"
     assert main(["fid-ref", str(real), "--out", str(stats), "--extractor", str(ext), "--workers", "0"]) == 0
     assert main(["evaluate", "--real", str(real), "--out", str(tmp_path / "from-folder"), *base]) == 0
@@ -484,7 +782,9 @@ def test_evaluate_against_fid_ref_statistics_gives_the_folders_metrics(tmp_path,
     assert saved["precision_recall"]["precision"] == folder["precision_recall"]["precision"]
     assert saved["precision_recall"]["recall"] == folder["precision_recall"]["recall"]
     assert saved["kid"]["protocol"]["n_real"] == 7 and "KID skipped" not in printed
-    assert main(["evaluate", "--real", str(stats), "--out", str(tmp_path / "x"), *base, "--protocol", "pytorch-fid"]) == 2
+    assert (
+        main(["evaluate", "--real", str(stats), "--out", str(tmp_path / "x"), *base, "--protocol", "pytorch-fid"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{stats}: statistics made with resize=bicubic, this run uses legacy" in err
 
@@ -493,8 +793,26 @@ def test_small_sets_print_the_fid_caveat_beside_the_number(tmp_path, capsys):
     """4 against 4 images: the printed FID line carries the small-N note with both N, not only metrics.json."""
     real, fake = _folder(tmp_path, "real", 4, 32), _folder(tmp_path, "fake", 4, 32)
     ext = save_pool_extractor(tmp_path / "pool.pt")
-    assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(tmp_path / "e"), "--extractor", str(ext),
-                 "--workers", "0", "--kid-subsets", "2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--fake",
+                str(fake),
+                "--out",
+                str(tmp_path / "e"),
+                "--extractor",
+                str(ext),
+                "--workers",
+                "0",
+                "--kid-subsets",
+                "2",
+            ]
+        )
+        == 0
+    )
     fid_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("FID "))
     note = json.loads((tmp_path / "e" / "metrics.json").read_text())["fid"]["note"]
     assert "N = 4 real / 4 generated" in note and "biased upward" in note
@@ -509,10 +827,25 @@ def test_noise_floor_records_both_sets_image_sizes(tmp_path):
     for seed in (0, 1):
         folder = _folder(tmp_path, f"seed{seed}", 5, 32)
         (folder / "settings.json").write_text(json.dumps({"seed": seed, "steps": 4}))
-        (folder / "index.jsonl").write_text("".join(json.dumps({"id": p.stem, "file": p.name}) + "\n" for p in sorted(folder.glob("*.png"))))
+        (folder / "index.jsonl").write_text(
+            "".join(json.dumps({"id": p.stem, "file": p.name}) + "\n" for p in sorted(folder.glob("*.png")))
+        )
         folders.append(folder)
-    floor = run_seed_floor(SeedFloorConfig(first=folders[0], second=folders[1], out=tmp_path / "floor", kid_subsets=2, workers=0,
-                                           extractor=save_pool_extractor(tmp_path / "pool.pt"))).metrics
+    floor = run_seed_floor(
+        SeedFloorConfig(
+            first=folders[0],
+            second=folders[1],
+            out=tmp_path / "floor",
+            kid_subsets=2,
+            workers=0,
+            extractor=save_pool_extractor(tmp_path / "pool.pt"),
+        )
+    ).metrics
     for key in ("fid", "kid"):
-        assert (floor[key]["protocol"]["image_size_real"], floor[key]["protocol"]["image_size_fake"]) == ("32x32", "32x32")
-        assert "size real 32x32 / fake 32x32" in floor[key]["protocol_line"] and "None" not in floor[key]["protocol_line"]
+        assert (floor[key]["protocol"]["image_size_real"], floor[key]["protocol"]["image_size_fake"]) == (
+            "32x32",
+            "32x32",
+        )
+        assert (
+            "size real 32x32 / fake 32x32" in floor[key]["protocol_line"] and "None" not in floor[key]["protocol_line"]
+        )

@@ -54,7 +54,15 @@ def test_jsonl_survives_torn_last_line(tmp_path):
 def test_manifest_records_inputs_and_versions(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello")
-    m = write_manifest(tmp_path / "manifest.json", stage="t", config=_Cfg(), inputs={"src": src}, produced={"n": 1}, started=0.0, seed=3)
+    m = write_manifest(
+        tmp_path / "manifest.json",
+        stage="t",
+        config=_Cfg(),
+        inputs={"src": src},
+        produced={"n": 1},
+        started=0.0,
+        seed=3,
+    )
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk["inputs"]["src"]["sha256"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert on_disk["versions"]["torch"] and m["seed"] == 3
@@ -79,8 +87,21 @@ def test_cli_unknown_option_is_one_line_exit_2():
 
 
 def test_every_stage_has_help_with_example(capsys):
-    stages = ["summarize", "tile", "scores", "captions", "split", "encode-text", "encode-latents",
-              "train-vae", "train", "sample", "evaluate", "sweep", "demo"]
+    stages = [
+        "summarize",
+        "tile",
+        "scores",
+        "captions",
+        "split",
+        "encode-text",
+        "encode-latents",
+        "train-vae",
+        "train",
+        "sample",
+        "evaluate",
+        "sweep",
+        "demo",
+    ]
     for stage in stages:
         with pytest.raises(SystemExit) as e:
             main([stage, "--help"])
@@ -100,7 +121,21 @@ def test_cuda_request_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(UserError, match="device nonsense"):
         resolve_device("nonsense")
     (tmp_path / "c.txt").write_text("a caption\n")
-    assert main(["encode-text", str(tmp_path / "c.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "cache"), "--device", "cuda"]) == 2
+    assert (
+        main(
+            [
+                "encode-text",
+                str(tmp_path / "c.txt"),
+                "--text-encoder",
+                "tiny-clip",
+                "--out",
+                str(tmp_path / "cache"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no CUDA device" in err and "Traceback" not in err
 
@@ -169,17 +204,58 @@ def test_wrong_kinds_of_input_are_one_line_errors(tmp_path, capsys):
     for name in ("captions.parquet", "captions.txt", "captions.jsonl", "config.yaml"):
         (tmp_path / name).write_bytes(binary)
     (tmp_path / "ok.txt").write_text("a caption\n")
-    cases.append((["encode-text", str(tmp_path / "captions.parquet"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
-                  "captions.parquet: captions file is not a readable Parquet file"))
-    cases.append((["encode-text", str(tmp_path / "captions.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
-                  "captions.txt: captions file is not UTF-8 text"))
-    cases.append((["encode-text", str(tmp_path / "captions.jsonl"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")],
-                  "captions.jsonl: JSONL file is not UTF-8 text"))
+    cases.append(
+        (
+            [
+                "encode-text",
+                str(tmp_path / "captions.parquet"),
+                "--text-encoder",
+                "tiny-clip",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "captions.parquet: captions file is not a readable Parquet file",
+        )
+    )
+    cases.append(
+        (
+            [
+                "encode-text",
+                str(tmp_path / "captions.txt"),
+                "--text-encoder",
+                "tiny-clip",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "captions.txt: captions file is not UTF-8 text",
+        )
+    )
+    cases.append(
+        (
+            [
+                "encode-text",
+                str(tmp_path / "captions.jsonl"),
+                "--text-encoder",
+                "tiny-clip",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "captions.jsonl: JSONL file is not UTF-8 text",
+        )
+    )
     cases.append((["train", "--config", str(tmp_path / "config.yaml")], "config.yaml: config file is not UTF-8 text"))
-    cases.append((["encode-text", str(tmp_path / "ok.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "ok.txt")],
-                  "ok.txt: exists as a file, expected a folder"))
-    cases.append((["train", "--config", "histoldm", "--set", "optim.learning_rate=1"],
-                  "command line: unknown config key 'optim.learning_rate'"))
+    cases.append(
+        (
+            ["encode-text", str(tmp_path / "ok.txt"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "ok.txt")],
+            "ok.txt: exists as a file, expected a folder",
+        )
+    )
+    cases.append(
+        (
+            ["train", "--config", "histoldm", "--set", "optim.learning_rate=1"],
+            "command line: unknown config key 'optim.learning_rate'",
+        )
+    )
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -189,8 +265,11 @@ def test_wrong_kinds_of_input_are_one_line_errors(tmp_path, capsys):
 def _tiny_meta():
     from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
 
-    return BundleMeta(unet_preset="tiny", text=TextContract(encoder="minilm", mode="truncate", max_length=8, dim=8),
-                      latent=LatentContract(channels=3, size=8))
+    return BundleMeta(
+        unet_preset="tiny",
+        text=TextContract(encoder="minilm", mode="truncate", max_length=8, dim=8),
+        latent=LatentContract(channels=3, size=8),
+    )
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
@@ -210,7 +289,9 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     try:
         atomic_write_text(tmp_path / "a.json", "{}\n")
         _save_safetensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)}, {})
-        save_bundle(tmp_path / "bundle", _tiny_meta(), build_unet("tiny", context_dim=8, latent_channels=3, sample_size=8))
+        save_bundle(
+            tmp_path / "bundle", _tiny_meta(), build_unet("tiny", context_dim=8, latent_channels=3, sample_size=8)
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode

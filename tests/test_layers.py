@@ -41,7 +41,12 @@ def histoldm_imports(path: Path) -> list[tuple[int, str]]:
     """Every `histoldm...` module imported anywhere in the file (function-level imports included)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "histoldm":
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "histoldm"
+        ):
             if node.module == "histoldm":  # `from histoldm import x`: x is the module
                 found += [(node.lineno, f"histoldm.{alias.name}") for alias in node.names]
             else:
@@ -61,7 +66,9 @@ def layer_violations() -> list[str]:
             if imported == "histoldm" or there == here:
                 continue
             if ORDER.index(there) > ORDER.index(here) or (here == "shared" and there != "shared"):
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {here} imports {imported} ({there} is not below {here})")
+                bad.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {here} imports {imported} ({there} is not below {here})"
+                )
     return bad
 
 

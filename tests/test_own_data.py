@@ -46,7 +46,9 @@ def write_inputs(root: Path) -> None:
 
 def write_classifier_scores(root: Path) -> None:
     """What a patch classifier would write: tumour high on every other patch, TIL on every third."""
-    ids = pq.read_table(root / "work" / "store" / "patches.parquet", columns=["patch_id"]).column("patch_id").to_pylist()
+    ids = (
+        pq.read_table(root / "work" / "store" / "patches.parquet", columns=["patch_id"]).column("patch_id").to_pylist()
+    )
     with open(root / "wsinfer_scores.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["patch_id", "prob_tumor", "prob_til"])
@@ -57,8 +59,21 @@ def write_classifier_scores(root: Path) -> None:
 def test_readme_recipe_lists_every_stage_offline():
     commands, tiny = readme_recipe()
     stages = [shlex.split(c)[1] for c in commands]
-    assert stages == ["summarize", "tile", "scores", "captions", "split", "encode-text", "train-vae", "encode-latents",
-                      "train", "sample", "export-patches", "fid-ref", "evaluate"]
+    assert stages == [
+        "summarize",
+        "tile",
+        "scores",
+        "captions",
+        "split",
+        "encode-text",
+        "train-vae",
+        "encode-latents",
+        "train",
+        "sample",
+        "export-patches",
+        "fid-ref",
+        "evaluate",
+    ]
     assert set(tiny) <= set(stages)
     assert not any("vinid/plip" in c or "--base-url" in c for c in commands)  # nothing that needs a network
 
@@ -78,13 +93,19 @@ def test_readme_own_data_recipe_runs_offline_at_tiny_scale(tmp_path, monkeypatch
 
     work = tmp_path / "work"
     split = json.loads((work / "split.json").read_text())["cases"]
-    assert sorted(split["train"] + split["test"] + split.get("val", [])) == CASES and len(split["test"]) == 1 and len(split["train"]) == 2
+    assert (
+        sorted(split["train"] + split["test"] + split.get("val", [])) == CASES
+        and len(split["test"]) == 1
+        and len(split["train"]) == 2
+    )
     run = json.loads((tmp_path / "runs" / "00000-histoldm" / "manifest.json").read_text())
     assert run["produced"]["cases"] == len(split["train"])  # trained on the train cases only
     test_patches = sorted(p.name for p in (work / "test_patches").rglob("*.png"))
     samples = [json.loads(line) for line in (work / "samples" / "index.jsonl").read_text().splitlines()]
     assert test_patches and len(samples) == len(test_patches)
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
-    assert math.isfinite(metrics["fid"]["value"]) and math.isfinite(metrics["kid"]["mean"])  # KID from fid-ref's stored features
+    assert math.isfinite(metrics["fid"]["value"]) and math.isfinite(
+        metrics["kid"]["mean"]
+    )  # KID from fid-ref's stored features
     assert metrics["fid"]["protocol"]["n_real"] == len(test_patches)
     assert (work / "test_stats.npz").is_file() and (work / "vae" / "autoencoder").is_dir()

@@ -40,8 +40,16 @@ def _pathldm_files(root: Path, tile: int, per_wsi: int) -> tuple[Path, Path]:
         f["wsi"] = np.array([w.encode() for w, _ in rows])
         f["folder_name"] = np.array([fo.encode() for _, fo in rows])
     prob = {w: {f"{k}_0_0": 0.2 + 0.6 * (k % 2) for k in range(per_wsi)} for w in WSIS}
-    np.savez(root / "train.npz", indices=np.arange(len(rows)), prob_tumor=prob, prob_til=prob,
-             summaries={WSIS[0]: ["Invasive ductal carcinoma, grade 2.", "IDC, grade two."], WSIS[1]: ["Lobular carcinoma."]})
+    np.savez(
+        root / "train.npz",
+        indices=np.arange(len(rows)),
+        prob_tumor=prob,
+        prob_til=prob,
+        summaries={
+            WSIS[0]: ["Invasive ductal carcinoma, grade 2.", "IDC, grade two."],
+            WSIS[1]: ["Lobular carcinoma."],
+        },
+    )
     return h5, root / "train.npz"
 
 
@@ -68,7 +76,12 @@ def test_import_keeps_448_px_tiles_and_crops_them_to_256_on_the_latent_grid(tmp_
         assert windows.shape == (3, 3, 64, 64)
         found = []
         for i in range(3):
-            hits = [(y, x) for y in range(49) for x in range(49) if torch.equal(latents[i, :, y : y + 64, x : x + 64], windows[i])]
+            hits = [
+                (y, x)
+                for y in range(49)
+                for x in range(49)
+                if torch.equal(latents[i, :, y : y + 64, x : x + 64], windows[i])
+            ]
             assert len(hits) == 1
             found.append(hits[0])
         offsets.append(found)
@@ -95,10 +108,27 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
         per_patch.setdefault(row["patch_id"], []).append(row["caption"])
     assert sorted(len(v) for v in per_patch.values()) == [1, 1, 1, 2, 2, 2]
     assert any(c.endswith("IDC, grade two.") for c in per_patch[next(p for p in per_patch if p.startswith(WSIS[0]))])
-    assert main(["encode-latents", str(store), "--vae", "kl-f4-tiny", "--out", str(tmp_path / "lat"), "--set", "workers=0"]) == 0
+    assert (
+        main(
+            ["encode-latents", str(store), "--vae", "kl-f4-tiny", "--out", str(tmp_path / "lat"), "--set", "workers=0"]
+        )
+        == 0
+    )
     lat_meta = LatentCache.open(tmp_path / "lat").meta
     assert (lat_meta["image_size"], lat_meta["size"]) == (112, 28)  # as stored: no resize
-    assert main(["encode-text", str(store / "captions.parquet"), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "text")]) == 0
+    assert (
+        main(
+            [
+                "encode-text",
+                str(store / "captions.parquet"),
+                "--text-encoder",
+                "tiny-clip",
+                "--out",
+                str(tmp_path / "text"),
+            ]
+        )
+        == 0
+    )
 
     reads: dict[bytes, list[tuple[int, int]]] = {}
     picks: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -106,8 +136,12 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
     def recording_crop(latents, size, gen):
         windows = random_crop(latents, size, gen)
         for full, window in zip(latents, windows):
-            hit = [(y, x) for y in range(full.shape[-2] - size + 1) for x in range(full.shape[-1] - size + 1)
-                   if torch.equal(full[:, y : y + size, x : x + size], window)]
+            hit = [
+                (y, x)
+                for y in range(full.shape[-2] - size + 1)
+                for x in range(full.shape[-1] - size + 1)
+                if torch.equal(full[:, y : y + size, x : x + size], window)
+            ]
             reads.setdefault(full.numpy().tobytes(), []).append(hit[0])
         return windows
 
@@ -117,21 +151,39 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
 
     monkeypatch.setattr(data, "random_crop", recording_crop)
     monkeypatch.setattr(data, "pick_captions", recording_pick)
-    cfg = TrainConfig.model_validate({
-        "runs_dir": str(tmp_path / "runs"), "max_steps": 6, "batch_size": 2, "precision": "float32", "log_every": 3, "checkpoint_every": 6,
-        "data": {"latents": str(tmp_path / "lat"), "text_cache": str(tmp_path / "text"), "captions": str(store / "captions.parquet"),
-                 "crop": 64, "augment": "flips", "workers": 0},
-        "model": {"unet_preset": "tiny"}, "optim": {"warmup_steps": 1},
-    })
+    cfg = TrainConfig.model_validate(
+        {
+            "runs_dir": str(tmp_path / "runs"),
+            "max_steps": 6,
+            "batch_size": 2,
+            "precision": "float32",
+            "log_every": 3,
+            "checkpoint_every": 6,
+            "data": {
+                "latents": str(tmp_path / "lat"),
+                "text_cache": str(tmp_path / "text"),
+                "captions": str(store / "captions.parquet"),
+                "crop": 64,
+                "augment": "flips",
+                "workers": 0,
+            },
+            "model": {"unet_preset": "tiny"},
+            "optim": {"warmup_steps": 1},
+        }
+    )
     result = run_train(cfg)
     meta = read_bundle_meta(Path(result.bundle))
     assert meta.latent.size == 16  # the UNet's input: the 64 px crop, at the tiles' magnification
     assert json.loads((Path(result.bundle) / "unet" / "config.json").read_text())["sample_size"] == 16
     assert len(reads) == 6 and all(len(offsets) == 2 for offsets in reads.values())  # 6 patches, 2 epochs
     assert all(offsets[0] != offsets[1] for offsets in reads.values())
-    assert sorted(int(c) for counts, _ in picks for c in counts) == [1] * 6 + [2] * 6  # one item per patch, not per caption
+    assert (
+        sorted(int(c) for counts, _ in picks for c in counts) == [1] * 6 + [2] * 6
+    )  # one item per patch, not per caption
     with pytest.raises(UserError, match="data.crop"):
-        run_train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"crop": 66}), "run_dir": tmp_path / "bad"}))
+        run_train(
+            cfg.model_copy(update={"data": cfg.data.model_copy(update={"crop": 66}), "run_dir": tmp_path / "bad"})
+        )
 
 
 def test_pick_captions_draws_uniformly_among_a_patchs_captions():
@@ -141,20 +193,28 @@ def test_pick_captions_draws_uniformly_among_a_patchs_captions():
     assert set(drawn[:, 0].tolist()) == {7}
     for item, values in ((1, [3, 4]), (2, [0, 1, 2])):
         share = torch.stack([(drawn[:, item] == v).float().mean() for v in values])
-        assert set(drawn[:, item].tolist()) == set(values) and torch.allclose(share, torch.full_like(share, 1 / len(values)), atol=0.04)
+        assert set(drawn[:, item].tolist()) == set(values) and torch.allclose(
+            share, torch.full_like(share, 1 / len(values)), atol=0.04
+        )
 
 
 def test_summary_lists_take_variants_and_repeated_lines(tmp_path):
     from histoldm.data.captions import load_summaries, load_summary_lists
 
     path = tmp_path / "s.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [
-        {"case_id": "A", "summary": "one", "variants": ["one", "two"]},
-        {"case_id": "A", "summary": "three"},
-        {"case_id": "A", "summary": "two"},
-        {"case_id": "B", "summary": "b", "status": "failed"},
-        {"case_id": "C", "summary": "  "},
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"case_id": "A", "summary": "one", "variants": ["one", "two"]},
+                {"case_id": "A", "summary": "three"},
+                {"case_id": "A", "summary": "two"},
+                {"case_id": "B", "summary": "b", "status": "failed"},
+                {"case_id": "C", "summary": "  "},
+            ]
+        )
+        + "\n"
+    )
     assert load_summary_lists(path) == {"A": ["one", "two", "three"]}
     assert load_summaries(path) == {"A": "two"}  # without all_summaries: one summary per case, as before
 
@@ -185,13 +245,33 @@ def test_evaluate_takes_foreign_statistics_and_says_so(tmp_path, capsys):
     rng = np.random.default_rng(1)
     fake = write_random_pngs(tmp_path / "fake", [(64, 64)] * 4, rng)
     real = rng.normal(size=(60, 48))
-    np.savez(tmp_path / "center_crop_real_stats.npz", mu=real.mean(0).astype(np.float32), sigma=np.cov(real, rowvar=False).astype(np.float32))
-    args = ["evaluate", "--real", str(tmp_path / "center_crop_real_stats.npz"), "--fake", str(fake), "--out", str(tmp_path / "eval"),
-            "--extractor", str(tmp_path / "pool.pt"), "--workers", "0"]
+    np.savez(
+        tmp_path / "center_crop_real_stats.npz",
+        mu=real.mean(0).astype(np.float32),
+        sigma=np.cov(real, rowvar=False).astype(np.float32),
+    )
+    args = [
+        "evaluate",
+        "--real",
+        str(tmp_path / "center_crop_real_stats.npz"),
+        "--fake",
+        str(fake),
+        "--out",
+        str(tmp_path / "eval"),
+        "--extractor",
+        str(tmp_path / "pool.pt"),
+        "--workers",
+        "0",
+    ]
     assert main(args) == 0
-    assert "real statistics: center_crop_real_stats.npz from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours" in capsys.readouterr().out
+    assert (
+        "real statistics: center_crop_real_stats.npz from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours"
+        in capsys.readouterr().out
+    )
     fid = json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"]
-    features = extract_features(list_images(fake), load_extractor(tmp_path / "pool.pt", "cpu", "float32"), workers=0).features
+    features = extract_features(
+        list_images(fake), load_extractor(tmp_path / "pool.pt", "cpu", "float32"), workers=0
+    ).features
     mu_r, sigma_r, _ = M.load_stats(tmp_path / "center_crop_real_stats.npz")
     assert fid["value"] == pytest.approx(M.frechet_distance(mu_r, sigma_r, *M.gaussian_stats(features)), rel=1e-6)
     np.savez(tmp_path / "wide.npz", mu=np.zeros(2048), sigma=np.eye(2048))
@@ -204,6 +284,8 @@ def test_sampling_a_patch_with_several_captions_gives_each_its_own_id(tmp_path):
 
     from histoldm.sampling.captions_io import read_caption_items
 
-    pq.write_table(pa.table({"patch_id": ["p1", "p1", "p2", "p1"], "caption": ["a", "b", "c", "d"]}), tmp_path / "captions.parquet")
+    pq.write_table(
+        pa.table({"patch_id": ["p1", "p1", "p2", "p1"], "caption": ["a", "b", "c", "d"]}), tmp_path / "captions.parquet"
+    )
     items, _ = read_caption_items(tmp_path / "captions.parquet")
     assert [(i.id, i.caption) for i in items] == [("p1", "a"), ("p1~2", "b"), ("p2", "c"), ("p1~3", "d")]

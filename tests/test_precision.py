@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from histoldm.config_files import SHIPPED_DIR
 from histoldm.config import load_config, read_yaml
+from histoldm.config_files import SHIPPED_DIR
 from histoldm.devices import resolve_dtype, sampling_numerics
 from histoldm.errors import UserError
 
@@ -31,19 +31,25 @@ SECOND_POLICY = {
 
 def test_no_stage_resolves_precision_outside_the_one_function():
     owners = {"devices.py", "config.py"}  # resolve_dtype and DTYPES; the vocabulary DtypeName
-    found = [f"{path.relative_to(SRC)}:{n}: {what}: {line.strip()}"
-             for path in sorted(SRC.rglob("*.py")) if path.name not in owners or path.parent != SRC
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             for what, pattern in SECOND_POLICY.items() if pattern.search(line)]
+    found = [
+        f"{path.relative_to(SRC)}:{n}: {what}: {line.strip()}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path.name not in owners or path.parent != SRC
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for what, pattern in SECOND_POLICY.items()
+        if pattern.search(line)
+    ]
     assert not found, "precision resolved outside histoldm.devices.resolve_dtype:\n" + "\n".join(found)
 
 
 def test_the_grep_finds_a_second_policy(tmp_path):
     """The patterns above catch what the old code had (the test would fail on it)."""
-    old = ['torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]',
-           'return torch.bfloat16 if str(device).startswith("cuda") else torch.float32',
-           'return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"',
-           '    precision: Literal["auto", "bf16", "fp32"] = "auto"']
+    old = [
+        'torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]',
+        'return torch.bfloat16 if str(device).startswith("cuda") else torch.float32',
+        'return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"',
+        '    precision: Literal["auto", "bf16", "fp32"] = "auto"',
+    ]
     assert all(any(p.search(line) for p in SECOND_POLICY.values()) for line in old)
 
 
@@ -51,7 +57,10 @@ def test_policy_on_cpu():
     assert resolve_dtype("auto", CPU, stage="s") == torch.float32
     assert resolve_dtype("bfloat16", CPU, stage="s") == torch.bfloat16  # CPU autocast runs it (the trainer's default)
     assert resolve_dtype("float16", CPU, stage="s") == torch.float16  # inference runs it (precision pathldm does)
-    assert resolve_dtype("bf16", CPU, stage="s") == torch.bfloat16 and resolve_dtype("fp32", CPU, stage="s") == torch.float32
+    assert (
+        resolve_dtype("bf16", CPU, stage="s") == torch.bfloat16
+        and resolve_dtype("fp32", CPU, stage="s") == torch.float32
+    )
     with pytest.raises(UserError, match=r"^train precision float16: training in float16 needs a GPU"):
         resolve_dtype("fp16", CPU, stage="train precision", training=True)
     with pytest.raises(UserError, match=r"^sample dtype half: expected one of auto, float32, bfloat16, float16"):
@@ -80,7 +89,9 @@ def test_bf16_refused_by_a_stage_before_any_compute(gpu_without_bf16, tmp_path):
 
     captions = tmp_path / "captions.txt"
     captions.write_text("high tumor\n", encoding="utf-8")
-    cfg = EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=tmp_path / "tc", device="cuda", dtype="bf16")
+    cfg = EncodeTextConfig(
+        captions=captions, text_encoder="tiny-clip", out=tmp_path / "tc", device="cuda", dtype="bf16"
+    )
     with pytest.raises(UserError, match=r"^encode-text dtype bfloat16: not supported by Tesla T4"):
         run_encode_text(cfg)
     assert not (tmp_path / "tc").exists()
@@ -105,7 +116,10 @@ def test_aliases_normalise_when_a_config_is_read(tmp_path):
     assert train_config(ModelRecipe(train={"precision": "fp32"}), "x", *[Path(".")] * 5).precision == "float32"
     yaml = tmp_path / "vae.yaml"
     yaml.write_text("store: s\nout: o\nprecision: fp16\n", encoding="utf-8")  # train-vae has no loss scaler
-    with pytest.raises(UserError, match=rf"^{re.escape(str(yaml))}: config key 'precision': Input should be 'auto', 'float32' or 'bfloat16'"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{re.escape(str(yaml))}: config key 'precision': Input should be 'auto', 'float32' or 'bfloat16'",
+    ):
         load_config(TrainVAEConfig, yaml)
 
 
@@ -140,7 +154,9 @@ def test_cpu_dtypes_as_before():
         "sample": (SampleConfig.model_fields["dtype"].default, torch.float32),
         "evaluate": (EvaluateConfig.model_fields["dtype"].default, torch.float32),
     }
-    assert {k: resolve_dtype(name, CPU, stage=k) for k, (name, _) in defaults.items()} == {k: d for k, (_, d) in defaults.items()}
+    assert {k: resolve_dtype(name, CPU, stage=k) for k, (name, _) in defaults.items()} == {
+        k: d for k, (_, d) in defaults.items()
+    }
 
 
 def test_an_autoencoder_run_recorded_with_an_old_spelling_still_resumes(tmp_path):
@@ -149,7 +165,9 @@ def test_an_autoencoder_run_recorded_with_an_old_spelling_still_resumes(tmp_path
 
     cfg = TrainVAEConfig(store=tmp_path / "s", out=tmp_path / "o", precision="float32")
     (tmp_path / "o").mkdir()
-    atomic_write_json(tmp_path / "o" / "config.json", {**cfg.model_dump(mode="json"), "precision": "fp32"})  # written before the one vocabulary
+    atomic_write_json(
+        tmp_path / "o" / "config.json", {**cfg.model_dump(mode="json"), "precision": "fp32"}
+    )  # written before the one vocabulary
     _check_same_training(tmp_path / "o", cfg, resuming=True)
     with pytest.raises(UserError, match="other precision"):
         _check_same_training(tmp_path / "o", cfg.model_copy(update={"precision": "bfloat16"}), resuming=True)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from histoldm.config_files import SHIPPED_DIR
 from histoldm.cli import main
 from histoldm.config import load_config
+from histoldm.config_files import SHIPPED_DIR
 from histoldm.experiments.chain import ModelRecipe, evaluate_config, train_config, vae_config
 from histoldm.experiments.sweep import SweepConfig
 
@@ -15,15 +15,24 @@ CONFIGS = SHIPPED_DIR
 HERE = Path(".")
 
 
-@pytest.mark.parametrize("override, says", [
-    ("recipe.train.optim.lrr=1", "unknown config key 'recipe.train.optim.lrr'"),
-    ("recipe.sample.steps=0", "config key 'recipe.sample.steps': Input should be greater than or equal to 1"),
-    ("recipe.train.run_dir=elsewhere", "config key 'recipe.train.run_dir': set by the experiment"),
-    ("recipe.train.data.latents=elsewhere", "config key 'recipe.train.data.latents': set by the experiment"),
-    ("recipe.sample.seed=3", "config key 'recipe.sample.seed': set by the experiment from recipe.seed"),
-    ("recipe.autoencoder=models/vq", "config key 'recipe.train_vae': used only when recipe.autoencoder is a KL preset"),
-    ("recipe.train.model.unet_preset=tiny-midd", "config key 'recipe.train.model.unet_preset': unknown UNet preset 'tiny-midd'"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("recipe.train.optim.lrr=1", "unknown config key 'recipe.train.optim.lrr'"),
+        ("recipe.sample.steps=0", "config key 'recipe.sample.steps': Input should be greater than or equal to 1"),
+        ("recipe.train.run_dir=elsewhere", "config key 'recipe.train.run_dir': set by the experiment"),
+        ("recipe.train.data.latents=elsewhere", "config key 'recipe.train.data.latents': set by the experiment"),
+        ("recipe.sample.seed=3", "config key 'recipe.sample.seed': set by the experiment from recipe.seed"),
+        (
+            "recipe.autoencoder=models/vq",
+            "config key 'recipe.train_vae': used only when recipe.autoencoder is a KL preset",
+        ),
+        (
+            "recipe.train.model.unet_preset=tiny-midd",
+            "config key 'recipe.train.model.unet_preset': unknown UNet preset 'tiny-midd'",
+        ),
+    ],
+)
 def test_demo_refuses_a_bad_stage_key_in_one_line_before_any_compute(tmp_path, capsys, override, says):
     out = tmp_path / "demo"
     extra = ["--set", "recipe.train_vae.steps=4"] if "autoencoder" in override else []
@@ -68,7 +77,9 @@ def test_derived_defaults_yield_to_what_the_user_gave():
     assert train_config(recipe, "x", HERE, HERE, HERE, HERE, HERE).checkpoint_every == 100
     assert vae_config(recipe, HERE, HERE, HERE).checkpoint_every == 30
     assert evaluate_config(recipe, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 10
-    given = ModelRecipe(train={"max_steps": 100, "checkpoint_every": 7000, "precision": "bf16"}, evaluate={"kid_subset_size": 500})
+    given = ModelRecipe(
+        train={"max_steps": 100, "checkpoint_every": 7000, "precision": "bf16"}, evaluate={"kid_subset_size": 500}
+    )
     train = train_config(given, "x", HERE, HERE, HERE, HERE, HERE)
     assert (train.checkpoint_every, train.precision) == (7000, "bfloat16")
     assert evaluate_config(given, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 500

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import save_pool_extractor, write_random_pngs, write_tiny_bundle
 
+from builders import save_pool_extractor, write_random_pngs, write_tiny_bundle
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.evaluate.region import RegionEvalConfig, border_positions, run_evaluate_region, seam_score
@@ -25,7 +25,9 @@ from histoldm.sampling.region_tiff import pyramid_tiff_bytes, read_level0
 from histoldm.sampling.solvers import solve, training_alphas_cumprod
 
 STEPS = 3
-MAP = "high/low,low/low,low/high\nhigh/high,-/low,low/low\nhigh/low,high/high,low/low\n"  # 3x3 windows of a 64 px region
+MAP = (
+    "high/low,low/low,low/high\nhigh/high,-/low,low/low\nhigh/low,high/high,low/low\n"  # 3x3 windows of a 64 px region
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +49,16 @@ def label_map(tmp_path_factory) -> Path:
 
 
 def _config(bundle: Path, label_map: Path, out: Path, **kw) -> RegionConfig:
-    settings = {"checkpoint": bundle, "out": out, "size": 64, "label_map": label_map, "summary": "invasive ductal carcinoma",
-                "steps": STEPS, "device": "cpu", "num_regions": 3} | kw
+    settings = {
+        "checkpoint": bundle,
+        "out": out,
+        "size": 64,
+        "label_map": label_map,
+        "summary": "invasive ductal carcinoma",
+        "steps": STEPS,
+        "device": "cpu",
+        "num_regions": 3,
+    } | kw
     return RegionConfig(**settings)
 
 
@@ -77,7 +87,12 @@ def test_region_is_deterministic_per_seed_whatever_the_window_batch(bundle, labe
     run_sample_region(_config(bundle, label_map, tmp_path / "seed1", seed=1, num_regions=1))
     assert np.abs(_pixels(tmp_path / "seed1", "000001") - first).mean() > 2
     rec = _index(reference)[0]
-    assert rec["map"][1] == ["high/high", "-/low", "low/low"] and rec["size"] == 64 and rec["window_px"] == 32 and rec["stride_px"] == 16
+    assert (
+        rec["map"][1] == ["high/high", "-/low", "low/low"]
+        and rec["size"] == 64
+        and rec["window_px"] == 32
+        and rec["stride_px"] == 16
+    )
     assert rec["settings"]["steps"] == STEPS and rec["template"] == "{tumor} tumor; {til} til; {summary}"
 
 
@@ -85,7 +100,9 @@ def test_windows_follow_their_own_map_cell(bundle, label_map, tmp_path):
     """A map is not decoration: another cell changes the pixels under that window, most near its centre."""
     base = _pixels(_run_one(bundle, label_map, tmp_path / "a"), "000001")
     changed = tmp_path / "changed.csv"
-    changed.write_text(MAP.replace("high/low,high/high,low/low", "high/low,high/high,high/high"), encoding="utf-8")  # cell (2, 2)
+    changed.write_text(
+        MAP.replace("high/low,high/high,low/low", "high/low,high/high,high/high"), encoding="utf-8"
+    )  # cell (2, 2)
     moved = _pixels(_run_one(bundle, changed, tmp_path / "b"), "000001")
     diff = np.abs(base - moved).mean(axis=2)
     assert diff[40:, 40:].mean() > 4 * diff[:24, :24].mean()
@@ -98,13 +115,36 @@ def _run_one(bundle, label_map, out) -> Path:
 
 def test_resume_after_sigkill_finishes_to_the_same_regions(bundle, label_map, reference, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "histoldm.cli", "sample-region", "--checkpoint", str(bundle), "--out", str(out), "--size", "64",
-           "--label-map", str(label_map), "--summary", "invasive ductal carcinoma", "--steps", str(STEPS), "--device", "cpu",
-           "--num-regions", "3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "histoldm.cli",
+        "sample-region",
+        "--checkpoint",
+        str(bundle),
+        "--out",
+        str(out),
+        "--size",
+        "64",
+        "--label-map",
+        str(label_map),
+        "--summary",
+        "invasive ductal carcinoma",
+        "--steps",
+        str(STEPS),
+        "--device",
+        "cpu",
+        "--num-regions",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "index.jsonl").is_file() and (out / "index.jsonl").read_text().strip()):
+        while time.time() < deadline and not (
+            (out / "index.jsonl").is_file() and (out / "index.jsonl").read_text().strip()
+        ):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -165,13 +205,17 @@ def test_tiled_decode_is_the_whole_decode_when_tiles_agree_and_sees_only_tiles()
     image = decode_tiled(upsample, latents, 4, tile=8, stride=3, batch=5)
     assert torch.allclose(image, upsample(latents)[0], atol=1e-5)
     assert set(seen[:-1]) == {(8, 8)}
-    as_bytes = decode_tiled(upsample, latents, 4, tile=8, stride=4, finish=lambda band: (band * 10).round().to(torch.int16))
+    as_bytes = decode_tiled(
+        upsample, latents, 4, tile=8, stride=4, finish=lambda band: (band * 10).round().to(torch.int16)
+    )
     assert as_bytes.dtype == torch.int16 and torch.equal(as_bytes, (upsample(latents)[0] * 10).round().to(torch.int16))
 
 
 def test_every_solver_runs_on_the_canvas(bundle, label_map, tmp_path):
     for solver in ("dpmpp", "unipc"):
-        run_sample_region(_config(bundle, label_map, tmp_path / solver, solver=solver, num_regions=1, guidance_interval=(0, 500)))
+        run_sample_region(
+            _config(bundle, label_map, tmp_path / solver, solver=solver, num_regions=1, guidance_interval=(0, 500))
+        )
         assert _pixels(tmp_path / solver, "000001").std() > 1
 
 
@@ -179,21 +223,42 @@ def test_tiff_opens_with_openslide_with_levels_size_and_mpp(reference, tmp_path)
     import openslide
 
     slide = openslide.OpenSlide(str(reference / "regions" / "000001.tiff"))
-    assert slide.level_count == 1 and slide.dimensions == (64, 64) and float(slide.properties["openslide.mpp-x"]) == pytest.approx(1.0)
+    assert (
+        slide.level_count == 1
+        and slide.dimensions == (64, 64)
+        and float(slide.properties["openslide.mpp-x"]) == pytest.approx(1.0)
+    )
     image = np.random.default_rng(0).integers(0, 256, (1000, 1100, 3), dtype=np.uint8)
     (tmp_path / "big.tiff").write_bytes(pyramid_tiff_bytes(image, mpp=0.5))
     slide = openslide.OpenSlide(str(tmp_path / "big.tiff"))
     assert slide.level_count == 3 and slide.level_dimensions == ((1100, 1000), (550, 500), (275, 250))
-    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5) and slide.level_downsamples[2] == pytest.approx(4.0)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5) and slide.level_downsamples[
+        2
+    ] == pytest.approx(4.0)
     assert np.array_equal(np.asarray(slide.read_region((0, 0), 0, (1100, 1000)).convert("RGB")), image)
 
 
-@pytest.mark.parametrize("content, needle", [("high/low,low/low\nhigh/low,low/low\n", "is 2x2 cells; a 64 px region"),
-                                             (MAP.replace("-/low", "medium/low"), "cell 'medium/low' is not TUMOR/TIL")])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("high/low,low/low\nhigh/low,low/low\n", "is 2x2 cells; a 64 px region"),
+        (MAP.replace("-/low", "medium/low"), "cell 'medium/low' is not TUMOR/TIL"),
+    ],
+)
 def test_a_bad_label_map_is_one_line_and_exit_2_before_any_model_loads(bundle, tmp_path, capsys, content, needle):
     bad = tmp_path / "bad.csv"
     bad.write_text(content, encoding="utf-8")
-    argv = ["sample-region", "--checkpoint", str(bundle), "--out", str(tmp_path / "out"), "--size", "64", "--label-map", str(bad)]
+    argv = [
+        "sample-region",
+        "--checkpoint",
+        str(bundle),
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "64",
+        "--label-map",
+        str(bad),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and needle in err and not (tmp_path / "out").exists()
@@ -207,12 +272,23 @@ def test_png_map_and_regions_file(bundle, tmp_path):
     red_green[0, 0, 1] = 200  # one cell with TIL high
     Image.fromarray(red_green).save(tmp_path / "map.png")
     regions = tmp_path / "regions.jsonl"
-    regions.write_text(json.dumps({"id": "case-7", "label_map": "map.png", "summary": "lobular"}) + "\n"
-                       + json.dumps({"id": "case-8", "level": "low/-", "size": 96}) + "\n", encoding="utf-8")
-    run_sample_region(RegionConfig(checkpoint=bundle, out=tmp_path / "out", regions=regions, size=64, steps=1, device="cpu"))
+    regions.write_text(
+        json.dumps({"id": "case-7", "label_map": "map.png", "summary": "lobular"})
+        + "\n"
+        + json.dumps({"id": "case-8", "level": "low/-", "size": 96})
+        + "\n",
+        encoding="utf-8",
+    )
+    run_sample_region(
+        RegionConfig(checkpoint=bundle, out=tmp_path / "out", regions=regions, size=64, steps=1, device="cpu")
+    )
     index = {r["id"]: r for r in _index(tmp_path / "out")}
-    assert index["case-7"]["map"][0] == ["high/high", "high/low", "high/low"] and index["case-7"]["summary"] == "lobular"
-    assert index["case-8"]["size"] == 96 and len(index["case-8"]["map"]) == 5 and index["case-8"]["map"][0][0] == "low/-"
+    assert (
+        index["case-7"]["map"][0] == ["high/high", "high/low", "high/low"] and index["case-7"]["summary"] == "lobular"
+    )
+    assert (
+        index["case-8"]["size"] == 96 and len(index["case-8"]["map"]) == 5 and index["case-8"]["map"][0][0] == "low/-"
+    )
 
 
 def _fake_region_folder(folder: Path, image: np.ndarray, cells: list[list[str]], window: int, stride: int) -> Path:
@@ -220,8 +296,17 @@ def _fake_region_folder(folder: Path, image: np.ndarray, cells: list[list[str]],
     (folder / "regions").mkdir(parents=True)
     (folder / "regions" / "r.tiff").write_bytes(pyramid_tiff_bytes(image, 1.0))
     (folder / "settings.json").write_text("{}")
-    rec = {"id": "r", "file": "regions/r.tiff", "size": image.shape[0], "map": cells, "window_px": window, "stride_px": stride,
-           "decode_tile_px": window, "decode_stride_px": stride, "mpp": 1.0}
+    rec = {
+        "id": "r",
+        "file": "regions/r.tiff",
+        "size": image.shape[0],
+        "map": cells,
+        "window_px": window,
+        "stride_px": stride,
+        "decode_tile_px": window,
+        "decode_stride_px": stride,
+        "mpp": 1.0,
+    }
     (folder / "index.jsonl").write_text(json.dumps(rec) + "\n")
     return folder
 
@@ -245,8 +330,18 @@ def test_map_agreement_scores_windows_against_their_cells(tmp_path):
                 conc[y : y + window, x : x + window, 0] = np.where(spots, 1.2, 0.05)
     folder = _fake_region_folder(tmp_path / "regions", compose(conc), cells, window, stride)
     real = write_random_pngs(tmp_path / "real", [(32, 32)] * 6, rng)
-    result = run_evaluate_region(RegionEvalConfig(regions=folder, real=real, out=tmp_path / "eval", extractor=save_pool_extractor(tmp_path / "p.pt"),
-                                                  workers=0, kid_subset_size=3, real_regions=2, adherence_permutations=50))
+    result = run_evaluate_region(
+        RegionEvalConfig(
+            regions=folder,
+            real=real,
+            out=tmp_path / "eval",
+            extractor=save_pool_extractor(tmp_path / "p.pt"),
+            workers=0,
+            kid_subset_size=3,
+            real_regions=2,
+            adherence_permutations=50,
+        )
+    )
     tumor = result.metrics["map_agreement"]["by_attribute"]
     assert tumor["tumor"]["auroc"] == 1.0 and "not measured" in tumor["til"]["status"]
     assert result.metrics["seam"]["real"] == pytest.approx(1.0, abs=0.5)  # real slide regions: no seam at any border
@@ -268,8 +363,18 @@ def test_crop_metric_is_evaluate_on_the_same_crops(reference, tmp_path):
 
     real = write_random_pngs(tmp_path / "real", [(32, 32)] * 12, np.random.default_rng(1))
     extractor = save_pool_extractor(tmp_path / "pool.pt")
-    result = run_evaluate_region(RegionEvalConfig(regions=reference, real=real, out=tmp_path / "eval", extractor=extractor, workers=0,
-                                                  kid_subset_size=6, real_regions=2, adherence_permutations=50))
+    result = run_evaluate_region(
+        RegionEvalConfig(
+            regions=reference,
+            real=real,
+            out=tmp_path / "eval",
+            extractor=extractor,
+            workers=0,
+            kid_subset_size=6,
+            real_regions=2,
+            adherence_permutations=50,
+        )
+    )
     crop = result.metrics["crop"]
     assert crop["n_crops"] == 12 == crop["fid"]["protocol"]["n_fake"]  # equal N by default
     rows = [json.loads(line) for line in (tmp_path / "eval/crops/index.jsonl").read_text().splitlines()]
@@ -279,8 +384,16 @@ def test_crop_metric_is_evaluate_on_the_same_crops(reference, tmp_path):
         region = _pixels(reference, row["region"])
         piece = np.asarray(Image.open(tmp_path / "eval/crops" / row["file"]), dtype=np.int16)
         assert np.array_equal(piece, region[row["y"] : row["y"] + 32, row["x"] : row["x"] + 32])
-    alone = run_evaluate(EvaluateConfig(real=real, fake=tmp_path / "eval/crops", out=tmp_path / "alone", extractor=extractor, workers=0,
-                                        kid_subset_size=6)).metrics
+    alone = run_evaluate(
+        EvaluateConfig(
+            real=real,
+            fake=tmp_path / "eval/crops",
+            out=tmp_path / "alone",
+            extractor=extractor,
+            workers=0,
+            kid_subset_size=6,
+        )
+    ).metrics
     assert crop["fid"]["value"] == pytest.approx(alone["fid"]["value"], rel=1e-9)
     assert crop["kid"]["mean"] == pytest.approx(alone["kid"]["mean"], rel=1e-9)
     assert len({r["region"] for r in rows}) > 1

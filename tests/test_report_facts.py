@@ -137,7 +137,16 @@ def _fact(report: str, kind: str):
 def test_sections_and_parts_are_parsed():
     doc = parse_report(ADDENDUM_REPORT)
     sections = {s.section for s in doc.sentences}
-    assert {"header", "clinical_history", "specimens", "gross", "microscopic", "final_diagnosis", "synoptic", "addendum"} <= sections
+    assert {
+        "header",
+        "clinical_history",
+        "specimens",
+        "gross",
+        "microscopic",
+        "final_diagnosis",
+        "synoptic",
+        "addendum",
+    } <= sections
     lvi = next(s for s in doc.sentences if s.text == "- Lymphovascular invasion present.")
     assert (lvi.section, lvi.part) == ("final_diagnosis", "A")
     assert doc.part_headings["C"].lower().startswith("left axillary contents")
@@ -160,9 +169,14 @@ def test_an_addendum_that_corrects_a_receptor_wins():
 
 
 def test_history_of_a_prior_lumpectomy_is_not_the_current_specimen():
-    assert (_fact(HISTORY_REPORT, "laterality").value, _fact(HISTORY_REPORT, "procedure").value) == ("left", "partial mastectomy")
+    assert (_fact(HISTORY_REPORT, "laterality").value, _fact(HISTORY_REPORT, "procedure").value) == (
+        "left",
+        "partial mastectomy",
+    )
     summary = extractive_summary(HISTORY_REPORT, 154)[0]
-    assert "left breast, partial mastectomy" in summary and "right" not in summary.lower() and "lumpectomy" not in summary
+    assert (
+        "left breast, partial mastectomy" in summary and "right" not in summary.lower() and "lumpectomy" not in summary
+    )
     side, procedure = contradictions(HISTORY_REPORT, "ILC, grade 2; right breast, lumpectomy.")
     assert "laterality right" in side and "LEFT BREAST, PARTIAL MASTECTOMY" in side
     assert "procedure lumpectomy" in procedure and "prior specimen" in procedure and "lumpectomy (2009)" in procedure
@@ -175,7 +189,9 @@ def test_one_part_negative_for_dcis_does_not_make_the_case_negative():
     for budget in BUDGETS:
         summary = extractive_summary(DCIS_PARTS_REPORT, budget)[0]
         assert "no DCIS" not in summary and "no ductal carcinoma in situ" not in summary.lower(), summary
-    assert not contradictions(DCIS_PARTS_REPORT, "Ductal carcinoma in situ, high grade; no invasive carcinoma; right breast.")
+    assert not contradictions(
+        DCIS_PARTS_REPORT, "Ductal carcinoma in situ, high grade; no invasive carcinoma; right breast."
+    )
     assert contradictions(DCIS_PARTS_REPORT, "No invasive carcinoma; no DCIS.")
     assert contradictions(DCIS_PARTS_REPORT, "IDC.")
 
@@ -189,16 +205,21 @@ def test_necrosis_in_lcis_is_not_tumour_necrosis():
     assert contradictions(HISTORY_REPORT, "Invasive lobular carcinoma, grade 2; tumour necrosis present.")
 
 
-@pytest.mark.parametrize("sentence, count", [
-    ("Lymph nodes: 0/14.", "0/14"),
-    ("Metastatic carcinoma in two lymph nodes (2/15).", "2/15"),
-    ("Metastatic carcinoma involving 7/18 lymph nodes.", "7/18"),
-    ("Metastatic carcinoma in two of fifteen lymph nodes.", "2/15"),
-    ("Sentinel lymph nodes: 0 of 3 positive.", "0/3"),
-])
+@pytest.mark.parametrize(
+    "sentence, count",
+    [
+        ("Lymph nodes: 0/14.", "0/14"),
+        ("Metastatic carcinoma in two lymph nodes (2/15).", "2/15"),
+        ("Metastatic carcinoma involving 7/18 lymph nodes.", "7/18"),
+        ("Metastatic carcinoma in two of fifteen lymph nodes.", "2/15"),
+        ("Sentinel lymph nodes: 0 of 3 positive.", "0/3"),
+    ],
+)
 def test_node_counts_in_every_notation(sentence, count):
-    report = ("FINAL DIAGNOSIS:\nLeft breast, modified radical mastectomy:\nInvasive ductal carcinoma, grade 2, 2.2 cm.\n"
-              f"{sentence}\nMargins negative.\nER positive (90%), PR positive (40%), HER2 negative (1+).")
+    report = (
+        "FINAL DIAGNOSIS:\nLeft breast, modified radical mastectomy:\nInvasive ductal carcinoma, grade 2, 2.2 cm.\n"
+        f"{sentence}\nMargins negative.\nER positive (90%), PR positive (40%), HER2 negative (1+)."
+    )
     assert _fact(report, "nodes").value == count
     assert count in extractive_summary(report, 154)[0]
     k, n = count.split("/")
@@ -227,7 +248,8 @@ def test_weak_receptors_tils_and_short_qualifiers_are_kept_verbatim():
 
 def test_ocr_confusions_are_repaired_never_copied():
     assert repair_ocr("lnfiltrating ductal carcinorna, INVAS1VE, 1ymph nodes, A1-A12, 10%") == (
-        "infiltrating ductal carcinoma, INVASIVE, lymph nodes, A1-A12, 10%")
+        "infiltrating ductal carcinoma, INVASIVE, lymph nodes, A1-A12, 10%"
+    )
     summary = extractive_summary(MICROMET_REPORT, 154)[0]
     assert summary.startswith("Invasive ductal carcinoma, Nottingham grade 3") and "lnfiltrating" not in summary
     assert _fact(MICROMET_REPORT, "histologic_type").value == "invasive ductal carcinoma"
@@ -240,7 +262,9 @@ def test_idc_in_a_summary_is_checked_against_a_report_without_residual_invasion(
     assert '"IDC"' in problem and "No residual invasive carcinoma identified" in problem
     for budget in BUDGETS:
         summary = extractive_summary(NO_RESIDUAL_REPORT, budget)[0]
-        assert not re.search(r"\bIDC\b|Invasive ductal|ER-", summary) and not contradictions(NO_RESIDUAL_REPORT, summary), summary
+        assert not re.search(r"\bIDC\b|Invasive ductal|ER-", summary) and not contradictions(
+            NO_RESIDUAL_REPORT, summary
+        ), summary
     assert "0/4 lymph nodes positive (isolated tumor cells)" in extractive_summary(NO_RESIDUAL_REPORT, 154)[0]
 
 
@@ -248,8 +272,14 @@ def test_unsupported_is_not_a_contradiction():
     check = check_summary(DCIS_PARTS_REPORT, "DCIS, high grade; no lymphovascular invasion; nodes 0/3.")
     assert not check.contradictions
     assert {f.kind for f in check.unsupported} == {"lvi", "nodes"}
-    said = {f.kind: f for f in summary_facts("IDC, grade 2; ER weakly positive (10%); HER2 2+, FISH amplified; nodes 0/14.")}
-    assert said["her2"].value == "positive" and said["er"].detail == "weakly positive (10%)" and said["nodes"].value == "0/14"
+    said = {
+        f.kind: f for f in summary_facts("IDC, grade 2; ER weakly positive (10%); HER2 2+, FISH amplified; nodes 0/14.")
+    }
+    assert (
+        said["her2"].value == "positive"
+        and said["er"].detail == "weakly positive (10%)"
+        and said["nodes"].value == "0/14"
+    )
     assert said["grade"].evidence.sentence == "IDC, grade 2"
 
 
@@ -268,10 +298,12 @@ def test_summaries_jsonl_carries_facts_with_evidence(tmp_path):
 
 
 def test_a_frozen_section_overruled_by_the_final_diagnosis_does_not_excuse_a_margin():
-    report = ("INTRAOPERATIVE CONSULTATION:\nA. Left breast, lumpectomy, frozen section of the inferior margin: negative for carcinoma.\n"
-              "FINAL DIAGNOSIS:\nA. Left breast, lumpectomy:\n- Invasive ductal carcinoma, grade 2, 1.8 cm.\n"
-              "- Invasive carcinoma extends to the inked inferior margin; margins positive.\n"
-              "B. Left breast, additional superior margin:\n- Benign breast tissue; margin negative for carcinoma.\n")
+    report = (
+        "INTRAOPERATIVE CONSULTATION:\nA. Left breast, lumpectomy, frozen section of the inferior margin: negative for carcinoma.\n"
+        "FINAL DIAGNOSIS:\nA. Left breast, lumpectomy:\n- Invasive ductal carcinoma, grade 2, 1.8 cm.\n"
+        "- Invasive carcinoma extends to the inked inferior margin; margins positive.\n"
+        "B. Left breast, additional superior margin:\n- Benign breast tissue; margin negative for carcinoma.\n"
+    )
     assert _fact(report, "margins").value == "positive"
     (problem,) = contradictions(report, "IDC, grade 2; margins negative.")
     assert "margins positive" in problem and "extends to the inked inferior margin" in problem

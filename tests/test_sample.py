@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from builders import write_tiny_bundle
-
 from histoldm.errors import UserError
 from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, training_alphas_cumprod
 
@@ -149,11 +148,17 @@ def test_guidance_scale_one_is_the_conditional_prediction():
     unet = build_unet("tiny", context_dim=16, latent_channels=3, sample_size=8).eval()
     eps_fn = unet_eps_fn(unet, "epsilon", training_alphas_cumprod())
     g = torch.Generator().manual_seed(0)
-    x, cond, uncond = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 8, 16, generator=g), torch.randn(1, 8, 16, generator=g)
+    x, cond, uncond = (
+        torch.randn(3, 3, 8, 8, generator=g),
+        torch.randn(3, 8, 16, generator=g),
+        torch.randn(1, 8, 16, generator=g),
+    )
     with torch.no_grad():
         e_c = eps_fn(x, 500, cond)
         e_u = eps_fn(x, 500, uncond.expand(3, -1, -1))
-        torch.testing.assert_close(classifier_free_guidance(eps_fn, cond, uncond, 1.0)(x, 500), e_c, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            classifier_free_guidance(eps_fn, cond, uncond, 1.0)(x, 500), e_c, rtol=1e-4, atol=1e-5
+        )
         guided = classifier_free_guidance(eps_fn, cond, uncond, 1.75)(x, 500)
     torch.testing.assert_close(guided, e_u + 1.75 * (e_c - e_u), rtol=1e-4, atol=1e-5)
     assert (guided - e_c).abs().max() > 1e-3
@@ -184,7 +189,11 @@ def test_guidance_interval_skips_the_unconditional_pass_outside_it():
         return eps_fn(x, t, context)
 
     g = torch.Generator().manual_seed(0)
-    x, cond, uncond = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 8, 16, generator=g), torch.randn(1, 8, 16, generator=g)
+    x, cond, uncond = (
+        torch.randn(3, 3, 8, 8, generator=g),
+        torch.randn(3, 8, 16, generator=g),
+        torch.randn(1, 8, 16, generator=g),
+    )
     plain = classifier_free_guidance(counted, cond, uncond, 1.75)
     limited = classifier_free_guidance(counted, cond, uncond, 1.75, interval=(200, 600))
     everywhere = classifier_free_guidance(counted, cond, uncond, 1.75, interval=(0, 999))
@@ -198,24 +207,31 @@ def test_guidance_interval_skips_the_unconditional_pass_outside_it():
         ours = sample_ddim(limited, x, timesteps, training_alphas_cumprod())
         assert sorted(calls) == [3] * 6 + [6] * 4
         calls.clear()
-        assert torch.equal(sample_ddim(everywhere, x, timesteps, training_alphas_cumprod()),
-                           sample_ddim(plain, x, timesteps, training_alphas_cumprod()))  # covering every t: exactly plain guidance
+        assert torch.equal(
+            sample_ddim(everywhere, x, timesteps, training_alphas_cumprod()),
+            sample_ddim(plain, x, timesteps, training_alphas_cumprod()),
+        )  # covering every t: exactly plain guidance
         assert not torch.allclose(ours, sample_ddim(plain, x, timesteps, training_alphas_cumprod()), atol=1e-3)
 
 
 def test_presets_fill_only_the_fields_not_given(tmp_path):
     from pydantic import ValidationError
 
-    from histoldm.sampling.run import SampleConfig
-    from histoldm.sampling.run import SAMPLE_PRESETS
+    from histoldm.sampling.run import SAMPLE_PRESETS, SampleConfig
 
     base = {"checkpoint": tmp_path, "out": tmp_path / "o", "prompt": "x"}
     paper = SampleConfig(**base)
-    assert (paper.solver, paper.steps, paper.guidance, paper.guidance_interval) == ("ddim", 50, 1.75, None)  # the default stays PathLDM's
+    assert (paper.solver, paper.steps, paper.guidance, paper.guidance_interval) == (
+        "ddim",
+        50,
+        1.75,
+        None,
+    )  # the default stays PathLDM's
     fast = SampleConfig(**base, preset="fast")
     assert {k: getattr(fast, k) for k in SAMPLE_PRESETS["fast"]} == SAMPLE_PRESETS["fast"]
-    assert SampleConfig(**base, preset="fast", steps=12, guidance_interval=None).model_dump(include={"solver", "steps", "guidance_interval"}) == {
-        "solver": "dpmpp", "steps": 12, "guidance_interval": None}
+    assert SampleConfig(**base, preset="fast", steps=12, guidance_interval=None).model_dump(
+        include={"solver", "steps", "guidance_interval"}
+    ) == {"solver": "dpmpp", "steps": 12, "guidance_interval": None}
     with pytest.raises(ValidationError, match="needs 0 <= lo <= hi <= 999"):
         SampleConfig(**base, guidance_interval=(600, 200))
 
@@ -234,7 +250,9 @@ def test_fast_preset_images_do_not_depend_on_the_batch(bundle, captions_file, tm
         _sample(bundle, captions_file, tmp_path / "bs8", batch_size=8, preset="fast", guidance_interval=(0, 999))
 
 
-def test_compile_options_reach_the_sampler_and_keep_the_images(bundle, captions_file, reference_run, tmp_path, monkeypatch):
+def test_compile_options_reach_the_sampler_and_keep_the_images(
+    bundle, captions_file, reference_run, tmp_path, monkeypatch
+):
     """The sampler compiles with the configured mode and tuning, and compiled images match eager ones.
 
     Dynamo's eager backend (graphs traced and run, no generated kernels): inductor on a CPU did not
@@ -250,10 +268,23 @@ def test_compile_options_reach_the_sampler_and_keep_the_images(bundle, captions_
         return real(unet, mode, backend="eager", tuning=tuning)
 
     monkeypatch.setattr(speed, "compile_unet", eager_backend)
-    _sample(bundle, captions_file, tmp_path / "c", batch_size=8, compile=True, compile_mode="blocks", compile_tuning="max-autotune")
+    _sample(
+        bundle,
+        captions_file,
+        tmp_path / "c",
+        batch_size=8,
+        compile=True,
+        compile_mode="blocks",
+        compile_tuning="max-autotune",
+    )
     assert seen == [("blocks", "max-autotune")]
     for n in range(1, 10):
-        assert np.abs(_pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"c/images/000/{n:06d}.png")).max() <= 1, n
+        assert (
+            np.abs(
+                _pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"c/images/000/{n:06d}.png")
+            ).max()
+            <= 1
+        ), n
 
 
 # --- caption inputs ---------------------------------------------------------------------------
@@ -268,13 +299,18 @@ def test_caption_inputs(tmp_path):
     txt = tmp_path / "c.txt"
     txt.write_text("first\n\nthird\n", encoding="utf-8")
     items, skipped = read_caption_items(txt)
-    assert [(i.id, i.caption) for i in items] == [("000001", "first"), ("000003", "third")] and skipped[0]["id"] == "000002"
+    assert [(i.id, i.caption) for i in items] == [("000001", "first"), ("000003", "third")] and skipped[0][
+        "id"
+    ] == "000002"
 
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"id": "a/b", "caption": "x"}\n{"id": "c", "caption": "y"}\n', encoding="utf-8")
     assert [i.id for i in read_caption_items(jsonl)[0]] == ["a/b", "c"] and safe_file_stem("a/b") == "a_b"
 
-    pq.write_table(pa.table({"patch_id": ["p1", "p2", "p3"], "case_id": ["A", "B", "A"], "caption": ["u", "v", "w"]}), tmp_path / "captions.parquet")
+    pq.write_table(
+        pa.table({"patch_id": ["p1", "p2", "p3"], "case_id": ["A", "B", "A"], "caption": ["u", "v", "w"]}),
+        tmp_path / "captions.parquet",
+    )
     (tmp_path / "split.json").write_text(json.dumps({"cases": {"train": ["B"], "test": ["A"]}}), encoding="utf-8")
     items, _ = read_caption_items(tmp_path / "captions.parquet", split=tmp_path / "split.json")
     assert [i.id for i in items] == ["p1", "p3"]
@@ -361,7 +397,9 @@ def test_checkpoint_trained_with_another_text_encoder_is_a_user_error(bundle, ca
     cache.mkdir()
     from safetensors.torch import save_file
 
-    save_file({"embeddings": torch.zeros(1, 154, 64), "uncond": torch.zeros(1, 154, 64)}, cache / "embeddings.safetensors")
+    save_file(
+        {"embeddings": torch.zeros(1, 154, 64), "uncond": torch.zeros(1, 154, 64)}, cache / "embeddings.safetensors"
+    )
     (cache / "index.jsonl").write_text('{"caption": "x", "row": 0}\n', encoding="utf-8")
     meta = {"encoder": "plip", "mode": "pathldm", "max_length": 154, "dim": 64, "fingerprint": "f" * 64}
     (cache / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -375,16 +413,62 @@ def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file
 
     run_dir = tmp_path / "run"
     shutil.copytree(bundle, run_dir / "model")  # a training run folder: RUN/model/ is the bundle
-    run_encode_text(EncodeTextConfig(captions=captions_file, text_encoder="tiny-clip", mode="pathldm", max_length=154, out=tmp_path / "cache", device="cpu"))
+    run_encode_text(
+        EncodeTextConfig(
+            captions=captions_file,
+            text_encoder="tiny-clip",
+            mode="pathldm",
+            max_length=154,
+            out=tmp_path / "cache",
+            device="cpu",
+        )
+    )
     common = ["sample", "--checkpoint", str(run_dir), "--steps", str(STEPS), "--device", "cpu"]
-    assert main([*common, "--captions", str(captions_file), "--text-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--captions",
+                str(captions_file),
+                "--text-cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "out"),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert "9 images (9 new), 1 captions truncated" in capsys.readouterr().out
     for n in range(1, 10):  # cached embeddings give the images the encoder gives
-        assert np.abs(_pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"out/images/000/{n:06d}.png")).max() <= 1
+        assert (
+            np.abs(
+                _pixels(reference_run / f"images/000/{n:06d}.png") - _pixels(tmp_path / f"out/images/000/{n:06d}.png")
+            ).max()
+            <= 1
+        )
 
-    assert main([*common, "--prompt", "low tumor, high til", "--num-images", "1", "--solver", "dpmpp", "--out", str(tmp_path / "dpm")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--prompt",
+                "low tumor, high til",
+                "--num-images",
+                "1",
+                "--solver",
+                "dpmpp",
+                "--out",
+                str(tmp_path / "dpm"),
+            ]
+        )
+        == 0
+    )
     assert _pixels(tmp_path / "dpm/images/000/000001.png").std() > 1
-    assert main([*common, "--prompt", "x", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main([*common, "--prompt", "x", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -396,9 +480,29 @@ def test_pathldm_numerics_on_cpu_land_near_the_default(bundle, captions_file, re
 
     _sample(bundle, captions_file, tmp_path / "pd", batch_size=8, precision="pathldm")
     numerics = json.loads((tmp_path / "pd" / "settings.json").read_text())["numerics"]
-    assert numerics == {"precision": "pathldm", "text_dtype": "float32", "weights": "float32", "autocast": "float16", "to_uint8": "truncate"}
-    diffs = np.stack([_pixels(tmp_path / f"pd/images/000/{n:06d}.png") - _pixels(reference_run / f"images/000/{n:06d}.png") for n in range(1, 10)])
+    assert numerics == {
+        "precision": "pathldm",
+        "text_dtype": "float32",
+        "weights": "float32",
+        "autocast": "float16",
+        "to_uint8": "truncate",
+    }
+    diffs = np.stack(
+        [
+            _pixels(tmp_path / f"pd/images/000/{n:06d}.png") - _pixels(reference_run / f"images/000/{n:06d}.png")
+            for n in range(1, 10)
+        ]
+    )
     assert diffs.any() and np.abs(diffs).mean() < 2 and -1.0 < diffs.mean() < -0.2
-    run_encode_text(EncodeTextConfig(captions=captions_file, text_encoder="tiny-clip", max_length=154, out=tmp_path / "tc", device="cpu", dtype="bfloat16"))
+    run_encode_text(
+        EncodeTextConfig(
+            captions=captions_file,
+            text_encoder="tiny-clip",
+            max_length=154,
+            out=tmp_path / "tc",
+            device="cpu",
+            dtype="bfloat16",
+        )
+    )
     with pytest.raises(UserError, match="precision pathldm needs float32"):
         _sample(bundle, captions_file, tmp_path / "pd2", precision="pathldm", text_cache=tmp_path / "tc")

@@ -40,10 +40,16 @@ def test_a_missing_config_path_is_one_line_naming_the_shipped_ones(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "configs/histoldm.yaml"]) == 2  # a path is never taken for a shipped name
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "configs/histoldm.yaml: config file not found" in err and "--config histoldm |" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "configs/histoldm.yaml: config file not found" in err
+        and "--config histoldm |" in err
+    )
     assert main(["config", "show", "histoldn"]) == 2
     assert "histoldn: no shipped config of that name" in capsys.readouterr().err
-    (tmp_path / "pathldm").write_text("max_steps: 3\ndata: {latents: l, text_cache: t, captions: c.parquet}\n")  # a file of that name in the folder wins over the shipped one
+    (tmp_path / "pathldm").write_text(
+        "max_steps: 3\ndata: {latents: l, text_cache: t, captions: c.parquet}\n"
+    )  # a file of that name in the folder wins over the shipped one
     assert main(["train", "--config", "pathldm", "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["max_steps"] == 3
 
@@ -52,5 +58,7 @@ def test_one_copy_the_repository_path_is_a_link_to_the_package(monkeypatch, caps
     assert (ROOT / "configs").is_symlink() and (ROOT / "configs").resolve() == SHIPPED_DIR
     assert set(shipped_configs()) == {p.stem for p in SHIPPED_DIR.iterdir()}  # nothing but configs there
     monkeypatch.chdir(ROOT)
-    assert main(["sweep", "--config", "configs/sweep_demo.yaml", "--dry-run"]) == 0  # the repository's spelling still works
+    assert (
+        main(["sweep", "--config", "configs/sweep_demo.yaml", "--dry-run"]) == 0
+    )  # the repository's spelling still works
     capsys.readouterr()

@@ -139,7 +139,10 @@ def _llm_cfg(tmp_path, url, **kw) -> SummarizeConfig:
 
 
 def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
-    reports = [{"case_id": f"TCGA-T{i % 10}-{i:04d}.some-uuid", "text": f"CASE c{i} MODE {m}\nFINAL DIAGNOSIS: carcinoma"} for i, m in enumerate(MODES)]
+    reports = [
+        {"case_id": f"TCGA-T{i % 10}-{i:04d}.some-uuid", "text": f"CASE c{i} MODE {m}\nFINAL DIAGNOSIS: carcinoma"}
+        for i, m in enumerate(MODES)
+    ]
     reports.append({"case_id": "TCGA-ZZ-EMPT", "text": "   "})
     reports.append({"case_id": "TCGA-ZZ-HUGE", "text": "CASE huge MODE ok " + "x" * 100_000})
     _write_jsonl(tmp_path / "reports.jsonl", reports)
@@ -155,8 +158,21 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         by_mode = {m: records[f"TCGA-T{i % 10}-{i:04d}"] for i, m in enumerate(MODES)}
 
         for rec in records.values():
-            assert set(rec) == {"case_id", "summary", "tokens", "budget", "backend", "model", "prompt_sha256", "attempts", "status", "usage", "error",
-                                "facts", "unsupported"}
+            assert set(rec) == {
+                "case_id",
+                "summary",
+                "tokens",
+                "budget",
+                "backend",
+                "model",
+                "prompt_sha256",
+                "attempts",
+                "status",
+                "usage",
+                "error",
+                "facts",
+                "unsupported",
+            }
             if rec["status"] == "failed":
                 assert rec["error"] and rec["summary"] == ""
             else:
@@ -170,12 +186,20 @@ def test_llm_driver_survives_a_failing_server_and_resumes(tmp_path, capsys):
         feedback = server.bodies["c6"][1]["messages"][-1]["content"]
         assert re.match(r"That was \d+ tokens; rewrite it in at most 35 tokens", feedback)
         assert by_mode["long"]["status"] == "truncated" and by_mode["long"]["attempts"] == 4
-        assert by_mode["long"]["summary"].startswith("Finding number 0") or by_mode["long"]["summary"].startswith("finding number 0")
+        assert by_mode["long"]["summary"].startswith("Finding number 0") or by_mode["long"]["summary"].startswith(
+            "finding number 0"
+        )
         assert by_mode["empty"]["status"] == "failed" and "empty reply" in by_mode["empty"]["error"]
         assert by_mode["always500"]["status"] == "failed" and "HTTP 500" in by_mode["always500"]["error"]
-        assert by_mode["auth"]["status"] == "failed" and by_mode["auth"]["attempts"] == 1 and "401" in by_mode["auth"]["error"]
+        assert (
+            by_mode["auth"]["status"] == "failed"
+            and by_mode["auth"]["attempts"] == 1
+            and "401" in by_mode["auth"]["error"]
+        )
         assert records["TCGA-ZZ-EMPT"]["status"] == "failed" and "empty report" in records["TCGA-ZZ-EMPT"]["error"]
-        assert records["TCGA-ZZ-HUGE"]["status"] == "failed" and "100,018 characters" in records["TCGA-ZZ-HUGE"]["error"]
+        assert (
+            records["TCGA-ZZ-HUGE"]["status"] == "failed" and "100,018 characters" in records["TCGA-ZZ-HUGE"]["error"]
+        )
         assert records["TCGA-ZZ-BYTE"]["status"] == "ok"
         assert any("not valid UTF-8" in w for w in result.warnings)
         assert server.requests["huge"] == 0
@@ -216,14 +240,34 @@ def test_out_file_with_other_settings_and_torn_line(tmp_path, capsys):
 
 def test_an_outage_is_an_error_and_the_table_covers_the_whole_file(tmp_path, capsys):
     """A wrong --base-url used to print '3 written (failed 3)' and exit 0."""
-    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": f"TCGA-AA-000{i}", "text": f"CASE c{i} MODE ok"} for i in range(3)])
-    args = ["summarize", str(tmp_path / "reports.jsonl"), "--out", str(tmp_path / "out.jsonl"), "--backend", "openai",
-            "--model", "m", "--api-key-env", "HISTOLDM_TEST_NO_SUCH_KEY", "--timeout", "1.5", "--max-attempts", "1", "--limit", "2"]
+    _write_jsonl(
+        tmp_path / "reports.jsonl", [{"case_id": f"TCGA-AA-000{i}", "text": f"CASE c{i} MODE ok"} for i in range(3)]
+    )
+    args = [
+        "summarize",
+        str(tmp_path / "reports.jsonl"),
+        "--out",
+        str(tmp_path / "out.jsonl"),
+        "--backend",
+        "openai",
+        "--model",
+        "m",
+        "--api-key-env",
+        "HISTOLDM_TEST_NO_SUCH_KEY",
+        "--timeout",
+        "1.5",
+        "--max-attempts",
+        "1",
+        "--limit",
+        "2",
+    ]
     with FlakyChatServer() as server:
         url = server.url
     assert main([*args, "--base-url", url]) == 2  # the server is gone: every request is refused
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'out.jsonl'}: all 2 cases of this run failed (first: TCGA-AA-000" in err.strip().splitlines()[-1]
+    assert (
+        f"{tmp_path / 'out.jsonl'}: all 2 cases of this run failed (first: TCGA-AA-000" in err.strip().splitlines()[-1]
+    )
     with FlakyChatServer() as server:
         assert main([*args[:-2], "--base-url", server.url]) == 0  # the third case only: the failed ones stay
         assert "3 cases in the whole file (one line each), 1 written by this run" in capsys.readouterr().err
@@ -257,8 +301,12 @@ def test_case_ids_csv_folder_and_duplicates(tmp_path):
     )
     loaded = load_reports(csv)
     assert [r.case_id for r in loaded.reports] == ["TCGA-BH-A0B3", "TCGA-A2-A0T2"]
-    assert loaded.duplicates == [{"case_id": "TCGA-BH-A0B3", "source": "TCGA_Reports.csv:row 3", "kept": "TCGA_Reports.csv:row 2"}]
-    assert loaded.reports[1].text == 'caf\ufffd "quoted", carcinoma' and "not valid UTF-8" in loaded.reports[1].warnings[0]
+    assert loaded.duplicates == [
+        {"case_id": "TCGA-BH-A0B3", "source": "TCGA_Reports.csv:row 3", "kept": "TCGA_Reports.csv:row 2"}
+    ]
+    assert (
+        loaded.reports[1].text == 'caf\ufffd "quoted", carcinoma' and "not valid UTF-8" in loaded.reports[1].warnings[0]
+    )
     assert loaded.reports[0].warnings == []
     folder = tmp_path / "txt"
     folder.mkdir()
@@ -279,8 +327,25 @@ def test_csv_without_columns_is_a_one_line_error(tmp_path, capsys):
 def test_api_key_pasted_as_variable_name_is_refused_without_echo(tmp_path, capsys):
     _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(1, seed=3))
     secret = "sk-proj-SECRET123"
-    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "s.jsonl"), "--backend", "openai",
-                 "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", secret]) == 2
+    assert (
+        main(
+            [
+                "summarize",
+                str(tmp_path / "r.jsonl"),
+                "--out",
+                str(tmp_path / "s.jsonl"),
+                "--backend",
+                "openai",
+                "--model",
+                "m",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--api-key-env",
+                secret,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "name of an environment variable" in err and secret not in err
     assert not list(tmp_path.glob("s.jsonl*"))
@@ -291,8 +356,26 @@ def test_cli_extractive_and_dry_run(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(out), "--budget", "35"]) == 0
     assert [r["status"] for r in read_jsonl(out)] == ["ok"] * 4
-    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "d.jsonl"), "--backend", "openai",
-                 "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--prompt", "pathldm", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "summarize",
+                str(tmp_path / "r.jsonl"),
+                "--out",
+                str(tmp_path / "d.jsonl"),
+                "--backend",
+                "openai",
+                "--model",
+                "m",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--prompt",
+                "pathldm",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "--- system ---" in printed and "SYNTHETIC REPORT" in printed and "(35 tokens)" in printed
     assert not (tmp_path / "d.jsonl").exists()
@@ -327,7 +410,13 @@ def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
         assert count_tokens(summaries[-1].text) >= 0.65 * 154
         one_line = " ".join(case.text.split())  # OCR'd reports often lose their line breaks
         assert summarise(one_line, 154).text == summaries[-1].text
-    assert kept[20] < kept[35] < kept[50] < kept[154] == sum(13 - (not facts_stated(c, summarise(c.text, 154).text)["growth"]) for c in cases)
+    assert (
+        kept[20]
+        < kept[35]
+        < kept[50]
+        < kept[154]
+        == sum(13 - (not facts_stated(c, summarise(c.text, 154).text)["growth"]) for c in cases)
+    )
 
 
 def test_synthetic_reports_are_long_noisy_and_deterministic():
@@ -336,11 +425,26 @@ def test_synthetic_reports_are_long_noisy_and_deterministic():
     words = [len(c.text.split()) for c in cases]
     assert min(words) >= 300 and max(words) >= 1200  # hundreds to well over a thousand words, like TCGA's
     texts = "\n".join(c.text for c in cases)
-    for section in ("GROSS DESCRIPTION:", "MICROSCOPIC DESCRIPTION:", "FINAL DIAGNOSIS:", "COMMENT:", "ADDENDUM 1:",
-                    "Electronically signed", "Food and Drug Administration", "SYNOPTIC REPORT", "CHECKLIST", " ....", "Page 2 of 4"):
+    for section in (
+        "GROSS DESCRIPTION:",
+        "MICROSCOPIC DESCRIPTION:",
+        "FINAL DIAGNOSIS:",
+        "COMMENT:",
+        "ADDENDUM 1:",
+        "Electronically signed",
+        "Food and Drug Administration",
+        "SYNOPTIC REPORT",
+        "CHECKLIST",
+        " ....",
+        "Page 2 of 4",
+    ):
         assert section in texts, section
     assert re.search(r"\w{3}-\n\w", texts) and ("rn" in texts and "1" in texts)  # hyphenated breaks, OCR swaps
-    assert {c.dcis for c in cases} == {"present", "absent", "possible"} and {c.lvi for c in cases} == {"present", "absent", "possible"}
+    assert {c.dcis for c in cases} == {"present", "absent", "possible"} and {c.lvi for c in cases} == {
+        "present",
+        "absent",
+        "possible",
+    }
     assert {c.til_level for c in cases} == {"low", "moderate", "high"}
 
 
@@ -384,13 +488,20 @@ NEGATION_TABLE = [  # (sentence in the report, finding, truth)
     ("Negative for focal necrosis or extensive lymphovascular invasion.", "lvi", "absent"),
 ]
 # How a caption names each finding; the first word of a match says its status ("no X", "possible X", "X").
-_CAPTION_NAMES = {"dcis": r"DCIS|ductal carcinoma in situ", "lvi": r"LVI|lymphovascular invasion", "necrosis": r"(?:tumou?r )?necrosis"}
+_CAPTION_NAMES = {
+    "dcis": r"DCIS|ductal carcinoma in situ",
+    "lvi": r"LVI|lymphovascular invasion",
+    "necrosis": r"(?:tumou?r )?necrosis",
+}
 
 
 def _caption_says(summary: str, finding: str) -> str | None:
     """An oracle independent of the project's reader, for captions: the status of the first mention."""
-    m = re.search(rf"\b(?:(no|possible) )?(?:{_CAPTION_NAMES[finding]})\b(,?:? (?:absent|not identified|negative|cannot be excluded))?",
-                  summary, re.IGNORECASE)
+    m = re.search(
+        rf"\b(?:(no|possible) )?(?:{_CAPTION_NAMES[finding]})\b(,?:? (?:absent|not identified|negative|cannot be excluded))?",
+        summary,
+        re.IGNORECASE,
+    )
     if not m:
         return None
     if m[2]:
@@ -399,9 +510,11 @@ def _caption_says(summary: str, finding: str) -> str | None:
 
 
 def _table_report(key: str, sentence: str) -> str:
-    return (f"CASE {key} MODE script-{key}\nGROSS DESCRIPTION: a 3.1 cm mass, sections A1-A9.\nFINAL DIAGNOSIS:\n"
-            "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm.\n" + sentence + "\n"
-            "Estrogen receptor positive, progesterone receptor positive, HER2 negative.\nMargins negative.")
+    return (
+        f"CASE {key} MODE script-{key}\nGROSS DESCRIPTION: a 3.1 cm mass, sections A1-A9.\nFINAL DIAGNOSIS:\n"
+        "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm.\n" + sentence + "\n"
+        "Estrogen receptor positive, progesterone receptor positive, HER2 negative.\nMargins negative."
+    )
 
 
 def test_negation_and_doubt_survive_every_budget_extractive():
@@ -427,16 +540,36 @@ def test_fallback_cut_never_drops_a_negation():
 
 
 OTHER_FACTS = [  # (diagnosis, what every budget's summary must not say, what the 154-token one says, a reversed caption)
-    ("Suspicious for invasive ductal carcinoma, grade 2. Ductal carcinoma in situ, solid type, present.",
-     r"^(?:Invasive|IDC)", "Possible invasive ductal carcinoma, grade 2", "Invasive ductal carcinoma, grade 2; DCIS."),
-    ("Ductal carcinoma in situ, solid type, nuclear grade 3. Negative for invasive carcinoma. Margins negative.",
-     r"^Invasive", "No invasive carcinoma", "Invasive carcinoma; DCIS, solid."),
-    ("Invasive ductal carcinoma, grade 3. Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
-     r"ER\+|PR\+|HER2-", "ER-, PR-, HER2+", "Invasive ductal carcinoma, grade 3; ER+, PR-, HER2+."),
-    ("Invasive ductal carcinoma, grade 3. Carcinoma is close to but does not involve the margin.",
-     r"margins positive", "margins negative", "Invasive ductal carcinoma, grade 3; margins positive."),
-    ("Invasive ductal carcinoma, grade 1. Lymph nodes: 0/5 positive. ER: negative.",
-     r"ER\+|[1-5]/5", "0/5 lymph nodes positive", "Invasive ductal carcinoma, grade 1; nodes 2/5 positive; ER-."),
+    (
+        "Suspicious for invasive ductal carcinoma, grade 2. Ductal carcinoma in situ, solid type, present.",
+        r"^(?:Invasive|IDC)",
+        "Possible invasive ductal carcinoma, grade 2",
+        "Invasive ductal carcinoma, grade 2; DCIS.",
+    ),
+    (
+        "Ductal carcinoma in situ, solid type, nuclear grade 3. Negative for invasive carcinoma. Margins negative.",
+        r"^Invasive",
+        "No invasive carcinoma",
+        "Invasive carcinoma; DCIS, solid.",
+    ),
+    (
+        "Invasive ductal carcinoma, grade 3. Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
+        r"ER\+|PR\+|HER2-",
+        "ER-, PR-, HER2+",
+        "Invasive ductal carcinoma, grade 3; ER+, PR-, HER2+.",
+    ),
+    (
+        "Invasive ductal carcinoma, grade 3. Carcinoma is close to but does not involve the margin.",
+        r"margins positive",
+        "margins negative",
+        "Invasive ductal carcinoma, grade 3; margins positive.",
+    ),
+    (
+        "Invasive ductal carcinoma, grade 1. Lymph nodes: 0/5 positive. ER: negative.",
+        r"ER\+|[1-5]/5",
+        "0/5 lymph nodes positive",
+        "Invasive ductal carcinoma, grade 1; nodes 2/5 positive; ER-.",
+    ),
 ]
 
 
@@ -448,7 +581,10 @@ def test_type_receptors_margins_and_nodes_follow_the_same_rule():
             assert not re.search(never, summary), (diagnosis, budget, summary)
             assert not contradictions(report, summary), (diagnosis, budget, summary)
         assert at_154 in extractive_summary(report, 154)[0], diagnosis
-        assert contradictions(report, reversed_caption), (diagnosis, reversed_caption)  # every backend's check catches it
+        assert contradictions(report, reversed_caption), (
+            diagnosis,
+            reversed_caption,
+        )  # every backend's check catches it
 
 
 def _reversed(finding: str, truth: str) -> str:
@@ -483,8 +619,12 @@ def test_llm_replies_that_reverse_a_finding_are_regenerated(tmp_path, budget):
         script[f"row{i}"] = [f"{head}; {_reversed(finding, truth)}.", f"{head}; {_faithful(finding, truth)}."]
     script["always"] = [f"{head}; DCIS present."]  # never fixed: the case fails, its caption is not used
     script["bare"] = [f"{head}; DCIS; ER+.", f"{head}; no DCIS; ER+."]  # a dropped negation: a bare name asserts
-    reports = [{"case_id": f"row{i}", "text": _table_report(f"row{i}", s)} for i, (s, _, _) in enumerate(NEGATION_TABLE)]
-    reports += [{"case_id": key, "text": _table_report(key, "Ductal carcinoma in situ, absent.")} for key in ("always", "bare")]
+    reports = [
+        {"case_id": f"row{i}", "text": _table_report(f"row{i}", s)} for i, (s, _, _) in enumerate(NEGATION_TABLE)
+    ]
+    reports += [
+        {"case_id": key, "text": _table_report(key, "Ductal carcinoma in situ, absent.")} for key in ("always", "bare")
+    ]
     _write_jsonl(tmp_path / "reports.jsonl", reports)
     with ScriptedChatServer(script) as server:
         run_summarize(_llm_cfg(tmp_path, server.url, budget=budget, max_attempts=3))
@@ -494,30 +634,46 @@ def test_llm_replies_that_reverse_a_finding_are_regenerated(tmp_path, budget):
         assert rec["status"] == "regenerated" and rec["attempts"] == 2, (sentence, rec)
         assert _caption_says(rec["summary"], finding) == truth, (sentence, rec["summary"])
         second = server.bodies[f"row{i}"][1]["messages"][-1]["content"]
-        assert second.startswith("That summary contradicts the report: it states") and f"at most {budget} tokens" in second
+        assert (
+            second.startswith("That summary contradicts the report: it states") and f"at most {budget} tokens" in second
+        )
     assert records["always"]["status"] == "failed" and "contradicts the report" in records["always"]["error"]
     assert records["always"]["summary"] == "" and records["always"]["attempts"] == 3
     assert records["bare"]["status"] == "regenerated" and "no DCIS" in records["bare"]["summary"]
 
 
 def test_llm_over_budget_reply_is_never_cut_into_the_opposite(tmp_path):
-    long_reply = ("Invasive ductal carcinoma, Nottingham grade 2; ductal carcinoma in situ, absent; "
-                  + "; ".join(f"marginal finding {i} described at length" for i in range(12)) + ".")
+    long_reply = (
+        "Invasive ductal carcinoma, Nottingham grade 2; ductal carcinoma in situ, absent; "
+        + "; ".join(f"marginal finding {i} described at length" for i in range(12))
+        + "."
+    )
     plain_cut = truncate_to_budget(long_reply, 15)
     assert _caption_says(plain_cut, "dcis") == "present"  # what the plain cut would have written
-    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": "c", "text": _table_report("c", "Ductal carcinoma in situ, absent.")}])
+    _write_jsonl(
+        tmp_path / "reports.jsonl", [{"case_id": "c", "text": _table_report("c", "Ductal carcinoma in situ, absent.")}]
+    )
     with ScriptedChatServer({"c": [long_reply]}) as server:
         run_summarize(_llm_cfg(tmp_path, server.url, budget=15, max_attempts=2))
     (rec,) = read_jsonl(tmp_path / "out.jsonl")
     assert rec["status"] == "truncated" and rec["tokens"] <= 15
-    assert _caption_says(rec["summary"], "dcis") in (None, "absent") and rec["summary"].startswith("Invasive ductal carcinoma")
+    assert _caption_says(rec["summary"], "dcis") in (None, "absent") and rec["summary"].startswith(
+        "Invasive ductal carcinoma"
+    )
 
 
 def test_receptor_status_written_as_symbols():
     from histoldm.summaries.extractive import _receptors
 
-    written = {"ER+ PR- HER2+": "ER+, PR-, HER2+", "ER+ PR+ HER2-.": "ER+, PR+, HER2-", "HER2 -": "HER2-",
-               "HER2-neu negative": "HER2-", "Her-2 pos": "HER2+", "HER2 (IHC) 2+": "HER2 equivocal", "HER2: 3+": "HER2+"}
+    written = {
+        "ER+ PR- HER2+": "ER+, PR-, HER2+",
+        "ER+ PR+ HER2-.": "ER+, PR+, HER2-",
+        "HER2 -": "HER2-",
+        "HER2-neu negative": "HER2-",
+        "Her-2 pos": "HER2+",
+        "HER2 (IHC) 2+": "HER2 equivocal",
+        "HER2: 3+": "HER2+",
+    }
     for text, expected in written.items():
         assert _receptors(text) == (expected,), text
 
@@ -539,7 +695,10 @@ def test_extractive_every_budget_fits_and_other_organs_fall_back():
 def test_truncate_to_budget_prefers_clause_boundaries():
     text = "Invasive ductal carcinoma, grade 3; lymphovascular invasion present; DCIS, solid; ER-, PR-, HER2+."
     cut = truncate_to_budget(text, 12)
-    assert count_tokens(cut) <= 12 and cut in ("Invasive ductal carcinoma, grade 3; lymphovascular invasion present.", "Invasive ductal carcinoma, grade 3.")
+    assert count_tokens(cut) <= 12 and cut in (
+        "Invasive ductal carcinoma, grade 3; lymphovascular invasion present.",
+        "Invasive ductal carcinoma, grade 3.",
+    )
     assert count_tokens(truncate_to_budget("supercalifragilisticexpialidocious " * 3, 2)) <= 2
 
 
@@ -550,7 +709,10 @@ def test_prompt_presets_and_files(tmp_path):
     targeted = load_prompt("targeted")
     messages = render(targeted, "report with {braces} and {token_budget}", 35)
     assert [m["role"] for m in messages] == ["system", "user"]
-    assert "at most 25 words (35 tokens)" in messages[1]["content"] and "{braces} and {token_budget}" in messages[1]["content"]
+    assert (
+        "at most 25 words (35 tokens)" in messages[1]["content"]
+        and "{braces} and {token_budget}" in messages[1]["content"]
+    )
     assert load_prompt("pathldm").sha256 != targeted.sha256
     plain = tmp_path / "p.txt"
     plain.write_text("Summarise in {word_budget} words:\n{report}")
@@ -587,7 +749,11 @@ def tiny_local_lm(tmp_path, monkeypatch):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
     tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=4096, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(vocab), n_positions=4096, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1
+        )
+    )
     model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=None, suppress_tokens=[0, 1])
     folder = tmp_path / "tiny-lm"
     model.save_pretrained(folder)
@@ -599,7 +765,8 @@ def test_local_backend_generates_and_its_replies_go_through_the_budget_check(tmp
     from histoldm.summaries.llm import LocalBackend
 
     reply = LocalBackend(str(tiny_local_lm), temperature=0.0, seed=0, max_tokens=6).complete(
-        [{"role": "system", "content": "summarise"}, {"role": "user", "content": "invasive carcinoma grade 2"}])
+        [{"role": "system", "content": "summarise"}, {"role": "user", "content": "invasive carcinoma grade 2"}]
+    )
     assert len(reply.text.split()) == 6 and set(reply.text.split()) <= set(WORDS)
     assert reply.usage["completion_tokens"] == 6 and reply.usage["prompt_tokens"] > 0
 
@@ -607,8 +774,27 @@ def test_local_backend_generates_and_its_replies_go_through_the_budget_check(tmp
     # clause, so after the last attempt the case fails with the reason
     _write_jsonl(tmp_path / "r.jsonl", make_synthetic_reports(1, seed=3))
     out = tmp_path / "s.jsonl"
-    assert main(["summarize", str(tmp_path / "r.jsonl"), "--out", str(out), "--backend", "local", "--model", str(tiny_local_lm),
-                 "--budget", "1", "--max-tokens", "6", "--max-attempts", "2"]) == 2  # every case of the run failed
+    assert (
+        main(
+            [
+                "summarize",
+                str(tmp_path / "r.jsonl"),
+                "--out",
+                str(out),
+                "--backend",
+                "local",
+                "--model",
+                str(tiny_local_lm),
+                "--budget",
+                "1",
+                "--max-tokens",
+                "6",
+                "--max-attempts",
+                "2",
+            ]
+        )
+        == 2
+    )  # every case of the run failed
     [record] = list(read_jsonl(out))
     assert record["status"] == "failed" and record["attempts"] == 2, record
     assert "still over budget after 2 attempts, and no whole clause of the shortest reply" in record["error"]
@@ -622,10 +808,22 @@ def test_llm_over_budget_reply_is_cut_after_whole_clauses_only(tmp_path):
     budget = 21
     assert truncate_to_budget(reply, budget).endswith("; LVI present; ER.")  # the fragment a comma cut leaves
     report = _table_report("c", "Lymphovascular invasion is present.")
-    _write_jsonl(tmp_path / "reports.jsonl", [{"case_id": "c", "text": report},
-                                              {"case_id": "d", "text": _table_report("d", "Lymphovascular invasion is present.")}])
-    with ScriptedChatServer({"c": [reply], "d": ["Invasive ductal carcinoma of no special type, Nottingham grade 2 of 3, measuring 2.1 cm in "
-                                                 "greatest dimension, with lymphovascular invasion present and receptors as stated."]}) as server:
+    _write_jsonl(
+        tmp_path / "reports.jsonl",
+        [
+            {"case_id": "c", "text": report},
+            {"case_id": "d", "text": _table_report("d", "Lymphovascular invasion is present.")},
+        ],
+    )
+    with ScriptedChatServer(
+        {
+            "c": [reply],
+            "d": [
+                "Invasive ductal carcinoma of no special type, Nottingham grade 2 of 3, measuring 2.1 cm in "
+                "greatest dimension, with lymphovascular invasion present and receptors as stated."
+            ],
+        }
+    ) as server:
         run_summarize(_llm_cfg(tmp_path, server.url, budget=budget, max_attempts=2))
     records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     assert records["c"]["status"] == "truncated" and records["c"]["tokens"] <= budget
@@ -641,8 +839,27 @@ def test_summarize_lists_failed_cases_with_reasons_on_screen_and_in_the_manifest
     _write_jsonl(tmp_path / "reports.jsonl", reports)
     out = tmp_path / "out.jsonl"
     with FlakyChatServer() as server:
-        assert main(["summarize", str(tmp_path / "reports.jsonl"), "--out", str(out), "--backend", "openai", "--model", "m",
-                     "--base-url", server.url, "--api-key-env", "HISTOLDM_TEST_NO_SUCH_KEY", "--max-attempts", "1"]) == 0
+        assert (
+            main(
+                [
+                    "summarize",
+                    str(tmp_path / "reports.jsonl"),
+                    "--out",
+                    str(out),
+                    "--backend",
+                    "openai",
+                    "--model",
+                    "m",
+                    "--base-url",
+                    server.url,
+                    "--api-key-env",
+                    "HISTOLDM_TEST_NO_SUCH_KEY",
+                    "--max-attempts",
+                    "1",
+                ]
+            )
+            == 0
+        )
     printed = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
     listed = [line for line in printed if line.startswith("failed: ")]
     assert [line.split(": ")[1] for line in listed] == [f"TCGA-AA-{i:04d}" for i in range(10)]
@@ -660,6 +877,12 @@ def test_an_out_file_of_other_settings_names_only_what_differs(tmp_path):
     run_summarize(cfg)
     with pytest.raises(UserError) as err:
         run_summarize(cfg.model_copy(update={"budget": 20}))
-    assert str(err.value) == f"{tmp_path / 's.jsonl'}: holds summaries made with budget 35; this run asks budget 20; choose another --out"
-    with pytest.raises(UserError, match="made with backend extractive, no prompt \\(extractive backend\\); this run asks backend openai, the prompt [0-9a-f]{12};"):
+    assert (
+        str(err.value)
+        == f"{tmp_path / 's.jsonl'}: holds summaries made with budget 35; this run asks budget 20; choose another --out"
+    )
+    with pytest.raises(
+        UserError,
+        match="made with backend extractive, no prompt \\(extractive backend\\); this run asks backend openai, the prompt [0-9a-f]{12};",
+    ):
         run_summarize(cfg.model_copy(update={"backend": "openai", "model": "m"}))

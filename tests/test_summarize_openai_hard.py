@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 from contextlib import suppress
 
-from test_summarize import ScriptedChatServer, _llm_cfg, _write_jsonl
-
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
 from histoldm.summaries.hard_reports import HardReport, make_hard_reports
-from histoldm.summaries.summary_oracle import SUMMARY_STYLES, write_summary
 from histoldm.summaries.summarize import run_summarize
+from histoldm.summaries.summary_oracle import SUMMARY_STYLES, write_summary
+from test_summarize import ScriptedChatServer, _llm_cfg, _write_jsonl
 
 
 def _hard_cases(n: int = 5) -> list[HardReport]:
@@ -30,13 +29,22 @@ def _served(case: HardReport) -> dict[str, str]:
 def test_correct_summaries_of_hard_reports_are_accepted_at_once(tmp_path):
     cases = _hard_cases()
     patterns = {t.pattern for c in cases for t in c.traps}
-    assert len(cases) == 5 and {"negative_part", "addendum", "history"} <= patterns, patterns  # the hard kinds are there
-    script = {c.case_id: [write_summary(c.facts, c.notes, SUMMARY_STYLES[i % len(SUMMARY_STYLES)])] for i, c in enumerate(cases)}
+    assert len(cases) == 5 and {"negative_part", "addendum", "history"} <= patterns, (
+        patterns
+    )  # the hard kinds are there
+    script = {
+        c.case_id: [write_summary(c.facts, c.notes, SUMMARY_STYLES[i % len(SUMMARY_STYLES)])]
+        for i, c in enumerate(cases)
+    }
     _write_jsonl(tmp_path / "reports.jsonl", [_served(c) for c in cases])
     with ScriptedChatServer(script) as server, suppress(UserError):  # a run whose every case fails exits 2
         run_summarize(_llm_cfg(tmp_path, server.url, budget=154, prompt="pathldm", max_attempts=3))
     records = {r["case_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
-    wrong = {cid: (r["status"], r["attempts"], r["error"]) for cid, r in records.items() if (r["status"], r["attempts"]) != ("ok", 1)}
+    wrong = {
+        cid: (r["status"], r["attempts"], r["error"])
+        for cid, r in records.items()
+        if (r["status"], r["attempts"]) != ("ok", 1)
+    }
     assert not wrong, wrong  # every reply was true to its report
     assert all(records[c.case_id]["summary"] == script[c.case_id][0] for c in cases)
     assert all(server.requests[c.case_id] == 1 for c in cases)
@@ -56,7 +64,10 @@ def test_a_reversed_finding_is_caught_and_the_feedback_quotes_both_sides(tmp_pat
     clause = "LVI present" if truth == "absent" else "no LVI"
     assert clause in wrong
     _write_jsonl(tmp_path / "reports.jsonl", [_served(case)])
-    with ScriptedChatServer({case.case_id: [wrong, right]}) as server, suppress(UserError):  # a run whose every case fails exits 2
+    with (
+        ScriptedChatServer({case.case_id: [wrong, right]}) as server,
+        suppress(UserError),
+    ):  # a run whose every case fails exits 2
         run_summarize(_llm_cfg(tmp_path, server.url, budget=154, prompt="pathldm", max_attempts=3))
     (rec,) = read_jsonl(tmp_path / "out.jsonl")
     assert server.requests[case.case_id] >= 2, rec  # the reversed reply was caught
@@ -64,6 +75,13 @@ def test_a_reversed_finding_is_caught_and_the_feedback_quotes_both_sides(tmp_pat
     assert feedback.startswith("That summary contradicts the report") and "at most 154 tokens" in feedback
     assert clause in feedback, feedback  # the summary's own words
     sentences = _report_sentences(case.text, r"lympho?-?vascular|\bLVI\b|tumor emboli")
-    assert sentences and any(s.lower() in feedback.lower() for s in sentences), (feedback, sentences)  # the report's own words
-    assert not re.search(r"ductal carcinoma in situ|DCIS", feedback), feedback  # no false complaint about the negative part
-    assert (rec["status"], rec["attempts"], rec["summary"]) == ("regenerated", 2, right), rec  # the true rewrite is accepted
+    assert sentences and any(s.lower() in feedback.lower() for s in sentences), (
+        feedback,
+        sentences,
+    )  # the report's own words
+    assert not re.search(r"ductal carcinoma in situ|DCIS", feedback), (
+        feedback
+    )  # no false complaint about the negative part
+    assert (rec["status"], rec["attempts"], rec["summary"]) == ("regenerated", 2, right), (
+        rec
+    )  # the true rewrite is accepted

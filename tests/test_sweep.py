@@ -33,7 +33,9 @@ def test_context_grows_to_the_longest_summary_when_the_encoder_tokenizes_finer()
     assert wordpieces > budget  # the case the rule exists for
     length = context_length(budget, [LONG], minilm)
     assert length == 2 + caption_prefix_tokens(minilm) + wordpieces
-    assert not load_text_encoder("minilm", "truncate", length, device="cpu").truncated([f"high tumor; high til; {LONG}"])[0]
+    assert not load_text_encoder("minilm", "truncate", length, device="cpu").truncated(
+        [f"high tumor; high til; {LONG}"]
+    )[0]
 
 
 def test_row_recipes_refuse_a_context_the_encoder_cannot_take(tmp_path):

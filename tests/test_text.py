@@ -159,8 +159,12 @@ def test_encode_text_cache_round_trip_truncation_and_resume(tmp_path):
     assert manifest["produced"]["n_truncated"] == 1 and manifest["truncated"]["count"] == 1
     enc = load_text_encoder("tiny-clip", "pathldm", 154)
     assert cache.meta["fingerprint"] == enc.fingerprint and cache.embeddings.shape == (3, 154, 64)
-    assert TextContract(**enc.contract()).model_dump() == {k: cache.meta[k] for k in ("encoder", "mode", "max_length", "dim", "fingerprint")}
-    torch.testing.assert_close(cache.embeddings[cache.rows([LONG, SHORT])], enc.encode([LONG, SHORT]), atol=1e-6, rtol=0)
+    assert TextContract(**enc.contract()).model_dump() == {
+        k: cache.meta[k] for k in ("encoder", "mode", "max_length", "dim", "fingerprint")
+    }
+    torch.testing.assert_close(
+        cache.embeddings[cache.rows([LONG, SHORT])], enc.encode([LONG, SHORT]), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(cache.uncond, enc.encode([""]), atol=1e-6, rtol=0)
     with pytest.raises(UserError, match="caption not in the text cache"):
         cache.row("never seen")
@@ -183,18 +187,27 @@ def test_encode_text_in_two_processes_writes_the_single_process_cache(tmp_path):
     from histoldm.devices import Processes
 
     captions = tmp_path / "captions.txt"
-    captions.write_text("\n".join([SHORT, LONG, "a", "b", SHORT, "c", "d"]) + "\n", encoding="utf-8")  # 6 unique: batches of 2 -> 3
-    cfg = EncodeTextConfig(captions=captions, text_encoder="tiny-clip", out=tmp_path / "one", batch_size=2, device="cpu")
+    captions.write_text(
+        "\n".join([SHORT, LONG, "a", "b", SHORT, "c", "d"]) + "\n", encoding="utf-8"
+    )  # 6 unique: batches of 2 -> 3
+    cfg = EncodeTextConfig(
+        captions=captions, text_encoder="tiny-clip", out=tmp_path / "one", batch_size=2, device="cpu"
+    )
     run_encode_text(cfg)
     two = cfg.model_copy(update={"out": tmp_path / "two"})
     ranks = [Processes(r, 2, torch.device("cpu"), lambda: None) for r in (0, 1)]
-    with pytest.raises(UserError, match="rank1-of-2.safetensors: missing"):  # main alone: process 1's batch is not there yet
+    with pytest.raises(
+        UserError, match="rank1-of-2.safetensors: missing"
+    ):  # main alone: process 1's batch is not there yet
         run_encode_text(two, ranks[0])
     assert run_encode_text(two, ranks[1]) is None  # its part written, the main process merges
     assert len(list((tmp_path / "two" / "parts").glob("*rank1-of-2*"))) == 1
     result = run_encode_text(two, ranks[0])  # reuses its own part from the first try, merges
     assert result.n_new == 6 and result.n_truncated == 1 and not (tmp_path / "two" / "parts").exists()
-    a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "one" / "embeddings.safetensors")),
+        load_file(str(tmp_path / "two" / "embeddings.safetensors")),
+    )
     assert torch.equal(a["embeddings"], b["embeddings"]) and torch.equal(a["uncond"], b["uncond"])
     for name in ("index.jsonl", "meta.json"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
@@ -216,12 +229,27 @@ def test_encode_text_under_torchrun_with_two_cpu_processes(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "histoldm.cli",
-           *args, "--out", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "histoldm.cli",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("5 captions (5 new") == 1  # the main process reports, once
-    a, b = load_file(str(tmp_path / "one" / "embeddings.safetensors")), load_file(str(tmp_path / "two" / "embeddings.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "one" / "embeddings.safetensors")),
+        load_file(str(tmp_path / "two" / "embeddings.safetensors")),
+    )
     assert torch.equal(a["embeddings"], b["embeddings"]) and not (tmp_path / "two" / "parts").exists()
     assert (tmp_path / "two" / "index.jsonl").read_bytes() == (tmp_path / "one" / "index.jsonl").read_bytes()
 
@@ -235,14 +263,18 @@ def test_cache_mismatch_is_an_error(tmp_path, capsys):
     skipped = json.loads((out / "manifest.json").read_text())["skipped"]
     assert [(s["row"], s["reason"]) for s in skipped] == [(1, "caption is NoneType, not text"), (2, "empty caption")]
     cache = TextCache.open(out)
-    with pytest.raises(UserError, match=r"cache made with tiny-clip/pathldm/154 .*asked for openai/clip-vit-base-patch32/pathldm/154"):
+    with pytest.raises(
+        UserError, match=r"cache made with tiny-clip/pathldm/154 .*asked for openai/clip-vit-base-patch32/pathldm/154"
+    ):
         cache.check_compatible("openai/clip-vit-base-patch32", "pathldm", 154)
     with pytest.raises(UserError, match="different weights"):
         cache.check_compatible("tiny-clip", "pathldm", 154, fingerprint="0" * 64)
     cache.check_compatible("tiny-clip", "pathldm", 154, load_text_encoder("tiny-clip").fingerprint)
     # re-running into the folder with another mode is refused, one line naming the folder
     capsys.readouterr()
-    assert main(["encode-text", str(captions), "--text-encoder", "tiny-clip", "--mode", "chunks", "--out", str(out)]) == 2
+    assert (
+        main(["encode-text", str(captions), "--text-encoder", "tiny-clip", "--mode", "chunks", "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err
     assert str(out) in err and "cache made with tiny-clip/pathldm/154" in err and len(err.strip().splitlines()) == 1
 
@@ -250,7 +282,7 @@ def test_cache_mismatch_is_an_error(tmp_path, capsys):
 def test_read_captions_rejects_bad_inputs(tmp_path):
     bad = tmp_path / "c.parquet"
     pq.write_table(pa.table({"text": ["x"]}), bad)
-    with pytest.raises(UserError, match="lacks column\(s\) caption"):
+    with pytest.raises(UserError, match=r"lacks column\(s\) caption"):
         read_captions(bad)
     with pytest.raises(UserError, match="expected a .parquet"):
         (tmp_path / "c.csv").write_text("caption\nx\n")
@@ -287,10 +319,29 @@ def test_encode_text_without_mode_takes_the_encoders_own(tmp_path, capsys):
     PathLDM's; a mode the encoder cannot run is still refused."""
     captions = tmp_path / "captions.txt"
     captions.write_text(f"{SHORT}\n{LONG}\n", encoding="utf-8")
-    assert main(["encode-text", str(captions), "--text-encoder", "minilm", "--max-length", "32", "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "encode-text",
+                str(captions),
+                "--text-encoder",
+                "minilm",
+                "--max-length",
+                "32",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert (meta["mode"], meta["max_length"], meta["dim"], meta["n_truncated"]) == ("truncate", 32, 384, 1)
     assert main(["encode-text", str(captions), "--text-encoder", "tiny-clip", "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["mode"] == "pathldm"
-    assert main(["encode-text", str(captions), "--text-encoder", "minilm", "--mode", "chunks", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            ["encode-text", str(captions), "--text-encoder", "minilm", "--mode", "chunks", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
     assert "supports only mode truncate, not chunks" in capsys.readouterr().err

@@ -138,8 +138,10 @@ class ToTensor:
 
 def torchvision_modules() -> dict[str, types.ModuleType]:
     """sys.modules entries under which pytorch-fid finds the pieces above."""
-    root, models, inception, transforms = (types.ModuleType(n) for n in
-                                           ("torchvision", "torchvision.models", "torchvision.models.inception", "torchvision.transforms"))
+    root, models, inception, transforms = (
+        types.ModuleType(n)
+        for n in ("torchvision", "torchvision.models", "torchvision.models.inception", "torchvision.transforms")
+    )
     root.__version__ = "0.19.0"  # pytorch-fid reads it to pick the inception_v3 keyword arguments
     for name in ("BasicConv2d", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "Inception3"):
         setattr(inception, name, globals()[name])
@@ -167,7 +169,9 @@ def import_pytorch_fid(monkeypatch) -> tuple[types.ModuleType, types.ModuleType]
     return inception, fid_score
 
 
-def bundled_state_dict(torchscript: torch.jit.ScriptModule, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def bundled_state_dict(
+    torchscript: torch.jit.ScriptModule, template: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The TorchScript network's tensors in pytorch-fid's layout (`template`: its state dict).
 
     Both list their convolutions in the TF graph's order, so the i-th TorchScript layer (weight, beta,

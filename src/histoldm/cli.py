@@ -25,7 +25,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
     its stage's config model, and importing every stage for any command would cost seconds.
     """
 
-    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._populate = populate
 
@@ -75,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
         # A path of the wrong kind (--out naming a file, a folder given as a file) or without rights:
         # the user's to fix, and the OS message names the path.
-        why = {FileExistsError: "exists as a file, expected a folder", IsADirectoryError: "is a folder, expected a file",
-               NotADirectoryError: "a file stands where a folder is needed"}.get(type(e), e.strerror)
+        why = {
+            FileExistsError: "exists as a file, expected a folder",
+            IsADirectoryError: "is a folder, expected a file",
+            NotADirectoryError: "a file stands where a folder is needed",
+        }.get(type(e), e.strerror)
         sys.stderr.write(f"histoldm {args.command}: error: {e.filename}: {why}\n")
         return 2
     except OSError as e:
-        if e.errno != errno.EROFS:  # a read-only file system the output check could not foresee (mounted read-only since)
+        if (
+            e.errno != errno.EROFS
+        ):  # a read-only file system the output check could not foresee (mounted read-only since)
             raise
         sys.stderr.write(f"histoldm {args.command}: error: {e.filename}: read-only file system\n")
         return 2

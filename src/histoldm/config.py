@@ -59,7 +59,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         for other in keys:
             if key.startswith(other + ".") or other.startswith(key + "."):
                 outer, inner = sorted((key, other), key=len)
-                raise UserError(f"--set {other} and --set {key} overlap ({inner} lies inside {outer}): give one of them")
+                raise UserError(
+                    f"--set {other} and --set {key} overlap ({inner} lies inside {outer}): give one of them"
+                )
         keys.append(key)
         try:
             value = yaml.safe_load(raw) if raw else ""
@@ -129,16 +131,26 @@ def dump_config(cfg: BaseModel) -> str:
 def key_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> ValidationError:
     """A validation error on one key, for a check a validator makes beyond the field's type (load_config
     reports it as `config key 'a.b': message`)."""
-    return ValidationError.from_exception_data("config", [{"type": PydanticCustomError("config_key", "{message}", {"message": message}),
-                                                           "loc": loc, "input": value}])
+    return ValidationError.from_exception_data(
+        "config",
+        [{"type": PydanticCustomError("config_key", "{message}", {"message": message}), "loc": loc, "input": value}],
+    )
 
 
 def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> ValidationError:
     """`err`, from validating a nested config by hand, with its keys under `prefix` (so load_config names the
     whole key, e.g. `recipe.train.optim.lrr`), its error types and messages kept."""
-    return ValidationError.from_exception_data(err.title, [
-        {"type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}), "loc": (*prefix, *e["loc"]), "input": e.get("input")}
-        for e in err.errors()])
+    return ValidationError.from_exception_data(
+        err.title,
+        [
+            {
+                "type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}),
+                "loc": (*prefix, *e["loc"]),
+                "input": e.get("input"),
+            }
+            for e in err.errors()
+        ],
+    )
 
 
 # One precision vocabulary for every stage's dtype or precision field (resolved by histoldm.devices.resolve_dtype).

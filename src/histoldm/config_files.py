@@ -34,5 +34,7 @@ def config_file(value: Path | str) -> Path:
         return path
     if len(path.parts) == 1 and path.name.removesuffix(".yaml") in shipped_configs():
         return shipped_config(path.name)
-    raise UserError(f"{value}: config file not found; a shipped config is named without a folder "
-                    f"(--config {' | '.join(shipped_configs())}; `histoldm config show NAME > my.yaml` copies one)")
+    raise UserError(
+        f"{value}: config file not found; a shipped config is named without a folder "
+        f"(--config {' | '.join(shipped_configs())}; `histoldm config show NAME > my.yaml` copies one)"
+    )

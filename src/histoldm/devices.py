@@ -47,9 +47,13 @@ def resolve_dtype(name: str, device: torch.device, *, stage: str, training: bool
     if name not in DTYPES:
         raise UserError(f"{stage} {name}: expected one of {', '.join(DTYPE_CHOICES)}")
     if name == "bfloat16" and on_cuda and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{stage} bfloat16: not supported by {torch.cuda.get_device_name(device)}; use float32 (or float16)")
+        raise UserError(
+            f"{stage} bfloat16: not supported by {torch.cuda.get_device_name(device)}; use float32 (or float16)"
+        )
     if name == "float16" and training and not on_cuda:
-        raise UserError(f"{stage} float16: training in float16 needs a GPU (its loss scaler); use bfloat16 or float32 on the CPU")
+        raise UserError(
+            f"{stage} float16: training in float16 needs a GPU (its loss scaler); use bfloat16 or float32 on the CPU"
+        )
     return DTYPES[name]
 
 
@@ -91,7 +95,9 @@ def launched_processes(device_name: str, stage: str) -> Processes:
 
     state = PartialState(cpu=device.type == "cpu")
     if state.num_processes != launched:  # each process would think it is alone and redo all the work
-        raise UserError(f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
+        raise UserError(
+            f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})"
+        )
     return Processes(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
 
@@ -110,9 +116,13 @@ class SamplingNumerics:
     truncate: bool  # to 8-bit by truncation (PathLDM) instead of rounding
 
     def record(self) -> dict:
-        return {"precision": self.precision, "text_dtype": self.text_dtype, "weights": dtype_name(self.weights),
-                "autocast": dtype_name(self.autocast) if self.autocast else None,
-                "to_uint8": "truncate" if self.truncate else "round"}
+        return {
+            "precision": self.precision,
+            "text_dtype": self.text_dtype,
+            "weights": dtype_name(self.weights),
+            "autocast": dtype_name(self.autocast) if self.autocast else None,
+            "to_uint8": "truncate" if self.truncate else "round",
+        }
 
 
 def text_dtype(precision: Precision, dtype: str) -> str:
@@ -148,7 +158,9 @@ def busy_cores(interval: float = 0.3) -> float | None:
         return None
 
     def sample() -> tuple[int, int]:
-        ticks = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        ticks = [
+            int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]
+        ]  # user nice system idle iowait irq softirq steal
         return sum(ticks), ticks[3] + ticks[4]
 
     total0, idle0 = sample()
@@ -201,7 +213,9 @@ def cpu_model() -> str:
                 return value.strip()
     if platform.system() == "Darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -211,4 +225,9 @@ def cpu_model() -> str:
 
 def machine_facts() -> dict[str, str | int]:
     """What a timing needs beside it: CPU model, cores available to this process, torch threads in use."""
-    return {"cpu": cpu_model(), "cores": available_cores(), "machine_cores": os.cpu_count() or 0, "threads": torch.get_num_threads()}
+    return {
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "machine_cores": os.cpu_count() or 0,
+        "threads": torch.get_num_threads(),
+    }

@@ -214,7 +214,6 @@ def require_file(path: Path, what: str = "input") -> Path:
     return path
 
 
-
 def require_writable(path: Path, what: str = "output") -> Path:
     """Fail early, with one line naming `path` as typed, when nothing can be written there: the folder
     itself when it exists, else the nearest existing folder above it must be one this user can write in.

@@ -77,7 +77,9 @@ def write_report(
     """metrics: (name, value, protocol); figures: (title, png); tables: (title, header, rows)."""
     path = Path(path)
     root = path.parent
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+    ]
     parts.append(f"<h1>{html.escape(title)}</h1><p>{intro}</p>")
 
     parts.append("<h2>Metrics</h2>")
@@ -97,7 +99,9 @@ def write_report(
     for tbl_title, header, rows in tables:
         parts.append(f"<h2>{html.escape(tbl_title)}</h2>" + _table(rows, header))
 
-    parts.append("<h2>Stage manifests</h2><p class='note'>Inputs with sha256, resolved config, seed, versions and counts, as written by each stage.</p>")
+    parts.append(
+        "<h2>Stage manifests</h2><p class='note'>Inputs with sha256, resolved config, seed, versions and counts, as written by each stage.</p>"
+    )
     for stage, mpath in manifests.items():
         rel = os.path.relpath(mpath, root)
         text = Path(mpath).read_text(encoding="utf-8") if Path(mpath).exists() else "(missing)"

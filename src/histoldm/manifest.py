@@ -102,7 +102,9 @@ def stage_times(manifests: dict[str, Path]) -> list[tuple[str, str, float]]:
     import json
 
     rows = []
-    for label, path in sorted(manifests.items(), key=lambda item: Path(item[1]).stat().st_mtime if Path(item[1]).exists() else 0):
+    for label, path in sorted(
+        manifests.items(), key=lambda item: Path(item[1]).stat().st_mtime if Path(item[1]).exists() else 0
+    ):
         try:
             manifest = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -19,8 +19,15 @@ from histoldm.config import deep_merge, load_config, parse_overrides
 C = TypeVar("C", bound=BaseModel)
 
 
-def add_command(sub: Any, name: str, help: str, example: str, run: Callable[[argparse.Namespace], int],
-                config: str | None = None, **derive: Any) -> argparse.ArgumentParser:
+def add_command(
+    sub: Any,
+    name: str,
+    help: str,
+    example: str,
+    run: Callable[[argparse.Namespace], int],
+    config: str | None = None,
+    **derive: Any,
+) -> argparse.ArgumentParser:
     """A subparser whose --help ends with an example invocation.
 
     config: 'module:Model' whose fields become the options (see _flags.add_config_flags, which takes
@@ -46,7 +53,11 @@ def add_command(sub: Any, name: str, help: str, example: str, run: Callable[[arg
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config's name (`histoldm config list`); options given on the command line override it")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config file, or a shipped config's name (`histoldm config list`); options given on the command line override it",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE",
         help="override one config key (repeatable; dotted keys for nested fields); wins over an option for the same key",
@@ -84,14 +95,29 @@ class StageCommand:
     torch_threads: bool = False  # a torch stage: --threads, set before the stage runs
 
     def add_to(self, sub: Any) -> None:
-        parser = add_command(sub, self.name, self.help, self.example, self.execute, config=self.config, positional=self.positional,
-                             aliases=self.aliases, nested=self.nested, converters=self.converters)
+        parser = add_command(
+            sub,
+            self.name,
+            self.help,
+            self.example,
+            self.execute,
+            config=self.config,
+            positional=self.positional,
+            aliases=self.aliases,
+            nested=self.nested,
+            converters=self.converters,
+        )
         if self.dry_run:
             parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         if self.torch_threads:
-            parser.add_argument("--threads", type=int, default=None, metavar="N",
-                                help="torch CPU threads (default: OMP_NUM_THREADS when set, else one per core no other process "
-                                     "is using at the start); recorded in the manifest")
+            parser.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                metavar="N",
+                help="torch CPU threads (default: OMP_NUM_THREADS when set, else one per core no other process "
+                "is using at the start); recorded in the manifest",
+            )
 
     def execute(self, args: argparse.Namespace) -> int:
         module, _, model = self.config.partition(":")

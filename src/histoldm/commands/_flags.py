@@ -57,8 +57,12 @@ def add_config_flags(
             parser.add_argument(*names, dest=name, **kwargs)
         keys[name] = converters.get(name)
     for option, target in nested.items():
-        key, field = (target, nested_field(model, target)) if isinstance(target, str) else (target[0], named_field(target[1]))
-        kwargs = _argument(field, None, key, show_default=isinstance(target, str))  # a section's default is the experiment's
+        key, field = (
+            (target, nested_field(model, target)) if isinstance(target, str) else (target[0], named_field(target[1]))
+        )
+        kwargs = _argument(
+            field, None, key, show_default=isinstance(target, str)
+        )  # a section's default is the experiment's
         if kwargs is None:
             raise TypeError(f"{option}: config key {key} cannot be given as one command-line value")
         kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
@@ -95,8 +99,9 @@ def named_field(spec: str) -> FieldInfo:
     return getattr(importlib.import_module(module), model_name).model_fields[field]
 
 
-def _argument(field: FieldInfo, converter: Callable[[str], Any] | None, key: str | None = None,
-              show_default: bool = True) -> dict[str, Any] | None:
+def _argument(
+    field: FieldInfo, converter: Callable[[str], Any] | None, key: str | None = None, show_default: bool = True
+) -> dict[str, Any] | None:
     """add_argument keywords for one field, or None when one command-line string cannot express it."""
     kwargs: dict[str, Any] = {"default": None, "help": _help(field, key, show_default)}
     if converter is not None:
@@ -182,5 +187,7 @@ def _pairs(value: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
 class _Flatten(argparse.Action):
     """`--levels low,mid high` -> ['low', 'mid', 'high'] (each value was split on commas by its type)."""
 
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
         setattr(namespace, self.dest, [item for value in values for item in value])

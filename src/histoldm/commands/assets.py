@@ -9,7 +9,9 @@ from histoldm.commands._common import add_command
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "assets", "List the offline assets shipped inside PyPI packages.", "histoldm assets --check", run)
+    p = add_command(
+        sub, "assets", "List the offline assets shipped inside PyPI packages.", "histoldm assets --check", run
+    )
     p.add_argument("--check", action="store_true", help="exit 2 when any asset is missing")
 
 

@@ -9,8 +9,13 @@ from histoldm.commands._common import add_command
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "config", "List the shipped configs, or print one (to copy and edit: `histoldm config show pathldm > my.yaml`).",
-                    "histoldm config show pathldm > my.yaml", run)
+    p = add_command(
+        sub,
+        "config",
+        "List the shipped configs, or print one (to copy and edit: `histoldm config show pathldm > my.yaml`).",
+        "histoldm config show pathldm > my.yaml",
+        run,
+    )
     p.add_argument("action", choices=["list", "show"], help="list: the shipped configs' names; show: print one")
     p.add_argument("name", nargs="?", help="show: the config's name (as `histoldm config list` gives it)")
 
@@ -25,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:22s} {first}")
         return 0
     if not args.name:
-        raise UserError("config show: give a config's name, e.g. `histoldm config show pathldm` (`histoldm config list` names them)")
+        raise UserError(
+            "config show: give a config's name, e.g. `histoldm config show pathldm` (`histoldm config list` names them)"
+        )
     print(shipped_config(args.name).read_text(encoding="utf-8"), end="")
     return 0

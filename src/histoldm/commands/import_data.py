@@ -10,14 +10,23 @@ from histoldm.commands._common import add_command
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "import", "Import PathLDM's HDF5 + npz (mode pathldm) or a folder of images + CSV (mode folder).",
-                    "histoldm import pathldm data.h5 --npz train.npz --npz test.npz --out store", run)
+    p = add_command(
+        sub,
+        "import",
+        "Import PathLDM's HDF5 + npz (mode pathldm) or a folder of images + CSV (mode folder).",
+        "histoldm import pathldm data.h5 --npz train.npz --npz test.npz --out store",
+        run,
+    )
     p.add_argument("mode", choices=["pathldm", "folder"], help="pathldm: HDF5 + npz splits; folder: images + CSV")
     p.add_argument("source", type=Path, help="the HDF5 file (pathldm) or the image folder (folder)")
     p.add_argument("--out", type=Path, required=True, help="patch store folder to create (re-run into it to resume)")
     p.add_argument("--npz", type=Path, action="append", help="pathldm: train.npz / test.npz (repeatable)")
-    p.add_argument("--mpp", type=float, default=1.0, help="pathldm: microns per pixel of the patches (default 1.0 = 10x)")
-    p.add_argument("--csv", type=Path, help="folder: CSV with path (and slide_id, case_id, x, y, mpp, prob_tumor, prob_til)")
+    p.add_argument(
+        "--mpp", type=float, default=1.0, help="pathldm: microns per pixel of the patches (default 1.0 = 10x)"
+    )
+    p.add_argument(
+        "--csv", type=Path, help="folder: CSV with path (and slide_id, case_id, x, y, mpp, prob_tumor, prob_til)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{r['patches']} patches -> {r['store']}; {len(r['skipped'])} skipped")
     if r.get("tile_sizes"):
         sizes = ", ".join(f"{size} px ({n})" for size, n in r["tile_sizes"].items())
-        print(f"tiles kept at their stored size, not resized: {sizes}; train a smaller model input on random crops with data.crop")
+        print(
+            f"tiles kept at their stored size, not resized: {sizes}; train a smaller model input on random crops with data.crop"
+        )
     for s in r["skipped"][:10]:
         print(f"skipped: {s}")
     return 0

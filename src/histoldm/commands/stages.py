@@ -44,7 +44,9 @@ def parse_shard(text: str) -> list[int]:
 
 def _tile(r: TileResult, cfg: Any) -> None:
     pending = f"; shard {r.shard}, {r.slides_pending} slides of other shards not finished yet)" if r.shard else ")"
-    print(f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, {r.slides_failed} skipped{pending}")
+    print(
+        f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, {r.slides_failed} skipped{pending}"
+    )
     for s in r.skipped:
         print(f"skipped: {s['reason']}")
 
@@ -67,7 +69,9 @@ def _summarize(r: SummarizeResult, cfg: Any) -> None:
         print(f"failed: {f['case_id']}: {f['reason']}")
     if r.failed:
         more = f"{len(r.failed) - shown} more; " if len(r.failed) > shown else ""
-        print(f"{len(r.failed)} cases failed ({more}all listed in the manifest's skipped); fix the cause and re-run with --retry-failed")
+        print(
+            f"{len(r.failed)} cases failed ({more}all listed in the manifest's skipped); fix the cause and re-run with --retry-failed"
+        )
 
 
 def _split(r: SplitResult, cfg: Any) -> None:
@@ -77,11 +81,16 @@ def _split(r: SplitResult, cfg: Any) -> None:
 
 
 def _captions(r: CaptionsResult, cfg: Any) -> None:
-    print(f"{r.caption_rows} captions of {r.patches} patches ({r.unique_captions} unique) -> {r.out}; "
-          f"{r.patches_without_summary} patches without a summary ({len(r.cases_without_summary)} cases)")
+    print(
+        f"{r.caption_rows} captions of {r.patches} patches ({r.unique_captions} unique) -> {r.out}; "
+        f"{r.patches_without_summary} patches without a summary ({len(r.cases_without_summary)} cases)"
+    )
     if r.empty_captions:
-        print(f"warning: {r.empty_captions} patches have an empty caption (no scores and no summary); "
-              "encode-text skips them and train leaves them out", file=sys.stderr)
+        print(
+            f"warning: {r.empty_captions} patches have an empty caption (no scores and no summary); "
+            "encode-text skips them and train leaves them out",
+            file=sys.stderr,
+        )
 
 
 def _export_patches(r: ExportPatchesResult, cfg: Any) -> None:
@@ -89,9 +98,13 @@ def _export_patches(r: ExportPatchesResult, cfg: Any) -> None:
 
 
 def _encode_text(r: EncodeTextResult, cfg: Any) -> None:
-    skipped = f"; {r.n_skipped} rows skipped (empty or non-text captions, listed in the manifest)" if r.n_skipped else ""
-    print(f"{r.out}: {r.n_captions} captions ({r.n_new} new, {r.n_reused} already cached), shape {r.shape}, "
-          f"{r.n_truncated} truncated, fingerprint {r.meta['fingerprint'][:12]}{skipped}")
+    skipped = (
+        f"; {r.n_skipped} rows skipped (empty or non-text captions, listed in the manifest)" if r.n_skipped else ""
+    )
+    print(
+        f"{r.out}: {r.n_captions} captions ({r.n_new} new, {r.n_reused} already cached), shape {r.shape}, "
+        f"{r.n_truncated} truncated, fingerprint {r.meta['fingerprint'][:12]}{skipped}"
+    )
 
 
 def _train_vae(r: TrainVAEResult, cfg: Any) -> None:
@@ -115,13 +128,17 @@ def _train(r: TrainResult, cfg: Any) -> None:
 
 def _distill(r: DistillResult, cfg: Any) -> None:
     img_s = f"{r.img_s:.1f}" if r.img_s is not None else "n/a"
-    print(f"distilled {r.steps} steps in {r.run_dir} ({r.seconds:.0f} s this session, {img_s} img/s); student: {r.bundle} "
-          f"(sample it with --preset turbo)")
+    print(
+        f"distilled {r.steps} steps in {r.run_dir} ({r.seconds:.0f} s this session, {img_s} img/s); student: {r.bundle} "
+        f"(sample it with --preset turbo)"
+    )
 
 
 def _sample(r: SampleResult, cfg: Any) -> None:
     grid = f", grid {r.grid}" if r.grid else ""
-    print(f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}")
+    print(
+        f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}"
+    )
 
 
 def _sample_region(r: RegionResult, cfg: Any) -> None:
@@ -155,15 +172,23 @@ def _utility(r: UtilityResult, cfg: UtilityConfig) -> None:
 
 def _fid_ref(r: FidRefResult, cfg: Any) -> None:
     p = r.protocol
-    as_real = p.extend(n_real=p.n, n_fake="-", image_format_real=p.image_format, image_format_fake="-", image_size_real=p.image_size,
-                       image_size_fake="-")
+    as_real = p.extend(
+        n_real=p.n,
+        n_fake="-",
+        image_format_real=p.image_format,
+        image_format_fake="-",
+        image_size_real=p.image_size,
+        image_size_fake="-",
+    )
     print(f"wrote {r.stats}  [{as_real.line()}]")
     if r.skipped:
         print(f"skipped {len(r.skipped)} unreadable files (listed in the manifest)")
 
 
 def _convert(r: ConvertResult, cfg: Any) -> None:
-    counts = ", ".join(f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in r.converted.items())
+    counts = ", ".join(
+        f"{comp} {c['tensors']} tensors / {c['parameters'] / 1e6:.2f}M" for comp, c in r.converted.items()
+    )
     print(f"bundle {r.bundle}: {counts}; {r.skipped} checkpoint entries skipped (see {r.report})")
     for reason, n in r.skipped_by_reason.items():
         print(f"  skipped {n}: {reason}")
@@ -179,85 +204,223 @@ def _sweep(r: dict[str, Any], cfg: Any) -> None:
 
 
 COMMANDS = (
-    StageCommand("tile", "Cut fixed-magnification tissue patches from every slide OpenSlide reads.",
-                 "histoldm tile slides/ --out store --magnification 10 --size 256 --overlap 32 --workers 2",
-                 "histoldm.data.tiling:TileConfig", "run_tile", _tile, positional="slides", converters={"shard": parse_shard},
-                 interrupted="the slides tiled so far are kept in {out}; the same command resumes with the rest"),
-    StageCommand("scores", "Attach tumour and TIL probabilities to patches (CSV, heat-map grids, or an image proxy).",
-                 "histoldm scores store --csv wsinfer_scores.csv", "histoldm.data.scores:ScoresConfig", "run_scores", _scores,
-                 positional="store", writes=("out", "store")),
-    StageCommand("summarize", "Summarise pathology reports to at most N CLIP tokens (extractive, any OpenAI-compatible LLM, or a local LLM).",
-                 "histoldm summarize TCGA_Reports.csv --out summaries.jsonl --budget 35 --backend extractive",
-                 "histoldm.summaries.summarize:SummarizeConfig", "run_summarize", _summarize, positional="input",
-                 aliases={"timeout_s": "--timeout"},
-                 interrupted="the summaries written so far are kept in {out}; the same command resumes with the rest"),
-    StageCommand("split", "Split cases (patients) into train/val/test; no case in two splits.",
-                 "histoldm split --store store --out split.json --seed 0 --fractions train=0.8,val=0.1,test=0.1",
-                 "histoldm.data.splits:SplitConfig", "run_split", _split),
-    StageCommand("captions", "Build one caption per patch (per summary with --all-summaries) from a template.",
-                 "histoldm captions store --summaries summaries.jsonl --levels low,mid,high", "histoldm.data.captions:CaptionsConfig",
-                 "run_captions", _captions, positional="store", writes=("out", "store"),
-                 converters={"levels": lambda text: text.split(",")}),  # one comma-separated value, as before: `--levels a,b STORE`
-    StageCommand("export-patches", "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
-                 "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
-                 "histoldm.data.export:ExportPatchesConfig", "run_export_patches", _export_patches, positional="store"),
-    StageCommand("encode-text", "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
-                 "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
-                 "histoldm.text.cache:EncodeTextConfig", "run_encode_text", _encode_text, positional="captions", torch_threads=True,
-                 interrupted="{out} keeps the captions cached by earlier runs; the same command encodes the rest"),
-    StageCommand("train-vae", "Train or fine-tune a KL autoencoder (f=4) on a patch store; reports PSNR/SSIM on held-out patches.",
-                 "histoldm train-vae work/store --out work/vae --init kl-f4 --steps 20000", "histoldm.train.vae:TrainVAEConfig",
-                 "run_train_vae", _train_vae, positional="store", torch_threads=True,
-                 interrupted="the last checkpoint in {out} is kept; the same command resumes from it"),
-    StageCommand("encode-latents", "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
-                 "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
-                 "histoldm.train.latents:EncodeLatentsConfig", "run_encode_latents", _encode_latents, positional="store", torch_threads=True,
-                 interrupted="the shards finished so far are kept in {out}; the same command resumes with the rest"),
-    StageCommand("train", "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
-                 "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
-                 "histoldm.train.trainer:TrainConfig", "run_train", _train, dry_run=True, nested={"--init-from": "model.init_from"},
-                 writes=("run_dir", "runs_dir"), torch_threads=True,
-                 interrupted="the run's last checkpoint is kept; the same command resumes from it"),
-    StageCommand("distill", "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); re-running resumes.",
-                 "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache --captions work/captions.parquet --split work/split.json",
-                 "histoldm.train.distill:DistillConfig", "run_distill", _distill, dry_run=True,
-                 nested={"--latents": "data.latents", "--text-cache": "data.text_cache", "--captions": "data.captions", "--split": "data.split"},
-                 writes=("run_dir", "runs_dir"), torch_threads=True,
-                 interrupted="the run's last checkpoint is kept; the same command resumes from it"),
-    StageCommand("sample", "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
-                 "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
-                 "histoldm.sampling.run:SampleConfig", "run_sample", _sample, torch_threads=True,
-                 interrupted="the images written so far are kept in {out}; the same command resumes with the rest"),
-    StageCommand("sample-region", "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
-                 "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
-                 "histoldm.sampling.region_run:RegionConfig", "run_sample_region", _sample_region, converters={"shard": parse_shard},
-                 torch_threads=True, interrupted="finished regions are kept in {out}; the same command resumes with the rest"),
-    StageCommand("evaluate", "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
-                 "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
-                 "histoldm.evaluate.run:EvaluateConfig", "run_evaluate", _evaluate, torch_threads=True,
-                 interrupted="metrics.json is written only at the end; run the same command again"),
-    StageCommand("evaluate-region", "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
-                 "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
-                 "histoldm.evaluate.region:RegionEvalConfig", "run_evaluate_region", _evaluate_region, torch_threads=True,
-                 interrupted="metrics.json is written only at the end; run the same command again"),
-    StageCommand("utility", "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
-                 "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
-                 "histoldm.evaluate.utility:UtilityConfig", "run_utility", _utility, torch_threads=True,
-                 interrupted="metrics.json is written only at the end; run the same command again"),
-    StageCommand("fid-ref", "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
-                 "histoldm fid-ref data/test_patches --out stats/test.npz", "histoldm.evaluate.run:FidRefConfig", "run_fid_ref", _fid_ref,
-                 positional="images", torch_threads=True,
-                 interrupted="{out} is written only at the end; run the same command again"),
-    StageCommand("convert-ldm", "Convert a CompVis latent-diffusion checkpoint (PathLDM's release) into a model bundle, checking every tensor.",
-                 "histoldm convert-ldm pathldm_plip.ckpt --out models/pathldm-plip", "histoldm.models.convert:ConvertConfig", "run_convert",
-                 _convert, positional="checkpoint", torch_threads=True),
-    StageCommand("demo", "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
-                 "histoldm demo --out demo-out", "histoldm.experiments.demo:DemoConfig", "run_demo", _demo,
-                 nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")},
-                 interrupted="the stages finished so far are kept in {out}; the same command resumes with the rest"),
-    StageCommand("sweep", "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
-                 "histoldm sweep --config sweep_demo", "histoldm.experiments.sweep:SweepConfig", "run_sweep", _sweep, dry_run=True,
-                 torch_threads=True, interrupted="the stages finished so far are kept in {out}; the same command resumes with the rest"),
+    StageCommand(
+        "tile",
+        "Cut fixed-magnification tissue patches from every slide OpenSlide reads.",
+        "histoldm tile slides/ --out store --magnification 10 --size 256 --overlap 32 --workers 2",
+        "histoldm.data.tiling:TileConfig",
+        "run_tile",
+        _tile,
+        positional="slides",
+        converters={"shard": parse_shard},
+        interrupted="the slides tiled so far are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "scores",
+        "Attach tumour and TIL probabilities to patches (CSV, heat-map grids, or an image proxy).",
+        "histoldm scores store --csv wsinfer_scores.csv",
+        "histoldm.data.scores:ScoresConfig",
+        "run_scores",
+        _scores,
+        positional="store",
+        writes=("out", "store"),
+    ),
+    StageCommand(
+        "summarize",
+        "Summarise pathology reports to at most N CLIP tokens (extractive, any OpenAI-compatible LLM, or a local LLM).",
+        "histoldm summarize TCGA_Reports.csv --out summaries.jsonl --budget 35 --backend extractive",
+        "histoldm.summaries.summarize:SummarizeConfig",
+        "run_summarize",
+        _summarize,
+        positional="input",
+        aliases={"timeout_s": "--timeout"},
+        interrupted="the summaries written so far are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "split",
+        "Split cases (patients) into train/val/test; no case in two splits.",
+        "histoldm split --store store --out split.json --seed 0 --fractions train=0.8,val=0.1,test=0.1",
+        "histoldm.data.splits:SplitConfig",
+        "run_split",
+        _split,
+    ),
+    StageCommand(
+        "captions",
+        "Build one caption per patch (per summary with --all-summaries) from a template.",
+        "histoldm captions store --summaries summaries.jsonl --levels low,mid,high",
+        "histoldm.data.captions:CaptionsConfig",
+        "run_captions",
+        _captions,
+        positional="store",
+        writes=("out", "store"),
+        converters={"levels": lambda text: text.split(",")},
+    ),  # one comma-separated value, as before: `--levels a,b STORE`
+    StageCommand(
+        "export-patches",
+        "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
+        "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
+        "histoldm.data.export:ExportPatchesConfig",
+        "run_export_patches",
+        _export_patches,
+        positional="store",
+    ),
+    StageCommand(
+        "encode-text",
+        "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
+        "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
+        "histoldm.text.cache:EncodeTextConfig",
+        "run_encode_text",
+        _encode_text,
+        positional="captions",
+        torch_threads=True,
+        interrupted="{out} keeps the captions cached by earlier runs; the same command encodes the rest",
+    ),
+    StageCommand(
+        "train-vae",
+        "Train or fine-tune a KL autoencoder (f=4) on a patch store; reports PSNR/SSIM on held-out patches.",
+        "histoldm train-vae work/store --out work/vae --init kl-f4 --steps 20000",
+        "histoldm.train.vae:TrainVAEConfig",
+        "run_train_vae",
+        _train_vae,
+        positional="store",
+        torch_threads=True,
+        interrupted="the last checkpoint in {out} is kept; the same command resumes from it",
+    ),
+    StageCommand(
+        "encode-latents",
+        "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
+        "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
+        "histoldm.train.latents:EncodeLatentsConfig",
+        "run_encode_latents",
+        _encode_latents,
+        positional="store",
+        torch_threads=True,
+        interrupted="the shards finished so far are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "train",
+        "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
+        "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
+        "histoldm.train.trainer:TrainConfig",
+        "run_train",
+        _train,
+        dry_run=True,
+        nested={"--init-from": "model.init_from"},
+        writes=("run_dir", "runs_dir"),
+        torch_threads=True,
+        interrupted="the run's last checkpoint is kept; the same command resumes from it",
+    ),
+    StageCommand(
+        "distill",
+        "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); re-running resumes.",
+        "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache --captions work/captions.parquet --split work/split.json",
+        "histoldm.train.distill:DistillConfig",
+        "run_distill",
+        _distill,
+        dry_run=True,
+        nested={
+            "--latents": "data.latents",
+            "--text-cache": "data.text_cache",
+            "--captions": "data.captions",
+            "--split": "data.split",
+        },
+        writes=("run_dir", "runs_dir"),
+        torch_threads=True,
+        interrupted="the run's last checkpoint is kept; the same command resumes from it",
+    ),
+    StageCommand(
+        "sample",
+        "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
+        "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
+        "histoldm.sampling.run:SampleConfig",
+        "run_sample",
+        _sample,
+        torch_threads=True,
+        interrupted="the images written so far are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "sample-region",
+        "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
+        "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
+        "histoldm.sampling.region_run:RegionConfig",
+        "run_sample_region",
+        _sample_region,
+        converters={"shard": parse_shard},
+        torch_threads=True,
+        interrupted="finished regions are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "evaluate",
+        "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
+        "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
+        "histoldm.evaluate.run:EvaluateConfig",
+        "run_evaluate",
+        _evaluate,
+        torch_threads=True,
+        interrupted="metrics.json is written only at the end; run the same command again",
+    ),
+    StageCommand(
+        "evaluate-region",
+        "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
+        "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
+        "histoldm.evaluate.region:RegionEvalConfig",
+        "run_evaluate_region",
+        _evaluate_region,
+        torch_threads=True,
+        interrupted="metrics.json is written only at the end; run the same command again",
+    ),
+    StageCommand(
+        "utility",
+        "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
+        "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
+        "histoldm.evaluate.utility:UtilityConfig",
+        "run_utility",
+        _utility,
+        torch_threads=True,
+        interrupted="metrics.json is written only at the end; run the same command again",
+    ),
+    StageCommand(
+        "fid-ref",
+        "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
+        "histoldm fid-ref data/test_patches --out stats/test.npz",
+        "histoldm.evaluate.run:FidRefConfig",
+        "run_fid_ref",
+        _fid_ref,
+        positional="images",
+        torch_threads=True,
+        interrupted="{out} is written only at the end; run the same command again",
+    ),
+    StageCommand(
+        "convert-ldm",
+        "Convert a CompVis latent-diffusion checkpoint (PathLDM's release) into a model bundle, checking every tensor.",
+        "histoldm convert-ldm pathldm_plip.ckpt --out models/pathldm-plip",
+        "histoldm.models.convert:ConvertConfig",
+        "run_convert",
+        _convert,
+        positional="checkpoint",
+        torch_threads=True,
+    ),
+    StageCommand(
+        "demo",
+        "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
+        "histoldm demo --out demo-out",
+        "histoldm.experiments.demo:DemoConfig",
+        "run_demo",
+        _demo,
+        nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")},
+        interrupted="the stages finished so far are kept in {out}; the same command resumes with the rest",
+    ),
+    StageCommand(
+        "sweep",
+        "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
+        "histoldm sweep --config sweep_demo",
+        "histoldm.experiments.sweep:SweepConfig",
+        "run_sweep",
+        _sweep,
+        dry_run=True,
+        torch_threads=True,
+        interrupted="the stages finished so far are kept in {out}; the same command resumes with the rest",
+    ),
 )
 
 

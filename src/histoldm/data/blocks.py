@@ -35,8 +35,14 @@ def block_ids(x: np.ndarray, y: np.ndarray, extent: np.ndarray, size: int, block
 
 def overlaps(a: dict[str, np.ndarray], i: int, held: np.ndarray) -> bool:
     """Whether patch i's footprint [x, x + extent) x [y, y + extent) shares any area with a held-out patch."""
-    return bool(np.any((a["x"][held] < a["x"][i] + a["extent"][i]) & (a["x"][i] < a["x"][held] + a["extent"][held])
-                       & (a["y"][held] < a["y"][i] + a["extent"][i]) & (a["y"][i] < a["y"][held] + a["extent"][held])))
+    return bool(
+        np.any(
+            (a["x"][held] < a["x"][i] + a["extent"][i])
+            & (a["x"][i] < a["x"][held] + a["extent"][held])
+            & (a["y"][held] < a["y"][i] + a["extent"][i])
+            & (a["y"][i] < a["y"][held] + a["extent"][held])
+        )
+    )
 
 
 def cut_into_blocks(store: Path, out: Path, *, size: int, block: int, held_out_rows: int) -> dict[str, Any]:
@@ -47,12 +53,16 @@ def cut_into_blocks(store: Path, out: Path, *, size: int, block: int, held_out_r
     source = PatchStore.open(store)
     table = source.table.to_pydict()
     if len(set(table["slide_id"])) != 1:
-        raise UserError(f"{store}: cutting into blocks needs the patches of one slide, got {len(set(table['slide_id']))}")
+        raise UserError(
+            f"{store}: cutting into blocks needs the patches of one slide, got {len(set(table['slide_id']))}"
+        )
     a = {k: np.asarray(table[k], np.float64) for k in ("x", "y", "extent")}
     rows, cols = block_ids(a["x"], a["y"], a["extent"], size, block)
     held = rows < held_out_rows
     if held.all() or not held.any():
-        raise UserError(f"{store}: {held_out_rows} held-out block rows of {block} px leave {int((~held).sum())} training patches and {int(held.sum())} held-out ones")
+        raise UserError(
+            f"{store}: {held_out_rows} held-out block rows of {block} px leave {int((~held).sum())} training patches and {int(held.sum())} held-out ones"
+        )
     dropped = [i for i in np.flatnonzero(~held) if overlaps(a, i, np.flatnonzero(held))]
     keep = sorted(set(range(len(rows))) - set(dropped))
     case = table["case_id"][0]
@@ -72,9 +82,13 @@ def cut_into_blocks(store: Path, out: Path, *, size: int, block: int, held_out_r
         scores = read_parquet(Path(store) / "scores.parquet", "scores").to_pylist()
         write_parquet(out / "scores.parquet", pa.Table.from_pylist([s for s in scores if s["patch_id"] in kept_ids]))
     description = {
-        "slide_case": case, "block_px": block, "held_out_block_rows": held_out_rows,
-        "held_out": sorted({names[i] for i in keep if held[i]}), "train": sorted({names[i] for i in keep if not held[i]}),
-        "held_out_patches": int(held.sum()), "train_patches": len(keep) - int(held.sum()),
+        "slide_case": case,
+        "block_px": block,
+        "held_out_block_rows": held_out_rows,
+        "held_out": sorted({names[i] for i in keep if held[i]}),
+        "train": sorted({names[i] for i in keep if not held[i]}),
+        "held_out_patches": int(held.sum()),
+        "train_patches": len(keep) - int(held.sum()),
         "dropped_overlapping_held_out": sorted(table["patch_id"][i] for i in dropped),
         "note": "blocks of one slide act as cases; they are not independent patients (neighbouring tissue, one stain, one scan)",
         "seconds": round(time.time() - started, 2),

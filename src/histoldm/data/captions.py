@@ -25,17 +25,29 @@ from tqdm import tqdm
 from histoldm.config import StrictModel
 from histoldm.data.scores import levels_of, read_scores
 from histoldm.data.store import PatchStore
-from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl, require_output_file
 from histoldm.manifest import write_manifest
+from histoldm.tables import write_parquet
 
 DEFAULT_TEMPLATE = "{tumor} tumor; {til} til; {summary}"
-DESCRIPTOR_PLACEHOLDERS = {"fat": "fat_fraction", "nuclei": "nuclear_density", "stroma": "stroma_share",
-                           "large_nuclei": "large_nuclei", "lymphocytes": "lymphocytes"}
+DESCRIPTOR_PLACEHOLDERS = {
+    "fat": "fat_fraction",
+    "nuclei": "nuclear_density",
+    "stroma": "stroma_share",
+    "large_nuclei": "large_nuclei",
+    "lymphocytes": "lymphocytes",
+}
 KNOWN_PLACEHOLDERS = {"tumor", "til", "summary", *DESCRIPTOR_PLACEHOLDERS}
-CAPTIONS_SCHEMA = pa.schema([("patch_id", pa.string()), ("case_id", pa.string()), ("caption", pa.string()),
-                             ("tumor_level", pa.string()), ("til_level", pa.string())])
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        ("patch_id", pa.string()),
+        ("case_id", pa.string()),
+        ("caption", pa.string()),
+        ("tumor_level", pa.string()),
+        ("til_level", pa.string()),
+    ]
+)
 
 
 class CaptionsConfig(StrictModel):
@@ -43,10 +55,16 @@ class CaptionsConfig(StrictModel):
     scores: Path | None = Field(None, description="scores.parquet (default STORE/scores.parquet if present)")
     summaries: Path | None = Field(None, description="summaries.jsonl (case_id, summary)")
     out: Path | None = Field(None, description="output Parquet (default STORE/captions.parquet)")
-    template: str = Field(DEFAULT_TEMPLATE, description="caption template; parts separated by '; ' are dropped when a value is missing")
+    template: str = Field(
+        DEFAULT_TEMPLATE, description="caption template; parts separated by '; ' are dropped when a value is missing"
+    )
     levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="score level names, 2 to 4")
-    descriptor_levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="level names of the colour descriptors, 2 to 4")
-    all_summaries: bool = Field(False, description="one caption per summary of a case (variants, repeated lines); training draws one per read")
+    descriptor_levels: list[str] = Field(
+        default_factory=lambda: ["low", "high"], description="level names of the colour descriptors, 2 to 4"
+    )
+    all_summaries: bool = Field(
+        False, description="one caption per summary of a case (variants, repeated lines); training draws one per read"
+    )
 
     @field_validator("levels", "descriptor_levels")
     @classmethod
@@ -161,15 +179,35 @@ def run_captions(cfg: CaptionsConfig) -> CaptionsResult:
             no_summary += 1
             cases_without_summary.add(case)
         for text in texts:
-            rows.append({"patch_id": pid, "case_id": case, "caption": fill_template(cfg.template, values | {"summary": text}),
-                         "tumor_level": values["tumor"], "til_level": values["til"]})
+            rows.append(
+                {
+                    "patch_id": pid,
+                    "case_id": case,
+                    "caption": fill_template(cfg.template, values | {"summary": text}),
+                    "tumor_level": values["tumor"],
+                    "til_level": values["til"],
+                }
+            )
 
     write_parquet(out, pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
-    produced = {"patches": len({r["patch_id"] for r in rows}), "caption_rows": len(rows), "unique_captions": len({r["caption"] for r in rows}),
-                "patches_without_summary": no_summary, "cases_without_summary": sorted(cases_without_summary),
-                "empty_captions": sum(not r["caption"] for r in rows)}
-    write_manifest(out.with_name(out.name + ".manifest.json"), stage="captions", config=cfg,
-                   inputs={"store": Path(cfg.store) / "patches.parquet", "scores": scores_path if scores else None,
-                           "summaries": cfg.summaries},
-                   produced=produced, started=started)
+    produced = {
+        "patches": len({r["patch_id"] for r in rows}),
+        "caption_rows": len(rows),
+        "unique_captions": len({r["caption"] for r in rows}),
+        "patches_without_summary": no_summary,
+        "cases_without_summary": sorted(cases_without_summary),
+        "empty_captions": sum(not r["caption"] for r in rows),
+    }
+    write_manifest(
+        out.with_name(out.name + ".manifest.json"),
+        stage="captions",
+        config=cfg,
+        inputs={
+            "store": Path(cfg.store) / "patches.parquet",
+            "scores": scores_path if scores else None,
+            "summaries": cfg.summaries,
+        },
+        produced=produced,
+        started=started,
+    )
     return CaptionsResult(Path(out), **produced)

@@ -81,7 +81,13 @@ def describe(rgb: np.ndarray, mpp: float = 1.0) -> dict[str, float]:
 
 # Value at which each descriptor counts as "fully present" (scaled value 1.0); the level rule of
 # histoldm.data.scores.levels_of then applies to value / scale, clamped to [0, 1].
-DESCRIPTOR_SCALES = {"fat_fraction": 0.5, "nuclear_density": 0.3, "stroma_share": 0.8, "large_nuclei": 0.2, "lymphocytes": 8.0}
+DESCRIPTOR_SCALES = {
+    "fat_fraction": 0.5,
+    "nuclear_density": 0.3,
+    "stroma_share": 0.8,
+    "large_nuclei": 0.2,
+    "lymphocytes": 8.0,
+}
 
 
 def scaled(name: str, value: float) -> float:
@@ -94,5 +100,7 @@ def proxy_scores(rgb: np.ndarray, mpp: float = 1.0) -> dict[str, float]:
     tumour proxy = share of large nuclei (scaled); TIL proxy = lymphocyte-like blob density (scaled).
     """
     d = describe(rgb, mpp)
-    return {"prob_tumor": scaled("large_nuclei", d["large_nuclei"]), "prob_til": scaled("lymphocytes", d["lymphocytes"])}
-
+    return {
+        "prob_tumor": scaled("large_nuclei", d["large_nuclei"]),
+        "prob_til": scaled("lymphocytes", d["lymphocytes"]),
+    }

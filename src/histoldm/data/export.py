@@ -26,19 +26,28 @@ class ExportPatchesConfig(StrictModel):
     split: Path = Field(description="split.json")
     out: Path = Field(description="output folder")
     split_name: str = Field("test", description="which split to export")
-    size: int | None = Field(None, ge=8, description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` refuses real and generated images of different sizes)")
+    size: int | None = Field(
+        None,
+        ge=8,
+        description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` refuses real and generated images of different sizes)",
+    )
     n: int | None = Field(None, ge=1, description="a seeded choice of this many patches (default: all of the split)")
     seed: int = Field(0, description="seed of that choice")
 
 
-def split_items(captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test") -> list[dict[str, str]]:
+def split_items(
+    captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test"
+) -> list[dict[str, str]]:
     """The captioned patches of one split's cases (a seeded choice of n when given), in patch_id order."""
     from histoldm.data.splits import load_split
     from histoldm.tables import read_parquet
 
     cases = load_split(split)
-    rows = [r for r in read_parquet(captions, "captions file", ["patch_id", "case_id", "caption"]).to_pylist()
-            if cases.get(r["case_id"]) == split_name]
+    rows = [
+        r
+        for r in read_parquet(captions, "captions file", ["patch_id", "case_id", "caption"]).to_pylist()
+        if cases.get(r["case_id"]) == split_name
+    ]
     if not rows:
         raise UserError(f"{split}: no captioned patch in the '{split_name}' split")
     if n is not None:
@@ -65,7 +74,10 @@ def export_patches(store: Path, items: list[dict[str, str]], out: Path, size: in
         if size and img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.LANCZOS)
         atomic_write_bytes(dst, png_bytes(img))
-    atomic_write_jsonl(out / "index.jsonl", ({"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items))
+    atomic_write_jsonl(
+        out / "index.jsonl",
+        ({"id": r["patch_id"], "caption": r["caption"], "file": f"{r['patch_id']}.png"} for r in items),
+    )
     return out
 
 
@@ -84,7 +96,13 @@ def run_export_patches(cfg: ExportPatchesConfig) -> ExportPatchesResult:
     require_output_folder(cfg.out)
     items = split_items(cfg.captions, cfg.split, cfg.n, cfg.seed, cfg.split_name)
     export_patches(cfg.store, items, cfg.out, cfg.size)
-    write_manifest(Path(cfg.out) / "manifest.json", stage="export-patches", config=cfg, seed=cfg.seed, started=started,
-                   inputs={"store": Path(cfg.store) / "patches.parquet", "captions": cfg.captions, "split": cfg.split},
-                   produced={"images": len(items)})
+    write_manifest(
+        Path(cfg.out) / "manifest.json",
+        stage="export-patches",
+        config=cfg,
+        seed=cfg.seed,
+        started=started,
+        inputs={"store": Path(cfg.store) / "patches.parquet", "captions": cfg.captions, "split": cfg.split},
+        produced={"images": len(items)},
+    )
     return ExportPatchesResult(Path(cfg.out), len(items))

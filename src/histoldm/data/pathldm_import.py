@@ -32,17 +32,26 @@ from tqdm import tqdm
 from histoldm.data.scores import SCORE_COLUMNS, probability, write_scores
 from histoldm.data.splits import split_json
 from histoldm.data.store import case_id_of, image_relpath, patch_table, png_bytes, safe_id
-from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import (
-    atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_settings, read_text_input, require_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    check_settings,
+    read_text_input,
+    require_file,
 )
 from histoldm.manifest import write_manifest
+from histoldm.tables import write_parquet
 
 _ALLOWED_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 
 
@@ -64,7 +73,9 @@ def read_npz_safely(path: Path) -> dict[str, Any]:
             for name in z.namelist():
                 f = io.BytesIO(z.read(name))
                 version = np.lib.format.read_magic(f)
-                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, fortran, dtype = header(f)
                 if dtype.hasobject:
                     value = _ArrayOnlyUnpickler(f).load()
@@ -124,7 +135,9 @@ class _PatchWriter:
         data = make_png()
         if not self.record.is_file():
             atomic_write_json(self.record, self.settings)
-        atomic_write_bytes(target, data, fsync=False)  # no fsync per patch: _complete_png catches what a power cut leaves
+        atomic_write_bytes(
+            target, data, fsync=False
+        )  # no fsync per patch: _complete_png catches what a power cut leaves
 
 
 def _png_size(path: Path) -> str:
@@ -187,9 +200,20 @@ def _summary_record(case_id: str, summary: str | list[str], source: str) -> dict
 
     variants = [str(s) for s in summary] if isinstance(summary, (list, tuple, np.ndarray)) else None
     text = variants[0] if variants else str(summary)
-    rec = {"case_id": case_id, "summary": text, "tokens": count_tokens(text), "budget": None,
-           "backend": "pathldm-import", "model": None, "prompt_sha256": None, "attempts": 0, "status": "ok",
-           "usage": None, "error": None, "source": source}
+    rec = {
+        "case_id": case_id,
+        "summary": text,
+        "tokens": count_tokens(text),
+        "budget": None,
+        "backend": "pathldm-import",
+        "model": None,
+        "prompt_sha256": None,
+        "attempts": 0,
+        "status": "ok",
+        "usage": None,
+        "error": None,
+        "source": source,
+    }
     if variants and len(variants) > 1:
         rec["variants"] = variants
     return rec
@@ -204,7 +228,9 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
     npz = list(npz or [])
     out = Path(out)
     splits = {Path(p).stem: read_npz_safely(p) for p in npz}
-    writer = _PatchWriter(out, {"kind": "pathldm", "h5": _file_identity(h5), "npz": [_file_identity(p) for p in npz], "mpp": mpp})
+    writer = _PatchWriter(
+        out, {"kind": "pathldm", "h5": _file_identity(h5), "npz": [_file_identity(p) for p in npz], "mpp": mpp}
+    )
     for name, d in splits.items():
         if "indices" not in d:
             raise UserError(f"{name}.npz: no `indices` array (PathLDM split layout)")
@@ -216,7 +242,9 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
     with f:
         missing = [k for k in ("X", "wsi", "folder_name") if k not in f]
         if missing:
-            raise UserError(f"{h5}: no dataset {', '.join(repr(m) for m in missing)} (PathLDM layout: X, wsi, folder_name)")
+            raise UserError(
+                f"{h5}: no dataset {', '.join(repr(m) for m in missing)} (PathLDM layout: X, wsi, folder_name)"
+            )
         n = len(f["X"])
         wsi_all = [_text(v) for v in f["wsi"][:]]
         folder_all = [_text(v) for v in f["folder_name"][:]]
@@ -235,11 +263,17 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             slide_id, case_id = safe_id(wsi), case_id_of(wsi)
             patch_id = f"{slide_id}_{safe_id(folder)}"
             if patch_id in seen:
-                skipped.append({"index": i, "patch_id": patch_id, "reason": "duplicate patch_id (wsi and folder_name equal once made file-safe)"})
+                skipped.append(
+                    {
+                        "index": i,
+                        "patch_id": patch_id,
+                        "reason": "duplicate patch_id (wsi and folder_name equal once made file-safe)",
+                    }
+                )
                 continue
             rel = image_relpath(slide_id, patch_id)
             try:
-                writer.write_once(rel, lambda: _png_of_row(f["X"], i))
+                writer.write_once(rel, lambda i=i: _png_of_row(f["X"], i))
             except _Unreadable as e:
                 skipped.append({"index": i, "patch_id": patch_id, "reason": str(e)})
                 continue
@@ -263,8 +297,12 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
     atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
-    produced: dict[str, Any] = {"patches": len(rows), "kept_from_earlier_run": writer.kept, "summaries": len(summaries),
-                                "tile_sizes": tile_sizes(out, rows)}
+    produced: dict[str, Any] = {
+        "patches": len(rows),
+        "kept_from_earlier_run": writer.kept,
+        "summaries": len(summaries),
+        "tile_sizes": tile_sizes(out, rows),
+    }
     if splits:
         # PathLDM splits by slide; a case whose slides fall in several splits goes where most of its
         # patches are (ties: first split name) and is listed under `conflicts`.
@@ -275,12 +313,27 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
             groups[best].append(case)
             if len(per) > 1:
                 conflicts[case] = sorted(per)
-        atomic_write_text(out / "split.json", split_json(groups, method="given:pathldm-npz", seed=None, fractions=None,
-                                                          stratify_by=None, extra={"conflicts": conflicts}))
+        atomic_write_text(
+            out / "split.json",
+            split_json(
+                groups,
+                method="given:pathldm-npz",
+                seed=None,
+                fractions=None,
+                stratify_by=None,
+                extra={"conflicts": conflicts},
+            ),
+        )
         produced.update({"split": {k: len(v) for k, v in groups.items()}, "split_conflicts": len(conflicts)})
-    write_manifest(out / "manifest.json", stage="import-pathldm",
-                   config={"h5": str(h5), "npz": [str(p) for p in npz], "mpp": mpp},
-                   inputs={"h5": h5, **{Path(p).name: p for p in npz}}, produced=produced, started=started, skipped=skipped)
+    write_manifest(
+        out / "manifest.json",
+        stage="import-pathldm",
+        config={"h5": str(h5), "npz": [str(p) for p in npz], "mpp": mpp},
+        inputs={"h5": h5, **{Path(p).name: p for p in npz}},
+        produced=produced,
+        started=started,
+        skipped=skipped,
+    )
     return {"store": str(out), **produced, "skipped": skipped}
 
 
@@ -319,20 +372,36 @@ def import_folder(images: Path, csv_path: Path, out: Path) -> dict[str, Any]:
             y = int(float(rec["y"])) if rec.get("y") else None
             mpp = float(rec["mpp"]) if rec.get("mpp") else None
             probs = {c: probability(rec.get(c)) for c in SCORE_COLUMNS}
-            writer.write_once(rel, lambda: _png_of_file(src))
+            writer.write_once(rel, lambda src=src: _png_of_file(src))
         except (_Unreadable, ValueError) as e:
             reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
             skipped.append({"line": line, "path": rec["path"], "reason": reason})
             continue
         seen.add(patch_id)
-        rows.append({"patch_id": patch_id, "slide_id": slide_id, "case_id": rec.get("case_id") or case_id_of(slide_id),
-                     "x": x, "y": y, "mpp": mpp, "path": rel})
+        rows.append(
+            {
+                "patch_id": patch_id,
+                "slide_id": slide_id,
+                "case_id": rec.get("case_id") or case_id_of(slide_id),
+                "x": x,
+                "y": y,
+                "mpp": mpp,
+                "path": rel,
+            }
+        )
         if any(v is not None for v in probs.values()):
             scores[patch_id] = probs
     write_parquet(out / "patches.parquet", patch_table(rows))
     if scores:
         write_scores(out / "scores.parquet", [r["patch_id"] for r in rows], scores)
     produced = {"patches": len(rows), "scored": len(scores), "kept_from_earlier_run": writer.kept}
-    write_manifest(out / "manifest.json", stage="import-folder", config={"images": str(images), "csv": str(csv_path)},
-                   inputs={"csv": csv_path}, produced=produced, started=started, skipped=skipped)
+    write_manifest(
+        out / "manifest.json",
+        stage="import-folder",
+        config={"images": str(images), "csv": str(csv_path)},
+        inputs={"csv": csv_path},
+        produced=produced,
+        started=started,
+        skipped=skipped,
+    )
     return {"store": str(out), **produced, "skipped": skipped}

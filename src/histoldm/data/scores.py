@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from histoldm.config import StrictModel
 from histoldm.data.store import PatchStore
-from histoldm.tables import write_parquet
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input, require_output_file
 from histoldm.manifest import write_manifest
+from histoldm.tables import write_parquet
 
 SCORES_SCHEMA = pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])
 SCORE_COLUMNS = ("prob_tumor", "prob_til")
@@ -48,7 +48,7 @@ class ScoresConfig(StrictModel):
     percent: bool = Field(False, description="the CSV's scores are percentages (0-100): divide them by 100")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ScoresConfig":
+    def _one_source(self) -> ScoresConfig:
         given = [n for n, v in (("csv", self.csv), ("heatmaps", self.heatmaps), ("proxy", self.proxy or None)) if v]
         if len(given) != 1:
             raise ValueError(f"give exactly one score source (csv, heatmaps or proxy), got {given or 'none'}")
@@ -92,16 +92,23 @@ def percent_scale(path: Path, rows: list[dict[str, str]], percent: bool) -> dict
                 continue
         values = [v for v in values if v is not None]
         if values and min(values) >= 0 and max(values) <= 100 and max(values) > 1 + 1e-6:
-            raise UserError(f"{path}: {column} looks like percentages (values from {min(values):g} to {max(values):g}); "
-                            "pass --percent to read them as percentages, or write probabilities in [0, 1]")
+            raise UserError(
+                f"{path}: {column} looks like percentages (values from {min(values):g} to {max(values):g}); "
+                "pass --percent to read them as percentages, or write probabilities in [0, 1]"
+            )
     return {c: 1.0 for c in SCORE_COLUMNS}
 
 
-def scores_from_csv(store: PatchStore, path: Path, percent: bool = False) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+def scores_from_csv(
+    store: PatchStore, path: Path, percent: bool = False
+) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
     """Rows keyed by patch_id, or by slide_id + x + y; rows naming unknown patches/slides are skipped.
     Each score column is judged on its own: a bad prob_tumor leaves the row's prob_til in place."""
     table = store.table.to_pydict()
-    by_coord = {(s, x, y): p for p, s, x, y in zip(table["patch_id"], table.get("slide_id", []), table.get("x", []), table.get("y", []))}
+    by_coord = {
+        (s, x, y): p
+        for p, s, x, y in zip(table["patch_id"], table.get("slide_id", []), table.get("x", []), table.get("y", []))
+    }
     known_patches, known_slides = set(table["patch_id"]), set(table.get("slide_id", []))
     scores: dict[str, dict[str, float | None]] = {}
     skipped: list[dict[str, Any]] = []
@@ -139,17 +146,28 @@ def scores_from_csv(store: PatchStore, path: Path, percent: bool = False) -> tup
                 scores[pid][c] = probability(None if value is None else value * scale[c])
             except (ValueError, TypeError) as e:
                 scores[pid][c] = None
-                skipped.append({"line": line, "patch_id": pid, "column": c, "reason": f"{c} {row.get(c)!r} unreadable ({e}); the row's other score kept"})
+                skipped.append(
+                    {
+                        "line": line,
+                        "patch_id": pid,
+                        "column": c,
+                        "reason": f"{c} {row.get(c)!r} unreadable ({e}); the row's other score kept",
+                    }
+                )
     return scores, skipped
 
 
-def scores_from_heatmaps(store: PatchStore, folder: Path, stride: float | None) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+def scores_from_heatmaps(
+    store: PatchStore, folder: Path, stride: float | None
+) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
     """Mean of the grid cells each patch overlaps (a patch covers [x, x + extent) in level-0 pixels)."""
     if not Path(folder).is_dir():
         raise UserError(f"{folder}: heat-map folder not found")
     t = store.table.to_pydict()
     if "extent" not in t or any(e is None for e in t["extent"]):
-        raise UserError(f"{store.root}: heat-map scores need each patch's footprint (`extent`), which tiled stores have")
+        raise UserError(
+            f"{store.root}: heat-map scores need each patch's footprint (`extent`), which tiled stores have"
+        )
     scores: dict[str, dict[str, float | None]] = {}
     skipped: list[dict[str, Any]] = []
     for slide in sorted(set(t["slide_id"])):
@@ -164,7 +182,9 @@ def scores_from_heatmaps(store: PatchStore, folder: Path, stride: float | None) 
             raise UserError(f"{npz}: no `stride` in the file; pass --stride (level-0 pixels per cell)")
         finite = [g[np.isfinite(g)] for g in grids.values()]
         if any(v.size and (v.min() < 0 or v.max() > 1) for v in finite):
-            skipped.append({"slide_id": slide, "reason": f"{npz.name}: values outside [0, 1] (probabilities, not percentages)"})
+            skipped.append(
+                {"slide_id": slide, "reason": f"{npz.name}: values outside [0, 1] (probabilities, not percentages)"}
+            )
             continue
         for pid, s, x, y, ext in zip(t["patch_id"], t["slide_id"], t["x"], t["y"], t["extent"]):
             if s != slide:
@@ -202,7 +222,9 @@ def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
 
     t = read_parquet(path, "scores table").to_pydict()
     try:
-        return {p: {c: probability(t[c][i]) if c in t else None for c in SCORE_COLUMNS} for i, p in enumerate(t["patch_id"])}
+        return {
+            p: {c: probability(t[c][i]) if c in t else None for c in SCORE_COLUMNS} for i, p in enumerate(t["patch_id"])
+        }
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
 
@@ -242,11 +264,19 @@ def run_scores(cfg: ScoresConfig) -> ScoresResult:
     scored = sum(any(v is not None for v in scores.get(p, {}).values()) for p in store.patch_ids)
     if scored == 0:  # an all-null table would replace a good one and leave every caption without levels
         first = f"; first: {_describe(skipped[0])}" if skipped else ""
-        raise UserError(f"{cfg.csv or cfg.heatmaps}: no patch of {cfg.store} got a score ({len(skipped)} rows skipped{first}); "
-                        f"{out} not written")
+        raise UserError(
+            f"{cfg.csv or cfg.heatmaps}: no patch of {cfg.store} got a score ({len(skipped)} rows skipped{first}); "
+            f"{out} not written"
+        )
     write_scores(out, store.patch_ids, scores)
     produced = {"patches": len(store), "scored": scored, "method": method}
-    write_manifest(out.with_name(out.name + ".manifest.json"), stage="scores", config=cfg,
-                   inputs={"store": Path(cfg.store) / "patches.parquet", "csv": cfg.csv, "heatmaps": cfg.heatmaps},
-                   produced=produced, started=started, skipped=skipped)
+    write_manifest(
+        out.with_name(out.name + ".manifest.json"),
+        stage="scores",
+        config=cfg,
+        inputs={"store": Path(cfg.store) / "patches.parquet", "csv": cfg.csv, "heatmaps": cfg.heatmaps},
+        produced=produced,
+        started=started,
+        skipped=skipped,
+    )
     return ScoresResult(Path(out), **produced, skipped=skipped)

@@ -33,14 +33,20 @@ class SplitConfig(StrictModel):
     cases: Path | None = Field(None, description="CSV with case_id (and the label column) instead of a store")
     stratify_by: str | None = Field(None, description="label column to stratify by")
     labels: Path | None = Field(None, description="CSV case_id,<label> for stratifying a store's cases")
-    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}, description="share of the cases per split")
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}, description="share of the cases per split"
+    )
     seed: int = Field(0, description="random seed")
-    given: Path | None = Field(None, description="import this split (split.json, {split: [cases]} JSON, or CSV case_id,split)")
+    given: Path | None = Field(
+        None, description="import this split (split.json, {split: [cases]} JSON, or CSV case_id,split)"
+    )
 
     @model_validator(mode="after")
-    def _labels_for_stratifying(self) -> "SplitConfig":
+    def _labels_for_stratifying(self) -> SplitConfig:
         if self.stratify_by and self.store is not None and self.labels is None:
-            raise ValueError(f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's cases")
+            raise ValueError(
+                f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's cases"
+            )
         if self.labels is not None and not self.stratify_by:
             raise ValueError("labels are only read for stratifying: give stratify_by too")
         return self
@@ -74,13 +80,17 @@ def cases_needed(fractions: dict[str, float], name: str) -> int:
 def empty_part_warnings(counts: dict[str, int], fractions: dict[str, float]) -> list[str]:
     """One line per split with a share of the cases but none of them: a test split of 0 cases gives no FID."""
     n = sum(counts.values())
-    return [f"split {name} has no case: {fractions[name]:g} of {n} cases rounds to none; it gets one from "
-            f"{cases_needed(fractions, name)} cases on (or give it a larger share with --fractions)"
-            for name, k in sorted(counts.items()) if k == 0 and fractions.get(name, 0) > 0]
+    return [
+        f"split {name} has no case: {fractions[name]:g} of {n} cases rounds to none; it gets one from "
+        f"{cases_needed(fractions, name)} cases on (or give it a larger share with --fractions)"
+        for name, k in sorted(counts.items())
+        if k == 0 and fractions.get(name, 0) > 0
+    ]
 
 
-def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
-                labels: dict[str, str] | None = None) -> dict[str, list[str]]:
+def split_cases(
+    case_ids: list[str], fractions: dict[str, float], seed: int, labels: dict[str, str] | None = None
+) -> dict[str, list[str]]:
     """Assign each unique case to one split; stratified by `labels` when given."""
     cases = sorted(set(case_ids))
     strata: dict[str, list[str]] = {}
@@ -98,10 +108,23 @@ def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
     return {k: sorted(v) for k, v in out.items()}
 
 
-def split_json(cases: dict[str, list[str]], *, method: str, seed: int | None, fractions: dict[str, float] | None,
-               stratify_by: str | None, extra: dict[str, Any] | None = None) -> str:
-    doc = {"method": method, "seed": seed, "fractions": fractions, "stratify_by": stratify_by,
-           "cases": {k: sorted(v) for k, v in cases.items()}, **(extra or {})}
+def split_json(
+    cases: dict[str, list[str]],
+    *,
+    method: str,
+    seed: int | None,
+    fractions: dict[str, float] | None,
+    stratify_by: str | None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    doc = {
+        "method": method,
+        "seed": seed,
+        "fractions": fractions,
+        "stratify_by": stratify_by,
+        "cases": {k: sorted(v) for k, v in cases.items()},
+        **(extra or {}),
+    }
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
@@ -195,12 +218,29 @@ def run_split(cfg: SplitConfig) -> SplitResult:
         if not case_ids:
             raise UserError("split: no cases to split")
         groups = split_cases(case_ids, cfg.fractions, cfg.seed, labels)
-        text = split_json(groups, method=METHOD, seed=cfg.seed, fractions=dict(sorted(cfg.fractions.items())),
-                          stratify_by=cfg.stratify_by if labels else None)
+        text = split_json(
+            groups,
+            method=METHOD,
+            seed=cfg.seed,
+            fractions=dict(sorted(cfg.fractions.items())),
+            stratify_by=cfg.stratify_by if labels else None,
+        )
     atomic_write_text(Path(cfg.out), text)
     produced = {k: len(v) for k, v in sorted(groups.items())}
     warnings = [] if cfg.given else empty_part_warnings(produced, cfg.fractions)
-    write_manifest(Path(cfg.out).with_name(Path(cfg.out).name + ".manifest.json"), stage="split", config=cfg,
-                   inputs={"store": Path(cfg.store) / "patches.parquet" if cfg.store else None, "cases": cfg.cases, "labels": cfg.labels, "given": cfg.given},
-                   produced=produced, started=started, seed=cfg.seed, extra={"warnings": warnings})
+    write_manifest(
+        Path(cfg.out).with_name(Path(cfg.out).name + ".manifest.json"),
+        stage="split",
+        config=cfg,
+        inputs={
+            "store": Path(cfg.store) / "patches.parquet" if cfg.store else None,
+            "cases": cfg.cases,
+            "labels": cfg.labels,
+            "given": cfg.given,
+        },
+        produced=produced,
+        started=started,
+        seed=cfg.seed,
+        extra={"warnings": warnings},
+    )
     return SplitResult(Path(cfg.out), produced, warnings)

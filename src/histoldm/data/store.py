@@ -86,7 +86,7 @@ class PatchStore:
     table: pa.Table
 
     @classmethod
-    def open(cls, root: Path) -> "PatchStore":
+    def open(cls, root: Path) -> PatchStore:
         root = Path(root)
         table = read_parquet(root / TABLE_NAME, "patch store table")
         missing = {"patch_id", "case_id", "path"} - set(table.column_names)
@@ -150,9 +150,15 @@ def merge_stores(stores: list[Path], out: Path) -> PatchStore:
                 os.link(store.root / rel, dst)
             except OSError:
                 shutil.copyfile(store.root / rel, dst)
-        tables.append(store.table.select(PATCH_SCHEMA.names) if set(PATCH_SCHEMA.names) <= set(store.table.column_names) else store.table)
+        tables.append(
+            store.table.select(PATCH_SCHEMA.names)
+            if set(PATCH_SCHEMA.names) <= set(store.table.column_names)
+            else store.table
+        )
         if (store.root / "scores.parquet").is_file():
-            score_tables.append(read_parquet(store.root / "scores.parquet", "scores").select(["patch_id", "prob_tumor", "prob_til"]))
+            score_tables.append(
+                read_parquet(store.root / "scores.parquet", "scores").select(["patch_id", "prob_tumor", "prob_til"])
+            )
     if score_tables:
         write_parquet(out / "scores.parquet", pa.concat_tables(score_tables, promote_options="default"))
     write_parquet(out / TABLE_NAME, pa.concat_tables(tables, promote_options="default"))

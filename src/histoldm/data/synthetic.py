@@ -21,12 +21,21 @@ from tqdm import tqdm
 
 from histoldm.data.descriptors import compose
 from histoldm.data.store import image_relpath, patch_table, png_bytes
-from histoldm.tables import write_parquet
 from histoldm.manifest import write_manifest
+from histoldm.tables import write_parquet
 
 
-def _ellipse(canvas: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float,
-             value: float, jitter: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+def _ellipse(
+    canvas: np.ndarray,
+    cy: float,
+    cx: float,
+    ry: float,
+    rx: float,
+    angle: float,
+    value: float,
+    jitter: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Paint `value` into canvas inside a (possibly ragged) rotated ellipse; returns the painted mask."""
     r = int(max(ry, rx) * (1 + jitter) + 2)
     y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, canvas.shape[0])
@@ -61,8 +70,13 @@ def _dilate_into(occupied: np.ndarray, mask: np.ndarray) -> None:
     np.logical_or(window, ndimage.binary_dilation(mask[y0:y1, x0:x1]), out=window)
 
 
-def _place(rng: np.random.Generator, occupied: np.ndarray, radius: float, tries: int = 200,
-           near: tuple[float, float, float] | None = None) -> tuple[float, float] | None:
+def _place(
+    rng: np.random.Generator,
+    occupied: np.ndarray,
+    radius: float,
+    tries: int = 200,
+    near: tuple[float, float, float] | None = None,
+) -> tuple[float, float] | None:
     """A centre whose disc does not touch painted nuclei or fat (keeps blobs separate, measurable).
 
     `near` = (cy, cx, sigma) draws centres around a point instead of uniformly (fat lobules).
@@ -99,8 +113,14 @@ def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...
         hema[inside] = 0.0
         occupied |= inside
 
-    def nuclei(count: int, radius: tuple[float, float], aspect: tuple[float, float], h: tuple[float, float],
-               jitter: float, halo: float) -> None:
+    def nuclei(
+        count: int,
+        radius: tuple[float, float],
+        aspect: tuple[float, float],
+        h: tuple[float, float],
+        jitter: float,
+        halo: float,
+    ) -> None:
         for _ in range(count):
             ry = rng.uniform(*radius)
             rx = ry * rng.uniform(*aspect)
@@ -147,15 +167,35 @@ def _write_tile(job: tuple[int, int, int, int, str]) -> tuple[dict, dict, dict]:
     patch_id = f"{slide_id}_{x}_{y}"
     rel = image_relpath(slide_id, patch_id)
     (Path(out) / rel).write_bytes(png_bytes(rgb))  # tables, written last, mark the dataset complete
-    return ({"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id, "x": x, "y": y, "level": 0,
-             "mpp": 1.0, "tissue_fraction": round(1 - fat, 4), "path": rel, "extent": float(size)},
-            {"patch_id": patch_id, "prob_tumor": round(tumor, 4), "prob_til": round(til, 4)},
-            {"patch_id": patch_id, "case_id": case_id, "tumor": level_name(tumor), "til": level_name(til),
-             "tumor_intensity": round(tumor, 4), "til_intensity": round(til, 4), "fat_target": round(fat, 4)})
+    return (
+        {
+            "patch_id": patch_id,
+            "slide_id": slide_id,
+            "case_id": case_id,
+            "x": x,
+            "y": y,
+            "level": 0,
+            "mpp": 1.0,
+            "tissue_fraction": round(1 - fat, 4),
+            "path": rel,
+            "extent": float(size),
+        },
+        {"patch_id": patch_id, "prob_tumor": round(tumor, 4), "prob_til": round(til, 4)},
+        {
+            "patch_id": patch_id,
+            "case_id": case_id,
+            "tumor": level_name(tumor),
+            "til": level_name(til),
+            "tumor_intensity": round(tumor, 4),
+            "til_intensity": round(til, 4),
+            "fat_target": round(fat, 4),
+        },
+    )
 
 
-def make_synthetic_dataset(out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256,
-                           workers: int = 1) -> dict[str, Any]:
+def make_synthetic_dataset(
+    out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256, workers: int = 1
+) -> dict[str, Any]:
     """Write a patch store of synthetic tiles plus scores.parquet and attributes.parquet (the truth).
 
     Each tile draws tumor and TIL as high or low (balanced), an intensity within that level
@@ -175,16 +215,35 @@ def make_synthetic_dataset(out_store: Path, n_cases: int, tiles_per_case: int, s
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:  # spawn: no forked torch/OpenMP state
+        with ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=get_context("spawn")
+        ) as pool:  # spawn: no forked torch/OpenMP state
             results = list(tqdm(pool.map(_write_tile, jobs, chunksize=max(1, len(jobs) // (4 * workers))), **progress))
     else:
         results = [_write_tile(job) for job in tqdm(jobs, **progress)]
     rows, scores, attrs = (list(column) for column in zip(*results))
-    write_parquet(out / "scores.parquet", pa.Table.from_pylist(scores, schema=pa.schema(
-        [("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])))
+    write_parquet(
+        out / "scores.parquet",
+        pa.Table.from_pylist(
+            scores,
+            schema=pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())]),
+        ),
+    )
     write_parquet(out / "attributes.parquet", pa.Table.from_pylist(attrs))
     write_parquet(out / "patches.parquet", patch_table(rows))
     produced = {"patches": len(rows), "cases": n_cases}
-    write_manifest(out / "manifest.json", stage="synthetic", config={"n_cases": n_cases, "tiles_per_case": tiles_per_case,
-                   "seed": seed, "size": size}, inputs={}, produced=produced, started=started, seed=seed)
-    return {"store": str(out), "scores": str(out / "scores.parquet"), "attributes": str(out / "attributes.parquet"), **produced}
+    write_manifest(
+        out / "manifest.json",
+        stage="synthetic",
+        config={"n_cases": n_cases, "tiles_per_case": tiles_per_case, "seed": seed, "size": size},
+        inputs={},
+        produced=produced,
+        started=started,
+        seed=seed,
+    )
+    return {
+        "store": str(out),
+        "scores": str(out / "scores.parquet"),
+        "attributes": str(out / "attributes.parquet"),
+        **produced,
+    }

@@ -40,7 +40,13 @@ PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; res
 MPP_TOLERANCE = 0.05  # a slide up to 5% coarser than the target is tiled at its own resolution, not refused
 
 SLIDE_EXTENSIONS = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"]
-IMAGE_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}  # may be plain images, read through PIL when OpenSlide cannot
+IMAGE_EXTENSIONS = {
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+}  # may be plain images, read through PIL when OpenSlide cannot
 CORRUPT = "truncated or corrupt file"
 
 
@@ -53,10 +59,17 @@ class TileConfig(StrictModel):
     mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel, overriding slide metadata")
     min_tissue: float = Field(0.5, ge=0, le=1, description="minimum tissue fraction of a patch")
     min_saturation: int = Field(20, ge=0, le=255, description="floor of the Otsu saturation cut")
-    thumbnail_size: int = Field(2048, ge=64, description="longest side in pixels of the thumbnail the tissue mask is computed on")
+    thumbnail_size: int = Field(
+        2048, ge=64, description="longest side in pixels of the thumbnail the tissue mask is computed on"
+    )
     workers: int = Field(1, ge=1, description="processes, one slide each")
-    extensions: list[str] = Field(default_factory=lambda: list(SLIDE_EXTENSIONS), description="slide file endings searched for")
-    shard: tuple[int, int] | None = Field(None, description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. $SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete patches.parquet")
+    extensions: list[str] = Field(
+        default_factory=lambda: list(SLIDE_EXTENSIONS), description="slide file endings searched for"
+    )
+    shard: tuple[int, int] | None = Field(
+        None,
+        description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. $SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete patches.parquet",
+    )
 
     @model_validator(mode="after")
     def _check_shard(self) -> TileConfig:
@@ -110,7 +123,9 @@ def slide_ids(slides: list[Path]) -> dict[Path, str]:
     seen: dict[str, Path] = {}
     for p, slide_id in ids.items():
         if slide_id in seen:
-            raise UserError(f"{p}: same slide id {slide_id!r} as {seen[slide_id]}; rename one or tile the folders into separate stores")
+            raise UserError(
+                f"{p}: same slide id {slide_id!r} as {seen[slide_id]}; rename one or tile the folders into separate stores"
+            )
         seen[slide_id] = p
     return ids
 
@@ -127,18 +142,25 @@ def open_slide(path: Path):
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise UserError(f"{path}: OpenSlide cannot read this {path.suffix} slide: {CORRUPT}, or not a slide") from None
+            raise UserError(
+                f"{path}: OpenSlide cannot read this {path.suffix} slide: {CORRUPT}, or not a slide"
+            ) from None
     except openslide.OpenSlideError as e:
         raise UserError(f"{path}: unreadable slide, {CORRUPT} (OpenSlide: {e})") from None
     try:
         return openslide.ImageSlide(str(path))
     except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: neither OpenSlide nor PIL can read it: {CORRUPT}, or an unsupported format ({e})") from None
+        raise UserError(
+            f"{path}: neither OpenSlide nor PIL can read it: {CORRUPT}, or an unsupported format ({e})"
+        ) from None
 
 
 def _check_params(out: Path, cfg: TileConfig) -> None:
     """Slides already in the store are resumed, so they must have been cut with these settings."""
-    params = cfg.model_dump(mode="json", include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"})
+    params = cfg.model_dump(
+        mode="json",
+        include={"magnification", "size", "overlap", "mpp", "min_tissue", "min_saturation", "thumbnail_size"},
+    )
     record_or_check_settings(out / PARAMS_FILE, params, f"{out}: store was tiled with other settings")
 
 
@@ -216,8 +238,10 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
         candidates = []
         for y in grid(height, extent, stride):
             for x in grid(width, extent, stride):
-                cell = thumb_mask[int(y * sy) : max(int((y + extent) * sy), int(y * sy) + 1),
-                                  int(x * sx) : max(int((x + extent) * sx), int(x * sx) + 1)]
+                cell = thumb_mask[
+                    int(y * sy) : max(int((y + extent) * sy), int(y * sy) + 1),
+                    int(x * sx) : max(int((x + extent) * sx), int(x * sx) + 1),
+                ]
                 if cell.size and cell.mean() >= cfg.min_tissue * 0.5:
                     candidates.append((x, y))
 
@@ -228,7 +252,9 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
             region = slide.read_region((x, y), level, (read_side, read_side))
             white = Image.new("RGB", region.size, (255, 255, 255))
             white.paste(region, mask=region.getchannel("A"))
-            patch = white.resize((cfg.size, cfg.size), Image.Resampling.BICUBIC, box=(0, 0, extent / level_ds, extent / level_ds))
+            patch = white.resize(
+                (cfg.size, cfg.size), Image.Resampling.BICUBIC, box=(0, 0, extent / level_ds, extent / level_ds)
+            )
             rgb = np.asarray(patch)
             fraction = tissue_fraction(rgb, threshold)
             if fraction < cfg.min_tissue:
@@ -237,13 +263,29 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
             rel = image_relpath(slide_id, patch_id)
             (out / rel).write_bytes(png_bytes(rgb))  # the part below, written last, marks completion
             rows.append(
-                {"patch_id": patch_id, "slide_id": slide_id, "case_id": case_id_of(slide_id), "x": x, "y": y,
-                 "level": level, "mpp": mpp_out, "tissue_fraction": round(fraction, 4), "path": rel, "extent": extent}
+                {
+                    "patch_id": patch_id,
+                    "slide_id": slide_id,
+                    "case_id": case_id_of(slide_id),
+                    "x": x,
+                    "y": y,
+                    "level": level,
+                    "mpp": mpp_out,
+                    "tissue_fraction": round(fraction, 4),
+                    "path": rel,
+                    "extent": extent,
+                }
             )
         write_parquet(_part_path(out, slide_id), patch_table(rows))
         # timings let the benchmark separate per-slide setup (open, thumbnail) from per-patch work
-        return {"slide_id": slide_id, "patches": len(rows), "status": "tiled", "candidates": len(candidates),
-                "seconds_setup": round(loop_start - setup_start, 4), "seconds_patches": round(time.perf_counter() - loop_start, 4)}
+        return {
+            "slide_id": slide_id,
+            "patches": len(rows),
+            "status": "tiled",
+            "candidates": len(candidates),
+            "seconds_setup": round(loop_start - setup_start, 4),
+            "seconds_patches": round(time.perf_counter() - loop_start, 4),
+        }
     finally:
         slide.close()
 
@@ -253,7 +295,11 @@ def _tile_slide_safe(path: Path, slide_id: str, cfg: TileConfig, show_progress: 
     try:
         return tile_slide(path, slide_id, cfg, show_progress)
     except Exception as e:  # noqa: BLE001 - OpenSlide, PIL and OS errors alike must not stop the run
-        reason = str(e) if isinstance(e, UserError) else f"{path}: unreadable slide, probably a {CORRUPT} ({type(e).__name__}: {e})"
+        reason = (
+            str(e)
+            if isinstance(e, UserError)
+            else f"{path}: unreadable slide, probably a {CORRUPT} ({type(e).__name__}: {e})"
+        )
         return {"slide_id": slide_id, "patches": 0, "status": "failed", "slide": str(path), "reason": reason}
 
 
@@ -313,10 +359,13 @@ def run_tile(cfg: TileConfig) -> TileResult:
 
     done = sorted((r for r in results if r["status"] != "failed"), key=lambda r: r["slide_id"])
     skipped = sorted(
-        ({"slide": r["slide"], "reason": r["reason"]} for r in results if r["status"] == "failed"), key=lambda s: s["slide"]
+        ({"slide": r["slide"], "reason": r["reason"]} for r in results if r["status"] == "failed"),
+        key=lambda s: s["slide"],
     )
     table, pending = _store_table(out, [ids[p] for p in all_slides], results)
-    if skipped and table.num_rows == 0 and not pending:  # no slide tiled by any job: an empty store would only fail later
+    if (
+        skipped and table.num_rows == 0 and not pending
+    ):  # no slide tiled by any job: an empty store would only fail later
         if first_run:  # nothing tiled: leave no settings behind to refuse a retry with others
             _remove_empty_store(out, made_out)
         more = f" ({len(skipped) - 1} more failed too; no slide could be tiled)" if len(skipped) > 1 else ""
@@ -331,6 +380,13 @@ def run_tile(cfg: TileConfig) -> TileResult:
         "slides_failed": len(skipped),
         "per_slide": {r["slide_id"]: {k: v for k, v in r.items() if k != "slide_id"} for r in done},
     }
-    write_manifest(out / "manifest.json", stage="tile", config=cfg, inputs={"slides": cfg.slides},
-                   produced=produced, started=started, skipped=skipped)
+    write_manifest(
+        out / "manifest.json",
+        stage="tile",
+        config=cfg,
+        inputs={"slides": cfg.slides},
+        produced=produced,
+        started=started,
+        skipped=skipped,
+    )
     return TileResult(out, **produced, skipped=skipped)

@@ -69,12 +69,12 @@ def caption_levels(captions_parquet: Path, attributes: list[str]) -> dict[str, d
     missing = [c for c in ["caption"] + [f"{a}_level" for a in attributes] if c not in table]
     if missing:
         raise UserError(f"{captions_parquet}: missing columns {missing}")
-    return {
-        cap: {a: table[f"{a}_level"][i] for a in attributes} for i, cap in enumerate(table["caption"])
-    }
+    return {cap: {a: table[f"{a}_level"][i] for a in attributes} for i, cap in enumerate(table["caption"])}
 
 
-def check_adherence_inputs(fake_dir: Path, captions_parquet: Path | None, attributes: list[str] | None = None) -> list[dict]:
+def check_adherence_inputs(
+    fake_dir: Path, captions_parquet: Path | None, attributes: list[str] | None = None
+) -> list[dict]:
     """The index rows, once it is clear where their levels come from: called before any feature is
     computed, so a missing --captions is said at once, not after the FID."""
     from histoldm.fileio import require_file
@@ -84,7 +84,9 @@ def check_adherence_inputs(fake_dir: Path, captions_parquet: Path | None, attrib
     if captions_parquet:
         require_file(captions_parquet, "captions file")
     elif not any(f"{a}_level" in r for r in rows for a in attributes):
-        raise UserError(f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)")
+        raise UserError(
+            f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)"
+        )
     return rows
 
 
@@ -127,9 +129,14 @@ def run_adherence(
             is_high.append(level == high)
         if len(set(is_high)) < 2:  # a test needs both groups; say what there was instead of failing the evaluation
             n_high = sum(is_high)
-            results[attr] = {"status": f"not measured: {n_high} images of {attr} level {high!r} and {len(is_high) - n_high} of {low!r}"}
+            results[attr] = {
+                "status": f"not measured: {n_high} images of {attr} level {high!r} and {len(is_high) - n_high} of {low!r}"
+            }
             continue
-        results[attr] = {"descriptor": descriptor, **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed)}
+        results[attr] = {
+            "descriptor": descriptor,
+            **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed),
+        }
     return {"levels_compared": [high, low], "by_attribute": results}
 
 
@@ -140,4 +147,3 @@ def adherence_line(attr: str, r: dict) -> str:
         f"adherence {attr}: AUROC {r['auroc']:.3f} (chance 0.5, p={r['p_value']:.3g}, "
         f"{r['n_high']} high vs {r['n_low']} low captions, descriptor {r['descriptor']})"
     )
-

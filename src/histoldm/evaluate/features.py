@@ -119,7 +119,11 @@ def preprocess_pixels(pixels: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
     if mode != "bicubic" or tuple(pixels.shape[-2:]) == (INCEPTION_SIZE, INCEPTION_SIZE):
         return to_inception_input(pixels, mode)
     channels = [
-        np.asarray(Image.fromarray(plane.numpy().astype(np.float32), mode="F").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC))
+        np.asarray(
+            Image.fromarray(plane.numpy().astype(np.float32), mode="F").resize(
+                (INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC
+            )
+        )
         for plane in pixels
     ]
     return _scale(torch.from_numpy(np.clip(np.stack(channels), 0.0, 255.0)), mode)
@@ -135,7 +139,9 @@ class ImageFiles(torch.utils.data.Dataset):
     hold gigabytes in shared memory and in the device resize's float64 buffers).
     """
 
-    def __init__(self, paths: Sequence[Path], mode: ResizeMode, dtype: torch.dtype = torch.float32, resize: bool = True):
+    def __init__(
+        self, paths: Sequence[Path], mode: ResizeMode, dtype: torch.dtype = torch.float32, resize: bool = True
+    ):
         self.paths = list(paths)
         self.mode = mode
         self.dtype = dtype
@@ -197,7 +203,9 @@ def load_extractor(path: Path | None = None, device: str = "cpu", dtype: str = "
     loaded module during its first calls, which costs seconds each time.
     """
     st = Path(path).stat() if path is not None and Path(path).is_file() else None
-    return _load_extractor(None if path is None else str(Path(path).resolve()), st.st_mtime if st else 0.0, device, dtype)
+    return _load_extractor(
+        None if path is None else str(Path(path).resolve()), st.st_mtime if st else 0.0, device, dtype
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -285,13 +293,17 @@ def extract_features(
             bar.update(sum(len(idx) for idx, _ in stacks) + len(bad))
     if not kept:
         where = Path(paths[0]).parent if paths else "input"
-        raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")
+        raise UserError(
+            f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})"
+        )
     order = np.argsort(kept, kind="stable")  # rows in input order whatever the grouping: KID draws subsets by row
     kept_paths = [Path(paths[kept[j]]) for j in order]
     return FeatureSet(np.concatenate(feats)[order], kept_paths, skipped, image_format(kept_paths))
 
 
-def extract_in_processes(paths: Sequence[Path], extractor: Extractor, procs, parts: Path, name: str, **options) -> FeatureSet | None:
+def extract_in_processes(
+    paths: Sequence[Path], extractor: Extractor, procs, parts: Path, name: str, **options
+) -> FeatureSet | None:
     """`extract_features` across the processes of `accelerate launch`: process i of N takes images i,
     i+N, ... and saves its rows as PARTS/<name>.rank<i>-of-<N>.npz (a re-run with the same images and
     protocol reuses it); the main process merges them in input order and gets the FeatureSet one
@@ -301,7 +313,11 @@ def extract_in_processes(paths: Sequence[Path], extractor: Extractor, procs, par
         return extract_features(paths, extractor, **options)
     mine = list(range(procs.rank, len(paths), procs.world))
     part = Path(parts) / f"{name}.rank{procs.rank}-of-{procs.world}.npz"
-    digest = hashlib.sha256(json.dumps([[str(paths[i]) for i in mine], extractor.sha256, str(extractor.dtype), options.get("mode")]).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(
+            [[str(paths[i]) for i in mine], extractor.sha256, str(extractor.dtype), options.get("mode")]
+        ).encode()
+    ).hexdigest()
     if not (part.is_file() and str(np.load(part)["digest"]) == digest):
         _save_share(part, digest, [paths[i] for i in mine], mine, extractor, options)
     procs.barrier()
@@ -319,13 +335,17 @@ def extract_in_processes(paths: Sequence[Path], extractor: Extractor, procs, par
     order = np.concatenate(rows)
     if not len(order):
         where = Path(paths[0]).parent if paths else "input"
-        raise UserError(f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})")
+        raise UserError(
+            f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})"
+        )
     kept = np.argsort(order, kind="stable")
     kept_paths = [Path(paths[i]) for i in order[kept]]
     return FeatureSet(np.concatenate([f for f in feats if len(f)])[kept], kept_paths, skipped, image_format(kept_paths))
 
 
-def _save_share(part: Path, digest: str, paths: list[Path], positions: list[int], extractor: Extractor, options: dict) -> None:
+def _save_share(
+    part: Path, digest: str, paths: list[Path], positions: list[int], extractor: Extractor, options: dict
+) -> None:
     """One process's features, their positions in the whole list and its skipped files, saved atomically."""
     from histoldm.fileio import atomic_write_bytes
 

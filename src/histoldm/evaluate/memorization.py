@@ -23,7 +23,9 @@ from histoldm.errors import UserError
 from histoldm.evaluate.metrics import pairwise_distances
 
 Metric = Literal["cosine", "l2"]
-DUPLICATE_TOLERANCE = 1e-6  # cosine distance (or l2 over the median feature norm) at or below which two patches are exact duplicates
+DUPLICATE_TOLERANCE = (
+    1e-6  # cosine distance (or l2 over the median feature norm) at or below which two patches are exact duplicates
+)
 
 
 def distances(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
@@ -35,7 +37,12 @@ def distances(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
 
 
 def nearest(
-    a: np.ndarray, b: np.ndarray, metric: Metric, batch: int = 2048, exclude_self: bool = False, beyond: float | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    metric: Metric,
+    batch: int = 2048,
+    exclude_self: bool = False,
+    beyond: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index and distance of the nearest row of b for each row of a (batched to bound memory); with
     `beyond`, the nearest farther than that (inf when there is none)."""
@@ -69,16 +76,22 @@ def memorization_report(
     nn_idx, nn_dist = nearest(fake, train, metric)
     tolerance = DUPLICATE_TOLERANCE * (1.0 if metric == "cosine" else float(np.median(np.linalg.norm(train, axis=1))))
     n_dup = int((nearest(train, train, metric, exclude_self=True)[1] <= tolerance).sum())
-    _, train_nn = nearest(train, train, metric, exclude_self=True, beyond=tolerance)  # nearest other patch that is not a copy
+    _, train_nn = nearest(
+        train, train, metric, exclude_self=True, beyond=tolerance
+    )  # nearest other patch that is not a copy
     distinct = train_nn[np.isfinite(train_nn)]
     threshold = float(np.quantile(distinct, quantile)) if distinct.size else None
     order = np.argsort(nn_dist)[:n_pairs]
     checks = {}
     if threshold is None:
-        checks["status"] = f"all {len(train)} training patches are copies of one image: no threshold to compare with; deduplicate them"
+        checks["status"] = (
+            f"all {len(train)} training patches are copies of one image: no threshold to compare with; deduplicate them"
+        )
     elif n_dup:
-        checks["note"] = (f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; the threshold uses each "
-                          "patch's nearest other patch that is not a copy (with copies it would be 0, and nothing could fall below it)")
+        checks["note"] = (
+            f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; the threshold uses each "
+            "patch's nearest other patch that is not a copy (with copies it would be 0, and nothing could fall below it)"
+        )
     return {
         "metric": metric,
         "threshold": threshold,
@@ -92,7 +105,8 @@ def memorization_report(
         "n_fake": len(fake),
         "n_train": len(train),
         "closest_pairs": [
-            {"fake": str(fake_paths[i]), "train": str(train_paths[nn_idx[i]]), "distance": float(nn_dist[i])} for i in order
+            {"fake": str(fake_paths[i]), "train": str(train_paths[nn_idx[i]]), "distance": float(nn_dist[i])}
+            for i in order
         ],
     }
 
@@ -108,7 +122,9 @@ def pairs_image(pairs: list[dict], out: Path, size: int = 128) -> None:
         for col, key in enumerate(("fake", "train")):
             try:
                 with Image.open(pair[key]) as im:
-                    sheet.paste(im.convert("RGB").resize((size, size), Image.BICUBIC), (col * (size + 8), row * (size + 4)))
+                    sheet.paste(
+                        im.convert("RGB").resize((size, size), Image.BICUBIC), (col * (size + 8), row * (size + 4))
+                    )
             except OSError:
                 continue  # a file that vanished since extraction leaves a blank cell
     import io

@@ -31,7 +31,12 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = SQRTM_EPS, method: FidMethod = "sqrtm"
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    eps: float = SQRTM_EPS,
+    method: FidMethod = "sqrtm",
 ) -> float:
     """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) in float64.
 
@@ -45,7 +50,9 @@ def frechet_distance(
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise UserError(f"statistics: shapes do not match (mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape})")
+        raise UserError(
+            f"statistics: shapes do not match (mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape})"
+        )
     diff = mu1 - mu2
     tr_covmean = _trace_sqrt_product_eigh(s1, s2) if method == "eigh" else _trace_sqrt_product_sqrtm(s1, s2, eps)
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
@@ -60,7 +67,9 @@ def _trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray, eps: float) -> flo
             covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if _imag_too_large(covmean):
         worst = float(np.max(np.abs(np.diagonal(covmean).imag)))
-        raise UserError(f"statistics: matrix square root has imaginary part {worst:.3g} (> {IMAG_TOLERANCE}); covariances are not valid")
+        raise UserError(
+            f"statistics: matrix square root has imaginary part {worst:.3g} (> {IMAG_TOLERANCE}); covariances are not valid"
+        )
     return float(np.trace(np.real(covmean)))
 
 
@@ -75,13 +84,19 @@ def _imag_too_large(m: np.ndarray) -> bool:
     return np.iscomplexobj(m) and not np.allclose(np.diagonal(m).imag, 0, atol=IMAG_TOLERANCE)
 
 
-def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, protocol: dict[str, Any], features: np.ndarray | None = None) -> None:
+def save_stats(
+    path: Path, mu: np.ndarray, sigma: np.ndarray, protocol: dict[str, Any], features: np.ndarray | None = None
+) -> None:
     """pytorch-fid layout (`mu`, `sigma`) plus `protocol` (a JSON string) and, when given, the `features` (float32,
     N x dim) the statistics came from, so KID and precision/recall can be measured against them (pytorch-fid
     ignores both)."""
     import io
 
-    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64), "protocol": np.array(json.dumps(protocol, sort_keys=True))}
+    arrays = {
+        "mu": np.asarray(mu, np.float64),
+        "sigma": np.asarray(sigma, np.float64),
+        "protocol": np.array(json.dumps(protocol, sort_keys=True)),
+    }
     if features is not None:
         arrays["features"] = np.asarray(features, np.float32)
     buf = io.BytesIO()
@@ -96,7 +111,9 @@ def load_features(path: Path, mu: np.ndarray, n: Any) -> np.ndarray | None:
             return None
         features = f["features"]
     if features.ndim != 2 or features.shape[1] != mu.size or (isinstance(n, int) and len(features) != n):
-        raise UserError(f"{path}: stored features {features.shape} do not fit its statistics ({mu.size}-d, N {n}); remake them with `histoldm fid-ref`")
+        raise UserError(
+            f"{path}: stored features {features.shape} do not fit its statistics ({mu.size}-d, N {n}); remake them with `histoldm fid-ref`"
+        )
     return features
 
 
@@ -118,7 +135,9 @@ def load_stats(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | Non
     return mu, sigma, protocol
 
 
-def kid(real: np.ndarray, fake: np.ndarray, *, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, *, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, mean and std over subsets.
 
     Unbiased, so two samples of one distribution average ~0 at any N (it can go below 0);
@@ -138,9 +157,7 @@ def kid(real: np.ndarray, fake: np.ndarray, *, n_subsets: int = 100, subset_size
         kyy = (y @ y.T / d + 1) ** 3
         kxy = (x @ y.T / d + 1) ** 3
         values[s] = (
-            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-            - 2 * kxy.mean()
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
         )
     return float(values.mean()), float(values.std())
 

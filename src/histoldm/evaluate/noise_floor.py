@@ -50,32 +50,60 @@ def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = N
     (settings_a, ids_a), (settings_b, ids_b) = _sample_set(cfg.first), _sample_set(cfg.second)
     seed_a, seed_b = settings_a.pop("seed", None), settings_b.pop("seed", None)
     if ids_a != ids_b:
-        raise UserError(f"{cfg.second}: holds other captions than {cfg.first}; the floor compares one caption list under two seeds")
+        raise UserError(
+            f"{cfg.second}: holds other captions than {cfg.first}; the floor compares one caption list under two seeds"
+        )
     if settings_a != settings_b:
         differ = sorted(k for k in settings_a.keys() | settings_b.keys() if settings_a.get(k) != settings_b.get(k))
-        raise UserError(f"{cfg.second}: sampled with other settings than {cfg.first} ({', '.join(differ)}); only the seed may differ")
+        raise UserError(
+            f"{cfg.second}: sampled with other settings than {cfg.first} ({', '.join(differ)}); only the seed may differ"
+        )
     if seed_a == seed_b:
-        raise UserError(f"{cfg.second}: sampled with the same seed as {cfg.first} ({seed_a}); the floor needs two seeds")
+        raise UserError(
+            f"{cfg.second}: sampled with the same seed as {cfg.first} ({seed_a}); the floor needs two seeds"
+        )
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     first_paths = fake_image_paths(cfg.first)
     if first_features is None:
         a = _extract(cfg, extractor, first_paths, f"seed {seed_a} features")
-    elif sorted(map(str, first_features.paths + [Path(s["file"]) for s in first_features.skipped])) == sorted(map(str, first_paths)):
+    elif sorted(map(str, first_features.paths + [Path(s["file"]) for s in first_features.skipped])) == sorted(
+        map(str, first_paths)
+    ):
         a = first_features
     else:
         raise UserError(f"{cfg.first}: the features given for it are of other images")
     b = _extract(cfg, extractor, fake_image_paths(cfg.second), f"seed {seed_b} features")
-    protocol = _base_protocol(cfg, extractor).extend(n_real=len(a.paths), n_fake=len(b.paths), image_format_real=a.image_format,
-                                                     image_format_fake=b.image_format, image_size_real=F.image_sizes(a.paths),
-                                                     image_size_fake=F.image_sizes(b.paths), feature_dim=a.features.shape[1], seeds=(seed_a, seed_b))
+    protocol = _base_protocol(cfg, extractor).extend(
+        n_real=len(a.paths),
+        n_fake=len(b.paths),
+        image_format_real=a.image_format,
+        image_format_fake=b.image_format,
+        image_size_real=F.image_sizes(a.paths),
+        image_size_fake=F.image_sizes(b.paths),
+        feature_dim=a.features.shape[1],
+        seeds=(seed_a, seed_b),
+    )
     fid = M.frechet_distance(*M.gaussian_stats(a.features), *M.gaussian_stats(b.features), method=cfg.fid_method)
-    kid_mean, kid_std = M.kid(a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    kid_mean, kid_std = M.kid(
+        a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
+    )
     size = min(cfg.kid_subset_size, len(a.paths), len(b.paths))
-    floor = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid),
-             "kid": protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(mean=kid_mean, std=kid_std)}
+    floor = {
+        "fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid),
+        "kid": protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
+            mean=kid_mean, std=kid_std
+        ),
+    }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", floor)
-    write_manifest(out / "manifest.json", stage="noise-floor", config=cfg, inputs={"first": cfg.first / "index.jsonl", "second": cfg.second / "index.jsonl"},
-                   produced={"metrics": "metrics.json", "fid": fid, "kid": kid_mean}, started=started, seed=cfg.seed)
+    write_manifest(
+        out / "manifest.json",
+        stage="noise-floor",
+        config=cfg,
+        inputs={"first": cfg.first / "index.jsonl", "second": cfg.second / "index.jsonl"},
+        produced={"metrics": "metrics.json", "fid": fid, "kid": kid_mean},
+        started=started,
+        seed=cfg.seed,
+    )
     return EvaluateResult(out, floor)

@@ -24,7 +24,13 @@ from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.run import ExtractConfig
-from histoldm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, require_file, require_output_folder
+from histoldm.fileio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    require_file,
+    require_output_folder,
+)
 
 ATTRIBUTES = {"tumor": 0, "til": 1}  # position of each level in a map cell "TUMOR/TIL"
 
@@ -33,10 +39,16 @@ class RegionEvalConfig(ExtractConfig):
     regions: Path = Field(description="a `histoldm sample-region` output folder")
     real: Path = Field(description="folder of real held-out patches at the model's size (as for `evaluate`)")
     out: Path = Field(description="output folder: metrics.json, crops/, crops-eval/")
-    n_crops: int | None = Field(None, ge=2, description="random crops of the generated regions (default: as many as real patches, equal N)")
-    real_slide: Path | None = Field(None, description="slide whose regions give the seam score's reference (default: the bundled CC0 slide)")
+    n_crops: int | None = Field(
+        None, ge=2, description="random crops of the generated regions (default: as many as real patches, equal N)"
+    )
+    real_slide: Path | None = Field(
+        None, description="slide whose regions give the seam score's reference (default: the bundled CC0 slide)"
+    )
     real_regions: int = Field(8, ge=1, description="real slide regions in the seam reference")
-    fid_method: M.FidMethod = Field("sqrtm", description="as in evaluate: sqrtm (pytorch-fid) or eigh (same value, faster on a CPU)")
+    fid_method: M.FidMethod = Field(
+        "sqrtm", description="as in evaluate: sqrtm (pytorch-fid) or eigh (same value, faster on a CPU)"
+    )
     kid_subsets: int = Field(100, description="number of KID subsets")
     kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
     adherence_high: str = Field("high", description="map level counted as high")
@@ -68,7 +80,10 @@ def border_positions(record: dict) -> list[int]:
     from histoldm.sampling.region import window_starts
 
     size, edges = record["size"], set()
-    for window, stride in ((record["window_px"], record["stride_px"]), (record["decode_tile_px"], record["decode_stride_px"])):
+    for window, stride in (
+        (record["window_px"], record["stride_px"]),
+        (record["decode_tile_px"], record["decode_stride_px"]),
+    ):
         window = min(window, size)
         for start in window_starts(size, window, stride):
             edges |= {start, start + window}
@@ -159,10 +174,14 @@ def map_agreement(records: list[dict], regions_dir: Path, high: str, low: str, n
     result = {}
     for attr, (scores, is_high) in values.items():
         if len(set(is_high)) < 2:
-            result[attr] = {"status": f"not measured: {sum(is_high)} windows of {attr} level {high!r} and {len(is_high) - sum(is_high)} of {low!r}"}
+            result[attr] = {
+                "status": f"not measured: {sum(is_high)} windows of {attr} level {high!r} and {len(is_high) - sum(is_high)} of {low!r}"
+            }
             continue
-        result[attr] = {"descriptor": DEFAULT_DESCRIPTORS[attr],
-                        **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed)}
+        result[attr] = {
+            "descriptor": DEFAULT_DESCRIPTORS[attr],
+            **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed),
+        }
     return {"levels_compared": [high, low], "by_attribute": result}
 
 
@@ -179,9 +198,16 @@ def seam_scores(records: list[dict], regions_dir: Path, slide: Path, n_real: int
         images, real_mpp[size] = real_regions(slide, size, rec["mpp"], n_real, seed)
         real += [seam_score(image, border_positions(rec)) for image in images]
     g, r = float(np.mean(generated)), float(np.mean(real))
-    return {"generated": g, "real": r, "ratio": g / r, "n_generated": len(generated), "n_real": len(real),
-            "generated_per_region": dict(zip([rec["id"] for rec in records], generated)), "real_slide": str(slide),
-            "real_mpp_by_size": {str(k): v for k, v in real_mpp.items()}}
+    return {
+        "generated": g,
+        "real": r,
+        "ratio": g / r,
+        "n_generated": len(generated),
+        "n_real": len(real),
+        "generated_per_region": dict(zip([rec["id"] for rec in records], generated)),
+        "real_slide": str(slide),
+        "real_mpp_by_size": {str(k): v for k, v in real_mpp.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -207,17 +233,35 @@ def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
     out.mkdir(parents=True, exist_ok=True)
     crops = write_crops(records, Path(cfg.regions), out / "crops", n, cfg.seed)
     extract = {k: getattr(cfg, k) for k in ExtractConfig.model_fields}
-    crop = run_evaluate(EvaluateConfig(real=cfg.real, fake=crops, out=out / "crops-eval", fid_method=cfg.fid_method,
-                                       kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed, **extract))
+    crop = run_evaluate(
+        EvaluateConfig(
+            real=cfg.real,
+            fake=crops,
+            out=out / "crops-eval",
+            fid_method=cfg.fid_method,
+            kid_subsets=cfg.kid_subsets,
+            kid_subset_size=cfg.kid_subset_size,
+            seed=cfg.seed,
+            **extract,
+        )
+    )
     metrics = {
         "crop": {**crop.metrics, "n_crops": n, "n_real": n_real, "regions": len(records)},
         "seam": seam_scores(records, Path(cfg.regions), slide, cfg.real_regions, cfg.seed),
-        "map_agreement": map_agreement(records, Path(cfg.regions), cfg.adherence_high, cfg.adherence_low, cfg.adherence_permutations, cfg.seed),
+        "map_agreement": map_agreement(
+            records, Path(cfg.regions), cfg.adherence_high, cfg.adherence_low, cfg.adherence_permutations, cfg.seed
+        ),
     }
     atomic_write_json(out / "metrics.json", metrics)
-    write_manifest(out / "manifest.json", stage="evaluate-region", config=cfg,
-                   inputs={"regions": Path(cfg.regions) / "index.jsonl", "real": cfg.real, "real_slide": slide},
-                   produced={"metrics": "metrics.json", "crops": n}, started=started, seed=cfg.seed)
+    write_manifest(
+        out / "manifest.json",
+        stage="evaluate-region",
+        config=cfg,
+        inputs={"regions": Path(cfg.regions) / "index.jsonl", "real": cfg.real, "real_slide": slide},
+        produced={"metrics": "metrics.json", "crops": n},
+        started=started,
+        seed=cfg.seed,
+    )
     return RegionEvalResult(out, metrics)
 
 
@@ -227,8 +271,13 @@ def region_report_lines(metrics: dict) -> list[str]:
     from histoldm.evaluate.run import report_lines
 
     crop = metrics["crop"]
-    lines = [f"crops ({crop['n_crops']} of {crop['regions']} regions vs {crop['n_real']} real): " + line for line in report_lines(crop)[:2]]
+    lines = [
+        f"crops ({crop['n_crops']} of {crop['regions']} regions vs {crop['n_real']} real): " + line
+        for line in report_lines(crop)[:2]
+    ]
     s = metrics["seam"]
-    lines.append(f"seam score {s['generated']:.3f} (real slide regions {s['real']:.3f}, ratio {s['ratio']:.3f}; ~1 = no seam)")
+    lines.append(
+        f"seam score {s['generated']:.3f} (real slide regions {s['real']:.3f}, ratio {s['ratio']:.3f}; ~1 = no seam)"
+    )
     lines += ["map agreement: " + adherence_line(a, r) for a, r in metrics["map_agreement"]["by_attribute"].items()]
     return lines

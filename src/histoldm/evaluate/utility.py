@@ -35,21 +35,40 @@ PROBE = "logistic-l2-lbfgs"
 
 
 class UtilityConfig(ExtractConfig):
-    real: Path = Field(description="held-out REAL patches (export-patches of the test split: PNGs + index.jsonl with patch ids)")
+    real: Path = Field(
+        description="held-out REAL patches (export-patches of the test split: PNGs + index.jsonl with patch ids)"
+    )
     train_real: Path = Field(description="real training patches (export-patches --split-name train)")
-    fake: Path = Field(description="generated set made from TRAINING captions (the sampler's OUT/ with index.jsonl; ids are patch ids)")
+    fake: Path = Field(
+        description="generated set made from TRAINING captions (the sampler's OUT/ with index.jsonl; ids are patch ids)"
+    )
     captions: Path = Field(description="captions.parquet: each patch's case, caption and <attribute>_level")
     split: Path = Field(description="split.json the generator was trained with (the leakage guard reads it)")
     out: Path = Field(description="output folder: metrics.json, utility.png, manifest.json")
     train_split: str = Field("train", description="the split the generator was trained on")
-    attributes: list[str] = Field(default_factory=lambda: ["tumor", "til"], description="caption attributes with levels (columns <attribute>_level)")
+    attributes: list[str] = Field(
+        default_factory=lambda: ["tumor", "til"],
+        description="caption attributes with levels (columns <attribute>_level)",
+    )
     high: str = Field("high", description="positive level of every attribute")
     low: str = Field("low", description="negative level of every attribute")
-    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0], description="shares of the real training patches of the augmentation curve")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], description="seeds: each draws the real subsets and the bootstrap resamples")
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
+        description="shares of the real training patches of the augmentation curve",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1], description="seeds: each draws the real subsets and the bootstrap resamples"
+    )
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of held-out cases for the 95% intervals")
-    l2: float = Field(1.0, gt=0, description="L2 penalty of the probe (on standardised features; loss is the class-balanced mean log-loss)")
-    held_out_groups: dict[str, str] = Field(default_factory=dict, description="name -> regex on case_id: held-out subsets reported beside 'all' (the demo: real tissue, synthetic)")
+    l2: float = Field(
+        1.0,
+        gt=0,
+        description="L2 penalty of the probe (on standardised features; loss is the class-balanced mean log-loss)",
+    )
+    held_out_groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> regex on case_id: held-out subsets reported beside 'all' (the demo: real tissue, synthetic)",
+    )
 
     @field_validator("fractions")
     @classmethod
@@ -155,8 +174,14 @@ def bootstrap_scores(prob: np.ndarray, is_high: np.ndarray, cases: list[str], n_
     def ci(values: np.ndarray) -> list[float] | None:
         return [float(np.percentile(values[ok], 2.5)), float(np.percentile(values[ok], 97.5))] if ok.any() else None
 
-    return {"seed": seed, "auroc": float(auc[0]), "auroc_ci": ci(b_auc), "balanced_accuracy": float(bal[0]),
-            "balanced_accuracy_ci": ci(b_bal), "bootstrap_used": int(ok.sum())}
+    return {
+        "seed": seed,
+        "auroc": float(auc[0]),
+        "auroc_ci": ci(b_auc),
+        "balanced_accuracy": float(bal[0]),
+        "balanced_accuracy_ci": ci(b_bal),
+        "bootstrap_used": int(ok.sum()),
+    }
 
 
 def real_subset(is_high: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -198,8 +223,9 @@ def _captions_table(path: Path, attributes: list[str]) -> dict[str, dict[str, An
     return out
 
 
-def labelled_set(folder: Path, captions: dict[str, dict[str, Any]], cases_split: dict[str, str], cfg: UtilityConfig,
-                 role: str) -> LabelledSet:
+def labelled_set(
+    folder: Path, captions: dict[str, dict[str, Any]], cases_split: dict[str, str], cfg: UtilityConfig, role: str
+) -> LabelledSet:
     """Read FOLDER/index.jsonl and check where each image comes from (the leakage guard):
     role 'generated' and 'train' need training-split patches, 'held-out' patches of other cases."""
     from histoldm.fileio import read_jsonl
@@ -210,17 +236,23 @@ def labelled_set(folder: Path, captions: dict[str, dict[str, Any]], cases_split:
         pid, caption = str(row.get("id")), row.get("caption")
         entry = captions.get(pid)
         if entry is None or caption not in entry["captions"]:
-            raise UserError(f"{folder}: image {row.get('file')} (id {pid}) is not a captioned patch of {cfg.captions}: "
-                            f"cannot check which case its caption came from")
+            raise UserError(
+                f"{folder}: image {row.get('file')} (id {pid}) is not a captioned patch of {cfg.captions}: "
+                f"cannot check which case its caption came from"
+            )
         case = entry["case_id"]
         split = cases_split.get(case)
         if role == "held-out" and split == cfg.train_split:
-            raise UserError(f"{folder}: held-out image {row.get('file')} is from case {case} of the '{cfg.train_split}' split in "
-                            f"{cfg.split}: the generator saw it")
+            raise UserError(
+                f"{folder}: held-out image {row.get('file')} is from case {case} of the '{cfg.train_split}' split in "
+                f"{cfg.split}: the generator saw it"
+            )
         if role != "held-out" and split != cfg.train_split:
             what = "generated from the caption of" if role == "generated" else "is"
-            raise UserError(f"{folder}: image {row.get('file')} {what} patch {pid} of case {case}, split {split or 'none'} in "
-                            f"{cfg.split}; the {role} set must come from '{cfg.train_split}' cases only")
+            raise UserError(
+                f"{folder}: image {row.get('file')} {what} patch {pid} of case {case}, split {split or 'none'} in "
+                f"{cfg.split}; the {role} set must come from '{cfg.train_split}' cases only"
+            )
         files.append(Path(folder) / row["file"])
         cases.append(case)
         for a in cfg.attributes:
@@ -250,34 +282,62 @@ def conditions(fractions: list[float]) -> list[tuple[str, float, bool]]:
     return rows
 
 
-def utility_table(train: tuple[np.ndarray, LabelledSet], fake: tuple[np.ndarray, LabelledSet],
-                  held: tuple[np.ndarray, LabelledSet], cfg: UtilityConfig) -> dict[str, Any]:
+def utility_table(
+    train: tuple[np.ndarray, LabelledSet],
+    fake: tuple[np.ndarray, LabelledSet],
+    held: tuple[np.ndarray, LabelledSet],
+    cfg: UtilityConfig,
+) -> dict[str, Any]:
     """Every probe of every attribute, scored on every held-out group: the dict metrics.json holds."""
     groups = {"all": np.ones(len(held[1].files), bool)}
     for name, pattern in cfg.held_out_groups.items():
         groups[name] = np.array([re.search(pattern, c) is not None for c in held[1].cases])
     by_attribute: dict[str, Any] = {}
     for attr in cfg.attributes:
-        def labelled(part: tuple[np.ndarray, LabelledSet]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+
+        def labelled(
+            part: tuple[np.ndarray, LabelledSet], attr: str = attr
+        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
             keep = [i for i, level in enumerate(part[1].levels[attr]) if level is not None]
-            return part[0][keep], np.array([part[1].levels[attr][i] == cfg.high for i in keep], bool), [part[1].cases[i] for i in keep]
+            return (
+                part[0][keep],
+                np.array([part[1].levels[attr][i] == cfg.high for i in keep], bool),
+                [part[1].cases[i] for i in keep],
+            )
 
         (xr, yr, _), (xf, yf, _), (xh, yh, ch) = labelled(train), labelled(fake), labelled(held)
         held_keep = [i for i, level in enumerate(held[1].levels[attr]) if level is not None]
         group_masks = {g: m[held_keep] for g, m in groups.items()}
-        held_info = {g: {"n": int(m.sum()), "n_high": int(yh[m].sum()), "n_low": int((~yh[m]).sum()),
-                         "n_cases": len({c for c, k in zip(ch, m) if k})} for g, m in group_masks.items()}
+        held_info = {
+            g: {
+                "n": int(m.sum()),
+                "n_high": int(yh[m].sum()),
+                "n_low": int((~yh[m]).sum()),
+                "n_cases": len({c for c, k in zip(ch, m) if k}),
+            }
+            for g, m in group_masks.items()
+        }
         rows = []
-        predicted: dict[tuple[bytes, bool], np.ndarray] = {}  # one fit per training set: at 100% real both seeds train alike
+        predicted: dict[
+            tuple[bytes, bool], np.ndarray
+        ] = {}  # one fit per training set: at 100% real both seeds train alike
         for name, fraction, with_fake in conditions(cfg.fractions):
-            row: dict[str, Any] = {"condition": name, "real_fraction": fraction, "synthetic": with_fake, "by_group": {}, "seeds": []}
+            row: dict[str, Any] = {
+                "condition": name,
+                "real_fraction": fraction,
+                "synthetic": with_fake,
+                "by_group": {},
+                "seeds": [],
+            }
             for seed in cfg.seeds:
                 idx = real_subset(yr, fraction, seed) if fraction > 0 else np.array([], int)
                 x = np.concatenate([xr[idx], xf]) if with_fake else xr[idx]
                 y = np.concatenate([yr[idx], yf]) if with_fake else yr[idx]
                 row.update(n_real=int(len(idx)), n_synthetic=int(len(xf)) if with_fake else 0)
                 if len(set(y.tolist())) < 2:
-                    row["status"] = f"not measured: the training images of {attr} have one level only ({int(y.sum())} high of {len(y)})"
+                    row["status"] = (
+                        f"not measured: the training images of {attr} have one level only ({int(y.sum())} high of {len(y)})"
+                    )
                     break
                 key = (idx.tobytes(), with_fake)
                 if key not in predicted:
@@ -285,26 +345,34 @@ def utility_table(train: tuple[np.ndarray, LabelledSet], fake: tuple[np.ndarray,
                 prob = predicted[key]
                 for g, m in group_masks.items():
                     if yh[m].all() or not yh[m].any():
-                        row["by_group"][g] = {"status": f"not measured: {held_info[g]['n_high']} high and {held_info[g]['n_low']} low held-out patches"}
+                        row["by_group"][g] = {
+                            "status": f"not measured: {held_info[g]['n_high']} high and {held_info[g]['n_low']} low held-out patches"
+                        }
                         continue
                     s = bootstrap_scores(prob[m], yh[m], [c for c, k in zip(ch, m) if k], cfg.bootstrap, seed)
                     row["by_group"].setdefault(g, {"seeds": []})["seeds"].append(s)
                 row["seeds"].append(seed)
-            for g, r in row["by_group"].items():
+            for r in row["by_group"].values():
                 if "seeds" in r:
                     r["auroc_mean"] = float(np.mean([s["auroc"] for s in r["seeds"]]))
                     r["balanced_accuracy_mean"] = float(np.mean([s["balanced_accuracy"] for s in r["seeds"]]))
             rows.append(row)
-        by_attribute[attr] = {"held_out": held_info, "n_train_real": {"high": int(yr.sum()), "low": int((~yr).sum())},
-                              "n_synthetic": {"high": int(yf.sum()), "low": int((~yf).sum())}, "conditions": rows}
+        by_attribute[attr] = {
+            "held_out": held_info,
+            "n_train_real": {"high": int(yr.sum()), "low": int((~yr).sum())},
+            "n_synthetic": {"high": int(yf.sum()), "low": int((~yf).sum())},
+            "conditions": rows,
+        }
     return by_attribute
 
 
 def probe_line(cfg: UtilityConfig, n_train: int, n_fake: int, n_held: int) -> str:
-    return (f"linear probe {PROBE} (class-balanced log-loss + l2 {cfg.l2:g}/N on standardised features, L-BFGS from 0), "
-            f"balanced accuracy at p>=0.5; 95% percentile bootstrap over held-out cases ({cfg.bootstrap} resamples); "
-            f"seeds {','.join(map(str, cfg.seeds))} (real subsets, level-stratified, and resamples); levels {cfg.high} vs {cfg.low}; "
-            f"N real train {n_train}, N synthetic {n_fake} (training captions only), N held-out real {n_held}")
+    return (
+        f"linear probe {PROBE} (class-balanced log-loss + l2 {cfg.l2:g}/N on standardised features, L-BFGS from 0), "
+        f"balanced accuracy at p>=0.5; 95% percentile bootstrap over held-out cases ({cfg.bootstrap} resamples); "
+        f"seeds {','.join(map(str, cfg.seeds))} (real subsets, level-stratified, and resamples); levels {cfg.high} vs {cfg.low}; "
+        f"N real train {n_train}, N synthetic {n_fake} (training captions only), N held-out real {n_held}"
+    )
 
 
 def utility_lines(utility: dict[str, Any]) -> list[str]:
@@ -330,8 +398,10 @@ def _interval(ci: list[float] | None) -> str:
 
 
 def _seed_text(s: dict[str, Any]) -> str:
-    return (f"seed {s['seed']} AUROC {s['auroc']:.3f} {_interval(s['auroc_ci'])}, "
-            f"balanced acc {s['balanced_accuracy']:.3f} {_interval(s['balanced_accuracy_ci'])}")
+    return (
+        f"seed {s['seed']} AUROC {s['auroc']:.3f} {_interval(s['auroc_ci'])}, "
+        f"balanced acc {s['balanced_accuracy']:.3f} {_interval(s['balanced_accuracy_ci'])}"
+    )
 
 
 def table_rows(utility: dict[str, Any], group: str) -> list[list[str]]:
@@ -341,7 +411,15 @@ def table_rows(utility: dict[str, Any], group: str) -> list[list[str]]:
         for row in a["conditions"]:
             r = row.get("by_group", {}).get(group, {})
             if "seeds" not in r:
-                rows.append([attr, row["condition"], f"{row.get('n_real', 0)} / {row.get('n_synthetic', 0)}", row.get("status") or r.get("status", ""), ""])
+                rows.append(
+                    [
+                        attr,
+                        row["condition"],
+                        f"{row.get('n_real', 0)} / {row.get('n_synthetic', 0)}",
+                        row.get("status") or r.get("status", ""),
+                        "",
+                    ]
+                )
                 continue
             auc = "; ".join(f"{s['auroc']:.3f} {_interval(s['auroc_ci'])}" for s in r["seeds"])
             bal = "; ".join(f"{s['balanced_accuracy']:.3f} {_interval(s['balanced_accuracy_ci'])}" for s in r["seeds"])
@@ -365,17 +443,37 @@ def utility_plot(utility: dict[str, Any], out: Path) -> Path:
         rows = utility["by_attribute"][attr]["conditions"]
         for i, g in enumerate(groups):
             ax = axes[i][j]
-            for with_fake, colour, label in ((False, "tab:blue", "real only"), (True, "tab:orange", "real + synthetic")):
-                pts = sorted((r["real_fraction"], r["by_group"][g]) for r in rows
-                             if r["synthetic"] == with_fake and r["real_fraction"] > 0 and "seeds" in r.get("by_group", {}).get(g, {}))
+            for with_fake, colour, label in (
+                (False, "tab:blue", "real only"),
+                (True, "tab:orange", "real + synthetic"),
+            ):
+                pts = sorted(
+                    (r["real_fraction"], r["by_group"][g])
+                    for r in rows
+                    if r["synthetic"] == with_fake
+                    and r["real_fraction"] > 0
+                    and "seeds" in r.get("by_group", {}).get(g, {})
+                )
                 if pts:
                     xs = [100 * f for f, _ in pts]
                     ys = [r["auroc_mean"] for _, r in pts]
                     cis = [r["seeds"][0]["auroc_ci"] or [y, y] for y, (_, r) in zip(ys, pts)]  # no interval: no bar
                     lo = [y - ci[0] for y, ci in zip(ys, cis)]
                     hi = [ci[1] - y for y, ci in zip(ys, cis)]
-                    ax.errorbar(xs, ys, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], marker="o", capsize=3, color=colour, label=label)
-            tstr = [r["by_group"][g] for r in rows if r["real_fraction"] == 0 and "seeds" in r.get("by_group", {}).get(g, {})]
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                        marker="o",
+                        capsize=3,
+                        color=colour,
+                        label=label,
+                    )
+            tstr = [
+                r["by_group"][g]
+                for r in rows
+                if r["real_fraction"] == 0 and "seeds" in r.get("by_group", {}).get(g, {})
+            ]
             if tstr:
                 ax.axhline(tstr[0]["auroc_mean"], color="tab:green", ls="--", label="synthetic only (TSTR)")
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -424,22 +522,56 @@ def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = Non
     x_held = given.features if same else _features(cfg, extractor, held, "held-out features")
     by_attribute = utility_table((x_train, train), (x_fake, fake), (x_held, held), cfg)
     protocol = _base_protocol(cfg, extractor).extend(
-        n_real=len(held.files), n_fake=len(fake.files), n_train=len(train.files), feature_dim=int(x_held.shape[1]),
-        image_format_real=F.image_format(held.files), image_format_fake=F.image_format(fake.files),
-        image_size_real=F.image_sizes(held.files), image_size_fake=F.image_sizes(fake.files))
-    probe = {"probe": PROBE, "l2": cfg.l2, "threshold": 0.5, "bootstrap": cfg.bootstrap, "bootstrap_unit": "held-out case",
-             "seeds": cfg.seeds, "fractions": cfg.fractions, "levels": [cfg.high, cfg.low], "train_split": cfg.train_split,
-             "held_out_groups": cfg.held_out_groups}
-    utility = {"protocol": {**protocol.as_dict(), **probe},
-               "protocol_line": probe_line(cfg, len(train.files), len(fake.files), len(held.files)) + "; " + protocol.line(),
-               "by_attribute": by_attribute, "seconds": round(time.time() - started, 1)}
+        n_real=len(held.files),
+        n_fake=len(fake.files),
+        n_train=len(train.files),
+        feature_dim=int(x_held.shape[1]),
+        image_format_real=F.image_format(held.files),
+        image_format_fake=F.image_format(fake.files),
+        image_size_real=F.image_sizes(held.files),
+        image_size_fake=F.image_sizes(fake.files),
+    )
+    probe = {
+        "probe": PROBE,
+        "l2": cfg.l2,
+        "threshold": 0.5,
+        "bootstrap": cfg.bootstrap,
+        "bootstrap_unit": "held-out case",
+        "seeds": cfg.seeds,
+        "fractions": cfg.fractions,
+        "levels": [cfg.high, cfg.low],
+        "train_split": cfg.train_split,
+        "held_out_groups": cfg.held_out_groups,
+    }
+    utility = {
+        "protocol": {**protocol.as_dict(), **probe},
+        "protocol_line": probe_line(cfg, len(train.files), len(fake.files), len(held.files)) + "; " + protocol.line(),
+        "by_attribute": by_attribute,
+        "seconds": round(time.time() - started, 1),
+    }
     metrics = {"utility": utility}
     out.mkdir(parents=True, exist_ok=True)
     plot = utility_plot(utility, out / "utility.png")
     atomic_write_json(out / "metrics.json", metrics)
-    write_manifest(out / "manifest.json", stage="utility", config=cfg,
-                   inputs={"real": cfg.real, "train_real": cfg.train_real, "fake": cfg.fake, "captions": cfg.captions, "split": cfg.split,
-                           "extractor": cfg.extractor},
-                   produced={"metrics": "metrics.json", "plot": "utility.png", "n_fake": len(fake.files), "n_held_out": len(held.files)},
-                   started=started, seed=cfg.seeds[0])
+    write_manifest(
+        out / "manifest.json",
+        stage="utility",
+        config=cfg,
+        inputs={
+            "real": cfg.real,
+            "train_real": cfg.train_real,
+            "fake": cfg.fake,
+            "captions": cfg.captions,
+            "split": cfg.split,
+            "extractor": cfg.extractor,
+        },
+        produced={
+            "metrics": "metrics.json",
+            "plot": "utility.png",
+            "n_fake": len(fake.files),
+            "n_held_out": len(held.files),
+        },
+        started=started,
+        seed=cfg.seeds[0],
+    )
     return UtilityResult(out, metrics, plot)

@@ -57,13 +57,28 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     # to 0: tumor adherence 0.76 and 0.92 on two seeds, against 0.78-0.85 for `tiny`'s 1200 steps at a constant 5e-4;
     # at lr 1e-3, 800 and 1000 steps lost it (RESULTS.md, issue 18).
     # precision auto: bfloat16 on a GPU that has it, else float32 (the trainer's own default autocasts bf16 on CPU too)
-    "train": {"max_steps": 1000, "batch_size": 32, "precision": "auto", "ema": True, "ema_decay": 0.995, "log_every": 20, "keep_checkpoints": 1,
-              "data": {"workers": 0}, "model": {"unet_preset": "tiny-mid"}, "optim": {"lr": 2e-3, "warmup_steps": 50, "decay": "cosine"}},
+    "train": {
+        "max_steps": 1000,
+        "batch_size": 32,
+        "precision": "auto",
+        "ema": True,
+        "ema_decay": 0.995,
+        "log_every": 20,
+        "keep_checkpoints": 1,
+        "data": {"workers": 0},
+        "model": {"unet_preset": "tiny-mid"},
+        "optim": {"lr": 2e-3, "warmup_steps": 50, "decay": "cosine"},
+    },
     "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` still works)
     "evaluate": {"fid_method": "eigh", "adherence": True},  # eigh: the same trace as sqrtm, ~10x faster on CPU
 }
 # Stage keys filled from a recipe-level knob: a user who sets one is pointed at the knob.
-_KNOBS = {"seed": "recipe.seed", "image_size": "recipe.image_size", "init": "recipe.autoencoder", "vae": "recipe.autoencoder"}
+_KNOBS = {
+    "seed": "recipe.seed",
+    "image_size": "recipe.image_size",
+    "init": "recipe.autoencoder",
+    "vae": "recipe.autoencoder",
+}
 _HERE = Path(".")  # the stand-in path a section is validated with when the recipe is loaded
 
 
@@ -71,29 +86,42 @@ class ModelRecipe(StrictModel):
     """Everything from captions to metrics for one set of summaries (one row of the sweep)."""
 
     image_size: int | None = Field(64, ge=8)  # resolution the models work at; None = the stored patch size
-    autoencoder: str = "kl-f4-lite"  # a KL preset is trained here (`train_vae`); a VQ preset, folder or hub id is used as is
+    autoencoder: str = (
+        "kl-f4-lite"  # a KL preset is trained here (`train_vae`); a VQ preset, folder or hub id is used as is
+    )
     seed: int = 0
     n_samples: int = Field(48, ge=2)  # held-out patches whose captions are sampled (and their real images)
-    train_vae: dict[str, Any] = Field(default_factory=dict)  # TrainVAEConfig keys; used when `autoencoder` is a KL preset
+    train_vae: dict[str, Any] = Field(
+        default_factory=dict
+    )  # TrainVAEConfig keys; used when `autoencoder` is a KL preset
     encode_latents: dict[str, Any] = Field(default_factory=dict)  # EncodeLatentsConfig keys
     encode_text: dict[str, Any] = Field(default_factory=dict)  # EncodeTextConfig keys
-    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig keys, nested: {optim: {lr: ...}, data: {workers: ...}}
+    train: dict[str, Any] = Field(
+        default_factory=dict
+    )  # TrainConfig keys, nested: {optim: {lr: ...}, data: {workers: ...}}
     sample: dict[str, Any] = Field(default_factory=dict)  # SampleConfig keys (for both seeds of the noise floor)
-    evaluate: dict[str, Any] = Field(default_factory=dict)  # EvaluateConfig keys; the noise floor measures with the same protocol
+    evaluate: dict[str, Any] = Field(
+        default_factory=dict
+    )  # EvaluateConfig keys; the noise floor measures with the same protocol
 
     @model_validator(mode="after")
-    def _sections_are_stage_configs(self) -> "ModelRecipe":
+    def _sections_are_stage_configs(self) -> ModelRecipe:
         """Every stage's config, built now with stand-in paths: a bad key fails here, not after minutes of compute."""
         if trains_autoencoder(self):
             vae_config(self, _HERE, _HERE, _HERE)
         elif self.train_vae:
-            raise key_error(("train_vae",), f"used only when recipe.autoencoder is a KL preset (trained here); "
-                                            f"'{self.autoencoder}' is used as is")
+            raise key_error(
+                ("train_vae",),
+                f"used only when recipe.autoencoder is a KL preset (trained here); '{self.autoencoder}' is used as is",
+            )
         latents_config(self, _HERE, self.autoencoder, _HERE)
         text_config(self, _HERE, _HERE)
         preset = train_config(self, "x", _HERE, _HERE, _HERE, _HERE, _HERE).model.unet_preset
         if preset not in UNET_PRESETS:  # the trainer finds out only after the autoencoder has trained
-            raise key_error(("train", "model", "unet_preset"), f"unknown UNet preset '{preset}' (choose from {', '.join(UNET_PRESETS)})")
+            raise key_error(
+                ("train", "model", "unet_preset"),
+                f"unknown UNet preset '{preset}' (choose from {', '.join(UNET_PRESETS)})",
+            )
         sample_config(self, _HERE, _HERE, _HERE, self.seed, _HERE)
         evaluate_config(self, _HERE, _HERE, _HERE, _HERE, self.n_samples, 1.0)
         return self
@@ -102,15 +130,21 @@ class ModelRecipe(StrictModel):
         """The stage's keys this experiment sets or the user gave (not the stage's own defaults)."""
         return deep_merge(EXPERIMENT_DEFAULTS[stage], getattr(self, stage))
 
-    def stage(self, stage: str, model: type[C], owned: dict[str, Any], derived: Callable[[C], dict[str, Any]] | None = None) -> C:
+    def stage(
+        self, stage: str, model: type[C], owned: dict[str, Any], derived: Callable[[C], dict[str, Any]] | None = None
+    ) -> C:
         """The stage's config: its defaults <- EXPERIMENT_DEFAULTS <- the user's section <- `owned` (the
         experiment's paths and knobs, refused from the user); then `derived` (from the built config) for
         the keys the user did not give."""
         given = getattr(self, stage)
         if clash := _common_key(given, owned):
             knob = _KNOBS.get(clash[-1]) if len(clash) == 1 else None
-            raise key_error((stage, *clash), f"set by the experiment from {knob}; set that instead" if knob else
-                            "set by the experiment (a path of its data or work folder, or the run's name)")
+            raise key_error(
+                (stage, *clash),
+                f"set by the experiment from {knob}; set that instead"
+                if knob
+                else "set by the experiment (a path of its data or work folder, or the run's name)",
+            )
         try:
             cfg = model.model_validate(deep_merge(self.settings(stage), owned))
         except ValidationError as e:
@@ -137,14 +171,23 @@ def trains_autoencoder(recipe: ModelRecipe) -> bool:
 def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> TrainVAEConfig:
     from histoldm.train.vae import TrainVAEConfig
 
-    owned = {"store": store, "out": out, "split": split, "init": recipe.autoencoder, "image_size": recipe.image_size, "seed": recipe.seed}
+    owned = {
+        "store": store,
+        "out": out,
+        "split": split,
+        "init": recipe.autoencoder,
+        "image_size": recipe.image_size,
+        "seed": recipe.seed,
+    }
     return recipe.stage("train_vae", TrainVAEConfig, owned, lambda c: {"checkpoint_every": c.steps})
 
 
 def latents_config(recipe: ModelRecipe, store: Path, vae: str, out: Path) -> EncodeLatentsConfig:
     from histoldm.train.latents import EncodeLatentsConfig
 
-    return recipe.stage("encode_latents", EncodeLatentsConfig, {"store": store, "vae": vae, "out": out, "image_size": recipe.image_size})
+    return recipe.stage(
+        "encode_latents", EncodeLatentsConfig, {"store": store, "vae": vae, "out": out, "image_size": recipe.image_size}
+    )
 
 
 def text_config(recipe: ModelRecipe, captions: Path, out: Path) -> EncodeTextConfig:
@@ -153,36 +196,52 @@ def text_config(recipe: ModelRecipe, captions: Path, out: Path) -> EncodeTextCon
     return recipe.stage("encode_text", EncodeTextConfig, {"captions": captions, "out": out})
 
 
-def train_config(recipe: ModelRecipe, name: str, run_dir: Path, latents: Path, text_cache: Path, captions: Path,
-                 split: Path) -> TrainConfig:
+def train_config(
+    recipe: ModelRecipe, name: str, run_dir: Path, latents: Path, text_cache: Path, captions: Path, split: Path
+) -> TrainConfig:
     from histoldm.train.trainer import TrainConfig
 
-    owned = {"name": name, "run_dir": run_dir, "seed": recipe.seed,
-             "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split}}
+    owned = {
+        "name": name,
+        "run_dir": run_dir,
+        "seed": recipe.seed,
+        "data": {"latents": latents, "text_cache": text_cache, "captions": captions, "split": split},
+    }
     # a run shorter than checkpoint_every checkpoints at its end
-    return recipe.stage("train", TrainConfig, owned, lambda c: {"checkpoint_every": min(c.checkpoint_every, c.max_steps)})
+    return recipe.stage(
+        "train", TrainConfig, owned, lambda c: {"checkpoint_every": min(c.checkpoint_every, c.max_steps)}
+    )
 
 
-def sample_config(recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path) -> SampleConfig:
+def sample_config(
+    recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path
+) -> SampleConfig:
     from histoldm.sampling.run import SampleConfig
 
     owned = {"checkpoint": checkpoint, "captions": captions, "out": out, "seed": seed, "text_cache": text_cache}
     return recipe.stage("sample", SampleConfig, owned)
 
 
-def evaluate_config(recipe: ModelRecipe, real: Path, fake: Path, out: Path, captions: Path, n_items: int,
-                    mpp: float) -> EvaluateConfig:
+def evaluate_config(
+    recipe: ModelRecipe, real: Path, fake: Path, out: Path, captions: Path, n_items: int, mpp: float
+) -> EvaluateConfig:
     from histoldm.evaluate.run import EvaluateConfig
 
     owned = {"real": real, "fake": fake, "out": out, "seed": recipe.seed, "captions": captions}
-    return recipe.stage("evaluate", EvaluateConfig, owned,
-                        lambda c: {"kid_subset_size": min(c.kid_subset_size, n_items), "adherence_mpp": mpp})
+    return recipe.stage(
+        "evaluate",
+        EvaluateConfig,
+        owned,
+        lambda c: {"kid_subset_size": min(c.kid_subset_size, n_items), "adherence_mpp": mpp},
+    )
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
     from histoldm.summaries.summarize import SummarizeConfig, run_summarize
 
-    run_summarize(load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget}))
+    run_summarize(
+        load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget})
+    )
     return out
 
 
@@ -202,7 +261,9 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
         if (vae_dir / "metrics.json").is_file():  # finished earlier: reuse it only if trained with these settings
             trained_with = json.loads((vae_dir / "manifest.json").read_text())["config"]
             if trained_with != vae_cfg.model_dump(mode="json"):
-                raise UserError(f"{vae_dir}: autoencoder trained with other settings than this recipe's; choose another --out")
+                raise UserError(
+                    f"{vae_dir}: autoencoder trained with other settings than this recipe's; choose another --out"
+                )
             vae_metrics = json.loads((vae_dir / "metrics.json").read_text())
         else:
             vae_metrics = dataclasses.asdict(run_train_vae(vae_cfg))
@@ -224,8 +285,9 @@ def model_mpp(store: Path, size: int | None) -> float:
     return (statistics.median(mpps) if mpps else 1.0) * stored / (size or stored)
 
 
-def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Path, latents: Path,
-                          recipe: ModelRecipe, name: str) -> dict[str, Any]:
+def train_sample_evaluate(
+    work: Path, *, store: Path, split: Path, summaries: Path, latents: Path, recipe: ModelRecipe, name: str
+) -> dict[str, Any]:
     """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
     from histoldm.data.captions import CaptionsConfig, run_captions
     from histoldm.evaluate.run import run_evaluate
@@ -250,14 +312,31 @@ def train_sample_evaluate(work: Path, *, store: Path, split: Path, summaries: Pa
     sample_cfg = sample_held_out(train.run_dir, sample_list, work / "samples", recipe, recipe.seed, text_cache)
     samples = sample_cfg.out
     real = export_patches(store, items, work / "real-held-out", recipe.image_size)
-    evaluate_cfg = evaluate_config(recipe, real, samples, work / "eval", captions, len(items), model_mpp(store, recipe.image_size))
+    evaluate_cfg = evaluate_config(
+        recipe, real, samples, work / "eval", captions, len(items), model_mpp(store, recipe.image_size)
+    )
     evaluated = run_evaluate(evaluate_cfg)
-    return {"captions": caption_result, "captions_file": captions, "text": text, "train": train, "train_peak_rss": train_peak_rss, "samples": samples, "real": real,
-            "metrics": evaluated.metrics, "fake_features": evaluated.fake_features, "real_features": evaluated.real_features, "items": items, "sample_list": sample_list, "text_cache": text_cache,
-            "configs": {"encode_text": text_cfg, "train": train_cfg, "sample": sample_cfg, "evaluate": evaluate_cfg}}
+    return {
+        "captions": caption_result,
+        "captions_file": captions,
+        "text": text,
+        "train": train,
+        "train_peak_rss": train_peak_rss,
+        "samples": samples,
+        "real": real,
+        "metrics": evaluated.metrics,
+        "fake_features": evaluated.fake_features,
+        "real_features": evaluated.real_features,
+        "items": items,
+        "sample_list": sample_list,
+        "text_cache": text_cache,
+        "configs": {"encode_text": text_cfg, "train": train_cfg, "sample": sample_cfg, "evaluate": evaluate_cfg},
+    }
 
 
-def sample_held_out(checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path) -> SampleConfig:
+def sample_held_out(
+    checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path
+) -> SampleConfig:
     """The recipe's sampler over a caption list (its config returned); only `seed` varies between calls on one model."""
     from histoldm.sampling.run import run_sample
 
@@ -284,9 +363,17 @@ def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict
 
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"
-    sample_held_out(result["train"].run_dir, result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"])
+    sample_held_out(
+        result["train"].run_dir, result["sample_list"], second, recipe, recipe.seed + 1, result["text_cache"]
+    )
     evaluated = result["configs"]["evaluate"]
     shared = (SeedFloorConfig.model_fields.keys() & type(evaluated).model_fields.keys()) - {"out"}
-    return run_seed_floor(SeedFloorConfig(**{k: getattr(evaluated, k) for k in shared},
-                                          first=result["samples"], second=second, out=work / "noise-floor"),
-                          first_features=result["fake_features"]).metrics  # the same extractor and resize: evaluate's
+    return run_seed_floor(
+        SeedFloorConfig(
+            **{k: getattr(evaluated, k) for k in shared},
+            first=result["samples"],
+            second=second,
+            out=work / "noise-floor",
+        ),
+        first_features=result["fake_features"],
+    ).metrics  # the same extractor and resize: evaluate's

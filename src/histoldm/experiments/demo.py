@@ -20,20 +20,42 @@ from pydantic import Field
 
 from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
-from histoldm.fileio import atomic_write_json, read_jsonl
-from histoldm.experiments.chain import ModelRecipe, model_mpp, noise_floor, prepare_latents, summarize, train_sample_evaluate
-from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
+from histoldm.experiments.chain import (
+    ModelRecipe,
+    model_mpp,
+    noise_floor,
+    prepare_latents,
+    summarize,
+    train_sample_evaluate,
+)
 from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, DemoDataConfig, build_demo_data
+from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
+from histoldm.fileio import atomic_write_json, read_jsonl
 
 
 class DemoConfig(StrictModel):
     out: Path = Field(Path("demo-out"), description="output folder; a re-run resumes finished stages")
     budget: int = Field(35, description="summary length in CLIP tokens (the seed paper's best)")
     data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)")
-    region_scale: int = Field(8, ge=0, description="the report's large region (sample-region, fast preset) is this many model images across: 512 px at 64 px; 0 = none")
-    utility_samples: int = Field(96, ge=2, description="training captions sampled for the utility evaluation (the generated set its probes train on)")
+    recipe: ModelRecipe = Field(
+        default_factory=ModelRecipe,
+        description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)",
+    )
+    region_scale: int = Field(
+        8,
+        ge=0,
+        description="the report's large region (sample-region, fast preset) is this many model images across: 512 px at 64 px; 0 = none",
+    )
+    utility_samples: int = Field(
+        96,
+        ge=2,
+        description="training captions sampled for the utility evaluation (the generated set its probes train on)",
+    )
 
 
 HELD_OUT_GROUPS = {"real tissue": SLIDE_GROUP, "synthetic cases": SYNTHETIC_GROUP}
@@ -63,19 +85,37 @@ def _adherence_rows(adherence: dict[str, Any], label: str) -> list[tuple[str, st
     rows = []
     for attr, r in adherence.get("by_attribute", {}).items():
         if "auroc" in r:
-            rows.append((f"condition adherence, {label}: {attr}", f"AUROC {r['auroc']:.3f} (chance 0.5, p = {r['p_value']:.3g})",
-                         f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low {attr} captions"))
+            rows.append(
+                (
+                    f"condition adherence, {label}: {attr}",
+                    f"AUROC {r['auroc']:.3f} (chance 0.5, p = {r['p_value']:.3g})",
+                    f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low {attr} captions",
+                )
+            )
         else:
             rows.append((f"condition adherence, {label}: {attr}", "not measured", str(r.get("status", ""))))
     return rows
 
 
-def _metric_rows(metrics: dict[str, Any], real_adherence: dict[str, Any], floor: dict[str, Any]) -> list[tuple[str, str, str]]:
+def _metric_rows(
+    metrics: dict[str, Any], real_adherence: dict[str, Any], floor: dict[str, Any]
+) -> list[tuple[str, str, str]]:
     seeds = "seed-to-seed floor ({} vs {} of the same captions and model)".format(*floor["fid"]["protocol"]["seeds"])
-    rows = [("FID", f"{metrics['fid']['value']:.2f} (floor {floor['fid']['value']:.2f})", f"{metrics['fid']['protocol_line']}; {seeds}")]
+    rows = [
+        (
+            "FID",
+            f"{metrics['fid']['value']:.2f} (floor {floor['fid']['value']:.2f})",
+            f"{metrics['fid']['protocol_line']}; {seeds}",
+        )
+    ]
     if "mean" in metrics["kid"]:
-        rows.append(("KID", f"{metrics['kid']['mean']:.4f} ± {metrics['kid']['std']:.4f} (floor {floor['kid']['mean']:.4f})",
-                     f"{metrics['kid']['protocol_line']}; {seeds}"))
+        rows.append(
+            (
+                "KID",
+                f"{metrics['kid']['mean']:.4f} ± {metrics['kid']['std']:.4f} (floor {floor['kid']['mean']:.4f})",
+                f"{metrics['kid']['protocol_line']}; {seeds}",
+            )
+        )
     pr = metrics["precision_recall"]
     if "precision" in pr:
         rows.append(("precision / recall (k=3)", f"{pr['precision']:.3f} / {pr['recall']:.3f}", pr["protocol_line"]))
@@ -89,8 +129,15 @@ def _real_tissue_first(result: dict[str, Any]) -> list:
     from histoldm.html_report import caption_rows
 
     ids = {name: group_ids(result["items"], pattern) for name, pattern in HELD_OUT_GROUPS.items()}
-    return [row for name in HELD_OUT_GROUPS for row in caption_rows(
-        {**result, "items": [r for r in result["items"] if r["patch_id"] in ids[name]]}, max_rows=4, label=f"[{name}] ")]
+    return [
+        row
+        for name in HELD_OUT_GROUPS
+        for row in caption_rows(
+            {**result, "items": [r for r in result["items"] if r["patch_id"] in ids[name]]},
+            max_rows=4,
+            label=f"[{name}] ",
+        )
+    ]
 
 
 def _utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -99,7 +146,13 @@ def _utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
     first = min(utility["protocol"]["fractions"])
     for attr, a in utility["by_attribute"].items():
         names = {r["condition"]: r for r in a["conditions"]}
-        wanted = ["real", "synthetic only (TSTR)", "real + synthetic", f"{first:.0%} real", f"{first:.0%} real + synthetic"]
+        wanted = [
+            "real",
+            "synthetic only (TSTR)",
+            "real + synthetic",
+            f"{first:.0%} real",
+            f"{first:.0%} real + synthetic",
+        ]
         for g in ("real tissue", "synthetic cases"):
             parts = []
             for w in wanted:
@@ -116,30 +169,53 @@ def _seconds(s: float) -> str:
 def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str, Any]:
     """Seconds per stage (from the manifests, summed by stage name in run order), the rest of the run,
     the total and the machine, plus the one-line form the demo prints last."""
-    from histoldm.manifest import stage_times
     from histoldm.html_report import stage_manifests
+    from histoldm.manifest import stage_times
 
     stages: dict[str, float] = {}
     for _, stage, seconds in stage_times(stage_manifests(out)):
         stages[stage] = stages.get(stage, 0.0) + seconds
     other = max(0.0, total_s - sum(stages.values()))  # real-image and per-group metrics, loss curve, between stages
     machine_text = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread{'s' * (machine['threads'] != 1)}"
-    line = f"{_seconds(total_s)} on {machine_text} (" + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)]) + ")"
-    return {"stages_s": {k: round(v, 1) for k, v in stages.items()}, "other_s": round(other, 1), "total_s": round(total_s, 1),
-            "machine": machine, "machine_text": machine_text, "line": line}
+    line = (
+        f"{_seconds(total_s)} on {machine_text} ("
+        + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)])
+        + ")"
+    )
+    return {
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+        "other_s": round(other, 1),
+        "total_s": round(total_s, 1),
+        "machine": machine,
+        "machine_text": machine_text,
+        "line": line,
+    }
 
 
-def _region_figure(out: Path, cfg: DemoConfig, result: dict[str, Any], summaries: Path, case: str, mpp: float) -> list[tuple[str, Path]]:
+def _region_figure(
+    out: Path, cfg: DemoConfig, result: dict[str, Any], summaries: Path, case: str, mpp: float
+) -> list[tuple[str, Path]]:
     """One large region from a held-out case's summary and a quadrant map (histoldm.experiments.demo_region)."""
     from histoldm.data.captions import load_summaries
     from histoldm.experiments.demo_region import demo_region
 
     size = cfg.region_scale * (cfg.recipe.image_size or cfg.data.patch_size)
     steps = {"steps": cfg.recipe.sample["steps"]} if "steps" in cfg.recipe.sample else {}
-    picture = demo_region(out / "region", result["train"].run_dir / "model", load_summaries(summaries).get(case, ""), mpp, size,
-                          {"preset": "fast", **steps})
-    return [(f"A generated {size} x {size} px region (sample-region, fast preset) from the summary of held-out case {case} (right), "
-             "and the map its windows followed (left: red = tumour level, green = TIL level; top-left quadrant high/high)", picture)]
+    picture = demo_region(
+        out / "region",
+        result["train"].run_dir / "model",
+        load_summaries(summaries).get(case, ""),
+        mpp,
+        size,
+        {"preset": "fast", **steps},
+    )
+    return [
+        (
+            f"A generated {size} x {size} px region (sample-region, fast preset) from the summary of held-out case {case} (right), "
+            "and the map its windows followed (left: red = tumour level, green = TIL level; top-left quadrant high/high)",
+            picture,
+        )
+    ]
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -160,17 +236,33 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summaries = summarize(data["reports"], out / "summaries.jsonl", cfg.budget)
     # Autoencoder and latent cache, then captions -> text cache -> training -> sampling -> metrics.
     latents = prepare_latents(out, data["store"], data["split"], cfg.recipe)
-    result = train_sample_evaluate(out / "model", store=data["store"], split=data["split"], summaries=summaries,
-                                   latents=latents["latents"], recipe=cfg.recipe, name="demo")
+    result = train_sample_evaluate(
+        out / "model",
+        store=data["store"],
+        split=data["split"],
+        summaries=summaries,
+        latents=latents["latents"],
+        recipe=cfg.recipe,
+        name="demo",
+    )
     # FID/KID of a second seed's samples against the first: the noise the metrics carry at this N.
     floor = noise_floor(out / "model", result, cfg.recipe)
     # The same adherence check on the real held-out images: the ceiling a perfect model would reach.
     mpp = model_mpp(data["store"], cfg.recipe.image_size)
-    real_adherence = run_adherence(result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=cfg.recipe.seed)
+    real_adherence = run_adherence(
+        result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=cfg.recipe.seed
+    )
     # The same numbers for the real-tissue and the synthetic held-out cases apart, then the utility evaluation.
     by_group = group_metrics(result, HELD_OUT_GROUPS, mpp=mpp, seed=cfg.recipe.seed)
-    utility = utility_step(out / "model", store=data["store"], split=data["split"], result=result, recipe=cfg.recipe,
-                           n_fake=cfg.utility_samples, groups=HELD_OUT_GROUPS).metrics["utility"]
+    utility = utility_step(
+        out / "model",
+        store=data["store"],
+        split=data["split"],
+        result=result,
+        recipe=cfg.recipe,
+        n_fake=cfg.utility_samples,
+        groups=HELD_OUT_GROUPS,
+    ).metrics["utility"]
     atomic_write_json(out / "model" / "held-out-groups.json", by_group)
     for line in utility_lines(utility):
         print(line)
@@ -180,7 +272,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     split: dict[str, list[str]] = defaultdict(list)
     for case, name in sorted(load_split(data["split"]).items()):
         split[name].append(case)
-    region = _region_figure(out, cfg, result, summaries, split["test"][0], model_mpp(data["store"], cfg.recipe.image_size)) if cfg.region_scale else []
+    region = (
+        _region_figure(out, cfg, result, summaries, split["test"][0], model_mpp(data["store"], cfg.recipe.image_size))
+        if cfg.region_scale
+        else []
+    )
     vae = latents["vae_metrics"] or {}
     text, train, sample = (result["configs"][stage] for stage in ("encode_text", "train", "sample"))
     timing = stage_timing(out, time.time() - started, machine_facts())
@@ -207,23 +303,53 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         title="histoldm demo",
         intro=intro,
         caption_rows=_real_tissue_first(result),
-        metrics=_metric_rows(result["metrics"], real_adherence, floor) + group_rows(by_group, result["metrics"]["fid"]["protocol_line"])
+        metrics=_metric_rows(result["metrics"], real_adherence, floor)
+        + group_rows(by_group, result["metrics"]["fid"]["protocol_line"])
         + _utility_rows(utility),
-        figures=[("Training loss", curve), ("Generated held-out captions (grid)", result["samples"] / "grid.png"), *region,
-                 ("Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real training "
-                  "patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)", out / "model" / "utility" / "utility.png")],
-        tables=[*((f"Utility, held-out {g}: AUROC and balanced accuracy per seed [95% case-bootstrap interval] (protocol: the metrics table)",
-                   ["attribute", "probe trained on", "N real / synthetic", "AUROC (seed 0; seed 1)",
-                                                     "balanced accuracy (seed 0; seed 1)"], table_rows(utility, g))
-                  for g in ("real tissue", "synthetic cases")),
-                ("Time per stage", ["stage", "seconds"],
-                 [*([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
-                  ["other (real-image and per-group metrics, loss curve, between stages)", f"{timing['other_s']:.1f}"],
-                  [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"]]),
-                ("Summaries", ["case", "tokens", "status", "summary"],
-                 [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)])],
+        figures=[
+            ("Training loss", curve),
+            ("Generated held-out captions (grid)", result["samples"] / "grid.png"),
+            *region,
+            (
+                "Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real training "
+                "patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)",
+                out / "model" / "utility" / "utility.png",
+            ),
+        ],
+        tables=[
+            *(
+                (
+                    f"Utility, held-out {g}: AUROC and balanced accuracy per seed [95% case-bootstrap interval] (protocol: the metrics table)",
+                    [
+                        "attribute",
+                        "probe trained on",
+                        "N real / synthetic",
+                        "AUROC (seed 0; seed 1)",
+                        "balanced accuracy (seed 0; seed 1)",
+                    ],
+                    table_rows(utility, g),
+                )
+                for g in ("real tissue", "synthetic cases")
+            ),
+            (
+                "Time per stage",
+                ["stage", "seconds"],
+                [
+                    *([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
+                    [
+                        "other (real-image and per-group metrics, loss curve, between stages)",
+                        f"{timing['other_s']:.1f}",
+                    ],
+                    [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"],
+                ],
+            ),
+            (
+                "Summaries",
+                ["case", "tokens", "status", "summary"],
+                [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)],
+            ),
+        ],
         manifests=stage_manifests(out),
     )
     atomic_write_json(out / "timing.json", timing)
     return {"report": str(report), "minutes": timing["total_s"] / 60, "timing": timing}
-

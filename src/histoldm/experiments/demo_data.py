@@ -27,8 +27,12 @@ class DemoDataConfig(StrictModel):
     synthetic_cases: int = Field(8, ge=2)
     tiles_per_case: int = Field(12, ge=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)  # of the synthetic cases
-    slide_block: int = Field(128, ge=16, description="side in pixels of the square blocks the slide is cut into; each block is a case")
-    held_out_block_rows: int = Field(2, ge=1, description="the slide's top block rows held out (patches overlapping them are dropped from training)")
+    slide_block: int = Field(
+        128, ge=16, description="side in pixels of the square blocks the slide is cut into; each block is a case"
+    )
+    held_out_block_rows: int = Field(
+        2, ge=1, description="the slide's top block rows held out (patches overlapping them are dropped from training)"
+    )
     seed: int = 0
 
 
@@ -42,7 +46,9 @@ def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
     The texts say on their first line that they are synthetic; they exist so every case has a report."""
     from histoldm.summaries.synthetic import make_synthetic_reports
 
-    cases = sorted(set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()))
+    cases = sorted(
+        set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist())
+    )
     reports = make_synthetic_reports(len(cases), seed)
     return [{"case_id": case, "text": r["text"]} for case, r in zip(cases, reports)]
 
@@ -51,8 +57,8 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
     """Tile the CC0 slide, add synthetic cases (rendered in `workers` processes), score, merge, write reports
     and a patient-level split."""
     from histoldm.assets import asset_path
-    from histoldm.data.scores import ScoresConfig, run_scores
     from histoldm.data.blocks import cut_into_blocks
+    from histoldm.data.scores import ScoresConfig, run_scores
     from histoldm.data.store import merge_stores
     from histoldm.data.synthetic import make_synthetic_dataset
     from histoldm.data.tiling import TileConfig, run_tile
@@ -61,13 +67,28 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
     slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"
     blocks_store = work / "store-slide-blocks"
     if not (store / "patches.parquet").is_file():
-        run_tile(TileConfig(slides=asset_path("cmu_slide"), out=slide_store, magnification=cfg.magnification,
-                            size=cfg.patch_size, overlap=cfg.overlap))
+        run_tile(
+            TileConfig(
+                slides=asset_path("cmu_slide"),
+                out=slide_store,
+                magnification=cfg.magnification,
+                size=cfg.patch_size,
+                overlap=cfg.overlap,
+            )
+        )
         run_scores(ScoresConfig(store=slide_store, proxy=True))
-        cut_into_blocks(slide_store, blocks_store, size=cfg.patch_size, block=cfg.slide_block, held_out_rows=cfg.held_out_block_rows)
+        cut_into_blocks(
+            slide_store, blocks_store, size=cfg.patch_size, block=cfg.slide_block, held_out_rows=cfg.held_out_block_rows
+        )
         if not (synthetic_store / "patches.parquet").is_file():
-            make_synthetic_dataset(synthetic_store, cfg.synthetic_cases, cfg.tiles_per_case, seed=cfg.seed, size=cfg.patch_size,
-                                   workers=workers)
+            make_synthetic_dataset(
+                synthetic_store,
+                cfg.synthetic_cases,
+                cfg.tiles_per_case,
+                seed=cfg.seed,
+                size=cfg.patch_size,
+                workers=workers,
+            )
         merge_stores([blocks_store, synthetic_store], store)
     reports = work / "reports.jsonl"
     if not reports.is_file():
@@ -94,7 +115,18 @@ def write_demo_split(path: Path, store: Path, blocks: dict[str, Any], cfg: DemoD
     groups = split_cases(synthetic, fractions, cfg.seed)
     groups = {"train": groups["train"] + blocks["train"], "test": groups["test"] + blocks["held_out"]}
     method = f"{METHOD} for the synthetic cases; slide blocks of {blocks['block_px']} px, the top {blocks['held_out_block_rows']} rows held out"
-    atomic_write_text(path, split_json(groups, method=method, seed=cfg.seed, fractions=fractions, stratify_by=None,
-                                       extra={"note": blocks["note"]}))
-    write_manifest(path.with_name(path.name + ".manifest.json"), stage="split", config=cfg, inputs={"store": Path(store) / "patches.parquet"},
-                   produced={k: len(v) for k, v in sorted(groups.items())}, started=started, seed=cfg.seed)
+    atomic_write_text(
+        path,
+        split_json(
+            groups, method=method, seed=cfg.seed, fractions=fractions, stratify_by=None, extra={"note": blocks["note"]}
+        ),
+    )
+    write_manifest(
+        path.with_name(path.name + ".manifest.json"),
+        stage="split",
+        config=cfg,
+        inputs={"store": Path(store) / "patches.parquet"},
+        produced={k: len(v) for k, v in sorted(groups.items())},
+        started=started,
+        seed=cfg.seed,
+    )

@@ -38,7 +38,18 @@ def demo_region(out: Path, bundle: Path, summary: str, mpp: float, size: int, sa
     grid = geometry(probe, bundle, read_bundle_meta(bundle)).grid(size)
     label_map = out / "map.csv"
     atomic_write_bytes(label_map, quadrant_map(len(grid), len(grid[0])).encode())
-    run_sample_region(RegionConfig(checkpoint=bundle, out=out, label_map=label_map, summary=summary, size=size, mpp=mpp, device="cpu", **sampler))
+    run_sample_region(
+        RegionConfig(
+            checkpoint=bundle,
+            out=out,
+            label_map=label_map,
+            summary=summary,
+            size=size,
+            mpp=mpp,
+            device="cpu",
+            **sampler,
+        )
+    )
     record = json.loads((out / "index.jsonl").read_text(encoding="utf-8").splitlines()[-1])
     region = Image.open(out / record["preview"]).convert("RGB")
     drawn = map_picture(record["map"], ["low", "high"], cell_px=record["stride_px"])

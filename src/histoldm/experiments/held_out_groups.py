@@ -11,8 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from histoldm.fileio import read_jsonl
 
 
@@ -21,7 +19,9 @@ def group_ids(items: list[dict[str, str]], pattern: str) -> set[str]:
     return {r["patch_id"] for r in items if re.search(pattern, r["case_id"])}
 
 
-def group_metrics(result: dict[str, Any], groups: dict[str, str], *, mpp: float, seed: int) -> dict[str, dict[str, Any]]:
+def group_metrics(
+    result: dict[str, Any], groups: dict[str, str], *, mpp: float, seed: int
+) -> dict[str, dict[str, Any]]:
     """Per group: N real and generated, FID (eigh), KID (100 subsets of min(N)), adherence of the
     generated images and of the real ones (the ceiling). `result`: train_sample_evaluate's."""
     from histoldm.evaluate import metrics as M
@@ -38,12 +38,20 @@ def group_metrics(result: dict[str, Any], groups: dict[str, str], *, mpp: float,
         xf = fake_fs.features[[i for i, pid in enumerate(fake_ids) if pid in ids]]
         entry: dict[str, Any] = {"pattern": pattern, "n_real": len(xr), "n_fake": len(xf)}
         if min(len(xr), len(xf)) < 2:
-            entry["status"] = f"not measured: {len(xr)} real and {len(xf)} generated held-out images (FID needs 2 of each)"
+            entry["status"] = (
+                f"not measured: {len(xr)} real and {len(xf)} generated held-out images (FID needs 2 of each)"
+            )
         else:
             entry["fid"] = M.frechet_distance(*M.gaussian_stats(xr), *M.gaussian_stats(xf), method="eigh")
-            entry["kid_mean"], entry["kid_std"] = M.kid(xr, xf, n_subsets=100, subset_size=min(len(xr), len(xf)), seed=seed)
-            entry["adherence"] = run_adherence(result["samples"], captions_parquet=result["captions_file"], mpp=mpp, seed=seed, ids=ids)
-            entry["real_adherence"] = run_adherence(result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=seed, ids=ids)
+            entry["kid_mean"], entry["kid_std"] = M.kid(
+                xr, xf, n_subsets=100, subset_size=min(len(xr), len(xf)), seed=seed
+            )
+            entry["adherence"] = run_adherence(
+                result["samples"], captions_parquet=result["captions_file"], mpp=mpp, seed=seed, ids=ids
+            )
+            entry["real_adherence"] = run_adherence(
+                result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=seed, ids=ids
+            )
         out[name] = entry
     return out
 
@@ -55,12 +63,24 @@ def group_rows(by_group: dict[str, dict[str, Any]], protocol_line: str) -> list[
         if "fid" not in g:
             rows.append((f"held-out {name}", "not measured", g["status"]))
             continue
-        rows.append((f"FID / KID, held-out {name}", f"{g['fid']:.2f} / {g['kid_mean']:.4f} ± {g['kid_std']:.4f}",
-                     f"{g['n_real']} real vs {g['n_fake']} generated of the same captions (FID eigh; KID 100 subsets of {min(g['n_real'], g['n_fake'])}); "
-                     f"{protocol_line}"))
+        rows.append(
+            (
+                f"FID / KID, held-out {name}",
+                f"{g['fid']:.2f} / {g['kid_mean']:.4f} ± {g['kid_std']:.4f}",
+                f"{g['n_real']} real vs {g['n_fake']} generated of the same captions (FID eigh; KID 100 subsets of {min(g['n_real'], g['n_fake'])}); "
+                f"{protocol_line}",
+            )
+        )
         for label, key in (("generated", "adherence"), ("real (ceiling)", "real_adherence")):
             for attr, r in g[key]["by_attribute"].items():
                 value = f"AUROC {r['auroc']:.3f} (p = {r['p_value']:.3g})" if "auroc" in r else "not measured"
-                rows.append((f"adherence {attr}, held-out {name}, {label}", value,
-                             f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low" if "auroc" in r else r.get("status", "")))
+                rows.append(
+                    (
+                        f"adherence {attr}, held-out {name}, {label}",
+                        value,
+                        f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low"
+                        if "auroc" in r
+                        else r.get("status", ""),
+                    )
+                )
     return rows

@@ -23,39 +23,75 @@ from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel, key_error
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_text, read_jsonl
 from histoldm.experiments.chain import ModelRecipe, noise_floor, prepare_latents, summarize, train_sample_evaluate
 from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
+from histoldm.fileio import atomic_write_text, read_jsonl
 
-COLUMNS = ["budget", "mean_summary_tokens", "text_context", "truncated_captions", "unique_captions", "fid", "fid_floor",
-           "kid_mean", "kid_std", "kid_floor", "precision", "recall", "adherence_tumor_auroc", "peak_train_memory_gib",
-           "peak_train_rss_gib", "train_rss_rise_gib", "train_steps", "train_img_s", "wall_time_s"]
-CONTEXT_RULE = ("text context per row = BOS + longest caption prefix (\"high tumor; high til;\") + max(budget, longest summary "
-                "in the encoder's tokens) + EOS; chunks mode rounds up to whole 77-token windows")
+COLUMNS = [
+    "budget",
+    "mean_summary_tokens",
+    "text_context",
+    "truncated_captions",
+    "unique_captions",
+    "fid",
+    "fid_floor",
+    "kid_mean",
+    "kid_std",
+    "kid_floor",
+    "precision",
+    "recall",
+    "adherence_tumor_auroc",
+    "peak_train_memory_gib",
+    "peak_train_rss_gib",
+    "train_rss_rise_gib",
+    "train_steps",
+    "train_img_s",
+    "wall_time_s",
+]
+CONTEXT_RULE = (
+    'text context per row = BOS + longest caption prefix ("high tumor; high til;") + max(budget, longest summary '
+    "in the encoder's tokens) + EOS; chunks mode rounds up to whole 77-token windows"
+)
 
 
 class SweepConfig(StrictModel):
-    out: Path = Field(Path("sweep-out"), description="output folder (results.csv, results.md, results.png, tokens.png, report.html, one folder per budget)")
-    budgets: list[int] = Field(default_factory=lambda: [20, 35, 50, 154], min_length=1, description="summary budgets in CLIP tokens")
-    summarize: dict[str, Any] = Field(default_factory=dict)  # SummarizeConfig keys: backend, prompt, model, base_url, ...
-    reports: Path | None = Field(None, description="reports (CSV, .txt folder or JSONL) of your own data (default: the demo's synthetic reports)")
+    out: Path = Field(
+        Path("sweep-out"),
+        description="output folder (results.csv, results.md, results.png, tokens.png, report.html, one folder per budget)",
+    )
+    budgets: list[int] = Field(
+        default_factory=lambda: [20, 35, 50, 154], min_length=1, description="summary budgets in CLIP tokens"
+    )
+    summarize: dict[str, Any] = Field(
+        default_factory=dict
+    )  # SummarizeConfig keys: backend, prompt, model, base_url, ...
+    reports: Path | None = Field(
+        None, description="reports (CSV, .txt folder or JSONL) of your own data (default: the demo's synthetic reports)"
+    )
     store: Path | None = Field(None, description="patch store with scores.parquet (default: the demo dataset)")
     split: Path | None = Field(None, description="split.json of the store's cases")
     demo_data: DemoDataConfig = DemoDataConfig()
     recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain)")
-    text_context: Literal["budget", "recipe"] = Field("budget", description="budget: per-row text length (context_length); recipe: recipe.encode_text.max_length for all")
-    noise_floor: bool = Field(True, description="sample every row's held-out captions twice (two seeds) for the FID/KID floor")
+    text_context: Literal["budget", "recipe"] = Field(
+        "budget",
+        description="budget: per-row text length (context_length); recipe: recipe.encode_text.max_length for all",
+    )
+    noise_floor: bool = Field(
+        True, description="sample every row's held-out captions twice (two seeds) for the FID/KID floor"
+    )
 
     @model_validator(mode="after")
-    def _own_data_complete(self) -> "SweepConfig":
+    def _own_data_complete(self) -> SweepConfig:
         given = [name for name in ("reports", "store", "split") if getattr(self, name) is not None]
         if given and len(given) != 3:
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
         if self.text_context == "budget" and "max_length" in self.recipe.encode_text:
-            raise key_error(("recipe", "encode_text", "max_length"), "set per budget by text_context: budget; "
-                            "give text_context: recipe to use this length in every row")
+            raise key_error(
+                ("recipe", "encode_text", "max_length"),
+                "set per budget by text_context: budget; give text_context: recipe to use this length in every row",
+            )
         from histoldm.summaries.summarize import SummarizeConfig  # typos fail now, not after minutes of training
 
         SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
@@ -64,7 +100,11 @@ class SweepConfig(StrictModel):
 
 def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
     """Tokens of each text in the encoder's own tokenizer, without BOS/EOS."""
-    return [len(ids) for ids in encoder.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]] if texts else []
+    return (
+        [len(ids) for ids in encoder.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        if texts
+        else []
+    )
 
 
 def caption_prefix_tokens(encoder: Any) -> int:
@@ -74,7 +114,9 @@ def caption_prefix_tokens(encoder: Any) -> int:
 
     levels = CaptionsConfig.model_fields["levels"].get_default(call_default_factory=True)
     probe = "x"
-    captions = [fill_template(DEFAULT_TEMPLATE, {"tumor": a, "til": b, "summary": probe}) for a in levels for b in levels]
+    captions = [
+        fill_template(DEFAULT_TEMPLATE, {"tumor": a, "til": b, "summary": probe}) for a in levels for b in levels
+    ]
     return max(_token_counts(encoder, captions)) - _token_counts(encoder, [probe])[0]
 
 
@@ -120,7 +162,9 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _row(budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+def _row(
+    budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, Any] | None, seconds: float
+) -> dict[str, Any]:
     tokens = [r["tokens"] for r in read_jsonl(summaries) if r.get("status") != "failed"]
     m = result["metrics"]
     kid, pr = m.get("kid", {}), m.get("precision_recall", {})
@@ -156,10 +200,17 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
         f"FID protocol: {protocol_line}",
         "fid_floor / kid_floor: FID and KID between two sample sets of the same held-out captions from the same model, seeds "
         f"{cfg.recipe.seed} and {cfg.recipe.seed + 1} (the seed-to-seed noise floor); FID differences between rows smaller than "
-        "the floor are noise." if cfg.noise_floor else "fid_floor / kid_floor: not measured (noise_floor: false).",
-        f"text_context: {CONTEXT_RULE}." if cfg.text_context == "budget" else "text_context: recipe.encode_text.max_length for every row.",
-        ("peak_train_memory_gib: torch.cuda.max_memory_allocated over the training run." if gpu
-         else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."),
+        "the floor are noise."
+        if cfg.noise_floor
+        else "fid_floor / kid_floor: not measured (noise_floor: false).",
+        f"text_context: {CONTEXT_RULE}."
+        if cfg.text_context == "budget"
+        else "text_context: recipe.encode_text.max_length for every row.",
+        (
+            "peak_train_memory_gib: torch.cuda.max_memory_allocated over the training run."
+            if gpu
+            else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."
+        ),
         "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every 0.05 s, "
         "exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when training started. "
         "RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be reused, so rows are "
@@ -186,13 +237,22 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     axes[0].bar(labels, [r["fid"] for r in rows], color="#8c6bb1", label="FID vs real held-out")
     if all(r["fid_floor"] is not None for r in rows):
-        axes[0].bar(labels, [r["fid_floor"] for r in rows], width=0.4, color="#bdbdbd", hatch="//", label="seed-to-seed floor")
-    axes[0].set(xlabel="summary budget (CLIP tokens)", ylabel="FID (lower is better)", title="FID by summary length",
-                ylim=(0, 1.3 * max(r["fid"] for r in rows)))  # headroom for the legend
+        axes[0].bar(
+            labels, [r["fid_floor"] for r in rows], width=0.4, color="#bdbdbd", hatch="//", label="seed-to-seed floor"
+        )
+    axes[0].set(
+        xlabel="summary budget (CLIP tokens)",
+        ylabel="FID (lower is better)",
+        title="FID by summary length",
+        ylim=(0, 1.3 * max(r["fid"] for r in rows)),
+    )  # headroom for the legend
     axes[0].legend(fontsize=8, loc="upper center", ncols=2)
     axes[1].bar(labels, [m or 0 for m in memory], color="#41ae76")
-    axes[1].set(xlabel="summary budget (CLIP tokens)", ylabel="peak GiB (allocated)" if gpu else "peak RSS rise during training (GiB)",
-                title="train-time GPU memory" if gpu else "train-time process memory (CPU)")
+    axes[1].set(
+        xlabel="summary budget (CLIP tokens)",
+        ylabel="peak GiB (allocated)" if gpu else "peak RSS rise during training (GiB)",
+        title="train-time GPU memory" if gpu else "train-time process memory (CPU)",
+    )
     for k, r in enumerate(rows):
         axes[1].annotate(f"ctx {r['text_context']}", (k, memory[k] or 0), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
@@ -213,7 +273,11 @@ def _token_histograms(summaries: dict[int, Path], contexts: dict[int, int], out:
         tokens = [r["tokens"] for r in read_jsonl(path) if r.get("status") != "failed"]
         ax.hist(tokens, bins=range(0, max([budget, *tokens]) + 2, max(1, budget // 20)), color="#6baed6")
         ax.axvline(budget, color="#d7301f", linestyle="--", label=f"budget {budget}")
-        ax.set(xlabel="summary tokens (CLIP)", ylabel="summaries", title=f"budget {budget}, text context {contexts[budget]}")
+        ax.set(
+            xlabel="summary tokens (CLIP)",
+            ylabel="summaries",
+            title=f"budget {budget}, text context {contexts[budget]}",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -221,8 +285,15 @@ def _token_histograms(summaries: dict[int, Path], contexts: dict[int, int], out:
     return out
 
 
-def _write_html(out: Path, cfg: SweepConfig, rows: list[dict[str, Any]], results: dict[int, dict[str, Any]],
-                floors: dict[int, dict[str, Any] | None], notes: list[str], figures: list[tuple[str, Path]]) -> Path:
+def _write_html(
+    out: Path,
+    cfg: SweepConfig,
+    rows: list[dict[str, Any]],
+    results: dict[int, dict[str, Any]],
+    floors: dict[int, dict[str, Any] | None],
+    notes: list[str],
+    figures: list[tuple[str, Path]],
+) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
     from histoldm.html_report import caption_rows, stage_manifests, write_report
@@ -235,18 +306,32 @@ def _write_html(out: Path, cfg: SweepConfig, rows: list[dict[str, Any]], results
         metrics.append((f"budget {budget}: FID", f"{m['fid']['value']:.2f}{fid_floor}", m["fid"]["protocol_line"]))
         if "mean" in m["kid"]:
             kid_floor = f" (floor {floor['kid']['mean']:.4f})" if floor else ""
-            metrics.append((f"budget {budget}: KID", f"{m['kid']['mean']:.4f} ± {m['kid']['std']:.4f}{kid_floor}", m["kid"]["protocol_line"]))
+            metrics.append(
+                (
+                    f"budget {budget}: KID",
+                    f"{m['kid']['mean']:.4f} ± {m['kid']['std']:.4f}{kid_floor}",
+                    m["kid"]["protocol_line"],
+                )
+            )
         examples += caption_rows(result, max_rows=2, label=f"[budget {budget}] ")
         for caption in list(dict.fromkeys(item["caption"] for item in result["items"]))[:3]:
             captions.append([budget, count_tokens(caption), caption])
-    intro = (f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget trained "
-             f"{cfg.recipe.settings('train')['max_steps']} steps on the same patches, split and latents; only the summaries (and the text context they "
-             "need) differ between rows. " + html.escape(" ".join(notes)))
+    intro = (
+        f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget trained "
+        f"{cfg.recipe.settings('train')['max_steps']} steps on the same patches, split and latents; only the summaries (and the text context they "
+        "need) differ between rows. " + html.escape(" ".join(notes))
+    )
     return write_report(
-        out / "report.html", title="histoldm summary-length sweep", intro=intro, caption_rows=examples, metrics=metrics,
+        out / "report.html",
+        title="histoldm summary-length sweep",
+        intro=intro,
+        caption_rows=examples,
+        metrics=metrics,
         figures=figures,
-        tables=[("Results", COLUMNS, [[("n/a" if r[c] is None else r[c]) for c in COLUMNS] for r in rows]),
-                ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions)],
+        tables=[
+            ("Results", COLUMNS, [[("n/a" if r[c] is None else r[c]) for c in COLUMNS] for r in rows]),
+            ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions),
+        ],
         manifests=stage_manifests(out),
     )
 
@@ -275,8 +360,15 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     for budget in cfg.budgets:
         t0 = time.time()
         work = out / f"budget-{budget}"
-        results[budget] = train_sample_evaluate(work, store=store, split=split, summaries=summaries[budget], latents=latents["latents"],
-                                                recipe=recipes[budget], name=f"budget-{budget}")
+        results[budget] = train_sample_evaluate(
+            work,
+            store=store,
+            split=split,
+            summaries=summaries[budget],
+            latents=latents["latents"],
+            recipe=recipes[budget],
+            name=f"budget-{budget}",
+        )
         floors[budget] = noise_floor(work, results[budget], recipes[budget]) if cfg.noise_floor else None
         del results[budget]["fake_features"]  # kept for the floor only: at 200k samples a row's features are 3.3 GB
         rows.append(_row(budget, summaries[budget], results[budget], floors[budget], time.time() - t0))
@@ -292,10 +384,29 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     atomic_write_text(out / "results.md", _markdown(rows, notes))
     plot = _plot(rows, out / "results.png")
     tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
-    report = _write_html(out, cfg, rows, results, floors, notes,
-                         [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)])
-    write_manifest(out / "manifest.json", stage="sweep", config=cfg, seed=cfg.recipe.seed, started=started,
-                   inputs={"reports": reports, "store": Path(store) / "patches.parquet", "split": split},
-                   produced={"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name,
-                             "tokens": tokens.name, "report": report.name})
+    report = _write_html(
+        out,
+        cfg,
+        rows,
+        results,
+        floors,
+        notes,
+        [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)],
+    )
+    write_manifest(
+        out / "manifest.json",
+        stage="sweep",
+        config=cfg,
+        seed=cfg.recipe.seed,
+        started=started,
+        inputs={"reports": reports, "store": Path(store) / "patches.parquet", "split": split},
+        produced={
+            "rows": len(rows),
+            "table": "results.csv",
+            "markdown": "results.md",
+            "plot": plot.name,
+            "tokens": tokens.name,
+            "report": report.name,
+        },
+    )
     return {"table": str(out / "results.md"), "plot": str(plot), "report": str(report)}

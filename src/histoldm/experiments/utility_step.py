@@ -15,8 +15,16 @@ from histoldm.experiments.chain import ModelRecipe, sample_held_out
 from histoldm.fileio import atomic_write_jsonl
 
 
-def utility_step(work: Path, *, store: Path, split: Path, result: dict[str, Any], recipe: ModelRecipe, n_fake: int,
-                 groups: dict[str, str]) -> Any:
+def utility_step(
+    work: Path,
+    *,
+    store: Path,
+    split: Path,
+    result: dict[str, Any],
+    recipe: ModelRecipe,
+    n_fake: int,
+    groups: dict[str, str],
+) -> Any:
     """Sample `n_fake` training captions (WORK/samples-train), export the real training patches at the
     model's size (WORK/real-train), run the utility evaluation (WORK/utility) with the evaluation's
     extractor settings; returns its UtilityResult."""
@@ -27,10 +35,30 @@ def utility_step(work: Path, *, store: Path, split: Path, result: dict[str, Any]
     items = split_items(captions, split, n_fake, recipe.seed, split_name="train")
     caption_list = work / "train-captions.jsonl"
     atomic_write_jsonl(caption_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
-    fake = sample_held_out(result["train"].run_dir, caption_list, work / "samples-train", recipe, recipe.seed, result["text_cache"]).out
-    train_real = export_patches(store, split_items(captions, split, None, recipe.seed, split_name="train"), work / "real-train", recipe.image_size)
+    fake = sample_held_out(
+        result["train"].run_dir, caption_list, work / "samples-train", recipe, recipe.seed, result["text_cache"]
+    ).out
+    train_real = export_patches(
+        store,
+        split_items(captions, split, None, recipe.seed, split_name="train"),
+        work / "real-train",
+        recipe.image_size,
+    )
     evaluated = result["configs"]["evaluate"]
-    shared = {k: getattr(evaluated, k) for k in ("protocol", "resize", "extractor", "device", "dtype", "batch_size", "workers")}
-    return run_utility(UtilityConfig(**shared, real=result["real"], train_real=train_real, fake=fake, captions=captions, split=split,
-                                     out=work / "utility", held_out_groups=groups),
-                       held_out_features=result["real_features"])  # extracted by the evaluation, same extractor and resize
+    shared = {
+        k: getattr(evaluated, k)
+        for k in ("protocol", "resize", "extractor", "device", "dtype", "batch_size", "workers")
+    }
+    return run_utility(
+        UtilityConfig(
+            **shared,
+            real=result["real"],
+            train_real=train_real,
+            fake=fake,
+            captions=captions,
+            split=split,
+            out=work / "utility",
+            held_out_groups=groups,
+        ),
+        held_out_features=result["real_features"],
+    )  # extracted by the evaluation, same extractor and resize

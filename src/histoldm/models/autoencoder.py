@@ -71,7 +71,9 @@ def _class_name(spec: str) -> str:
 
             text = Path(hf_hub_download(spec, "config.json")).read_text(encoding="utf-8")
         except Exception as e:  # network, unknown repo, offline mode: all one user-facing problem
-            raise UserError(f"{spec}: not a preset, a local folder, or a reachable hub id ({type(e).__name__})") from None
+            raise UserError(
+                f"{spec}: not a preset, a local folder, or a reachable hub id ({type(e).__name__})"
+            ) from None
     name = json.loads(text).get("_class_name", "")
     if name not in _CLASSES:
         raise UserError(f"{spec}: config.json names class '{name}', expected VQModel or AutoencoderKL")
@@ -97,7 +99,9 @@ def load_autoencoder(spec: str, device: str | torch.device = "cpu") -> Autoencod
     return Autoencoder(model=model.to(device), kind=kind, name=spec, fingerprint=fingerprint)
 
 
-def encode(ae: Autoencoder, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode(
+    ae: Autoencoder, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """images (B, 3, H, W) in [-1, 1] -> unscaled latents (B, C, H/f, W/f)."""
     if ae.kind == "vq":
         return ae.model.encode(images).latents
@@ -110,7 +114,11 @@ def taming_quantize(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tens
     z^2 + e^2 - 2 z.e, computed in that order, returned as z + (e - z) like its straight-through output."""
     z = latents.permute(0, 2, 3, 1).contiguous()
     flat = z.view(-1, codebook.shape[1])
-    d = torch.sum(flat**2, dim=1, keepdim=True) + torch.sum(codebook**2, dim=1) - 2 * torch.einsum("bd,dn->bn", flat, codebook.t())
+    d = (
+        torch.sum(flat**2, dim=1, keepdim=True)
+        + torch.sum(codebook**2, dim=1)
+        - 2 * torch.einsum("bd,dn->bn", flat, codebook.t())
+    )
     z_q = codebook[torch.argmin(d, dim=1)].view(z.shape)
     return (z + (z_q - z)).permute(0, 3, 1, 2).contiguous()
 

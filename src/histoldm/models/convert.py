@@ -30,24 +30,46 @@ from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, require_file
 from histoldm.models import compvis_keys as ck
 
-PREFIX = {"unet": "model.diffusion_model.", "autoencoder": "first_stage_model.", "text_encoder": "cond_stage_model.transformer."}
+PREFIX = {
+    "unet": "model.diffusion_model.",
+    "autoencoder": "first_stage_model.",
+    "text_encoder": "cond_stage_model.transformer.",
+}
 _SCHEDULE_BUFFERS = (
     "betas alphas_cumprod alphas_cumprod_prev sqrt_alphas_cumprod sqrt_one_minus_alphas_cumprod "
     "log_one_minus_alphas_cumprod sqrt_recip_alphas_cumprod sqrt_recipm1_alphas_cumprod posterior_variance "
     "posterior_log_variance_clipped posterior_mean_coef1 posterior_mean_coef2 lvlb_weights"
 ).split()
 SKIP_RULES: list[tuple[str, str]] = [
-    (rf"({'|'.join(_SCHEDULE_BUFFERS)})", "diffusion schedule buffer: rebuilt by histoldm.models.schedule (betas checked against it)"),
+    (
+        rf"({'|'.join(_SCHEDULE_BUFFERS)})",
+        "diffusion schedule buffer: rebuilt by histoldm.models.schedule (betas checked against it)",
+    ),
     (r"logvar", "per-timestep loss weighting, used only in CompVis training"),
     (r"scale_factor", "latent scale factor: recorded as the bundle's latent.scaling_factor"),
     (r"model_ema\.(decay|num_updates)", "EMA bookkeeping"),
     (r"model_ema\..+", "EMA copy of the UNet weights (convert it instead with --ema)"),
     (r"first_stage_model\.loss\..+", "autoencoder training loss (LPIPS / discriminator), not used for sampling"),
-    (r"first_stage_model\.model_ema\..+", "EMA copy of the autoencoder (taming VQModel use_ema), not used for sampling"),
-    (r"first_stage_model\.(colorize|quantize\.used)", "autoencoder bookkeeping buffer (segmentation colouring / codebook remap), unused for RGB"),
-    (r"inception\..+", "FID network (pytorch-fid InceptionV3, registered by PathLDM's LatentDiffusion when track_fid=True)"),
-    (r"cond_stage_model\.transformer\.text_model\.embeddings\.position_ids", "constant position-id buffer, rebuilt by transformers"),
-    (r"cond_stage_model\.transformer\.(vision_model\..+|visual_projection\.weight|text_projection\.weight|logit_scale)", "CLIP image tower / projection heads, unused for text conditioning"),
+    (
+        r"first_stage_model\.model_ema\..+",
+        "EMA copy of the autoencoder (taming VQModel use_ema), not used for sampling",
+    ),
+    (
+        r"first_stage_model\.(colorize|quantize\.used)",
+        "autoencoder bookkeeping buffer (segmentation colouring / codebook remap), unused for RGB",
+    ),
+    (
+        r"inception\..+",
+        "FID network (pytorch-fid InceptionV3, registered by PathLDM's LatentDiffusion when track_fid=True)",
+    ),
+    (
+        r"cond_stage_model\.transformer\.text_model\.embeddings\.position_ids",
+        "constant position-id buffer, rebuilt by transformers",
+    ),
+    (
+        r"cond_stage_model\.transformer\.(vision_model\..+|visual_projection\.weight|text_projection\.weight|logit_scale)",
+        "CLIP image tower / projection heads, unused for text conditioning",
+    ),
 ]
 _REPORT_FILE = "conversion_report.json"
 
@@ -57,7 +79,9 @@ class ConvertConfig(StrictModel):
     out: Path = Field(description="bundle folder to write")
     unet_preset: str = Field("pathldm", description="UNet preset the weights belong to")
     autoencoder_preset: str = Field("vq-f4", description="VQ autoencoder preset")
-    text_encoder_config: Path | None = Field(None, description="CLIPTextConfig JSON (default: read off the checkpoint's shapes)")
+    text_encoder_config: Path | None = Field(
+        None, description="CLIPTextConfig JSON (default: read off the checkpoint's shapes)"
+    )
     text_mode: str = Field("pathldm", description="long-caption encoding the bundle records for sampling")
     max_length: int = Field(154, description="caption tokens the bundle records for sampling, BOS/EOS included")
     sample_size: int = Field(64, description="latent height/width the UNet was trained at (not stored in the weights)")
@@ -101,10 +125,14 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             ) from None
         raise UserError(f"{path}: not a readable PyTorch checkpoint (corrupted or another format)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") from None
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+        ) from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: holds no state dict of tensors (expected a Lightning checkpoint or a plain state dict)")
+        raise UserError(
+            f"{path}: holds no state dict of tensors (expected a Lightning checkpoint or a plain state dict)"
+        )
     return state
 
 
@@ -133,7 +161,9 @@ def compvis_names(unet, vq, text_keys) -> dict[str, dict[str, str]]:
     tables = {
         "unet": ck.unet_names(unet.state_dict().keys(), cfg.layers_per_block, cfg.up_block_types),
         "autoencoder": ck.vq_names(vq.state_dict().keys(), len(vq.config.block_out_channels)),
-        "text_encoder": {k: k if k.startswith("text_model.") else f"text_model.{k}" for k in text_keys},  # transformers 5 dropped the wrapper
+        "text_encoder": {
+            k: k if k.startswith("text_model.") else f"text_model.{k}" for k in text_keys
+        },  # transformers 5 dropped the wrapper
     }
     for comp, table in tables.items():
         if len(set(table.values())) != len(table):  # two of our tensors fed from one: a naming-rule bug
@@ -155,7 +185,12 @@ def _preview(items: list[str], n: int = 4) -> str:
 
 
 def map_from_compvis(
-    state: dict[str, torch.Tensor], names: dict[str, dict[str, str]], shapes: dict[str, dict[str, torch.Size]], *, source: str, ema: bool = False
+    state: dict[str, torch.Tensor],
+    names: dict[str, dict[str, str]],
+    shapes: dict[str, dict[str, torch.Size]],
+    *,
+    source: str,
+    ema: bool = False,
 ) -> Converted:
     """Assign every checkpoint tensor to one of our keys or a skip rule; anything else is an error."""
     parts: dict[str, dict[str, torch.Tensor]] = {comp: {} for comp in names}
@@ -216,10 +251,16 @@ def to_compvis(parts: dict[str, dict[str, torch.Tensor]], names: dict[str, dict[
 
 def _require_layout(state: dict[str, torch.Tensor], source: str) -> None:
     if not any(k.startswith(PREFIX["unet"]) for k in state):
-        raise UserError(f"{source}: no {PREFIX['unet']}* keys, not a CompVis latent-diffusion checkpoint (first keys: {_preview(sorted(state))})")
+        raise UserError(
+            f"{source}: no {PREFIX['unet']}* keys, not a CompVis latent-diffusion checkpoint (first keys: {_preview(sorted(state))})"
+        )
     if not any(k.startswith(PREFIX["text_encoder"]) for k in state):
         other = sorted(k for k in state if k.startswith("cond_stage_model."))
-        what = f"its text model is not a transformers CLIP wrapper ({_preview(other)})" if other else "it has no cond_stage_model (not text-conditioned)"
+        what = (
+            f"its text model is not a transformers CLIP wrapper ({_preview(other)})"
+            if other
+            else "it has no cond_stage_model (not text-conditioned)"
+        )
         raise UserError(f"{source}: {what}; only CLIP text models under {PREFIX['text_encoder']} are supported")
 
 
@@ -243,7 +284,9 @@ def _unet_dims(state: dict[str, torch.Tensor], prefix: str, source: str) -> tupl
         context = next(v.shape[1] for k, v in state.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))
         channels = state[prefix + "input_blocks.0.0.weight"].shape[1]
     except (StopIteration, KeyError):
-        raise UserError(f"{source}: UNet has no cross-attention or no input_blocks.0.0.weight, not a text-conditioned CompVis UNet") from None
+        raise UserError(
+            f"{source}: UNet has no cross-attention or no input_blocks.0.0.weight, not a text-conditioned CompVis UNet"
+        ) from None
     return int(context), int(channels)
 
 
@@ -266,7 +309,9 @@ def text_config_from_checkpoint(state: dict[str, torch.Tensor], config_file: Pat
         positions = state[p + "embeddings.position_embedding.weight"].shape[0]
         intermediate = state[p + "encoder.layers.0.mlp.fc1.weight"].shape[0]
     except KeyError as e:
-        raise UserError(f"{source}: text model lacks {e.args[0]}; pass --text-encoder-config for a non-standard CLIP") from None
+        raise UserError(
+            f"{source}: text model lacks {e.args[0]}; pass --text-encoder-config for a non-standard CLIP"
+        ) from None
     layers = 1 + max(int(m[1]) for k in state if (m := re.match(re.escape(p) + r"encoder\.layers\.(\d+)\.", k)))
     return CLIPTextConfig(
         vocab_size=vocab, hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -312,7 +357,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], cfg: ConvertConfig, sourc
     converted = map_from_compvis(state, names, shapes, source=source, ema=cfg.ema)
     unet = _materialize(models["unet"], converted.parts["unet"])
     vq = _materialize(models["autoencoder"], converted.parts["autoencoder"])
-    text = type(models["text_encoder"])(models["text_encoder"].config)  # real init: its position_ids buffer is not in the state dict
+    text = type(models["text_encoder"])(
+        models["text_encoder"].config
+    )  # real init: its position_ids buffer is not in the state dict
     text.load_state_dict(converted.parts["text_encoder"], strict=True)
     return unet, vq, text.eval(), converted
 
@@ -349,17 +396,29 @@ def run_convert(cfg: ConvertConfig) -> ConvertResult:
         prediction_type="epsilon",  # CompVis parameterization "eps", the LatentDiffusion default PathLDM keeps
         text=TextContract(**encoder.contract()),
         latent=LatentContract(
-            channels=unet.config.in_channels, size=cfg.sample_size, scaling_factor=converted.scale_factor,
-            autoencoder="", kind="vq", fingerprint=weights_fingerprint(vq),
+            channels=unet.config.in_channels,
+            size=cfg.sample_size,
+            scaling_factor=converted.scale_factor,
+            autoencoder="",
+            kind="vq",
+            fingerprint=weights_fingerprint(vq),
         ),  # fmt: skip
         source=f"convert-ldm {Path(cfg.checkpoint).resolve()}" + (" (EMA weights)" if cfg.ema else ""),
     )
     save_bundle(out, meta, unet, autoencoder=vq)
-    counts = {comp: {"tensors": len(sd), "parameters": sum(t.numel() for t in sd.values())} for comp, sd in converted.parts.items()}
+    counts = {
+        comp: {"tensors": len(sd), "parameters": sum(t.numel() for t in sd.values())}
+        for comp, sd in converted.parts.items()
+    }
     reasons: dict[str, int] = {}
     for s in converted.skipped:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-    report = {"checkpoint": str(cfg.checkpoint), "converted": counts, "skipped_by_reason": reasons, "skipped": converted.skipped}
+    report = {
+        "checkpoint": str(cfg.checkpoint),
+        "converted": counts,
+        "skipped_by_reason": reasons,
+        "skipped": converted.skipped,
+    }
     atomic_write_json(out / _REPORT_FILE, report)
     write_manifest(
         out / "manifest.json", stage="convert-ldm", config=cfg, inputs={"checkpoint": cfg.checkpoint},

@@ -57,7 +57,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 # tiny with cross-attention in the middle block only (one transformer block instead of four): the demo's
-UNET_PRESETS["tiny-mid"] = dict(UNET_PRESETS["tiny"], down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+UNET_PRESETS["tiny-mid"] = dict(
+    UNET_PRESETS["tiny"], down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2
+)
 
 AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
     # PathLDM's first stage: CompVis vq-f4 (fine-tuned on TCGA-BRCA). Latents 3x64x64 at 256 px.
@@ -128,7 +130,9 @@ def build_unet(preset: str, *, context_dim: int, latent_channels: int = 3, sampl
     """A randomly initialised diffusers UNet2DConditionModel for the preset."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**unet_kwargs(preset, context_dim=context_dim, latent_channels=latent_channels, sample_size=sample_size))
+    return UNet2DConditionModel(
+        **unet_kwargs(preset, context_dim=context_dim, latent_channels=latent_channels, sample_size=sample_size)
+    )
 
 
 def build_autoencoder(preset: str):

@@ -36,7 +36,9 @@ def _raise_recompile_limit() -> None:
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), _RECOMPILE_LIMIT))
 
 
-def compile_unet(unet: torch.nn.Module, mode: CompileMode = "full", backend: str = "inductor", tuning: CompileTuning = "default"):
+def compile_unet(
+    unet: torch.nn.Module, mode: CompileMode = "full", backend: str = "inductor", tuning: CompileTuning = "default"
+):
     """The UNet compiled as a whole ("full" / "fullgraph", returns a wrapper) or block by block
     ("blocks", in place, returns the same module so state_dict keys and references stay unchanged).
     `tuning` is torch.compile's mode (inductor only)."""

@@ -44,7 +44,9 @@ def lcm_scheduler(solver_steps: int):
     """diffusers' LCMScheduler on PathLDM's schedule, its timestep grid the distillation's (t = 20k - 1 at 50)."""
     from diffusers import LCMScheduler
 
-    return LCMScheduler(**SCHEDULE, prediction_type="epsilon", original_inference_steps=solver_steps, timestep_scaling=TIMESTEP_SCALING)
+    return LCMScheduler(
+        **SCHEDULE, prediction_type="epsilon", original_inference_steps=solver_steps, timestep_scaling=TIMESTEP_SCALING
+    )
 
 
 def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,14 +63,18 @@ def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list
         if split_name not in set(case_split.values()):
             names = split_names(split)
             problem = f"split {split_name!r} has no cases" if split_name in names else f"no split named {split_name!r}"
-            raise UserError(f"{split}: {problem} (have {', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})")
+            raise UserError(
+                f"{split}: {problem} (have {', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})"
+            )
         keep = [case_split.get(c) == split_name for c in table["case_id"]]
     items, skipped, seen = [], [], {}
     for pid, caption, k in zip(table["patch_id"], table["caption"], keep):
         if not k:
             continue
         if isinstance(caption, str) and caption.strip():
-            seen[str(pid)] = n = seen.get(str(pid), 0) + 1  # a patch's further captions (several summaries): id~2, id~3, ...
+            seen[str(pid)] = n = (
+                seen.get(str(pid), 0) + 1
+            )  # a patch's further captions (several summaries): id~2, id~3, ...
             items.append(CaptionItem(str(pid) if n == 1 else f"{pid}~{n}", caption.strip()))
         else:
             skipped.append({"id": str(pid), "reason": "empty or null caption"})
@@ -106,7 +110,9 @@ def read_caption_items(
         elif suffix == ".parquet":
             items, skipped = _from_parquet(path, split, split_name)
         else:
-            raise UserError(f"{path}: expected a .txt (one caption per line), .jsonl (id, caption) or captions.parquet file")
+            raise UserError(
+                f"{path}: expected a .txt (one caption per line), .jsonl (id, caption) or captions.parquet file"
+            )
         source = str(path)
     if not items:
         raise UserError(f"{source}: no captions to sample" + (f" in split {split_name!r}" if split else ""))
@@ -114,7 +120,11 @@ def read_caption_items(
     for item in items:
         stem = safe_file_stem(item.id)
         if stem in stems:
-            what = f"id {item.id!r} appears twice" if stems[stem] == item.id else f"ids {stems[stem]!r} and {item.id!r} map to one file"
+            what = (
+                f"id {item.id!r} appears twice"
+                if stems[stem] == item.id
+                else f"ids {stems[stem]!r} and {item.id!r} map to one file"
+            )
             raise UserError(f"{source}: {what} (image file {stem}.png)")
         stems[stem] = item.id
     return items, skipped

@@ -15,7 +15,9 @@ from histoldm.sampling.guidance import ContextEpsFn, eps_from_v
 from histoldm.sampling.solvers import EpsFn
 
 
-def student_eps_fn(unet, prediction_type: str, alphas_cumprod: torch.Tensor, guidance: float, embedding_dim: int) -> ContextEpsFn:
+def student_eps_fn(
+    unet, prediction_type: str, alphas_cumprod: torch.Tensor, guidance: float, embedding_dim: int
+) -> ContextEpsFn:
     """(x, t, context) -> eps in float32 from a student UNet that takes the guidance scale as an input."""
     from histoldm.models.student import guidance_embedding
 
@@ -25,7 +27,9 @@ def student_eps_fn(unet, prediction_type: str, alphas_cumprod: torch.Tensor, gui
     def eps_fn(x: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         w = guidance_embedding(torch.full((x.shape[0],), guidance, device=x.device), embedding_dim).to(dtype)
-        out = unet(x.to(dtype), t_batch, encoder_hidden_states=context.to(dtype), timestep_cond=w, return_dict=False)[0].to(torch.float32)
+        out = unet(x.to(dtype), t_batch, encoder_hidden_states=context.to(dtype), timestep_cond=w, return_dict=False)[
+            0
+        ].to(torch.float32)
         if prediction_type == "v_prediction":
             return eps_from_v(out, x.to(torch.float32), a_all[t].to(x.device))
         return out
@@ -43,7 +47,9 @@ def consistency_timesteps(steps: int, solver_steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_consistency(eps_fn: EpsFn, x: torch.Tensor, steps: int, solver_steps: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def sample_consistency(
+    eps_fn: EpsFn, x: torch.Tensor, steps: int, solver_steps: int, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
     """Consistency sampling in `steps` student passes from noise `x`; one CPU generator per image."""
     from histoldm.models.student import lcm_scheduler
 

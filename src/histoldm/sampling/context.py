@@ -53,7 +53,9 @@ def _check_contract(bundle: Path, meta: BundleMeta, name: str, dim: int, fingerp
             f"got {name} (fingerprint {fingerprint[:12]})"
         )
     if dim != want.dim:
-        raise UserError(f"{bundle}: checkpoint expects {want.dim}-d text contexts from {want.encoder}, {name} gives {dim}-d")
+        raise UserError(
+            f"{bundle}: checkpoint expects {want.dim}-d text contexts from {want.encoder}, {name} gives {dim}-d"
+        )
 
 
 def open_text_source(
@@ -72,10 +74,18 @@ def open_text_source(
         from histoldm.text.cache import TextCache
 
         cache = TextCache.open(Path(text_cache))
-        _check_contract(bundle, meta, f"{cache.meta['encoder']} (cache {text_cache})", int(cache.meta["dim"]), str(cache.meta.get("fingerprint", "")))
+        _check_contract(
+            bundle,
+            meta,
+            f"{cache.meta['encoder']} (cache {text_cache})",
+            int(cache.meta["dim"]),
+            str(cache.meta.get("fingerprint", "")),
+        )
         missing = [c for c in captions if c not in cache]
         if missing:
-            raise UserError(f"{text_cache}: {len(missing)} captions not in the text cache, e.g. {missing[0][:80]!r} (re-run encode-text with them)")
+            raise UserError(
+                f"{text_cache}: {len(missing)} captions not in the text cache, e.g. {missing[0][:80]!r} (re-run encode-text with them)"
+            )
         return CacheText(cache)
     from histoldm.text.encoders import load_text_encoder
 

@@ -24,7 +24,9 @@ def unet_eps_fn(unet, prediction_type: str, alphas_cumprod: torch.Tensor) -> Con
 
     def eps_fn(x: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = unet(x.to(dtype), t_batch, encoder_hidden_states=context.to(dtype), return_dict=False)[0].to(torch.float32)
+        out = unet(x.to(dtype), t_batch, encoder_hidden_states=context.to(dtype), return_dict=False)[0].to(
+            torch.float32
+        )
         if prediction_type == "v_prediction":
             return eps_from_v(out, x.to(torch.float32), a_all[t].to(x.device))
         return out
@@ -33,7 +35,11 @@ def unet_eps_fn(unet, prediction_type: str, alphas_cumprod: torch.Tensor) -> Con
 
 
 def classifier_free_guidance(
-    eps_fn: ContextEpsFn, cond: torch.Tensor, uncond: torch.Tensor, scale: float, interval: tuple[int, int] | None = None
+    eps_fn: ContextEpsFn,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scale: float,
+    interval: tuple[int, int] | None = None,
 ):
     """(x, t) -> e_u + scale * (e_c - e_u), both predictions from one batched UNet call.
 

@@ -57,8 +57,13 @@ def weight_sum(windows: Sequence[Window], window: int, height: int, width: int, 
     return total
 
 
-def blended_eps_fn(groups: Sequence[tuple[Sequence[Window], EpsFn]], window: int, height: int, width: int,
-                   weight: torch.Tensor | None = None) -> EpsFn:
+def blended_eps_fn(
+    groups: Sequence[tuple[Sequence[Window], EpsFn]],
+    window: int,
+    height: int,
+    width: int,
+    weight: torch.Tensor | None = None,
+) -> EpsFn:
     """The canvas denoiser: x (1, C, height, width) -> weighted mean of the windows' eps.
 
     `groups`: batches of windows, each with the denoiser of that batch (x (B, C, window, window), t) ->
@@ -80,8 +85,15 @@ def blended_eps_fn(groups: Sequence[tuple[Sequence[Window], EpsFn]], window: int
     return eps_fn
 
 
-def decode_tiled(decode_fn: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, factor: int, tile: int, stride: int,
-                 batch: int = 4, finish: Callable[[torch.Tensor], torch.Tensor] = lambda band: band) -> torch.Tensor:
+def decode_tiled(
+    decode_fn: Callable[[torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    factor: int,
+    tile: int,
+    stride: int,
+    batch: int = 4,
+    finish: Callable[[torch.Tensor], torch.Tensor] = lambda band: band,
+) -> torch.Tensor:
     """(1, C, h, w) latents -> (3, h * factor, w * factor) images, decoded `batch` tiles of `tile` latent
     pixels at a time and blended with the Hann weight in pixel space: the decoder never sees more than a
     tile, and its edge effects fall where the weight is ~0. Blending runs down the region in bands one

@@ -66,7 +66,9 @@ def read_label_map(path: Path, levels: list[str]) -> LabelMap:
         raise UserError(f"{path}: label map has no cells")
     if len({len(r) for r in rows}) != 1:
         raise UserError(f"{path}: label map rows have different lengths ({sorted({len(r) for r in rows})})")
-    return LabelMap(tuple(tuple(_cell(c, levels, f"{path} row {i + 1}") for c in r) for i, r in enumerate(rows)), str(path))
+    return LabelMap(
+        tuple(tuple(_cell(c, levels, f"{path} row {i + 1}") for c in r) for i, r in enumerate(rows)), str(path)
+    )
 
 
 def constant_map(level: str, levels: list[str], shape: tuple[int, int]) -> LabelMap:
@@ -77,8 +79,10 @@ def constant_map(level: str, levels: list[str], shape: tuple[int, int]) -> Label
 def check_map_shape(label_map: LabelMap, shape: tuple[int, int], what: str) -> None:
     """The map must have one cell per window of the region (`what` says which region, in words)."""
     if label_map.shape != shape:
-        raise UserError(f"{label_map.source}: label map is {label_map.shape[0]}x{label_map.shape[1]} cells; "
-                        f"{what} has {shape[0]}x{shape[1]} windows (one cell per window)")
+        raise UserError(
+            f"{label_map.source}: label map is {label_map.shape[0]}x{label_map.shape[1]} cells; "
+            f"{what} has {shape[0]}x{shape[1]} windows (one cell per window)"
+        )
 
 
 def window_caption(template: str, label_map: LabelMap, i: int, j: int, summary: str | None) -> str:
@@ -95,5 +99,7 @@ def map_picture(cells: list[list[str]], levels: list[str], cell_px: int = 16):
     def value(level: str) -> int:
         return 40 if level == MISSING else round(255 * levels.index(level) / (len(levels) - 1))
 
-    rgb = np.array([[[value(c.split("/")[0]), value(c.split("/")[1]), 0] for c in row] for row in cells], dtype=np.uint8)
+    rgb = np.array(
+        [[[value(c.split("/")[0]), value(c.split("/")[1]), 0] for c in row] for row in cells], dtype=np.uint8
+    )
     return Image.fromarray(rgb).resize((rgb.shape[1] * cell_px, rgb.shape[0] * cell_px), Image.NEAREST)

@@ -27,7 +27,14 @@ from histoldm.config import DtypeName, StrictModel
 from histoldm.data.captions import DEFAULT_TEMPLATE, KNOWN_PLACEHOLDERS, placeholders
 from histoldm.devices import Precision
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_bytes, read_jsonl, record_or_check_settings, remove_stale_temps, require_output_folder
+from histoldm.fileio import (
+    append_jsonl,
+    atomic_write_bytes,
+    read_jsonl,
+    record_or_check_settings,
+    remove_stale_temps,
+    require_output_folder,
+)
 from histoldm.sampling.captions_io import safe_file_stem
 from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map
 from histoldm.sampling.run import SAMPLE_PRESETS, SampleConfig, image_seed, resolve_bundle
@@ -39,28 +46,55 @@ class RegionConfig(StrictModel):
     checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
     out: Path = Field(description="output folder (re-run into it to resume)")
     size: int = Field(1024, ge=8, description="region side in pixels (square); at least the model's image size")
-    label_map: Path | None = Field(None, description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one cell per window")
-    level: str | None = Field(None, description="one TUMOR/TIL level for every window instead of --label-map, e.g. high/low")
+    label_map: Path | None = Field(
+        None,
+        description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one cell per window",
+    )
+    level: str | None = Field(
+        None, description="one TUMOR/TIL level for every window instead of --label-map, e.g. high/low"
+    )
     summary: str = Field("", description="the case's report summary ({summary} of the template)")
-    template: str = Field(DEFAULT_TEMPLATE, description="caption of each window, filled from its map cell as training captions are")
-    levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="level names the map may use (the captions' --levels)")
-    regions: Path | None = Field(None, description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), level, size; overrides --num-regions")
+    template: str = Field(
+        DEFAULT_TEMPLATE, description="caption of each window, filled from its map cell as training captions are"
+    )
+    levels: list[str] = Field(
+        default_factory=lambda: ["low", "high"], description="level names the map may use (the captions' --levels)"
+    )
+    regions: Path | None = Field(
+        None,
+        description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), level, size; overrides --num-regions",
+    )
     num_regions: int = Field(1, ge=1, description="regions of the flags' settings (ids 000001, ...; each its own seed)")
-    stride: int | None = Field(None, ge=1, description="window stride in latent pixels (default: half the model's latent size)")
-    preset: Literal["paper", "fast"] = Field("paper", description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval")
+    stride: int | None = Field(
+        None, ge=1, description="window stride in latent pixels (default: half the model's latent size)"
+    )
+    preset: Literal["paper", "fast"] = Field(
+        "paper",
+        description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval",
+    )
     steps: int = Field(50, ge=1, le=999, description="solver steps")
     guidance: float = Field(1.75, description="classifier-free guidance scale (1 = conditional only)")
-    guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI")
+    guidance_interval: tuple[int, int] | None = Field(
+        None, description="LO HI: guide only at training timesteps LO..HI"
+    )
     solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp (DPM-Solver++ 2M) or unipc")
     eta: float = Field(0.0, ge=0.0, description="DDIM eta")
     batch_size: int = Field(64, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
-    decode_tile: int | None = Field(None, ge=1, description="latent pixels per decoder tile (default: the model's latent size)")
-    decode_stride: int | None = Field(None, ge=1, description="decoder tile stride in latent pixels (default: half a tile)")
+    decode_tile: int | None = Field(
+        None, ge=1, description="latent pixels per decoder tile (default: the model's latent size)"
+    )
+    decode_stride: int | None = Field(
+        None, ge=1, description="decoder tile stride in latent pixels (default: half a tile)"
+    )
     decode_batch: int = Field(4, ge=1, description="tiles per decoder call")
-    mpp: float = Field(1.0, gt=0, description="microns per pixel of the model's images (10x: ~1.0), written to the TIFF")
+    mpp: float = Field(
+        1.0, gt=0, description="microns per pixel of the model's images (10x: ~1.0), written to the TIFF"
+    )
     preview_size: int = Field(1024, ge=16, description="longest side of the PNG preview")
     seed: int = Field(0, description="base seed; each region is seeded from (seed, id)")
-    shard: tuple[int, int] | None = Field(None, description="K/N: make only regions K, K+N, ... (0 <= K < N); jobs share --out")
+    shard: tuple[int, int] | None = Field(
+        None, description="K/N: make only regions K, K+N, ... (0 <= K < N); jobs share --out"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
     dtype: DtypeName = Field("auto", description="UNet dtype, as in `sample`")
     precision: Precision = Field("default", description="default or pathldm numerics, as in `sample`")
@@ -79,16 +113,31 @@ class RegionConfig(StrictModel):
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
         if unknown := placeholders(self.template) - REGION_PLACEHOLDERS:
-            raise ValueError(f"template placeholders {sorted(unknown)} have no value in a region (it fills {sorted(REGION_PLACEHOLDERS)}; "
-                             f"captions knows {sorted(KNOWN_PLACEHOLDERS)})")
+            raise ValueError(
+                f"template placeholders {sorted(unknown)} have no value in a region (it fills {sorted(REGION_PLACEHOLDERS)}; "
+                f"captions knows {sorted(KNOWN_PLACEHOLDERS)})"
+            )
         if self.regions is None and (self.label_map is None) == (self.level is None):
             raise ValueError("give exactly one of label_map and level (or a regions file)")
         return self
 
     def sample_config(self) -> SampleConfig:
         """The patch sampler's config with the same model, numerics and solver (it loads the models)."""
-        keep = ("checkpoint", "out", "steps", "guidance", "guidance_interval", "solver", "eta", "seed", "device", "dtype", "precision",
-                "text_encoder", "text_cache")
+        keep = (
+            "checkpoint",
+            "out",
+            "steps",
+            "guidance",
+            "guidance_interval",
+            "solver",
+            "eta",
+            "seed",
+            "device",
+            "dtype",
+            "precision",
+            "text_encoder",
+            "text_cache",
+        )
         return SampleConfig(prompt="region", preset=self.preset, **{k: getattr(self, k) for k in keep})
 
 
@@ -110,8 +159,10 @@ class Geometry:
 
     def check_size(self, size: int, where: str) -> None:
         if size % self.factor or size // self.factor < self.window:
-            raise UserError(f"{where}: region size {size} px must be a multiple of {self.factor} and at least the model's "
-                            f"{self.window * self.factor} px")
+            raise UserError(
+                f"{where}: region size {size} px must be a multiple of {self.factor} and at least the model's "
+                f"{self.window * self.factor} px"
+            )
 
 
 @dataclass(frozen=True)
@@ -150,18 +201,28 @@ def geometry(cfg: RegionConfig, bundle: Path, meta) -> Geometry:
 
 def region_specs(cfg: RegionConfig, geo: Geometry) -> list[RegionSpec]:
     """Every region asked for, each map checked against its window grid: all before any model loads."""
-    def spec(region_id: str, summary: str, map_path: Path | None, level: str | None, size: int, where: str) -> RegionSpec:
+
+    def spec(
+        region_id: str, summary: str, map_path: Path | None, level: str | None, size: int, where: str
+    ) -> RegionSpec:
         geo.check_size(size, where)
         grid = geo.grid(size)
         shape = (len(grid), len(grid[0]))
-        label_map = read_label_map(map_path, cfg.levels) if map_path is not None else constant_map(level, cfg.levels, shape)
-        what = (f"a {size} px region (windows of {geo.window * geo.factor} px every {geo.stride * geo.factor} px, "
-                "the last one at the edge)")
+        label_map = (
+            read_label_map(map_path, cfg.levels) if map_path is not None else constant_map(level, cfg.levels, shape)
+        )
+        what = (
+            f"a {size} px region (windows of {geo.window * geo.factor} px every {geo.stride * geo.factor} px, "
+            "the last one at the edge)"
+        )
         check_map_shape(label_map, shape, what)
         return RegionSpec(region_id, summary, label_map, size)
 
     if cfg.regions is None:
-        return [spec(f"{k:06d}", cfg.summary, cfg.label_map, cfg.level, cfg.size, "--size") for k in range(1, cfg.num_regions + 1)]
+        return [
+            spec(f"{k:06d}", cfg.summary, cfg.label_map, cfg.level, cfg.size, "--size")
+            for k in range(1, cfg.num_regions + 1)
+        ]
     specs, seen = [], set()
     for n, rec in enumerate(read_jsonl(cfg.regions), 1):
         where = f"{cfg.regions} line {n}"
@@ -177,7 +238,11 @@ def region_specs(cfg: RegionConfig, geo: Geometry) -> list[RegionSpec]:
             map_path = cfg.label_map
         if map_path is None and level is None:
             raise UserError(f"{where}: neither label_map nor level (and no --label-map or --level to fall back on)")
-        specs.append(spec(region_id, str(rec.get("summary", cfg.summary)), map_path, level, int(rec.get("size", cfg.size)), where))
+        specs.append(
+            spec(
+                region_id, str(rec.get("summary", cfg.summary)), map_path, level, int(rec.get("size", cfg.size)), where
+            )
+        )
     if not specs:
         raise UserError(f"{cfg.regions}: no regions")
     return specs
@@ -201,7 +266,12 @@ class RegionSampler:
     """A loaded patch sampler (models, text source) and the region geometry; `__call__` makes one region."""
 
     def __init__(self, cfg: RegionConfig, geo: Geometry, model, numerics):
-        self.cfg, self.geo, self.model, self.numerics = cfg, geo, model, numerics  # model: histoldm.sampling.run.ImageSampler
+        self.cfg, self.geo, self.model, self.numerics = (
+            cfg,
+            geo,
+            model,
+            numerics,
+        )  # model: histoldm.sampling.run.ImageSampler
 
     @classmethod
     def load(cls, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]) -> RegionSampler:
@@ -236,23 +306,38 @@ class RegionSampler:
 
         cfg, geo, m = self.cfg, self.geo, self.model
         grid = geo.grid(spec.size)
-        windows = [(w, window_caption(cfg.template, spec.label_map, i, j, spec.summary)) for i, row in enumerate(grid) for j, w in enumerate(row)]
+        windows = [
+            (w, window_caption(cfg.template, spec.label_map, i, j, spec.summary))
+            for i, row in enumerate(grid)
+            for j, w in enumerate(row)
+        ]
         unique = sorted({caption for _, caption in windows})
         contexts, _ = m.text.encode(unique)
         context_of = dict(zip(unique, contexts.to(m.device)))
         uncond = m.text.uncond.to(m.device)
-        groups = [([w for w, _ in batch], self._guided([caption for _, caption in batch], context_of, uncond))
-                  for batch in (windows[b : b + cfg.batch_size] for b in range(0, len(windows), cfg.batch_size))]
+        groups = [
+            ([w for w, _ in batch], self._guided([caption for _, caption in batch], context_of, uncond))
+            for batch in (windows[b : b + cfg.batch_size] for b in range(0, len(windows), cfg.batch_size))
+        ]
         side = spec.size // geo.factor
         eps_fn = blended_eps_fn(groups, geo.window, side, side)
-        noise = torch.randn((m.latent_shape[0], side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        noise = torch.randn(
+            (m.latent_shape[0], side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.float32
+        )
         generators = [torch.Generator().manual_seed(seed + 1)] if cfg.eta > 0 else None
         autocast = self.numerics.autocast
         with torch.autocast(m.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
         quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"
-        image = decode_tiled(lambda z: decode(m.ae, z, quantize=quantize), latents.float() / m.scaling_factor, geo.factor,
-                             geo.decode_tile, geo.decode_stride, cfg.decode_batch, finish=lambda band: to_uint8(band, self.numerics.truncate))
+        image = decode_tiled(
+            lambda z: decode(m.ae, z, quantize=quantize),
+            latents.float() / m.scaling_factor,
+            geo.factor,
+            geo.decode_tile,
+            geo.decode_stride,
+            cfg.decode_batch,
+            finish=lambda band: to_uint8(band, self.numerics.truncate),
+        )
         return image.permute(1, 2, 0).contiguous().numpy()
 
 
@@ -262,7 +347,9 @@ def preview_png(image: np.ndarray, max_side: int) -> bytes:
     picture = Image.fromarray(image)
     scale = min(1.0, max_side / max(picture.size))
     if scale < 1.0:
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BOX)
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BOX
+        )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -298,20 +385,38 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
     out.mkdir(parents=True, exist_ok=True)
     numerics = sampling_numerics(cfg.precision, cfg.dtype, resolve_device(cfg.device))
     settings = {
-        "bundle": str(bundle.resolve()), "weights": f"{meta.source}@{meta.trained_steps}", "template": cfg.template,
-        "steps": cfg.steps, "guidance": cfg.guidance, "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval else None,
-        "solver": cfg.solver, "eta": cfg.eta, "seed": cfg.seed, "stride": geo.stride, "decode_tile": geo.decode_tile,
-        "decode_stride": geo.decode_stride, "mpp": cfg.mpp, "dtype": dtype_name(numerics.weights), "numerics": numerics.record(),
+        "bundle": str(bundle.resolve()),
+        "weights": f"{meta.source}@{meta.trained_steps}",
+        "template": cfg.template,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval else None,
+        "solver": cfg.solver,
+        "eta": cfg.eta,
+        "seed": cfg.seed,
+        "stride": geo.stride,
+        "decode_tile": geo.decode_tile,
+        "decode_stride": geo.decode_stride,
+        "mpp": cfg.mpp,
+        "dtype": dtype_name(numerics.weights),
+        "numerics": numerics.record(),
     }
     record_or_check_settings(out / "settings.json", settings, f"{out}: folder holds regions made with other settings")
     if cfg.shard is None:  # no other job writes here: the temp files of a killed run can go
         remove_stale_temps(out)
     done = finished_regions(out)
-    changed = [s.id for s in specs if s.id in done and (done[s.id]["map"], done[s.id]["summary"], done[s.id]["size"])
-               != ([list(row) for row in s.label_map.cells], s.summary, s.size)]
+    changed = [
+        s.id
+        for s in specs
+        if s.id in done
+        and (done[s.id]["map"], done[s.id]["summary"], done[s.id]["size"])
+        != ([list(row) for row in s.label_map.cells], s.summary, s.size)
+    ]
     if changed:
-        raise UserError(f"{out}: {len(changed)} regions were made with another map, summary or size under the same ids "
-                        f"(first: {changed[0]}); use a new --out")
+        raise UserError(
+            f"{out}: {len(changed)} regions were made with another map, summary or size under the same ids "
+            f"(first: {changed[0]}); use a new --out"
+        )
     mine = [s for k, s in enumerate(specs) if cfg.shard is None or k % cfg.shard[1] == cfg.shard[0]]
     pending = [s for s in mine if s.id not in done]
     index = out / ("index.jsonl" if cfg.shard is None else f"index.shard{cfg.shard[0]}-of-{cfg.shard[1]}.jsonl")
@@ -320,8 +425,14 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
     if pending:
         from histoldm.sampling.region_map import window_caption
 
-        captions = sorted({window_caption(cfg.template, s.label_map, i, j, s.summary)
-                           for s in pending for i in range(s.label_map.shape[0]) for j in range(s.label_map.shape[1])})
+        captions = sorted(
+            {
+                window_caption(cfg.template, s.label_map, i, j, s.summary)
+                for s in pending
+                for i in range(s.label_map.shape[0])
+                for j in range(s.label_map.shape[1])
+            }
+        )
         sampler = RegionSampler.load(cfg, bundle, meta, geo, captions)
     seconds = []
     for spec in tqdm(pending, desc="regions", unit="region", disable=not pending):
@@ -329,11 +440,23 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
         seed = image_seed(cfg.seed, spec.id)
         image = sampler(spec, seed)
         stem = safe_file_stem(spec.id)
-        record = {"id": spec.id, "file": f"regions/{stem}.tiff", "preview": f"previews/{stem}.png", "seed": seed, "size": spec.size,
-                  "template": cfg.template, "summary": spec.summary, "map_source": spec.label_map.source,
-                  "map": [list(row) for row in spec.label_map.cells], "window_px": geo.window * geo.factor,
-                  "stride_px": geo.stride * geo.factor, "decode_tile_px": geo.decode_tile * geo.factor,
-                  "decode_stride_px": geo.decode_stride * geo.factor, "mpp": cfg.mpp, "settings": settings}
+        record = {
+            "id": spec.id,
+            "file": f"regions/{stem}.tiff",
+            "preview": f"previews/{stem}.png",
+            "seed": seed,
+            "size": spec.size,
+            "template": cfg.template,
+            "summary": spec.summary,
+            "map_source": spec.label_map.source,
+            "map": [list(row) for row in spec.label_map.cells],
+            "window_px": geo.window * geo.factor,
+            "stride_px": geo.stride * geo.factor,
+            "decode_tile_px": geo.decode_tile * geo.factor,
+            "decode_stride_px": geo.decode_stride * geo.factor,
+            "mpp": cfg.mpp,
+            "settings": settings,
+        }
         atomic_write_bytes(out / record["preview"], preview_png(image, cfg.preview_size))
         description = json.dumps({k: record[k] for k in ("id", "seed", "template", "summary", "map")})
         atomic_write_bytes(out / record["file"], pyramid_tiff_bytes(image, cfg.mpp, description))
@@ -342,9 +465,14 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
 
     done = finished_regions(out)
     finished = sum(s.id in done for s in specs)
-    write_manifest(out / ("manifest.json" if cfg.shard is None else f"manifest.shard{cfg.shard[0]}-of-{cfg.shard[1]}.json"),
-                   stage="sample-region", config=cfg,
-                   inputs={"checkpoint": bundle, "label_map": cfg.label_map, "regions": cfg.regions, "text_cache": cfg.text_cache},
-                   produced={"regions": finished, "new": len(pending), "seconds": seconds}, started=started, seed=cfg.seed,
-                   extra={"settings": settings})
+    write_manifest(
+        out / ("manifest.json" if cfg.shard is None else f"manifest.shard{cfg.shard[0]}-of-{cfg.shard[1]}.json"),
+        stage="sample-region",
+        config=cfg,
+        inputs={"checkpoint": bundle, "label_map": cfg.label_map, "regions": cfg.regions, "text_cache": cfg.text_cache},
+        produced={"regions": finished, "new": len(pending), "seconds": seconds},
+        started=started,
+        seed=cfg.seed,
+        extra={"settings": settings},
+    )
     return RegionResult(out, bundle, len(specs), finished, len(pending), float(np.mean(seconds)) if seconds else None)

@@ -35,9 +35,18 @@ def pyramid_tiff_bytes(image: np.ndarray, mpp: float, description: str = "", til
     with tifffile.TiffWriter(buffer, bigtiff=image.nbytes > 2**31) as tif:
         for k, level in enumerate(levels):
             pixels_per_cm = 1e4 / (mpp * image.shape[1] / level.shape[1])
-            tif.write(level, tile=(tile, tile), compression="zlib", predictor=True, photometric="rgb",
-                      subfiletype=0 if k == 0 else 1, resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER",
-                      description=description if k == 0 else None, metadata=None)
+            tif.write(
+                level,
+                tile=(tile, tile),
+                compression="zlib",
+                predictor=True,
+                photometric="rgb",
+                subfiletype=0 if k == 0 else 1,
+                resolution=(pixels_per_cm, pixels_per_cm),
+                resolutionunit="CENTIMETER",
+                description=description if k == 0 else None,
+                metadata=None,
+            )
     return buffer.getvalue()
 
 

@@ -28,7 +28,15 @@ from pydantic import Field, model_validator
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import Precision, SamplingNumerics, dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
-from histoldm.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, jsonl_text, read_jsonl, remove_stale_temps, settings_changes
+from histoldm.fileio import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    jsonl_text,
+    read_jsonl,
+    remove_stale_temps,
+    settings_changes,
+)
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 
@@ -54,24 +62,57 @@ class SampleConfig(StrictModel):
     num_images: int = Field(1, ge=1, description="images for --prompt")
     split: Path | None = Field(None, description="split.json: sample only the cases of --split-name (captions.parquet)")
     split_name: str = Field("test", description="the split --split selects")
-    preset: Literal["paper", "fast", "turbo"] = Field("paper", description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win")
+    preset: Literal["paper", "fast", "turbo"] = Field(
+        "paper",
+        description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win",
+    )
     steps: int = Field(50, ge=1, le=999, description="solver steps (PathLDM: 50 DDIM steps)")
-    guidance: float = Field(1.75, description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)")
-    guidance_interval: tuple[int, int] | None = Field(None, description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)")
-    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] = Field("ddim", description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a distilled student (--preset turbo)")
+    guidance: float = Field(
+        1.75,
+        description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)",
+    )
+    guidance_interval: tuple[int, int] | None = Field(
+        None,
+        description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)",
+    )
+    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] = Field(
+        "ddim",
+        description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a distilled student (--preset turbo)",
+    )
     eta: float = Field(0.0, ge=0.0, description="DDIM eta; 0 = deterministic DDIM, as PathLDM")
     batch_size: int = Field(16, ge=1, description="images per UNet call (the UNet sees twice as many: cond + uncond)")
-    decode_batch: int = Field(32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32")
+    decode_batch: int = Field(
+        32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32"
+    )
     seed: int = Field(0, description="base seed; each image is seeded from (seed, id)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
-    dtype: DtypeName = Field("auto", description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)")
-    precision: Precision = Field("default", description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)")
-    text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint")
-    text_cache: Path | None = Field(None, description="encode-text folder to take caption embeddings from instead of the encoder")
-    compile: bool = Field(False, description="torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)")
-    compile_mode: Literal["full", "fullgraph", "blocks"] = Field("full", description="whole UNet, whole UNet as one graph, or block by block (faster to compile)")
-    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field("default", description="torch.compile mode: reduce-overhead = CUDA graphs; max-autotune = tuned kernels + CUDA graphs")
-    channels_last: bool = Field(False, description="NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option")
+    dtype: DtypeName = Field(
+        "auto",
+        description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
+    )
+    precision: Precision = Field(
+        "default",
+        description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)",
+    )
+    text_encoder: str | None = Field(
+        None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint"
+    )
+    text_cache: Path | None = Field(
+        None, description="encode-text folder to take caption embeddings from instead of the encoder"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)"
+    )
+    compile_mode: Literal["full", "fullgraph", "blocks"] = Field(
+        "full", description="whole UNet, whole UNet as one graph, or block by block (faster to compile)"
+    )
+    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default",
+        description="torch.compile mode: reduce-overhead = CUDA graphs; max-autotune = tuned kernels + CUDA graphs",
+    )
+    channels_last: bool = Field(
+        False, description="NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -84,12 +125,19 @@ class SampleConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_interval(self) -> SampleConfig:
-        if self.guidance_interval is not None and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 999:
-            raise ValueError(f"guidance_interval {list(self.guidance_interval)}: needs 0 <= lo <= hi <= 999 (training timesteps)")
+        if (
+            self.guidance_interval is not None
+            and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 999
+        ):
+            raise ValueError(
+                f"guidance_interval {list(self.guidance_interval)}: needs 0 <= lo <= hi <= 999 (training timesteps)"
+            )
         if self.solver == "lcm" and self.steps > LCM_MAX_STEPS:
             raise ValueError(f"steps {self.steps}: a distilled student samples in 1-{LCM_MAX_STEPS} steps")
         if self.solver == "lcm" and self.guidance_interval is not None:
-            raise ValueError("guidance_interval: a distilled student has guidance baked in (no unconditional pass to skip)")
+            raise ValueError(
+                "guidance_interval: a distilled student has guidance baked in (no unconditional pass to skip)"
+            )
         return self
 
 
@@ -101,18 +149,29 @@ def resolve_bundle(checkpoint: Path) -> Path:
     for folder in (checkpoint, checkpoint / "model"):
         if (folder / META_FILE).is_file():
             return folder
-    raise UserError(f"{checkpoint}: neither a model bundle ({META_FILE}) nor a training run with model/ (training unfinished?)")
+    raise UserError(
+        f"{checkpoint}: neither a model bundle ({META_FILE}) nor a training run with model/ (training unfinished?)"
+    )
 
 
 def check_solver_fits_bundle(bundle: Path, meta, solver: str, guidance: float) -> None:
     """A student samples only with consistency steps, a teacher never: the other pairing gives noise."""
     if solver == "lcm" and meta.distilled is None:
-        raise UserError(f"{bundle}: a teacher bundle (no distilled sampler); --preset turbo needs a student made by `histoldm distill`")
+        raise UserError(
+            f"{bundle}: a teacher bundle (no distilled sampler); --preset turbo needs a student made by `histoldm distill`"
+        )
     if solver != "lcm" and meta.distilled is not None:
-        raise UserError(f"{bundle}: a distilled student samples only with --preset turbo (--solver lcm), not --solver {solver}")
-    if meta.distilled is not None and not meta.distilled.guidance_range[0] <= guidance <= meta.distilled.guidance_range[1]:
+        raise UserError(
+            f"{bundle}: a distilled student samples only with --preset turbo (--solver lcm), not --solver {solver}"
+        )
+    if (
+        meta.distilled is not None
+        and not meta.distilled.guidance_range[0] <= guidance <= meta.distilled.guidance_range[1]
+    ):
         lo, hi = meta.distilled.guidance_range
-        raise UserError(f"{bundle}: --guidance {guidance} is outside the scales this student was distilled for ({lo}-{hi})")
+        raise UserError(
+            f"{bundle}: --guidance {guidance} is outside the scales this student was distilled for ({lo}-{hi})"
+        )
 
 
 def image_seed(seed: int, item_id: str) -> int:
@@ -127,7 +186,9 @@ def image_file(k: int, item_id: str) -> str:
 
 def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """(B, C, H, W) float32 noise on the CPU, one generator per image."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds])
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds]
+    )
 
 
 def to_uint8(image: torch.Tensor, truncate: bool = False) -> torch.Tensor:
@@ -209,7 +270,9 @@ def _resolve_device_dtype(cfg: SampleConfig):
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != state.num_processes:  # each process would think it is alone and redo all the work
-        raise UserError(f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})")
+        raise UserError(
+            f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})"
+        )
     device = state.device
     return state, device, sampling_numerics(cfg.precision, cfg.dtype, device)
 
@@ -224,7 +287,9 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
         unet = unet.to(dtype)
     if device.type == "cuda" and cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    ae_spec = str(bundle / "autoencoder") if (bundle / "autoencoder" / "config.json").is_file() else meta.latent.autoencoder
+    ae_spec = (
+        str(bundle / "autoencoder") if (bundle / "autoencoder" / "config.json").is_file() else meta.latent.autoencoder
+    )
     if not ae_spec:
         raise UserError(f"{bundle}: bundle has no autoencoder/ and its meta names none")
     ae = load_autoencoder(ae_spec, device=device)
@@ -255,21 +320,43 @@ class ImageSampler:
     solver_steps: int | None = None  # a student's distillation grid (consistency sampling); None for a teacher
 
     @classmethod
-    def load(cls, cfg: SampleConfig, bundle: Path, meta, device: torch.device, numerics: SamplingNumerics, captions: list[str]) -> ImageSampler:
-        from histoldm.sampling.context import open_text_source
+    def load(
+        cls,
+        cfg: SampleConfig,
+        bundle: Path,
+        meta,
+        device: torch.device,
+        numerics: SamplingNumerics,
+        captions: list[str],
+    ) -> ImageSampler:
         from histoldm.sampling.consistency import student_eps_fn
+        from histoldm.sampling.context import open_text_source
         from histoldm.sampling.guidance import unet_eps_fn
         from histoldm.sampling.solvers import training_alphas_cumprod
 
         text = open_text_source(
-            bundle, meta, text_encoder=cfg.text_encoder, text_cache=cfg.text_cache, device=device, dtype=numerics.text_dtype, captions=captions
+            bundle,
+            meta,
+            text_encoder=cfg.text_encoder,
+            text_cache=cfg.text_cache,
+            device=device,
+            dtype=numerics.text_dtype,
+            captions=captions,
         )
         if numerics.precision == "pathldm" and cfg.text_cache is not None and text.cache.meta.get("dtype") != "float32":
-            raise UserError(f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; precision pathldm needs float32 "
-                            "(encode-text --precision pathldm)")
+            raise UserError(
+                f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; precision pathldm needs float32 "
+                "(encode-text --precision pathldm)"
+            )
         unet, ae = _load_models(bundle, meta, device, numerics.weights, cfg)
         if meta.distilled is not None:
-            eps_fn = student_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device), cfg.guidance, meta.distilled.embedding_dim)
+            eps_fn = student_eps_fn(
+                unet,
+                meta.prediction_type,
+                training_alphas_cumprod().to(device),
+                cfg.guidance,
+                meta.distilled.embedding_dim,
+            )
         else:
             eps_fn = unet_eps_fn(unet, meta.prediction_type, training_alphas_cumprod().to(device))
         shape = (meta.latent.channels, meta.latent.size, meta.latent.size)
@@ -282,25 +369,39 @@ class ImageSampler:
         from histoldm.models.autoencoder import decode
         from histoldm.sampling.consistency import sample_consistency
         from histoldm.sampling.guidance import classifier_free_guidance
-        from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, sample_dpmpp_2m, sample_unipc, training_alphas_cumprod
+        from histoldm.sampling.solvers import (
+            ddim_timesteps,
+            sample_ddim,
+            sample_dpmpp_2m,
+            sample_unipc,
+            training_alphas_cumprod,
+        )
 
         cfg = self.cfg
         context, truncated = self.text.encode(captions)
-        guided = classifier_free_guidance(self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval)
+        guided = classifier_free_guidance(
+            self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval
+        )
         x = initial_noise(seeds, self.latent_shape).to(self.device)
         autocast = self.numerics.autocast
         with torch.autocast(self.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             if cfg.solver == "lcm":  # the student's guidance is an input: one conditional pass per step
                 context = context.to(self.device)
                 generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
-                latents = sample_consistency(lambda x, t: self.eps_fn(x, t, context), x, cfg.steps, self.solver_steps, generators)
+                latents = sample_consistency(
+                    lambda x, t: self.eps_fn(x, t, context), x, cfg.steps, self.solver_steps, generators
+                )
             elif cfg.solver == "ddim":
                 generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
-                latents = sample_ddim(guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators)
+                latents = sample_ddim(
+                    guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators
+                )
             else:
                 latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
         latents = latents.float() / self.scaling_factor
-        quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"  # VQ near-ties: taming's argmin, as PathLDM
+        quantize = (
+            "taming" if self.numerics.precision == "pathldm" else "diffusers"
+        )  # VQ near-ties: taming's argmin, as PathLDM
         images = [decode(self.ae, chunk, quantize=quantize).cpu() for chunk in latents.split(cfg.decode_batch)]
         return torch.cat(images), truncated
 
@@ -332,7 +433,9 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     bundle = resolve_bundle(cfg.checkpoint)
     meta = read_bundle_meta(bundle)
     check_solver_fits_bundle(bundle, meta, cfg.solver, cfg.guidance)
-    items, skipped = read_caption_items(cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name)
+    items, skipped = read_caption_items(
+        cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name
+    )
     state, device, numerics = _resolve_device_dtype(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,16 +460,28 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     done = finished_records(out)
     stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
     if stale:
-        raise UserError(f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); use a new --out")
+        raise UserError(
+            f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); use a new --out"
+        )
     mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
     pending = [(k, item) for k, item in mine if item.id not in done]
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
 
     # Sample: models are loaded only when there is something to do.
-    sampler = ImageSampler.load(cfg, bundle, meta, device, numerics, [item.caption for _, item in pending]) if pending else None
+    sampler = (
+        ImageSampler.load(cfg, bundle, meta, device, numerics, [item.caption for _, item in pending])
+        if pending
+        else None
+    )
     n_truncated = 0
     show = bool(pending) and state.is_main_process  # img/s and ETA of the main process's share
-    bar = tqdm(total=len(pending), unit="img", desc=f"sample[{state.process_index}/{state.num_processes}]", disable=not show, smoothing=0.1)
+    bar = tqdm(
+        total=len(pending),
+        unit="img",
+        desc=f"sample[{state.process_index}/{state.num_processes}]",
+        disable=not show,
+        smoothing=0.1,
+    )
     for b in range(0, len(pending), cfg.batch_size):
         batch = pending[b : b + cfg.batch_size]
         seeds = [image_seed(cfg.seed, item.id) for _, item in batch]
@@ -388,7 +503,11 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     records = _finalise_index(out, items)
     wanted = {item.id for item in items}
     finished = [r for r in records if r["id"] in wanted]
-    grid = write_grid(out, [r["file"] for r in finished]) if len(items) <= GRID_MAX and len(finished) == len(items) else None
+    grid = (
+        write_grid(out, [r["file"] for r in finished])
+        if len(items) <= GRID_MAX and len(finished) == len(items)
+        else None
+    )
     truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
     produced = {
         "images": len(finished),
@@ -409,6 +528,11 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
         started=started,
         seed=cfg.seed,
         skipped=skipped,
-        extra={"settings": settings, "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]}},
+        extra={
+            "settings": settings,
+            "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]},
+        },
     )
-    return SampleResult(out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid)
+    return SampleResult(
+        out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid
+    )

@@ -132,8 +132,14 @@ def _sample_multistep(eps_fn: EpsFn, x: torch.Tensor, steps: int, scheduler) -> 
     return x
 
 
-def solve(solver: str, eps_fn: EpsFn, x: torch.Tensor, steps: int, eta: float = 0.0,
-          generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+def solve(
+    solver: str,
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    steps: int,
+    eta: float = 0.0,
+    generators: Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
     """Run the solver named as in `histoldm sample --solver` (ddim, dpmpp, unipc) from noise `x`."""
     if solver == "ddim":
         return sample_ddim(eps_fn, x, ddim_timesteps(steps), training_alphas_cumprod(), eta=eta, generators=generators)

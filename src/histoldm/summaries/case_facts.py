@@ -24,12 +24,38 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Literal
 
-from histoldm.summaries.findings import finding_matches, clauses, lower, status_at
-from histoldm.summaries.report_document import ADDENDUM, BODY, NEVER_CURRENT, SPECIMENS, SYNOPTIC, Sentence, parse_report
+from histoldm.summaries.findings import clauses, finding_matches, lower, status_at
+from histoldm.summaries.report_document import (
+    ADDENDUM,
+    BODY,
+    NEVER_CURRENT,
+    SPECIMENS,
+    SYNOPTIC,
+    Sentence,
+    parse_report,
+)
 
 Status = Literal["present", "absent", "possible", "historical"]
-FACT_KINDS = ("histologic_type", "grade", "size", "er", "pr", "her2", "nodes", "lvi", "dcis", "lcis", "necrosis",
-              "calcifications", "margins", "tils", "laterality", "procedure", "pt", "pn")
+FACT_KINDS = (
+    "histologic_type",
+    "grade",
+    "size",
+    "er",
+    "pr",
+    "her2",
+    "nodes",
+    "lvi",
+    "dcis",
+    "lcis",
+    "necrosis",
+    "calcifications",
+    "margins",
+    "tils",
+    "laterality",
+    "procedure",
+    "pt",
+    "pn",
+)
 FINDING_KINDS = ("lvi", "dcis", "lcis", "necrosis", "calcifications")
 
 
@@ -92,18 +118,22 @@ _CORRECTION = re.compile(
 
 
 def _as_corrected(text: str) -> str:
-    """"ER, previously reported as positive (80%), is corrected to NEGATIVE (0%)" -> "ER: NEGATIVE (0%)"."""
+    """ "ER, previously reported as positive (80%), is corrected to NEGATIVE (0%)" -> "ER: NEGATIVE (0%)"."""
     return _CORRECTION.sub(": ", text) if _CORRECTION.search(text) else text
 
 
 # --- readers, one per kind, on one sentence ------------------------------------------------------
 
 _TYPES = [
-    (r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
-     "invasive mixed ductal and lobular carcinoma"),
+    (
+        r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
+        "invasive mixed ductal and lobular carcinoma",
+    ),
     (r"(?:invasive|infiltrating)\s+lobular\s+carcinoma|\bilc\b", "invasive lobular carcinoma"),
-    (r"(?:invasive|infiltrating)\s+(?:mammary\s+)?ductal\s+carcinoma|invasive\s+(?:breast\s+)?carcinoma\s+of\s+no\s+special\s+type|\bidc\b",
-     "invasive ductal carcinoma"),
+    (
+        r"(?:invasive|infiltrating)\s+(?:mammary\s+)?ductal\s+carcinoma|invasive\s+(?:breast\s+)?carcinoma\s+of\s+no\s+special\s+type|\bidc\b",
+        "invasive ductal carcinoma",
+    ),
     (r"(?:mucinous|colloid)\s+carcinoma", "mucinous carcinoma"),
     (r"medullary\s+carcinoma", "medullary carcinoma"),
     (r"metaplastic\s+carcinoma", "metaplastic carcinoma"),
@@ -115,18 +145,29 @@ _TYPES = [
 ]
 _TYPE_RE = re.compile("|".join(f"(?P<t{i}>{p})" for i, (p, _) in enumerate(_TYPES)))  # on lowered text
 _DIAGNOSTIC = frozenset({"final_diagnosis", "addendum", "body", "comment", "microscopic", "synoptic"})
-_OPENING = re.compile(r"^[\s\-•*]*(?:(?:residual|extensive|focal|multifocal|florid|associated|high|intermediate|low|nuclear|grade|with)[\s,-]*){0,4}$")
+_OPENING = re.compile(
+    r"^[\s\-•*]*(?:(?:residual|extensive|focal|multifocal|florid|associated|high|intermediate|low|nuclear|grade|with)[\s,-]*){0,4}$"
+)
 _IN_SITU_NEAR = re.compile(r"in\s+situ|\bdcis\b|\blcis\b")
 
-_GRADE = re.compile(r"(?<!nuclear )(?<!nuclear\s\s)\bgrade\s*[:\-]?\s*(iii|ii|i|[123])\b(?!\s*\+)(?:\s*(?:/|of|out\s+of)\s*3)?", re.IGNORECASE)
-_SCORE = re.compile(r"(?:total|nottingham|combined|overall|sbr)\s+(?:histologic\s+)?score\s*(?:of\s*)?[:\-]?\s*([3-9])\b(?:\s*(?:/|of|out\s+of)\s*9)?", re.IGNORECASE)
+_GRADE = re.compile(
+    r"(?<!nuclear )(?<!nuclear\s\s)\bgrade\s*[:\-]?\s*(iii|ii|i|[123])\b(?!\s*\+)(?:\s*(?:/|of|out\s+of)\s*3)?",
+    re.IGNORECASE,
+)
+_SCORE = re.compile(
+    r"(?:total|nottingham|combined|overall|sbr)\s+(?:histologic\s+)?score\s*(?:of\s*)?[:\-]?\s*([3-9])\b(?:\s*(?:/|of|out\s+of)\s*9)?",
+    re.IGNORECASE,
+)
 _DIFFERENTIATED = re.compile(r"\b(well|moderately|poorly)[- ]differentiated\b", re.IGNORECASE)
 _ROMAN = {"i": "1", "ii": "2", "iii": "3", "1": "1", "2": "2", "3": "3"}
 
 _DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
 _SIZE_CONTEXT = re.compile(r"size|greatest\s+(?:dimension|diameter)|measur|largest|\bspan|\bextent", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(r"margin|node|specimen|distance|from\s+the|skin|nipple|biopsy\s+site|cassette|deposit|metasta|in\s+situ|\bdcis\b"
-                              r"|\blcis\b|fragment|\bcores?\b|clip|cavity|ellipse|fat\b|portion|aggregate", re.IGNORECASE)
+_NOT_TUMOUR_SIZE = re.compile(
+    r"margin|node|specimen|distance|from\s+the|skin|nipple|biopsy\s+site|cassette|deposit|metasta|in\s+situ|\bdcis\b"
+    r"|\blcis\b|fragment|\bcores?\b|clip|cavity|ellipse|fat\b|portion|aggregate",
+    re.IGNORECASE,
+)
 _MASS = re.compile(r"\b(?:mass|tumou?r|lesion|nodule|neoplasm|carcinoma)\b", re.IGNORECASE)
 
 _PCT = r"[<>≤≥]?\s*\d{1,3}(?:\.\d)?(?:\s*(?:-|–|to)\s*\d{1,3})?\s*%"
@@ -140,60 +181,113 @@ _ER = re.compile(_ER_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _PR = re.compile(_PR_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _ER_PCT = re.compile(_ER_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
 _PR_PCT = re.compile(_PR_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
-_ER_LOOSE = re.compile(_ER_NAME + r"[^.;:]{0,70}:\s*" + _SIGN + _DETAIL, re.IGNORECASE)  # addenda: "ER was repeated on A3 ...: POSITIVE"
+_ER_LOOSE = re.compile(
+    _ER_NAME + r"[^.;:]{0,70}:\s*" + _SIGN + _DETAIL, re.IGNORECASE
+)  # addenda: "ER was repeated on A3 ...: POSITIVE"
 _PR_LOOSE = re.compile(_PR_NAME + r"[^.;:]{0,70}:\s*" + _SIGN + _DETAIL, re.IGNORECASE)
 _RECEPTOR_NAME = r"(?:o?estrogen\s+receptors?|progesterone\s+receptors?|\bER\b|\bPg?R\b|her-?\s?2(?:\s*/\s*neu)?)"
-_STAINING_FOR = re.compile(rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE)
-_ER_PR_TOGETHER = re.compile(r"\b(?:ER\s*(?:/|and|,)\s*PR|hormone\s+receptors?(?:\s*\(ER/PR\))?)\s*(?:are\s+|both\s+|:\s*|status\s*:?\s*)*(positive|negative)",
-                             re.IGNORECASE)
+_STAINING_FOR = re.compile(
+    rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE
+)
+_ER_PR_TOGETHER = re.compile(
+    r"\b(?:ER\s*(?:/|and|,)\s*PR|hormone\s+receptors?(?:\s*\(ER/PR\))?)\s*(?:are\s+|both\s+|:\s*|status\s*:?\s*)*(positive|negative)",
+    re.IGNORECASE,
+)
 _TRIPLE_NEGATIVE = re.compile(r"\btriple[- ]negative\b", re.IGNORECASE)
 
 _HER2_NAME = re.compile(r"\bher-?\s?2(?:\s*/\s*neu|\s*-\s*neu|neu)?\b|\berbb-?2\b", re.IGNORECASE)
-_ISH_WORD = re.compile(r"\b(?:fish|ish|sish|cish|ddish|in\s+situ\s+hybridi[sz]ation|dual[- ]probe|her2\s*/\s*cep17)\b", re.IGNORECASE)
-_ISH_RESULT = re.compile(r"(?P<neg>not\s+amplified|non-?amplified|negative\s+for\s+(?:gene\s+)?amplification|no\s+(?:evidence\s+of\s+)?amplification)"
-                         r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)|positive\s+for\s+(?:gene\s+)?amplification)"
-                         r"|(?P<eq>equivocal)", re.IGNORECASE)
+_ISH_WORD = re.compile(
+    r"\b(?:fish|ish|sish|cish|ddish|in\s+situ\s+hybridi[sz]ation|dual[- ]probe|her2\s*/\s*cep17)\b", re.IGNORECASE
+)
+_ISH_RESULT = re.compile(
+    r"(?P<neg>not\s+amplified|non-?amplified|negative\s+for\s+(?:gene\s+)?amplification|no\s+(?:evidence\s+of\s+)?amplification)"
+    r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)|positive\s+for\s+(?:gene\s+)?amplification)"
+    r"|(?P<eq>equivocal)",
+    re.IGNORECASE,
+)
 _RATIO = re.compile(r"ratio\s*(?:of\s*)?(?:=|:|is)?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-_IHC_SCORE = re.compile(r"(?:score\s*(?:of\s*)?[:=]?\s*)?\b([0-3])\s*\+|\(\s*([0-3])\s*\)|score\s*(?:of\s*)?[:=]?\s*([0-3])\b|\bihc\)?\s*[:=]?\s*([0-3])\b",
-                        re.IGNORECASE)
-_HER2_SIGN = re.compile(r"^[\s:=\-]*(?:\((?:ihc|fish|ish)\)\s*)?(?:status\s*)?[:=\-]?\s*(?:is\s+|was\s+)?(positive|negative|equivocal|pos\b|neg\b|\+|-(?![\w/]))",
-                        re.IGNORECASE)
+_IHC_SCORE = re.compile(
+    r"(?:score\s*(?:of\s*)?[:=]?\s*)?\b([0-3])\s*\+|\(\s*([0-3])\s*\)|score\s*(?:of\s*)?[:=]?\s*([0-3])\b|\bihc\)?\s*[:=]?\s*([0-3])\b",
+    re.IGNORECASE,
+)
+_HER2_SIGN = re.compile(
+    r"^[\s:=\-]*(?:\((?:ihc|fish|ish)\)\s*)?(?:status\s*)?[:=\-]?\s*(?:is\s+|was\s+)?(positive|negative|equivocal|pos\b|neg\b|\+|-(?![\w/]))",
+    re.IGNORECASE,
+)
 
-_WORD_NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-                                            "fifteen sixteen seventeen eighteen nineteen twenty".split())} | {"no": 0, "none": 0}
-_WORD_NUMBERS |= {f"{tens}-{unit}": base + _WORD_NUMBERS[unit] for tens, base in (("twenty", 20), ("thirty", 30))
-                  for unit in "one two three four five six seven eight nine".split()} | {"thirty": 30}
+_WORD_NUMBERS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+} | {"no": 0, "none": 0}
+_WORD_NUMBERS |= {
+    f"{tens}-{unit}": base + _WORD_NUMBERS[unit]
+    for tens, base in (("twenty", 20), ("thirty", 30))
+    for unit in "one two three four five six seven eight nine".split()
+} | {"thirty": 30}
 _NUM = r"(\d{1,2}|" + "|".join(sorted(_WORD_NUMBERS, key=len, reverse=True)) + r")"
 _NODE_COUNTS = [
-    re.compile(rf"\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s+(?:[a-z-]+\s+){{0,3}}(?:lymph\s+)?nodes?", re.IGNORECASE),  # "2 of 15 lymph nodes"
-    re.compile(rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s*\)?(?![\d/])", re.IGNORECASE),  # "nodes (2/15)", "Lymph nodes: 0 of 14"
+    re.compile(
+        rf"\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s+(?:[a-z-]+\s+){{0,3}}(?:lymph\s+)?nodes?", re.IGNORECASE
+    ),  # "2 of 15 lymph nodes"
+    re.compile(
+        rf"(?:lymph\s+)?nodes?\b[^.;%]{{0,60}}?(?<![\d/.])\(?\s*\b{_NUM}\s*(?:/|of|out\s+of)\s*{_NUM}\s*\)?(?![\d/])",
+        re.IGNORECASE,
+    ),  # "nodes (2/15)", "Lymph nodes: 0 of 14"
     re.compile(r"(?<![\d/.])\(\s*(\d{1,2})\s*/\s*(\d{1,2})\s*\)(?![\d/])"),  # "(0/3)" in a sentence about nodes
-    re.compile(rf"\b{_NUM}\s+(?:positive|involved)\s+(?:[a-z-]+\s+){{0,2}}(?:lymph\s+)?nodes?\s+(?:out\s+)?of\s+{_NUM}", re.IGNORECASE),
+    re.compile(
+        rf"\b{_NUM}\s+(?:positive|involved)\s+(?:[a-z-]+\s+){{0,2}}(?:lymph\s+)?nodes?\s+(?:out\s+)?of\s+{_NUM}",
+        re.IGNORECASE,
+    ),
 ]
-_NODES_EXAMINED = re.compile(r"(?:nodes?\s+)?(?:examined|identified|removed|retrieved|submitted|total)\b[^:\d]{0,20}[:\-]?\s*(\d{1,2})\b", re.IGNORECASE)
-_NODES_POSITIVE = re.compile(r"(?:nodes?\s+)?(?:(?:with\s+)?(?:macro|micro)metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b", re.IGNORECASE)
+_NODES_EXAMINED = re.compile(
+    r"(?:nodes?\s+)?(?:examined|identified|removed|retrieved|submitted|total)\b[^:\d]{0,20}[:\-]?\s*(\d{1,2})\b",
+    re.IGNORECASE,
+)
+_NODES_POSITIVE = re.compile(
+    r"(?:nodes?\s+)?(?:(?:with\s+)?(?:macro|micro)metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b",
+    re.IGNORECASE,
+)
 _NODE_WORDS = re.compile(r"\bnodes?\b|\bnodal\b|sentinel|axilla", re.IGNORECASE)
 _ITC = re.compile(r"isolated\s+tumou?r\s+cells?|\bITCs?\b|pN0\s*\(i\+\)", re.IGNORECASE)
 _MICROMET = re.compile(r"micro-?metasta\w+", re.IGNORECASE)
 
-_MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)", re.IGNORECASE)
-_MARGIN_POSITIVE = re.compile(r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE)
+_MARGIN_NEGATIVE = re.compile(
+    r"negative|free|uninvolved|not\s+involved|does\s+not\s+involve|clear\b|no\s+(?:invasive\s+)?(?:carcinoma|tumou?r)",
+    re.IGNORECASE,
+)
+_MARGIN_POSITIVE = re.compile(
+    r"positive|involved|present\s+at|extends?\s+to|transected|at\s+(?:the\s+)?(?:inked\s+)?margin", re.IGNORECASE
+)
 _CLOSEST = re.compile(r"closest(?:\s+margin)?\s*(?:\((\w+)\))?[^\d.;]{0,40}?(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
 
-_TILS = re.compile(r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE)
+_TILS = re.compile(
+    r"(?:stromal\s+)?(?:tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b)(?:\s*\((?:s?tils?|stromal)\))?", re.IGNORECASE
+)
 _TIL_PCT = re.compile(rf"^[^.;%]{{0,50}}?({_PCT})")
-_TIL_LEVEL = re.compile(r"\b(brisk|marked|prominent|dense|high|abundant|heavy|moderate|intermediate|sparse|mild|minimal|scant|low|few)\b", re.IGNORECASE)
+_TIL_LEVEL = re.compile(
+    r"\b(brisk|marked|prominent|dense|high|abundant|heavy|moderate|intermediate|sparse|mild|minimal|scant|low|few)\b",
+    re.IGNORECASE,
+)
 
-_LATERALITY = re.compile(r"\b(left|right)\s+(?:breast|side)\b|\bbreast\s*,\s*(left|right)\b|\blaterality\s*[:\-]?\s*(left|right)\b|^\s*(left|right)\s*[,:]",
-                         re.IGNORECASE)
+_LATERALITY = re.compile(
+    r"\b(left|right)\s+(?:breast|side)\b|\bbreast\s*,\s*(left|right)\b|\blaterality\s*[:\-]?\s*(left|right)\b|^\s*(left|right)\s*[,:]",
+    re.IGNORECASE,
+)
 _PROCEDURE = re.compile(
     r"(?:(?:modified\s+radical|radical|simple|total|skin[- ]sparing|nipple[- ]sparing|partial|segmental|subcutaneous)\s+)?mastectomy"
     r"|lumpectomy|wide\s+local\s+excision|re-?excision|excisional\s+biopsy|quadrantectomy"
     r"|(?:(?:ultrasound|us|stereotactic|mri)[- ]guided\s+)?(?:core\s+(?:needle\s+)?|needle\s+core\s+)biopsy",
     re.IGNORECASE,
 )
-_STAGE_T = re.compile(r"(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?![A-Za-z0-9])|(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?=N)")
-_STAGE_N = re.compile(r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:mi|\s*\((?:mi|i[+-]|mol[+-]|sn)\))*|X))(?![A-Za-z0-9])")
+_STAGE_T = re.compile(
+    r"(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?![A-Za-z0-9])|(?<![A-Za-z])((?:y|r)?pT(?:is|mi|[0-4][a-d]?|X))(?=N)"
+)
+_STAGE_N = re.compile(
+    r"(?<![A-Za-z])((?:y|r)?p?N(?:[0-3][a-c]?(?:mi|\s*\((?:mi|i[+-]|mol[+-]|sn)\))*|X))(?![A-Za-z0-9])"
+)
 
 
 _FINDING_HINT = re.compile(r"lymph|vascular|lvi|dcis|lcis|situ|necro|calcif|intraductal")
@@ -224,7 +318,7 @@ def _sign_value(v: str) -> str:
 
 
 def _pct_value(p: str) -> str:
-    """"<1%" or "0%" -> negative, "1-10%" -> positive (ASCO/CAP: 1% or more stained nuclei is positive)."""
+    """ "<1%" or "0%" -> negative, "1-10%" -> positive (ASCO/CAP: 1% or more stained nuclei is positive)."""
     p = p.replace(" ", "")
     if p.startswith("<"):
         return "negative" if float(re.findall(r"\d+(?:\.\d)?", p)[0]) <= 1 else "positive"
@@ -242,7 +336,9 @@ class _Reader:
         self.low = lower(self.text)
         self.out: list[Reading] = []
 
-    def add(self, kind: str, value: str, status: str = "present", detail: str | None = None, explicit: bool = True) -> None:
+    def add(
+        self, kind: str, value: str, status: str = "present", detail: str | None = None, explicit: bool = True
+    ) -> None:
         self.out.append(Reading(kind, value, status, detail, self.sentence, explicit))
 
     def read(self) -> list[Reading]:
@@ -296,8 +392,13 @@ class _Reader:
     def _names_a_diagnosis(self, finding: str, low: str, start: int) -> bool:
         """A diagnosis line that opens with an in-situ carcinoma ("- Ductal carcinoma in situ, cribriform type")
         asserts it; a bare name elsewhere (a heading, a question) states nothing."""
-        return (finding in ("dcis", "lcis") and self.sentence.section in _DIAGNOSTIC and bool(_OPENING.match(low[:start]))
-                and bool(low[start:].strip(" .")) and not re.match(r"[^,;]*:\s*$", low[start:]))
+        return (
+            finding in ("dcis", "lcis")
+            and self.sentence.section in _DIAGNOSTIC
+            and bool(_OPENING.match(low[:start]))
+            and bool(low[start:].strip(" ."))
+            and not re.match(r"[^,;]*:\s*$", low[start:])
+        )
 
     def _types(self, clause: str) -> None:
         low = lower(clause)
@@ -317,11 +418,17 @@ class _Reader:
                 return
             if m := _SCORE.search(clause):
                 score = int(m.group(1))
-                self.add("grade", "1" if score <= 5 else "2" if score <= 7 else "3", detail=" ".join(m.group(0).split()))
+                self.add(
+                    "grade", "1" if score <= 5 else "2" if score <= 7 else "3", detail=" ".join(m.group(0).split())
+                )
                 return
             if m := _DIFFERENTIATED.search(clause):
                 if re.search(r"carcinoma|tumou?r|grade", low):
-                    self.add("grade", {"well": "1", "moderately": "2", "poorly": "3"}[m.group(1).lower()], detail=m.group(0).lower())
+                    self.add(
+                        "grade",
+                        {"well": "1", "moderately": "2", "poorly": "3"}[m.group(1).lower()],
+                        detail=m.group(0).lower(),
+                    )
                     return
 
     def _size(self) -> None:
@@ -333,7 +440,11 @@ class _Reader:
                     continue
                 if found := _cm(clause):
                     cm, verbatim = found
-                    self.add("size", _format_cm(cm), detail=None if verbatim == _format_cm(cm) else " ".join(verbatim.split()))
+                    self.add(
+                        "size",
+                        _format_cm(cm),
+                        detail=None if verbatim == _format_cm(cm) else " ".join(verbatim.split()),
+                    )
                     return
 
     def _receptors(self) -> None:
@@ -345,7 +456,11 @@ class _Reader:
             m = sign_re.search(text) or (loose_re.search(text) if self.sentence.section == ADDENDUM else None)
             if m:
                 detail = ((m["q"] or "") + m["v"] + (m["d"] or "")).strip()
-                self.add(kind, _sign_value(m["v"]), detail=detail if detail.lower() not in ("positive", "negative", "+", "-") else None)
+                self.add(
+                    kind,
+                    _sign_value(m["v"]),
+                    detail=detail if detail.lower() not in ("positive", "negative", "+", "-") else None,
+                )
             elif m := pct_re.search(text):
                 self.add(kind, _pct_value(m["p"]), detail=m["p"].replace(" ", ""))
         if m := _ER_PR_TOGETHER.search(text):
@@ -368,14 +483,31 @@ class _Reader:
             if ish and r:
                 value = "not amplified" if r["neg"] else "amplified" if r["pos"] else "equivocal"
                 ratio = _RATIO.search(after)
-                self.add("her2_ish", value, detail=f"{ish.group(0)} {value}" + (f" (ratio {ratio[1]})" if ratio else ""))
+                self.add(
+                    "her2_ish", value, detail=f"{ish.group(0)} {value}" + (f" (ratio {ratio[1]})" if ratio else "")
+                )
                 continue
             if s := _HER2_SIGN.match(after):
-                self.add("her2", "positive" if s[1].lower() in ("positive", "pos", "+") else "negative" if s[1].lower() in ("negative", "neg", "-") else "equivocal")
+                self.add(
+                    "her2",
+                    "positive"
+                    if s[1].lower() in ("positive", "pos", "+")
+                    else "negative"
+                    if s[1].lower() in ("negative", "neg", "-")
+                    else "equivocal",
+                )
             if (sc := _IHC_SCORE.search(after[:40])) and not re.match(r"[^0-3]{0,3}/", after[sc.end() :]):
                 score = next(g for g in sc.groups() if g is not None)
-                self.add("her2_ihc", "0" if score == "0" else f"{score}+", detail=f"IHC {'0' if score == '0' else score + '+'}")
-        if not any(r.kind.startswith("her2") for r in self.out) and _ISH_WORD.search(text) and _HER2_NAME.search(self.low) is None:
+                self.add(
+                    "her2_ihc",
+                    "0" if score == "0" else f"{score}+",
+                    detail=f"IHC {'0' if score == '0' else score + '+'}",
+                )
+        if (
+            not any(r.kind.startswith("her2") for r in self.out)
+            and _ISH_WORD.search(text)
+            and _HER2_NAME.search(self.low) is None
+        ):
             if "her2" in self.low or "cep17" in self.low:
                 if r := _ISH_RESULT.search(text):
                     value = "not amplified" if r["neg"] else "amplified" if r["pos"] else "equivocal"
@@ -405,28 +537,61 @@ class _Reader:
         examined, positive = _NODES_EXAMINED.search(text), _NODES_POSITIVE.search(text)
         if examined:
             total = int(examined[1])
-            pos = sum(int(p) for p in re.findall(r"(?:metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b", text, re.IGNORECASE)) if positive else None
+            pos = (
+                sum(
+                    int(p)
+                    for p in re.findall(
+                        r"(?:metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b", text, re.IGNORECASE
+                    )
+                )
+                if positive
+                else None
+            )
             if pos is not None and pos <= total:
                 self.add("nodes", f"{pos}/{total}", detail=detail)
                 return
             self.add("nodes_examined", str(total))
         elif positive and not re.search(r"\bnot\b", text, re.IGNORECASE):
-            self.add("nodes_positive", str(sum(int(p) for p in re.findall(r"(?:metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b", text, re.IGNORECASE))))
+            self.add(
+                "nodes_positive",
+                str(
+                    sum(
+                        int(p)
+                        for p in re.findall(
+                            r"(?:metasta\w*|positive|involved)\b[^:\d]{0,20}[:\-]\s*(\d{1,2})\b", text, re.IGNORECASE
+                        )
+                    )
+                ),
+            )
         if self.bare:
             low = self.low
-            if re.search(r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b", low):
+            if re.search(
+                r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b",
+                low,
+            ):
                 self.add("node_positivity", "negative")
-            elif re.search(r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b", low):
+            elif re.search(
+                r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b",
+                low,
+            ):
                 self.add("node_positivity", "positive")
 
     def _margins(self) -> None:
         for clause in clauses(self.text):
-            if "margin" not in lower(clause) or re.search(r"\binked?\b|\bdesignat", clause, re.IGNORECASE) and self.sentence.section == "gross":
+            if (
+                "margin" not in lower(clause)
+                or re.search(r"\binked?\b|\bdesignat", clause, re.IGNORECASE)
+                and self.sentence.section == "gross"
+            ):
                 continue
             if _MARGIN_NEGATIVE.search(clause):
-                close = _CLOSEST.search(clause) or _CLOSEST.search(self.text)  # "margins negative; closest margin (deep) 4 mm"
+                close = _CLOSEST.search(clause) or _CLOSEST.search(
+                    self.text
+                )  # "margins negative; closest margin (deep) 4 mm"
                 where = f" ({close[1].lower()})" if close and close[1] else ""
-                self.add("margins", "negative", detail=f"closest {close[2]} {close[3].lower()}{where}" if close else None)
+                self.add(
+                    "margins", "negative", detail=f"closest {close[2]} {close[3].lower()}{where}" if close else None
+                )
                 return
             if _MARGIN_POSITIVE.search(clause):
                 self.add("margins", "positive")
@@ -454,7 +619,9 @@ class _Reader:
             self.add("pt", m.group(1) or m.group(2))
         for m in _STAGE_N.finditer(self.text):
             value = m.group(1)
-            if not value.lower().startswith(("pn", "ypn", "rpn")) and not re.search(r"pT\w{1,3}$", self.text[: m.start()]):
+            if not value.lower().startswith(("pn", "ypn", "rpn")) and not re.search(
+                r"pT\w{1,3}$", self.text[: m.start()]
+            ):
                 continue
             self.add("pn", value if value.lower().startswith(("pn", "ypn", "rpn")) else "p" + value)
             break
@@ -462,11 +629,22 @@ class _Reader:
 
 def _in_situ_necrosis(low: str, start: int, end: int) -> bool:
     before, after = low[max(0, start - 150) : start], low[end : end + 40]
-    if low.startswith("comedo", start) or re.search(r"(?:comedo|central)[- ]?(?:type\s+)?$", before) and _IN_SITU_NEAR.search(before):
+    if (
+        low.startswith("comedo", start)
+        or re.search(r"(?:comedo|central)[- ]?(?:type\s+)?$", before)
+        and _IN_SITU_NEAR.search(before)
+    ):
         return True
-    if re.search(r"(?:\bdcis\b|\blcis\b|in\s+situ)[^;]*?\b(?:with|showing|featuring|having)\s+(?:[a-z-]+\s+){0,2}$", before):
+    if re.search(
+        r"(?:\bdcis\b|\blcis\b|in\s+situ)[^;]*?\b(?:with|showing|featuring|having)\s+(?:[a-z-]+\s+){0,2}$", before
+    ):
         return True
-    return bool(re.match(r"\s*(?:\w+\s+){0,3}?(?:in|within|of)\s+(?:the\s+)?(?:dcis|lcis|\w+\s+carcinoma\s+in\s+situ|in\s+situ)", after))
+    return bool(
+        re.match(
+            r"\s*(?:\w+\s+){0,3}?(?:in|within|of)\s+(?:the\s+)?(?:dcis|lcis|\w+\s+carcinoma\s+in\s+situ|in\s+situ)",
+            after,
+        )
+    )
 
 
 _PERCENT_QUAL = re.compile(r"[<>≤≥]\s*\d{1,3}\s*%|\d{1,3}\s*%")
@@ -549,20 +727,33 @@ def _best(readings: list[Reading], tumour_parts: frozenset[str]) -> Reading | No
     return max(readings, key=lambda r: _rank(r, tumour_parts)) if readings else None
 
 
-def _nodes_total(readings: list[Reading], examined: list[Reading], positive: list[Reading], tumour_parts) -> Fact | None:
+def _nodes_total(
+    readings: list[Reading], examined: list[Reading], positive: list[Reading], tumour_parts
+) -> Fact | None:
     synoptic = [r for r in readings if r.sentence.section == SYNOPTIC or "total" in r.sentence.text.lower()]
     if synoptic:
         return _best(synoptic, tumour_parts).fact()
-    if examined and positive:  # synoptic "Lymph nodes examined: 18" ... "Number with macrometastases: 5" on separate lines
+    if (
+        examined and positive
+    ):  # synoptic "Lymph nodes examined: 18" ... "Number with macrometastases: 5" on separate lines
         total, pos = _best(examined, tumour_parts), _best(positive, tumour_parts)
         if int(pos.value) <= int(total.value):
-            return Fact("nodes", f"{pos.value}/{total.value}", "present", Evidence(total.sentence.section, total.sentence.part,
-                        f"{total.sentence.text} {pos.sentence.text}"))
+            return Fact(
+                "nodes",
+                f"{pos.value}/{total.value}",
+                "present",
+                Evidence(total.sentence.section, total.sentence.part, f"{total.sentence.text} {pos.sentence.text}"),
+            )
     groups: dict[str, list[Reading]] = {}
     for r in readings:
         low = r.sentence.text.lower()
-        key = r.sentence.part or ("non-sentinel" if re.search(r"non-?sentinel|additional|axillary\s+(?:dissection|contents)", low)
-                                  else "sentinel" if "sentinel" in low else "")
+        key = r.sentence.part or (
+            "non-sentinel"
+            if re.search(r"non-?sentinel|additional|axillary\s+(?:dissection|contents)", low)
+            else "sentinel"
+            if "sentinel" in low
+            else ""
+        )
         groups.setdefault(key, []).append(r)
     if not groups:
         return None
@@ -581,7 +772,13 @@ def _nodes_total(readings: list[Reading], examined: list[Reading], positive: lis
         return first.fact()
     parts = "+".join(sorted(k for k in use))
     sentence = " | ".join(r.sentence.text for r in sorted(use.values(), key=lambda r: r.sentence.index))
-    return Fact("nodes", f"{pos}/{total}", "present", Evidence(first.sentence.section, parts, sentence), details[0] if details else None)
+    return Fact(
+        "nodes",
+        f"{pos}/{total}",
+        "present",
+        Evidence(first.sentence.section, parts, sentence),
+        details[0] if details else None,
+    )
 
 
 def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
@@ -598,12 +795,21 @@ def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
             return Fact("her2", top_explicit.value, "present", top_explicit.fact().evidence, detail)
         return Fact("her2", value, "present", r.fact().evidence, detail)
     top_explicit = _best(explicit, tumour_parts)
-    if best_ihc and (top_explicit is None or best_ihc.sentence.authority > top_explicit.sentence.authority or not top_explicit.explicit):
+    if best_ihc and (
+        top_explicit is None
+        or best_ihc.sentence.authority > top_explicit.sentence.authority
+        or not top_explicit.explicit
+    ):
         value = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[best_ihc.value]
         return Fact("her2", value, "present", best_ihc.fact().evidence, best_ihc.detail)
     if top_explicit:
-        return Fact("her2", top_explicit.value, "present", top_explicit.fact().evidence,
-                    best_ihc.detail if best_ihc else top_explicit.detail)
+        return Fact(
+            "her2",
+            top_explicit.value,
+            "present",
+            top_explicit.fact().evidence,
+            best_ihc.detail if best_ihc else top_explicit.detail,
+        )
     return None
 
 
@@ -625,14 +831,20 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
             facts["histologic_type"] = _best(specific, tumour).fact()
         elif facts.get("dcis") and facts["dcis"].status == "present":
             d = facts["dcis"]
-            facts["histologic_type"] = Fact("histologic_type", "ductal carcinoma in situ", "present", d.evidence, "no invasive carcinoma")
+            facts["histologic_type"] = Fact(
+                "histologic_type", "ductal carcinoma in situ", "present", d.evidence, "no invasive carcinoma"
+            )
         elif facts.get("lcis") and facts["lcis"].status == "present":
             d = facts["lcis"]
-            facts["histologic_type"] = Fact("histologic_type", "lobular carcinoma in situ", "present", d.evidence, "no invasive carcinoma")
+            facts["histologic_type"] = Fact(
+                "histologic_type", "lobular carcinoma in situ", "present", d.evidence, "no invasive carcinoma"
+            )
         else:
             facts["histologic_type"] = Fact("histologic_type", "invasive carcinoma", "absent", winner.fact().evidence)
     elif facts.get("dcis") and facts["dcis"].status == "present":
-        facts["histologic_type"] = Fact("histologic_type", "ductal carcinoma in situ", "present", facts["dcis"].evidence)
+        facts["histologic_type"] = Fact(
+            "histologic_type", "ductal carcinoma in situ", "present", facts["dcis"].evidence
+        )
     for kind in ("grade", "size", "er", "pr", "margins", "tils", "laterality", "procedure", "pt", "pn"):
         candidates = by_kind.get(kind, [])
         if kind == "margins":  # of the most authoritative statements, a positive margin wins
@@ -640,15 +852,26 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
             candidates = [r for r in candidates if r.sentence.authority == top]
             candidates = [r for r in candidates if r.value == "positive"] or candidates
         if kind == "procedure":
-            candidates = [r for r in candidates if "core" not in r.value] or candidates  # the resection, not the earlier biopsy
+            candidates = [
+                r for r in candidates if "core" not in r.value
+            ] or candidates  # the resection, not the earlier biopsy
         if best := _best(candidates, tumour):
             if kind == "procedure":  # a line break may have cut "modified radical | mastectomy": keep the full name
-                best = max((r for r in candidates if r.value.endswith(best.value)), key=lambda r: (len(r.value), _rank(r, tumour)))
+                best = max(
+                    (r for r in candidates if r.value.endswith(best.value)),
+                    key=lambda r: (len(r.value), _rank(r, tumour)),
+                )
             facts[kind] = best.fact()
     if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumour):
         facts["her2"] = her2
-    if nodes := _nodes_total(by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour):
-        if "pn" in facts and re.search(r"mi|i\+", facts["pn"].value) and not (nodes.detail or "").lower().startswith("isolated"):
+    if nodes := _nodes_total(
+        by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour
+    ):
+        if (
+            "pn" in facts
+            and re.search(r"mi|i\+", facts["pn"].value)
+            and not (nodes.detail or "").lower().startswith("isolated")
+        ):
             nodes = Fact(nodes.kind, nodes.value, nodes.status, nodes.evidence, facts["pn"].value)
         facts["nodes"] = nodes
     return facts
@@ -697,7 +920,9 @@ def summary_facts(summary: str) -> list[Fact]:
     in_situ_only = any(r.kind == "dcis" and r.status == "present" for r in readings)
     for r in readings:
         if r.kind == "histologic_type" and r.status == "absent" and in_situ_only:  # "No invasive carcinoma; DCIS"
-            facts.append(Fact(r.kind, "ductal carcinoma in situ", "present", r.fact().evidence, "no invasive carcinoma"))
+            facts.append(
+                Fact(r.kind, "ductal carcinoma in situ", "present", r.fact().evidence, "no invasive carcinoma")
+            )
         elif r.kind in FACT_KINDS and r.kind != "her2":
             facts.append(r.fact())
     by_clause: dict[int, list[Reading]] = {}

@@ -15,16 +15,48 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from histoldm.summaries.case_facts import (FACT_KINDS, FINDING_KINDS, Fact, Reading, joined_case, case_facts, report_readings,
-                                          summary_facts, summary_readings)
+from histoldm.summaries.case_facts import (
+    FACT_KINDS,
+    FINDING_KINDS,
+    Fact,
+    Reading,
+    case_facts,
+    joined_case,
+    report_readings,
+    summary_facts,
+    summary_readings,
+)
 
-_NAMES = {"lvi": "lymphovascular invasion", "dcis": "ductal carcinoma in situ", "lcis": "lobular carcinoma in situ",
-          "necrosis": "tumour necrosis", "calcifications": "calcifications", "er": "ER", "pr": "PR", "her2": "HER2",
-          "nodes": "lymph nodes", "margins": "margins", "grade": "grade", "size": "tumour size", "tils": "TILs",
-          "laterality": "laterality", "procedure": "procedure", "pt": "pT", "pn": "pN", "histologic_type": "histologic type"}
-_PROCEDURE_GROUPS = [("mastectomy", re.compile(r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?mastectomy$")),
-                     ("breast-conserving", re.compile(r"lumpectomy|partial|segmental|wide local|excision|quadrantectomy")),
-                     ("biopsy", re.compile(r"biopsy"))]
+_NAMES = {
+    "lvi": "lymphovascular invasion",
+    "dcis": "ductal carcinoma in situ",
+    "lcis": "lobular carcinoma in situ",
+    "necrosis": "tumour necrosis",
+    "calcifications": "calcifications",
+    "er": "ER",
+    "pr": "PR",
+    "her2": "HER2",
+    "nodes": "lymph nodes",
+    "margins": "margins",
+    "grade": "grade",
+    "size": "tumour size",
+    "tils": "TILs",
+    "laterality": "laterality",
+    "procedure": "procedure",
+    "pt": "pT",
+    "pn": "pN",
+    "histologic_type": "histologic type",
+}
+_PROCEDURE_GROUPS = [
+    (
+        "mastectomy",
+        re.compile(
+            r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?mastectomy$"
+        ),
+    ),
+    ("breast-conserving", re.compile(r"lumpectomy|partial|segmental|wide local|excision|quadrantectomy")),
+    ("biopsy", re.compile(r"biopsy")),
+]
 
 
 @dataclass(frozen=True)
@@ -59,8 +91,12 @@ def _said(r: Reading | Fact) -> str:
 
 def _contradiction(r: Reading, fact: Fact | Reading, report_says: str | None = None) -> Contradiction:
     sentence = fact.evidence.sentence if isinstance(fact, Fact) else fact.sentence.text
-    where = "the report" if (fact.status if isinstance(fact, Fact) else fact.status) != "historical" else "the report, only as history,"
-    message = (f'it states {_said(r)} ("{r.sentence.text}"), {where} {report_says or _said(fact)} ("{sentence}")')
+    where = (
+        "the report"
+        if (fact.status if isinstance(fact, Fact) else fact.status) != "historical"
+        else "the report, only as history,"
+    )
+    message = f'it states {_said(r)} ("{r.sentence.text}"), {where} {report_says or _said(fact)} ("{sentence}")'
     return Contradiction(r.kind, r.sentence.text, sentence, message)
 
 
@@ -94,8 +130,13 @@ def _procedure_group(value: str) -> str:
     return next((name for name, pattern in _PROCEDURE_GROUPS if pattern.search(value)), value)
 
 
-def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: tuple[Reading, ...],
-           historical: tuple[Reading, ...]) -> Contradiction | None | bool:
+def _check(
+    r: Reading,
+    facts: dict[str, Fact],
+    past: dict[str, Fact],
+    current: tuple[Reading, ...],
+    historical: tuple[Reading, ...],
+) -> Contradiction | None | bool:
     """A contradiction, None when consistent, or False when the report does not state the kind."""
     kind = r.kind
     stated_anywhere = [c for c in current if c.kind == kind]
@@ -133,7 +174,11 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
                 return False
             implied = {"amplified": "positive", "not amplified": "negative", "equivocal": "equivocal"}[r.value]
             return None if implied == truth.value else _contradiction(r, truth)
-        return None if any(c.value == r.value for c in ish) else _contradiction(r, max(ish, key=lambda c: c.sentence.authority))
+        return (
+            None
+            if any(c.value == r.value for c in ish)
+            else _contradiction(r, max(ish, key=lambda c: c.sentence.authority))
+        )
     if kind == "her2_ihc":
         ihc = [c for c in current if c.kind == "her2_ihc"]
         if ihc:
@@ -163,7 +208,11 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
         if truth.value != r.value:
             return _contradiction(r, truth)
         said = _percents(r.detail)
-        if said and _percents(truth.detail) and not any(said[0] in _percents(c.detail) or _in_range(said[0], c.detail) for c in stated_anywhere):
+        if (
+            said
+            and _percents(truth.detail)
+            and not any(said[0] in _percents(c.detail) or _in_range(said[0], c.detail) for c in stated_anywhere)
+        ):
             return _contradiction(r, truth)
         return None
     if kind == "procedure":
@@ -172,12 +221,20 @@ def _check(r: Reading, facts: dict[str, Fact], past: dict[str, Fact], current: t
         return None if any(_same_stage(r.value, c.value) for c in stated_anywhere) else _contradiction(r, truth)
     if kind == "size":
         said = float(r.value.split()[0])
-        return None if any(abs(said - float(c.value.split()[0])) < 0.051 for c in stated_anywhere) else _contradiction(r, truth)
+        return (
+            None
+            if any(abs(said - float(c.value.split()[0])) < 0.051 for c in stated_anywhere)
+            else _contradiction(r, truth)
+        )
     if kind == "tils":
         said = _percents(r.value + "%" if "%" not in r.value else r.value)
         if not said:
             return None
-        return None if any(r.value == c.value or _in_range(said[0], c.value) for c in stated_anywhere) else _contradiction(r, truth)
+        return (
+            None
+            if any(r.value == c.value or _in_range(said[0], c.value) for c in stated_anywhere)
+            else _contradiction(r, truth)
+        )
     if kind == "nodes":  # a part's own count is true only where the summary says which nodes it counts
         qualified = re.search(r"sentinel|axillary|non-sentinel|level|part\b", r.sentence.text, re.IGNORECASE)
         if truth.value == r.value or qualified and any(c.value == r.value for c in stated_anywhere):

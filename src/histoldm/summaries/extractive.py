@@ -30,7 +30,10 @@ from histoldm.text.tokenizer import clip_tokenizer
 # --- sections -------------------------------------------------------------------------------
 
 # "Name: value" with a short name (at most five words, not a sentence such as "The margins are inked: ...").
-_HEADER = re.compile(r"^\s*(?!(?:the|a|an|it|this|there)\b)([A-Za-z][A-Za-z()&'-]+(?:[ /][A-Za-z()&'-]+){0,4})\s*:\s*(.*)$", re.IGNORECASE)
+_HEADER = re.compile(
+    r"^\s*(?!(?:the|a|an|it|this|there)\b)([A-Za-z][A-Za-z()&'-]+(?:[ /][A-Za-z()&'-]+){0,4})\s*:\s*(.*)$",
+    re.IGNORECASE,
+)
 _DROP_SECTIONS = re.compile(
     r"^(gross( description)?|clinical (history|information|data|notes?)|history|specimens?( \(?s\)?)?( received)?"
     r"|specimen\(s\)( received)?|source of specimen|pre-?operative diagnosis|post-?operative diagnosis"
@@ -44,10 +47,36 @@ _BOILERPLATE_LINE = re.compile(  # run on lowered text
     r"privileged|explanatory notes?|guideline|tumor board|communicated to"
 )
 # Every alternative above contains one of these (lower case): a cheap test that skips the regex on most sentences.
-_BOILERPLATE_HINTS = ("signed", "attest", "reviewed the slides", "md", "m.d", "tel", "phone", "fax", "street", "avenue",
-                      "suite", "page ", "mrn", "accession", "end of", "synthetic report", "control", "dictated", "transcribed",
-                      "food and drug", "fda", "clia", "confidential", "privileged", "explanatory note", "guideline",
-                      "tumor board", "communicated to")
+_BOILERPLATE_HINTS = (
+    "signed",
+    "attest",
+    "reviewed the slides",
+    "md",
+    "m.d",
+    "tel",
+    "phone",
+    "fax",
+    "street",
+    "avenue",
+    "suite",
+    "page ",
+    "mrn",
+    "accession",
+    "end of",
+    "synthetic report",
+    "control",
+    "dictated",
+    "transcribed",
+    "food and drug",
+    "fda",
+    "clia",
+    "confidential",
+    "privileged",
+    "explanatory note",
+    "guideline",
+    "tumor board",
+    "communicated to",
+)
 
 
 _BOILERPLATE_HINT = re.compile("|".join(map(re.escape, _BOILERPLATE_HINTS)))
@@ -102,11 +131,15 @@ def diagnostic_text(report: str) -> str:
 Phrasings = tuple[str, ...]  # one fact's phrasings; packing sorts them by token count
 
 _TYPES: list[tuple[str, tuple[str, ...]]] = [
-    (r"(mixed|with)\s+(invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(features|carcinoma)",
-     ("Invasive mixed ductal and lobular carcinoma", "Mixed ductal-lobular carcinoma")),
+    (
+        r"(mixed|with)\s+(invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(features|carcinoma)",
+        ("Invasive mixed ductal and lobular carcinoma", "Mixed ductal-lobular carcinoma"),
+    ),
     (r"(invasive|infiltrating)\s+lobular\s+carcinoma", ("Invasive lobular carcinoma", "ILC")),
-    (r"(invasive|infiltrating)\s+(mammary\s+)?ductal\s+carcinoma|invasive\s+carcinoma\s+of\s+no\s+special\s+type",
-     ("Invasive ductal carcinoma", "IDC")),
+    (
+        r"(invasive|infiltrating)\s+(mammary\s+)?ductal\s+carcinoma|invasive\s+carcinoma\s+of\s+no\s+special\s+type",
+        ("Invasive ductal carcinoma", "IDC"),
+    ),
     (r"(mucinous|colloid)\s+carcinoma", ("Mucinous carcinoma",)),
     (r"medullary\s+carcinoma", ("Medullary carcinoma",)),
     (r"metaplastic\s+carcinoma", ("Metaplastic carcinoma",)),
@@ -122,7 +155,10 @@ _OTHER_TUMOUR = re.compile(
     r"mesothelioma|blastoma|astrocytoma|oligodendroglioma))\b(?!\s+in\s+situ)",
     re.IGNORECASE,
 )
-_NOT_A_TYPE = re.compile(r"^(metastatic|for|of|no|with|without|residual|the|and|or|possible|suspicious|negative|positive|evidence)\b", re.IGNORECASE)
+_NOT_A_TYPE = re.compile(
+    r"^(metastatic|for|of|no|with|without|residual|the|and|or|possible|suspicious|negative|positive|evidence)\b",
+    re.IGNORECASE,
+)
 
 
 def _stated(clause: str, m: re.Match) -> str | None:
@@ -132,8 +168,12 @@ def _stated(clause: str, m: re.Match) -> str | None:
 
 
 def _possibly(names: Phrasings, status: str) -> Phrasings:
-    """"suspicious for X" is written "possible X", never "X"."""
-    return names if status == "present" else tuple(f"Possible {n[0].lower() + n[1:] if n[1:2].islower() else n}" for n in names)
+    """ "suspicious for X" is written "possible X", never "X"."""
+    return (
+        names
+        if status == "present"
+        else tuple(f"Possible {n[0].lower() + n[1:] if n[1:2].islower() else n}" for n in names)
+    )
 
 
 def _histologic_type(text: str) -> Phrasings | None:
@@ -151,7 +191,9 @@ def _histologic_type(text: str) -> Phrasings | None:
             while words and _NOT_A_TYPE.match(words[0]):
                 words = words[1:]
             noun = re.search(r"\S+$", m.group(1))  # the status of "carcinoma", not of "negative for ... carcinoma"
-            if words and (status := _stated(clause, re.compile(re.escape(noun[0])).search(clause, m.start() + noun.start()))):
+            if words and (
+                status := _stated(clause, re.compile(re.escape(noun[0])).search(clause, m.start() + noun.start()))
+            ):
                 return _possibly((" ".join(words).capitalize(),), status)
     if read_status(text, "invasive", bare_means_present=True) == "absent":
         return ("No invasive carcinoma",)
@@ -163,8 +205,11 @@ _GRADE = re.compile(r"(?<!nuclear )(?<!nuclear\s)\bgrade\s*[:\-]?\s*(iii|ii|i|[1
 _NOTTINGHAM = re.compile(r"nottingham|elston|\bsbr\b|bloom|richardson", re.IGNORECASE)
 _SCORE = re.compile(r"(?:total|nottingham|combined)\s+score\s*[:\-]?\s*([3-9])\s*(?:/|of)\s*9", re.IGNORECASE)
 _DIFFERENTIATED = re.compile(r"\b(well|moderately|poorly)[- ]differentiated\b", re.IGNORECASE)
-_COMPONENTS = re.compile(r"tubul\w*(?:\s+formation)?\s*[:\-]?\s*([123])\b.{0,12}?(?:nuclear\s+)?pleomorphism\s*[:\-]?\s*([123])\b"
-                         r".{0,12}?mito\w*(?:\s+count)?\s*[:\-]?\s*([123])\b", re.IGNORECASE)
+_COMPONENTS = re.compile(
+    r"tubul\w*(?:\s+formation)?\s*[:\-]?\s*([123])\b.{0,12}?(?:nuclear\s+)?pleomorphism\s*[:\-]?\s*([123])\b"
+    r".{0,12}?mito\w*(?:\s+count)?\s*[:\-]?\s*([123])\b",
+    re.IGNORECASE,
+)
 
 
 def _grade(text: str) -> Phrasings | None:
@@ -183,16 +228,23 @@ def _grade(text: str) -> Phrasings | None:
             continue
         names = [f"grade {g}"] + ([f"Nottingham grade {g}"] if nottingham else [])
         if c := _COMPONENTS.search(clause):
-            names.append(f"{'Nottingham ' if nottingham else ''}grade {g} (tubules {c[1]}, nuclei {c[2]}, mitoses {c[3]})")
+            names.append(
+                f"{'Nottingham ' if nottingham else ''}grade {g} (tubules {c[1]}, nuclei {c[2]}, mitoses {c[3]})"
+            )
         return tuple(names)
     if m := _DIFFERENTIATED.search(text):
         return (f"{m.group(1).lower()} differentiated",)
     return None
 
 
-_TILS = re.compile(r"tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b|lymphocytic\s+(?:infiltrate|infiltration|response)", re.IGNORECASE)
-_TIL_LEVELS = [("high", r"brisk|marked|prominent|dense|extensive|high|abundant|heavy"),
-               ("moderate", r"moderate|intermediate"), ("low", r"sparse|mild|minimal|scant|low|few|focal|weak|non-?brisk")]
+_TILS = re.compile(
+    r"tumou?r[- ]infiltrating\s+lymphocytes|\btils?\b|lymphocytic\s+(?:infiltrate|infiltration|response)", re.IGNORECASE
+)
+_TIL_LEVELS = [
+    ("high", r"brisk|marked|prominent|dense|extensive|high|abundant|heavy"),
+    ("moderate", r"moderate|intermediate"),
+    ("low", r"sparse|mild|minimal|scant|low|few|focal|weak|non-?brisk"),
+]
 _PERCENT = re.compile(r"(\d{1,3})\s*%")
 
 
@@ -204,7 +256,9 @@ def _tils(text: str) -> Phrasings | None:
             continue
         if status_at(clause, m.span()) == "absent":
             return ("no TILs", "no tumour-infiltrating lymphocytes")
-        level = next((name for name, words in _TIL_LEVELS if re.search(rf"\b(?:{words})\b", clause, re.IGNORECASE)), None)
+        level = next(
+            (name for name, words in _TIL_LEVELS if re.search(rf"\b(?:{words})\b", clause, re.IGNORECASE)), None
+        )
         if level is None:
             continue
         pct = _PERCENT.search(clause[m.start() :])
@@ -215,9 +269,15 @@ def _tils(text: str) -> Phrasings | None:
     return None
 
 
-_MITOTIC_SCORE = re.compile(r"mito(?:ses|tic(?:\s+(?:count|score|activity|rate))?)\s*(?:score\s*)?[:\-]?\s*([123])\b(?!\s*(?:mitos|per|/))", re.IGNORECASE)
-_MITOTIC_WORD = re.compile(r"mitotic\s+(?:activity|rate|count)\s+(?:is\s+)?(low|intermediate|moderate|high)|"
-                           r"(low|intermediate|moderate|high)\s+mitotic\s+(?:activity|rate|count)", re.IGNORECASE)
+_MITOTIC_SCORE = re.compile(
+    r"mito(?:ses|tic(?:\s+(?:count|score|activity|rate))?)\s*(?:score\s*)?[:\-]?\s*([123])\b(?!\s*(?:mitos|per|/))",
+    re.IGNORECASE,
+)
+_MITOTIC_WORD = re.compile(
+    r"mitotic\s+(?:activity|rate|count)\s+(?:is\s+)?(low|intermediate|moderate|high)|"
+    r"(low|intermediate|moderate|high)\s+mitotic\s+(?:activity|rate|count)",
+    re.IGNORECASE,
+)
 _MITOSES_PER = re.compile(r"(\d{1,3})\s+mitos[ie]s\s*(?:per|/)\s*10\s*(?:high[- ]power\s+fields|hpfs?)", re.IGNORECASE)
 _SCORE_WORD = {"1": "low", "2": "intermediate", "3": "high", "moderate": "intermediate"}
 
@@ -237,7 +297,9 @@ def _mitoses(text: str) -> Phrasings | None:
     return tuple(names)
 
 
-_PLEO_WORD = re.compile(r"\b(mild|slight|moderate|marked|severe|prominent)\s+(?:nuclear\s+)?pleomorphism", re.IGNORECASE)
+_PLEO_WORD = re.compile(
+    r"\b(mild|slight|moderate|marked|severe|prominent)\s+(?:nuclear\s+)?pleomorphism", re.IGNORECASE
+)
 _PLEO_SCORE = re.compile(r"(?:nuclear\s+)?pleomorphism\s*(?:score\s*)?[:\-]?\s*([123])\b", re.IGNORECASE)
 _PLEO_NAMES = {"1": "mild", "2": "moderate", "3": "marked", "slight": "mild", "severe": "marked", "prominent": "marked"}
 
@@ -250,9 +312,12 @@ def _pleomorphism(text: str) -> Phrasings | None:
     return (f"{word} pleomorphism", f"{word} nuclear pleomorphism")
 
 
-_GROWTH = re.compile(r"(?:growth\s+pattern\s*[:\-.]*\s*|(?:growing|arranged|infiltrating)\s+(?:in|as)\s+)"
-                     r"((?:[a-z-]+(?:,\s*|\s+and\s+|\s+)){0,6}(?:nests|cords|glands|sheets|files|trabeculae|tubules|clusters"
-                     r"|papillae|mucin))\b", re.IGNORECASE)
+_GROWTH = re.compile(
+    r"(?:growth\s+pattern\s*[:\-.]*\s*|(?:growing|arranged|infiltrating)\s+(?:in|as)\s+)"
+    r"((?:[a-z-]+(?:,\s*|\s+and\s+|\s+)){0,6}(?:nests|cords|glands|sheets|files|trabeculae|tubules|clusters"
+    r"|papillae|mucin))\b",
+    re.IGNORECASE,
+)
 _TUBULES = re.compile(r"tubule\s+formation\s+(?:is\s+)?(prominent|moderate|minimal|scant|absent)", re.IGNORECASE)
 
 
@@ -296,7 +361,14 @@ def _in_situ(text: str) -> Phrasings | None:
         nuclear = None
         if g := _NUCLEAR_GRADE.search(clause):
             value = g.group(1).lower()
-            nuclear = {"1": "low", "i": "low", "2": "intermediate", "ii": "intermediate", "3": "high", "iii": "high"}.get(value, value)
+            nuclear = {
+                "1": "low",
+                "i": "low",
+                "2": "intermediate",
+                "ii": "intermediate",
+                "3": "high",
+                "iii": "high",
+            }.get(value, value)
         elif g := _NUCLEAR_WORD.search(clause):
             nuclear = g.group(1).lower()
         variants = [name]
@@ -312,10 +384,21 @@ def _in_situ(text: str) -> Phrasings | None:
 
 _RECEPTOR_WORDS = {"positive": "+", "pos": "+", "negative": "-", "neg": "-", "+": "+", "-": "-"}
 _PCT_AFTER = r"(?:[\s(]{0,16}(\d{1,3})\s*%)?"
-_ER = re.compile(r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)" + _PCT_AFTER, re.IGNORECASE)
-_PR = re.compile(r"(?:progesterone\s+receptors?|\bPg?R\b)(?:\s*\((?:PR|PgR|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)" + _PCT_AFTER, re.IGNORECASE)
-_HER2 = re.compile(r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))"
-                   r"(?:[\s(]{0,16}(?:score\s+)?([0-3]\+?)(?=[)\s.,;]|$))?", re.IGNORECASE)
+_ER = re.compile(
+    r"(?:o?estrogen\s+receptors?|\bER\b)(?:\s*\((?:ER|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)"
+    + _PCT_AFTER,
+    re.IGNORECASE,
+)
+_PR = re.compile(
+    r"(?:progesterone\s+receptors?|\bPg?R\b)(?:\s*\((?:PR|PgR|IHC)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+|are\s+)?(positive|negative|pos|neg|\+|-)"
+    + _PCT_AFTER,
+    re.IGNORECASE,
+)
+_HER2 = re.compile(
+    r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))"
+    r"(?:[\s(]{0,16}(?:score\s+)?([0-3]\+?)(?=[)\s.,;]|$))?",
+    re.IGNORECASE,
+)
 
 
 def _her2_sign(value: str) -> str:
@@ -328,7 +411,9 @@ def _her2_sign(value: str) -> str:
 
 
 _RECEPTOR_NAME = r"(?:o?estrogen\s+receptors?|progesterone\s+receptors?|\bER\b|\bPg?R\b|her[- ]?2(?:\s*/\s*neu)?)"
-_STAINING_FOR = re.compile(rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE)
+_STAINING_FOR = re.compile(
+    rf"\b(positive|negative)\s+for\s+({_RECEPTOR_NAME}(?:\s*(?:,|and|or)\s*{_RECEPTOR_NAME})*)", re.IGNORECASE
+)
 
 
 def _receptor_key(name: str) -> str:
@@ -372,12 +457,14 @@ def _format_cm(cm: float) -> str:
     return f"{round(cm, 1):g} cm"
 
 
-_MARGIN_NEGATIVE = re.compile(r"negative|free|uninvolved|not involved|does not involve|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE)
+_MARGIN_NEGATIVE = re.compile(
+    r"negative|free|uninvolved|not involved|does not involve|clear|no (invasive )?(carcinoma|tumou?r)", re.IGNORECASE
+)
 _MARGIN_POSITIVE = re.compile(r"positive|involved|present at|extends to|transected", re.IGNORECASE)
 
 
 def margin_status(text: str) -> str | None:
-    """"negative" or "positive" from the first clause about margins."""
+    """ "negative" or "positive" from the first clause about margins."""
     for clause in clauses(text):
         if "margin" not in clause.lower():
             continue
@@ -389,7 +476,12 @@ def margin_status(text: str) -> str | None:
 
 
 _KI67 = re.compile(r"ki-?67[^\d\n]{0,30}(\d{1,3})\s*%", re.IGNORECASE)
-_STAGE = re.compile(r"\b(p?T(?:is|[0-4][a-d]?)\s*(?:\(\w+\)\s*)?p?N(?:[0-3][a-c]?|x)(?:\s*\([^)]{1,12}\))?(?:\s*p?M[01x])?)", re.IGNORECASE)
+_STAGE = re.compile(
+    r"\b(p?T(?:is|[0-4][a-d]?)\s*(?:\(\w+\)\s*)?p?N(?:[0-3][a-c]?|x)(?:\s*\([^)]{1,12}\))?(?:\s*p?M[01x])?)",
+    re.IGNORECASE,
+)
+
+
 def _ki67(text: str) -> Phrasings | None:
     return (f"Ki-67 {m[1]}%",) if (m := _KI67.search(text)) else None
 
@@ -428,9 +520,14 @@ class Facts:
 
 RELEVANCE_ORDER = tuple(Facts.__dataclass_fields__)
 
-_TYPE_NAMES = {"invasive ductal carcinoma": ("Invasive ductal carcinoma", "IDC"),
-               "invasive lobular carcinoma": ("Invasive lobular carcinoma", "ILC"),
-               "invasive mixed ductal and lobular carcinoma": ("Invasive mixed ductal and lobular carcinoma", "Mixed ductal-lobular carcinoma")}
+_TYPE_NAMES = {
+    "invasive ductal carcinoma": ("Invasive ductal carcinoma", "IDC"),
+    "invasive lobular carcinoma": ("Invasive lobular carcinoma", "ILC"),
+    "invasive mixed ductal and lobular carcinoma": (
+        "Invasive mixed ductal and lobular carcinoma",
+        "Mixed ductal-lobular carcinoma",
+    ),
+}
 _STATUS_NAMES = {"present": "{0}", "absent": "no {0}", "possible": "possible {0}"}
 
 
@@ -499,7 +596,11 @@ def _tils_from(fact: Fact | None, diagnostic: str) -> Phrasings | None:
         return described
     if described and not described[0].startswith("no "):
         level = described[0].split()[0]
-        return (f"{level} TILs", f"{level} TILs ({fact.value})", f"{level} tumour-infiltrating lymphocytes ({fact.value} of stroma)")
+        return (
+            f"{level} TILs",
+            f"{level} TILs ({fact.value})",
+            f"{level} tumour-infiltrating lymphocytes ({fact.value} of stroma)",
+        )
     return (f"TILs {fact.value}", f"tumour-infiltrating lymphocytes {fact.value}")
 
 
@@ -525,7 +626,7 @@ def _site_from(facts: dict[str, Fact]) -> Phrasings | None:
 
 
 def _size_names(cm: float) -> Phrasings:
-    """"2.1 cm"; a whole number also in millimetres ("1 cm (10 mm)"), so no reader takes it for a rounded value."""
+    """ "2.1 cm"; a whole number also in millimetres ("1 cm (10 mm)"), so no reader takes it for a rounded value."""
     long = f"tumour size {_format_cm(cm)}" + (f" ({round(cm * 10)} mm)" if cm == round(cm) else "")
     return (_format_cm(cm), long)
 
@@ -545,7 +646,9 @@ def extract_facts(report: str) -> Facts:
         if described and described[0] == f"grade {grade.value}":
             grade_names = described
         else:
-            grade_names = (f"grade {grade.value}",) + ((f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ())
+            grade_names = (f"grade {grade.value}",) + (
+                (f"Nottingham grade {grade.value}",) if _NOTTINGHAM.search(diagnostic) else ()
+            )
     size = facts.get("size")
     return Facts(
         histologic_type=_type_from(facts.get("histologic_type"), diagnostic),

@@ -30,13 +30,17 @@ _UNSTATED = "unstated"  # "LVI: not assessed" names the finding without saying a
 # regex engine can skip ahead to possible first letters (5x faster on long reports); word starts
 # are checked in `finding_matches` instead.
 FINDINGS: dict[str, re.Pattern[str]] = {
-    "lvi": re.compile(r"lympho?-?\s?vascular(?:\s+(?:space\s+)?invasion)?|angiolymphatic(?:\s+invasion)?"
-                      r"|lymphatic\s+invasion|vascular\s+invasion|lvi\b"),
+    "lvi": re.compile(
+        r"lympho?-?\s?vascular(?:\s+(?:space\s+)?invasion)?|angiolymphatic(?:\s+invasion)?"
+        r"|lymphatic\s+invasion|vascular\s+invasion|lvi\b"
+    ),
     "dcis": re.compile(r"ductal\s+carcinoma\s+in[- ]situ(?:\s*\(dcis\))?|dcis\b|intraductal\s+carcinoma"),
     "lcis": re.compile(r"lobular\s+carcinoma\s+in[- ]situ(?:\s*\(lcis\))?|lcis\b"),
     "necrosis": re.compile(r"(?:tumou?r\s+|comedo[- ]?)?necros[ie]s\b|necrotic\b"),
     "calcifications": re.compile(r"(?:micro-?)?calcifications?\b"),
-    "invasive": re.compile(r"(?:invasive|infiltrating)\s+(?:(?:mammary|ductal|lobular|mucinous|papillary|micropapillary)\s+)*carcinoma\b"),
+    "invasive": re.compile(
+        r"(?:invasive|infiltrating)\s+(?:(?:mammary|ductal|lobular|mucinous|papillary|micropapillary)\s+)*carcinoma\b"
+    ),
 }
 _NOT_AFTER = {"necrosis": "fat "}  # fat necrosis is a benign reaction, not tumour necrosis
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -60,32 +64,59 @@ def finding_matches(finding: str, low: str):
 
 
 # Nouns that are not read here but end another finding's scope (a list of them is still a list).
-_OTHER_NOUNS = re.compile(r"\bmargins?\b|\blymph\s+nodes?\b|\bmetasta\w+(?:\s+carcinoma)?|\bpaget'?s?\s+disease\b"
-                          r"|\bcarcinoma\b|\btumou?r\b")
+_OTHER_NOUNS = re.compile(
+    r"\bmargins?\b|\blymph\s+nodes?\b|\bmetasta\w+(?:\s+carcinoma)?|\bpaget'?s?\s+disease\b"
+    r"|\bcarcinoma\b|\btumou?r\b"
+)
 
 _CUES: list[tuple[str, str, str]] = [  # (regex, "pre"/"post"/"adjective", status); longer phrases first
-    (r"not\s+(?:assessed|evaluated|assessable|applicable|reported|performed)|cannot\s+be\s+(?:assessed|evaluated|determined)"
-     r"|\bunknown\b|\bn/a\b", "post", _UNSTATED),
-    (r"cannot\s+be\s+(?:excluded|ruled\s+out)|can'?t\s+be\s+(?:excluded|ruled\s+out)|not\s+(?:be\s+)?(?:excluded|ruled\s+out)"
-     r"|(?:is|are)\s+(?:suspected|questionable|equivocal|indeterminate|possible|probable)|\bsuspected\b|\bequivocal\b|\bindeterminate\b",
-     "post", "possible"),
-    (r"not\s+(?:definitively\s+|definitely\s+)?(?:identified|seen|present|detected|found|appreciated|noted|visualized)"
-     r"|none\s+(?:identified|seen|present|detected)|\babsent\b|\bnegative\b(?!\s+for)|\bnone\b|\buninvolved\b",
-     "post", "absent"),
-    (r"suspicious\s+(?:for|of)|suggestive\s+of|concerning\s+for|worrisome\s+for|cannot\s+(?:rule\s+out|exclude)"
-     r"|can'?t\s+(?:rule\s+out|exclude)|\bpossible\b|\bpossibly\b|\bprobable\b|\bquestionable\b|\bfocus\s+suspicious\s+for",
-     "pre", "possible"),
-    (r"no\s+(?:evidence|sign|signs|definite\s+evidence)\s+of|negative\s+for|free\s+of|absence\s+of|without(?:\s+evidence\s+of)?"
-     r"|(?:does|did|do)\s+not\s+(?:show|demonstrate|reveal|contain|identify)|\bno\b|\bnot\b|\bnor\b",
-     "pre", "absent"),
-    (r"positive\s+for|presence\s+of|\bwith\b|associated\s+with|\bshows?\b|\bshowing\b|\bdemonstrat\w*|\bfeatures?\s+of",
-     "pre", "present"),
+    (
+        r"not\s+(?:assessed|evaluated|assessable|applicable|reported|performed)|cannot\s+be\s+(?:assessed|evaluated|determined)"
+        r"|\bunknown\b|\bn/a\b",
+        "post",
+        _UNSTATED,
+    ),
+    (
+        r"cannot\s+be\s+(?:excluded|ruled\s+out)|can'?t\s+be\s+(?:excluded|ruled\s+out)|not\s+(?:be\s+)?(?:excluded|ruled\s+out)"
+        r"|(?:is|are)\s+(?:suspected|questionable|equivocal|indeterminate|possible|probable)|\bsuspected\b|\bequivocal\b|\bindeterminate\b",
+        "post",
+        "possible",
+    ),
+    (
+        r"not\s+(?:definitively\s+|definitely\s+)?(?:identified|seen|present|detected|found|appreciated|noted|visualized)"
+        r"|none\s+(?:identified|seen|present|detected)|\babsent\b|\bnegative\b(?!\s+for)|\bnone\b|\buninvolved\b",
+        "post",
+        "absent",
+    ),
+    (
+        r"suspicious\s+(?:for|of)|suggestive\s+of|concerning\s+for|worrisome\s+for|cannot\s+(?:rule\s+out|exclude)"
+        r"|can'?t\s+(?:rule\s+out|exclude)|\bpossible\b|\bpossibly\b|\bprobable\b|\bquestionable\b|\bfocus\s+suspicious\s+for",
+        "pre",
+        "possible",
+    ),
+    (
+        r"no\s+(?:evidence|sign|signs|definite\s+evidence)\s+of|negative\s+for|free\s+of|absence\s+of|without(?:\s+evidence\s+of)?"
+        r"|(?:does|did|do)\s+not\s+(?:show|demonstrate|reveal|contain|identify)|\bno\b|\bnot\b|\bnor\b",
+        "pre",
+        "absent",
+    ),
+    (
+        r"positive\s+for|presence\s+of|\bwith\b|associated\s+with|\bshows?\b|\bshowing\b|\bdemonstrat\w*|\bfeatures?\s+of",
+        "pre",
+        "present",
+    ),
     (r"\bpresent\b|\bidentified\b|\bseen\b|\bnoted\b|\bdetected\b|\bpositive\b|\binvolved\b", "post", "present"),
-    (r"\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b", "adjective", "present"),  # "extensive necrosis", "LVI: focal"
+    (
+        r"\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b",
+        "adjective",
+        "present",
+    ),  # "extensive necrosis", "LVI: focal"
 ]
 _CUE = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _, _) in enumerate(_CUES)))  # on lowered clauses
-_GLUE = re.compile(r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas\b|\bwere\b|\bboth\b|\beither\b|\bneither\b"
-                   r"|\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b)*$")
+_GLUE = re.compile(
+    r"^(?:[\s,:/()\-]|\band\b|\bor\b|\bnor\b|\bis\b|\bare\b|\bwas\b|\bwere\b|\bboth\b|\beither\b|\bneither\b"
+    r"|\bextensive\b|\bfocal\b|\bmultifocal\b|\bprominent\b)*$"
+)
 _LIST_WORD = re.compile(r"\b(?:and|or|nor)\b")
 _MAX_FILLER_WORDS = 3  # "no evidence of [definite residual] DCIS": words between a cue and its first item
 _MAX_DESCRIPTOR_WORDS = 8  # "DCIS[, cribriform type, nuclear grade 2,] present"
@@ -103,7 +134,10 @@ def clauses(text: str) -> tuple[str, ...]:
 @lru_cache(maxsize=4096)
 def _nouns(clause: str) -> tuple[tuple[int, int], ...]:
     """Spans of every finding keyword and scope-ending noun, without overlaps (the earlier wins)."""
-    spans = sorted({m.span() for f in FINDINGS for m in finding_matches(f, clause)} | {m.span() for m in _OTHER_NOUNS.finditer(clause)})
+    spans = sorted(
+        {m.span() for f in FINDINGS for m in finding_matches(f, clause)}
+        | {m.span() for m in _OTHER_NOUNS.finditer(clause)}
+    )
     kept: list[tuple[int, int]] = []
     for s, e in spans:
         if kept and s < kept[-1][1]:
@@ -133,8 +167,13 @@ def _without_nouns(text: str, offset: int, nouns: Sequence[tuple[int, int]]) -> 
     return "".join(chars), count
 
 
-def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: Sequence[tuple[int, int]],
-                 cues: Sequence[tuple[int, int, str, str]]) -> bool:
+def _pre_governs(
+    clause: str,
+    cue_end: int,
+    key: tuple[int, int],
+    nouns: Sequence[tuple[int, int]],
+    cues: Sequence[tuple[int, int, str, str]],
+) -> bool:
     """Whether the keyword at `key` is in the scope of a cue ending at `cue_end`: the first item
     after at most a few filler words, or an item of a list joined by and/or/nor."""
     items = [n for n in nouns if n[0] >= cue_end]
@@ -149,8 +188,13 @@ def _pre_governs(clause: str, cue_end: int, key: tuple[int, int], nouns: Sequenc
             break
         after = clause[nxt[1] :]
         own_cue = next((c for c in cues if c[0] >= nxt[1]), None)
-        if ("," in sep and not _LIST_WORD.search(sep) and own_cue and own_cue[2] in ("post", "adjective")
-                and _GLUE.match(after[: own_cue[0] - nxt[1]])):
+        if (
+            "," in sep
+            and not _LIST_WORD.search(sep)
+            and own_cue
+            and own_cue[2] in ("post", "adjective")
+            and _GLUE.match(after[: own_cue[0] - nxt[1]])
+        ):
             break  # ", LVI present": a new statement, not a list item
         run.append(nxt)
         seps.append(sep)
@@ -179,11 +223,21 @@ def status_at(clause: str, key: tuple[int, int]) -> str | None:
     cues = _cues(clause)
     before = [c for c in cues if c[1] <= key[0]]
     after = [c for c in cues if c[0] >= key[1]]
-    adjective = before[-1] if before and before[-1][2] == "adjective" and not clause[before[-1][1] : key[0]].strip() else None
+    adjective = (
+        before[-1] if before and before[-1][2] == "adjective" and not clause[before[-1][1] : key[0]].strip() else None
+    )
     governing = [c for c in before if c[2] != "adjective"]  # "no extensive necrosis": adjectives are filler words
-    pre = governing[-1] if governing and governing[-1][2] == "pre" and _pre_governs(clause, governing[-1][1], key, nouns, cues) else None
+    pre = (
+        governing[-1]
+        if governing and governing[-1][2] == "pre" and _pre_governs(clause, governing[-1][1], key, nouns, cues)
+        else None
+    )
     pre = pre or adjective  # else an adjective right before the finding states it: "with extensive necrosis"
-    post = after[0] if after and after[0][2] in ("post", "adjective") and _post_applies(clause, key, after[0][0], nouns) else None
+    post = (
+        after[0]
+        if after and after[0][2] in ("post", "adjective") and _post_applies(clause, key, after[0][0], nouns)
+        else None
+    )
     if pre and post:
         return min(pre[3], post[3], key=_ORDER.index)
     if pre:

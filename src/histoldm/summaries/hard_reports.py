@@ -24,27 +24,92 @@ from dataclasses import dataclass, field
 
 from histoldm.summaries.synthetic import _DISCLAIMERS, _wrap
 
-FACT_KINDS = ("laterality", "procedure", "histologic_type", "grade", "size", "er", "pr", "her2", "nodes", "lvi", "dcis",
-              "lcis", "necrosis", "margins", "tils")
+FACT_KINDS = (
+    "laterality",
+    "procedure",
+    "histologic_type",
+    "grade",
+    "size",
+    "er",
+    "pr",
+    "her2",
+    "nodes",
+    "lvi",
+    "dcis",
+    "lcis",
+    "necrosis",
+    "margins",
+    "tils",
+)
 FINDING_KINDS = ("lvi", "dcis", "lcis", "necrosis")
 MIN_WORDS, MAX_WORDS = 366, 725
 
 IDC, ILC, DCIS = "invasive ductal carcinoma", "invasive lobular carcinoma", "ductal carcinoma in situ"
-_PROCEDURES = ["segmental mastectomy", "lumpectomy", "modified radical mastectomy", "simple mastectomy",
-               "partial mastectomy", "total mastectomy"]
-_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-                 "twenty", "twenty-one", "twenty-two", "twenty-three", "twenty-four", "twenty-five"]
+_PROCEDURES = [
+    "segmental mastectomy",
+    "lumpectomy",
+    "modified radical mastectomy",
+    "simple mastectomy",
+    "partial mastectomy",
+    "total mastectomy",
+]
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "twenty-one",
+    "twenty-two",
+    "twenty-three",
+    "twenty-four",
+    "twenty-five",
+]
 _FINDING_NAMES = {
-    "lvi": ("LVI", "lymphovascular invasion", "lymph-vascular invasion", "lymphovascular space invasion",
-            "angiolymphatic invasion", "LVSI"),
+    "lvi": (
+        "LVI",
+        "lymphovascular invasion",
+        "lymph-vascular invasion",
+        "lymphovascular space invasion",
+        "angiolymphatic invasion",
+        "LVSI",
+    ),
     "dcis": ("DCIS", "ductal carcinoma in situ"),
     "lcis": ("LCIS", "lobular carcinoma in situ"),
-    "necrosis": ("necrosis", "tumour necrosis", "tumor necrosis", "comedonecrosis", "comedo necrosis", "comedo-type necrosis"),
+    "necrosis": (
+        "necrosis",
+        "tumour necrosis",
+        "tumor necrosis",
+        "comedonecrosis",
+        "comedo necrosis",
+        "comedo-type necrosis",
+    ),
 }
 _TYPE_FORMS = {
-    IDC: (IDC, "IDC", "infiltrating ductal carcinoma", "invasive carcinoma of no special type", "invasive carcinoma NST",
-          "invasive ductal carcinoma (NST)"),
+    IDC: (
+        IDC,
+        "IDC",
+        "infiltrating ductal carcinoma",
+        "invasive carcinoma of no special type",
+        "invasive carcinoma NST",
+        "invasive ductal carcinoma (NST)",
+    ),
     ILC: (ILC, "ILC", "infiltrating lobular carcinoma"),
     DCIS: (DCIS, "DCIS"),
 }
@@ -56,7 +121,12 @@ _RECEPTOR_FORMS = {
 _OCR_SWAPS = (("i", "l"), ("l", "1"), ("I", "l"), ("m", "rn"), ("l", "I"))
 _PART_STYLES = ("dot", "dot", "paren", "part", "number", "specimen")  # "A.", "A)", "PART A:", "PART 1:", "Specimen A -"
 _DIRECTIONS = ["SUPERIOR", "INFERIOR", "MEDIAL", "LATERAL", "DEEP", "ANTERIOR"]
-_LVI_NAMES = ("LYMPHOVASCULAR INVASION", "LYMPH-VASCULAR INVASION", "ANGIOLYMPHATIC INVASION", "LYMPHOVASCULAR SPACE INVASION")
+_LVI_NAMES = (
+    "LYMPHOVASCULAR INVASION",
+    "LYMPH-VASCULAR INVASION",
+    "ANGIOLYMPHATIC INVASION",
+    "LYMPHOVASCULAR SPACE INVASION",
+)
 
 
 def _part_id(letter: str, style: str) -> str:
@@ -66,8 +136,13 @@ def _part_id(letter: str, style: str) -> str:
 def _part_heading(letter: str, style: str) -> str:
     """How the diagnosis opens a specimen part, in one of the styles reports use."""
     shown = _part_id(letter, style)
-    return {"dot": f"{shown}.", "paren": f"{shown})", "part": f"PART {shown}:", "number": f"PART {shown}:",
-            "specimen": f"Specimen {shown} -"}[style]
+    return {
+        "dot": f"{shown}.",
+        "paren": f"{shown})",
+        "part": f"PART {shown}:",
+        "number": f"PART {shown}:",
+        "specimen": f"Specimen {shown} -",
+    }[style]
 
 
 @dataclass(frozen=True)
@@ -89,7 +164,9 @@ class HardReport:
     traps: tuple[Trap, ...]
     features: frozenset[str]  # planted patterns, for coverage counts (e.g. "nodes:words", "neoadjuvant_residual")
     parts: tuple[str, ...]  # specimen part letters
-    notes: dict[str, str] = field(default_factory=dict)  # kind -> the report's short qualifier ("weakly positive (10%)", "pN1mi")
+    notes: dict[str, str] = field(
+        default_factory=dict
+    )  # kind -> the report's short qualifier ("weakly positive (10%)", "pN1mi")
 
     @property
     def surface(self) -> dict[str, tuple[str, ...]]:
@@ -113,7 +190,9 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
     if kind == "laterality":
         return (f"{value} breast", value, f"{value}-sided")
     if kind == "procedure":
-        extra = {"modified radical mastectomy": ("MRM",), "segmental mastectomy": ("segmental resection",)}.get(value, ())
+        extra = {"modified radical mastectomy": ("MRM",), "segmental mastectomy": ("segmental resection",)}.get(
+            value, ()
+        )
         return (value, *extra)
     if kind == "histologic_type":
         return _TYPE_FORMS[value]
@@ -125,13 +204,17 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         return (value, f"{cm:g}cm", f"{round(cm * 10):d} mm")
     if kind in ("er", "pr", "her2"):
         sign = {"positive": "+", "negative": "-"}.get(value)
-        forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]]
+        forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [
+            f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]
+        ]
         forms += [f"{name}: {value}" for name in _RECEPTOR_FORMS[kind]]
         if sign:
             forms += [f"{name}{sign}" for name in _RECEPTOR_FORMS[kind]]
         if kind in ("er", "pr") and value == "positive":
             forms += [f"{name} weakly positive" for name in _RECEPTOR_FORMS[kind]]
-            forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]]
+            forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [
+                f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]
+            ]
             if facts.get("er") == facts.get("pr") == "positive":
                 forms += ["ER/PR positive", "ER/PR+", "ER and PR positive", "hormone receptor positive", "HR+"]
         if kind in ("er", "pr") and value == "negative" and facts.get("er") == facts.get("pr") == "negative":
@@ -139,7 +222,14 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         if kind == "her2" and value == "positive":
             forms += ["HER2 3+", "HER2 amplified", "FISH amplified", "ISH amplified", "HER2 2+ FISH amplified"]
         if kind == "her2" and value == "negative":
-            forms += ["HER2 0", "HER2 1+", "HER2 not amplified", "FISH not amplified", "FISH non-amplified", "ISH not amplified"]
+            forms += [
+                "HER2 0",
+                "HER2 1+",
+                "HER2 not amplified",
+                "FISH not amplified",
+                "FISH non-amplified",
+                "ISH not amplified",
+            ]
         if kind == "her2" and value == "equivocal":
             forms = ["HER2 equivocal", "HER2: equivocal", "HER2 2+ (equivocal)", "HER2 2+, equivocal"]
         if value == "negative" and facts.get("er") == facts.get("pr") == facts.get("her2") == "negative":
@@ -151,16 +241,48 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         return tuple(dict.fromkeys(forms))
     if kind == "margins":
         if value == "negative":
-            return ("margins negative", "margin negative", "negative margins", "margins free", "margins clear", "clear margins",
-                    "margins: negative", "margins uninvolved", "margins are negative", "margins not involved")
-        return ("margins positive", "margin positive", "positive margin", "positive margins", "margin involved", "margins involved",
-                "margins: positive", "involved margin", "margin: positive", "margins are positive")
+            return (
+                "margins negative",
+                "margin negative",
+                "negative margins",
+                "margins free",
+                "margins clear",
+                "clear margins",
+                "margins: negative",
+                "margins uninvolved",
+                "margins are negative",
+                "margins not involved",
+            )
+        return (
+            "margins positive",
+            "margin positive",
+            "positive margin",
+            "positive margins",
+            "margin involved",
+            "margins involved",
+            "margins: positive",
+            "involved margin",
+            "margin: positive",
+            "margins are positive",
+        )
     if kind == "tils":
         pct = value
-        return (f"TILs {pct}", f"TILs: {pct}", f"TILs ({pct}", f"{pct} TILs", f"stromal TILs {pct}", f"{pct} stromal TILs",
-                f"tumour-infiltrating lymphocytes {pct}", f"tumor-infiltrating lymphocytes {pct}",
-                f"tumour-infiltrating lymphocytes ({pct}", f"tumor-infiltrating lymphocytes ({pct}", f"TILs, {pct}",
-                f"TILs approximately {pct}", f"TIL {pct}", f"sTILs {pct}")
+        return (
+            f"TILs {pct}",
+            f"TILs: {pct}",
+            f"TILs ({pct}",
+            f"{pct} TILs",
+            f"stromal TILs {pct}",
+            f"{pct} stromal TILs",
+            f"tumour-infiltrating lymphocytes {pct}",
+            f"tumor-infiltrating lymphocytes {pct}",
+            f"tumour-infiltrating lymphocytes ({pct}",
+            f"tumor-infiltrating lymphocytes ({pct}",
+            f"TILs, {pct}",
+            f"TILs approximately {pct}",
+            f"TIL {pct}",
+            f"sTILs {pct}",
+        )
     if kind == "ocr":
         return (value,)
     raise ValueError(f"unknown fact kind {kind!r}")
@@ -189,7 +311,12 @@ class _Noise:
         out = []
         for word in text.split(" "):
             core = word.strip(".,;:()")
-            if len(core) >= 5 and core.isalpha() and self.rng.random() < self.rate and (noisy := _ocr_word(core, self.rng)):
+            if (
+                len(core) >= 5
+                and core.isalpha()
+                and self.rng.random() < self.rate
+                and (noisy := _ocr_word(core, self.rng))
+            ):
                 self.words.add(noisy)
                 word = word.replace(core, noisy, 1)
             out.append(word)
@@ -198,8 +325,10 @@ class _Noise:
 
 def _pct_phrase(rng: random.Random, kind: str, value: str, weak: str | None) -> tuple[str, str]:
     """(diagnosis phrase, short table value) for ER/PR."""
-    name = {"er": rng.choice(["ESTROGEN RECEPTOR (ER)", "Estrogen receptor", "ER"]),
-            "pr": rng.choice(["PROGESTERONE RECEPTOR (PgR)", "Progesterone receptor", "PR"])}[kind]
+    name = {
+        "er": rng.choice(["ESTROGEN RECEPTOR (ER)", "Estrogen receptor", "ER"]),
+        "pr": rng.choice(["PROGESTERONE RECEPTOR (PgR)", "Progesterone receptor", "PR"]),
+    }[kind]
     if weak == "weak10":
         return f"{name}: WEAKLY POSITIVE (10%)", "weakly positive (10%)"
     if weak == "low":
@@ -232,7 +361,9 @@ class _Case:
 def _plan(rng: random.Random) -> _Case:
     case = _Case(rng)
     f = case.facts
-    scenario = rng.choices(["invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only"], weights=[60, 14, 10, 16])[0]
+    scenario = rng.choices(
+        ["invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only"], weights=[60, 14, 10, 16]
+    )[0]
     case.features.add(scenario)
     f["laterality"] = rng.choice(["left", "right"])
     f["procedure"] = rng.choice(_PROCEDURES)
@@ -297,9 +428,14 @@ def _grade_text(rng: random.Random, grade: str) -> str:
     scores = {"1": (1, 1, 1), "2": (3, 2, 1), "3": (3, 3, 2)}[grade]
     roman = {"1": "I", "2": "II", "3": "III"}[grade]
     diff = {"1": "well", "2": "moderately", "3": "poorly"}[grade]
-    return rng.choice([f"NOTTINGHAM GRADE {grade} ({scores[0]}+{scores[1]}+{scores[2]} = {sum(scores)}/9)",
-                       f"HISTOLOGIC GRADE {roman} OF III", f"{diff.upper()} DIFFERENTIATED (GRADE {grade})",
-                       f"MODIFIED BLOOM-RICHARDSON GRADE {grade} OF 3 (SCORE {sum(scores)})"])
+    return rng.choice(
+        [
+            f"NOTTINGHAM GRADE {grade} ({scores[0]}+{scores[1]}+{scores[2]} = {sum(scores)}/9)",
+            f"HISTOLOGIC GRADE {roman} OF III",
+            f"{diff.upper()} DIFFERENTIATED (GRADE {grade})",
+            f"MODIFIED BLOOM-RICHARDSON GRADE {grade} OF 3 (SCORE {sum(scores)})",
+        ]
+    )
 
 
 def _status_phrase(rng: random.Random, name: str, status: str) -> str:
@@ -329,16 +465,31 @@ def _nodes(case: _Case, parts: list[tuple[str, str]]) -> tuple[list[tuple[str, s
         k = 0 if rng.random() < 0.5 else rng.randint(1, min(n, 7))
         if notation == "pn1mi":
             k = 1
-            text = (f"MICROMETASTATIC CARCINOMA IN {number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES "
-                    f"(LARGEST FOCUS 0.{rng.randint(3, 18):02d} CM; pN1mi), NO EXTRANODAL EXTENSION")
+            text = (
+                f"MICROMETASTATIC CARCINOMA IN {number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES "
+                f"(LARGEST FOCUS 0.{rng.randint(3, 18):02d} CM; pN1mi), NO EXTRANODAL EXTENSION"
+            )
         elif notation == "itc":
             k = 0
-            text = (f"ISOLATED TUMOR CELLS IN ONE OF {n} LYMPH NODES (CLUSTER 0.01 CM, KERATIN STAIN), "
-                    f"NEGATIVE FOR METASTATIC CARCINOMA (0/{n}); pN0(i+)")
+            text = (
+                f"ISOLATED TUMOR CELLS IN ONE OF {n} LYMPH NODES (CLUSTER 0.01 CM, KERATIN STAIN), "
+                f"NEGATIVE FOR METASTATIC CARCINOMA (0/{n}); pN0(i+)"
+            )
             case.trap("nodes", f"1/{n}", "itc")
         else:
             text = _status_line(rng, k, n, notation)
-        lines = [(rng.choice(["SENTINEL LYMPH NODE(S)", "AXILLARY SENTINEL LYMPH NODES #1-#%d" % max(n, 2), "LYMPH NODES, AXILLARY"]), text)]
+        lines = [
+            (
+                rng.choice(
+                    [
+                        "SENTINEL LYMPH NODE(S)",
+                        f"AXILLARY SENTINEL LYMPH NODES #1-#{max(n, 2)}",
+                        "LYMPH NODES, AXILLARY",
+                    ]
+                ),
+                text,
+            )
+        ]
     f["nodes"] = f"{k}/{n}"
     start = len(parts)
     letters = "ABCDEFG"
@@ -354,23 +505,37 @@ def _nodes(case: _Case, parts: list[tuple[str, str]]) -> tuple[list[tuple[str, s
 def _status_line(rng: random.Random, k: int, n: int, notation: str | None = None) -> str:
     notation = notation or rng.choice(["slash", "of", "paren"])
     if notation == "slash":
-        return (f"NEGATIVE FOR METASTATIC CARCINOMA. LYMPH NODES: 0/{n}" if k == 0
-                else f"METASTATIC CARCINOMA. LYMPH NODES: {k}/{n}, LARGEST DEPOSIT {rng.randint(3, 15)} MM")
+        return (
+            f"NEGATIVE FOR METASTATIC CARCINOMA. LYMPH NODES: 0/{n}"
+            if k == 0
+            else f"METASTATIC CARCINOMA. LYMPH NODES: {k}/{n}, LARGEST DEPOSIT {rng.randint(3, 15)} MM"
+        )
     if notation == "of":
-        return (f"NO METASTATIC CARCINOMA IN 0 OF {n} LYMPH NODES" if k == 0
-                else f"METASTATIC CARCINOMA IN {k} OF {n} LYMPH NODES")
+        return (
+            f"NO METASTATIC CARCINOMA IN 0 OF {n} LYMPH NODES"
+            if k == 0
+            else f"METASTATIC CARCINOMA IN {k} OF {n} LYMPH NODES"
+        )
     if notation == "paren":
-        return ("NEGATIVE FOR METASTATIC CARCINOMA" + f" (0/{n})" if k == 0
-                else f"METASTATIC CARCINOMA IN {number_word(k).upper()} LYMPH NODE{'S' if k > 1 else ''} ({k}/{n})")
-    return (f"{number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES POSITIVE FOR METASTATIC CARCINOMA" if k
-            else f"NONE OF {number_word(n).upper()} LYMPH NODES INVOLVED BY CARCINOMA")
+        return (
+            "NEGATIVE FOR METASTATIC CARCINOMA" + f" (0/{n})"
+            if k == 0
+            else f"METASTATIC CARCINOMA IN {number_word(k).upper()} LYMPH NODE{'S' if k > 1 else ''} ({k}/{n})"
+        )
+    return (
+        f"{number_word(k).upper()} OF {number_word(n).upper()} LYMPH NODES POSITIVE FOR METASTATIC CARCINOMA"
+        if k
+        else f"NONE OF {number_word(n).upper()} LYMPH NODES INVOLVED BY CARCINOMA"
+    )
 
 
 def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> dict[str, str]:
     """The values an addendum will correct, kind -> the old value the body of the report shows (each a trap)."""
     rng, f = case.rng, case.facts
     corrections: dict[str, str] = {}
-    correctable = [k for k in ("er", "pr", "grade", "laterality") if k in f] + (["her2"] if receptors.get("her2_ihc") == "2+" else [])
+    correctable = [k for k in ("er", "pr", "grade", "laterality") if k in f] + (
+        ["her2"] if receptors.get("her2_ihc") == "2+" else []
+    )
     if correctable and rng.random() < 0.4:
         for kind in rng.sample(correctable, k=min(len(correctable), rng.choice([1, 1, 2]))):
             if kind in ("er", "pr"):
@@ -390,19 +555,27 @@ def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> d
 def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side: str, other: str) -> str:
     """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note (traps planted)."""
     rng, f = case.rng, case.facts
-    history_kind = rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0] if scenario in ("invasive", "dcis_only") else "neoadjuvant"
+    history_kind = (
+        rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0]
+        if scenario in ("invasive", "dcis_only")
+        else "neoadjuvant"
+    )
     age = rng.randint(34, 84)
     if history_kind == "contralateral" and "laterality" not in corrections:
         year = rng.randint(1998, 2010)
         conserving = ("lumpectomy", "segmental mastectomy", "partial mastectomy")
-        prior_proc = rng.choice(["modified radical mastectomy", "simple mastectomy"] if f["procedure"] in conserving else conserving)
+        prior_proc = rng.choice(
+            ["modified radical mastectomy", "simple mastectomy"] if f["procedure"] in conserving else conserving
+        )
         prior_type = rng.choice([IDC, ILC])
         prior_er = rng.choice(["positive", "negative"])
         prior_grade = rng.choice("123")
         radiation = " and radiation" if prior_proc in conserving else ""
-        history = (f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
-                   f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
-                   f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}")
+        history = (
+            f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
+            f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
+            f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}"
+        )
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
         case.trap("procedure", prior_proc, "history")
@@ -414,11 +587,15 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
             case.trap("histologic_type", prior_type, "history")
     elif history_kind == "neoadjuvant":
         biopsy_grade = "3"
-        bx = (f"invasive ductal carcinoma, grade {biopsy_grade}, ER {rng.choice(['positive (95%)', 'negative (0%)'])}, "
-              f"HER2 {rng.choice(['positive (3+)', 'negative (1+)'])}")
-        history = (f"{age}-year-old woman with biopsy-proven {shown_side} breast {bx} on outside core biopsy, "
-                   f"status post neoadjuvant chemotherapy ({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
-                   f"Clip placed in the tumor. Clinical partial response on MRI.")
+        bx = (
+            f"invasive ductal carcinoma, grade {biopsy_grade}, ER {rng.choice(['positive (95%)', 'negative (0%)'])}, "
+            f"HER2 {rng.choice(['positive (3+)', 'negative (1+)'])}"
+        )
+        history = (
+            f"{age}-year-old woman with biopsy-proven {shown_side} breast {bx} on outside core biopsy, "
+            f"status post neoadjuvant chemotherapy ({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
+            f"Clip placed in the tumor. Clinical partial response on MRI."
+        )
         case.features.add("history_neoadjuvant")
         if "grade" not in f or f["grade"] != biopsy_grade:
             case.trap("grade", biopsy_grade, "history")
@@ -431,7 +608,9 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
     return history
 
 
-def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, involved: str, noise: _Noise) -> tuple[list[str], bool]:
+def _part_a(
+    case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, involved: str, noise: _Noise
+) -> tuple[list[str], bool]:
     """The diagnosis lines of the tumour part, and whether its LCIS has central necrosis."""
     rng, f = case.rng, case.facts
     invasive = scenario in ("invasive", "neoadjuvant_residual")
@@ -439,14 +618,20 @@ def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, in
     lcis_central = False
     if scenario == "no_residual_invasive":
         a.append("NO RESIDUAL INVASIVE CARCINOMA IDENTIFIED (ypT0 FOR THE INVASIVE COMPONENT)")
-        a.append(f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, CRIBRIFORM TYPE, "
-                 f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)")
-        a.append(f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, CONSISTENT WITH TREATMENT EFFECT")
+        a.append(
+            f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, CRIBRIFORM TYPE, "
+            f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
+        )
+        a.append(
+            f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, CONSISTENT WITH TREATMENT EFFECT"
+        )
         a.append(_status_phrase(rng, lvi_name, "absent"))
     elif scenario == "dcis_only":
         nec = ", WITH CENTRAL COMEDONECROSIS" if f["necrosis"] == "present" else ", WITHOUT NECROSIS"
-        a.append(f"DUCTAL CARCINOMA IN SITU, {rng.choice(['HIGH', 'INTERMEDIATE'])} NUCLEAR GRADE, "
-                 f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, SPANNING {rng.uniform(0.5, 4.5):.1f} CM")
+        a.append(
+            f"DUCTAL CARCINOMA IN SITU, {rng.choice(['HIGH', 'INTERMEDIATE'])} NUCLEAR GRADE, "
+            f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, SPANNING {rng.uniform(0.5, 4.5):.1f} CM"
+        )
         a.append(rng.choice(["NO INVASIVE CARCINOMA IDENTIFIED", "NEGATIVE FOR INVASIVE CARCINOMA"]))
         a.append(_status_phrase(rng, lvi_name, "absent"))
         case.trap("histologic_type", IDC, "in_situ_only")
@@ -458,24 +643,36 @@ def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, in
             type_text = "INVASIVE CARCINOMA OF NO SPECIAL TYPE (DUCTAL)"
         if rng.random() < 0.35:  # the OCR'd type word that must never reach a summary
             bad = rng.choice(["lNFILTRATING", "lNVASIVE", "1NVASIVE", "CARCINORNA", "DUCTA1", "L0BULAR"])
-            target = {"lNFILTRATING": "INFILTRATING", "lNVASIVE": "INVASIVE", "1NVASIVE": "INVASIVE", "CARCINORNA": "CARCINOMA",
-                      "DUCTA1": "DUCTAL", "L0BULAR": "LOBULAR"}[bad]
+            target = {
+                "lNFILTRATING": "INFILTRATING",
+                "lNVASIVE": "INVASIVE",
+                "1NVASIVE": "INVASIVE",
+                "CARCINORNA": "CARCINOMA",
+                "DUCTA1": "DUCTAL",
+                "L0BULAR": "LOBULAR",
+            }[bad]
             if target in type_text:
                 type_text = type_text.replace(target, bad, 1)
                 noise.words.add(bad)
                 case.features.add("ocr_in_diagnosis")
         prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
         size = f["size"]
-        a.append(f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, {rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
-                 f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " "))
+        a.append(
+            f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, {rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
+            f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
+        )
         if scenario == "neoadjuvant_residual":
-            a.append(f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM")
+            a.append(
+                f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
+            )
         a.append(_status_phrase(rng, lvi_name, f["lvi"]))
         if f["dcis"] == "present":
             comedo = rng.random() < 0.5
-            a.append(f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
-                     f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
-                     f"{rng.randint(5, 30)}% OF TUMOR")
+            a.append(
+                f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
+                f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
+                f"{rng.randint(5, 30)}% OF TUMOR"
+            )
             if comedo and f["necrosis"] == "absent":
                 case.trap("necrosis", "present", "in_situ_necrosis")
         else:
@@ -486,25 +683,42 @@ def _part_a(case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, in
             del f["lcis"]  # not stated: not a fact of this report
         if f.get("lcis") == "present":
             lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
-            a.append(f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}")
+            a.append(
+                f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
+            )
             if lcis_central:
                 case.trap("necrosis", "present", "in_situ_necrosis")
     if f.get("lcis") == "present" and not invasive:
         a.append("LOBULAR CARCINOMA IN SITU, CLASSIC TYPE, FOCAL")
     if f["margins"] == "negative":
-        a.append(rng.choice([f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} AT {rng.randint(1, 15)} MM",
-                             "SURGICAL MARGINS FREE OF CARCINOMA", f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)"]))
+        a.append(
+            rng.choice(
+                [
+                    f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} AT {rng.randint(1, 15)} MM",
+                    "SURGICAL MARGINS FREE OF CARCINOMA",
+                    f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
+                ]
+            )
+        )
     else:
         lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
-        a.append(rng.choice([f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
-                             f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN"]))
+        a.append(
+            rng.choice(
+                [
+                    f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
+                    f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN",
+                ]
+            )
+        )
     return a, lcis_central
 
 
 def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     case = _plan(rng)
     f = case.facts
-    scenario = next(s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features)
+    scenario = next(
+        s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features
+    )
     receptors = _receptor_plan(case, scenario)
     noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
     other = "right" if f["laterality"] == "left" else "left"
@@ -528,14 +742,22 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     margin_part = None
     if extra_margin:
         margin_part = "ABCDEFG"[len(parts)]
-        parts.append((margin_part, f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST"))
+        parts.append(
+            (
+                margin_part,
+                f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST",
+            )
+        )
     if f["dcis"] == "present" and margin_part:
         case.trap("dcis", "absent", "negative_part")
     case.features.add(f"parts:{len(parts)}")
 
     a, lcis_central = _part_a(case, scenario, shown, lvi_name, involved, noise)
-    margin_line = ("BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
-                   if rng.random() < 0.6 else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE")
+    margin_line = (
+        "BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
+        if rng.random() < 0.6
+        else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE"
+    )
 
     # receptor text (in the diagnosis, in ancillary studies, or reported in an addendum)
     receptor_lines: list[str] = []
@@ -554,41 +776,65 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             ihc = receptors["her2_ihc"]
             if ihc == "2+":
                 ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
-                fish = ("AMPLIFIED" if f["her2"] == "positive" else "NOT AMPLIFIED")
+                fish = "AMPLIFIED" if f["her2"] == "positive" else "NOT AMPLIFIED"
                 case.features.add(f"her2_ish:{f['her2']}")
                 case.trap("her2", "equivocal", "her2_ish")
                 if "her2" in corrections:
-                    receptor_lines.append("HER2 (IHC, 4B5): EQUIVOCAL (2+); HER2 FISH HAS BEEN REQUESTED AND WILL BE REPORTED IN AN ADDENDUM")
+                    receptor_lines.append(
+                        "HER2 (IHC, 4B5): EQUIVOCAL (2+); HER2 FISH HAS BEEN REQUESTED AND WILL BE REPORTED IN AN ADDENDUM"
+                    )
                 else:
-                    receptor_lines.append(f"HER2 (IHC): EQUIVOCAL (SCORE 2+). HER2 FISH: {fish} (HER2/CEP17 RATIO {ratio}); "
-                                          f"HER2 {f['her2'].upper()}")
+                    receptor_lines.append(
+                        f"HER2 (IHC): EQUIVOCAL (SCORE 2+). HER2 FISH: {fish} (HER2/CEP17 RATIO {ratio}); "
+                        f"HER2 {f['her2'].upper()}"
+                    )
             else:
                 receptor_lines.append(f"HER2 (IHC): {f['her2'].upper()} (SCORE {ihc})")
 
     # TILs and the microscopic description
     til_line = None
     if "tils" in f:
-        til_line = rng.choice([f"Stromal TILs: {f['tils']}", f"Tumor-infiltrating lymphocytes (stromal): approximately {f['tils']}",
-                               f"TILs estimated at {f['tils']} of the stromal area"])
+        til_line = rng.choice(
+            [
+                f"Stromal TILs: {f['tils']}",
+                f"Tumor-infiltrating lymphocytes (stromal): approximately {f['tils']}",
+                f"TILs estimated at {f['tils']} of the stromal area",
+            ]
+        )
         case.features.add("tils")
     micro = []
     if invasive:
         growth = "single files and targetoid arrays" if f["histologic_type"] == ILC else "nests, cords and glands"
-        micro.append(f"Sections of part A show an infiltrating carcinoma arranged in {growth} in a desmoplastic stroma.")
-        micro.append({"present": "Foci of tumor necrosis are present in the invasive carcinoma.",
-                      "absent": "Tumor necrosis is not identified in the invasive component."}[f["necrosis"]])
+        micro.append(
+            f"Sections of part A show an infiltrating carcinoma arranged in {growth} in a desmoplastic stroma."
+        )
+        micro.append(
+            {
+                "present": "Foci of tumor necrosis are present in the invasive carcinoma.",
+                "absent": "Tumor necrosis is not identified in the invasive component.",
+            }[f["necrosis"]]
+        )
         if lcis_central:
             micro.append("The adjacent lobular neoplasia is pleomorphic, with central necrosis and calcifications.")
         if til_line:
             micro.append(til_line + ".")
-        micro.append({"present": "Tumor emboli are seen in dermal and peritumoral lymphatic spaces.",
-                      "absent": "No lymphovascular invasion is seen."}[f["lvi"]])
+        micro.append(
+            {
+                "present": "Tumor emboli are seen in dermal and peritumoral lymphatic spaces.",
+                "absent": "No lymphovascular invasion is seen.",
+            }[f["lvi"]]
+        )
     else:
-        micro.append("Sections show ducts distended by atypical epithelial cells with "
-                     + ("central comedo-type necrosis." if f.get("necrosis") == "present" else "no necrosis.")
-                     + " No stromal invasion is seen on multiple levels and keratin stains.")
-    micro.append(f"Part {_part_id(margin_part, part_style)} consists of benign breast tissue." if margin_part
-                 else "The remaining parts are described below.")
+        micro.append(
+            "Sections show ducts distended by atypical epithelial cells with "
+            + ("central comedo-type necrosis." if f.get("necrosis") == "present" else "no necrosis.")
+            + " No stromal invasion is seen on multiple levels and keratin stains."
+        )
+    micro.append(
+        f"Part {_part_id(margin_part, part_style)} consists of benign breast tissue."
+        if margin_part
+        else "The remaining parts are described below."
+    )
     micro = [noise(m) if rng.random() < 0.5 else m for m in micro]
 
     # synoptic
@@ -601,15 +847,22 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             syn.append(f"Histologic type: {f['histologic_type'].capitalize()}")
             syn.append(f"Histologic grade (Nottingham): {shown['grade']}")
             syn.append(f"Tumor size: {f['size']}")
-            syn.append(f"Tumor necrosis: {'Present' if f['necrosis'] == 'present' else rng.choice(['Not identified', 'Absent', 'Not identified in the invasive component'])}")
+            syn.append(
+                f"Tumor necrosis: {'Present' if f['necrosis'] == 'present' else rng.choice(['Not identified', 'Absent', 'Not identified in the invasive component'])}"
+            )
             syn.append(f"Lymphovascular invasion: {'Present' if f['lvi'] == 'present' else 'Not identified'}")
             syn.append(f"Ductal carcinoma in situ: {'Present' if f['dcis'] == 'present' else 'Not identified'}")
             if til_line:
                 syn.append(f"Stromal TILs: {f['tils']}")
         else:
-            syn.append("Histologic type: Ductal carcinoma in situ" + (" (residual, post-treatment)" if scenario != "dcis_only" else ""))
+            syn.append(
+                "Histologic type: Ductal carcinoma in situ"
+                + (" (residual, post-treatment)" if scenario != "dcis_only" else "")
+            )
             if "necrosis" in f:
-                syn.append(f"Necrosis: {'Present (central, comedo-type)' if f['necrosis'] == 'present' else 'Not identified'}")
+                syn.append(
+                    f"Necrosis: {'Present (central, comedo-type)' if f['necrosis'] == 'present' else 'Not identified'}"
+                )
         syn.append(f"Margins: {'Negative for carcinoma' if f['margins'] == 'negative' else 'Positive (involved)'}")
         syn.append(f"Regional lymph nodes: {synoptic_nodes}")
         if rng.random() < 0.5:
@@ -621,41 +874,68 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         new = f[kind]
         if kind in ("er", "pr"):
             name = {"er": "estrogen receptor", "pr": "progesterone receptor"}[kind]
-            extra = (" The tumor is therefore triple negative." if f.get("er") == f.get("pr") == f.get("her2") == "negative"
-                     and kind == [k for k in corrections if k in ("er", "pr")][-1] else "")  # said once, after the last
-            addendum.append(rng.choice([
-                f"The {name} result in the original report was recorded in error as {old}. Corrected result: {kind.upper()} {new.upper()} "
-                f"({'0%' if new == 'negative' else '85%, strong'}).{extra}",
-                f"{name.capitalize()} was repeated on block A{rng.randint(2, 6)} with appropriate controls: {new.upper()}. "
-                f"This supersedes the result reported above.{extra}"]))
+            extra = (
+                " The tumor is therefore triple negative."
+                if f.get("er") == f.get("pr") == f.get("her2") == "negative"
+                and kind == [k for k in corrections if k in ("er", "pr")][-1]
+                else ""
+            )  # said once, after the last
+            addendum.append(
+                rng.choice(
+                    [
+                        f"The {name} result in the original report was recorded in error as {old}. Corrected result: {kind.upper()} {new.upper()} "
+                        f"({'0%' if new == 'negative' else '85%, strong'}).{extra}",
+                        f"{name.capitalize()} was repeated on block A{rng.randint(2, 6)} with appropriate controls: {new.upper()}. "
+                        f"This supersedes the result reported above.{extra}",
+                    ]
+                )
+            )
         elif kind == "grade":
-            addendum.append(f"On review at the breast tumor board, the Nottingham histologic grade is revised from grade {old} to grade {new}. "
-                            "The remaining diagnosis is unchanged.")
+            addendum.append(
+                f"On review at the breast tumor board, the Nottingham histologic grade is revised from grade {old} to grade {new}. "
+                "The remaining diagnosis is unchanged."
+            )
         elif kind == "laterality":
-            addendum.append(f"AMENDED: the specimen laterality was transcribed incorrectly as {old.upper()}. All parts of this case are from the "
-                            f"{new.upper()} breast. The diagnoses are otherwise unchanged.")
+            addendum.append(
+                f"AMENDED: the specimen laterality was transcribed incorrectly as {old.upper()}. All parts of this case are from the "
+                f"{new.upper()} breast. The diagnoses are otherwise unchanged."
+            )
         else:
             ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
-            addendum.append(f"HER2 FISH (block A{rng.randint(2, 6)}): HER2/CEP17 ratio {ratio}, average HER2 copy number "
-                            f"{rng.uniform(2, 9):.1f} per cell: {'AMPLIFIED. HER2 POSITIVE' if f['her2'] == 'positive' else 'NOT AMPLIFIED. HER2 NEGATIVE'} "
-                            "(ASCO/CAP 2018).")
+            addendum.append(
+                f"HER2 FISH (block A{rng.randint(2, 6)}): HER2/CEP17 ratio {ratio}, average HER2 copy number "
+                f"{rng.uniform(2, 9):.1f} per cell: {'AMPLIFIED. HER2 POSITIVE' if f['her2'] == 'positive' else 'NOT AMPLIFIED. HER2 NEGATIVE'} "
+                "(ASCO/CAP 2018)."
+            )
     receptors_in_addendum = bool(receptor_lines) and rng.random() < 0.35
     if corrections:
         case.features.add("addendum_correction")
 
     # gross description (distractor sizes) and intraoperative consultation
-    gross = [noise(f"{_part_id('A', part_style)}. Received fresh labeled '{shown_side} breast' is a {proc} specimen, {rng.uniform(8, 22):.1f} x "
-                   f"{rng.uniform(6, 15):.1f} x {rng.uniform(2, 6):.1f} cm. Inked: superior blue, inferior green, deep black. "
-                   f"Sectioning shows a firm tan-white {'tumor bed' if not invasive else 'mass'} measuring {rng.uniform(0.8, 5.5):.1f} cm, "
-                   f"{rng.randint(2, 20)} mm from the deep margin. Representative sections in A1-A{rng.randint(6, 18)}.")]
+    gross = [
+        noise(
+            f"{_part_id('A', part_style)}. Received fresh labeled '{shown_side} breast' is a {proc} specimen, {rng.uniform(8, 22):.1f} x "
+            f"{rng.uniform(6, 15):.1f} x {rng.uniform(2, 6):.1f} cm. Inked: superior blue, inferior green, deep black. "
+            f"Sectioning shows a firm tan-white {'tumor bed' if not invasive else 'mass'} measuring {rng.uniform(0.8, 5.5):.1f} cm, "
+            f"{rng.randint(2, 20)} mm from the deep margin. Representative sections in A1-A{rng.randint(6, 18)}."
+        )
+    ]
     for letter, label in parts[1:]:
-        gross.append(noise(f"{_part_id(letter, part_style)}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
-                           f"{rng.uniform(1, 8):.1f} x {rng.uniform(1, 5):.1f} cm. Entirely submitted in {letter}1-{letter}{rng.randint(2, 6)}."))
+        gross.append(
+            noise(
+                f"{_part_id(letter, part_style)}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
+                f"{rng.uniform(1, 8):.1f} x {rng.uniform(1, 5):.1f} cm. Entirely submitted in {letter}1-{letter}{rng.randint(2, 6)}."
+            )
+        )
     intraop = None
     if rng.random() < 0.45:
         fs = "NEGATIVE FOR CARCINOMA" if f["nodes"].startswith("0/") else "POSITIVE FOR METASTATIC CARCINOMA"
-        intraop = f"FSB1 (sentinel node, touch prep and frozen section): {fs}. Called to the operating room by Dr. Example."
-        if f["margins"] == "positive" and rng.random() < 0.6:  # the frozen section missed what the permanent sections show
+        intraop = (
+            f"FSB1 (sentinel node, touch prep and frozen section): {fs}. Called to the operating room by Dr. Example."
+        )
+        if (
+            f["margins"] == "positive" and rng.random() < 0.6
+        ):  # the frozen section missed what the permanent sections show
             intraop += " FSA1 (closest margin, frozen section): NEGATIVE FOR CARCINOMA; FINAL DIAGNOSIS DEFERRED TO PERMANENT SECTIONS."
             case.trap("margins", "negative", "intraoperative")
 
@@ -664,22 +944,37 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         "history": rng.choice(["CLINICAL HISTORY:", "Clinical Information:", "HISTORY:", "Clinical Data:"]),
         "specimens": rng.choice(["SPECIMENS RECEIVED:", "Specimen(s):", "SOURCE OF SPECIMEN:", "Specimens submitted:"]),
         "gross": rng.choice(["GROSS DESCRIPTION:", "Gross Examination:", "MACROSCOPIC DESCRIPTION:"]),
-        "intraop": rng.choice(["INTRAOPERATIVE CONSULTATION:", "Frozen Section Diagnosis:", "INTRAOPERATIVE DIAGNOSIS:"]),
+        "intraop": rng.choice(
+            ["INTRAOPERATIVE CONSULTATION:", "Frozen Section Diagnosis:", "INTRAOPERATIVE DIAGNOSIS:"]
+        ),
         "micro": rng.choice(["MICROSCOPIC DESCRIPTION:", "Microscopic Examination:", "MICROSCOPIC:"]),
         "diagnosis": rng.choice(["FINAL DIAGNOSIS:", "DIAGNOSIS:", "Final Pathologic Diagnosis:"]),
         "comment": rng.choice(["COMMENT:", "Comment(s):", "NOTE:"]),
         "ancillary": rng.choice(["ANCILLARY STUDIES:", "Immunohistochemistry:", "BIOMARKER STUDIES:"]),
-        "addendum": rng.choice([f"ADDENDUM ({rng.randint(1, 12):02d}/{rng.randint(10, 28)}/2010):", "AMENDMENT #1:", "ADDENDUM REPORT:",
-                                "REVISED REPORT - AMENDMENT:"]),
+        "addendum": rng.choice(
+            [
+                f"ADDENDUM ({rng.randint(1, 12):02d}/{rng.randint(10, 28)}/2010):",
+                "AMENDMENT #1:",
+                "ADDENDUM REPORT:",
+                "REVISED REPORT - AMENDMENT:",
+            ]
+        ),
     }
     sections: dict[str, list[str]] = {
         "history": [heads["history"], noise(history)],
-        "specimens": [heads["specimens"], *[f"{_part_id(letter, part_style)}: {label.title()}" for letter, label in parts]],
+        "specimens": [
+            heads["specimens"],
+            *[f"{_part_id(letter, part_style)}: {label.title()}" for letter, label in parts],
+        ],
         "gross": [heads["gross"], *gross],
         "intraop": [heads["intraop"], intraop] if intraop else [],
         "micro": [heads["micro"], *micro],
     }
-    diagnosis = [heads["diagnosis"], f"{_part_heading('A', part_style)} {parts[0][1]}:", *[f"   - {line}." for line in a]]
+    diagnosis = [
+        heads["diagnosis"],
+        f"{_part_heading('A', part_style)} {parts[0][1]}:",
+        *[f"   - {line}." for line in a],
+    ]
     if receptor_lines and not receptors_in_addendum and rng.random() < 0.5:
         diagnosis += [f"   - {line}." for line in receptor_lines]
         receptor_lines_left: list[str] = []
@@ -693,10 +988,18 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
         diagnosis += [f"NOTE: {til_line}."]
     sections["diagnosis"] = diagnosis
     sections["synoptic"] = syn
-    sections["comment"] = [heads["comment"], noise(rng.choice([
-        "Controls stain appropriately. The case was reviewed with a second pathologist, who concurs.",
-        "Results were discussed with the surgeon on the day of sign-out. Prior material reviewed where available.",
-        "Tumor board presentation requested. Block A3 is the best block for further studies."]))]
+    sections["comment"] = [
+        heads["comment"],
+        noise(
+            rng.choice(
+                [
+                    "Controls stain appropriately. The case was reviewed with a second pathologist, who concurs.",
+                    "Results were discussed with the surgeon on the day of sign-out. Prior material reviewed where available.",
+                    "Tumor board presentation requested. Block A3 is the best block for further studies.",
+                ]
+            )
+        ),
+    ]
     if receptor_lines_left and not receptors_in_addendum:
         sections["ancillary"] = [heads["ancillary"], *receptor_lines_left]
     addendum_lines = []
@@ -705,11 +1008,13 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     addendum_lines += addendum
     amended_top = bool(addendum) and rng.random() < 0.25
 
-    order = rng.choice([
-        ["history", "specimens", "intraop", "gross", "micro", "diagnosis", "synoptic", "comment", "ancillary"],
-        ["diagnosis", "synoptic", "comment", "ancillary", "history", "specimens", "gross", "intraop", "micro"],
-        ["specimens", "history", "diagnosis", "comment", "micro", "gross", "intraop", "synoptic", "ancillary"],
-    ])
+    order = rng.choice(
+        [
+            ["history", "specimens", "intraop", "gross", "micro", "diagnosis", "synoptic", "comment", "ancillary"],
+            ["diagnosis", "synoptic", "comment", "ancillary", "history", "specimens", "gross", "intraop", "micro"],
+            ["specimens", "history", "diagnosis", "comment", "micro", "gross", "intraop", "synoptic", "ancillary"],
+        ]
+    )
     lines = [
         "*** SYNTHETIC HARD REPORT - MADE UP BY histoldm FOR TESTING - NOT PATIENT DATA ***",
         rng.choice(["SURGICAL PATHOLOGY REPORT", "Surgical Pathology Consultation Report", "PATHOLOGY REPORT - FINAL"]),
@@ -731,15 +1036,28 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             if re.search(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text):
                 case.traps.append(Trap("ocr", word, "ocr"))
                 case.features.add("trap:ocr:ocr")
-    notes = {kind: re.sub(r", [a-z ]+\)$", ")", value) for kind, (_, value) in receptor_phrases.items() if kind not in corrections}
+    notes = {
+        kind: re.sub(r", [a-z ]+\)$", ")", value)
+        for kind, (_, value) in receptor_phrases.items()
+        if kind not in corrections
+    }
     if receptors.get("her2_ihc"):
         ihc = receptors["her2_ihc"]
-        notes["her2"] = f"2+, FISH {'amplified' if f['her2'] == 'positive' else 'not amplified'}" if ihc == "2+" else ihc
+        notes["her2"] = (
+            f"2+, FISH {'amplified' if f['her2'] == 'positive' else 'not amplified'}" if ihc == "2+" else ihc
+        )
     notation = next(x.split(":")[1] for x in case.features if x.startswith("nodes:"))
     if notation in ("pn1mi", "itc"):
         notes["nodes"] = {"pn1mi": "pN1mi", "itc": "pN0(i+)"}[notation]
-    return HardReport(case_id=case_id, text=text, facts=dict(f), traps=tuple(case.traps),
-                      features=frozenset(case.features), parts=tuple(_part_id(letter, part_style) for letter, _ in parts), notes=notes)
+    return HardReport(
+        case_id=case_id,
+        text=text,
+        facts=dict(f),
+        traps=tuple(case.traps),
+        features=frozenset(case.features),
+        parts=tuple(_part_id(letter, part_style) for letter, _ in parts),
+        notes=notes,
+    )
 
 
 _FILLER = [
@@ -770,7 +1088,10 @@ def _fit_length(text: str, rng: random.Random, noise: _Noise) -> str:
 
 def _case_ids(n: int, rng: random.Random) -> list[str]:
     alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return [f"TCGA-SY-H{alphabet[k // 36**2]}{alphabet[k // 36 % 36]}{alphabet[k % 36]}" for k in rng.sample(range(36**3), n)]
+    return [
+        f"TCGA-SY-H{alphabet[k // 36**2]}{alphabet[k // 36 % 36]}{alphabet[k % 36]}"
+        for k in rng.sample(range(36**3), n)
+    ]
 
 
 def make_hard_reports(n: int, seed: int = 0) -> list[HardReport]:

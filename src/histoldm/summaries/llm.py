@@ -123,7 +123,10 @@ class OpenAIBackend:
             raise TransientError("malformed response (no choices[0].message)")
         usage = None
         if response.usage is not None:
-            usage = {"prompt_tokens": response.usage.prompt_tokens or 0, "completion_tokens": response.usage.completion_tokens or 0}
+            usage = {
+                "prompt_tokens": response.usage.prompt_tokens or 0,
+                "completion_tokens": response.usage.completion_tokens or 0,
+            }
         return Reply(choices[0].message.content or "", usage)
 
 
@@ -159,7 +162,9 @@ class LocalBackend:
         import torch
 
         with self._lock, torch.inference_mode():
-            inputs = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            inputs = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
             sampling = self._temperature > 0
             if sampling and self._seed is not None:
                 torch.manual_seed(self._seed)

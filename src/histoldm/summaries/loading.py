@@ -49,7 +49,9 @@ def _decode(data: bytes, where: str) -> tuple[str, list[str]]:
         return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as e:
         text = data.decode("utf-8-sig", errors="replace")
-        return text, [f"{where}: not valid UTF-8 (first bad byte at offset {e.start}); undecodable bytes replaced by U+FFFD"]
+        return text, [
+            f"{where}: not valid UTF-8 (first bad byte at offset {e.start}); undecodable bytes replaced by U+FFFD"
+        ]
 
 
 def _from_csv(path: Path) -> list[Report]:

@@ -24,8 +24,20 @@ HEADER, BODY, CLINICAL_HISTORY, SPECIMENS = "header", "body", "clinical_history"
 GROSS, INTRAOPERATIVE, MICROSCOPIC, FINAL_DIAGNOSIS = "gross", "intraoperative", "microscopic", "final_diagnosis"
 SYNOPTIC, COMMENT, ADDENDUM, ANCILLARY = "synoptic", "comment", "addendum", "ancillary"
 
-AUTHORITY = {ADDENDUM: 5, SYNOPTIC: 4, FINAL_DIAGNOSIS: 4, ANCILLARY: 3, COMMENT: 3, MICROSCOPIC: 2, BODY: 2,
-             GROSS: 1, INTRAOPERATIVE: 1, SPECIMENS: 0, CLINICAL_HISTORY: 0, HEADER: 0}
+AUTHORITY = {
+    ADDENDUM: 5,
+    SYNOPTIC: 4,
+    FINAL_DIAGNOSIS: 4,
+    ANCILLARY: 3,
+    COMMENT: 3,
+    MICROSCOPIC: 2,
+    BODY: 2,
+    GROSS: 1,
+    INTRAOPERATIVE: 1,
+    SPECIMENS: 0,
+    CLINICAL_HISTORY: 0,
+    HEADER: 0,
+}
 NEVER_CURRENT = frozenset({CLINICAL_HISTORY, HEADER})
 
 # --- OCR repair ------------------------------------------------------------------------------
@@ -84,22 +96,48 @@ def repair_ocr(text: str) -> str:
 # --- sections and parts ------------------------------------------------------------------------
 
 _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked in order
-    (r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?", ADDENDUM),
-    (r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary|summary of (?:findings|tumou?r)", SYNOPTIC),
-    (r"clinical (?:history|information|data|notes?|indications?|diagnosis)|(?:pertinent )?(?:medical )?history"
-     r"|indications?(?: for (?:procedure|surgery|study))?|pre-?operative diagnosis|post-?operative diagnosis", CLINICAL_HISTORY),
-    (r"specimens?(?: \(?s\)?)?(?: received| submitted| source)?|specimen\(s\)(?: received)?|source of specimens?|parts? received"
-     r"|tissue(?:s)? (?:received|submitted)", SPECIMENS),
+    (
+        r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?",
+        ADDENDUM,
+    ),
+    (
+        r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary|summary of (?:findings|tumou?r)",
+        SYNOPTIC,
+    ),
+    (
+        r"clinical (?:history|information|data|notes?|indications?|diagnosis)|(?:pertinent )?(?:medical )?history"
+        r"|indications?(?: for (?:procedure|surgery|study))?|pre-?operative diagnosis|post-?operative diagnosis",
+        CLINICAL_HISTORY,
+    ),
+    (
+        r"specimens?(?: \(?s\)?)?(?: received| submitted| source)?|specimen\(s\)(?: received)?|source of specimens?|parts? received"
+        r"|tissue(?:s)? (?:received|submitted)",
+        SPECIMENS,
+    ),
     (r"gross(?: description| examination| findings)?|macroscopic(?: description)?", GROSS),
-    (r"intra-?operative (?:consultation|diagnosis)|frozen section(?: diagnosis| consultation)?|touch preps?(?: diagnosis)?", INTRAOPERATIVE),
+    (
+        r"intra-?operative (?:consultation|diagnosis)|frozen section(?: diagnosis| consultation)?|touch preps?(?: diagnosis)?",
+        INTRAOPERATIVE,
+    ),
     (r"microscopic(?: description| examination| findings)?|histology", MICROSCOPIC),
-    (r"(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s(?: \(.*\))?|final pathologic(?:al)? diagnosis|interpretation", FINAL_DIAGNOSIS),
-    (r"ancillary (?:studies|testing|tests)|immunohistochemi\w+(?: (?:studies|results|stains))?|(?:special|immuno) ?stains|biomarkers?"
-     r"|(?:breast )?(?:cancer )?(?:prognostic |predictive )?markers?(?: studies)?|(?:hormone )?receptor studies", ANCILLARY),
+    (
+        r"(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s(?: \(.*\))?|final pathologic(?:al)? diagnosis|interpretation",
+        FINAL_DIAGNOSIS,
+    ),
+    (
+        r"ancillary (?:studies|testing|tests)|immunohistochemi\w+(?: (?:studies|results|stains))?|(?:special|immuno) ?stains|biomarkers?"
+        r"|(?:breast )?(?:cancer )?(?:prognostic |predictive )?markers?(?: studies)?|(?:hormone )?receptor studies",
+        ANCILLARY,
+    ),
     (r"comments?|notes?", COMMENT),
-    (r"patient(?: information)?|case|accession(?: number)?|report|surgical pathology(?: report)?|pathology report", HEADER),
+    (
+        r"patient(?: information)?|case|accession(?: number)?|report|surgical pathology(?: report)?|pathology report",
+        HEADER,
+    ),
 ]
-_HEADING = re.compile(r"^[\s*#=_\-]*(" + "|".join(f"(?:{p})" for p, _ in _SECTION_NAMES) + r")[\s*#=_\-]*(?::|$)(.*)$", re.IGNORECASE)
+_HEADING = re.compile(
+    r"^[\s*#=_\-]*(" + "|".join(f"(?:{p})" for p, _ in _SECTION_NAMES) + r")[\s*#=_\-]*(?::|$)(.*)$", re.IGNORECASE
+)
 _SECTION_KINDS = [(re.compile(f"^(?:{p})$", re.IGNORECASE), kind) for p, kind in _SECTION_NAMES]
 _SHORT_HEADING = 90  # "SYNOPTIC REPORT - BREAST" is a heading; a sentence naming a checklist is not
 
@@ -122,8 +160,10 @@ _INLINE_UPPER_HEADING = re.compile(  # headings in capitals, as OCR'd reports ru
 )
 _LONG_LINE = 160
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
-_VALUE_ON_NEXT_LINE = re.compile(r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)(?![-•*]|[A-L][.)]\s|part\b)(?=[^\n]{1,60}$)",
-                                 re.MULTILINE | re.IGNORECASE)
+_VALUE_ON_NEXT_LINE = re.compile(
+    r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)(?![-•*]|[A-L][.)]\s|part\b)(?=[^\n]{1,60}$)",
+    re.MULTILINE | re.IGNORECASE,
+)
 
 _PART_LABEL = r"(?:[A-L]|\d{1,2})"
 # "A. Left breast, ...", "B) Sentinel ...", "A-B: ...", "A and B.", "PART 1: ...", "Specimen C - ..."; letters need a
@@ -233,9 +273,17 @@ def parse_report(text: str) -> ParsedReport:
     return ParsedReport(text, tuple(sentences), headings)
 
 
-_HEADER_LINE = re.compile(r"^\s*(?:case|mode|patient|name|mrn|dob|age|sex|date|accession|physician|surgeon|hospital|"
-                          r"institution|synthetic|tcga|report|page)\b", re.IGNORECASE)
+_HEADER_LINE = re.compile(
+    r"^\s*(?:case|mode|patient|name|mrn|dob|age|sex|date|accession|physician|surgeon|hospital|"
+    r"institution|synthetic|tcga|report|page)\b",
+    re.IGNORECASE,
+)
 
 
 def _looks_like_header(line: str) -> bool:
-    return bool(_HEADER_LINE.match(line)) or line.isupper() and len(line) < 60 and not re.search(r"carcinoma|breast|node", line, re.I)
+    return (
+        bool(_HEADER_LINE.match(line))
+        or line.isupper()
+        and len(line) < 60
+        and not re.search(r"carcinoma|breast|node", line, re.I)
+    )

@@ -42,14 +42,21 @@ class SummarizeConfig(StrictModel):
     input: Path = Field(description="TCGA-Reports CSV (patient_filename,text), folder of .txt, or JSONL {case_id,text}")
     out: Path = Field(description="output JSONL (re-running resumes it)")
     budget: int = Field(35, ge=1, le=1000, description="CLIP tokens per summary, BOS/EOS excluded")
-    backend: Literal["extractive", "openai", "local"] = Field("extractive", description="extractive (offline, deterministic), openai (any OpenAI-compatible server) or local (transformers / llama.cpp)")
+    backend: Literal["extractive", "openai", "local"] = Field(
+        "extractive",
+        description="extractive (offline, deterministic), openai (any OpenAI-compatible server) or local (transformers / llama.cpp)",
+    )
     prompt: str = Field("targeted", description="preset (pathldm, targeted) or a template file (.txt, .yaml, .json)")
-    model: str | None = Field(None, description="openai: model name (required); local: a transformers folder or .gguf file (default SmolLM2)")
+    model: str | None = Field(
+        None, description="openai: model name (required); local: a transformers folder or .gguf file (default SmolLM2)"
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the API key")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="LLM sampling temperature")
     seed: int | None = Field(0, description="LLM sampling seed")
-    max_tokens: int | None = Field(None, ge=1, description="reply length cap sent to the LLM (default: 4 x budget + 32)")
+    max_tokens: int | None = Field(
+        None, ge=1, description="reply length cap sent to the LLM (default: 4 x budget + 32)"
+    )
     timeout_s: float = Field(60.0, gt=0, description="seconds per request")
     max_attempts: int = Field(4, ge=1, description="requests per case, feedback rounds included")
     backoff_base_s: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles per attempt")
@@ -147,7 +154,9 @@ def _backoff(cfg: SummarizeConfig, attempt: int, retry_after: float | None) -> f
     return min(cfg.backoff_base_s * 2 ** (attempt - 1), cfg.backoff_max_s)
 
 
-def summarize_with_llm(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report) -> dict[str, Any]:
+def summarize_with_llm(
+    cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemplate, report: Report
+) -> dict[str, Any]:
     """One case; an unexpected error fails this case with its reason instead of stopping the run."""
     try:
         return _regenerate(cfg, backend, template, report)
@@ -196,7 +205,9 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
         messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": note}]
         feedback_rounds += 1
     if best_over is not None:  # the longest run of whole clauses that fits and states nothing the report contradicts
-        cut = next((c for c in whole_clause_prefixes(best_over[1], cfg.budget) if not contradictions(report.text, c)), None)
+        cut = next(
+            (c for c in whole_clause_prefixes(best_over[1], cfg.budget) if not contradictions(report.text, c)), None
+        )
         if cut:
             return {
                 "status": "truncated",
@@ -206,7 +217,12 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
                 "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut after a whole clause",
             }
         last_error = f"still over budget after {attempt} attempts, and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
-    return {"status": "failed", "attempts": attempt, "usage": usage, "error": f"{attempt} attempts failed; last: {last_error}"}
+    return {
+        "status": "failed",
+        "attempts": attempt,
+        "usage": usage,
+        "error": f"{attempt} attempts failed; last: {last_error}",
+    }
 
 
 def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]:
@@ -219,9 +235,18 @@ def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]
     if not summary:
         return {"status": "failed", "attempts": 1, "error": f"{report.source}: no diagnostic text found"}
     if problems := contradictions(report.text, summary):  # a reader bug must never become a reversed caption
-        return {"status": "failed", "attempts": 1, "error": f"{report.source}: summary contradicts the report: " + "; ".join(problems)}
+        return {
+            "status": "failed",
+            "attempts": 1,
+            "error": f"{report.source}: summary contradicts the report: " + "; ".join(problems),
+        }
     if used_fallback:
-        return {"status": "truncated", "summary": summary, "attempts": 1, "error": "no known facts found; diagnosis clauses cut to fit"}
+        return {
+            "status": "truncated",
+            "summary": summary,
+            "attempts": 1,
+            "error": "no known facts found; diagnosis clauses cut to fit",
+        }
     return {"status": "ok", "summary": summary, "attempts": 1}
 
 
@@ -234,8 +259,12 @@ def _make_backend(cfg: SummarizeConfig) -> ChatBackend:
     max_tokens = cfg.max_tokens or 4 * cfg.budget + 32
     if cfg.backend == "openai":
         if not cfg.model:
-            raise UserError("--model: required with --backend openai (e.g. gpt-4o-mini, or the name your server serves)")
-        return OpenAIBackend(cfg.model, cfg.base_url, cfg.api_key_env, cfg.temperature, cfg.seed, max_tokens, cfg.timeout_s)
+            raise UserError(
+                "--model: required with --backend openai (e.g. gpt-4o-mini, or the name your server serves)"
+            )
+        return OpenAIBackend(
+            cfg.model, cfg.base_url, cfg.api_key_env, cfg.temperature, cfg.seed, max_tokens, cfg.timeout_s
+        )
     return LocalBackend(cfg.model, cfg.temperature, cfg.seed, max_tokens)
 
 
@@ -247,8 +276,10 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
     mine = {"budget": cfg.budget, "backend": cfg.backend, "prompt_sha256": prompt_sha}
     for rec in read_jsonl(cfg.out):
         if differ := [k for k, v in mine.items() if rec.get(k) != v]:
-            raise UserError(f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; this run asks {_settings(mine, differ)}; "
-                            "choose another --out")
+            raise UserError(
+                f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; this run asks {_settings(mine, differ)}; "
+                "choose another --out"
+            )
         if rec.get("status") in STATUSES:
             done[rec["case_id"]] = rec["status"]
     return done
@@ -256,6 +287,7 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
 
 def _settings(record: dict[str, Any], keys: list[str]) -> str:
     """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f', 'no prompt (extractive)'."""
+
     def one(key: str) -> str:
         value = record.get(key)
         if key == "prompt_sha256":
@@ -267,14 +299,19 @@ def _settings(record: dict[str, Any], keys: list[str]) -> str:
 
 def _failed_cases(out: Path) -> list[dict[str, str]]:
     """The file's failed cases (one line per case) with their reasons, by case id (the file is in finishing order)."""
-    failed = [{"case_id": r["case_id"], "reason": str(r.get("error"))} for r in read_jsonl(out) if r.get("status") == "failed"]
+    failed = [
+        {"case_id": r["case_id"], "reason": str(r.get("error"))} for r in read_jsonl(out) if r.get("status") == "failed"
+    ]
     return sorted(failed, key=lambda f: f["case_id"])
 
 
 def _histogram(tokens: list[int], budget: int, bins: int = 8) -> list[tuple[str, int]]:
     width = max(1, -(-budget // bins))
     counts = Counter(min(t // width, bins - 1) for t in tokens)
-    return [(f"{i * width}-{min((i + 1) * width - 1, budget) if i < bins - 1 else budget}", counts.get(i, 0)) for i in range(bins)]
+    return [
+        (f"{i * width}-{min((i + 1) * width - 1, budget) if i < bins - 1 else budget}", counts.get(i, 0))
+        for i in range(bins)
+    ]
 
 
 def one_line_per_case(out: Path) -> Counter:
@@ -291,7 +328,9 @@ def one_line_per_case(out: Path) -> Counter:
     return counts
 
 
-def _print_table(all_counts: Counter, counts: Counter, histogram: list[tuple[str, int]], usage: dict[str, int], out: Path) -> None:
+def _print_table(
+    all_counts: Counter, counts: Counter, histogram: list[tuple[str, int]], usage: dict[str, int], out: Path
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -312,8 +351,10 @@ def _print_table(all_counts: Counter, counts: Counter, histogram: list[tuple[str
     console.print(table)
     console.print(hist)
     console.print(f"usage: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens")
-    print(f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), {sum(counts.values())} written by this run",
-          file=sys.stderr)
+    print(
+        f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), {sum(counts.values())} written by this run",
+        file=sys.stderr,
+    )
 
 
 @dataclass(frozen=True)
@@ -437,16 +478,26 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
         stage="summarize",
         config=cfg,
         inputs={"reports": cfg.input, "prompt": cfg.prompt if template and cfg.prompt not in PRESETS else None},
-        produced={"summaries": str(cfg.out), "cases": sum(all_counts.values()), "by_status": dict(all_counts), "this_run": dict(counts)},
+        produced={
+            "summaries": str(cfg.out),
+            "cases": sum(all_counts.values()),
+            "by_status": dict(all_counts),
+            "this_run": dict(counts),
+        },
         started=started,
         seed=cfg.seed,
-        skipped=[{"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"} for d in loaded.duplicates]
+        skipped=[
+            {"case_id": d["case_id"], "source": d["source"], "reason": f"duplicate; kept {d['kept']}"}
+            for d in loaded.duplicates
+        ]
         + [{"case_id": f["case_id"], "reason": f"failed: {f['reason']}"} for f in failed],
         extra={"warnings": warnings, "usage_this_run": usage, "token_histogram_this_run": histogram},
     )
     if counts and counts["failed"] == sum(counts.values()):  # an outage or a wrong --base-url is not a success
-        raise UserError(f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {first_failure[0]}); "
-                        "fix the cause and re-run with --retry-failed")
+        raise UserError(
+            f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {first_failure[0]}); "
+            "fix the cause and re-run with --retry-failed"
+        )
     return SummarizeResult(
         out=Path(cfg.out),
         manifest=manifest_path(cfg.out),

@@ -15,9 +15,13 @@ from functools import lru_cache
 
 from histoldm.summaries.hard_reports import DCIS, FINDING_KINDS, IDC, ILC, HardReport, Trap, number_word, surface_forms
 
-_NEGATED_BEFORE = re.compile(r"(?:\bno|\bnot|\bwithout|\bnegative\s+for|\bfree\s+of|\babsence\s+of)\s+(?:[\w-]+\s+){0,3}$", re.IGNORECASE)
-_NEGATED_AFTER = re.compile(r"^\s*(?:[,:]\s*|\s)(?:is\s+|are\s+|was\s+)?(?:absent|not\s+identified|not\s+seen|negative|none|not\s+present)\b",
-                            re.IGNORECASE)
+_NEGATED_BEFORE = re.compile(
+    r"(?:\bno|\bnot|\bwithout|\bnegative\s+for|\bfree\s+of|\babsence\s+of)\s+(?:[\w-]+\s+){0,3}$", re.IGNORECASE
+)
+_NEGATED_AFTER = re.compile(
+    r"^\s*(?:[,:]\s*|\s)(?:is\s+|are\s+|was\s+)?(?:absent|not\s+identified|not\s+seen|negative|none|not\s+present)\b",
+    re.IGNORECASE,
+)
 _IN_SITU_WORDS = re.compile(r"\b(?:DCIS|LCIS|in\s+situ|comedo)", re.IGNORECASE)
 
 
@@ -52,7 +56,8 @@ def _mentions(summary: str, kind: str, forms: tuple[str, ...], in_situ_case: boo
                 continue  # "grade 2/3" is not a node count
             before = summary[lo : m.start()]
             negated = kind in (*FINDING_KINDS, "histologic_type") and (
-                bool(_NEGATED_BEFORE.search(before)) or bool(_NEGATED_AFTER.match(summary[m.end() : hi])))
+                bool(_NEGATED_BEFORE.search(before)) or bool(_NEGATED_AFTER.match(summary[m.end() : hi]))
+            )
             said.append(not negated)
     return said
 
@@ -110,10 +115,17 @@ def _clinical(facts: dict[str, str], notes: dict[str, str]) -> str:
             head += f", {round(float(f['size'].split()[0]) * 10):d} mm"
         out.append(head)
     if "laterality" in f or "procedure" in f:
-        out[-1:] = [f"{out[-1]}, {f.get('laterality', '')} {f.get('procedure', '')}".replace("  ", " ").rstrip()] if out else [
-            f"{f.get('laterality', '')} {f.get('procedure', '')}".strip().capitalize()]
-    words = {"lvi": "Lymphovascular invasion", "dcis": "Associated DCIS", "lcis": "Lobular carcinoma in situ",
-             "necrosis": "Tumour necrosis"}
+        out[-1:] = (
+            [f"{out[-1]}, {f.get('laterality', '')} {f.get('procedure', '')}".replace("  ", " ").rstrip()]
+            if out
+            else [f"{f.get('laterality', '')} {f.get('procedure', '')}".strip().capitalize()]
+        )
+    words = {
+        "lvi": "Lymphovascular invasion",
+        "dcis": "Associated DCIS",
+        "lcis": "Lobular carcinoma in situ",
+        "necrosis": "Tumour necrosis",
+    }
     for finding in FINDING_KINDS:
         if finding in f and not (finding == "dcis" and kind == DCIS):
             out.append(f"{words[finding]} {'identified' if f[finding] == 'present' else 'not identified'}")
@@ -134,7 +146,10 @@ def _clinical(facts: dict[str, str], notes: dict[str, str]) -> str:
                 receptors.append(f"{name} {note}")
             else:
                 detail = note if r == "her2" else note.split("(")[1].rstrip(")") if note and "(" in note else None
-                receptors.append(f"{name}-{f[r]}" + (f" (IHC {detail})" if r == "her2" and detail else f" ({detail})" if detail else ""))
+                receptors.append(
+                    f"{name}-{f[r]}"
+                    + (f" (IHC {detail})" if r == "her2" and detail else f" ({detail})" if detail else "")
+                )
     if receptors:
         out.append(", ".join(receptors))
     return ". ".join(out) + "."
@@ -164,8 +179,12 @@ def write_summary(facts: dict[str, str], notes: dict[str, str] | None = None, st
         clauses.append(f"grade {f['grade']}")
     if where:
         clauses.insert(0, where[0].upper() + where[1:]) if style != "prose" else clauses.append(f"{where}")
-    names = {"lvi": ("LVI", "lymphovascular invasion"), "dcis": ("DCIS", "ductal carcinoma in situ"),
-             "lcis": ("LCIS", "lobular carcinoma in situ"), "necrosis": ("tumour necrosis", "tumor necrosis")}
+    names = {
+        "lvi": ("LVI", "lymphovascular invasion"),
+        "dcis": ("DCIS", "ductal carcinoma in situ"),
+        "lcis": ("LCIS", "lobular carcinoma in situ"),
+        "necrosis": ("tumour necrosis", "tumor necrosis"),
+    }
     for finding in FINDING_KINDS:
         if finding not in f or (finding == "dcis" and kind == DCIS and f[finding] == "present"):
             continue
@@ -177,16 +196,29 @@ def write_summary(facts: dict[str, str], notes: dict[str, str] | None = None, st
         else:
             clauses.append(f"{name} present" if f[finding] == "present" else f"no {name}")
     if "tils" in f:
-        clauses.append({"abbreviated": f"TILs {f['tils']}", "prose": f"stromal TILs {f['tils']}", "list": f"TILs: {f['tils']}"}[style])
+        clauses.append(
+            {"abbreviated": f"TILs {f['tils']}", "prose": f"stromal TILs {f['tils']}", "list": f"TILs: {f['tils']}"}[
+                style
+            ]
+        )
     if "margins" in f:
-        clauses.append({"abbreviated": f"margins {f['margins']}", "prose": f"margins are {f['margins']}",
-                        "list": f"Margins: {f['margins']}"}[style])
+        clauses.append(
+            {
+                "abbreviated": f"margins {f['margins']}",
+                "prose": f"margins are {f['margins']}",
+                "list": f"Margins: {f['margins']}",
+            }[style]
+        )
     if "nodes" in f:
         k, n = (int(x) for x in f["nodes"].split("/"))
         qualifier = f" ({notes['nodes']})" if "nodes" in notes else ""
-        clauses.append({"abbreviated": f"nodes {k}/{n}{qualifier}",
-                        "prose": f"{number_word(k)} of {number_word(n)} lymph nodes positive{qualifier}",
-                        "list": f"Lymph nodes: {k}/{n}{qualifier}"}[style])
+        clauses.append(
+            {
+                "abbreviated": f"nodes {k}/{n}{qualifier}",
+                "prose": f"{number_word(k)} of {number_word(n)} lymph nodes positive{qualifier}",
+                "list": f"Lymph nodes: {k}/{n}{qualifier}",
+            }[style]
+        )
     receptors = [_receptor_clause(r, f[r], notes.get(r), style) for r in ("er", "pr", "her2") if r in f]
     if receptors:
         clauses.append(", ".join(receptors))
@@ -200,8 +232,15 @@ def true_summaries(report: HardReport) -> list[str]:
 
 
 def _flip(kind: str, value: str) -> str:
-    return {"present": "absent", "absent": "present", "positive": "negative", "negative": "positive", "equivocal": "positive",
-            "left": "right", "right": "left"}[value]
+    return {
+        "present": "absent",
+        "absent": "present",
+        "positive": "negative",
+        "negative": "positive",
+        "equivocal": "positive",
+        "left": "right",
+        "right": "left",
+    }[value]
 
 
 def _without(notes: dict[str, str], kind: str) -> dict[str, str]:
@@ -214,14 +253,23 @@ def planted_contradictions(report: HardReport, style: str = "abbreviated") -> li
     receptor, a wrong laterality, and every planted trap (history as current, a pre-addendum value, ...)."""
     f, out = report.facts, []
     notes = report.notes
-    finding = next((k for k in ("dcis", "lvi", "necrosis", "lcis") if k in f and not (k == "dcis" and f.get("histologic_type") == DCIS)), None)
+    finding = next(
+        (
+            k
+            for k in ("dcis", "lvi", "necrosis", "lcis")
+            if k in f and not (k == "dcis" and f.get("histologic_type") == DCIS)
+        ),
+        None,
+    )
     if finding:
         out.append(("reversed_negation", write_summary({**f, finding: _flip(finding, f[finding])}, notes, style)))
     receptor = next((k for k in ("er", "her2", "pr") if k in f), None)
     if receptor:
         wrong = _flip(receptor, f[receptor])
         out.append(("wrong_receptor", write_summary({**f, receptor: wrong}, _without(notes, receptor), style)))
-    out.append(("wrong_laterality", write_summary({**f, "laterality": _flip("laterality", f["laterality"])}, notes, style)))
+    out.append(
+        ("wrong_laterality", write_summary({**f, "laterality": _flip("laterality", f["laterality"])}, notes, style))
+    )
     for trap in report.traps:
         if trap.kind == "ocr":
             continue

@@ -30,7 +30,11 @@ _TYPES = [
     ("infiltrating ductal carcinoma", "Invasive ductal carcinoma", "solid sheets and nests"),
     ("invasive lobular carcinoma", "Invasive lobular carcinoma", "single files and targetoid cords"),
     ("infiltrating lobular carcinoma", "Invasive lobular carcinoma", "single files"),
-    ("invasive carcinoma with mixed ductal and lobular features", "Invasive mixed ductal and lobular carcinoma", "nests and single files"),
+    (
+        "invasive carcinoma with mixed ductal and lobular features",
+        "Invasive mixed ductal and lobular carcinoma",
+        "nests and single files",
+    ),
     ("mucinous carcinoma", "Mucinous carcinoma", "clusters floating in pools of extracellular mucin"),
 ]
 _TYPE_WEIGHTS = [40, 20, 12, 6, 8, 4]
@@ -38,14 +42,29 @@ _DCIS_PATTERNS = ["cribriform", "solid", "comedo", "micropapillary", "papillary"
 _SIDES = ["left", "right"]
 _PROCEDURES = ["modified radical mastectomy", "simple mastectomy", "lumpectomy", "partial mastectomy"]
 _PATHOLOGISTS = ["A. Synthetic, MD", "B. Example, MD", "C. Placeholder, MD, PhD", "D. Fictional, MD"]
-_TIL_WORDS = {"low": ("sparse", 5), "moderate": ("moderate", 25), "high": ("brisk", 60)}  # level -> word, stromal % centre
+_TIL_WORDS = {
+    "low": ("sparse", 5),
+    "moderate": ("moderate", 25),
+    "high": ("brisk", 60),
+}  # level -> word, stromal % centre
 _PLEO_WORDS = {1: "mild", 2: "moderate", 3: "marked"}
 _MITOSIS_WORDS = {1: "low", 2: "intermediate", 3: "high"}
 _MITOSES_PER_10HPF = {1: (1, 7), 2: (8, 14), 3: (15, 40)}
 
 # Absent / possible findings in many phrasings ({X} is the finding's name); the summariser must keep each.
-_ABSENT = ["{X}, absent", "{X}: absent", "{X}: not identified", "{X} is not identified", "No {x} is identified",
-           "Negative for {x}", "No evidence of {x}", "{X}: none seen", "{X} is not seen", "{X}, negative", "There is no {x}"]
+_ABSENT = [
+    "{X}, absent",
+    "{X}: absent",
+    "{X}: not identified",
+    "{X} is not identified",
+    "No {x} is identified",
+    "Negative for {x}",
+    "No evidence of {x}",
+    "{X}: none seen",
+    "{X} is not seen",
+    "{X}, negative",
+    "There is no {x}",
+]
 _POSSIBLE = ["Suspicious for {x}", "{X} cannot be excluded", "Focus suspicious for {x}", "{X}: cannot be ruled out"]
 _PRESENT = ["{X}, present", "{X}: present", "{X} is identified", "{X}: identified", "{X} present"]
 
@@ -108,9 +127,13 @@ def _state(rng: random.Random, status: str, name: str, short: str | None = None)
 
 def _value(rng: random.Random, status: str) -> str:
     """A finding's status as a synoptic checklist value."""
-    return rng.choice({"absent": ["Absent", "Not identified", "None seen", "Negative", "Not present"],
-                       "possible": ["Cannot be excluded", "Indeterminate", "Cannot be ruled out", "Equivocal"],
-                       "present": ["Present", "Identified", "Present, focal"]}[status])
+    return rng.choice(
+        {
+            "absent": ["Absent", "Not identified", "None seen", "Negative", "Not present"],
+            "possible": ["Cannot be excluded", "Indeterminate", "Cannot be ruled out", "Equivocal"],
+            "present": ["Present", "Identified", "Present, focal"],
+        }[status]
+    )
 
 
 def _ocr(text: str, rng: random.Random, rate: float) -> str:
@@ -196,8 +219,13 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
     raw_type, histologic_type, growth = rng.choices(_TYPES, weights=_TYPE_WEIGHTS)[0]
     lobular = "lobular" in histologic_type
     grade = rng.choices([1, 2, 3], weights=[2, 5, 4])[0]
-    tubules, pleo, mitoses = rng.choice({1: [(1, 1, 1), (2, 1, 1), (1, 2, 1)], 2: [(3, 2, 1), (2, 2, 2), (3, 3, 1)],
-                                         3: [(3, 3, 3), (3, 3, 2), (2, 3, 3)]}[grade])
+    tubules, pleo, mitoses = rng.choice(
+        {
+            1: [(1, 1, 1), (2, 1, 1), (1, 2, 1)],
+            2: [(3, 2, 1), (2, 2, 2), (3, 3, 1)],
+            3: [(3, 3, 3), (3, 3, 2), (2, 3, 3)],
+        }[grade]
+    )
     til_level = rng.choices(["low", "moderate", "high"], weights=[5, 3, 2] if grade < 3 else [2, 3, 4])[0]
     necrosis = rng.choices(["present", "absent", "possible"], weights=[3 if grade == 3 else 1, 6, 1])[0]
     size = round(rng.uniform(0.6, 6.5), 1)
@@ -224,8 +252,13 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
 
     receptors = _receptor_lines(rng, er, pr, her2)
     parts = ["A"] + ["B", "C", "D", "E"][: rng.randint(1, 1 + 3 * min(verbosity, 1))]
-    part_names = {"A": f"{side.capitalize()} breast, {procedure}", "B": "Sentinel lymph node(s)",
-                  "C": "Additional superior margin", "D": "Axillary contents, level I and II", "E": "Additional deep margin"}
+    part_names = {
+        "A": f"{side.capitalize()} breast, {procedure}",
+        "B": "Sentinel lymph node(s)",
+        "C": "Additional superior margin",
+        "D": "Axillary contents, level I and II",
+        "E": "Additional deep margin",
+    }
     page = [0]
 
     def page_break() -> list[str]:
@@ -240,11 +273,18 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
         "Pathology Department, 100 Example Street, Sample City, ST 00000   Tel (000) 555-0100   Fax (000) 555-0101",
         "",
         "CLINICAL HISTORY:",
-        free(f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass, first noticed "
-             f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with {'associated' if calcifications else 'no'} "
-             f"calcifications. Core biopsy at an outside institution showed carcinoma. "
-             + rng.choice(["No prior history of malignancy.", "Family history of breast cancer (mother).",
-                           "History of hypertension and type 2 diabetes."])),
+        free(
+            f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass, first noticed "
+            f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with {'associated' if calcifications else 'no'} "
+            f"calcifications. Core biopsy at an outside institution showed carcinoma. "
+            + rng.choice(
+                [
+                    "No prior history of malignancy.",
+                    "Family history of breast cancer (mother).",
+                    "History of hypertension and type 2 diabetes.",
+                ]
+            )
+        ),
         "",
         "SPECIMEN(S) RECEIVED:",
         *[f"{p}: {part_names[p]}" for p in parts],
@@ -253,8 +293,10 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
     if "B" in parts and verbosity:
         lines += [
             "INTRAOPERATIVE CONSULTATION:",
-            free(f"Frozen section of the sentinel lymph node(s) by Dr. Example: "
-                 f"{'metastatic carcinoma present' if nodes_positive else 'no tumor seen'} (FSB1). Touch preparation performed."),
+            free(
+                f"Frozen section of the sentinel lymph node(s) by Dr. Example: "
+                f"{'metastatic carcinoma present' if nodes_positive else 'no tumor seen'} (FSB1). Touch preparation performed."
+            ),
             "",
         ]
     gross = [
@@ -270,15 +312,32 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
     ]
     n_cassettes = rng.randint(3, [6, 20, 70][verbosity])
     for k in range(1, n_cassettes + 1):
-        gross.append(f"A{k}: " + rng.choice(["mass with deep margin", "mass, full face", "superior margin, perpendicular",
-                                              "inferior margin", "nipple", "upper outer quadrant, random", "lower inner quadrant",
-                                              "biopsy site", "skin", "medial margin", "lateral margin"]))
+        gross.append(
+            f"A{k}: "
+            + rng.choice(
+                [
+                    "mass with deep margin",
+                    "mass, full face",
+                    "superior margin, perpendicular",
+                    "inferior margin",
+                    "nipple",
+                    "upper outer quadrant, random",
+                    "lower inner quadrant",
+                    "biopsy site",
+                    "skin",
+                    "medial margin",
+                    "lateral margin",
+                ]
+            )
+        )
     for p in parts[1:]:
         count = rng.randint(1, 8)
-        gross.append(f"{p}. Received in formalin labeled '{part_names[p].lower()}' is a {round(rng.uniform(1, 9), 1)} x "
-                     f"{round(rng.uniform(1, 6), 1)} x {round(rng.uniform(0.5, 3), 1)} cm portion of fibroadipose tissue. "
-                     f"{count} possible lymph node candidates ranging from {round(rng.uniform(0.2, 0.6), 1)} to "
-                     f"{round(rng.uniform(0.7, 2.5), 1)} cm are identified. Entirely submitted in cassettes {p}1-{p}{count + 1}.")
+        gross.append(
+            f"{p}. Received in formalin labeled '{part_names[p].lower()}' is a {round(rng.uniform(1, 9), 1)} x "
+            f"{round(rng.uniform(1, 6), 1)} x {round(rng.uniform(0.5, 3), 1)} cm portion of fibroadipose tissue. "
+            f"{count} possible lymph node candidates ranging from {round(rng.uniform(0.2, 0.6), 1)} to "
+            f"{round(rng.uniform(0.7, 2.5), 1)} cm are identified. Entirely submitted in cassettes {p}1-{p}{count + 1}."
+        )
     lines += ["GROSS DESCRIPTION:", *[free(g) if not re.match(r"^[A-E]\d+:", g) else g for g in gross], *page_break()]
 
     til_word = _TIL_WORDS[til_level][0]
@@ -290,82 +349,146 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
         f"There is a {til_word} lymphocytic infiltrate (stromal tumor-infiltrating lymphocytes about {stromal_tils}%).",
         _state(rng, necrosis, "tumor necrosis") + ".",
         f"{'Microcalcifications are present in benign ducts and in the tumor' if calcifications else 'No microcalcifications are seen'}.",
-        "The background breast shows " + rng.choice(["fibrocystic change.", "columnar cell change.", "usual ductal hyperplasia.",
-                                                    "no significant abnormality."]),
+        "The background breast shows "
+        + rng.choice(
+            ["fibrocystic change.", "columnar cell change.", "usual ductal hyperplasia.", "no significant abnormality."]
+        ),
     ]
     if verbosity:
         lines += ["MICROSCOPIC DESCRIPTION:", *micro, ""]
     if verbosity == 2:
-        lines += [free(f"Part {p}: sections of the {part_names[p].lower()} show {rng.randint(1, 9)} lymph nodes and "
-                       "fibroadipose tissue with dilated vessels, focal fat necrosis related to the prior procedure, and "
-                       "scattered benign ducts. Levels were cut on each block and reviewed together with a keratin stain "
-                       "where the hematoxylin and eosin appearance was not conclusive.") for p in parts[1:]]
+        lines += [
+            free(
+                f"Part {p}: sections of the {part_names[p].lower()} show {rng.randint(1, 9)} lymph nodes and "
+                "fibroadipose tissue with dilated vessels, focal fat necrosis related to the prior procedure, and "
+                "scattered benign ducts. Levels were cut on each block and reviewed together with a keratin stain "
+                "where the hematoxylin and eosin appearance was not conclusive."
+            )
+            for p in parts[1:]
+        ]
 
-    dcis_text = (f"Ductal carcinoma in situ, {dcis_pattern} type, nuclear grade {dcis_grade}, comprising {rng.randint(5, 30)}% "
-                 f"of the tumor" if dcis == "present" else _state(rng, dcis, "ductal carcinoma in situ", "DCIS"))
+    dcis_text = (
+        f"Ductal carcinoma in situ, {dcis_pattern} type, nuclear grade {dcis_grade}, comprising {rng.randint(5, 30)}% "
+        f"of the tumor"
+        if dcis == "present"
+        else _state(rng, dcis, "ductal carcinoma in situ", "DCIS")
+    )
     lvi_text = _state(rng, lvi, "lymphovascular invasion", "LVI")
     nec_text = _state(rng, necrosis, "tumor necrosis")
-    margin_text = (f"Margins negative for carcinoma; closest margin (deep) {margin_mm} mm" if margins_negative
-                   else "Invasive carcinoma is present at the deep margin (margin positive)")
+    margin_text = (
+        f"Margins negative for carcinoma; closest margin (deep) {margin_mm} mm"
+        if margins_negative
+        else "Invasive carcinoma is present at the deep margin (margin positive)"
+    )
     nodes_text = f"{nodes_positive} of {nodes_total} lymph nodes positive for metastatic carcinoma"
     til_text = f"Tumor-infiltrating lymphocytes: {til_word} ({stromal_tils}% of stroma)"
-    score = f"tubules {tubules}, nuclear pleomorphism {pleo}, mitoses {mitoses}; total score {tubules + pleo + mitoses}/9"
+    score = (
+        f"tubules {tubules}, nuclear pleomorphism {pleo}, mitoses {mitoses}; total score {tubules + pleo + mitoses}/9"
+    )
     style = rng.random()
     if style < 0.35:  # narrative bullets in capitals
-        diagnosis = [f"A. BREAST, {side.upper()}, {procedure.upper()}:",
-                     f"   - {raw_type.upper()}, NOTTINGHAM GRADE {grade} OF 3 ({score.upper()}).",
-                     f"   - TUMOR SIZE: {size} CM IN GREATEST DIMENSION.",
-                     f"   - {lvi_text.upper()}.", f"   - {dcis_text.upper()}.", f"   - {nec_text.upper()}.",
-                     f"   - {til_text.upper()}.", f"   - {margin_text.upper()}."]
+        diagnosis = [
+            f"A. BREAST, {side.upper()}, {procedure.upper()}:",
+            f"   - {raw_type.upper()}, NOTTINGHAM GRADE {grade} OF 3 ({score.upper()}).",
+            f"   - TUMOR SIZE: {size} CM IN GREATEST DIMENSION.",
+            f"   - {lvi_text.upper()}.",
+            f"   - {dcis_text.upper()}.",
+            f"   - {nec_text.upper()}.",
+            f"   - {til_text.upper()}.",
+            f"   - {margin_text.upper()}.",
+        ]
     else:
-        fields = [("Histologic type", raw_type.capitalize()), ("Histologic grade (Nottingham)", f"Grade {grade} ({score})"),
-                  ("Tumor size", f"{size} cm (greatest dimension of invasive component)"), ("Growth pattern", growth),
-                  ("Tumor necrosis", _value(rng, necrosis)),
-                  ("Tumor-infiltrating lymphocytes", f"{til_word} ({stromal_tils}% of stroma)"),
-                  ("Lymph-vascular invasion", _value(rng, lvi)),
-                  ("Ductal carcinoma in situ", _value(rng, dcis) + (f", {dcis_pattern} type, nuclear grade {dcis_grade}" if dcis_pattern else "")),
-                  ("Margins", margin_text),
-                  ("Regional lymph nodes", f"{nodes_positive}/{nodes_total} positive"), ("Pathologic stage", _stage(size, nodes_positive))]
+        fields = [
+            ("Histologic type", raw_type.capitalize()),
+            ("Histologic grade (Nottingham)", f"Grade {grade} ({score})"),
+            ("Tumor size", f"{size} cm (greatest dimension of invasive component)"),
+            ("Growth pattern", growth),
+            ("Tumor necrosis", _value(rng, necrosis)),
+            ("Tumor-infiltrating lymphocytes", f"{til_word} ({stromal_tils}% of stroma)"),
+            ("Lymph-vascular invasion", _value(rng, lvi)),
+            (
+                "Ductal carcinoma in situ",
+                _value(rng, dcis) + (f", {dcis_pattern} type, nuclear grade {dcis_grade}" if dcis_pattern else ""),
+            ),
+            ("Margins", margin_text),
+            ("Regional lymph nodes", f"{nodes_positive}/{nodes_total} positive"),
+            ("Pathologic stage", _stage(size, nodes_positive)),
+        ]
         if style < 0.6:
-            diagnosis = ["SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST (CAP)"] + [f"   {k}: {v}" for k, v in fields]
+            diagnosis = ["SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST (CAP)"] + [
+                f"   {k}: {v}" for k, v in fields
+            ]
         elif style < 0.8:
-            diagnosis = ["BREAST CANCER SYNOPTIC CHECKLIST"] + [f"{k.upper()} {'.' * (34 - len(k))} {v}" for k, v in fields]
+            diagnosis = ["BREAST CANCER SYNOPTIC CHECKLIST"] + [
+                f"{k.upper()} {'.' * (34 - len(k))} {v}" for k, v in fields
+            ]
         else:
             diagnosis = ["Synoptic report:"] + [f"{k}:\n   {v}" for k, v in fields]
     lines += ["FINAL DIAGNOSIS:", *diagnosis]
     node_parts = [p for p in parts if p in "BD"]
     for p in node_parts:
-        lines.append(f"{p}. LYMPH NODES, {part_names[p].upper()}: " + (nodes_text.upper() if p == node_parts[0]
-                                                                       else "NEGATIVE FOR METASTATIC CARCINOMA (0 OF 3)") + ".")
+        lines.append(
+            f"{p}. LYMPH NODES, {part_names[p].upper()}: "
+            + (nodes_text.upper() if p == node_parts[0] else "NEGATIVE FOR METASTATIC CARCINOMA (0 OF 3)")
+            + "."
+        )
     for p in (p for p in parts if p in "CE"):
         lines.append(f"{p}. {part_names[p].upper()}: BENIGN BREAST TISSUE, NEGATIVE FOR CARCINOMA.")
     if verbosity == 2:
         lines += ["", free(_NOTES)]
     lines += ["", *page_break()]
     if verbosity:
-        lines += ["COMMENT:", free("Controls stained appropriately. The case was reviewed at the breast tumor board. "
-                                   "Results were communicated to Dr. Example by telephone on the day of sign-out. "
-                                   + " ".join(_DISCLAIMERS[2 : 2 + verbosity])), ""]
+        lines += [
+            "COMMENT:",
+            free(
+                "Controls stained appropriately. The case was reviewed at the breast tumor board. "
+                "Results were communicated to Dr. Example by telephone on the day of sign-out. "
+                + " ".join(_DISCLAIMERS[2 : 2 + verbosity])
+            ),
+            "",
+        ]
     addenda = rng.randint(0, 2)
     if addenda == 0:
         lines += ["ANCILLARY STUDIES:", *receptors, ""]
     else:
         lines += ["ADDENDUM 1:", f"Hormone receptor and HER2 studies on block A{rng.randint(1, 5)}:", *receptors, ""]
         if addenda == 2:
-            lines += ["ADDENDUM 2:", free("Additional levels were examined on the sentinel lymph node at the request of the "
-                                          "clinician; the findings do not change the diagnosis above."), ""]
+            lines += [
+                "ADDENDUM 2:",
+                free(
+                    "Additional levels were examined on the sentinel lymph node at the request of the "
+                    "clinician; the findings do not change the diagnosis above."
+                ),
+                "",
+            ]
     lines += [
         "I attest that I have personally reviewed the slides and that this report reflects my interpretation.",
         f"Electronically signed by {rng.choice(_PATHOLOGISTS)} on 02/{rng.randint(10, 28)}/2009",
         *page_break(),
-        *[free(d) for d in _DISCLAIMERS[: verbosity]],
+        *[free(d) for d in _DISCLAIMERS[:verbosity]],
         "*** END OF SYNTHETIC REPORT ***",
     ]
     return SyntheticCase(
-        case_id=case_id, text="\n".join(lines), histologic_type=histologic_type, grade=grade, tubules=tubules,
-        pleomorphism=pleo, mitoses=mitoses, growth_pattern=growth, til_level=til_level, necrosis=necrosis, size_cm=size,
-        lvi=lvi, dcis=dcis, dcis_pattern=dcis_pattern, er=er, pr=pr, her2=her2, margins_negative=margins_negative,
-        nodes_positive=nodes_positive, nodes_total=nodes_total,
+        case_id=case_id,
+        text="\n".join(lines),
+        histologic_type=histologic_type,
+        grade=grade,
+        tubules=tubules,
+        pleomorphism=pleo,
+        mitoses=mitoses,
+        growth_pattern=growth,
+        til_level=til_level,
+        necrosis=necrosis,
+        size_cm=size,
+        lvi=lvi,
+        dcis=dcis,
+        dcis_pattern=dcis_pattern,
+        er=er,
+        pr=pr,
+        her2=her2,
+        margins_negative=margins_negative,
+        nodes_positive=nodes_positive,
+        nodes_total=nodes_total,
     )
 
 

@@ -32,8 +32,16 @@ from pydantic import Field
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import Precision, resolve_dtype, text_dtype
 from histoldm.errors import UserError
+from histoldm.fileio import (
+    append_jsonl,
+    atomic_output,
+    atomic_write_json,
+    follow_umask,
+    read_jsonl,
+    read_text_input,
+    require_file,
+)
 from histoldm.tables import read_parquet
-from histoldm.fileio import append_jsonl, atomic_output, follow_umask, atomic_write_json, read_jsonl, read_text_input, require_file
 
 EMBEDDINGS = "embeddings.safetensors"
 PARTS = "parts"  # per-process rows of an unfinished run across processes
@@ -43,15 +51,26 @@ META = "meta.json"
 
 class EncodeTextConfig(StrictModel):
     captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")
-    text_encoder: str = Field("openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip")
+    text_encoder: str = Field(
+        "openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip"
+    )
     mode: Literal["pathldm", "truncate", "chunks", "interpolate"] | None = Field(
-        None, description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for BERT-style ones such as minilm)")
-    max_length: int | None = Field(None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)")
+        None,
+        description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for BERT-style ones such as minilm)",
+    )
+    max_length: int | None = Field(
+        None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)"
+    )
     out: Path = Field(description="output folder")
     batch_size: int = Field(256, description="captions per encoder call")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
-    dtype: DtypeName = Field("auto", description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)")
-    precision: Precision = Field("default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did")
+    dtype: DtypeName = Field(
+        "auto",
+        description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
+    )
+    precision: Precision = Field(
+        "default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did"
+    )
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:
@@ -120,7 +139,9 @@ class TextCache:
             with safe_open(str(self.folder / EMBEDDINGS), framework="pt") as f:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if tensors["embeddings"].shape[0] < len(self.captions):
-                raise UserError(f"{self.folder}: {EMBEDDINGS} has {tensors['embeddings'].shape[0]} rows, index lists {len(self.captions)}")
+                raise UserError(
+                    f"{self.folder}: {EMBEDDINGS} has {tensors['embeddings'].shape[0]} rows, index lists {len(self.captions)}"
+                )
             tensors["embeddings"] = tensors["embeddings"][: len(self.captions)]
             self._tensors = tensors
         return self._tensors
@@ -145,12 +166,16 @@ class TextCache:
         try:
             return self._rows[caption]
         except KeyError:
-            raise UserError(f"{self.folder}: caption not in the text cache: {caption[:80]!r} (re-run encode-text with it)") from None
+            raise UserError(
+                f"{self.folder}: caption not in the text cache: {caption[:80]!r} (re-run encode-text with it)"
+            ) from None
 
     def rows(self, captions: list[str]) -> list[int]:
         return [self.row(c) for c in captions]
 
-    def check_compatible(self, encoder_name: str, mode: str, max_length: int | None, fingerprint: str | None = None) -> None:
+    def check_compatible(
+        self, encoder_name: str, mode: str, max_length: int | None, fingerprint: str | None = None
+    ) -> None:
         """UserError naming the folder when the cache was made with another encoder, mode or length."""
         have = f"{self.meta['encoder']}/{self.meta['mode']}/{self.meta['max_length']}"
         want = f"{encoder_name}/{mode}/{max_length}"
@@ -177,7 +202,9 @@ def _existing_cache(out: Path, encoder) -> TextCache | None:
     return cache
 
 
-def _encode_batches(encoder, captions: list[str], bs: int, batches: list[int], table: torch.Tensor, offset: int, show: bool) -> list[bool]:
+def _encode_batches(
+    encoder, captions: list[str], bs: int, batches: list[int], table: torch.Tensor, offset: int, show: bool
+) -> list[bool]:
     """Encode the given batches (of `bs` captions each) into table rows offset + position; their truncation flags."""
     from tqdm import tqdm
 
@@ -213,7 +240,9 @@ def _encode_share(encoder, new: list[str], bs: int, procs, out: Path) -> Path:
     flags = _encode_batches(encoder, new, bs, batches, table, 0, procs.is_main)
     rows = torch.cat([table[b * bs : (b + 1) * bs] for b in batches]) if batches else table[:0]
     part.parent.mkdir(exist_ok=True)
-    _save_safetensors(part, {"embeddings": rows, "truncated": torch.tensor(flags, dtype=torch.bool)}, {"digest": digest})
+    _save_safetensors(
+        part, {"embeddings": rows, "truncated": torch.tensor(flags, dtype=torch.bool)}, {"digest": digest}
+    )
     return part
 
 
@@ -241,7 +270,9 @@ class EncodeTextResult:
     """`histoldm encode-text`, on the main process: the cache's meta.json and this run's counts."""
 
     out: Path
-    meta: dict[str, Any]  # meta.json: encoder, mode, max_length, length, dim, fingerprint, dtype, n_captions, n_truncated
+    meta: dict[
+        str, Any
+    ]  # meta.json: encoder, mode, max_length, length, dim, fingerprint, dtype, n_captions, n_truncated
     n_new: int  # captions encoded by this run
     n_reused: int  # unique captions already in the cache
     n_input_rows: int
@@ -308,12 +339,21 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | Non
         "n_truncated": sum(old_truncated) + sum(new_truncated),
     }
     _save_safetensors(out / EMBEDDINGS, {"embeddings": table, "uncond": uncond}, {k: str(v) for k, v in meta.items()})
-    append_jsonl(out / INDEX, ({"caption": c, "row": n_old + i, "truncated": t} for i, (c, t) in enumerate(zip(new, new_truncated))))
+    append_jsonl(
+        out / INDEX,
+        ({"caption": c, "row": n_old + i, "truncated": t} for i, (c, t) in enumerate(zip(new, new_truncated))),
+    )
     atomic_write_json(out / META, meta)
     shutil.rmtree(out / PARTS, ignore_errors=True)  # merged
 
     truncated_now = [c for c, t in zip(new, new_truncated) if t]
-    produced = {**meta, "n_new": len(new), "n_reused": len(unique) - len(new), "n_input_rows": len(captions), "shape": list(table.shape)}
+    produced = {
+        **meta,
+        "n_new": len(new),
+        "n_reused": len(unique) - len(new),
+        "n_input_rows": len(captions),
+        "shape": list(table.shape),
+    }
     write_manifest(
         out / "manifest.json",
         stage="encode-text",
@@ -322,6 +362,11 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | Non
         produced=produced,
         started=started,
         skipped=skipped,
-        extra={"truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]}, "device": device},
+        extra={
+            "truncated": {"count": len(truncated_now), "first": [c[:200] for c in truncated_now[:20]]},
+            "device": device,
+        },
     )
-    return EncodeTextResult(out, meta, len(new), len(unique) - len(new), len(captions), len(skipped), tuple(table.shape))
+    return EncodeTextResult(
+        out, meta, len(new), len(unique) - len(new), len(captions), len(skipped), tuple(table.shape)
+    )

@@ -52,7 +52,16 @@ class TextEncoder:
 
     kind = ""
 
-    def __init__(self, name: str, mode: str, max_length: int, length: int, model: torch.nn.Module, device: str, dtype: torch.dtype):
+    def __init__(
+        self,
+        name: str,
+        mode: str,
+        max_length: int,
+        length: int,
+        model: torch.nn.Module,
+        device: str,
+        dtype: torch.dtype,
+    ):
         self.name, self.mode, self.max_length, self.length = name, mode, max_length, length
         model.eval().requires_grad_(False)
         model.float()
@@ -86,7 +95,13 @@ class TextEncoder:
 
     def contract(self) -> dict:
         """The fields a cache / model bundle records (histoldm.models.bundle.TextContract)."""
-        return {"encoder": self.name, "mode": self.mode, "max_length": self.max_length, "dim": self.dim, "fingerprint": self.fingerprint}
+        return {
+            "encoder": self.name,
+            "mode": self.mode,
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+        }
 
 
 class ClipTextEncoder(TextEncoder):
@@ -94,7 +109,9 @@ class ClipTextEncoder(TextEncoder):
 
     kind = "clip"
 
-    def __init__(self, name: str, model: torch.nn.Module, mode: str, max_length: int | None, device: str, dtype: torch.dtype):
+    def __init__(
+        self, name: str, model: torch.nn.Module, mode: str, max_length: int | None, device: str, dtype: torch.dtype
+    ):
         if int(model.config.vocab_size) != CLIP_VOCAB:
             raise UserError(f"{name}: vocabulary of {model.config.vocab_size} tokens, expected CLIP's {CLIP_VOCAB}")
         self.context = int(model.config.max_position_embeddings)
@@ -125,7 +142,9 @@ class ClipTextEncoder(TextEncoder):
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """One tokenisation at max_length, padded with EOS, truncated (PathLDM's call)."""
-        enc = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True, return_tensors="pt")
+        enc = self.tokenizer(
+            texts, max_length=self.max_length, padding="max_length", truncation=True, return_tensors="pt"
+        )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
@@ -150,7 +169,9 @@ class BertTextEncoder(TextEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         if mode != "truncate":
-            raise UserError(f"{name}: a BERT-style encoder supports only mode truncate, not {mode} (it reads all tokens at once)")
+            raise UserError(
+                f"{name}: a BERT-style encoder supports only mode truncate, not {mode} (it reads all tokens at once)"
+            )
         model = AutoModel.from_pretrained(str(folder))
         limit = int(model.config.max_position_embeddings)
         max_length = 154 if max_length is None else max_length
@@ -164,7 +185,9 @@ class BertTextEncoder(TextEncoder):
         return [len(t) + 2 > self.max_length for t in ids]
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True, return_tensors="pt")
+        enc = self.tokenizer(
+            texts, max_length=self.max_length, padding="max_length", truncation=True, return_tensors="pt"
+        )
         return self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state
 
 
@@ -189,7 +212,9 @@ def _folder_model_type(folder: Path) -> str:
 
 # The long-caption mode of each encoder kind when none is given.
 DEFAULT_MODES = {"clip": "pathldm", "bert": "truncate"}
-OFFLINE_ENCODERS = "--text-encoder minilm (bundled) or tiny-clip (random weights, for tests), or a folder saved with save_pretrained"
+OFFLINE_ENCODERS = (
+    "--text-encoder minilm (bundled) or tiny-clip (random weights, for tests), or a folder saved with save_pretrained"
+)
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -197,7 +222,10 @@ def hub_unreachable() -> bool:
     """True when the Hugging Face hub must not or cannot be asked: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
     is set, or its endpoint gives no answer within a few seconds. Without this check an offline
     machine spends half a minute in the hub client's retries before failing."""
-    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+    if any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
         return True
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
@@ -219,9 +247,13 @@ def _load_clip(name: str) -> torch.nn.Module:
         return CLIPTextModel.from_pretrained(name, local_files_only=offline)
     except OSError as e:
         if offline:
-            raise UserError(f"{name}: not in the local Hugging Face cache and the hub is offline or unreachable; "
-                            f"offline, use {OFFLINE_ENCODERS}") from None
-        raise UserError(f"{name}: not tiny-clip, minilm, a local model folder or a reachable hub id ({str(e).splitlines()[0]})") from None
+            raise UserError(
+                f"{name}: not in the local Hugging Face cache and the hub is offline or unreachable; "
+                f"offline, use {OFFLINE_ENCODERS}"
+            ) from None
+        raise UserError(
+            f"{name}: not tiny-clip, minilm, a local model folder or a reachable hub id ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def load_text_encoder(
@@ -243,7 +275,11 @@ def load_text_encoder(
 
     if mode is not None and mode not in lc.MODES:
         raise UserError(f"text encoder mode {mode!r}: expected one of {', '.join(lc.MODES)}")
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype or "auto", torch.device(device), stage="text encoder dtype")
+    torch_dtype = (
+        dtype
+        if isinstance(dtype, torch.dtype)
+        else resolve_dtype(dtype or "auto", torch.device(device), stage="text encoder dtype")
+    )
     clip_mode, bert_mode = mode or DEFAULT_MODES["clip"], mode or DEFAULT_MODES["bert"]
     if name == "tiny-clip":
         return ClipTextEncoder(name, tiny_clip_model(), clip_mode, max_length, device, torch_dtype)
@@ -255,4 +291,3 @@ def load_text_encoder(
             return ClipTextEncoder(name, _load_clip(str(folder)), clip_mode, max_length, device, torch_dtype)
         return BertTextEncoder(name, folder, bert_mode, max_length, device, torch_dtype)
     return ClipTextEncoder(name, _load_clip(name), clip_mode, max_length, device, torch_dtype)
-

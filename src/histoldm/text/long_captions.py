@@ -48,7 +48,9 @@ def _encoder_pass(model: torch.nn.Module, embeds: torch.Tensor, attention_mask: 
     return tm.final_layer_norm(hidden)
 
 
-def encode_pathldm(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, context: int) -> torch.Tensor:
+def encode_pathldm(
+    model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, context: int
+) -> torch.Tensor:
     """PathLDM: chunks of `context` share position ids 0..context-1; one masked pass over all L."""
     tm = text_transformer(model)
     embeds = torch.cat([tm.embeddings(input_ids=chunk) for chunk in ids.split(context, dim=1)], dim=1)

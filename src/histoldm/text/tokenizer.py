@@ -27,7 +27,9 @@ _N_MERGES = 49152 - 256 - 2
 
 def _byte_alphabet() -> list[str]:
     """GPT-2/CLIP's reversible byte -> printable-unicode table, in CLIP's vocabulary order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for b in range(256):

@@ -79,11 +79,26 @@ def optimizer_settings(optimizer, schedule: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters a config sets (read from the first param group; every group gets the same),
     plus the settings the LR schedule's lambda was built from (e.g. warmup_steps)."""
     group = optimizer.param_groups[0]
-    return {"lr": group["initial_lr"], "betas": list(group["betas"]), "weight_decay": group["weight_decay"], "eps": group["eps"], **schedule}
+    return {
+        "lr": group["initial_lr"],
+        "betas": list(group["betas"]),
+        "weight_decay": group["weight_decay"],
+        "eps": group["eps"],
+        **schedule,
+    }
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, *, model, ema, optimizer, lr_scheduler, scaler, data_position: int, keep: int,
+    run_dir: Path,
+    step: int,
+    *,
+    model,
+    ema,
+    optimizer,
+    lr_scheduler,
+    scaler,
+    data_position: int,
+    keep: int,
     schedule: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `step` completely, then point `latest` at it, then drop the oldest beyond `keep`."""
@@ -96,7 +111,10 @@ def save_checkpoint(
     if ema is not None:
         _save_tensors(ema.state_dict(), tmp / "ema.safetensors")
     opt = optimizer.state_dict()
-    _save_tensors({f"state.{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if torch.is_tensor(v)}, tmp / "optimizer.safetensors")
+    _save_tensors(
+        {f"state.{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if torch.is_tensor(v)},
+        tmp / "optimizer.safetensors",
+    )
     _save_tensors(_rng_tensors(), tmp / "rng.safetensors")
     np_state = np.random.get_state()
     state = {
@@ -104,7 +122,9 @@ def save_checkpoint(
         "data_position": data_position,
         "ema_updates": ema.updates if ema is not None else None,
         "optimizer_param_groups": opt["param_groups"],
-        "optimizer_scalars": {f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if not torch.is_tensor(v)},
+        "optimizer_scalars": {
+            f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items() if not torch.is_tensor(v)
+        },
         "lr_scheduler": lr_scheduler.state_dict(),
         "optimizer_settings": optimizer_settings(optimizer, schedule or {}),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -183,9 +203,17 @@ def _apply_settings(optimizer, lr_scheduler, settings: dict[str, Any]) -> None:
     """Give every param group the config's hyper-parameters and the scheduler the config's peak lr, and set
     the current lr to what the (LambdaLR) schedule gives at the resumed step with that peak."""
     for group in optimizer.param_groups:
-        group.update(initial_lr=settings["lr"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"], eps=settings["eps"])
+        group.update(
+            initial_lr=settings["lr"],
+            betas=tuple(settings["betas"]),
+            weight_decay=settings["weight_decay"],
+            eps=settings["eps"],
+        )
     lr_scheduler.base_lrs = [settings["lr"]] * len(optimizer.param_groups)
-    lrs = [base * f(lr_scheduler.last_epoch) for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas, strict=True)]
+    lrs = [
+        base * f(lr_scheduler.last_epoch)
+        for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas, strict=True)
+    ]
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
     lr_scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
@@ -196,7 +224,9 @@ def describe_changes(changes: dict[str, list], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{k} {old} -> {new}" for k, (old, new) in changes.items())
 
 
-def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, *, model, ema, optimizer, lr_scheduler, scaler, schedule: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Restore everything save_checkpoint wrote, then apply the config's optimizer settings (the ones the
     optimizer was built with, plus `schedule`); returns the state (step, data_position, ...) with
     `optimizer_changes`: {setting: [checkpoint's, config's]} for each setting that differs."""
@@ -205,9 +235,13 @@ def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler, 
     try:
         missing, unexpected = model.load_state_dict(_load_tensors(path / "model.safetensors"), strict=False)
     except RuntimeError as e:  # shape mismatches: another preset or context width
-        raise UserError(f"{path / 'model.safetensors'}: does not fit this model ({str(e).splitlines()[-1].strip()})") from None
+        raise UserError(
+            f"{path / 'model.safetensors'}: does not fit this model ({str(e).splitlines()[-1].strip()})"
+        ) from None
     if missing or unexpected:  # strict, with a one-line message instead of a key dump
-        raise UserError(f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise UserError(
+            f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     if ema is not None:
         if state["ema_updates"] is None:
             raise UserError(f"{path}: checkpoint has no EMA weights but the config turns EMA on")
@@ -222,7 +256,9 @@ def load_checkpoint(path: Path, *, model, ema, optimizer, lr_scheduler, scaler, 
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
     _match_parameter_layout(optimizer)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
-    saved = state.get("optimizer_settings") or optimizer_settings(optimizer, {})  # older checkpoints: their param groups
+    saved = state.get("optimizer_settings") or optimizer_settings(
+        optimizer, {}
+    )  # older checkpoints: their param groups
     _apply_settings(optimizer, lr_scheduler, configured)
     state["optimizer_changes"] = {k: [saved[k], v] for k, v in configured.items() if k in saved and saved[k] != v}
     if scaler is not None and state["scaler"] is not None:

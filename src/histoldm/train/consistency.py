@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from histoldm.models.student import boundary_scalings, guidance_embedding
 from histoldm.models.schedule import ddpm_scheduler
+from histoldm.models.student import boundary_scalings, guidance_embedding
 
 
 def _x0(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -26,8 +26,15 @@ def _x0(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 class ConsistencyDistillation:
-    def __init__(self, prediction_type: Literal["epsilon", "v_prediction"], solver_steps: int, guidance_range: tuple[float, float],
-                 embedding_dim: int, loss: Literal["l2", "huber"], device: torch.device):
+    def __init__(
+        self,
+        prediction_type: Literal["epsilon", "v_prediction"],
+        solver_steps: int,
+        guidance_range: tuple[float, float],
+        embedding_dim: int,
+        loss: Literal["l2", "huber"],
+        device: torch.device,
+    ):
         scheduler = ddpm_scheduler(prediction_type)
         n_train = int(scheduler.config.num_train_timesteps)
         self.prediction_type = prediction_type
@@ -43,13 +50,24 @@ class ConsistencyDistillation:
         out = out.float()
         return a.sqrt() * out + (1 - a).sqrt() * x if self.prediction_type == "v_prediction" else out
 
-    def _consistency(self, unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, w_emb: torch.Tensor) -> torch.Tensor:
+    def _consistency(
+        self, unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, w_emb: torch.Tensor
+    ) -> torch.Tensor:
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         eps = self._eps(unet(x, t, encoder_hidden_states=context, timestep_cond=w_emb, return_dict=False)[0], x, a)
         c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
         return c_skip * x + c_out * _x0(x, eps, a)
 
-    def loss(self, student, target, teacher, latents: torch.Tensor, context: torch.Tensor, uncond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def loss(
+        self,
+        student,
+        target,
+        teacher,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        uncond: torch.Tensor,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
         """Mean loss over the batch (a 0-d fp32 tensor; no host sync). `uncond`: (1, L, D) empty caption."""
         b = latents.shape[0]
         t = self.grid[torch.randint(0, len(self.grid), (b,), generator=gen, device=latents.device)]

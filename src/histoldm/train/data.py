@@ -51,7 +51,9 @@ def _split_cases(split_path: Path, split: str) -> set[str]:
     assigned = load_split(split_path)
     cases = {str(c) for c, name in assigned.items() if name == split}
     if not cases:
-        raise UserError(f"{split_path}: no cases in split '{split}' (has {', '.join(sorted(set(assigned.values()))) or 'none'})")
+        raise UserError(
+            f"{split_path}: no cases in split '{split}' (has {', '.join(sorted(set(assigned.values()))) or 'none'})"
+        )
     return cases
 
 
@@ -61,7 +63,9 @@ class LatentTextDataset(torch.utils.data.Dataset):
     one of its captions per read (`pick_captions`). `skipped` counts caption rows left out and why;
     `cases` is how many cases the pairs come from."""
 
-    def __init__(self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"):
+    def __init__(
+        self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"
+    ):
         from histoldm.tables import read_parquet
 
         table = read_parquet(captions_path, "captions file", ["patch_id", "case_id", "caption"]).to_pydict()
@@ -133,7 +137,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 def step_generator(seed: int, step: int, rank: int, device: torch.device, stream: int = 0) -> torch.Generator:
     """The one source of per-step randomness. Draws that must be independent of each other (caption
     dropout vs. flips, say) take different `stream`s: one shared stream would correlate them."""
-    return torch.Generator(device=device).manual_seed((((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream) % 2**63)
+    return torch.Generator(device=device).manual_seed(
+        (((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream) % 2**63
+    )
 
 
 def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:
@@ -158,11 +164,15 @@ def crop_window(latent_meta: dict, crop: int | None) -> int:
     if crop is None:
         return size
     if not latent_meta.get("image_size"):
-        raise UserError("data.crop: the latent cache does not record its image size (an older encode-latents); re-encode it to crop")
+        raise UserError(
+            "data.crop: the latent cache does not record its image size (an older encode-latents); re-encode it to crop"
+        )
     image_size = int(latent_meta["image_size"])
     stride = image_size // size
     if crop % stride or crop > image_size:
-        raise UserError(f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px")
+        raise UserError(
+            f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px"
+        )
     return crop // stride
 
 

@@ -33,27 +33,54 @@ class DistillData(StrictModel):
     captions: Path = Field(description="captions.parquet")
     split: Path | None = Field(None, description="split.json; None = every captioned patch")
     split_name: str = Field("train", description="the split to distil on")
-    augment: Literal["none", "flips", "dihedral"] = Field("dihedral", description="latent-space flips / the 8 symmetries of the square")
-    crop: int | None = Field(None, ge=8, description="pixels: a random crop per read, as the teacher's training (None = whole patch)")
+    augment: Literal["none", "flips", "dihedral"] = Field(
+        "dihedral", description="latent-space flips / the 8 symmetries of the square"
+    )
+    crop: int | None = Field(
+        None, ge=8, description="pixels: a random crop per read, as the teacher's training (None = whole patch)"
+    )
     preload_text: bool = Field(True, description="keep the caption-embedding table on the device")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
 class DistillConfig(TrainingRunConfig):
     name: str = Field("turbo", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
-    batch_size: int = Field(16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)")
-    precision: DtypeName = Field("bfloat16", description="autocast dtype of the UNets (also on CPU); auto: bfloat16 where supported, else float32")
+    batch_size: int = Field(
+        16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)"
+    )
+    precision: DtypeName = Field(
+        "bfloat16",
+        description="autocast dtype of the UNets (also on CPU); auto: bfloat16 where supported, else float32",
+    )
     teacher: Path = Field(description="the trained model bundle (or training run folder) to distil")
-    solver_steps: int = Field(50, ge=2, le=1000, description="the teacher's DDIM grid: one distillation step jumps 1000/N training steps (LCM: 50)")
-    guidance_range: tuple[float, float] = Field((1.0, 3.0), description="guidance scales drawn per sample; the student samples at any scale in this range")
-    embedding_dim: int = Field(256, ge=2, description="width of the guidance-scale embedding added to the timestep embedding")
-    target_decay: float = Field(0.95, ge=0, lt=1, description="EMA decay of the consistency target (LCM: 0.95); the bundle holds the target's weights")
-    loss: Literal["l2", "huber"] = Field("huber", description="distance between student and target: LCM's pseudo-Huber (c=0.001) or squared error")
+    solver_steps: int = Field(
+        50,
+        ge=2,
+        le=1000,
+        description="the teacher's DDIM grid: one distillation step jumps 1000/N training steps (LCM: 50)",
+    )
+    guidance_range: tuple[float, float] = Field(
+        (1.0, 3.0), description="guidance scales drawn per sample; the student samples at any scale in this range"
+    )
+    embedding_dim: int = Field(
+        256, ge=2, description="width of the guidance-scale embedding added to the timestep embedding"
+    )
+    target_decay: float = Field(
+        0.95,
+        ge=0,
+        lt=1,
+        description="EMA decay of the consistency target (LCM: 0.95); the bundle holds the target's weights",
+    )
+    loss: Literal["l2", "huber"] = Field(
+        "huber", description="distance between student and target: LCM's pseudo-Huber (c=0.001) or squared error"
+    )
     log_every: int = Field(50, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept")
     data: DistillData = Field(description="the teacher's training caches")
-    optim: OptimSection = Field(OptimSection(lr=1e-5, warmup_steps=100), description="AdamW and its schedule (train's optim section)")
+    optim: OptimSection = Field(
+        OptimSection(lr=1e-5, warmup_steps=100), description="AdamW and its schedule (train's optim section)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -62,7 +89,9 @@ class DistillConfig(TrainingRunConfig):
         if self.embedding_dim % 2:
             raise ValueError(f"embedding_dim {self.embedding_dim}: needs an even width (sin and cos halves)")
         if self.optim.min_snr_gamma is not None:
-            raise ValueError("optim.min_snr_gamma: a weighting of train's diffusion loss; distill's consistency loss has none")
+            raise ValueError(
+                "optim.min_snr_gamma: a weighting of train's diffusion loss; distill's consistency loss has none"
+            )
         return self
 
 
@@ -81,9 +110,15 @@ class DistillResult:
 def distill_contract(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_meta: dict) -> dict:
     """What a resumed distillation must share with the run it continues: teacher, student form, caches."""
     return {
-        "teacher": {"source": teacher_meta.source, "trained_steps": teacher_meta.trained_steps, "unet_preset": teacher_meta.unet_preset,
-                    "prediction_type": teacher_meta.prediction_type},
-        "student": cfg.model_dump(mode="json", include={"solver_steps", "guidance_range", "embedding_dim", "target_decay", "loss"}),
+        "teacher": {
+            "source": teacher_meta.source,
+            "trained_steps": teacher_meta.trained_steps,
+            "unet_preset": teacher_meta.unet_preset,
+            "prediction_type": teacher_meta.prediction_type,
+        },
+        "student": cfg.model_dump(
+            mode="json", include={"solver_steps", "guidance_range", "embedding_dim", "target_decay", "loss"}
+        ),
         "latents": {k: latent_meta.get(k) for k in ("fingerprint", "scaling_factor", "channels", "size")},
         "text_cache": {k: text_meta.get(k) for k in ("encoder", "fingerprint", "mode", "max_length")},
     }
@@ -94,7 +129,9 @@ def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta, latent_meta: dict
     if teacher_meta.distilled is not None:
         raise UserError(f"{cfg.teacher}: already a distilled student; distil a teacher bundle made by `histoldm train`")
     if teacher_meta.latent.fingerprint and latent_meta.get("fingerprint") != teacher_meta.latent.fingerprint:
-        raise UserError(f"{cfg.data.latents}: latents of another autoencoder than the teacher's (fingerprint {str(latent_meta.get('fingerprint'))[:12]})")
+        raise UserError(
+            f"{cfg.data.latents}: latents of another autoencoder than the teacher's (fingerprint {str(latent_meta.get('fingerprint'))[:12]})"
+        )
     if teacher_meta.text.fingerprint and text_meta.get("fingerprint") != teacher_meta.text.fingerprint:
         raise UserError(f"{cfg.data.text_cache}: caption embeddings of another text encoder than the teacher's")
 
@@ -102,8 +139,12 @@ def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta, latent_meta: dict
 def student_meta(cfg: DistillConfig, teacher_meta, teacher: Path, step: int, source: str):
     from histoldm.models.bundle import DistilledSampling
 
-    distilled = DistilledSampling(solver_steps=cfg.solver_steps, guidance_range=cfg.guidance_range, embedding_dim=cfg.embedding_dim,
-                                  teacher=f"{teacher.resolve()}@{teacher_meta.trained_steps}")
+    distilled = DistilledSampling(
+        solver_steps=cfg.solver_steps,
+        guidance_range=cfg.guidance_range,
+        embedding_dim=cfg.embedding_dim,
+        teacher=f"{teacher.resolve()}@{teacher_meta.trained_steps}",
+    )
     return teacher_meta.model_copy(update={"distilled": distilled, "trained_steps": step, "source": source})
 
 
@@ -130,13 +171,36 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     from histoldm.models.bundle import load_bundle_unet, read_bundle_meta
     from histoldm.models.student import make_student
     from histoldm.sampling.run import resolve_bundle
-    from histoldm.train.checkpoint import clean_partial, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
+    from histoldm.train.checkpoint import (
+        clean_partial,
+        load_checkpoint,
+        resolve_resume,
+        save_checkpoint,
+        truncate_stats,
+    )
     from histoldm.train.consistency import ConsistencyDistillation
-    from histoldm.train.data import LatentTextDataset, ResumableSampler, TextTable, augment_dihedral, crop_window, pick_captions, random_crop, step_generator
+    from histoldm.train.data import (
+        LatentTextDataset,
+        ResumableSampler,
+        TextTable,
+        augment_dihedral,
+        crop_window,
+        pick_captions,
+        random_crop,
+        step_generator,
+    )
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
     from histoldm.train.lr_schedule import make_lr_scheduler
-    from histoldm.train.trainer import CONTRACT, MIXED_PRECISION, _check_contract, _peak_memory, _resolve_run_dir, _stop_if_diverged, report_training_data
+    from histoldm.train.trainer import (
+        CONTRACT,
+        MIXED_PRECISION,
+        _check_contract,
+        _peak_memory,
+        _resolve_run_dir,
+        _stop_if_diverged,
+        report_training_data,
+    )
 
     started = time.time()
 
@@ -148,11 +212,19 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
     window = crop_window(latents.meta, cfg.data.crop)
     if window != teacher_meta.latent.size:
-        raise UserError(f"{cfg.data.latents}: {window}x{window} latents (data.crop {cfg.data.crop}) but the teacher samples {teacher_meta.latent.size}x{teacher_meta.latent.size}")
+        raise UserError(
+            f"{cfg.data.latents}: {window}x{window} latents (data.crop {cfg.data.crop}) but the teacher samples {teacher_meta.latent.size}x{teacher_meta.latent.size}"
+        )
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
-    use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    use_cpu = (
+        cfg.cpu
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
     on_gpu = not use_cpu
-    dtype = resolve_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="distill precision", training=True)
+    dtype = resolve_dtype(
+        cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="distill precision", training=True
+    )
 
     # Processes and run folder: every rank agrees on the folder rank 0 chose.
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=use_cpu)
@@ -174,12 +246,18 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     memory_format = training_memory_format(None, device)
     teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
     unet = make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).train()
-    target = make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).eval().requires_grad_(False)
+    target = (
+        make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).eval().requires_grad_(False)
+    )
     o = cfg.optim
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None
+    )
     lr_scheduler, schedule = make_lr_scheduler(optimizer, o.warmup_steps, o.decay, cfg.max_steps)
     target_ema = EMA(unet, cfg.target_decay)
-    objective = ConsistencyDistillation(teacher_meta.prediction_type, cfg.solver_steps, cfg.guidance_range, cfg.embedding_dim, cfg.loss, device)
+    objective = ConsistencyDistillation(
+        teacher_meta.prediction_type, cfg.solver_steps, cfg.guidance_range, cfg.embedding_dim, cfg.loss, device
+    )
     table = text.table_with_uncond()
     table = table.to(device) if cfg.data.preload_text else (table.pin_memory() if on_gpu else table)
     uncond = table[text.uncond_row : text.uncond_row + 1].to(device).float()
@@ -188,8 +266,15 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     step, data_position = 0, 0
     model, optimizer = accelerator.prepare(unet, optimizer)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=unet, ema=target_ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                scaler=accelerator.scaler, schedule=schedule)
+        state = load_checkpoint(
+            resume_from,
+            model=unet,
+            ema=target_ema,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            scaler=accelerator.scaler,
+            schedule=schedule,
+        )
         step, data_position = state["step"], state["data_position"]
         if accelerator.is_main_process:
             truncate_stats(run_dir / "stats.jsonl", step)
@@ -198,7 +283,13 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     torch._foreach_copy_(target_params, target_ema.shadow)
 
     sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers, pin_memory=on_gpu, persistent_workers=cfg.data.workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.workers,
+        pin_memory=on_gpu,
+        persistent_workers=cfg.data.workers > 0,
+    )
     batches = iter(loader)
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -212,14 +303,34 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
             lat, rows, counts = next(batches)
             draw = data_position + micro
             rows = pick_captions(rows, counts, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=3))
-            lat = random_crop(lat.to(device, non_blocking=True), window, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2))
+            lat = random_crop(
+                lat.to(device, non_blocking=True),
+                window,
+                step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2),
+            )
             if cfg.data.augment != "none":
-                lat = augment_dihedral(lat, step_generator(cfg.seed, draw, rank, device, stream=5), transpose=cfg.data.augment == "dihedral")
+                lat = augment_dihedral(
+                    lat,
+                    step_generator(cfg.seed, draw, rank, device, stream=5),
+                    transpose=cfg.data.augment == "dihedral",
+                )
             lat = lat.contiguous(memory_format=memory_format)
-            context = (table[rows.to(device, non_blocking=True)] if cfg.data.preload_text else table[rows].to(device, non_blocking=True)).float()
+            context = (
+                table[rows.to(device, non_blocking=True)]
+                if cfg.data.preload_text
+                else table[rows].to(device, non_blocking=True)
+            ).float()
             with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext():
                 with accelerator.autocast():  # the prepared student autocasts itself; teacher and target need it too
-                    loss = objective.loss(model, target, teacher, lat, context, uncond, step_generator(cfg.seed, draw, rank, device, stream=4))
+                    loss = objective.loss(
+                        model,
+                        target,
+                        teacher,
+                        lat,
+                        context,
+                        uncond,
+                        step_generator(cfg.seed, draw, rank, device, stream=4),
+                    )
                 accelerator.backward(loss / cfg.grad_accum)
             loss_sum += loss.detach()
             nonfinite |= ~torch.isfinite(loss.detach())
@@ -240,7 +351,18 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
             _stop_if_diverged(accelerator, nonfinite, step, run_dir)
             rates.append(window_steps * images_per_step / (time.perf_counter() - window_start))
             if accelerator.is_main_process:
-                append_jsonl(run_dir / "stats.jsonl", [{"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "img_s": rates[-1], "time": time.time()}])
+                append_jsonl(
+                    run_dir / "stats.jsonl",
+                    [
+                        {
+                            "step": step,
+                            "loss": mean_loss,
+                            "lr": lr_scheduler.get_last_lr()[0],
+                            "img_s": rates[-1],
+                            "time": time.time(),
+                        }
+                    ],
+                )
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
@@ -248,8 +370,18 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _stop_if_diverged(accelerator, nonfinite, step, run_dir)
             if accelerator.is_main_process:
-                save_checkpoint(run_dir, step, model=unet, ema=target_ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                scaler=accelerator.scaler, data_position=data_position, keep=cfg.keep_checkpoints, schedule=schedule)
+                save_checkpoint(
+                    run_dir,
+                    step,
+                    model=unet,
+                    ema=target_ema,
+                    optimizer=optimizer,
+                    lr_scheduler=lr_scheduler,
+                    scaler=accelerator.scaler,
+                    data_position=data_position,
+                    keep=cfg.keep_checkpoints,
+                    schedule=schedule,
+                )
             accelerator.wait_for_everyone()
     bar.close()
     del batches
@@ -258,12 +390,40 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     # Export the student bundle (the target's weights) and the run manifest.
     img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
     if accelerator.is_main_process:
-        export_student(run_dir / "model", student_meta(cfg, teacher_meta, teacher_dir, step, str(run_dir)), unet, target_ema, teacher_dir)
-        write_manifest(run_dir / "manifest.json", stage="distill", config=cfg, seed=cfg.seed, started=started,
-                       inputs={"teacher": teacher_dir, "latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
-                               "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
-                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "seconds_this_session": round(seconds, 2)},
-                       extra={"peak_memory": _peak_memory(device), "img_s": img_s, "processes": world, "precision": dtype_name(dtype)})
+        export_student(
+            run_dir / "model",
+            student_meta(cfg, teacher_meta, teacher_dir, step, str(run_dir)),
+            unet,
+            target_ema,
+            teacher_dir,
+        )
+        write_manifest(
+            run_dir / "manifest.json",
+            stage="distill",
+            config=cfg,
+            seed=cfg.seed,
+            started=started,
+            inputs={
+                "teacher": teacher_dir,
+                "latents": Path(cfg.data.latents) / "meta.json",
+                "text_cache": Path(cfg.data.text_cache) / "meta.json",
+                "captions": cfg.data.captions,
+                "split": cfg.data.split,
+                "resumed_from": resume_from,
+            },
+            produced={
+                "steps": step,
+                "bundle": str(run_dir / "model"),
+                "pairs": len(dataset),
+                "seconds_this_session": round(seconds, 2),
+            },
+            extra={
+                "peak_memory": _peak_memory(device),
+                "img_s": img_s,
+                "processes": world,
+                "precision": dtype_name(dtype),
+            },
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return DistillResult(run_dir, run_dir / "model", step, seconds, img_s, world)

@@ -27,8 +27,14 @@ from histoldm.errors import UserError
 UNET_PREFIX = "model.diffusion_model."
 # Skip reasons for what a CompVis checkpoint holds besides the UNet (init_from only: convert-ldm keeps more).
 _INIT_SKIPS: list[tuple[str, str]] = [
-    (r"model_ema\..+", "EMA copy of the UNet: the raw weights are loaded (convert-ldm --ema makes a bundle of the EMA copy)"),
-    (r"cond_stage_model\.embedding\.weight", "class embedder (CompVis ClassEmbedder, e.g. cin256-v2's 1001 ImageNet classes): replaced by the text encoder"),
+    (
+        r"model_ema\..+",
+        "EMA copy of the UNet: the raw weights are loaded (convert-ldm --ema makes a bundle of the EMA copy)",
+    ),
+    (
+        r"cond_stage_model\.embedding\.weight",
+        "class embedder (CompVis ClassEmbedder, e.g. cin256-v2's 1001 ImageNet classes): replaced by the text encoder",
+    ),
     (r"(model\.diffusion_model\.)?label_emb\..+", "class embedder (UNetModel label_emb): replaced by the text encoder"),
     (r"first_stage_model\..+", "first stage (autoencoder): training reads latents made by the cache's own autoencoder"),
     (r"cond_stage_model\..+", "conditioning model: training reads the text cache's embeddings"),
@@ -58,7 +64,9 @@ def skipped_lines(skipped: list[dict[str, str]], names_shown: int = 3) -> list[s
     lines = []
     for reason, keys in groups.items():
         more = f", ... ({len(keys) - names_shown} more)" if len(keys) > names_shown else ""
-        lines.append(f"skipped {len(keys)} {'tensor' if len(keys) == 1 else 'tensors'}, {reason}: {', '.join(keys[:names_shown])}{more}")
+        lines.append(
+            f"skipped {len(keys)} {'tensor' if len(keys) == 1 else 'tensors'}, {reason}: {', '.join(keys[:names_shown])}{more}"
+        )
     return lines
 
 
@@ -68,7 +76,11 @@ def compvis_init(unet: torch.nn.Module) -> int:
     UNet predicts 0. Returns the number of tensors zeroed."""
     zeroed = 0
     for name, module in unet.named_modules():
-        if name == "conv_out" or re.search(r"\.resnets\.\d+\.conv2$", name) or re.search(r"\.attentions\.\d+\.proj_out$", name):
+        if (
+            name == "conv_out"
+            or re.search(r"\.resnets\.\d+\.conv2$", name)
+            or re.search(r"\.attentions\.\d+\.proj_out$", name)
+        ):
             for p in module.parameters(recurse=False):
                 torch.nn.init.zeros_(p)
                 zeroed += 1
@@ -89,12 +101,16 @@ def _from_compvis(path: Path, unet) -> tuple[dict[str, torch.Tensor], list[dict[
     state = read_checkpoint(path)
     prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in state) else ""
     if not prefix and "input_blocks.0.0.weight" not in state:
-        raise UserError(f"{path}: neither {UNET_PREFIX}* nor input_blocks.* keys, not a CompVis latent-diffusion UNet checkpoint")
+        raise UserError(
+            f"{path}: neither {UNET_PREFIX}* nor input_blocks.* keys, not a CompVis latent-diffusion UNet checkpoint"
+        )
     _check_schedule(state, str(path))
     names = {ours: prefix + theirs for ours, theirs in _our_compvis_names(unet).items()}
     ours = {ours: state[theirs] for ours, theirs in names.items() if theirs in state}
     if missing := [theirs for theirs in names.values() if theirs not in state]:
-        raise UserError(f"{path}: {len(missing)} UNet tensors missing for the {unet_label(unet)} UNet: {_preview(missing)}")
+        raise UserError(
+            f"{path}: {len(missing)} UNet tensors missing for the {unet_label(unet)} UNet: {_preview(missing)}"
+        )
     placed, skipped, unexpected = set(names.values()), [], []
     for key in state:
         if key in placed:
@@ -107,7 +123,9 @@ def _from_compvis(path: Path, unet) -> tuple[dict[str, torch.Tensor], list[dict[
         else:
             unexpected.append(key)
     if unexpected:
-        raise UserError(f"{path}: {len(unexpected)} UNet tensors the {unet_label(unet)} UNet has no place for: {_preview(unexpected)}")
+        raise UserError(
+            f"{path}: {len(unexpected)} UNet tensors the {unet_label(unet)} UNet has no place for: {_preview(unexpected)}"
+        )
     return {k: ours[k] for k in names}, skipped, "compvis" if prefix else "compvis-unet", names
 
 
@@ -118,8 +136,15 @@ def unet_label(unet) -> str:
 # The preset's UNet settings; heads and the time embedding change what the weights compute without changing
 # any tensor's shape. A bundle or run made with others is refused. (Context width and latent channels come
 # from the caches, not the preset: the shape check names them.)
-_ARCHITECTURE = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "attention_head_dim",
-                 "flip_sin_to_cos", "freq_shift")
+_ARCHITECTURE = (
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "attention_head_dim",
+    "flip_sin_to_cos",
+    "freq_shift",
+)
 
 
 def _check_architecture(theirs: dict, unet, source: Path) -> None:
@@ -130,8 +155,10 @@ def _check_architecture(theirs: dict, unet, source: Path) -> None:
 
     for key in (k for k in _ARCHITECTURE if k in theirs):
         if plain(theirs[key]) != plain(unet.config.get(key)):
-            raise UserError(f"{source}: UNet {key} is {plain(theirs[key])}, the run's UNet preset has {plain(unet.config.get(key))}; "
-                            "set model.unet_preset to the source's")
+            raise UserError(
+                f"{source}: UNet {key} is {plain(theirs[key])}, the run's UNet preset has {plain(unet.config.get(key))}; "
+                "set model.unet_preset to the source's"
+            )
 
 
 def _from_histoldm(path: Path, unet) -> tuple[dict[str, torch.Tensor], str, Path]:
@@ -164,7 +191,9 @@ def _saved_architecture(weights: Path, path: Path) -> dict:
     try:
         if weights.parent.name == "unet":
             return json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
-        return dict(UNET_PRESETS.get(json.loads((path / "config.json").read_text(encoding="utf-8"))["model"]["unet_preset"], {}))
+        return dict(
+            UNET_PRESETS.get(json.loads((path / "config.json").read_text(encoding="utf-8"))["model"]["unet_preset"], {})
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: cannot read the UNet's configuration ({type(e).__name__}: {e})") from None
 
@@ -175,16 +204,24 @@ def _check_shapes(state: dict[str, torch.Tensor], unet, source: Path, names: dic
     want = unet.state_dict()
     attn2 = next((k for k in want if k.endswith("attn2.to_k.weight")), None)
     if attn2 and attn2 in state and state[attn2].shape[1] != want[attn2].shape[1]:
-        raise UserError(f"{source}: UNet cross-attention takes {state[attn2].shape[1]}-wide context, the text cache's embeddings are "
-                        f"{want[attn2].shape[1]}-d ({names.get(attn2, attn2)} {tuple(state[attn2].shape)} vs {tuple(want[attn2].shape)})")
+        raise UserError(
+            f"{source}: UNet cross-attention takes {state[attn2].shape[1]}-wide context, the text cache's embeddings are "
+            f"{want[attn2].shape[1]}-d ({names.get(attn2, attn2)} {tuple(state[attn2].shape)} vs {tuple(want[attn2].shape)})"
+        )
     if missing := sorted(set(want) - set(state)):
-        raise UserError(f"{source}: {len(missing)} UNet tensors missing for the {unet_label(unet)} UNet, e.g. {missing[0]}")
+        raise UserError(
+            f"{source}: {len(missing)} UNet tensors missing for the {unet_label(unet)} UNet, e.g. {missing[0]}"
+        )
     if extra := sorted(set(state) - set(want)):
-        raise UserError(f"{source}: {len(extra)} UNet tensors the {unet_label(unet)} UNet has no place for, e.g. {extra[0]}")
+        raise UserError(
+            f"{source}: {len(extra)} UNet tensors the {unet_label(unet)} UNet has no place for, e.g. {extra[0]}"
+        )
     if bad := [k for k in want if state[k].shape != want[k].shape]:
         k = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UserError(f"{source}: {names.get(k, k)} has shape {tuple(state[k].shape)}, the {unet_label(unet)} UNet expects {tuple(want[k].shape)}{more}")
+        raise UserError(
+            f"{source}: {names.get(k, k)} has shape {tuple(state[k].shape)}, the {unet_label(unet)} UNet expects {tuple(want[k].shape)}{more}"
+        )
 
 
 def load_init_weights(source: Path, unet) -> InitReport:
@@ -204,4 +241,6 @@ def load_init_weights(source: Path, unet) -> InitReport:
     _check_shapes(state, unet, source, names)
     with torch.no_grad():
         unet.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-    return InitReport(source=str(source.resolve()), kind=kind, sha256=sha256_file(hashed), loaded=len(state), skipped=skipped)
+    return InitReport(
+        source=str(source.resolve()), kind=kind, sha256=sha256_file(hashed), loaded=len(state), skipped=skipped
+    )

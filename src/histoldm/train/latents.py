@@ -45,11 +45,15 @@ class EncodeLatentsConfig(StrictModel):
     batch_size: int = Field(32, description="patches per encoder call")
     shard_size: int = Field(8192, description="patches per shard file")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: AutocastDtypeName = Field("auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32")
+    precision: AutocastDtypeName = Field(
+        "auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32"
+    )
     scale_batches: int = Field(4, description="KL: batches used to measure the latent std")
     scaling_factor: float | None = Field(None, description="override the measured (KL) or preset (VQ) scaling factor")
     workers: int = Field(2, description="image-decoding worker processes")
-    image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels before encoding (default: as stored)")
+    image_size: int | None = Field(
+        None, ge=8, description="resize patches to this many pixels before encoding (default: as stored)"
+    )
 
 
 def _shard_name(k: int) -> str:
@@ -100,7 +104,9 @@ def as_list(items):
 
 def image_batches(paths: list[Path], batch_size: int, workers: int, size: int | None = None):
     """Lists of (image, ok, error), decoded in worker processes ahead of the encoder."""
-    return torch.utils.data.DataLoader(PatchImages(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=as_list)
+    return torch.utils.data.DataLoader(
+        PatchImages(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=as_list
+    )
 
 
 def _encode_batch(ae, items, first_shape, device, dtype, pin: bool):
@@ -108,7 +114,10 @@ def _encode_batch(ae, items, first_shape, device, dtype, pin: bool):
     from histoldm.models.autoencoder import encode
 
     ok = [good and (first_shape is None or img.shape == first_shape) for img, good, _ in items]
-    errors = [err or ("" if good else f"image shape differs from {tuple(first_shape)}") for (_, _, err), good in zip(items, ok)]
+    errors = [
+        err or ("" if good else f"image shape differs from {tuple(first_shape)}")
+        for (_, _, err), good in zip(items, ok)
+    ]
     images = [img for (img, _, _), good in zip(items, ok) if good]
     if not images:
         return torch.zeros(0), ok, errors
@@ -187,18 +196,26 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     # Plan: reuse a compatible unfinished cache (its scaling factor included), else start afresh.
     meta_path = out / META
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if old and (old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint or old.get("image_size") != shape[-1]):
-        raise UserError(f"{out}: holds a latent cache of other patches, another autoencoder or another image size; choose another --out")
+    if old and (
+        old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint or old.get("image_size") != shape[-1]
+    ):
+        raise UserError(
+            f"{out}: holds a latent cache of other patches, another autoencoder or another image size; choose another --out"
+        )
     if old:
         scale = float(old["scaling_factor"])
     elif cfg.scaling_factor is not None:
         scale = cfg.scaling_factor
     elif ae.kind == "kl":
-        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")  # others read it below
+        scale = (
+            _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")
+        )  # others read it below
     else:
         scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
     meta = {
-        "autoencoder": str(Path(cfg.vae).resolve()) if Path(cfg.vae).is_dir() else cfg.vae,  # found from any folder later
+        "autoencoder": str(Path(cfg.vae).resolve())
+        if Path(cfg.vae).is_dir()
+        else cfg.vae,  # found from any folder later
         "kind": ae.kind,
         "scaling_factor": scale,
         "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
@@ -221,8 +238,12 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     # Encode: this process's shards, one at a time, each written atomically; finished shards are skipped.
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
     mine = list(range(procs.rank, n_shards, procs.world))
-    with tqdm(total=sum(min(len(ids), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in mine), desc="encode-latents",
-              unit="patch", disable=not procs.is_main) as bar:
+    with tqdm(
+        total=sum(min(len(ids), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in mine),
+        desc="encode-latents",
+        unit="patch",
+        disable=not procs.is_main,
+    ) as bar:
         for k in mine:
             lo, hi = k * cfg.shard_size, min(len(ids), (k + 1) * cfg.shard_size)
             ids_file = out / f"{_shard_name(k)}.json"
@@ -234,10 +255,18 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
                     if z.numel():
                         chunks.append((z * scale).to(torch.float16).numpy())
                     for j, (good, err) in enumerate(zip(ok, errors)):
-                        (kept.append(ids[pos + j]) if good else missed.append({"patch_id": ids[pos + j], "reason": err}))
+                        (
+                            kept.append(ids[pos + j])
+                            if good
+                            else missed.append({"patch_id": ids[pos + j], "reason": err})
+                        )
                     pos += len(items)
                     bar.update(len(items))
-                array = np.concatenate(chunks) if chunks else np.zeros((0, meta["channels"], meta["size"], meta["size"]), np.float16)
+                array = (
+                    np.concatenate(chunks)
+                    if chunks
+                    else np.zeros((0, meta["channels"], meta["size"], meta["size"]), np.float16)
+                )
                 buf = io.BytesIO()
                 np.save(buf, array)
                 atomic_write_bytes(out / f"{_shard_name(k)}.npy", buf.getvalue())
@@ -247,7 +276,11 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     procs.barrier()
     if not procs.is_main:
         return None
-    missing = [k for k in range(n_shards) if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())]
+    missing = [
+        k
+        for k in range(n_shards)
+        if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())
+    ]
     if missing:  # a process of this run died, or ran alone with another rank: a re-run finishes the cache
         return EncodeLatentsResult(out, 0, 0, n_shards, scale, shards_missing=len(missing))
     skipped: list[dict] = []
@@ -261,26 +294,43 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "patch_id": [r[0] for r in index_rows],
-        "shard": pa.array([r[1] for r in index_rows], pa.int32()),
-        "row": pa.array([r[2] for r in index_rows], pa.int32()),
-    })
+    table = pa.table(
+        {
+            "patch_id": [r[0] for r in index_rows],
+            "shard": pa.array([r[1] for r in index_rows], pa.int32()),
+            "row": pa.array([r[2] for r in index_rows], pa.int32()),
+        }
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     atomic_write_bytes(out / INDEX, buf.getvalue())
     meta = json.loads(meta_path.read_text()) | {"complete": True, "n_latents": len(index_rows), "n_shards": n_shards}
     atomic_write_json(meta_path, meta)
     produced = {"latents": len(index_rows), "skipped": len(skipped), "shards": n_shards, "scaling_factor": scale}
-    write_manifest(out / "manifest.json", stage="encode-latents", config=cfg, inputs={"store": cfg.store / "patches.parquet"},
-                   produced=produced, started=started, skipped=skipped)
+    write_manifest(
+        out / "manifest.json",
+        stage="encode-latents",
+        config=cfg,
+        inputs={"store": cfg.store / "patches.parquet"},
+        produced=produced,
+        started=started,
+        skipped=skipped,
+    )
     return EncodeLatentsResult(out, len(index_rows), len(skipped), n_shards, scale)
 
 
 class LatentCache:
     """Read side of the cache: memory-mapped shards, rows addressed by patch id or position."""
 
-    def __init__(self, folder: Path, meta: dict, patch_ids: list[str], shard: np.ndarray, row: np.ndarray, shards: list[np.ndarray]):
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict,
+        patch_ids: list[str],
+        shard: np.ndarray,
+        row: np.ndarray,
+        shards: list[np.ndarray],
+    ):
         self.folder, self.meta, self.patch_ids = folder, meta, patch_ids
         self.shard, self.row, self.shards = shard, row, shards
 
@@ -296,8 +346,18 @@ class LatentCache:
         table = pq.read_table(require_file(folder / INDEX, "latent cache index"))
         shard = table.column("shard").to_numpy().astype(np.int64)
         n_shards = int(meta.get("n_shards", shard.max() + 1 if len(shard) else 0))
-        shards = [np.load(require_file(folder / f"{_shard_name(k)}.npy", "latent shard"), mmap_mode="r") for k in range(n_shards)]
-        return cls(folder, meta, [str(x) for x in table.column("patch_id").to_pylist()], shard, table.column("row").to_numpy().astype(np.int64), shards)
+        shards = [
+            np.load(require_file(folder / f"{_shard_name(k)}.npy", "latent shard"), mmap_mode="r")
+            for k in range(n_shards)
+        ]
+        return cls(
+            folder,
+            meta,
+            [str(x) for x in table.column("patch_id").to_pylist()],
+            shard,
+            table.column("row").to_numpy().astype(np.int64),
+            shards,
+        )
 
     def __len__(self) -> int:
         return len(self.patch_ids)

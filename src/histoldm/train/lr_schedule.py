@@ -25,8 +25,16 @@ def lr_factor(warmup_steps: int, decay: Decay, max_steps: int, step: int) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, decay: Decay, max_steps: int) -> tuple[Any, dict[str, Any]]:
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, decay: Decay, max_steps: int
+) -> tuple[Any, dict[str, Any]]:
     """The LambdaLR and the settings it is built from (kept in checkpoints, compared on resume)."""
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, warmup_steps, decay, max_steps))
-    settings = {"warmup_steps": warmup_steps, "decay": decay, **({"decay_end_step": max_steps} if decay == "cosine" else {})}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, warmup_steps, decay, max_steps)
+    )
+    settings = {
+        "warmup_steps": warmup_steps,
+        "decay": decay,
+        **({"decay_end_step": max_steps} if decay == "cosine" else {}),
+    }
     return scheduler, settings

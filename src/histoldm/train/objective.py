@@ -15,7 +15,9 @@ from histoldm.models.schedule import ddpm_scheduler
 
 
 class DiffusionObjective:
-    def __init__(self, prediction_type: Literal["epsilon", "v_prediction"], min_snr_gamma: float | None, device: torch.device):
+    def __init__(
+        self, prediction_type: Literal["epsilon", "v_prediction"], min_snr_gamma: float | None, device: torch.device
+    ):
         scheduler = ddpm_scheduler(prediction_type)
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma

@@ -35,12 +35,17 @@ class DataSection(StrictModel):
     split: Path | None = None  # split.json; None = every captioned patch
     split_name: str = "train"
     augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
-    crop: int | None = Field(None, ge=8)  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
+    crop: int | None = Field(
+        None, ge=8
+    )  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
     uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
     preload_text: bool = True  # keep the caption-embedding table on the device
     workers: int = Field(2, ge=0)  # DataLoader worker processes
-    allow_missing_captions: bool = Field(False, description="train on the patches whose captions are in the text cache when "
-                                         "some are not (their count is in the manifest); off: such a run stops and names the fix")
+    allow_missing_captions: bool = Field(
+        False,
+        description="train on the patches whose captions are in the text cache when "
+        "some are not (their count is in the manifest); off: such a run stops and names the fix",
+    )
 
 
 class ModelSection(StrictModel):
@@ -50,12 +55,23 @@ class ModelSection(StrictModel):
     autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
     autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
     gradient_checkpointing: bool = False
-    checkpoint_levels: list[int] | None = None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
-    channels_last: bool | None = None  # NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)
+    checkpoint_levels: list[int] | None = (
+        None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
+    )
+    channels_last: bool | None = (
+        None  # NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)
+    )
     compile: bool = False  # torch.compile, CUDA only
-    compile_mode: Literal["full", "fullgraph", "blocks"] = "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
-    init: Literal["diffusers", "compvis"] = "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
-    init_from: Path | None = Field(None, description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)")
+    compile_mode: Literal["full", "fullgraph", "blocks"] = (
+        "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
+    )
+    init: Literal["diffusers", "compvis"] = (
+        "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
+    )
+    init_from: Path | None = Field(
+        None,
+        description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)",
+    )
 
 
 class OptimSection(StrictModel):
@@ -74,12 +90,17 @@ class TrainingRunConfig(StrictModel):
     name: str = Field("ldm", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
     runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
     run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
-    resume: str = Field("auto", description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)")
+    resume: str = Field(
+        "auto",
+        description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)",
+    )
     seed: int = Field(0, description="random seed")
     max_steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(32, gt=0, description="per process, per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    precision: DtypeName = Field("bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32")
+    precision: DtypeName = Field(
+        "bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32"
+    )
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
 
 
@@ -102,7 +123,9 @@ MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "
 def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
     """Contract checks between config and caches, before any compute."""
     if cfg.model.context_dim is not None and cfg.model.context_dim != text_dim:
-        raise UserError(f"{cfg.data.text_cache}: embeddings are {text_dim}-d but model.context_dim is {cfg.model.context_dim}")
+        raise UserError(
+            f"{cfg.data.text_cache}: embeddings are {text_dim}-d but model.context_dim is {cfg.model.context_dim}"
+        )
     expected = cfg.model.autoencoder_fingerprint
     if cfg.model.autoencoder and not expected:
         from histoldm.models.autoencoder import load_autoencoder
@@ -110,13 +133,24 @@ def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
         expected = load_autoencoder(cfg.model.autoencoder).fingerprint
     if expected and expected != latent_meta.get("fingerprint"):
         made_by = latent_meta.get("autoencoder", "?")
-        raise UserError(f"{cfg.data.latents}: latents were made by another autoencoder ({made_by}) than the config names")
+        raise UserError(
+            f"{cfg.data.latents}: latents were made by another autoencoder ({made_by}) than the config names"
+        )
 
 
 CONTRACT = "contract.json"
 # Model settings that change neither the weights nor what they mean (the caches' fingerprints cover the autoencoder).
-NOT_IN_CONTRACT = {"gradient_checkpointing", "checkpoint_levels", "channels_last", "compile", "compile_mode",
-                   "autoencoder", "autoencoder_fingerprint", "init", "init_from"}  # init*: read only when a run starts
+NOT_IN_CONTRACT = {
+    "gradient_checkpointing",
+    "checkpoint_levels",
+    "channels_last",
+    "compile",
+    "compile_mode",
+    "autoencoder",
+    "autoencoder_fingerprint",
+    "init",
+    "init_from",
+}  # init*: read only when a run starts
 INIT_FILE = "init.json"
 
 
@@ -139,8 +173,10 @@ def _check_contract(checkpoint: Path | None, contract: dict) -> None:
 
     run_dir = Path(checkpoint).parent.parent  # RUN/checkpoints/step-XXXXXXXX
     if changed := list(settings_changes(run_dir / CONTRACT, contract)):
-        raise UserError(f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
-                        "give the run a new name (or resume: none)")
+        raise UserError(
+            f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
+            "give the run a new name (or resume: none)"
+        )
 
 
 def _resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -155,7 +191,9 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
     new = Path(cfg.runs_dir) / f"{next_id:05d}-{cfg.name}"
     finished = [p for p in runs if p.name[6:] == cfg.name and (p / "manifest.json").is_file()]
     if finished and cfg.resume == "auto":  # say so: at full scale a silent restart repeats days of training
-        print(f"train: {finished[-1]} is finished; starting a new run {new.name} (resume: {finished[-1]} continues that one)")
+        print(
+            f"train: {finished[-1]} is finished; starting a new run {new.name} (resume: {finished[-1]} continues that one)"
+        )
     return new
 
 
@@ -166,25 +204,43 @@ def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path,
 
     if resume_from is not None:
         if cfg.model.init_from is not None:
-            say(f"train: resuming {run_dir}; model.init_from ({cfg.model.init_from}) is read only when a run starts, ignored")
+            say(
+                f"train: resuming {run_dir}; model.init_from ({cfg.model.init_from}) is read only when a run starts, ignored"
+            )
         path = run_dir / INIT_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if cfg.model.init_from is not None:
         report = load_init_weights(cfg.model.init_from, unet).as_dict()
         listed = f" (each listed in {run_dir / INIT_FILE})" if report["skipped"] else ""
-        say(f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped{listed}"
-            + "".join(f"\n  {line}" for line in skipped_lines(report["skipped"])))
+        say(
+            f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped{listed}"
+            + "".join(f"\n  {line}" for line in skipped_lines(report["skipped"]))
+        )
         return report
-    return {"source": "scratch", "init": cfg.model.init, "zeroed": compvis_init(unet) if cfg.model.init == "compvis" else 0}
+    return {
+        "source": "scratch",
+        "init": cfg.model.init,
+        "zeroed": compvis_init(unet) if cfg.model.init == "compvis" else 0,
+    }
 
 
 def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):
     from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
 
-    text = TextContract(**{k: text_meta[k] for k in ("encoder", "mode", "max_length", "dim")}, fingerprint=text_meta.get("fingerprint", ""))
+    text = TextContract(
+        **{k: text_meta[k] for k in ("encoder", "mode", "max_length", "dim")},
+        fingerprint=text_meta.get("fingerprint", ""),
+    )
     keys = ("channels", "size", "scaling_factor", "autoencoder", "kind", "fingerprint")
     latent = LatentContract(**{k: latent_meta[k] for k in keys if k in latent_meta})
-    return BundleMeta(unet_preset=cfg.model.unet_preset, prediction_type=cfg.model.prediction_type, text=text, latent=latent, trained_steps=step, source=source)
+    return BundleMeta(
+        unet_preset=cfg.model.unet_preset,
+        prediction_type=cfg.model.prediction_type,
+        text=text,
+        latent=latent,
+        trained_steps=step,
+        source=source,
+    )
 
 
 def _export_bundle(folder: Path, meta, unet, ema) -> None:
@@ -216,7 +272,9 @@ def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: 
         from histoldm.train.checkpoint import read_latest
 
         kept = read_latest(run_dir) or "none yet"
-        raise UserError(f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}")
+        raise UserError(
+            f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}"
+        )
 
 
 def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
@@ -226,25 +284,37 @@ def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
     if not missing:
         return
     if cfg.data.allow_missing_captions:
-        print(f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not in the text cache "
-              "(data.allow_missing_captions)", file=sys.stderr)
+        print(
+            f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not in the text cache "
+            "(data.allow_missing_captions)",
+            file=sys.stderr,
+        )
         return
     from shlex import quote
 
-    fix = (f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
-           f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} --max-length {text_meta['max_length']}")
-    raise UserError(f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} ({missing} training "
-                    f"pairs) are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them")
+    fix = (
+        f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
+        f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} --max-length {text_meta['max_length']}"
+    )
+    raise UserError(
+        f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} ({missing} training "
+        f"pairs) are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them"
+    )
 
 
 def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
     """Say what the model learns from; without a split that includes the test cases, which would
     make every later evaluation on them meaningless, so it is said loudly."""
     if cfg.data.split is None:
-        print(f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
-              f"({patches} patches from {cases} cases); set data.split to a split.json to hold cases out", file=sys.stderr)
+        print(
+            f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
+            f"({patches} patches from {cases} cases); set data.split to a split.json to hold cases out",
+            file=sys.stderr,
+        )
     else:
-        print(f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})")
+        print(
+            f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})"
+        )
 
 
 @dataclass(frozen=True)
@@ -268,9 +338,24 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     from histoldm.manifest import write_manifest
     from histoldm.models.presets import build_unet
     from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
-    from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
+    from histoldm.train.checkpoint import (
+        clean_partial,
+        describe_changes,
+        load_checkpoint,
+        resolve_resume,
+        save_checkpoint,
+        truncate_stats,
+    )
     from histoldm.train.data import (
-        LatentTextDataset, ResumableSampler, TextTable, augment_dihedral, crop_window, drop_captions, pick_captions, random_crop, step_generator,
+        LatentTextDataset,
+        ResumableSampler,
+        TextTable,
+        augment_dihedral,
+        crop_window,
+        drop_captions,
+        pick_captions,
+        random_crop,
+        step_generator,
     )
     from histoldm.train.ema import EMA
     from histoldm.train.latents import LatentCache
@@ -284,12 +369,22 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     text = TextTable(cfg.data.text_cache)
     _check_inputs(cfg, latents.meta, text.dim)
     window = crop_window(latents.meta, cfg.data.crop)
-    model_meta = {**latents.meta, "size": window, "image_size": cfg.data.crop or latents.meta.get("image_size")}  # what the UNet sees
+    model_meta = {
+        **latents.meta,
+        "size": window,
+        "image_size": cfg.data.crop or latents.meta.get("image_size"),
+    }  # what the UNet sees
     dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
     check_captions_cached(cfg, dataset, text.meta)
-    use_cpu = cfg.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    use_cpu = (
+        cfg.cpu
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
     on_gpu = not use_cpu
-    dtype = resolve_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True)
+    dtype = resolve_dtype(
+        cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True
+    )
     if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
         raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
 
@@ -305,7 +400,9 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
     # Model: fp32 master weights, seeded; starting weights checked before the run folder is written.
     set_seed(cfg.seed)
-    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=window)
+    unet = build_unet(
+        cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=window
+    )
     init = _initialise(unet, cfg, resume_from, run_dir, accelerator.print)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,8 +421,12 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     memory_format = training_memory_format(cfg.model.channels_last, device)
     unet.to(device, memory_format=memory_format).train()
     o = cfg.optim
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None)
-    lr_scheduler, schedule = make_lr_scheduler(optimizer, o.warmup_steps, o.decay, cfg.max_steps)  # schedule: kept in checkpoints
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None
+    )
+    lr_scheduler, schedule = make_lr_scheduler(
+        optimizer, o.warmup_steps, o.decay, cfg.max_steps
+    )  # schedule: kept in checkpoints
     ema = EMA(unet, cfg.ema_decay) if cfg.ema else None
     objective = DiffusionObjective(cfg.model.prediction_type, o.min_snr_gamma, device)
     table = text.table_with_uncond()
@@ -336,8 +437,15 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     step, data_position, optimizer_changes = 0, 0, {}
     model, optimizer = accelerator.prepare(unet, optimizer)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                scaler=accelerator.scaler, schedule=schedule)
+        state = load_checkpoint(
+            resume_from,
+            model=unet,
+            ema=ema,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            scaler=accelerator.scaler,
+            schedule=schedule,
+        )
         step, data_position, optimizer_changes = state["step"], state["data_position"], state["optimizer_changes"]
         if accelerator.is_main_process:  # log lines after the checkpoint are re-made by this session
             truncate_stats(run_dir / "stats.jsonl", step)
@@ -349,13 +457,20 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
     # Data: a seeded, resumable order per rank; pinned, non-blocking copies to the device.
     sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers, pin_memory=on_gpu, persistent_workers=cfg.data.workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.workers,
+        pin_memory=on_gpu,
+        persistent_workers=cfg.data.workers > 0,
+    )
     batches = iter(loader)
 
     # Logging: TensorBoard and stats.jsonl on the main process only.
     writer = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(run_dir / "tb"))
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -372,12 +487,25 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             draw = data_position + micro
             gen = step_generator(cfg.seed, draw, rank, device)
             rows = pick_captions(rows, counts, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=3))
-            rows = drop_captions(rows, text.uncond_row, cfg.data.uncond_prob, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=1))
+            rows = drop_captions(
+                rows,
+                text.uncond_row,
+                cfg.data.uncond_prob,
+                step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=1),
+            )
             lat = lat.to(device, non_blocking=True)
             lat = random_crop(lat, window, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2))
-            lat = augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral") if cfg.data.augment != "none" else lat
+            lat = (
+                augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral")
+                if cfg.data.augment != "none"
+                else lat
+            )
             lat = lat.contiguous(memory_format=memory_format)
-            context = (table[rows.to(device, non_blocking=True)] if cfg.data.preload_text else table[rows].to(device, non_blocking=True)).float()
+            context = (
+                table[rows.to(device, non_blocking=True)]
+                if cfg.data.preload_text
+                else table[rows].to(device, non_blocking=True)
+            ).float()
             with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext():
                 loss = objective.loss(model, lat, context, gen)
                 accelerator.backward(loss / cfg.grad_accum)
@@ -388,7 +516,9 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         # Optimizer step: gradient norm (clipped when configured), AdamW, LR schedule, EMA. Unclipped, the
         # norm is only logged, so it is computed at log steps only: it reads and rescales every gradient.
         if o.grad_clip is not None or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf"))
+            grad_norm = accelerator.clip_grad_norm_(
+                model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf")
+            )
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -404,8 +534,15 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             _stop_if_diverged(accelerator, nonfinite, step, run_dir)
             elapsed = time.perf_counter() - window_start
             rates.append(window_steps * images_per_step / elapsed)
-            record = {"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                      "img_s": rates[-1], "peak_gib": _peak_memory(device)["allocated_gib"], "time": time.time()}
+            record = {
+                "step": step,
+                "loss": mean_loss,
+                "lr": lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "img_s": rates[-1],
+                "peak_gib": _peak_memory(device)["allocated_gib"],
+                "time": time.time(),
+            }
             if writer is not None:
                 append_jsonl(run_dir / "stats.jsonl", [record])
                 for key in ("loss", "lr", "grad_norm", "img_s", "peak_gib"):
@@ -419,8 +556,18 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _stop_if_diverged(accelerator, nonfinite, step, run_dir)
             if accelerator.is_main_process:
-                save_checkpoint(run_dir, step, model=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                scaler=accelerator.scaler, data_position=data_position, keep=cfg.keep_checkpoints, schedule=schedule)
+                save_checkpoint(
+                    run_dir,
+                    step,
+                    model=unet,
+                    ema=ema,
+                    optimizer=optimizer,
+                    lr_scheduler=lr_scheduler,
+                    scaler=accelerator.scaler,
+                    data_position=data_position,
+                    keep=cfg.keep_checkpoints,
+                    schedule=schedule,
+                )
             accelerator.wait_for_everyone()
 
         # Validation grid every validation.every steps, on the main process; the others wait.
@@ -438,12 +585,35 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         writer.close()
         meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
         _export_bundle(run_dir / "model", meta, unet, ema)
-        write_manifest(run_dir / "manifest.json", stage="train", config=cfg, seed=cfg.seed, started=started,
-                       inputs={"latents": Path(cfg.data.latents) / "meta.json", "text_cache": Path(cfg.data.text_cache) / "meta.json",
-                               "captions": cfg.data.captions, "split": cfg.data.split, "resumed_from": resume_from},
-                       produced={"steps": step, "bundle": str(run_dir / "model"), "pairs": len(dataset), "cases": dataset.cases, "skipped_pairs": dataset.skipped},
-                       extra={"peak_memory": peak, "img_s": img_s, "processes": world, "precision": dtype_name(dtype), "init": init,
-                              "optimizer_changes_on_resume": optimizer_changes})
+        write_manifest(
+            run_dir / "manifest.json",
+            stage="train",
+            config=cfg,
+            seed=cfg.seed,
+            started=started,
+            inputs={
+                "latents": Path(cfg.data.latents) / "meta.json",
+                "text_cache": Path(cfg.data.text_cache) / "meta.json",
+                "captions": cfg.data.captions,
+                "split": cfg.data.split,
+                "resumed_from": resume_from,
+            },
+            produced={
+                "steps": step,
+                "bundle": str(run_dir / "model"),
+                "pairs": len(dataset),
+                "cases": dataset.cases,
+                "skipped_pairs": dataset.skipped,
+            },
+            extra={
+                "peak_memory": peak,
+                "img_s": img_s,
+                "processes": world,
+                "precision": dtype_name(dtype),
+                "init": init,
+                "optimizer_changes_on_resume": optimizer_changes,
+            },
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir, run_dir / "model", step, peak, img_s, world)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
 import torch.nn.functional as F
+from pydantic import Field
 
 from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
@@ -29,22 +29,39 @@ from histoldm.train.lr_schedule import Decay, make_lr_scheduler
 class TrainVAEConfig(StrictModel):
     store: Path = Field(description="patch store folder (with patches.parquet)")
     out: Path = Field(description="output folder (autoencoder/ + metrics.json + manifest.json)")
-    init: str = Field("kl-f4", description="start from: a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune")
+    init: str = Field(
+        "kl-f4", description="start from: a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune"
+    )
     steps: int = Field(20000, gt=0, description="optimizer steps")
     batch_size: int = Field(8, gt=0, description="patches per step")
     lr: float = Field(1e-4, gt=0, description="learning rate")
-    decay: Decay = Field("constant", description="learning rate after the start: constant, or a cosine to 0 at the last step")
+    decay: Decay = Field(
+        "constant", description="learning rate after the start: constant, or a cosine to 0 at the last step"
+    )
     kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term")
     crop: int | None = Field(None, ge=8, description="random square crop of this many pixels (default: whole patches)")
-    image_size: int | None = Field(None, ge=8, description="resize patches to this many pixels first (default: as stored)")
-    holdout_patches: int = Field(256, gt=0, description="without --split: hold out whole cases with at least this many patches")
-    split: Path | None = Field(None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)")
-    precision: AutocastDtypeName = Field("auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)")
+    image_size: int | None = Field(
+        None, ge=8, description="resize patches to this many pixels first (default: as stored)"
+    )
+    holdout_patches: int = Field(
+        256, gt=0, description="without --split: hold out whole cases with at least this many patches"
+    )
+    split: Path | None = Field(
+        None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)"
+    )
+    precision: AutocastDtypeName = Field(
+        "auto",
+        description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = Field(0, description="random seed")
     workers: int = Field(2, ge=0, description="image-decoding worker processes")
-    preload: bool = Field(False, description="decode the training patches once and keep them in memory (small stores: the demo)")
-    channels_last: bool | None = Field(None, description="NHWC model and images (default: on CPU only, measured 0-20% faster a step there)")
+    preload: bool = Field(
+        False, description="decode the training patches once and keep them in memory (small stores: the demo)"
+    )
+    channels_last: bool | None = Field(
+        None, description="NHWC model and images (default: on CPU only, measured 0-20% faster a step there)"
+    )
     log_every: int = Field(100, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
     resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
@@ -73,13 +90,17 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
     test = [store / p for p, c in zip(table["path"], table["case_id"]) if c in held]
     if (not train or not test) and split is not None:
         in_train = sum(c not in held for c in order)
-        raise UserError(f"{split}: puts {in_train} of the {len(order)} cases of {store} in train and {len(order) - in_train} in its other "
-                        f"splits ({len(train)} training, {len(test)} held-out patches); train-vae needs cases on both sides: "
-                        "split again with a larger test share (histoldm split --fractions train=0.8,test=0.2)")
+        raise UserError(
+            f"{split}: puts {in_train} of the {len(order)} cases of {store} in train and {len(order) - in_train} in its other "
+            f"splits ({len(train)} training, {len(test)} held-out patches); train-vae needs cases on both sides: "
+            "split again with a larger test share (histoldm split --fractions train=0.8,test=0.2)"
+        )
     if not train or not test:
-        raise UserError(f"{store}: holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of "
-                        f"{len(table['path'])} for training ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
-                        "or lower --set holdout_patches=N")
+        raise UserError(
+            f"{store}: holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of "
+            f"{len(table['path'])} for training ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
+            "or lower --set holdout_patches=N"
+        )
     return train, test
 
 
@@ -132,7 +153,9 @@ def _stack_ok(items) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict:
+def evaluate(
+    model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype, size: int | None = None
+) -> dict:
     """PSNR and SSIM of reconstructions (posterior mean) of the held-out patches."""
     from histoldm.train.latents import image_batches
 
@@ -151,12 +174,27 @@ def evaluate(model, paths: list[Path], batch_size: int, device: torch.device, dt
     model.train()
     if not psnrs:
         raise UserError("held-out patches: none readable")
-    return {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()), "n": int(sum(len(p) for p in psnrs))}
+    return {
+        "psnr": float(torch.cat(psnrs).mean()),
+        "ssim": float(torch.cat(ssims).mean()),
+        "n": int(sum(len(p) for p in psnrs)),
+    }
 
 
 # Settings a resumed autoencoder run may change: how long, how often it saves and logs, how it loads, its memory
 # layout, and the learning rate (applied from the resumed step on, like the LDM trainer's optimizer settings).
-RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "workers", "preload", "channels_last", "resume", "device", "lr", "decay"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "workers",
+    "preload",
+    "channels_last",
+    "resume",
+    "device",
+    "lr",
+    "decay",
+}
 
 
 def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None:
@@ -165,9 +203,13 @@ def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None
         return
     changes = settings_changes(out / "config.json", cfg.model_dump(mode="json", exclude=RESUMABLE_CHANGES))
     # a run recorded with an older spelling (bf16, fp32) resumes under the one vocabulary's name
-    changed = sorted(k for k, (old, new) in changes.items() if not (k == "precision" and normalise_dtype_name(old) == new))
+    changed = sorted(
+        k for k, (old, new) in changes.items() if not (k == "precision" and normalise_dtype_name(old) == new)
+    )
     if changed:
-        raise UserError(f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)")
+        raise UserError(
+            f"{out}: holds an autoencoder run with other {', '.join(changed)}; choose another --out (or resume: none)"
+        )
 
 
 def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
@@ -177,15 +219,24 @@ def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
 
     images = PatchImages(paths, cfg.image_size)
     if not cfg.preload:
-        yield from torch.utils.data.DataLoader(images, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list)
+        yield from torch.utils.data.DataLoader(
+            images, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=as_list
+        )
         return
     decoded = [images[i] for i in range(len(images))]
     for indices in sampler:
         yield [decoded[i] for i in indices]
 
 
-def _train_step(model, optimizer, x: torch.Tensor, cfg: TrainVAEConfig, step: int, dtype: torch.dtype,
-                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def _train_step(
+    model,
+    optimizer,
+    x: torch.Tensor,
+    cfg: TrainVAEConfig,
+    step: int,
+    dtype: torch.dtype,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
 
@@ -222,7 +273,14 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from histoldm.devices import resolve_device, resolve_dtype, training_memory_format
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
-    from histoldm.train.checkpoint import clean_partial, describe_changes, load_checkpoint, resolve_resume, save_checkpoint, truncate_stats
+    from histoldm.train.checkpoint import (
+        clean_partial,
+        describe_changes,
+        load_checkpoint,
+        resolve_resume,
+        save_checkpoint,
+        truncate_stats,
+    )
     from histoldm.train.data import ResumableSampler
 
     started = time.time()
@@ -239,14 +297,24 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     torch.manual_seed(cfg.seed)
     memory_format = training_memory_format(cfg.channels_last, device)
     model = _load_model(cfg.init).to(device, memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0, fused=device.type == "cuda" or None
+    )
     lr_scheduler, schedule = make_lr_scheduler(optimizer, 0, cfg.decay, cfg.steps)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     step, optimizer_changes = 0, {}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, schedule=schedule)
+        state = load_checkpoint(
+            resume_from,
+            model=model,
+            ema=None,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            scaler=None,
+            schedule=schedule,
+        )
         step, optimizer_changes = state["step"], state["optimizer_changes"]
         truncate_stats(out / "stats.jsonl", step)
         print(f"train-vae: resumed from {resume_from} at step {step}")
@@ -257,7 +325,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
     batches = _batches(train_paths, sampler, cfg)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train-vae", unit="step"):
+    start = step
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-vae", unit="step"):
         x = _stack_ok(next(batches))
         if x is not None:
             loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype, memory_format)
@@ -270,8 +339,18 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             if x is not None and ((step + 1) % cfg.log_every == 0 or last):
                 append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": float(loss), "time": time.time()}])
             if (step + 1) % cfg.checkpoint_every == 0 or last:
-                save_checkpoint(out, step + 1, model=model, ema=None, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=None, data_position=step + 1, keep=1,
-                                schedule=schedule)
+                save_checkpoint(
+                    out,
+                    step + 1,
+                    model=model,
+                    ema=None,
+                    optimizer=optimizer,
+                    lr_scheduler=lr_scheduler,
+                    scaler=None,
+                    data_position=step + 1,
+                    keep=1,
+                    schedule=schedule,
+                )
     del batches
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.
@@ -280,7 +359,14 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     follow_umask(out / "autoencoder")
     held_out_by = f"split {cfg.split} (cases not in train)" if cfg.split else "sha256(case_id) order"
     atomic_write_json(out / "metrics.json", {**metrics, "held_out_cases_by": held_out_by, "steps": cfg.steps})
-    write_manifest(out / "manifest.json", stage="train-vae", config=cfg, inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
-                   produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)}, started=started, seed=cfg.seed,
-                   extra={"optimizer_changes_on_resume": optimizer_changes})
+    write_manifest(
+        out / "manifest.json",
+        stage="train-vae",
+        config=cfg,
+        inputs={"store": Path(cfg.store) / "patches.parquet", "init": cfg.init, "split": cfg.split},
+        produced={"autoencoder": str(out / "autoencoder"), **metrics, "train_patches": len(train_paths)},
+        started=started,
+        seed=cfg.seed,
+        extra={"optimizer_changes_on_resume": optimizer_changes},
+    )
     return TrainVAEResult(out / "autoencoder", **metrics)

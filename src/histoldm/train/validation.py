@@ -28,14 +28,18 @@ class ValidationSection(StrictModel):
 
 
 class ValidationGrid:
-    def __init__(self, cfg: ValidationSection, text, latent_meta: dict, prediction_type: str, device: torch.device, seed: int):
+    def __init__(
+        self, cfg: ValidationSection, text, latent_meta: dict, prediction_type: str, device: torch.device, seed: int
+    ):
         from histoldm.models.autoencoder import load_autoencoder
 
         if not cfg.autoencoder:
             raise UserError("validation.autoencoder: required when validation.every > 0")
         self.ae = load_autoencoder(cfg.autoencoder, device)
         if self.ae.fingerprint != latent_meta.get("fingerprint"):
-            raise UserError(f"validation.autoencoder: {cfg.autoencoder} is not the autoencoder the latent cache was made with")
+            raise UserError(
+                f"validation.autoencoder: {cfg.autoencoder} is not the autoencoder the latent cache was made with"
+            )
         captions = cfg.captions or text.cache.captions[: cfg.n]
         missing = [c for c in captions if text.row_of(c) is None]
         if missing:
@@ -58,8 +62,12 @@ class ValidationGrid:
         was_training = unet.training
         unet.eval()
         alphas = training_alphas_cumprod()
-        with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            guided = classifier_free_guidance(unet_eps_fn(unet, self.prediction_type, alphas), self.cond, self.uncond, self.cfg.guidance_scale)
+        with torch.autocast(
+            self.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            guided = classifier_free_guidance(
+                unet_eps_fn(unet, self.prediction_type, alphas), self.cond, self.uncond, self.cfg.guidance_scale
+            )
             latents = sample_ddim(guided, self.noise.clone(), ddim_timesteps(self.cfg.steps), alphas)
             images = decode(self.ae, latents / self.scale_factor).float().clamp(-1, 1)
         unet.train(was_training)
