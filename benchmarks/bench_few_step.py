@@ -75,7 +75,8 @@ def unet_passes(cfg) -> int:
 
 def sample_set(name: str, seed: int, args, captions: Path) -> dict:
     """Sample (or reuse) one set; its folder, UNet passes and wall seconds per image."""
-    from histoldm.sampling.run import SampleConfig, run_sample
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.sampling.run import run_sample
 
     fields = SETTINGS[name]
     bundle = args.student if fields.get("preset") == "turbo" else args.teacher
@@ -115,7 +116,8 @@ class Evaluator:
 
     def __init__(self, args):
         from histoldm.evaluate import features as F
-        from histoldm.evaluate.run import ExtractConfig, _base_protocol
+        from histoldm.evaluate.config import ExtractConfig
+        from histoldm.evaluate.run import _base_protocol
 
         self.args = args
         self.cfg = ExtractConfig(workers=1)
@@ -203,7 +205,8 @@ def timing(args, names: list[str], n_images: int, repeats: int = 3) -> dict:
     from histoldm.devices import sampling_numerics
     from histoldm.models.bundle import read_bundle_meta
     from histoldm.sampling.captions_io import read_caption_items
-    from histoldm.sampling.run import ImageSampler, SampleConfig, image_seed, resolve_bundle
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.sampling.run import ImageSampler, image_seed, resolve_bundle
 
     items, _ = read_caption_items(args.captions)
     captions, seeds = [it.caption for it in items[:n_images]], [image_seed(0, it.id) for it in items[:n_images]]

@@ -399,7 +399,8 @@ class Bench:
 
     # ---------- ours: the trainer ----------
     def ours_train(self, preset: str, steps: int | None = None, **model: object) -> dict:
-        from histoldm.train.trainer import ModelSection, TrainConfig, run_train
+        from histoldm.train.config import ModelSection, TrainConfig
+        from histoldm.train.trainer import run_train
 
         p = self.p
         self._runs += 1
@@ -445,7 +446,7 @@ class Bench:
     # ---------- ours: the sampler ----------
     def sample_config(self, sampling: str, **update):
         """The paper's settings or the fast preset, at this profile's batch (and, --tiny, its few steps)."""
-        from histoldm.sampling.run import SampleConfig
+        from histoldm.sampling.config import SampleConfig
 
         p = self.p
         steps = {"paper": p.ddim_steps, "fast": p.fast_steps, "turbo": None}[sampling]
@@ -559,10 +560,11 @@ class Bench:
         stride, guided, blended; tiled decode), after a warm-up region of 3x3 windows at one step."""
         from histoldm.devices import sampling_numerics
         from histoldm.models.autoencoder import load_autoencoder
+        from histoldm.sampling.config import RegionConfig
         from histoldm.sampling.context import CacheText
         from histoldm.sampling.guidance import unet_eps_fn, unet_passes
         from histoldm.sampling.region_map import constant_map
-        from histoldm.sampling.region_run import Geometry, RegionConfig, RegionSampler, RegionSpec
+        from histoldm.sampling.region_run import Geometry, RegionSampler, RegionSpec
         from histoldm.sampling.run import ImageSampler
         from histoldm.sampling.solvers import solver_timesteps, training_alphas_cumprod
         from histoldm.text.cache import TextCache
@@ -702,7 +704,8 @@ class Bench:
         from histoldm.devices import resolve_dtype
         from histoldm.models.autoencoder import encode, load_autoencoder
         from histoldm.tables import read_parquet, write_parquet
-        from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
+        from histoldm.train.config import EncodeLatentsConfig
+        from histoldm.train.latents import run_encode_latents
 
         p = self.p
         store = self.work / "encode-store"

@@ -81,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from histoldm.data.captions import load_summaries
-    from histoldm.evaluate.region import RegionEvalConfig, run_evaluate_region
+    from histoldm.evaluate.config import RegionEvalConfig
+    from histoldm.evaluate.region import run_evaluate_region
     from histoldm.experiments.chain import model_mpp
     from histoldm.experiments.demo_region import quadrant_map
     from histoldm.models.bundle import read_bundle_meta
-    from histoldm.sampling.region_run import RegionConfig, geometry, run_sample_region
+    from histoldm.sampling.config import RegionConfig
+    from histoldm.sampling.region_run import geometry, run_sample_region
 
     demo, out = args.demo, args.out
     out.mkdir(parents=True, exist_ok=True)

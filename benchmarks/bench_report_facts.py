@@ -47,9 +47,10 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from histoldm.summaries.config import SummarizeConfig  # noqa: E402
 from histoldm.summaries.hard_reports import FACT_KINDS, HardReport, make_hard_reports  # noqa: E402
 from histoldm.summaries.loading import Report  # noqa: E402
-from histoldm.summaries.summarize import SummarizeConfig, summarize_extractive  # noqa: E402
+from histoldm.summaries.summarize import summarize_extractive  # noqa: E402
 from histoldm.summaries.summary_oracle import (  # noqa: E402
     SUMMARY_STYLES,
     planted_contradictions,

@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.evaluate.run import run_evaluate
+    from histoldm.sampling.config import SampleConfig
     from histoldm.sampling.guidance import unet_passes
-    from histoldm.sampling.run import SampleConfig, run_sample
+    from histoldm.sampling.run import run_sample
     from histoldm.sampling.solvers import solver_timesteps
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from histoldm.fileio import read_jsonl
-from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+from histoldm.summaries.config import SummarizeConfig
+from histoldm.summaries.summarize import run_summarize
 from histoldm.summaries.synthetic import make_synthetic_reports
 
 # States no finding a synthetic report could contradict, so every case costs one request (each reply

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from histoldm.text.cache import EncodeTextConfig, run_encode_text
+from histoldm.text.cache import run_encode_text
+from histoldm.text.config import EncodeTextConfig
 from histoldm.text.encoders import load_text_encoder
 
 WORDS = (

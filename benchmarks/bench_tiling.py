@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from histoldm.assets import asset_path
-from histoldm.data.tiling import TileConfig, run_tile
+from histoldm.data.config import TileConfig
+from histoldm.data.tiling import run_tile
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from histoldm.train.config import ModelSection, TrainConfig
 from histoldm.train.synthetic import write_synthetic_caches
-from histoldm.train.trainer import ModelSection, TrainConfig, run_train
+from histoldm.train.trainer import run_train
 
 
 def main() -> None:

@@ -13,10 +13,13 @@ from pathlib import Path
 import torch
 
 from histoldm.config import load_config
-from histoldm.data.captions import CaptionsConfig, run_captions
-from histoldm.text.cache import EncodeTextConfig, run_encode_text
-from histoldm.train.latents import EncodeLatentsConfig, run_encode_latents
-from histoldm.train.trainer import TrainConfig, run_train
+from histoldm.data.captions import run_captions
+from histoldm.data.config import CaptionsConfig
+from histoldm.text.cache import run_encode_text
+from histoldm.text.config import EncodeTextConfig
+from histoldm.train.config import EncodeLatentsConfig, TrainConfig
+from histoldm.train.latents import run_encode_latents
+from histoldm.train.trainer import run_train
 
 torch.set_num_threads(1)  # a tiny model on a shared CPU: extra threads only contend
 work = Path(sys.argv[1])

@@ -90,7 +90,8 @@ def write_tiny_teacher(root: Path, n: int = 24, seed: int = 0) -> dict:
     from histoldm.models.autoencoder import load_autoencoder
     from histoldm.models.bundle import BundleMeta, LatentContract, TextContract, save_bundle
     from histoldm.models.presets import build_unet
-    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+    from histoldm.text.cache import run_encode_text
+    from histoldm.text.config import EncodeTextConfig
     from histoldm.text.encoders import load_text_encoder
 
     ae = load_autoencoder("kl-f4-tiny")

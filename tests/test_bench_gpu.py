@@ -176,8 +176,9 @@ def test_the_unet_compiles_as_one_graph():
 
 
 def test_trainer_refuses_checkpoint_levels_without_checkpointing(tmp_path, fresh_accelerate):
+    from histoldm.train.config import ModelSection, TrainConfig
     from histoldm.train.synthetic import write_synthetic_caches
-    from histoldm.train.trainer import ModelSection, TrainConfig, run_train
+    from histoldm.train.trainer import run_train
 
     data = write_synthetic_caches(tmp_path / "caches", 8, 3, 8, 5, 16, captions=4).model_copy(update={"workers": 0})
     cfg = TrainConfig(
@@ -197,9 +198,10 @@ def test_sampler_decodes_in_chunks_without_changing_images(tmp_path):
 
     from histoldm.devices import sampling_numerics
     from histoldm.models.autoencoder import load_autoencoder
+    from histoldm.sampling.config import SampleConfig
     from histoldm.sampling.context import CacheText
     from histoldm.sampling.guidance import unet_eps_fn
-    from histoldm.sampling.run import ImageSampler, SampleConfig
+    from histoldm.sampling.run import ImageSampler
     from histoldm.sampling.solvers import training_alphas_cumprod
     from histoldm.text.cache import TextCache
     from histoldm.train.synthetic import write_synthetic_caches

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.models import convert as cv
+from histoldm.models.config import ConvertConfig
 from histoldm.models.presets import AUTOENCODER_PRESETS, UNET_PRESETS
 from histoldm.text.encoders import TINY_CLIP as TINY_CLIP_CONFIG
 
@@ -392,8 +393,8 @@ def tiny_state() -> dict[str, torch.Tensor]:
     return random_state(compvis_layout("tiny", "vq-f4-tiny", context_dim=64, clip=TINY_CLIP)) | schedule_buffers()
 
 
-def tiny_cfg(**kw) -> cv.ConvertConfig:
-    return cv.ConvertConfig(
+def tiny_cfg(**kw) -> ConvertConfig:
+    return ConvertConfig(
         checkpoint="x.ckpt", out="unused", unet_preset="tiny", autoencoder_preset="vq-f4-tiny", sample_size=8, **kw
     )
 
@@ -408,7 +409,7 @@ def test_full_pathldm_layout_maps_one_to_one_with_matching_shapes():
     state = {k: torch.tensor(float(i)).expand(s) for i, (k, s) in enumerate(layout.items())} | schedule_buffers()
     fid = pytorch_fid_inception_shapes()  # what PathLDM's code saves with its default track_fid=True
     state |= {k: torch.zeros(()).expand(s) for k, s in fid.items()}
-    cfg = cv.ConvertConfig(checkpoint="x.ckpt", out="unused")
+    cfg = ConvertConfig(checkpoint="x.ckpt", out="unused")
     models, names, shapes = cv.plan_conversion(state, cfg, "pathldm.ckpt")
     assert models["text_encoder"].config.num_attention_heads == 8
     converted = cv.map_from_compvis(state, names, shapes, source="pathldm.ckpt")

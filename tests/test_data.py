@@ -18,14 +18,15 @@ from pydantic import ValidationError
 
 from histoldm.assets import asset_path
 from histoldm.cli import main
-from histoldm.data.captions import CaptionsConfig, fill_template, run_captions
+from histoldm.data.captions import fill_template, run_captions
+from histoldm.data.config import CaptionsConfig, ScoresConfig, SplitConfig, TileConfig
 from histoldm.data.descriptors import compose, deconvolve, describe
 from histoldm.data.pathldm_import import import_folder, import_pathldm, read_npz_safely
-from histoldm.data.scores import ScoresConfig, levels_of, run_scores
-from histoldm.data.splits import SplitConfig, load_split, run_split
+from histoldm.data.scores import levels_of, run_scores
+from histoldm.data.splits import load_split, run_split
 from histoldm.data.store import PatchStore, case_id_of
 from histoldm.data.synthetic import make_synthetic_dataset, render_tile
-from histoldm.data.tiling import TileConfig, TileResult, run_tile
+from histoldm.data.tiling import TileResult, run_tile
 from histoldm.data.tissue import tissue_fraction, tissue_threshold
 from histoldm.errors import UserError
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from builders import TEACHER_CAPTIONS, write_tiny_teacher
 from histoldm.cli import main
 from histoldm.models.bundle import read_bundle_meta
-from histoldm.train.distill import DistillConfig, run_distill
+from histoldm.train.config import DistillConfig
+from histoldm.train.distill import run_distill
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
@@ -46,7 +47,8 @@ def student(teacher, tmp_path_factory) -> Path:
 
 
 def _sample(bundle: Path, out: Path, **kw):
-    from histoldm.sampling.run import SampleConfig, run_sample
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.sampling.run import run_sample
 
     args = {
         "checkpoint": bundle,

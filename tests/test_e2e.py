@@ -195,7 +195,8 @@ def test_sweep_noise_floor_compares_two_seeds_of_the_same_captions(sweep_out):
 
 def test_sweep_floor_refuses_one_seed_twice(sweep_out, tmp_path):
     from histoldm.errors import UserError
-    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+    from histoldm.evaluate.config import SeedFloorConfig
+    from histoldm.evaluate.noise_floor import run_seed_floor
 
     samples = sweep_out / "budget-20" / "samples"
     with pytest.raises(UserError, match="same seed"):
@@ -205,7 +206,8 @@ def test_sweep_floor_refuses_one_seed_twice(sweep_out, tmp_path):
 def test_floor_reuses_the_first_sets_features_only_for_its_own_images(sweep_out, tmp_path):
     from histoldm.errors import UserError
     from histoldm.evaluate import features as F
-    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+    from histoldm.evaluate.config import SeedFloorConfig
+    from histoldm.evaluate.noise_floor import run_seed_floor
     from histoldm.evaluate.run import fake_image_paths
 
     work = sweep_out / "budget-20"

@@ -313,7 +313,8 @@ def test_evaluate_in_two_processes_gives_the_single_process_metrics(tmp_path):
     (what `accelerate launch` runs at once, barrier between): rank 1 leaves its shares, rank 0 merges
     them in input order and computes the metrics one process computes."""
     from histoldm.devices import Processes
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.evaluate.run import run_evaluate
 
     real, ext = _real_set(tmp_path, 5), save_pool_extractor(tmp_path / "pool.pt")
     fake = tmp_path / "fake"
@@ -669,7 +670,8 @@ def test_pytorch_fid_protocol_reproduces_pytorch_fid(tmp_path, monkeypatch):
     bundled TorchScript's tensors loaded into pytorch-fid's layout (tests/torchvision_inception_parts.py says
     why torchvision's generic blocks are stand-ins). Fails if either protocol drifts: the clean protocol's
     features differ from pytorch-fid's by ~1 (measured 1.33), these by ~1e-6."""
-    from histoldm.evaluate.run import FidRefConfig, run_fid_ref
+    from histoldm.evaluate.config import FidRefConfig
+    from histoldm.evaluate.run import run_fid_ref
     from torchvision_inception_parts import bundled_state_dict, import_pytorch_fid
 
     folder = write_random_pngs(
@@ -821,7 +823,8 @@ def test_small_sets_print_the_fid_caveat_beside_the_number(tmp_path, capsys):
 
 def test_noise_floor_records_both_sets_image_sizes(tmp_path):
     """The seed-to-seed floor's protocol names the image sizes as evaluate's does (its line read 'size real None')."""
-    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+    from histoldm.evaluate.config import SeedFloorConfig
+    from histoldm.evaluate.noise_floor import run_seed_floor
 
     folders = []
     for seed in (0, 1):

@@ -95,8 +95,9 @@ def test_pathldm_store_trains_on_random_crops_with_one_of_several_summaries(tmp_
     and a case with two summaries gives its patches two captions to draw from."""
     import histoldm.train.data as data
     from histoldm.models.bundle import read_bundle_meta
+    from histoldm.train.config import TrainConfig
     from histoldm.train.latents import LatentCache
-    from histoldm.train.trainer import TrainConfig, run_train
+    from histoldm.train.trainer import run_train
 
     h5, npz = _pathldm_files(tmp_path, 112, 3)
     store = tmp_path / "store"

@@ -85,7 +85,8 @@ def test_bf16_refused_on_a_gpu_without_it_and_auto_falls_back(gpu_without_bf16):
 
 
 def test_bf16_refused_by_a_stage_before_any_compute(gpu_without_bf16, tmp_path):
-    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+    from histoldm.text.cache import run_encode_text
+    from histoldm.text.config import EncodeTextConfig
 
     captions = tmp_path / "captions.txt"
     captions.write_text("high tumor\n", encoding="utf-8")
@@ -103,11 +104,10 @@ def test_auto_is_bf16_on_a_gpu_that_has_it(monkeypatch):
 
 
 def test_aliases_normalise_when_a_config_is_read(tmp_path):
-    from histoldm.evaluate.run import EvaluateConfig
+    from histoldm.evaluate.config import EvaluateConfig
     from histoldm.experiments.chain import ModelRecipe, train_config
-    from histoldm.sampling.run import SampleConfig
-    from histoldm.train.latents import EncodeLatentsConfig
-    from histoldm.train.vae import TrainVAEConfig
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.train.config import EncodeLatentsConfig, TrainVAEConfig
 
     assert SampleConfig(checkpoint="m", out="o", dtype="fp16").dtype == "float16"
     assert EvaluateConfig(real="r", fake="f", out="o", dtype="bf16").dtype == "bfloat16"
@@ -124,7 +124,7 @@ def test_aliases_normalise_when_a_config_is_read(tmp_path):
 
 
 def test_shipped_configs_use_the_one_vocabulary():
-    from histoldm.train.trainer import TrainConfig
+    from histoldm.train.config import TrainConfig
 
     names = {"auto", "float32", "bfloat16", "float16"}
     for path in sorted(SHIPPED_DIR.glob("*.yaml")):
@@ -139,12 +139,10 @@ def test_shipped_configs_use_the_one_vocabulary():
 
 def test_cpu_dtypes_as_before():
     """Each stage's default resolves on the CPU to the dtype it used before the one policy."""
-    from histoldm.evaluate.run import EvaluateConfig
-    from histoldm.sampling.run import SampleConfig
-    from histoldm.text.cache import EncodeTextConfig
-    from histoldm.train.latents import EncodeLatentsConfig
-    from histoldm.train.trainer import TrainConfig
-    from histoldm.train.vae import TrainVAEConfig
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.text.config import EncodeTextConfig
+    from histoldm.train.config import EncodeLatentsConfig, TrainConfig, TrainVAEConfig
 
     defaults = {
         "train": (TrainConfig.model_fields["precision"].default, torch.bfloat16),  # bf16 autocast, also on CPU
@@ -161,7 +159,8 @@ def test_cpu_dtypes_as_before():
 
 def test_an_autoencoder_run_recorded_with_an_old_spelling_still_resumes(tmp_path):
     from histoldm.fileio import atomic_write_json
-    from histoldm.train.vae import TrainVAEConfig, _check_same_training
+    from histoldm.train.config import TrainVAEConfig
+    from histoldm.train.vae import _check_same_training
 
     cfg = TrainVAEConfig(store=tmp_path / "s", out=tmp_path / "o", precision="float32")
     (tmp_path / "o").mkdir()

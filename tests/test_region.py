@@ -18,9 +18,11 @@ import torch
 from builders import save_pool_extractor, write_random_pngs, write_tiny_bundle
 from histoldm.cli import main
 from histoldm.errors import UserError
-from histoldm.evaluate.region import RegionEvalConfig, border_positions, run_evaluate_region, seam_score
+from histoldm.evaluate.config import RegionEvalConfig
+from histoldm.evaluate.region import border_positions, run_evaluate_region, seam_score
+from histoldm.sampling.config import RegionConfig
 from histoldm.sampling.region import blended_eps_fn, decode_tiled, window_grid
-from histoldm.sampling.region_run import RegionConfig, run_sample_region
+from histoldm.sampling.region_run import run_sample_region
 from histoldm.sampling.region_tiff import pyramid_tiff_bytes, read_level0
 from histoldm.sampling.solvers import solve, training_alphas_cumprod
 
@@ -359,7 +361,8 @@ def test_seam_score_sees_a_step_at_a_border():
 
 
 def test_crop_metric_is_evaluate_on_the_same_crops(reference, tmp_path):
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.evaluate.run import run_evaluate
 
     real = write_random_pngs(tmp_path / "real", [(32, 32)] * 12, np.random.default_rng(1))
     extractor = save_pool_extractor(tmp_path / "pool.pt")

@@ -9,10 +9,11 @@ import re
 import pytest
 
 from histoldm.summaries.case_facts import case_facts, summary_facts
+from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import check_summary, contradictions
 from histoldm.summaries.extractive import extractive_summary
 from histoldm.summaries.report_document import parse_report, repair_ocr
-from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+from histoldm.summaries.summarize import run_summarize
 from histoldm.text.tokenizer import count_tokens
 
 BUDGETS = (20, 35, 50, 154)

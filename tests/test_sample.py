@@ -33,7 +33,8 @@ def captions_file(tmp_path_factory) -> Path:
 
 
 def _sample(bundle: Path, captions: Path, out: Path, **kw):
-    from histoldm.sampling.run import SampleConfig, run_sample
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.sampling.run import run_sample
 
     return run_sample(SampleConfig(checkpoint=bundle, captions=captions, out=out, steps=STEPS, device="cpu", **kw))
 
@@ -217,7 +218,7 @@ def test_guidance_interval_skips_the_unconditional_pass_outside_it():
 def test_presets_fill_only_the_fields_not_given(tmp_path):
     from pydantic import ValidationError
 
-    from histoldm.sampling.run import SAMPLE_PRESETS, SampleConfig
+    from histoldm.sampling.config import SAMPLE_PRESETS, SampleConfig
 
     base = {"checkpoint": tmp_path, "out": tmp_path / "o", "prompt": "x"}
     paper = SampleConfig(**base)
@@ -409,7 +410,8 @@ def test_checkpoint_trained_with_another_text_encoder_is_a_user_error(bundle, ca
 
 def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file, reference_run, tmp_path, capsys):
     from histoldm.cli import main
-    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+    from histoldm.text.cache import run_encode_text
+    from histoldm.text.config import EncodeTextConfig
 
     run_dir = tmp_path / "run"
     shutil.copytree(bundle, run_dir / "model")  # a training run folder: RUN/model/ is the bundle
@@ -476,7 +478,8 @@ def test_pathldm_numerics_on_cpu_land_near_the_default(bundle, captions_file, re
     """`precision: pathldm` runs on the CPU (fp32 UNet under fp16 autocast, truncation): other pixels
     than the default's, on average about half a level darker, no more than a few levels away; a text
     cache encoded in bf16 is refused."""
-    from histoldm.text.cache import EncodeTextConfig, run_encode_text
+    from histoldm.text.cache import run_encode_text
+    from histoldm.text.config import EncodeTextConfig
 
     _sample(bundle, captions_file, tmp_path / "pd", batch_size=8, precision="pathldm")
     numerics = json.loads((tmp_path / "pd" / "settings.json").read_text())["numerics"]

@@ -16,12 +16,13 @@ from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl
 from histoldm.summaries.budget import truncate_to_budget
+from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import contradictions
 from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarise
 from histoldm.summaries.loading import load_reports, normalise_case_id
 from histoldm.summaries.prompts import load_prompt, render
 from histoldm.summaries.scoring import facts_stated, stated_opposite
-from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+from histoldm.summaries.summarize import run_summarize
 from histoldm.summaries.synthetic import make_synthetic_cases, make_synthetic_reports
 from histoldm.text.tokenizer import count_tokens
 

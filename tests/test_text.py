@@ -13,7 +13,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from histoldm.cli import main
 from histoldm.errors import UserError
 from histoldm.models.bundle import TextContract
-from histoldm.text.cache import EncodeTextConfig, TextCache, read_captions, run_encode_text
+from histoldm.text.cache import TextCache, read_captions, run_encode_text
+from histoldm.text.config import EncodeTextConfig
 from histoldm.text.encoders import load_text_encoder, tiny_clip_model
 from histoldm.text.long_captions import chunk_ids, text_transformer
 from histoldm.text.tokenizer import BOS_ID, EOS_ID, clip_tokenizer

@@ -21,8 +21,9 @@ from histoldm.config_files import SHIPPED_DIR
 from histoldm.errors import UserError
 from histoldm.models.bundle import read_bundle_meta
 from histoldm.train.checkpoint import read_latest
+from histoldm.train.config import TrainConfig
 from histoldm.train.lr_schedule import lr_factor
-from histoldm.train.trainer import TrainConfig, run_train
+from histoldm.train.trainer import run_train
 
 CONFIGS = SHIPPED_DIR
 CAPTIONS = ["high tumor; low til; invasive carcinoma", "low tumor; high til; lymphocytes", "low tumor; low til; stroma"]
@@ -544,7 +545,8 @@ def test_encode_latents_in_two_processes_writes_the_single_process_cache(tmp_pat
     once, with barriers between): rank 0 plans and measures the KL scale, rank 1 follows, and the
     finished cache is the single process's, file for file. A rank that ends alone leaves it resumable."""
     from histoldm.devices import Processes
-    from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
+    from histoldm.train.config import EncodeLatentsConfig
+    from histoldm.train.latents import LatentCache, run_encode_latents
 
     store = write_patch_store(tmp_path / "store")
     cfg = EncodeLatentsConfig(
@@ -687,8 +689,9 @@ def test_train_vae_a_few_steps(tmp_path, capsys):
 
 def test_train_vae_preload_feeds_the_same_batches_as_the_loader(tmp_path):
     """`preload` (the demo's data path) decodes once; every batch, the unreadable patch included, is the loader's."""
+    from histoldm.train.config import TrainVAEConfig
     from histoldm.train.data import ResumableSampler
-    from histoldm.train.vae import TrainVAEConfig, _batches
+    from histoldm.train.vae import _batches
 
     store = write_patch_store(tmp_path / "store", n=8)
     paths = [store / p for p in pq.read_table(store / "patches.parquet").column("path").to_pylist()]
@@ -707,7 +710,8 @@ def test_train_vae_channels_last_is_the_cpu_default_and_trains_the_same_model(tm
     """The autoencoder's NHWC layout on CPU: the default is it bit for bit, NCHW agrees up to rounding,
     and the saved weights are contiguous (safetensors needs that)."""
     import histoldm.train.vae
-    from histoldm.train.vae import TrainVAEConfig, run_train_vae
+    from histoldm.train.config import TrainVAEConfig
+    from histoldm.train.vae import run_train_vae
 
     layouts, step = [], histoldm.train.vae._train_step  # the model's layout while it trains (it is saved NCHW)
     monkeypatch.setattr(
@@ -859,7 +863,8 @@ def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
 
 def test_encode_latents_resizes_patches_when_asked(tmp_path):
     """A model may work below the stored resolution: 32 px patches encoded at 16 px give 4x4 latents."""
-    from histoldm.train.latents import EncodeLatentsConfig, LatentCache, run_encode_latents
+    from histoldm.train.config import EncodeLatentsConfig
+    from histoldm.train.latents import LatentCache, run_encode_latents
 
     store = write_patch_store(tmp_path / "store", n=3, size=32, broken=False)
     run_encode_latents(

@@ -15,7 +15,8 @@ from PIL import Image
 
 from builders import save_pool_extractor
 from histoldm.cli import main
-from histoldm.evaluate.utility import UtilityConfig, bootstrap_scores, fit_probe, run_utility
+from histoldm.evaluate.config import UtilityConfig
+from histoldm.evaluate.utility import bootstrap_scores, fit_probe, run_utility
 
 TRAIN_CASES = [f"T{i}" for i in range(6)]
 TEST_CASES = [f"H{i}" for i in range(6)]

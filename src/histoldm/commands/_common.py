@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from histoldm.commands._flags import add_config_flags, given_flags
 from histoldm.config import deep_merge, load_config, parse_overrides
@@ -25,19 +25,18 @@ def add_command(
     help: str,
     example: str,
     run: Callable[[argparse.Namespace], int],
-    config: str | None = None,
+    config: type[BaseModel] | None = None,
     **derive: Any,
 ) -> argparse.ArgumentParser:
     """A subparser whose --help ends with an example invocation.
 
-    config: 'module:Model' whose fields become the options (see _flags.add_config_flags, which takes
-    `derive`), plus --config/--set. The module is imported on first use of this subcommand only, so
-    that `histoldm --help` and other commands do not pay for the stage's imports.
+    config: the model whose fields become the options (see _flags.add_config_flags, which takes
+    `derive`), plus --config/--set. The options are built on first use of this subcommand only, so
+    that `histoldm --help` and other commands do not pay for building them.
     """
 
     def populate(parser: argparse.ArgumentParser) -> None:
-        module, _, model = config.partition(":")  # type: ignore[union-attr]
-        add_config_flags(parser, getattr(importlib.import_module(module), model), **derive)
+        add_config_flags(parser, config, **derive)  # type: ignore[arg-type]
         add_config_options(parser)
 
     parser = sub.add_parser(
@@ -72,21 +71,21 @@ def resolve_config(args: argparse.Namespace, model: type[C]) -> C:
 
 @dataclass(frozen=True)
 class StageCommand:
-    """A subcommand that runs one stage from its config: options derived from `config`, the stage's
-    `run` function called with the resolved config, `report` printing its result (it may return an exit
+    """A subcommand that runs one stage from its config: options derived from `config`, `run` called
+    with the resolved config, `report` printing its result (it may return an exit
     code). A None result is a non-main process under accelerate launch: the main one reports."""
 
     name: str
     help: str
     example: str
-    config: str  # 'module:ConfigModel'
-    run: str  # the run function's name in the same module
+    config: type[BaseModel]
+    run: Callable[[Any], Any]  # imports the stage's run function when called and returns its result
     report: Callable[[Any, Any], int | None]
     dry_run: bool = False  # --dry-run prints the resolved config (YAML, loadable with --config) and exits
     # How the options are derived (histoldm.commands._flags.add_config_flags):
     positional: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
-    nested: dict[str, str | tuple[str, str]] = field(default_factory=dict)
+    nested: dict[str, str | tuple[str, FieldInfo]] = field(default_factory=dict)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict)
     # Config keys naming where the stage writes; the first one set is checked writable before the stage runs.
     writes: tuple[str, ...] = ("out",)
@@ -120,9 +119,7 @@ class StageCommand:
             )
 
     def execute(self, args: argparse.Namespace) -> int:
-        module, _, model = self.config.partition(":")
-        stage = importlib.import_module(module)
-        cfg = resolve_config(args, getattr(stage, model))
+        cfg = resolve_config(args, self.config)
         if self.dry_run and args.dry_run:
             from histoldm.config import dump_config
 
@@ -131,7 +128,7 @@ class StageCommand:
         self.check_output(cfg)
         try:
             with self.cpu_threads(args):
-                result = getattr(stage, self.run)(cfg)
+                result = self.run(cfg)
         except KeyboardInterrupt:
             close_progress_bars()
             kept = self.interrupted.format(**dict(cfg))

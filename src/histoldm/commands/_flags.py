@@ -31,7 +31,7 @@ def add_config_flags(
     *,
     positional: str | None = None,
     aliases: Mapping[str, str] | None = None,
-    nested: Mapping[str, str | tuple[str, str]] | None = None,
+    nested: Mapping[str, str | tuple[str, FieldInfo]] | None = None,
     converters: Mapping[str, Callable[[str], Any]] | None = None,
 ) -> list[str]:
     """Add the model's options to `parser`; returns the dotted config keys they set.
@@ -39,8 +39,8 @@ def add_config_flags(
     positional: a field taken as the optional positional argument (the command's input).
     aliases: extra option name per field, e.g. {"timeout_s": "--timeout"} keeps an older spelling.
     nested: option -> dotted key of a nested field, e.g. {"--init-from": "model.init_from"}; where the key
-        runs through a free-form section (an experiment's stage settings), (key, "module:Model.field") names
-        the stage config field that types and describes it.
+        runs through a free-form section (an experiment's stage settings), (key, Model.model_fields["field"])
+        gives the stage config field that types and describes it.
     converters: field -> parser of the string typed, applied when the config is resolved, so that its
         UserError reads like any config error (e.g. tile's `--shard K/N`).
     """
@@ -57,9 +57,7 @@ def add_config_flags(
             parser.add_argument(*names, dest=name, **kwargs)
         keys[name] = converters.get(name)
     for option, target in nested.items():
-        key, field = (
-            (target, nested_field(model, target)) if isinstance(target, str) else (target[0], named_field(target[1]))
-        )
+        key, field = (target, nested_field(model, target)) if isinstance(target, str) else target
         kwargs = _argument(
             field, None, key, show_default=isinstance(target, str)
         )  # a section's default is the experiment's
@@ -88,15 +86,6 @@ def nested_field(model: type[BaseModel], key: str) -> FieldInfo:
     for part in parents:
         model = _unwrap_optional(model.model_fields[part].annotation)
     return model.model_fields[leaf]
-
-
-def named_field(spec: str) -> FieldInfo:
-    """The FieldInfo named 'module:Model.field' (imported when the command's options are built)."""
-    import importlib
-
-    module, _, path = spec.partition(":")
-    model_name, _, field = path.partition(".")
-    return getattr(importlib.import_module(module), model_name).model_fields[field]
 
 
 def _argument(

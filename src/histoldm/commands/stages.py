@@ -1,8 +1,9 @@
 """The subcommands that run one stage (or one experiment) from its config: a row each.
 
-A row names the stage's config model and run function ('module:name', imported only when that
-subcommand is used, so `histoldm --help` stays instant) and how to print its result; the options come
-from the config model (commands/_flags.py), so a new config field needs no edit here.
+A row names the stage's config model (imported here: the config modules are torch-free), a function
+that imports and calls the stage's run function (so that `histoldm --help` pays for no stage's imports)
+and how to print its result; the options come from the config model (commands/_flags.py), so a new
+config field needs no edit here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from histoldm.commands._common import StageCommand
+from histoldm.data.config import CaptionsConfig, ExportPatchesConfig, ScoresConfig, SplitConfig, TileConfig
+from histoldm.evaluate.config import EvaluateConfig, FidRefConfig, RegionEvalConfig, UtilityConfig
+from histoldm.experiments.demo import DemoConfig
+from histoldm.experiments.sweep import SweepConfig
+from histoldm.models.config import ConvertConfig
+from histoldm.sampling.config import RegionConfig, SampleConfig
+from histoldm.summaries.config import SummarizeConfig
+from histoldm.text.config import EncodeTextConfig
+from histoldm.train.config import DistillConfig, EncodeLatentsConfig, TrainConfig, TrainVAEConfig
 
 if TYPE_CHECKING:
     from histoldm.data.captions import CaptionsResult
@@ -19,8 +29,8 @@ if TYPE_CHECKING:
     from histoldm.data.splits import SplitResult
     from histoldm.data.tiling import TileResult
     from histoldm.evaluate.region import RegionEvalResult
-    from histoldm.evaluate.run import EvaluateConfig, EvaluateResult, FidRefResult
-    from histoldm.evaluate.utility import UtilityConfig, UtilityResult
+    from histoldm.evaluate.run import EvaluateResult, FidRefResult
+    from histoldm.evaluate.utility import UtilityResult
     from histoldm.models.convert import ConvertResult
     from histoldm.sampling.region_run import RegionResult
     from histoldm.sampling.run import SampleResult
@@ -203,13 +213,133 @@ def _sweep(r: dict[str, Any], cfg: Any) -> None:
     print(f"table: {r['table']}  plot: {r['plot']}  report: {r['report']}")
 
 
+def _run_tile(cfg: TileConfig) -> TileResult | None:
+    from histoldm.data.tiling import run_tile
+
+    return run_tile(cfg)
+
+
+def _run_scores(cfg: ScoresConfig) -> ScoresResult | None:
+    from histoldm.data.scores import run_scores
+
+    return run_scores(cfg)
+
+
+def _run_summarize(cfg: SummarizeConfig) -> SummarizeResult | None:
+    from histoldm.summaries.summarize import run_summarize
+
+    return run_summarize(cfg)
+
+
+def _run_split(cfg: SplitConfig) -> SplitResult | None:
+    from histoldm.data.splits import run_split
+
+    return run_split(cfg)
+
+
+def _run_captions(cfg: CaptionsConfig) -> CaptionsResult | None:
+    from histoldm.data.captions import run_captions
+
+    return run_captions(cfg)
+
+
+def _run_export_patches(cfg: ExportPatchesConfig) -> ExportPatchesResult | None:
+    from histoldm.data.export import run_export_patches
+
+    return run_export_patches(cfg)
+
+
+def _run_encode_text(cfg: EncodeTextConfig) -> EncodeTextResult | None:
+    from histoldm.text.cache import run_encode_text
+
+    return run_encode_text(cfg)
+
+
+def _run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult | None:
+    from histoldm.train.vae import run_train_vae
+
+    return run_train_vae(cfg)
+
+
+def _run_encode_latents(cfg: EncodeLatentsConfig) -> EncodeLatentsResult | None:
+    from histoldm.train.latents import run_encode_latents
+
+    return run_encode_latents(cfg)
+
+
+def _run_train(cfg: TrainConfig) -> TrainResult | None:
+    from histoldm.train.trainer import run_train
+
+    return run_train(cfg)
+
+
+def _run_distill(cfg: DistillConfig) -> DistillResult | None:
+    from histoldm.train.distill import run_distill
+
+    return run_distill(cfg)
+
+
+def _run_sample(cfg: SampleConfig) -> SampleResult | None:
+    from histoldm.sampling.run import run_sample
+
+    return run_sample(cfg)
+
+
+def _run_sample_region(cfg: RegionConfig) -> RegionResult | None:
+    from histoldm.sampling.region_run import run_sample_region
+
+    return run_sample_region(cfg)
+
+
+def _run_evaluate(cfg: EvaluateConfig) -> EvaluateResult | None:
+    from histoldm.evaluate.run import run_evaluate
+
+    return run_evaluate(cfg)
+
+
+def _run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult | None:
+    from histoldm.evaluate.region import run_evaluate_region
+
+    return run_evaluate_region(cfg)
+
+
+def _run_utility(cfg: UtilityConfig) -> UtilityResult | None:
+    from histoldm.evaluate.utility import run_utility
+
+    return run_utility(cfg)
+
+
+def _run_fid_ref(cfg: FidRefConfig) -> FidRefResult | None:
+    from histoldm.evaluate.run import run_fid_ref
+
+    return run_fid_ref(cfg)
+
+
+def _run_convert(cfg: ConvertConfig) -> ConvertResult | None:
+    from histoldm.models.convert import run_convert
+
+    return run_convert(cfg)
+
+
+def _run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
+    from histoldm.experiments.demo import run_demo
+
+    return run_demo(cfg)
+
+
+def _run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
+    from histoldm.experiments.sweep import run_sweep
+
+    return run_sweep(cfg)
+
+
 COMMANDS = (
     StageCommand(
         "tile",
         "Cut fixed-magnification tissue patches from every slide OpenSlide reads.",
         "histoldm tile slides/ --out store --magnification 10 --size 256 --overlap 32 --workers 2",
-        "histoldm.data.tiling:TileConfig",
-        "run_tile",
+        TileConfig,
+        _run_tile,
         _tile,
         positional="slides",
         converters={"shard": parse_shard},
@@ -219,8 +349,8 @@ COMMANDS = (
         "scores",
         "Attach tumour and TIL probabilities to patches (CSV, heat-map grids, or an image proxy).",
         "histoldm scores store --csv wsinfer_scores.csv",
-        "histoldm.data.scores:ScoresConfig",
-        "run_scores",
+        ScoresConfig,
+        _run_scores,
         _scores,
         positional="store",
         writes=("out", "store"),
@@ -229,8 +359,8 @@ COMMANDS = (
         "summarize",
         "Summarise pathology reports to at most N CLIP tokens (extractive, any OpenAI-compatible LLM, or a local LLM).",
         "histoldm summarize TCGA_Reports.csv --out summaries.jsonl --budget 35 --backend extractive",
-        "histoldm.summaries.summarize:SummarizeConfig",
-        "run_summarize",
+        SummarizeConfig,
+        _run_summarize,
         _summarize,
         positional="input",
         aliases={"timeout_s": "--timeout"},
@@ -240,16 +370,16 @@ COMMANDS = (
         "split",
         "Split cases (patients) into train/val/test; no case in two splits.",
         "histoldm split --store store --out split.json --seed 0 --fractions train=0.8,val=0.1,test=0.1",
-        "histoldm.data.splits:SplitConfig",
-        "run_split",
+        SplitConfig,
+        _run_split,
         _split,
     ),
     StageCommand(
         "captions",
         "Build one caption per patch (per summary with --all-summaries) from a template.",
         "histoldm captions store --summaries summaries.jsonl --levels low,mid,high",
-        "histoldm.data.captions:CaptionsConfig",
-        "run_captions",
+        CaptionsConfig,
+        _run_captions,
         _captions,
         positional="store",
         writes=("out", "store"),
@@ -259,8 +389,8 @@ COMMANDS = (
         "export-patches",
         "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
         "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
-        "histoldm.data.export:ExportPatchesConfig",
-        "run_export_patches",
+        ExportPatchesConfig,
+        _run_export_patches,
         _export_patches,
         positional="store",
     ),
@@ -268,8 +398,8 @@ COMMANDS = (
         "encode-text",
         "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
         "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
-        "histoldm.text.cache:EncodeTextConfig",
-        "run_encode_text",
+        EncodeTextConfig,
+        _run_encode_text,
         _encode_text,
         positional="captions",
         torch_threads=True,
@@ -279,8 +409,8 @@ COMMANDS = (
         "train-vae",
         "Train or fine-tune a KL autoencoder (f=4) on a patch store; reports PSNR/SSIM on held-out patches.",
         "histoldm train-vae work/store --out work/vae --init kl-f4 --steps 20000",
-        "histoldm.train.vae:TrainVAEConfig",
-        "run_train_vae",
+        TrainVAEConfig,
+        _run_train_vae,
         _train_vae,
         positional="store",
         torch_threads=True,
@@ -290,8 +420,8 @@ COMMANDS = (
         "encode-latents",
         "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
         "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
-        "histoldm.train.latents:EncodeLatentsConfig",
-        "run_encode_latents",
+        EncodeLatentsConfig,
+        _run_encode_latents,
         _encode_latents,
         positional="store",
         torch_threads=True,
@@ -301,8 +431,8 @@ COMMANDS = (
         "train",
         "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
         "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
-        "histoldm.train.trainer:TrainConfig",
-        "run_train",
+        TrainConfig,
+        _run_train,
         _train,
         dry_run=True,
         nested={"--init-from": "model.init_from"},
@@ -314,8 +444,8 @@ COMMANDS = (
         "distill",
         "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); re-running resumes.",
         "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache --captions work/captions.parquet --split work/split.json",
-        "histoldm.train.distill:DistillConfig",
-        "run_distill",
+        DistillConfig,
+        _run_distill,
         _distill,
         dry_run=True,
         nested={
@@ -332,8 +462,8 @@ COMMANDS = (
         "sample",
         "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
         "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
-        "histoldm.sampling.run:SampleConfig",
-        "run_sample",
+        SampleConfig,
+        _run_sample,
         _sample,
         torch_threads=True,
         interrupted="the images written so far are kept in {out}; the same command resumes with the rest",
@@ -342,8 +472,8 @@ COMMANDS = (
         "sample-region",
         "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
         "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
-        "histoldm.sampling.region_run:RegionConfig",
-        "run_sample_region",
+        RegionConfig,
+        _run_sample_region,
         _sample_region,
         converters={"shard": parse_shard},
         torch_threads=True,
@@ -353,8 +483,8 @@ COMMANDS = (
         "evaluate",
         "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
         "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
-        "histoldm.evaluate.run:EvaluateConfig",
-        "run_evaluate",
+        EvaluateConfig,
+        _run_evaluate,
         _evaluate,
         torch_threads=True,
         interrupted="metrics.json is written only at the end; run the same command again",
@@ -363,8 +493,8 @@ COMMANDS = (
         "evaluate-region",
         "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
         "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
-        "histoldm.evaluate.region:RegionEvalConfig",
-        "run_evaluate_region",
+        RegionEvalConfig,
+        _run_evaluate_region,
         _evaluate_region,
         torch_threads=True,
         interrupted="metrics.json is written only at the end; run the same command again",
@@ -373,8 +503,8 @@ COMMANDS = (
         "utility",
         "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
         "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
-        "histoldm.evaluate.utility:UtilityConfig",
-        "run_utility",
+        UtilityConfig,
+        _run_utility,
         _utility,
         torch_threads=True,
         interrupted="metrics.json is written only at the end; run the same command again",
@@ -383,8 +513,8 @@ COMMANDS = (
         "fid-ref",
         "Reference FID statistics (mu, sigma; pytorch-fid .npz layout, protocol recorded) of a folder of real images.",
         "histoldm fid-ref data/test_patches --out stats/test.npz",
-        "histoldm.evaluate.run:FidRefConfig",
-        "run_fid_ref",
+        FidRefConfig,
+        _run_fid_ref,
         _fid_ref,
         positional="images",
         torch_threads=True,
@@ -394,8 +524,8 @@ COMMANDS = (
         "convert-ldm",
         "Convert a CompVis latent-diffusion checkpoint (PathLDM's release) into a model bundle, checking every tensor.",
         "histoldm convert-ldm pathldm_plip.ckpt --out models/pathldm-plip",
-        "histoldm.models.convert:ConvertConfig",
-        "run_convert",
+        ConvertConfig,
+        _run_convert,
         _convert,
         positional="checkpoint",
         torch_threads=True,
@@ -404,18 +534,18 @@ COMMANDS = (
         "demo",
         "Run every stage for real on the bundled CC0 slide and synthetic cases (CPU, minutes) and write report.html.",
         "histoldm demo --out demo-out",
-        "histoldm.experiments.demo:DemoConfig",
-        "run_demo",
+        DemoConfig,
+        _run_demo,
         _demo,
-        nested={"--train-steps": ("recipe.train.max_steps", "histoldm.train.trainer:TrainConfig.max_steps")},
+        nested={"--train-steps": ("recipe.train.max_steps", TrainConfig.model_fields["max_steps"])},
         interrupted="the stages finished so far are kept in {out}; the same command resumes with the rest",
     ),
     StageCommand(
         "sweep",
         "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
         "histoldm sweep --config sweep_demo",
-        "histoldm.experiments.sweep:SweepConfig",
-        "run_sweep",
+        SweepConfig,
+        _run_sweep,
         _sweep,
         dry_run=True,
         torch_threads=True,

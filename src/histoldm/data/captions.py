@@ -12,17 +12,15 @@ training then draws one of a patch's captions at random each time it reads the p
 
 from __future__ import annotations
 
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from histoldm.config import StrictModel
+from histoldm.data.config import DESCRIPTOR_PLACEHOLDERS, CaptionsConfig, placeholders
 from histoldm.data.scores import levels_of, read_scores
 from histoldm.data.store import PatchStore
 from histoldm.errors import UserError
@@ -30,15 +28,6 @@ from histoldm.fileio import read_jsonl, require_output_file
 from histoldm.manifest import write_manifest
 from histoldm.tables import write_parquet
 
-DEFAULT_TEMPLATE = "{tumor} tumor; {til} til; {summary}"
-DESCRIPTOR_PLACEHOLDERS = {
-    "fat": "fat_fraction",
-    "nuclei": "nuclear_density",
-    "stroma": "stroma_share",
-    "large_nuclei": "large_nuclei",
-    "lymphocytes": "lymphocytes",
-}
-KNOWN_PLACEHOLDERS = {"tumor", "til", "summary", *DESCRIPTOR_PLACEHOLDERS}
 CAPTIONS_SCHEMA = pa.schema(
     [
         ("patch_id", pa.string()),
@@ -48,42 +37,6 @@ CAPTIONS_SCHEMA = pa.schema(
         ("til_level", pa.string()),
     ]
 )
-
-
-class CaptionsConfig(StrictModel):
-    store: Path = Field(description="patch store folder")
-    scores: Path | None = Field(None, description="scores.parquet (default STORE/scores.parquet if present)")
-    summaries: Path | None = Field(None, description="summaries.jsonl (case_id, summary)")
-    out: Path | None = Field(None, description="output Parquet (default STORE/captions.parquet)")
-    template: str = Field(
-        DEFAULT_TEMPLATE, description="caption template; parts separated by '; ' are dropped when a value is missing"
-    )
-    levels: list[str] = Field(default_factory=lambda: ["low", "high"], description="score level names, 2 to 4")
-    descriptor_levels: list[str] = Field(
-        default_factory=lambda: ["low", "high"], description="level names of the colour descriptors, 2 to 4"
-    )
-    all_summaries: bool = Field(
-        False, description="one caption per summary of a case (variants, repeated lines); training draws one per read"
-    )
-
-    @field_validator("levels", "descriptor_levels")
-    @classmethod
-    def _two_to_four(cls, v: list[str]) -> list[str]:
-        if not 2 <= len(v) <= 4:
-            raise ValueError("give 2, 3 or 4 level names")
-        return v
-
-    @field_validator("template")
-    @classmethod
-    def _known_fields(cls, v: str) -> str:
-        unknown = placeholders(v) - KNOWN_PLACEHOLDERS
-        if unknown:
-            raise ValueError(f"unknown placeholders {sorted(unknown)}; known: {sorted(KNOWN_PLACEHOLDERS)}")
-        return v
-
-
-def placeholders(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def fill_template(template: str, values: dict[str, str | None]) -> str:

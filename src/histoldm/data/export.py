@@ -13,26 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
-
-from histoldm.config import StrictModel
+from histoldm.data.config import ExportPatchesConfig
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl, require_output_folder
-
-
-class ExportPatchesConfig(StrictModel):
-    store: Path = Field(description="patch store folder (with patches.parquet)")
-    captions: Path = Field(description="captions.parquet of the store")
-    split: Path = Field(description="split.json")
-    out: Path = Field(description="output folder")
-    split_name: str = Field("test", description="which split to export")
-    size: int | None = Field(
-        None,
-        ge=8,
-        description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` refuses real and generated images of different sizes)",
-    )
-    n: int | None = Field(None, ge=1, description="a seeded choice of this many patches (default: all of the split)")
-    seed: int = Field(0, description="seed of that choice")
 
 
 def split_items(

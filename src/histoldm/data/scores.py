@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from histoldm.config import StrictModel
+from histoldm.data.config import ScoresConfig
 from histoldm.data.store import PatchStore
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input, require_output_file
@@ -36,25 +35,6 @@ def levels_of(p: float | None, levels: list[str] | tuple[str, ...] = ("low", "hi
     """PathLDM's rule L[int(p * len(L))], with p = 1.0 clamped to the top level; None when p is unknown."""
     p = probability(p)
     return None if p is None else levels[min(int(p * len(levels)), len(levels) - 1)]
-
-
-class ScoresConfig(StrictModel):
-    store: Path = Field(description="patch store folder")
-    out: Path | None = Field(None, description="output Parquet (default STORE/scores.parquet)")
-    csv: Path | None = Field(None, description="CSV with patch_id (or slide_id, x, y) and prob_tumor / prob_til")
-    heatmaps: Path | None = Field(None, description="folder of <slide_id>.npz grids (prob_tumor, prob_til[, stride])")
-    stride: float | None = Field(None, gt=0, description="level-0 pixels per heat-map cell (or `stride` in each npz)")
-    proxy: bool = Field(False, description="HEURISTIC scores from the images (demo only)")
-    percent: bool = Field(False, description="the CSV's scores are percentages (0-100): divide them by 100")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ScoresConfig:
-        given = [n for n, v in (("csv", self.csv), ("heatmaps", self.heatmaps), ("proxy", self.proxy or None)) if v]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one score source (csv, heatmaps or proxy), got {given or 'none'}")
-        if self.percent and not self.csv:
-            raise ValueError("percent reads a CSV's scores; it goes with csv only")
-        return self
 
 
 def probability(value: float | str | None) -> float | None:

@@ -17,46 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
-from histoldm.config import StrictModel
+from histoldm.data.config import SplitConfig
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_text_input, require_file, require_output_file
 from histoldm.manifest import write_manifest
 
 METHOD = "patient-stratified-v1"
-
-
-class SplitConfig(StrictModel):
-    out: Path = Field(description="split.json to write")
-    store: Path | None = Field(None, description="patch store whose case_id column lists the cases")
-    cases: Path | None = Field(None, description="CSV with case_id (and the label column) instead of a store")
-    stratify_by: str | None = Field(None, description="label column to stratify by")
-    labels: Path | None = Field(None, description="CSV case_id,<label> for stratifying a store's cases")
-    fractions: dict[str, float] = Field(
-        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}, description="share of the cases per split"
-    )
-    seed: int = Field(0, description="random seed")
-    given: Path | None = Field(
-        None, description="import this split (split.json, {split: [cases]} JSON, or CSV case_id,split)"
-    )
-
-    @model_validator(mode="after")
-    def _labels_for_stratifying(self) -> SplitConfig:
-        if self.stratify_by and self.store is not None and self.labels is None:
-            raise ValueError(
-                f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's cases"
-            )
-        if self.labels is not None and not self.stratify_by:
-            raise ValueError("labels are only read for stratifying: give stratify_by too")
-        return self
-
-    @field_validator("fractions")
-    @classmethod
-    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
-        if not v or any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
-            raise ValueError("fractions must be non-negative and sum to 1")
-        return v
 
 
 def _counts(n: int, fractions: dict[str, float]) -> dict[str, int]:

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from histoldm.config import StrictModel
+from histoldm.data.config import TileConfig
 from histoldm.data.store import (
     case_id_of,
     image_relpath,
@@ -39,7 +38,6 @@ from histoldm.manifest import write_manifest
 PARAMS_FILE = "tiling.json"  # the settings a store's patches were cut with; resuming with others is refused
 MPP_TOLERANCE = 0.05  # a slide up to 5% coarser than the target is tiled at its own resolution, not refused
 
-SLIDE_EXTENSIONS = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"]
 IMAGE_EXTENSIONS = {
     ".tif",
     ".tiff",
@@ -48,34 +46,6 @@ IMAGE_EXTENSIONS = {
     ".jpeg",
 }  # may be plain images, read through PIL when OpenSlide cannot
 CORRUPT = "truncated or corrupt file"
-
-
-class TileConfig(StrictModel):
-    slides: Path = Field(description="slide file or folder (searched recursively)")
-    out: Path = Field(description="patch store folder")
-    magnification: float = Field(10.0, gt=0, description="target magnification (10x = 1.0 um/px)")
-    size: int = Field(256, ge=16, description="patch side in pixels")
-    overlap: int = Field(0, ge=0, description="pixels shared by neighbouring patches, at the target magnification")
-    mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel, overriding slide metadata")
-    min_tissue: float = Field(0.5, ge=0, le=1, description="minimum tissue fraction of a patch")
-    min_saturation: int = Field(20, ge=0, le=255, description="floor of the Otsu saturation cut")
-    thumbnail_size: int = Field(
-        2048, ge=64, description="longest side in pixels of the thumbnail the tissue mask is computed on"
-    )
-    workers: int = Field(1, ge=1, description="processes, one slide each")
-    extensions: list[str] = Field(
-        default_factory=lambda: list(SLIDE_EXTENSIONS), description="slide file endings searched for"
-    )
-    shard: tuple[int, int] | None = Field(
-        None,
-        description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. $SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete patches.parquet",
-    )
-
-    @model_validator(mode="after")
-    def _check_shard(self) -> TileConfig:
-        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
-        return self
 
 
 def target_mpp(magnification: float) -> float:

@@ -24,7 +24,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,21 +31,17 @@ from PIL import Image, UnidentifiedImageError
 
 from histoldm.devices import dtype_name, resolve_device, resolve_dtype
 from histoldm.errors import UserError
+from histoldm.evaluate.config import PROTOCOL_RESIZE, ResizeMode
 from histoldm.evaluate.resize import pil_bicubic_resize
 from histoldm.fileio import sha256_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INCEPTION_SIZE = 299
-ResizeMode = Literal["bicubic", "legacy"]
 MAX_SIDE_TO_SHIP = 1024  # larger images are resized in the workers even when the extractor is on a GPU
 RESIZE_DESCRIPTION = {
     "bicubic": "PIL bicubic per float channel to 299, scaled (x-128)/128 (clean-fid style)",
     "legacy": "torch bilinear (align_corners=False) to 299 on [0,1], scaled 2x-1 (pytorch-fid style)",
 }
-ProtocolName = Literal["clean", "pytorch-fid"]
-# the named protocols: with the bundled network, "clean" is clean-fid's clean mode and "pytorch-fid"
-# reproduces pytorch-fid (the paper's tool) end to end; tests/test_evaluate.py checks the latter
-PROTOCOL_RESIZE: dict[str, ResizeMode] = {"clean": "bicubic", "pytorch-fid": "legacy"}
 RESIZE_PROTOCOL = {resize: name for name, resize in PROTOCOL_RESIZE.items()}
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 
 from histoldm.errors import UserError
+from histoldm.evaluate.config import FidMethod
 from histoldm.fileio import atomic_write_bytes
 
 SQRTM_EPS = 1e-6
 IMAG_TOLERANCE = 1e-3
-FidMethod = Literal["sqrtm", "eigh"]
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,18 +14,9 @@ from pathlib import Path
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
-from histoldm.evaluate.run import EvaluateResult, ExtractConfig, _base_protocol, _extract, fake_image_paths
+from histoldm.evaluate.config import SeedFloorConfig
+from histoldm.evaluate.run import EvaluateResult, _base_protocol, _extract, fake_image_paths
 from histoldm.fileio import atomic_write_json, read_jsonl
-
-
-class SeedFloorConfig(ExtractConfig):
-    first: Path  # a `histoldm sample` folder
-    second: Path  # the same captions sampled from the same model with another seed
-    out: Path
-    fid_method: M.FidMethod = "eigh"
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seed: int = 0
 
 
 def _sample_set(folder: Path) -> tuple[dict, list[str]]:

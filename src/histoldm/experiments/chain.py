@@ -36,12 +36,10 @@ from histoldm.memory import PeakRSS
 from histoldm.models.presets import AUTOENCODER_PRESETS, UNET_PRESETS
 
 if TYPE_CHECKING:
-    from histoldm.evaluate.run import EvaluateConfig
-    from histoldm.sampling.run import SampleConfig
-    from histoldm.text.cache import EncodeTextConfig
-    from histoldm.train.latents import EncodeLatentsConfig
-    from histoldm.train.trainer import TrainConfig
-    from histoldm.train.vae import TrainVAEConfig
+    from histoldm.evaluate.config import EvaluateConfig
+    from histoldm.sampling.config import SampleConfig
+    from histoldm.text.config import EncodeTextConfig
+    from histoldm.train.config import EncodeLatentsConfig, TrainConfig, TrainVAEConfig
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -169,7 +167,7 @@ def trains_autoencoder(recipe: ModelRecipe) -> bool:
 
 
 def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> TrainVAEConfig:
-    from histoldm.train.vae import TrainVAEConfig
+    from histoldm.train.config import TrainVAEConfig
 
     owned = {
         "store": store,
@@ -183,7 +181,7 @@ def vae_config(recipe: ModelRecipe, store: Path, split: Path, out: Path) -> Trai
 
 
 def latents_config(recipe: ModelRecipe, store: Path, vae: str, out: Path) -> EncodeLatentsConfig:
-    from histoldm.train.latents import EncodeLatentsConfig
+    from histoldm.train.config import EncodeLatentsConfig
 
     return recipe.stage(
         "encode_latents", EncodeLatentsConfig, {"store": store, "vae": vae, "out": out, "image_size": recipe.image_size}
@@ -191,7 +189,7 @@ def latents_config(recipe: ModelRecipe, store: Path, vae: str, out: Path) -> Enc
 
 
 def text_config(recipe: ModelRecipe, captions: Path, out: Path) -> EncodeTextConfig:
-    from histoldm.text.cache import EncodeTextConfig
+    from histoldm.text.config import EncodeTextConfig
 
     return recipe.stage("encode_text", EncodeTextConfig, {"captions": captions, "out": out})
 
@@ -199,7 +197,7 @@ def text_config(recipe: ModelRecipe, captions: Path, out: Path) -> EncodeTextCon
 def train_config(
     recipe: ModelRecipe, name: str, run_dir: Path, latents: Path, text_cache: Path, captions: Path, split: Path
 ) -> TrainConfig:
-    from histoldm.train.trainer import TrainConfig
+    from histoldm.train.config import TrainConfig
 
     owned = {
         "name": name,
@@ -216,7 +214,7 @@ def train_config(
 def sample_config(
     recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path
 ) -> SampleConfig:
-    from histoldm.sampling.run import SampleConfig
+    from histoldm.sampling.config import SampleConfig
 
     owned = {"checkpoint": checkpoint, "captions": captions, "out": out, "seed": seed, "text_cache": text_cache}
     return recipe.stage("sample", SampleConfig, owned)
@@ -225,7 +223,7 @@ def sample_config(
 def evaluate_config(
     recipe: ModelRecipe, real: Path, fake: Path, out: Path, captions: Path, n_items: int, mpp: float
 ) -> EvaluateConfig:
-    from histoldm.evaluate.run import EvaluateConfig
+    from histoldm.evaluate.config import EvaluateConfig
 
     owned = {"real": real, "fake": fake, "out": out, "seed": recipe.seed, "captions": captions}
     return recipe.stage(
@@ -237,7 +235,8 @@ def evaluate_config(
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
-    from histoldm.summaries.summarize import SummarizeConfig, run_summarize
+    from histoldm.summaries.config import SummarizeConfig
+    from histoldm.summaries.summarize import run_summarize
 
     run_summarize(
         load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget})
@@ -289,7 +288,8 @@ def train_sample_evaluate(
     work: Path, *, store: Path, split: Path, summaries: Path, latents: Path, recipe: ModelRecipe, name: str
 ) -> dict[str, Any]:
     """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
-    from histoldm.data.captions import CaptionsConfig, run_captions
+    from histoldm.data.captions import run_captions
+    from histoldm.data.config import CaptionsConfig
     from histoldm.evaluate.run import run_evaluate
     from histoldm.text.cache import run_encode_text
     from histoldm.train.trainer import run_train
@@ -359,7 +359,8 @@ def noise_floor(work: Path, result: dict[str, Any], recipe: ModelRecipe) -> dict
     """The seed-to-seed floor of `result`'s FID and KID: its held-out captions sampled again from the
     same model with seed + 1 (WORK/samples-seed<N>), compared with its samples under the evaluation's protocol
     and KID settings."""
-    from histoldm.evaluate.noise_floor import SeedFloorConfig, run_seed_floor
+    from histoldm.evaluate.config import SeedFloorConfig
+    from histoldm.evaluate.noise_floor import run_seed_floor
 
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"

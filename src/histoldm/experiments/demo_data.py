@@ -58,10 +58,11 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
     and a patient-level split."""
     from histoldm.assets import asset_path
     from histoldm.data.blocks import cut_into_blocks
-    from histoldm.data.scores import ScoresConfig, run_scores
+    from histoldm.data.config import ScoresConfig, TileConfig
+    from histoldm.data.scores import run_scores
     from histoldm.data.store import merge_stores
     from histoldm.data.synthetic import make_synthetic_dataset
-    from histoldm.data.tiling import TileConfig, run_tile
+    from histoldm.data.tiling import run_tile
 
     work = Path(work)
     slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"

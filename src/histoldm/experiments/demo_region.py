@@ -30,8 +30,9 @@ def demo_region(out: Path, bundle: Path, summary: str, mpp: float, size: int, sa
     from PIL import Image
 
     from histoldm.models.bundle import read_bundle_meta
+    from histoldm.sampling.config import RegionConfig
     from histoldm.sampling.region_map import map_picture
-    from histoldm.sampling.region_run import RegionConfig, geometry, run_sample_region
+    from histoldm.sampling.region_run import geometry, run_sample_region
 
     out.mkdir(parents=True, exist_ok=True)
     probe = RegionConfig(checkpoint=bundle, out=out, level="high/low", size=size)

@@ -92,7 +92,7 @@ class SweepConfig(StrictModel):
                 ("recipe", "encode_text", "max_length"),
                 "set per budget by text_context: budget; give text_context: recipe to use this length in every row",
             )
-        from histoldm.summaries.summarize import SummarizeConfig  # typos fail now, not after minutes of training
+        from histoldm.summaries.config import SummarizeConfig
 
         SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
         return self
@@ -110,7 +110,8 @@ def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
 def caption_prefix_tokens(encoder: Any) -> int:
     """Tokens the default caption template puts before the summary, longest level words ("high tumor;
     high til;"): the caption minus its summary, so the "; " joining them is counted too."""
-    from histoldm.data.captions import DEFAULT_TEMPLATE, CaptionsConfig, fill_template
+    from histoldm.data.captions import fill_template
+    from histoldm.data.config import DEFAULT_TEMPLATE, CaptionsConfig
 
     levels = CaptionsConfig.model_fields["levels"].get_default(call_default_factory=True)
     probe = "x"

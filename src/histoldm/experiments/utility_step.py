@@ -28,7 +28,8 @@ def utility_step(
     """Sample `n_fake` training captions (WORK/samples-train), export the real training patches at the
     model's size (WORK/real-train), run the utility evaluation (WORK/utility) with the evaluation's
     extractor settings; returns its UtilityResult."""
-    from histoldm.evaluate.utility import UtilityConfig, run_utility
+    from histoldm.evaluate.config import UtilityConfig
+    from histoldm.evaluate.utility import run_utility
 
     work = Path(work)
     captions = result["captions_file"]

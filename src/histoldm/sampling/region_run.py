@@ -17,15 +17,10 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from histoldm.config import DtypeName, StrictModel
-from histoldm.data.captions import DEFAULT_TEMPLATE, KNOWN_PLACEHOLDERS, placeholders
-from histoldm.devices import Precision
 from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
@@ -36,109 +31,9 @@ from histoldm.fileio import (
     require_output_folder,
 )
 from histoldm.sampling.captions_io import safe_file_stem
+from histoldm.sampling.config import RegionConfig
 from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map
-from histoldm.sampling.run import SAMPLE_PRESETS, SampleConfig, image_seed, resolve_bundle
-
-REGION_PLACEHOLDERS = {"tumor", "til", "summary"}
-
-
-class RegionConfig(StrictModel):
-    checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
-    out: Path = Field(description="output folder (re-run into it to resume)")
-    size: int = Field(1024, ge=8, description="region side in pixels (square); at least the model's image size")
-    label_map: Path | None = Field(
-        None,
-        description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one cell per window",
-    )
-    level: str | None = Field(
-        None, description="one TUMOR/TIL level for every window instead of --label-map, e.g. high/low"
-    )
-    summary: str = Field("", description="the case's report summary ({summary} of the template)")
-    template: str = Field(
-        DEFAULT_TEMPLATE, description="caption of each window, filled from its map cell as training captions are"
-    )
-    levels: list[str] = Field(
-        default_factory=lambda: ["low", "high"], description="level names the map may use (the captions' --levels)"
-    )
-    regions: Path | None = Field(
-        None,
-        description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), level, size; overrides --num-regions",
-    )
-    num_regions: int = Field(1, ge=1, description="regions of the flags' settings (ids 000001, ...; each its own seed)")
-    stride: int | None = Field(
-        None, ge=1, description="window stride in latent pixels (default: half the model's latent size)"
-    )
-    preset: Literal["paper", "fast"] = Field(
-        "paper",
-        description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval",
-    )
-    steps: int = Field(50, ge=1, le=999, description="solver steps")
-    guidance: float = Field(1.75, description="classifier-free guidance scale (1 = conditional only)")
-    guidance_interval: tuple[int, int] | None = Field(
-        None, description="LO HI: guide only at training timesteps LO..HI"
-    )
-    solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp (DPM-Solver++ 2M) or unipc")
-    eta: float = Field(0.0, ge=0.0, description="DDIM eta")
-    batch_size: int = Field(64, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
-    decode_tile: int | None = Field(
-        None, ge=1, description="latent pixels per decoder tile (default: the model's latent size)"
-    )
-    decode_stride: int | None = Field(
-        None, ge=1, description="decoder tile stride in latent pixels (default: half a tile)"
-    )
-    decode_batch: int = Field(4, ge=1, description="tiles per decoder call")
-    mpp: float = Field(
-        1.0, gt=0, description="microns per pixel of the model's images (10x: ~1.0), written to the TIFF"
-    )
-    preview_size: int = Field(1024, ge=16, description="longest side of the PNG preview")
-    seed: int = Field(0, description="base seed; each region is seeded from (seed, id)")
-    shard: tuple[int, int] | None = Field(
-        None, description="K/N: make only regions K, K+N, ... (0 <= K < N); jobs share --out"
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
-    dtype: DtypeName = Field("auto", description="UNet dtype, as in `sample`")
-    precision: Precision = Field("default", description="default or pathldm numerics, as in `sample`")
-    text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's)")
-    text_cache: Path | None = Field(None, description="encode-text folder holding every window caption")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**SAMPLE_PRESETS.get(data.get("preset", "paper"), {}), **data}
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> RegionConfig:
-        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
-        if unknown := placeholders(self.template) - REGION_PLACEHOLDERS:
-            raise ValueError(
-                f"template placeholders {sorted(unknown)} have no value in a region (it fills {sorted(REGION_PLACEHOLDERS)}; "
-                f"captions knows {sorted(KNOWN_PLACEHOLDERS)})"
-            )
-        if self.regions is None and (self.label_map is None) == (self.level is None):
-            raise ValueError("give exactly one of label_map and level (or a regions file)")
-        return self
-
-    def sample_config(self) -> SampleConfig:
-        """The patch sampler's config with the same model, numerics and solver (it loads the models)."""
-        keep = (
-            "checkpoint",
-            "out",
-            "steps",
-            "guidance",
-            "guidance_interval",
-            "solver",
-            "eta",
-            "seed",
-            "device",
-            "dtype",
-            "precision",
-            "text_encoder",
-            "text_cache",
-        )
-        return SampleConfig(prompt="region", preset=self.preset, **{k: getattr(self, k) for k in keep})
+from histoldm.sampling.run import image_seed, resolve_bundle
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
-from histoldm.config import DtypeName, StrictModel
-from histoldm.devices import Precision, SamplingNumerics, dtype_name, resolve_device, sampling_numerics
+from histoldm.devices import SamplingNumerics, dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
@@ -39,106 +37,9 @@ from histoldm.fileio import (
 )
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
+from histoldm.sampling.config import SampleConfig
 
 GRID_MAX = 64  # a grid of more images is too large to look at
-# `preset` fills the fields a config or flag leaves unset (docs/sampling.md says which to use for what, as measured):
-# paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5); fast = DPM-Solver++ 2M in fewer steps with
-# guidance only on an interval of noise levels (the unconditional UNet pass skipped elsewhere).
-SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"solver": "ddim", "steps": 50, "guidance": 1.75, "guidance_interval": None},
-    # (44, 634): the sigma interval (0.28, 5.42] Kynkaanniemi et al. found for SD-XL, on PathLDM's schedule
-    "fast": {"solver": "dpmpp", "steps": 12, "guidance": 1.75, "guidance_interval": (44, 634)},
-    # a student made by `histoldm distill`: 4 consistency steps, one UNet pass each, guidance baked in
-    "turbo": {"solver": "lcm", "steps": 4, "guidance": 1.75, "guidance_interval": None},
-}
-LCM_MAX_STEPS = 8  # a consistency student is distilled for 1-8 steps
-
-
-class SampleConfig(StrictModel):
-    checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
-    out: Path = Field(description="output folder (re-run into it to resume)")
-    captions: Path | None = Field(None, description=".txt (one per line), .jsonl (id, caption) or captions.parquet")
-    prompt: str | None = Field(None, description="one caption instead of --captions")
-    num_images: int = Field(1, ge=1, description="images for --prompt")
-    split: Path | None = Field(None, description="split.json: sample only the cases of --split-name (captions.parquet)")
-    split_name: str = Field("test", description="the split --split selects")
-    preset: Literal["paper", "fast", "turbo"] = Field(
-        "paper",
-        description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win",
-    )
-    steps: int = Field(50, ge=1, le=999, description="solver steps (PathLDM: 50 DDIM steps)")
-    guidance: float = Field(
-        1.75,
-        description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)",
-    )
-    guidance_interval: tuple[int, int] | None = Field(
-        None,
-        description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)",
-    )
-    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] = Field(
-        "ddim",
-        description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a distilled student (--preset turbo)",
-    )
-    eta: float = Field(0.0, ge=0.0, description="DDIM eta; 0 = deterministic DDIM, as PathLDM")
-    batch_size: int = Field(16, ge=1, description="images per UNet call (the UNet sees twice as many: cond + uncond)")
-    decode_batch: int = Field(
-        32, ge=1, description="images per decoder call: a 256 px decoder needs ~0.3 GiB per image in fp32"
-    )
-    seed: int = Field(0, description="base seed; each image is seeded from (seed, id)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
-    dtype: DtypeName = Field(
-        "auto",
-        description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
-    )
-    precision: Precision = Field(
-        "default",
-        description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)",
-    )
-    text_encoder: str | None = Field(
-        None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint"
-    )
-    text_cache: Path | None = Field(
-        None, description="encode-text folder to take caption embeddings from instead of the encoder"
-    )
-    compile: bool = Field(
-        False, description="torch.compile the UNet (pays off for long runs; on a CPU it needs a C++ compiler)"
-    )
-    compile_mode: Literal["full", "fullgraph", "blocks"] = Field(
-        "full", description="whole UNet, whole UNet as one graph, or block by block (faster to compile)"
-    )
-    compile_tuning: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        "default",
-        description="torch.compile mode: reduce-overhead = CUDA graphs; max-autotune = tuned kernels + CUDA graphs",
-    )
-    channels_last: bool = Field(
-        False, description="NHWC UNet on CUDA: measured 18% slower (docs/performance.md), kept as an option"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        """The preset's values for the fields not given (an explicit --steps still wins)."""
-        if isinstance(data, dict):
-            preset = SAMPLE_PRESETS.get(data.get("preset", "paper"), {})  # an unknown name fails on the field itself
-            data = {**preset, **data}
-        return data
-
-    @model_validator(mode="after")
-    def _check_interval(self) -> SampleConfig:
-        if (
-            self.guidance_interval is not None
-            and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 999
-        ):
-            raise ValueError(
-                f"guidance_interval {list(self.guidance_interval)}: needs 0 <= lo <= hi <= 999 (training timesteps)"
-            )
-        if self.solver == "lcm" and self.steps > LCM_MAX_STEPS:
-            raise ValueError(f"steps {self.steps}: a distilled student samples in 1-{LCM_MAX_STEPS} steps")
-        if self.solver == "lcm" and self.guidance_interval is not None:
-            raise ValueError(
-                "guidance_interval: a distilled student has guidance baked in (no unconditional pass to skip)"
-            )
-        return self
 
 
 def resolve_bundle(checkpoint: Path) -> Path:

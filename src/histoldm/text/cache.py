@@ -24,13 +24,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from histoldm.config import DtypeName, StrictModel
-from histoldm.devices import Precision, resolve_dtype, text_dtype
+from histoldm.devices import resolve_dtype, text_dtype
 from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
@@ -42,35 +40,12 @@ from histoldm.fileio import (
     require_file,
 )
 from histoldm.tables import read_parquet
+from histoldm.text.config import EncodeTextConfig
 
 EMBEDDINGS = "embeddings.safetensors"
 PARTS = "parts"  # per-process rows of an unfinished run across processes
 INDEX = "index.jsonl"
 META = "meta.json"
-
-
-class EncodeTextConfig(StrictModel):
-    captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")
-    text_encoder: str = Field(
-        "openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip"
-    )
-    mode: Literal["pathldm", "truncate", "chunks", "interpolate"] | None = Field(
-        None,
-        description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for BERT-style ones such as minilm)",
-    )
-    max_length: int | None = Field(
-        None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)"
-    )
-    out: Path = Field(description="output folder")
-    batch_size: int = Field(256, description="captions per encoder call")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
-    dtype: DtypeName = Field(
-        "auto",
-        description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
-    )
-    precision: Precision = Field(
-        "default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did"
-    )
 
 
 def read_captions(path: Path) -> tuple[list[str], list[dict]]:

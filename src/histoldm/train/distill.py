@@ -16,83 +16,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
-from histoldm.train.trainer import OptimSection, TrainingRunConfig
-
-
-class DistillData(StrictModel):
-    latents: Path = Field(description="encode-latents folder the teacher was trained on")
-    text_cache: Path = Field(description="encode-text folder of the training captions")
-    captions: Path = Field(description="captions.parquet")
-    split: Path | None = Field(None, description="split.json; None = every captioned patch")
-    split_name: str = Field("train", description="the split to distil on")
-    augment: Literal["none", "flips", "dihedral"] = Field(
-        "dihedral", description="latent-space flips / the 8 symmetries of the square"
-    )
-    crop: int | None = Field(
-        None, ge=8, description="pixels: a random crop per read, as the teacher's training (None = whole patch)"
-    )
-    preload_text: bool = Field(True, description="keep the caption-embedding table on the device")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
-
-
-class DistillConfig(TrainingRunConfig):
-    name: str = Field("turbo", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
-    batch_size: int = Field(
-        16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)"
-    )
-    precision: DtypeName = Field(
-        "bfloat16",
-        description="autocast dtype of the UNets (also on CPU); auto: bfloat16 where supported, else float32",
-    )
-    teacher: Path = Field(description="the trained model bundle (or training run folder) to distil")
-    solver_steps: int = Field(
-        50,
-        ge=2,
-        le=1000,
-        description="the teacher's DDIM grid: one distillation step jumps 1000/N training steps (LCM: 50)",
-    )
-    guidance_range: tuple[float, float] = Field(
-        (1.0, 3.0), description="guidance scales drawn per sample; the student samples at any scale in this range"
-    )
-    embedding_dim: int = Field(
-        256, ge=2, description="width of the guidance-scale embedding added to the timestep embedding"
-    )
-    target_decay: float = Field(
-        0.95,
-        ge=0,
-        lt=1,
-        description="EMA decay of the consistency target (LCM: 0.95); the bundle holds the target's weights",
-    )
-    loss: Literal["l2", "huber"] = Field(
-        "huber", description="distance between student and target: LCM's pseudo-Huber (c=0.001) or squared error"
-    )
-    log_every: int = Field(50, gt=0, description="steps between log lines")
-    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
-    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept")
-    data: DistillData = Field(description="the teacher's training caches")
-    optim: OptimSection = Field(
-        OptimSection(lr=1e-5, warmup_steps=100), description="AdamW and its schedule (train's optim section)"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> DistillConfig:
-        if not 0 < self.guidance_range[0] <= self.guidance_range[1]:
-            raise ValueError(f"guidance_range {list(self.guidance_range)}: needs 0 < lo <= hi")
-        if self.embedding_dim % 2:
-            raise ValueError(f"embedding_dim {self.embedding_dim}: needs an even width (sin and cos halves)")
-        if self.optim.min_snr_gamma is not None:
-            raise ValueError(
-                "optim.min_snr_gamma: a weighting of train's diffusion loss; distill's consistency loss has none"
-            )
-        return self
+from histoldm.train.config import DistillConfig
 
 
 @dataclass(frozen=True)

@@ -28,32 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from histoldm.config import AutocastDtypeName, StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes, atomic_write_json, require_file
+from histoldm.train.config import EncodeLatentsConfig
 
 META = "meta.json"
 INDEX = "index.parquet"
-
-
-class EncodeLatentsConfig(StrictModel):
-    store: Path = Field(description="patch store folder (with patches.parquet)")
-    vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | kl-f4-lite | local folder | hub id")
-    out: Path = Field(description="output folder")
-    batch_size: int = Field(32, description="patches per encoder call")
-    shard_size: int = Field(8192, description="patches per shard file")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: AutocastDtypeName = Field(
-        "auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32"
-    )
-    scale_batches: int = Field(4, description="KL: batches used to measure the latent std")
-    scaling_factor: float | None = Field(None, description="override the measured (KL) or preset (VQ) scaling factor")
-    workers: int = Field(2, description="image-decoding worker processes")
-    image_size: int | None = Field(
-        None, ge=8, description="resize patches to this many pixels before encoding (default: as stored)"
-    )
 
 
 def _shard_name(k: int) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Decay = Literal["constant", "cosine"]
+from histoldm.train.config import Decay
 
 
 def lr_factor(warmup_steps: int, decay: Decay, max_steps: int, step: int) -> float:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-from histoldm.train.trainer import DataSection
+from histoldm.train.config import DataSection
 
 
 def write_synthetic_caches(

@@ -16,105 +16,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
-from histoldm.train.lr_schedule import Decay, make_lr_scheduler
-from histoldm.train.validation import ValidationSection
-
-
-class DataSection(StrictModel):
-    latents: Path  # encode-latents output folder
-    text_cache: Path  # encode-text output folder
-    captions: Path  # captions.parquet
-    split: Path | None = None  # split.json; None = every captioned patch
-    split_name: str = "train"
-    augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
-    crop: int | None = Field(
-        None, ge=8
-    )  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
-    uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
-    preload_text: bool = True  # keep the caption-embedding table on the device
-    workers: int = Field(2, ge=0)  # DataLoader worker processes
-    allow_missing_captions: bool = Field(
-        False,
-        description="train on the patches whose captions are in the text cache when "
-        "some are not (their count is in the manifest); off: such a run stops and names the fix",
-    )
-
-
-class ModelSection(StrictModel):
-    unet_preset: str = "pathldm"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    context_dim: int | None = None  # when set, must equal the text cache's width
-    autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
-    autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
-    gradient_checkpointing: bool = False
-    checkpoint_levels: list[int] | None = (
-        None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
-    )
-    channels_last: bool | None = (
-        None  # NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)
-    )
-    compile: bool = False  # torch.compile, CUDA only
-    compile_mode: Literal["full", "fullgraph", "blocks"] = (
-        "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
-    )
-    init: Literal["diffusers", "compvis"] = (
-        "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
-    )
-    init_from: Path | None = Field(
-        None,
-        description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)",
-    )
-
-
-class OptimSection(StrictModel):
-    lr: float = Field(2.5e-5, gt=0)  # PathLDM; not scaled by batch size
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
-    decay: Decay = "constant"  # after warm-up: hold lr (PathLDM), or a cosine to 0 at max_steps
-    grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
-    min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
-
-
-class TrainingRunConfig(StrictModel):
-    """The run-folder, resume and step settings every UNet training stage (train, distill) shares."""
-
-    name: str = Field("ldm", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
-    runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
-    run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
-    resume: str = Field(
-        "auto",
-        description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)",
-    )
-    seed: int = Field(0, description="random seed")
-    max_steps: int = Field(1000, gt=0, description="optimizer steps")
-    batch_size: int = Field(32, gt=0, description="per process, per micro-batch")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    precision: DtypeName = Field(
-        "bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32"
-    )
-    cpu: bool = Field(False, description="force CPU even when a GPU is present")
-
-
-class TrainConfig(TrainingRunConfig):
-    ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
-    ema_decay: float = Field(0.9999, description="EMA decay per step")
-    log_every: int = Field(50, gt=0, description="steps between log lines")
-    checkpoint_every: int = Field(5000, gt=0, description="steps between checkpoints")
-    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept")
-    data: DataSection
-    model: ModelSection = ModelSection()
-    optim: OptimSection = OptimSection()
-    validation: ValidationSection = ValidationSection()  # image grid; off by default
-
+from histoldm.train.config import TrainConfig
+from histoldm.train.lr_schedule import make_lr_scheduler
 
 # The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -18,53 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
+from histoldm.config import normalise_dtype_name
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
-from histoldm.train.lr_schedule import Decay, make_lr_scheduler
-
-
-class TrainVAEConfig(StrictModel):
-    store: Path = Field(description="patch store folder (with patches.parquet)")
-    out: Path = Field(description="output folder (autoencoder/ + metrics.json + manifest.json)")
-    init: str = Field(
-        "kl-f4", description="start from: a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune"
-    )
-    steps: int = Field(20000, gt=0, description="optimizer steps")
-    batch_size: int = Field(8, gt=0, description="patches per step")
-    lr: float = Field(1e-4, gt=0, description="learning rate")
-    decay: Decay = Field(
-        "constant", description="learning rate after the start: constant, or a cosine to 0 at the last step"
-    )
-    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term")
-    crop: int | None = Field(None, ge=8, description="random square crop of this many pixels (default: whole patches)")
-    image_size: int | None = Field(
-        None, ge=8, description="resize patches to this many pixels first (default: as stored)"
-    )
-    holdout_patches: int = Field(
-        256, gt=0, description="without --split: hold out whole cases with at least this many patches"
-    )
-    split: Path | None = Field(
-        None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)"
-    )
-    precision: AutocastDtypeName = Field(
-        "auto",
-        description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)",
-    )
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    seed: int = Field(0, description="random seed")
-    workers: int = Field(2, ge=0, description="image-decoding worker processes")
-    preload: bool = Field(
-        False, description="decode the training patches once and keep them in memory (small stores: the demo)"
-    )
-    channels_last: bool | None = Field(
-        None, description="NHWC model and images (default: on CPU only, measured 0-20% faster a step there)"
-    )
-    log_every: int = Field(100, gt=0, description="steps between log lines")
-    checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
-    resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
+from histoldm.train.config import TrainVAEConfig
+from histoldm.train.lr_schedule import make_lr_scheduler
 
 
 def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:

@@ -11,20 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
-from histoldm.config import StrictModel
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes
-
-
-class ValidationSection(StrictModel):
-    every: int = 0  # steps between grids; 0 = off
-    autoencoder: str = ""  # needed when on; must be the one the latent cache was made with
-    captions: list[str] = []  # captions present in the text cache; empty = the cache's first `n`
-    n: int = 4
-    steps: int = Field(25, ge=1, le=999)  # DDIM steps
-    guidance_scale: float = 1.75  # the seed paper's scale
+from histoldm.train.config import ValidationSection
 
 
 class ValidationGrid:

@@ -1,0 +1,239 @@
+"""The training stages' configs (train-vae, encode-latents, train, distill) and their nested sections.
+
+Typed, described and torch-free: the CLI builds each stage's options from these models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from histoldm.config import AutocastDtypeName, DtypeName, StrictModel
+
+Decay = Literal["constant", "cosine"]
+
+
+class DataSection(StrictModel):
+    latents: Path  # encode-latents output folder
+    text_cache: Path  # encode-text output folder
+    captions: Path  # captions.parquet
+    split: Path | None = None  # split.json; None = every captioned patch
+    split_name: str = "train"
+    augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
+    crop: int | None = Field(
+        None, ge=8
+    )  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
+    uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
+    preload_text: bool = True  # keep the caption-embedding table on the device
+    workers: int = Field(2, ge=0)  # DataLoader worker processes
+    allow_missing_captions: bool = Field(
+        False,
+        description="train on the patches whose captions are in the text cache when "
+        "some are not (their count is in the manifest); off: such a run stops and names the fix",
+    )
+
+
+class ModelSection(StrictModel):
+    unet_preset: str = "pathldm"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    context_dim: int | None = None  # when set, must equal the text cache's width
+    autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
+    autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
+    gradient_checkpointing: bool = False
+    checkpoint_levels: list[int] | None = (
+        None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
+    )
+    channels_last: bool | None = (
+        None  # NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)
+    )
+    compile: bool = False  # torch.compile, CUDA only
+    compile_mode: Literal["full", "fullgraph", "blocks"] = (
+        "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
+    )
+    init: Literal["diffusers", "compvis"] = (
+        "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
+    )
+    init_from: Path | None = Field(
+        None,
+        description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)",
+    )
+
+
+class OptimSection(StrictModel):
+    lr: float = Field(2.5e-5, gt=0)  # PathLDM; not scaled by batch size
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
+    decay: Decay = "constant"  # after warm-up: hold lr (PathLDM), or a cosine to 0 at max_steps
+    grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
+    min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
+
+
+class ValidationSection(StrictModel):
+    every: int = 0  # steps between grids; 0 = off
+    autoencoder: str = ""  # needed when on; must be the one the latent cache was made with
+    captions: list[str] = []  # captions present in the text cache; empty = the cache's first `n`
+    n: int = 4
+    steps: int = Field(25, ge=1, le=999)  # DDIM steps
+    guidance_scale: float = 1.75  # the seed paper's scale
+
+
+class TrainingRunConfig(StrictModel):
+    """The run-folder, resume and step settings every UNet training stage (train, distill) shares."""
+
+    name: str = Field("ldm", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
+    runs_dir: Path = Field(Path("runs"), description="folder of the numbered run folders")
+    run_dir: Path | None = Field(None, description="explicit run folder instead of a numbered one")
+    resume: str = Field(
+        "auto",
+        description="auto (resume this run if it has a checkpoint) | latest | none | PATH (checkpoint or run folder)",
+    )
+    seed: int = Field(0, description="random seed")
+    max_steps: int = Field(1000, gt=0, description="optimizer steps")
+    batch_size: int = Field(32, gt=0, description="per process, per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    precision: DtypeName = Field(
+        "bfloat16", description="autocast dtype of the UNet (also on CPU); auto: bfloat16 where supported, else float32"
+    )
+    cpu: bool = Field(False, description="force CPU even when a GPU is present")
+
+
+class TrainConfig(TrainingRunConfig):
+    ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
+    ema_decay: float = Field(0.9999, description="EMA decay per step")
+    log_every: int = Field(50, gt=0, description="steps between log lines")
+    checkpoint_every: int = Field(5000, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept")
+    data: DataSection
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    validation: ValidationSection = ValidationSection()  # image grid; off by default
+
+
+class DistillData(StrictModel):
+    latents: Path = Field(description="encode-latents folder the teacher was trained on")
+    text_cache: Path = Field(description="encode-text folder of the training captions")
+    captions: Path = Field(description="captions.parquet")
+    split: Path | None = Field(None, description="split.json; None = every captioned patch")
+    split_name: str = Field("train", description="the split to distil on")
+    augment: Literal["none", "flips", "dihedral"] = Field(
+        "dihedral", description="latent-space flips / the 8 symmetries of the square"
+    )
+    crop: int | None = Field(
+        None, ge=8, description="pixels: a random crop per read, as the teacher's training (None = whole patch)"
+    )
+    preload_text: bool = Field(True, description="keep the caption-embedding table on the device")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class DistillConfig(TrainingRunConfig):
+    name: str = Field("turbo", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
+    batch_size: int = Field(
+        16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)"
+    )
+    precision: DtypeName = Field(
+        "bfloat16",
+        description="autocast dtype of the UNets (also on CPU); auto: bfloat16 where supported, else float32",
+    )
+    teacher: Path = Field(description="the trained model bundle (or training run folder) to distil")
+    solver_steps: int = Field(
+        50,
+        ge=2,
+        le=1000,
+        description="the teacher's DDIM grid: one distillation step jumps 1000/N training steps (LCM: 50)",
+    )
+    guidance_range: tuple[float, float] = Field(
+        (1.0, 3.0), description="guidance scales drawn per sample; the student samples at any scale in this range"
+    )
+    embedding_dim: int = Field(
+        256, ge=2, description="width of the guidance-scale embedding added to the timestep embedding"
+    )
+    target_decay: float = Field(
+        0.95,
+        ge=0,
+        lt=1,
+        description="EMA decay of the consistency target (LCM: 0.95); the bundle holds the target's weights",
+    )
+    loss: Literal["l2", "huber"] = Field(
+        "huber", description="distance between student and target: LCM's pseudo-Huber (c=0.001) or squared error"
+    )
+    log_every: int = Field(50, gt=0, description="steps between log lines")
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept")
+    data: DistillData = Field(description="the teacher's training caches")
+    optim: OptimSection = Field(
+        OptimSection(lr=1e-5, warmup_steps=100), description="AdamW and its schedule (train's optim section)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if not 0 < self.guidance_range[0] <= self.guidance_range[1]:
+            raise ValueError(f"guidance_range {list(self.guidance_range)}: needs 0 < lo <= hi")
+        if self.embedding_dim % 2:
+            raise ValueError(f"embedding_dim {self.embedding_dim}: needs an even width (sin and cos halves)")
+        if self.optim.min_snr_gamma is not None:
+            raise ValueError(
+                "optim.min_snr_gamma: a weighting of train's diffusion loss; distill's consistency loss has none"
+            )
+        return self
+
+
+class TrainVAEConfig(StrictModel):
+    store: Path = Field(description="patch store folder (with patches.parquet)")
+    out: Path = Field(description="output folder (autoencoder/ + metrics.json + manifest.json)")
+    init: str = Field(
+        "kl-f4", description="start from: a KL preset (random weights) or an AutoencoderKL folder / hub id to fine-tune"
+    )
+    steps: int = Field(20000, gt=0, description="optimizer steps")
+    batch_size: int = Field(8, gt=0, description="patches per step")
+    lr: float = Field(1e-4, gt=0, description="learning rate")
+    decay: Decay = Field(
+        "constant", description="learning rate after the start: constant, or a cosine to 0 at the last step"
+    )
+    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term")
+    crop: int | None = Field(None, ge=8, description="random square crop of this many pixels (default: whole patches)")
+    image_size: int | None = Field(
+        None, ge=8, description="resize patches to this many pixels first (default: as stored)"
+    )
+    holdout_patches: int = Field(
+        256, gt=0, description="without --split: hold out whole cases with at least this many patches"
+    )
+    split: Path | None = Field(
+        None, description="split.json: train on its train cases, report PSNR/SSIM on the others (no test patch seen)"
+    )
+    precision: AutocastDtypeName = Field(
+        "auto",
+        description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)",
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = Field(0, description="random seed")
+    workers: int = Field(2, ge=0, description="image-decoding worker processes")
+    preload: bool = Field(
+        False, description="decode the training patches once and keep them in memory (small stores: the demo)"
+    )
+    channels_last: bool | None = Field(
+        None, description="NHWC model and images (default: on CPU only, measured 0-20% faster a step there)"
+    )
+    log_every: int = Field(100, gt=0, description="steps between log lines")
+    checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
+    resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
+
+
+class EncodeLatentsConfig(StrictModel):
+    store: Path = Field(description="patch store folder (with patches.parquet)")
+    vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | kl-f4-lite | local folder | hub id")
+    out: Path = Field(description="output folder")
+    batch_size: int = Field(32, description="patches per encoder call")
+    shard_size: int = Field(8192, description="patches per shard file")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: AutocastDtypeName = Field(
+        "auto", description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32"
+    )
+    scale_batches: int = Field(4, description="KL: batches used to measure the latent std")
+    scaling_factor: float | None = Field(None, description="override the measured (KL) or preset (VQ) scaling factor")
+    workers: int = Field(2, description="image-decoding worker processes")
+    image_size: int | None = Field(
+        None, ge=8, description="resize patches to this many pixels before encoding (default: as stored)"
+    )
