@@ -204,3 +204,14 @@ def test_dtype_options_take_the_older_spellings():
         resolve_config(
             build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--dtype", "half"]), SampleConfig
         )
+
+
+@pytest.mark.parametrize("command", ["sample", "sample-region", "encode-text"])
+def test_the_old_numerics_key_is_a_one_line_error_naming_the_new_one(command, tmp_path, capsys):
+    """`precision` names autocast dtypes only; a sample or encode-text config still giving the numerics profile
+    under it is told the key that took its job, in the file it came from."""
+    old = tmp_path / "old.yaml"
+    old.write_text("precision: pathldm\n", encoding="utf-8")
+    assert main([command, "--config", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"histoldm {command}: error: {old}: config key 'precision' is now 'numerics'\n"

@@ -229,7 +229,7 @@ def test_pathldm_numerics_resolve_and_truncate():
     assert (n.weights, n.autocast, n.truncate, n.text_dtype) == (torch.float32, torch.float16, True, "float32")
     d = sampling_numerics("default", "auto", cpu)
     assert (d.weights, d.autocast, d.truncate) == (torch.float32, None, False)
-    with pytest.raises(UserError, match="precision pathldm"):
+    with pytest.raises(UserError, match="numerics pathldm"):
         text_dtype("pathldm", "bfloat16")
     x = torch.tensor([-1.0, -0.999, 0.0, 0.999, 1.0]).view(1, 1, 5).expand(3, 1, 5)
     assert to_uint8(x)[0, 0].tolist() == [0, 0, 128, 255, 255]

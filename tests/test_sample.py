@@ -475,13 +475,13 @@ def test_cli_in_process_with_a_run_folder_and_a_text_cache(bundle, captions_file
 
 
 def test_pathldm_numerics_on_cpu_land_near_the_default(bundle, captions_file, reference_run, tmp_path):
-    """`precision: pathldm` runs on the CPU (fp32 UNet under fp16 autocast, truncation): other pixels
+    """`numerics: pathldm` runs on the CPU (fp32 UNet under fp16 autocast, truncation): other pixels
     than the default's, on average about half a level darker, no more than a few levels away; a text
     cache encoded in bf16 is refused."""
     from histoldm.text.cache import run_encode_text
     from histoldm.text.config import EncodeTextConfig
 
-    _sample(bundle, captions_file, tmp_path / "pd", batch_size=8, precision="pathldm")
+    _sample(bundle, captions_file, tmp_path / "pd", batch_size=8, numerics="pathldm")
     numerics = json.loads((tmp_path / "pd" / "settings.json").read_text())["numerics"]
     assert numerics == {
         "precision": "pathldm",
@@ -507,5 +507,5 @@ def test_pathldm_numerics_on_cpu_land_near_the_default(bundle, captions_file, re
             dtype="bfloat16",
         )
     )
-    with pytest.raises(UserError, match="precision pathldm needs float32"):
-        _sample(bundle, captions_file, tmp_path / "pd2", precision="pathldm", text_cache=tmp_path / "tc")
+    with pytest.raises(UserError, match="numerics pathldm needs float32"):
+        _sample(bundle, captions_file, tmp_path / "pd2", numerics="pathldm", text_cache=tmp_path / "tc")

@@ -141,7 +141,7 @@ def test_appending_to_a_cache_in_another_dtype_is_refused(tmp_path, capsys):
     base = ["encode-text", str(captions), "--text-encoder", "tiny-clip", "--out", str(out), "--device", "cpu"]
     assert main([*base, "--dtype", "bfloat16"]) == 0
     captions.write_text(f"{SHORT}\n{LONG}\n", encoding="utf-8")
-    assert main([*base, "--precision", "pathldm"]) == 2
+    assert main([*base, "--numerics", "pathldm"]) == 2
     assert "cache encoded in bfloat16, this run encodes in float32" in capsys.readouterr().err
     assert TextCache.open(out).meta["dtype"] == "bfloat16" and TextCache.open(out).captions == [SHORT]
 

@@ -7,10 +7,10 @@ reported as one line naming the file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from histoldm.config_files import config_file
@@ -24,6 +24,19 @@ class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # A key the config once had -> the key that took its job: a file still using the old one is told the new one,
+    # where "unknown config key" would leave the user to search the docs.
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old in sorted(data.keys() & cls.renamed_keys.keys()):
+                raise PydanticCustomError(
+                    "renamed_key", "{old} is now {new}", {"old": old, "new": cls.renamed_keys[old]}
+                )
+        return data
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -89,11 +102,20 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _error_loc(error: Any) -> tuple[str | int, ...]:
+    """The key an error is about; a renamed key is reported by its model, one level above the key."""
+    if error["type"] == "renamed_key":
+        return (*error["loc"], error["ctx"]["old"])
+    return tuple(error["loc"])
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    loc = ".".join(str(x) for x in _error_loc(first)) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'"
+    if first["type"] == "renamed_key":
+        return f"{source}: config key '{loc}' is now '{first['ctx']['new']}'"
     return f"{source}: config key '{loc}': {first['msg']}"
 
 
@@ -110,7 +132,7 @@ def load_config(
     try:
         return model.model_validate(deep_merge(from_file, given))
     except ValidationError as e:
-        loc = e.errors()[0]["loc"]
+        loc = _error_loc(e.errors()[0])
         source = str(path) if path and not _has_key(given, loc) else "command line"  # blame where the key came from
         raise UserError(_format_validation_error(source, e)) from None
 

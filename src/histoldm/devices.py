@@ -7,11 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from histoldm.config import DTYPE_CHOICES, normalise_dtype_name
+from histoldm.config import DTYPE_CHOICES, Numerics, normalise_dtype_name
 from histoldm.errors import UserError
 
 
@@ -101,15 +100,12 @@ def launched_processes(device_name: str, stage: str) -> Processes:
     return Processes(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
 
-Precision = Literal["default", "pathldm"]
-
-
 @dataclass(frozen=True)
 class SamplingNumerics:
-    """How text encoding and sampling compute: `precision: pathldm` reproduces PathLDM's numerics
+    """How text encoding and sampling compute: `numerics: pathldm` reproduces PathLDM's
     (fp32 text encoder, fp32 UNet weights under fp16 autocast, 8-bit by truncation)."""
 
-    precision: str
+    profile: Numerics
     text_dtype: str  # the text encoder's dtype name, resolved by `resolve_dtype` where the encoder is loaded
     weights: torch.dtype  # the UNet's weights
     autocast: torch.dtype | None  # autocast around the UNet calls; None = none
@@ -117,7 +113,7 @@ class SamplingNumerics:
 
     def record(self) -> dict:
         return {
-            "precision": self.precision,
+            "precision": self.profile,  # the key sample folders' settings.json holds: renaming it refuses their resume
             "text_dtype": self.text_dtype,
             "weights": dtype_name(self.weights),
             "autocast": dtype_name(self.autocast) if self.autocast else None,
@@ -125,20 +121,20 @@ class SamplingNumerics:
         }
 
 
-def text_dtype(precision: Precision, dtype: str) -> str:
+def text_dtype(numerics: Numerics, dtype: str) -> str:
     """The text encoder's dtype name: PathLDM encodes in fp32; asking for pathldm and another dtype is a contradiction."""
-    if precision == "pathldm":
+    if numerics == "pathldm":
         if dtype not in ("auto", "float32"):
-            raise UserError(f"precision pathldm encodes text in float32; drop dtype {dtype} (or use precision default)")
+            raise UserError(f"numerics pathldm encodes text in float32; drop dtype {dtype} (or use numerics default)")
         return "float32"
     return dtype
 
 
-def sampling_numerics(precision: Precision, dtype: str, device: torch.device) -> SamplingNumerics:
+def sampling_numerics(numerics: Numerics, dtype: str, device: torch.device) -> SamplingNumerics:
     """`default`: the UNet in `resolve_dtype(dtype)`, no autocast, rounding.
     `pathldm`: fp32 weights under fp16 autocast (on the CPU too: torch's CPU autocast takes fp16; tested on 2.13), truncation."""
-    if precision == "pathldm":
-        return SamplingNumerics("pathldm", text_dtype(precision, dtype), torch.float32, torch.float16, True)
+    if numerics == "pathldm":
+        return SamplingNumerics("pathldm", text_dtype(numerics, dtype), torch.float32, torch.float16, True)
     return SamplingNumerics("default", dtype, resolve_dtype(dtype, device, stage="sample dtype"), None, False)
 
 

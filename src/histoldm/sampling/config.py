@@ -30,6 +30,8 @@ REGION_PLACEHOLDERS = {"tumor", "til", "summary"}
 
 
 class SampleConfig(StrictModel):
+    renamed_keys = {"precision": "numerics"}  # `precision` names autocast dtypes only (train, train-vae)
+
     checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
     out: Path = Field(description="output folder (re-run into it to resume)")
     captions: Path | None = Field(None, description=".txt (one per line), .jsonl (id, caption) or captions.parquet")
@@ -65,7 +67,7 @@ class SampleConfig(StrictModel):
         "auto",
         description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
     )
-    precision: Numerics = Field(
+    numerics: Numerics = Field(
         "default",
         description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)",
     )
@@ -117,6 +119,8 @@ class SampleConfig(StrictModel):
 
 
 class RegionConfig(StrictModel):
+    renamed_keys = {"precision": "numerics"}
+
     checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
     out: Path = Field(description="output folder (re-run into it to resume)")
     size: int = Field(1024, ge=8, description="region side in pixels (square); at least the model's image size")
@@ -171,7 +175,7 @@ class RegionConfig(StrictModel):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
     dtype: DtypeName = Field("auto", description="UNet dtype, as in `sample`")
-    precision: Numerics = Field("default", description="default or pathldm numerics, as in `sample`")
+    numerics: Numerics = Field("default", description="default or pathldm numerics, as in `sample`")
     text_encoder: str | None = Field(None, description="text encoder to use (default: the checkpoint's)")
     text_cache: Path | None = Field(None, description="encode-text folder holding every window caption")
 
@@ -208,7 +212,7 @@ class RegionConfig(StrictModel):
             "seed",
             "device",
             "dtype",
-            "precision",
+            "numerics",
             "text_encoder",
             "text_cache",
         )

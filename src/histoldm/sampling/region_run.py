@@ -174,7 +174,7 @@ class RegionSampler:
         from histoldm.sampling.run import ImageSampler
 
         device = resolve_device(cfg.device)
-        numerics = sampling_numerics(cfg.precision, cfg.dtype, device)
+        numerics = sampling_numerics(cfg.numerics, cfg.dtype, device)
         return cls(cfg, geo, ImageSampler.load(cfg.sample_config(), bundle, meta, device, numerics, captions), numerics)
 
     def _guided(self, captions: list[str], context_of: dict[str, torch.Tensor], uncond: torch.Tensor):
@@ -223,7 +223,7 @@ class RegionSampler:
         autocast = self.numerics.autocast
         with torch.autocast(m.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
-        quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"
+        quantize = "taming" if self.numerics.profile == "pathldm" else "diffusers"
         image = decode_tiled(
             lambda z: decode(m.ae, z, quantize=quantize),
             latents.float() / m.scaling_factor,
@@ -278,7 +278,7 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
     specs = region_specs(cfg, geo)
     out = require_output_folder(Path(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
-    numerics = sampling_numerics(cfg.precision, cfg.dtype, resolve_device(cfg.device))
+    numerics = sampling_numerics(cfg.numerics, cfg.dtype, resolve_device(cfg.device))
     settings = {
         "bundle": str(bundle.resolve()),
         "weights": f"{meta.source}@{meta.trained_steps}",

@@ -175,7 +175,7 @@ def _resolve_device_dtype(cfg: SampleConfig):
             f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})"
         )
     device = state.device
-    return state, device, sampling_numerics(cfg.precision, cfg.dtype, device)
+    return state, device, sampling_numerics(cfg.numerics, cfg.dtype, device)
 
 
 def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, cfg: SampleConfig):
@@ -244,10 +244,10 @@ class ImageSampler:
             dtype=numerics.text_dtype,
             captions=captions,
         )
-        if numerics.precision == "pathldm" and cfg.text_cache is not None and text.cache.meta.get("dtype") != "float32":
+        if numerics.profile == "pathldm" and cfg.text_cache is not None and text.cache.meta.get("dtype") != "float32":
             raise UserError(
-                f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; precision pathldm needs float32 "
-                "(encode-text --precision pathldm)"
+                f"{cfg.text_cache}: text cache encoded in {text.cache.meta.get('dtype')}; "
+                "numerics pathldm needs float32 (encode-text --numerics pathldm)"
             )
         unet, ae = _load_models(bundle, meta, device, numerics.weights, cfg)
         if meta.distilled is not None:
@@ -301,7 +301,7 @@ class ImageSampler:
                 latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
         latents = latents.float() / self.scaling_factor
         quantize = (
-            "taming" if self.numerics.precision == "pathldm" else "diffusers"
+            "taming" if self.numerics.profile == "pathldm" else "diffusers"
         )  # VQ near-ties: taming's argmin, as PathLDM
         images = [decode(self.ae, chunk, quantize=quantize).cpu() for chunk in latents.split(cfg.decode_batch)]
         return torch.cat(images), truncated

@@ -276,7 +276,7 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | Non
     unique = list(dict.fromkeys(captions))
     procs = procs or launched_processes(cfg.device, "encode-text")
     device = str(procs.device)
-    dtype = resolve_dtype(text_dtype(cfg.precision, cfg.dtype), procs.device, stage="encode-text dtype")
+    dtype = resolve_dtype(text_dtype(cfg.numerics, cfg.dtype), procs.device, stage="encode-text dtype")
     encoder = load_text_encoder(cfg.text_encoder, cfg.mode, cfg.max_length, device=device, dtype=dtype)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

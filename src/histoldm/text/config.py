@@ -11,6 +11,8 @@ from histoldm.config import DtypeName, Numerics, StrictModel
 
 
 class EncodeTextConfig(StrictModel):
+    renamed_keys = {"precision": "numerics"}  # `precision` names autocast dtypes only (train, train-vae)
+
     captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")
     text_encoder: str = Field(
         "openai/clip-vit-base-patch32", description="hub id or local folder of a CLIP text model, minilm, or tiny-clip"
@@ -29,6 +31,4 @@ class EncodeTextConfig(StrictModel):
         "auto",
         description="auto: bfloat16 on a CUDA device that supports it, else float32 (histoldm.devices.resolve_dtype)",
     )
-    precision: Numerics = Field(
-        "default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did"
-    )
+    numerics: Numerics = Field("default", description="default: encode in --dtype; pathldm: in float32, as PathLDM did")
