@@ -215,3 +215,20 @@ def test_the_old_numerics_key_is_a_one_line_error_naming_the_new_one(command, tm
     assert main([command, "--config", str(old)]) == 2
     err = capsys.readouterr().err
     assert err == f"histoldm {command}: error: {old}: config key 'precision' is now 'numerics'\n"
+
+
+@pytest.mark.parametrize("preset", ["paper", "fast", "turbo"])
+def test_solver_fields_default_to_the_presets_values_and_a_given_one_wins(preset):
+    """steps, guidance, guidance_interval and solver default to None = the preset's (their help lists each
+    preset's value); a value given beside the preset overrides it, and None for guidance_interval means every step."""
+    from histoldm.sampling.config import SAMPLE_PRESETS
+
+    fields = SampleConfig.model_fields
+    assert all(fields[k].default is None and "from --preset" in fields[k].description for k in SAMPLE_PRESETS[preset])
+    cfg = SampleConfig(checkpoint="m", out="o", preset=preset)
+    assert {k: getattr(cfg, k) for k in SAMPLE_PRESETS[preset]} == SAMPLE_PRESETS[preset]
+    args = build_parser().parse_args(["sample", "--checkpoint", "m", "--out", "o", "--preset", preset, "--steps", "3"])
+    assert resolve_config(args, SampleConfig).steps == 3
+    assert SampleConfig(checkpoint="m", out="o", preset=preset, steps=None).steps == SAMPLE_PRESETS[preset]["steps"]
+    if preset == "fast":
+        assert SampleConfig(checkpoint="m", out="o", preset=preset, guidance_interval=None).guidance_interval is None

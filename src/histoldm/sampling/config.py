@@ -6,16 +6,17 @@ Typed, described and torch-free: the CLI builds each stage's options from these 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from histoldm.config import DtypeName, Numerics, StrictModel
 from histoldm.data.config import DEFAULT_TEMPLATE, KNOWN_PLACEHOLDERS, placeholders
 
-# `preset` fills the fields a config or flag leaves unset (docs/sampling.md says which to use for what, as measured):
-# paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5); fast = DPM-Solver++ 2M in fewer steps with
-# guidance only on an interval of noise levels (the unconditional UNet pass skipped elsewhere).
+# `preset` fills the solver fields a config or flag leaves unset (docs/sampling.md says which to use for what, as
+# measured): paper = PathLDM's DDIM-50 with the seed paper's guidance 1.75 everywhere (PathLDM's notebook: 1.5);
+# fast = DPM-Solver++ 2M in fewer steps with guidance only on an interval of noise levels (the unconditional UNet
+# pass skipped elsewhere).
 SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"solver": "ddim", "steps": 50, "guidance": 1.75, "guidance_interval": None},
     # (44, 634): the sigma interval (0.28, 5.42] Kynkaanniemi et al. found for SD-XL, on PathLDM's schedule
@@ -24,9 +25,33 @@ SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
     "turbo": {"solver": "lcm", "steps": 4, "guidance": 1.75, "guidance_interval": None},
 }
 
+RegionPreset = Literal["paper", "fast"]  # a region is sampled by a teacher: no distilled student's turbo
+REGION_PRESETS = get_args(RegionPreset)
 LCM_MAX_STEPS = 8  # a consistency student is distilled for 1-8 steps
 
 REGION_PLACEHOLDERS = {"tumor", "til", "summary"}
+
+
+def fill_from_preset(data: Any) -> Any:
+    """The preset's value for each solver field left unset (absent, or None where None cannot mean anything
+    else); a value given beside the preset wins. guidance_interval None means every step, so only its absence
+    takes the preset's."""
+    if not isinstance(data, dict):
+        return data
+    preset = SAMPLE_PRESETS.get(data.get("preset", "paper"), {})  # an unknown name fails on the field itself
+    unset = {k for k in preset if k not in data or (data[k] is None and k != "guidance_interval")}
+    return {**data, **{k: preset[k] for k in unset}}
+
+
+def _from_preset(field: str, presets: tuple[str, ...] = tuple(SAMPLE_PRESETS)) -> str:
+    """'(default: from --preset: paper 50, fast 12, turbo 4)': what each preset gives a field left unset."""
+    shown = {None: "every step"}
+    values = (SAMPLE_PRESETS[name][field] for name in presets)
+    given = ", ".join(
+        f"{name} {shown.get(v, v) if not isinstance(v, tuple) else ' '.join(map(str, v))}"
+        for name, v in zip(presets, values)
+    )
+    return f"(default: from --preset: {given})"
 
 
 class SampleConfig(StrictModel):
@@ -43,18 +68,20 @@ class SampleConfig(StrictModel):
         "paper",
         description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win",
     )
-    steps: int = Field(50, ge=1, le=999, description="solver steps (PathLDM: 50 DDIM steps)")
-    guidance: float = Field(
-        1.75,
-        description="classifier-free guidance scale (the seed paper's; PathLDM's notebook: 1.5; 1 = conditional only)",
+    steps: int | None = Field(None, ge=1, le=999, description=f"solver steps {_from_preset('steps')}")
+    guidance: float | None = Field(
+        None,
+        description=f"classifier-free guidance scale (1 = conditional only) {_from_preset('guidance')}",
     )
     guidance_interval: tuple[int, int] | None = Field(
         None,
-        description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the unconditional UNet pass is skipped (default: every step)",
+        description="LO HI: guide only at training timesteps LO..HI (0-999, Kynkaanniemi et al. 2024); elsewhere the "
+        f"unconditional UNet pass is skipped {_from_preset('guidance_interval')}",
     )
-    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] = Field(
-        "ddim",
-        description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a distilled student (--preset turbo)",
+    solver: Literal["ddim", "dpmpp", "unipc", "lcm"] | None = Field(
+        None,
+        description="ddim, dpmpp = DPM-Solver++ 2M, unipc = UniPC (try --steps 20), or lcm = consistency steps of a "
+        f"distilled student {_from_preset('solver')}",
     )
     eta: float = Field(0.0, ge=0.0, description="DDIM eta; 0 = deterministic DDIM, as PathLDM")
     batch_size: int = Field(16, ge=1, description="images per UNet call (the UNet sees twice as many: cond + uncond)")
@@ -94,11 +121,7 @@ class SampleConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """The preset's values for the fields not given (an explicit --steps still wins)."""
-        if isinstance(data, dict):
-            preset = SAMPLE_PRESETS.get(data.get("preset", "paper"), {})  # an unknown name fails on the field itself
-            data = {**preset, **data}
-        return data
+        return fill_from_preset(data)
 
     @model_validator(mode="after")
     def _check_interval(self) -> SampleConfig:
@@ -146,16 +169,22 @@ class RegionConfig(StrictModel):
     stride: int | None = Field(
         None, ge=1, description="window stride in latent pixels (default: half the model's latent size)"
     )
-    preset: Literal["paper", "fast"] = Field(
+    preset: RegionPreset = Field(
         "paper",
         description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval",
     )
-    steps: int = Field(50, ge=1, le=999, description="solver steps")
-    guidance: float = Field(1.75, description="classifier-free guidance scale (1 = conditional only)")
-    guidance_interval: tuple[int, int] | None = Field(
-        None, description="LO HI: guide only at training timesteps LO..HI"
+    steps: int | None = Field(None, ge=1, le=999, description=f"solver steps {_from_preset('steps', REGION_PRESETS)}")
+    guidance: float | None = Field(
+        None,
+        description=f"classifier-free guidance scale (1 = conditional only) {_from_preset('guidance', REGION_PRESETS)}",
     )
-    solver: Literal["ddim", "dpmpp", "unipc"] = Field("ddim", description="ddim, dpmpp (DPM-Solver++ 2M) or unipc")
+    guidance_interval: tuple[int, int] | None = Field(
+        None,
+        description=f"LO HI: guide only at training timesteps LO..HI {_from_preset('guidance_interval', REGION_PRESETS)}",
+    )
+    solver: Literal["ddim", "dpmpp", "unipc"] | None = Field(
+        None, description=f"ddim, dpmpp (DPM-Solver++ 2M) or unipc {_from_preset('solver', REGION_PRESETS)}"
+    )
     eta: float = Field(0.0, ge=0.0, description="DDIM eta")
     batch_size: int = Field(64, ge=1, description="windows per UNet call (the UNet sees twice as many with guidance)")
     decode_tile: int | None = Field(
@@ -182,9 +211,7 @@ class RegionConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**SAMPLE_PRESETS.get(data.get("preset", "paper"), {}), **data}
-        return data
+        return fill_from_preset(data)
 
     @model_validator(mode="after")
     def _check(self) -> RegionConfig:
