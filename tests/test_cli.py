@@ -6,12 +6,13 @@ import argparse
 import os
 import subprocess
 import sys
+import typing
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import Field, create_model
+from pydantic import BaseModel, Field, create_model
 
 from histoldm.cli import build_parser, main
 from histoldm.commands import stages
@@ -232,3 +233,24 @@ def test_solver_fields_default_to_the_presets_values_and_a_given_one_wins(preset
     assert SampleConfig(checkpoint="m", out="o", preset=preset, steps=None).steps == SAMPLE_PRESETS[preset]["steps"]
     if preset == "fast":
         assert SampleConfig(checkpoint="m", out="o", preset=preset, guidance_interval=None).guidance_interval is None
+
+
+def _models_under(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The model and every config model nested in its fields (optional ones included)."""
+    found = [model]
+    for f in model.model_fields.values():
+        for tp in (f.annotation, *typing.get_args(f.annotation)):
+            if isinstance(tp, type) and issubclass(tp, BaseModel) and tp not in found:
+                found += [m for m in _models_under(tp) if m not in found]
+    return found
+
+
+@pytest.mark.parametrize(
+    "command",
+    [c for c in stages.COMMANDS if not c.config.__module__.startswith("histoldm.experiments.")],
+    ids=lambda c: c.name,
+)
+def test_every_config_field_nested_ones_too_has_a_description(command):
+    """`--help` and the docs show a field's description; a `#` comment beside it reaches no user."""
+    models = _models_under(command.config)
+    assert [f"{m.__name__}.{n}" for m in models for n, f in m.model_fields.items() if not f.description] == []

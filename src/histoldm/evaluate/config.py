@@ -177,10 +177,14 @@ class UtilityConfig(ExtractConfig):
 
 
 class SeedFloorConfig(ExtractConfig):
-    first: Path  # a `histoldm sample` folder
-    second: Path  # the same captions sampled from the same model with another seed
-    out: Path
-    fid_method: FidMethod = "eigh"
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seed: int = 0
+    """FID and KID between two sample sets that differ only in their seed: what sampling noise alone gives."""
+
+    first: Path = Field(description="a `histoldm sample` folder")
+    second: Path = Field(description="the same captions sampled from the same model with another seed")
+    out: Path = Field(description="output folder: metrics.json and manifest.json")
+    fid_method: FidMethod = Field(
+        "eigh", description="as in evaluate: sqrtm (pytorch-fid) or eigh (same value, faster)"
+    )
+    kid_subsets: int = Field(100, description="number of KID subsets")
+    kid_subset_size: int = Field(1000, description="KID subset size, capped at N")
+    seed: int = Field(0, description="seed of the KID subsets")

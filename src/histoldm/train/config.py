@@ -16,18 +16,24 @@ Decay = Literal["constant", "cosine"]
 
 
 class DataSection(StrictModel):
-    latents: Path  # encode-latents output folder
-    text_cache: Path  # encode-text output folder
-    captions: Path  # captions.parquet
-    split: Path | None = None  # split.json; None = every captioned patch
-    split_name: str = "train"
-    augment: Literal["none", "flips", "dihedral"] = "dihedral"  # in latent space; flips = PathLDM's
+    """The caches train reads: no autoencoder and no text encoder runs in the loop."""
+
+    latents: Path = Field(description="encode-latents output folder")
+    text_cache: Path = Field(description="encode-text output folder")
+    captions: Path = Field(description="captions.parquet")
+    split: Path | None = Field(None, description="split.json; None = every captioned patch")
+    split_name: str = Field("train", description="the split trained on")
+    augment: Literal["none", "flips", "dihedral"] = Field(
+        "dihedral", description="in latent space: flips (PathLDM's) or the 8 symmetries of the square"
+    )
     crop: int | None = Field(
-        None, ge=8
-    )  # pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch
-    uncond_prob: float = Field(0.1, ge=0, le=1)  # guidance dropout, applied uniformly
-    preload_text: bool = True  # keep the caption-embedding table on the device
-    workers: int = Field(2, ge=0)  # DataLoader worker processes
+        None,
+        ge=8,
+        description="pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch",
+    )
+    uncond_prob: float = Field(0.1, ge=0, le=1, description="guidance dropout: share of captions replaced by empty")
+    preload_text: bool = Field(True, description="keep the caption-embedding table on the device")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes")
     allow_missing_captions: bool = Field(
         False,
         description="train on the patches whose captions are in the text cache when "
@@ -36,24 +42,31 @@ class DataSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    unet_preset: str = "pathldm"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    context_dim: int | None = None  # when set, must equal the text cache's width
-    autoencoder: str = ""  # when set, the latent cache must have been made by it (fingerprint)
-    autoencoder_fingerprint: str = ""  # the same check without loading the autoencoder
-    gradient_checkpointing: bool = False
-    checkpoint_levels: list[int] | None = (
-        None  # with gradient_checkpointing: only these resolution levels (0 = full); None = all
+    """The UNet: its preset, how it starts, and how its steps are computed."""
+
+    unet_preset: str = Field("pathldm", description="UNet preset (histoldm.models.presets)")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field("epsilon", description="what the UNet predicts")
+    context_dim: int | None = Field(None, description="when set, must equal the text cache's width")
+    autoencoder: str = Field(
+        "", description="when set, the latent cache must have been made by this autoencoder (fingerprint)"
     )
-    channels_last: bool | None = (
-        None  # NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)
+    autoencoder_fingerprint: str = Field("", description="the same check without loading the autoencoder")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    checkpoint_levels: list[int] | None = Field(
+        None, description="with gradient_checkpointing: only these resolution levels (0 = full); None = all"
     )
-    compile: bool = False  # torch.compile, CUDA only
-    compile_mode: Literal["full", "fullgraph", "blocks"] = (
-        "full"  # blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error
+    channels_last: bool | None = Field(
+        None,
+        description="NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)",
     )
-    init: Literal["diffusers", "compvis"] = (
-        "diffusers"  # from scratch; compvis zero-inits resnet conv2, proj_out, conv_out
+    compile: bool = Field(False, description="torch.compile the UNet (CUDA only)")
+    compile_mode: Literal["full", "fullgraph", "blocks"] = Field(
+        "full",
+        description="blocks: each ResNet/transformer block (compiles much faster); fullgraph: one graph or an error",
+    )
+    init: Literal["diffusers", "compvis"] = Field(
+        "diffusers",
+        description="initialisation from scratch; compvis zero-inits resnet conv2, proj_out and conv_out",
     )
     init_from: Path | None = Field(
         None,
@@ -62,22 +75,30 @@ class ModelSection(StrictModel):
 
 
 class OptimSection(StrictModel):
-    lr: float = Field(2.5e-5, gt=0)  # PathLDM; not scaled by batch size
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(1000, ge=0)  # linear from lr/warmup to lr, then constant
-    decay: Decay = "constant"  # after warm-up: hold lr (PathLDM), or a cosine to 0 at max_steps
-    grad_clip: float | None = None  # None: no clipping (PathLDM); the norm is logged either way
-    min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR weighting
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = Field(2.5e-5, gt=0, description="learning rate (PathLDM's); not scaled by batch size")
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(1000, ge=0, description="steps of linear warm-up from lr/warmup_steps to lr")
+    decay: Decay = Field("constant", description="after warm-up: hold lr (PathLDM's), or a cosine to 0 at max_steps")
+    grad_clip: float | None = Field(None, description="gradient norm clip; None = none (PathLDM); logged either way")
+    min_snr_gamma: float | None = Field(
+        None, description="min-SNR loss weighting with this gamma, e.g. 5.0; None = off"
+    )
 
 
 class ValidationSection(StrictModel):
-    every: int = 0  # steps between grids; 0 = off
-    autoencoder: str = ""  # needed when on; must be the one the latent cache was made with
-    captions: list[str] = []  # captions present in the text cache; empty = the cache's first `n`
-    n: int = 4
-    steps: int = Field(25, ge=1, le=999)  # DDIM steps
-    guidance_scale: float = 1.75  # the seed paper's scale
+    """An image grid during training: the same captions and seeds every time, DDIM with guidance, decoded."""
+
+    every: int = Field(0, description="steps between grids; 0 = off")
+    autoencoder: str = Field("", description="needed when on; must be the autoencoder the latent cache was made with")
+    captions: list[str] = Field(
+        default_factory=list, description="captions present in the text cache; empty = the cache's first n"
+    )
+    n: int = Field(4, description="images in the grid when captions is empty")
+    steps: int = Field(25, ge=1, le=999, description="DDIM steps")
+    guidance_scale: float = Field(1.75, description="classifier-free guidance scale (the seed paper's)")
 
 
 class TrainingRunConfig(StrictModel):
@@ -106,10 +127,12 @@ class TrainConfig(TrainingRunConfig):
     log_every: int = Field(50, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(5000, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept")
-    data: DataSection
-    model: ModelSection = ModelSection()
-    optim: OptimSection = OptimSection()
-    validation: ValidationSection = ValidationSection()  # image grid; off by default
+    data: DataSection = Field(description="the caches trained on")
+    model: ModelSection = Field(default_factory=ModelSection, description="the UNet and how it starts")
+    optim: OptimSection = Field(default_factory=OptimSection, description="AdamW and its learning-rate schedule")
+    validation: ValidationSection = Field(
+        default_factory=ValidationSection, description="image grid during training; off by default"
+    )
 
 
 class DistillData(StrictModel):
