@@ -55,11 +55,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="YAML config file, or a shipped config's name (`histoldm config list`); options given on the command line override it",
+        help="YAML config file, or a shipped config's name (`histoldm config list`); options given on the command "
+        "line override it",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE",
-        help="override one config key (repeatable; dotted keys for nested fields); wins over an option for the same key",
+        help="override one config key (repeatable; dotted keys for nested fields); "
+        "wins over an option for the same key",
     )  # fmt: skip
 
 

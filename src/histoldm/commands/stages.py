@@ -55,7 +55,8 @@ def parse_shard(text: str) -> list[int]:
 def _tile(r: TileResult, cfg: Any) -> None:
     pending = f"; shard {r.shard}, {r.slides_pending} slides of other shards not finished yet)" if r.shard else ")"
     print(
-        f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, {r.slides_failed} skipped{pending}"
+        f"{r.patches} patches in {r.store} ({r.slides_tiled} slides tiled, {r.slides_resumed} resumed, "
+        f"{r.slides_failed} skipped{pending}"
     )
     for s in r.skipped:
         print(f"skipped: {s['reason']}")
@@ -80,7 +81,8 @@ def _summarize(r: SummarizeResult, cfg: Any) -> None:
     if r.failed:
         more = f"{len(r.failed) - shown} more; " if len(r.failed) > shown else ""
         print(
-            f"{len(r.failed)} cases failed ({more}all listed in the manifest's skipped); fix the cause and re-run with --retry-failed"
+            f"{len(r.failed)} cases failed ({more}all listed in the manifest's skipped); fix the cause and re-run "
+            "with --retry-failed"
         )
 
 
@@ -139,15 +141,16 @@ def _train(r: TrainResult, cfg: Any) -> None:
 def _distill(r: DistillResult, cfg: Any) -> None:
     img_s = f"{r.img_s:.1f}" if r.img_s is not None else "n/a"
     print(
-        f"distilled {r.steps} steps in {r.run_dir} ({r.seconds:.0f} s this session, {img_s} img/s); student: {r.bundle} "
-        f"(sample it with --preset turbo)"
+        f"distilled {r.steps} steps in {r.run_dir} ({r.seconds:.0f} s this session, {img_s} img/s); "
+        f"student: {r.bundle} (sample it with --preset turbo)"
     )
 
 
 def _sample(r: SampleResult, cfg: Any) -> None:
     grid = f", grid {r.grid}" if r.grid else ""
     print(
-        f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows skipped{grid}"
+        f"{r.out}: {r.images} images ({r.n_new} new), {r.n_truncated} captions truncated, {r.skipped} input rows "
+        f"skipped{grid}"
     )
 
 
@@ -387,8 +390,10 @@ COMMANDS = (
     ),  # one comma-separated value, as before: `--levels a,b STORE`
     StageCommand(
         "export-patches",
-        "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's resolution.",
-        "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out work/test_patches --size 256",
+        "Write the real patches of one split (e.g. test) with an index.jsonl; --size resizes them to the model's "
+        "resolution.",
+        "histoldm export-patches work/store --captions work/captions.parquet --split work/split.json --out "
+        "work/test_patches --size 256",
         ExportPatchesConfig,
         _run_export_patches,
         _export_patches,
@@ -396,8 +401,10 @@ COMMANDS = (
     ),
     StageCommand(
         "encode-text",
-        "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable with accelerate launch.",
-        "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out text-cache",
+        "Encode each unique caption once with a frozen text encoder (cache for training and sampling); shardable "
+        "with accelerate launch.",
+        "histoldm encode-text captions.parquet --text-encoder vinid/plip --mode pathldm --max-length 154 --out "
+        "text-cache",
         EncodeTextConfig,
         _run_encode_text,
         _encode_text,
@@ -418,7 +425,8 @@ COMMANDS = (
     ),
     StageCommand(
         "encode-latents",
-        "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, shardable with accelerate launch.",
+        "Encode a patch store with an autoencoder (preset, folder or hub id) into latent shards; resumable, "
+        "shardable with accelerate launch.",
         "histoldm encode-latents work/store --vae work/vae/autoencoder --out work/latents",
         EncodeLatentsConfig,
         _run_encode_latents,
@@ -429,7 +437,8 @@ COMMANDS = (
     ),
     StageCommand(
         "train",
-        "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running resumes.",
+        "Train the latent diffusion UNet (CPU, one GPU, or several via `accelerate launch` / `torchrun`); re-running "
+        "resumes.",
         "histoldm train --config histoldm --set data.latents=work/latents --resume latest",
         TrainConfig,
         _run_train,
@@ -442,8 +451,10 @@ COMMANDS = (
     ),
     StageCommand(
         "distill",
-        "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); re-running resumes.",
-        "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache --captions work/captions.parquet --split work/split.json",
+        "Distil a trained model into a few-step student (latent consistency distillation, guidance baked in); "
+        "re-running resumes.",
+        "histoldm distill --teacher runs/00001-pathldm --latents work/latents --text-cache work/text-cache "
+        "--captions work/captions.parquet --split work/split.json",
         DistillConfig,
         _run_distill,
         _distill,
@@ -460,7 +471,8 @@ COMMANDS = (
     ),
     StageCommand(
         "sample",
-        "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's notebook used 1.5); resumable, shardable with accelerate launch.",
+        "Generate one PNG per caption with DDIM (50 steps as PathLDM; guidance 1.75, the seed paper's: PathLDM's "
+        "notebook used 1.5); resumable, shardable with accelerate launch.",
         "histoldm sample --checkpoint runs/00001-pathldm --captions captions.parquet --split split.json --out samples",
         SampleConfig,
         _run_sample,
@@ -470,8 +482,10 @@ COMMANDS = (
     ),
     StageCommand(
         "sample-region",
-        "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as pyramidal TIFFs; resumable, --shard K/N.",
-        "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal carcinoma' --out regions",
+        "Generate regions larger than the model (overlapping windows, each captioned from a tumour/TIL map cell) as "
+        "pyramidal TIFFs; resumable, --shard K/N.",
+        "histoldm sample-region --checkpoint model/ --size 2048 --label-map map.csv --summary 'invasive ductal "
+        "carcinoma' --out regions",
         RegionConfig,
         _run_sample_region,
         _sample_region,
@@ -481,7 +495,8 @@ COMMANDS = (
     ),
     StageCommand(
         "evaluate",
-        "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and adherence checks.",
+        "FID, KID and precision/recall of generated images, each with its protocol; optional memorisation and "
+        "adherence checks.",
         "histoldm evaluate --real data/test_patches --fake samples/ --out eval/ --train-real data/train_patches",
         EvaluateConfig,
         _run_evaluate,
@@ -491,7 +506,8 @@ COMMANDS = (
     ),
     StageCommand(
         "evaluate-region",
-        "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map agreement of sample-region output.",
+        "Crop FID/KID (evaluate on random model-size crops), seam score against real slide regions, and map "
+        "agreement of sample-region output.",
         "histoldm evaluate-region --regions regions/ --real data/test_patches --out eval-regions/",
         RegionEvalConfig,
         _run_evaluate_region,
@@ -501,8 +517,10 @@ COMMANDS = (
     ),
     StageCommand(
         "utility",
-        "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), on both, and augmentation curves, scored on held-out REAL patches.",
-        "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions data/captions.parquet --split data/split.json --out utility/",
+        "Does the generated set help? Linear probes per caption attribute: train on real, on synthetic only (TSTR), "
+        "on both, and augmentation curves, scored on held-out REAL patches.",
+        "histoldm utility --real data/test_patches --train-real data/train_patches --fake samples-train/ --captions "
+        "data/captions.parquet --split data/split.json --out utility/",
         UtilityConfig,
         _run_utility,
         _utility,
@@ -542,7 +560,8 @@ COMMANDS = (
     ),
     StageCommand(
         "sweep",
-        "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed floor and train memory per budget.",
+        "Summaries at several token budgets -> captions -> train -> sample -> evaluate; FID with its seed-to-seed "
+        "floor and train memory per budget.",
         "histoldm sweep --config sweep_demo",
         SweepConfig,
         _run_sweep,

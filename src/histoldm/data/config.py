@@ -49,7 +49,9 @@ class TileConfig(StrictModel):
     )
     shard: tuple[int, int] | None = Field(
         None,
-        description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. $SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete patches.parquet",
+        description="K/N: tile only slides K, K+N, ... of the sorted list (0 <= K < N), e.g. "
+        "$SLURM_ARRAY_TASK_ID/10; jobs share --out and the last one to finish leaves the complete "
+        "patches.parquet",
     )
 
     @model_validator(mode="after")
@@ -96,7 +98,8 @@ class SplitConfig(StrictModel):
     def _labels_for_stratifying(self) -> SplitConfig:
         if self.stratify_by and self.store is not None and self.labels is None:
             raise ValueError(
-                f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's cases"
+                f"stratify_by {self.stratify_by!r} needs --labels (a CSV case_id,{self.stratify_by}) for a store's "
+                "cases"
             )
         if self.labels is not None and not self.stratify_by:
             raise ValueError("labels are only read for stratifying: give stratify_by too")
@@ -151,7 +154,8 @@ class ExportPatchesConfig(StrictModel):
     size: int | None = Field(
         None,
         ge=8,
-        description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` refuses real and generated images of different sizes)",
+        description="resize to this many pixels, the size the model generates (default: as stored; `evaluate` "
+        "refuses real and generated images of different sizes)",
     )
     n: int | None = Field(None, ge=1, description="a seeded choice of this many patches (default: all of the split)")
     seed: int = Field(0, description="seed of that choice")

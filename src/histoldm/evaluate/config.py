@@ -28,7 +28,8 @@ class ExtractConfig(StrictModel):
 
     protocol: ProtocolName | None = Field(
         None,
-        description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool (its bilinear resize and input scaling, = --resize legacy), tested to match it",
+        description="clean: clean-fid's clean mode (the default, = --resize bicubic); pytorch-fid: the paper's tool "
+        "(its bilinear resize and input scaling, = --resize legacy), tested to match it",
     )
     resize: ResizeMode = Field(
         "bicubic", description="the same choice by resize filter: bicubic = clean, legacy = pytorch-fid"
@@ -60,7 +61,8 @@ class ExtractConfig(StrictModel):
 
 class EvaluateConfig(ExtractConfig):
     real: Path = Field(
-        description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)"
+        description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its "
+        "statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)"
     )
     fake: Path = Field(
         description="folder of generated images (the sampler's OUT/; its index.jsonl, when present, lists them)"
@@ -86,7 +88,8 @@ class EvaluateConfig(ExtractConfig):
     memorization_pairs: int = Field(16, description="closest generated/training pairs listed and drawn")
     adherence: bool = Field(
         False,
-        description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the index)",
+        description="condition adherence (needs FAKE/index.jsonl with captions, and levels from --captions or the "
+        "index)",
     )
     captions: Path | None = Field(None, description="captions.parquet giving each caption's tumor_level / til_level")
     adherence_high: str = Field("high", description="level compared against --adherence-low")
@@ -97,7 +100,8 @@ class EvaluateConfig(ExtractConfig):
     )
     allow_size_mismatch: bool = Field(
         False,
-        description="compare real and generated images of different sizes anyway (both resized to 299; FID then includes the resolution gap)",
+        description="compare real and generated images of different sizes anyway (both resized to 299; FID then "
+        "includes the resolution gap)",
     )
 
 
@@ -106,7 +110,8 @@ class FidRefConfig(ExtractConfig):
     out: Path = Field(description="the .npz to write")
     features: bool = Field(
         True,
-        description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` gives KID and precision/recall as well as FID",
+        description="keep the features in the .npz too (float32, 8 KB per image), so `evaluate --real STATS.npz` "
+        "gives KID and precision/recall as well as FID",
     )
 
 
@@ -165,7 +170,8 @@ class UtilityConfig(ExtractConfig):
     )
     held_out_groups: dict[str, str] = Field(
         default_factory=dict,
-        description="name -> regex on case_id: held-out subsets reported beside 'all' (the demo: real tissue, synthetic)",
+        description="name -> regex on case_id: held-out subsets reported beside 'all' (the demo: real tissue, "
+        "synthetic)",
     )
 
     @field_validator("fractions")

@@ -66,7 +66,9 @@ class SampleConfig(StrictModel):
     split_name: str = Field("test", description="the split --split selects")
     preset: Literal["paper", "fast", "turbo"] = Field(
         "paper",
-        description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options given beside it win",
+        description="paper: DDIM 50 steps, guidance 1.75; fast: DPM-Solver++ 2M, fewer steps, guidance on an "
+        "interval; turbo: a distilled student (histoldm distill), 4 steps (docs/sampling.md); options "
+        "given beside it win",
     )
     steps: int | None = Field(None, ge=1, le=999, description=f"solver steps {_from_preset('steps')}")
     guidance: float | None = Field(
@@ -96,7 +98,8 @@ class SampleConfig(StrictModel):
     )
     numerics: Numerics = Field(
         "default",
-        description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, 8-bit by truncation)",
+        description="default: ours; pathldm: PathLDM's numerics (fp32 text encoder, fp32 UNet under fp16 autocast, "
+        "8-bit by truncation)",
     )
     text_encoder: str | None = Field(
         None, description="text encoder to use (default: the checkpoint's); must match the checkpoint's fingerprint"
@@ -149,7 +152,8 @@ class RegionConfig(StrictModel):
     size: int = Field(1024, ge=8, description="region side in pixels (square); at least the model's image size")
     label_map: Path | None = Field(
         None,
-        description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one cell per window",
+        description="CSV (cells TUMOR/TIL, e.g. high/low) or PNG (red = tumour, green = TIL probability x 255): one "
+        "cell per window",
     )
     level: str | None = Field(
         None, description="one TUMOR/TIL level for every window instead of --label-map, e.g. high/low"
@@ -163,7 +167,8 @@ class RegionConfig(StrictModel):
     )
     regions: Path | None = Field(
         None,
-        description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), level, size; overrides --num-regions",
+        description="JSONL, one region a line: id, and optionally summary, label_map (path relative to the file), "
+        "level, size; overrides --num-regions",
     )
     num_regions: int = Field(1, ge=1, description="regions of the flags' settings (ids 000001, ...; each its own seed)")
     stride: int | None = Field(
@@ -171,7 +176,8 @@ class RegionConfig(StrictModel):
     )
     preset: RegionPreset = Field(
         "paper",
-        description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on an interval",
+        description="as in `sample`: paper = DDIM 50, guidance 1.75; fast = DPM-Solver++ 2M, 12 steps, guidance on "
+        "an interval",
     )
     steps: int | None = Field(None, ge=1, le=999, description=f"solver steps {_from_preset('steps', REGION_PRESETS)}")
     guidance: float | None = Field(
@@ -180,7 +186,8 @@ class RegionConfig(StrictModel):
     )
     guidance_interval: tuple[int, int] | None = Field(
         None,
-        description=f"LO HI: guide only at training timesteps LO..HI {_from_preset('guidance_interval', REGION_PRESETS)}",
+        description="LO HI: guide only at training timesteps LO..HI "
+        f"{_from_preset('guidance_interval', REGION_PRESETS)}",
     )
     solver: Literal["ddim", "dpmpp", "unipc"] | None = Field(
         None, description=f"ddim, dpmpp (DPM-Solver++ 2M) or unipc {_from_preset('solver', REGION_PRESETS)}"
@@ -219,7 +226,8 @@ class RegionConfig(StrictModel):
             raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: needs 0 <= K < N")
         if unknown := placeholders(self.template) - REGION_PLACEHOLDERS:
             raise ValueError(
-                f"template placeholders {sorted(unknown)} have no value in a region (it fills {sorted(REGION_PLACEHOLDERS)}; "
+                f"template placeholders {sorted(unknown)} have no value in a region (it fills "
+                f"{sorted(REGION_PLACEHOLDERS)}; "
                 f"captions knows {sorted(KNOWN_PLACEHOLDERS)})"
             )
         if self.regions is None and (self.label_map is None) == (self.level is None):

@@ -17,7 +17,8 @@ class SummarizeConfig(StrictModel):
     budget: int = Field(35, ge=1, le=1000, description="CLIP tokens per summary, BOS/EOS excluded")
     backend: Literal["extractive", "openai", "local"] = Field(
         "extractive",
-        description="extractive (offline, deterministic), openai (any OpenAI-compatible server) or local (transformers / llama.cpp)",
+        description="extractive (offline, deterministic), openai (any OpenAI-compatible server) or local "
+        "(transformers / llama.cpp)",
     )
     prompt: str = Field("targeted", description="preset (pathldm, targeted) or a template file (.txt, .yaml, .json)")
     model: str | None = Field(

@@ -19,7 +19,8 @@ class EncodeTextConfig(StrictModel):
     )
     mode: Literal["pathldm", "truncate", "chunks", "interpolate"] | None = Field(
         None,
-        description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for BERT-style ones such as minilm)",
+        description="long-caption encoding (default: the encoder's own: pathldm for CLIP models, truncate for "
+        "BERT-style ones such as minilm)",
     )
     max_length: int | None = Field(
         None, description="tokens per caption incl. BOS/EOS (default: 154, or 77 for truncate on CLIP)"

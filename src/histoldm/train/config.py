@@ -29,7 +29,8 @@ class DataSection(StrictModel):
     crop: int | None = Field(
         None,
         ge=8,
-        description="pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole patch",
+        description="pixels: a fresh random crop of each stored patch per read (PathLDM: 256 of 448); None = whole "
+        "patch",
     )
     uncond_prob: float = Field(0.1, ge=0, le=1, description="guidance dropout: share of captions replaced by empty")
     preload_text: bool = Field(True, description="keep the caption-embedding table on the device")
@@ -57,7 +58,8 @@ class ModelSection(StrictModel):
     )
     channels_last: bool | None = Field(
         None,
-        description="NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured slower)",
+        description="NHWC weights and latents; None = on CPU (measured 2-5% faster a step), off on CUDA (measured "
+        "slower)",
     )
     compile: bool = Field(False, description="torch.compile the UNet (CUDA only)")
     compile_mode: Literal["full", "fullgraph", "blocks"] = Field(
@@ -70,7 +72,8 @@ class ModelSection(StrictModel):
     )
     init_from: Path | None = Field(
         None,
-        description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run starts: ignored on resume)",
+        description="start the UNet from a model bundle, run folder or CompVis checkpoint (read only when a run "
+        "starts: ignored on resume)",
     )
 
 
@@ -228,7 +231,8 @@ class TrainVAEConfig(StrictModel):
     )
     precision: AutocastDtypeName = Field(
         "auto",
-        description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss scaler here)",
+        description="autocast dtype; auto: bfloat16 on a GPU that supports it, else float32 (no float16: no loss "
+        "scaler here)",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = Field(0, description="random seed")
