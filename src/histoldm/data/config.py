@@ -28,10 +28,13 @@ KNOWN_PLACEHOLDERS = {"tumor", "til", "summary", *DESCRIPTOR_PLACEHOLDERS}
 
 
 def placeholders(template: str) -> set[str]:
+    """The {names} a caption template fills."""
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 class TileConfig(StrictModel):
+    """`histoldm tile`: slides -> a patch store of fixed-magnification tissue patches."""
+
     slides: Path = Field(description="slide file or folder (searched recursively)")
     out: Path = Field(description="patch store folder")
     magnification: float = Field(10.0, gt=0, description="target magnification (10x = 1.0 um/px)")
@@ -62,6 +65,8 @@ class TileConfig(StrictModel):
 
 
 class ScoresConfig(StrictModel):
+    """`histoldm scores`: tumor / TIL probabilities per patch, from exactly one source."""
+
     store: Path = Field(description="patch store folder")
     out: Path | None = Field(None, description="output Parquet (default STORE/scores.parquet)")
     csv: Path | None = Field(None, description="CSV with patch_id (or slide_id, x, y) and prob_tumor / prob_til")
@@ -81,6 +86,8 @@ class ScoresConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
+    """`histoldm split`: cases -> train/val/test, seeded, no case in two splits."""
+
     out: Path = Field(description="split.json to write")
     store: Path | None = Field(None, description="patch store whose case_id column lists the cases")
     cases: Path | None = Field(None, description="CSV with case_id (and the label column) instead of a store")
@@ -114,6 +121,8 @@ class SplitConfig(StrictModel):
 
 
 class CaptionsConfig(StrictModel):
+    """`histoldm captions`: one caption per patch (per summary) from a template."""
+
     store: Path = Field(description="patch store folder")
     scores: Path | None = Field(None, description="scores.parquet (default STORE/scores.parquet if present)")
     summaries: Path | None = Field(None, description="summaries.jsonl (case_id, summary)")
@@ -146,6 +155,8 @@ class CaptionsConfig(StrictModel):
 
 
 class ExportPatchesConfig(StrictModel):
+    """`histoldm export-patches`: the real patches of one split as an image folder with an index."""
+
     store: Path = Field(description="patch store folder (with patches.parquet)")
     captions: Path = Field(description="captions.parquet of the store")
     split: Path = Field(description="split.json")

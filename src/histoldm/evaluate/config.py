@@ -60,6 +60,8 @@ class ExtractConfig(StrictModel):
 
 
 class EvaluateConfig(ExtractConfig):
+    """`histoldm evaluate`: FID, KID, precision/recall of a generated set, optional memorization and adherence."""
+
     real: Path = Field(
         description="folder of real images, or reference statistics .npz from `histoldm fid-ref` (FID from its "
         "statistics, KID and precision/recall from the features it keeps; another tool's .npz: FID only)"
@@ -106,6 +108,8 @@ class EvaluateConfig(ExtractConfig):
 
 
 class FidRefConfig(ExtractConfig):
+    """`histoldm fid-ref`: reference statistics of a folder of real images, computed once."""
+
     images: Path = Field(description="folder of real images")
     out: Path = Field(description="the .npz to write")
     features: bool = Field(
@@ -116,6 +120,8 @@ class FidRefConfig(ExtractConfig):
 
 
 class RegionEvalConfig(ExtractConfig):
+    """`histoldm evaluate-region`: crop FID/KID, seam score and map agreement of sample-region output."""
+
     regions: Path = Field(description="a `histoldm sample-region` output folder")
     real: Path = Field(description="folder of real held-out patches at the model's size (as for `evaluate`)")
     out: Path = Field(description="output folder: metrics.json, crops/, crops-eval/")
@@ -138,6 +144,8 @@ class RegionEvalConfig(ExtractConfig):
 
 
 class UtilityConfig(ExtractConfig):
+    """`histoldm utility`: linear probes trained on real, synthetic and both, scored on held-out real patches."""
+
     real: Path = Field(
         description="held-out REAL patches (export-patches of the test split: PNGs + index.jsonl with patch ids)"
     )

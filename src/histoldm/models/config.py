@@ -10,6 +10,8 @@ from histoldm.config import StrictModel
 
 
 class ConvertConfig(StrictModel):
+    """`histoldm convert-ldm`: a CompVis latent-diffusion checkpoint -> a model bundle."""
+
     checkpoint: Path = Field(description="CompVis/Lightning .ckpt, plain state dict, or .safetensors")
     out: Path = Field(description="bundle folder to write")
     unet_preset: str = Field("pathldm", description="UNet preset the weights belong to")

@@ -55,6 +55,8 @@ def _from_preset(field: str, presets: tuple[str, ...] = tuple(SAMPLE_PRESETS)) -
 
 
 class SampleConfig(StrictModel):
+    """`histoldm sample`: one image per caption; the preset fills the solver fields left unset."""
+
     renamed_keys = {"precision": "numerics"}  # `precision` names autocast dtypes only (train, train-vae)
 
     checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")
@@ -145,6 +147,8 @@ class SampleConfig(StrictModel):
 
 
 class RegionConfig(StrictModel):
+    """`histoldm sample-region`: regions larger than the model, one caption per window from a label map."""
+
     renamed_keys = {"precision": "numerics"}
 
     checkpoint: Path = Field(description="model bundle folder, or a training run folder (uses RUN/model/)")

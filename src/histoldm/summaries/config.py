@@ -12,6 +12,8 @@ from histoldm.config import StrictModel
 
 
 class SummarizeConfig(StrictModel):
+    """`histoldm summarize`: each report -> one summary within a CLIP-token budget."""
+
     input: Path = Field(description="TCGA-Reports CSV (patient_filename,text), folder of .txt, or JSONL {case_id,text}")
     out: Path = Field(description="output JSONL (re-running resumes it)")
     budget: int = Field(35, ge=1, le=1000, description="CLIP tokens per summary, BOS/EOS excluded")

@@ -11,6 +11,8 @@ from histoldm.config import DtypeName, Numerics, StrictModel
 
 
 class EncodeTextConfig(StrictModel):
+    """`histoldm encode-text`: each unique caption encoded once into a cache training and sampling read."""
+
     renamed_keys = {"precision": "numerics"}  # `precision` names autocast dtypes only (train, train-vae)
 
     captions: Path = Field(description="captions.parquet (column caption), .jsonl (key caption) or .txt (one per line)")

@@ -125,6 +125,8 @@ class TrainingRunConfig(StrictModel):
 
 
 class TrainConfig(TrainingRunConfig):
+    """`histoldm train`: the latent diffusion UNet, trained from the latent and text caches."""
+
     ema: bool = Field(False, description="keep an EMA copy of the UNet (the bundle then holds it)")
     ema_decay: float = Field(0.9999, description="EMA decay per step")
     log_every: int = Field(50, gt=0, description="steps between log lines")
@@ -139,6 +141,8 @@ class TrainConfig(TrainingRunConfig):
 
 
 class DistillData(StrictModel):
+    """The caches distill reads: the teacher's training caches."""
+
     latents: Path = Field(description="encode-latents folder the teacher was trained on")
     text_cache: Path = Field(description="encode-text folder of the training captions")
     captions: Path = Field(description="captions.parquet")
@@ -155,6 +159,8 @@ class DistillData(StrictModel):
 
 
 class DistillConfig(TrainingRunConfig):
+    """`histoldm distill`: a trained bundle -> a few-step student by latent consistency distillation."""
+
     name: str = Field("turbo", description="run name: the run folder is RUNS_DIR/{id:05d}-{name}")
     batch_size: int = Field(
         16, gt=0, description="per process, per micro-batch (each costs 4 UNet passes: student, teacher x2, target)"
@@ -207,6 +213,8 @@ class DistillConfig(TrainingRunConfig):
 
 
 class TrainVAEConfig(StrictModel):
+    """`histoldm train-vae`: a KL autoencoder trained or fine-tuned on a patch store."""
+
     store: Path = Field(description="patch store folder (with patches.parquet)")
     out: Path = Field(description="output folder (autoencoder/ + metrics.json + manifest.json)")
     init: str = Field(
@@ -249,6 +257,8 @@ class TrainVAEConfig(StrictModel):
 
 
 class EncodeLatentsConfig(StrictModel):
+    """`histoldm encode-latents`: every patch of a store encoded once into latent shards."""
+
     store: Path = Field(description="patch store folder (with patches.parquet)")
     vae: str = Field(description="autoencoder: vq-f4 | kl-f4 | kl-f4-tiny | kl-f4-lite | local folder | hub id")
     out: Path = Field(description="output folder")
