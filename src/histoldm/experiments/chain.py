@@ -68,7 +68,7 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "model": {"unet_preset": "tiny-mid"},
         "optim": {"lr": 2e-3, "warmup_steps": 50, "decay": "cosine"},
     },
-    "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` still works)
+    "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` for speed)
     "evaluate": {"fid_method": "eigh", "adherence": True},  # eigh: the same trace as sqrtm, ~10x faster on CPU
 }
 # Stage keys filled from a recipe-level knob: a user who sets one is pointed at the knob.
