@@ -1,5 +1,5 @@
 """Which sampler setting holds DDIM-50's quality at fewer UNet passes? Every setting against the REAL
-held-out patches, beside DDIM-50's own seed-to-seed floor at the same N, on two seeds (issue 28).
+held-out patches, beside DDIM-50's own seed-to-seed floor at the same N, on two seeds.
 
 For each setting and seed, `histoldm sample` draws the held-out captions (each `--repeat` times, under ids
 id-r0, id-r1, ...: per-image seeds come from (seed, id)); `histoldm evaluate` compares the set with the real

@@ -49,7 +49,7 @@ import torch
 
 PEAK_TFLOPS = 790.0  # H100 dense bf16, measured (8192^3 matmul); nominal 989
 IMAGES_TO_PROJECT = 200_000
-# issue 20 (H200/H100): DDIM-50 2x the anchor loop, the fast preset 50 img/s, training 350 img/s,
+# The targets (H200/H100): DDIM-50 2x the anchor loop, the fast preset 50 img/s, training 350 img/s,
 # <= 9 GiB at >= 250 img/s, encode-latents 500 img/s per card
 TARGETS = {
     "train_img_s": 350.0,
@@ -76,7 +76,7 @@ class Profile:
     dim: int  # caption embedding width
     train_batch: int
     train_steps: int
-    long_train_steps: int  # the plain paper-faithful case: a few hundred steps (issue 6)
+    long_train_steps: int  # the plain paper-faithful case: a few hundred steps
     log_every: int
     base_warm: int
     base_iters: int
@@ -760,10 +760,10 @@ class Bench:
 
     # ---------- running ----------
     def cases(self) -> list[Case]:
-        """Quick cases first, in priority order (issue 20's target rows, then the levers); --quick starts
+        """Quick cases first, in priority order (the target rows, then the levers); --quick starts
         none whose estimate would end past the budget, so the tail is what a second run covers."""
         p, F, H = self.p, self.p.faithful, self.p.h64
-        cl = {"channels_last": True}  # measured slower in eager mode (2026-11-27): kept as one comparison case
+        cl = {"channels_last": True}  # slower in eager mode (docs/performance.md): one comparison case
         ckpt_all = {"gradient_checkpointing": True}
         ckpt_hi = {"gradient_checkpointing": True, "checkpoint_levels": [0, 1]}
         blocks = {"compile": True, "compile_mode": "blocks"}
@@ -1069,7 +1069,7 @@ class Bench:
             "",
             self.table(),
             "",
-            "Targets (issue 20):",
+            "Targets:",
             "",
         ] + [
             f"- {k}: {v['verdict']}"

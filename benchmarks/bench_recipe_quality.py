@@ -4,7 +4,7 @@ Runs the demo's own chain (`prepare_latents`, `train_sample_evaluate`) on the de
 built once under WORK, with the recipe the demo ships changed by RECIPE (ModelRecipe keys as JSON, e.g.
 '{"seed": 1, "train": {"max_steps": 1000}}'). Autoencoders are shared between runs with the same
 autoencoder settings (WORK/vae-<hash>/), so a UNet variant costs only its UNet. Appends the result to
-WORK/results.jsonl and prints it. This is how the demo's recipe was chosen (benchmarks/RESULTS.md, issue 18):
+WORK/results.jsonl and prints it. The demo's recipe is chosen this way (benchmarks/RESULTS.md):
 adherence on 36 held-out images moves by ~0.1 between seeds, so compare variants on two seeds.
 
     python benchmarks/bench_recipe_quality.py --work /tmp/rq --tag shipped-s1 --recipe '{"seed": 1}'

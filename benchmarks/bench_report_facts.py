@@ -1,5 +1,5 @@
-"""Are summaries true to hard reports? Facts kept, false statements, the checker's errors and speed
-(issue 25), on `histoldm.summaries.hard_reports` (several specimen parts, addenda that correct,
+"""Are summaries true to hard reports? Facts kept, false statements, the checker's errors and speed,
+on `histoldm.summaries.hard_reports` (several specimen parts, addenda that correct,
 history of a prior cancer, neoadjuvant therapy, in-situ-only cases, node notations, OCR noise).
 
     python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--one-line] [--json out.jsonl]

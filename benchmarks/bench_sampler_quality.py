@@ -1,5 +1,5 @@
 """Fewer UNet passes at equal quality? The fast sampling settings against DDIM-50 on the same seeds,
-beside the DDIM-50 seed-to-seed noise (issue 20). CPU, demo scale: a trained demo model and its held-out
+beside the DDIM-50 seed-to-seed noise. CPU, demo scale: a trained demo model and its held-out
 captions, each repeated under several ids (per-image seeds come from (seed, id)).
 
 For every setting, `histoldm sample` writes a set with seed 0; DDIM-50 also with seed 1. Each set is

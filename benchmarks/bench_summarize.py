@@ -1,4 +1,4 @@
-"""Speed of the summarize stage (issue 3).
+"""Speed of the summarize stage.
 
 1. extractive: 10,000 synthetic reports (TCGA-length, 400-1,500 words), budget 35 (target: under 60 s on 2 cores).
 2. openai backend: 1,000 requests to a chat-completions server on 127.0.0.1 that answers after

@@ -1,4 +1,4 @@
-"""How many ground-truth facts the extractive summaries keep at each budget (issue 16), on synthetic
+"""How many ground-truth facts the extractive summaries keep at each budget, on synthetic
 TCGA-style reports; the table in docs/summaries.md comes from this script.
 
     python benchmarks/summary_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The device check of issue 20 in one command on a lent GPU machine (docs/performance.md): the anchor's
-# own baseline cases (shared/bench/gpu_anchor.py, carried as .gpu/gpu_anchor.py: its bf16 training
+# The GPU benchmark in one command on a machine without network (docs/performance.md): the reference
+# benchmark's own baseline cases (carried as .gpu/gpu_anchor.py: its bf16 training
 # step, its DDIM-50 loop at batch 128 and its VQ-f4 encode/decode), then benchmarks/bench_gpu.py --quick
-# (every row of the issue's target table: DDIM-50, the fast preset and a distilled student's 4 steps (turbo),
+# (every target row: DDIM-50, the fast preset and a distilled student's 4 steps (turbo),
 # eager and compiled, at batch 128; training
 # with compile + checkpointing; encode-latents; a profiler table of one guided DDIM step). Everything
 # lands in $OUT. Prepared here by scripts/gpu_prepare.sh; run there with carry [".whl", ".gpu"]:

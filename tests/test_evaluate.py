@@ -476,7 +476,7 @@ def _no_features(monkeypatch):
 
 
 def test_real_and_generated_sets_of_different_sizes_are_refused_before_features(tmp_path, capsys, monkeypatch):
-    """256 px reals against 64 px fakes gave an FID of the resolution gap and exit 0 (issue 17)."""
+    """256 px reals against 64 px fakes would give an FID of the resolution gap: exit 2 unless --allow-size-mismatch."""
     real, fake, ext = (
         _folder(tmp_path, "real", 5, 48),
         _folder(tmp_path, "fake", 5, 32),

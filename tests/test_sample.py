@@ -256,8 +256,8 @@ def test_compile_options_reach_the_sampler_and_keep_the_images(
 ):
     """The sampler compiles with the configured mode and tuning, and compiled images match eager ones.
 
-    Dynamo's eager backend (graphs traced and run, no generated kernels): inductor on a CPU did not
-    finish compiling the tiny UNet in 10 minutes on the shared 2-core test machine (2026-11-30); the
+    Dynamo's eager backend (graphs traced and run, no generated kernels): inductor on a 2-core CPU takes
+    over 10 minutes to compile the tiny UNet; the
     inductor kernels themselves are measured by benchmarks/bench_gpu.py on a GPU."""
     from histoldm.models import speed
 

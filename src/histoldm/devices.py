@@ -174,9 +174,9 @@ def threads_beside(cores: int, busy: float) -> int:
 
 def default_cpu_threads() -> int:
     """One thread per core that no other process is using when the demo starts (every core on an idle machine,
-    torch's own default). Idle, the 2-vCPU Xeon ran the demo 1.5x faster with 2 threads than with 1; with a core
-    busy elsewhere, a thread per core waits at every op's barrier for a descheduled thread: 6-10x slower per
-    step than one thread (benchmarks/RESULTS.md, 2026-11-30). `--threads N` overrides, and so does OMP_NUM_THREADS
+    torch's own default). Idle, 2 threads on 2 cores run the demo about 1.5x as fast as 1; with a core busy
+    elsewhere, a thread per core waits at every op's barrier for a descheduled thread, many times slower per
+    step than one thread (docs/performance.md). `--threads N` overrides, and so does OMP_NUM_THREADS
     (which `accelerate launch` and `torchrun` set to share the cores among their processes)."""
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:

@@ -177,8 +177,8 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """Features of a batch. On the CPU the batch goes in channels_last: Inception ran 1.25x faster on a 2-vCPU
-        Xeon (same features up to float rounding, benchmarks/RESULTS.md, issue 18)."""
+        """Features of a batch. On the CPU the batch goes in channels_last: Inception runs up to 1.25x faster
+        that way on a 2-core CPU, with the same features up to float rounding (docs/performance.md)."""
         x = batch.to(self.device, self.dtype, non_blocking=True)
         if x.device.type == "cpu" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -47,13 +47,12 @@ C = TypeVar("C", bound=BaseModel)
 # patches), so `histoldm demo` needs no config. A full-scale sweep overrides them (configs/sweep_token_lengths.yaml).
 EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     # Decoded once and kept in memory (preload), in this process: at 64 px decoding cost as much as a step.
-    # Batch 8 (was 16): half the compute, held-out PSNR 21.1-21.5 dB vs 20.6 and adherence kept on two seeds (RESULTS.md, issue 18).
+    # Batch 8: held-out PSNR and condition adherence hold on two seeds at half the compute of batch 16 (RESULTS.md).
     "train_vae": {"steps": 250, "batch_size": 8, "lr": 1e-3, "workers": 0, "preload": True, "log_every": 50},
     "encode_latents": {"batch_size": 32, "workers": 0},
     "encode_text": {"text_encoder": "minilm", "mode": "truncate", "max_length": 64},
-    # tiny-mid (cross-attention in the middle block only; 0.6-0.7x the step of `tiny`), 1000 steps at lr 2e-3 with a cosine
-    # to 0: tumor adherence 0.76 and 0.92 on two seeds, against 0.78-0.85 for `tiny`'s 1200 steps at a constant 5e-4;
-    # at lr 1e-3, 800 and 1000 steps lost it (RESULTS.md, issue 18).
+    # tiny-mid (cross-attention in the middle block only; 0.6-0.7x the step of `tiny`), 1000 steps at lr 2e-3 with a
+    # cosine to 0: tumor adherence holds on two seeds, where lr 1e-3 at 800 or 1000 steps loses it (RESULTS.md).
     # precision auto: bfloat16 on a GPU that has it, else float32 (the trainer's own default autocasts bf16 on CPU too)
     "train": {
         "max_steps": 1000,
@@ -67,7 +66,7 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "model": {"unet_preset": "tiny-mid"},
         "optim": {"lr": 2e-3, "warmup_steps": 50, "decay": "cosine"},
     },
-    "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` still works)
+    "sample": {},  # the stage's: DDIM-50, guidance 1.75 (preset `paper`; `recipe.sample.preset: fast` for speed)
     "evaluate": {"fid_method": "eigh", "adherence": True},  # eigh: the same trace as sqrtm, ~10x faster on CPU
 }
 # Stage keys filled from a recipe-level knob: a user who sets one is pointed at the knob.

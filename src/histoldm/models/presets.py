@@ -4,7 +4,7 @@
 attention layer; 400.92M parameters with context 512). `pathldm-h64` differs only in using
 64-channel heads (3, 6, 9, 15 heads), which lets SDPA use flash kernels. `small`, `tiny` and `tiny-mid`
 are for CPU demos and tests; `tiny-mid` (the demo's) is `tiny` with cross-attention in the middle block only:
-0.6-0.7x the training step, and with a cosine lr the demo's condition adherence held (benchmarks/RESULTS.md, issue 18).
+0.6-0.7x the training step, and with a cosine lr the demo's condition adherence holds (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

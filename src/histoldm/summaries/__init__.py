@@ -1,4 +1,4 @@
-"""Pathology reports -> short summaries at a chosen CLIP-token budget (issue 3).
+"""Pathology reports -> short summaries at a chosen CLIP-token budget.
 
 loading: read CSV / .txt folder / JSONL and normalise case ids; synthetic: made-up TCGA-BRCA-style
 reports with their ground truth, for demos and tests; hard_reports: multi-part reports with

@@ -1,7 +1,7 @@
 """The learning-rate schedule both trainers share: linear warm-up, then constant or a cosine to zero.
 
-A cosine to zero at the last step is what let the demo's short UNet run take fewer, better steps
-(benchmarks/RESULTS.md, issue 18); constant after warm-up is PathLDM's and stays the default.
+A cosine to zero at the last step lets a short run such as the demo's take fewer, better steps
+(benchmarks/RESULTS.md); constant after warm-up is PathLDM's and stays the default.
 """
 
 from __future__ import annotations
