@@ -254,3 +254,11 @@ def test_every_config_field_nested_ones_too_has_a_description(command):
     """`--help` and the docs show a field's description; a `#` comment beside it reaches no user."""
     models = _models_under(command.config)
     assert [f"{m.__name__}.{n}" for m in models for n, f in m.model_fields.items() if not f.description] == []
+
+
+def test_the_old_numerics_key_in_an_experiments_recipe_names_the_whole_key(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("recipe:\n  sample:\n    precision: pathldm\n", encoding="utf-8")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--config", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"histoldm demo: error: {old}: config key 'recipe.sample.precision' is now 'numerics'\n"

@@ -104,9 +104,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def _error_loc(error: Any) -> tuple[str | int, ...]:
     """The key an error is about; a renamed key is reported by its model, one level above the key."""
-    if error["type"] == "renamed_key":
-        return (*error["loc"], error["ctx"]["old"])
-    return tuple(error["loc"])
+    old = error.get("ctx", {}).get("old") if error["type"] == "renamed_key" else None
+    return (*error["loc"], old) if old else tuple(error["loc"])
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
@@ -114,7 +113,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     loc = ".".join(str(x) for x in _error_loc(first)) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'"
-    if first["type"] == "renamed_key":
+    if first["type"] == "renamed_key" and "new" in first.get("ctx", {}):
         return f"{source}: config key '{loc}' is now '{first['ctx']['new']}'"
     return f"{source}: config key '{loc}': {first['msg']}"
 
@@ -161,12 +160,12 @@ def key_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> Va
 
 def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> ValidationError:
     """`err`, from validating a nested config by hand, with its keys under `prefix` (so load_config names the
-    whole key, e.g. `recipe.train.optim.lrr`), its error types and messages kept."""
+    whole key, e.g. `recipe.train.optim.lrr`), its error types, messages and context kept."""
     return ValidationError.from_exception_data(
         err.title,
         [
             {
-                "type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}),
+                "type": PydanticCustomError(e["type"], "{message}", {**e.get("ctx", {}), "message": e["msg"]}),
                 "loc": (*prefix, *e["loc"]),
                 "input": e.get("input"),
             }
