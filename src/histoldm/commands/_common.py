@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,20 +36,21 @@ def add_command(
     that `histoldm --help` and other commands do not pay for building them.
     """
 
-    def populate(parser: argparse.ArgumentParser) -> None:
-        add_config_flags(parser, config, **derive)  # type: ignore[arg-type]
-        add_config_options(parser)
-
     parser = sub.add_parser(
         name,
         help=help,
         description=help,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        populate=populate if config else None,
+        populate=None if config is None else functools.partial(_add_options, model=config, derive=derive),
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, model: type[BaseModel], derive: dict[str, Any]) -> None:
+    add_config_flags(parser, model, **derive)
+    add_config_options(parser)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +75,9 @@ def resolve_config(args: argparse.Namespace, model: type[C]) -> C:
 
 @dataclass(frozen=True)
 class StageCommand:
-    """A subcommand that runs one stage from its config: options derived from `config`, `run` called
-    with the resolved config, `report` printing its result (it may return an exit
-    code). A None result is a non-main process under accelerate launch: the main one reports."""
+    """A subcommand that runs one stage from its config: options derived from `config`, `run` called with
+    the resolved config, `report` printing its result (it may return an exit code). A None result is a
+    non-main process under accelerate launch: the main one reports."""
 
     name: str
     help: str
