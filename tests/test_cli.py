@@ -262,3 +262,14 @@ def test_the_old_numerics_key_in_an_experiments_recipe_names_the_whole_key(tmp_p
     assert main(["demo", "--out", str(tmp_path / "demo"), "--config", str(old)]) == 2
     err = capsys.readouterr().err
     assert err == f"histoldm demo: error: {old}: config key 'recipe.sample.precision' is now 'numerics'\n"
+
+
+def test_python_m_histoldm_exits_with_the_commands_status(tmp_path):
+    """Scripts and CI read the exit status of `python -m histoldm` as they read the `histoldm` script's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: split.json\nno_such_key: 1\n", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "histoldm", "split", "--config", str(bad)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 2 and "unknown config key 'no_such_key'" in run.stderr
