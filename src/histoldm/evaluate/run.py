@@ -24,7 +24,7 @@ from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.protocol import FidProtocol
-from histoldm.evaluate.results import Fid, Kid, Metrics, PrecisionRecall
+from histoldm.evaluate.results import Adherence, Fid, Kid, Metrics, PrecisionRecall
 from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
 
@@ -362,6 +362,34 @@ def _kid_and_precision_recall(
     return {"kid": kid, "precision_recall": PrecisionRecall(status=why, **pr_protocol.entry())}
 
 
+def _input_paths(cfg: EvaluateConfig) -> tuple[list[Path], list[Path] | None, list[Path]]:
+    """The generated, real (None for statistics) and training images, every input checked before any feature."""
+    if not Path(cfg.real).exists():
+        raise UserError(f"{cfg.real}: real images or statistics not found")
+    fake_paths = fake_image_paths(cfg.fake)
+    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
+    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
+    if cfg.adherence:
+        from histoldm.evaluate.adherence import check_adherence_inputs
+
+        check_adherence_inputs(cfg.fake, cfg.captions)
+    return fake_paths, real_paths, train_paths
+
+
+def _adherence(cfg: EvaluateConfig) -> Adherence:
+    from histoldm.evaluate.adherence import run_adherence
+
+    return run_adherence(
+        cfg.fake,
+        captions_parquet=cfg.captions,
+        high=cfg.adherence_high,
+        low=cfg.adherence_low,
+        mpp=cfg.adherence_mpp,
+        n_permutations=cfg.adherence_permutations,
+        seed=cfg.seed,
+    )
+
+
 def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return them.
     Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
@@ -376,15 +404,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     procs = procs or launched_processes(cfg.device, "evaluate")
     sharded = procs if procs.world > 1 else None
     out = require_output_folder(cfg.out)
-    if not Path(cfg.real).exists():
-        raise UserError(f"{cfg.real}: real images or statistics not found")
-    fake_paths = fake_image_paths(cfg.fake)
-    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
-    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
-    if cfg.adherence:
-        from histoldm.evaluate.adherence import check_adherence_inputs
-
-        check_adherence_inputs(cfg.fake, cfg.captions)
+    fake_paths, real_paths, train_paths = _input_paths(cfg)
     extractor = F.load_extractor(cfg.extractor, str(procs.device) if sharded else cfg.device, cfg.dtype)
     protocol = _base_protocol(cfg, extractor)
     if real_paths is None:  # refuse mismatched statistics before spending time on features
@@ -416,18 +436,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
         metrics = dataclasses.replace(metrics, memorization=memorization)
         skipped += train_skipped
     if cfg.adherence:
-        from histoldm.evaluate.adherence import run_adherence
-
-        adherence = run_adherence(
-            cfg.fake,
-            captions_parquet=cfg.captions,
-            high=cfg.adherence_high,
-            low=cfg.adherence_low,
-            mpp=cfg.adherence_mpp,
-            n_permutations=cfg.adherence_permutations,
-            seed=cfg.seed,
-        )
-        metrics = dataclasses.replace(metrics, adherence=adherence)
+        metrics = dataclasses.replace(metrics, adherence=_adherence(cfg))
 
     atomic_write_json(out / "metrics.json", metrics.to_json())
     write_manifest(
