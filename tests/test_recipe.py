@@ -85,6 +85,8 @@ def test_the_demo_runs_what_demo_yaml_says():
     changed = load_config(DemoConfig, None, {"recipe": {"train": {"max_steps": 600}}}).recipe
     assert changed.train == {**shipped["train"], "max_steps": 600} and changed.sample == shipped["sample"]
     assert changed.autoencoder == shipped["autoencoder"]
+    knobs = ("image_size", "autoencoder", "seed", "n_samples")
+    assert ModelRecipe().model_dump(include=set(knobs)) == {k: shipped[k] for k in knobs}  # one set of defaults
 
 
 def test_a_sweep_recipe_is_read_over_the_demos():
