@@ -130,7 +130,7 @@ def test_old_option_spellings_still_fill_the_same_keys():
     from histoldm.data.captions import CaptionsConfig
     from histoldm.data.splits import SplitConfig
     from histoldm.data.tiling import TileConfig
-    from histoldm.experiments.demo import DemoConfig
+    from histoldm.experiments.config import DemoConfig
     from histoldm.summaries.summarize import SummarizeConfig
     from histoldm.train.trainer import TrainConfig
 

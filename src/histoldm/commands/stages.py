@@ -194,13 +194,13 @@ def _convert(r: ConvertResult, cfg: Any) -> None:
         print(f"  skipped {n}: {reason}")
 
 
-def _demo(r: dict[str, Any], cfg: Any) -> None:
-    print(f"demo finished in {r['timing']['line']}; open the report: {r['report']}")
+def _demo(r: Any, cfg: Any) -> None:
+    print(f"demo finished in {r.timing['line']}; open the report: {r.report}")
 
 
-def _sweep(r: dict[str, Any], cfg: Any) -> None:
-    print(open(r["table"], encoding="utf-8").read())
-    print(f"table: {r['table']}  plot: {r['plot']}  report: {r['report']}")
+def _sweep(r: Any, cfg: Any) -> None:
+    print(open(r.table, encoding="utf-8").read())
+    print(f"table: {r.table}  plot: {r.plot}  report: {r.report}")
 
 
 COMMANDS = (

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from histoldm.config import DtypeName, StrictModel
 from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
@@ -114,6 +114,13 @@ class TrainConfig(TrainingRunConfig):
     model: ModelSection = ModelSection()
     optim: OptimSection = OptimSection()
     validation: ValidationSection = ValidationSection()  # image grid; off by default
+
+    @model_validator(mode="after")
+    def _checkpoint_every_within_run(self) -> TrainConfig:
+        """A run shorter than checkpoint_every checkpoints at its end: the interval is at most the run."""
+        if self.checkpoint_every > self.max_steps:
+            self.checkpoint_every = self.max_steps
+        return self
 
 
 # The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).

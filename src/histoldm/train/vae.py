@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from histoldm.config import AutocastDtypeName, StrictModel, normalise_dtype_name
 from histoldm.errors import UserError
@@ -65,6 +65,13 @@ class TrainVAEConfig(StrictModel):
     log_every: int = Field(100, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
     resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
+
+    @model_validator(mode="after")
+    def _checkpoint_every_within_run(self) -> TrainVAEConfig:
+        """A run shorter than checkpoint_every checkpoints at its end: the interval is at most the run."""
+        if self.checkpoint_every > self.steps:
+            self.checkpoint_every = self.steps
+        return self
 
 
 def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:
