@@ -181,7 +181,7 @@ class Evaluator:
         fake = self.features(Path(row["out"]))
         record = {**row, **self.compare(self.features(self.args.real), fake, row["seed"])}
         adherence = run_adherence(Path(row["out"]), captions_parquet=self.args.captions_parquet, seed=row["seed"])
-        record["adherence_auroc"] = {a: r.get("auroc") for a, r in adherence["by_attribute"].items()}
+        record["adherence_auroc"] = {a: r.auroc for a, r in adherence.by_attribute.items()}
         if Path(same_noise_reference) != Path(row["out"]):
             ref = self.features(same_noise_reference)
             record["same_noise_fid"] = M.frechet_distance(

@@ -25,13 +25,14 @@ def run(work: Path, tag: str, recipe_keys: dict, threads: int | None) -> dict:
     from histoldm.config import load_config
     from histoldm.devices import set_cpu_threads
     from histoldm.errors import UserError
-    from histoldm.experiments.chain import ModelRecipe, prepare_latents, summarize, train_sample_evaluate
-    from histoldm.experiments.demo import DemoConfig
+    from histoldm.experiments.chain import prepare_latents, summarize, train_sample_evaluate
+    from histoldm.experiments.config import DemoConfig
     from histoldm.experiments.demo_data import build_demo_data
 
-    recipe = load_config(ModelRecipe, overrides=recipe_keys)  # a bad --recipe key: one line, before any compute
+    # the demo's recipe with these keys over it; a bad --recipe key: one line, before any compute
+    demo = load_config(DemoConfig, overrides={"out": work, "recipe": recipe_keys})
+    recipe = demo.recipe
     used = set_cpu_threads(threads)
-    demo = DemoConfig(out=work)
     data = build_demo_data(work / "data", demo.data)
     summaries = summarize(data["reports"], work / "summaries.jsonl", demo.budget)
     vae_key = json.dumps(
@@ -39,7 +40,7 @@ def run(work: Path, tag: str, recipe_keys: dict, threads: int | None) -> dict:
             "autoencoder": recipe.autoencoder,
             "image_size": recipe.image_size,
             "seed": recipe.seed,
-            "train_vae": recipe.settings("train_vae"),
+            "train_vae": recipe.train_vae,
         },
         sort_keys=True,
     )
@@ -53,23 +54,23 @@ def run(work: Path, tag: str, recipe_keys: dict, threads: int | None) -> dict:
         store=data["store"],
         split=data["split"],
         summaries=summaries,
-        latents=latents["latents"],
+        latents=latents.latents,
         recipe=recipe,
         name=tag,
     )
-    adherence = result["metrics"].get("adherence", {}).get("by_attribute", {})
+    adherence = result.metrics.adherence.by_attribute if result.metrics.adherence else {}
     return {
         "tag": tag,
         "folder": str(vae_work / tag),
         "recipe": recipe_keys,
         "threads": used,
-        "autoencoder_psnr": (latents["vae_metrics"] or {}).get("psnr"),
-        "fid": result["metrics"]["fid"]["value"],
-        "kid": result["metrics"]["kid"].get("mean"),
-        **{f"{attr}_auroc": adherence.get(attr, {}).get("auroc") for attr in ("tumor", "til")},
-        **{f"{attr}_p": adherence.get(attr, {}).get("p_value") for attr in ("tumor", "til")},
+        "autoencoder_psnr": latents.autoencoder_psnr,
+        "fid": result.metrics.fid.value,
+        "kid": result.metrics.kid.mean,
+        **{f"{attr}_auroc": adherence[attr].auroc if attr in adherence else None for attr in ("tumor", "til")},
+        **{f"{attr}_p": adherence[attr].p_value if attr in adherence else None for attr in ("tumor", "til")},
         "wall_s": round(time.time() - started, 1),
-        "train_img_s": result["train"].img_s,
+        "train_img_s": result.train.img_s,
     }
 
 

@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         m = run_evaluate(
             EvaluateConfig(real=reference, fake=r["out"], out=r["out"] / "eval", fid_method="eigh", workers=1)
         ).metrics
-        kid, pr = m["kid"], m["precision_recall"]
+        kid, pr = m.kid, m.precision_recall
         lines.append(
-            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {m['fid']['value']:.2f} | {1e3 * kid['mean']:.2f} +- {1e3 * kid['std']:.2f} | "
-            f"{pr['precision']:.3f} / {pr['recall']:.3f} | {r['sample_s']} |"
+            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {m.fid.value:.2f} | "
+            f"{1e3 * kid.mean:.2f} +- {1e3 * kid.std:.2f} | {pr.precision:.3f} / {pr.recall:.3f} | {r['sample_s']} |"
         )
         print(lines[-1], flush=True)
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")

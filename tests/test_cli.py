@@ -120,7 +120,7 @@ def test_every_option_lands_on_a_config_field(command):
 
 def test_old_option_spellings_still_fill_the_same_keys():
     from histoldm.data.config import CaptionsConfig, SplitConfig, TileConfig
-    from histoldm.experiments.demo import DemoConfig
+    from histoldm.experiments.config import DemoConfig
     from histoldm.summaries.config import SummarizeConfig
     from histoldm.train.config import TrainConfig
 

@@ -215,8 +215,8 @@ def test_floor_reuses_the_first_sets_features_only_for_its_own_images(sweep_out,
     given = F.extract_features(fake_image_paths(cfg.first), F.load_extractor(), workers=0)
     fresh = run_seed_floor(cfg).metrics
     reused = run_seed_floor(cfg.model_copy(update={"out": tmp_path / "b"}), first_features=given).metrics
-    assert reused["fid"]["value"] == pytest.approx(fresh["fid"]["value"], rel=1e-6)
-    assert reused["kid"]["mean"] == pytest.approx(fresh["kid"]["mean"], rel=1e-6, abs=1e-9)
+    assert reused.fid.value == pytest.approx(fresh.fid.value, rel=1e-6)
+    assert reused.kid.mean == pytest.approx(fresh.kid.mean, rel=1e-6, abs=1e-9)
     others = F.FeatureSet(given.features[:-1], given.paths[:-1], [], given.image_format)
     with pytest.raises(UserError, match="other images"):
         run_seed_floor(cfg.model_copy(update={"out": tmp_path / "c"}), first_features=others)

@@ -105,7 +105,8 @@ def test_auto_is_bf16_on_a_gpu_that_has_it(monkeypatch):
 
 def test_aliases_normalise_when_a_config_is_read(tmp_path):
     from histoldm.evaluate.config import EvaluateConfig
-    from histoldm.experiments.chain import ModelRecipe, train_config
+    from histoldm.experiments.chain import train_config
+    from histoldm.experiments.config import ModelRecipe
     from histoldm.sampling.config import SampleConfig
     from histoldm.train.config import EncodeLatentsConfig, TrainVAEConfig
 

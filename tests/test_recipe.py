@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from histoldm.cli import main
-from histoldm.config import load_config
+from histoldm.config import load_config, read_yaml
 from histoldm.config_files import SHIPPED_DIR
-from histoldm.experiments.chain import ModelRecipe, evaluate_config, train_config, vae_config
-from histoldm.experiments.sweep import SweepConfig
+from histoldm.experiments.chain import evaluate_config, train_config, vae_config
+from histoldm.experiments.config import DemoConfig, ModelRecipe, SweepConfig
 
 CONFIGS = SHIPPED_DIR
 HERE = Path(".")
@@ -24,10 +24,6 @@ HERE = Path(".")
         ("recipe.train.data.latents=elsewhere", "config key 'recipe.train.data.latents': set by the experiment"),
         ("recipe.sample.seed=3", "config key 'recipe.sample.seed': set by the experiment from recipe.seed"),
         (
-            "recipe.autoencoder=models/vq",
-            "config key 'recipe.train_vae': used only when recipe.autoencoder is a KL preset",
-        ),
-        (
             "recipe.train.model.unet_preset=tiny-midd",
             "config key 'recipe.train.model.unet_preset': unknown UNet preset 'tiny-midd'",
         ),
@@ -35,8 +31,7 @@ HERE = Path(".")
 )
 def test_demo_refuses_a_bad_stage_key_in_one_line_before_any_compute(tmp_path, capsys, override, says):
     out = tmp_path / "demo"
-    extra = ["--set", "recipe.train_vae.steps=4"] if "autoencoder" in override else []
-    assert main(["demo", "--out", str(out), *extra, "--set", override]) == 2
+    assert main(["demo", "--out", str(out), "--set", override]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1 and "command line" in err
     assert not out.exists()  # nothing ran
@@ -66,20 +61,35 @@ def test_shipped_sweep_configs_load_and_reach_their_stages():
     train = train_config(tcga, "x", HERE, HERE, HERE, HERE, HERE)
     assert train.max_steps == 460000 and train.model.unet_preset == "pathldm" and train.data.workers > 0
     assert train.checkpoint_every < train.max_steps and train.keep_checkpoints > 1
-    assert evaluate_config(tcga, HERE, HERE, HERE, HERE, 200000, 1.0).device == "cuda"
+    assert evaluate_config(tcga, HERE, HERE, HERE, HERE, 1.0).device == "cuda"
     demo = load_config(SweepConfig, CONFIGS / "sweep_demo.yaml").recipe
     assert train_config(demo, "x", HERE, HERE, HERE, HERE, HERE).max_steps == 300
 
 
-def test_derived_defaults_yield_to_what_the_user_gave():
-    """A short run checkpoints at its end and KID subsets shrink to the set, unless the user said otherwise."""
+def test_a_short_run_checkpoints_at_its_end():
+    """The stages clamp their own checkpoint interval to the run; a shorter interval is kept."""
     recipe = ModelRecipe(train={"max_steps": 100}, train_vae={"steps": 30})
     assert train_config(recipe, "x", HERE, HERE, HERE, HERE, HERE).checkpoint_every == 100
     assert vae_config(recipe, HERE, HERE, HERE).checkpoint_every == 30
-    assert evaluate_config(recipe, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 10
-    given = ModelRecipe(
-        train={"max_steps": 100, "checkpoint_every": 7000, "precision": "bf16"}, evaluate={"kid_subset_size": 500}
-    )
+    given = ModelRecipe(train={"max_steps": 100, "checkpoint_every": 40, "precision": "bf16"})
     train = train_config(given, "x", HERE, HERE, HERE, HERE, HERE)
-    assert (train.checkpoint_every, train.precision) == (7000, "bfloat16")
-    assert evaluate_config(given, HERE, HERE, HERE, HERE, 10, 1.0).kid_subset_size == 500
+    assert (train.checkpoint_every, train.precision) == (40, "bfloat16")
+
+
+def test_the_demo_runs_what_demo_yaml_says():
+    """configs/demo.yaml is the demo's recipe: `histoldm demo` and `--config demo` are one config, and a
+    --set changes its one key, the file's other settings kept."""
+    shipped = read_yaml(CONFIGS / "demo.yaml")["recipe"]
+    assert DemoConfig() == load_config(DemoConfig, CONFIGS / "demo.yaml")
+    assert DemoConfig().recipe.train == shipped["train"]
+    changed = load_config(DemoConfig, None, {"recipe": {"train": {"max_steps": 600}}}).recipe
+    assert changed.train == {**shipped["train"], "max_steps": 600} and changed.sample == shipped["sample"]
+    assert changed.autoencoder == shipped["autoencoder"]
+    knobs = ("image_size", "autoencoder", "seed", "n_samples")
+    assert ModelRecipe().model_dump(include=set(knobs)) == {k: shipped[k] for k in knobs}  # one set of defaults
+
+
+def test_a_sweep_recipe_is_read_over_the_demos():
+    tcga = load_config(SweepConfig, CONFIGS / "sweep_token_lengths.yaml").recipe
+    assert tcga.evaluate["adherence"] is True  # left out there: the demo's
+    assert tcga.evaluate["fid_method"] == "sqrtm"  # given there

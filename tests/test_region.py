@@ -397,6 +397,6 @@ def test_crop_metric_is_evaluate_on_the_same_crops(reference, tmp_path):
             kid_subset_size=6,
         )
     ).metrics
-    assert crop["fid"]["value"] == pytest.approx(alone["fid"]["value"], rel=1e-9)
-    assert crop["kid"]["mean"] == pytest.approx(alone["kid"]["mean"], rel=1e-9)
+    assert crop["fid"]["value"] == pytest.approx(alone.fid.value, rel=1e-9)
+    assert crop["kid"]["mean"] == pytest.approx(alone.kid.mean, rel=1e-9)
     assert len({r["region"] for r in rows}) > 1

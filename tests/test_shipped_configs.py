@@ -17,7 +17,7 @@ def test_config_list_and_show_work_from_a_data_folder(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)  # no configs/ here: only the package's
     assert main(["config", "list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == ["histoldm", "pathldm", "sweep_demo", "sweep_token_lengths", "train_tiny"]
+    assert listed == ["demo", "histoldm", "pathldm", "sweep_demo", "sweep_token_lengths", "train_tiny"]
     assert main(["config", "show", "pathldm"]) == 0
     shown = capsys.readouterr().out
     assert shown == (SHIPPED_DIR / "pathldm.yaml").read_text(encoding="utf-8")
@@ -43,7 +43,7 @@ def test_a_missing_config_path_is_one_line_naming_the_shipped_ones(tmp_path, mon
     assert (
         len(err.splitlines()) == 1
         and "configs/histoldm.yaml: config file not found" in err
-        and "--config histoldm |" in err
+        and "--config demo | histoldm |" in err
     )
     assert main(["config", "show", "histoldn"]) == 2
     assert "histoldn: no shipped config of that name" in capsys.readouterr().err

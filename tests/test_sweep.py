@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from histoldm.errors import UserError
-from histoldm.experiments.sweep import SweepConfig, caption_prefix_tokens, context_length, row_recipes
+from histoldm.experiments.config import SweepConfig
+from histoldm.experiments.sweep import caption_prefix_tokens, context_length, row_recipes
 from histoldm.memory import PeakRSS
 from histoldm.text.encoders import load_text_encoder
 from histoldm.text.tokenizer import count_tokens

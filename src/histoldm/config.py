@@ -6,6 +6,7 @@ reported as one line naming the file and the key.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -158,9 +159,10 @@ def key_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> Va
     )
 
 
-def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> ValidationError:
+def nested_error(prefix: tuple[str | int, ...], err: ValidationError, skip: Collection[str] = ()) -> ValidationError:
     """`err`, from validating a nested config by hand, with its keys under `prefix` (so load_config names the
-    whole key, e.g. `recipe.train.optim.lrr`), its error types, messages and context kept."""
+    whole key, e.g. `recipe.train.optim.lrr`), its error types, messages and context kept; errors of the types in
+    `skip` left out (e.g. `missing` for the keys an experiment fills in later)."""
     return ValidationError.from_exception_data(
         err.title,
         [
@@ -170,6 +172,7 @@ def nested_error(prefix: tuple[str | int, ...], err: ValidationError) -> Validat
                 "input": e.get("input"),
             }
             for e in err.errors()
+            if e["type"] not in skip
         ],
     )
 

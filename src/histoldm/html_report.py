@@ -32,15 +32,18 @@ class CaptionRow:
     generated: list[Path] = field(default_factory=list)
 
 
-def caption_rows(result: dict[str, Any], max_rows: int = 8, label: str = "") -> list[CaptionRow]:
-    """Real and generated images of a train_sample_evaluate result grouped by caption, captions with
-    the most patches first; `label` goes before each caption (the sweep names the budget)."""
-    generated = {r["id"]: result["samples"] / r["file"] for r in read_jsonl(result["samples"] / "index.jsonl")}
+def caption_rows(
+    items: list[dict[str, Any]], samples: Path, real: Path, max_rows: int = 8, label: str = ""
+) -> list[CaptionRow]:
+    """Real and generated images of held-out `items` (rows with patch_id and caption) grouped by caption,
+    captions with the most patches first: the real ones in `real` (`<patch_id>.png`), the generated ones
+    listed in `samples`/index.jsonl. `label` goes before each caption (the sweep names the budget)."""
+    generated = {r["id"]: samples / r["file"] for r in read_jsonl(samples / "index.jsonl")}
     rows: dict[str, CaptionRow] = {}
-    for item in result["items"]:
+    for item in items:
         row = rows.setdefault(item["caption"], CaptionRow(caption=label + item["caption"]))
         if len(row.real) < 4:
-            row.real.append(result["real"] / f"{item['patch_id']}.png")
+            row.real.append(real / f"{item['patch_id']}.png")
         if len(row.generated) < 4 and item["patch_id"] in generated:
             row.generated.append(generated[item["patch_id"]])
     return sorted(rows.values(), key=lambda r: -len(r.real))[:max_rows]

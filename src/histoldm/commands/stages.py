@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from histoldm.commands._common import StageCommand
 from histoldm.data.config import CaptionsConfig, ExportPatchesConfig, ScoresConfig, SplitConfig, TileConfig
 from histoldm.evaluate.config import EvaluateConfig, FidRefConfig, RegionEvalConfig, UtilityConfig
-from histoldm.experiments.demo import DemoConfig
-from histoldm.experiments.sweep import SweepConfig
+from histoldm.experiments.config import DemoConfig, SweepConfig
 from histoldm.models.config import ConvertConfig
 from histoldm.sampling.config import RegionConfig, SampleConfig
 from histoldm.summaries.config import SummarizeConfig
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
     from histoldm.evaluate.region import RegionEvalResult
     from histoldm.evaluate.run import EvaluateResult, FidRefResult
     from histoldm.evaluate.utility import UtilityResult
+    from histoldm.experiments.demo import DemoResult
+    from histoldm.experiments.sweep import SweepResult
     from histoldm.models.convert import ConvertResult
     from histoldm.sampling.region_run import RegionResult
     from histoldm.sampling.run import SampleResult
@@ -207,13 +208,13 @@ def _convert(r: ConvertResult, cfg: Any) -> None:
         print(f"  skipped {n}: {reason}")
 
 
-def _demo(r: dict[str, Any], cfg: Any) -> None:
-    print(f"demo finished in {r['timing']['line']}; open the report: {r['report']}")
+def _demo(r: DemoResult, cfg: Any) -> None:
+    print(f"demo finished in {r.timing['line']}; open the report: {r.report}")
 
 
-def _sweep(r: dict[str, Any], cfg: Any) -> None:
-    print(open(r["table"], encoding="utf-8").read())
-    print(f"table: {r['table']}  plot: {r['plot']}  report: {r['report']}")
+def _sweep(r: SweepResult, cfg: Any) -> None:
+    print(open(r.table, encoding="utf-8").read())
+    print(f"table: {r.table}  plot: {r.plot}  report: {r.report}")
 
 
 def _run_tile(cfg: TileConfig) -> TileResult | None:
@@ -324,13 +325,13 @@ def _run_convert(cfg: ConvertConfig) -> ConvertResult | None:
     return run_convert(cfg)
 
 
-def _run_demo(cfg: DemoConfig) -> dict[str, Any] | None:
+def _run_demo(cfg: DemoConfig) -> DemoResult | None:
     from histoldm.experiments.demo import run_demo
 
     return run_demo(cfg)
 
 
-def _run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
+def _run_sweep(cfg: SweepConfig) -> SweepResult | None:
     from histoldm.experiments.sweep import run_sweep
 
     return run_sweep(cfg)

@@ -17,6 +17,7 @@ from scipy.stats import rankdata
 
 from histoldm.data.descriptors import DESCRIPTOR_NAMES, describe
 from histoldm.errors import UserError
+from histoldm.evaluate.results import Adherence, AttributeAdherence
 
 DEFAULT_DESCRIPTORS = {"tumor": "nuclear_density", "til": "nuclear_density"}
 
@@ -101,7 +102,7 @@ def run_adherence(
     n_permutations: int = 1000,
     seed: int = 0,
     ids: set[str] | None = None,
-) -> dict:
+) -> Adherence:
     """Adherence per attribute over the generated images listed in FAKE/index.jsonl (those whose id is
     in `ids`, when given: a subset such as the demo's real-tissue captions)."""
     from tqdm import tqdm
@@ -114,7 +115,7 @@ def run_adherence(
     if ids is not None:
         rows = [r for r in rows if r.get("id") in ids]
     levels = caption_levels(captions_parquet, list(attributes)) if captions_parquet else {}
-    results: dict[str, dict] = {}
+    results: dict[str, AttributeAdherence] = {}
     cache: dict[str, dict[str, float]] = {}
     for attr, descriptor in attributes.items():
         scores, is_high = [], []
@@ -129,21 +130,21 @@ def run_adherence(
             is_high.append(level == high)
         if len(set(is_high)) < 2:  # a test needs both groups; say what there was instead of failing the evaluation
             n_high = sum(is_high)
-            results[attr] = {
-                "status": f"not measured: {n_high} images of {attr} level {high!r} and {len(is_high) - n_high} of {low!r}"
-            }
+            results[attr] = AttributeAdherence(
+                status=f"not measured: {n_high} images of {attr} level {high!r} and {len(is_high) - n_high} of {low!r}"
+            )
             continue
-        results[attr] = {
-            "descriptor": descriptor,
+        results[attr] = AttributeAdherence(
+            descriptor=descriptor,
             **adherence_test(np.array(scores), np.array(is_high), n_permutations=n_permutations, seed=seed),
-        }
-    return {"levels_compared": [high, low], "by_attribute": results}
+        )
+    return Adherence([high, low], results)
 
 
-def adherence_line(attr: str, r: dict) -> str:
-    if "auroc" not in r:
-        return f"adherence {attr}: {r.get('status')}"
+def adherence_line(attr: str, r: AttributeAdherence) -> str:
+    if not r.measured:
+        return f"adherence {attr}: {r.status}"
     return (
-        f"adherence {attr}: AUROC {r['auroc']:.3f} (chance 0.5, p={r['p_value']:.3g}, "
-        f"{r['n_high']} high vs {r['n_low']} low captions, descriptor {r['descriptor']})"
+        f"adherence {attr}: AUROC {r.auroc:.3f} (chance 0.5, p={r.p_value:.3g}, "
+        f"{r.n_high} high vs {r.n_low} low captions, descriptor {r.descriptor})"
     )

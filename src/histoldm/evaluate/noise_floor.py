@@ -15,6 +15,7 @@ from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.config import SeedFloorConfig
+from histoldm.evaluate.results import Fid, Kid, Metrics
 from histoldm.evaluate.run import EvaluateResult, _base_protocol, _extract, fake_image_paths
 from histoldm.fileio import atomic_write_json, read_jsonl
 
@@ -79,15 +80,17 @@ def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = N
         a.features, b.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
     )
     size = min(cfg.kid_subset_size, len(a.paths), len(b.paths))
-    floor = {
-        "fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid),
-        "kid": protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
-            mean=kid_mean, std=kid_std
+    floor = Metrics(
+        fid=Fid(**protocol.extend(fid_method=cfg.fid_method).entry(value=fid)),
+        kid=Kid(
+            **protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
+                mean=kid_mean, std=kid_std
+            )
         ),
-    }
+    )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", floor)
+    atomic_write_json(out / "metrics.json", floor.to_json())
     write_manifest(
         out / "manifest.json",
         stage="noise-floor",

@@ -223,7 +223,7 @@ def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
         )
     )
     metrics = {
-        "crop": {**crop.metrics, "n_crops": n, "n_real": n_real, "regions": len(records)},
+        "crop": {**crop.metrics.to_json(), "n_crops": n, "n_real": n_real, "regions": len(records)},
         "seam": seam_scores(records, Path(cfg.regions), slide, cfg.real_regions, cfg.seed),
         "map_agreement": map_agreement(
             records, Path(cfg.regions), cfg.adherence_high, cfg.adherence_low, cfg.adherence_permutations, cfg.seed
@@ -245,16 +245,18 @@ def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
 def region_report_lines(metrics: dict) -> list[str]:
     """Human-readable lines (the crop metrics with evaluate's own protocol lines)."""
     from histoldm.evaluate.adherence import adherence_line
+    from histoldm.evaluate.results import AttributeAdherence, Metrics
     from histoldm.evaluate.run import report_lines
 
     crop = metrics["crop"]
     lines = [
         f"crops ({crop['n_crops']} of {crop['regions']} regions vs {crop['n_real']} real): " + line
-        for line in report_lines(crop)[:2]
+        for line in report_lines(Metrics.from_json(crop))[:2]
     ]
     s = metrics["seam"]
     lines.append(
         f"seam score {s['generated']:.3f} (real slide regions {s['real']:.3f}, ratio {s['ratio']:.3f}; ~1 = no seam)"
     )
-    lines += ["map agreement: " + adherence_line(a, r) for a, r in metrics["map_agreement"]["by_attribute"].items()]
+    agreement = metrics["map_agreement"]["by_attribute"]
+    lines += ["map agreement: " + adherence_line(a, AttributeAdherence(**r)) for a, r in agreement.items()]
     return lines

@@ -9,6 +9,7 @@ checked before any feature is computed; a metric the set sizes do not allow is s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
 from histoldm.evaluate.config import EvaluateConfig, ExtractConfig, FidRefConfig
 from histoldm.evaluate.protocol import FidProtocol
+from histoldm.evaluate.results import Adherence, Fid, Kid, Metrics, PrecisionRecall
 from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
 
 
@@ -76,11 +78,11 @@ class FidRefResult:
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """`histoldm evaluate` (and the noise floor): `metrics` is exactly what OUT/metrics.json holds,
+    """`histoldm evaluate` (and the noise floor): `metrics` is what OUT/metrics.json holds (`metrics.to_json()`),
     one entry per metric with its protocol (fid, kid, precision_recall[, memorization, adherence])."""
 
     out: Path
-    metrics: dict[str, Any]
+    metrics: Metrics
     fake_features: F.FeatureSet | None = None  # the generated set's features, kept in memory for a caller that measures
     # more against them (the demo's noise floor); not written to disk
     real_features: F.FeatureSet | None = None  # the real set's, when it is a folder (the demo's per-group metrics)
@@ -212,6 +214,94 @@ def _memorization(
     return protocol.extend(n_train=len(train_fs.paths)).entry(**memo), skipped
 
 
+def _fid(
+    cfg: EvaluateConfig,
+    mu_r: np.ndarray,
+    sigma_r: np.ndarray,
+    mu_f: np.ndarray,
+    sigma_f: np.ndarray,
+    n_fake: int,
+    protocol: FidProtocol,
+) -> Fid:
+    """FID, with a note when either set has fewer images than feature dimensions (a singular covariance)."""
+    fid = Fid(
+        **protocol.extend(fid_method=cfg.fid_method).entry(
+            value=M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
+        )
+    )
+    n_real = protocol.n_real if isinstance(protocol.n_real, int) else len(mu_r)
+    if min(n_real, n_fake) < len(mu_r):
+        note = (
+            f"N = {n_real} real / {n_fake} generated, fewer than the {len(mu_r)} feature dimensions: "
+            "singular covariance, FID biased upward; compare only at equal N"
+        )
+        fid = dataclasses.replace(fid, note=note)
+    return fid
+
+
+def _kid_and_precision_recall(
+    cfg: EvaluateConfig, real_features: np.ndarray | None, fake_fs: F.FeatureSet, protocol: FidProtocol
+) -> dict[str, Kid | PrecisionRecall]:
+    """KID and precision/recall, or why not: both need the real features, P/R more than k images per set."""
+    if real_features is None:
+        why = (
+            "real given as statistics without features: KID and precision/recall need real features "
+            "(give the folder, or statistics from `histoldm fid-ref`, which keeps them)"
+        )
+        return {"kid": Kid(status=why), "precision_recall": PrecisionRecall(status=why)}
+    kid_mean, kid_std = M.kid(
+        real_features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
+    )
+    n_r, n_f = len(real_features), len(fake_fs.paths)
+    size = min(cfg.kid_subset_size, n_r, n_f)
+    kid = Kid(
+        **protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
+            mean=kid_mean, std=kid_std
+        )
+    )
+    pr_protocol = protocol.extend(k=cfg.pr_k)
+    if min(n_r, n_f) > cfg.pr_k:
+        precision, recall = M.precision_recall(real_features, fake_fs.features, k=cfg.pr_k)
+        return {
+            "kid": kid,
+            "precision_recall": PrecisionRecall(**pr_protocol.entry(precision=precision, recall=recall)),
+        }
+    # the k-th nearest neighbour within a set needs more than k images in it
+    why = (
+        f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), "
+        f"have {n_r} real and {n_f} generated"
+    )
+    return {"kid": kid, "precision_recall": PrecisionRecall(status=why, **pr_protocol.entry())}
+
+
+def _input_paths(cfg: EvaluateConfig) -> tuple[list[Path], list[Path] | None, list[Path]]:
+    """The generated, real (None for statistics) and training images, every input checked before any feature."""
+    if not Path(cfg.real).exists():
+        raise UserError(f"{cfg.real}: real images or statistics not found")
+    fake_paths = fake_image_paths(cfg.fake)
+    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
+    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
+    if cfg.adherence:
+        from histoldm.evaluate.adherence import check_adherence_inputs
+
+        check_adherence_inputs(cfg.fake, cfg.captions)
+    return fake_paths, real_paths, train_paths
+
+
+def _adherence(cfg: EvaluateConfig) -> Adherence:
+    from histoldm.evaluate.adherence import run_adherence
+
+    return run_adherence(
+        cfg.fake,
+        captions_parquet=cfg.captions,
+        high=cfg.adherence_high,
+        low=cfg.adherence_low,
+        mpp=cfg.adherence_mpp,
+        n_permutations=cfg.adherence_permutations,
+        seed=cfg.seed,
+    )
+
+
 def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     """Compute the metrics, write OUT/metrics.json (+ real_stats.npz, manifest.json); return them.
     Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
@@ -226,15 +316,7 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     procs = procs or launched_processes(cfg.device, "evaluate")
     sharded = procs if procs.world > 1 else None
     out = require_output_folder(cfg.out)
-    if not Path(cfg.real).exists():
-        raise UserError(f"{cfg.real}: real images or statistics not found")
-    fake_paths = fake_image_paths(cfg.fake)
-    real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
-    train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
-    if cfg.adherence:
-        from histoldm.evaluate.adherence import check_adherence_inputs
-
-        check_adherence_inputs(cfg.fake, cfg.captions)
+    fake_paths, real_paths, train_paths = _input_paths(cfg)
     extractor = F.load_extractor(cfg.extractor, str(procs.device) if sharded else cfg.device, cfg.dtype)
     protocol = _base_protocol(cfg, extractor)
     if real_paths is None:  # refuse mismatched statistics before spending time on features
@@ -254,56 +336,21 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     mu_r, sigma_r, real_features, protocol = _real_side(cfg, extractor, real_fs, protocol)
     mu_f, sigma_f = _stats(fake_fs, cfg.fake)
 
-    fid = M.frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=cfg.fid_method)
-    metrics: dict = {"fid": protocol.extend(fid_method=cfg.fid_method).entry(value=fid)}
-    n_real = protocol.n_real if isinstance(protocol.n_real, int) else len(mu_r)
-    if min(n_real, len(fake_fs.paths)) < len(mu_r):
-        metrics["fid"]["note"] = (
-            f"N = {n_real} real / {len(fake_fs.paths)} generated, fewer than the {len(mu_r)} feature dimensions: "
-            "singular covariance, FID biased upward; compare only at equal N"
-        )
-    if real_features is None:
-        why = (
-            "real given as statistics without features: KID and precision/recall need real features "
-            "(give the folder, or statistics from `histoldm fid-ref`, which keeps them)"
-        )
-        metrics["kid"] = metrics["precision_recall"] = {"status": why}
-    else:
-        kid_mean, kid_std = M.kid(
-            real_features, fake_fs.features, n_subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
-        )
-        n_r, n_f = len(real_features), len(fake_fs.paths)
-        size = min(cfg.kid_subset_size, n_r, n_f)
-        metrics["kid"] = protocol.extend(kid_subsets=cfg.kid_subsets, kid_subset_size=size, seed=cfg.seed).entry(
-            mean=kid_mean, std=kid_std
-        )
-        if min(n_r, n_f) > cfg.pr_k:
-            precision, recall = M.precision_recall(real_features, fake_fs.features, k=cfg.pr_k)
-            metrics["precision_recall"] = protocol.extend(k=cfg.pr_k).entry(precision=precision, recall=recall)
-        else:  # the k-th nearest neighbour within a set needs more than k images in it
-            why = f"needs more than k={cfg.pr_k} images per set (k-th nearest neighbour within a set), have {n_r} real and {n_f} generated"
-            metrics["precision_recall"] = {"status": why, **protocol.extend(k=cfg.pr_k).entry()}
-
+    metrics = Metrics(
+        fid=_fid(cfg, mu_r, sigma_r, mu_f, sigma_f, len(fake_fs.paths), protocol),
+        **_kid_and_precision_recall(cfg, real_features, fake_fs, protocol),
+    )
     skipped = [{**s, "set": "real"} for s in (real_fs.skipped if real_fs else [])] + [
         {**s, "set": "fake"} for s in fake_fs.skipped
     ]
     if cfg.train_real is not None:
-        metrics["memorization"], train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
+        memorization, train_skipped = _memorization(cfg, fake_fs, real_fs, train_fs, protocol)
+        metrics = dataclasses.replace(metrics, memorization=memorization)
         skipped += train_skipped
     if cfg.adherence:
-        from histoldm.evaluate.adherence import run_adherence
+        metrics = dataclasses.replace(metrics, adherence=_adherence(cfg))
 
-        metrics["adherence"] = run_adherence(
-            cfg.fake,
-            captions_parquet=cfg.captions,
-            high=cfg.adherence_high,
-            low=cfg.adherence_low,
-            mpp=cfg.adherence_mpp,
-            n_permutations=cfg.adherence_permutations,
-            seed=cfg.seed,
-        )
-
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics.to_json())
     write_manifest(
         out / "manifest.json",
         stage="evaluate",
@@ -328,37 +375,38 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     return EvaluateResult(out, metrics, fake_fs, real_fs)
 
 
-def report_lines(metrics: dict) -> list[str]:
+def report_lines(metrics: Metrics) -> list[str]:
     """Human-readable lines, the protocol beside every number."""
     from histoldm.evaluate.adherence import adherence_line
 
-    fid = metrics["fid"]
-    lines = [
-        f"FID {fid['value']:.3f}" + (f" ({fid['note']})" if fid.get("note") else "") + f"  [{fid['protocol_line']}]"
-    ]
-    kid = metrics["kid"]
+    fid, kid, pr = metrics.fid, metrics.kid, metrics.precision_recall
+    lines = [f"FID {fid.value:.3f}" + (f" ({fid.note})" if fid.note else "") + f"  [{fid.protocol_line}]"]
     lines.append(
-        f"KID {kid['mean']:.5f} +- {kid['std']:.5f}  [{kid['protocol_line']}, {kid['protocol']['kid_subsets']} subsets of {kid['protocol']['kid_subset_size']}]"
-        if "mean" in kid
-        else f"KID skipped: {kid['status']}"
+        f"KID {kid.mean:.5f} +- {kid.std:.5f}  [{kid.protocol_line}, {kid.protocol['kid_subsets']} subsets of "
+        f"{kid.protocol['kid_subset_size']}]"
+        if kid.measured
+        else f"KID skipped: {kid.status}"
     )
-    pr = metrics["precision_recall"]
     lines.append(
-        f"precision {pr['precision']:.3f} recall {pr['recall']:.3f}  [{pr['protocol_line']}, k={pr['protocol']['k']}]"
-        if "precision" in pr
-        else f"precision/recall skipped: {pr['status']}"
+        f"precision {pr.precision:.3f} recall {pr.recall:.3f}  [{pr.protocol_line}, k={pr.protocol['k']}]"
+        if pr.measured
+        else f"precision/recall skipped: {pr.status}"
     )
-    if "memorization" in metrics:
-        m = metrics["memorization"]
-        if m.get("share_below_threshold") is None:
-            lines.append(f"memorisation not measured: {m['status']}  [{m['protocol_line']}, N train {m['n_train']}]")
-        else:
-            lines.append(
-                f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
-                f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
-            )
-        if m.get("note"):
-            lines.append(f"memorisation note: {m['note']}")
-    for attr, r in metrics.get("adherence", {}).get("by_attribute", {}).items():
-        lines.append(adherence_line(attr, r))
+    if metrics.memorization is not None:
+        lines += _memorization_lines(metrics.memorization)
+    if metrics.adherence is not None:
+        lines += [adherence_line(attr, r) for attr, r in metrics.adherence.by_attribute.items()]
+    return lines
+
+
+def _memorization_lines(m: dict[str, Any]) -> list[str]:
+    if m.get("share_below_threshold") is None:
+        lines = [f"memorisation not measured: {m['status']}  [{m['protocol_line']}, N train {m['n_train']}]"]
+    else:
+        lines = [
+            f"memorisation: {m['share_below_threshold']:.3f} of generated images below threshold {m['threshold']:.4g} "
+            f"({m['metric']}; chance level {m['chance_level']:g})  [{m['protocol_line']}, N train {m['n_train']}]"
+        ]
+    if m.get("note"):
+        lines.append(f"memorisation note: {m['note']}")
     return lines

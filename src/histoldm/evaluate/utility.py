@@ -449,6 +449,30 @@ def utility_plot(utility: dict[str, Any], out: Path) -> Path:
     return Path(out)
 
 
+def _check_group_patterns(groups: dict[str, str]) -> None:
+    for pattern in groups.values():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"held_out_groups: {pattern!r} is not a regular expression ({e})") from None
+
+
+def _probe_settings(cfg: UtilityConfig) -> dict[str, Any]:
+    """The probe's part of the protocol, beside the features' (metrics.json's utility.protocol)."""
+    return {
+        "probe": PROBE,
+        "l2": cfg.l2,
+        "threshold": 0.5,
+        "bootstrap": cfg.bootstrap,
+        "bootstrap_unit": "held-out case",
+        "seeds": cfg.seeds,
+        "fractions": cfg.fractions,
+        "levels": [cfg.high, cfg.low],
+        "train_split": cfg.train_split,
+        "held_out_groups": cfg.held_out_groups,
+    }
+
+
 def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = None) -> UtilityResult:
     """Check the inputs and the leakage guard, extract the three sets' features, fit and score every
     probe, write OUT/metrics.json, OUT/utility.png and the manifest. `held_out_features`: the held-out
@@ -462,11 +486,7 @@ def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = Non
     out = require_output_folder(cfg.out)
     captions = _captions_table(cfg.captions, cfg.attributes)
     cases_split = load_split(cfg.split)
-    for pattern in cfg.held_out_groups.values():
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise UserError(f"held_out_groups: {pattern!r} is not a regular expression ({e})") from None
+    _check_group_patterns(cfg.held_out_groups)
     fake = labelled_set(cfg.fake, captions, cases_split, cfg, "generated")
     held = labelled_set(cfg.real, captions, cases_split, cfg, "held-out")
     train = labelled_set(cfg.train_real, captions, cases_split, cfg, "train")
@@ -487,20 +507,8 @@ def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = Non
         image_size_real=F.image_sizes(held.files),
         image_size_fake=F.image_sizes(fake.files),
     )
-    probe = {
-        "probe": PROBE,
-        "l2": cfg.l2,
-        "threshold": 0.5,
-        "bootstrap": cfg.bootstrap,
-        "bootstrap_unit": "held-out case",
-        "seeds": cfg.seeds,
-        "fractions": cfg.fractions,
-        "levels": [cfg.high, cfg.low],
-        "train_split": cfg.train_split,
-        "held_out_groups": cfg.held_out_groups,
-    }
     utility = {
-        "protocol": {**protocol.as_dict(), **probe},
+        "protocol": {**protocol.as_dict(), **_probe_settings(cfg)},
         "protocol_line": probe_line(cfg, len(train.files), len(fake.files), len(held.files)) + "; " + protocol.line(),
         "by_attribute": by_attribute,
         "seconds": round(time.time() - started, 1),

@@ -13,49 +13,37 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from histoldm.config import StrictModel
 from histoldm.data.splits import load_split
+from histoldm.evaluate.results import Adherence, Metrics
 from histoldm.experiments.chain import (
-    ModelRecipe,
+    ChainResult,
+    LatentCache,
     model_mpp,
     noise_floor,
     prepare_latents,
     summarize,
     train_sample_evaluate,
 )
-from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, DemoDataConfig, build_demo_data
+from histoldm.experiments.config import DemoConfig
+from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, build_demo_data
 from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
 from histoldm.fileio import atomic_write_json, read_jsonl
 
 
-class DemoConfig(StrictModel):
-    out: Path = Field(Path("demo-out"), description="output folder; a re-run resumes finished stages")
-    budget: int = Field(35, description="summary length in CLIP tokens (the seed paper's best)")
-    data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = Field(
-        default_factory=ModelRecipe,
-        description="stage settings (histoldm.experiments.chain): --set recipe.train.max_steps=600",
-    )
-    threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch CPU threads (default: one per core no other process is using at the start; 1 when others may start later)",
-    )
-    region_scale: int = Field(
-        8,
-        ge=0,
-        description="the report's large region (sample-region, fast preset) is this many model images across: 512 px at 64 px; 0 = none",
-    )
-    utility_samples: int = Field(
-        96,
-        ge=2,
-        description="training captions sampled for the utility evaluation (the generated set its probes train on)",
-    )
+@dataclass(frozen=True)
+class DemoResult:
+    """`histoldm demo`: the report and the time per stage (timing.json)."""
+
+    report: Path
+    timing: dict[str, Any]  # stage_timing's
+
+    @property
+    def minutes(self) -> float:
+        return self.timing["total_s"] / 60
 
 
 HELD_OUT_GROUPS = {"real tissue": SLIDE_GROUP, "synthetic cases": SYNTHETIC_GROUP}
@@ -81,59 +69,48 @@ def loss_curve(stats: Path, out: Path) -> Path:
     return out
 
 
-def _adherence_rows(adherence: dict[str, Any], label: str) -> list[tuple[str, str, str]]:
+def _adherence_rows(adherence: Adherence | None, label: str) -> list[tuple[str, str, str]]:
     rows = []
-    for attr, r in adherence.get("by_attribute", {}).items():
-        if "auroc" in r:
+    for attr, r in adherence.by_attribute.items() if adherence else ():
+        if r.measured:
             rows.append(
                 (
                     f"condition adherence, {label}: {attr}",
-                    f"AUROC {r['auroc']:.3f} (chance 0.5, p = {r['p_value']:.3g})",
-                    f"{r['descriptor']} of {r['n_high']} high vs {r['n_low']} low {attr} captions",
+                    f"AUROC {r.auroc:.3f} (chance 0.5, p = {r.p_value:.3g})",
+                    f"{r.descriptor} of {r.n_high} high vs {r.n_low} low {attr} captions",
                 )
             )
         else:
-            rows.append((f"condition adherence, {label}: {attr}", "not measured", str(r.get("status", ""))))
+            rows.append((f"condition adherence, {label}: {attr}", "not measured", str(r.status or "")))
     return rows
 
 
-def _metric_rows(
-    metrics: dict[str, Any], real_adherence: dict[str, Any], floor: dict[str, Any]
-) -> list[tuple[str, str, str]]:
-    seeds = "seed-to-seed floor ({} vs {} of the same captions and model)".format(*floor["fid"]["protocol"]["seeds"])
-    rows = [
-        (
-            "FID",
-            f"{metrics['fid']['value']:.2f} (floor {floor['fid']['value']:.2f})",
-            f"{metrics['fid']['protocol_line']}; {seeds}",
-        )
-    ]
-    if "mean" in metrics["kid"]:
-        rows.append(
-            (
-                "KID",
-                f"{metrics['kid']['mean']:.4f} ± {metrics['kid']['std']:.4f} (floor {floor['kid']['mean']:.4f})",
-                f"{metrics['kid']['protocol_line']}; {seeds}",
-            )
-        )
-    pr = metrics["precision_recall"]
-    if "precision" in pr:
-        rows.append(("precision / recall (k=3)", f"{pr['precision']:.3f} / {pr['recall']:.3f}", pr["protocol_line"]))
-    rows += _adherence_rows(metrics.get("adherence", {}), "generated")
+def _metric_rows(metrics: Metrics, real_adherence: Adherence, floor: Metrics) -> list[tuple[str, str, str]]:
+    seeds = "seed-to-seed floor ({} vs {} of the same captions and model)".format(*floor.fid.protocol["seeds"])
+    fid, kid, pr = metrics.fid, metrics.kid, metrics.precision_recall
+    rows = [("FID", f"{fid.value:.2f} (floor {floor.fid.value:.2f})", f"{fid.protocol_line}; {seeds}")]
+    if kid.measured:
+        value = f"{kid.mean:.4f} ± {kid.std:.4f} (floor {floor.kid.mean:.4f})"
+        rows.append(("KID", value, f"{kid.protocol_line}; {seeds}"))
+    if pr.measured:
+        rows.append(("precision / recall (k=3)", f"{pr.precision:.3f} / {pr.recall:.3f}", pr.protocol_line))
+    rows += _adherence_rows(metrics.adherence, "generated")
     rows += _adherence_rows(real_adherence, "real held-out (ceiling)")
     return rows
 
 
-def _real_tissue_first(result: dict[str, Any]) -> list:
+def _real_tissue_first(result: ChainResult) -> list:
     """The grid's rows: captions of held-out real tissue first, then of synthetic cases."""
     from histoldm.html_report import caption_rows
 
-    ids = {name: group_ids(result["items"], pattern) for name, pattern in HELD_OUT_GROUPS.items()}
+    ids = {name: group_ids(result.items, pattern) for name, pattern in HELD_OUT_GROUPS.items()}
     return [
         row
         for name in HELD_OUT_GROUPS
         for row in caption_rows(
-            {**result, "items": [r for r in result["items"] if r["patch_id"] in ids[name]]},
+            [r for r in result.items if r["patch_id"] in ids[name]],
+            result.samples,
+            result.real,
             max_rows=4,
             label=f"[{name}] ",
         )
@@ -192,36 +169,116 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     }
 
 
-def _region_figure(
-    out: Path, cfg: DemoConfig, result: dict[str, Any], summaries: Path, case: str, mpp: float
-) -> list[tuple[str, Path]]:
+def _region_figure(out: Path, cfg: DemoConfig, result: ChainResult, summaries: Path, case: str, mpp: float) -> Path:
     """One large region from a held-out case's summary and a quadrant map (histoldm.experiments.demo_region)."""
     from histoldm.data.captions import load_summaries
     from histoldm.experiments.demo_region import demo_region
 
     size = cfg.region_scale * (cfg.recipe.image_size or cfg.data.patch_size)
     steps = {"steps": cfg.recipe.sample["steps"]} if "steps" in cfg.recipe.sample else {}
-    picture = demo_region(
-        out / "region",
-        result["train"].run_dir / "model",
-        load_summaries(summaries).get(case, ""),
-        mpp,
-        size,
-        {"preset": "fast", **steps},
+    summary = load_summaries(summaries).get(case, "")
+    return demo_region(out / "region", result.train.run_dir / "model", summary, mpp, size, {"preset": "fast", **steps})
+
+
+def _figures(
+    out: Path, cfg: DemoConfig, result: ChainResult, summaries: Path, case: str, mpp: float
+) -> list[tuple[str, Path]]:
+    """The report's figures: loss curve, the held-out grid, the large region (when asked for), the utility plot."""
+    curve = loss_curve(result.train.run_dir / "stats.jsonl", out / "loss.png")
+    region = []
+    if cfg.region_scale:
+        size = cfg.region_scale * (cfg.recipe.image_size or cfg.data.patch_size)
+        title = (
+            f"A generated {size} x {size} px region (sample-region, fast preset) from the summary of held-out case "
+            f"{case} (right), and the map its windows followed (left: red = tumour level, green = TIL level; "
+            "top-left quadrant high/high)"
+        )
+        region = [(title, _region_figure(out, cfg, result, summaries, case, mpp))]
+    utility = (
+        "Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real "
+        "training patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)"
     )
     return [
-        (
-            f"A generated {size} x {size} px region (sample-region, fast preset) from the summary of held-out case {case} (right), "
-            "and the map its windows followed (left: red = tumour level, green = TIL level; top-left quadrant high/high)",
-            picture,
-        )
+        ("Training loss", curve),
+        ("Generated held-out captions (grid)", result.samples / "grid.png"),
+        *region,
+        (utility, out / "model" / "utility" / "utility.png"),
     ]
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+def _intro(
+    cfg: DemoConfig, split: dict[str, list[str]], latents: LatentCache, result: ChainResult, timing: dict[str, Any]
+) -> str:
+    """The report's first paragraph: what ran, on what data, at what scale, and how to read the numbers."""
+    d, r = cfg.data, cfg.recipe
+    text, train, sample = result.text_config, result.train_config, result.sample_config
+    psnr = latents.autoencoder_psnr if latents.autoencoder_psnr is not None else float("nan")
+    return (
+        f"Every stage of histoldm ran for real at demo scale in {timing['total_s'] / 60:.1f} min on "
+        f"{timing['machine_text']} (time per stage below). Data: the CC0 slide CMU-1-Small-Region "
+        f"(Carnegie Mellon University) tiled at {d.magnification:g}x, {d.patch_size} px, plus "
+        f"{d.synthetic_cases} synthetic H&amp;E-like cases with known tumor/TIL levels; reports are synthetic and say "
+        f"so. The slide is cut into blocks of {d.slide_block} px that act as cases; its top {d.held_out_block_rows} "
+        "block rows are held out and the training patches overlapping them are left out, so held-out tissue is never "
+        "seen in training. Blocks of one slide are not independent patients (neighbouring tissue, one stain, one "
+        "scan): read the real-tissue numbers as a check, not as a generalisation estimate. Split by case: "
+        f"{len(split.get('train', []))} train cases; the held-out test cases, whose patches are the real side of "
+        f"every metric, are {', '.join(split.get('test', []))}. Metrics are given over all of them and separately "
+        "for the real tissue and the synthetic cases. "
+        f"Models work at {r.image_size or d.patch_size} px: a {r.autoencoder} autoencoder "
+        f"(held-out PSNR {psnr:.1f} dB), text encoder {text.text_encoder} ({text.mode}), "
+        f"UNet preset {train.model.unet_preset} trained {result.train.steps} steps. Samples: "
+        f"{sample.solver.upper()} {sample.steps} steps, guidance {sample.guidance}. At this scale the numbers show "
+        "that the pipeline works end to end, not image quality: FID on a few dozen images is dominated by its bias. "
+        "Beside FID and KID stands their seed-to-seed floor: the same captions sampled again from the same model "
+        "with the next seed, measured against the first set."
+    )
+
+
+def _tables(utility: dict[str, Any], timing: dict[str, Any], summaries: Path) -> list[tuple[str, list[str], list]]:
+    """The report's tables: utility per held-out group, time per stage, the summaries."""
+    from histoldm.evaluate.utility import table_rows
+
+    utility_header = [
+        "attribute",
+        "probe trained on",
+        "N real / synthetic",
+        "AUROC (seed 0; seed 1)",
+        "balanced accuracy (seed 0; seed 1)",
+    ]
+    per_group = [
+        (
+            f"Utility, held-out {g}: AUROC and balanced accuracy per seed [95% case-bootstrap interval] "
+            "(protocol: the metrics table)",
+            utility_header,
+            table_rows(utility, g),
+        )
+        for g in ("real tissue", "synthetic cases")
+    ]
+    times = [
+        *([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
+        ["other (real-image and per-group metrics, loss curve, between stages)", f"{timing['other_s']:.1f}"],
+        [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"],
+    ]
+    summary_rows = [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)]
+    return [
+        *per_group,
+        ("Time per stage", ["stage", "seconds"], times),
+        ("Summaries", ["case", "tokens", "status", "summary"], summary_rows),
+    ]
+
+
+def _cases_by_split(split_file: Path) -> dict[str, list[str]]:
+    split: dict[str, list[str]] = defaultdict(list)
+    for case, name in sorted(load_split(split_file).items()):
+        split[name].append(case)
+    return split
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
     from histoldm.devices import machine_facts, set_cpu_threads
     from histoldm.evaluate.adherence import run_adherence
-    from histoldm.evaluate.utility import table_rows, utility_lines
+    from histoldm.evaluate.utility import utility_lines
     from histoldm.experiments.utility_step import utility_step
     from histoldm.html_report import stage_manifests, write_report
 
@@ -229,6 +286,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     threads = set_cpu_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    seed = cfg.recipe.seed
 
     # Data: the CC0 slide + synthetic cases, scores, synthetic reports, a patient-level split.
     data = build_demo_data(out / "data", cfg.data, workers=threads)  # the synthetic tiles: one process per free core
@@ -236,120 +294,37 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summaries = summarize(data["reports"], out / "summaries.jsonl", cfg.budget)
     # Autoencoder and latent cache, then captions -> text cache -> training -> sampling -> metrics.
     latents = prepare_latents(out, data["store"], data["split"], cfg.recipe)
-    result = train_sample_evaluate(
-        out / "model",
-        store=data["store"],
-        split=data["split"],
-        summaries=summaries,
-        latents=latents["latents"],
-        recipe=cfg.recipe,
-        name="demo",
-    )
+    chain = {"store": data["store"], "split": data["split"], "recipe": cfg.recipe}
+    result = train_sample_evaluate(out / "model", summaries=summaries, latents=latents.latents, name="demo", **chain)
     # FID/KID of a second seed's samples against the first: the noise the metrics carry at this N.
     floor = noise_floor(out / "model", result, cfg.recipe)
     # The same adherence check on the real held-out images: the ceiling a perfect model would reach.
     mpp = model_mpp(data["store"], cfg.recipe.image_size)
-    real_adherence = run_adherence(
-        result["real"], captions_parquet=result["captions_file"], mpp=mpp, seed=cfg.recipe.seed
-    )
+    real_adherence = run_adherence(result.real, captions_parquet=result.captions_file, mpp=mpp, seed=seed)
     # The same numbers for the real-tissue and the synthetic held-out cases apart, then the utility evaluation.
-    by_group = group_metrics(result, HELD_OUT_GROUPS, mpp=mpp, seed=cfg.recipe.seed)
+    by_group = group_metrics(result, HELD_OUT_GROUPS, mpp=mpp, seed=seed)
     utility = utility_step(
-        out / "model",
-        store=data["store"],
-        split=data["split"],
-        result=result,
-        recipe=cfg.recipe,
-        n_fake=cfg.utility_samples,
-        groups=HELD_OUT_GROUPS,
+        out / "model", result=result, n_fake=cfg.utility_samples, groups=HELD_OUT_GROUPS, **chain
     ).metrics["utility"]
-    atomic_write_json(out / "model" / "held-out-groups.json", by_group)
+    atomic_write_json(out / "model" / "held-out-groups.json", {name: g.to_json() for name, g in by_group.items()})
     for line in utility_lines(utility):
         print(line)
 
     # Report.
-    curve = loss_curve(result["train"].run_dir / "stats.jsonl", out / "loss.png")
-    split: dict[str, list[str]] = defaultdict(list)
-    for case, name in sorted(load_split(data["split"]).items()):
-        split[name].append(case)
-    region = (
-        _region_figure(out, cfg, result, summaries, split["test"][0], model_mpp(data["store"], cfg.recipe.image_size))
-        if cfg.region_scale
-        else []
-    )
-    vae = latents["vae_metrics"] or {}
-    text, train, sample = (result["configs"][stage] for stage in ("encode_text", "train", "sample"))
+    split = _cases_by_split(data["split"])
+    figures = _figures(out, cfg, result, summaries, split["test"][0], mpp)
     timing = stage_timing(out, time.time() - started, machine_facts())
-    intro = (
-        f"Every stage of histoldm ran for real at demo scale in {timing['total_s'] / 60:.1f} min on {timing['machine_text']} "
-        f"(time per stage below). Data: the CC0 slide CMU-1-Small-Region "
-        f"(Carnegie Mellon University) tiled at {cfg.data.magnification:g}x, {cfg.data.patch_size} px, plus "
-        f"{cfg.data.synthetic_cases} synthetic H&amp;E-like cases with known tumor/TIL levels; reports are synthetic and say so. "
-        f"The slide is cut into blocks of {cfg.data.slide_block} px that act as cases; its top {cfg.data.held_out_block_rows} block rows are "
-        f"held out and the training patches overlapping them are left out, so held-out tissue is never seen in training. Blocks of one "
-        f"slide are not independent patients (neighbouring tissue, one stain, one scan): read the real-tissue numbers as a check, not "
-        f"as a generalisation estimate. Split by case: {len(split.get('train', []))} train cases; the held-out test cases, whose patches are the "
-        f"real side of every metric, are {', '.join(split.get('test', []))}. Metrics are given over all of them and separately for "
-        f"the real tissue and the synthetic cases. "
-        f"Models work at {cfg.recipe.image_size or cfg.data.patch_size} px: a {cfg.recipe.autoencoder} autoencoder "
-        f"(held-out PSNR {vae.get('psnr', float('nan')):.1f} dB), text encoder {text.text_encoder} ({text.mode}), "
-        f"UNet preset {train.model.unet_preset} trained {result['train'].steps} steps. Samples: {sample.solver.upper()} "
-        f"{sample.steps} steps, guidance {sample.guidance}. At this scale the numbers show that the pipeline "
-        "works end to end, not image quality: FID on a few dozen images is dominated by its bias. Beside FID and KID stands their "
-        "seed-to-seed floor: the same captions sampled again from the same model with the next seed, measured against the first set."
-    )
     report = write_report(
         out / "report.html",
         title="histoldm demo",
-        intro=intro,
+        intro=_intro(cfg, split, latents, result, timing),
         caption_rows=_real_tissue_first(result),
-        metrics=_metric_rows(result["metrics"], real_adherence, floor)
-        + group_rows(by_group, result["metrics"]["fid"]["protocol_line"])
+        metrics=_metric_rows(result.metrics, real_adherence, floor)
+        + group_rows(by_group, result.metrics.fid.protocol_line)
         + _utility_rows(utility),
-        figures=[
-            ("Training loss", curve),
-            ("Generated held-out captions (grid)", result["samples"] / "grid.png"),
-            *region,
-            (
-                "Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real training "
-                "patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)",
-                out / "model" / "utility" / "utility.png",
-            ),
-        ],
-        tables=[
-            *(
-                (
-                    f"Utility, held-out {g}: AUROC and balanced accuracy per seed [95% case-bootstrap interval] (protocol: the metrics table)",
-                    [
-                        "attribute",
-                        "probe trained on",
-                        "N real / synthetic",
-                        "AUROC (seed 0; seed 1)",
-                        "balanced accuracy (seed 0; seed 1)",
-                    ],
-                    table_rows(utility, g),
-                )
-                for g in ("real tissue", "synthetic cases")
-            ),
-            (
-                "Time per stage",
-                ["stage", "seconds"],
-                [
-                    *([k, f"{v:.1f}"] for k, v in timing["stages_s"].items()),
-                    [
-                        "other (real-image and per-group metrics, loss curve, between stages)",
-                        f"{timing['other_s']:.1f}",
-                    ],
-                    [f"total, on {timing['machine_text']}", f"{timing['total_s']:.1f}"],
-                ],
-            ),
-            (
-                "Summaries",
-                ["case", "tokens", "status", "summary"],
-                [[r["case_id"], r["tokens"], r["status"], r["summary"]] for r in read_jsonl(summaries)],
-            ),
-        ],
+        figures=figures,
+        tables=_tables(utility, timing, summaries),
         manifests=stage_manifests(out),
     )
     atomic_write_json(out / "timing.json", timing)
-    return {"report": str(report), "minutes": timing["total_s"] / 60, "timing": timing}
+    return DemoResult(report, timing)

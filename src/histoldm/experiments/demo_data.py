@@ -12,29 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pydantic import Field
 
-from histoldm.config import StrictModel
+from histoldm.experiments.config import DemoDataConfig
 from histoldm.fileio import atomic_write_jsonl
-
-
-class DemoDataConfig(StrictModel):
-    """The demo dataset: the bundled CC0 slide plus synthetic H&E-like cases with known attributes."""
-
-    magnification: float = 10.0  # PathLDM's; synthetic tiles are drawn at the same 1 um/px
-    patch_size: int = 256
-    overlap: int = 192  # the CC0 slide is small: without overlap 10x gives only a handful of patches
-    synthetic_cases: int = Field(8, ge=2)
-    tiles_per_case: int = Field(12, ge=1)
-    test_fraction: float = Field(0.3, gt=0, lt=1)  # of the synthetic cases
-    slide_block: int = Field(
-        128, ge=16, description="side in pixels of the square blocks the slide is cut into; each block is a case"
-    )
-    held_out_block_rows: int = Field(
-        2, ge=1, description="the slide's top block rows held out (patches overlapping them are dropped from training)"
-    )
-    seed: int = 0
-
 
 SLIDE_GROUP = "^cmu_small_region-block-"  # case ids of the slide's blocks (regex), for reporting real tissue apart
 SYNTHETIC_GROUP = "^SYN-"

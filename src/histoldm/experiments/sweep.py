@@ -11,20 +11,21 @@ results.csv, results.md, results.png, tokens.png and report.html; a re-run resum
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
-from histoldm.config import StrictModel, key_error
 from histoldm.errors import UserError
-from histoldm.experiments.chain import ModelRecipe, noise_floor, prepare_latents, summarize, train_sample_evaluate
-from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
+from histoldm.evaluate.results import Metrics
+from histoldm.experiments.chain import ChainResult, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.config import ModelRecipe, SweepConfig
+from histoldm.experiments.demo_data import build_demo_data
 from histoldm.fileio import atomic_write_text, read_jsonl
 
 COLUMNS = [
@@ -54,48 +55,13 @@ CONTEXT_RULE = (
 )
 
 
-class SweepConfig(StrictModel):
-    out: Path = Field(
-        Path("sweep-out"),
-        description="output folder (results.csv, results.md, results.png, tokens.png, report.html, one folder per budget)",
-    )
-    budgets: list[int] = Field(
-        default_factory=lambda: [20, 35, 50, 154], min_length=1, description="summary budgets in CLIP tokens"
-    )
-    summarize: dict[str, Any] = Field(
-        default_factory=dict
-    )  # SummarizeConfig keys: backend, prompt, model, base_url, ...
-    reports: Path | None = Field(
-        None, description="reports (CSV, .txt folder or JSONL) of your own data (default: the demo's synthetic reports)"
-    )
-    store: Path | None = Field(None, description="patch store with scores.parquet (default: the demo dataset)")
-    split: Path | None = Field(None, description="split.json of the store's cases")
-    demo_data: DemoDataConfig = DemoDataConfig()
-    recipe: ModelRecipe = Field(default_factory=ModelRecipe, description="stage settings (histoldm.experiments.chain)")
-    text_context: Literal["budget", "recipe"] = Field(
-        "budget",
-        description="budget: per-row text length (context_length); recipe: recipe.encode_text.max_length for all",
-    )
-    noise_floor: bool = Field(
-        True, description="sample every row's held-out captions twice (two seeds) for the FID/KID floor"
-    )
+@dataclass(frozen=True)
+class SweepResult:
+    """`histoldm sweep`: the results table (Markdown; results.csv beside it), its plot and the report."""
 
-    @model_validator(mode="after")
-    def _own_data_complete(self) -> SweepConfig:
-        given = [name for name in ("reports", "store", "split") if getattr(self, name) is not None]
-        if given and len(given) != 3:
-            raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
-        if {"input", "out", "budget"} & set(self.summarize):
-            raise ValueError("summarize: input, out and budget are set by the sweep")
-        if self.text_context == "budget" and "max_length" in self.recipe.encode_text:
-            raise key_error(
-                ("recipe", "encode_text", "max_length"),
-                "set per budget by text_context: budget; give text_context: recipe to use this length in every row",
-            )
-        from histoldm.summaries.config import SummarizeConfig
-
-        SummarizeConfig.model_validate({**self.summarize, "input": ".", "out": ".", "budget": 1})
-        return self
+    table: Path
+    plot: Path
+    report: Path
 
 
 def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
@@ -145,7 +111,7 @@ def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, Model
     r = cfg.recipe
     if cfg.text_context == "recipe":
         return {b: r for b in summaries}
-    text = r.settings("encode_text")
+    text = r.encode_text
     encoder = load_text_encoder(text["text_encoder"], text.get("mode"), None, device="cpu")
     recipes = {}
     for budget, path in summaries.items():
@@ -163,28 +129,26 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _row(
-    budget: int, summaries: Path, result: dict[str, Any], floor: dict[str, Any] | None, seconds: float
-) -> dict[str, Any]:
+def _row(budget: int, summaries: Path, result: ChainResult, floor: Metrics | None, seconds: float) -> dict[str, Any]:
     tokens = [r["tokens"] for r in read_jsonl(summaries) if r.get("status") != "failed"]
-    m = result["metrics"]
-    kid, pr = m.get("kid", {}), m.get("precision_recall", {})
-    tumor = m.get("adherence", {}).get("by_attribute", {}).get("tumor", {})
-    rss, train = result["train_peak_rss"], result["train"]
+    m = result.metrics
+    kid, pr = m.kid, m.precision_recall
+    tumor = m.adherence.by_attribute.get("tumor") if m.adherence else None
+    rss, train = result.train_peak_rss, result.train
     return {
         "budget": budget,
         "mean_summary_tokens": round(statistics.mean(tokens), 1) if tokens else None,
-        "text_context": result["text"].meta["length"],
-        "truncated_captions": result["text"].n_truncated,
-        "unique_captions": result["captions"].unique_captions,
-        "fid": round(m["fid"]["value"], 3),
-        "fid_floor": round(floor["fid"]["value"], 3) if floor else None,
-        "kid_mean": _round(kid.get("mean"), 5),
-        "kid_std": _round(kid.get("std"), 5),
-        "kid_floor": round(floor["kid"]["mean"], 5) if floor else None,
-        "precision": _round(pr.get("precision"), 3),
-        "recall": _round(pr.get("recall"), 3),
-        "adherence_tumor_auroc": _round(tumor.get("auroc"), 3),
+        "text_context": result.text.meta["length"],
+        "truncated_captions": result.text.n_truncated,
+        "unique_captions": result.captions.unique_captions,
+        "fid": round(m.fid.value, 3),
+        "fid_floor": round(floor.fid.value, 3) if floor else None,
+        "kid_mean": _round(kid.mean, 5),
+        "kid_std": _round(kid.std, 5),
+        "kid_floor": round(floor.kid.mean, 5) if floor else None,
+        "precision": _round(pr.precision if pr else None, 3),
+        "recall": _round(pr.recall if pr else None, 3),
+        "adherence_tumor_auroc": _round(tumor.auroc if tumor else None, 3),
         "peak_train_memory_gib": train.peak_memory.get("allocated_gib"),
         "peak_train_rss_gib": rss.get("peak_rss_gib"),
         "train_rss_rise_gib": rss.get("rise_gib"),
@@ -290,8 +254,8 @@ def _write_html(
     out: Path,
     cfg: SweepConfig,
     rows: list[dict[str, Any]],
-    results: dict[int, dict[str, Any]],
-    floors: dict[int, dict[str, Any] | None],
+    results: dict[int, ChainResult],
+    floors: dict[int, Metrics | None],
     notes: list[str],
     figures: list[tuple[str, Path]],
 ) -> Path:
@@ -302,25 +266,20 @@ def _write_html(
 
     metrics, examples, captions = [], [], []
     for budget, result in results.items():
-        m, floor = result["metrics"], floors[budget]
-        fid_floor = f" (floor {floor['fid']['value']:.2f})" if floor else ""
-        metrics.append((f"budget {budget}: FID", f"{m['fid']['value']:.2f}{fid_floor}", m["fid"]["protocol_line"]))
-        if "mean" in m["kid"]:
-            kid_floor = f" (floor {floor['kid']['mean']:.4f})" if floor else ""
-            metrics.append(
-                (
-                    f"budget {budget}: KID",
-                    f"{m['kid']['mean']:.4f} ± {m['kid']['std']:.4f}{kid_floor}",
-                    m["kid"]["protocol_line"],
-                )
-            )
-        examples += caption_rows(result, max_rows=2, label=f"[budget {budget}] ")
-        for caption in list(dict.fromkeys(item["caption"] for item in result["items"]))[:3]:
+        m, floor = result.metrics, floors[budget]
+        fid_floor = f" (floor {floor.fid.value:.2f})" if floor else ""
+        metrics.append((f"budget {budget}: FID", f"{m.fid.value:.2f}{fid_floor}", m.fid.protocol_line))
+        if m.kid.measured:
+            kid_floor = f" (floor {floor.kid.mean:.4f})" if floor else ""
+            value = f"{m.kid.mean:.4f} ± {m.kid.std:.4f}{kid_floor}"
+            metrics.append((f"budget {budget}: KID", value, m.kid.protocol_line))
+        examples += caption_rows(result.items, result.samples, result.real, max_rows=2, label=f"[budget {budget}] ")
+        for caption in list(dict.fromkeys(item["caption"] for item in result.items))[:3]:
             captions.append([budget, count_tokens(caption), caption])
     intro = (
-        f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget trained "
-        f"{cfg.recipe.settings('train')['max_steps']} steps on the same patches, split and latents; only the summaries (and the text context they "
-        "need) differ between rows. " + html.escape(" ".join(notes))
+        f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget "
+        f"trained {cfg.recipe.train['max_steps']} steps on the same patches, split and latents; only the summaries "
+        "(and the text context they need) differ between rows. " + html.escape(" ".join(notes))
     )
     return write_report(
         out / "report.html",
@@ -337,7 +296,17 @@ def _write_html(
     )
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+def _write_table(out: Path, rows: list[dict[str, Any]], notes: list[str]) -> None:
+    """results.csv and results.md (the table with the notes on how each column was measured)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.md", _markdown(rows, notes))
+
+
+def run_sweep(cfg: SweepConfig) -> SweepResult:
     from histoldm.manifest import write_manifest
 
     started = time.time()
@@ -354,46 +323,34 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     # Every budget's summaries and text context first: a summariser or context error stops the sweep before training.
     summaries = {b: summarize(reports, out / f"budget-{b}" / "summaries.jsonl", b, cfg.summarize) for b in cfg.budgets}
     recipes = row_recipes(cfg, summaries)
-    latents = prepare_latents(out, store, split, cfg.recipe)
+    latents = prepare_latents(out, store, split, cfg.recipe).latents
 
     # One row per budget: captions -> text cache -> train -> sample (two seeds) -> evaluate.
-    rows, results, floors, protocol_line = [], {}, {}, ""
+    rows, results, floors = [], {}, {}
     for budget in cfg.budgets:
-        t0 = time.time()
-        work = out / f"budget-{budget}"
-        results[budget] = train_sample_evaluate(
+        t0, work, recipe = time.time(), out / f"budget-{budget}", recipes[budget]
+        result = train_sample_evaluate(
             work,
             store=store,
             split=split,
             summaries=summaries[budget],
-            latents=latents["latents"],
-            recipe=recipes[budget],
+            latents=latents,
+            recipe=recipe,
             name=f"budget-{budget}",
         )
-        floors[budget] = noise_floor(work, results[budget], recipes[budget]) if cfg.noise_floor else None
-        del results[budget]["fake_features"]  # kept for the floor only: at 200k samples a row's features are 3.3 GB
-        rows.append(_row(budget, summaries[budget], results[budget], floors[budget], time.time() - t0))
-        protocol_line = results[budget]["metrics"]["fid"]["protocol_line"]
+        floors[budget] = noise_floor(work, result, recipe) if cfg.noise_floor else None
+        # the features are kept for the floor only: at 200k samples a row's are 3.3 GB
+        results[budget] = dataclasses.replace(result, fake_features=None)
+        rows.append(_row(budget, summaries[budget], result, floors[budget], time.time() - t0))
 
     # Table (CSV + Markdown), plots and the HTML report.
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    notes = _notes(rows, cfg, protocol_line)
-    atomic_write_text(out / "results.md", _markdown(rows, notes))
+    notes = _notes(rows, cfg, results[cfg.budgets[-1]].metrics.fid.protocol_line)
+    _write_table(out, rows, notes)
     plot = _plot(rows, out / "results.png")
     tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
-    report = _write_html(
-        out,
-        cfg,
-        rows,
-        results,
-        floors,
-        notes,
-        [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)],
-    )
+    figures = [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)]
+    report = _write_html(out, cfg, rows, results, floors, notes, figures)
+    produced = {"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name}
     write_manifest(
         out / "manifest.json",
         stage="sweep",
@@ -401,13 +358,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         seed=cfg.recipe.seed,
         started=started,
         inputs={"reports": reports, "store": Path(store) / "patches.parquet", "split": split},
-        produced={
-            "rows": len(rows),
-            "table": "results.csv",
-            "markdown": "results.md",
-            "plot": plot.name,
-            "tokens": tokens.name,
-            "report": report.name,
-        },
+        produced={**produced, "tokens": tokens.name, "report": report.name},
     )
-    return {"table": str(out / "results.md"), "plot": str(plot), "report": str(report)}
+    return SweepResult(out / "results.md", plot, report)

@@ -8,11 +8,15 @@ FID), so the probe's held-out real patches stay unseen by the generator and by e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from histoldm.data.export import export_patches, split_items
-from histoldm.experiments.chain import ModelRecipe, sample_held_out
+from histoldm.experiments.chain import ChainResult, sample_held_out
+from histoldm.experiments.config import ModelRecipe
 from histoldm.fileio import atomic_write_jsonl
+
+if TYPE_CHECKING:
+    from histoldm.evaluate.utility import UtilityResult
 
 
 def utility_step(
@@ -20,11 +24,11 @@ def utility_step(
     *,
     store: Path,
     split: Path,
-    result: dict[str, Any],
+    result: ChainResult,
     recipe: ModelRecipe,
     n_fake: int,
     groups: dict[str, str],
-) -> Any:
+) -> UtilityResult:
     """Sample `n_fake` training captions (WORK/samples-train), export the real training patches at the
     model's size (WORK/real-train), run the utility evaluation (WORK/utility) with the evaluation's
     extractor settings; returns its UtilityResult."""
@@ -32,12 +36,12 @@ def utility_step(
     from histoldm.evaluate.utility import run_utility
 
     work = Path(work)
-    captions = result["captions_file"]
+    captions = result.captions_file
     items = split_items(captions, split, n_fake, recipe.seed, split_name="train")
     caption_list = work / "train-captions.jsonl"
     atomic_write_jsonl(caption_list, ({"id": r["patch_id"], "caption": r["caption"]} for r in items))
     fake = sample_held_out(
-        result["train"].run_dir, caption_list, work / "samples-train", recipe, recipe.seed, result["text_cache"]
+        result.train.run_dir, caption_list, work / "samples-train", recipe, recipe.seed, result.text_cache
     ).out
     train_real = export_patches(
         store,
@@ -45,7 +49,7 @@ def utility_step(
         work / "real-train",
         recipe.image_size,
     )
-    evaluated = result["configs"]["evaluate"]
+    evaluated = result.evaluate_config
     shared = {
         k: getattr(evaluated, k)
         for k in ("protocol", "resize", "extractor", "device", "dtype", "batch_size", "workers")
@@ -53,7 +57,7 @@ def utility_step(
     return run_utility(
         UtilityConfig(
             **shared,
-            real=result["real"],
+            real=result.real,
             train_real=train_real,
             fake=fake,
             captions=captions,
@@ -61,5 +65,5 @@ def utility_step(
             out=work / "utility",
             held_out_groups=groups,
         ),
-        held_out_features=result["real_features"],
+        held_out_features=result.real_features,
     )  # extracted by the evaluation, same extractor and resize

@@ -139,6 +139,13 @@ class TrainConfig(TrainingRunConfig):
         default_factory=ValidationSection, description="image grid during training; off by default"
     )
 
+    @model_validator(mode="after")
+    def _checkpoint_every_within_run(self) -> TrainConfig:
+        """A run shorter than checkpoint_every checkpoints at its end: the interval is at most the run."""
+        if self.checkpoint_every > self.max_steps:
+            self.checkpoint_every = self.max_steps
+        return self
+
 
 class DistillData(StrictModel):
     """The caches distill reads: the teacher's training caches."""
@@ -254,6 +261,13 @@ class TrainVAEConfig(StrictModel):
     log_every: int = Field(100, gt=0, description="steps between log lines")
     checkpoint_every: int = Field(2000, gt=0, description="steps between checkpoints")
     resume: str = Field("auto", description="auto (resume OUT if it has a checkpoint) | latest | none | PATH")
+
+    @model_validator(mode="after")
+    def _checkpoint_every_within_run(self) -> TrainVAEConfig:
+        """A run shorter than checkpoint_every checkpoints at its end: the interval is at most the run."""
+        if self.checkpoint_every > self.steps:
+            self.checkpoint_every = self.steps
+        return self
 
 
 class EncodeLatentsConfig(StrictModel):
