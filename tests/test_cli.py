@@ -167,21 +167,29 @@ def test_every_command_help_works_and_ends_with_its_example():
         assert f"example:\n  histoldm {name}" in text, name
 
 
-def test_help_imports_no_torch():
-    """`histoldm --help` and every `histoldm <command> --help` import only torch-free config modules: help
-    stays instant. One process walks them all and names the first command that pulled a heavy library in."""
+def test_help_imports_no_heavy_library_and_no_stage_code():
+    """`histoldm --help` and every `histoldm <command> --help` import the torch-free config modules and no stage
+    code: help stays instant. One process walks them all and names the first command that pulled torch (or
+    another heavy library) in, then lists the stage modules other than configs that the walk imported."""
+    stages = tuple(
+        f"histoldm.{s}."
+        for s in ("data", "text", "models", "train", "sampling", "evaluate", "summaries", "experiments")
+    )
     code = (
         "import sys\nfrom histoldm.cli import build_parser\n"
         "parser = build_parser()\nparser.format_help()\n"
         "subs = next(a for a in parser._actions if a.choices and hasattr(a, 'add_parser')).choices\n"
-        "heavy = ('torch', 'diffusers', 'transformers')\n"
+        "heavy = ('torch', 'diffusers', 'transformers', 'numpy', 'pyarrow')\n"
         "for name in [None, *subs]:\n"
         "    if name: subs[name].format_help()\n"
         "    if any(h in sys.modules for h in heavy): print(name or '--help'); break\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({stages!r}) and not m.endswith('.config')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.strip() == ""
+    assert (
+        out.stdout.strip() == "['histoldm.models.presets']"
+    )  # the UNet presets: plain dicts a recipe is checked against
 
 
 def test_the_cli_names_no_module_by_string():
