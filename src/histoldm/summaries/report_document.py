@@ -151,9 +151,9 @@ _SHORT_HEADING = 90  # "SYNOPTIC REPORT - BREAST" is a heading; a sentence namin
 # OCR'd reports (TCGA text often) arrive with every line run into one. Line starts are restored before what
 # starts a line in a report: a section heading, a specimen part's label, a checklist key, a bullet.
 _RUN_HEADING = re.compile(  # section headings and the common checklist keys, by name and colon
-    r"(?<=[^\s•-])(?<!final)(?<!pathologic)(?<!pathological)(?<!surgical)(?<!clinical)(?<!medical)(?<!pertinent)"
-    r"(?<!specimen)(?<!stromal)(?<!histologic)(?<!tumor)(?<!tumour)(?<!source of)(?<!section)(?<!operative)"
-    r"(?<!superior)(?<!inferior)(?<!medial)(?<!lateral)(?<!deep)(?<!anterior)(?<!posterior)[ \t]+"
+    r"(?=[ \t])(?<=[^\s•-])(?<!final)(?<!pathologic)(?<!pathological)(?<!surgical)(?<!clinical)(?<!medical)"
+    r"(?<!pertinent)(?<!specimen)(?<!stromal)(?<!histologic)(?<!tumor)(?<!tumour)(?<!source of)(?<!section)"
+    r"(?<!operative)(?<!superior)(?<!inferior)(?<!medial)(?<!lateral)(?<!deep)(?<!anterior)(?<!posterior)[ \t]+"
     r"(?=(?:(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s|gross (?:description|examination)"
     r"|macroscopic description|clinical (?:history|information|data|notes?)|(?:pertinent )?(?:medical )?history"
     r"|microscopic(?: description| examination)?|specimens?(?:\(s\))?(?: received| submitted)?|source of specimens?"
@@ -165,16 +165,16 @@ _RUN_HEADING = re.compile(  # section headings and the common checklist keys, by
     r"|growth pattern"
     r"|pathologic stage|(?:specimen )?laterality|procedure|(?:estrogen|progesterone) receptors?(?: \([^()]{1,12}\))?"
     r"|er|pr|her-?2[^:.]{0,12})\s*:|electronically signed\b|I attest\b|page \d+ of \d+\b)"
-    r"|(?<=\S)[ \t]+(?=(?:case|accession|collected|patient|mrn)\s*:)",  # the header's keys, after any word
+    r"|(?=[ \t])(?<=\S)[ \t]+(?=(?:case|accession|collected|patient|mrn)\s*:)",  # the header's keys, after any word
     re.IGNORECASE,
 )
 _RUN_UPPER_HEADING = re.compile(  # headings known only in capitals: "ADDENDUM (03/14/2010):", "CANCER CASE SUMMARY"
-    r"(?<=\S)(?<!FINAL)(?<!PATHOLOGIC)(?<!PATHOLOGICAL)(?<!CLINICAL)(?<!MEDICAL)(?<!-)(?<!SURGICAL)\s+"
+    r"(?=\s)(?<=\S)(?<!FINAL)(?<!PATHOLOGIC)(?<!PATHOLOGICAL)(?<!CLINICAL)(?<!MEDICAL)(?<!-)(?<!SURGICAL)\s+"
     r"(?=(?:ADDENDUM\b[^:.a-z]{0,30}|AMENDMENT\b[^:.a-z]{0,30}|(?:REVISED|CORRECTED) REPORT\b[^:.a-z]{0,30})\s*:"
     r"|\*\*AMENDED REPORT\b|(?:SYNOPTIC REPORT|CANCER CASE SUMMARY)\b|Checklist:)"
 )
 _RUN_KEY = re.compile(  # any other "Key: value" with a capitalised key of at most four words
-    r"(?<=[^\s•-]) (?=(?P<key>[A-Z][A-Za-z-]*(?: (?:[A-Za-z-]+|\([^()]{1,20}\))){0,3}):(?!\d))"
+    r"(?= )(?<=[^\s•-]) (?=(?P<key>[A-Z][A-Za-z-]*(?: (?:[A-Za-z-]+|\([^()]{1,20}\))){0,3}):(?!\d))"
 )
 _ABBREVIATION = re.compile(r"(?:^|\s)(?:[A-Z]|Dr|Drs|Mr|Mrs|Ms|Prof|St|No|vs)\.$")  # "by A.", "Dr." before a name
 
@@ -300,9 +300,10 @@ def _split_parts(lines: list[str]) -> list[str]:
             first, this_style = m["first"], ((m["word"] or "").lower(), (m["mark"] or "").strip())
             if not m["word"] and (not m["mark"] or line[m.end()].islower()):
                 continue  # "A. the" and "A 2 cm mass" are not parts; "Part C consists of ..." is
-            after_stop = line[: m.start()].rstrip().endswith((".", ":", ";"))
+            before = line[max(0, m.start() - 12) : m.start()].rstrip()
+            after_stop = before.endswith((".", ":", ";"))
             in_turn = last is not None and first == _next_label(last) and this_style == style
-            in_turn = in_turn and not _NAME_BEFORE.search(line, 0, m.start())  # "signed by D. Fictional"
+            in_turn = in_turn and not _NAME_BEFORE.search(before)  # "signed by D. Fictional"
             heading = _UPPER_PART_HEADING.match(line, m.end())  # "B. LYMPH NODES, SENTINEL:" after any value
             if m.start() in (0, opening) or in_turn or heading or after_stop and (first in ("A", "1") or m["word"]):
                 starts.append(m.start())
@@ -319,6 +320,7 @@ def _next_start(line: str, pos: int) -> int:
     return m.start() if m else len(line)
 
 
+@lru_cache(maxsize=64)
 def split_run_together(text: str) -> str:
     """`text` with line starts restored in lines longer than a report line (OCR runs whole reports into one):
     before section headings, checklist keys, bullets and specimen part labels. The reader and the extractive
