@@ -96,5 +96,13 @@ def test_the_splitter_restores_headings_part_labels_keys_and_bullets():
         "Tumor necrosis: Not identified",
         "ER: positive (90%)",
     ]
+    numbered = (
+        "FINAL DIAGNOSIS: PART 1: LEFT BREAST, LUMPECTOMY: INFILTRATING DUCTAL CARCINOMA, GRADE 2. LYMPHOVASCULAR "
+        "INVASION: PRESENT. Pathologic stage: pT1c pN0 PART 2: SENTINEL LYMPH NODE: NEGATIVE (0/2)."
+    )
+    assert [line for line in split_run_together(numbered).splitlines() if line.startswith("PART")] == [
+        "PART 1: LEFT BREAST, LUMPECTOMY:",
+        "PART 2: SENTINEL LYMPH NODE:",
+    ]  # "GRADE 2." is no part
     short = "A. Left breast: carcinoma. B. Node: negative."
     assert split_run_together(short) == short  # a report line of ordinary length keeps its own breaks

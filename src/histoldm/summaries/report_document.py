@@ -202,7 +202,9 @@ _RUN_VALUE_END = re.compile(
 _RUN_BULLET = re.compile(r"(?<=[.:;])[ \t]+(?=[-•][ \t])")  # "... 2.6 CM. - LYMPHOVASCULAR INVASION ..."
 _NAME_BEFORE = re.compile(r"\b(?:by|dr\.?|and|of|in|see)\s*$", re.IGNORECASE)
 _PART_HEADING_END = re.compile(r"[^:.]{1,80}:\s+(?=\S)")  # a part's heading, then its text on the same line
-_UPPER_PART_HEADING = re.compile(r"[A-Z][A-Z0-9 ,()/#'&-]{3,80}:")
+_UPPER_PART_HEADING = re.compile(  # "LYMPH NODES, SENTINEL:", a specimen named in capitals (not "LVI: PRESENT")
+    r"(?=[A-Z][A-Z0-9 ,()/#'&-]{3,80}:)[^:]*?(?:BREAST|LYMPH|NODE|MARGIN|AXILL|SENTINEL|TISSUE|SKIN|NIPPLE|EXCISION)"
+)
 _HEADING_END = re.compile(r"^[^:]{1,80}:\s*")  # where the heading of a restored section line ends
 _LONG_LINE = 160
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
@@ -304,7 +306,7 @@ def _split_parts(lines: list[str]) -> list[str]:
             after_stop = before.endswith((".", ":", ";"))
             in_turn = last is not None and first == _next_label(last) and this_style == style
             in_turn = in_turn and not _NAME_BEFORE.search(before)  # "signed by D. Fictional"
-            heading = _UPPER_PART_HEADING.match(line, m.end())  # "B. LYMPH NODES, SENTINEL:" after any value
+            heading = first.isalpha() and _UPPER_PART_HEADING.match(line, m.end())  # "pN0 B. LYMPH NODES:"
             if m.start() in (0, opening) or in_turn or heading or after_stop and (first in ("A", "1") or m["word"]):
                 starts.append(m.start())
                 last, style = m["last"] or first, this_style
