@@ -288,8 +288,9 @@ def _next_label(label: str) -> str:
 def _split_parts(lines: list[str]) -> list[str]:
     """Line breaks before the part labels of run-together lines, and after a part's heading where its text
     follows on the same line. A label starts a part where it opens a section, where "A", "1" or "Part C"
-    follows a full stop, or where it is the next label of the section in the same style ("A:" ... "B:",
-    "PART 1:" ... "PART 2:"), so "by A. Example" and "grade 2. Lymph..." stay text."""
+    follows a full stop, where a letter is followed by a specimen named in capitals ("B. LYMPH NODES:"), or
+    where it is the next label of the section in the same style ("A:" ... "B:", "PART 1:" ... "PART 2:"), so
+    "by A. Example" and "grade 2. Lymph..." stay text."""
     out: list[str] = []
     last = style = None
     for line in lines:
