@@ -25,6 +25,7 @@ from functools import lru_cache
 from histoldm.summaries.budget import truncate_to_budget
 from histoldm.summaries.case_facts import Fact, joined_case
 from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
+from histoldm.summaries.report_document import repair_ocr, split_run_together
 from histoldm.text.tokenizer import clip_tokenizer
 
 # --- sections -------------------------------------------------------------------------------
@@ -37,7 +38,8 @@ _HEADER = re.compile(
 _DROP_SECTIONS = re.compile(
     r"^(gross( description)?|clinical (history|information|data|notes?)|history|specimens?( \(?s\)?)?( received)?"
     r"|specimen\(s\)( received)?|source of specimen|pre-?operative diagnosis|post-?operative diagnosis"
-    r"|operative diagnosis|patient|submitting physician|received|intra-?operative consultation|frozen section( diagnosis)?)$",
+    r"|operative diagnosis|patient|submitting physician|received|intra-?operative consultation"
+    r"|frozen section( diagnosis)?)$",
     re.IGNORECASE,
 )
 _BOILERPLATE_LINE = re.compile(  # run on lowered text
@@ -87,18 +89,6 @@ def _boilerplate(sentence: str) -> bool:
     return bool(_BOILERPLATE_HINT.search(lowered)) and bool(_BOILERPLATE_LINE.search(lowered))
 
 
-# OCR'd reports (TCGA-Reports) often run every section into one line: break before known headers.
-_INLINE_HEADER = re.compile(
-    r"(?<=\S)[ \t]+(?=(?:(?:final |pathologic(?:al)? )?diagnos[ie]s|gross description|clinical (?:history|information)"
-    r"|microscopic description|specimens? (?:received|submitted)|comments?|addendum(?: \d)?|ancillary studies"
-    r"|intra-?operative consultation)\s*:|synoptic\b|I attest\b|electronically signed\b|page \d+ of \d+\b|\*{3}"
-    # synoptic keys, "Key: value" or "KEY ...... value", so each checklist item becomes its own clause
-    r"|(?:histologic (?:type|grade)[^:.]{0,20}|tumou?r size|growth pattern|tumou?r necrosis|tumou?r-infiltrating lymphocytes"
-    r"|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes|pathologic stage"
-    r"|(?:estrogen|progesterone) receptor|her-?2[^:.]{0,12})\s*:)",
-    re.IGNORECASE,
-)
-_LONG_LINE = 160  # longer lines are sections run together (OCR); shorter ones keep the report's own breaks
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*])")
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
 _VALUE_ON_NEXT_LINE = re.compile(r"^([ \t]*[A-Za-z][^:\n]{0,60}):[ \t]*\n[ \t]*(?=\S)", re.MULTILINE)
@@ -113,8 +103,7 @@ def diagnostic_text(report: str) -> str:
     if "..." in report:
         report = _DOT_LEADER.sub(": ", report)
     report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", report)  # "Margins:\n  negative" -> "Margins: negative"
-    lines = [_INLINE_HEADER.sub("\n", x) if len(x) > _LONG_LINE else x for x in report.splitlines()]
-    for line in "\n".join(lines).splitlines():
+    for line in split_run_together(report).splitlines():  # run-together reports split as the reader splits them
         header = _HEADER.match(line)
         if header:  # a boilerplate section runs until the next header of any other kind
             dropping = bool(_DROP_SECTIONS.match(header.group(1).strip()))
@@ -395,7 +384,8 @@ _PR = re.compile(
     re.IGNORECASE,
 )
 _HER2 = re.compile(
-    r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))"
+    r"her[- ]?2(?:\s*[/-]\s*neu)?(?:\s*\((?:IHC|FISH)\))?\s*(?:status)?\s*[:\-]?\s*(?:is\s+)?"
+    r"(positive|negative|equivocal|not amplified|amplified|[0-3]\s*\+|0\b|pos\b|neg\b|\+|-(?!\s*neu))"
     r"(?:[\s(]{0,16}(?:score\s+)?([0-3]\+?)(?=[)\s.,;]|$))?",
     re.IGNORECASE,
 )
@@ -636,8 +626,6 @@ def extract_facts(report: str) -> Facts:
     the morphology the case facts do not cover (mitoses, pleomorphism, growth, TIL level, Ki-67)
     from the diagnostic text."""
     facts, _ = joined_case(report)
-    from histoldm.summaries.report_document import repair_ocr
-
     diagnostic = diagnostic_text(repair_ocr(report))
     grade = facts.get("grade")
     grade_names = None

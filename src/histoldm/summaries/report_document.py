@@ -97,11 +97,13 @@ def repair_ocr(text: str) -> str:
 
 _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked in order
     (
-        r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?",
+        r"addend(?:um|a)\b[^:]{0,40}?|amend(?:ed|ment)\b[^:]{0,40}?"
+        r"|(?:revised|corrected|amended) (?:report|diagnosis)\b[^:]{0,40}?",
         ADDENDUM,
     ),
     (
-        r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary|summary of (?:findings|tumou?r)",
+        r"[^:]{0,40}?\bsynoptic\b[^:]{0,80}?|[^:]{0,40}?\bchecklist\b[^:]{0,80}?|cancer case summary|tumou?r summary"
+        r"|summary of (?:findings|tumou?r)",
         SYNOPTIC,
     ),
     (
@@ -110,26 +112,30 @@ _SECTION_NAMES: list[tuple[str, str]] = [  # (regex on a heading, kind); checked
         CLINICAL_HISTORY,
     ),
     (
-        r"specimens?(?: \(?s\)?)?(?: received| submitted| source)?|specimen\(s\)(?: received)?|source of specimens?|parts? received"
+        r"specimens?(?: \(?s\)?)?(?: received| submitted| source)?|specimen\(s\)(?: received)?|source of specimens?"
+        r"|parts? received"
         r"|tissue(?:s)? (?:received|submitted)",
         SPECIMENS,
     ),
     (r"gross(?: description| examination| findings)?|macroscopic(?: description)?", GROSS),
     (
-        r"intra-?operative (?:consultation|diagnosis)|frozen section(?: diagnosis| consultation)?|touch preps?(?: diagnosis)?",
+        r"intra-?operative (?:consultation|diagnosis)|frozen section(?: diagnosis| consultation)?"
+        r"|touch preps?(?: diagnosis)?",
         INTRAOPERATIVE,
     ),
     (r"microscopic(?: description| examination| findings)?|histology", MICROSCOPIC),
     (
-        r"(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s(?: \(.*\))?|final pathologic(?:al)? diagnosis|interpretation",
+        r"(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s(?: \(.*\))?"
+        r"|final pathologic(?:al)? diagnosis|interpretation",
         FINAL_DIAGNOSIS,
     ),
     (
-        r"ancillary (?:studies|testing|tests)|immunohistochemi\w+(?: (?:studies|results|stains))?|(?:special|immuno) ?stains|biomarkers?"
+        r"ancillary (?:studies|testing|tests)|immunohistochemi\w+(?: (?:studies|results|stains))?"
+        r"|(?:special|immuno) ?stains|biomarkers?"
         r"|(?:breast )?(?:cancer )?(?:prognostic |predictive )?markers?(?: studies)?|(?:hormone )?receptor studies",
         ANCILLARY,
     ),
-    (r"comments?|notes?", COMMENT),
+    (r"comments?(?:\(s\))?|notes?", COMMENT),
     (
         r"patient(?: information)?|case|accession(?: number)?|report|surgical pathology(?: report)?|pathology report",
         HEADER,
@@ -141,23 +147,65 @@ _HEADING = re.compile(
 _SECTION_KINDS = [(re.compile(f"^(?:{p})$", re.IGNORECASE), kind) for p, kind in _SECTION_NAMES]
 _SHORT_HEADING = 90  # "SYNOPTIC REPORT - BREAST" is a heading; a sentence naming a checklist is not
 
-_INLINE_HEADING = re.compile(  # OCR'd reports run sections into one line: break before known headings
-    r"(?<=\S)(?<!final)(?<!pathologic)(?<!pathological)(?<!surgical)[ \t]+(?=(?:(?:final |pathologic(?:al)? )?diagnos[ie]s|gross description|clinical (?:history|information)"
-    r"|microscopic description|specimens? (?:received|submitted)|comments?|addendum(?: \d)?|amendment(?: \d)?"
-    r"|ancillary studies|intra-?operative consultation|synoptic report)\s*:"
-    r"|(?:histologic (?:type|grade)[^:.]{0,20}|tumou?r size|tumou?r necrosis|tumou?r-infiltrating lymphocytes"
-    r"|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes|pathologic stage|laterality|procedure"
-    r"|(?:estrogen|progesterone) receptor|her-?2[^:.]{0,12})\s*:)",
+# --- run-together reports ----------------------------------------------------------------------
+# OCR'd reports (TCGA text often) arrive with every line run into one. Line starts are restored before what
+# starts a line in a report: a section heading, a specimen part's label, a checklist key, a bullet.
+_RUN_HEADING = re.compile(  # section headings and the common checklist keys, by name and colon
+    r"(?=[ \t])(?<=[^\s•-])(?<!final)(?<!pathologic)(?<!pathological)(?<!surgical)(?<!clinical)(?<!medical)"
+    r"(?<!pertinent)(?<!specimen)(?<!stromal)(?<!histologic)(?<!tumor)(?<!tumour)(?<!source of)(?<!section)"
+    r"(?<!operative)(?<!superior)(?<!inferior)(?<!medial)(?<!lateral)(?<!deep)(?<!anterior)(?<!posterior)[ \t]+"
+    r"(?=(?:(?:final |pathologic(?:al)? |surgical pathology )*diagnos[ie]s|gross (?:description|examination)"
+    r"|macroscopic description|clinical (?:history|information|data|notes?)|(?:pertinent )?(?:medical )?history"
+    r"|microscopic(?: description| examination)?|specimens?(?:\(s\))?(?: received| submitted)?|source of specimens?"
+    r"|comments?(?:\(s\))?|note|addend(?:um|a)(?: \d)?|amend(?:ed|ment(?: #?\d)?)|ancillary studies"
+    r"|immunohistochemistry|biomarker studies|intra-?operative (?:consultation|diagnosis)|frozen section diagnosis"
+    r"|synoptic report"
+    r"|histologic (?:type|grade)[^:.]{0,20}|tumou?r size|(?:tumou?r )?necrosis|tumou?r-infiltrating lymphocytes"
+    r"|(?:stromal )?tils|lympho?-?\s?vascular invasion|ductal carcinoma in situ|margins?|regional lymph nodes"
+    r"|growth pattern"
+    r"|pathologic stage|(?:specimen )?laterality|procedure|(?:estrogen|progesterone) receptors?(?: \([^()]{1,12}\))?"
+    r"|er|pr|her-?2[^:.]{0,12})\s*:|electronically signed\b|I attest\b|page \d+ of \d+\b)"
+    r"|(?=[ \t])(?<=\S)[ \t]+(?=(?:case|accession|collected|patient|mrn)\s*:)",  # the header's keys, after any word
     re.IGNORECASE,
 )
-_INLINE_UPPER_HEADING = re.compile(  # headings in capitals, as OCR'd reports run together on one line carry them
-    r"(?<=\S)(?<!FINAL)(?<!PATHOLOGIC)(?<!PATHOLOGICAL)(?<!CLINICAL)(?<!MEDICAL)(?<!-)(?<!SURGICAL)\s+(?=(?:CLINICAL (?:HISTORY|INFORMATION)"
-    r"|HISTORY|SPECIMENS?(?:\(S\))?(?: RECEIVED| SUBMITTED)?|GROSS DESCRIPTION|INTRA-?OPERATIVE CONSULTATION|FROZEN SECTION(?: DIAGNOSIS)?"
-    r"|MICROSCOPIC(?: DESCRIPTION)?|(?:FINAL )?(?:PATHOLOGIC(?:AL)? )?DIAGNOSIS|COMMENTS?|ADDENDUM\b[^:a-z]{0,30}|AMENDMENT\b[^:a-z]{0,30}"
-    r"|AMENDED REPORT|(?:REVISED|CORRECTED) REPORT\b[^:a-z]{0,30}|ANCILLARY STUDIES)\s*:|(?:SYNOPTIC REPORT|CANCER CASE SUMMARY)\b"
-    r"|(?<=[.:;)] )(?<!\b[A-Z]\. )(?:[A-Z][A-Za-z()#/&\- ]{3,40}):"  # any capitalised key after a full stop: a heading decides
-    r"|(?<=[a-z0-9%)] )[A-Z][a-z]+(?: (?:[a-z-]+|\([A-Za-z]+\))){0,3}:(?!\d))"  # "... in situ Necrosis: Not identified": checklist keys
+_RUN_UPPER_HEADING = re.compile(  # headings known only in capitals: "ADDENDUM (03/14/2010):", "CANCER CASE SUMMARY"
+    r"(?=\s)(?<=\S)(?<!FINAL)(?<!PATHOLOGIC)(?<!PATHOLOGICAL)(?<!CLINICAL)(?<!MEDICAL)(?<!-)(?<!SURGICAL)\s+"
+    r"(?=(?:ADDENDUM\b[^:.a-z]{0,30}|AMENDMENT\b[^:.a-z]{0,30}|(?:REVISED|CORRECTED) REPORT\b[^:.a-z]{0,30})\s*:"
+    r"|\*\*AMENDED REPORT\b|(?:SYNOPTIC REPORT|CANCER CASE SUMMARY)\b|Checklist:)"
 )
+_RUN_KEY = re.compile(  # any other "Key: value" with a capitalised key of at most four words
+    r"(?= )(?<=[^\s•-]) (?=(?P<key>[A-Z][A-Za-z-]*(?: (?:[A-Za-z-]+|\([^()]{1,20}\))){0,3}):(?!\d))"
+)
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:[A-Z]|Dr|Drs|Mr|Mrs|Ms|Prof|St|No|vs)\.$")  # "by A.", "Dr." before a name
+
+
+def _key_break(m: re.Match) -> str:
+    """A break before a checklist key where the word before it ends a sentence or a lowercase value
+    ("... in situ Necrosis: ..."), not where it is a capitalised word that may start the key itself
+    ("Clinical Information:") or "(S)" of "SPECIMEN(S) RECEIVED:"."""
+    before = m.string[max(0, m.start() - 40) : m.start()]
+    word = before.rsplit(" ", 1)[-1]
+    if word.endswith((".", ";")) and not _ABBREVIATION.search(before):
+        return "\n"
+    if word.endswith(")") and not m["key"].isupper():
+        return "\n"
+    if (word[-1:].isalnum() or word.endswith("%")) and not any(c.isupper() for c in word):
+        return "\n"
+    return " "
+
+
+# A sentence after a checklist value with no full stop between them ("ER: NEGATIVE (0%) Estrogen receptor was ...").
+_RUN_VALUE_END = re.compile(
+    r"^([A-Za-z][^:.]{0,40}:[ \t]*\S(?:[^.:]|(?<=\d)\.(?=\d))*?) (?=[A-Z][a-z]+ [a-z]+\b)"
+    r"(?!(?:Positive|Negative|Present|Absent|Equivocal|Amplified|Not|No|Weakly|Strongly|Low|High|Moderate)\b)"
+)
+_RUN_BULLET = re.compile(r"(?<=[.:;])[ \t]+(?=[-•][ \t])")  # "... 2.6 CM. - LYMPHOVASCULAR INVASION ..."
+_NAME_BEFORE = re.compile(r"\b(?:by|dr\.?|and|of|in|see)\s*$", re.IGNORECASE)
+_PART_HEADING_END = re.compile(r"[^:.]{1,80}:\s+(?=\S)")  # a part's heading, then its text on the same line
+_UPPER_PART_HEADING = re.compile(  # "LYMPH NODES, SENTINEL:", a specimen named in capitals (not "LVI: PRESENT")
+    r"(?=[A-Z][A-Z0-9 ,()/#'&-]{3,80}:)[^:]*?(?:BREAST|LYMPH|NODE|MARGIN|AXILL|SENTINEL|TISSUE|SKIN|NIPPLE|EXCISION)"
+)
+_HEADING_END = re.compile(r"^[^:]{1,80}:\s*")  # where the heading of a restored section line ends
 _LONG_LINE = 160
 _DOT_LEADER = re.compile(r"[ \t]*\.{3,}[ \t]*")  # "LYMPH-VASCULAR INVASION ....... Present": dots are not full stops
 _VALUE_ON_NEXT_LINE = re.compile(
@@ -173,7 +221,12 @@ _PART_START = re.compile(
     rf"|(?P<l1>[A-L])(?:\s*(?:-|–|through|to|and|&|,)\s*(?P<l2>[A-L]))?\s*[.):])\s+(?=[A-Z(\"']|(?:left|right|breast|lymph|sentinel|axill))",
     re.IGNORECASE,
 )
-_INLINE_PART = re.compile(r"(?<=[.;:])\s+(?=(?:PART\s+)?[A-H](?:-[A-H])?[.)]\s+[A-Z])")
+
+_RUN_LABEL = re.compile(  # "A." "B)" "C:" "A-B:" "PART 1:" "Part C" "Specimen C -", then a word
+    rf"(?<![\w./#-])(?:(?P<word>(?i:part|specimen))\s*#?\s*)?(?P<first>{_PART_LABEL})"
+    rf"(?:\s*(?:-|–|and|&)\s*(?P<last>{_PART_LABEL}))?"
+    r"(?P<mark>\s*[.):]|\s+-)?\s+(?=[A-Za-z(\"'])",
+)
 
 
 @dataclass(frozen=True)
@@ -227,17 +280,72 @@ def _part_label(m: re.Match) -> str:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(*\"'<>\d])|(?<=[.;])\s+(?=[A-Z][a-z]+:)")
 
 
+def _next_label(label: str) -> str:
+    """The label after `label` in its list: "A" -> "B", "1" -> "2"."""
+    return str(int(label) + 1) if label.isdigit() else chr(ord(label.upper()) + 1)
+
+
+def _split_parts(lines: list[str]) -> list[str]:
+    """Line breaks before the part labels of run-together lines, and after a part's heading where its text
+    follows on the same line. A label starts a part where it opens a section, where "A", "1" or "Part C"
+    follows a full stop, where a letter is followed by a specimen named in capitals ("B. LYMPH NODES:"), or
+    where it is the next label of the section in the same style ("A:" ... "B:", "PART 1:" ... "PART 2:"), so
+    "by A. Example" and "grade 2. Lymph..." stay text."""
+    out: list[str] = []
+    last = style = None
+    for line in lines:
+        head = _HEADING_END.match(line)
+        opening = -1
+        if head and _HEADING.match(line[: head.end()].strip()) and _section_kind(line[: head.end() - 1]) != BODY:
+            opening, last, style = len(head.group(0)), None, None  # a new section: its labels start again
+        starts = [0]
+        for m in _RUN_LABEL.finditer(line):
+            first, this_style = m["first"], ((m["word"] or "").lower(), (m["mark"] or "").strip())
+            if not m["word"] and (not m["mark"] or line[m.end()].islower()):
+                continue  # "A. the" and "A 2 cm mass" are not parts; "Part C consists of ..." is
+            before = line[max(0, m.start() - 12) : m.start()].rstrip()
+            after_stop = before.endswith((".", ":", ";"))
+            in_turn = last is not None and first == _next_label(last) and this_style == style
+            in_turn = in_turn and not _NAME_BEFORE.search(before)  # "signed by D. Fictional"
+            heading = first.isalpha() and _UPPER_PART_HEADING.match(line, m.end())  # "pN0 B. LYMPH NODES:"
+            if m.start() in (0, opening) or in_turn or heading or after_stop and (first in ("A", "1") or m["word"]):
+                starts.append(m.start())
+                last, style = m["last"] or first, this_style
+                if head := _PART_HEADING_END.match(line, m.end(), _next_start(line, m.end())):
+                    starts.append(head.end())  # "A. Right breast, lumpectomy: Ductal carcinoma ..."
+        out += [line[i:j] for i, j in zip(starts, [*starts[1:], len(line)])]
+    return [x.rstrip() for x in out if x.strip()]
+
+
+def _next_start(line: str, pos: int) -> int:
+    """Where the next part label candidate after `pos` begins (the end of the line if none)."""
+    m = _RUN_LABEL.search(line, pos)
+    return m.start() if m else len(line)
+
+
+@lru_cache(maxsize=64)
+def split_run_together(text: str) -> str:
+    """`text` with line starts restored in lines longer than a report line (OCR runs whole reports into one):
+    before section headings, checklist keys, bullets and specimen part labels. The reader and the extractive
+    summariser's diagnostic text both read reports through this, so a report run together reads as its twin
+    with line breaks does."""
+    lines = []
+    for line in text.splitlines():
+        if len(line) > _LONG_LINE:
+            line = _RUN_UPPER_HEADING.sub("\n", _RUN_HEADING.sub("\n", line))
+            line = _RUN_BULLET.sub("\n", _RUN_KEY.sub(_key_break, line))
+            line = "\n".join(_RUN_VALUE_END.sub("\\1\n", x) for x in _split_parts(line.splitlines()))
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _lines(report: str) -> list[str]:
+    """The report's lines, dot leaders read as colons, a value on the line under its key joined to it, and
+    run-together text split again (`split_run_together`)."""
     if "..." in report:
         report = _DOT_LEADER.sub(": ", report)
     report = _VALUE_ON_NEXT_LINE.sub(r"\1: ", report)  # "Margins:\n  negative" -> "Margins: negative"
-    out = []
-    for line in report.splitlines():
-        if len(line) > _LONG_LINE:
-            line = _INLINE_UPPER_HEADING.sub("\n", _INLINE_HEADING.sub("\n", line))
-            line = _INLINE_PART.sub("\n", line)
-        out.extend(line.splitlines())
-    return out
+    return split_run_together(report).splitlines()
 
 
 @lru_cache(maxsize=64)
