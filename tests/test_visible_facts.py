@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from histoldm.data.fact_descriptors import FACT_DESCRIPTORS
 from histoldm.data.synthetic import make_synthetic_dataset, render_tile, synthetic_case_facts
@@ -25,11 +26,18 @@ MARGINS = {"necrosis": 0.03, "grade": 60.0, "growth": 0.3}
 
 
 @pytest.mark.parametrize("fact", VISIBLE_FACTS)
-def test_each_visible_fact_changes_its_descriptor(fact):
+@pytest.mark.parametrize("size", [256, 64])  # as drawn (1 um/px) and at the demo's model scale (4 um/px)
+def test_each_visible_fact_changes_its_descriptor(fact, size):
     describe = FACT_DESCRIPTORS[fact]
     for seed in range(2):
-        absent, present = (describe(render_tile(0.9, 0.3, 0.1, (seed, 1, 0, 2), facts=f)) for f in SIDES[fact])
-        assert present - absent > MARGINS[fact], (fact, seed, absent, present)
+        tiles = [render_tile(0.9, 0.3, 0.1, (seed, 1, 0, 2), facts=f) for f in SIDES[fact]]
+        absent, present = (describe(_at(tile, size), 256 / size) for tile in tiles)
+        assert present - absent > MARGINS[fact], (fact, size, seed, absent, present)
+
+
+def _at(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The tile resized as export-patches resizes real images for a model of that size."""
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
 
 
 def test_without_facts_tiles_are_drawn_as_before():

@@ -2,7 +2,7 @@
 histoldm.data.descriptors: heuristics that rank tiles, not diagnoses.
 
 - necrosis_share: share of the tile in necrosis-like zones: homogeneous eosin (little texture), no intact
-  nucleus within 8 um, and nuclear debris (haematoxylin fragments under 10 um^2) within 15 um;
+  nucleus (10 um^2 or more) within 8 um, and the haematoxylin haze of nuclear debris around;
 - nuclear_size: mean area (um^2) of the five largest nuclei, the ones a pathologist grades on (large,
   pleomorphic nuclei score high);
 - single_file_share: share of tumour-sized nuclei (over 65 um^2, above lymphocytes and fibroblasts) in
@@ -24,6 +24,7 @@ from histoldm.data.descriptors import NUCLEAR_H, WHITE_OD, deconvolve, optical_d
 
 DEBRIS_UM2 = 10.0  # haematoxylin fragments below a lymphocyte's area: karyorrhectic debris
 TUMOUR_NUCLEUS_UM2 = 65.0  # above lymphocytes and fibroblasts
+DEBRIS_HAZE = 0.06  # mean haematoxylin over 15 um, intact nuclei left out, above stroma's (~0.03)
 SMOOTH_EOSIN_STD = 0.035  # local eosin spread below which the eosin is homogeneous (stroma fibres: ~0.06)
 LARGEST_NUCLEI = 5
 
@@ -38,17 +39,18 @@ def _nuclei(rgb: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
 
 
 def necrosis_share(rgb: np.ndarray, mpp: float = 1.0) -> float:
-    """Share of the tile in homogeneous eosinophilic zones without intact nuclei but with nuclear debris."""
+    """Share of the tile in homogeneous eosinophilic zones without intact nuclei but with a haematoxylin
+    haze of nuclear debris (the fragments themselves are below a pixel at 4 um/px, their haze is not)."""
     labels, _, areas, conc = _nuclei(rgb)
     white = optical_density(rgb).sum(axis=2) < WHITE_OD
     blob_um2 = np.concatenate([[0.0], areas * mpp * mpp])[labels]
     intact = ndimage.binary_dilation(blob_um2 >= DEBRIS_UM2, iterations=max(1, round(8 / mpp)))
-    debris = ndimage.binary_dilation((blob_um2 > 0) & (blob_um2 < DEBRIS_UM2), iterations=max(1, round(15 / mpp)))
-    eosin = ndimage.gaussian_filter(conc[..., 1], 1.0)
     window = max(3, round(15 / mpp))
+    eosin = ndimage.gaussian_filter(conc[..., 1], 1.0 / mpp)
     mean = ndimage.uniform_filter(eosin, window)
     spread = np.sqrt(np.clip(ndimage.uniform_filter(eosin * eosin, window) - mean * mean, 0, None))
-    zone = (spread < SMOOTH_EOSIN_STD) & (mean > 0.15) & ~white & ~intact & debris
+    haze = ndimage.uniform_filter(np.where(intact, 0.0, conc[..., 0]), window)
+    zone = (spread < SMOOTH_EOSIN_STD) & (mean > 0.15) & (haze > DEBRIS_HAZE) & ~white & ~intact
     return float(zone.mean())
 
 

@@ -133,7 +133,7 @@ def _nest_spot(
         island = np.zeros_like(hema)
         island = _ellipse(island, cy, cx, 3.4 * cell, 3.4 * cell * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 1.0)
         island &= ~occupied
-        eosin[island], hema[island] = 0.28, 0.08
+        eosin[island], hema[island] = 0.28, 0.045
         if k % 2 == 0:
             lumen = _ellipse(hema, cy, cx, *[rng.uniform(0.8, 1.2) * cell] * 2, 0.0, 0.0)
             eosin[lumen] = 0.0
