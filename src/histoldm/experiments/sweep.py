@@ -23,8 +23,16 @@ from pydantic import Field, model_validator
 
 from histoldm.config import StrictModel, key_error
 from histoldm.errors import UserError
-from histoldm.experiments.chain import ModelRecipe, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.chain import (
+    ModelRecipe,
+    model_mpp,
+    noise_floor,
+    prepare_latents,
+    summarize,
+    train_sample_evaluate,
+)
 from histoldm.experiments.demo_data import DemoDataConfig, build_demo_data
+from histoldm.experiments.sweep_facts import FACT_NOTE, fact_columns, fact_row
 from histoldm.fileio import atomic_write_text, read_jsonl
 
 COLUMNS = [
@@ -218,9 +226,9 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
     ]
 
 
-def _markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def _markdown(rows: list[dict[str, Any]], notes: list[str], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(["# Summary-length sweep", "", *lines, "", *[line for note in notes for line in (note, "")]])
 
 
@@ -293,6 +301,7 @@ def _write_html(
     floors: dict[int, dict[str, Any] | None],
     notes: list[str],
     figures: list[tuple[str, Path]],
+    columns: list[str],
 ) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
@@ -329,7 +338,7 @@ def _write_html(
         metrics=metrics,
         figures=figures,
         tables=[
-            ("Results", COLUMNS, [[("n/a" if r[c] is None else r[c]) for c in COLUMNS] for r in rows]),
+            ("Results", columns, [[("n/a" if r[c] is None else r[c]) for c in columns] for r in rows]),
             ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions),
         ],
         manifests=stage_manifests(out),
@@ -354,6 +363,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     summaries = {b: summarize(reports, out / f"budget-{b}" / "summaries.jsonl", b, cfg.summarize) for b in cfg.budgets}
     recipes = row_recipes(cfg, summaries)
     latents = prepare_latents(out, store, split, cfg.recipe)
+    facts = cfg.demo_data.visible_facts if cfg.store is None else []  # per-fact columns for a dataset drawn with them
+    columns = [*COLUMNS, *fact_columns(facts)]
+    mpp = model_mpp(store, cfg.recipe.image_size) if facts else 1.0
 
     # One row per budget: captions -> text cache -> train -> sample (two seeds) -> evaluate.
     rows, results, floors, protocol_line = [], {}, {}, ""
@@ -372,16 +384,18 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         floors[budget] = noise_floor(work, results[budget], recipes[budget]) if cfg.noise_floor else None
         del results[budget]["fake_features"]  # kept for the floor only: at 200k samples a row's features are 3.3 GB
         rows.append(_row(budget, summaries[budget], results[budget], floors[budget], time.time() - t0))
+        if facts:
+            rows[-1].update(fact_row(facts, results[budget], summaries[budget], mpp, recipes[budget].seed))
         protocol_line = results[budget]["metrics"]["fid"]["protocol_line"]
 
     # Table (CSV + Markdown), plots and the HTML report.
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    notes = _notes(rows, cfg, protocol_line)
-    atomic_write_text(out / "results.md", _markdown(rows, notes))
+    notes = _notes(rows, cfg, protocol_line) + ([FACT_NOTE] if facts else [])
+    atomic_write_text(out / "results.md", _markdown(rows, notes, columns))
     plot = _plot(rows, out / "results.png")
     tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
     report = _write_html(
@@ -392,6 +406,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         floors,
         notes,
         [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)],
+        columns,
     )
     write_manifest(
         out / "manifest.json",
