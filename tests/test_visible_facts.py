@@ -104,3 +104,20 @@ def test_a_caption_that_drops_a_fact_does_not_state_it():
     assert carried_share(["IDC, grade 1; no necrosis", "IDC"]) == {"necrosis": 0.5, "grade": 0.5, "growth": 1.0}
     one_group = adherence_by_fact([{"necrosis": 0.1, "grade": 1.0, "growth": 0.0}] * 2, ["IDC"] * 2, facts=["necrosis"])
     assert one_group["necrosis"]["status"].startswith("not measured")
+
+
+def test_fact_adherence_reads_a_sampler_folder_and_keeps_the_cases_drawn_with_facts(tmp_path):
+    from histoldm.evaluate.fact_adherence import run_fact_adherence
+    from histoldm.fileio import atomic_write_jsonl
+
+    rows = []
+    for k, case in enumerate(["SYN-0000", "SYN-0001", "SYN-0002", "SYN-0003", "block-1", "block-2"]):
+        facts = CaseFacts(necrosis=k % 2 == 0, grade=1, lobular=False)
+        Image.fromarray(render_tile(0.9, 0.3, 0.1, (k, 0, 0, 2), 128, facts)).save(tmp_path / f"{k}.png")
+        rows.append({"id": f"{case}-S1_0_0", "caption": _caption(facts), "file": f"{k}.png"})
+    atomic_write_jsonl(tmp_path / "index.jsonl", rows)
+    result = run_fact_adherence(tmp_path, facts=["necrosis", "grade"], n_permutations=50, id_pattern="^SYN-")
+    assert result["necrosis"]["generated"]["n_high"] + result["necrosis"]["generated"]["n_low"] == 4
+    assert result["necrosis"]["generated"]["auroc"] == 1.0
+    assert "not measured" in result["grade"]["generated"]["status"]  # every caption says grade 1
+    assert "real" not in result["necrosis"]  # no real folder given

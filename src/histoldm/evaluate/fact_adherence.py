@@ -63,14 +63,21 @@ def adherence_by_fact(
     return out
 
 
-def folder_fact_descriptors(folder: Path, mpp: float = 1.0) -> tuple[list[str], list[dict[str, float]]]:
-    """Captions and fact descriptors of the images of a sampler-layout folder (index.jsonl: caption, file)."""
+def folder_fact_descriptors(
+    folder: Path, mpp: float = 1.0, id_pattern: str | None = None
+) -> tuple[list[str], list[dict[str, float]]]:
+    """Captions and fact descriptors of the images of a sampler-layout folder (index.jsonl: id, caption,
+    file), those whose id matches `id_pattern` (a regex) when given."""
+    import re
+
     from PIL import Image
 
     from histoldm.data.fact_descriptors import describe_facts
 
     captions, descriptors = [], []
     for row in read_sample_index(folder):
+        if id_pattern and not re.search(id_pattern, str(row.get("id", ""))):
+            continue
         with Image.open(Path(folder) / row["file"]) as im:
             descriptors.append(describe_facts(np.asarray(im.convert("RGB")), mpp))
         captions.append(row.get("caption", ""))
@@ -85,12 +92,14 @@ def run_fact_adherence(
     mpp: float = 1.0,
     n_permutations: int = 1000,
     seed: int = 0,
+    id_pattern: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """fact -> {"generated": adherence on the samples, "real": on the real held-out images (the ceiling)}."""
+    """fact -> {"generated": adherence on the samples, "real": on the real held-out images (the ceiling)},
+    over the images whose id matches `id_pattern` when given (the cases drawn with the facts)."""
     folders = {"generated": fake_dir, **({"real": real_dir} if real_dir is not None else {})}
     by_folder = {}
     for name, folder in folders.items():
-        captions, descriptors = folder_fact_descriptors(folder, mpp)
+        captions, descriptors = folder_fact_descriptors(folder, mpp, id_pattern)
         by_folder[name] = adherence_by_fact(
             descriptors, captions, facts=facts, n_permutations=n_permutations, seed=seed
         )
@@ -101,17 +110,3 @@ def carried_share(summaries: Sequence[str], facts: Sequence[str] = VISIBLE_FACTS
     """fact -> share of the summaries that state it at all (either side): what a budget keeps."""
     stated = [stated_facts(s) for s in summaries]
     return {fact: sum(s[fact] is not None for s in stated) / max(len(stated), 1) for fact in facts}
-
-
-def fact_adherence_line(fact: str, result: dict[str, Any]) -> str:
-    """One line per fact: the generated images' AUROC beside the real images' (the ceiling)."""
-
-    def part(r: dict[str, Any] | None) -> str:
-        if r is None:
-            return "n/a"
-        if "auroc" not in r:
-            return str(r["status"])
-        return f"AUROC {r['auroc']:.3f} (p={r['p_value']:.3g}, {r['n_high']} stating vs {r['n_low']} not)"
-
-    generated, real = part(result.get("generated")), part(result.get("real"))
-    return f"adherence {fact} ({DESCRIPTOR_OF[fact]}): generated {generated}; real held-out {real}"

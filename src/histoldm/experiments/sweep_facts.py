@@ -1,6 +1,7 @@
 """The sweep's per-fact columns, for a demo dataset drawn with visible facts (demo_data.visible_facts):
 per budget, the share of its summaries that carry each fact, and the fact's adherence on the generated
-held-out images beside the same measure on the real held-out images (the ceiling)."""
+held-out images beside the same measure on the real held-out images (the ceiling). Adherence counts the
+synthetic cases only: the slide's blocks are real tissue whose synthetic reports say nothing true of it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.evaluate.fact_adherence import carried_share, run_fact_adherence
+from histoldm.experiments.demo_data import SYNTHETIC_GROUP
 from histoldm.fileio import read_jsonl
 
 FACT_NOTE = (
     "<fact>_in_summaries: share of the budget's summaries that state the fact (either side); "
     "adherence_<fact>_auroc / _p: AUROC of the fact's descriptor between generated held-out images whose caption "
-    "states the fact (necrosis present, grade 3, lobular) and the rest, with its one-sided permutation p-value; "
+    "states the fact (necrosis present, grade 3, lobular) and the rest, synthetic cases only (the slide's blocks "
+    "are drawn without facts), with its one-sided permutation p-value; "
     "adherence_<fact>_real_auroc: the same on the real held-out images, the ceiling for these captions "
     "(histoldm.evaluate.fact_adherence)."
 )
@@ -32,7 +35,9 @@ def fact_row(
     """One budget's per-fact columns, from its summaries and its generated and real held-out folders."""
     texts = [r["summary"] for r in read_jsonl(summaries) if r.get("status") != "failed" and r.get("summary")]
     carried = carried_share(texts, facts)
-    adherence = run_fact_adherence(result["samples"], result["real"], facts=facts, mpp=mpp, seed=seed)
+    adherence = run_fact_adherence(
+        result["samples"], result["real"], facts=facts, mpp=mpp, seed=seed, id_pattern=SYNTHETIC_GROUP
+    )
     row: dict[str, float | None] = {}
     for fact in facts:
         generated, real = adherence[fact]["generated"], adherence[fact]["real"]
