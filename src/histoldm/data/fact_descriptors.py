@@ -5,7 +5,7 @@ histoldm.data.descriptors: heuristics that rank tiles, not diagnoses.
   nucleus (10 um^2 or more) within 8 um, and the haematoxylin haze of nuclear debris around;
 - nuclear_size: mean area (um^2) of the five largest nuclei, the ones a pathologist grades on (large,
   pleomorphic nuclei score high);
-- single_file_share: share of tumour-sized nuclei (over 65 um^2, above lymphocytes and fibroblasts) in
+- single_file_share: share of tumour-sized nuclei (over 60 um^2, above lymphocytes and fibroblasts) in
   single files: a nucleus whose two nearest such nuclei are close, on opposite sides (over 135 degrees
   apart) and clearly nearer than the third is a file's link, and it and both neighbours are in the file;
   cohesive nests score low, lobular cords high.
@@ -23,7 +23,7 @@ from scipy import ndimage
 from histoldm.data.descriptors import NUCLEAR_H, WHITE_OD, deconvolve, optical_density
 
 DEBRIS_UM2 = 10.0  # haematoxylin fragments below a lymphocyte's area: karyorrhectic debris
-TUMOUR_NUCLEUS_UM2 = 65.0  # above lymphocytes and fibroblasts
+TUMOUR_NUCLEUS_UM2 = 60.0  # above lymphocytes and most fibroblasts; four 4-um pixels (the demo scale) count
 DEBRIS_HAZE = 0.06  # mean haematoxylin over 15 um, intact nuclei left out, above stroma's (~0.03)
 SMOOTH_EOSIN_STD = 0.035  # local eosin spread below which the eosin is homogeneous (stroma fibres: ~0.06)
 LARGEST_NUCLEI = 5

@@ -150,29 +150,31 @@ def _nest_spot(
 
 
 def _file_spot(rng: np.random.Generator, occupied: np.ndarray, cell: float) -> Spot:
-    """Lobular growth: tumour cells (radius with cytoplasm up to `cell`) in single files, one after another
-    along gently wavy parallel cords about four cells apart, filled from the central cord outwards (few
-    cells: one file across the middle)."""
+    """Lobular growth: tumour cells (radius with cytoplasm about `cell`) in single files, each cell just
+    past the last along gently wavy parallel cords about four cells apart, filled from the central cord
+    outwards (few cells: one file across the middle); a cell that does not fit moves on along its cord."""
     size = occupied.shape[0]
     heading = rng.uniform(0, np.pi)
     along, across = np.array([np.sin(heading), np.cos(heading)]), np.array([np.cos(heading), -np.sin(heading)])
-    step = 2 * cell + 3.0  # the largest cells still fit one after another
-    gap = 2.0 * step
-    reach = np.arange(-0.75 * size, 0.75 * size, step)
+    gap = 2.0 * (2 * cell + 3.0)
     offsets = np.arange(-0.75 * size, 0.75 * size, gap) + rng.uniform(0, gap)
-    queue: list[np.ndarray] = []
-    for offset in offsets[np.argsort(np.abs(offsets))]:  # the long central cords first
-        wave = np.clip(np.cumsum(rng.normal(0, 0.8, reach.size)), -gap / 4, gap / 4)
-        cord = size / 2 + np.outer(reach, along) + np.outer(offset + wave, across)
-        queue.extend(cord[((cord >= 0) & (cord < size)).all(axis=1)])
+    lanes = [size / 2 + offset * across - 0.75 * size * along for offset in offsets[np.argsort(-np.abs(offsets))]]
+    cord = {"start": lanes.pop(), "t": 0.0, "last": 0.0, "phase": rng.uniform(0, 2 * np.pi)}
 
     def spot(radius: float) -> tuple[float, float] | None:
-        while queue:
-            cy, cx = queue.pop(0)
-            centre = _place(rng, occupied, radius, tries=2, near=(cy, cx, 0.5))
-            if centre is not None:
-                return centre
-        return None
+        t = cord["t"] + cord["last"] + radius + 3.0
+        while True:
+            if t > 1.5 * size:  # past the far edge: the next cord
+                if not lanes:
+                    return None
+                cord.update(start=lanes.pop(), t=0.0, last=0.0, phase=rng.uniform(0, 2 * np.pi))
+                t = radius
+            cy, cx = cord["start"] + t * along + gap / 8 * np.sin(t / 40 + cord["phase"]) * across
+            fits = 0 <= cy < size and 0 <= cx < size and _place(rng, occupied, radius, tries=1, near=(cy, cx, 0.0))
+            if fits:
+                cord.update(t=t, last=radius)
+                return cy, cx
+            t += 2.0
 
     return spot
 
@@ -188,10 +190,9 @@ def _tumour_spot(
     """Where tumour cells go: anywhere (None) without a drawn growth pattern, else in files or in nests."""
     if facts is None or facts.lobular is None:
         return None
-    radius, aspect, *_, halo = _TUMOUR_NUCLEI[facts.grade]
-    if facts.lobular:
-        return _file_spot(rng, occupied, radius[1] * aspect[1] + halo)
-    return _nest_spot(rng, hema, eosin, occupied, count, sum(radius) / 2 + halo)
+    radius, *_, halo = _TUMOUR_NUCLEI[facts.grade]
+    cell = sum(radius) / 2 + halo
+    return _file_spot(rng, occupied, cell) if facts.lobular else _nest_spot(rng, hema, eosin, occupied, count, cell)
 
 
 def render_tile(
