@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from histoldm.cli import main
@@ -145,9 +146,24 @@ def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
 @pytest.fixture(scope="module")
 def sweep_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    args = [a.replace("data.", "demo_data.") for a in TINY]
+    args = [a.replace("data.", "demo_data.") for a in TINY] + [
+        "--set",
+        "demo_data.visible_facts=[necrosis,grade,growth]",
+    ]
     assert main(["sweep", "--out", str(out), "--budgets", "20", "154", *args]) == 0
     return out
+
+
+def test_sweep_table_has_per_fact_adherence_columns(sweep_out):
+    """Drawn with visible facts, each row says how many summaries carry each fact and its adherence."""
+    rows = list(csv.DictReader((sweep_out / "results.csv").open()))
+    facts = pq.read_table(sweep_out / "data" / "store-synthetic" / "attributes.parquet").column_names
+    for fact in ("necrosis", "grade", "growth"):
+        assert fact in facts
+        assert all(0 <= float(r[f"{fact}_in_summaries"]) <= 1 for r in rows)
+        assert {f"adherence_{fact}_auroc", f"adherence_{fact}_p", f"adherence_{fact}_real_auroc"} <= set(rows[0])
+    assert "adherence_grade_real_auroc" in (sweep_out / "results.md").read_text()
+    assert "adherence_grade_real_auroc" in (sweep_out / "report.html").read_text()
 
 
 def test_sweep_writes_table_and_plot(sweep_out):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -170,3 +171,7 @@ class ExportPatchesConfig(StrictModel):
     )
     n: int | None = Field(None, ge=1, description="a seeded choice of this many patches (default: all of the split)")
     seed: int = Field(0, description="seed of that choice")
+
+
+# Report facts the synthetic generator can draw into a case's tiles (data/synthetic_facts.py).
+VisibleFact = Literal["necrosis", "grade", "growth"]

@@ -6,12 +6,15 @@ same Beer-Lambert stain model the descriptors invert, so the attributes are meas
 - til: small, dark, round lymphocytes;
 - fat: white round vacuoles with thin pink rims;
 - stroma: fibrous eosin background everywhere else.
+Cases may also carry visible facts (histoldm.data.synthetic_facts: necrosis, grade, growth pattern),
+drawn per case and stated in the case's synthetic report; without them no extra random draw is made.
 Each tile depends only on (seed, case index, tile index), so datasets grow without changing.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from histoldm.data.descriptors import compose
 from histoldm.data.store import image_relpath, patch_table, png_bytes
+from histoldm.data.synthetic_facts import CaseFacts, VisibleFact, draw_case_facts
 from histoldm.manifest import write_manifest
 from histoldm.tables import write_parquet
 
@@ -91,8 +95,116 @@ def _place(
     return None
 
 
-def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...], size: int = 256) -> np.ndarray:
-    """One (size, size, 3) uint8 tile. tumor, til in [0, 1] (>= 0.5 reads as "high"); fat = target white share."""
+# Tumour nuclei by grade: radius range (um), aspect range, haematoxylin range, outline jitter, cytoplasm halo.
+# None: the nuclei of a case without a drawn grade; 1: small, round, uniform; 3: large, pleomorphic, dark.
+_TUMOUR_NUCLEI = {
+    None: ((7.0, 9.5), (1.0, 1.3), (0.7, 1.0), 0.12, 1.5),
+    1: ((5.0, 6.0), (1.0, 1.12), (0.65, 0.85), 0.03, 2.0),
+    3: ((8.5, 13.0), (1.0, 1.5), (0.8, 1.3), 0.2, 1.5),
+}
+Spot = Callable[[float], "tuple[float, float] | None"]
+
+
+def _paint_necrosis(rng: np.random.Generator, hema: np.ndarray, eosin: np.ndarray, occupied: np.ndarray) -> None:
+    """A ragged zone of homogeneous pale eosin with a faint haematoxylin haze and scattered nuclear debris
+    (karyorrhexis); marked occupied, so no intact nucleus is drawn in it."""
+    size = hema.shape[0]
+    zone = np.zeros_like(hema)
+    cy, cx = rng.uniform(0.25 * size, 0.75 * size, 2)
+    r = size * rng.uniform(0.22, 0.32)
+    mask = _ellipse(zone, cy, cx, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 1.0, 0.15, rng) & ~occupied
+    haze = ndimage.gaussian_filter(rng.normal(0, 1, hema.shape), 4.0)
+    eosin[mask] = (0.4 + 0.3 * haze[mask]).astype(np.float32)
+    hema[mask] = 0.08
+    ys, xs = np.nonzero(mask)
+    for k in rng.integers(0, ys.size, ys.size // 90):
+        _ellipse(hema, ys[k], xs[k], *[rng.uniform(0.7, 1.6)] * 2, 0.0, rng.uniform(0.9, 1.5))
+    occupied |= mask
+
+
+def _nest_spot(
+    rng: np.random.Generator, hema: np.ndarray, eosin: np.ndarray, occupied: np.ndarray, count: int, cell: float
+) -> Spot:
+    """Ductal growth: tumour cells (radius `cell` with cytoplasm) packed into cohesive nests of about ten,
+    islands of pale cytoplasm set in the stroma, every other nest around a small white lumen (a gland)."""
+    size = hema.shape[0]
+    centres = rng.uniform(0.1 * size, 0.9 * size, (max(1, -(-count // 10)), 2))
+    for k, (cy, cx) in enumerate(centres):
+        island = np.zeros_like(hema)
+        island = _ellipse(island, cy, cx, 3.4 * cell, 3.4 * cell * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 1.0)
+        island &= ~occupied
+        eosin[island], hema[island] = 0.28, 0.045
+        if k % 2 == 0:
+            lumen = _ellipse(hema, cy, cx, *[rng.uniform(0.8, 1.2) * cell] * 2, 0.0, 0.0)
+            eosin[lumen] = 0.0
+            occupied |= lumen
+
+    def spot(radius: float) -> tuple[float, float] | None:
+        for k in rng.permutation(len(centres)):
+            centre = _place(rng, occupied, radius, tries=30, near=(*centres[k], 1.6 * cell))
+            if centre is not None:
+                return centre
+        return None
+
+    return spot
+
+
+def _file_spot(rng: np.random.Generator, occupied: np.ndarray, cell: float) -> Spot:
+    """Lobular growth: tumour cells (radius with cytoplasm about `cell`) in single files, each cell just
+    past the last along gently wavy parallel cords about four cells apart, filled from the central cord
+    outwards (few cells: one file across the middle); a cell that does not fit moves on along its cord."""
+    size = occupied.shape[0]
+    heading = rng.uniform(0, np.pi)
+    along, across = np.array([np.sin(heading), np.cos(heading)]), np.array([np.cos(heading), -np.sin(heading)])
+    gap = 2.0 * (2 * cell + 3.0)
+    offsets = np.arange(-0.75 * size, 0.75 * size, gap) + rng.uniform(0, gap)
+    lanes = [size / 2 + offset * across - 0.75 * size * along for offset in offsets[np.argsort(-np.abs(offsets))]]
+    cord = {"start": lanes.pop(), "t": 0.0, "last": 0.0, "phase": rng.uniform(0, 2 * np.pi)}
+
+    def spot(radius: float) -> tuple[float, float] | None:
+        t = cord["t"] + cord["last"] + radius + 3.0
+        while True:
+            if t > 1.5 * size:  # past the far edge: the next cord
+                if not lanes:
+                    return None
+                cord.update(start=lanes.pop(), t=0.0, last=0.0, phase=rng.uniform(0, 2 * np.pi))
+                t = radius
+            cy, cx = cord["start"] + t * along + gap / 8 * np.sin(t / 40 + cord["phase"]) * across
+            fits = 0 <= cy < size and 0 <= cx < size and _place(rng, occupied, radius, tries=1, near=(cy, cx, 0.0))
+            if fits:
+                cord.update(t=t, last=radius)
+                return cy, cx
+            t += 2.0
+
+    return spot
+
+
+def _tumour_spot(
+    rng: np.random.Generator,
+    hema: np.ndarray,
+    eosin: np.ndarray,
+    occupied: np.ndarray,
+    facts: CaseFacts | None,
+    count: int,
+) -> Spot | None:
+    """Where tumour cells go: anywhere (None) without a drawn growth pattern, else in files or in nests."""
+    if facts is None or facts.lobular is None:
+        return None
+    radius, *_, halo = _TUMOUR_NUCLEI[facts.grade]
+    cell = sum(radius) / 2 + halo
+    return _file_spot(rng, occupied, cell) if facts.lobular else _nest_spot(rng, hema, eosin, occupied, count, cell)
+
+
+def render_tile(
+    tumor: float,
+    til: float,
+    fat: float,
+    seed: int | tuple[int, ...],
+    size: int = 256,
+    facts: CaseFacts | None = None,
+) -> np.ndarray:
+    """One (size, size, 3) uint8 tile. tumor, til in [0, 1] (>= 0.5 reads as "high"); fat = target white share;
+    facts: the case's visible facts (None: drawn without them)."""
     rng = np.random.default_rng(seed)
     area = (size / 256) ** 2  # counts scale with the field of view; sizes stay physical (1 um/px)
     hema = np.full((size, size), 0.03, np.float32)
@@ -112,6 +224,8 @@ def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...
         inside = _ellipse(eosin, centre[0], centre[1], r, r, 0.0, 0.0)
         hema[inside] = 0.0
         occupied |= inside
+    if facts is not None and facts.necrosis:
+        _paint_necrosis(rng, hema, eosin, occupied)
 
     def nuclei(
         count: int,
@@ -120,11 +234,12 @@ def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...
         h: tuple[float, float],
         jitter: float,
         halo: float,
+        spot: Spot | None = None,
     ) -> None:
         for _ in range(count):
             ry = rng.uniform(*radius)
             rx = ry * rng.uniform(*aspect)
-            centre = _place(rng, occupied, max(ry, rx) + halo)
+            centre = spot(max(ry, rx) + halo) if spot else _place(rng, occupied, max(ry, rx) + halo)
             if centre is None:
                 return
             ang = rng.uniform(0, np.pi)
@@ -137,7 +252,9 @@ def render_tile(tumor: float, til: float, fat: float, seed: int | tuple[int, ...
             _dilate_into(occupied, mask)
 
     free = 1.0 - fat
-    nuclei(int((2 + 100 * tumor**2) * free * area), (7.0, 9.5), (1.0, 1.3), (0.7, 1.0), 0.12, 1.5)
+    tumour_cells = int((2 + 100 * tumor**2) * free * area)
+    spot = _tumour_spot(rng, hema, eosin, occupied, facts, tumour_cells)
+    nuclei(tumour_cells, *_TUMOUR_NUCLEI[None if facts is None else facts.grade], spot=spot)
     nuclei(int(12 * free * area), (1.6, 2.2), (3.0, 4.0), (0.7, 1.0), 0.0, 0.0)  # fibroblasts
     nuclei(int((2 + 100 * til**2) * free * area), (2.4, 3.0), (0.9, 1.1), (1.3, 1.6), 0.0, 0.0)
 
@@ -152,17 +269,41 @@ def level_name(value: float) -> str:
     return "high" if value >= 0.5 else "low"
 
 
-def _write_tile(job: tuple[int, int, int, int, str]) -> tuple[dict, dict, dict]:
+def case_id_of(c: int) -> str:
+    return f"SYN-{c:04d}"
+
+
+def synthetic_case_facts(seed: int, n_cases: int, facts: Sequence[VisibleFact]) -> dict[str, CaseFacts]:
+    """Case id -> its visible facts, as the tiles of make_synthetic_dataset(seed=seed) draw them (the
+    reports of those cases state the same facts); empty when no fact is switched on."""
+    drawn = {case_id_of(c): draw_case_facts(seed, c, facts) for c in range(n_cases)}
+    return {case: f for case, f in drawn.items() if f is not None}
+
+
+def _fact_columns(facts: CaseFacts | None) -> dict[str, Any]:
+    """The truth table's columns of the drawn facts (none without facts)."""
+    if facts is None:
+        return {}
+    columns = {
+        "necrosis": None if facts.necrosis is None else ("present" if facts.necrosis else "absent"),
+        "grade": facts.grade,
+        "growth": None if facts.lobular is None else ("lobular" if facts.lobular else "ductal"),
+    }
+    return {k: v for k, v in columns.items() if v is not None}
+
+
+def _write_tile(job: tuple[int, int, int, int, str, tuple[VisibleFact, ...]]) -> tuple[dict, dict, dict]:
     """Render, encode and write one tile; its patch, score and truth rows. Depends only on the job."""
-    seed, c, t, size, out = job
-    case_id = f"SYN-{c:04d}"
+    seed, c, t, size, out, visible = job
+    case_id = case_id_of(c)
+    facts = draw_case_facts(seed, c, visible)
     slide_id = f"{case_id}-S1"
     rng = np.random.default_rng((seed, c, t, 1))
     tumor_high, til_high = rng.random() < 0.5, rng.random() < 0.5
     tumor = rng.uniform(0.65, 1.0) if tumor_high else rng.uniform(0.0, 0.35)
     til = rng.uniform(0.65, 1.0) if til_high else rng.uniform(0.0, 0.35)
     fat = rng.uniform(0.0, 0.4)
-    rgb = render_tile(tumor, til, fat, (seed, c, t, 2), size)
+    rgb = render_tile(tumor, til, fat, (seed, c, t, 2), size, facts)
     x, y = t * size, 0
     patch_id = f"{slide_id}_{x}_{y}"
     rel = image_relpath(slide_id, patch_id)
@@ -189,12 +330,19 @@ def _write_tile(job: tuple[int, int, int, int, str]) -> tuple[dict, dict, dict]:
             "tumor_intensity": round(tumor, 4),
             "til_intensity": round(til, 4),
             "fat_target": round(fat, 4),
+            **_fact_columns(facts),
         },
     )
 
 
 def make_synthetic_dataset(
-    out_store: Path, n_cases: int, tiles_per_case: int, seed: int = 0, size: int = 256, workers: int = 1
+    out_store: Path,
+    n_cases: int,
+    tiles_per_case: int,
+    seed: int = 0,
+    size: int = 256,
+    workers: int = 1,
+    visible_facts: Sequence[VisibleFact] = (),
 ) -> dict[str, Any]:
     """Write a patch store of synthetic tiles plus scores.parquet and attributes.parquet (the truth).
 
@@ -202,14 +350,16 @@ def make_synthetic_dataset(
     (high: 0.65-1.0, low: 0.0-0.35, used as prob_tumor / prob_til) and a fat share (0-0.4).
     Case ids are SYN-0000, SYN-0001, ...; one slide per case. `workers` > 1 renders tiles in that many
     processes (the same files: each tile depends only on its job); the demo passes its free cores.
+    `visible_facts` draws those facts per case into its tiles and adds them as columns of attributes.parquet.
     """
     import pyarrow as pa
 
     started = time.time()
     out = Path(out_store)
     for c in range(n_cases):
-        (out / "patches" / f"SYN-{c:04d}-S1").mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, c, t, size, str(out)) for c in range(n_cases) for t in range(tiles_per_case)]
+        (out / "patches" / f"{case_id_of(c)}-S1").mkdir(parents=True, exist_ok=True)
+    visible = tuple(visible_facts)
+    jobs = [(seed, c, t, size, str(out), visible) for c in range(n_cases) for t in range(tiles_per_case)]
     progress = dict(total=len(jobs), desc="synthetic", unit="tile")
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -235,7 +385,13 @@ def make_synthetic_dataset(
     write_manifest(
         out / "manifest.json",
         stage="synthetic",
-        config={"n_cases": n_cases, "tiles_per_case": tiles_per_case, "seed": seed, "size": size},
+        config={
+            "n_cases": n_cases,
+            "tiles_per_case": tiles_per_case,
+            "seed": seed,
+            "size": size,
+            **({"visible_facts": list(visible)} if visible else {}),
+        },
         inputs={},
         produced=produced,
         started=started,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from histoldm.config import StrictModel, deep_merge, key_error, nested_error, read_yaml
 from histoldm.config_files import shipped_config
+from histoldm.data.config import VisibleFact
 from histoldm.evaluate.config import EvaluateConfig
 from histoldm.sampling.config import SampleConfig
 from histoldm.summaries.config import SummarizeConfig
@@ -149,6 +150,10 @@ class DemoDataConfig(StrictModel):
         2, ge=1, description="the slide's top block rows held out (patches overlapping them are dropped from training)"
     )
     seed: int = 0
+    visible_facts: list[VisibleFact] = Field(
+        default_factory=list,
+        description="facts drawn per synthetic case into its tiles and stated by its report: necrosis, grade, growth",
+    )
 
 
 class DemoConfig(StrictModel):

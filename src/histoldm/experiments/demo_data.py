@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from histoldm.data.synthetic_facts import CaseFacts
 from histoldm.experiments.config import DemoDataConfig
 from histoldm.fileio import atomic_write_jsonl
 
@@ -20,8 +21,9 @@ SLIDE_GROUP = "^cmu_small_region-block-"  # case ids of the slide's blocks (rege
 SYNTHETIC_GROUP = "^SYN-"
 
 
-def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
-    """One synthetic TCGA-style report per case of the store, re-keyed to the store's case ids.
+def demo_reports(store: Path, seed: int, facts: dict[str, CaseFacts] | None = None) -> list[dict[str, str]]:
+    """One synthetic TCGA-style report per case of the store, re-keyed to the store's case ids; a case in
+    `facts` gets a report stating those visible facts (the ones its tiles were drawn with).
 
     The texts say on their first line that they are synthetic; they exist so every case has a report."""
     from histoldm.summaries.synthetic import make_synthetic_reports
@@ -29,7 +31,7 @@ def demo_reports(store: Path, seed: int) -> list[dict[str, str]]:
     cases = sorted(
         set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist())
     )
-    reports = make_synthetic_reports(len(cases), seed)
+    reports = make_synthetic_reports(len(cases), seed, [(facts or {}).get(case) for case in cases])
     return [{"case_id": case, "text": r["text"]} for case, r in zip(cases, reports)]
 
 
@@ -41,7 +43,7 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
     from histoldm.data.config import ScoresConfig, TileConfig
     from histoldm.data.scores import run_scores
     from histoldm.data.store import merge_stores
-    from histoldm.data.synthetic import make_synthetic_dataset
+    from histoldm.data.synthetic import make_synthetic_dataset, synthetic_case_facts
     from histoldm.data.tiling import run_tile
 
     work = Path(work)
@@ -69,11 +71,13 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
                 seed=cfg.seed,
                 size=cfg.patch_size,
                 workers=workers,
+                visible_facts=cfg.visible_facts,
             )
         merge_stores([blocks_store, synthetic_store], store)
     reports = work / "reports.jsonl"
     if not reports.is_file():
-        atomic_write_jsonl(reports, demo_reports(store, cfg.seed))
+        facts = synthetic_case_facts(cfg.seed, cfg.synthetic_cases, cfg.visible_facts)
+        atomic_write_jsonl(reports, demo_reports(store, cfg.seed, facts))
     split = work / "split.json"
     if not split.is_file():
         write_demo_split(split, store, json.loads((blocks_store / "blocks.json").read_text(encoding="utf-8")), cfg)

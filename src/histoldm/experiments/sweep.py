@@ -23,9 +23,17 @@ from typing import Any
 
 from histoldm.errors import UserError
 from histoldm.evaluate.results import Metrics
-from histoldm.experiments.chain import ChainResult, noise_floor, prepare_latents, summarize, train_sample_evaluate
+from histoldm.experiments.chain import (
+    ChainResult,
+    model_mpp,
+    noise_floor,
+    prepare_latents,
+    summarize,
+    train_sample_evaluate,
+)
 from histoldm.experiments.config import ModelRecipe, SweepConfig
 from histoldm.experiments.demo_data import build_demo_data
+from histoldm.experiments.sweep_facts import FACT_NOTE, fact_columns, fact_row
 from histoldm.fileio import atomic_write_text, read_jsonl
 
 COLUMNS = [
@@ -183,9 +191,9 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
     ]
 
 
-def _markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def _markdown(rows: list[dict[str, Any]], notes: list[str], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(["# Summary-length sweep", "", *lines, "", *[line for note in notes for line in (note, "")]])
 
 
@@ -258,6 +266,7 @@ def _write_html(
     floors: dict[int, Metrics | None],
     notes: list[str],
     figures: list[tuple[str, Path]],
+    columns: list[str],
 ) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
@@ -289,21 +298,21 @@ def _write_html(
         metrics=metrics,
         figures=figures,
         tables=[
-            ("Results", COLUMNS, [[("n/a" if r[c] is None else r[c]) for c in COLUMNS] for r in rows]),
+            ("Results", columns, [[("n/a" if r[c] is None else r[c]) for c in columns] for r in rows]),
             ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions),
         ],
         manifests=stage_manifests(out),
     )
 
 
-def _write_table(out: Path, rows: list[dict[str, Any]], notes: list[str]) -> None:
+def _write_table(out: Path, rows: list[dict[str, Any]], notes: list[str], columns: list[str]) -> None:
     """results.csv and results.md (the table with the notes on how each column was measured)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, notes))
+    atomic_write_text(out / "results.md", _markdown(rows, notes, columns))
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
@@ -324,6 +333,9 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     summaries = {b: summarize(reports, out / f"budget-{b}" / "summaries.jsonl", b, cfg.summarize) for b in cfg.budgets}
     recipes = row_recipes(cfg, summaries)
     latents = prepare_latents(out, store, split, cfg.recipe).latents
+    facts = cfg.demo_data.visible_facts if cfg.store is None else []  # per-fact columns for a dataset drawn with them
+    columns = [*COLUMNS, *fact_columns(facts)]
+    mpp = model_mpp(store, cfg.recipe.image_size) if facts else 1.0
 
     # One row per budget: captions -> text cache -> train -> sample (two seeds) -> evaluate.
     rows, results, floors = [], {}, {}
@@ -342,14 +354,16 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         # the features are kept for the floor only: at 200k samples a row's are 3.3 GB
         results[budget] = dataclasses.replace(result, fake_features=None)
         rows.append(_row(budget, summaries[budget], result, floors[budget], time.time() - t0))
+        if facts:
+            rows[-1].update(fact_row(facts, result, summaries[budget], mpp, recipe.seed))
 
     # Table (CSV + Markdown), plots and the HTML report.
-    notes = _notes(rows, cfg, results[cfg.budgets[-1]].metrics.fid.protocol_line)
-    _write_table(out, rows, notes)
+    notes = _notes(rows, cfg, results[cfg.budgets[-1]].metrics.fid.protocol_line) + ([FACT_NOTE] if facts else [])
+    _write_table(out, rows, notes, columns)
     plot = _plot(rows, out / "results.png")
     tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
     figures = [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)]
-    report = _write_html(out, cfg, rows, results, floors, notes, figures)
+    report = _write_html(out, cfg, rows, results, floors, notes, figures, columns)
     produced = {"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name}
     write_manifest(
         out / "manifest.json",

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from histoldm.data.synthetic_facts import CaseFacts
 
 _TYPES = [
     ("invasive ductal carcinoma", "Invasive ductal carcinoma", "nests, cords and glands"),
@@ -215,19 +218,26 @@ def _stage(size: float, nodes_positive: int) -> str:
     return f"{t} {n}"
 
 
-def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
+def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | None = None) -> SyntheticCase:
+    """One report; `facts` (the visible facts its tiles were drawn with) replace the drawn type, grade and
+    necrosis, so the report states them: lobular or ductal, grade 1 (pleomorphism 1) or 3, necrosis
+    present or absent."""
+    facts = facts or CaseFacts()
     raw_type, histologic_type, growth = rng.choices(_TYPES, weights=_TYPE_WEIGHTS)[0]
+    if facts.lobular is not None:
+        raw_type, histologic_type, growth = rng.choice(_TYPES[2:4] if facts.lobular else _TYPES[0:2])
     lobular = "lobular" in histologic_type
-    grade = rng.choices([1, 2, 3], weights=[2, 5, 4])[0]
-    tubules, pleo, mitoses = rng.choice(
-        {
-            1: [(1, 1, 1), (2, 1, 1), (1, 2, 1)],
-            2: [(3, 2, 1), (2, 2, 2), (3, 3, 1)],
-            3: [(3, 3, 3), (3, 3, 2), (2, 3, 3)],
-        }[grade]
-    )
+    grade = rng.choices([1, 2, 3], weights=[2, 5, 4])[0] if facts.grade is None else facts.grade
+    scores = {
+        1: [(1, 1, 1), (2, 1, 1), (1, 2, 1)],
+        2: [(3, 2, 1), (2, 2, 2), (3, 3, 1)],
+        3: [(3, 3, 3), (3, 3, 2), (2, 3, 3)],
+    }[grade]
+    tubules, pleo, mitoses = rng.choice(scores if facts.grade is None else [s for s in scores if s[1] == grade])
     til_level = rng.choices(["low", "moderate", "high"], weights=[5, 3, 2] if grade < 3 else [2, 3, 4])[0]
     necrosis = rng.choices(["present", "absent", "possible"], weights=[3 if grade == 3 else 1, 6, 1])[0]
+    if facts.necrosis is not None:
+        necrosis = "present" if facts.necrosis else "absent"
     size = round(rng.uniform(0.6, 6.5), 1)
     lvi = rng.choices(["present", "absent", "possible"], weights=[4, 5, 1])[0]
     dcis = "absent" if lobular else rng.choices(["present", "absent", "possible"], weights=[13, 6, 1])[0]
@@ -492,14 +502,17 @@ def make_synthetic_case(case_id: str, rng: random.Random) -> SyntheticCase:
     )
 
 
-def make_synthetic_cases(n: int, seed: int = 0) -> list[SyntheticCase]:
-    """n synthetic cases with unique ids; the same seed always gives the same cases."""
+def make_synthetic_cases(n: int, seed: int = 0, facts: Sequence[CaseFacts | None] = ()) -> list[SyntheticCase]:
+    """n synthetic cases with unique ids; the same seed always gives the same cases. facts[i], where given,
+    are the visible facts the i-th case states."""
     if n < 0 or n > 36**4:
         raise ValueError(f"n must be between 0 and {36**4}")
     rng = random.Random(seed)
-    return [make_synthetic_case(cid, rng) for cid in _case_ids(n, rng)]
+    return [
+        make_synthetic_case(cid, rng, facts[i] if i < len(facts) else None) for i, cid in enumerate(_case_ids(n, rng))
+    ]
 
 
-def make_synthetic_reports(n: int, seed: int = 0) -> list[dict[str, str]]:
+def make_synthetic_reports(n: int, seed: int = 0, facts: Sequence[CaseFacts | None] = ()) -> list[dict[str, str]]:
     """n synthetic reports as `{case_id, text}` dicts, the shape of the JSONL input."""
-    return [{"case_id": c.case_id, "text": c.text} for c in make_synthetic_cases(n, seed)]
+    return [{"case_id": c.case_id, "text": c.text} for c in make_synthetic_cases(n, seed, facts)]
