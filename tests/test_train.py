@@ -157,9 +157,9 @@ def _spy(monkeypatch, module, name: str) -> list:
 def test_channels_last_is_the_cpu_default_and_trains_the_same_model(tmp_path, caches, monkeypatch):
     """NHWC on CPU (faster there, docs/performance.md) is a memory layout, not other math: the default run
     is the channels_last run bit for bit, and the NCHW run matches it up to float rounding."""
-    import histoldm.models.presets
+    import histoldm.train.trainer
 
-    built = _spy(monkeypatch, histoldm.models.presets, "build_unet")
+    built = _spy(monkeypatch, histoldm.train.trainer, "build_unet")
     runs = {
         name: run_train(
             _config(
@@ -220,7 +220,7 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
     other_text = _write_caches(tmp_path / "other")
     meta = Path(other_text["text_cache"]) / "meta.json"
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"fingerprint": "another-encoder"}))
-    with pytest.raises(UserError, match="another text_cache"):
+    with pytest.raises(UserError, match="other caches than the run was trained with .text_cache.fingerprint"):
         run_train(
             _config(
                 tmp_path,
@@ -232,7 +232,7 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
                 keep_checkpoints=3,
             )
         )
-    with pytest.raises(UserError, match="another model"):
+    with pytest.raises(UserError, match="another model .* .model.prediction_type epsilon -> v_prediction"):
         run_train(
             _config(
                 tmp_path,
@@ -891,12 +891,12 @@ def _unet_at_step_0(tmp_path: Path, caches: dict, model: dict) -> tuple[dict[str
     from accelerate.utils import set_seed
 
     from histoldm.models.presets import build_unet
-    from histoldm.train.trainer import _initialise
+    from histoldm.train.run_folder import initialise
 
     cfg = _config(tmp_path, caches, model=model)
     set_seed(cfg.seed)
     unet = build_unet(cfg.model.unet_preset, context_dim=DIM, latent_channels=3, sample_size=SIZE)
-    report = _initialise(unet, cfg, None, tmp_path / "unused")
+    report = initialise(unet, cfg.model, None, tmp_path / "unused")
     return unet.state_dict(), report
 
 
