@@ -302,7 +302,7 @@ class RegionSampler:
         from histoldm.sampling.region import blended_eps_fn, decode_tiled
         from histoldm.sampling.region_map import window_caption
         from histoldm.sampling.run import to_uint8
-        from histoldm.sampling.solvers import solve
+        from histoldm.sampling.solvers import image_generators, make_solver
 
         cfg, geo, m = self.cfg, self.geo, self.model
         grid = geo.grid(spec.size)
@@ -324,10 +324,10 @@ class RegionSampler:
         noise = torch.randn(
             (m.latent_shape[0], side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.float32
         )
-        generators = [torch.Generator().manual_seed(seed + 1)] if cfg.eta > 0 else None
+        solve = make_solver(cfg.solver, eta=cfg.eta)
         autocast = self.numerics.autocast
         with torch.autocast(m.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
+            latents = solve(eps_fn, noise[None].to(m.device), cfg.steps, generators=image_generators([seed]))
         quantize = "taming" if self.numerics.precision == "pathldm" else "diffusers"
         image = decode_tiled(
             lambda z: decode(m.ae, z, quantize=quantize),

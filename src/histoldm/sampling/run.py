@@ -13,6 +13,7 @@ size, the number of processes or which run produced it. Process i of N takes ite
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -31,11 +32,10 @@ from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
     atomic_write_bytes,
-    atomic_write_json,
     jsonl_text,
     read_jsonl,
+    record_or_check_settings,
     remove_stale_temps,
-    settings_changes,
 )
 from histoldm.models.bundle import META_FILE
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
@@ -222,16 +222,6 @@ def finished_records(out: Path) -> dict[str, dict]:
     return records
 
 
-def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
-    """Resuming with settings that change the pixels would mix two kinds of image in one folder."""
-    path = out / "settings.json"
-    if changes := settings_changes(path, settings):
-        diffs = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")
-    if is_main and not path.is_file():
-        atomic_write_json(path, settings)
-
-
 def _finalise_index(out: Path, items: list[CaptionItem]) -> list[dict]:
     """Rewrite index.jsonl as one line per finished image in caption order; drop per-process files."""
     records = finished_records(out)
@@ -367,37 +357,22 @@ class ImageSampler:
     def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
         """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
         from histoldm.models.autoencoder import decode
-        from histoldm.sampling.consistency import sample_consistency
         from histoldm.sampling.guidance import classifier_free_guidance
-        from histoldm.sampling.solvers import (
-            ddim_timesteps,
-            sample_ddim,
-            sample_dpmpp_2m,
-            sample_unipc,
-            training_alphas_cumprod,
-        )
+        from histoldm.sampling.solvers import image_generators, make_solver
 
         cfg = self.cfg
         context, truncated = self.text.encode(captions)
-        guided = classifier_free_guidance(
-            self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval
-        )
+        context = context.to(self.device)
+        if self.solver_steps is not None:  # a student's guidance is an input: one conditional pass per step
+            eps_fn = functools.partial(self.eps_fn, context=context)
+        else:
+            uncond = self.text.uncond.to(self.device)
+            eps_fn = classifier_free_guidance(self.eps_fn, context, uncond, cfg.guidance, cfg.guidance_interval)
+        solve = make_solver(cfg.solver, eta=cfg.eta, solver_steps=self.solver_steps)
         x = initial_noise(seeds, self.latent_shape).to(self.device)
         autocast = self.numerics.autocast
         with torch.autocast(self.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            if cfg.solver == "lcm":  # the student's guidance is an input: one conditional pass per step
-                context = context.to(self.device)
-                generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
-                latents = sample_consistency(
-                    lambda x, t: self.eps_fn(x, t, context), x, cfg.steps, self.solver_steps, generators
-                )
-            elif cfg.solver == "ddim":
-                generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
-                latents = sample_ddim(
-                    guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators
-                )
-            else:
-                latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
+            latents = solve(eps_fn, x, cfg.steps, generators=image_generators(seeds))
         latents = latents.float() / self.scaling_factor
         quantize = (
             "taming" if self.numerics.precision == "pathldm" else "diffusers"
@@ -451,7 +426,8 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
         "dtype": dtype_name(numerics.weights),
         "numerics": numerics.record(),
     }
-    _check_settings(out, settings, state.is_main_process)
+    mismatch = f"{out / 'settings.json'}: folder holds images made with other settings"
+    record_or_check_settings(out / "settings.json", settings, mismatch, record=state.is_main_process)
     if state.is_main_process:  # before any process writes: PNGs a killed run was writing
         remove_stale_temps(out)
     state.wait_for_everyone()
