@@ -187,6 +187,43 @@ def _check_window(cfg: DistillConfig, window: int, teacher_meta) -> None:
         )
 
 
+def _open_caches(cfg: DistillConfig, teacher_meta) -> tuple[LatentCache, TextTable, LatentTextDataset, int]:
+    """The teacher's caches, checked against its bundle: latents, text table, training pairs, the crop window."""
+    latents, text = LatentCache.open(cfg.data.latents), TextTable(cfg.data.text_cache)
+    check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
+    window = crop_window(latents.meta, cfg.data.crop)
+    _check_window(cfg, window, teacher_meta)
+    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    return latents, text, dataset, window
+
+
+def _load_models(teacher_dir: Path, embedding_dim: int, device: torch.device, memory_format):
+    """The frozen teacher, the student (teacher + zero guidance projection) training, and the frozen copy of
+    the student that holds its EMA target. Returns (teacher, student, target)."""
+    teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
+    unet = make_student(teacher, embedding_dim).to(device, memory_format=memory_format).train()
+    target = make_student(teacher, embedding_dim).to(device, memory_format=memory_format)
+    return teacher, unet, target.eval().requires_grad_(False)
+
+
+def _batch_recipe(cfg: DistillConfig, session, window: int, memory_format, text) -> BatchRecipe:
+    """Train's micro-batches without guidance dropout (the objective draws each sample's guidance scale);
+    flips and the objective's draws have streams of their own."""
+    return BatchRecipe(
+        seed=cfg.seed,
+        rank=session.accelerator.process_index,
+        device=session.device,
+        window=window,
+        augment=cfg.data.augment,
+        memory_format=memory_format,
+        uncond_row=text.uncond_row,
+        uncond_prob=None,
+        preload_text=cfg.data.preload_text,
+        noise_stream=Stream.CONSISTENCY,
+        flips_stream=Stream.FLIPS,
+    )
+
+
 def _log(session, step: int, loss: float, lr: float, img_s: float) -> None:
     """One line of stats.jsonl, on the main process."""
     if session.is_main:
@@ -238,11 +275,7 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     # Inputs: the teacher's bundle and the caches, every contract checked before any compute.
     teacher_dir = resolve_bundle(cfg.teacher)
     teacher_meta = read_bundle_meta(teacher_dir)
-    latents, text = LatentCache.open(cfg.data.latents), TextTable(cfg.data.text_cache)
-    check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
-    window = crop_window(latents.meta, cfg.data.crop)
-    _check_window(cfg, window, teacher_meta)
-    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    latents, text, dataset, window = _open_caches(cfg, teacher_meta)
 
     # Processes and run folder: every rank agrees on the folder rank 0 chose; a resume keeps the contract.
     session = start_session(cfg, "distill", dataset)
@@ -255,10 +288,7 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
     # Models: the frozen teacher, the student (teacher + zero guidance projection), its EMA target.
     set_seed(cfg.seed)
     memory_format = training_memory_format(None, device)
-    teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
-    unet = make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).train()
-    target = make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format)
-    target.eval().requires_grad_(False)
+    teacher, unet, target = _load_models(teacher_dir, cfg.embedding_dim, device, memory_format)
     optimizer, lr_scheduler, schedule = make_optimizer(unet, cfg.optim, cfg.max_steps, session.on_gpu)
     target_ema = EMA(unet, cfg.target_decay)
     objective = ConsistencyDistillation(
@@ -277,20 +307,7 @@ def run_distill(cfg: DistillConfig) -> DistillResult:
 
     # Data: train's micro-batches without guidance dropout; flips and the objective draw from their own streams.
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, cfg.data.workers, session, data_position)
-    recipe = BatchRecipe(
-        seed=cfg.seed,
-        rank=accelerator.process_index,
-        device=device,
-        window=window,
-        augment=cfg.data.augment,
-        memory_format=memory_format,
-        uncond_row=text.uncond_row,
-        uncond_prob=None,
-        preload_text=cfg.data.preload_text,
-        noise_stream=Stream.CONSISTENCY,
-        flips_stream=Stream.FLIPS,
-    )
-    batches = micro_batches(loader, table, recipe, data_position)
+    batches = micro_batches(loader, table, _batch_recipe(cfg, session, window, memory_format, text), data_position)
     session_start = time.perf_counter()
     window_stats = LossWindow(device, cfg.batch_size * cfg.grad_accum * accelerator.num_processes)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", unit="step", disable=not session.is_main)

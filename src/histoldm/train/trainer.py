@@ -248,6 +248,13 @@ def _open_inputs(cfg: TrainConfig) -> tuple[TextTable, LatentTextDataset, dict[s
     return text, dataset, model_meta
 
 
+def _validator(cfg: TrainConfig, session, text, model_meta: dict[str, Any]) -> ValidationGrid | None:
+    """The validation grid's renderer, on the main process when validation.every is set."""
+    if not (cfg.validation.every and session.is_main):
+        return None
+    return ValidationGrid(cfg.validation, text, model_meta, cfg.model.prediction_type, session.device, cfg.seed)
+
+
 def _place_unet(unet: torch.nn.Module, model: ModelSection, device: torch.device) -> torch.memory_format:
     """Gradient checkpointing (when on) and the UNet on the device in training mode, in the memory format
     the latents then take too."""
@@ -316,7 +323,7 @@ def _write_outputs(cfg: TrainConfig, session, state, meta, dataset, step: int, s
             "cases": dataset.cases,
             "skipped_pairs": dataset.skipped,
         },
-        extra=extra,
+        extra={**extra, "processes": session.accelerator.num_processes, "precision": dtype_name(session.dtype)},
     )
 
 
@@ -345,9 +352,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     init = initialise(unet, cfg.model, session.resume_from, run_dir, accelerator.print)
     if session.is_main:
         write_run_folder(run_dir, cfg, contract, init if session.resume_from is None else None)
-    validator = None
-    if cfg.validation.every and session.is_main:
-        validator = ValidationGrid(cfg.validation, text, model_meta, cfg.model.prediction_type, device, cfg.seed)
+    validator = _validator(cfg, session, text, model_meta)
 
     # Speed settings, optimizer, schedule, EMA; then resume the lot (the optimizer's hyper-parameters are
     # this config's) with the loss scaler, the RNG and the data position.
@@ -414,10 +419,9 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     peak, img_s = peak_memory(device), window_stats.mean_img_s()
     if session.is_main:
         writer.close()
-        extra = {"peak_memory": peak, "img_s": img_s, "processes": accelerator.num_processes}
-        extra |= {"precision": dtype_name(session.dtype), "init": init}
-        extra["optimizer_changes_on_resume"] = resumed.get("optimizer_changes", {})
         meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
+        extra = {"peak_memory": peak, "img_s": img_s, "init": init}
+        extra["optimizer_changes_on_resume"] = resumed.get("optimizer_changes", {})
         _write_outputs(cfg, session, state, meta, dataset, step, started, extra)
     accelerator.wait_for_everyone()
     accelerator.end_training()
