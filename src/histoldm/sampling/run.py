@@ -396,6 +396,45 @@ class SampleResult:
     grid: Path | None
 
 
+def _pixel_settings(cfg: SampleConfig, bundle: Path, meta, numerics: SamplingNumerics) -> dict[str, Any]:
+    """What decides an image's pixels besides its caption and seed: a folder holds images of one set of them."""
+    return {
+        "bundle": str(bundle.resolve()),
+        "weights": f"{meta.source}@{meta.trained_steps}",  # a re-export after more training is another model
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval is not None else None,
+        "solver": cfg.solver,
+        "eta": cfg.eta,
+        "seed": cfg.seed,
+        "dtype": dtype_name(numerics.weights),
+        "numerics": numerics.record(),
+    }
+
+
+def _pending(out: Path, items: list[CaptionItem], rank: int, world: int) -> list[tuple[int, CaptionItem]]:
+    """This process's share of the items (k, item), minus those an earlier run finished; an id finished for
+    another caption is an error (the folder would mix two captions under one id)."""
+    done = finished_records(out)
+    stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
+    if stale:
+        raise UserError(
+            f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); "
+            "use a new --out"
+        )
+    return [(k, item) for k, item in enumerate(items) if k % world == rank and item.id not in done]
+
+
+def _write_images(out: Path, index_path: Path, batch, seeds: list[int], images, truncated, truncate: bool) -> None:
+    """One batch's PNGs, then their index lines: an index line always points at a whole file."""
+    records = []
+    for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
+        file = image_file(k, item.id)
+        atomic_write_bytes(out / file, png_bytes(image, truncate))
+        records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
+    append_jsonl(index_path, records)
+
+
 def run_sample(cfg: SampleConfig) -> SampleResult | None:
     """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
     the main process returns the counts, the others None."""
@@ -414,18 +453,7 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     state, device, numerics = _resolve_device_dtype(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "bundle": str(bundle.resolve()),
-        "weights": f"{meta.source}@{meta.trained_steps}",  # a re-export after more training is another model
-        "steps": cfg.steps,
-        "guidance": cfg.guidance,
-        "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval is not None else None,
-        "solver": cfg.solver,
-        "eta": cfg.eta,
-        "seed": cfg.seed,
-        "dtype": dtype_name(numerics.weights),
-        "numerics": numerics.record(),
-    }
+    settings = _pixel_settings(cfg, bundle, meta, numerics)
     mismatch = f"{out / 'settings.json'}: folder holds images made with other settings"
     record_or_check_settings(out / "settings.json", settings, mismatch, record=state.is_main_process)
     if state.is_main_process:  # before any process writes: PNGs a killed run was writing
@@ -433,14 +461,7 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     state.wait_for_everyone()
 
     # Work: this process's share of the items, minus those already finished by any earlier run.
-    done = finished_records(out)
-    stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
-    if stale:
-        raise UserError(
-            f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); use a new --out"
-        )
-    mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
-    pending = [(k, item) for k, item in mine if item.id not in done]
+    pending = _pending(out, items, state.process_index, state.num_processes)
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
 
     # Sample: models are loaded only when there is something to do.
@@ -463,12 +484,7 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
         seeds = [image_seed(cfg.seed, item.id) for _, item in batch]
         images, truncated = sampler([item.caption for _, item in batch], seeds)
         n_truncated += sum(truncated)
-        records = []
-        for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
-            file = image_file(k, item.id)
-            atomic_write_bytes(out / file, png_bytes(image, numerics.truncate))
-            records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
-        append_jsonl(index_path, records)  # after the PNGs: an index line always points at a whole file
+        _write_images(out, index_path, batch, seeds, images, truncated, numerics.truncate)
         bar.update(len(batch))
     bar.close()
 
