@@ -224,6 +224,24 @@ def _write_index(out: Path, n_shards: int) -> tuple[list[tuple[str, int, int]], 
     return index_rows, skipped
 
 
+def _new_meta(cfg: EncodeLatentsConfig, ae, image_size: int, scale: float, plan: str, n_patches: int) -> dict:
+    """meta.json of a cache that starts here: the autoencoder's contract, the plan, not complete yet."""
+    return {
+        "autoencoder": str(Path(cfg.vae).resolve()) if Path(cfg.vae).is_dir() else cfg.vae,  # found from any folder
+        "kind": ae.kind,
+        "scaling_factor": scale,
+        "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
+        "channels": ae.latent_channels,
+        "size": image_size // ae.downsample,
+        "image_size": image_size,
+        "fingerprint": ae.fingerprint,
+        "dtype": "float16",
+        "plan": plan,
+        "n_patches": n_patches,
+        "complete": False,
+    }
+
+
 def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsResult | None:
     """Encode every patch of the store once (this process's share of the shards under accelerate
     launch); the main process returns counts and the output folder, the others None. `procs`:
@@ -258,28 +276,11 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
         scale = float(old["scaling_factor"])
     elif cfg.scaling_factor is not None:
         scale = cfg.scaling_factor
-    elif ae.kind == "kl":
-        scale = (
-            _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")
-        )  # others read it below
+    elif ae.kind == "kl":  # measured on the main process; the others read it below
+        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")
     else:
         scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
-    meta = {
-        "autoencoder": str(Path(cfg.vae).resolve())
-        if Path(cfg.vae).is_dir()
-        else cfg.vae,  # found from any folder later
-        "kind": ae.kind,
-        "scaling_factor": scale,
-        "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
-        "channels": ae.latent_channels,
-        "size": shape[-1] // ae.downsample,
-        "image_size": shape[-1],
-        "fingerprint": ae.fingerprint,
-        "dtype": "float16",
-        "plan": plan,
-        "n_patches": len(ids),
-        "complete": False,
-    }
+    meta = _new_meta(cfg, ae, shape[-1], scale, plan, len(ids))
     if not old and procs.is_main:
         atomic_write_json(meta_path, meta)
     procs.barrier()
