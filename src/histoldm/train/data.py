@@ -5,8 +5,9 @@ cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text r
 the embeddings up itself, so the text table can live on the GPU once instead of travelling per batch.
 
 Randomness at training time (random crops, the caption of a patch with several, dihedral augmentation,
-guidance dropout) is drawn from generators seeded by (seed, step, rank), and the sampler's order from
-(seed, epoch): a resumed run sees exactly the batches and draws of an uninterrupted one.
+guidance dropout, the objective's noise) is drawn from generators seeded by (seed, micro-batch position,
+rank), one named `Stream` per kind of draw, and the sampler's order from (seed, epoch): a resumed run sees
+exactly the batches and draws of an uninterrupted one. `micro_batches` turns loader items into model input.
 """
 
 from __future__ import annotations

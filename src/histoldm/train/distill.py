@@ -2,10 +2,10 @@
 distillation (histoldm.train.consistency), on the trainer's machinery.
 
 The loop is train's: caches only (latents and caption-embedding rows), accelerate (CPU, one GPU, DDP),
-fp32 master weights under autocast, per-step draws from generators seeded by (seed, step, rank), the data
-order from (seed, epoch), checkpoints that resume bit for bit (the EMA slot holds the consistency target).
-The student bundle records in its metadata how it samples (`histoldm sample --preset turbo`).
-See docs/training.md ("Distillation") for why consistency distillation.
+fp32 master weights under autocast, per-micro-batch draws from generators seeded by (seed, micro-batch
+position, rank, stream), the data order from (seed, epoch), checkpoints that resume bit for bit (the EMA
+slot holds the consistency target). The student bundle records in its metadata how it samples
+(`histoldm sample --preset turbo`). See docs/training.md ("Distillation") for why consistency distillation.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The loop reads only caches (latents and caption-embedding rows): no autoencoder and no text encoder
 is ever on the device. Precision is one policy: fp32 master weights, autocast in bf16 or fp16 (with
-a loss scaler), or plain fp32. Every per-step draw comes from a generator seeded by (seed, step,
-rank) and the data order from (seed, epoch), so a resumed run is the uninterrupted run.
+a loss scaler), or plain fp32. Every per-micro-batch draw comes from a generator seeded by (seed,
+micro-batch position, rank, stream) and the data order from (seed, epoch), so a resumed run is the
+uninterrupted run. The machinery train and distill share is in train/loop.py and train/run_folder.py.
 See docs/training.md for the configs, resume semantics and launch commands.
 """
 
