@@ -845,6 +845,20 @@ def test_latent_augmentation_dropout_and_sampler():
     assert next(iter(resumed)) == first[0][2]
 
 
+def test_random_streams_keep_their_numbers():
+    """A stream's number seeds its generator: renumbering the streams would change every run's draws."""
+    from histoldm.train.data import Stream
+
+    assert {s.name: s.value for s in Stream} == {
+        "NOISE": 0,
+        "DROPOUT": 1,
+        "CROP": 2,
+        "CAPTION": 3,
+        "CONSISTENCY": 4,
+        "FLIPS": 5,
+    }
+
+
 def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
     from histoldm.models.autoencoder import load_autoencoder
 

@@ -149,7 +149,7 @@ class Stream(IntEnum):
     FLIPS = 5  # distill: flips, apart from the objective's draws
 
 
-def step_generator(seed: int, draw: int, rank: int, device: torch.device, stream: Stream = Stream.NOISE):
+def step_generator(seed: int, draw: int, rank: int, device: torch.device, stream: int = Stream.NOISE):
     """The one source of per-micro-batch randomness: a generator seeded by (seed, draw, rank, stream), `draw`
     being the micro-batch's position in the run (the data position), so a resumed run draws the same."""
     return torch.Generator(device=device).manual_seed(

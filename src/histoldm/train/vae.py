@@ -228,6 +228,12 @@ def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
         yield [decoded[i] for i in indices]
 
 
+# train-vae's random streams (step_generator's `stream`): flips, then the posterior's sample, share one
+# generator; crop offsets have their own. The numbers are part of every run's random draws.
+VAE_FLIPS_AND_NOISE = 0
+VAE_CROP = 1
+
+
 def _train_step(
     model,
     optimizer,
@@ -240,10 +246,10 @@ def _train_step(
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
 
-    gen = step_generator(cfg.seed, step, 0, x.device)
+    gen = step_generator(cfg.seed, step, 0, x.device, VAE_FLIPS_AND_NOISE)
     x = augment_dihedral(x, gen)
     if cfg.crop is not None and cfg.crop < x.shape[-1]:
-        crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), stream=1)
+        crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), VAE_CROP)
         top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=crop_gen).tolist()
         x = x[..., top : top + cfg.crop, left : left + cfg.crop]
     x = x.contiguous(memory_format=memory_format)
