@@ -25,7 +25,7 @@ from histoldm.devices import dtype_name, training_memory_format
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl
 from histoldm.manifest import write_manifest
-from histoldm.models.bundle import META_FILE, DistilledSampling, load_bundle_unet, read_bundle_meta
+from histoldm.models.bundle import META_FILE, BundleMeta, DistilledSampling, load_bundle_unet, read_bundle_meta
 from histoldm.models.student import make_student
 from histoldm.sampling.run import resolve_bundle
 from histoldm.train.consistency import ConsistencyDistillation
@@ -34,6 +34,7 @@ from histoldm.train.ema import EMA
 from histoldm.train.latents import LatentCache
 from histoldm.train.loop import (
     LossWindow,
+    Session,
     TrainingState,
     caption_table,
     is_due,
@@ -126,7 +127,7 @@ class DistillResult:
     processes: int
 
 
-def distill_contract(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_meta: dict) -> dict:
+def distill_contract(cfg: DistillConfig, teacher_meta: BundleMeta, latent_meta: dict, text_meta: dict) -> dict:
     """What a resumed distillation must share with the run it continues: teacher, student form, caches."""
     return {
         "teacher": {
@@ -143,7 +144,7 @@ def distill_contract(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_m
     }
 
 
-def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_meta: dict) -> None:
+def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta: BundleMeta, latent_meta: dict, text_meta: dict) -> None:
     """The caches must be the ones the teacher learnt from (same autoencoder and text encoder)."""
     if teacher_meta.distilled is not None:
         raise UserError(f"{cfg.teacher}: already a distilled student; distil a teacher bundle made by `histoldm train`")
@@ -156,7 +157,7 @@ def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta, latent_meta: dict
         raise UserError(f"{cfg.data.text_cache}: caption embeddings of another text encoder than the teacher's")
 
 
-def student_meta(cfg: DistillConfig, teacher_meta, teacher: Path, step: int, source: str):
+def student_meta(cfg: DistillConfig, teacher_meta: BundleMeta, teacher: Path, step: int, source: str) -> BundleMeta:
     """The teacher's bundle metadata, marked distilled with how the student samples."""
     distilled = DistilledSampling(
         solver_steps=cfg.solver_steps,
@@ -167,7 +168,7 @@ def student_meta(cfg: DistillConfig, teacher_meta, teacher: Path, step: int, sou
     return teacher_meta.model_copy(update={"distilled": distilled, "trained_steps": step, "source": source})
 
 
-def export_student(folder: Path, meta, unet, target_ema, teacher: Path) -> None:
+def export_student(folder: Path, meta: BundleMeta, unet: torch.nn.Module, target_ema: EMA, teacher: Path) -> None:
     """The target's weights as a bundle, with the teacher's autoencoder / text encoder folders beside them."""
     (folder / META_FILE).unlink(missing_ok=True)
     for part in ("autoencoder", "text_encoder"):
@@ -177,7 +178,7 @@ def export_student(folder: Path, meta, unet, target_ema, teacher: Path) -> None:
     export_bundle(folder, meta, unet, target_ema)
 
 
-def _check_window(cfg: DistillConfig, window: int, teacher_meta) -> None:
+def _check_window(cfg: DistillConfig, window: int, teacher_meta: BundleMeta) -> None:
     """The student samples the teacher's latent size: a crop must give the teacher's window."""
     size = teacher_meta.latent.size
     if window != size:
@@ -187,7 +188,7 @@ def _check_window(cfg: DistillConfig, window: int, teacher_meta) -> None:
         )
 
 
-def _open_caches(cfg: DistillConfig, teacher_meta) -> tuple[LatentCache, TextTable, LatentTextDataset, int]:
+def _open_caches(cfg: DistillConfig, teacher_meta: BundleMeta) -> tuple[LatentCache, TextTable, LatentTextDataset, int]:
     """The teacher's caches, checked against its bundle: latents, text table, training pairs, the crop window."""
     latents, text = LatentCache.open(cfg.data.latents), TextTable(cfg.data.text_cache)
     check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
@@ -197,7 +198,7 @@ def _open_caches(cfg: DistillConfig, teacher_meta) -> tuple[LatentCache, TextTab
     return latents, text, dataset, window
 
 
-def _load_models(teacher_dir: Path, embedding_dim: int, device: torch.device, memory_format):
+def _load_models(teacher_dir: Path, embedding_dim: int, device: torch.device, memory_format: torch.memory_format):
     """The frozen teacher, the student (teacher + zero guidance projection) training, and the frozen copy of
     the student that holds its EMA target. Returns (teacher, student, target)."""
     teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
@@ -206,7 +207,9 @@ def _load_models(teacher_dir: Path, embedding_dim: int, device: torch.device, me
     return teacher, unet, target.eval().requires_grad_(False)
 
 
-def _batch_recipe(cfg: DistillConfig, session, window: int, memory_format, text) -> BatchRecipe:
+def _batch_recipe(
+    cfg: DistillConfig, session: Session, window: int, memory_format: torch.memory_format, text: TextTable
+) -> BatchRecipe:
     """Train's micro-batches without guidance dropout (the objective draws each sample's guidance scale);
     flips and the objective's draws have streams of their own."""
     return BatchRecipe(
@@ -224,14 +227,16 @@ def _batch_recipe(cfg: DistillConfig, session, window: int, memory_format, text)
     )
 
 
-def _log(session, step: int, loss: float, lr: float, img_s: float) -> None:
+def _log(session: Session, step: int, loss: float, lr: float, img_s: float) -> None:
     """One line of stats.jsonl, on the main process."""
     if session.is_main:
         record = {"step": step, "loss": loss, "lr": lr, "img_s": img_s, "time": time.time()}
         append_jsonl(session.run_dir / "stats.jsonl", [record])
 
 
-def _write_manifest(cfg: DistillConfig, session, teacher_dir: Path, pairs: int, step: int, times: tuple, img_s):
+def _write_manifest(
+    cfg: DistillConfig, session: Session, teacher_dir: Path, pairs: int, step: int, times: tuple, img_s: float | None
+) -> None:
     """The run manifest beside the student bundle, on the main process; `times`: (started, this session's
     seconds)."""
     started, seconds = times

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,8 +23,12 @@ from histoldm.train.checkpoint import (
     truncate_stats,
 )
 from histoldm.train.data import ResumableSampler
+from histoldm.train.ema import EMA
 from histoldm.train.lr_schedule import make_lr_scheduler
 from histoldm.train.run_folder import report_training_data, resolve_run_dir
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -35,7 +39,7 @@ class Session:
     """This process's part of a run: accelerate's view of the processes, the autocast dtype, the run folder
     every rank agrees on and the checkpoint it resumes from (None: a run that starts here)."""
 
-    accelerator: Any  # accelerate.Accelerator
+    accelerator: Accelerator
     dtype: torch.dtype
     run_dir: Path
     resume_from: Path | None
@@ -114,9 +118,9 @@ class TrainingState:
     consistency target), the optimizer, the LR scheduler and the schedule's settings."""
 
     unet: torch.nn.Module
-    ema: Any  # histoldm.train.ema.EMA or None
-    optimizer: Any
-    lr_scheduler: Any
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer  # accelerate's wrapper after prepare
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     schedule: dict[str, Any]
 
     def resume(self, session: Session, stage: str) -> dict[str, Any]:

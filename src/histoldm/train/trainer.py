@@ -33,6 +33,7 @@ from histoldm.train.ema import EMA
 from histoldm.train.latents import LatentCache
 from histoldm.train.loop import (
     LossWindow,
+    Session,
     TrainingState,
     caption_table,
     is_due,
@@ -180,7 +181,7 @@ def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
     }
 
 
-def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):
+def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str) -> BundleMeta:
     """What the exported bundle records: the UNet, the caches' contracts and the steps trained."""
     text = TextContract(
         **{k: text_meta[k] for k in ("encoder", "mode", "max_length", "dim")},
@@ -198,7 +199,7 @@ def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int
     )
 
 
-def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
+def check_captions_cached(cfg: TrainConfig, dataset: LatentTextDataset, text_meta: dict) -> None:
     """Captions re-made after encode-text (a summary changed) are not in the text cache: training on the rest
     would silently drop their patches, so it stops naming the command that encodes them."""
     missing = dataset.skipped["caption_not_in_text_cache"]
@@ -249,7 +250,9 @@ def _open_inputs(cfg: TrainConfig) -> tuple[TextTable, LatentTextDataset, dict[s
     return text, dataset, model_meta
 
 
-def _validator(cfg: TrainConfig, session, text, model_meta: dict[str, Any]) -> ValidationGrid | None:
+def _validator(
+    cfg: TrainConfig, session: Session, text: TextTable, model_meta: dict[str, Any]
+) -> ValidationGrid | None:
     """The validation grid's renderer, on the main process when validation.every is set."""
     if not (cfg.validation.every and session.is_main):
         return None
@@ -266,7 +269,9 @@ def _place_unet(unet: torch.nn.Module, model: ModelSection, device: torch.device
     return memory_format
 
 
-def _batch_recipe(cfg: TrainConfig, session, window: int, memory_format, text) -> BatchRecipe:
+def _batch_recipe(
+    cfg: TrainConfig, session: Session, window: int, memory_format: torch.memory_format, text: TextTable
+) -> BatchRecipe:
     """Train's micro-batches: caption pick, guidance dropout, crop; flips and the objective's noise share the
     NOISE stream (one generator, flips drawn first)."""
     return BatchRecipe(
@@ -282,7 +287,7 @@ def _batch_recipe(cfg: TrainConfig, session, window: int, memory_format, text) -
     )
 
 
-def _log(session, writer, step: int, loss: float, lr: float, grad_norm, img_s: float) -> None:
+def _log(session: Session, writer, step: int, loss: float, lr: float, grad_norm: torch.Tensor, img_s: float) -> None:
     """One line of stats.jsonl and TensorBoard's scalars, on the main process (the one with a writer)."""
     record = {
         "step": step,
@@ -300,7 +305,16 @@ def _log(session, writer, step: int, loss: float, lr: float, grad_norm, img_s: f
                 writer.add_scalar(f"train/{key}", record[key], step)
 
 
-def _write_outputs(cfg: TrainConfig, session, state, meta, dataset, step: int, started: float, extra: dict) -> None:
+def _write_outputs(
+    cfg: TrainConfig,
+    session: Session,
+    state: TrainingState,
+    meta: BundleMeta,
+    dataset: LatentTextDataset,
+    step: int,
+    started: float,
+    extra: dict,
+) -> None:
     """The model bundle (EMA weights when on) and the run manifest, on the main process."""
     run_dir = session.run_dir
     export_bundle(run_dir / "model", meta, state.unet, state.ema)
