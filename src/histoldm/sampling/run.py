@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -37,8 +37,14 @@ from histoldm.fileio import (
     record_or_check_settings,
     remove_stale_temps,
 )
-from histoldm.models.bundle import META_FILE
+from histoldm.manifest import write_manifest
+from histoldm.models.bundle import META_FILE, read_bundle_meta
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
+
+if TYPE_CHECKING:
+    from histoldm.models.autoencoder import Autoencoder
+    from histoldm.sampling.context import TextSource
+    from histoldm.sampling.guidance import ContextEpsFn
 
 GRID_MAX = 64  # a grid of more images is too large to look at
 # `preset` fills the fields a config or flag leaves unset (docs/sampling.md says which to use for what, as measured):
@@ -300,9 +306,9 @@ class ImageSampler:
     """Captions and per-image seeds in, images in [-1, 1] out: text -> noise -> solver -> decoder."""
 
     cfg: SampleConfig
-    text: Any  # histoldm.sampling.context.TextSource
-    eps_fn: Any  # histoldm.sampling.guidance.ContextEpsFn
-    ae: Any  # histoldm.models.autoencoder.Autoencoder
+    text: TextSource
+    eps_fn: ContextEpsFn
+    ae: Autoencoder
     latent_shape: tuple[int, int, int]
     scaling_factor: float
     device: torch.device
@@ -435,13 +441,61 @@ def _write_images(out: Path, index_path: Path, batch, seeds: list[int], images, 
     append_jsonl(index_path, records)
 
 
+def _finish(
+    cfg: SampleConfig,
+    out: Path,
+    bundle: Path,
+    items: list[CaptionItem],
+    skipped: list,
+    settings: dict[str, Any],
+    counts: tuple[int, int, int],
+    started: float,
+) -> SampleResult:
+    """One index in caption order, a grid for small runs, the manifest (the main process, once all are done).
+    `counts`: this run's images and truncated captions (main process) and the number of processes."""
+    n_new, n_truncated, processes = counts
+    records = _finalise_index(out, items)
+    wanted = {item.id for item in items}
+    finished = [r for r in records if r["id"] in wanted]
+    grid = (
+        write_grid(out, [r["file"] for r in finished])
+        if len(items) <= GRID_MAX and len(finished) == len(items)
+        else None
+    )
+    truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
+    produced = {
+        "images": len(finished),
+        "new_this_run_main_process": n_new,
+        "processes": processes,
+        "truncated_captions": len(truncated_captions),
+        "grid": str(grid) if grid else None,
+        "solver": cfg.solver,
+        "steps": cfg.steps,
+        "guidance_interval": cfg.guidance_interval,
+    }
+    write_manifest(
+        out / "manifest.json",
+        stage="sample",
+        config=cfg,
+        inputs={"checkpoint": bundle, "captions": cfg.captions, "split": cfg.split, "text_cache": cfg.text_cache},
+        produced=produced,
+        started=started,
+        seed=cfg.seed,
+        skipped=skipped,
+        extra={
+            "settings": settings,
+            "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]},
+        },
+    )
+    return SampleResult(
+        out, bundle, len(items), len(finished), n_new, len(truncated_captions), n_truncated, len(skipped), grid
+    )
+
+
 def run_sample(cfg: SampleConfig) -> SampleResult | None:
     """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
     the main process returns the counts, the others None."""
     from tqdm import tqdm
-
-    from histoldm.manifest import write_manifest
-    from histoldm.models.bundle import read_bundle_meta
 
     started = time.time()
     bundle = resolve_bundle(cfg.checkpoint)
@@ -492,39 +546,5 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    records = _finalise_index(out, items)
-    wanted = {item.id for item in items}
-    finished = [r for r in records if r["id"] in wanted]
-    grid = (
-        write_grid(out, [r["file"] for r in finished])
-        if len(items) <= GRID_MAX and len(finished) == len(items)
-        else None
-    )
-    truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
-    produced = {
-        "images": len(finished),
-        "new_this_run_main_process": len(pending),
-        "processes": state.num_processes,
-        "truncated_captions": len(truncated_captions),
-        "grid": str(grid) if grid else None,
-        "solver": cfg.solver,
-        "steps": cfg.steps,
-        "guidance_interval": cfg.guidance_interval,
-    }
-    write_manifest(
-        out / "manifest.json",
-        stage="sample",
-        config=cfg,
-        inputs={"checkpoint": bundle, "captions": cfg.captions, "split": cfg.split, "text_cache": cfg.text_cache},
-        produced=produced,
-        started=started,
-        seed=cfg.seed,
-        skipped=skipped,
-        extra={
-            "settings": settings,
-            "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]},
-        },
-    )
-    return SampleResult(
-        out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid
-    )
+    counts = (len(pending), n_truncated, state.num_processes)
+    return _finish(cfg, out, bundle, items, skipped, settings, counts, started)
