@@ -12,6 +12,7 @@ exactly the batches and draws of an uninterrupted one. `micro_batches` turns loa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -190,29 +191,19 @@ def micro_batches(items: Iterable, table: torch.Tensor, recipe: BatchRecipe, sta
     r = recipe
     cpu = torch.device("cpu")
     for draw, (lat, rows, counts) in enumerate(items, start):
-        gen = step_generator(r.seed, draw, r.rank, r.device, r.noise_stream)
-        rows = pick_captions(rows, counts, step_generator(r.seed, draw, r.rank, cpu, Stream.CAPTION))
+        generator = functools.partial(step_generator, r.seed, draw, r.rank)  # (device, stream): this draw's
+        gen = generator(r.device, r.noise_stream)
+        rows = pick_captions(rows, counts, generator(cpu, Stream.CAPTION))
         if r.uncond_prob is not None:
-            rows = drop_captions(
-                rows, r.uncond_row, r.uncond_prob, step_generator(r.seed, draw, r.rank, cpu, Stream.DROPOUT)
-            )
-        lat = random_crop(
-            lat.to(r.device, non_blocking=True), r.window, step_generator(r.seed, draw, r.rank, cpu, Stream.CROP)
-        )
+            rows = drop_captions(rows, r.uncond_row, r.uncond_prob, generator(cpu, Stream.DROPOUT))
+        lat = random_crop(lat.to(r.device, non_blocking=True), r.window, generator(cpu, Stream.CROP))
         if r.augment != "none":
-            flips = (
-                gen
-                if r.flips_stream == r.noise_stream
-                else step_generator(r.seed, draw, r.rank, r.device, r.flips_stream)
-            )
+            flips = gen if r.flips_stream == r.noise_stream else generator(r.device, r.flips_stream)
             lat = augment_dihedral(lat, flips, transpose=r.augment == "dihedral")
         lat = lat.contiguous(memory_format=r.memory_format)
-        on_device = (
-            table[rows.to(r.device, non_blocking=True)]
-            if r.preload_text
-            else table[rows].to(r.device, non_blocking=True)
-        )
-        yield MicroBatch(lat, on_device.float(), gen)
+        # A table on the device is indexed there; one on the host is indexed, then the rows are copied.
+        context = table[rows.to(r.device, non_blocking=True)] if r.preload_text else table[rows]
+        yield MicroBatch(lat, context.to(r.device, non_blocking=True).float(), gen)
 
 
 def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:
