@@ -151,7 +151,7 @@ def test_resume_refuses_another_student_form(teacher, tmp_path):
     from histoldm.errors import UserError
 
     run_distill(_config(teacher, tmp_path / "r", max_steps=4))
-    with pytest.raises(UserError, match="resuming with another student"):
+    with pytest.raises(UserError, match="resuming with another model .* .student.guidance_range"):
         run_distill(_config(teacher, tmp_path / "r", resume="latest", guidance_range=(1.0, 5.0)))
 
 

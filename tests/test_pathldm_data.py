@@ -17,7 +17,7 @@ from PIL import Image
 from builders import save_pool_extractor, write_random_pngs
 from histoldm.cli import main
 from histoldm.errors import UserError
-from histoldm.train.data import crop_window, pick_captions, random_crop, step_generator
+from histoldm.train.data import Stream, crop_window, pick_captions, random_crop, step_generator
 
 WSIS = ["TCGA-A1-0001-01Z-00-DX1.abc", "TCGA-B2-0002-01Z-00-DX1.def"]
 
@@ -72,7 +72,7 @@ def test_import_keeps_448_px_tiles_and_crops_them_to_256_on_the_latent_grid(tmp_
     latents = torch.randn(3, 3, 112, 112)
     offsets = []
     for draw in range(4):  # four reads of the same batch (e.g. four epochs)
-        windows = random_crop(latents, 64, step_generator(0, draw, 0, torch.device("cpu"), stream=2))
+        windows = random_crop(latents, 64, step_generator(0, draw, 0, torch.device("cpu"), Stream.CROP))
         assert windows.shape == (3, 3, 64, 64)
         found = []
         for i in range(3):

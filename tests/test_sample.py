@@ -128,6 +128,30 @@ def test_dpmpp_reaches_the_gaussian_in_20_steps():
     assert abs(out.var().item() / x.var().item() / 0.09 - 1) < 0.05  # relative to the noise drawn
 
 
+def test_every_solver_has_one_signature_and_the_caller_names_only_the_solver():
+    """make_solver binds what differs (schedule, eta, a student's grid): each call is solver(eps_fn, x, steps,
+    generators=...) and gives what the solver's own function gives."""
+    from histoldm.sampling.solvers import make_solver, sample_unipc
+
+    a = training_alphas_cumprod()
+    eps_fn, x = _gaussian_eps(0.7, 0.3, a), torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+
+    def gens() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in range(8)]
+
+    expected = {
+        "ddim": sample_ddim(eps_fn, x, ddim_timesteps(6), a),
+        "ddim eta": sample_ddim(eps_fn, x, ddim_timesteps(6), a, eta=0.5, generators=gens()),
+        "dpmpp": sample_dpmpp_2m(eps_fn, x, 6),
+        "unipc": sample_unipc(eps_fn, x, 6),
+    }
+    for key, want in expected.items():
+        name, eta = key.split()[0], 0.5 if key.endswith("eta") else 0.0
+        assert torch.equal(make_solver(name, eta=eta)(eps_fn, x, 6, generators=gens()), want), key
+    with pytest.raises(ValueError, match="lcm needs the student's solver_steps"):
+        make_solver("lcm")
+
+
 # --- parameterisation and guidance ------------------------------------------------------------
 
 

@@ -158,9 +158,9 @@ def _spy(monkeypatch, module, name: str) -> list:
 def test_channels_last_is_the_cpu_default_and_trains_the_same_model(tmp_path, caches, monkeypatch):
     """NHWC on CPU (faster there, docs/performance.md) is a memory layout, not other math: the default run
     is the channels_last run bit for bit, and the NCHW run matches it up to float rounding."""
-    import histoldm.models.presets
+    import histoldm.train.trainer
 
-    built = _spy(monkeypatch, histoldm.models.presets, "build_unet")
+    built = _spy(monkeypatch, histoldm.train.trainer, "build_unet")
     runs = {
         name: run_train(
             _config(
@@ -221,7 +221,7 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
     other_text = _write_caches(tmp_path / "other")
     meta = Path(other_text["text_cache"]) / "meta.json"
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"fingerprint": "another-encoder"}))
-    with pytest.raises(UserError, match="another text_cache"):
+    with pytest.raises(UserError, match="other caches than the run was trained with .text_cache.fingerprint"):
         run_train(
             _config(
                 tmp_path,
@@ -233,7 +233,7 @@ def test_resume_logs_each_step_once_and_refuses_other_caches(tmp_path, caches):
                 keep_checkpoints=3,
             )
         )
-    with pytest.raises(UserError, match="another model"):
+    with pytest.raises(UserError, match="another model .* .model.prediction_type epsilon -> v_prediction"):
         run_train(
             _config(
                 tmp_path,
@@ -849,6 +849,20 @@ def test_latent_augmentation_dropout_and_sampler():
     assert next(iter(resumed)) == first[0][2]
 
 
+def test_random_streams_keep_their_numbers():
+    """A stream's number seeds its generator: renumbering the streams would change every run's draws."""
+    from histoldm.train.data import Stream
+
+    assert {s.name: s.value for s in Stream} == {
+        "NOISE": 0,
+        "DROPOUT": 1,
+        "CROP": 2,
+        "CAPTION": 3,
+        "CONSISTENCY": 4,
+        "FLIPS": 5,
+    }
+
+
 def test_validation_grid_needs_the_caches_autoencoder(tmp_path):
     from histoldm.models.autoencoder import load_autoencoder
 
@@ -896,12 +910,12 @@ def _unet_at_step_0(tmp_path: Path, caches: dict, model: dict) -> tuple[dict[str
     from accelerate.utils import set_seed
 
     from histoldm.models.presets import build_unet
-    from histoldm.train.trainer import _initialise
+    from histoldm.train.run_folder import initialise
 
     cfg = _config(tmp_path, caches, model=model)
     set_seed(cfg.seed)
     unet = build_unet(cfg.model.unet_preset, context_dim=DIM, latent_channels=3, sample_size=SIZE)
-    report = _initialise(unet, cfg, None, tmp_path / "unused")
+    report = initialise(unet, cfg.model, None, tmp_path / "unused")
     return unet.state_dict(), report
 
 

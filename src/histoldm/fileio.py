@@ -108,18 +108,30 @@ def settings_changes(path: Path, current: dict[str, Any]) -> dict[str, tuple[Any
     return {k: (recorded[k], v) for k, v in current.items() if k in recorded and recorded[k] != v}
 
 
-def check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
-    """Stop with one line (`mismatch` and what changed) when the settings recorded in `path` differ:
+def changes_text(changes: dict[str, tuple[Any, Any]]) -> str:
+    """'key old -> new, ...' in key order; a changed section (a dict) names the entries that differ in it."""
+    parts = []
+    for key, (old, new) in sorted(changes.items()):
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+            parts.append(", ".join(f"{key}.{k} {a} -> {b}" for k, (a, b) in sorted(inner.items())))
+        else:
+            parts.append(f"{key} {old} -> {new}")
+    return ", ".join(parts)
+
+
+def check_settings(path: Path, settings: dict[str, Any], mismatch: str, fix: str = "choose another --out") -> None:
+    """Stop with one line (`mismatch`, what changed, then `fix`) when the settings recorded in `path` differ:
     resuming that output with these would mix the two."""
     if changes := settings_changes(path, settings):
-        was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changes.items()))
-        raise UserError(f"{mismatch} ({was}); choose another --out")
+        raise UserError(f"{mismatch} ({changes_text(changes)}); {fix}")
 
 
-def record_or_check_settings(path: Path, settings: dict[str, Any], mismatch: str) -> None:
-    """First run: record settings in `path`. A re-run that resumes: `check_settings`."""
+def record_or_check_settings(path: Path, settings: dict[str, Any], mismatch: str, record: bool = True) -> None:
+    """First run: record settings in `path` (when `record`: the main one of several processes). A re-run that
+    resumes: `check_settings`."""
     check_settings(path, settings, mismatch)
-    if not Path(path).is_file():
+    if record and not Path(path).is_file():
         atomic_write_json(path, settings)
 
 

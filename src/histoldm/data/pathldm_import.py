@@ -219,6 +219,41 @@ def _summary_record(case_id: str, summary: str | list[str], source: str) -> dict
     return rec
 
 
+def _row_splits(splits: dict[str, Any], n: int, skipped: list[dict[str, Any]]) -> dict[int, str]:
+    """HDF5 row -> the split whose npz lists it (first split name wins); indices outside the file are skipped."""
+    row_split: dict[int, str] = {}
+    for name in sorted(splits):
+        for i in np.asarray(splits[name]["indices"]).ravel().tolist():
+            if not 0 <= int(i) < n:
+                skipped.append({"split": name, "index": int(i), "reason": f"index outside the HDF5's {n} rows"})
+                continue
+            row_split.setdefault(int(i), name)
+    return row_split
+
+
+def _case_summaries(splits: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """case_id -> summary record: PathLDM keys summaries by slide; one report per case, first slide wins."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in sorted(splits):
+        for wsi, text in sorted((splits[name].get("summaries") or {}).items()):
+            case = case_id_of(_text(wsi))
+            summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
+    return summaries
+
+
+def _case_splits(names: list[str], case_split_rows: dict[str, dict[str, int]]):
+    """PathLDM splits by slide; a case whose slides fall in several splits goes where most of its patches
+    are (ties: first split name) and is listed in `conflicts`. Returns (split -> cases, conflicts)."""
+    groups: dict[str, list[str]] = {name: [] for name in names}
+    conflicts = {}
+    for case, per in sorted(case_split_rows.items()):
+        best = sorted(per, key=lambda s: (-per[s], s))[0]
+        groups[best].append(case)
+        if len(per) > 1:
+            conflicts[case] = sorted(per)
+    return groups, conflicts
+
+
 def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: float = 1.0) -> dict[str, Any]:
     """Convert PathLDM data into a patch store with scores, summaries and the given split."""
     import h5py
@@ -248,13 +283,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
         n = len(f["X"])
         wsi_all = [_text(v) for v in f["wsi"][:]]
         folder_all = [_text(v) for v in f["folder_name"][:]]
-        row_split: dict[int, str] = {}
-        for name in sorted(splits):
-            for i in np.asarray(splits[name]["indices"]).ravel().tolist():
-                if not 0 <= int(i) < n:
-                    skipped.append({"split": name, "index": int(i), "reason": f"index outside the HDF5's {n} rows"})
-                    continue
-                row_split.setdefault(int(i), name)
+        row_split = _row_splits(splits, n, skipped)
         rows_to_import = sorted(row_split) if splits else list(range(n))
 
         rows, scores, case_split_rows, seen = [], {}, {}, set()
@@ -290,11 +319,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
     patch_ids = [r["patch_id"] for r in rows]
     write_scores(out / "scores.parquet", patch_ids, scores)
 
-    summaries: dict[str, dict[str, Any]] = {}
-    for name in sorted(splits):  # PathLDM keys summaries by slide; one report per case, first slide wins
-        for wsi, text in sorted((splits[name].get("summaries") or {}).items()):
-            case = case_id_of(_text(wsi))
-            summaries.setdefault(case, _summary_record(case, text, f"{name}.npz"))
+    summaries = _case_summaries(splits)
     atomic_write_jsonl(out / "summaries.jsonl", (summaries[c] for c in sorted(summaries)))
 
     produced: dict[str, Any] = {
@@ -304,15 +329,7 @@ def import_pathldm(h5: Path, out: Path, npz: list[Path] | None = None, mpp: floa
         "tile_sizes": tile_sizes(out, rows),
     }
     if splits:
-        # PathLDM splits by slide; a case whose slides fall in several splits goes where most of its
-        # patches are (ties: first split name) and is listed under `conflicts`.
-        groups: dict[str, list[str]] = {name: [] for name in sorted(splits)}
-        conflicts = {}
-        for case, per in sorted(case_split_rows.items()):
-            best = sorted(per, key=lambda s: (-per[s], s))[0]
-            groups[best].append(case)
-            if len(per) > 1:
-                conflicts[case] = sorted(per)
+        groups, conflicts = _case_splits(sorted(splits), case_split_rows)
         atomic_write_text(
             out / "split.json",
             split_json(

@@ -94,7 +94,8 @@ def slide_ids(slides: list[Path]) -> dict[Path, str]:
     for p, slide_id in ids.items():
         if slide_id in seen:
             raise UserError(
-                f"{p}: same slide id {slide_id!r} as {seen[slide_id]}; rename one or tile the folders into separate stores"
+                f"{p}: same slide id {slide_id!r} as {seen[slide_id]}; "
+                "rename one or tile the folders into separate stores"
             )
         seen[slide_id] = p
     return ids
@@ -167,10 +168,43 @@ def _slide_complete(out: Path, slide_id: str) -> bool:
     return all((out / p).is_file() for p in paths)
 
 
-def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool = False) -> dict[str, Any]:
-    """Tile one slide into the store; returns {slide_id, patches, status}. Raises on a bad slide."""
+def _candidates(
+    thumb_mask: np.ndarray,
+    scale: tuple[float, float],
+    dims: tuple[int, int],
+    extent: float,
+    stride: float,
+    min_tissue: float,
+) -> list[tuple[int, int]]:
+    """Level-0 (x, y) of the grid cells whose thumbnail cell holds enough tissue; half the threshold, as the
+    thumbnail's pixels are blurred averages (the exact fraction on the patch decides later)."""
+    (sx, sy), (width, height) = scale, dims
+    candidates = []
+    for y in grid(height, extent, stride):
+        for x in grid(width, extent, stride):
+            cell = thumb_mask[
+                int(y * sy) : max(int((y + extent) * sy), int(y * sy) + 1),
+                int(x * sx) : max(int((x + extent) * sx), int(x * sx) + 1),
+            ]
+            if cell.size and cell.mean() >= min_tissue * 0.5:
+                candidates.append((x, y))
+    return candidates
+
+
+def _read_patch(slide, xy: tuple[int, int], level: int, read_side: int, size: int, side_at_level: float) -> np.ndarray:
+    """One patch: `side_at_level` pixels of `level` at level-0 `xy`, on white where the slide is transparent,
+    resized (bicubic) to size x size RGB."""
     from PIL import Image
 
+    region = slide.read_region(xy, level, (read_side, read_side))
+    white = Image.new("RGB", region.size, (255, 255, 255))
+    white.paste(region, mask=region.getchannel("A"))
+    box = (0, 0, side_at_level, side_at_level)
+    return np.asarray(white.resize((size, size), Image.Resampling.BICUBIC, box=box))
+
+
+def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool = False) -> dict[str, Any]:
+    """Tile one slide into the store; returns {slide_id, patches, status}. Raises on a bad slide."""
     setup_start = time.perf_counter()
     out = Path(cfg.out)
     if _slide_complete(out, slide_id):
@@ -183,7 +217,8 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
         downsample = mpp_out / mpp0
         if downsample < 1 - MPP_TOLERANCE:
             raise UserError(
-                f"{path}: {cfg.magnification:g}x needs {mpp_out:.3f} um/px but the slide's finest level is {mpp0:.3f} um/px"
+                f"{path}: {cfg.magnification:g}x needs {mpp_out:.3f} um/px but the slide's finest level is "
+                f"{mpp0:.3f} um/px"
             )
         if downsample < 1:  # scanners state e.g. 0.5025 um/px for "20x": read level 0 as is, record its true mpp
             downsample, mpp_out = 1.0, mpp0
@@ -203,29 +238,14 @@ def tile_slide(path: Path, slide_id: str, cfg: TileConfig, show_progress: bool =
         thumb_mask = thumb_sat >= threshold
         sx, sy = thumb_rgb.shape[1] / width, thumb_rgb.shape[0] / height
 
-        # Coarse pass on the thumbnail (half the threshold: its pixels are blurred averages), then
-        # the exact tissue fraction on each patch decides.
-        candidates = []
-        for y in grid(height, extent, stride):
-            for x in grid(width, extent, stride):
-                cell = thumb_mask[
-                    int(y * sy) : max(int((y + extent) * sy), int(y * sy) + 1),
-                    int(x * sx) : max(int((x + extent) * sx), int(x * sx) + 1),
-                ]
-                if cell.size and cell.mean() >= cfg.min_tissue * 0.5:
-                    candidates.append((x, y))
+        # Coarse pass on the thumbnail, then the exact tissue fraction on each patch decides.
+        candidates = _candidates(thumb_mask, (sx, sy), (width, height), extent, stride, cfg.min_tissue)
 
         rows = []
         (out / "patches" / slide_id).mkdir(parents=True, exist_ok=True)
         loop_start = time.perf_counter()
         for x, y in tqdm(candidates, desc=slide_id, unit="patch", leave=False, disable=not show_progress):
-            region = slide.read_region((x, y), level, (read_side, read_side))
-            white = Image.new("RGB", region.size, (255, 255, 255))
-            white.paste(region, mask=region.getchannel("A"))
-            patch = white.resize(
-                (cfg.size, cfg.size), Image.Resampling.BICUBIC, box=(0, 0, extent / level_ds, extent / level_ds)
-            )
-            rgb = np.asarray(patch)
+            rgb = _read_patch(slide, (x, y), level, read_side, cfg.size, extent / level_ds)
             fraction = tissue_fraction(rgb, threshold)
             if fraction < cfg.min_tissue:
                 continue

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from histoldm.sampling.guidance import ContextEpsFn, eps_from_v
-from histoldm.sampling.solvers import EpsFn
+from histoldm.sampling.solvers import EpsFn, Solver
 
 
 def student_eps_fn(
@@ -62,3 +62,12 @@ def sample_consistency(
         eps = eps_fn(x, int(t)).to(torch.float32)
         x = scheduler.step(eps, t, x, generator=list(generators)).prev_sample
     return x
+
+
+def consistency_solver(solver_steps: int) -> Solver:
+    """Consistency sampling of a student distilled on a grid of `solver_steps`, in the solvers' one signature."""
+
+    def solve(eps_fn: EpsFn, x: torch.Tensor, steps: int, *, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return sample_consistency(eps_fn, x, steps, solver_steps, generators)
+
+    return solve

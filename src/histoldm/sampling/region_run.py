@@ -17,10 +17,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from histoldm.devices import dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
@@ -30,6 +32,8 @@ from histoldm.fileio import (
     remove_stale_temps,
     require_output_folder,
 )
+from histoldm.manifest import write_manifest
+from histoldm.models.bundle import read_bundle_meta
 from histoldm.sampling.captions_io import safe_file_stem
 from histoldm.sampling.config import RegionConfig
 from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map
@@ -170,7 +174,6 @@ class RegionSampler:
 
     @classmethod
     def load(cls, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]) -> RegionSampler:
-        from histoldm.devices import resolve_device, sampling_numerics
         from histoldm.sampling.run import ImageSampler
 
         device = resolve_device(cfg.device)
@@ -197,7 +200,7 @@ class RegionSampler:
         from histoldm.sampling.region import blended_eps_fn, decode_tiled
         from histoldm.sampling.region_map import window_caption
         from histoldm.sampling.run import to_uint8
-        from histoldm.sampling.solvers import solve
+        from histoldm.sampling.solvers import image_generators, make_solver
 
         cfg, geo, m = self.cfg, self.geo, self.model
         grid = geo.grid(spec.size)
@@ -219,10 +222,10 @@ class RegionSampler:
         noise = torch.randn(
             (m.latent_shape[0], side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.float32
         )
-        generators = [torch.Generator().manual_seed(seed + 1)] if cfg.eta > 0 else None
+        solve = make_solver(cfg.solver, eta=cfg.eta)
         autocast = self.numerics.autocast
         with torch.autocast(m.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            latents = solve(cfg.solver, eps_fn, noise[None].to(m.device), cfg.steps, cfg.eta, generators)
+            latents = solve(eps_fn, noise[None].to(m.device), cfg.steps, generators=image_generators([seed]))
         quantize = "taming" if self.numerics.profile == "pathldm" else "diffusers"
         image = decode_tiled(
             lambda z: decode(m.ae, z, quantize=quantize),
@@ -262,24 +265,9 @@ class RegionResult:
     seconds_per_region: float | None
 
 
-def run_sample_region(cfg: RegionConfig) -> RegionResult:
-    """Make every region of this shard not yet finished in cfg.out (module docstring)."""
-    from tqdm import tqdm
-
-    from histoldm.devices import dtype_name, resolve_device, sampling_numerics
-    from histoldm.manifest import write_manifest
-    from histoldm.models.bundle import read_bundle_meta
-    from histoldm.sampling.region_tiff import pyramid_tiff_bytes
-
-    started = time.time()
-    bundle = resolve_bundle(cfg.checkpoint)
-    meta = read_bundle_meta(bundle)
-    geo = geometry(cfg, bundle, meta)
-    specs = region_specs(cfg, geo)
-    out = require_output_folder(Path(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
-    numerics = sampling_numerics(cfg.numerics, cfg.dtype, resolve_device(cfg.device))
-    settings = {
+def _pixel_settings(cfg: RegionConfig, bundle: Path, meta, geo, numerics) -> dict[str, Any]:
+    """What decides a region's pixels besides its map, summary and seed: a folder holds regions of one set."""
+    return {
         "bundle": str(bundle.resolve()),
         "weights": f"{meta.source}@{meta.trained_steps}",
         "template": cfg.template,
@@ -296,9 +284,10 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
         "dtype": dtype_name(numerics.weights),
         "numerics": numerics.record(),
     }
-    record_or_check_settings(out / "settings.json", settings, f"{out}: folder holds regions made with other settings")
-    if cfg.shard is None:  # no other job writes here: the temp files of a killed run can go
-        remove_stale_temps(out)
+
+
+def _pending(out: Path, specs: list[RegionSpec], shard: tuple[int, int] | None) -> list[RegionSpec]:
+    """This shard's regions not finished yet; an id finished with another map, summary or size is an error."""
     done = finished_regions(out)
     changed = [
         s.id
@@ -312,52 +301,84 @@ def run_sample_region(cfg: RegionConfig) -> RegionResult:
             f"{out}: {len(changed)} regions were made with another map, summary or size under the same ids "
             f"(first: {changed[0]}); use a new --out"
         )
-    mine = [s for k, s in enumerate(specs) if cfg.shard is None or k % cfg.shard[1] == cfg.shard[0]]
-    pending = [s for s in mine if s.id not in done]
+    mine = [s for k, s in enumerate(specs) if shard is None or k % shard[1] == shard[0]]
+    return [s for s in mine if s.id not in done]
+
+
+def _window_captions(cfg: RegionConfig, specs: list[RegionSpec]) -> list[str]:
+    """Every window caption of these regions, once each (the text encoder's work)."""
+    from histoldm.sampling.region_map import window_caption
+
+    return sorted(
+        {
+            window_caption(cfg.template, s.label_map, i, j, s.summary)
+            for s in specs
+            for i in range(s.label_map.shape[0])
+            for j in range(s.label_map.shape[1])
+        }
+    )
+
+
+def _write_region(
+    out: Path, index: Path, spec: RegionSpec, seed: int, image: np.ndarray, cfg: RegionConfig, geo, settings
+) -> None:
+    """One region's preview and pyramidal TIFF, then its index line: an index line always points at whole files."""
+    from histoldm.sampling.region_tiff import pyramid_tiff_bytes
+
+    stem = safe_file_stem(spec.id)
+    record = {
+        "id": spec.id,
+        "file": f"regions/{stem}.tiff",
+        "preview": f"previews/{stem}.png",
+        "seed": seed,
+        "size": spec.size,
+        "template": cfg.template,
+        "summary": spec.summary,
+        "map_source": spec.label_map.source,
+        "map": [list(row) for row in spec.label_map.cells],
+        "window_px": geo.window * geo.factor,
+        "stride_px": geo.stride * geo.factor,
+        "decode_tile_px": geo.decode_tile * geo.factor,
+        "decode_stride_px": geo.decode_stride * geo.factor,
+        "mpp": cfg.mpp,
+        "settings": settings,
+    }
+    atomic_write_bytes(out / record["preview"], preview_png(image, cfg.preview_size))
+    description = json.dumps({k: record[k] for k in ("id", "seed", "template", "summary", "map")})
+    atomic_write_bytes(out / record["file"], pyramid_tiff_bytes(image, cfg.mpp, description))
+    append_jsonl(index, [record])
+
+
+def run_sample_region(cfg: RegionConfig) -> RegionResult:
+    """Make every region of this shard not yet finished in cfg.out (module docstring)."""
+    from tqdm import tqdm
+
+    started = time.time()
+    bundle = resolve_bundle(cfg.checkpoint)
+    meta = read_bundle_meta(bundle)
+    geo = geometry(cfg, bundle, meta)
+    specs = region_specs(cfg, geo)
+    out = require_output_folder(Path(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    numerics = sampling_numerics(cfg.numerics, cfg.dtype, resolve_device(cfg.device))
+    settings = _pixel_settings(cfg, bundle, meta, geo, numerics)
+    # Work: one set of settings per folder; this shard's regions not finished yet.
+    record_or_check_settings(out / "settings.json", settings, f"{out}: folder holds regions made with other settings")
+    if cfg.shard is None:  # no other job writes here: the temp files of a killed run can go
+        remove_stale_temps(out)
+    pending = _pending(out, specs, cfg.shard)
     index = out / ("index.jsonl" if cfg.shard is None else f"index.shard{cfg.shard[0]}-of-{cfg.shard[1]}.jsonl")
 
-    sampler = None
-    if pending:
-        from histoldm.sampling.region_map import window_caption
-
-        captions = sorted(
-            {
-                window_caption(cfg.template, s.label_map, i, j, s.summary)
-                for s in pending
-                for i in range(s.label_map.shape[0])
-                for j in range(s.label_map.shape[1])
-            }
-        )
-        sampler = RegionSampler.load(cfg, bundle, meta, geo, captions)
+    # Sample: models are loaded only when there is something to do; each region's files, then its index line.
+    sampler = RegionSampler.load(cfg, bundle, meta, geo, _window_captions(cfg, pending)) if pending else None
     seconds = []
     for spec in tqdm(pending, desc="regions", unit="region", disable=not pending):
         t0 = time.time()
         seed = image_seed(cfg.seed, spec.id)
-        image = sampler(spec, seed)
-        stem = safe_file_stem(spec.id)
-        record = {
-            "id": spec.id,
-            "file": f"regions/{stem}.tiff",
-            "preview": f"previews/{stem}.png",
-            "seed": seed,
-            "size": spec.size,
-            "template": cfg.template,
-            "summary": spec.summary,
-            "map_source": spec.label_map.source,
-            "map": [list(row) for row in spec.label_map.cells],
-            "window_px": geo.window * geo.factor,
-            "stride_px": geo.stride * geo.factor,
-            "decode_tile_px": geo.decode_tile * geo.factor,
-            "decode_stride_px": geo.decode_stride * geo.factor,
-            "mpp": cfg.mpp,
-            "settings": settings,
-        }
-        atomic_write_bytes(out / record["preview"], preview_png(image, cfg.preview_size))
-        description = json.dumps({k: record[k] for k in ("id", "seed", "template", "summary", "map")})
-        atomic_write_bytes(out / record["file"], pyramid_tiff_bytes(image, cfg.mpp, description))
-        append_jsonl(index, [record])  # after the files: an index line always points at whole files
+        _write_region(out, index, spec, seed, sampler(spec, seed), cfg, geo, settings)
         seconds.append(time.time() - t0)
 
+    # Finish: the manifest of this shard (or of the whole folder).
     done = finished_regions(out)
     finished = sum(s.id in done for s in specs)
     write_manifest(

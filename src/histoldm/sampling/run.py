@@ -13,6 +13,7 @@ size, the number of processes or which run produced it. Process i of N takes ite
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,15 +30,20 @@ from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
     atomic_write_bytes,
-    atomic_write_json,
     jsonl_text,
     read_jsonl,
+    record_or_check_settings,
     remove_stale_temps,
-    settings_changes,
 )
-from histoldm.models.bundle import META_FILE
+from histoldm.manifest import write_manifest
+from histoldm.models.bundle import META_FILE, read_bundle_meta
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 from histoldm.sampling.config import SampleConfig
+
+if TYPE_CHECKING:
+    from histoldm.models.autoencoder import Autoencoder
+    from histoldm.sampling.context import TextSource
+    from histoldm.sampling.guidance import ContextEpsFn
 
 GRID_MAX = 64  # a grid of more images is too large to look at
 
@@ -123,16 +129,6 @@ def finished_records(out: Path) -> dict[str, dict]:
     return records
 
 
-def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
-    """Resuming with settings that change the pixels would mix two kinds of image in one folder."""
-    path = out / "settings.json"
-    if changes := settings_changes(path, settings):
-        diffs = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        raise UserError(f"{path}: folder holds images made with other settings ({diffs}); use a new --out")
-    if is_main and not path.is_file():
-        atomic_write_json(path, settings)
-
-
 def _finalise_index(out: Path, items: list[CaptionItem]) -> list[dict]:
     """Rewrite index.jsonl as one line per finished image in caption order; drop per-process files."""
     records = finished_records(out)
@@ -211,9 +207,9 @@ class ImageSampler:
     """Captions and per-image seeds in, images in [-1, 1] out: text -> noise -> solver -> decoder."""
 
     cfg: SampleConfig
-    text: Any  # histoldm.sampling.context.TextSource
-    eps_fn: Any  # histoldm.sampling.guidance.ContextEpsFn
-    ae: Any  # histoldm.models.autoencoder.Autoencoder
+    text: TextSource
+    eps_fn: ContextEpsFn
+    ae: Autoencoder
     latent_shape: tuple[int, int, int]
     scaling_factor: float
     device: torch.device
@@ -268,37 +264,22 @@ class ImageSampler:
     def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
         """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
         from histoldm.models.autoencoder import decode
-        from histoldm.sampling.consistency import sample_consistency
         from histoldm.sampling.guidance import classifier_free_guidance
-        from histoldm.sampling.solvers import (
-            ddim_timesteps,
-            sample_ddim,
-            sample_dpmpp_2m,
-            sample_unipc,
-            training_alphas_cumprod,
-        )
+        from histoldm.sampling.solvers import image_generators, make_solver
 
         cfg = self.cfg
         context, truncated = self.text.encode(captions)
-        guided = classifier_free_guidance(
-            self.eps_fn, context.to(self.device), self.text.uncond.to(self.device), cfg.guidance, cfg.guidance_interval
-        )
+        context = context.to(self.device)
+        if self.solver_steps is not None:  # a student's guidance is an input: one conditional pass per step
+            eps_fn = functools.partial(self.eps_fn, context=context)
+        else:
+            uncond = self.text.uncond.to(self.device)
+            eps_fn = classifier_free_guidance(self.eps_fn, context, uncond, cfg.guidance, cfg.guidance_interval)
+        solve = make_solver(cfg.solver, eta=cfg.eta, solver_steps=self.solver_steps)
         x = initial_noise(seeds, self.latent_shape).to(self.device)
         autocast = self.numerics.autocast
         with torch.autocast(self.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            if cfg.solver == "lcm":  # the student's guidance is an input: one conditional pass per step
-                context = context.to(self.device)
-                generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
-                latents = sample_consistency(
-                    lambda x, t: self.eps_fn(x, t, context), x, cfg.steps, self.solver_steps, generators
-                )
-            elif cfg.solver == "ddim":
-                generators = [torch.Generator().manual_seed(s + 1) for s in seeds] if cfg.eta > 0 else None
-                latents = sample_ddim(
-                    guided, x, ddim_timesteps(cfg.steps), training_alphas_cumprod(), eta=cfg.eta, generators=generators
-                )
-            else:
-                latents = (sample_dpmpp_2m if cfg.solver == "dpmpp" else sample_unipc)(guided, x, cfg.steps)
+            latents = solve(eps_fn, x, cfg.steps, generators=image_generators(seeds))
         latents = latents.float() / self.scaling_factor
         quantize = (
             "taming" if self.numerics.profile == "pathldm" else "diffusers"
@@ -322,25 +303,9 @@ class SampleResult:
     grid: Path | None
 
 
-def run_sample(cfg: SampleConfig) -> SampleResult | None:
-    """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
-    the main process returns the counts, the others None."""
-    from tqdm import tqdm
-
-    from histoldm.manifest import write_manifest
-    from histoldm.models.bundle import read_bundle_meta
-
-    started = time.time()
-    bundle = resolve_bundle(cfg.checkpoint)
-    meta = read_bundle_meta(bundle)
-    check_solver_fits_bundle(bundle, meta, cfg.solver, cfg.guidance)
-    items, skipped = read_caption_items(
-        cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name
-    )
-    state, device, numerics = _resolve_device_dtype(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {
+def _pixel_settings(cfg: SampleConfig, bundle: Path, meta, numerics: SamplingNumerics) -> dict[str, Any]:
+    """What decides an image's pixels besides its caption and seed: a folder holds images of one set of them."""
+    return {
         "bundle": str(bundle.resolve()),
         "weights": f"{meta.source}@{meta.trained_steps}",  # a re-export after more training is another model
         "steps": cfg.steps,
@@ -352,20 +317,106 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
         "dtype": dtype_name(numerics.weights),
         "numerics": numerics.record(),
     }
-    _check_settings(out, settings, state.is_main_process)
+
+
+def _pending(out: Path, items: list[CaptionItem], rank: int, world: int) -> list[tuple[int, CaptionItem]]:
+    """This process's share of the items (k, item), minus those an earlier run finished; an id finished for
+    another caption is an error (the folder would mix two captions under one id)."""
+    done = finished_records(out)
+    stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
+    if stale:
+        raise UserError(
+            f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); "
+            "use a new --out"
+        )
+    return [(k, item) for k, item in enumerate(items) if k % world == rank and item.id not in done]
+
+
+def _write_images(out: Path, index_path: Path, batch, seeds: list[int], images, truncated, truncate: bool) -> None:
+    """One batch's PNGs, then their index lines: an index line always points at a whole file."""
+    records = []
+    for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
+        file = image_file(k, item.id)
+        atomic_write_bytes(out / file, png_bytes(image, truncate))
+        records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
+    append_jsonl(index_path, records)
+
+
+def _finish(
+    cfg: SampleConfig,
+    out: Path,
+    bundle: Path,
+    items: list[CaptionItem],
+    skipped: list,
+    settings: dict[str, Any],
+    counts: tuple[int, int, int],
+    started: float,
+) -> SampleResult:
+    """One index in caption order, a grid for small runs, the manifest (the main process, once all are done).
+    `counts`: this run's images and truncated captions (main process) and the number of processes."""
+    n_new, n_truncated, processes = counts
+    records = _finalise_index(out, items)
+    wanted = {item.id for item in items}
+    finished = [r for r in records if r["id"] in wanted]
+    grid = (
+        write_grid(out, [r["file"] for r in finished])
+        if len(items) <= GRID_MAX and len(finished) == len(items)
+        else None
+    )
+    truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
+    produced = {
+        "images": len(finished),
+        "new_this_run_main_process": n_new,
+        "processes": processes,
+        "truncated_captions": len(truncated_captions),
+        "grid": str(grid) if grid else None,
+        "solver": cfg.solver,
+        "steps": cfg.steps,
+        "guidance_interval": cfg.guidance_interval,
+    }
+    write_manifest(
+        out / "manifest.json",
+        stage="sample",
+        config=cfg,
+        inputs={"checkpoint": bundle, "captions": cfg.captions, "split": cfg.split, "text_cache": cfg.text_cache},
+        produced=produced,
+        started=started,
+        seed=cfg.seed,
+        skipped=skipped,
+        extra={
+            "settings": settings,
+            "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]},
+        },
+    )
+    return SampleResult(
+        out, bundle, len(items), len(finished), n_new, len(truncated_captions), n_truncated, len(skipped), grid
+    )
+
+
+def run_sample(cfg: SampleConfig) -> SampleResult | None:
+    """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
+    the main process returns the counts, the others None."""
+    from tqdm import tqdm
+
+    started = time.time()
+    bundle = resolve_bundle(cfg.checkpoint)
+    meta = read_bundle_meta(bundle)
+    check_solver_fits_bundle(bundle, meta, cfg.solver, cfg.guidance)
+    items, skipped = read_caption_items(
+        cfg.captions, prompt=cfg.prompt, num_images=cfg.num_images, split=cfg.split, split_name=cfg.split_name
+    )
+    state, device, numerics = _resolve_device_dtype(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _pixel_settings(cfg, bundle, meta, numerics)
+    mismatch = f"{out / 'settings.json'}: folder holds images made with other settings"
+    record_or_check_settings(out / "settings.json", settings, mismatch, record=state.is_main_process)
     if state.is_main_process:  # before any process writes: PNGs a killed run was writing
         remove_stale_temps(out)
     state.wait_for_everyone()
 
     # Work: this process's share of the items, minus those already finished by any earlier run.
-    done = finished_records(out)
-    stale = [item.id for item in items if item.id in done and done[item.id]["caption"] != item.caption]
-    if stale:
-        raise UserError(
-            f"{out}: {len(stale)} images were made for other captions under the same ids (first: {stale[0]}); use a new --out"
-        )
-    mine = [(k, item) for k, item in enumerate(items) if k % state.num_processes == state.process_index]
-    pending = [(k, item) for k, item in mine if item.id not in done]
+    pending = _pending(out, items, state.process_index, state.num_processes)
     index_path = out / ("index.jsonl" if state.num_processes == 1 else f"index.rank{state.process_index}.jsonl")
 
     # Sample: models are loaded only when there is something to do.
@@ -388,12 +439,7 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
         seeds = [image_seed(cfg.seed, item.id) for _, item in batch]
         images, truncated = sampler([item.caption for _, item in batch], seeds)
         n_truncated += sum(truncated)
-        records = []
-        for (k, item), seed, image, cut in zip(batch, seeds, images, truncated):
-            file = image_file(k, item.id)
-            atomic_write_bytes(out / file, png_bytes(image, numerics.truncate))
-            records.append({"id": item.id, "caption": item.caption, "seed": seed, "file": file, "truncated": bool(cut)})
-        append_jsonl(index_path, records)  # after the PNGs: an index line always points at a whole file
+        _write_images(out, index_path, batch, seeds, images, truncated, numerics.truncate)
         bar.update(len(batch))
     bar.close()
 
@@ -401,39 +447,5 @@ def run_sample(cfg: SampleConfig) -> SampleResult | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    records = _finalise_index(out, items)
-    wanted = {item.id for item in items}
-    finished = [r for r in records if r["id"] in wanted]
-    grid = (
-        write_grid(out, [r["file"] for r in finished])
-        if len(items) <= GRID_MAX and len(finished) == len(items)
-        else None
-    )
-    truncated_captions = [r["caption"] for r in finished if r.get("truncated")]
-    produced = {
-        "images": len(finished),
-        "new_this_run_main_process": len(pending),
-        "processes": state.num_processes,
-        "truncated_captions": len(truncated_captions),
-        "grid": str(grid) if grid else None,
-        "solver": cfg.solver,
-        "steps": cfg.steps,
-        "guidance_interval": cfg.guidance_interval,
-    }
-    write_manifest(
-        out / "manifest.json",
-        stage="sample",
-        config=cfg,
-        inputs={"checkpoint": bundle, "captions": cfg.captions, "split": cfg.split, "text_cache": cfg.text_cache},
-        produced=produced,
-        started=started,
-        seed=cfg.seed,
-        skipped=skipped,
-        extra={
-            "settings": settings,
-            "truncated": {"count": len(truncated_captions), "first": [c[:200] for c in truncated_captions[:20]]},
-        },
-    )
-    return SampleResult(
-        out, bundle, len(items), len(finished), len(pending), len(truncated_captions), n_truncated, len(skipped), grid
-    )
+    counts = (len(pending), n_truncated, state.num_processes)
+    return _finish(cfg, out, bundle, items, skipped, settings, counts, started)

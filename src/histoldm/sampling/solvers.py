@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
@@ -132,19 +133,51 @@ def _sample_multistep(eps_fn: EpsFn, x: torch.Tensor, steps: int, scheduler) -> 
     return x
 
 
-def solve(
-    solver: str,
-    eps_fn: EpsFn,
-    x: torch.Tensor,
-    steps: int,
-    eta: float = 0.0,
-    generators: Sequence[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """Run the solver named as in `histoldm sample --solver` (ddim, dpmpp, unipc) from noise `x`."""
-    if solver == "ddim":
-        return sample_ddim(eps_fn, x, ddim_timesteps(steps), training_alphas_cumprod(), eta=eta, generators=generators)
-    if solver == "dpmpp":
-        return sample_dpmpp_2m(eps_fn, x, steps)
-    if solver == "unipc":
-        return sample_unipc(eps_fn, x, steps)
-    raise ValueError(f"unknown solver {solver!r}")
+class Solver(Protocol):
+    """Every solver's one signature: noise `x` -> x0 in `steps` denoiser calls, over `eps_fn(x, t) -> eps`.
+    `generators` (one CPU generator per image) feed the solvers that add fresh noise; the others ignore them.
+    What differs between solvers (the schedule, DDIM's eta, a student's grid) is bound when it is made."""
+
+    def __call__(
+        self, eps_fn: EpsFn, x: torch.Tensor, steps: int, *, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor: ...
+
+
+def ddim_solver(eta: float = 0.0) -> Solver:
+    """DDIM on PathLDM's timesteps and training schedule; eta > 0 adds fresh noise per step from `generators`."""
+
+    def solve(eps_fn: EpsFn, x: torch.Tensor, steps: int, *, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        noise = generators if eta > 0 else None
+        return sample_ddim(eps_fn, x, ddim_timesteps(steps), training_alphas_cumprod(), eta=eta, generators=noise)
+
+    return solve
+
+
+def multistep_solver(name: str) -> Solver:
+    """DPM-Solver++ 2M (`dpmpp`) or UniPC (`unipc`): deterministic, a fresh diffusers scheduler per call."""
+    sample = {"dpmpp": sample_dpmpp_2m, "unipc": sample_unipc}[name]
+
+    def solve(eps_fn: EpsFn, x: torch.Tensor, steps: int, *, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return sample(eps_fn, x, steps)
+
+    return solve
+
+
+def make_solver(name: str, *, eta: float = 0.0, solver_steps: int | None = None) -> Solver:
+    """The solver named as in `histoldm sample --solver` with its settings bound: ddim (`eta`), dpmpp,
+    unipc, or lcm (consistency steps of a student distilled on a grid of `solver_steps`)."""
+    if name == "ddim":
+        return ddim_solver(eta)
+    if name in ("dpmpp", "unipc"):
+        return multistep_solver(name)
+    if name == "lcm" and solver_steps is not None:
+        from histoldm.sampling.consistency import consistency_solver
+
+        return consistency_solver(solver_steps)
+    raise ValueError(f"unknown solver {name!r}" + (" (lcm needs the student's solver_steps)" if name == "lcm" else ""))
+
+
+def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image for the noise a solver adds after the first draw: seeded by seed + 1, so
+    it never repeats the image's initial noise."""
+    return [torch.Generator().manual_seed(s + 1) for s in seeds]

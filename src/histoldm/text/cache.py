@@ -115,7 +115,8 @@ class TextCache:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if tensors["embeddings"].shape[0] < len(self.captions):
                 raise UserError(
-                    f"{self.folder}: {EMBEDDINGS} has {tensors['embeddings'].shape[0]} rows, index lists {len(self.captions)}"
+                    f"{self.folder}: {EMBEDDINGS} has {tensors['embeddings'].shape[0]} rows, "
+                    f"index lists {len(self.captions)}"
                 )
             tensors["embeddings"] = tensors["embeddings"][: len(self.captions)]
             self._tensors = tensors
@@ -263,6 +264,21 @@ class EncodeTextResult:
         return self.meta["n_truncated"]
 
 
+def _cache_meta(encoder, n_captions: int, n_truncated: int) -> dict[str, Any]:
+    """meta.json: the encoder's contract (what a trainer and a sampler check) and the counts."""
+    return {
+        "encoder": encoder.name,
+        "mode": encoder.mode,
+        "max_length": encoder.max_length,
+        "length": encoder.length,
+        "dim": encoder.dim,
+        "fingerprint": encoder.fingerprint,
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "n_captions": n_captions,
+        "n_truncated": n_truncated,
+    }
+
+
 def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | None:
     """Encode the unique captions of cfg.captions not yet in cfg.out (under accelerate launch, this
     process's share); the main process returns the meta plus counts, the others None. `procs`:
@@ -302,17 +318,7 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | Non
         new_truncated = _encode_batches(encoder, new, bs, list(range(-(-len(new) // bs))), table, n_old, True)
     uncond = encoder.encode([""]).cpu()
 
-    meta = {
-        "encoder": encoder.name,
-        "mode": encoder.mode,
-        "max_length": encoder.max_length,
-        "length": encoder.length,
-        "dim": encoder.dim,
-        "fingerprint": encoder.fingerprint,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-        "n_captions": n_old + len(new),
-        "n_truncated": sum(old_truncated) + sum(new_truncated),
-    }
+    meta = _cache_meta(encoder, n_old + len(new), sum(old_truncated) + sum(new_truncated))
     _save_safetensors(out / EMBEDDINGS, {"embeddings": table, "uncond": uncond}, {k: str(v) for k, v in meta.items()})
     append_jsonl(
         out / INDEX,

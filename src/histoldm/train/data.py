@@ -5,13 +5,17 @@ cache (patch_id) x text cache (caption -> row). The trainer gets (latent, text r
 the embeddings up itself, so the text table can live on the GPU once instead of travelling per batch.
 
 Randomness at training time (random crops, the caption of a patch with several, dihedral augmentation,
-guidance dropout) is drawn from generators seeded by (seed, step, rank), and the sampler's order from
-(seed, epoch): a resumed run sees exactly the batches and draws of an uninterrupted one.
+guidance dropout, the objective's noise) is drawn from generators seeded by (seed, micro-batch position,
+rank), one named `Stream` per kind of draw, and the sampler's order from (seed, epoch): a resumed run sees
+exactly the batches and draws of an uninterrupted one. `micro_batches` turns loader items into model input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
@@ -134,12 +138,72 @@ class ResumableSampler(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def step_generator(seed: int, step: int, rank: int, device: torch.device, stream: int = 0) -> torch.Generator:
-    """The one source of per-step randomness. Draws that must be independent of each other (caption
-    dropout vs. flips, say) take different `stream`s: one shared stream would correlate them."""
+class Stream(IntEnum):
+    """The independent random streams of one micro-batch (`step_generator`'s `stream`). Each draw has its own,
+    so caption dropout and flips, say, are not correlated; the numbers are part of every run's random draws."""
+
+    NOISE = 0  # train: flips, then the objective's timesteps and noise (one generator, in that order)
+    DROPOUT = 1  # guidance dropout: a caption becomes the empty caption
+    CROP = 2  # random crop offsets (CPU)
+    CAPTION = 3  # which of a patch's captions (CPU)
+    CONSISTENCY = 4  # distill: the objective's timesteps, guidance scales and noise
+    FLIPS = 5  # distill: flips, apart from the objective's draws
+
+
+def step_generator(seed: int, draw: int, rank: int, device: torch.device, stream: int = Stream.NOISE):
+    """The one source of per-micro-batch randomness: a generator seeded by (seed, draw, rank, stream), `draw`
+    being the micro-batch's position in the run (the data position), so a resumed run draws the same."""
     return torch.Generator(device=device).manual_seed(
-        (((seed * 1_000_003 + step) * 1_009 + rank) * 17 + stream) % 2**63
+        (((seed * 1_000_003 + draw) * 1_009 + rank) * 17 + int(stream)) % 2**63
     )
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch as the model takes it."""
+
+    latents: torch.Tensor  # (B, C, window, window) float32 on the device: cropped, augmented, in the memory format
+    context: torch.Tensor  # (B, L, D) float32 caption embeddings (guidance dropout applied)
+    gen: torch.Generator  # the objective's draws, on the device
+
+
+@dataclass(frozen=True)
+class BatchRecipe:
+    """How a loader's items (latents, caption rows, counts) become micro-batches: the per-draw randomness
+    (`Stream`s seeded by seed, draw and rank) and where the tensors go."""
+
+    seed: int
+    rank: int
+    device: torch.device
+    window: int  # latent crop size (the stored size: no crop)
+    augment: str  # none | flips | dihedral
+    memory_format: torch.memory_format
+    uncond_row: int
+    uncond_prob: float | None  # guidance dropout; None: every caption kept (no draw)
+    preload_text: bool  # the caption table is on the device (else rows are gathered on the host)
+    noise_stream: Stream = Stream.NOISE
+    flips_stream: Stream = Stream.NOISE  # the same stream as the noise: one generator, flips drawn first
+
+
+def micro_batches(items: Iterable, table: torch.Tensor, recipe: BatchRecipe, start: int) -> Iterator[MicroBatch]:
+    """The loader's items as micro-batches, the first at data position `start`: caption pick, guidance
+    dropout, crop and flips each drawn from the micro-batch's own stream, then the embeddings looked up."""
+    r = recipe
+    cpu = torch.device("cpu")
+    for draw, (lat, rows, counts) in enumerate(items, start):
+        generator = functools.partial(step_generator, r.seed, draw, r.rank)  # (device, stream): this draw's
+        gen = generator(r.device, r.noise_stream)
+        rows = pick_captions(rows, counts, generator(cpu, Stream.CAPTION))
+        if r.uncond_prob is not None:
+            rows = drop_captions(rows, r.uncond_row, r.uncond_prob, generator(cpu, Stream.DROPOUT))
+        lat = random_crop(lat.to(r.device, non_blocking=True), r.window, generator(cpu, Stream.CROP))
+        if r.augment != "none":
+            flips = gen if r.flips_stream == r.noise_stream else generator(r.device, r.flips_stream)
+            lat = augment_dihedral(lat, flips, transpose=r.augment == "dihedral")
+        lat = lat.contiguous(memory_format=r.memory_format)
+        # A table on the device is indexed there; one on the host is indexed, then the rows are copied.
+        context = table[rows.to(r.device, non_blocking=True)] if r.preload_text else table[rows]
+        yield MicroBatch(lat, context.to(r.device, non_blocking=True).float(), gen)
 
 
 def augment_dihedral(latents: torch.Tensor, gen: torch.Generator, transpose: bool = True) -> torch.Tensor:
@@ -171,7 +235,8 @@ def crop_window(latent_meta: dict, crop: int | None) -> int:
     stride = image_size // size
     if crop % stride or crop > image_size:
         raise UserError(
-            f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} no larger than the stored {image_size} px"
+            f"data.crop: {crop} px is not a multiple of the autoencoder's stride {stride} "
+            f"no larger than the stored {image_size} px"
         )
     return crop // stride
 

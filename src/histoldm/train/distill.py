@@ -2,15 +2,14 @@
 distillation (histoldm.train.consistency), on the trainer's machinery.
 
 The loop is train's: caches only (latents and caption-embedding rows), accelerate (CPU, one GPU, DDP),
-fp32 master weights under autocast, per-step draws from generators seeded by (seed, step, rank), the data
-order from (seed, epoch), checkpoints that resume bit for bit (the EMA slot holds the consistency target).
-The student bundle records in its metadata how it samples (`histoldm sample --preset turbo`).
-See docs/training.md ("Distillation") for why consistency distillation.
+fp32 master weights under autocast, per-micro-batch draws from generators seeded by (seed, micro-batch
+position, rank, stream), the data order from (seed, epoch), checkpoints that resume bit for bit (the EMA
+slot holds the consistency target). The student bundle records in its metadata how it samples
+(`histoldm sample --preset turbo`). See docs/training.md ("Distillation") for why consistency distillation.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -19,9 +18,30 @@ from pathlib import Path
 
 import torch
 
-from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
+from histoldm.devices import dtype_name, training_memory_format
 from histoldm.errors import UserError
+from histoldm.fileio import append_jsonl
+from histoldm.manifest import write_manifest
+from histoldm.models.bundle import META_FILE, BundleMeta, DistilledSampling, load_bundle_unet, read_bundle_meta
+from histoldm.models.student import make_student
+from histoldm.sampling.run import resolve_bundle
 from histoldm.train.config import DistillConfig
+from histoldm.train.consistency import ConsistencyDistillation
+from histoldm.train.data import BatchRecipe, LatentTextDataset, Stream, TextTable, crop_window, micro_batches
+from histoldm.train.ema import EMA
+from histoldm.train.latents import LatentCache
+from histoldm.train.loop import (
+    LossWindow,
+    Session,
+    TrainingState,
+    caption_table,
+    is_due,
+    make_loader,
+    make_optimizer,
+    peak_memory,
+    start_session,
+)
+from histoldm.train.run_folder import check_contract, export_bundle, write_run_folder
 
 
 @dataclass(frozen=True)
@@ -36,7 +56,7 @@ class DistillResult:
     processes: int
 
 
-def distill_contract(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_meta: dict) -> dict:
+def distill_contract(cfg: DistillConfig, teacher_meta: BundleMeta, latent_meta: dict, text_meta: dict) -> dict:
     """What a resumed distillation must share with the run it continues: teacher, student form, caches."""
     return {
         "teacher": {
@@ -53,21 +73,21 @@ def distill_contract(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_m
     }
 
 
-def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta, latent_meta: dict, text_meta: dict) -> None:
+def check_caches_fit_teacher(cfg: DistillConfig, teacher_meta: BundleMeta, latent_meta: dict, text_meta: dict) -> None:
     """The caches must be the ones the teacher learnt from (same autoencoder and text encoder)."""
     if teacher_meta.distilled is not None:
         raise UserError(f"{cfg.teacher}: already a distilled student; distil a teacher bundle made by `histoldm train`")
     if teacher_meta.latent.fingerprint and latent_meta.get("fingerprint") != teacher_meta.latent.fingerprint:
         raise UserError(
-            f"{cfg.data.latents}: latents of another autoencoder than the teacher's (fingerprint {str(latent_meta.get('fingerprint'))[:12]})"
+            f"{cfg.data.latents}: latents of another autoencoder than the teacher's "
+            f"(fingerprint {str(latent_meta.get('fingerprint'))[:12]})"
         )
     if teacher_meta.text.fingerprint and text_meta.get("fingerprint") != teacher_meta.text.fingerprint:
         raise UserError(f"{cfg.data.text_cache}: caption embeddings of another text encoder than the teacher's")
 
 
-def student_meta(cfg: DistillConfig, teacher_meta, teacher: Path, step: int, source: str):
-    from histoldm.models.bundle import DistilledSampling
-
+def student_meta(cfg: DistillConfig, teacher_meta: BundleMeta, teacher: Path, step: int, source: str) -> BundleMeta:
+    """The teacher's bundle metadata, marked distilled with how the student samples."""
     distilled = DistilledSampling(
         solver_steps=cfg.solver_steps,
         guidance_range=cfg.guidance_range,
@@ -77,282 +97,191 @@ def student_meta(cfg: DistillConfig, teacher_meta, teacher: Path, step: int, sou
     return teacher_meta.model_copy(update={"distilled": distilled, "trained_steps": step, "source": source})
 
 
-def export_student(folder: Path, meta, unet, target_ema, teacher: Path) -> None:
+def export_student(folder: Path, meta: BundleMeta, unet: torch.nn.Module, target_ema: EMA, teacher: Path) -> None:
     """The target's weights as a bundle, with the teacher's autoencoder / text encoder folders beside them."""
-    from histoldm.models.bundle import META_FILE
-    from histoldm.train.trainer import _export_bundle
-
     (folder / META_FILE).unlink(missing_ok=True)
     for part in ("autoencoder", "text_encoder"):
         if (teacher / part).is_dir():
             shutil.rmtree(folder / part, ignore_errors=True)
             shutil.copytree(teacher / part, folder / part)
-    _export_bundle(folder, meta, unet, target_ema)
+    export_bundle(folder, meta, unet, target_ema)
+
+
+def _check_window(cfg: DistillConfig, window: int, teacher_meta: BundleMeta) -> None:
+    """The student samples the teacher's latent size: a crop must give the teacher's window."""
+    size = teacher_meta.latent.size
+    if window != size:
+        raise UserError(
+            f"{cfg.data.latents}: {window}x{window} latents (data.crop {cfg.data.crop}) but the teacher samples "
+            f"{size}x{size}"
+        )
+
+
+def _open_caches(cfg: DistillConfig, teacher_meta: BundleMeta) -> tuple[LatentCache, TextTable, LatentTextDataset, int]:
+    """The teacher's caches, checked against its bundle: latents, text table, training pairs, the crop window."""
+    latents, text = LatentCache.open(cfg.data.latents), TextTable(cfg.data.text_cache)
+    check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
+    window = crop_window(latents.meta, cfg.data.crop)
+    _check_window(cfg, window, teacher_meta)
+    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    return latents, text, dataset, window
+
+
+def _load_models(teacher_dir: Path, embedding_dim: int, device: torch.device, memory_format: torch.memory_format):
+    """The frozen teacher, the student (teacher + zero guidance projection) training, and the frozen copy of
+    the student that holds its EMA target. Returns (teacher, student, target)."""
+    teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
+    unet = make_student(teacher, embedding_dim).to(device, memory_format=memory_format).train()
+    target = make_student(teacher, embedding_dim).to(device, memory_format=memory_format)
+    return teacher, unet, target.eval().requires_grad_(False)
+
+
+def _batch_recipe(
+    cfg: DistillConfig, session: Session, window: int, memory_format: torch.memory_format, text: TextTable
+) -> BatchRecipe:
+    """Train's micro-batches without guidance dropout (the objective draws each sample's guidance scale);
+    flips and the objective's draws have streams of their own."""
+    return BatchRecipe(
+        seed=cfg.seed,
+        rank=session.accelerator.process_index,
+        device=session.device,
+        window=window,
+        augment=cfg.data.augment,
+        memory_format=memory_format,
+        uncond_row=text.uncond_row,
+        uncond_prob=None,
+        preload_text=cfg.data.preload_text,
+        noise_stream=Stream.CONSISTENCY,
+        flips_stream=Stream.FLIPS,
+    )
+
+
+def _log(session: Session, step: int, loss: float, lr: float, img_s: float) -> None:
+    """One line of stats.jsonl, on the main process."""
+    if session.is_main:
+        record = {"step": step, "loss": loss, "lr": lr, "img_s": img_s, "time": time.time()}
+        append_jsonl(session.run_dir / "stats.jsonl", [record])
+
+
+def _write_manifest(
+    cfg: DistillConfig, session: Session, teacher_dir: Path, pairs: int, step: int, times: tuple, img_s: float | None
+) -> None:
+    """The run manifest beside the student bundle, on the main process; `times`: (started, this session's
+    seconds)."""
+    started, seconds = times
+
+    write_manifest(
+        session.run_dir / "manifest.json",
+        stage="distill",
+        config=cfg,
+        seed=cfg.seed,
+        started=started,
+        inputs={
+            "teacher": teacher_dir,
+            "latents": Path(cfg.data.latents) / "meta.json",
+            "text_cache": Path(cfg.data.text_cache) / "meta.json",
+            "captions": cfg.data.captions,
+            "split": cfg.data.split,
+            "resumed_from": session.resume_from,
+        },
+        produced={
+            "steps": step,
+            "bundle": str(session.run_dir / "model"),
+            "pairs": pairs,
+            "seconds_this_session": round(seconds, 2),
+        },
+        extra={
+            "peak_memory": peak_memory(session.device),
+            "img_s": img_s,
+            "processes": session.accelerator.num_processes,
+            "precision": dtype_name(session.dtype),
+        },
+    )
 
 
 def run_distill(cfg: DistillConfig) -> DistillResult:
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
+    """Distil the teacher into a few-step student (module docstring); a re-run resumes by itself."""
+    from accelerate.utils import set_seed
     from tqdm import tqdm
-
-    from histoldm.fileio import append_jsonl, atomic_write_json
-    from histoldm.manifest import write_manifest
-    from histoldm.models.bundle import load_bundle_unet, read_bundle_meta
-    from histoldm.models.student import make_student
-    from histoldm.sampling.run import resolve_bundle
-    from histoldm.train.checkpoint import (
-        clean_partial,
-        load_checkpoint,
-        resolve_resume,
-        save_checkpoint,
-        truncate_stats,
-    )
-    from histoldm.train.consistency import ConsistencyDistillation
-    from histoldm.train.data import (
-        LatentTextDataset,
-        ResumableSampler,
-        TextTable,
-        augment_dihedral,
-        crop_window,
-        pick_captions,
-        random_crop,
-        step_generator,
-    )
-    from histoldm.train.ema import EMA
-    from histoldm.train.latents import LatentCache
-    from histoldm.train.lr_schedule import make_lr_scheduler
-    from histoldm.train.trainer import (
-        CONTRACT,
-        MIXED_PRECISION,
-        _check_contract,
-        _peak_memory,
-        _resolve_run_dir,
-        _stop_if_diverged,
-        report_training_data,
-    )
 
     started = time.time()
 
     # Inputs: the teacher's bundle and the caches, every contract checked before any compute.
     teacher_dir = resolve_bundle(cfg.teacher)
     teacher_meta = read_bundle_meta(teacher_dir)
-    latents = LatentCache.open(cfg.data.latents)
-    text = TextTable(cfg.data.text_cache)
-    check_caches_fit_teacher(cfg, teacher_meta, latents.meta, text.meta)
-    window = crop_window(latents.meta, cfg.data.crop)
-    if window != teacher_meta.latent.size:
-        raise UserError(
-            f"{cfg.data.latents}: {window}x{window} latents (data.crop {cfg.data.crop}) but the teacher samples {teacher_meta.latent.size}x{teacher_meta.latent.size}"
-        )
-    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
-    use_cpu = (
-        cfg.cpu
-        or not torch.cuda.is_available()
-        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    )
-    on_gpu = not use_cpu
-    dtype = resolve_dtype(
-        cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="distill precision", training=True
-    )
+    latents, text, dataset, window = _open_caches(cfg, teacher_meta)
 
-    # Processes and run folder: every rank agrees on the folder rank 0 chose.
-    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=use_cpu)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        report_training_data(cfg, len(dataset), dataset.cases)
-    run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
-    resume_from = resolve_resume(run_dir, cfg.resume)
+    # Processes and run folder: every rank agrees on the folder rank 0 chose; a resume keeps the contract.
+    session = start_session(cfg, "distill", dataset)
+    accelerator, device = session.accelerator, session.device
     contract = distill_contract(cfg, teacher_meta, latents.meta, text.meta)
-    _check_contract(resume_from, contract)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_partial(run_dir)
-        atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-        atomic_write_json(run_dir / CONTRACT, contract)
+    check_contract(session.resume_from, contract)
+    if session.is_main:
+        write_run_folder(session.run_dir, cfg, contract)
 
     # Models: the frozen teacher, the student (teacher + zero guidance projection), its EMA target.
     set_seed(cfg.seed)
     memory_format = training_memory_format(None, device)
-    teacher = load_bundle_unet(teacher_dir).to(device, memory_format=memory_format).eval().requires_grad_(False)
-    unet = make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).train()
-    target = (
-        make_student(teacher, cfg.embedding_dim).to(device, memory_format=memory_format).eval().requires_grad_(False)
-    )
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None
-    )
-    lr_scheduler, schedule = make_lr_scheduler(optimizer, o.warmup_steps, o.decay, cfg.max_steps)
+    teacher, unet, target = _load_models(teacher_dir, cfg.embedding_dim, device, memory_format)
+    optimizer, lr_scheduler, schedule = make_optimizer(unet, cfg.optim, cfg.max_steps, session.on_gpu)
     target_ema = EMA(unet, cfg.target_decay)
     objective = ConsistencyDistillation(
         teacher_meta.prediction_type, cfg.solver_steps, cfg.guidance_range, cfg.embedding_dim, cfg.loss, device
     )
-    table = text.table_with_uncond()
-    table = table.to(device) if cfg.data.preload_text else (table.pin_memory() if on_gpu else table)
+    table = caption_table(text, cfg.data.preload_text, session)
     uncond = table[text.uncond_row : text.uncond_row + 1].to(device).float()
 
     # Resume: student, target, optimizer, schedule, scaler, RNG and data position.
-    step, data_position = 0, 0
     model, optimizer = accelerator.prepare(unet, optimizer)
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from,
-            model=unet,
-            ema=target_ema,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scaler=accelerator.scaler,
-            schedule=schedule,
-        )
-        step, data_position = state["step"], state["data_position"]
-        if accelerator.is_main_process:
-            truncate_stats(run_dir / "stats.jsonl", step)
-        accelerator.print(f"resumed from {resume_from} at step {step}")
+    state = TrainingState(unet, target_ema, optimizer, lr_scheduler, schedule)
+    resumed = state.resume(session, "distill") if session.resume_from is not None else {}
+    step, data_position = resumed.get("step", 0), resumed.get("data_position", 0)
     target_params = list(target.parameters())
     torch._foreach_copy_(target_params, target_ema.shadow)
 
-    sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=cfg.data.workers,
-        pin_memory=on_gpu,
-        persistent_workers=cfg.data.workers > 0,
-    )
-    batches = iter(loader)
-    loss_sum = torch.zeros((), device=device)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # Data: train's micro-batches without guidance dropout; flips and the objective draw from their own streams.
+    loader = make_loader(dataset, cfg.batch_size, cfg.seed, cfg.data.workers, session, data_position)
+    batches = micro_batches(loader, table, _batch_recipe(cfg, session, window, memory_format, text), data_position)
     session_start = time.perf_counter()
-    window_start, window_steps, rates = time.perf_counter(), 0, []
-    images_per_step = cfg.batch_size * cfg.grad_accum * world
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", unit="step", disable=not accelerator.is_main_process)
+    window_stats = LossWindow(device, cfg.batch_size * cfg.grad_accum * accelerator.num_processes)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", unit="step", disable=not session.is_main)
 
     while step < cfg.max_steps:
+        # Forward and backward over the micro-batches; DDP syncs gradients on the last one only.
         for micro in range(cfg.grad_accum):
-            lat, rows, counts = next(batches)
-            draw = data_position + micro
-            rows = pick_captions(rows, counts, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=3))
-            lat = random_crop(
-                lat.to(device, non_blocking=True),
-                window,
-                step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2),
-            )
-            if cfg.data.augment != "none":
-                lat = augment_dihedral(
-                    lat,
-                    step_generator(cfg.seed, draw, rank, device, stream=5),
-                    transpose=cfg.data.augment == "dihedral",
-                )
-            lat = lat.contiguous(memory_format=memory_format)
-            context = (
-                table[rows.to(device, non_blocking=True)]
-                if cfg.data.preload_text
-                else table[rows].to(device, non_blocking=True)
-            ).float()
+            b = next(batches)
             with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext():
                 with accelerator.autocast():  # the prepared student autocasts itself; teacher and target need it too
-                    loss = objective.loss(
-                        model,
-                        target,
-                        teacher,
-                        lat,
-                        context,
-                        uncond,
-                        step_generator(cfg.seed, draw, rank, device, stream=4),
-                    )
+                    loss = objective.loss(model, target, teacher, b.latents, b.context, uncond, b.gen)
                 accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach()
-            nonfinite |= ~torch.isfinite(loss.detach())
+            window_stats.add(loss)
         data_position += cfg.grad_accum
-        if o.grad_clip is not None:
-            accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        target_ema.update(unet)
+
+        # Optimizer step, then the target follows the student (EMA).
+        state.optimizer_step(accelerator, model, cfg.optim.grad_clip, measure_norm=False)
         torch._foreach_copy_(target_params, target_ema.shadow)
         step += 1
-        window_steps += 1
+        window_stats.steps += 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            mean_loss = accelerator.reduce(loss_sum, "mean").item() / (window_steps * cfg.grad_accum)
-            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
-            rates.append(window_steps * images_per_step / (time.perf_counter() - window_start))
-            if accelerator.is_main_process:
-                append_jsonl(
-                    run_dir / "stats.jsonl",
-                    [
-                        {
-                            "step": step,
-                            "loss": mean_loss,
-                            "lr": lr_scheduler.get_last_lr()[0],
-                            "img_s": rates[-1],
-                            "time": time.time(),
-                        }
-                    ],
-                )
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            window_start, window_steps = time.perf_counter(), 0
-
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    model=unet,
-                    ema=target_ema,
-                    optimizer=optimizer,
-                    lr_scheduler=lr_scheduler,
-                    scaler=accelerator.scaler,
-                    data_position=data_position,
-                    keep=cfg.keep_checkpoints,
-                    schedule=schedule,
-                )
-            accelerator.wait_for_everyone()
+        # Log every log_every steps and checkpoint every checkpoint_every steps (and both at the end).
+        if is_due(step, cfg.log_every, cfg.max_steps):
+            loss_mean = window_stats.close(session, step, cfg.grad_accum)
+            _log(session, step, loss_mean, lr_scheduler.get_last_lr()[0], window_stats.rates[-1])
+            bar.set_postfix(loss=f"{loss_mean:.4f}")
+        if is_due(step, cfg.checkpoint_every, cfg.max_steps):
+            window_stats.stop_if_diverged(session, step)
+            state.save(session, step, data_position, cfg.keep_checkpoints)
     bar.close()
-    del batches
+    batches.close()
     seconds = time.perf_counter() - session_start
 
     # Export the student bundle (the target's weights) and the run manifest.
-    img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
-    if accelerator.is_main_process:
-        export_student(
-            run_dir / "model",
-            student_meta(cfg, teacher_meta, teacher_dir, step, str(run_dir)),
-            unet,
-            target_ema,
-            teacher_dir,
-        )
-        write_manifest(
-            run_dir / "manifest.json",
-            stage="distill",
-            config=cfg,
-            seed=cfg.seed,
-            started=started,
-            inputs={
-                "teacher": teacher_dir,
-                "latents": Path(cfg.data.latents) / "meta.json",
-                "text_cache": Path(cfg.data.text_cache) / "meta.json",
-                "captions": cfg.data.captions,
-                "split": cfg.data.split,
-                "resumed_from": resume_from,
-            },
-            produced={
-                "steps": step,
-                "bundle": str(run_dir / "model"),
-                "pairs": len(dataset),
-                "seconds_this_session": round(seconds, 2),
-            },
-            extra={
-                "peak_memory": _peak_memory(device),
-                "img_s": img_s,
-                "processes": world,
-                "precision": dtype_name(dtype),
-            },
-        )
+    img_s = window_stats.mean_img_s()
+    if session.is_main:
+        meta = student_meta(cfg, teacher_meta, teacher_dir, step, str(session.run_dir))
+        export_student(session.run_dir / "model", meta, unet, target_ema, teacher_dir)
+        _write_manifest(cfg, session, teacher_dir, len(dataset), step, (started, seconds), img_s)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return DistillResult(run_dir, run_dir / "model", step, seconds, img_s, world)
+    return DistillResult(session.run_dir, session.run_dir / "model", step, seconds, img_s, accelerator.num_processes)

@@ -19,6 +19,7 @@ VQ latents keep PathLDM's scale 1.0.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_bytes, atomic_write_json, require_file
+from histoldm.fileio import atomic_write_bytes, atomic_write_json, check_settings, require_file
 from histoldm.train.config import EncodeLatentsConfig
 
 META = "meta.json"
@@ -152,6 +153,76 @@ class EncodeLatentsResult:
     shards_missing: int = 0
 
 
+def _shard_done(out: Path, k: int) -> bool:
+    """Shard k is finished when both its files are (each is written atomically)."""
+    return (out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file()
+
+
+def _write_shard(out: Path, k: int, ids: list[str], paths: list[Path], cfg, encode, scale: float, empty, bar) -> None:
+    """Encode one shard's patches: its latents (scaled, float16; `empty`: one latent's shape) and the ids kept and
+    skipped (with why), each file written atomically, the ids last."""
+    chunks, kept, missed = [], [], []
+    pos = 0
+    for items in image_batches(paths, cfg.batch_size, cfg.workers, cfg.image_size):
+        z, ok, errors = encode(items)
+        if z.numel():
+            chunks.append((z * scale).to(torch.float16).numpy())
+        for j, (good, err) in enumerate(zip(ok, errors)):
+            if good:
+                kept.append(ids[pos + j])
+            else:
+                missed.append({"patch_id": ids[pos + j], "reason": err})
+        pos += len(items)
+        bar.update(len(items))
+    array = np.concatenate(chunks) if chunks else np.zeros((0, *empty), np.float16)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(out / f"{_shard_name(k)}.npy", buf.getvalue())
+    atomic_write_json(out / f"{_shard_name(k)}.json", {"patch_ids": kept, "skipped": missed})
+
+
+def _write_index(out: Path, n_shards: int) -> tuple[list[tuple[str, int, int]], list[dict]]:
+    """index.parquet (patch_id, shard, row) over the finished shards; returns its rows and the skipped patches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    skipped: list[dict] = []
+    index_rows: list[tuple[str, int, int]] = []
+    for k in range(n_shards):
+        done = json.loads((out / f"{_shard_name(k)}.json").read_text())
+        index_rows += [(pid, k, row) for row, pid in enumerate(done["patch_ids"])]
+        skipped += done["skipped"]
+    table = pa.table(
+        {
+            "patch_id": [r[0] for r in index_rows],
+            "shard": pa.array([r[1] for r in index_rows], pa.int32()),
+            "row": pa.array([r[2] for r in index_rows], pa.int32()),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(out / INDEX, buf.getvalue())
+    return index_rows, skipped
+
+
+def _new_meta(cfg: EncodeLatentsConfig, ae, image_size: int, scale: float, plan: str, n_patches: int) -> dict:
+    """meta.json of a cache that starts here: the autoencoder's contract, the plan, not complete yet."""
+    return {
+        "autoencoder": str(Path(cfg.vae).resolve()) if Path(cfg.vae).is_dir() else cfg.vae,  # found from any folder
+        "kind": ae.kind,
+        "scaling_factor": scale,
+        "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
+        "channels": ae.latent_channels,
+        "size": image_size // ae.downsample,
+        "image_size": image_size,
+        "fingerprint": ae.fingerprint,
+        "dtype": "float16",
+        "plan": plan,
+        "n_patches": n_patches,
+        "complete": False,
+    }
+
+
 def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsResult | None:
     """Encode every patch of the store once (this process's share of the shards under accelerate
     launch); the main process returns counts and the output folder, the others None. `procs`:
@@ -177,38 +248,20 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     # Plan: reuse a compatible unfinished cache (its scaling factor included), else start afresh.
     meta_path = out / META
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if old and (
-        old.get("plan") != plan or old.get("fingerprint") != ae.fingerprint or old.get("image_size") != shape[-1]
-    ):
-        raise UserError(
-            f"{out}: holds a latent cache of other patches, another autoencoder or another image size; choose another --out"
-        )
+    check_settings(
+        meta_path,
+        {"plan": plan, "fingerprint": ae.fingerprint, "image_size": shape[-1]},
+        f"{out}: holds a latent cache of other patches, another autoencoder or another image size",
+    )
     if old:
         scale = float(old["scaling_factor"])
     elif cfg.scaling_factor is not None:
         scale = cfg.scaling_factor
-    elif ae.kind == "kl":
-        scale = (
-            _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")
-        )  # others read it below
+    elif ae.kind == "kl":  # measured on the main process; the others read it below
+        scale = _measure_scale(ae, paths, cfg, shape, device, dtype, pin) if procs.is_main else float("nan")
     else:
         scale = float(getattr(ae.model.config, "scaling_factor", 1.0) or 1.0)
-    meta = {
-        "autoencoder": str(Path(cfg.vae).resolve())
-        if Path(cfg.vae).is_dir()
-        else cfg.vae,  # found from any folder later
-        "kind": ae.kind,
-        "scaling_factor": scale,
-        "scaling_measured": ae.kind == "kl" and cfg.scaling_factor is None,
-        "channels": ae.latent_channels,
-        "size": shape[-1] // ae.downsample,
-        "image_size": shape[-1],
-        "fingerprint": ae.fingerprint,
-        "dtype": "float16",
-        "plan": plan,
-        "n_patches": len(ids),
-        "complete": False,
-    }
+    meta = _new_meta(cfg, ae, shape[-1], scale, plan, len(ids))
     if not old and procs.is_main:
         atomic_write_json(meta_path, meta)
     procs.barrier()
@@ -225,66 +278,23 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
         unit="patch",
         disable=not procs.is_main,
     ) as bar:
+        encode = functools.partial(_encode_batch, ae, first_shape=shape, device=device, dtype=dtype, pin=pin)
+        empty = (meta["channels"], meta["size"], meta["size"])
         for k in mine:
             lo, hi = k * cfg.shard_size, min(len(ids), (k + 1) * cfg.shard_size)
-            ids_file = out / f"{_shard_name(k)}.json"
-            if not (ids_file.is_file() and (out / f"{_shard_name(k)}.npy").is_file()):
-                chunks, kept, missed = [], [], []
-                pos = lo
-                for items in image_batches(paths[lo:hi], cfg.batch_size, cfg.workers, cfg.image_size):
-                    z, ok, errors = _encode_batch(ae, items, shape, device, dtype, pin)
-                    if z.numel():
-                        chunks.append((z * scale).to(torch.float16).numpy())
-                    for j, (good, err) in enumerate(zip(ok, errors)):
-                        (
-                            kept.append(ids[pos + j])
-                            if good
-                            else missed.append({"patch_id": ids[pos + j], "reason": err})
-                        )
-                    pos += len(items)
-                    bar.update(len(items))
-                array = (
-                    np.concatenate(chunks)
-                    if chunks
-                    else np.zeros((0, meta["channels"], meta["size"], meta["size"]), np.float16)
-                )
-                buf = io.BytesIO()
-                np.save(buf, array)
-                atomic_write_bytes(out / f"{_shard_name(k)}.npy", buf.getvalue())
-                atomic_write_json(ids_file, {"patch_ids": kept, "skipped": missed})
-            else:
+            if _shard_done(out, k):
                 bar.update(hi - lo)
+            else:
+                _write_shard(out, k, ids[lo:hi], paths[lo:hi], cfg, encode, scale, empty, bar)
     procs.barrier()
     if not procs.is_main:
         return None
-    missing = [
-        k
-        for k in range(n_shards)
-        if not ((out / f"{_shard_name(k)}.json").is_file() and (out / f"{_shard_name(k)}.npy").is_file())
-    ]
+    missing = [k for k in range(n_shards) if not _shard_done(out, k)]
     if missing:  # a process of this run died, or ran alone with another rank: a re-run finishes the cache
         return EncodeLatentsResult(out, 0, 0, n_shards, scale, shards_missing=len(missing))
-    skipped: list[dict] = []
-    index_rows: list[tuple[str, int, int]] = []
-    for k in range(n_shards):
-        done = json.loads((out / f"{_shard_name(k)}.json").read_text())
-        index_rows += [(pid, k, row) for row, pid in enumerate(done["patch_ids"])]
-        skipped += done["skipped"]
 
     # Finish: the index, then meta marked complete, then the manifest.
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table(
-        {
-            "patch_id": [r[0] for r in index_rows],
-            "shard": pa.array([r[1] for r in index_rows], pa.int32()),
-            "row": pa.array([r[2] for r in index_rows], pa.int32()),
-        }
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    atomic_write_bytes(out / INDEX, buf.getvalue())
+    index_rows, skipped = _write_index(out, n_shards)
     meta = json.loads(meta_path.read_text()) | {"complete": True, "n_latents": len(index_rows), "n_shards": n_shards}
     atomic_write_json(meta_path, meta)
     produced = {"latents": len(index_rows), "skipped": len(skipped), "shards": n_shards, "scaling_factor": scale}

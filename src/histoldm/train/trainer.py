@@ -2,15 +2,14 @@
 
 The loop reads only caches (latents and caption-embedding rows): no autoencoder and no text encoder
 is ever on the device. Precision is one policy: fp32 master weights, autocast in bf16 or fp16 (with
-a loss scaler), or plain fp32. Every per-step draw comes from a generator seeded by (seed, step,
-rank) and the data order from (seed, epoch), so a resumed run is the uninterrupted run.
+a loss scaler), or plain fp32. Every per-micro-batch draw comes from a generator seeded by (seed,
+micro-batch position, rank, stream) and the data order from (seed, epoch), so a resumed run is the
+uninterrupted run. The machinery train and distill share is in train/loop.py and train/run_folder.py.
 See docs/training.md for the configs, resume semantics and launch commands.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -20,17 +19,37 @@ from typing import Any
 
 import torch
 
-from histoldm.devices import dtype_name, resolve_dtype, training_memory_format
+from histoldm.devices import dtype_name, training_memory_format
 from histoldm.errors import UserError
-from histoldm.train.config import TrainConfig
-from histoldm.train.lr_schedule import make_lr_scheduler
-
-# The one place the resolved dtype becomes accelerate's mixed_precision (float32: no autocast).
-MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+from histoldm.fileio import append_jsonl
+from histoldm.manifest import write_manifest
+from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
+from histoldm.models.presets import build_unet
+from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
+from histoldm.train.config import ModelSection, TrainConfig
+from histoldm.train.data import BatchRecipe, LatentTextDataset, TextTable, crop_window, micro_batches
+from histoldm.train.ema import EMA
+from histoldm.train.latents import LatentCache
+from histoldm.train.loop import (
+    LossWindow,
+    Session,
+    TrainingState,
+    caption_table,
+    is_due,
+    make_loader,
+    make_optimizer,
+    peak_memory,
+    start_session,
+)
+from histoldm.train.objective import DiffusionObjective
+from histoldm.train.run_folder import check_contract, export_bundle, initialise, write_run_folder
+from histoldm.train.validation import ValidationGrid
 
 
 def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
     """Contract checks between config and caches, before any compute."""
+    if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
+        raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
     if cfg.model.context_dim is not None and cfg.model.context_dim != text_dim:
         raise UserError(
             f"{cfg.data.text_cache}: embeddings are {text_dim}-d but model.context_dim is {cfg.model.context_dim}"
@@ -47,7 +66,6 @@ def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
         )
 
 
-CONTRACT = "contract.json"
 # Model settings that change neither the weights nor what they mean (the caches' fingerprints cover the autoencoder).
 NOT_IN_CONTRACT = {
     "gradient_checkpointing",
@@ -60,7 +78,6 @@ NOT_IN_CONTRACT = {
     "init",
     "init_from",
 }  # init*: read only when a run starts
-INIT_FILE = "init.json"
 
 
 def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
@@ -74,68 +91,8 @@ def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
     }
 
 
-def _check_contract(checkpoint: Path | None, contract: dict) -> None:
-    """Refuse, before any compute, to resume a run on another model or other caches (it would mix two)."""
-    if checkpoint is None:
-        return
-    from histoldm.fileio import settings_changes
-
-    run_dir = Path(checkpoint).parent.parent  # RUN/checkpoints/step-XXXXXXXX
-    if changed := list(settings_changes(run_dir / CONTRACT, contract)):
-        raise UserError(
-            f"{run_dir}: resuming with another {' and '.join(changed)} than the run was trained with; "
-            "give the run a new name (or resume: none)"
-        )
-
-
-def _resolve_run_dir(cfg: TrainConfig) -> Path:
-    """The explicit run_dir, else the newest unfinished run of this name (auto-resume), else a new id."""
-    if cfg.run_dir is not None:
-        return Path(cfg.run_dir)
-    runs = sorted(p for p in Path(cfg.runs_dir).glob("[0-9]" * 5 + "-*") if p.is_dir())
-    mine = [p for p in runs if p.name[6:] == cfg.name and not (p / "manifest.json").is_file()]
-    if mine and cfg.resume != "none":
-        return mine[-1]
-    next_id = int(runs[-1].name[:5]) + 1 if runs else 0
-    new = Path(cfg.runs_dir) / f"{next_id:05d}-{cfg.name}"
-    finished = [p for p in runs if p.name[6:] == cfg.name and (p / "manifest.json").is_file()]
-    if finished and cfg.resume == "auto":  # say so: at full scale a silent restart repeats days of training
-        print(
-            f"train: {finished[-1]} is finished; starting a new run {new.name} (resume: {finished[-1]} continues that one)"
-        )
-    return new
-
-
-def _initialise(unet, cfg: TrainConfig, resume_from: Path | None, run_dir: Path, say=print) -> dict:
-    """The UNet's starting weights, chosen when a run starts; a resumed run's come from its checkpoint,
-    and what it started from is read back from RUN/init.json for the manifest."""
-    from histoldm.train.init import compvis_init, load_init_weights, skipped_lines
-
-    if resume_from is not None:
-        if cfg.model.init_from is not None:
-            say(
-                f"train: resuming {run_dir}; model.init_from ({cfg.model.init_from}) is read only when a run starts, ignored"
-            )
-        path = run_dir / INIT_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if cfg.model.init_from is not None:
-        report = load_init_weights(cfg.model.init_from, unet).as_dict()
-        listed = f" (each listed in {run_dir / INIT_FILE})" if report["skipped"] else ""
-        say(
-            f"train: UNet from {report['source']} ({report['kind']}): {report['loaded']} tensors loaded, {len(report['skipped'])} skipped{listed}"
-            + "".join(f"\n  {line}" for line in skipped_lines(report["skipped"]))
-        )
-        return report
-    return {
-        "source": "scratch",
-        "init": cfg.model.init,
-        "zeroed": compvis_init(unet) if cfg.model.init == "compvis" else 0,
-    }
-
-
-def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str):
-    from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
-
+def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int, source: str) -> BundleMeta:
+    """What the exported bundle records: the UNet, the caches' contracts and the steps trained."""
     text = TextContract(
         **{k: text_meta[k] for k in ("encoder", "mode", "max_length", "dim")},
         fingerprint=text_meta.get("fingerprint", ""),
@@ -152,41 +109,7 @@ def _bundle_meta(cfg: TrainConfig, latent_meta: dict, text_meta: dict, step: int
     )
 
 
-def _export_bundle(folder: Path, meta, unet, ema) -> None:
-    """Save the inference weights (EMA when on) as a model bundle, from a contiguous CPU copy."""
-    from diffusers import UNet2DConditionModel
-
-    from histoldm.models.bundle import save_bundle
-
-    state = ema.averaged_state_dict(unet) if ema is not None else unet.state_dict()
-    export = UNet2DConditionModel.from_config(unet.config)
-    export.load_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()})
-    save_bundle(folder, meta, export)
-
-
-def _peak_memory(device: torch.device) -> dict:
-    if device.type != "cuda":
-        return {"allocated_gib": None, "reserved_gib": None, "reason": "trained on CPU: no GPU memory to measure"}
-    return {
-        "allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
-        "reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
-        "device": torch.cuda.get_device_name(device),
-    }
-
-
-def _stop_if_diverged(accelerator, nonfinite: torch.Tensor, step: int, run_dir: Path) -> None:
-    """One host sync, only at log / checkpoint steps: a NaN never reaches a checkpoint. Reduced over
-    ranks, so every process stops together instead of one waiting forever at the next barrier."""
-    if accelerator.reduce(nonfinite.float(), "sum").item() > 0:
-        from histoldm.train.checkpoint import read_latest
-
-        kept = read_latest(run_dir) or "none yet"
-        raise UserError(
-            f"{run_dir}: loss became NaN or infinite by step {step}; stopped, last good checkpoint kept: {kept}"
-        )
-
-
-def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
+def check_captions_cached(cfg: TrainConfig, dataset: LatentTextDataset, text_meta: dict) -> None:
     """Captions re-made after encode-text (a summary changed) are not in the text cache: training on the rest
     would silently drop their patches, so it stops naming the command that encodes them."""
     missing = dataset.skipped["caption_not_in_text_cache"]
@@ -194,8 +117,8 @@ def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
         return
     if cfg.data.allow_missing_captions:
         print(
-            f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not in the text cache "
-            "(data.allow_missing_captions)",
+            f"train: {missing} training pairs left out: their {len(dataset.missing_captions)} captions are not "
+            "in the text cache (data.allow_missing_captions)",
             file=sys.stderr,
         )
         return
@@ -203,27 +126,14 @@ def check_captions_cached(cfg: TrainConfig, dataset, text_meta: dict) -> None:
 
     fix = (
         f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
-        f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} --max-length {text_meta['max_length']}"
+        f"--text-encoder {quote(str(text_meta['encoder']))} --mode {text_meta['mode']} "
+        f"--max-length {text_meta['max_length']}"
     )
     raise UserError(
-        f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} ({missing} training "
-        f"pairs) are not in the text cache; encode them with `{fix}`, or set data.allow_missing_captions: true to train without them"
+        f"{cfg.data.text_cache}: {len(dataset.missing_captions)} of the captions in {cfg.data.captions} "
+        f"({missing} training pairs) are not in the text cache; encode them with `{fix}`, "
+        "or set data.allow_missing_captions: true to train without them"
     )
-
-
-def report_training_data(cfg: TrainConfig, patches: int, cases: int) -> None:
-    """Say what the model learns from; without a split that includes the test cases, which would
-    make every later evaluation on them meaningless, so it is said loudly."""
-    if cfg.data.split is None:
-        print(
-            f"train: WARNING: no data.split given: training on every captioned patch, test cases included "
-            f"({patches} patches from {cases} cases); set data.split to a split.json to hold cases out",
-            file=sys.stderr,
-        )
-    else:
-        print(
-            f"train: {patches} training patches from {cases} cases (split '{cfg.data.split_name}' of {cfg.data.split})"
-        )
 
 
 @dataclass(frozen=True)
@@ -238,291 +148,206 @@ class TrainResult:
     processes: int
 
 
-def run_train(cfg: TrainConfig) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm import tqdm
+def _open_inputs(cfg: TrainConfig) -> tuple[TextTable, LatentTextDataset, dict[str, Any]]:
+    """The caches, checked against the config and each other: the text table, the training pairs and the
+    latent metadata as the UNet sees it (`size`: the crop window; `image_size`: the crop in pixels)."""
+    latents, text = LatentCache.open(cfg.data.latents), TextTable(cfg.data.text_cache)
+    _check_inputs(cfg, latents.meta, text.dim)
+    window = crop_window(latents.meta, cfg.data.crop)
+    model_meta = {**latents.meta, "size": window, "image_size": cfg.data.crop or latents.meta.get("image_size")}
+    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
+    check_captions_cached(cfg, dataset, text.meta)
+    return text, dataset, model_meta
 
-    from histoldm.fileio import append_jsonl, atomic_write_json
-    from histoldm.manifest import write_manifest
-    from histoldm.models.presets import build_unet
-    from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
-    from histoldm.train.checkpoint import (
-        clean_partial,
-        describe_changes,
-        load_checkpoint,
-        resolve_resume,
-        save_checkpoint,
-        truncate_stats,
+
+def _validator(
+    cfg: TrainConfig, session: Session, text: TextTable, model_meta: dict[str, Any]
+) -> ValidationGrid | None:
+    """The validation grid's renderer, on the main process when validation.every is set."""
+    if not (cfg.validation.every and session.is_main):
+        return None
+    return ValidationGrid(cfg.validation, text, model_meta, cfg.model.prediction_type, session.device, cfg.seed)
+
+
+def _place_unet(unet: torch.nn.Module, model: ModelSection, device: torch.device) -> torch.memory_format:
+    """Gradient checkpointing (when on) and the UNet on the device in training mode, in the memory format
+    the latents then take too."""
+    if model.gradient_checkpointing:
+        enable_gradient_checkpointing(unet, model.checkpoint_levels)
+    memory_format = training_memory_format(model.channels_last, device)
+    unet.to(device, memory_format=memory_format).train()
+    return memory_format
+
+
+def _batch_recipe(
+    cfg: TrainConfig, session: Session, window: int, memory_format: torch.memory_format, text: TextTable
+) -> BatchRecipe:
+    """Train's micro-batches: caption pick, guidance dropout, crop; flips and the objective's noise share the
+    NOISE stream (one generator, flips drawn first)."""
+    return BatchRecipe(
+        seed=cfg.seed,
+        rank=session.accelerator.process_index,
+        device=session.device,
+        window=window,
+        augment=cfg.data.augment,
+        memory_format=memory_format,
+        uncond_row=text.uncond_row,
+        uncond_prob=cfg.data.uncond_prob,
+        preload_text=cfg.data.preload_text,
     )
-    from histoldm.train.data import (
-        LatentTextDataset,
-        ResumableSampler,
-        TextTable,
-        augment_dihedral,
-        crop_window,
-        drop_captions,
-        pick_captions,
-        random_crop,
-        step_generator,
+
+
+def _log(session: Session, writer, step: int, loss: float, lr: float, grad_norm: torch.Tensor, img_s: float) -> None:
+    """One line of stats.jsonl and TensorBoard's scalars, on the main process (the one with a writer)."""
+    record = {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "img_s": img_s,
+        "peak_gib": peak_memory(session.device)["allocated_gib"],
+        "time": time.time(),
+    }
+    if writer is not None:
+        append_jsonl(session.run_dir / "stats.jsonl", [record])
+        for key in ("loss", "lr", "grad_norm", "img_s", "peak_gib"):
+            if record[key] is not None:
+                writer.add_scalar(f"train/{key}", record[key], step)
+
+
+def _write_outputs(
+    cfg: TrainConfig,
+    session: Session,
+    state: TrainingState,
+    meta: BundleMeta,
+    dataset: LatentTextDataset,
+    step: int,
+    started: float,
+    extra: dict,
+) -> None:
+    """The model bundle (EMA weights when on) and the run manifest, on the main process."""
+    run_dir = session.run_dir
+    export_bundle(run_dir / "model", meta, state.unet, state.ema)
+    write_manifest(
+        run_dir / "manifest.json",
+        stage="train",
+        config=cfg,
+        seed=cfg.seed,
+        started=started,
+        inputs={
+            "latents": Path(cfg.data.latents) / "meta.json",
+            "text_cache": Path(cfg.data.text_cache) / "meta.json",
+            "captions": cfg.data.captions,
+            "split": cfg.data.split,
+            "resumed_from": session.resume_from,
+        },
+        produced={
+            "steps": step,
+            "bundle": str(run_dir / "model"),
+            "pairs": len(dataset),
+            "cases": dataset.cases,
+            "skipped_pairs": dataset.skipped,
+        },
+        extra={**extra, "processes": session.accelerator.num_processes, "precision": dtype_name(session.dtype)},
     )
-    from histoldm.train.ema import EMA
-    from histoldm.train.latents import LatentCache
-    from histoldm.train.objective import DiffusionObjective
-    from histoldm.train.validation import ValidationGrid
+
+
+def run_train(cfg: TrainConfig) -> TrainResult:
+    """Train a UNet on the caches (module docstring); a re-run resumes by itself; RUN/model at the end."""
+    from accelerate.utils import set_seed
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
 
     started = time.time()
 
     # Inputs: open both caches and check every contract before any compute.
-    latents = LatentCache.open(cfg.data.latents)
-    text = TextTable(cfg.data.text_cache)
-    _check_inputs(cfg, latents.meta, text.dim)
-    window = crop_window(latents.meta, cfg.data.crop)
-    model_meta = {
-        **latents.meta,
-        "size": window,
-        "image_size": cfg.data.crop or latents.meta.get("image_size"),
-    }  # what the UNet sees
-    dataset = LatentTextDataset(latents, text, cfg.data.captions, cfg.data.split, cfg.data.split_name)
-    check_captions_cached(cfg, dataset, text.meta)
-    use_cpu = (
-        cfg.cpu
-        or not torch.cuda.is_available()
-        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    )
-    on_gpu = not use_cpu
-    dtype = resolve_dtype(
-        cfg.precision, torch.device("cuda" if on_gpu else "cpu"), stage="train precision", training=True
-    )
-    if cfg.model.checkpoint_levels is not None and not cfg.model.gradient_checkpointing:
-        raise UserError("model.checkpoint_levels: set model.gradient_checkpointing: true as well")
+    text, dataset, model_meta = _open_inputs(cfg)
+    window = int(model_meta["size"])
 
-    # Processes and run folder: every rank agrees on the folder rank 0 chose.
-    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=use_cpu)  # cpu=True: gloo DDP under torchrun
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        report_training_data(cfg, len(dataset), dataset.cases)
-    run_dir = Path(broadcast_object_list([str(_resolve_run_dir(cfg)) if accelerator.is_main_process else None])[0])
-    resume_from = resolve_resume(run_dir, cfg.resume)
+    # Processes and run folder: every rank agrees on the folder rank 0 chose; a resume keeps the contract.
+    session = start_session(cfg, "train", dataset)
+    accelerator, device, run_dir = session.accelerator, session.device, session.run_dir
     contract = run_contract(cfg, model_meta, text.meta)
-    _check_contract(resume_from, contract)
+    check_contract(session.resume_from, contract)
 
     # Model: fp32 master weights, seeded; starting weights checked before the run folder is written.
     set_seed(cfg.seed)
-    unet = build_unet(
-        cfg.model.unet_preset, context_dim=text.dim, latent_channels=int(latents.meta["channels"]), sample_size=window
-    )
-    init = _initialise(unet, cfg, resume_from, run_dir, accelerator.print)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_partial(run_dir)
-        atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-        atomic_write_json(run_dir / CONTRACT, contract)
-        if resume_from is None:
-            atomic_write_json(run_dir / INIT_FILE, init)
-    validator = None
-    if cfg.validation.every and accelerator.is_main_process:
-        validator = ValidationGrid(cfg.validation, text, model_meta, cfg.model.prediction_type, device, cfg.seed)
+    channels = int(model_meta["channels"])
+    unet = build_unet(cfg.model.unet_preset, context_dim=text.dim, latent_channels=channels, sample_size=window)
+    init = initialise(unet, cfg.model, session.resume_from, run_dir, accelerator.print)
+    if session.is_main:
+        write_run_folder(run_dir, cfg, contract, init if session.resume_from is None else None)
+    validator = _validator(cfg, session, text, model_meta)
 
-    # Speed settings, optimizer, schedule, EMA.
-    if cfg.model.gradient_checkpointing:
-        enable_gradient_checkpointing(unet, cfg.model.checkpoint_levels)
-    memory_format = training_memory_format(cfg.model.channels_last, device)
-    unet.to(device, memory_format=memory_format).train()
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=on_gpu or None
-    )
-    lr_scheduler, schedule = make_lr_scheduler(
-        optimizer, o.warmup_steps, o.decay, cfg.max_steps
-    )  # schedule: kept in checkpoints
+    # Speed settings, optimizer, schedule, EMA; then resume the lot (the optimizer's hyper-parameters are
+    # this config's) with the loss scaler, the RNG and the data position.
+    memory_format = _place_unet(unet, cfg.model, device)
+    optimizer, lr_scheduler, schedule = make_optimizer(unet, cfg.optim, cfg.max_steps, session.on_gpu)
     ema = EMA(unet, cfg.ema_decay) if cfg.ema else None
-    objective = DiffusionObjective(cfg.model.prediction_type, o.min_snr_gamma, device)
-    table = text.table_with_uncond()
-    table = table.to(device) if cfg.data.preload_text else (table.pin_memory() if on_gpu else table)
-
-    # Resume: weights, EMA, optimizer state, LR schedule position, loss scaler, RNG and data position; the
-    # optimizer's hyper-parameters (peak lr, betas, weight decay, warmup) are this config's.
-    step, data_position, optimizer_changes = 0, 0, {}
+    objective = DiffusionObjective(cfg.model.prediction_type, cfg.optim.min_snr_gamma, device)
+    table = caption_table(text, cfg.data.preload_text, session)
     model, optimizer = accelerator.prepare(unet, optimizer)
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from,
-            model=unet,
-            ema=ema,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scaler=accelerator.scaler,
-            schedule=schedule,
-        )
-        step, data_position, optimizer_changes = state["step"], state["data_position"], state["optimizer_changes"]
-        if accelerator.is_main_process:  # log lines after the checkpoint are re-made by this session
-            truncate_stats(run_dir / "stats.jsonl", step)
-        accelerator.print(f"resumed from {resume_from} at step {step}")
-        if optimizer_changes:
-            accelerator.print(f"train: resuming with the config's {describe_changes(optimizer_changes, 'optim.')}")
-    if cfg.model.compile and on_gpu:
+    state = TrainingState(unet, ema, optimizer, lr_scheduler, schedule)
+    resumed = state.resume(session, "train") if session.resume_from is not None else {}
+    step, data_position = resumed.get("step", 0), resumed.get("data_position", 0)
+    if cfg.model.compile and session.on_gpu:
         model = compile_unet(model, cfg.model.compile_mode)
 
-    # Data: a seeded, resumable order per rank; pinned, non-blocking copies to the device.
-    sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, start=data_position)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=cfg.data.workers,
-        pin_memory=on_gpu,
-        persistent_workers=cfg.data.workers > 0,
-    )
-    batches = iter(loader)
+    # Data: a seeded, resumable order per rank, as micro-batches that draw from their own random streams.
+    loader = make_loader(dataset, cfg.batch_size, cfg.seed, cfg.data.workers, session, data_position)
+    batches = micro_batches(loader, table, _batch_recipe(cfg, session, window, memory_format, text), data_position)
 
     # Logging: TensorBoard and stats.jsonl on the main process only.
-    writer = None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-    if on_gpu:
+    writer = SummaryWriter(str(run_dir / "tb")) if session.is_main else None
+    if session.on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    loss_sum = torch.zeros((), device=device)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    window_start, window_steps, rates = time.perf_counter(), 0, []
-    images_per_step = cfg.batch_size * cfg.grad_accum * world
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
+    window_stats = LossWindow(device, cfg.batch_size * cfg.grad_accum * accelerator.num_processes)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not session.is_main)
 
     while step < cfg.max_steps:
         # Forward and backward over the micro-batches; DDP syncs gradients on the last one only.
         for micro in range(cfg.grad_accum):
-            lat, rows, counts = next(batches)
-            draw = data_position + micro
-            gen = step_generator(cfg.seed, draw, rank, device)
-            rows = pick_captions(rows, counts, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=3))
-            rows = drop_captions(
-                rows,
-                text.uncond_row,
-                cfg.data.uncond_prob,
-                step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=1),
-            )
-            lat = lat.to(device, non_blocking=True)
-            lat = random_crop(lat, window, step_generator(cfg.seed, draw, rank, torch.device("cpu"), stream=2))
-            lat = (
-                augment_dihedral(lat, gen, transpose=cfg.data.augment == "dihedral")
-                if cfg.data.augment != "none"
-                else lat
-            )
-            lat = lat.contiguous(memory_format=memory_format)
-            context = (
-                table[rows.to(device, non_blocking=True)]
-                if cfg.data.preload_text
-                else table[rows].to(device, non_blocking=True)
-            ).float()
+            batch = next(batches)
             with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext():
-                loss = objective.loss(model, lat, context, gen)
+                loss = objective.loss(model, batch.latents, batch.context, batch.gen)
                 accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach()
-            nonfinite |= ~torch.isfinite(loss.detach())
+            window_stats.add(loss)
         data_position += cfg.grad_accum
 
-        # Optimizer step: gradient norm (clipped when configured), AdamW, LR schedule, EMA. Unclipped, the
-        # norm is only logged, so it is computed at log steps only: it reads and rescales every gradient.
-        if o.grad_clip is not None or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            grad_norm = accelerator.clip_grad_norm_(
-                model.parameters(), o.grad_clip if o.grad_clip is not None else float("inf")
-            )
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(unet)
+        # Optimizer step: the gradient norm is logged, so it is measured at log steps when not clipping.
+        log_now = is_due(step + 1, cfg.log_every, cfg.max_steps)
+        norm = state.optimizer_step(accelerator, model, cfg.optim.grad_clip, measure_norm=log_now)
         step += 1
-        window_steps += 1
+        window_stats.steps += 1
         bar.update(1)
 
         # Log every log_every steps: the only regular host sync.
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            mean_loss = accelerator.reduce(loss_sum, "mean").item() / (window_steps * cfg.grad_accum)
-            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
-            elapsed = time.perf_counter() - window_start
-            rates.append(window_steps * images_per_step / elapsed)
-            record = {
-                "step": step,
-                "loss": mean_loss,
-                "lr": lr_scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "img_s": rates[-1],
-                "peak_gib": _peak_memory(device)["allocated_gib"],
-                "time": time.time(),
-            }
-            if writer is not None:
-                append_jsonl(run_dir / "stats.jsonl", [record])
-                for key in ("loss", "lr", "grad_norm", "img_s", "peak_gib"):
-                    if record[key] is not None:
-                        writer.add_scalar(f"train/{key}", record[key], step)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            window_start, window_steps = time.perf_counter(), 0
+        if log_now:
+            loss_mean = window_stats.close(session, step, cfg.grad_accum)
+            _log(session, writer, step, loss_mean, lr_scheduler.get_last_lr()[0], norm, window_stats.rates[-1])
+            bar.set_postfix(loss=f"{loss_mean:.4f}")
 
         # Checkpoint every checkpoint_every steps and at the end; `latest` moves only when complete.
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _stop_if_diverged(accelerator, nonfinite, step, run_dir)
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    model=unet,
-                    ema=ema,
-                    optimizer=optimizer,
-                    lr_scheduler=lr_scheduler,
-                    scaler=accelerator.scaler,
-                    data_position=data_position,
-                    keep=cfg.keep_checkpoints,
-                    schedule=schedule,
-                )
-            accelerator.wait_for_everyone()
+        if is_due(step, cfg.checkpoint_every, cfg.max_steps):
+            window_stats.stop_if_diverged(session, step)
+            state.save(session, step, data_position, cfg.keep_checkpoints)
 
         # Validation grid every validation.every steps, on the main process; the others wait.
         if cfg.validation.every and step % cfg.validation.every == 0:
             if validator is not None:
-                validator.render(unet, step, run_dir, writer, None if dtype == torch.float32 else dtype)
+                validator.render(unet, step, run_dir, writer, None if session.dtype == torch.float32 else session.dtype)
             accelerator.wait_for_everyone()
     bar.close()
-    del batches
+    batches.close()
 
     # Export the model bundle (EMA weights when on) and the run manifest.
-    peak = _peak_memory(device)
-    img_s = sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
-    if accelerator.is_main_process:
+    peak, img_s = peak_memory(device), window_stats.mean_img_s()
+    if session.is_main:
         writer.close()
         meta = _bundle_meta(cfg, model_meta, text.meta, step, source=str(run_dir))
-        _export_bundle(run_dir / "model", meta, unet, ema)
-        write_manifest(
-            run_dir / "manifest.json",
-            stage="train",
-            config=cfg,
-            seed=cfg.seed,
-            started=started,
-            inputs={
-                "latents": Path(cfg.data.latents) / "meta.json",
-                "text_cache": Path(cfg.data.text_cache) / "meta.json",
-                "captions": cfg.data.captions,
-                "split": cfg.data.split,
-                "resumed_from": resume_from,
-            },
-            produced={
-                "steps": step,
-                "bundle": str(run_dir / "model"),
-                "pairs": len(dataset),
-                "cases": dataset.cases,
-                "skipped_pairs": dataset.skipped,
-            },
-            extra={
-                "peak_memory": peak,
-                "img_s": img_s,
-                "processes": world,
-                "precision": dtype_name(dtype),
-                "init": init,
-                "optimizer_changes_on_resume": optimizer_changes,
-            },
-        )
+        extra = {"peak_memory": peak, "img_s": img_s, "init": init}
+        extra["optimizer_changes_on_resume"] = resumed.get("optimizer_changes", {})
+        _write_outputs(cfg, session, state, meta, dataset, step, started, extra)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, run_dir / "model", step, peak, img_s, world)
+    return TrainResult(run_dir, run_dir / "model", step, peak, img_s, accelerator.num_processes)

@@ -187,6 +187,12 @@ def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
         yield [decoded[i] for i in indices]
 
 
+# train-vae's random streams (step_generator's `stream`): flips, then the posterior's sample, share one
+# generator; crop offsets have their own. The numbers are part of every run's random draws.
+VAE_FLIPS_AND_NOISE = 0
+VAE_CROP = 1
+
+
 def _train_step(
     model,
     optimizer,
@@ -199,10 +205,10 @@ def _train_step(
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
     from histoldm.train.data import augment_dihedral, step_generator
 
-    gen = step_generator(cfg.seed, step, 0, x.device)
+    gen = step_generator(cfg.seed, step, 0, x.device, VAE_FLIPS_AND_NOISE)
     x = augment_dihedral(x, gen)
     if cfg.crop is not None and cfg.crop < x.shape[-1]:
-        crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), stream=1)
+        crop_gen = step_generator(cfg.seed, step, 0, torch.device("cpu"), VAE_CROP)
         top, left = torch.randint(0, x.shape[-1] - cfg.crop + 1, (2,), generator=crop_gen).tolist()
         x = x[..., top : top + cfg.crop, left : left + cfg.crop]
     x = x.contiguous(memory_format=memory_format)
@@ -226,20 +232,26 @@ class TrainVAEResult:
     n: int  # held-out patches measured
 
 
+def _resume(out: Path, resume_from: Path, slots: dict, schedule: dict) -> dict:
+    """Restore model, optimizer and schedule from the checkpoint (the lr is the config's); the log lines
+    after it are re-made, so they are cut from stats.jsonl. Returns load_checkpoint's state."""
+    from histoldm.train.checkpoint import describe_changes, load_checkpoint, truncate_stats
+
+    state = load_checkpoint(resume_from, **slots, schedule=schedule)
+    truncate_stats(out / "stats.jsonl", state["step"])
+    print(f"train-vae: resumed from {resume_from} at step {state['step']}")
+    if state["optimizer_changes"]:
+        print(f"train-vae: resuming with the config's {describe_changes(state['optimizer_changes'])}")
+    return state
+
+
 def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     from tqdm import tqdm
 
     from histoldm.devices import resolve_device, resolve_dtype, training_memory_format
     from histoldm.fileio import append_jsonl
     from histoldm.manifest import write_manifest
-    from histoldm.train.checkpoint import (
-        clean_partial,
-        describe_changes,
-        load_checkpoint,
-        resolve_resume,
-        save_checkpoint,
-        truncate_stats,
-    )
+    from histoldm.train.checkpoint import clean_partial, resolve_resume, save_checkpoint
     from histoldm.train.data import ResumableSampler
 
     started = time.time()
@@ -252,7 +264,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     resume_from = resolve_resume(out, cfg.resume)
     _check_same_training(out, cfg, resume_from is not None)
 
-    # Model and optimizer (constant LR or a cosine to 0), restored from the latest checkpoint when there is one; the lr is the config's.
+    # Model and optimizer (constant LR or a cosine to 0), restored from the latest checkpoint when there is one.
     torch.manual_seed(cfg.seed)
     memory_format = training_memory_format(cfg.channels_last, device)
     model = _load_model(cfg.init).to(device, memory_format=memory_format)
@@ -263,22 +275,9 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     out.mkdir(parents=True, exist_ok=True)
     clean_partial(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    step, optimizer_changes = 0, {}
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from,
-            model=model,
-            ema=None,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scaler=None,
-            schedule=schedule,
-        )
-        step, optimizer_changes = state["step"], state["optimizer_changes"]
-        truncate_stats(out / "stats.jsonl", step)
-        print(f"train-vae: resumed from {resume_from} at step {step}")
-        if optimizer_changes:
-            print(f"train-vae: resuming with the config's {describe_changes(optimizer_changes)}")
+    slots = {"model": model, "ema": None, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "scaler": None}
+    resumed = _resume(out, resume_from, slots, schedule) if resume_from is not None else {}
+    step, optimizer_changes = resumed.get("step", 0), resumed.get("optimizer_changes", {})
 
     # Training loop; NaN is checked at every host sync, so no checkpoint ever holds diverged weights.
     sampler = ResumableSampler(len(train_paths), cfg.batch_size, cfg.seed, start=step)
@@ -298,18 +297,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             if x is not None and ((step + 1) % cfg.log_every == 0 or last):
                 append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": float(loss), "time": time.time()}])
             if (step + 1) % cfg.checkpoint_every == 0 or last:
-                save_checkpoint(
-                    out,
-                    step + 1,
-                    model=model,
-                    ema=None,
-                    optimizer=optimizer,
-                    lr_scheduler=lr_scheduler,
-                    scaler=None,
-                    data_position=step + 1,
-                    keep=1,
-                    schedule=schedule,
-                )
+                save_checkpoint(out, step + 1, **slots, data_position=step + 1, keep=1, schedule=schedule)
     del batches
 
     # Evaluate on the held-out cases, save with safetensors, write metrics and manifest.

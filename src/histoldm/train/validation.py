@@ -47,7 +47,7 @@ class ValidationGrid:
         from histoldm.models.autoencoder import decode
         from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
         from histoldm.sampling.run import png_bytes, to_uint8
-        from histoldm.sampling.solvers import ddim_timesteps, sample_ddim, training_alphas_cumprod
+        from histoldm.sampling.solvers import make_solver, training_alphas_cumprod
 
         was_training = unet.training
         unet.eval()
@@ -58,7 +58,7 @@ class ValidationGrid:
             guided = classifier_free_guidance(
                 unet_eps_fn(unet, self.prediction_type, alphas), self.cond, self.uncond, self.cfg.guidance_scale
             )
-            latents = sample_ddim(guided, self.noise.clone(), ddim_timesteps(self.cfg.steps), alphas)
+            latents = make_solver("ddim")(guided, self.noise.clone(), self.cfg.steps, generators=[])
             images = decode(self.ae, latents / self.scale_factor).float().clamp(-1, 1)
         unet.train(was_training)
         grid = torch.cat(list(images), dim=-1)  # one row: (3, H, n * W)
