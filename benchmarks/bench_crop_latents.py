@@ -53,7 +53,8 @@ def main() -> None:
     mean = np.mean(rows, axis=0)
     print(f"{args.autoencoder}: {args.tiles} tiles of {args.tile} px, {args.crop} px crops on the stride {stride}")
     print(
-        f"PSNR latent-crop decode vs pixel-crop decode: {mean[0]:.2f} dB (interior, {args.margin} px border left out: {mean[1]:.2f} dB)"
+        f"PSNR latent-crop decode vs pixel-crop decode: {mean[0]:.2f} dB (interior, {args.margin} px border left out: "
+        f"{mean[1]:.2f} dB)"
     )
     print(f"PSNR against the pixel crop: latent-crop decode {mean[2]:.2f} dB, pixel-crop decode {mean[3]:.2f} dB")
 

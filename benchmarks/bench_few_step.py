@@ -13,9 +13,9 @@ measurably worse than DDIM-50 at this N.
 Settings with the `turbo` preset sample the student (`--student`, made by `histoldm distill`); the others
 the teacher. An existing sample folder (e.g. the demo's own DDIM-50 sets) can stand in for a setting and seed
 (`--reuse ddim50:0=DIR`): its settings.json must say the same solver, steps, guidance and seed; its wall
-time per image then comes from its manifest. `--timing ddim50,turbo4` instead
-times the settings on the same few images, interleaved (median of 3 rounds), to OUT/timing.json. Results are appended to OUT/results.jsonl as each set
-finishes (a re-run skips finished sets) and the table written to OUT/few_step.md.
+time per image then comes from its manifest. `--timing ddim50,turbo4` instead times the settings on the same
+few images, interleaved (median of 3 rounds), to OUT/timing.json. Results are appended to OUT/results.jsonl as
+each set finishes (a re-run skips finished sets) and the table written to OUT/few_step.md.
 
     nice -n 10 python -u benchmarks/bench_few_step.py --teacher DEMO/model/run/model --student RUN/model \\
         --captions DEMO/model/held-out-captions.jsonl --text-cache DEMO/model/text-cache \\
@@ -174,7 +174,8 @@ class Evaluator:
         }
 
     def evaluate_set(self, row: dict, same_noise_reference: Path) -> dict:
-        """Metrics against the real held-out patches, adherence, and FID against DDIM-50 of the same seed (same noise)."""
+        """Metrics against the real held-out patches, adherence, and FID against DDIM-50 of the same seed
+        (same noise)."""
         from histoldm.evaluate import metrics as M
         from histoldm.evaluate.adherence import run_adherence
 
@@ -250,22 +251,24 @@ def table(records: list[dict], floor: dict | None) -> str:
         return "-" if v is None else f"{v * scale:.{digits}f}"
 
     lines = [
-        "| setting | seed | UNet passes / image | s / image (CPU) | FID vs real | KID vs real (x 1e-3) | precision / recall | "
-        "adherence AUROC tumor / til | same-noise FID vs DDIM-50 |",
+        "| setting | seed | UNet passes / image | s / image (CPU) | FID vs real | KID vs real (x 1e-3) | precision / "
+        "recall | adherence AUROC tumor / til | same-noise FID vs DDIM-50 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         auroc = r.get("adherence_auroc") or {}
         lines.append(
-            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {f(r['s_per_image'])} | {f(r['fid'])} | {f(r['kid'], 1e3)} +- {f(r['kid_std'], 1e3)} | "
-            f"{f(r['precision'], digits=3)} / {f(r['recall'], digits=3)} | {f(auroc.get('tumor'), digits=3)} / {f(auroc.get('til'), digits=3)} | "
+            f"| {r['setting']} | {r['seed']} | {r['unet_passes']} | {f(r['s_per_image'])} | {f(r['fid'])} | "
+            f"{f(r['kid'], 1e3)} +- {f(r['kid_std'], 1e3)} | "
+            f"{f(r['precision'], digits=3)} / {f(r['recall'], digits=3)} | {f(auroc.get('tumor'), digits=3)} / "
+            f"{f(auroc.get('til'), digits=3)} | "
             f"{f(r.get('same_noise_fid'))} |"
         )
         lines.append(f"| ↳ protocol: {r['protocol_line']} | | | | | | | | |")
     if floor:
         lines.append(
-            f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} +- {f(floor['kid_std'], 1e3)} | "
-            f"{f(floor['precision'], digits=3)} / {f(floor['recall'], digits=3)} | - | - |"
+            f"| {floor['setting']} | - | - | - | {f(floor['fid'])} | {f(floor['kid'], 1e3)} +- "
+            f"{f(floor['kid_std'], 1e3)} | {f(floor['precision'], digits=3)} / {f(floor['recall'], digits=3)} | - | - |"
         )
         lines.append(f"| ↳ protocol: {floor['protocol_line']} | | | | | | | | |")
     return "\n".join(lines) + "\n"

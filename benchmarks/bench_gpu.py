@@ -1035,8 +1035,8 @@ class Bench:
 
     def table(self) -> str:
         head = (
-            "| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | peak reserved GiB "
-            "| h for 200k | UNet passes | vs eager: max levels, % px > 2 |"
+            "| case | status | preset | batch | img/s | x baseline | TFLOP/s | MFU % | GFLOP/img | peak alloc GiB | "
+            "peak reserved GiB | h for 200k | UNet passes | vs eager: max levels, % px > 2 |"
         )
         rows = [head, "|" + "---|" * 14]
 
@@ -1046,10 +1046,11 @@ class Bench:
         for r in self.results:
             status = r["status"] if r["status"] == "ok" else r["status"][:90].replace("|", "/")
             rows.append(
-                f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} | "
-                f"{f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
-                f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | {f(r.get('peak_alloc_gib'), '.2f')} | "
-                f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r.get('hours_for_200k'), '.2f')} | {r.get('unet_passes', '')} | "
+                f"| {r['case']} | {status} | {r.get('preset', '')} | {r.get('batch', '')} | {f(r.get('img_s'), '.1f')} "
+                f"| {f(r.get('x_baseline'), '.2f')} | {f(r.get('tflops'), '.0f')} | {f(r.get('mfu_pct'), '.1f')} | "
+                f"{f(r.get('flops_per_img') and r['flops_per_img'] / 1e9, '.0f')} | "
+                f"{f(r.get('peak_alloc_gib'), '.2f')} | {f(r.get('peak_reserved_gib'), '.2f')} | "
+                f"{f(r.get('hours_for_200k'), '.2f')} | {r.get('unet_passes', '')} | "
                 + (
                     f"{r['vs_eager_max_levels']:.0f}, {r['vs_eager_pct_over_2_levels']:.3f} |"
                     if "vs_eager_max_levels" in r
@@ -1077,7 +1078,8 @@ class Bench:
             for k, v in t["verdicts"].items()
         ]
         lines += [
-            f"- {r['case']}: {r['s_per_region']:.1f} s per region ({r['windows']} windows, {r['unet_passes']} UNet passes each)"
+            f"- {r['case']}: {r['s_per_region']:.1f} s per region ({r['windows']} windows, {r['unet_passes']} UNet "
+            "passes each)"
             for r in self.results
             if r["group"] == "region" and r["status"] == "ok"
         ]
@@ -1085,7 +1087,8 @@ class Bench:
             if r["group"] == "profile" and r["status"] == "ok":
                 lines += [
                     "",
-                    f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of kernels; by kind: "
+                    f"Profile of one guided DDIM step ({r['preset']}, batch {r['batch']}): {r['step_ms']:.1f} ms of "
+                    "kernels; by kind: "
                     + ", ".join(f"{k} {v}%" for k, v in sorted(r["by_kind_pct"].items(), key=lambda kv: -kv[1])),
                     "",
                     "| kernel | ms | % |",
@@ -1129,7 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
     roomy = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 16 * 2**30
     tmp_root = shm if profile.device == "cuda" and roomy else None
     print(
-        f"torch {torch.__version__}, device {torch.cuda.get_device_name() if profile.device == 'cuda' else 'cpu'}, mode {profile.mode}",
+        f"torch {torch.__version__}, device {torch.cuda.get_device_name() if profile.device == 'cuda' else 'cpu'}, "
+        f"mode {profile.mode}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=tmp_root) as work:

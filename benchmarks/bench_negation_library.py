@@ -101,14 +101,16 @@ def main() -> None:
         if said["library"] != truth or said["project"] != truth:
             print(f"truth {truth:8s} library {said['library']!s:8s} project {said['project']!s:8s} | {sentence!r}")
     print(
-        f"NEGATION_TABLE rows right (of {len(NEGATION_TABLE)}): negspacy {right['library']}, project reader {right['project']}"
+        f"NEGATION_TABLE rows right (of {len(NEGATION_TABLE)}): negspacy {right['library']}, project reader "
+        f"{right['project']}"
     )
     texts = [c.text for c in make_hard_reports(100, seed=0)]
     start = time.process_time()
     for text in texts:
         nlp(text)
     print(
-        f"spaCy + NegEx alone: {(time.process_time() - start) / len(texts) * 1000:.1f} ms CPU per hard report (one core)"
+        f"spaCy + NegEx alone: {(time.process_time() - start) / len(texts) * 1000:.1f} ms CPU per hard report (one "
+        "core)"
     )
 
 

@@ -8,7 +8,8 @@ WORK/results.jsonl and prints it. The demo's recipe is chosen this way (benchmar
 adherence on 36 held-out images moves by ~0.1 between seeds, so compare variants on two seeds.
 
     python benchmarks/bench_recipe_quality.py --work /tmp/rq --tag shipped-s1 --recipe '{"seed": 1}'
-    python benchmarks/bench_recipe_quality.py --work /tmp/rq --tag steps800 --recipe '{"train": {"max_steps": 800}}' --threads 1
+    python benchmarks/bench_recipe_quality.py --work /tmp/rq --tag steps800 \\
+        --recipe '{"train": {"max_steps": 800}}' --threads 1
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 floor at the same N, the seam score against real slide regions, map agreement against the patch
 sampler's adherence AUROC, and the time and peak memory of one region at several sizes.
 
-    nice -n 10 python benchmarks/bench_region.py --demo DEMO --out OUT          # DEMO: a finished `histoldm demo --out DEMO`
+    # DEMO: a finished `histoldm demo --out DEMO`
+    nice -n 10 python benchmarks/bench_region.py --demo DEMO --out OUT
 
 Quality: one region of --quality-size px per held-out case summary and map pattern (--per-case), sampled
 with the demo's own sampler settings (DEMO/model/samples/settings.json), each map four quadrants
@@ -194,19 +195,20 @@ def main(argv: list[str] | None = None) -> int:
 
     q = quality
     print(
-        f"\n| metric | regions | patch sampler |\n|---|---|---|\n"
-        f"| FID (N={q['n_crops']} crops / N={q['patch_n']} patches) | {q['crop_fid']:.2f} | {q['patch_fid']:.2f} (seed-to-seed floor {q['floor_fid']:.2f}) |\n"
-        f"| KID | {q['crop_kid']:.4f} | {q['patch_kid']:.4f} (floor {q['floor_kid']}) |\n"
-        f"| seam score (real slide regions {q['seam_real']:.3f}) | {q['seam_generated']:.3f} (ratio {q['seam_ratio']:.3f}) | |\n"
+        f"\n| metric | regions | patch sampler |\n|---|---|---|\n| FID (N={q['n_crops']} crops / N={q['patch_n']} "
+        f"patches) | {q['crop_fid']:.2f} | {q['patch_fid']:.2f} (seed-to-seed floor {q['floor_fid']:.2f}) |\n| KID | "
+        f"{q['crop_kid']:.4f} | {q['patch_kid']:.4f} (floor {q['floor_kid']}) |\n| seam score (real slide regions "
+        f"{q['seam_real']:.3f}) | {q['seam_generated']:.3f} (ratio {q['seam_ratio']:.3f}) | |\n"
         + "".join(f"| map agreement AUROC {a} | {v} | {q['patch_auroc'].get(a)} |\n" for a, v in q["map_auroc"].items())
     )
     print(
-        "| size px | windows | preset | s per region | peak RSS GiB | latent canvas MiB | decode band MiB | uint8 output MiB |\n|---|---|---|---|---|---|---|---|"
+        "| size px | windows | preset | s per region | peak RSS GiB | latent canvas MiB | decode band MiB | uint8 "
+        "output MiB |\n|---|---|---|---|---|---|---|---|"
     )
     for r in timing:
         print(
-            f"| {r['size']} | {r['windows']} | {r['preset']} | {r['region_s']} | {r['peak_rss_gib']} | {r['latent_canvas_mib']} | "
-            f"{r['band_accumulators_mib']} | {r['output_uint8_mib']} |"
+            f"| {r['size']} | {r['windows']} | {r['preset']} | {r['region_s']} | {r['peak_rss_gib']} | "
+            f"{r['latent_canvas_mib']} | {r['band_accumulators_mib']} | {r['output_uint8_mib']} |"
         )
     return 0
 

@@ -2,7 +2,8 @@
 on `histoldm.summaries.hard_reports` (several specimen parts, addenda that correct,
 history of a prior cancer, neoadjuvant therapy, in-situ-only cases, node notations, OCR noise).
 
-    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--one-line] [--json out.jsonl]
+    python benchmarks/bench_report_facts.py [--reports 500] [--seed 0] [--budgets 20 35 50 154] [--one-line] \\
+        [--json out.jsonl]
 
 Per budget, with the extractive backend exactly as `histoldm summarize` calls it for one report:
 (a) facts kept: per fact kind, the share of reports stating the fact whose summary states it with
@@ -246,7 +247,8 @@ def main() -> None:
         cases = [dataclasses.replace(c, text=" ".join(c.text.split())) for c in cases]
     words = [c.words for c in cases]
     print(
-        f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median {statistics.median(words):.0f}; "
+        f"{len(cases)} hard reports (seed {args.seed}), {min(words)}-{max(words)} words, median "
+        f"{statistics.median(words):.0f}; "
         f"{'run together on one line; ' if args.one_line else ''}torch imported: {'torch' in sys.modules}",
         file=sys.stderr,
     )
@@ -284,13 +286,16 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     print(f"\nfacts stated per kind (of {len(cases)}): " + ", ".join(f"{k} {rows[0]['stated'][k]}" for k in kinds))
     print(
-        f"\nChecker: correct summaries rejected {sum(checker['true_rejected'].values())} / {sum(checker['true_total'].values())} "
-        f"({_pct(checker['true_rejected_rate'])}); planted contradictions caught {_pct(checker['planted_caught_rate'])}\n"
+        f"\nChecker: correct summaries rejected {sum(checker['true_rejected'].values())} / "
+        f"{sum(checker['true_total'].values())} "
+        f"({_pct(checker['true_rejected_rate'])}); planted contradictions caught "
+        f"{_pct(checker['planted_caught_rate'])}\n"
     )
     print("| planted kind | missed / planted | of the missed: flagged unsupported |\n|---|---|---|")
     for kind, total in sorted(checker["planted_total"].items()):
         print(
-            f"| {kind} | {checker['planted_missed'][kind]} / {total} | {checker['planted_missed_but_unsupported'][kind]} |"
+            f"| {kind} | {checker['planted_missed'][kind]} / {total} | "
+            f"{checker['planted_missed_but_unsupported'][kind]} |"
         )
     print("\n| summary style | rejected / total |\n|---|---|")
     for style, total in checker["true_total"].items():

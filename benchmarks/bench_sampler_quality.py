@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in rows[-1].items()}), flush=True)
     reference = next(r["out"] for r in rows if r["setting"] == "ddim50" and r["seed"] == 0)
     lines = [
-        "| setting vs DDIM-50 seed 0 | seed | UNet passes / image | FID | KID (x 1e-3) | precision / recall | sample wall s |",
+        "| setting vs DDIM-50 seed 0 | seed | UNet passes / image | FID | KID (x 1e-3) | precision / recall | sample "
+        "wall s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -46,10 +46,9 @@ def main() -> None:
             loop_rates.append(candidates / slide["seconds_patches"])
     print(
         f"magnification {args.magnification:g}x, size {args.size}, overlap {args.overlap}: {n} patches per run; "
-        f"{statistics.median(rates):.1f} patches/s per core (median of {args.repeats}; "
-        f"min {min(rates):.1f}, max {max(rates):.1f}) end to end incl. slide open + thumbnail; "
-        f"patch loop alone (read, resize, tissue check, PNG write): {statistics.median(loop_rates):.1f} candidate patches/s "
-        f"({candidates} candidates)"
+        f"{statistics.median(rates):.1f} patches/s per core (median of {args.repeats}; min {min(rates):.1f}, max "
+        f"{max(rates):.1f}) end to end incl. slide open + thumbnail; patch loop alone (read, resize, tissue check, PNG "
+        f"write): {statistics.median(loop_rates):.1f} candidate patches/s ({candidates} candidates)"
     )
 
 

@@ -267,7 +267,8 @@ def compvis_layout(unet_preset: str, vq_preset: str, *, context_dim: int, clip: 
     u, a = UNET_PRESETS[unet_preset], AUTOENCODER_PRESETS[vq_preset]
     mc = u["block_out_channels"][0]
     unet = compvis_unet_shapes(
-        in_ch=3, model_channels=mc, channel_mult=[c // mc for c in u["block_out_channels"]], num_res_blocks=u["layers_per_block"],
+        in_ch=3, model_channels=mc, channel_mult=[c // mc for c in u["block_out_channels"]],
+        num_res_blocks=u["layers_per_block"],
         attention_ds={2**i for i, t in enumerate(u["down_block_types"]) if "CrossAttn" in t}, context_dim=context_dim,
     )  # fmt: skip
     ch = a["block_out_channels"][0]

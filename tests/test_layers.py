@@ -67,7 +67,8 @@ def layer_violations() -> list[str]:
                 continue
             if ORDER.index(there) > ORDER.index(here) or (here == "shared" and there != "shared"):
                 bad.append(
-                    f"{path.relative_to(PACKAGE.parent)}:{line}: {here} imports {imported} ({there} is not below {here})"
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {here} imports {imported} ({there} is not below "
+                    f"{here})"
                 )
     return bad
 

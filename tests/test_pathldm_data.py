@@ -266,8 +266,8 @@ def test_evaluate_takes_foreign_statistics_and_says_so(tmp_path, capsys):
     ]
     assert main(args) == 0
     assert (
-        "real statistics: center_crop_real_stats.npz from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours"
-        in capsys.readouterr().out
+        "real statistics: center_crop_real_stats.npz from another tool (e.g. pytorch-fid, PathLDM): its preprocessing "
+        "is not ours" in capsys.readouterr().out
     )
     fid = json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"]
     features = extract_features(

@@ -344,9 +344,9 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
             child.kill()
     assert child.returncode == 130
     # the last line, on a line of its own: no progress bar is redrawn after it (as one was before, hiding it)
-    assert (
-        err.splitlines()[-1]
-        == f"histoldm sample: interrupted; the images written so far are kept in {out}; the same command resumes with the rest"
+    assert err.splitlines()[-1] == (
+        f"histoldm sample: interrupted; the images written so far are kept in {out}; the same command resumes with the "
+        "rest"
     )
     assert "Traceback" not in err
 

@@ -13,7 +13,10 @@ from histoldm.text.encoders import load_text_encoder
 from histoldm.text.tokenizer import count_tokens
 
 SHORT = "Invasive ductal carcinoma, grade 2."
-LONG = "Invasive ductal carcinoma, grade 2; tumor size 2.1 cm; margins negative; estrogen receptor positive; HER2 negative."
+LONG = (
+    "Invasive ductal carcinoma, grade 2; tumor size 2.1 cm; margins negative; estrogen receptor positive; HER2 "
+    "negative."
+)
 
 
 def test_context_follows_the_budget_with_prefix_and_bos_eos():

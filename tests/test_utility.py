@@ -33,7 +33,8 @@ def _image(path: Path, high: bool, rng: np.random.Generator, shift: float) -> No
 def _folder(
     folder: Path, rows: list[dict], rng: np.random.Generator, shift: float, image_high: list[bool] | None = None
 ) -> Path:
-    """PNGs + index.jsonl in the sampler's layout (id = patch id); `image_high` paints other levels than the captions say."""
+    """PNGs + index.jsonl in the sampler's layout (id = patch id); `image_high` paints other levels than the
+    captions say."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "index.jsonl", "w") as f:
         for k, r in enumerate(rows):

@@ -189,7 +189,8 @@ def normalise_dtype_name(value: Any) -> Any:
 
 # A config's dtype: the old spellings are normalised when the config is read, so outputs record one vocabulary.
 DtypeName = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(normalise_dtype_name)]
-# The same without float16, for stages that autocast without a loss scaler (train-vae) or never offered it (encode-latents).
+# The same without float16, for stages that autocast without a loss scaler (train-vae) or never offered it
+# (encode-latents).
 AutocastDtypeName = Annotated[Literal["auto", "float32", "bfloat16"], BeforeValidator(normalise_dtype_name)]
 # How text encoding and sampling compute (histoldm.devices.sampling_numerics): ours, or PathLDM's to reproduce it.
 Numerics = Literal["default", "pathldm"]

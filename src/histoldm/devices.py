@@ -95,7 +95,8 @@ def launched_processes(device_name: str, stage: str) -> Processes:
     state = PartialState(cpu=device.type == "cpu")
     if state.num_processes != launched:  # each process would think it is alone and redo all the work
         raise UserError(
-            f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})"
+            f"{stage}: launched as {launched} processes, but accelerate set up {state.num_processes} "
+            f"({state.distributed_type})"
         )
     return Processes(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
@@ -122,7 +123,8 @@ class SamplingNumerics:
 
 
 def text_dtype(numerics: Numerics, dtype: str) -> str:
-    """The text encoder's dtype name: PathLDM encodes in fp32; asking for pathldm and another dtype is a contradiction."""
+    """The text encoder's dtype name: PathLDM encodes in fp32; asking for pathldm and another dtype is a
+    contradiction."""
     if numerics == "pathldm":
         if dtype not in ("auto", "float32"):
             raise UserError(f"numerics pathldm encodes text in float32; drop dtype {dtype} (or use numerics default)")
@@ -132,7 +134,8 @@ def text_dtype(numerics: Numerics, dtype: str) -> str:
 
 def sampling_numerics(numerics: Numerics, dtype: str, device: torch.device) -> SamplingNumerics:
     """`default`: the UNet in `resolve_dtype(dtype)`, no autocast, rounding.
-    `pathldm`: fp32 weights under fp16 autocast (on the CPU too: torch's CPU autocast takes fp16; tested on 2.13), truncation."""
+    `pathldm`: fp32 weights under fp16 autocast (on the CPU too: torch's CPU autocast takes fp16; tested on 2.13),
+    truncation."""
     if numerics == "pathldm":
         return SamplingNumerics("pathldm", text_dtype(numerics, dtype), torch.float32, torch.float16, True)
     return SamplingNumerics("default", dtype, resolve_dtype(dtype, device, stage="sample dtype"), None, False)

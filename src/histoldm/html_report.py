@@ -15,11 +15,14 @@ from histoldm.fileio import atomic_write_text, read_jsonl
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0}\
+td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
 .row{display:flex;gap:1em;align-items:flex-start;margin:.8em 0;flex-wrap:wrap}
 .row figure{margin:0}.row img{width:160px;height:160px;image-rendering:auto;border:1px solid #ccc}
-figcaption{font-size:.8em;max-width:160px;color:#555}.caption{font-family:monospace;font-size:.9em;background:#f5f5f5;padding:.3em}
-.note{color:#666;font-size:.9em}details pre{max-height:300px;overflow:auto;background:#f8f8f8;padding:.5em;font-size:.8em}
+figcaption{font-size:.8em;max-width:160px;color:#555}\
+.caption{font-family:monospace;font-size:.9em;background:#f5f5f5;padding:.3em}
+.note{color:#666;font-size:.9em}\
+details pre{max-height:300px;overflow:auto;background:#f8f8f8;padding:.5em;font-size:.8em}
 """
 
 
@@ -57,7 +60,10 @@ def stage_manifests(out: Path) -> dict[str, Path]:
 
 def _img(path: Path, root: Path, label: str) -> str:
     rel = os.path.relpath(path, root)
-    return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(label)}"><figcaption>{html.escape(label)}</figcaption></figure>'
+    return (
+        f'<figure><img src="{html.escape(rel)}" '
+        f'alt="{html.escape(label)}"><figcaption>{html.escape(label)}</figcaption></figure>'
+    )
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -81,7 +87,8 @@ def write_report(
     path = Path(path)
     root = path.parent
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
     ]
     parts.append(f"<h1>{html.escape(title)}</h1><p>{intro}</p>")
 
@@ -103,7 +110,8 @@ def write_report(
         parts.append(f"<h2>{html.escape(tbl_title)}</h2>" + _table(rows, header))
 
     parts.append(
-        "<h2>Stage manifests</h2><p class='note'>Inputs with sha256, resolved config, seed, versions and counts, as written by each stage.</p>"
+        "<h2>Stage manifests</h2><p class='note'>Inputs with sha256, resolved config, seed, versions and counts, as "
+        "written by each stage.</p>"
     )
     for stage, mpath in manifests.items():
         rel = os.path.relpath(mpath, root)

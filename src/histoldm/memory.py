@@ -63,5 +63,7 @@ class PeakRSS:
             "peak_rss_gib": round(self.peak_bytes / GIB, 3),
             "start_rss_gib": round(self.start_bytes / GIB, 3),
             "rise_gib": round((self.peak_bytes - self.start_bytes) / GIB, 3),
-            "measured": f"process RSS sampled every {self.interval:g} s, plus getrusage ru_maxrss when the stage set a new high",
+            "measured": (
+                f"process RSS sampled every {self.interval:g} s, plus getrusage ru_maxrss when the stage set a new high"
+            ),
         }

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if r.get("tile_sizes"):
         sizes = ", ".join(f"{size} px ({n})" for size, n in r["tile_sizes"].items())
         print(
-            f"tiles kept at their stored size, not resized: {sizes}; train a smaller model input on random crops with data.crop"
+            f"tiles kept at their stored size, not resized: {sizes}; train a smaller model input on random crops with "
+            "data.crop"
         )
     for s in r["skipped"][:10]:
         print(f"skipped: {s}")

@@ -61,7 +61,8 @@ def cut_into_blocks(store: Path, out: Path, *, size: int, block: int, held_out_r
     held = rows < held_out_rows
     if held.all() or not held.any():
         raise UserError(
-            f"{store}: {held_out_rows} held-out block rows of {block} px leave {int((~held).sum())} training patches and {int(held.sum())} held-out ones"
+            f"{store}: {held_out_rows} held-out block rows of {block} px leave {int((~held).sum())} training patches "
+            f"and {int(held.sum())} held-out ones"
         )
     dropped = [i for i in np.flatnonzero(~held) if overlaps(a, i, np.flatnonzero(held))]
     keep = sorted(set(range(len(rows))) - set(dropped))
@@ -90,7 +91,10 @@ def cut_into_blocks(store: Path, out: Path, *, size: int, block: int, held_out_r
         "held_out_patches": int(held.sum()),
         "train_patches": len(keep) - int(held.sum()),
         "dropped_overlapping_held_out": sorted(table["patch_id"][i] for i in dropped),
-        "note": "blocks of one slide act as cases; they are not independent patients (neighbouring tissue, one stain, one scan)",
+        "note": (
+            "blocks of one slide act as cases; they are not independent patients (neighbouring tissue, one stain, one "
+            "scan)"
+        ),
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_json(out / "blocks.json", description)

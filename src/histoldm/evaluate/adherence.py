@@ -86,7 +86,8 @@ def check_adherence_inputs(
         require_file(captions_parquet, "captions file")
     elif not any(f"{a}_level" in r for r in rows for a in attributes):
         raise UserError(
-            f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with tumor_level, til_level)"
+            f"{fake_dir}: its index has no caption levels; adherence needs --captions (captions.parquet with "
+            "tumor_level, til_level)"
         )
     return rows
 

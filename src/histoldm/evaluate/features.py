@@ -289,7 +289,8 @@ def extract_features(
     if not kept:
         where = Path(paths[0]).parent if paths else "input"
         raise UserError(
-            f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})"
+            f"{where}: none of the {len(paths)} image files could be read "
+            f"({skipped[0]['reason'] if skipped else 'empty'})"
         )
     order = np.argsort(kept, kind="stable")  # rows in input order whatever the grouping: KID draws subsets by row
     kept_paths = [Path(paths[kept[j]]) for j in order]
@@ -331,7 +332,8 @@ def extract_in_processes(
     if not len(order):
         where = Path(paths[0]).parent if paths else "input"
         raise UserError(
-            f"{where}: none of the {len(paths)} image files could be read ({skipped[0]['reason'] if skipped else 'empty'})"
+            f"{where}: none of the {len(paths)} image files could be read "
+            f"({skipped[0]['reason'] if skipped else 'empty'})"
         )
     kept = np.argsort(order, kind="stable")
     kept_paths = [Path(paths[i]) for i in order[kept]]

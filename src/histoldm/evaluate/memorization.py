@@ -89,13 +89,16 @@ def memorization_report(
         )
     elif n_dup:
         checks["note"] = (
-            f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; the threshold uses each "
-            "patch's nearest other patch that is not a copy (with copies it would be 0, and nothing could fall below it)"
+            f"{n_dup} of {len(train)} training patches have an exact duplicate in the training set; the threshold uses "
+            "each patch's nearest other patch that is not a copy (with copies it would be 0, and nothing could fall "
+            "below it)"
         )
     return {
         "metric": metric,
         "threshold": threshold,
-        "threshold_rule": f"{quantile:g} quantile of training-to-nearest-other-training distances, exact duplicates left out",
+        "threshold_rule": (
+            f"{quantile:g} quantile of training-to-nearest-other-training distances, exact duplicates left out"
+        ),
         "share_below_threshold": None if threshold is None else float((nn_dist < threshold).mean()),
         "train_with_exact_duplicate": n_dup,
         **checks,

@@ -68,7 +68,8 @@ def _trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray, eps: float) -> flo
     if _imag_too_large(covmean):
         worst = float(np.max(np.abs(np.diagonal(covmean).imag)))
         raise UserError(
-            f"statistics: matrix square root has imaginary part {worst:.3g} (> {IMAG_TOLERANCE}); covariances are not valid"
+            f"statistics: matrix square root has imaginary part {worst:.3g} (> {IMAG_TOLERANCE}); covariances are not "
+            "valid"
         )
     return float(np.trace(np.real(covmean)))
 
@@ -112,7 +113,8 @@ def load_features(path: Path, mu: np.ndarray, n: Any) -> np.ndarray | None:
         features = f["features"]
     if features.ndim != 2 or features.shape[1] != mu.size or (isinstance(n, int) and len(features) != n):
         raise UserError(
-            f"{path}: stored features {features.shape} do not fit its statistics ({mu.size}-d, N {n}); remake them with `histoldm fid-ref`"
+            f"{path}: stored features {features.shape} do not fit its statistics ({mu.size}-d, N {n}); remake them "
+            "with `histoldm fid-ref`"
         )
     return features
 

@@ -48,7 +48,8 @@ def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = N
     if settings_a != settings_b:
         differ = sorted(k for k in settings_a.keys() | settings_b.keys() if settings_a.get(k) != settings_b.get(k))
         raise UserError(
-            f"{cfg.second}: sampled with other settings than {cfg.first} ({', '.join(differ)}); only the seed may differ"
+            f"{cfg.second}: sampled with other settings than {cfg.first} ({', '.join(differ)}); only the seed may "
+            "differ"
         )
     if seed_a == seed_b:
         raise UserError(

@@ -151,7 +151,10 @@ def map_agreement(records: list[dict], regions_dir: Path, high: str, low: str, n
     for attr, (scores, is_high) in values.items():
         if len(set(is_high)) < 2:
             result[attr] = {
-                "status": f"not measured: {sum(is_high)} windows of {attr} level {high!r} and {len(is_high) - sum(is_high)} of {low!r}"
+                "status": (
+                    f"not measured: {sum(is_high)} windows of {attr} level {high!r} and "
+                    f"{len(is_high) - sum(is_high)} of {low!r}"
+                )
             }
             continue
         result[attr] = {

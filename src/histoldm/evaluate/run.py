@@ -128,7 +128,9 @@ def _real_side(
             protocol = protocol.extend(
                 n_real="unknown (external statistics)",
                 image_format_real="unknown",
-                real_statistics=f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours",
+                real_statistics=(
+                    f"{real.name} from another tool (e.g. pytorch-fid, PathLDM): its preprocessing is not ours"
+                ),
             )
         else:
             protocol = protocol.extend(n_real=ref.get("n"), image_format_real=ref.get("image_format"))
@@ -168,8 +170,9 @@ def _image_sizes(cfg: EvaluateConfig, real_paths: list[Path] | None, fake_paths:
     )
     if real != fake and "unknown" not in (real, fake) and not cfg.allow_size_mismatch:
         raise UserError(
-            f"{cfg.real}: real images are {real} px but the generated ones in {cfg.fake} are {fake} px; export the real "
-            "patches at the model's size (`histoldm export-patches --size N`) or pass --allow-size-mismatch to compare them anyway"
+            f"{cfg.real}: real images are {real} px but the generated ones in {cfg.fake} are {fake} px; export the "
+            "real patches at the model's size (`histoldm export-patches --size N`) or pass --allow-size-mismatch to "
+            "compare them anyway"
         )
     return {"image_size_real": real, "image_size_fake": fake}
 
@@ -180,7 +183,8 @@ def _check_ref_protocol(stats: Path, protocol: FidProtocol) -> None:
     for key in ("extractor_sha256", "resize"):
         if ref is not None and ref.get(key) != getattr(protocol, key):
             raise UserError(
-                f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {getattr(protocol, key)}; remake them with `histoldm fid-ref`"
+                f"{stats}: statistics made with {key}={ref.get(key)}, this run uses {getattr(protocol, key)}; remake "
+                "them with `histoldm fid-ref`"
             )
 
 

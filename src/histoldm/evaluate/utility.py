@@ -292,7 +292,8 @@ def utility_table(
                 row.update(n_real=int(len(idx)), n_synthetic=int(len(xf)) if with_fake else 0)
                 if len(set(y.tolist())) < 2:
                     row["status"] = (
-                        f"not measured: the training images of {attr} have one level only ({int(y.sum())} high of {len(y)})"
+                        f"not measured: the training images of {attr} have one level only ({int(y.sum())} high of "
+                        f"{len(y)})"
                     )
                     break
                 key = (idx.tobytes(), with_fake)
@@ -302,7 +303,10 @@ def utility_table(
                 for g, m in group_masks.items():
                     if yh[m].all() or not yh[m].any():
                         row["by_group"][g] = {
-                            "status": f"not measured: {held_info[g]['n_high']} high and {held_info[g]['n_low']} low held-out patches"
+                            "status": (
+                                f"not measured: {held_info[g]['n_high']} high and {held_info[g]['n_low']} low held-out "
+                                "patches"
+                            )
                         }
                         continue
                     s = bootstrap_scores(prob[m], yh[m], [c for c, k in zip(ch, m) if k], cfg.bootstrap, seed)
@@ -325,14 +329,15 @@ def utility_table(
 def probe_line(cfg: UtilityConfig, n_train: int, n_fake: int, n_held: int) -> str:
     return (
         f"linear probe {PROBE} (class-balanced log-loss + l2 {cfg.l2:g}/N on standardised features, L-BFGS from 0), "
-        f"balanced accuracy at p>=0.5; 95% percentile bootstrap over held-out cases ({cfg.bootstrap} resamples); "
-        f"seeds {','.join(map(str, cfg.seeds))} (real subsets, level-stratified, and resamples); levels {cfg.high} vs {cfg.low}; "
-        f"N real train {n_train}, N synthetic {n_fake} (training captions only), N held-out real {n_held}"
+        f"balanced accuracy at p>=0.5; 95% percentile bootstrap over held-out cases ({cfg.bootstrap} resamples); seeds "
+        f"{','.join(map(str, cfg.seeds))} (real subsets, level-stratified, and resamples); levels {cfg.high} vs "
+        f"{cfg.low}; N real train {n_train}, N synthetic {n_fake} (training captions only), N held-out real {n_held}"
     )
 
 
 def utility_lines(utility: dict[str, Any]) -> list[str]:
-    """One printed line per attribute, condition and held-out group: AUROC and balanced accuracy per seed with intervals."""
+    """One printed line per attribute, condition and held-out group: AUROC and balanced accuracy per seed with
+    intervals."""
     lines = [f"utility [{utility['protocol_line']}]"]
     for attr, a in utility["by_attribute"].items():
         for row in a["conditions"]:
@@ -361,7 +366,8 @@ def _seed_text(s: dict[str, Any]) -> str:
 
 
 def table_rows(utility: dict[str, Any], group: str) -> list[list[str]]:
-    """Rows (attribute, condition, N real / synthetic, AUROC per seed, balanced accuracy per seed) for the HTML report."""
+    """Rows (attribute, condition, N real / synthetic, AUROC per seed, balanced accuracy per seed) for the HTML
+    report."""
     rows = []
     for attr, a in utility["by_attribute"].items():
         for row in a["conditions"]:

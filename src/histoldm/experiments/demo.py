@@ -118,7 +118,8 @@ def _real_tissue_first(result: ChainResult) -> list:
 
 
 def _utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Headline rows: AUROC (mean of the seeds) of the real, TSTR and real + synthetic probes, and the curve's first point."""
+    """Headline rows: AUROC (mean of the seeds) of the real, TSTR and real + synthetic probes, and the curve's
+    first point."""
     rows = []
     first = min(utility["protocol"]["fractions"])
     for attr, a in utility["by_attribute"].items():
@@ -153,7 +154,10 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     for _, stage, seconds in stage_times(stage_manifests(out)):
         stages[stage] = stages.get(stage, 0.0) + seconds
     other = max(0.0, total_s - sum(stages.values()))  # real-image and per-group metrics, loss curve, between stages
-    machine_text = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread{'s' * (machine['threads'] != 1)}"
+    machine_text = (
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch "
+        f"thread{'s' * (machine['threads'] != 1)}"
+    )
     line = (
         f"{_seconds(total_s)} on {machine_text} ("
         + ", ".join(f"{k} {_seconds(v)}" for k, v in [*stages.items(), ("other", other)])

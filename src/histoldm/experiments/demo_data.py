@@ -99,7 +99,10 @@ def write_demo_split(path: Path, store: Path, blocks: dict[str, Any], cfg: DemoD
     fractions = {"train": 1 - cfg.test_fraction, "test": cfg.test_fraction}
     groups = split_cases(synthetic, fractions, cfg.seed)
     groups = {"train": groups["train"] + blocks["train"], "test": groups["test"] + blocks["held_out"]}
-    method = f"{METHOD} for the synthetic cases; slide blocks of {blocks['block_px']} px, the top {blocks['held_out_block_rows']} rows held out"
+    method = (
+        f"{METHOD} for the synthetic cases; slide blocks of {blocks['block_px']} px, the top "
+        f"{blocks['held_out_block_rows']} rows held out"
+    )
     atomic_write_text(
         path,
         split_json(

@@ -237,7 +237,8 @@ def to_compvis(parts: dict[str, dict[str, torch.Tensor]], names: dict[str, dict[
 def _require_layout(state: dict[str, torch.Tensor], source: str) -> None:
     if not any(k.startswith(PREFIX["unet"]) for k in state):
         raise UserError(
-            f"{source}: no {PREFIX['unet']}* keys, not a CompVis latent-diffusion checkpoint (first keys: {_preview(sorted(state))})"
+            f"{source}: no {PREFIX['unet']}* keys, not a CompVis latent-diffusion checkpoint (first keys: "
+            f"{_preview(sorted(state))})"
         )
     if not any(k.startswith(PREFIX["text_encoder"]) for k in state):
         other = sorted(k for k in state if k.startswith("cond_stage_model."))
@@ -258,7 +259,8 @@ def _check_schedule(state: dict[str, torch.Tensor], source: str) -> None:
     ours, theirs = ddpm_scheduler().betas.double(), state["betas"].double()
     if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-4, atol=1e-7):
         raise UserError(
-            f"{source}: trained with another noise schedule ({theirs.numel()} steps, betas {theirs[0]:.5f}..{theirs[-1]:.5f}); "
+            f"{source}: trained with another noise schedule ({theirs.numel()} steps, betas "
+            f"{theirs[0]:.5f}..{theirs[-1]:.5f}); "
             f"histoldm uses PathLDM's ({ours.numel()} steps, {ours[0]:.5f}..{ours[-1]:.5f})"
         )
 
@@ -408,7 +410,8 @@ def run_convert(cfg: ConvertConfig) -> ConvertResult:
     write_manifest(
         out / "manifest.json", stage="convert-ldm", config=cfg, inputs={"checkpoint": cfg.checkpoint},
         produced={"bundle": str(out), **{k: v["tensors"] for k, v in counts.items()}}, started=started,
-        skipped=converted.skipped, extra={"text_fingerprint": meta.text.fingerprint, "latent_fingerprint": meta.latent.fingerprint},
+        skipped=converted.skipped,
+        extra={"text_fingerprint": meta.text.fingerprint, "latent_fingerprint": meta.latent.fingerprint},
     )  # fmt: skip
     return ConvertResult(out, counts, len(converted.skipped), reasons, out / _REPORT_FILE)
 

@@ -64,7 +64,8 @@ def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list
             names = split_names(split)
             problem = f"split {split_name!r} has no cases" if split_name in names else f"no split named {split_name!r}"
             raise UserError(
-                f"{split}: {problem} (have {', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})"
+                f"{split}: {problem} (have "
+                f"{', '.join(f'{n} ({sum(v == n for v in case_split.values())} cases)' for n in names)})"
             )
         keep = [case_split.get(c) == split_name for c in table["case_id"]]
     items, skipped, seen = [], [], {}

@@ -84,7 +84,8 @@ def open_text_source(
         missing = [c for c in captions if c not in cache]
         if missing:
             raise UserError(
-                f"{text_cache}: {len(missing)} captions not in the text cache, e.g. {missing[0][:80]!r} (re-run encode-text with them)"
+                f"{text_cache}: {len(missing)} captions not in the text cache, e.g. {missing[0][:80]!r} (re-run "
+                "encode-text with them)"
             )
         return CacheText(cache)
     from histoldm.text.encoders import load_text_encoder

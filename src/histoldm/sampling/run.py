@@ -65,7 +65,8 @@ def check_solver_fits_bundle(bundle: Path, meta, solver: str, guidance: float) -
     """A student samples only with consistency steps, a teacher never: the other pairing gives noise."""
     if solver == "lcm" and meta.distilled is None:
         raise UserError(
-            f"{bundle}: a teacher bundle (no distilled sampler); --preset turbo needs a student made by `histoldm distill`"
+            f"{bundle}: a teacher bundle (no distilled sampler); --preset turbo needs a student made by "
+            "`histoldm distill`"
         )
     if solver != "lcm" and meta.distilled is not None:
         raise UserError(
@@ -168,7 +169,8 @@ def _resolve_device_dtype(cfg: SampleConfig):
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != state.num_processes:  # each process would think it is alone and redo all the work
         raise UserError(
-            f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} ({state.distributed_type})"
+            f"sample: launched as {launched} processes, but accelerate set up {state.num_processes} "
+            f"({state.distributed_type})"
         )
     device = state.device
     return state, device, sampling_numerics(cfg.numerics, cfg.dtype, device)

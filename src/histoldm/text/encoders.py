@@ -121,7 +121,8 @@ class ClipTextEncoder(TextEncoder):
             raise UserError(f"{name}: max_length {max_length} leaves no room for BOS and EOS")
         if mode == "truncate" and max_length > self.context:
             raise UserError(
-                f"{name}: mode truncate encodes at most {self.context} tokens, asked for {max_length} (use --max-length {self.context})"
+                f"{name}: mode truncate encodes at most {self.context} tokens, asked for {max_length} (use "
+                f"--max-length {self.context})"
             )
         if mode == "chunks" and max_length % self.context:
             raise UserError(f"{name}: mode chunks needs max_length a multiple of {self.context}, got {max_length}")

@@ -240,7 +240,8 @@ def load_checkpoint(
         ) from None
     if missing or unexpected:  # strict, with a one-line message instead of a key dump
         raise UserError(
-            f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+            f"{path / 'model.safetensors'}: does not fit this UNet ({len(missing)} missing, {len(unexpected)} "
+            "unexpected keys)"
         )
     if ema is not None:
         if state["ema_updates"] is None:

@@ -65,7 +65,8 @@ def skipped_lines(skipped: list[dict[str, str]], names_shown: int = 3) -> list[s
     for reason, keys in groups.items():
         more = f", ... ({len(keys) - names_shown} more)" if len(keys) > names_shown else ""
         lines.append(
-            f"skipped {len(keys)} {'tensor' if len(keys) == 1 else 'tensors'}, {reason}: {', '.join(keys[:names_shown])}{more}"
+            f"skipped {len(keys)} {'tensor' if len(keys) == 1 else 'tensors'}, {reason}: "
+            f"{', '.join(keys[:names_shown])}{more}"
         )
     return lines
 
@@ -124,7 +125,8 @@ def _from_compvis(path: Path, unet) -> tuple[dict[str, torch.Tensor], list[dict[
             unexpected.append(key)
     if unexpected:
         raise UserError(
-            f"{path}: {len(unexpected)} UNet tensors the {unet_label(unet)} UNet has no place for: {_preview(unexpected)}"
+            f"{path}: {len(unexpected)} UNet tensors the {unet_label(unet)} UNet has no place for: "
+            f"{_preview(unexpected)}"
         )
     return {k: ours[k] for k in names}, skipped, "compvis" if prefix else "compvis-unet", names
 
@@ -156,7 +158,8 @@ def _check_architecture(theirs: dict, unet, source: Path) -> None:
     for key in (k for k in _ARCHITECTURE if k in theirs):
         if plain(theirs[key]) != plain(unet.config.get(key)):
             raise UserError(
-                f"{source}: UNet {key} is {plain(theirs[key])}, the run's UNet preset has {plain(unet.config.get(key))}; "
+                f"{source}: UNet {key} is {plain(theirs[key])}, the run's UNet preset has "
+                f"{plain(unet.config.get(key))}; "
                 "set model.unet_preset to the source's"
             )
 
@@ -183,7 +186,8 @@ def _from_histoldm(path: Path, unet) -> tuple[dict[str, torch.Tensor], str, Path
 
 
 def _saved_architecture(weights: Path, path: Path) -> dict:
-    """The source UNet's config: its config.json beside the weights, or for a run's checkpoint the preset in RUN/config.json."""
+    """The source UNet's config: its config.json beside the weights, or for a run's checkpoint the preset in
+    RUN/config.json."""
     import json
 
     from histoldm.models.presets import UNET_PRESETS
@@ -205,8 +209,9 @@ def _check_shapes(state: dict[str, torch.Tensor], unet, source: Path, names: dic
     attn2 = next((k for k in want if k.endswith("attn2.to_k.weight")), None)
     if attn2 and attn2 in state and state[attn2].shape[1] != want[attn2].shape[1]:
         raise UserError(
-            f"{source}: UNet cross-attention takes {state[attn2].shape[1]}-wide context, the text cache's embeddings are "
-            f"{want[attn2].shape[1]}-d ({names.get(attn2, attn2)} {tuple(state[attn2].shape)} vs {tuple(want[attn2].shape)})"
+            f"{source}: UNet cross-attention takes {state[attn2].shape[1]}-wide context, the text cache's embeddings "
+            f"are {want[attn2].shape[1]}-d ({names.get(attn2, attn2)} {tuple(state[attn2].shape)} vs "
+            f"{tuple(want[attn2].shape)})"
         )
     if missing := sorted(set(want) - set(state)):
         raise UserError(
@@ -220,7 +225,8 @@ def _check_shapes(state: dict[str, torch.Tensor], unet, source: Path, names: dic
         k = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise UserError(
-            f"{source}: {names.get(k, k)} has shape {tuple(state[k].shape)}, the {unet_label(unet)} UNet expects {tuple(want[k].shape)}{more}"
+            f"{source}: {names.get(k, k)} has shape {tuple(state[k].shape)}, the {unet_label(unet)} UNet expects "
+            f"{tuple(want[k].shape)}{more}"
         )
 
 

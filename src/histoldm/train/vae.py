@@ -50,15 +50,15 @@ def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Pa
     if (not train or not test) and split is not None:
         in_train = sum(c not in held for c in order)
         raise UserError(
-            f"{split}: puts {in_train} of the {len(order)} cases of {store} in train and {len(order) - in_train} in its other "
-            f"splits ({len(train)} training, {len(test)} held-out patches); train-vae needs cases on both sides: "
-            "split again with a larger test share (histoldm split --fractions train=0.8,test=0.2)"
+            f"{split}: puts {in_train} of the {len(order)} cases of {store} in train and {len(order) - in_train} in "
+            f"its other splits ({len(train)} training, {len(test)} held-out patches); train-vae needs cases on both "
+            "sides: split again with a larger test share (histoldm split --fractions train=0.8,test=0.2)"
         )
     if not train or not test:
         raise UserError(
             f"{store}: holding out at least holdout_patches={holdout} patches as whole cases leaves {len(train)} of "
-            f"{len(table['path'])} for training ({len(order)} cases); give --split SPLIT.json (the split the LDM trains on) "
-            "or lower --set holdout_patches=N"
+            f"{len(table['path'])} for training ({len(order)} cases); give --split SPLIT.json (the split the LDM "
+            "trains on) or lower --set holdout_patches=N"
         )
     return train, test
 
