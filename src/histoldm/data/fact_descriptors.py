@@ -23,7 +23,7 @@ from scipy import ndimage
 from histoldm.data.descriptors import NUCLEAR_H, WHITE_OD, deconvolve, optical_density
 
 DEBRIS_UM2 = 10.0  # haematoxylin fragments below a lymphocyte's area: karyorrhectic debris
-TUMOUR_NUCLEUS_UM2 = 60.0  # above lymphocytes and most fibroblasts; four 4-um pixels (the demo scale) count
+TUMOR_NUCLEUS_UM2 = 60.0  # above lymphocytes and most fibroblasts; four 4-um pixels (the demo scale) count
 DEBRIS_HAZE = 0.06  # mean haematoxylin over 15 um, intact nuclei left out, above stroma's (~0.03)
 SMOOTH_EOSIN_STD = 0.035  # local eosin spread below which the eosin is homogeneous (stroma fibres: ~0.06)
 LARGEST_NUCLEI = 5
@@ -65,7 +65,7 @@ def nuclear_size(rgb: np.ndarray, mpp: float = 1.0) -> float:
 def single_file_share(rgb: np.ndarray, mpp: float = 1.0) -> float:
     """Share of tumour-sized nuclei in single files (0 with fewer than three of them)."""
     labels, n, areas, _ = _nuclei(rgb)
-    keep = np.flatnonzero(areas * mpp * mpp > TUMOUR_NUCLEUS_UM2)
+    keep = np.flatnonzero(areas * mpp * mpp > TUMOR_NUCLEUS_UM2)
     if keep.size < 3:
         return 0.0
     centres = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, keep + 1)) * mpp

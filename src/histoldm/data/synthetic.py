@@ -97,7 +97,7 @@ def _place(
 
 # Tumour nuclei by grade: radius range (um), aspect range, haematoxylin range, outline jitter, cytoplasm halo.
 # None: the nuclei of a case without a drawn grade; 1: small, round, uniform; 3: large, pleomorphic, dark.
-_TUMOUR_NUCLEI = {
+_TUMOR_NUCLEI = {
     None: ((7.0, 9.5), (1.0, 1.3), (0.7, 1.0), 0.12, 1.5),
     1: ((5.0, 6.0), (1.0, 1.12), (0.65, 0.85), 0.03, 2.0),
     3: ((8.5, 13.0), (1.0, 1.5), (0.8, 1.3), 0.2, 1.5),
@@ -179,7 +179,7 @@ def _file_spot(rng: np.random.Generator, occupied: np.ndarray, cell: float) -> S
     return spot
 
 
-def _tumour_spot(
+def _tumor_spot(
     rng: np.random.Generator,
     hema: np.ndarray,
     eosin: np.ndarray,
@@ -190,7 +190,7 @@ def _tumour_spot(
     """Where tumour cells go: anywhere (None) without a drawn growth pattern, else in files or in nests."""
     if facts is None or facts.lobular is None:
         return None
-    radius, *_, halo = _TUMOUR_NUCLEI[facts.grade]
+    radius, *_, halo = _TUMOR_NUCLEI[facts.grade]
     cell = sum(radius) / 2 + halo
     return _file_spot(rng, occupied, cell) if facts.lobular else _nest_spot(rng, hema, eosin, occupied, count, cell)
 
@@ -252,9 +252,9 @@ def render_tile(
             _dilate_into(occupied, mask)
 
     free = 1.0 - fat
-    tumour_cells = int((2 + 100 * tumor**2) * free * area)
-    spot = _tumour_spot(rng, hema, eosin, occupied, facts, tumour_cells)
-    nuclei(tumour_cells, *_TUMOUR_NUCLEI[None if facts is None else facts.grade], spot=spot)
+    tumor_cells = int((2 + 100 * tumor**2) * free * area)
+    spot = _tumor_spot(rng, hema, eosin, occupied, facts, tumor_cells)
+    nuclei(tumor_cells, *_TUMOR_NUCLEI[None if facts is None else facts.grade], spot=spot)
     nuclei(int(12 * free * area), (1.6, 2.2), (3.0, 4.0), (0.7, 1.0), 0.0, 0.0)  # fibroblasts
     nuclei(int((2 + 100 * til**2) * free * area), (2.4, 3.0), (0.9, 1.1), (1.3, 1.6), 0.0, 0.0)
 
