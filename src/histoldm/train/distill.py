@@ -34,6 +34,7 @@ from histoldm.train.loop import (
     LossWindow,
     Session,
     TrainingState,
+    batch_recipe,
     caption_table,
     is_due,
     make_loader,
@@ -41,7 +42,7 @@ from histoldm.train.loop import (
     peak_memory,
     start_session,
 )
-from histoldm.train.run_folder import check_contract, export_bundle, write_run_folder
+from histoldm.train.run_folder import cache_contract, cache_inputs, check_contract, export_bundle, write_run_folder
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ def distill_contract(cfg: DistillConfig, teacher_meta: BundleMeta, latent_meta: 
         "student": cfg.model_dump(
             mode="json", include={"solver_steps", "guidance_range", "embedding_dim", "target_decay", "loss"}
         ),
-        "latents": {k: latent_meta.get(k) for k in ("fingerprint", "scaling_factor", "channels", "size")},
-        "text_cache": {k: text_meta.get(k) for k in ("encoder", "fingerprint", "mode", "max_length")},
+        **cache_contract(latent_meta, text_meta),
     }
 
 
@@ -141,16 +141,13 @@ def _batch_recipe(
 ) -> BatchRecipe:
     """Train's micro-batches without guidance dropout (the objective draws each sample's guidance scale);
     flips and the objective's draws have streams of their own."""
-    return BatchRecipe(
-        seed=cfg.seed,
-        rank=session.accelerator.process_index,
-        device=session.device,
-        window=window,
-        augment=cfg.data.augment,
-        memory_format=memory_format,
-        uncond_row=text.uncond_row,
+    return batch_recipe(
+        cfg,
+        session,
+        window,
+        memory_format,
+        text.uncond_row,
         uncond_prob=None,
-        preload_text=cfg.data.preload_text,
         noise_stream=Stream.CONSISTENCY,
         flips_stream=Stream.FLIPS,
     )
@@ -176,14 +173,7 @@ def _write_manifest(
         config=cfg,
         seed=cfg.seed,
         started=started,
-        inputs={
-            "teacher": teacher_dir,
-            "latents": Path(cfg.data.latents) / "meta.json",
-            "text_cache": Path(cfg.data.text_cache) / "meta.json",
-            "captions": cfg.data.captions,
-            "split": cfg.data.split,
-            "resumed_from": session.resume_from,
-        },
+        inputs={"teacher": teacher_dir, **cache_inputs(cfg.data, session.resume_from)},
         produced={
             "steps": step,
             "bundle": str(session.run_dir / "model"),

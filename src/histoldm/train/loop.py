@@ -22,7 +22,7 @@ from histoldm.train.checkpoint import (
     save_checkpoint,
     truncate_stats,
 )
-from histoldm.train.data import ResumableSampler
+from histoldm.train.data import BatchRecipe, ResumableSampler
 from histoldm.train.ema import EMA
 from histoldm.train.lr_schedule import make_lr_scheduler
 from histoldm.train.run_folder import report_training_data, resolve_run_dir
@@ -94,6 +94,24 @@ def caption_table(text, preload: bool, session: Session) -> torch.Tensor:
     host memory on a GPU (rows are then gathered on the host and copied)."""
     table = text.table_with_uncond()
     return table.to(session.device) if preload else (table.pin_memory() if session.on_gpu else table)
+
+
+def batch_recipe(
+    cfg, session: Session, window: int, memory_format: torch.memory_format, uncond_row: int, **stage: Any
+) -> BatchRecipe:
+    """The micro-batch recipe of this session and rank from the config's seed and data section (augment,
+    preload_text); `stage` gives what the stage decides itself (uncond_prob, streams)."""
+    return BatchRecipe(
+        seed=cfg.seed,
+        rank=session.accelerator.process_index,
+        device=session.device,
+        window=window,
+        augment=cfg.data.augment,
+        memory_format=memory_format,
+        uncond_row=uncond_row,
+        preload_text=cfg.data.preload_text,
+        **stage,
+    )
 
 
 def make_loader(dataset, batch_size: int, seed: int, workers: int, session: Session, start: int):

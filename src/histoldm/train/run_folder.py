@@ -39,6 +39,26 @@ def resolve_run_dir(cfg, stage: str = "train") -> Path:
     return new
 
 
+def cache_contract(latent_meta: dict[str, Any], text_meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a contract both stages share: the latent and text caches a run learns from."""
+    return {
+        "latents": {k: latent_meta.get(k) for k in ("fingerprint", "scaling_factor", "channels", "size")},
+        "text_cache": {k: text_meta.get(k) for k in ("encoder", "fingerprint", "mode", "max_length")},
+    }
+
+
+def cache_inputs(data, resume_from: Path | None) -> dict[str, Any]:
+    """The manifest's inputs both stages share: the caches' meta files, captions, split and the checkpoint
+    resumed from. `data` is the config's data section (latents, text_cache, captions, split)."""
+    return {
+        "latents": Path(data.latents) / "meta.json",
+        "text_cache": Path(data.text_cache) / "meta.json",
+        "captions": data.captions,
+        "split": data.split,
+        "resumed_from": resume_from,
+    }
+
+
 def check_contract(checkpoint: Path | None, contract: dict[str, Any]) -> None:
     """Refuse, before any compute, to resume a run on another model or other caches (it would mix two)."""
     if checkpoint is None:

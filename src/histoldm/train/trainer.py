@@ -34,6 +34,7 @@ from histoldm.train.loop import (
     LossWindow,
     Session,
     TrainingState,
+    batch_recipe,
     caption_table,
     is_due,
     make_loader,
@@ -42,7 +43,14 @@ from histoldm.train.loop import (
     start_session,
 )
 from histoldm.train.objective import DiffusionObjective
-from histoldm.train.run_folder import check_contract, export_bundle, initialise, write_run_folder
+from histoldm.train.run_folder import (
+    cache_contract,
+    cache_inputs,
+    check_contract,
+    export_bundle,
+    initialise,
+    write_run_folder,
+)
 from histoldm.train.validation import ValidationGrid
 
 
@@ -86,8 +94,7 @@ def run_contract(cfg: TrainConfig, latent_meta: dict, text_meta: dict) -> dict:
     return {
         "model": cfg.model.model_dump(mode="json", exclude=NOT_IN_CONTRACT),
         "ema": cfg.ema,
-        "latents": {k: latent_meta.get(k) for k in ("fingerprint", "scaling_factor", "channels", "size")},
-        "text_cache": {k: text_meta.get(k) for k in ("encoder", "fingerprint", "mode", "max_length")},
+        **cache_contract(latent_meta, text_meta),
     }
 
 
@@ -184,17 +191,7 @@ def _batch_recipe(
 ) -> BatchRecipe:
     """Train's micro-batches: caption pick, guidance dropout, crop; flips and the objective's noise share the
     NOISE stream (one generator, flips drawn first)."""
-    return BatchRecipe(
-        seed=cfg.seed,
-        rank=session.accelerator.process_index,
-        device=session.device,
-        window=window,
-        augment=cfg.data.augment,
-        memory_format=memory_format,
-        uncond_row=text.uncond_row,
-        uncond_prob=cfg.data.uncond_prob,
-        preload_text=cfg.data.preload_text,
-    )
+    return batch_recipe(cfg, session, window, memory_format, text.uncond_row, uncond_prob=cfg.data.uncond_prob)
 
 
 def _log(session: Session, writer, step: int, loss: float, lr: float, grad_norm: torch.Tensor, img_s: float) -> None:
@@ -234,13 +231,7 @@ def _write_outputs(
         config=cfg,
         seed=cfg.seed,
         started=started,
-        inputs={
-            "latents": Path(cfg.data.latents) / "meta.json",
-            "text_cache": Path(cfg.data.text_cache) / "meta.json",
-            "captions": cfg.data.captions,
-            "split": cfg.data.split,
-            "resumed_from": session.resume_from,
-        },
+        inputs=cache_inputs(cfg.data, session.resume_from),
         produced={
             "steps": step,
             "bundle": str(run_dir / "model"),
