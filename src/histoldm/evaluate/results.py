@@ -10,31 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R", bound="_Record")
 
 
-def _json(record: Any) -> dict[str, Any]:
-    """The fields that are set, in declaration order (the order metrics.json has always had)."""
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if getattr(record, f.name) is not None}
+class _Record:
+    """A flat metric record (a frozen dataclass): written as its set fields, read back as them."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields that are set, in declaration order (the order metrics.json has always had)."""
+        return {f.name: value for f in dataclasses.fields(self) if (value := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_json(cls: type[R], data: dict[str, Any]) -> R:
+        return cls(**data)
 
 
 @dataclass(frozen=True)
-class Fid:
+class Fid(_Record):
     value: float
     protocol: dict[str, Any]
     protocol_line: str
     note: str | None = None  # why this N biases the value (fewer images than feature dimensions)
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Fid:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class Kid:
+class Kid(_Record):
     """Measured (mean, std over subsets) or not (status only)."""
 
     status: str | None = None
@@ -47,16 +49,9 @@ class Kid:
     def measured(self) -> bool:
         return self.mean is not None
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Kid:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class PrecisionRecall:
+class PrecisionRecall(_Record):
     """Measured, or not (status, with the protocol when the sets were read but too small for k)."""
 
     status: str | None = None
@@ -69,16 +64,9 @@ class PrecisionRecall:
     def measured(self) -> bool:
         return self.precision is not None
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PrecisionRecall:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class AttributeAdherence:
+class AttributeAdherence(_Record):
     """One attribute's test: AUROC of a descriptor between high- and low-level captions, or why not measured."""
 
     status: str | None = None
@@ -94,9 +82,6 @@ class AttributeAdherence:
     def measured(self) -> bool:
         return self.auroc is not None
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
-
 
 @dataclass(frozen=True)
 class Adherence:
@@ -111,7 +96,7 @@ class Adherence:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Adherence:
-        by_attribute = {attr: AttributeAdherence(**r) for attr, r in data["by_attribute"].items()}
+        by_attribute = {attr: AttributeAdherence.from_json(r) for attr, r in data["by_attribute"].items()}
         return cls(data["levels_compared"], by_attribute)
 
 
