@@ -197,7 +197,7 @@ def test_one_part_negative_for_dcis_does_not_make_the_case_negative():
     assert contradictions(DCIS_PARTS_REPORT, "IDC.")
 
 
-def test_necrosis_in_lcis_is_not_tumour_necrosis():
+def test_necrosis_in_lcis_is_not_tumor_necrosis():
     assert _fact(HISTORY_REPORT, "necrosis").status == "absent" and _fact(HISTORY_REPORT, "lcis").status == "present"
     for budget in BUDGETS:
         summary = extractive_summary(HISTORY_REPORT, budget)[0]

@@ -18,7 +18,7 @@ from histoldm.fileio import read_jsonl
 from histoldm.summaries.budget import truncate_to_budget
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import contradictions
-from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarise
+from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarize
 from histoldm.summaries.loading import load_reports, normalise_case_id
 from histoldm.summaries.prompts import load_prompt, render
 from histoldm.summaries.scoring import facts_stated, stated_opposite
@@ -393,7 +393,7 @@ def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
     cases = make_synthetic_cases(30, seed=7)
     kept = {b: 0 for b in BUDGETS}
     for case in cases:
-        summaries = [summarise(case.text, b) for b in BUDGETS]
+        summaries = [summarize(case.text, b) for b in BUDGETS]
         for budget, summary in zip(BUDGETS, summaries):
             assert not summary.used_fallback and count_tokens(summary.text) <= budget, (budget, summary.text)
             assert list(summary.facts) == sorted(summary.facts, key=RELEVANCE_ORDER.index)  # relevance order
@@ -410,13 +410,13 @@ def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
         assert missing <= {"growth"}, (missing, summaries[-1].text)  # terse narrative reports give no growth pattern
         assert count_tokens(summaries[-1].text) >= 0.65 * 154
         one_line = " ".join(case.text.split())  # OCR'd reports often lose their line breaks
-        assert summarise(one_line, 154).text == summaries[-1].text
+        assert summarize(one_line, 154).text == summaries[-1].text
     assert (
         kept[20]
         < kept[35]
         < kept[50]
         < kept[154]
-        == sum(13 - (not facts_stated(c, summarise(c.text, 154).text)["growth"]) for c in cases)
+        == sum(13 - (not facts_stated(c, summarize(c.text, 154).text)["growth"]) for c in cases)
     )
 
 

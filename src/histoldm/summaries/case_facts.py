@@ -163,7 +163,7 @@ _ROMAN = {"i": "1", "ii": "2", "iii": "3", "1": "1", "2": "2", "3": "3"}
 
 _DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
 _SIZE_CONTEXT = re.compile(r"size|greatest\s+(?:dimension|diameter)|measur|largest|\bspan|\bextent", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(
+_NOT_TUMOR_SIZE = re.compile(
     r"margin|node|specimen|distance|from\s+the|skin|nipple|biopsy\s+site|cassette|deposit|metasta|in\s+situ|\bdcis\b"
     r"|\blcis\b|fragment|\bcores?\b|clip|cavity|ellipse|fat\b|portion|aggregate",
     re.IGNORECASE,
@@ -433,7 +433,7 @@ class _Reader:
 
     def _size(self) -> None:
         for clause in clauses(self.text):
-            if _NOT_TUMOUR_SIZE.search(clause):
+            if _NOT_TUMOR_SIZE.search(clause):
                 continue
             if self.bare or _SIZE_CONTEXT.search(clause) or _MASS.search(clause):
                 if self.sentence.section == "gross" and not _MASS.search(clause):
@@ -693,14 +693,14 @@ def report_readings(report_text: str) -> tuple[tuple[Reading, ...], tuple[Readin
     return tuple(current), tuple(history)
 
 
-def _rank(r: Reading, tumour_parts: frozenset[str]) -> tuple:
+def _rank(r: Reading, tumor_parts: frozenset[str]) -> tuple:
     """Higher is better: authority, explicit statement, tumour part, then the latest addendum or the first statement."""
     s = r.sentence
-    in_tumour = not s.part or bool(set(s.parts) & tumour_parts) or not tumour_parts
-    return (s.authority, r.explicit, in_tumour, s.index if s.section == ADDENDUM else -s.index)
+    in_tumor = not s.part or bool(set(s.parts) & tumor_parts) or not tumor_parts
+    return (s.authority, r.explicit, in_tumor, s.index if s.section == ADDENDUM else -s.index)
 
 
-def _tumour_parts(readings: list[Reading]) -> frozenset[str]:
+def _tumor_parts(readings: list[Reading]) -> frozenset[str]:
     for kinds in (("histologic_type",), ("dcis", "lcis")):
         parts = {p for r in readings if r.kind in kinds and r.status == "present" for p in r.sentence.parts}
         if parts:
@@ -723,20 +723,20 @@ def _joined_status(readings: list[Reading]) -> Reading | None:
     return None
 
 
-def _best(readings: list[Reading], tumour_parts: frozenset[str]) -> Reading | None:
-    return max(readings, key=lambda r: _rank(r, tumour_parts)) if readings else None
+def _best(readings: list[Reading], tumor_parts: frozenset[str]) -> Reading | None:
+    return max(readings, key=lambda r: _rank(r, tumor_parts)) if readings else None
 
 
 def _nodes_total(
-    readings: list[Reading], examined: list[Reading], positive: list[Reading], tumour_parts
+    readings: list[Reading], examined: list[Reading], positive: list[Reading], tumor_parts
 ) -> Fact | None:
     synoptic = [r for r in readings if r.sentence.section == SYNOPTIC or "total" in r.sentence.text.lower()]
     if synoptic:
-        return _best(synoptic, tumour_parts).fact()
+        return _best(synoptic, tumor_parts).fact()
     if (
         examined and positive
     ):  # synoptic "Lymph nodes examined: 18" ... "Number with macrometastases: 5" on separate lines
-        total, pos = _best(examined, tumour_parts), _best(positive, tumour_parts)
+        total, pos = _best(examined, tumor_parts), _best(positive, tumor_parts)
         if int(pos.value) <= int(total.value):
             return Fact(
                 "nodes",
@@ -781,20 +781,20 @@ def _nodes_total(
     )
 
 
-def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
+def _her2_final(readings: list[Reading], tumor_parts) -> Fact | None:
     ish = [r for r in readings if r.kind == "her2_ish"]
     ihc = [r for r in readings if r.kind == "her2_ihc"]
     explicit = [r for r in readings if r.kind == "her2"]
-    best_ihc = _best(ihc, tumour_parts)
+    best_ihc = _best(ihc, tumor_parts)
     if ish:
-        r = _best(ish, tumour_parts)
+        r = _best(ish, tumor_parts)
         value = {"amplified": "positive", "not amplified": "negative", "equivocal": "equivocal"}[r.value]
         detail = "; ".join(d for d in (best_ihc.detail if best_ihc else None, r.detail) if d)
-        top_explicit = _best(explicit, tumour_parts)
+        top_explicit = _best(explicit, tumor_parts)
         if top_explicit and top_explicit.sentence.authority > r.sentence.authority and top_explicit.explicit:
             return Fact("her2", top_explicit.value, "present", top_explicit.fact().evidence, detail)
         return Fact("her2", value, "present", r.fact().evidence, detail)
-    top_explicit = _best(explicit, tumour_parts)
+    top_explicit = _best(explicit, tumor_parts)
     if best_ihc and (
         top_explicit is None
         or best_ihc.sentence.authority > top_explicit.sentence.authority
@@ -815,7 +815,7 @@ def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
 
 def join_case(current: list[Reading]) -> dict[str, Fact]:
     """One fact per kind for the case, by the precedence and join rules of this module's docstring."""
-    tumour = _tumour_parts(current)
+    tumor = _tumor_parts(current)
     by_kind: dict[str, list[Reading]] = {}
     for r in current:
         by_kind.setdefault(r.kind, []).append(r)
@@ -828,7 +828,7 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
         if winner.status != "absent":
             candidates = [r for r in types if r.status == winner.status]
             specific = [r for r in candidates if r.value != "invasive carcinoma"] or candidates
-            facts["histologic_type"] = _best(specific, tumour).fact()
+            facts["histologic_type"] = _best(specific, tumor).fact()
         elif facts.get("dcis") and facts["dcis"].status == "present":
             d = facts["dcis"]
             facts["histologic_type"] = Fact(
@@ -855,17 +855,17 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
             candidates = [
                 r for r in candidates if "core" not in r.value
             ] or candidates  # the resection, not the earlier biopsy
-        if best := _best(candidates, tumour):
+        if best := _best(candidates, tumor):
             if kind == "procedure":  # a line break may have cut "modified radical | mastectomy": keep the full name
                 best = max(
                     (r for r in candidates if r.value.endswith(best.value)),
-                    key=lambda r: (len(r.value), _rank(r, tumour)),
+                    key=lambda r: (len(r.value), _rank(r, tumor)),
                 )
             facts[kind] = best.fact()
-    if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumour):
+    if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumor):
         facts["her2"] = her2
     if nodes := _nodes_total(
-        by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour
+        by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumor
     ):
         if (
             "pn" in facts
