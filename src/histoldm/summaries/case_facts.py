@@ -126,7 +126,8 @@ def _as_corrected(text: str) -> str:
 
 _TYPES = [
     (
-        r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
+        r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular"
+        r"|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
         "invasive mixed ductal and lobular carcinoma",
     ),
     (r"(?:invasive|infiltrating)\s+lobular\s+carcinoma|\bilc\b", "invasive lobular carcinoma"),
@@ -175,8 +176,14 @@ _ER_NAME = r"(?:o?estrogen\s+receptors?(?:\s*\((?:ER|IHC)\))?|\bER\b(?:\s*\((?:I
 _PR_NAME = r"(?:progesterone\s+receptors?(?:\s*\((?:PR|PgR|IHC)\))?|\bPg?R\b(?:\s*\((?:IHC|1E2|16)\))?)"
 _QUALIFIER = r"(?:(?:weakly|weak|strongly|strong|moderately|moderate|low|focally|diffusely|very\s+weakly)\s+)"
 _SIGN = rf"(?P<q>{_QUALIFIER})?(?P<v>positive|negative|pos\b|neg\b|\(\+\)|\(-\)|\+|-(?![\w/]))"
-_AFTER_NAME = r"(?:\s+(?:result|results|status|expression|staining|score|testing))?\s*(?:status)?\s*(?:\((?:by\s+)?ihc\))?\s*(?:[:=\-]|\bis\b|\bare\b|\bwas\b|\bwere\b|\bshows?\b)?\s*"
-_DETAIL = rf"(?P<d>\s*\([^()]{{0,50}}\)|\s*,?\s*(?:in\s+)?{_PCT}(?:\s+(?:of\s+)?(?:tumou?r\s+)?(?:cells|nuclei))?(?:,?\s*(?:weak|moderate|strong)(?:\s+intensity)?)?)?"
+_AFTER_NAME = (
+    r"(?:\s+(?:result|results|status|expression|staining|score|testing))?\s*(?:status)?\s*(?:\((?:by\s+)?ihc\))?"
+    r"\s*(?:[:=\-]|\bis\b|\bare\b|\bwas\b|\bwere\b|\bshows?\b)?\s*"
+)
+_DETAIL = (
+    rf"(?P<d>\s*\([^()]{{0,50}}\)|\s*,?\s*(?:in\s+)?{_PCT}(?:\s+(?:of\s+)?(?:tumou?r\s+)?(?:cells|nuclei))?"
+    r"(?:,?\s*(?:weak|moderate|strong)(?:\s+intensity)?)?)?"
+)
 _ER = re.compile(_ER_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _PR = re.compile(_PR_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _ER_PCT = re.compile(_ER_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
@@ -201,7 +208,8 @@ _ISH_WORD = re.compile(
 )
 _ISH_RESULT = re.compile(
     r"(?P<neg>not\s+amplified|non-?amplified|negative\s+for\s+(?:gene\s+)?amplification|no\s+(?:evidence\s+of\s+)?amplification)"
-    r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)|positive\s+for\s+(?:gene\s+)?amplification)"
+    r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)"
+    r"|positive\s+for\s+(?:gene\s+)?amplification)"
     r"|(?P<eq>equivocal)",
     re.IGNORECASE,
 )
@@ -277,7 +285,8 @@ _LATERALITY = re.compile(
     re.IGNORECASE,
 )
 _PROCEDURE = re.compile(
-    r"(?:(?:modified\s+radical|radical|simple|total|skin[- ]sparing|nipple[- ]sparing|partial|segmental|subcutaneous)\s+)?mastectomy"
+    r"(?:(?:modified\s+radical|radical|simple|total|skin[- ]sparing|nipple[- ]sparing|partial|segmental"
+    r"|subcutaneous)\s+)?mastectomy"
     r"|lumpectomy|wide\s+local\s+excision|re-?excision|excisional\s+biopsy|quadrantectomy"
     r"|(?:(?:ultrasound|us|stereotactic|mri)[- ]guided\s+)?(?:core\s+(?:needle\s+)?|needle\s+core\s+)biopsy",
     re.IGNORECASE,
@@ -566,12 +575,14 @@ class _Reader:
         if self.bare:
             low = self.low
             if re.search(
-                r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b",
+                r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b"
+                r"|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b",
                 low,
             ):
                 self.add("node_positivity", "negative")
             elif re.search(
-                r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b",
+                r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b"
+                r"|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b",
                 low,
             ):
                 self.add("node_positivity", "positive")
@@ -727,9 +738,7 @@ def _best(readings: list[Reading], tumor_parts: frozenset[str]) -> Reading | Non
     return max(readings, key=lambda r: _rank(r, tumor_parts)) if readings else None
 
 
-def _nodes_total(
-    readings: list[Reading], examined: list[Reading], positive: list[Reading], tumor_parts
-) -> Fact | None:
+def _nodes_total(readings: list[Reading], examined: list[Reading], positive: list[Reading], tumor_parts) -> Fact | None:
     synoptic = [r for r in readings if r.sentence.section == SYNOPTIC or "total" in r.sentence.text.lower()]
     if synoptic:
         return _best(synoptic, tumor_parts).fact()

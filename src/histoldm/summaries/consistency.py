@@ -51,7 +51,8 @@ _PROCEDURE_GROUPS = [
     (
         "mastectomy",
         re.compile(
-            r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?mastectomy$"
+            r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?"
+            r"mastectomy$"
         ),
     ),
     ("breast-conserving", re.compile(r"lumpectomy|partial|segmental|wide local|excision|quadrantectomy")),

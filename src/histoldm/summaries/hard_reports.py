@@ -553,7 +553,8 @@ def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> d
 
 
 def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side: str, other: str) -> str:
-    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note (traps planted)."""
+    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note
+    (traps planted)."""
     rng, f = case.rng, case.facts
     history_kind = (
         rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0]
@@ -574,7 +575,8 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         history = (
             f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
             f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
-            f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}"
+            "found on screening mammography. "
+            f"{rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}"
         )
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
@@ -593,7 +595,8 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         )
         history = (
             f"{age}-year-old woman with biopsy-proven {shown_side} breast {bx} on outside core biopsy, "
-            f"status post neoadjuvant chemotherapy ({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
+            "status post neoadjuvant chemotherapy "
+            f"({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
             f"Clip placed in the tumor. Clinical partial response on MRI."
         )
         case.features.add("history_neoadjuvant")
@@ -602,9 +605,15 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         if f["histologic_type"] != IDC:
             case.trap("histologic_type", IDC, "history")
     elif history_kind == "family":
-        history = f"{age}-year-old woman, {shown_side} breast mass. Family history of breast cancer (mother, sister). BRCA testing pending."
+        history = (
+            f"{age}-year-old woman, {shown_side} breast mass. "
+            "Family history of breast cancer (mother, sister). BRCA testing pending."
+        )
     else:
-        history = f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; biopsy-proven carcinoma."
+        history = (
+            f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; "
+            "biopsy-proven carcinoma."
+        )
     return history
 
 
@@ -619,18 +628,21 @@ def _part_a(
     if scenario == "no_residual_invasive":
         a.append("NO RESIDUAL INVASIVE CARCINOMA IDENTIFIED (ypT0 FOR THE INVASIVE COMPONENT)")
         a.append(
-            f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, CRIBRIFORM TYPE, "
+            f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, "
+            "CRIBRIFORM TYPE, "
             f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
         )
         a.append(
-            f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, CONSISTENT WITH TREATMENT EFFECT"
+            f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, "
+            "CONSISTENT WITH TREATMENT EFFECT"
         )
         a.append(_status_phrase(rng, lvi_name, "absent"))
     elif scenario == "dcis_only":
         nec = ", WITH CENTRAL COMEDONECROSIS" if f["necrosis"] == "present" else ", WITHOUT NECROSIS"
         a.append(
             f"DUCTAL CARCINOMA IN SITU, {rng.choice(['HIGH', 'INTERMEDIATE'])} NUCLEAR GRADE, "
-            f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, SPANNING {rng.uniform(0.5, 4.5):.1f} CM"
+            f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, "
+            f"SPANNING {rng.uniform(0.5, 4.5):.1f} CM"
         )
         a.append(rng.choice(["NO INVASIVE CARCINOMA IDENTIFIED", "NEGATIVE FOR INVASIVE CARCINOMA"]))
         a.append(_status_phrase(rng, lvi_name, "absent"))
@@ -658,12 +670,14 @@ def _part_a(
         prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
         size = f["size"]
         a.append(
-            f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, {rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
+            f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, "
+            f"{rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
             f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
         )
         if scenario == "neoadjuvant_residual":
             a.append(
-                f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
+                f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, "
+                f"TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
             )
         a.append(_status_phrase(rng, lvi_name, f["lvi"]))
         if f["dcis"] == "present":
@@ -684,7 +698,8 @@ def _part_a(
         if f.get("lcis") == "present":
             lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
             a.append(
-                f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
+                "LOBULAR CARCINOMA IN SITU, "
+                f"{'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
             )
             if lcis_central:
                 case.trap("necrosis", "present", "in_situ_necrosis")
@@ -694,7 +709,8 @@ def _part_a(
         a.append(
             rng.choice(
                 [
-                    f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} AT {rng.randint(1, 15)} MM",
+                    f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} "
+                    f"AT {rng.randint(1, 15)} MM",
                     "SURGICAL MARGINS FREE OF CARCINOMA",
                     f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
                 ]
@@ -1169,7 +1185,8 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
 _FILLER = [
     "The slides and blocks were reviewed in their entirety. Levels were examined where indicated.",
     "Specimen fixation time and cold ischemia time are within the recommended limits for biomarker testing.",
-    "Cassette key: A1-A3 tumor with deep margin; A4 superior margin; A5 inferior margin; A6 nipple; A7-A9 random sections.",
+    "Cassette key: A1-A3 tumor with deep margin; A4 superior margin; A5 inferior margin; A6 nipple; "
+    "A7-A9 random sections.",
     "Breast imaging correlation: the lesion corresponds to the biopsy clip seen on the specimen radiograph.",
     "Gross photographs were taken. Residual tissue is retained for four weeks after sign-out.",
     *_DISCLAIMERS,
@@ -1177,7 +1194,8 @@ _FILLER = [
 
 
 def _fit_length(text: str, rng: random.Random, noise: _Noise) -> str:
-    """Pad with boilerplate (before the signature) until MIN_WORDS, wrap as a scanner does; long reports lose filler first."""
+    """Pad with boilerplate (before the signature) until MIN_WORDS, wrap as a scanner does; long reports lose
+    filler first."""
     body, _, signature = text.rpartition("\n")
     fillers = rng.sample(_FILLER, len(_FILLER))
     extra: list[str] = []

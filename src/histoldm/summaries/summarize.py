@@ -6,7 +6,8 @@ flight. A case is never dropped silently: it ends `ok`, `regenerated` (needed fe
 `truncated` (still over budget after the last attempt, cut after a whole clause) or `failed`
 (with the reason). Every summary, from any backend, is checked against its report
 (`consistency`): a reply that drops a negation or states the opposite of a finding goes back to
-the model with the contradiction named, and a case whose replies all contradict the report fails. LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
+the model with the contradiction named, and a case whose replies all contradict the report fails.
+LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
 """
 
 from __future__ import annotations
@@ -173,9 +174,13 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
                 "summary": cut,
                 "attempts": attempt,
                 "usage": usage,
-                "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut after a whole clause",
+                "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); "
+                "cut after a whole clause",
             }
-        last_error = f"still over budget after {attempt} attempts, and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
+        last_error = (
+            f"still over budget after {attempt} attempts, "
+            f"and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
+        )
     return {
         "status": "failed",
         "attempts": attempt,
@@ -236,7 +241,8 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
     for rec in read_jsonl(cfg.out):
         if differ := [k for k, v in mine.items() if rec.get(k) != v]:
             raise UserError(
-                f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; this run asks {_settings(mine, differ)}; "
+                f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; "
+                f"this run asks {_settings(mine, differ)}; "
                 "choose another --out"
             )
         if rec.get("status") in STATUSES:
@@ -245,7 +251,8 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
 
 
 def _settings(record: dict[str, Any], keys: list[str]) -> str:
-    """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f', 'no prompt (extractive)'."""
+    """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f',
+    'no prompt (extractive)'."""
 
     def one(key: str) -> str:
         value = record.get(key)
@@ -311,7 +318,8 @@ def _print_table(
     console.print(hist)
     console.print(f"usage: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens")
     print(
-        f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), {sum(counts.values())} written by this run",
+        f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), "
+        f"{sum(counts.values())} written by this run",
         file=sys.stderr,
     )
 

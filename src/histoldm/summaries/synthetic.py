@@ -74,11 +74,11 @@ _PRESENT = ["{X}, present", "{X}: present", "{X} is identified", "{X}: identifie
 _DISCLAIMERS = [
     "This test was developed and its performance characteristics determined by the Department of Pathology. It has "
     "not been cleared or approved by the U.S. Food and Drug Administration. The FDA has determined that such clearance "
-    "or approval is not necessary. This test is used for clinical purposes. It should not be regarded as investigational "
-    "or for research.",
-    "The laboratory is certified under the Clinical Laboratory Improvement Amendments of 1988 (CLIA-88) as qualified to "
-    "perform high complexity clinical laboratory testing. Immunohistochemical stains were performed on formalin-fixed, "
-    "paraffin-embedded tissue with appropriate positive and negative controls.",
+    "or approval is not necessary. This test is used for clinical purposes. It should not be regarded as "
+    "investigational or for research.",
+    "The laboratory is certified under the Clinical Laboratory Improvement Amendments of 1988 (CLIA-88) as qualified "
+    "to perform high complexity clinical laboratory testing. Immunohistochemical stains were performed on "
+    "formalin-fixed, paraffin-embedded tissue with appropriate positive and negative controls.",
     "Fixation: the specimen was placed in 10% neutral buffered formalin within one hour of excision and fixed for 6 to "
     "72 hours, in keeping with ASCO/CAP guidelines for hormone receptor and HER2 testing.",
     "Confidentiality notice: this report contains privileged health information. If you have received it in error, "
@@ -190,7 +190,8 @@ def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> list[
     style = rng.random()
     if style < 0.4:
         lines = [
-            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} ({er_pct}% of tumor nuclei, {'strong' if er else 'no'} staining)",
+            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} "
+            f"({er_pct}% of tumor nuclei, {'strong' if er else 'no'} staining)",
             f"PROGESTERONE RECEPTOR: {'POSITIVE' if pr else 'NEGATIVE'} ({pr_pct}% of tumor nuclei)",
             f"HER2/NEU (IHC): {'POSITIVE' if her2 else 'NEGATIVE'} (score {her2_score})",
             f"Ki-67 proliferation index: {ki67}%",
@@ -402,8 +403,8 @@ def _gross(w: _Writer) -> list[str]:
         f"{round(size * 0.8, 1)} x {round(size * 0.6, 1)} cm, located {rng.randint(1, 9)} cm from the nipple and "
         f"{d.margin_mm / 10 + 0.1:.1f} cm from the closest (deep) margin. The remaining breast parenchyma is "
         f"composed of {rng.randint(30, 90)}% adipose tissue and "
-        f"{rng.choice(['fibrous', 'fibrocystic', 'unremarkable'])} tissue. A biopsy clip is identified within the mass. "
-        f"Representative sections are submitted as follows:",
+        f"{rng.choice(['fibrous', 'fibrocystic', 'unremarkable'])} tissue. "
+        "A biopsy clip is identified within the mass. Representative sections are submitted as follows:",
     ]
     n_cassettes = rng.randint(3, [6, 20, 70][d.verbosity])
     for k in range(1, n_cassettes + 1):
