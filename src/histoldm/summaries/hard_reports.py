@@ -118,6 +118,32 @@ _RECEPTOR_FORMS = {
     "pr": ("PR", "PgR", "progesterone receptor"),
     "her2": ("HER2", "HER-2", "HER2/neu"),
 }
+_MARGIN_FORMS = {
+    "negative": (
+        "margins negative",
+        "margin negative",
+        "negative margins",
+        "margins free",
+        "margins clear",
+        "clear margins",
+        "margins: negative",
+        "margins uninvolved",
+        "margins are negative",
+        "margins not involved",
+    ),
+    "positive": (
+        "margins positive",
+        "margin positive",
+        "positive margin",
+        "positive margins",
+        "margin involved",
+        "margins involved",
+        "margins: positive",
+        "involved margin",
+        "margin: positive",
+        "margins are positive",
+    ),
+}
 _OCR_SWAPS = (("i", "l"), ("l", "1"), ("I", "l"), ("m", "rn"), ("l", "I"))
 _PART_STYLES = ("dot", "dot", "paren", "part", "number", "specimen")  # "A.", "A)", "PART A:", "PART 1:", "Specimen A -"
 _DIRECTIONS = ["SUPERIOR", "INFERIOR", "MEDIAL", "LATERAL", "DEEP", "ANTERIOR"]
@@ -182,6 +208,42 @@ def number_word(n: int) -> str:
     return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
 
 
+def _receptor_forms(kind: str, value: str, facts: dict[str, str]) -> tuple[str, ...]:
+    """Phrasings of an ER, PR or HER2 status, with the joint forms (ER/PR, triple negative) the case allows."""
+    sign = {"positive": "+", "negative": "-"}.get(value)
+    forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [
+        f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]
+    ]
+    forms += [f"{name}: {value}" for name in _RECEPTOR_FORMS[kind]]
+    if sign:
+        forms += [f"{name}{sign}" for name in _RECEPTOR_FORMS[kind]]
+    if kind in ("er", "pr") and value == "positive":
+        forms += [f"{name} weakly positive" for name in _RECEPTOR_FORMS[kind]]
+        forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [
+            f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]
+        ]
+        if facts.get("er") == facts.get("pr") == "positive":
+            forms += ["ER/PR positive", "ER/PR+", "ER and PR positive", "hormone receptor positive", "HR+"]
+    if kind in ("er", "pr") and value == "negative" and facts.get("er") == facts.get("pr") == "negative":
+        forms += ["ER/PR negative", "ER/PR-", "ER and PR negative", "hormone receptor negative", "HR-"]
+    if kind == "her2" and value == "positive":
+        forms += ["HER2 3+", "HER2 amplified", "FISH amplified", "ISH amplified", "HER2 2+ FISH amplified"]
+    if kind == "her2" and value == "negative":
+        forms += [
+            "HER2 0",
+            "HER2 1+",
+            "HER2 not amplified",
+            "FISH not amplified",
+            "FISH non-amplified",
+            "ISH not amplified",
+        ]
+    if kind == "her2" and value == "equivocal":
+        forms = ["HER2 equivocal", "HER2: equivocal", "HER2 2+ (equivocal)", "HER2 2+, equivocal"]
+    if value == "negative" and facts.get("er") == facts.get("pr") == facts.get("her2") == "negative":
+        forms += ["triple negative", "triple-negative"]
+    return tuple(forms)
+
+
 def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) -> tuple[str, ...]:
     """Phrasings that state `value` for `kind` (finding kinds: the names; `states` checks the polarity)."""
     facts = facts or {}
@@ -203,68 +265,13 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         cm = float(value.split()[0])
         return (value, f"{cm:g}cm", f"{round(cm * 10):d} mm")
     if kind in ("er", "pr", "her2"):
-        sign = {"positive": "+", "negative": "-"}.get(value)
-        forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [
-            f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]
-        ]
-        forms += [f"{name}: {value}" for name in _RECEPTOR_FORMS[kind]]
-        if sign:
-            forms += [f"{name}{sign}" for name in _RECEPTOR_FORMS[kind]]
-        if kind in ("er", "pr") and value == "positive":
-            forms += [f"{name} weakly positive" for name in _RECEPTOR_FORMS[kind]]
-            forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [
-                f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]
-            ]
-            if facts.get("er") == facts.get("pr") == "positive":
-                forms += ["ER/PR positive", "ER/PR+", "ER and PR positive", "hormone receptor positive", "HR+"]
-        if kind in ("er", "pr") and value == "negative" and facts.get("er") == facts.get("pr") == "negative":
-            forms += ["ER/PR negative", "ER/PR-", "ER and PR negative", "hormone receptor negative", "HR-"]
-        if kind == "her2" and value == "positive":
-            forms += ["HER2 3+", "HER2 amplified", "FISH amplified", "ISH amplified", "HER2 2+ FISH amplified"]
-        if kind == "her2" and value == "negative":
-            forms += [
-                "HER2 0",
-                "HER2 1+",
-                "HER2 not amplified",
-                "FISH not amplified",
-                "FISH non-amplified",
-                "ISH not amplified",
-            ]
-        if kind == "her2" and value == "equivocal":
-            forms = ["HER2 equivocal", "HER2: equivocal", "HER2 2+ (equivocal)", "HER2 2+, equivocal"]
-        if value == "negative" and facts.get("er") == facts.get("pr") == facts.get("her2") == "negative":
-            forms += ["triple negative", "triple-negative"]
-        return tuple(forms)
+        return _receptor_forms(kind, value, facts)
     if kind == "nodes":
         k, n = (int(x) for x in value.split("/"))
         forms = [value, f"{k} of {n}", f"{number_word(k)} of {number_word(n)}", f"{k}/{n}"]
         return tuple(dict.fromkeys(forms))
     if kind == "margins":
-        if value == "negative":
-            return (
-                "margins negative",
-                "margin negative",
-                "negative margins",
-                "margins free",
-                "margins clear",
-                "clear margins",
-                "margins: negative",
-                "margins uninvolved",
-                "margins are negative",
-                "margins not involved",
-            )
-        return (
-            "margins positive",
-            "margin positive",
-            "positive margin",
-            "positive margins",
-            "margin involved",
-            "margins involved",
-            "margins: positive",
-            "involved margin",
-            "margin: positive",
-            "margins are positive",
-        )
+        return _MARGIN_FORMS["negative" if value == "negative" else "positive"]
     if kind == "tils":
         pct = value
         return (
