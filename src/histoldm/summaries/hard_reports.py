@@ -624,6 +624,92 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
     return history
 
 
+def _invasive_lines(
+    case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, noise: _Noise
+) -> tuple[list[str], bool]:
+    """The invasive tumour's diagnosis lines (type, grade and size, LVI, DCIS, LCIS), and whether its LCIS has
+    central necrosis; the type word is sometimes OCR'd, a trap."""
+    rng, f = case.rng, case.facts
+    a: list[str] = []
+    lcis_central = False
+    word = rng.choice(["INVASIVE", "INFILTRATING"])
+    kind_word = "DUCTAL" if f["histologic_type"] == IDC else "LOBULAR"
+    type_text = f"{word} {kind_word} CARCINOMA"
+    if f["histologic_type"] == IDC and rng.random() < 0.3:
+        type_text = "INVASIVE CARCINOMA OF NO SPECIAL TYPE (DUCTAL)"
+    if rng.random() < 0.35:  # the OCR'd type word that must never reach a summary
+        bad = rng.choice(["lNFILTRATING", "lNVASIVE", "1NVASIVE", "CARCINORNA", "DUCTA1", "L0BULAR"])
+        target = {
+            "lNFILTRATING": "INFILTRATING",
+            "lNVASIVE": "INVASIVE",
+            "1NVASIVE": "INVASIVE",
+            "CARCINORNA": "CARCINOMA",
+            "DUCTA1": "DUCTAL",
+            "L0BULAR": "LOBULAR",
+        }[bad]
+        if target in type_text:
+            type_text = type_text.replace(target, bad, 1)
+            noise.words.add(bad)
+            case.features.add("ocr_in_diagnosis")
+    prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
+    size = f["size"]
+    a.append(
+        f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, "
+        f"{rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
+        f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
+    )
+    if scenario == "neoadjuvant_residual":
+        a.append(
+            f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, "
+            f"TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
+        )
+    a.append(_status_phrase(rng, lvi_name, f["lvi"]))
+    if f["dcis"] == "present":
+        comedo = rng.random() < 0.5
+        a.append(
+            f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
+            f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
+            f"{rng.randint(5, 30)}% OF TUMOR"
+        )
+        if comedo and f["necrosis"] == "absent":
+            case.trap("necrosis", "present", "in_situ_necrosis")
+    else:
+        a.append(_status_phrase(rng, "DUCTAL CARCINOMA IN SITU", "absent"))
+    if f["lcis"] == "absent" and rng.random() < 0.5:
+        a.append(_status_phrase(rng, "LOBULAR CARCINOMA IN SITU", "absent"))
+    elif f["lcis"] == "absent":
+        del f["lcis"]  # not stated: not a fact of this report
+    if f.get("lcis") == "present":
+        lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
+        a.append(
+            f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
+        )
+        if lcis_central:
+            case.trap("necrosis", "present", "in_situ_necrosis")
+    return a, lcis_central
+
+
+def _margin_statement(case: _Case, invasive: bool, involved: str) -> str:
+    """The tumour part's margin line: negative in one of three phrasings, or the lesion at the involved margin."""
+    rng = case.rng
+    if case.facts["margins"] == "negative":
+        return rng.choice(
+            [
+                f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} "
+                f"AT {rng.randint(1, 15)} MM",
+                "SURGICAL MARGINS FREE OF CARCINOMA",
+                f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
+            ]
+        )
+    lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
+    return rng.choice(
+        [
+            f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
+            f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN",
+        ]
+    )
+
+
 def _part_a(
     case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, involved: str, noise: _Noise
 ) -> tuple[list[str], bool]:
@@ -636,8 +722,7 @@ def _part_a(
         a.append("NO RESIDUAL INVASIVE CARCINOMA IDENTIFIED (ypT0 FOR THE INVASIVE COMPONENT)")
         a.append(
             f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, "
-            "CRIBRIFORM TYPE, "
-            f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
+            f"CRIBRIFORM TYPE, SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
         )
         a.append(
             f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, "
@@ -655,84 +740,11 @@ def _part_a(
         a.append(_status_phrase(rng, lvi_name, "absent"))
         case.trap("histologic_type", IDC, "in_situ_only")
     else:
-        word = rng.choice(["INVASIVE", "INFILTRATING"])
-        kind_word = "DUCTAL" if f["histologic_type"] == IDC else "LOBULAR"
-        type_text = f"{word} {kind_word} CARCINOMA"
-        if f["histologic_type"] == IDC and rng.random() < 0.3:
-            type_text = "INVASIVE CARCINOMA OF NO SPECIAL TYPE (DUCTAL)"
-        if rng.random() < 0.35:  # the OCR'd type word that must never reach a summary
-            bad = rng.choice(["lNFILTRATING", "lNVASIVE", "1NVASIVE", "CARCINORNA", "DUCTA1", "L0BULAR"])
-            target = {
-                "lNFILTRATING": "INFILTRATING",
-                "lNVASIVE": "INVASIVE",
-                "1NVASIVE": "INVASIVE",
-                "CARCINORNA": "CARCINOMA",
-                "DUCTA1": "DUCTAL",
-                "L0BULAR": "LOBULAR",
-            }[bad]
-            if target in type_text:
-                type_text = type_text.replace(target, bad, 1)
-                noise.words.add(bad)
-                case.features.add("ocr_in_diagnosis")
-        prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
-        size = f["size"]
-        a.append(
-            f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, "
-            f"{rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
-            f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
-        )
-        if scenario == "neoadjuvant_residual":
-            a.append(
-                f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, "
-                f"TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
-            )
-        a.append(_status_phrase(rng, lvi_name, f["lvi"]))
-        if f["dcis"] == "present":
-            comedo = rng.random() < 0.5
-            a.append(
-                f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
-                f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
-                f"{rng.randint(5, 30)}% OF TUMOR"
-            )
-            if comedo and f["necrosis"] == "absent":
-                case.trap("necrosis", "present", "in_situ_necrosis")
-        else:
-            a.append(_status_phrase(rng, "DUCTAL CARCINOMA IN SITU", "absent"))
-        if f["lcis"] == "absent" and rng.random() < 0.5:
-            a.append(_status_phrase(rng, "LOBULAR CARCINOMA IN SITU", "absent"))
-        elif f["lcis"] == "absent":
-            del f["lcis"]  # not stated: not a fact of this report
-        if f.get("lcis") == "present":
-            lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
-            a.append(
-                "LOBULAR CARCINOMA IN SITU, "
-                f"{'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
-            )
-            if lcis_central:
-                case.trap("necrosis", "present", "in_situ_necrosis")
+        invasive_lines, lcis_central = _invasive_lines(case, scenario, shown, lvi_name, noise)
+        a += invasive_lines
     if f.get("lcis") == "present" and not invasive:
         a.append("LOBULAR CARCINOMA IN SITU, CLASSIC TYPE, FOCAL")
-    if f["margins"] == "negative":
-        a.append(
-            rng.choice(
-                [
-                    f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} "
-                    f"AT {rng.randint(1, 15)} MM",
-                    "SURGICAL MARGINS FREE OF CARCINOMA",
-                    f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
-                ]
-            )
-        )
-    else:
-        lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
-        a.append(
-            rng.choice(
-                [
-                    f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
-                    f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN",
-                ]
-            )
-        )
+    a.append(_margin_statement(case, invasive, involved))
     return a, lcis_central
 
 
