@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from histoldm.summaries.extractive import summarise
+from histoldm.summaries.extractive import summarize
 from histoldm.summaries.scoring import GROUND_TRUTH_FACTS, facts_stated, stated_opposite
 from histoldm.summaries.synthetic import make_synthetic_cases
 from histoldm.text.tokenizer import count_tokens
@@ -43,7 +43,7 @@ def main() -> None:
         tokens, kept, opposite = [], [], 0
         per_fact = dict.fromkeys(GROUND_TRUTH_FACTS, 0)
         for case in cases:
-            text = summarise(case.text, budget).text
+            text = summarize(case.text, budget).text
             tokens.append(count_tokens(text))
             stated = facts_stated(case, text)
             kept.append(sum(stated.values()))

@@ -21,20 +21,25 @@ BUDGETS = (20, 35, 50, 154)
 ADDENDUM_REPORT = """SURGICAL PATHOLOGY REPORT
 Patient: DOE, JANE   MRN: 0000000   Accession: S26-0451
 CLINICAL HISTORY:
-58-year-old woman with a left breast mass on screening mammogram; ultrasound-guided core biopsy showed invasive carcinoma.
+58-year-old woman with a left breast mass on screening mammogram; ultrasound-guided core biopsy showed invasive \
+carcinoma.
 SPECIMENS RECEIVED:
 A. Left breast, segmental mastectomy
 B. Left axillary sentinel lymph nodes, excision
 C. Left axillary contents, dissection
 GROSS DESCRIPTION:
-A. Received fresh labeled "left breast segmental mastectomy" is a 9.5 x 7.0 x 3.2 cm portion of fibrofatty tissue. Serial sectioning reveals a firm stellate mass measuring 2.3 x 2.0 x 1.8 cm, located 0.6 cm from the inked deep margin. Representative sections are submitted in cassettes A1-A12.
+A. Received fresh labeled "left breast segmental mastectomy" is a 9.5 x 7.0 x 3.2 cm portion of fibrofatty tissue. \
+Serial sectioning reveals a firm stellate mass measuring 2.3 x 2.0 x 1.8 cm, located 0.6 cm from the inked deep \
+margin. Representative sections are submitted in cassettes A1-A12.
 B. Received are three lymph nodes, the largest 1.8 cm, entirely submitted in B1-B4.
 C. Multiple lymph nodes ranging from 0.3 to 2.0 cm are identified and submitted in C1-C15.
 MICROSCOPIC DESCRIPTION:
-Sections show an infiltrating carcinoma growing in nests and cords with moderate nuclear pleomorphism. Stromal tumor-infiltrating lymphocytes are moderate. Lymphovascular invasion is identified in the peritumoral stroma.
+Sections show an infiltrating carcinoma growing in nests and cords with moderate nuclear pleomorphism. Stromal \
+tumor-infiltrating lymphocytes are moderate. Lymphovascular invasion is identified in the peritumoral stroma.
 FINAL DIAGNOSIS:
 A. LEFT BREAST, SEGMENTAL MASTECTOMY:
-- Invasive ductal carcinoma, Nottingham grade 2 (tubules 3, nuclei 2, mitoses 1), measuring 2.1 cm in greatest dimension.
+- Invasive ductal carcinoma, Nottingham grade 2 (tubules 3, nuclei 2, mitoses 1), measuring 2.1 cm in greatest \
+dimension.
 - Ductal carcinoma in situ, cribriform type, intermediate nuclear grade, comprising <5% of the tumor.
 - Lymphovascular invasion present.
 - Margins negative for invasive carcinoma and DCIS; closest margin (deep) 4 mm.
@@ -59,13 +64,15 @@ HER2 (IHC): 2+ (equivocal), FISH to follow.
 ADDENDUM 1:
 HER2 FISH on block A4: HER2/CEP17 ratio 2.8, AMPLIFIED. HER2 POSITIVE.
 ADDENDUM 2:
-Repeat estrogen receptor testing on block A6 at the request of the oncologist: the ER result previously reported as positive (80%) is corrected to NEGATIVE (0%).
+Repeat estrogen receptor testing on block A6 at the request of the oncologist: the ER result previously reported as \
+positive (80%) is corrected to NEGATIVE (0%).
 Electronically signed by A. Example, MD
 """
 
 HISTORY_REPORT = """FINAL SURGICAL PATHOLOGY REPORT
 CLINICAL HISTORY:
-History of right breast invasive ductal carcinoma, status post right lumpectomy (2009) and radiation. Now with a new left breast mass.
+History of right breast invasive ductal carcinoma, status post right lumpectomy (2009) and radiation. Now with a new \
+left breast mass.
 SPECIMEN(S) RECEIVED:
 1. Left breast, partial mastectomy
 2. Left axillary sentinel lymph node
@@ -79,11 +86,13 @@ PART 1: LEFT BREAST, PARTIAL MASTECTOMY:
 PART 2: LEFT AXILLARY SENTINEL LYMPH NODE:
   One lymph node, negative for metastatic carcinoma (0/1).
 COMMENT:
-The patient's prior right breast carcinoma (2009) was reported as ER positive. The current tumor is ER positive (95%), PR positive (60%) and HER2 negative (1+).
+The patient's prior right breast carcinoma (2009) was reported as ER positive. The current tumor is ER positive \
+(95%), PR positive (60%) and HER2 negative (1+).
 """
 
 DCIS_PARTS_REPORT = """CLINICAL INFORMATION: Calcifications, right breast.
-SPECIMENS: A. Right breast, lumpectomy. B. Right breast, additional lateral margin. C. Right breast, additional inferior margin.
+SPECIMENS: A. Right breast, lumpectomy. B. Right breast, additional lateral margin. C. Right breast, additional \
+inferior margin.
 FINAL DIAGNOSIS:
 A. Right breast, lumpectomy:
    Ductal carcinoma in situ, high nuclear grade, solid and cribriform types, with comedo necrosis and calcifications.
@@ -197,7 +206,7 @@ def test_one_part_negative_for_dcis_does_not_make_the_case_negative():
     assert contradictions(DCIS_PARTS_REPORT, "IDC.")
 
 
-def test_necrosis_in_lcis_is_not_tumour_necrosis():
+def test_necrosis_in_lcis_is_not_tumor_necrosis():
     assert _fact(HISTORY_REPORT, "necrosis").status == "absent" and _fact(HISTORY_REPORT, "lcis").status == "present"
     for budget in BUDGETS:
         summary = extractive_summary(HISTORY_REPORT, budget)[0]
@@ -300,7 +309,8 @@ def test_summaries_jsonl_carries_facts_with_evidence(tmp_path):
 
 def test_a_frozen_section_overruled_by_the_final_diagnosis_does_not_excuse_a_margin():
     report = (
-        "INTRAOPERATIVE CONSULTATION:\nA. Left breast, lumpectomy, frozen section of the inferior margin: negative for carcinoma.\n"
+        "INTRAOPERATIVE CONSULTATION:\n"
+        "A. Left breast, lumpectomy, frozen section of the inferior margin: negative for carcinoma.\n"
         "FINAL DIAGNOSIS:\nA. Left breast, lumpectomy:\n- Invasive ductal carcinoma, grade 2, 1.8 cm.\n"
         "- Invasive carcinoma extends to the inked inferior margin; margins positive.\n"
         "B. Left breast, additional superior margin:\n- Benign breast tissue; margin negative for carcinoma.\n"

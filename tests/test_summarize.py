@@ -18,7 +18,7 @@ from histoldm.fileio import read_jsonl
 from histoldm.summaries.budget import truncate_to_budget
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import contradictions
-from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarise
+from histoldm.summaries.extractive import RELEVANCE_ORDER, extractive_summary, summarize
 from histoldm.summaries.loading import load_reports, normalise_case_id
 from histoldm.summaries.prompts import load_prompt, render
 from histoldm.summaries.scoring import facts_stated, stated_opposite
@@ -393,7 +393,7 @@ def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
     cases = make_synthetic_cases(30, seed=7)
     kept = {b: 0 for b in BUDGETS}
     for case in cases:
-        summaries = [summarise(case.text, b) for b in BUDGETS]
+        summaries = [summarize(case.text, b) for b in BUDGETS]
         for budget, summary in zip(BUDGETS, summaries):
             assert not summary.used_fallback and count_tokens(summary.text) <= budget, (budget, summary.text)
             assert list(summary.facts) == sorted(summary.facts, key=RELEVANCE_ORDER.index)  # relevance order
@@ -410,13 +410,13 @@ def test_extractive_fills_each_budget_with_nested_facts_by_relevance():
         assert missing <= {"growth"}, (missing, summaries[-1].text)  # terse narrative reports give no growth pattern
         assert count_tokens(summaries[-1].text) >= 0.65 * 154
         one_line = " ".join(case.text.split())  # OCR'd reports often lose their line breaks
-        assert summarise(one_line, 154).text == summaries[-1].text
+        assert summarize(one_line, 154).text == summaries[-1].text
     assert (
         kept[20]
         < kept[35]
         < kept[50]
         < kept[154]
-        == sum(13 - (not facts_stated(c, summarise(c.text, 154).text)["growth"]) for c in cases)
+        == sum(13 - (not facts_stated(c, summarize(c.text, 154).text)["growth"]) for c in cases)
     )
 
 
@@ -499,7 +499,8 @@ _CAPTION_NAMES = {
 def _caption_says(summary: str, finding: str) -> str | None:
     """An oracle independent of the project's reader, for captions: the status of the first mention."""
     m = re.search(
-        rf"\b(?:(no|possible) )?(?:{_CAPTION_NAMES[finding]})\b(,?:? (?:absent|not identified|negative|cannot be excluded))?",
+        rf"\b(?:(no|possible) )?(?:{_CAPTION_NAMES[finding]})\b"
+        r"(,?:? (?:absent|not identified|negative|cannot be excluded))?",
         summary,
         re.IGNORECASE,
     )
@@ -531,7 +532,10 @@ def test_negation_and_doubt_survive_every_budget_extractive():
 
 
 def test_fallback_cut_never_drops_a_negation():
-    report = "FINAL DIAGNOSIS: Breast, excision: fibroadenoma with sclerosis; ductal carcinoma in situ, absent; atypia not seen."
+    report = (
+        "FINAL DIAGNOSIS: Breast, excision: fibroadenoma with sclerosis; ductal carcinoma in situ, absent; "
+        "atypia not seen."
+    )
     assert extractive_summary(report, 154)[1]  # no known facts: whole diagnosis clauses
     cut = truncate_to_budget("Breast, excision: fibroadenoma with sclerosis; ductal carcinoma in situ, absent", 18)
     assert cut.endswith("ductal carcinoma in situ.")  # the plain cut reverses the finding...
@@ -540,7 +544,8 @@ def test_fallback_cut_never_drops_a_negation():
         assert count_tokens(summary) <= budget and _caption_says(summary, "dcis") in (None, "absent"), (budget, summary)
 
 
-OTHER_FACTS = [  # (diagnosis, what every budget's summary must not say, what the 154-token one says, a reversed caption)
+# (diagnosis, what every budget's summary must not say, what the 154-token one says, a reversed caption)
+OTHER_FACTS = [
     (
         "Suspicious for invasive ductal carcinoma, grade 2. Ductal carcinoma in situ, solid type, present.",
         r"^(?:Invasive|IDC)",
@@ -554,7 +559,8 @@ OTHER_FACTS = [  # (diagnosis, what every budget's summary must not say, what th
         "Invasive carcinoma; DCIS, solid.",
     ),
     (
-        "Invasive ductal carcinoma, grade 3. Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
+        "Invasive ductal carcinoma, grade 3. "
+        "Tumor cells are negative for estrogen receptor and progesterone receptor, positive for HER2.",
         r"ER\+|PR\+|HER2-",
         "ER-, PR-, HER2+",
         "Invasive ductal carcinoma, grade 3; ER+, PR-, HER2+.",
@@ -805,7 +811,10 @@ def test_local_backend_generates_and_its_replies_go_through_the_budget_check(tmp
 def test_llm_over_budget_reply_is_cut_after_whole_clauses_only(tmp_path):
     """An over-budget reply is cut where a clause ends (; or .): the comma inside "ER, PR positive" is no
     place to cut ("...; LVI present; ER." was written); a reply whose first clause alone is over budget fails."""
-    reply = "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; LVI present; ER, PR positive; HER2 negative; margins negative."
+    reply = (
+        "Invasive ductal carcinoma, Nottingham grade 2, 2.1 cm; LVI present; ER, PR positive; HER2 negative; "
+        "margins negative."
+    )
     budget = 21
     assert truncate_to_budget(reply, budget).endswith("; LVI present; ER.")  # the fragment a comma cut leaves
     report = _table_report("c", "Lymphovascular invasion is present.")
@@ -884,6 +893,7 @@ def test_an_out_file_of_other_settings_names_only_what_differs(tmp_path):
     )
     with pytest.raises(
         UserError,
-        match="made with backend extractive, no prompt \\(extractive backend\\); this run asks backend openai, the prompt [0-9a-f]{12};",
+        match="made with backend extractive, no prompt \\(extractive backend\\); "
+        "this run asks backend openai, the prompt [0-9a-f]{12};",
     ):
         run_summarize(cfg.model_copy(update={"backend": "openai", "model": "m"}))

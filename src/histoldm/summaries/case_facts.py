@@ -126,7 +126,8 @@ def _as_corrected(text: str) -> str:
 
 _TYPES = [
     (
-        r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
+        r"(?:mixed|with)\s+(?:invasive\s+)?ductal\s+and\s+lobular"
+        r"|ductal\s+and\s+lobular\s+(?:features|carcinoma)|mixed\s+ductal[- ]lobular",
         "invasive mixed ductal and lobular carcinoma",
     ),
     (r"(?:invasive|infiltrating)\s+lobular\s+carcinoma|\bilc\b", "invasive lobular carcinoma"),
@@ -163,7 +164,7 @@ _ROMAN = {"i": "1", "ii": "2", "iii": "3", "1": "1", "2": "2", "3": "3"}
 
 _DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)((?:\s*[x×]\s*\d+(?:\.\d+)?)*)\s*(cm|mm)\b", re.IGNORECASE)
 _SIZE_CONTEXT = re.compile(r"size|greatest\s+(?:dimension|diameter)|measur|largest|\bspan|\bextent", re.IGNORECASE)
-_NOT_TUMOUR_SIZE = re.compile(
+_NOT_TUMOR_SIZE = re.compile(
     r"margin|node|specimen|distance|from\s+the|skin|nipple|biopsy\s+site|cassette|deposit|metasta|in\s+situ|\bdcis\b"
     r"|\blcis\b|fragment|\bcores?\b|clip|cavity|ellipse|fat\b|portion|aggregate",
     re.IGNORECASE,
@@ -175,8 +176,14 @@ _ER_NAME = r"(?:o?estrogen\s+receptors?(?:\s*\((?:ER|IHC)\))?|\bER\b(?:\s*\((?:I
 _PR_NAME = r"(?:progesterone\s+receptors?(?:\s*\((?:PR|PgR|IHC)\))?|\bPg?R\b(?:\s*\((?:IHC|1E2|16)\))?)"
 _QUALIFIER = r"(?:(?:weakly|weak|strongly|strong|moderately|moderate|low|focally|diffusely|very\s+weakly)\s+)"
 _SIGN = rf"(?P<q>{_QUALIFIER})?(?P<v>positive|negative|pos\b|neg\b|\(\+\)|\(-\)|\+|-(?![\w/]))"
-_AFTER_NAME = r"(?:\s+(?:result|results|status|expression|staining|score|testing))?\s*(?:status)?\s*(?:\((?:by\s+)?ihc\))?\s*(?:[:=\-]|\bis\b|\bare\b|\bwas\b|\bwere\b|\bshows?\b)?\s*"
-_DETAIL = rf"(?P<d>\s*\([^()]{{0,50}}\)|\s*,?\s*(?:in\s+)?{_PCT}(?:\s+(?:of\s+)?(?:tumou?r\s+)?(?:cells|nuclei))?(?:,?\s*(?:weak|moderate|strong)(?:\s+intensity)?)?)?"
+_AFTER_NAME = (
+    r"(?:\s+(?:result|results|status|expression|staining|score|testing))?\s*(?:status)?\s*(?:\((?:by\s+)?ihc\))?"
+    r"\s*(?:[:=\-]|\bis\b|\bare\b|\bwas\b|\bwere\b|\bshows?\b)?\s*"
+)
+_DETAIL = (
+    rf"(?P<d>\s*\([^()]{{0,50}}\)|\s*,?\s*(?:in\s+)?{_PCT}(?:\s+(?:of\s+)?(?:tumou?r\s+)?(?:cells|nuclei))?"
+    r"(?:,?\s*(?:weak|moderate|strong)(?:\s+intensity)?)?)?"
+)
 _ER = re.compile(_ER_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _PR = re.compile(_PR_NAME + _AFTER_NAME + _SIGN + _DETAIL, re.IGNORECASE)
 _ER_PCT = re.compile(_ER_NAME + _AFTER_NAME + rf"(?P<p>{_PCT})", re.IGNORECASE)
@@ -201,7 +208,8 @@ _ISH_WORD = re.compile(
 )
 _ISH_RESULT = re.compile(
     r"(?P<neg>not\s+amplified|non-?amplified|negative\s+for\s+(?:gene\s+)?amplification|no\s+(?:evidence\s+of\s+)?amplification)"
-    r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)|positive\s+for\s+(?:gene\s+)?amplification)"
+    r"|(?P<pos>(?<!not )amplified|amplification\s+(?:is\s+)?(?:present|detected|identified)"
+    r"|positive\s+for\s+(?:gene\s+)?amplification)"
     r"|(?P<eq>equivocal)",
     re.IGNORECASE,
 )
@@ -277,7 +285,8 @@ _LATERALITY = re.compile(
     re.IGNORECASE,
 )
 _PROCEDURE = re.compile(
-    r"(?:(?:modified\s+radical|radical|simple|total|skin[- ]sparing|nipple[- ]sparing|partial|segmental|subcutaneous)\s+)?mastectomy"
+    r"(?:(?:modified\s+radical|radical|simple|total|skin[- ]sparing|nipple[- ]sparing|partial|segmental"
+    r"|subcutaneous)\s+)?mastectomy"
     r"|lumpectomy|wide\s+local\s+excision|re-?excision|excisional\s+biopsy|quadrantectomy"
     r"|(?:(?:ultrasound|us|stereotactic|mri)[- ]guided\s+)?(?:core\s+(?:needle\s+)?|needle\s+core\s+)biopsy",
     re.IGNORECASE,
@@ -433,7 +442,7 @@ class _Reader:
 
     def _size(self) -> None:
         for clause in clauses(self.text):
-            if _NOT_TUMOUR_SIZE.search(clause):
+            if _NOT_TUMOR_SIZE.search(clause):
                 continue
             if self.bare or _SIZE_CONTEXT.search(clause) or _MASS.search(clause):
                 if self.sentence.section == "gross" and not _MASS.search(clause):
@@ -566,12 +575,14 @@ class _Reader:
         if self.bare:
             low = self.low
             if re.search(
-                r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b",
+                r"\bnodes?\b[^;]{0,25}\b(?:negative|uninvolved|free|benign)\b"
+                r"|\bnegative\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]negative\b|\bpn0\b",
                 low,
             ):
                 self.add("node_positivity", "negative")
             elif re.search(
-                r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b",
+                r"\bnodes?\b[^;]{0,25}\b(?:positive|involved)\b"
+                r"|\bpositive\s+(?:lymph\s+|sentinel\s+)*nodes?\b|\bnode[- ]positive\b",
                 low,
             ):
                 self.add("node_positivity", "positive")
@@ -693,14 +704,14 @@ def report_readings(report_text: str) -> tuple[tuple[Reading, ...], tuple[Readin
     return tuple(current), tuple(history)
 
 
-def _rank(r: Reading, tumour_parts: frozenset[str]) -> tuple:
+def _rank(r: Reading, tumor_parts: frozenset[str]) -> tuple:
     """Higher is better: authority, explicit statement, tumour part, then the latest addendum or the first statement."""
     s = r.sentence
-    in_tumour = not s.part or bool(set(s.parts) & tumour_parts) or not tumour_parts
-    return (s.authority, r.explicit, in_tumour, s.index if s.section == ADDENDUM else -s.index)
+    in_tumor = not s.part or bool(set(s.parts) & tumor_parts) or not tumor_parts
+    return (s.authority, r.explicit, in_tumor, s.index if s.section == ADDENDUM else -s.index)
 
 
-def _tumour_parts(readings: list[Reading]) -> frozenset[str]:
+def _tumor_parts(readings: list[Reading]) -> frozenset[str]:
     for kinds in (("histologic_type",), ("dcis", "lcis")):
         parts = {p for r in readings if r.kind in kinds and r.status == "present" for p in r.sentence.parts}
         if parts:
@@ -723,20 +734,18 @@ def _joined_status(readings: list[Reading]) -> Reading | None:
     return None
 
 
-def _best(readings: list[Reading], tumour_parts: frozenset[str]) -> Reading | None:
-    return max(readings, key=lambda r: _rank(r, tumour_parts)) if readings else None
+def _best(readings: list[Reading], tumor_parts: frozenset[str]) -> Reading | None:
+    return max(readings, key=lambda r: _rank(r, tumor_parts)) if readings else None
 
 
-def _nodes_total(
-    readings: list[Reading], examined: list[Reading], positive: list[Reading], tumour_parts
-) -> Fact | None:
+def _nodes_total(readings: list[Reading], examined: list[Reading], positive: list[Reading], tumor_parts) -> Fact | None:
     synoptic = [r for r in readings if r.sentence.section == SYNOPTIC or "total" in r.sentence.text.lower()]
     if synoptic:
-        return _best(synoptic, tumour_parts).fact()
+        return _best(synoptic, tumor_parts).fact()
     if (
         examined and positive
     ):  # synoptic "Lymph nodes examined: 18" ... "Number with macrometastases: 5" on separate lines
-        total, pos = _best(examined, tumour_parts), _best(positive, tumour_parts)
+        total, pos = _best(examined, tumor_parts), _best(positive, tumor_parts)
         if int(pos.value) <= int(total.value):
             return Fact(
                 "nodes",
@@ -781,20 +790,20 @@ def _nodes_total(
     )
 
 
-def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
+def _her2_final(readings: list[Reading], tumor_parts) -> Fact | None:
     ish = [r for r in readings if r.kind == "her2_ish"]
     ihc = [r for r in readings if r.kind == "her2_ihc"]
     explicit = [r for r in readings if r.kind == "her2"]
-    best_ihc = _best(ihc, tumour_parts)
+    best_ihc = _best(ihc, tumor_parts)
     if ish:
-        r = _best(ish, tumour_parts)
+        r = _best(ish, tumor_parts)
         value = {"amplified": "positive", "not amplified": "negative", "equivocal": "equivocal"}[r.value]
         detail = "; ".join(d for d in (best_ihc.detail if best_ihc else None, r.detail) if d)
-        top_explicit = _best(explicit, tumour_parts)
+        top_explicit = _best(explicit, tumor_parts)
         if top_explicit and top_explicit.sentence.authority > r.sentence.authority and top_explicit.explicit:
             return Fact("her2", top_explicit.value, "present", top_explicit.fact().evidence, detail)
         return Fact("her2", value, "present", r.fact().evidence, detail)
-    top_explicit = _best(explicit, tumour_parts)
+    top_explicit = _best(explicit, tumor_parts)
     if best_ihc and (
         top_explicit is None
         or best_ihc.sentence.authority > top_explicit.sentence.authority
@@ -815,7 +824,7 @@ def _her2_final(readings: list[Reading], tumour_parts) -> Fact | None:
 
 def join_case(current: list[Reading]) -> dict[str, Fact]:
     """One fact per kind for the case, by the precedence and join rules of this module's docstring."""
-    tumour = _tumour_parts(current)
+    tumor = _tumor_parts(current)
     by_kind: dict[str, list[Reading]] = {}
     for r in current:
         by_kind.setdefault(r.kind, []).append(r)
@@ -828,7 +837,7 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
         if winner.status != "absent":
             candidates = [r for r in types if r.status == winner.status]
             specific = [r for r in candidates if r.value != "invasive carcinoma"] or candidates
-            facts["histologic_type"] = _best(specific, tumour).fact()
+            facts["histologic_type"] = _best(specific, tumor).fact()
         elif facts.get("dcis") and facts["dcis"].status == "present":
             d = facts["dcis"]
             facts["histologic_type"] = Fact(
@@ -855,17 +864,17 @@ def join_case(current: list[Reading]) -> dict[str, Fact]:
             candidates = [
                 r for r in candidates if "core" not in r.value
             ] or candidates  # the resection, not the earlier biopsy
-        if best := _best(candidates, tumour):
+        if best := _best(candidates, tumor):
             if kind == "procedure":  # a line break may have cut "modified radical | mastectomy": keep the full name
                 best = max(
                     (r for r in candidates if r.value.endswith(best.value)),
-                    key=lambda r: (len(r.value), _rank(r, tumour)),
+                    key=lambda r: (len(r.value), _rank(r, tumor)),
                 )
             facts[kind] = best.fact()
-    if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumour):
+    if her2 := _her2_final(by_kind.get("her2", []) + by_kind.get("her2_ihc", []) + by_kind.get("her2_ish", []), tumor):
         facts["her2"] = her2
     if nodes := _nodes_total(
-        by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumour
+        by_kind.get("nodes", []), by_kind.get("nodes_examined", []), by_kind.get("nodes_positive", []), tumor
     ):
         if (
             "pn" in facts

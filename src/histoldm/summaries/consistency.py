@@ -51,7 +51,8 @@ _PROCEDURE_GROUPS = [
     (
         "mastectomy",
         re.compile(
-            r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?mastectomy$"
+            r"^(?:modified radical |radical |simple |total |skin[- ]sparing |nipple[- ]sparing |subcutaneous )?"
+            r"mastectomy$"
         ),
     ),
     ("breast-conserving", re.compile(r"lumpectomy|partial|segmental|wide local|excision|quadrantectomy")),
@@ -130,35 +131,10 @@ def _procedure_group(value: str) -> str:
     return next((name for name, pattern in _PROCEDURE_GROUPS if pattern.search(value)), value)
 
 
-def _check(
-    r: Reading,
-    facts: dict[str, Fact],
-    past: dict[str, Fact],
-    current: tuple[Reading, ...],
-    historical: tuple[Reading, ...],
-) -> Contradiction | None | bool:
-    """A contradiction, None when consistent, or False when the report does not state the kind."""
+def _check_her2(r: Reading, facts: dict[str, Fact], current: tuple[Reading, ...]) -> Contradiction | None | bool:
+    """HER2 as a status, an ISH result or an IHC score: checked against the report's own statements of that
+    form, else against the final HER2 status it implies; False when the report states no HER2."""
     kind = r.kind
-    stated_anywhere = [c for c in current if c.kind == kind]
-    if kind in FINDING_KINDS:
-        truth = facts.get(kind)
-        if truth is None:
-            if kind in past and r.status == "present":
-                return _contradiction(r, past[kind])
-            return False
-        return None if truth.status == r.status else _contradiction(r, truth)
-    if kind == "histologic_type":
-        truth = facts.get(kind)
-        if truth is None:
-            return _contradiction(r, past[kind]) if kind in past and r.status == "present" else False
-        if r.status == "absent":  # "no invasive carcinoma"
-            invasive_truth = truth.status != "absent" and "in situ" not in truth.value
-            return _contradiction(r, truth) if invasive_truth else None
-        if truth.status == "absent" or "in situ" in truth.value:
-            return _contradiction(r, truth, "no invasive carcinoma")
-        if truth.status != r.status:
-            return _contradiction(r, truth)
-        return None if _types_agree(r.value, truth.value) else _contradiction(r, truth)
     if kind == "her2":
         truth = facts.get("her2")
         if truth is None:
@@ -179,31 +155,20 @@ def _check(
             if any(c.value == r.value for c in ish)
             else _contradiction(r, max(ish, key=lambda c: c.sentence.authority))
         )
-    if kind == "her2_ihc":
-        ihc = [c for c in current if c.kind == "her2_ihc"]
-        if ihc:
-            return None if any(c.value == r.value for c in ihc) else _contradiction(r, ihc[0])
-        truth = facts.get("her2")
-        if truth is None or any(c.kind == "her2_ish" for c in current):
-            return False if truth is None else None
-        implied = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[r.value]
-        return None if implied == truth.value else _contradiction(r, truth)
-    if kind == "node_positivity":
-        truth = facts.get("nodes")
-        if truth is None:
-            return False
-        positive = int(truth.value.split("/")[0]) > 0
-        return None if positive == (r.value == "positive") else _contradiction(r, truth)
-    if kind not in FACT_KINDS:
-        return None
-    truth = facts.get(kind)
-    history = [h for h in historical if h.kind == kind and h.value == r.value]
-    if truth is None:
-        return _contradiction(r, history[0]) if history else False
-    if history and truth.value != r.value:  # the value of a prior specimen, stated as the current one
-        found = _contradiction(r, truth)
-        note = f'; {r.value} is a prior specimen\'s ("{history[0].sentence.text}")'
-        return Contradiction(found.kind, found.summary_clause, found.report_sentence, found.message + note)
+    ihc = [c for c in current if c.kind == "her2_ihc"]  # the kind left: her2_ihc
+    if ihc:
+        return None if any(c.value == r.value for c in ihc) else _contradiction(r, ihc[0])
+    truth = facts.get("her2")
+    if truth is None or any(c.kind == "her2_ish" for c in current):
+        return False if truth is None else None
+    implied = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[r.value]
+    return None if implied == truth.value else _contradiction(r, truth)
+
+
+def _check_value(r: Reading, truth: Fact, stated_anywhere: list[Reading]) -> Contradiction | None:
+    """A value the report states: it must equal the final fact, or, for percents, stages, sizes, TILs and a
+    part's own node count, one of the report's current statements of it."""
+    kind = r.kind
     if kind in ("er", "pr"):
         if truth.value != r.value:
             return _contradiction(r, truth)
@@ -241,6 +206,56 @@ def _check(
             return None
         return _contradiction(r, truth)
     return None if truth.value == r.value else _contradiction(r, truth)
+
+
+def _check(
+    r: Reading,
+    facts: dict[str, Fact],
+    past: dict[str, Fact],
+    current: tuple[Reading, ...],
+    historical: tuple[Reading, ...],
+) -> Contradiction | None | bool:
+    """A contradiction, None when consistent, or False when the report does not state the kind."""
+    kind = r.kind
+    stated_anywhere = [c for c in current if c.kind == kind]
+    if kind in FINDING_KINDS:
+        truth = facts.get(kind)
+        if truth is None:
+            if kind in past and r.status == "present":
+                return _contradiction(r, past[kind])
+            return False
+        return None if truth.status == r.status else _contradiction(r, truth)
+    if kind == "histologic_type":
+        truth = facts.get(kind)
+        if truth is None:
+            return _contradiction(r, past[kind]) if kind in past and r.status == "present" else False
+        if r.status == "absent":  # "no invasive carcinoma"
+            invasive_truth = truth.status != "absent" and "in situ" not in truth.value
+            return _contradiction(r, truth) if invasive_truth else None
+        if truth.status == "absent" or "in situ" in truth.value:
+            return _contradiction(r, truth, "no invasive carcinoma")
+        if truth.status != r.status:
+            return _contradiction(r, truth)
+        return None if _types_agree(r.value, truth.value) else _contradiction(r, truth)
+    if kind in ("her2", "her2_ish", "her2_ihc"):
+        return _check_her2(r, facts, current)
+    if kind == "node_positivity":
+        truth = facts.get("nodes")
+        if truth is None:
+            return False
+        positive = int(truth.value.split("/")[0]) > 0
+        return None if positive == (r.value == "positive") else _contradiction(r, truth)
+    if kind not in FACT_KINDS:
+        return None
+    truth = facts.get(kind)
+    history = [h for h in historical if h.kind == kind and h.value == r.value]
+    if truth is None:
+        return _contradiction(r, history[0]) if history else False
+    if history and truth.value != r.value:  # the value of a prior specimen, stated as the current one
+        found = _contradiction(r, truth)
+        note = f'; {r.value} is a prior specimen\'s ("{history[0].sentence.text}")'
+        return Contradiction(found.kind, found.summary_clause, found.report_sentence, found.message + note)
+    return _check_value(r, truth, stated_anywhere)
 
 
 def _in_range(p: float, text: str | None) -> bool:

@@ -139,7 +139,7 @@ _TYPES: list[tuple[str, tuple[str, ...]]] = [
     (r"(invasive|infiltrating)\s+(mammary\s+)?carcinoma", ("Invasive carcinoma",)),
 ]
 _TYPES_RE = [(re.compile(p, re.IGNORECASE), names) for p, names in _TYPES]
-_OTHER_TUMOUR = re.compile(
+_OTHER_TUMOR = re.compile(
     r"\b((?:[a-z-]+\s+){0,3}(?:adenocarcinoma|carcinoma|sarcoma|melanoma|glioblastoma|glioma|lymphoma|seminoma|"
     r"mesothelioma|blastoma|astrocytoma|oligodendroglioma))\b(?!\s+in\s+situ)",
     re.IGNORECASE,
@@ -175,7 +175,7 @@ def _histologic_type(text: str) -> Phrasings | None:
                 if status := _stated(clause, m):
                     return _possibly(names, status)
     for clause in parts:
-        for m in _OTHER_TUMOUR.finditer(clause):
+        for m in _OTHER_TUMOR.finditer(clause):
             words = m.group(1).lower().split()
             while words and _NOT_A_TYPE.match(words[0]):
                 words = words[1:]
@@ -779,7 +779,7 @@ def fallback_summary(report: str, budget: int) -> str:
     return safe_truncate(report, text, budget)
 
 
-def summarise(report: str, budget: int) -> Summary:
+def summarize(report: str, budget: int) -> Summary:
     """The facts packed into `budget` CLIP tokens, or whole diagnosis clauses when none are found."""
     facts = extract_facts(report)
     if facts.histologic_type or len(facts.ordered()) >= 2:
@@ -790,6 +790,6 @@ def summarise(report: str, budget: int) -> Summary:
 
 
 def extractive_summary(report: str, budget: int) -> tuple[str, bool]:
-    """(summary, used_fallback); see `summarise`."""
-    summary = summarise(report, budget)
+    """(summary, used_fallback); see `summarize`."""
+    summary = summarize(report, budget)
     return summary.text, summary.used_fallback

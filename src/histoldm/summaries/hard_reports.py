@@ -118,6 +118,32 @@ _RECEPTOR_FORMS = {
     "pr": ("PR", "PgR", "progesterone receptor"),
     "her2": ("HER2", "HER-2", "HER2/neu"),
 }
+_MARGIN_FORMS = {
+    "negative": (
+        "margins negative",
+        "margin negative",
+        "negative margins",
+        "margins free",
+        "margins clear",
+        "clear margins",
+        "margins: negative",
+        "margins uninvolved",
+        "margins are negative",
+        "margins not involved",
+    ),
+    "positive": (
+        "margins positive",
+        "margin positive",
+        "positive margin",
+        "positive margins",
+        "margin involved",
+        "margins involved",
+        "margins: positive",
+        "involved margin",
+        "margin: positive",
+        "margins are positive",
+    ),
+}
 _OCR_SWAPS = (("i", "l"), ("l", "1"), ("I", "l"), ("m", "rn"), ("l", "I"))
 _PART_STYLES = ("dot", "dot", "paren", "part", "number", "specimen")  # "A.", "A)", "PART A:", "PART 1:", "Specimen A -"
 _DIRECTIONS = ["SUPERIOR", "INFERIOR", "MEDIAL", "LATERAL", "DEEP", "ANTERIOR"]
@@ -182,6 +208,42 @@ def number_word(n: int) -> str:
     return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
 
 
+def _receptor_forms(kind: str, value: str, facts: dict[str, str]) -> tuple[str, ...]:
+    """Phrasings of an ER, PR or HER2 status, with the joint forms (ER/PR, triple negative) the case allows."""
+    sign = {"positive": "+", "negative": "-"}.get(value)
+    forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [
+        f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]
+    ]
+    forms += [f"{name}: {value}" for name in _RECEPTOR_FORMS[kind]]
+    if sign:
+        forms += [f"{name}{sign}" for name in _RECEPTOR_FORMS[kind]]
+    if kind in ("er", "pr") and value == "positive":
+        forms += [f"{name} weakly positive" for name in _RECEPTOR_FORMS[kind]]
+        forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [
+            f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]
+        ]
+        if facts.get("er") == facts.get("pr") == "positive":
+            forms += ["ER/PR positive", "ER/PR+", "ER and PR positive", "hormone receptor positive", "HR+"]
+    if kind in ("er", "pr") and value == "negative" and facts.get("er") == facts.get("pr") == "negative":
+        forms += ["ER/PR negative", "ER/PR-", "ER and PR negative", "hormone receptor negative", "HR-"]
+    if kind == "her2" and value == "positive":
+        forms += ["HER2 3+", "HER2 amplified", "FISH amplified", "ISH amplified", "HER2 2+ FISH amplified"]
+    if kind == "her2" and value == "negative":
+        forms += [
+            "HER2 0",
+            "HER2 1+",
+            "HER2 not amplified",
+            "FISH not amplified",
+            "FISH non-amplified",
+            "ISH not amplified",
+        ]
+    if kind == "her2" and value == "equivocal":
+        forms = ["HER2 equivocal", "HER2: equivocal", "HER2 2+ (equivocal)", "HER2 2+, equivocal"]
+    if value == "negative" and facts.get("er") == facts.get("pr") == facts.get("her2") == "negative":
+        forms += ["triple negative", "triple-negative"]
+    return tuple(forms)
+
+
 def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) -> tuple[str, ...]:
     """Phrasings that state `value` for `kind` (finding kinds: the names; `states` checks the polarity)."""
     facts = facts or {}
@@ -203,68 +265,13 @@ def surface_forms(kind: str, value: str, facts: dict[str, str] | None = None) ->
         cm = float(value.split()[0])
         return (value, f"{cm:g}cm", f"{round(cm * 10):d} mm")
     if kind in ("er", "pr", "her2"):
-        sign = {"positive": "+", "negative": "-"}.get(value)
-        forms = [f"{name} {value}" for name in _RECEPTOR_FORMS[kind]] + [
-            f"{name}-{value}" for name in _RECEPTOR_FORMS[kind]
-        ]
-        forms += [f"{name}: {value}" for name in _RECEPTOR_FORMS[kind]]
-        if sign:
-            forms += [f"{name}{sign}" for name in _RECEPTOR_FORMS[kind]]
-        if kind in ("er", "pr") and value == "positive":
-            forms += [f"{name} weakly positive" for name in _RECEPTOR_FORMS[kind]]
-            forms += [f"{name} low positive" for name in _RECEPTOR_FORMS[kind]] + [
-                f"{name} low-positive" for name in _RECEPTOR_FORMS[kind]
-            ]
-            if facts.get("er") == facts.get("pr") == "positive":
-                forms += ["ER/PR positive", "ER/PR+", "ER and PR positive", "hormone receptor positive", "HR+"]
-        if kind in ("er", "pr") and value == "negative" and facts.get("er") == facts.get("pr") == "negative":
-            forms += ["ER/PR negative", "ER/PR-", "ER and PR negative", "hormone receptor negative", "HR-"]
-        if kind == "her2" and value == "positive":
-            forms += ["HER2 3+", "HER2 amplified", "FISH amplified", "ISH amplified", "HER2 2+ FISH amplified"]
-        if kind == "her2" and value == "negative":
-            forms += [
-                "HER2 0",
-                "HER2 1+",
-                "HER2 not amplified",
-                "FISH not amplified",
-                "FISH non-amplified",
-                "ISH not amplified",
-            ]
-        if kind == "her2" and value == "equivocal":
-            forms = ["HER2 equivocal", "HER2: equivocal", "HER2 2+ (equivocal)", "HER2 2+, equivocal"]
-        if value == "negative" and facts.get("er") == facts.get("pr") == facts.get("her2") == "negative":
-            forms += ["triple negative", "triple-negative"]
-        return tuple(forms)
+        return _receptor_forms(kind, value, facts)
     if kind == "nodes":
         k, n = (int(x) for x in value.split("/"))
         forms = [value, f"{k} of {n}", f"{number_word(k)} of {number_word(n)}", f"{k}/{n}"]
         return tuple(dict.fromkeys(forms))
     if kind == "margins":
-        if value == "negative":
-            return (
-                "margins negative",
-                "margin negative",
-                "negative margins",
-                "margins free",
-                "margins clear",
-                "clear margins",
-                "margins: negative",
-                "margins uninvolved",
-                "margins are negative",
-                "margins not involved",
-            )
-        return (
-            "margins positive",
-            "margin positive",
-            "positive margin",
-            "positive margins",
-            "margin involved",
-            "margins involved",
-            "margins: positive",
-            "involved margin",
-            "margin: positive",
-            "margins are positive",
-        )
+        return _MARGIN_FORMS["negative" if value == "negative" else "positive"]
     if kind == "tils":
         pct = value
         return (
@@ -553,7 +560,8 @@ def _corrections(case: _Case, receptors: dict[str, str | None], other: str) -> d
 
 
 def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side: str, other: str) -> str:
-    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note (traps planted)."""
+    """The clinical history: a prior cancer of the other breast, the pre-treatment biopsy, or nothing of note
+    (traps planted)."""
     rng, f = case.rng, case.facts
     history_kind = (
         rng.choices(["contralateral", "plain", "family"], weights=[4, 3, 2])[0]
@@ -574,7 +582,8 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         history = (
             f"{age}-year-old woman with a history of {other} breast cancer ({prior_type}, grade {prior_grade}, "
             f"ER {prior_er}) treated by {prior_proc}{radiation} in {year}, now with a new {shown_side} breast mass "
-            f"found on screening mammography. {rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}"
+            "found on screening mammography. "
+            f"{rng.choice(['Core biopsy showed carcinoma.', 'Outside core biopsy reviewed.'])}"
         )
         case.features.add("history_contralateral")
         case.trap("laterality", other, "history")
@@ -593,7 +602,8 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         )
         history = (
             f"{age}-year-old woman with biopsy-proven {shown_side} breast {bx} on outside core biopsy, "
-            f"status post neoadjuvant chemotherapy ({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
+            "status post neoadjuvant chemotherapy "
+            f"({rng.choice(['AC-T', 'TCHP', 'dose-dense AC followed by paclitaxel'])}). "
             f"Clip placed in the tumor. Clinical partial response on MRI."
         )
         case.features.add("history_neoadjuvant")
@@ -602,10 +612,102 @@ def _history(case: _Case, scenario: str, corrections: dict[str, str], shown_side
         if f["histologic_type"] != IDC:
             case.trap("histologic_type", IDC, "history")
     elif history_kind == "family":
-        history = f"{age}-year-old woman, {shown_side} breast mass. Family history of breast cancer (mother, sister). BRCA testing pending."
+        history = (
+            f"{age}-year-old woman, {shown_side} breast mass. "
+            "Family history of breast cancer (mother, sister). BRCA testing pending."
+        )
     else:
-        history = f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; biopsy-proven carcinoma."
+        history = (
+            f"{shown_side.capitalize()} breast mass, {rng.randint(1, 4)}.{rng.randint(0, 9)} cm on ultrasound; "
+            "biopsy-proven carcinoma."
+        )
     return history
+
+
+def _invasive_lines(
+    case: _Case, scenario: str, shown: dict[str, str], lvi_name: str, noise: _Noise
+) -> tuple[list[str], bool]:
+    """The invasive tumour's diagnosis lines (type, grade and size, LVI, DCIS, LCIS), and whether its LCIS has
+    central necrosis; the type word is sometimes OCR'd, a trap."""
+    rng, f = case.rng, case.facts
+    a: list[str] = []
+    lcis_central = False
+    word = rng.choice(["INVASIVE", "INFILTRATING"])
+    kind_word = "DUCTAL" if f["histologic_type"] == IDC else "LOBULAR"
+    type_text = f"{word} {kind_word} CARCINOMA"
+    if f["histologic_type"] == IDC and rng.random() < 0.3:
+        type_text = "INVASIVE CARCINOMA OF NO SPECIAL TYPE (DUCTAL)"
+    if rng.random() < 0.35:  # the OCR'd type word that must never reach a summary
+        bad = rng.choice(["lNFILTRATING", "lNVASIVE", "1NVASIVE", "CARCINORNA", "DUCTA1", "L0BULAR"])
+        target = {
+            "lNFILTRATING": "INFILTRATING",
+            "lNVASIVE": "INVASIVE",
+            "1NVASIVE": "INVASIVE",
+            "CARCINORNA": "CARCINOMA",
+            "DUCTA1": "DUCTAL",
+            "L0BULAR": "LOBULAR",
+        }[bad]
+        if target in type_text:
+            type_text = type_text.replace(target, bad, 1)
+            noise.words.add(bad)
+            case.features.add("ocr_in_diagnosis")
+    prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
+    size = f["size"]
+    a.append(
+        f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, "
+        f"{rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
+        f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
+    )
+    if scenario == "neoadjuvant_residual":
+        a.append(
+            f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, "
+            f"TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
+        )
+    a.append(_status_phrase(rng, lvi_name, f["lvi"]))
+    if f["dcis"] == "present":
+        comedo = rng.random() < 0.5
+        a.append(
+            f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
+            f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
+            f"{rng.randint(5, 30)}% OF TUMOR"
+        )
+        if comedo and f["necrosis"] == "absent":
+            case.trap("necrosis", "present", "in_situ_necrosis")
+    else:
+        a.append(_status_phrase(rng, "DUCTAL CARCINOMA IN SITU", "absent"))
+    if f["lcis"] == "absent" and rng.random() < 0.5:
+        a.append(_status_phrase(rng, "LOBULAR CARCINOMA IN SITU", "absent"))
+    elif f["lcis"] == "absent":
+        del f["lcis"]  # not stated: not a fact of this report
+    if f.get("lcis") == "present":
+        lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
+        a.append(
+            f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
+        )
+        if lcis_central:
+            case.trap("necrosis", "present", "in_situ_necrosis")
+    return a, lcis_central
+
+
+def _margin_statement(case: _Case, invasive: bool, involved: str) -> str:
+    """The tumour part's margin line: negative in one of three phrasings, or the lesion at the involved margin."""
+    rng = case.rng
+    if case.facts["margins"] == "negative":
+        return rng.choice(
+            [
+                f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} "
+                f"AT {rng.randint(1, 15)} MM",
+                "SURGICAL MARGINS FREE OF CARCINOMA",
+                f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
+            ]
+        )
+    lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
+    return rng.choice(
+        [
+            f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
+            f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN",
+        ]
+    )
 
 
 def _part_a(
@@ -619,189 +721,126 @@ def _part_a(
     if scenario == "no_residual_invasive":
         a.append("NO RESIDUAL INVASIVE CARCINOMA IDENTIFIED (ypT0 FOR THE INVASIVE COMPONENT)")
         a.append(
-            f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, CRIBRIFORM TYPE, "
-            f"SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
+            f"RESIDUAL DUCTAL CARCINOMA IN SITU, {rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE, "
+            f"CRIBRIFORM TYPE, SPANNING 0.{rng.randint(2, 9)} CM (ypTis)"
         )
         a.append(
-            f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, CONSISTENT WITH TREATMENT EFFECT"
+            f"TUMOR BED WITH FIBROSIS AND HEMOSIDERIN-LADEN MACROPHAGES, {rng.uniform(1.5, 4.0):.1f} CM, "
+            "CONSISTENT WITH TREATMENT EFFECT"
         )
         a.append(_status_phrase(rng, lvi_name, "absent"))
     elif scenario == "dcis_only":
         nec = ", WITH CENTRAL COMEDONECROSIS" if f["necrosis"] == "present" else ", WITHOUT NECROSIS"
         a.append(
             f"DUCTAL CARCINOMA IN SITU, {rng.choice(['HIGH', 'INTERMEDIATE'])} NUCLEAR GRADE, "
-            f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, SPANNING {rng.uniform(0.5, 4.5):.1f} CM"
+            f"{rng.choice(['SOLID AND CRIBRIFORM', 'CRIBRIFORM', 'SOLID'])} TYPES{nec}, "
+            f"SPANNING {rng.uniform(0.5, 4.5):.1f} CM"
         )
         a.append(rng.choice(["NO INVASIVE CARCINOMA IDENTIFIED", "NEGATIVE FOR INVASIVE CARCINOMA"]))
         a.append(_status_phrase(rng, lvi_name, "absent"))
         case.trap("histologic_type", IDC, "in_situ_only")
     else:
-        word = rng.choice(["INVASIVE", "INFILTRATING"])
-        kind_word = "DUCTAL" if f["histologic_type"] == IDC else "LOBULAR"
-        type_text = f"{word} {kind_word} CARCINOMA"
-        if f["histologic_type"] == IDC and rng.random() < 0.3:
-            type_text = "INVASIVE CARCINOMA OF NO SPECIAL TYPE (DUCTAL)"
-        if rng.random() < 0.35:  # the OCR'd type word that must never reach a summary
-            bad = rng.choice(["lNFILTRATING", "lNVASIVE", "1NVASIVE", "CARCINORNA", "DUCTA1", "L0BULAR"])
-            target = {
-                "lNFILTRATING": "INFILTRATING",
-                "lNVASIVE": "INVASIVE",
-                "1NVASIVE": "INVASIVE",
-                "CARCINORNA": "CARCINOMA",
-                "DUCTA1": "DUCTAL",
-                "L0BULAR": "LOBULAR",
-            }[bad]
-            if target in type_text:
-                type_text = type_text.replace(target, bad, 1)
-                noise.words.add(bad)
-                case.features.add("ocr_in_diagnosis")
-        prefix = "RESIDUAL " if scenario == "neoadjuvant_residual" else ""
-        size = f["size"]
-        a.append(
-            f"{prefix}{type_text}, {_grade_text(rng, shown['grade'])}, {rng.choice(['MEASURING', 'SIZE', ''])} {size.upper()}"
-            f"{' IN GREATEST DIMENSION' if rng.random() < 0.5 else ''}".replace("  ", " ")
-        )
-        if scenario == "neoadjuvant_residual":
-            a.append(
-                f"TREATMENT EFFECT PRESENT; RESIDUAL CANCER CELLULARITY ABOUT {rng.randint(5, 60)}%, TUMOR BED {float(size.split()[0]) + rng.uniform(0.8, 2.5):.1f} CM"
-            )
-        a.append(_status_phrase(rng, lvi_name, f["lvi"]))
-        if f["dcis"] == "present":
-            comedo = rng.random() < 0.5
-            a.append(
-                f"DUCTAL CARCINOMA IN SITU, {rng.choice(['CRIBRIFORM', 'SOLID', 'MICROPAPILLARY'])} TYPE, "
-                f"{rng.choice(['INTERMEDIATE', 'HIGH'])} NUCLEAR GRADE{', WITH COMEDONECROSIS' if comedo else ''}, "
-                f"{rng.randint(5, 30)}% OF TUMOR"
-            )
-            if comedo and f["necrosis"] == "absent":
-                case.trap("necrosis", "present", "in_situ_necrosis")
-        else:
-            a.append(_status_phrase(rng, "DUCTAL CARCINOMA IN SITU", "absent"))
-        if f["lcis"] == "absent" and rng.random() < 0.5:
-            a.append(_status_phrase(rng, "LOBULAR CARCINOMA IN SITU", "absent"))
-        elif f["lcis"] == "absent":
-            del f["lcis"]  # not stated: not a fact of this report
-        if f.get("lcis") == "present":
-            lcis_central = f["necrosis"] == "absent" and rng.random() < 0.6
-            a.append(
-                f"LOBULAR CARCINOMA IN SITU, {'PLEOMORPHIC TYPE WITH CENTRAL NECROSIS' if lcis_central else 'CLASSIC TYPE'}"
-            )
-            if lcis_central:
-                case.trap("necrosis", "present", "in_situ_necrosis")
+        invasive_lines, lcis_central = _invasive_lines(case, scenario, shown, lvi_name, noise)
+        a += invasive_lines
     if f.get("lcis") == "present" and not invasive:
         a.append("LOBULAR CARCINOMA IN SITU, CLASSIC TYPE, FOCAL")
-    if f["margins"] == "negative":
-        a.append(
-            rng.choice(
-                [
-                    f"MARGINS NEGATIVE; CLOSEST MARGIN {rng.choice(['ANTERIOR', 'POSTERIOR', 'SUPERIOR'])} AT {rng.randint(1, 15)} MM",
-                    "SURGICAL MARGINS FREE OF CARCINOMA",
-                    f"ALL MARGINS NEGATIVE (CLOSEST {rng.randint(2, 12)} MM, INFERIOR)",
-                ]
-            )
-        )
-    else:
-        lesion = "INVASIVE CARCINOMA" if invasive else "DUCTAL CARCINOMA IN SITU"
-        a.append(
-            rng.choice(
-                [
-                    f"{lesion} EXTENDS TO THE INKED {involved} MARGIN (MARGIN POSITIVE)",
-                    f"MARGINS POSITIVE: {lesion} AT THE {involved} MARGIN",
-                ]
-            )
-        )
+    a.append(_margin_statement(case, invasive, involved))
     return a, lcis_central
 
 
-def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
-    case = _plan(rng)
-    f = case.facts
-    scenario = next(
-        s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features
-    )
-    receptors = _receptor_plan(case, scenario)
-    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
-    other = "right" if f["laterality"] == "left" else "left"
-    invasive = scenario in ("invasive", "neoadjuvant_residual")
-    part_style = rng.choice(_PART_STYLES)
-    lvi_name = rng.choice(_LVI_NAMES)
-    case.features.add(f"part_style:{part_style}")
+@dataclass
+class _Parts:
+    """A case's specimen parts (letter, label) and how the report names them."""
 
-    corrections = _corrections(case, receptors, other)
-    shown = {**f, **corrections}  # what the body of the report says
-    shown_side = shown["laterality"]
+    style: str
+    labels: list[tuple[str, str]]
+    node_lines: list[tuple[str, str, str]]  # (letter, label, diagnosis line)
+    synoptic_nodes: str
+    margin: str | None  # the extra margin part's letter, if any
 
-    history = _history(case, scenario, corrections, shown["laterality"], other)
+    def id(self, letter: str) -> str:
+        return _part_id(letter, self.style)
 
-    # specimen parts; a positive margin is never the one an extra margin part re-excises (that would clear it)
-    involved = rng.choice(_DIRECTIONS)
-    proc = f["procedure"]
-    parts: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {proc.upper()}")]
-    node_lines, synoptic_nodes = _nodes(case, parts)
-    extra_margin = rng.random() < 0.7 or (f["dcis"] == "present")
-    margin_part = None
-    if extra_margin:
-        margin_part = "ABCDEFG"[len(parts)]
-        parts.append(
-            (
-                margin_part,
-                f"ADDITIONAL {rng.choice([d for d in _DIRECTIONS if d != involved])} MARGIN, {shown_side.upper()} BREAST",
-            )
-        )
-    if f["dcis"] == "present" and margin_part:
+    def heading(self, letter: str) -> str:
+        return _part_heading(letter, self.style)
+
+
+def _specimen_parts(case: _Case, style: str, shown_side: str, involved: str) -> _Parts:
+    """The tumour part, the node parts and maybe an extra margin part; a positive margin is never the one the
+    extra margin part re-excises (that would clear it)."""
+    rng, f = case.rng, case.facts
+    labels: list[tuple[str, str]] = [("A", f"{shown_side.upper()} BREAST, {f['procedure'].upper()}")]
+    node_lines, synoptic_nodes = _nodes(case, labels)
+    margin = None
+    if rng.random() < 0.7 or (f["dcis"] == "present"):
+        margin = "ABCDEFG"[len(labels)]
+        direction = rng.choice([d for d in _DIRECTIONS if d != involved])
+        labels.append((margin, f"ADDITIONAL {direction} MARGIN, {shown_side.upper()} BREAST"))
+    if f["dcis"] == "present" and margin:
         case.trap("dcis", "absent", "negative_part")
-    case.features.add(f"parts:{len(parts)}")
+    case.features.add(f"parts:{len(labels)}")
+    return _Parts(style, labels, node_lines, synoptic_nodes, margin)
 
-    a, lcis_central = _part_a(case, scenario, shown, lvi_name, involved, noise)
-    margin_line = (
-        "BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
-        if rng.random() < 0.6
-        else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE"
+
+def _her2_line(case: _Case, ihc: str | None, corrected: bool) -> str:
+    """The HER2 result as the diagnosis writes it; an equivocal IHC score is settled by FISH, or by an addendum."""
+    rng, f = case.rng, case.facts
+    if ihc != "2+":
+        return f"HER2 (IHC): {f['her2'].upper()} (SCORE {ihc})"
+    ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
+    fish = "AMPLIFIED" if f["her2"] == "positive" else "NOT AMPLIFIED"
+    case.features.add(f"her2_ish:{f['her2']}")
+    case.trap("her2", "equivocal", "her2_ish")
+    if corrected:
+        return "HER2 (IHC, 4B5): EQUIVOCAL (2+); HER2 FISH HAS BEEN REQUESTED AND WILL BE REPORTED IN AN ADDENDUM"
+    return f"HER2 (IHC): EQUIVOCAL (SCORE 2+). HER2 FISH: {fish} (HER2/CEP17 RATIO {ratio}); HER2 {f['her2'].upper()}"
+
+
+def _receptor_text(
+    case: _Case, receptors: dict[str, str | None], shown: dict[str, str], corrections: dict[str, str]
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The receptor lines (placed in the diagnosis, ancillary studies or an addendum) and, per kind, its
+    (diagnosis line, table value): one draw per case, so every place states the same phrase."""
+    rng = case.rng
+    lines: list[str] = []
+    phrases: dict[str, tuple[str, str]] = {}
+    if not receptors:
+        return lines, phrases
+    for kind in ("er", "pr"):
+        if receptors.get(kind) is None:
+            continue
+        weak = receptors.get(f"{kind}_weak")
+        if weak:
+            case.features.add(f"weak:{weak}")
+            case.trap(kind, "negative" if weak != "lt1" else "positive", "weak_receptor")
+        phrases[kind] = _pct_phrase(rng, kind, shown[kind], weak)
+        lines.append(phrases[kind][0])
+    if receptors.get("her2") is not None:
+        lines.append(_her2_line(case, receptors["her2_ihc"], "her2" in corrections))
+    return lines, phrases
+
+
+def _til_line(case: _Case) -> str | None:
+    """The stromal TIL estimate in one of its phrasings, when the case states one."""
+    f = case.facts
+    if "tils" not in f:
+        return None
+    line = case.rng.choice(
+        [
+            f"Stromal TILs: {f['tils']}",
+            f"Tumor-infiltrating lymphocytes (stromal): approximately {f['tils']}",
+            f"TILs estimated at {f['tils']} of the stromal area",
+        ]
     )
+    case.features.add("tils")
+    return line
 
-    # receptor text (in the diagnosis, in ancillary studies, or reported in an addendum)
-    receptor_lines: list[str] = []
-    receptor_phrases: dict[str, tuple[str, str]] = {}  # kind -> (diagnosis line, table value), one draw per case
-    if receptors:
-        for kind in ("er", "pr"):
-            if receptors.get(kind) is None:
-                continue
-            weak = receptors.get(f"{kind}_weak")
-            if weak:
-                case.features.add(f"weak:{weak}")
-                case.trap(kind, "negative" if weak != "lt1" else "positive", "weak_receptor")
-            receptor_phrases[kind] = _pct_phrase(rng, kind, shown[kind], weak)
-            receptor_lines.append(receptor_phrases[kind][0])
-        if receptors.get("her2") is not None:
-            ihc = receptors["her2_ihc"]
-            if ihc == "2+":
-                ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
-                fish = "AMPLIFIED" if f["her2"] == "positive" else "NOT AMPLIFIED"
-                case.features.add(f"her2_ish:{f['her2']}")
-                case.trap("her2", "equivocal", "her2_ish")
-                if "her2" in corrections:
-                    receptor_lines.append(
-                        "HER2 (IHC, 4B5): EQUIVOCAL (2+); HER2 FISH HAS BEEN REQUESTED AND WILL BE REPORTED IN AN ADDENDUM"
-                    )
-                else:
-                    receptor_lines.append(
-                        f"HER2 (IHC): EQUIVOCAL (SCORE 2+). HER2 FISH: {fish} (HER2/CEP17 RATIO {ratio}); "
-                        f"HER2 {f['her2'].upper()}"
-                    )
-            else:
-                receptor_lines.append(f"HER2 (IHC): {f['her2'].upper()} (SCORE {ihc})")
 
-    # TILs and the microscopic description
-    til_line = None
-    if "tils" in f:
-        til_line = rng.choice(
-            [
-                f"Stromal TILs: {f['tils']}",
-                f"Tumor-infiltrating lymphocytes (stromal): approximately {f['tils']}",
-                f"TILs estimated at {f['tils']} of the stromal area",
-            ]
-        )
-        case.features.add("tils")
+def _microscopic(
+    case: _Case, invasive: bool, lcis_central: bool, til_line: str | None, parts: _Parts, noise: _Noise
+) -> list[str]:
+    """The microscopic description; about half its sentences get OCR noise."""
+    rng, f = case.rng, case.facts
     micro = []
     if invasive:
         growth = "single files and targetoid arrays" if f["histologic_type"] == ILC else "nests, cords and glands"
@@ -831,116 +870,138 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             + " No stromal invasion is seen on multiple levels and keratin stains."
         )
     micro.append(
-        f"Part {_part_id(margin_part, part_style)} consists of benign breast tissue."
-        if margin_part
+        f"Part {parts.id(parts.margin)} consists of benign breast tissue."
+        if parts.margin
         else "The remaining parts are described below."
     )
-    micro = [noise(m) if rng.random() < 0.5 else m for m in micro]
+    return [noise(m) if rng.random() < 0.5 else m for m in micro]
 
-    # synoptic
-    syn = []
-    if invasive or rng.random() < 0.7:
-        syn.append(rng.choice(["SYNOPTIC REPORT - BREAST (CAP protocol)", "CANCER CASE SUMMARY", "Checklist:"]))
-        syn.append(f"Procedure: {proc.capitalize()}")
-        syn.append(f"Specimen laterality: {shown_side.capitalize()}")
-        if invasive:
-            syn.append(f"Histologic type: {f['histologic_type'].capitalize()}")
-            syn.append(f"Histologic grade (Nottingham): {shown['grade']}")
-            syn.append(f"Tumor size: {f['size']}")
+
+def _synoptic(
+    case: _Case,
+    scenario: str,
+    shown: dict[str, str],
+    til_line: str | None,
+    parts: _Parts,
+    receptor_phrases: dict[str, tuple[str, str]],
+) -> list[str]:
+    """The CAP-style synoptic summary (always for invasive cases, usually for the others)."""
+    rng, f = case.rng, case.facts
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
+    if not (invasive or rng.random() < 0.7):
+        return []
+    syn = [rng.choice(["SYNOPTIC REPORT - BREAST (CAP protocol)", "CANCER CASE SUMMARY", "Checklist:"])]
+    syn.append(f"Procedure: {f['procedure'].capitalize()}")
+    syn.append(f"Specimen laterality: {shown['laterality'].capitalize()}")
+    if invasive:
+        syn.append(f"Histologic type: {f['histologic_type'].capitalize()}")
+        syn.append(f"Histologic grade (Nottingham): {shown['grade']}")
+        syn.append(f"Tumor size: {f['size']}")
+        absent = ["Not identified", "Absent", "Not identified in the invasive component"]
+        syn.append(f"Tumor necrosis: {'Present' if f['necrosis'] == 'present' else rng.choice(absent)}")
+        syn.append(f"Lymphovascular invasion: {'Present' if f['lvi'] == 'present' else 'Not identified'}")
+        syn.append(f"Ductal carcinoma in situ: {'Present' if f['dcis'] == 'present' else 'Not identified'}")
+        if til_line:
+            syn.append(f"Stromal TILs: {f['tils']}")
+    else:
+        syn.append(
+            "Histologic type: Ductal carcinoma in situ"
+            + (" (residual, post-treatment)" if scenario != "dcis_only" else "")
+        )
+        if "necrosis" in f:
             syn.append(
-                f"Tumor necrosis: {'Present' if f['necrosis'] == 'present' else rng.choice(['Not identified', 'Absent', 'Not identified in the invasive component'])}"
+                f"Necrosis: {'Present (central, comedo-type)' if f['necrosis'] == 'present' else 'Not identified'}"
             )
-            syn.append(f"Lymphovascular invasion: {'Present' if f['lvi'] == 'present' else 'Not identified'}")
-            syn.append(f"Ductal carcinoma in situ: {'Present' if f['dcis'] == 'present' else 'Not identified'}")
-            if til_line:
-                syn.append(f"Stromal TILs: {f['tils']}")
-        else:
-            syn.append(
-                "Histologic type: Ductal carcinoma in situ"
-                + (" (residual, post-treatment)" if scenario != "dcis_only" else "")
-            )
-            if "necrosis" in f:
-                syn.append(
-                    f"Necrosis: {'Present (central, comedo-type)' if f['necrosis'] == 'present' else 'Not identified'}"
-                )
-        syn.append(f"Margins: {'Negative for carcinoma' if f['margins'] == 'negative' else 'Positive (involved)'}")
-        syn.append(f"Regional lymph nodes: {synoptic_nodes}")
-        if rng.random() < 0.5:
-            syn += [f"{kind.upper()}: {value}" for kind, (_, value) in receptor_phrases.items()]
+    syn.append(f"Margins: {'Negative for carcinoma' if f['margins'] == 'negative' else 'Positive (involved)'}")
+    syn.append(f"Regional lymph nodes: {parts.synoptic_nodes}")
+    if rng.random() < 0.5:
+        syn += [f"{kind.upper()}: {value}" for kind, (_, value) in receptor_phrases.items()]
+    return syn
 
-    # addendum text: the receptor results when reported late, and every correction
-    addendum = []
-    for kind, old in corrections.items():
-        new = f[kind]
-        if kind in ("er", "pr"):
-            name = {"er": "estrogen receptor", "pr": "progesterone receptor"}[kind]
-            extra = (
-                " The tumor is therefore triple negative."
-                if f.get("er") == f.get("pr") == f.get("her2") == "negative"
-                and kind == [k for k in corrections if k in ("er", "pr")][-1]
-                else ""
-            )  # said once, after the last
-            addendum.append(
-                rng.choice(
-                    [
-                        f"The {name} result in the original report was recorded in error as {old}. Corrected result: {kind.upper()} {new.upper()} "
-                        f"({'0%' if new == 'negative' else '85%, strong'}).{extra}",
-                        f"{name.capitalize()} was repeated on block A{rng.randint(2, 6)} with appropriate controls: {new.upper()}. "
-                        f"This supersedes the result reported above.{extra}",
-                    ]
-                )
-            )
-        elif kind == "grade":
-            addendum.append(
-                f"On review at the breast tumor board, the Nottingham histologic grade is revised from grade {old} to grade {new}. "
-                "The remaining diagnosis is unchanged."
-            )
-        elif kind == "laterality":
-            addendum.append(
-                f"AMENDED: the specimen laterality was transcribed incorrectly as {old.upper()}. All parts of this case are from the "
-                f"{new.upper()} breast. The diagnoses are otherwise unchanged."
-            )
-        else:
-            ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
-            addendum.append(
-                f"HER2 FISH (block A{rng.randint(2, 6)}): HER2/CEP17 ratio {ratio}, average HER2 copy number "
-                f"{rng.uniform(2, 9):.1f} per cell: {'AMPLIFIED. HER2 POSITIVE' if f['her2'] == 'positive' else 'NOT AMPLIFIED. HER2 NEGATIVE'} "
-                "(ASCO/CAP 2018)."
-            )
-    receptors_in_addendum = bool(receptor_lines) and rng.random() < 0.35
-    if corrections:
-        case.features.add("addendum_correction")
 
-    # gross description (distractor sizes) and intraoperative consultation
+def _correction(case: _Case, corrections: dict[str, str], kind: str, old: str) -> str:
+    """The addendum sentence that corrects `kind` from `old` to the true value."""
+    rng, f = case.rng, case.facts
+    new = f[kind]
+    if kind in ("er", "pr"):
+        name = {"er": "estrogen receptor", "pr": "progesterone receptor"}[kind]
+        extra = (
+            " The tumor is therefore triple negative."
+            if f.get("er") == f.get("pr") == f.get("her2") == "negative"
+            and kind == [k for k in corrections if k in ("er", "pr")][-1]
+            else ""
+        )  # said once, after the last
+        return rng.choice(
+            [
+                f"The {name} result in the original report was recorded in error as {old}. "
+                f"Corrected result: {kind.upper()} {new.upper()} "
+                f"({'0%' if new == 'negative' else '85%, strong'}).{extra}",
+                f"{name.capitalize()} was repeated on block A{rng.randint(2, 6)} with appropriate controls: "
+                f"{new.upper()}. This supersedes the result reported above.{extra}",
+            ]
+        )
+    if kind == "grade":
+        return (
+            "On review at the breast tumor board, the Nottingham histologic grade is revised "
+            f"from grade {old} to grade {new}. The remaining diagnosis is unchanged."
+        )
+    if kind == "laterality":
+        return (
+            f"AMENDED: the specimen laterality was transcribed incorrectly as {old.upper()}. "
+            f"All parts of this case are from the {new.upper()} breast. The diagnoses are otherwise unchanged."
+        )
+    ratio = f"{rng.uniform(2.2, 5.0):.1f}" if f["her2"] == "positive" else f"{rng.uniform(1.1, 1.8):.1f}"
+    verdict = "AMPLIFIED. HER2 POSITIVE" if f["her2"] == "positive" else "NOT AMPLIFIED. HER2 NEGATIVE"
+    return (
+        f"HER2 FISH (block A{rng.randint(2, 6)}): HER2/CEP17 ratio {ratio}, average HER2 copy number "
+        f"{rng.uniform(2, 9):.1f} per cell: {verdict} "
+        "(ASCO/CAP 2018)."
+    )
+
+
+def _gross(case: _Case, parts: _Parts, shown_side: str, invasive: bool, noise: _Noise) -> list[str]:
+    """The gross description, full of sizes that are not the tumour size."""
+    rng = case.rng
     gross = [
         noise(
-            f"{_part_id('A', part_style)}. Received fresh labeled '{shown_side} breast' is a {proc} specimen, {rng.uniform(8, 22):.1f} x "
-            f"{rng.uniform(6, 15):.1f} x {rng.uniform(2, 6):.1f} cm. Inked: superior blue, inferior green, deep black. "
-            f"Sectioning shows a firm tan-white {'tumor bed' if not invasive else 'mass'} measuring {rng.uniform(0.8, 5.5):.1f} cm, "
-            f"{rng.randint(2, 20)} mm from the deep margin. Representative sections in A1-A{rng.randint(6, 18)}."
+            f"{parts.id('A')}. Received fresh labeled '{shown_side} breast' is a {case.facts['procedure']} specimen, "
+            f"{rng.uniform(8, 22):.1f} x {rng.uniform(6, 15):.1f} x {rng.uniform(2, 6):.1f} cm. "
+            "Inked: superior blue, inferior green, deep black. "
+            f"Sectioning shows a firm tan-white {'tumor bed' if not invasive else 'mass'} measuring "
+            f"{rng.uniform(0.8, 5.5):.1f} cm, {rng.randint(2, 20)} mm from the deep margin. "
+            f"Representative sections in A1-A{rng.randint(6, 18)}."
         )
     ]
-    for letter, label in parts[1:]:
+    for letter, label in parts.labels[1:]:
         gross.append(
             noise(
-                f"{_part_id(letter, part_style)}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
-                f"{rng.uniform(1, 8):.1f} x {rng.uniform(1, 5):.1f} cm. Entirely submitted in {letter}1-{letter}{rng.randint(2, 6)}."
+                f"{parts.id(letter)}. Received in formalin labeled '{label.lower()}' is fibroadipose tissue, "
+                f"{rng.uniform(1, 8):.1f} x {rng.uniform(1, 5):.1f} cm. "
+                f"Entirely submitted in {letter}1-{letter}{rng.randint(2, 6)}."
             )
         )
-    intraop = None
-    if rng.random() < 0.45:
-        fs = "NEGATIVE FOR CARCINOMA" if f["nodes"].startswith("0/") else "POSITIVE FOR METASTATIC CARCINOMA"
-        intraop = (
-            f"FSB1 (sentinel node, touch prep and frozen section): {fs}. Called to the operating room by Dr. Example."
-        )
-        if (
-            f["margins"] == "positive" and rng.random() < 0.6
-        ):  # the frozen section missed what the permanent sections show
-            intraop += " FSA1 (closest margin, frozen section): NEGATIVE FOR CARCINOMA; FINAL DIAGNOSIS DEFERRED TO PERMANENT SECTIONS."
-            case.trap("margins", "negative", "intraoperative")
+    return gross
 
-    # put the report together
-    heads = {
+
+def _intraop(case: _Case) -> str | None:
+    """The intraoperative consultation, when there was one; its frozen section may miss a positive margin."""
+    rng, f = case.rng, case.facts
+    if rng.random() >= 0.45:
+        return None
+    fs = "NEGATIVE FOR CARCINOMA" if f["nodes"].startswith("0/") else "POSITIVE FOR METASTATIC CARCINOMA"
+    intraop = f"FSB1 (sentinel node, touch prep and frozen section): {fs}. Called to the operating room by Dr. Example."
+    if f["margins"] == "positive" and rng.random() < 0.6:  # the frozen section missed what the permanent sections show
+        intraop += (
+            " FSA1 (closest margin, frozen section): NEGATIVE FOR CARCINOMA; "
+            "FINAL DIAGNOSIS DEFERRED TO PERMANENT SECTIONS."
+        )
+        case.trap("margins", "negative", "intraoperative")
+    return intraop
+
+
+def _headings(rng: random.Random) -> dict[str, str]:
+    """Each section's heading, in one of the wordings reports use."""
+    return {
         "history": rng.choice(["CLINICAL HISTORY:", "Clinical Information:", "HISTORY:", "Clinical Data:"]),
         "specimens": rng.choice(["SPECIMENS RECEIVED:", "Specimen(s):", "SOURCE OF SPECIMEN:", "Specimens submitted:"]),
         "gross": rng.choice(["GROSS DESCRIPTION:", "Gross Examination:", "MACROSCOPIC DESCRIPTION:"]),
@@ -960,54 +1021,53 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
             ]
         ),
     }
-    sections: dict[str, list[str]] = {
-        "history": [heads["history"], noise(history)],
-        "specimens": [
-            heads["specimens"],
-            *[f"{_part_id(letter, part_style)}: {label.title()}" for letter, label in parts],
-        ],
-        "gross": [heads["gross"], *gross],
-        "intraop": [heads["intraop"], intraop] if intraop else [],
-        "micro": [heads["micro"], *micro],
-    }
-    diagnosis = [
-        heads["diagnosis"],
-        f"{_part_heading('A', part_style)} {parts[0][1]}:",
-        *[f"   - {line}." for line in a],
-    ]
-    if receptor_lines and not receptors_in_addendum and rng.random() < 0.5:
+
+
+def _diagnosis(
+    rng: random.Random,
+    heading: str,
+    parts: _Parts,
+    part_a: list[str],
+    receptor_lines: list[str],
+    til_line: str | None,
+    margin_line: str,
+) -> tuple[list[str], bool]:
+    """The final diagnosis per part, and whether it states the receptor lines (about half the time)."""
+    diagnosis = [heading, f"{parts.heading('A')} {parts.labels[0][1]}:", *[f"   - {line}." for line in part_a]]
+    stated = bool(receptor_lines) and rng.random() < 0.5
+    if stated:
         diagnosis += [f"   - {line}." for line in receptor_lines]
-        receptor_lines_left: list[str] = []
-    else:
-        receptor_lines_left = receptor_lines
-    for letter, label, text in node_lines:
-        diagnosis += [f"{_part_heading(letter, part_style)} {label}:", f"   - {text}."]
-    if margin_part:
-        diagnosis += [f"{_part_heading(margin_part, part_style)} {dict(parts)[margin_part]}:", f"   - {margin_line}."]
+    for letter, label, text in parts.node_lines:
+        diagnosis += [f"{parts.heading(letter)} {label}:", f"   - {text}."]
+    if parts.margin:
+        diagnosis += [f"{parts.heading(parts.margin)} {dict(parts.labels)[parts.margin]}:", f"   - {margin_line}."]
     if til_line and rng.random() < 0.5:
         diagnosis += [f"NOTE: {til_line}."]
-    sections["diagnosis"] = diagnosis
-    sections["synoptic"] = syn
-    sections["comment"] = [
-        heads["comment"],
+    return diagnosis, stated
+
+
+def _comment(heading: str, rng: random.Random, noise: _Noise) -> list[str]:
+    return [
+        heading,
         noise(
             rng.choice(
                 [
                     "Controls stain appropriately. The case was reviewed with a second pathologist, who concurs.",
-                    "Results were discussed with the surgeon on the day of sign-out. Prior material reviewed where available.",
+                    "Results were discussed with the surgeon on the day of sign-out. "
+                    "Prior material reviewed where available.",
                     "Tumor board presentation requested. Block A3 is the best block for further studies.",
                 ]
             )
         ),
     ]
-    if receptor_lines_left and not receptors_in_addendum:
-        sections["ancillary"] = [heads["ancillary"], *receptor_lines_left]
-    addendum_lines = []
-    if receptors_in_addendum and receptor_lines_left:
-        addendum_lines += [f"Hormone receptor and HER2 studies (block A{rng.randint(2, 6)}):", *receptor_lines_left]
-    addendum_lines += addendum
-    amended_top = bool(addendum) and rng.random() < 0.25
 
+
+def _assemble(
+    case_id: str, rng: random.Random, sections: dict[str, list[str]], addendum: list[str], heading: str, corrected: bool
+) -> str:
+    """The report: a header, the sections in one of three orders, the addendum (at the top of some reports that
+    correct a result, otherwise after the sections) and the signature."""
+    amended_top = corrected and rng.random() < 0.25
     order = rng.choice(
         [
             ["history", "specimens", "intraop", "gross", "micro", "diagnosis", "synoptic", "comment", "ancillary"],
@@ -1018,24 +1078,38 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     lines = [
         "*** SYNTHETIC HARD REPORT - MADE UP BY histoldm FOR TESTING - NOT PATIENT DATA ***",
         rng.choice(["SURGICAL PATHOLOGY REPORT", "Surgical Pathology Consultation Report", "PATHOLOGY REPORT - FINAL"]),
-        f"Case: {case_id}    Accession: S10-{rng.randint(1000, 99999)}    Collected: {rng.randint(1, 12):02d}/{rng.randint(10, 28)}/2010",
+        f"Case: {case_id}    Accession: S10-{rng.randint(1000, 99999)}    "
+        f"Collected: {rng.randint(1, 12):02d}/{rng.randint(10, 28)}/2010",
         "Pathology Department, 100 Example Street, Sample City, ST 00000",
         "",
     ]
     if amended_top:
-        lines += ["**AMENDED REPORT** Reason for amendment:", *addendum_lines, ""]
+        lines += ["**AMENDED REPORT** Reason for amendment:", *addendum, ""]
     for name in order:
         if sections.get(name):
             lines += [*sections[name], ""]
-    if addendum_lines and not amended_top:
-        lines += [heads["addendum"], *addendum_lines, ""]
+    if addendum and not amended_top:
+        lines += [heading, *addendum, ""]
     lines.append(f"Electronically signed by {rng.choice(['A. Synthetic, MD', 'B. Example, MD', 'D. Fictional, MD'])}")
-    text = _fit_length("\n".join(lines), rng, noise)
-    if noise.words:
-        for word in sorted(noise.words):
-            if re.search(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text):
-                case.traps.append(Trap("ocr", word, "ocr"))
-                case.features.add("trap:ocr:ocr")
+    return "\n".join(lines)
+
+
+def _ocr_traps(case: _Case, noise: _Noise, text: str) -> None:
+    """Each OCR'd word that made it into the final text is a trap: a summary must not copy it."""
+    for word in sorted(noise.words):
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text):
+            case.traps.append(Trap("ocr", word, "ocr"))
+            case.features.add("trap:ocr:ocr")
+
+
+def _notes(
+    case: _Case,
+    receptors: dict[str, str | None],
+    receptor_phrases: dict[str, tuple[str, str]],
+    corrections: dict[str, str],
+) -> dict[str, str]:
+    """kind -> the report's short qualifier of the fact (a weak receptor's percent, the HER2 score, pN1mi)."""
+    f = case.facts
     notes = {
         kind: re.sub(r", [a-z ]+\)$", ")", value)
         for kind, (_, value) in receptor_phrases.items()
@@ -1049,21 +1123,89 @@ def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
     notation = next(x.split(":")[1] for x in case.features if x.startswith("nodes:"))
     if notation in ("pn1mi", "itc"):
         notes["nodes"] = {"pn1mi": "pN1mi", "itc": "pN0(i+)"}[notation]
+    return notes
+
+
+def make_hard_report(case_id: str, rng: random.Random) -> HardReport:
+    """One hard report: plan the case's facts, then write each section (the draws from `rng` in a fixed order)."""
+    case = _plan(rng)
+    f = case.facts
+    scenario = next(
+        s for s in ("invasive", "neoadjuvant_residual", "no_residual_invasive", "dcis_only") if s in case.features
+    )
+    receptors = _receptor_plan(case, scenario)
+    noise = _Noise(rng, rng.choice([0.0, 0.02, 0.05]))
+    other = "right" if f["laterality"] == "left" else "left"
+    invasive = scenario in ("invasive", "neoadjuvant_residual")
+    part_style = rng.choice(_PART_STYLES)
+    lvi_name = rng.choice(_LVI_NAMES)
+    case.features.add(f"part_style:{part_style}")
+
+    corrections = _corrections(case, receptors, other)
+    shown = {**f, **corrections}  # what the body of the report says
+    shown_side = shown["laterality"]
+    history = _history(case, scenario, corrections, shown["laterality"], other)
+
+    involved = rng.choice(_DIRECTIONS)
+    parts = _specimen_parts(case, part_style, shown_side, involved)
+    part_a, lcis_central = _part_a(case, scenario, shown, lvi_name, involved, noise)
+    margin_line = (
+        "BENIGN BREAST TISSUE WITH FIBROCYSTIC CHANGE; NEGATIVE FOR DUCTAL CARCINOMA IN SITU AND INVASIVE CARCINOMA"
+        if rng.random() < 0.6
+        else "NO DCIS OR INVASIVE CARCINOMA IDENTIFIED IN THE ADDITIONAL TISSUE"
+    )
+    receptor_lines, receptor_phrases = _receptor_text(case, receptors, shown, corrections)
+    til_line = _til_line(case)
+    micro = _microscopic(case, invasive, lcis_central, til_line, parts, noise)
+    synoptic = _synoptic(case, scenario, shown, til_line, parts, receptor_phrases)
+    addendum = [_correction(case, corrections, kind, old) for kind, old in corrections.items()]
+    receptors_in_addendum = bool(receptor_lines) and rng.random() < 0.35
+    if corrections:
+        case.features.add("addendum_correction")
+    gross = _gross(case, parts, shown_side, invasive, noise)
+    intraop = _intraop(case)
+
+    heads = _headings(rng)
+    sections: dict[str, list[str]] = {
+        "history": [heads["history"], noise(history)],
+        "specimens": [heads["specimens"], *[f"{parts.id(letter)}: {label.title()}" for letter, label in parts.labels]],
+        "gross": [heads["gross"], *gross],
+        "intraop": [heads["intraop"], intraop] if intraop else [],
+        "micro": [heads["micro"], *micro],
+    }
+    in_diagnosis = [] if receptors_in_addendum else receptor_lines
+    sections["diagnosis"], stated = _diagnosis(
+        rng, heads["diagnosis"], parts, part_a, in_diagnosis, til_line, margin_line
+    )
+    receptor_lines_left = [] if stated else receptor_lines
+    sections["synoptic"] = synoptic
+    sections["comment"] = _comment(heads["comment"], rng, noise)
+    if receptor_lines_left and not receptors_in_addendum:
+        sections["ancillary"] = [heads["ancillary"], *receptor_lines_left]
+    addendum_lines = []
+    if receptors_in_addendum and receptor_lines_left:
+        addendum_lines += [f"Hormone receptor and HER2 studies (block A{rng.randint(2, 6)}):", *receptor_lines_left]
+    addendum_lines += addendum
+
+    report = _assemble(case_id, rng, sections, addendum_lines, heads["addendum"], bool(addendum))
+    text = _fit_length(report, rng, noise)
+    _ocr_traps(case, noise, text)
     return HardReport(
         case_id=case_id,
         text=text,
         facts=dict(f),
         traps=tuple(case.traps),
         features=frozenset(case.features),
-        parts=tuple(_part_id(letter, part_style) for letter, _ in parts),
-        notes=notes,
+        parts=tuple(parts.id(letter) for letter, _ in parts.labels),
+        notes=_notes(case, receptors, receptor_phrases, corrections),
     )
 
 
 _FILLER = [
     "The slides and blocks were reviewed in their entirety. Levels were examined where indicated.",
     "Specimen fixation time and cold ischemia time are within the recommended limits for biomarker testing.",
-    "Cassette key: A1-A3 tumor with deep margin; A4 superior margin; A5 inferior margin; A6 nipple; A7-A9 random sections.",
+    "Cassette key: A1-A3 tumor with deep margin; A4 superior margin; A5 inferior margin; A6 nipple; "
+    "A7-A9 random sections.",
     "Breast imaging correlation: the lesion corresponds to the biopsy clip seen on the specimen radiograph.",
     "Gross photographs were taken. Residual tissue is retained for four weeks after sign-out.",
     *_DISCLAIMERS,
@@ -1071,7 +1213,8 @@ _FILLER = [
 
 
 def _fit_length(text: str, rng: random.Random, noise: _Noise) -> str:
-    """Pad with boilerplate (before the signature) until MIN_WORDS, wrap as a scanner does; long reports lose filler first."""
+    """Pad with boilerplate (before the signature) until MIN_WORDS, wrap as a scanner does; long reports lose
+    filler first."""
     body, _, signature = text.rpartition("\n")
     fillers = rng.sample(_FILLER, len(_FILLER))
     extra: list[str] = []

@@ -70,7 +70,8 @@ def _from_csv(path: Path) -> list[Report]:
     id_column = next((c for c in _ID_COLUMNS if c in columns), None)
     if id_column is None or "text" not in columns:
         raise UserError(
-            f"{path}: CSV needs columns 'patient_filename' (or 'case_id') and 'text'; found {', '.join(columns) or 'none'}"
+            f"{path}: CSV needs columns 'patient_filename' (or 'case_id') and 'text'; "
+            f"found {', '.join(columns) or 'none'}"
         )
     reports = []
     for row_number, row in enumerate(reader, start=2):

@@ -88,7 +88,10 @@ def feedback(reply_tokens: int | None, token_budget: int) -> str:
     """The regeneration message after a reply that was over budget (or empty when reply_tokens is None)."""
     words = word_budget(token_budget)
     if reply_tokens is None:
-        return f"That reply was empty. Write the summary in at most {token_budget} tokens (about {words} words). Reply with the summary only."
+        return (
+            f"That reply was empty. Write the summary in at most {token_budget} tokens (about {words} words). "
+            "Reply with the summary only."
+        )
     return (
         f"That was {reply_tokens} tokens; rewrite it in at most {token_budget} tokens (about {words} words), "
         "keeping the most important findings. Reply with the summary only."
@@ -100,5 +103,6 @@ def contradiction_feedback(problems: list[str], token_budget: int) -> str:
     return (
         f"That summary contradicts the report: {'; '.join(problems)}. Rewrite it in at most {token_budget} tokens "
         f"(about {word_budget(token_budget)} words), stating every finding as the report does: keep 'no', 'absent', "
-        "'not identified', 'negative' and doubts such as 'possible' or 'cannot be excluded'. Reply with the summary only."
+        "'not identified', 'negative' and doubts such as 'possible' or 'cannot be excluded'. "
+        "Reply with the summary only."
     )

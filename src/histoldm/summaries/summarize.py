@@ -6,7 +6,8 @@ flight. A case is never dropped silently: it ends `ok`, `regenerated` (needed fe
 `truncated` (still over budget after the last attempt, cut after a whole clause) or `failed`
 (with the reason). Every summary, from any backend, is checked against its report
 (`consistency`): a reply that drops a negation or states the opposite of a finding goes back to
-the model with the contradiction named, and a case whose replies all contradict the report fails. LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
+the model with the contradiction named, and a case whose replies all contradict the report fails.
+LLM cases run `concurrency` at a time in threads (the work is waiting on HTTP).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from histoldm.summaries.budget import whole_clause_prefixes
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import audited_facts, contradictions
 from histoldm.summaries.llm import ChatBackend, PermanentError, TransientError
-from histoldm.summaries.loading import Report, load_reports
+from histoldm.summaries.loading import LoadedReports, Report, load_reports
 from histoldm.summaries.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
 from histoldm.text.tokenizer import count_tokens
 
@@ -173,9 +174,13 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
                 "summary": cut,
                 "attempts": attempt,
                 "usage": usage,
-                "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); cut after a whole clause",
+                "error": f"still over budget after {attempt} attempts (shortest reply {best_over[0]} tokens); "
+                "cut after a whole clause",
             }
-        last_error = f"still over budget after {attempt} attempts, and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
+        last_error = (
+            f"still over budget after {attempt} attempts, "
+            f"and no whole clause of the shortest reply ({best_over[0]} tokens) fits"
+        )
     return {
         "status": "failed",
         "attempts": attempt,
@@ -236,7 +241,8 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
     for rec in read_jsonl(cfg.out):
         if differ := [k for k, v in mine.items() if rec.get(k) != v]:
             raise UserError(
-                f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; this run asks {_settings(mine, differ)}; "
+                f"{cfg.out}: holds summaries made with {_settings(rec, differ)}; "
+                f"this run asks {_settings(mine, differ)}; "
                 "choose another --out"
             )
         if rec.get("status") in STATUSES:
@@ -245,7 +251,8 @@ def _finished_cases(cfg: SummarizeConfig, prompt_sha: str | None) -> dict[str, s
 
 
 def _settings(record: dict[str, Any], keys: list[str]) -> str:
-    """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f', 'no prompt (extractive)'."""
+    """The settings `keys` of a record as a person reads them: 'budget 35', 'prompt 1a2b3c4d5e6f',
+    'no prompt (extractive)'."""
 
     def one(key: str) -> str:
         value = record.get(key)
@@ -311,7 +318,8 @@ def _print_table(
     console.print(hist)
     console.print(f"usage: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens")
     print(
-        f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), {sum(counts.values())} written by this run",
+        f"{out}: {sum(all_counts.values())} cases in the whole file (one line each), "
+        f"{sum(counts.values())} written by this run",
         file=sys.stderr,
     )
 
@@ -358,45 +366,55 @@ def _dry_run(cfg: SummarizeConfig, template: PromptTemplate | None, report: Repo
     return SummarizeDryRun(report.case_id, messages=messages)
 
 
-def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
-    """Summarise every report not yet in `cfg.out`; returns counts, usage and paths."""
+@dataclass
+class _Tally:
+    """This run's records as they are written: counts by status, the first failure, tokens and LLM usage."""
+
+    counts: Counter = field(default_factory=Counter)
+    first_failure: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.counts[record["status"]] += 1
+        if record["status"] == "failed" and not self.first_failure:
+            self.first_failure.append(f"{record['case_id']}: {record['error']}")
+        if record["status"] != "failed":
+            self.tokens.append(record["tokens"])
+        for k in self.usage:
+            self.usage[k] += (record["usage"] or {}).get(k, 0)
+
+
+def _load_warnings(loaded: LoadedReports, reports: list[Report]) -> list[str]:
+    """The loader's warnings about the reports, and one per dropped duplicate; each is shown as it is found."""
     from tqdm import tqdm
 
-    started = time.time()
-    loaded = load_reports(cfg.input)
-    reports = loaded.reports[: cfg.limit] if cfg.limit else loaded.reports
-    if not reports:
-        raise UserError(f"{cfg.input}: no reports found")
-    template = None if cfg.backend == "extractive" else load_prompt(cfg.prompt)
-    prompt_sha = template.sha256 if template else None
-    if cfg.dry_run:
-        return _dry_run(cfg, template, reports[0])
-
-    done = _finished_cases(cfg, prompt_sha)
-    pending = [r for r in reports if r.case_id not in done or (cfg.retry_failed and done[r.case_id] == "failed")]
     warnings = [w for r in reports for w in r.warnings]
     for dup in loaded.duplicates:
         warnings.append(f"{dup['source']}: duplicate case id {dup['case_id']}, kept {dup['kept']}")
     for w in warnings:
         tqdm.write(f"warning: {w}")
+    return warnings
 
-    backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
-    model_name = backend.model if backend else "rules-v3" if cfg.backend == "extractive" else str(cfg.model)
-    counts: Counter = Counter()
-    first_failure: list[str] = []
-    tokens: list[int] = []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+
+def _summarize_pending(
+    cfg: SummarizeConfig,
+    pending: list[Report],
+    backend: ChatBackend | None,
+    template: PromptTemplate | None,
+    model_name: str,
+    prompt_sha: str | None,
+) -> _Tally:
+    """Summarize the pending reports (in order when extractive, concurrently for an LLM), appending each record
+    to `cfg.out` as it finishes, so an interrupted run keeps what it did."""
+    from tqdm import tqdm
+
+    tally = _Tally()
 
     def finish(report: Report, result: dict[str, Any]) -> None:
         record = _record(cfg, report, model_name, prompt_sha, **result)
         writer.write(record)
-        counts[record["status"]] += 1
-        if record["status"] == "failed" and not first_failure:
-            first_failure.append(f"{report.case_id}: {record['error']}")
-        if record["status"] != "failed":
-            tokens.append(record["tokens"])
-        for k in usage:
-            usage[k] += (record["usage"] or {}).get(k, 0)
+        tally.add(record)
         bar.update(1)
 
     writer = _Appender(cfg.out)
@@ -424,15 +442,22 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
     finally:
         bar.close()
         writer.close()
+    return tally
 
-    histogram = _histogram(tokens, cfg.budget)
-    over = [t for t in tokens if t > cfg.budget]
-    if over:  # cannot happen by construction; a loud guard, since the budget is the stage's contract
-        raise RuntimeError(f"{len(over)} summaries over budget: a bug in histoldm, please report it")
-    all_counts = one_line_per_case(cfg.out)
-    failed = _failed_cases(cfg.out)
-    _print_table(all_counts, counts, histogram, usage, cfg.out)
-    manifest = write_manifest(
+
+def _write_summarize_manifest(
+    cfg: SummarizeConfig,
+    template: PromptTemplate | None,
+    started: float,
+    loaded: LoadedReports,
+    all_counts: Counter,
+    failed: list[dict[str, str]],
+    warnings: list[str],
+    tally: _Tally,
+    histogram: list[tuple[str, int]],
+) -> dict[str, Any]:
+    """The stage's manifest: inputs, the whole file's and this run's counts, and what was skipped and why."""
+    return write_manifest(
         manifest_path(cfg.out),
         stage="summarize",
         config=cfg,
@@ -441,7 +466,7 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
             "summaries": str(cfg.out),
             "cases": sum(all_counts.values()),
             "by_status": dict(all_counts),
-            "this_run": dict(counts),
+            "this_run": dict(tally.counts),
         },
         started=started,
         seed=cfg.seed,
@@ -450,11 +475,41 @@ def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
             for d in loaded.duplicates
         ]
         + [{"case_id": f["case_id"], "reason": f"failed: {f['reason']}"} for f in failed],
-        extra={"warnings": warnings, "usage_this_run": usage, "token_histogram_this_run": histogram},
+        extra={"warnings": warnings, "usage_this_run": tally.usage, "token_histogram_this_run": histogram},
     )
+
+
+def run_summarize(cfg: SummarizeConfig) -> SummarizeResult | SummarizeDryRun:
+    """Summarize every report not yet in `cfg.out`; returns counts, usage and paths."""
+    started = time.time()
+    loaded = load_reports(cfg.input)
+    reports = loaded.reports[: cfg.limit] if cfg.limit else loaded.reports
+    if not reports:
+        raise UserError(f"{cfg.input}: no reports found")
+    template = None if cfg.backend == "extractive" else load_prompt(cfg.prompt)
+    prompt_sha = template.sha256 if template else None
+    if cfg.dry_run:
+        return _dry_run(cfg, template, reports[0])
+
+    done = _finished_cases(cfg, prompt_sha)
+    pending = [r for r in reports if r.case_id not in done or (cfg.retry_failed and done[r.case_id] == "failed")]
+    warnings = _load_warnings(loaded, reports)
+    backend = _make_backend(cfg) if pending and cfg.backend != "extractive" else None
+    model_name = backend.model if backend else "rules-v3" if cfg.backend == "extractive" else str(cfg.model)
+    tally = _summarize_pending(cfg, pending, backend, template, model_name, prompt_sha)
+
+    counts, usage = tally.counts, tally.usage
+    histogram = _histogram(tally.tokens, cfg.budget)
+    over = [t for t in tally.tokens if t > cfg.budget]
+    if over:  # cannot happen by construction; a loud guard, since the budget is the stage's contract
+        raise RuntimeError(f"{len(over)} summaries over budget: a bug in histoldm, please report it")
+    all_counts = one_line_per_case(cfg.out)
+    failed = _failed_cases(cfg.out)
+    _print_table(all_counts, counts, histogram, usage, cfg.out)
+    manifest = _write_summarize_manifest(cfg, template, started, loaded, all_counts, failed, warnings, tally, histogram)
     if counts and counts["failed"] == sum(counts.values()):  # an outage or a wrong --base-url is not a success
         raise UserError(
-            f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {first_failure[0]}); "
+            f"{cfg.out}: all {counts['failed']} cases of this run failed (first: {tally.first_failure[0]}); "
             "fix the cause and re-run with --retry-failed"
         )
     return SummarizeResult(

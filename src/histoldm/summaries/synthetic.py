@@ -74,11 +74,11 @@ _PRESENT = ["{X}, present", "{X}: present", "{X} is identified", "{X}: identifie
 _DISCLAIMERS = [
     "This test was developed and its performance characteristics determined by the Department of Pathology. It has "
     "not been cleared or approved by the U.S. Food and Drug Administration. The FDA has determined that such clearance "
-    "or approval is not necessary. This test is used for clinical purposes. It should not be regarded as investigational "
-    "or for research.",
-    "The laboratory is certified under the Clinical Laboratory Improvement Amendments of 1988 (CLIA-88) as qualified to "
-    "perform high complexity clinical laboratory testing. Immunohistochemical stains were performed on formalin-fixed, "
-    "paraffin-embedded tissue with appropriate positive and negative controls.",
+    "or approval is not necessary. This test is used for clinical purposes. It should not be regarded as "
+    "investigational or for research.",
+    "The laboratory is certified under the Clinical Laboratory Improvement Amendments of 1988 (CLIA-88) as qualified "
+    "to perform high complexity clinical laboratory testing. Immunohistochemical stains were performed on "
+    "formalin-fixed, paraffin-embedded tissue with appropriate positive and negative controls.",
     "Fixation: the specimen was placed in 10% neutral buffered formalin within one hour of excision and fixed for 6 to "
     "72 hours, in keeping with ASCO/CAP guidelines for hormone receptor and HER2 testing.",
     "Confidentiality notice: this report contains privileged health information. If you have received it in error, "
@@ -190,7 +190,8 @@ def _receptor_lines(rng: random.Random, er: bool, pr: bool, her2: bool) -> list[
     style = rng.random()
     if style < 0.4:
         lines = [
-            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} ({er_pct}% of tumor nuclei, {'strong' if er else 'no'} staining)",
+            f"ESTROGEN RECEPTOR: {'POSITIVE' if er else 'NEGATIVE'} "
+            f"({er_pct}% of tumor nuclei, {'strong' if er else 'no'} staining)",
             f"PROGESTERONE RECEPTOR: {'POSITIVE' if pr else 'NEGATIVE'} ({pr_pct}% of tumor nuclei)",
             f"HER2/NEU (IHC): {'POSITIVE' if her2 else 'NEGATIVE'} (score {her2_score})",
             f"Ki-67 proliferation index: {ki67}%",
@@ -218,11 +219,42 @@ def _stage(size: float, nodes_positive: int) -> str:
     return f"{t} {n}"
 
 
-def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | None = None) -> SyntheticCase:
-    """One report; `facts` (the visible facts its tiles were drawn with) replace the drawn type, grade and
-    necrosis, so the report states them: lobular or ductal, grade 1 (pleomorphism 1) or 3, necrosis
-    present or absent."""
-    facts = facts or CaseFacts()
+@dataclass(frozen=True)
+class _Draw:
+    """Everything drawn for one synthetic case before its report is written."""
+
+    raw_type: str  # as the report words it
+    histologic_type: str
+    growth: str
+    grade: int
+    tubules: int
+    pleo: int
+    mitoses: int
+    til_level: str
+    necrosis: str
+    size: float
+    lvi: str
+    dcis: str
+    dcis_pattern: str | None
+    dcis_grade: int
+    er: bool
+    pr: bool
+    her2: bool
+    margins_negative: bool
+    margin_mm: float
+    nodes_total: int
+    nodes_positive: int
+    calcifications: bool
+    side: str
+    procedure: str
+    ocr: float
+    verbosity: int  # 0 terse, 1 usual, 2 long-winded report
+    stromal_tils: int
+    mitoses_count: int
+
+
+def _draw(rng: random.Random, facts: CaseFacts) -> _Draw:
+    """The case's findings; `facts`, where set, fix the type (lobular or ductal), grade and necrosis."""
     raw_type, histologic_type, growth = rng.choices(_TYPES, weights=_TYPE_WEIGHTS)[0]
     if facts.lobular is not None:
         raw_type, histologic_type, growth = rng.choice(_TYPES[2:4] if facts.lobular else _TYPES[0:2])
@@ -253,39 +285,78 @@ def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | Non
     calcifications = rng.random() < 0.5
     side, procedure = rng.choice(_SIDES), rng.choice(_PROCEDURES)
     ocr = rng.choice([0.0, 0.01, 0.03, 0.06])
-    verbosity = rng.choices([0, 1, 2], weights=[3, 5, 2])[0]  # terse, usual, long-winded report
+    verbosity = rng.choices([0, 1, 2], weights=[3, 5, 2])[0]
     stromal_tils = max(1, min(90, _TIL_WORDS[til_level][1] + rng.randint(-4, 15)))
     mitoses_count = rng.randint(*_MITOSES_PER_10HPF[mitoses])
+    return _Draw(
+        raw_type,
+        histologic_type,
+        growth,
+        grade,
+        tubules,
+        pleo,
+        mitoses,
+        til_level,
+        necrosis,
+        size,
+        lvi,
+        dcis,
+        dcis_pattern,
+        dcis_grade,
+        er,
+        pr,
+        her2,
+        margins_negative,
+        margin_mm,
+        nodes_total,
+        nodes_positive,
+        calcifications,
+        side,
+        procedure,
+        ocr,
+        verbosity,
+        stromal_tils,
+        mitoses_count,
+    )
 
-    def free(text: str) -> str:
-        return _wrap(_ocr(text, rng, ocr), rng)
 
-    receptors = _receptor_lines(rng, er, pr, her2)
-    parts = ["A"] + ["B", "C", "D", "E"][: rng.randint(1, 1 + 3 * min(verbosity, 1))]
-    part_names = {
-        "A": f"{side.capitalize()} breast, {procedure}",
-        "B": "Sentinel lymph node(s)",
-        "C": "Additional superior margin",
-        "D": "Axillary contents, level I and II",
-        "E": "Additional deep margin",
-    }
-    page = [0]
+class _Writer:
+    """Writes one report's free text (OCR noise, then scanner line wrapping) and numbers its page breaks."""
 
-    def page_break() -> list[str]:
-        page[0] += 1
-        return ["", f"Page {page[0]} of 4      {case_id}      SURGICAL PATHOLOGY      (continued)", ""]
+    def __init__(self, case_id: str, rng: random.Random, d: _Draw):
+        self.case_id, self.rng, self.d, self.page = case_id, rng, d, 0
+        self.parts = ["A"] + ["B", "C", "D", "E"][: rng.randint(1, 1 + 3 * min(d.verbosity, 1))]
+        self.part_names = {
+            "A": f"{d.side.capitalize()} breast, {d.procedure}",
+            "B": "Sentinel lymph node(s)",
+            "C": "Additional superior margin",
+            "D": "Axillary contents, level I and II",
+            "E": "Additional deep margin",
+        }
 
+    def free(self, text: str) -> str:
+        return _wrap(_ocr(text, self.rng, self.d.ocr), self.rng)
+
+    def page_break(self) -> list[str]:
+        self.page += 1
+        return ["", f"Page {self.page} of 4      {self.case_id}      SURGICAL PATHOLOGY      (continued)", ""]
+
+
+def _opening(w: _Writer) -> list[str]:
+    """Header, clinical history, the specimen list and (in wordier reports) the intraoperative consultation."""
+    rng, d = w.rng, w.d
     lines = [
         "*** SYNTHETIC REPORT - MADE UP BY histoldm FOR TESTING - NOT PATIENT DATA ***",
         "SURGICAL PATHOLOGY REPORT",
-        f"Patient: SYNTHETIC, PATIENT    Case: {case_id}    MRN: 000-{rng.randint(10000, 99999)}",
+        f"Patient: SYNTHETIC, PATIENT    Case: {w.case_id}    MRN: 000-{rng.randint(10000, 99999)}",
         f"Submitting physician: Dr. Example    Received: 01/{rng.randint(10, 28)}/2009",
         "Pathology Department, 100 Example Street, Sample City, ST 00000   Tel (000) 555-0100   Fax (000) 555-0101",
         "",
         "CLINICAL HISTORY:",
-        free(
-            f"{rng.randint(35, 82)}-year-old female with a palpable {side} breast mass, first noticed "
-            f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with {'associated' if calcifications else 'no'} "
+        w.free(
+            f"{rng.randint(35, 82)}-year-old female with a palpable {d.side} breast mass, first noticed "
+            f"{rng.randint(2, 14)} months ago. The mammogram showed a spiculated mass with "
+            f"{'associated' if d.calcifications else 'no'} "
             f"calcifications. Core biopsy at an outside institution showed carcinoma. "
             + rng.choice(
                 [
@@ -297,30 +368,45 @@ def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | Non
         ),
         "",
         "SPECIMEN(S) RECEIVED:",
-        *[f"{p}: {part_names[p]}" for p in parts],
+        *[f"{p}: {w.part_names[p]}" for p in w.parts],
         "",
     ]
-    if "B" in parts and verbosity:
+    if "B" in w.parts and d.verbosity:
+        found = "metastatic carcinoma present" if d.nodes_positive else "no tumor seen"
         lines += [
             "INTRAOPERATIVE CONSULTATION:",
-            free(
+            w.free(
                 f"Frozen section of the sentinel lymph node(s) by Dr. Example: "
-                f"{'metastatic carcinoma present' if nodes_positive else 'no tumor seen'} (FSB1). Touch preparation performed."
+                f"{found} (FSB1). Touch preparation performed."
             ),
             "",
         ]
+    return lines
+
+
+def _gross(w: _Writer) -> list[str]:
+    """The gross description with its cassette key: full of sizes that are NOT the tumour size."""
+    rng, d = w.rng, w.d
+    dims = f"{round(rng.uniform(8, 25), 1)} x {round(rng.uniform(6, 18), 1)} x {round(rng.uniform(2, 7), 1)} cm"
+    skin = (
+        ""
+        if "mastectomy" not in d.procedure
+        else f" with an overlying skin ellipse of {round(rng.uniform(10, 20), 1)} x {round(rng.uniform(3, 8), 1)} "
+        "cm and an unremarkable nipple"
+    )
+    size = d.size
     gross = [
-        f"A. The specimen is received fresh in a container labeled with the patient's name and '{side} breast'. It "
-        f"consists of a {procedure} specimen measuring {round(rng.uniform(8, 25), 1)} x {round(rng.uniform(6, 18), 1)} x "
-        f"{round(rng.uniform(2, 7), 1)} cm{'' if 'mastectomy' not in procedure else f' with an overlying skin ellipse of {round(rng.uniform(10, 20), 1)} x {round(rng.uniform(3, 8), 1)} cm and an unremarkable nipple'}. "
-        f"The margins are inked as follows: superior blue, inferior green, medial yellow, lateral orange, anterior red and "
-        f"deep black. Serial sectioning reveals a firm, tan-white, stellate mass measuring {size} x {round(size * 0.8, 1)} x "
-        f"{round(size * 0.6, 1)} cm, located {rng.randint(1, 9)} cm from the nipple and {margin_mm / 10 + 0.1:.1f} cm from the "
-        f"closest (deep) margin. The remaining breast parenchyma is composed of {rng.randint(30, 90)}% adipose tissue and "
-        f"{rng.choice(['fibrous', 'fibrocystic', 'unremarkable'])} tissue. A biopsy clip is identified within the mass. "
-        f"Representative sections are submitted as follows:",
+        "A. The specimen is received fresh in a container labeled with the patient's name and "
+        f"'{d.side} breast'. It consists of a {d.procedure} specimen measuring {dims}{skin}. "
+        "The margins are inked as follows: superior blue, inferior green, medial yellow, lateral orange, anterior red "
+        f"and deep black. Serial sectioning reveals a firm, tan-white, stellate mass measuring {size} x "
+        f"{round(size * 0.8, 1)} x {round(size * 0.6, 1)} cm, located {rng.randint(1, 9)} cm from the nipple and "
+        f"{d.margin_mm / 10 + 0.1:.1f} cm from the closest (deep) margin. The remaining breast parenchyma is "
+        f"composed of {rng.randint(30, 90)}% adipose tissue and "
+        f"{rng.choice(['fibrous', 'fibrocystic', 'unremarkable'])} tissue. "
+        "A biopsy clip is identified within the mass. Representative sections are submitted as follows:",
     ]
-    n_cassettes = rng.randint(3, [6, 20, 70][verbosity])
+    n_cassettes = rng.randint(3, [6, 20, 70][d.verbosity])
     for k in range(1, n_cassettes + 1):
         gross.append(
             f"A{k}: "
@@ -340,117 +426,135 @@ def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | Non
                 ]
             )
         )
-    for p in parts[1:]:
+    for p in w.parts[1:]:
         count = rng.randint(1, 8)
         gross.append(
-            f"{p}. Received in formalin labeled '{part_names[p].lower()}' is a {round(rng.uniform(1, 9), 1)} x "
+            f"{p}. Received in formalin labeled '{w.part_names[p].lower()}' is a {round(rng.uniform(1, 9), 1)} x "
             f"{round(rng.uniform(1, 6), 1)} x {round(rng.uniform(0.5, 3), 1)} cm portion of fibroadipose tissue. "
             f"{count} possible lymph node candidates ranging from {round(rng.uniform(0.2, 0.6), 1)} to "
             f"{round(rng.uniform(0.7, 2.5), 1)} cm are identified. Entirely submitted in cassettes {p}1-{p}{count + 1}."
         )
-    lines += ["GROSS DESCRIPTION:", *[free(g) if not re.match(r"^[A-E]\d+:", g) else g for g in gross], *page_break()]
+    return ["GROSS DESCRIPTION:", *[w.free(g) if not re.match(r"^[A-E]\d+:", g) else g for g in gross], *w.page_break()]
 
-    til_word = _TIL_WORDS[til_level][0]
+
+def _microscopic(w: _Writer) -> list[str]:
+    """The microscopic description (drawn for every report, written only in the wordier ones)."""
+    rng, d = w.rng, w.d
+    tubules = ["", "prominent (more than 75%)", "moderate (10-75%)", "minimal (less than 10%)"][d.tubules]
+    calcifications = (
+        "Microcalcifications are present in benign ducts and in the tumor"
+        if d.calcifications
+        else "No microcalcifications are seen"
+    )
     micro = [
-        f"Sections of the breast show an infiltrating carcinoma growing in {growth} within a desmoplastic stroma.",
-        f"Tubule formation is {['', 'prominent (more than 75%)', 'moderate (10-75%)', 'minimal (less than 10%)'][tubules]}.",
-        f"The tumor cells show {_PLEO_WORDS[pleo]} nuclear pleomorphism.",
-        f"Mitotic activity is {_MITOSIS_WORDS[mitoses]}, {mitoses_count} mitoses per 10 high-power fields.",
-        f"There is a {til_word} lymphocytic infiltrate (stromal tumor-infiltrating lymphocytes about {stromal_tils}%).",
-        _state(rng, necrosis, "tumor necrosis") + ".",
-        f"{'Microcalcifications are present in benign ducts and in the tumor' if calcifications else 'No microcalcifications are seen'}.",
+        f"Sections of the breast show an infiltrating carcinoma growing in {d.growth} within a desmoplastic stroma.",
+        f"Tubule formation is {tubules}.",
+        f"The tumor cells show {_PLEO_WORDS[d.pleo]} nuclear pleomorphism.",
+        f"Mitotic activity is {_MITOSIS_WORDS[d.mitoses]}, {d.mitoses_count} mitoses per 10 high-power fields.",
+        f"There is a {_TIL_WORDS[d.til_level][0]} lymphocytic infiltrate "
+        f"(stromal tumor-infiltrating lymphocytes about {d.stromal_tils}%).",
+        _state(rng, d.necrosis, "tumor necrosis") + ".",
+        f"{calcifications}.",
         "The background breast shows "
         + rng.choice(
             ["fibrocystic change.", "columnar cell change.", "usual ductal hyperplasia.", "no significant abnormality."]
         ),
     ]
-    if verbosity:
-        lines += ["MICROSCOPIC DESCRIPTION:", *micro, ""]
-    if verbosity == 2:
+    lines = ["MICROSCOPIC DESCRIPTION:", *micro, ""] if d.verbosity else []
+    if d.verbosity == 2:
         lines += [
-            free(
-                f"Part {p}: sections of the {part_names[p].lower()} show {rng.randint(1, 9)} lymph nodes and "
+            w.free(
+                f"Part {p}: sections of the {w.part_names[p].lower()} show {rng.randint(1, 9)} lymph nodes and "
                 "fibroadipose tissue with dilated vessels, focal fat necrosis related to the prior procedure, and "
                 "scattered benign ducts. Levels were cut on each block and reviewed together with a keratin stain "
                 "where the hematoxylin and eosin appearance was not conclusive."
             )
-            for p in parts[1:]
+            for p in w.parts[1:]
         ]
+    return lines
 
+
+def _diagnosis(rng: random.Random, d: _Draw) -> list[str]:
+    """Part A's final diagnosis as narrative bullets in capitals or one of three synoptic layouts."""
     dcis_text = (
-        f"Ductal carcinoma in situ, {dcis_pattern} type, nuclear grade {dcis_grade}, comprising {rng.randint(5, 30)}% "
-        f"of the tumor"
-        if dcis == "present"
-        else _state(rng, dcis, "ductal carcinoma in situ", "DCIS")
+        f"Ductal carcinoma in situ, {d.dcis_pattern} type, nuclear grade {d.dcis_grade}, comprising "
+        f"{rng.randint(5, 30)}% of the tumor"
+        if d.dcis == "present"
+        else _state(rng, d.dcis, "ductal carcinoma in situ", "DCIS")
     )
-    lvi_text = _state(rng, lvi, "lymphovascular invasion", "LVI")
-    nec_text = _state(rng, necrosis, "tumor necrosis")
+    lvi_text = _state(rng, d.lvi, "lymphovascular invasion", "LVI")
+    nec_text = _state(rng, d.necrosis, "tumor necrosis")
     margin_text = (
-        f"Margins negative for carcinoma; closest margin (deep) {margin_mm} mm"
-        if margins_negative
+        f"Margins negative for carcinoma; closest margin (deep) {d.margin_mm} mm"
+        if d.margins_negative
         else "Invasive carcinoma is present at the deep margin (margin positive)"
     )
-    nodes_text = f"{nodes_positive} of {nodes_total} lymph nodes positive for metastatic carcinoma"
-    til_text = f"Tumor-infiltrating lymphocytes: {til_word} ({stromal_tils}% of stroma)"
-    score = (
-        f"tubules {tubules}, nuclear pleomorphism {pleo}, mitoses {mitoses}; total score {tubules + pleo + mitoses}/9"
-    )
+    til_word = _TIL_WORDS[d.til_level][0]
+    til_text = f"Tumor-infiltrating lymphocytes: {til_word} ({d.stromal_tils}% of stroma)"
+    total = d.tubules + d.pleo + d.mitoses
+    score = f"tubules {d.tubules}, nuclear pleomorphism {d.pleo}, mitoses {d.mitoses}; total score {total}/9"
     style = rng.random()
     if style < 0.35:  # narrative bullets in capitals
-        diagnosis = [
-            f"A. BREAST, {side.upper()}, {procedure.upper()}:",
-            f"   - {raw_type.upper()}, NOTTINGHAM GRADE {grade} OF 3 ({score.upper()}).",
-            f"   - TUMOR SIZE: {size} CM IN GREATEST DIMENSION.",
+        return [
+            f"A. BREAST, {d.side.upper()}, {d.procedure.upper()}:",
+            f"   - {d.raw_type.upper()}, NOTTINGHAM GRADE {d.grade} OF 3 ({score.upper()}).",
+            f"   - TUMOR SIZE: {d.size} CM IN GREATEST DIMENSION.",
             f"   - {lvi_text.upper()}.",
             f"   - {dcis_text.upper()}.",
             f"   - {nec_text.upper()}.",
             f"   - {til_text.upper()}.",
             f"   - {margin_text.upper()}.",
         ]
-    else:
-        fields = [
-            ("Histologic type", raw_type.capitalize()),
-            ("Histologic grade (Nottingham)", f"Grade {grade} ({score})"),
-            ("Tumor size", f"{size} cm (greatest dimension of invasive component)"),
-            ("Growth pattern", growth),
-            ("Tumor necrosis", _value(rng, necrosis)),
-            ("Tumor-infiltrating lymphocytes", f"{til_word} ({stromal_tils}% of stroma)"),
-            ("Lymph-vascular invasion", _value(rng, lvi)),
-            (
-                "Ductal carcinoma in situ",
-                _value(rng, dcis) + (f", {dcis_pattern} type, nuclear grade {dcis_grade}" if dcis_pattern else ""),
-            ),
-            ("Margins", margin_text),
-            ("Regional lymph nodes", f"{nodes_positive}/{nodes_total} positive"),
-            ("Pathologic stage", _stage(size, nodes_positive)),
-        ]
-        if style < 0.6:
-            diagnosis = ["SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST (CAP)"] + [
-                f"   {k}: {v}" for k, v in fields
-            ]
-        elif style < 0.8:
-            diagnosis = ["BREAST CANCER SYNOPTIC CHECKLIST"] + [
-                f"{k.upper()} {'.' * (34 - len(k))} {v}" for k, v in fields
-            ]
-        else:
-            diagnosis = ["Synoptic report:"] + [f"{k}:\n   {v}" for k, v in fields]
-    lines += ["FINAL DIAGNOSIS:", *diagnosis]
-    node_parts = [p for p in parts if p in "BD"]
+    fields = [
+        ("Histologic type", d.raw_type.capitalize()),
+        ("Histologic grade (Nottingham)", f"Grade {d.grade} ({score})"),
+        ("Tumor size", f"{d.size} cm (greatest dimension of invasive component)"),
+        ("Growth pattern", d.growth),
+        ("Tumor necrosis", _value(rng, d.necrosis)),
+        ("Tumor-infiltrating lymphocytes", f"{til_word} ({d.stromal_tils}% of stroma)"),
+        ("Lymph-vascular invasion", _value(rng, d.lvi)),
+        (
+            "Ductal carcinoma in situ",
+            _value(rng, d.dcis) + (f", {d.dcis_pattern} type, nuclear grade {d.dcis_grade}" if d.dcis_pattern else ""),
+        ),
+        ("Margins", margin_text),
+        ("Regional lymph nodes", f"{d.nodes_positive}/{d.nodes_total} positive"),
+        ("Pathologic stage", _stage(d.size, d.nodes_positive)),
+    ]
+    if style < 0.6:
+        return ["SYNOPTIC REPORT - INVASIVE CARCINOMA OF THE BREAST (CAP)"] + [f"   {k}: {v}" for k, v in fields]
+    if style < 0.8:
+        return ["BREAST CANCER SYNOPTIC CHECKLIST"] + [f"{k.upper()} {'.' * (34 - len(k))} {v}" for k, v in fields]
+    return ["Synoptic report:"] + [f"{k}:\n   {v}" for k, v in fields]
+
+
+def _other_parts(w: _Writer) -> list[str]:
+    """The diagnosis of the node parts (the first holds the positive nodes) and the extra margin parts."""
+    d = w.d
+    nodes_text = f"{d.nodes_positive} of {d.nodes_total} lymph nodes positive for metastatic carcinoma"
+    lines = []
+    node_parts = [p for p in w.parts if p in "BD"]
     for p in node_parts:
         lines.append(
-            f"{p}. LYMPH NODES, {part_names[p].upper()}: "
+            f"{p}. LYMPH NODES, {w.part_names[p].upper()}: "
             + (nodes_text.upper() if p == node_parts[0] else "NEGATIVE FOR METASTATIC CARCINOMA (0 OF 3)")
             + "."
         )
-    for p in (p for p in parts if p in "CE"):
-        lines.append(f"{p}. {part_names[p].upper()}: BENIGN BREAST TISSUE, NEGATIVE FOR CARCINOMA.")
-    if verbosity == 2:
-        lines += ["", free(_NOTES)]
-    lines += ["", *page_break()]
+    for p in (p for p in w.parts if p in "CE"):
+        lines.append(f"{p}. {w.part_names[p].upper()}: BENIGN BREAST TISSUE, NEGATIVE FOR CARCINOMA.")
+    if d.verbosity == 2:
+        lines += ["", w.free(_NOTES)]
+    return lines
+
+
+def _closing(w: _Writer, receptors: list[str]) -> list[str]:
+    """Comment, the receptor studies (in ancillary studies or an addendum), signature and disclaimers."""
+    rng, verbosity = w.rng, w.d.verbosity
+    lines = ["", *w.page_break()]
     if verbosity:
         lines += [
             "COMMENT:",
-            free(
+            w.free(
                 "Controls stained appropriately. The case was reviewed at the breast tumor board. "
                 "Results were communicated to Dr. Example by telephone on the day of sign-out. "
                 + " ".join(_DISCLAIMERS[2 : 2 + verbosity])
@@ -465,40 +569,51 @@ def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | Non
         if addenda == 2:
             lines += [
                 "ADDENDUM 2:",
-                free(
+                w.free(
                     "Additional levels were examined on the sentinel lymph node at the request of the "
                     "clinician; the findings do not change the diagnosis above."
                 ),
                 "",
             ]
-    lines += [
+    return lines + [
         "I attest that I have personally reviewed the slides and that this report reflects my interpretation.",
         f"Electronically signed by {rng.choice(_PATHOLOGISTS)} on 02/{rng.randint(10, 28)}/2009",
-        *page_break(),
-        *[free(d) for d in _DISCLAIMERS[:verbosity]],
+        *w.page_break(),
+        *[w.free(x) for x in _DISCLAIMERS[:verbosity]],
         "*** END OF SYNTHETIC REPORT ***",
     ]
+
+
+def make_synthetic_case(case_id: str, rng: random.Random, facts: CaseFacts | None = None) -> SyntheticCase:
+    """One report; `facts` (the visible facts its tiles were drawn with) replace the drawn type, grade and
+    necrosis, so the report states them: lobular or ductal, grade 1 (pleomorphism 1) or 3, necrosis
+    present or absent."""
+    d = _draw(rng, facts or CaseFacts())
+    receptors = _receptor_lines(rng, d.er, d.pr, d.her2)
+    w = _Writer(case_id, rng, d)
+    lines = _opening(w) + _gross(w) + _microscopic(w)
+    lines += ["FINAL DIAGNOSIS:", *_diagnosis(rng, d), *_other_parts(w), *_closing(w, receptors)]
     return SyntheticCase(
         case_id=case_id,
         text="\n".join(lines),
-        histologic_type=histologic_type,
-        grade=grade,
-        tubules=tubules,
-        pleomorphism=pleo,
-        mitoses=mitoses,
-        growth_pattern=growth,
-        til_level=til_level,
-        necrosis=necrosis,
-        size_cm=size,
-        lvi=lvi,
-        dcis=dcis,
-        dcis_pattern=dcis_pattern,
-        er=er,
-        pr=pr,
-        her2=her2,
-        margins_negative=margins_negative,
-        nodes_positive=nodes_positive,
-        nodes_total=nodes_total,
+        histologic_type=d.histologic_type,
+        grade=d.grade,
+        tubules=d.tubules,
+        pleomorphism=d.pleo,
+        mitoses=d.mitoses,
+        growth_pattern=d.growth,
+        til_level=d.til_level,
+        necrosis=d.necrosis,
+        size_cm=d.size,
+        lvi=d.lvi,
+        dcis=d.dcis,
+        dcis_pattern=d.dcis_pattern,
+        er=d.er,
+        pr=d.pr,
+        her2=d.her2,
+        margins_negative=d.margins_negative,
+        nodes_positive=d.nodes_positive,
+        nodes_total=d.nodes_total,
     )
 
 
