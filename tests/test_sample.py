@@ -284,6 +284,7 @@ def test_compile_options_reach_the_sampler_and_keep_the_images(
     over 10 minutes to compile the tiny UNet; the
     inductor kernels themselves are measured by benchmarks/bench_gpu.py on a GPU."""
     from histoldm.models import speed
+    from histoldm.sampling import run as sampling_run
 
     seen = []
     real = speed.compile_unet
@@ -292,7 +293,7 @@ def test_compile_options_reach_the_sampler_and_keep_the_images(
         seen.append((mode, tuning))
         return real(unet, mode, backend="eager", tuning=tuning)
 
-    monkeypatch.setattr(speed, "compile_unet", eager_backend)
+    monkeypatch.setattr(sampling_run, "compile_unet", eager_backend)  # the name the sampler calls
     _sample(
         bundle,
         captions_file,

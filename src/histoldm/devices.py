@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,9 +203,6 @@ def set_cpu_threads(threads: int | None) -> int:
 
 def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo, macOS sysctl), else what `platform` knows."""
-    import platform
-    import subprocess
-
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():

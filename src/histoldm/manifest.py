@@ -6,6 +6,7 @@ A number is only reproducible if its inputs, config, seed and software versions 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 import sys
@@ -99,8 +100,6 @@ def stage_times(manifests: dict[str, Path]) -> list[tuple[str, str, float]]:
     """(label, stage, seconds) per manifest that records a wall time, in the order they were written.
 
     Manifests keep the time of the run that made them: a resumed stage shows its first run's time."""
-    import json
-
     rows = []
     for label, path in sorted(
         manifests.items(), key=lambda item: Path(item[1]).stat().st_mtime if Path(item[1]).exists() else 0

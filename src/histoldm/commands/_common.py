@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from histoldm.commands._flags import add_config_flags, given_flags
-from histoldm.config import deep_merge, load_config, parse_overrides
+from histoldm.config import deep_merge, dump_config, load_config, parse_overrides
+from histoldm.fileio import require_writable
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -125,8 +126,6 @@ class StageCommand:
     def execute(self, args: argparse.Namespace) -> int:
         cfg = resolve_config(args, self.config)
         if self.dry_run and args.dry_run:
-            from histoldm.config import dump_config
-
             print(dump_config(cfg), end="")
             return 0
         self.check_output(cfg)
@@ -163,8 +162,6 @@ class StageCommand:
     def check_output(self, cfg: BaseModel) -> None:
         """Refuse an output nothing can be written to (read-only, no rights, a file in the way) before
         any compute, naming the path as the user typed it."""
-        from histoldm.fileio import require_writable
-
         where = next((getattr(cfg, key) for key in self.writes if getattr(cfg, key, None) is not None), None)
         if where is not None:
             require_writable(where)

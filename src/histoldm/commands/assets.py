@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from histoldm.assets import ASSETS, check_assets
 from histoldm.commands._common import add_command
 
 
@@ -16,8 +17,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histoldm.assets import ASSETS, check_assets
-
     found = check_assets()
     for name, where in found.items():
         print(f"{name:14s} {where}  [{ASSETS[name][3]}]")

@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from histoldm.commands._common import add_command
+from histoldm.config_files import shipped_config, shipped_configs
+from histoldm.errors import UserError
 
 
 def register(sub: Any) -> None:
@@ -21,9 +23,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histoldm.config_files import shipped_config, shipped_configs
-    from histoldm.errors import UserError
-
     if args.action == "list":
         for name, path in shipped_configs().items():
             first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()

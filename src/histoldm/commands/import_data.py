@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.commands._common import add_command
+from histoldm.errors import UserError
+from histoldm.fileio import require_writable
 
 
 def register(sub: Any) -> None:
@@ -31,8 +33,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histoldm.data.pathldm_import import import_folder, import_pathldm
-    from histoldm.errors import UserError
-    from histoldm.fileio import require_writable
 
     require_writable(args.out)  # as the stage shell checks every stage's output
     if args.mode == "pathldm":

@@ -21,6 +21,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from histoldm.data.config import DESCRIPTOR_PLACEHOLDERS, CaptionsConfig, placeholders
+from histoldm.data.descriptors import describe, scaled
 from histoldm.data.scores import levels_of, read_scores
 from histoldm.data.store import PatchStore
 from histoldm.errors import UserError
@@ -121,8 +122,6 @@ def run_captions(cfg: CaptionsConfig) -> CaptionsResult:
             "til": levels_of(s.get("prob_til"), cfg.levels),
         }
         if wanted:
-            from histoldm.data.descriptors import describe, scaled
-
             d = describe(np.asarray(store.image(pid)), mpp or 1.0)
             for name in wanted:
                 key = DESCRIPTOR_PLACEHOLDERS[name]

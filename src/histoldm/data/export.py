@@ -13,18 +13,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from histoldm.data.config import ExportPatchesConfig
+from histoldm.data.splits import load_split
+from histoldm.data.store import PatchStore, png_bytes
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_jsonl, require_output_folder
+from histoldm.fileio import atomic_write_bytes, atomic_write_jsonl, require_output_folder
+from histoldm.manifest import write_manifest
+from histoldm.tables import read_parquet
 
 
 def split_items(
     captions: Path, split: Path, n: int | None, seed: int, split_name: str = "test"
 ) -> list[dict[str, str]]:
     """The captioned patches of one split's cases (a seeded choice of n when given), in patch_id order."""
-    from histoldm.data.splits import load_split
-    from histoldm.tables import read_parquet
-
     cases = load_split(split)
     rows = [
         r
@@ -41,11 +44,6 @@ def split_items(
 
 def export_patches(store: Path, items: list[dict[str, str]], out: Path, size: int | None) -> Path:
     """Write the chosen patches (resized to `size`) and their index.jsonl; finished files are kept."""
-    from PIL import Image
-
-    from histoldm.data.store import PatchStore, png_bytes
-    from histoldm.fileio import atomic_write_bytes
-
     patches = PatchStore.open(store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,8 +71,6 @@ class ExportPatchesResult:
 
 
 def run_export_patches(cfg: ExportPatchesConfig) -> ExportPatchesResult:
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     require_output_folder(cfg.out)
     items = split_items(cfg.captions, cfg.split, cfg.n, cfg.seed, cfg.split_name)

@@ -44,6 +44,7 @@ from histoldm.fileio import (
 )
 from histoldm.manifest import write_manifest
 from histoldm.tables import write_parquet
+from histoldm.text.tokenizer import count_tokens
 
 _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
@@ -196,8 +197,6 @@ def _png_of_file(path: Path) -> bytes:
 
 def _summary_record(case_id: str, summary: str | list[str], source: str) -> dict[str, Any]:
     """A summaries.jsonl line as the summarize stage writes it; `variants` keeps multi-caption lists."""
-    from histoldm.text.tokenizer import count_tokens
-
     variants = [str(s) for s in summary] if isinstance(summary, (list, tuple, np.ndarray)) else None
     text = variants[0] if variants else str(summary)
     rec = {

@@ -21,11 +21,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from histoldm.data.config import ScoresConfig
+from histoldm.data.descriptors import proxy_scores
 from histoldm.data.store import PatchStore
 from histoldm.errors import UserError
 from histoldm.fileio import read_text_input, require_output_file
 from histoldm.manifest import write_manifest
-from histoldm.tables import write_parquet
+from histoldm.tables import read_parquet, write_parquet
 
 SCORES_SCHEMA = pa.schema([("patch_id", pa.string()), ("prob_tumor", pa.float64()), ("prob_til", pa.float64())])
 SCORE_COLUMNS = ("prob_tumor", "prob_til")
@@ -182,8 +183,6 @@ def scores_from_heatmaps(
 
 
 def scores_from_proxy(store: PatchStore) -> dict[str, dict[str, float | None]]:
-    from histoldm.data.descriptors import proxy_scores
-
     t = store.table.to_pydict()
     mpps = t.get("mpp") or [None] * len(t["patch_id"])
     out = {}
@@ -198,8 +197,6 @@ def write_scores(path: Path, patch_ids: list[str], scores: dict[str, dict[str, f
 
 
 def read_scores(path: Path) -> dict[str, dict[str, float | None]]:
-    from histoldm.tables import read_parquet
-
     t = read_parquet(path, "scores table").to_pydict()
     try:
         return {

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from histoldm.data.config import SplitConfig
+from histoldm.data.store import PatchStore
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_text, read_text_input, require_file, require_output_file
 from histoldm.manifest import write_manifest
@@ -172,8 +173,6 @@ def run_split(cfg: SplitConfig) -> SplitResult:
             table = _read_label_csv(cfg.cases, cfg.stratify_by)
             case_ids, labels = list(table), (table if cfg.stratify_by else None)
         elif cfg.store:
-            from histoldm.data.store import PatchStore
-
             case_ids = PatchStore.open(cfg.store).table.column("case_id").to_pylist()
             labels = _read_label_csv(cfg.labels, cfg.stratify_by) if cfg.labels and cfg.stratify_by else None
             if labels is not None:

@@ -7,7 +7,9 @@ Layout: `STORE/patches.parquet` (one row per patch) and `STORE/patches/<slide_id
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +130,6 @@ class PatchStore:
 def merge_stores(stores: list[Path], out: Path) -> PatchStore:
     """One store from several (tiled slides plus synthetic tiles, say): images hard-linked (copied
     across file systems), patch tables and any scores.parquet concatenated. Patch ids must be unique."""
-    import os
-    import shutil
-
     out = Path(out)
     tables, score_tables, seen_ids, seen_paths = [], [], set(), set()
     for root in stores:

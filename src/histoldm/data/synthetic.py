@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -352,8 +355,6 @@ def make_synthetic_dataset(
     processes (the same files: each tile depends only on its job); the demo passes its free cores.
     `visible_facts` draws those facts per case into its tiles and adds them as columns of attributes.parquet.
     """
-    import pyarrow as pa
-
     started = time.time()
     out = Path(out_store)
     for c in range(n_cases):
@@ -362,9 +363,6 @@ def make_synthetic_dataset(
     jobs = [(seed, c, t, size, str(out), visible) for c in range(n_cases) for t in range(tiles_per_case)]
     progress = dict(total=len(jobs), desc="synthetic", unit="tile")
     if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
         with ProcessPoolExecutor(
             min(workers, len(jobs)), mp_context=get_context("spawn")
         ) as pool:  # spawn: no forked torch/OpenMP state

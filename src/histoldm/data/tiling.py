@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from histoldm.data.config import TileConfig
@@ -106,7 +108,6 @@ def open_slide(path: Path):
     magnification metadata, so it needs --mpp). A scanner file OpenSlide cannot open is named as
     truncated or corrupt, not passed to PIL (whose 'cannot identify image file' hides the cause)."""
     import openslide
-    from PIL import UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -194,8 +195,6 @@ def _candidates(
 def _read_patch(slide, xy: tuple[int, int], level: int, read_side: int, size: int, side_at_level: float) -> np.ndarray:
     """One patch: `side_at_level` pixels of `level` at level-0 `xy`, on white where the slide is transparent,
     resized (bicubic) to size x size RGB."""
-    from PIL import Image
-
     region = slide.read_region(xy, level, (read_side, read_side))
     white = Image.new("RGB", region.size, (255, 255, 255))
     white.paste(region, mask=region.getchannel("A"))
@@ -296,8 +295,6 @@ def _tile_slide_safe(path: Path, slide_id: str, cfg: TileConfig, show_progress: 
 def _store_table(out: Path, slide_ids_all: list[str], results: list[dict[str, Any]]):
     """The patch table of every finished slide of the list, in slide-id order (what one job tiling all of
     them writes), and the slides neither finished nor failed here: another shard's, still running."""
-    import pyarrow as pa
-
     failed = {r["slide_id"] for r in results if r["status"] == "failed"}
     here = {r["slide_id"] for r in results if r["status"] != "failed"}  # just checked by tile_slide
     finished = sorted(s for s in slide_ids_all if s in here or (s not in failed and _slide_complete(out, s)))

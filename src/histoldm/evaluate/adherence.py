@@ -13,11 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy.stats import rankdata
+from tqdm import tqdm
 
 from histoldm.data.descriptors import DESCRIPTOR_NAMES, describe
 from histoldm.errors import UserError
 from histoldm.evaluate.results import Adherence, AttributeAdherence
+from histoldm.fileio import read_jsonl, require_file
+from histoldm.tables import read_parquet
 
 DEFAULT_DESCRIPTORS = {"tumor": "nuclear_density", "til": "nuclear_density"}
 
@@ -49,23 +53,17 @@ def adherence_test(scores: np.ndarray, is_high: np.ndarray, *, n_permutations: i
 
 
 def image_descriptors(path: Path, mpp: float = 1.0) -> dict[str, float]:
-    from PIL import Image
-
     with Image.open(path) as im:
         return describe(np.asarray(im.convert("RGB")), mpp)
 
 
 def read_sample_index(fake_dir: Path) -> list[dict]:
     """The sampler's FAKE/index.jsonl rows (id, caption, seed, file; levels if the sampler kept them)."""
-    from histoldm.fileio import read_jsonl, require_file
-
     return list(read_jsonl(require_file(Path(fake_dir) / "index.jsonl", "sample index (index.jsonl)")))
 
 
 def caption_levels(captions_parquet: Path, attributes: list[str]) -> dict[str, dict[str, str]]:
     """caption -> {attribute: level} from captions.parquet (columns caption, <attr>_level)."""
-    from histoldm.tables import read_parquet
-
     table = read_parquet(captions_parquet, "captions file").to_pydict()
     missing = [c for c in ["caption"] + [f"{a}_level" for a in attributes] if c not in table]
     if missing:
@@ -78,8 +76,6 @@ def check_adherence_inputs(
 ) -> list[dict]:
     """The index rows, once it is clear where their levels come from: called before any feature is
     computed, so a missing --captions is said at once, not after the FID."""
-    from histoldm.fileio import require_file
-
     attributes = attributes or list(DEFAULT_DESCRIPTORS)
     rows = read_sample_index(fake_dir)
     if captions_parquet:
@@ -106,8 +102,6 @@ def run_adherence(
 ) -> Adherence:
     """Adherence per attribute over the generated images listed in FAKE/index.jsonl (those whose id is
     in `ids`, when given: a subset such as the demo's real-tissue captions)."""
-    from tqdm import tqdm
-
     attributes = attributes or DEFAULT_DESCRIPTORS
     for name in attributes.values():
         if name not in DESCRIPTOR_NAMES:

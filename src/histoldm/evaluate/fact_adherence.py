@@ -11,15 +11,18 @@ the ceiling a model can reach with this descriptor and these captions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from histoldm.data.fact_descriptors import FACT_DESCRIPTORS
+from histoldm.data.fact_descriptors import FACT_DESCRIPTORS, describe_facts
 from histoldm.data.synthetic_facts import VISIBLE_FACTS
 from histoldm.evaluate.adherence import adherence_test, read_sample_index
+from histoldm.summaries.case_facts import summary_facts
 
 DESCRIPTOR_OF = {fact: describe.__name__ for fact, describe in FACT_DESCRIPTORS.items()}
 
@@ -27,8 +30,6 @@ DESCRIPTOR_OF = {fact: describe.__name__ for fact, describe in FACT_DESCRIPTORS.
 def stated_facts(text: str) -> dict[str, bool | None]:
     """fact -> True where the text states its positive side, False where it states the other side, None
     where it says nothing of the fact (read by the summaries' own fact reader)."""
-    from histoldm.summaries.case_facts import summary_facts
-
     read = {f.kind: f for f in summary_facts(text) if f.status in ("present", "absent")}
     necrosis, grade, kind = read.get("necrosis"), read.get("grade"), read.get("histologic_type")
     return {
@@ -68,12 +69,6 @@ def folder_fact_descriptors(
 ) -> tuple[list[str], list[dict[str, float]]]:
     """Captions and fact descriptors of the images of a sampler-layout folder (index.jsonl: id, caption,
     file), those whose id matches `id_pattern` (a regex) when given."""
-    import re
-
-    from PIL import Image
-
-    from histoldm.data.fact_descriptors import describe_facts
-
     captions, descriptors = [], []
     for row in read_sample_index(folder):
         if id_pattern and not re.search(id_pattern, str(row.get("id", ""))):

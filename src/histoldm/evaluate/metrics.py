@@ -6,6 +6,7 @@ covariances of 2048-d features lose more than that.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -91,8 +92,6 @@ def save_stats(
     """pytorch-fid layout (`mu`, `sigma`) plus `protocol` (a JSON string) and, when given, the `features` (float32,
     N x dim) the statistics came from, so KID and precision/recall can be measured against them (pytorch-fid
     ignores both)."""
-    import io
-
     arrays = {
         "mu": np.asarray(mu, np.float64),
         "sigma": np.asarray(sigma, np.float64),

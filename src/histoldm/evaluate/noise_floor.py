@@ -18,6 +18,7 @@ from histoldm.evaluate.config import SeedFloorConfig
 from histoldm.evaluate.results import Fid, Kid, Metrics
 from histoldm.evaluate.run import EvaluateResult, _base_protocol, _extract, fake_image_paths
 from histoldm.fileio import atomic_write_json, read_jsonl
+from histoldm.manifest import write_manifest
 
 
 def _sample_set(folder: Path) -> tuple[dict, list[str]]:
@@ -36,8 +37,6 @@ def run_seed_floor(cfg: SeedFloorConfig, first_features: F.FeatureSet | None = N
     `first_features`: the first set's features when the caller already has them (`histoldm evaluate`'s
     EvaluateResult.fake_features, made with this config's extractor and resize); they must cover exactly
     the first folder's images. Saves extracting that set again (a quarter of the demo's Inception time)."""
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     (settings_a, ids_a), (settings_b, ids_b) = _sample_set(cfg.first), _sample_set(cfg.second)
     seed_a, seed_b = settings_a.pop("seed", None), settings_b.pop("seed", None)

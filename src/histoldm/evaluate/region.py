@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from histoldm.assets import asset_path
+from histoldm.data.descriptors import describe
+from histoldm.data.tiling import base_mpp, open_slide
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
-from histoldm.evaluate.config import ExtractConfig, RegionEvalConfig
+from histoldm.evaluate.adherence import DEFAULT_DESCRIPTORS, adherence_line, adherence_test
+from histoldm.evaluate.config import EvaluateConfig, ExtractConfig, RegionEvalConfig
+from histoldm.evaluate.results import AttributeAdherence, Metrics
+from histoldm.evaluate.run import report_lines, run_evaluate
 from histoldm.fileio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -29,14 +36,16 @@ from histoldm.fileio import (
     require_file,
     require_output_folder,
 )
+from histoldm.manifest import write_manifest
+from histoldm.sampling.region import window_grid, window_starts
+from histoldm.sampling.region_run import finished_regions
+from histoldm.sampling.region_tiff import read_level0
 
 ATTRIBUTES = {"tumor": 0, "til": 1}  # position of each level in a map cell "TUMOR/TIL"
 
 
 def region_records(folder: Path) -> list[dict]:
     """The finished regions of a sample-region folder (every shard's index)."""
-    from histoldm.sampling.region_run import finished_regions
-
     require_file(Path(folder) / "settings.json", "sample-region folder (settings.json)")
     records = sorted(finished_regions(Path(folder)).values(), key=lambda r: r["id"])
     if not records:
@@ -46,15 +55,11 @@ def region_records(folder: Path) -> list[dict]:
 
 def window_offsets(record: dict) -> list[list[tuple[int, int]]]:
     """Pixel offsets of a region's windows, the grid its map cells follow."""
-    from histoldm.sampling.region import window_grid
-
     return window_grid(record["size"], record["size"], record["window_px"], record["stride_px"])
 
 
 def border_positions(record: dict) -> list[int]:
     """Pixel boundaries inside the region where a window or a decoder tile starts or ends."""
-    from histoldm.sampling.region import window_starts
-
     size, edges = record["size"], set()
     for window, stride in (
         (record["window_px"], record["stride_px"]),
@@ -83,10 +88,6 @@ def seam_score(image: np.ndarray, borders: list[int]) -> float:
 def real_regions(slide_path: Path, size: int, mpp: float, n: int, seed: int) -> tuple[list[np.ndarray], float]:
     """`n` random size x size regions of a real slide at `mpp`, or at the finest scale at which the slide
     still holds one when it is too small for that (returned: the mpp used)."""
-    from PIL import Image
-
-    from histoldm.data.tiling import base_mpp, open_slide
-
     slide = open_slide(slide_path)
     level0 = base_mpp(dict(slide.properties), None, str(slide_path))
     width, height = slide.dimensions
@@ -106,10 +107,6 @@ def real_regions(slide_path: Path, size: int, mpp: float, n: int, seed: int) -> 
 def write_crops(records: list[dict], regions_dir: Path, out: Path, n: int, seed: int) -> Path:
     """`n` random window-size crops (region chosen uniformly, then the position) as OUT/images/*.png
     with an index.jsonl in the sampler's layout, so `evaluate` reads them as a generated set."""
-    from PIL import Image
-
-    from histoldm.sampling.region_tiff import read_level0
-
     rng = np.random.default_rng(seed)
     picks = sorted((int(rng.integers(len(records))), k) for k in range(n))
     rows, loaded = [], {}
@@ -130,10 +127,6 @@ def write_crops(records: list[dict], regions_dir: Path, out: Path, n: int, seed:
 
 def map_agreement(records: list[dict], regions_dir: Path, high: str, low: str, n_permutations: int, seed: int) -> dict:
     """Per attribute: AUROC of the adherence descriptor on window footprints, high vs low map cells."""
-    from histoldm.data.descriptors import describe
-    from histoldm.evaluate.adherence import DEFAULT_DESCRIPTORS, adherence_test
-    from histoldm.sampling.region_tiff import read_level0
-
     values: dict[str, tuple[list[float], list[bool]]] = {a: ([], []) for a in ATTRIBUTES}
     for rec in records:
         image, w = read_level0(regions_dir / rec["file"]), rec["window_px"]
@@ -166,8 +159,6 @@ def map_agreement(records: list[dict], regions_dir: Path, high: str, low: str, n
 
 def seam_scores(records: list[dict], regions_dir: Path, slide: Path, n_real: int, seed: int) -> dict:
     """Seam score of every generated region and of real slide regions of the same sizes and borders."""
-    from histoldm.sampling.region_tiff import read_level0
-
     generated, real, real_mpp = [], [], {}
     for rec in records:
         borders = border_positions(rec)
@@ -199,11 +190,6 @@ class RegionEvalResult:
 
 def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
     """Crops -> evaluate; seam score vs real regions; map agreement (module docstring)."""
-    from histoldm.assets import asset_path
-    from histoldm.evaluate.config import EvaluateConfig
-    from histoldm.evaluate.run import run_evaluate
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     records = region_records(cfg.regions)
     out = require_output_folder(Path(cfg.out))
@@ -247,10 +233,6 @@ def run_evaluate_region(cfg: RegionEvalConfig) -> RegionEvalResult:
 
 def region_report_lines(metrics: dict) -> list[str]:
     """Human-readable lines (the crop metrics with evaluate's own protocol lines)."""
-    from histoldm.evaluate.adherence import adherence_line
-    from histoldm.evaluate.results import AttributeAdherence, Metrics
-    from histoldm.evaluate.run import report_lines
-
     crop = metrics["crop"]
     lines = [
         f"crops ({crop['n_crops']} of {crop['regions']} regions vs {crop['n_real']} real): " + line

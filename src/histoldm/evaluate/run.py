@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from histoldm.devices import launched_processes
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate import metrics as M
+from histoldm.evaluate.adherence import adherence_line, check_adherence_inputs, run_adherence
 from histoldm.evaluate.config import EvaluateConfig, ExtractConfig, FidRefConfig
+from histoldm.evaluate.memorization import memorization_report, pairs_image
 from histoldm.evaluate.protocol import FidProtocol
 from histoldm.evaluate.results import Adherence, Fid, Kid, Metrics, PrecisionRecall
-from histoldm.fileio import atomic_write_json, require_output_file, require_output_folder
+from histoldm.fileio import atomic_write_json, read_jsonl, require_output_file, require_output_folder
+from histoldm.manifest import write_manifest
 
 
 def default_workers() -> int:
@@ -37,7 +42,6 @@ def fake_image_paths(fake: Path) -> list[Path]:
     index = Path(fake) / "index.jsonl"
     if not index.is_file():
         return F.list_images(fake)
-    from histoldm.fileio import read_jsonl
 
     paths = [Path(fake) / row["file"] for row in read_jsonl(index) if "file" in row]
     if not paths:
@@ -90,8 +94,6 @@ class EvaluateResult:
 
 def run_fid_ref(cfg: FidRefConfig) -> FidRefResult:
     """Reference statistics (mu, sigma) of a real image folder, saved in pytorch-fid's .npz layout."""
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     paths = F.list_images(cfg.images)
     require_output_file(cfg.out, "statistics file")
@@ -200,8 +202,6 @@ def _memorization(
     protocol: FidProtocol,
 ) -> tuple[dict, list[dict]]:
     """Nearest training patch per generated image; reuses the real features when train == real."""
-    from histoldm.evaluate.memorization import memorization_report, pairs_image
-
     same = _train_is_real(cfg)
     train_fs = real_fs if same else train_fs
     memo = memorization_report(
@@ -286,15 +286,11 @@ def _input_paths(cfg: EvaluateConfig) -> tuple[list[Path], list[Path] | None, li
     real_paths = None if Path(cfg.real).is_file() else F.list_images(cfg.real)
     train_paths = F.list_images(cfg.train_real) if cfg.train_real is not None and not _train_is_real(cfg) else []
     if cfg.adherence:
-        from histoldm.evaluate.adherence import check_adherence_inputs
-
         check_adherence_inputs(cfg.fake, cfg.captions)
     return fake_paths, real_paths, train_paths
 
 
 def _adherence(cfg: EvaluateConfig) -> Adherence:
-    from histoldm.evaluate.adherence import run_adherence
-
     return run_adherence(
         cfg.fake,
         captions_parquet=cfg.captions,
@@ -311,11 +307,6 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
     Under `accelerate launch` (or given `procs`, histoldm.devices.Processes) every process extracts
     its share of each image set (OUT/features/ holds the shares until the metrics are written) and
     the main process computes the metrics; the others return None."""
-    import shutil
-
-    from histoldm.devices import launched_processes
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     procs = procs or launched_processes(cfg.device, "evaluate")
     sharded = procs if procs.world > 1 else None
@@ -381,8 +372,6 @@ def run_evaluate(cfg: EvaluateConfig, procs=None) -> EvaluateResult | None:
 
 def report_lines(metrics: Metrics) -> list[str]:
     """Human-readable lines, the protocol beside every number."""
-    from histoldm.evaluate.adherence import adherence_line
-
     fid, kid, pr = metrics.fid, metrics.kid, metrics.precision_recall
     lines = [f"FID {fid.value:.3f}" + (f" ({fid.note})" if fid.note else "") + f"  [{fid.protocol_line}]"]
     lines.append(

@@ -24,12 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from histoldm.data.splits import load_split
 from histoldm.errors import UserError
 from histoldm.evaluate import features as F
 from histoldm.evaluate.config import UtilityConfig
+from histoldm.evaluate.features import load_extractor
 from histoldm.evaluate.run import _base_protocol, _extract
-from histoldm.fileio import atomic_write_json, require_file, require_output_folder
+from histoldm.fileio import atomic_output, atomic_write_json, read_jsonl, require_file, require_output_folder
+from histoldm.manifest import write_manifest
+from histoldm.tables import read_parquet
 
 PROBE = "logistic-l2-lbfgs"
 
@@ -75,8 +80,6 @@ def fit_probe(features: np.ndarray, is_high: np.ndarray, l2: float = 1.0) -> Pro
     scale[scale < 1e-8] = 1.0
     # The rows' coordinates from the eigenvectors of their Gram matrix (X X^T = U S^2 U^T, so X = U S V^T),
     # in torch: a 2048-d SVD, or numpy's BLAS threads, took seconds per probe on a busy 2-core box
-    import torch
-
     xs = torch.from_numpy((x - mean) / scale)
     lam, u = torch.linalg.eigh(xs @ xs.T)
     keep = lam > 1e-8 * lam.max()
@@ -166,8 +169,6 @@ class LabelledSet:
 
 def _captions_table(path: Path, attributes: list[str]) -> dict[str, dict[str, Any]]:
     """patch_id -> {case_id, captions: {caption: {attr: level}}} from captions.parquet."""
-    from histoldm.tables import read_parquet
-
     table = read_parquet(require_file(path, "captions file"), "captions file").to_pydict()
     missing = [c for c in ["patch_id", "case_id", "caption", *(f"{a}_level" for a in attributes)] if c not in table]
     if missing:
@@ -184,8 +185,6 @@ def labelled_set(
 ) -> LabelledSet:
     """Read FOLDER/index.jsonl and check where each image comes from (the leakage guard):
     role 'generated' and 'train' need training-split patches, 'held-out' patches of other cases."""
-    from histoldm.fileio import read_jsonl
-
     index = require_file(Path(folder) / "index.jsonl", f"{role} set index (index.jsonl)")
     files, cases, levels = [], [], {a: [] for a in cfg.attributes}
     for row in read_jsonl(index):
@@ -447,7 +446,6 @@ def utility_plot(utility: dict[str, Any], out: Path) -> Path:
             if i == 0 and j == 0:
                 ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    from histoldm.fileio import atomic_output
 
     with atomic_output(Path(out)) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -484,10 +482,6 @@ def run_utility(cfg: UtilityConfig, held_out_features: F.FeatureSet | None = Non
     probe, write OUT/metrics.json, OUT/utility.png and the manifest. `held_out_features`: the held-out
     set's features already extracted under this protocol (the demo's evaluation), used when they are
     of exactly the files the index lists."""
-    from histoldm.data.splits import load_split
-    from histoldm.evaluate.features import load_extractor
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     out = require_output_folder(cfg.out)
     captions = _captions_table(cfg.captions, cfg.attributes)

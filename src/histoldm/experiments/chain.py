@@ -11,6 +11,7 @@ plus what the experiment owns: the paths of its data and work folder and the rec
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,18 +19,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from histoldm.config import deep_merge, load_config, nested_error
+from histoldm.data.captions import run_captions
 from histoldm.data.config import CaptionsConfig
 from histoldm.data.export import export_patches, split_items
+from histoldm.data.store import PatchStore
 from histoldm.evaluate.config import EvaluateConfig, SeedFloorConfig
+from histoldm.evaluate.noise_floor import run_seed_floor
 from histoldm.evaluate.results import Metrics
+from histoldm.evaluate.run import run_evaluate
 from histoldm.experiments.config import ModelRecipe
 from histoldm.fileio import atomic_write_json, atomic_write_jsonl, record_or_check_settings
 from histoldm.memory import PeakRSS
 from histoldm.models.presets import AUTOENCODER_PRESETS
 from histoldm.sampling.config import SampleConfig
+from histoldm.sampling.run import run_sample
 from histoldm.summaries.config import SummarizeConfig
+from histoldm.summaries.summarize import run_summarize
+from histoldm.text.cache import run_encode_text
 from histoldm.text.config import EncodeTextConfig
 from histoldm.train.config import EncodeLatentsConfig, TrainConfig, TrainVAEConfig
+from histoldm.train.latents import run_encode_latents
+from histoldm.train.trainer import run_train
+from histoldm.train.vae import run_train_vae
 
 if TYPE_CHECKING:
     from histoldm.data.captions import CaptionsResult
@@ -129,8 +140,6 @@ def evaluate_config(
 
 
 def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | None = None) -> Path:
-    from histoldm.summaries.summarize import run_summarize
-
     run_summarize(
         load_config(SummarizeConfig, None, {**(options or {}), "input": reports, "out": out, "budget": budget})
     )
@@ -140,9 +149,6 @@ def summarize(reports: Path, out: Path, budget: int, options: dict[str, Any] | N
 def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -> LatentCache:
     """Train the autoencoder (on the training cases only) when the recipe names a KL preset, then cache
     latents of every patch."""
-    from histoldm.train.latents import run_encode_latents
-    from histoldm.train.vae import run_train_vae
-
     work = Path(work)
     autoencoder, psnr = recipe.autoencoder, None
     if trains_autoencoder(recipe):
@@ -163,10 +169,6 @@ def prepare_latents(work: Path, store: Path, split: Path, recipe: ModelRecipe) -
 
 def model_mpp(store: Path, size: int | None) -> float:
     """Microns per pixel of the images the model sees (median over the store's patches)."""
-    import statistics
-
-    from histoldm.data.store import PatchStore
-
     patches = PatchStore.open(store)
     mpps = [m for m in patches.table.column("mpp").to_pylist() if m]
     stored = patches.image(patches.patch_ids[0]).size[0]
@@ -177,11 +179,6 @@ def train_sample_evaluate(
     work: Path, *, store: Path, split: Path, summaries: Path, latents: Path, recipe: ModelRecipe, name: str
 ) -> ChainResult:
     """captions -> caption embeddings -> LDM training -> sampling of held-out captions -> FID/KID/P-R."""
-    from histoldm.data.captions import run_captions
-    from histoldm.evaluate.run import run_evaluate
-    from histoldm.text.cache import run_encode_text
-    from histoldm.train.trainer import run_train
-
     work = Path(work)
     captions = work / "captions.parquet"
     caption_result = run_captions(CaptionsConfig(store=store, summaries=summaries, out=captions))
@@ -226,8 +223,6 @@ def sample_held_out(
     checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path
 ) -> SampleConfig:
     """The recipe's sampler over a caption list (its config returned); only `seed` varies between calls on one model."""
-    from histoldm.sampling.run import run_sample
-
     cfg = sample_config(recipe, checkpoint, captions, out, seed, text_cache)
     run_sample(cfg)
     return cfg
@@ -247,8 +242,6 @@ def noise_floor(work: Path, result: ChainResult, recipe: ModelRecipe) -> Metrics
     """The seed-to-seed floor of `result`'s FID and KID: its held-out captions sampled again from the
     same model with seed + 1 (WORK/samples-seed<N>), compared with its samples under the evaluation's protocol
     and KID settings."""
-    from histoldm.evaluate.noise_floor import run_seed_floor
-
     work = Path(work)
     second = work / f"samples-seed{recipe.seed + 1}"
     sample_held_out(result.train.run_dir, result.sample_list, second, recipe, recipe.seed + 1, result.text_cache)

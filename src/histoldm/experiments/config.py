@@ -21,6 +21,7 @@ from histoldm.config import StrictModel, deep_merge, key_error, nested_error, re
 from histoldm.config_files import shipped_config
 from histoldm.data.config import VisibleFact
 from histoldm.evaluate.config import EvaluateConfig
+from histoldm.models.presets import UNET_PRESETS
 from histoldm.sampling.config import SampleConfig
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.text.config import EncodeTextConfig
@@ -113,8 +114,6 @@ class ModelRecipe(StrictModel):
 
     @model_validator(mode="after")
     def _sections_are_stage_configs(self) -> ModelRecipe:
-        from histoldm.models.presets import UNET_PRESETS
-
         for stage, model in stage_models().items():
             check_section(stage, model, getattr(self, stage))
         preset = self.train.get("model", {}).get("unet_preset")

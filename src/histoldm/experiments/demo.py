@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from histoldm.data.captions import load_summaries
 from histoldm.data.splits import load_split
+from histoldm.devices import machine_facts, set_cpu_threads
+from histoldm.evaluate.adherence import run_adherence
 from histoldm.evaluate.results import Adherence, Metrics
+from histoldm.evaluate.utility import table_rows, utility_lines
 from histoldm.experiments.chain import (
     ChainResult,
     LatentCache,
@@ -30,8 +34,12 @@ from histoldm.experiments.chain import (
 )
 from histoldm.experiments.config import DemoConfig
 from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, build_demo_data
+from histoldm.experiments.demo_region import demo_region
 from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
+from histoldm.experiments.utility_step import utility_step
 from histoldm.fileio import atomic_write_json, read_jsonl
+from histoldm.html_report import caption_rows, stage_manifests, write_report
+from histoldm.manifest import stage_times
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,6 @@ def _metric_rows(metrics: Metrics, real_adherence: Adherence, floor: Metrics) ->
 
 def _real_tissue_first(result: ChainResult) -> list:
     """The grid's rows: captions of held-out real tissue first, then of synthetic cases."""
-    from histoldm.html_report import caption_rows
-
     ids = {name: group_ids(result.items, pattern) for name, pattern in HELD_OUT_GROUPS.items()}
     return [
         row
@@ -147,9 +153,6 @@ def _seconds(s: float) -> str:
 def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str, Any]:
     """Seconds per stage (from the manifests, summed by stage name in run order), the rest of the run,
     the total and the machine, plus the one-line form the demo prints last."""
-    from histoldm.html_report import stage_manifests
-    from histoldm.manifest import stage_times
-
     stages: dict[str, float] = {}
     for _, stage, seconds in stage_times(stage_manifests(out)):
         stages[stage] = stages.get(stage, 0.0) + seconds
@@ -175,9 +178,6 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
 
 def _region_figure(out: Path, cfg: DemoConfig, result: ChainResult, summaries: Path, case: str, mpp: float) -> Path:
     """One large region from a held-out case's summary and a quadrant map (histoldm.experiments.demo_region)."""
-    from histoldm.data.captions import load_summaries
-    from histoldm.experiments.demo_region import demo_region
-
     size = cfg.region_scale * (cfg.recipe.image_size or cfg.data.patch_size)
     steps = {"steps": cfg.recipe.sample["steps"]} if "steps" in cfg.recipe.sample else {}
     summary = load_summaries(summaries).get(case, "")
@@ -241,8 +241,6 @@ def _intro(
 
 def _tables(utility: dict[str, Any], timing: dict[str, Any], summaries: Path) -> list[tuple[str, list[str], list]]:
     """The report's tables: utility per held-out group, time per stage, the summaries."""
-    from histoldm.evaluate.utility import table_rows
-
     utility_header = [
         "attribute",
         "probe trained on",
@@ -280,12 +278,6 @@ def _cases_by_split(split_file: Path) -> dict[str, list[str]]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    from histoldm.devices import machine_facts, set_cpu_threads
-    from histoldm.evaluate.adherence import run_adherence
-    from histoldm.evaluate.utility import utility_lines
-    from histoldm.experiments.utility_step import utility_step
-    from histoldm.html_report import stage_manifests, write_report
-
     started = time.time()
     threads = set_cpu_threads(cfg.threads)
     out = Path(cfg.out)

@@ -8,14 +8,25 @@ the user's is given."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from histoldm.assets import asset_path
+from histoldm.data.blocks import cut_into_blocks
+from histoldm.data.config import ScoresConfig, TileConfig
+from histoldm.data.scores import run_scores
+from histoldm.data.splits import METHOD, split_cases, split_json
+from histoldm.data.store import merge_stores
+from histoldm.data.synthetic import make_synthetic_dataset, synthetic_case_facts
 from histoldm.data.synthetic_facts import CaseFacts
+from histoldm.data.tiling import run_tile
 from histoldm.experiments.config import DemoDataConfig
-from histoldm.fileio import atomic_write_jsonl
+from histoldm.fileio import atomic_write_jsonl, atomic_write_text
+from histoldm.manifest import write_manifest
+from histoldm.summaries.synthetic import make_synthetic_reports
 
 SLIDE_GROUP = "^cmu_small_region-block-"  # case ids of the slide's blocks (regex), for reporting real tissue apart
 SYNTHETIC_GROUP = "^SYN-"
@@ -26,8 +37,6 @@ def demo_reports(store: Path, seed: int, facts: dict[str, CaseFacts] | None = No
     `facts` gets a report stating those visible facts (the ones its tiles were drawn with).
 
     The texts say on their first line that they are synthetic; they exist so every case has a report."""
-    from histoldm.summaries.synthetic import make_synthetic_reports
-
     cases = sorted(
         set(pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist())
     )
@@ -38,14 +47,6 @@ def demo_reports(store: Path, seed: int, facts: dict[str, CaseFacts] | None = No
 def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[str, Path]:
     """Tile the CC0 slide, add synthetic cases (rendered in `workers` processes), score, merge, write reports
     and a patient-level split."""
-    from histoldm.assets import asset_path
-    from histoldm.data.blocks import cut_into_blocks
-    from histoldm.data.config import ScoresConfig, TileConfig
-    from histoldm.data.scores import run_scores
-    from histoldm.data.store import merge_stores
-    from histoldm.data.synthetic import make_synthetic_dataset, synthetic_case_facts
-    from histoldm.data.tiling import run_tile
-
     work = Path(work)
     slide_store, synthetic_store, store = work / "store-slide", work / "store-synthetic", work / "store"
     blocks_store = work / "store-slide-blocks"
@@ -87,12 +88,6 @@ def build_demo_data(work: Path, cfg: DemoDataConfig, workers: int = 1) -> dict[s
 def write_demo_split(path: Path, store: Path, blocks: dict[str, Any], cfg: DemoDataConfig) -> None:
     """split.json: the slide's held-out blocks in test, its other blocks in train, the synthetic cases
     split by the seeded patient-level method (histoldm.data.splits) at `test_fraction`."""
-    import time
-
-    from histoldm.data.splits import METHOD, split_cases, split_json
-    from histoldm.fileio import atomic_write_text
-    from histoldm.manifest import write_manifest
-
     started = time.time()
     cases = pq.read_table(Path(store) / "patches.parquet", columns=["case_id"]).column("case_id").to_pylist()
     synthetic = sorted({c for c in cases if c not in set(blocks["held_out"]) | set(blocks["train"])})

@@ -7,7 +7,13 @@ import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from histoldm.fileio import atomic_write_bytes
+from histoldm.models.bundle import read_bundle_meta
+from histoldm.sampling.config import RegionConfig
+from histoldm.sampling.region_map import map_picture
+from histoldm.sampling.region_run import geometry, run_sample_region
 
 
 def quadrant_map(rows: int, cols: int, k: int = 0) -> str:
@@ -27,13 +33,6 @@ def quadrant_map(rows: int, cols: int, k: int = 0) -> str:
 def demo_region(out: Path, bundle: Path, summary: str, mpp: float, size: int, sampler: dict) -> Path:
     """Sample one region (resumable, like every demo stage) and write map-and-region.png: the map drawn at
     the windows' stride (red = tumour, green = TIL level) beside the region's preview."""
-    from PIL import Image
-
-    from histoldm.models.bundle import read_bundle_meta
-    from histoldm.sampling.config import RegionConfig
-    from histoldm.sampling.region_map import map_picture
-    from histoldm.sampling.region_run import geometry, run_sample_region
-
     out.mkdir(parents=True, exist_ok=True)
     probe = RegionConfig(checkpoint=bundle, out=out, level="high/low", size=size)
     grid = geometry(probe, bundle, read_bundle_meta(bundle)).grid(size)

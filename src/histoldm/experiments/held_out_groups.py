@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from histoldm.evaluate import metrics as M
+from histoldm.evaluate.adherence import run_adherence
 from histoldm.evaluate.results import Adherence
 from histoldm.fileio import read_jsonl
 
@@ -50,9 +52,6 @@ def group_ids(items: list[dict[str, str]], pattern: str) -> set[str]:
 def group_metrics(result: ChainResult, groups: dict[str, str], *, mpp: float, seed: int) -> dict[str, GroupMetrics]:
     """Per group: N real and generated, FID (eigh), KID (100 subsets of min(N)), adherence of the
     generated images and of the real ones (the ceiling)."""
-    from histoldm.evaluate import metrics as M
-    from histoldm.evaluate.adherence import run_adherence
-
     real_fs, fake_fs = result.real_features, result.fake_features
     file_id = {r["file"]: r["id"] for r in read_jsonl(Path(result.samples) / "index.jsonl")}
     real_ids = [p.stem for p in real_fs.paths]

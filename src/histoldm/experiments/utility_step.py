@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from histoldm.data.export import export_patches, split_items
+from histoldm.evaluate.config import UtilityConfig
+from histoldm.evaluate.utility import run_utility
 from histoldm.experiments.chain import ChainResult, sample_held_out
 from histoldm.experiments.config import ModelRecipe
 from histoldm.fileio import atomic_write_jsonl
@@ -32,9 +34,6 @@ def utility_step(
     """Sample `n_fake` training captions (WORK/samples-train), export the real training patches at the
     model's size (WORK/real-train), run the utility evaluation (WORK/utility) with the evaluation's
     extractor settings; returns its UtilityResult."""
-    from histoldm.evaluate.config import UtilityConfig
-    from histoldm.evaluate.utility import run_utility
-
     work = Path(work)
     captions = result.captions_file
     items = split_items(captions, split, n_fake, recipe.seed, split_name="train")

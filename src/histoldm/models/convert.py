@@ -23,11 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_json, require_file
+from histoldm.manifest import write_manifest
 from histoldm.models import compvis_keys as ck
+from histoldm.models.autoencoder import weights_fingerprint
+from histoldm.models.bundle import META_FILE, BundleMeta, LatentContract, TextContract, load_bundle_unet, save_bundle
 from histoldm.models.config import ConvertConfig
+from histoldm.models.presets import AUTOENCODER_PRESETS, build_autoencoder, build_unet
+from histoldm.models.schedule import ddpm_scheduler
+from histoldm.text.encoders import ClipTextEncoder
+from histoldm.text.tokenizer import BOS_ID, EOS_ID
 
 PREFIX = {
     "unet": "model.diffusion_model.",
@@ -94,8 +102,6 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The flat tensor dict of a .ckpt/.pt (Lightning `state_dict` or plain) or .safetensors file."""
     path = require_file(Path(path), "checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:  # SafetensorError and friends: a damaged file is a user problem
@@ -125,15 +131,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _meta_unet(preset: str, context_dim: int, channels: int, sample_size: int):
-    from histoldm.models.presets import build_unet
-
     with torch.device("meta"):
         return build_unet(preset, context_dim=context_dim, latent_channels=channels, sample_size=sample_size)
 
 
 def _meta_vq(preset: str):
-    from histoldm.models.presets import AUTOENCODER_PRESETS, build_autoencoder
-
     if preset in AUTOENCODER_PRESETS and AUTOENCODER_PRESETS[preset]["kind"] != "vq":
         raise UserError(f"autoencoder preset {preset}: PathLDM checkpoints hold a VQ autoencoder, choose a vq-* preset")
     with torch.device("meta"):
@@ -254,7 +256,6 @@ def _check_schedule(state: dict[str, torch.Tensor], source: str) -> None:
     """A UNet trained on another noise schedule would sample garbage with ours: refuse it."""
     if "betas" not in state:
         return
-    from histoldm.models.schedule import ddpm_scheduler
 
     ours, theirs = ddpm_scheduler().betas.double(), state["betas"].double()
     if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-4, atol=1e-7):
@@ -281,8 +282,6 @@ def text_config_from_checkpoint(state: dict[str, torch.Tensor], config_file: Pat
     """CLIPTextConfig: from a JSON file when given, else from the tensor shapes (64-wide heads, as
     in every OpenAI CLIP text tower; the head count is the one thing the weights cannot say)."""
     from transformers import CLIPTextConfig
-
-    from histoldm.text.tokenizer import BOS_ID, EOS_ID
 
     if config_file is not None:
         try:
@@ -364,11 +363,6 @@ class ConvertResult:
 
 def run_convert(cfg: ConvertConfig) -> ConvertResult:
     """Write the bundle: text_encoder/ first, then unet/ + autoencoder/ + meta (meta last = complete)."""
-    from histoldm.manifest import write_manifest
-    from histoldm.models.autoencoder import weights_fingerprint
-    from histoldm.models.bundle import META_FILE, BundleMeta, LatentContract, TextContract, save_bundle
-    from histoldm.text.encoders import ClipTextEncoder
-
     started = time.time()
     out = Path(cfg.out)
     if (out / META_FILE).exists():
@@ -420,8 +414,6 @@ def bundle_to_compvis(folder: Path) -> dict[str, torch.Tensor]:
     """A converted bundle back in CompVis naming (the inverse of `run_convert`, bit for bit)."""
     from diffusers import VQModel
     from transformers import CLIPTextModel
-
-    from histoldm.models.bundle import load_bundle_unet
 
     folder = Path(folder)
     unet = load_bundle_unet(folder)

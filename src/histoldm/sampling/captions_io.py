@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from histoldm.data.splits import load_split, split_names
 from histoldm.errors import UserError
 from histoldm.fileio import read_jsonl, read_text_input, require_file
+from histoldm.tables import read_parquet
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -51,14 +53,10 @@ def _from_jsonl(path: Path) -> tuple[list[CaptionItem], list[dict]]:
 
 
 def _from_parquet(path: Path, split: Path | None, split_name: str) -> tuple[list[CaptionItem], list[dict]]:
-    from histoldm.tables import read_parquet
-
     columns = ["patch_id", "caption"] + (["case_id"] if split else [])
     table = read_parquet(path, "captions file", columns).to_pydict()
     keep = [True] * len(table["patch_id"])
     if split:
-        from histoldm.data.splits import load_split, split_names
-
         case_split = load_split(split)
         if split_name not in set(case_split.values()):
             names = split_names(split)

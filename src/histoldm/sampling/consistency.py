@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from histoldm.models.student import guidance_embedding, lcm_scheduler
 from histoldm.sampling.guidance import ContextEpsFn, eps_from_v
 from histoldm.sampling.solvers import EpsFn, Solver
 
@@ -19,8 +20,6 @@ def student_eps_fn(
     unet, prediction_type: str, alphas_cumprod: torch.Tensor, guidance: float, embedding_dim: int
 ) -> ContextEpsFn:
     """(x, t, context) -> eps in float32 from a student UNet that takes the guidance scale as an input."""
-    from histoldm.models.student import guidance_embedding
-
     dtype = next(unet.parameters()).dtype
     a_all = alphas_cumprod.to(torch.float32)
 
@@ -39,8 +38,6 @@ def student_eps_fn(
 
 def consistency_timesteps(steps: int, solver_steps: int) -> list[int]:
     """The training timesteps a `steps`-step consistency sampler visits (999, 759, 499, 259 for 4 of 50)."""
-    from histoldm.models.student import lcm_scheduler
-
     scheduler = lcm_scheduler(solver_steps)
     scheduler.set_timesteps(steps)
     return [int(t) for t in scheduler.timesteps]
@@ -51,8 +48,6 @@ def sample_consistency(
     eps_fn: EpsFn, x: torch.Tensor, steps: int, solver_steps: int, generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
     """Consistency sampling in `steps` student passes from noise `x`; one CPU generator per image."""
-    from histoldm.models.student import lcm_scheduler
-
     if len(generators) != x.shape[0]:
         raise ValueError("sample_consistency: needs one generator per image")
     scheduler = lcm_scheduler(solver_steps)

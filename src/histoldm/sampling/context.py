@@ -12,6 +12,8 @@ import torch
 
 from histoldm.errors import UserError
 from histoldm.models.bundle import BundleMeta
+from histoldm.text.cache import TextCache
+from histoldm.text.encoders import load_text_encoder
 
 
 class TextSource:
@@ -71,8 +73,6 @@ def open_text_source(
     """A text cache when given (holding every caption), else the encoder named (default: the bundle's
     own, then the one it was trained with)."""
     if text_cache is not None:
-        from histoldm.text.cache import TextCache
-
         cache = TextCache.open(Path(text_cache))
         _check_contract(
             bundle,
@@ -88,7 +88,6 @@ def open_text_source(
                 "encode-text with them)"
             )
         return CacheText(cache)
-    from histoldm.text.encoders import load_text_encoder
 
     if text_encoder is None:
         stored = bundle / "text_encoder"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from histoldm.data.captions import fill_template
 from histoldm.data.scores import levels_of
@@ -55,8 +56,6 @@ def read_label_map(path: Path, levels: list[str]) -> LabelMap:
     """A CSV or PNG label map (module docstring)."""
     path = require_file(Path(path), "label map")
     if path.suffix.lower() == ".png":
-        from PIL import Image
-
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
         cells = tuple(tuple(f"{levels_of(px[0], levels)}/{levels_of(px[1], levels)}" for px in row) for row in rgb)
@@ -94,7 +93,6 @@ def window_caption(template: str, label_map: LabelMap, i: int, j: int, summary: 
 def map_picture(cells: list[list[str]], levels: list[str], cell_px: int = 16):
     """The map as a PIL image for reports: red = tumour level, green = TIL level (0 = lowest, 255 =
     highest, dark grey = left out), one `cell_px` square per window."""
-    from PIL import Image
 
     def value(level: str) -> int:
         return 40 if level == MISSING else round(255 * levels.index(level) / (len(levels) - 1))

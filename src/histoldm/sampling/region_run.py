@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from histoldm.devices import dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
@@ -33,11 +35,17 @@ from histoldm.fileio import (
     require_output_folder,
 )
 from histoldm.manifest import write_manifest
+from histoldm.models.autoencoder import decode, load_autoencoder
 from histoldm.models.bundle import read_bundle_meta
+from histoldm.models.presets import AUTOENCODER_PRESETS
 from histoldm.sampling.captions_io import safe_file_stem
 from histoldm.sampling.config import RegionConfig
-from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map
-from histoldm.sampling.run import image_seed, resolve_bundle
+from histoldm.sampling.guidance import classifier_free_guidance
+from histoldm.sampling.region import blended_eps_fn, decode_tiled, window_grid
+from histoldm.sampling.region_map import LabelMap, check_map_shape, constant_map, read_label_map, window_caption
+from histoldm.sampling.region_tiff import pyramid_tiff_bytes
+from histoldm.sampling.run import ImageSampler, image_seed, resolve_bundle, to_uint8
+from histoldm.sampling.solvers import image_generators, make_solver
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,6 @@ class Geometry:
     decode_stride: int
 
     def grid(self, size: int) -> list[list[tuple[int, int]]]:
-        from histoldm.sampling.region import window_grid
-
         side = size // self.factor
         return window_grid(side, side, self.window, self.stride)
 
@@ -74,16 +80,12 @@ class RegionSpec:
 
 def autoencoder_factor(bundle: Path, meta) -> int:
     """Pixels per latent pixel, from the autoencoder's config (no weights loaded)."""
-    from histoldm.models.presets import AUTOENCODER_PRESETS
-
     config = bundle / "autoencoder" / "config.json"
     if config.is_file():
         channels = json.loads(config.read_text(encoding="utf-8"))["block_out_channels"]
     elif meta.latent.autoencoder in AUTOENCODER_PRESETS:
         channels = AUTOENCODER_PRESETS[meta.latent.autoencoder]["block_out_channels"]
     else:
-        from histoldm.models.autoencoder import load_autoencoder
-
         return load_autoencoder(meta.latent.autoencoder).downsample
     return 2 ** (len(channels) - 1)
 
@@ -174,8 +176,6 @@ class RegionSampler:
 
     @classmethod
     def load(cls, cfg: RegionConfig, bundle: Path, meta, geo: Geometry, captions: list[str]) -> RegionSampler:
-        from histoldm.sampling.run import ImageSampler
-
         device = resolve_device(cfg.device)
         numerics = sampling_numerics(cfg.numerics, cfg.dtype, device)
         return cls(cfg, geo, ImageSampler.load(cfg.sample_config(), bundle, meta, device, numerics, captions), numerics)
@@ -183,8 +183,6 @@ class RegionSampler:
     def _guided(self, captions: list[str], context_of: dict[str, torch.Tensor], uncond: torch.Tensor):
         """The guided denoiser of one batch of windows, its contexts stacked only while it runs: kept for
         every batch of a 4,096 px region they would take gigabytes (64 windows x 154 tokens x 768 floats)."""
-        from histoldm.sampling.guidance import classifier_free_guidance
-
         cfg, m = self.cfg, self.model
 
         def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -196,12 +194,6 @@ class RegionSampler:
     @torch.no_grad()
     def __call__(self, spec: RegionSpec, seed: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB of one region."""
-        from histoldm.models.autoencoder import decode
-        from histoldm.sampling.region import blended_eps_fn, decode_tiled
-        from histoldm.sampling.region_map import window_caption
-        from histoldm.sampling.run import to_uint8
-        from histoldm.sampling.solvers import image_generators, make_solver
-
         cfg, geo, m = self.cfg, self.geo, self.model
         grid = geo.grid(spec.size)
         windows = [
@@ -240,8 +232,6 @@ class RegionSampler:
 
 
 def preview_png(image: np.ndarray, max_side: int) -> bytes:
-    from PIL import Image
-
     picture = Image.fromarray(image)
     scale = min(1.0, max_side / max(picture.size))
     if scale < 1.0:
@@ -307,8 +297,6 @@ def _pending(out: Path, specs: list[RegionSpec], shard: tuple[int, int] | None) 
 
 def _window_captions(cfg: RegionConfig, specs: list[RegionSpec]) -> list[str]:
     """Every window caption of these regions, once each (the text encoder's work)."""
-    from histoldm.sampling.region_map import window_caption
-
     return sorted(
         {
             window_caption(cfg.template, s.label_map, i, j, s.summary)
@@ -323,8 +311,6 @@ def _write_region(
     out: Path, index: Path, spec: RegionSpec, seed: int, image: np.ndarray, cfg: RegionConfig, geo, settings
 ) -> None:
     """One region's preview and pyramidal TIFF, then its index line: an index line always points at whole files."""
-    from histoldm.sampling.region_tiff import pyramid_tiff_bytes
-
     stem = safe_file_stem(spec.id)
     record = {
         "id": spec.id,
@@ -351,8 +337,6 @@ def _write_region(
 
 def run_sample_region(cfg: RegionConfig) -> RegionResult:
     """Make every region of this shard not yet finished in cfg.out (module docstring)."""
-    from tqdm import tqdm
-
     started = time.time()
     bundle = resolve_bundle(cfg.checkpoint)
     meta = read_bundle_meta(bundle)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image
 
 TILE = 256
 
 
 def pyramid_levels(image: np.ndarray, tile: int = TILE) -> list[np.ndarray]:
     """(H, W, 3) uint8 -> [level 0, level 1 (1/2), ...] down to the first whose smaller side is <= tile."""
-    from PIL import Image
-
     levels = [image]
     while min(levels[-1].shape[:2]) > tile:
         h, w = levels[-1].shape[:2]

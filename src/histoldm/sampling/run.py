@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from histoldm.devices import SamplingNumerics, dtype_name, resolve_device, sampling_numerics
 from histoldm.errors import UserError
@@ -36,9 +38,15 @@ from histoldm.fileio import (
     remove_stale_temps,
 )
 from histoldm.manifest import write_manifest
-from histoldm.models.bundle import META_FILE, read_bundle_meta
+from histoldm.models.autoencoder import decode, load_autoencoder
+from histoldm.models.bundle import META_FILE, load_bundle_unet, read_bundle_meta
+from histoldm.models.speed import compile_unet
 from histoldm.sampling.captions_io import CaptionItem, read_caption_items, safe_file_stem
 from histoldm.sampling.config import SampleConfig
+from histoldm.sampling.consistency import student_eps_fn
+from histoldm.sampling.context import open_text_source
+from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
+from histoldm.sampling.solvers import image_generators, make_solver, training_alphas_cumprod
 
 if TYPE_CHECKING:
     from histoldm.models.autoencoder import Autoencoder
@@ -109,8 +117,6 @@ def to_uint8(image: torch.Tensor, truncate: bool = False) -> torch.Tensor:
 
 def png_bytes(image: torch.Tensor, truncate: bool = False) -> bytes:
     """(3, H, W) in [-1, 1] -> PNG bytes (8-bit RGB)."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(image, truncate).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -146,8 +152,6 @@ def _finalise_index(out: Path, items: list[CaptionItem]) -> list[dict]:
 
 def write_grid(out: Path, files: list[str]) -> Path:
     """All images tiled in rows of ceil(sqrt(n)), in caption order."""
-    from PIL import Image
-
     images = [Image.open(out / f).convert("RGB") for f in files]
     w, h = images[0].size
     cols = math.ceil(math.sqrt(len(images)))
@@ -178,9 +182,6 @@ def _resolve_device_dtype(cfg: SampleConfig):
 
 def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, cfg: SampleConfig):
     """The bundle's UNet (its stored weights are the EMA ones when training kept an EMA) and autoencoder."""
-    from histoldm.models.autoencoder import load_autoencoder
-    from histoldm.models.bundle import load_bundle_unet
-
     unet = load_bundle_unet(bundle).to(device).eval().requires_grad_(False)
     if dtype != torch.float32:
         unet = unet.to(dtype)
@@ -198,8 +199,6 @@ def _load_models(bundle: Path, meta, device: torch.device, dtype: torch.dtype, c
             f"{ae_spec} has {ae.fingerprint[:12]}"
         )
     if cfg.compile:
-        from histoldm.models.speed import compile_unet
-
         unet = compile_unet(unet, cfg.compile_mode, tuning=cfg.compile_tuning)
     return unet, ae
 
@@ -228,11 +227,6 @@ class ImageSampler:
         numerics: SamplingNumerics,
         captions: list[str],
     ) -> ImageSampler:
-        from histoldm.sampling.consistency import student_eps_fn
-        from histoldm.sampling.context import open_text_source
-        from histoldm.sampling.guidance import unet_eps_fn
-        from histoldm.sampling.solvers import training_alphas_cumprod
-
         text = open_text_source(
             bundle,
             meta,
@@ -265,10 +259,6 @@ class ImageSampler:
     @torch.no_grad()
     def __call__(self, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[bool]]:
         """(B, 3, H, W) images on the CPU, and which captions the encoder truncated."""
-        from histoldm.models.autoencoder import decode
-        from histoldm.sampling.guidance import classifier_free_guidance
-        from histoldm.sampling.solvers import image_generators, make_solver
-
         cfg = self.cfg
         context, truncated = self.text.encode(captions)
         context = context.to(self.device)
@@ -398,8 +388,6 @@ def _finish(
 def run_sample(cfg: SampleConfig) -> SampleResult | None:
     """Sample every caption not yet in cfg.out (see the module docstring); under `accelerate launch`
     the main process returns the counts, the others None."""
-    from tqdm import tqdm
-
     started = time.time()
     bundle = resolve_bundle(cfg.checkpoint)
     meta = read_bundle_meta(bundle)

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from histoldm.models.schedule import SCHEDULE, ddim_scheduler, dpm_solver_scheduler
+
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
@@ -29,8 +31,6 @@ def training_alphas_cumprod() -> torch.Tensor:
 @functools.cache
 def _ddim_timesteps(steps: int) -> torch.Tensor:
     """Built once per step count: the sampler asks for it every batch, 200k images a run."""
-    from histoldm.models.schedule import ddim_scheduler
-
     scheduler = ddim_scheduler()
     scheduler.set_timesteps(steps)
     return scheduler.timesteps
@@ -38,8 +38,6 @@ def _ddim_timesteps(steps: int) -> torch.Tensor:
 
 @functools.cache
 def _training_alphas_cumprod() -> torch.Tensor:
-    from histoldm.models.schedule import ddim_scheduler
-
     return ddim_scheduler().alphas_cumprod.to(torch.float32)
 
 
@@ -54,8 +52,6 @@ def solver_timesteps(solver: str, steps: int) -> list[int]:
 
 def _multistep_scheduler(solver: str):
     """A fresh diffusers scheduler for dpmpp / unipc (they keep earlier model outputs as state)."""
-    from histoldm.models.schedule import SCHEDULE, dpm_solver_scheduler
-
     if solver == "dpmpp":
         from diffusers import DPMSolverMultistepScheduler
 
@@ -171,6 +167,7 @@ def make_solver(name: str, *, eta: float = 0.0, solver_steps: int | None = None)
     if name in ("dpmpp", "unipc"):
         return multistep_solver(name)
     if name == "lcm" and solver_steps is not None:
+        # Local: sampling.consistency imports this module (EpsFn, Solver) at its top.
         from histoldm.sampling.consistency import consistency_solver
 
         return consistency_solver(solver_steps)

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from histoldm.devices import resolve_dtype, text_dtype
+from histoldm.devices import launched_processes, resolve_dtype, text_dtype
 from histoldm.errors import UserError
 from histoldm.fileio import (
     append_jsonl,
@@ -39,8 +42,10 @@ from histoldm.fileio import (
     read_text_input,
     require_file,
 )
+from histoldm.manifest import write_manifest
 from histoldm.tables import read_parquet
 from histoldm.text.config import EncodeTextConfig
+from histoldm.text.encoders import load_text_encoder
 
 EMBEDDINGS = "embeddings.safetensors"
 PARTS = "parts"  # per-process rows of an unfinished run across processes
@@ -79,8 +84,6 @@ def read_captions(path: Path) -> tuple[list[str], list[dict]]:
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """safetensors save through a temporary file in the same folder (atomic_output)."""
-    from safetensors.torch import save_file
-
     with atomic_output(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         follow_umask(tmp)
@@ -109,8 +112,6 @@ class TextCache:
 
     def _load(self) -> dict[str, torch.Tensor]:
         if self._tensors is None:
-            from safetensors import safe_open
-
             with safe_open(str(self.folder / EMBEDDINGS), framework="pt") as f:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if tensors["embeddings"].shape[0] < len(self.captions):
@@ -182,8 +183,6 @@ def _encode_batches(
     encoder, captions: list[str], bs: int, batches: list[int], table: torch.Tensor, offset: int, show: bool
 ) -> list[bool]:
     """Encode the given batches (of `bs` captions each) into table rows offset + position; their truncation flags."""
-    from tqdm import tqdm
-
     flags: list[bool] = []
     for b in tqdm(batches, desc="encode-text", unit="batch", disable=not (show and batches)):
         embeddings, batch_flags = encoder.encode_flagged(captions[b * bs : (b + 1) * bs], batch_size=bs)
@@ -202,8 +201,6 @@ def _part_digest(encoder, captions: list[str]) -> str:
 def _encode_share(encoder, new: list[str], bs: int, procs, out: Path) -> Path:
     """This process's batches (b mod N == rank) saved as parts/rank<i>-of-<N>.safetensors; a part of
     the same captions and encoder left by an earlier run is reused."""
-    from safetensors import safe_open
-
     batches = list(range(procs.rank, -(-len(new) // bs), procs.world))
     mine = [c for b in batches for c in new[b * bs : (b + 1) * bs]]
     digest = _part_digest(encoder, mine)
@@ -224,8 +221,6 @@ def _encode_share(encoder, new: list[str], bs: int, procs, out: Path) -> Path:
 
 def _merge_shares(new: list[str], bs: int, world: int, out: Path, table: torch.Tensor, offset: int) -> list[bool]:
     """Rows of every process's part into the table in caption order; the truncation flags in that order."""
-    from safetensors.torch import load_file
-
     flags = [False] * len(new)
     n_batches = -(-len(new) // bs)
     for rank in range(world):
@@ -283,10 +278,6 @@ def run_encode_text(cfg: EncodeTextConfig, procs=None) -> EncodeTextResult | Non
     """Encode the unique captions of cfg.captions not yet in cfg.out (under accelerate launch, this
     process's share); the main process returns the meta plus counts, the others None. `procs`:
     histoldm.devices.Processes, default the processes this one was launched among."""
-    from histoldm.devices import launched_processes
-    from histoldm.manifest import write_manifest
-    from histoldm.text.encoders import load_text_encoder
-
     started = time.time()
     captions, skipped = read_captions(cfg.captions)
     unique = list(dict.fromkeys(captions))

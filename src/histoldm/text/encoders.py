@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from histoldm.assets import asset_path
 from histoldm.devices import resolve_dtype
 from histoldm.errors import UserError
 from histoldm.text import long_captions as lc
@@ -272,8 +273,6 @@ def load_text_encoder(
     dtype: a torch dtype, or a name resolved by `histoldm.devices.resolve_dtype` (None = auto: bfloat16 on a
     CUDA device that supports it, float32 elsewhere).
     """
-    from histoldm.assets import asset_path
-
     if mode is not None and mode not in lc.MODES:
         raise UserError(f"text encoder mode {mode!r}: expected one of {', '.join(lc.MODES)}")
     torch_dtype = (

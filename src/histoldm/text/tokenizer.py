@@ -13,10 +13,12 @@ import json
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-
-from transformers import CLIPTokenizer, CLIPTokenizerFast, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from histoldm.assets import asset_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BOS_ID = 49406
 EOS_ID = 49407
@@ -51,6 +53,8 @@ def _vocab_and_merges(vocab_gz: Path) -> tuple[dict[str, int], list[str]]:
 @lru_cache(maxsize=1)
 def clip_tokenizer() -> PreTrainedTokenizerBase:
     """A transformers CLIPTokenizer with OpenAI's vocabulary; pad = EOS as in CLIP."""
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
     vocab, merges = _vocab_and_merges(asset_path("clip_vocab"))
     params = inspect.signature(CLIPTokenizer.__init__).parameters
     if "vocab_file" in params:  # transformers 4.x takes files

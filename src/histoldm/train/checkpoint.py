@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, atomic_write_text, follow_umask
+from histoldm.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text, follow_umask, read_jsonl
 
 LATEST = "latest"
 STATE = "state.json"
@@ -42,8 +43,6 @@ def checkpoint_name(step: int) -> str:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
     follow_umask(path)
     with open(path, "rb") as f:
@@ -51,8 +50,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file missing")
     return load_file(str(path))
@@ -158,8 +155,6 @@ def _match_parameter_layout(optimizer) -> None:
 
 def truncate_stats(path: Path, step: int) -> None:
     """Drop log lines past the checkpoint a run resumes from: the resumed session logs those steps again."""
-    from histoldm.fileio import atomic_write_jsonl, read_jsonl
-
     if Path(path).is_file():
         records = list(read_jsonl(path))
         kept = [r for r in records if r.get("step", 0) <= step]

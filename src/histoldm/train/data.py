@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histoldm.data.splits import load_split
 from histoldm.errors import UserError
+from histoldm.tables import read_parquet
+from histoldm.text.cache import TextCache
 from histoldm.train.latents import LatentCache
 
 
@@ -30,8 +33,6 @@ class TextTable:
     last row is the empty caption, and caption -> row."""
 
     def __init__(self, folder: Path):
-        from histoldm.text.cache import TextCache
-
         self.cache = TextCache.open(folder)
         self.meta = self.cache.meta
         self.embeddings, self.uncond = self.cache.embeddings, self.cache.uncond
@@ -50,8 +51,6 @@ class TextTable:
 
 
 def _split_cases(split_path: Path, split: str) -> set[str]:
-    from histoldm.data.splits import load_split
-
     assigned = load_split(split_path)
     cases = {str(c) for c, name in assigned.items() if name == split}
     if not cases:
@@ -70,8 +69,6 @@ class LatentTextDataset(torch.utils.data.Dataset):
     def __init__(
         self, latents: LatentCache, text: TextTable, captions_path: Path, split_path: Path | None, split: str = "train"
     ):
-        from histoldm.tables import read_parquet
-
         table = read_parquet(captions_path, "captions file", ["patch_id", "case_id", "caption"]).to_pydict()
         cases = _split_cases(split_path, split) if split_path else None
         position = latents.positions()

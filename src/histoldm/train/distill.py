@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from histoldm.devices import dtype_name, training_memory_format
 from histoldm.errors import UserError
@@ -192,7 +193,6 @@ def _write_manifest(
 def run_distill(cfg: DistillConfig) -> DistillResult:
     """Distil the teacher into a few-step student (module docstring); a re-run resumes by itself."""
     from accelerate.utils import set_seed
-    from tqdm import tqdm
 
     started = time.time()
 

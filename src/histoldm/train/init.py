@@ -16,13 +16,21 @@ Sources:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from histoldm.errors import UserError
+from histoldm.fileio import sha256_file
+from histoldm.models import compvis_keys as ck
+from histoldm.models.bundle import META_FILE
+from histoldm.models.convert import SKIP_RULES, _check_schedule, _preview, read_checkpoint
+from histoldm.models.presets import UNET_PRESETS
+from histoldm.train.checkpoint import read_latest
 
 UNET_PREFIX = "model.diffusion_model."
 # Skip reasons for what a CompVis checkpoint holds besides the UNet (init_from only: convert-ldm keeps more).
@@ -89,16 +97,12 @@ def compvis_init(unet: torch.nn.Module) -> int:
 
 
 def _our_compvis_names(unet) -> dict[str, str]:
-    from histoldm.models import compvis_keys as ck
-
     cfg = unet.config
     return ck.unet_names(unet.state_dict().keys(), cfg.layers_per_block, cfg.up_block_types)
 
 
 def _from_compvis(path: Path, unet) -> tuple[dict[str, torch.Tensor], list[dict[str, str]], str, dict[str, str]]:
     """Our-named UNet state dict from a CompVis file; every tensor under the UNet's prefix must be placed."""
-    from histoldm.models.convert import SKIP_RULES, _check_schedule, _preview, read_checkpoint
-
     state = read_checkpoint(path)
     prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in state) else ""
     if not prefix and "input_blocks.0.0.weight" not in state:
@@ -166,11 +170,6 @@ def _check_architecture(theirs: dict, unet, source: Path) -> None:
 
 def _from_histoldm(path: Path, unet) -> tuple[dict[str, torch.Tensor], str, Path]:
     """(state, kind, file hashed): a bundle's UNet, or a run's exported bundle / latest checkpoint."""
-    from safetensors.torch import load_file
-
-    from histoldm.models.bundle import META_FILE
-    from histoldm.train.checkpoint import read_latest
-
     if (path / META_FILE).is_file():
         kind, weights = "bundle", path / "unet" / "diffusion_pytorch_model.safetensors"
     elif (path / "model" / META_FILE).is_file():
@@ -188,10 +187,6 @@ def _from_histoldm(path: Path, unet) -> tuple[dict[str, torch.Tensor], str, Path
 def _saved_architecture(weights: Path, path: Path) -> dict:
     """The source UNet's config: its config.json beside the weights, or for a run's checkpoint the preset in
     RUN/config.json."""
-    import json
-
-    from histoldm.models.presets import UNET_PRESETS
-
     try:
         if weights.parent.name == "unet":
             return json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
@@ -232,8 +227,6 @@ def _check_shapes(state: dict[str, torch.Tensor], unet, source: Path, names: dic
 
 def load_init_weights(source: Path, unet) -> InitReport:
     """Fill `unet` in place from `source`, checking every tensor; the report says what was loaded and skipped."""
-    from histoldm.fileio import sha256_file
-
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source}: model.init_from not found (a model bundle, run folder or CompVis checkpoint)")

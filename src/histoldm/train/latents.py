@@ -28,10 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from histoldm.data.store import TABLE_NAME, PatchStore
+from histoldm.devices import launched_processes, resolve_dtype
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes, atomic_write_json, check_settings, require_file
+from histoldm.manifest import write_manifest
+from histoldm.models.autoencoder import encode, load_autoencoder
 from histoldm.train.config import EncodeLatentsConfig
 
 META = "meta.json"
@@ -43,8 +51,6 @@ def _shard_name(k: int) -> str:
 
 
 def _read_store(store: Path) -> tuple[list[str], list[Path]]:
-    from histoldm.data.store import TABLE_NAME, PatchStore
-
     patches = PatchStore.open(store)
     if not len(patches):
         raise UserError(f"{store / TABLE_NAME}: no patches")
@@ -65,8 +71,6 @@ class PatchImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(self.paths[i].read_bytes())) as im:
                 im = im.convert("RGB")
@@ -93,8 +97,6 @@ def image_batches(paths: list[Path], batch_size: int, workers: int, size: int | 
 
 def _encode_batch(ae, items, first_shape, device, dtype, pin: bool):
     """Encode the readable images of one batch; returns (latents fp32 cpu, ok mask, errors)."""
-    from histoldm.models.autoencoder import encode
-
     ok = [good and (first_shape is None or img.shape == first_shape) for img, good, _ in items]
     errors = [
         err or ("" if good else f"image shape differs from {tuple(first_shape)}")
@@ -183,9 +185,6 @@ def _write_shard(out: Path, k: int, ids: list[str], paths: list[Path], cfg, enco
 
 def _write_index(out: Path, n_shards: int) -> tuple[list[tuple[str, int, int]], list[dict]]:
     """index.parquet (patch_id, shard, row) over the finished shards; returns its rows and the skipped patches."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     skipped: list[dict] = []
     index_rows: list[tuple[str, int, int]] = []
     for k in range(n_shards):
@@ -227,12 +226,6 @@ def run_encode_latents(cfg: EncodeLatentsConfig, procs=None) -> EncodeLatentsRes
     """Encode every patch of the store once (this process's share of the shards under accelerate
     launch); the main process returns counts and the output folder, the others None. `procs`:
     histoldm.devices.Processes, default the processes this one was launched among."""
-    from tqdm import tqdm
-
-    from histoldm.devices import launched_processes, resolve_dtype
-    from histoldm.manifest import write_manifest
-    from histoldm.models.autoencoder import load_autoencoder
-
     started = time.time()
     ids, paths = _read_store(cfg.store)
     procs = procs or launched_processes(cfg.device, "encode-latents")
@@ -327,8 +320,6 @@ class LatentCache:
 
     @classmethod
     def open(cls, folder: Path) -> LatentCache:
-        import pyarrow.parquet as pq
-
         folder = Path(folder)
         meta_path = require_file(folder / META, "latent cache meta.json")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

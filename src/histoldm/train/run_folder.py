@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from histoldm.fileio import atomic_write_json, check_settings
+from histoldm.models.bundle import save_bundle
 from histoldm.train.checkpoint import clean_partial
 from histoldm.train.init import compvis_init, load_init_weights, skipped_lines
 
@@ -129,8 +130,6 @@ def report_training_data(cfg, patches: int, cases: int, stage: str = "train") ->
 def export_bundle(folder: Path, meta, unet, ema) -> None:
     """Save the inference weights (EMA when on) as a model bundle, from a contiguous CPU copy."""
     from diffusers import UNet2DConditionModel
-
-    from histoldm.models.bundle import save_bundle
 
     state = ema.averaged_state_dict(unet) if ema is not None else unet.state_dict()
     export = UNet2DConditionModel.from_config(unet.config)

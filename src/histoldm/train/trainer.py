@@ -15,14 +15,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from histoldm.devices import dtype_name, training_memory_format
 from histoldm.errors import UserError
 from histoldm.fileio import append_jsonl
 from histoldm.manifest import write_manifest
+from histoldm.models.autoencoder import load_autoencoder
 from histoldm.models.bundle import BundleMeta, LatentContract, TextContract
 from histoldm.models.presets import build_unet
 from histoldm.models.speed import compile_unet, enable_gradient_checkpointing
@@ -64,8 +67,6 @@ def _check_inputs(cfg: TrainConfig, latent_meta: dict, text_dim: int) -> None:
         )
     expected = cfg.model.autoencoder_fingerprint
     if cfg.model.autoencoder and not expected:
-        from histoldm.models.autoencoder import load_autoencoder
-
         expected = load_autoencoder(cfg.model.autoencoder).fingerprint
     if expected and expected != latent_meta.get("fingerprint"):
         made_by = latent_meta.get("autoencoder", "?")
@@ -129,7 +130,6 @@ def check_captions_cached(cfg: TrainConfig, dataset: LatentTextDataset, text_met
             file=sys.stderr,
         )
         return
-    from shlex import quote
 
     fix = (
         f"histoldm encode-text {quote(str(cfg.data.captions))} --out {quote(str(cfg.data.text_cache))} "
@@ -247,7 +247,6 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     """Train a UNet on the caches (module docstring); a re-run resumes by itself; RUN/model at the end."""
     from accelerate.utils import set_seed
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
     started = time.time()
 

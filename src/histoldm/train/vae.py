@@ -18,22 +18,34 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from histoldm.config import normalise_dtype_name
+from histoldm.data.splits import load_split
+from histoldm.data.store import PatchStore
+from histoldm.devices import resolve_device, resolve_dtype, training_memory_format
 from histoldm.errors import UserError
-from histoldm.fileio import atomic_write_json, follow_umask, settings_changes
+from histoldm.fileio import append_jsonl, atomic_write_json, follow_umask, settings_changes
+from histoldm.manifest import write_manifest
+from histoldm.models.autoencoder import load_autoencoder
+from histoldm.train.checkpoint import (
+    clean_partial,
+    describe_changes,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    truncate_stats,
+)
 from histoldm.train.config import TrainVAEConfig
+from histoldm.train.data import ResumableSampler, augment_dihedral, step_generator
+from histoldm.train.latents import PatchImages, as_list, image_batches
 from histoldm.train.lr_schedule import make_lr_scheduler
 
 
 def _split_cases(store: Path, holdout: int, split: Path | None) -> tuple[list[Path], list[Path]]:
-    from histoldm.data.store import PatchStore
-
     table = PatchStore.open(store).table.select(["case_id", "path"]).to_pydict()
     order = sorted(set(table["case_id"]), key=lambda c: hashlib.sha256(str(c).encode()).hexdigest())
     if split is not None:
-        from histoldm.data.splits import load_split
-
         assigned = load_split(split)
         held = {c for c in order if assigned.get(c) != "train"}
     else:
@@ -92,8 +104,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _load_model(spec: str):
     from diffusers import AutoencoderKL
 
-    from histoldm.models.autoencoder import load_autoencoder
-
     ae = load_autoencoder(spec)
     if ae.kind != "kl":
         raise UserError(f"{spec}: train-vae trains KL autoencoders; this is a {ae.kind.upper()} model")
@@ -116,8 +126,6 @@ def evaluate(
     model, paths: list[Path], batch_size: int, device: torch.device, dtype: torch.dtype, size: int | None = None
 ) -> dict:
     """PSNR and SSIM of reconstructions (posterior mean) of the held-out patches."""
-    from histoldm.train.latents import image_batches
-
     model.eval()
     psnrs, ssims = [], []
     for items in image_batches(paths, batch_size, 0, size):
@@ -174,8 +182,6 @@ def _check_same_training(out: Path, cfg: TrainVAEConfig, resuming: bool) -> None
 def _batches(paths: list[Path], sampler, cfg: TrainVAEConfig):
     """Per step, the sampler's batch as (image, ok, error) items: decoded by a DataLoader, or, with
     `preload`, decoded once up front (at the demo's 64 px the decoding cost as much as the model's step)."""
-    from histoldm.train.latents import PatchImages, as_list
-
     images = PatchImages(paths, cfg.image_size)
     if not cfg.preload:
         yield from torch.utils.data.DataLoader(
@@ -203,8 +209,6 @@ def _train_step(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """One L1 + KL step on dihedral flips (and random crops) of a batch; returns the detached loss."""
-    from histoldm.train.data import augment_dihedral, step_generator
-
     gen = step_generator(cfg.seed, step, 0, x.device, VAE_FLIPS_AND_NOISE)
     x = augment_dihedral(x, gen)
     if cfg.crop is not None and cfg.crop < x.shape[-1]:
@@ -235,8 +239,6 @@ class TrainVAEResult:
 def _resume(out: Path, resume_from: Path, slots: dict, schedule: dict) -> dict:
     """Restore model, optimizer and schedule from the checkpoint (the lr is the config's); the log lines
     after it are re-made, so they are cut from stats.jsonl. Returns load_checkpoint's state."""
-    from histoldm.train.checkpoint import describe_changes, load_checkpoint, truncate_stats
-
     state = load_checkpoint(resume_from, **slots, schedule=schedule)
     truncate_stats(out / "stats.jsonl", state["step"])
     print(f"train-vae: resumed from {resume_from} at step {state['step']}")
@@ -246,14 +248,6 @@ def _resume(out: Path, resume_from: Path, slots: dict, schedule: dict) -> dict:
 
 
 def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
-    from tqdm import tqdm
-
-    from histoldm.devices import resolve_device, resolve_dtype, training_memory_format
-    from histoldm.fileio import append_jsonl
-    from histoldm.manifest import write_manifest
-    from histoldm.train.checkpoint import clean_partial, resolve_resume, save_checkpoint
-    from histoldm.train.data import ResumableSampler
-
     started = time.time()
 
     # Data and device: held-out cases first, precision checked before any compute.

@@ -14,6 +14,10 @@ import torch
 
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_bytes
+from histoldm.models.autoencoder import decode, load_autoencoder
+from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
+from histoldm.sampling.run import png_bytes, to_uint8
+from histoldm.sampling.solvers import make_solver, training_alphas_cumprod
 from histoldm.train.config import ValidationSection
 
 
@@ -21,8 +25,6 @@ class ValidationGrid:
     def __init__(
         self, cfg: ValidationSection, text, latent_meta: dict, prediction_type: str, device: torch.device, seed: int
     ):
-        from histoldm.models.autoencoder import load_autoencoder
-
         if not cfg.autoencoder:
             raise UserError("validation.autoencoder: required when validation.every > 0")
         self.ae = load_autoencoder(cfg.autoencoder, device)
@@ -44,11 +46,6 @@ class ValidationGrid:
 
     @torch.no_grad()
     def render(self, unet, step: int, run_dir: Path, writer, autocast_dtype: torch.dtype | None) -> Path:
-        from histoldm.models.autoencoder import decode
-        from histoldm.sampling.guidance import classifier_free_guidance, unet_eps_fn
-        from histoldm.sampling.run import png_bytes, to_uint8
-        from histoldm.sampling.solvers import make_solver, training_alphas_cumprod
-
         was_training = unet.training
         unet.eval()
         alphas = training_alphas_cumprod()
