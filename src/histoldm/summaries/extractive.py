@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from histoldm.summaries.budget import truncate_to_budget
 from histoldm.summaries.case_facts import Fact, joined_case
+from histoldm.summaries.consistency import contradictions
 from histoldm.summaries.findings import FINDINGS, clauses, lower, read_status, status_at
 from histoldm.summaries.report_document import repair_ocr, split_run_together
 from histoldm.text.tokenizer import clip_tokenizer
@@ -759,8 +760,6 @@ def _sentence_case(clause: str) -> str:
 def safe_truncate(report: str, text: str, budget: int) -> str:
     """`text` cut to the budget at a clause boundary, cut further while the cut states a finding
     the report contradicts ("ductal carcinoma in situ, absent" must not end as "ductal carcinoma in situ")."""
-    from histoldm.summaries.consistency import contradictions
-
     cut = truncate_to_budget(text, budget)
     while cut and contradictions(report, cut):
         shorter = truncate_to_budget(cut, _phrase_tokens(cut) - 1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from histoldm.assets import asset_path
 from histoldm.errors import UserError
 
 DUMMY_KEY = "sk-local-no-key"
@@ -140,8 +141,6 @@ class LocalBackend:
 
     def __init__(self, model: str | None, temperature: float, seed: int | None, max_tokens: int | None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from histoldm.assets import asset_path
 
         path = Path(model) if model else asset_path("smollm2_gguf")
         if not path.exists():

@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from histoldm.errors import UserError
 from histoldm.fileio import atomic_write_jsonl, read_jsonl, repair_torn_tail
 from histoldm.manifest import write_manifest
 from histoldm.summaries.budget import whole_clause_prefixes
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.consistency import audited_facts, contradictions
-from histoldm.summaries.llm import ChatBackend, PermanentError, TransientError
+from histoldm.summaries.extractive import extractive_summary
+from histoldm.summaries.llm import ChatBackend, LocalBackend, OpenAIBackend, PermanentError, TransientError
 from histoldm.summaries.loading import LoadedReports, Report, load_reports
 from histoldm.summaries.prompts import PRESETS, PromptTemplate, contradiction_feedback, feedback, load_prompt, render
 from histoldm.text.tokenizer import count_tokens
@@ -190,8 +193,6 @@ def _regenerate(cfg: SummarizeConfig, backend: ChatBackend, template: PromptTemp
 
 
 def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]:
-    from histoldm.summaries.extractive import extractive_summary
-
     try:
         summary, used_fallback = extractive_summary(report.text, cfg.budget)
     except Exception as e:  # noqa: BLE001 - one odd report must not stop ten thousand
@@ -218,8 +219,6 @@ def summarize_extractive(cfg: SummarizeConfig, report: Report) -> dict[str, Any]
 
 
 def _make_backend(cfg: SummarizeConfig) -> ChatBackend:
-    from histoldm.summaries.llm import LocalBackend, OpenAIBackend
-
     max_tokens = cfg.max_tokens or 4 * cfg.budget + 32
     if cfg.backend == "openai":
         if not cfg.model:
@@ -387,8 +386,6 @@ class _Tally:
 
 def _load_warnings(loaded: LoadedReports, reports: list[Report]) -> list[str]:
     """The loader's warnings about the reports, and one per dropped duplicate; each is shown as it is found."""
-    from tqdm import tqdm
-
     warnings = [w for r in reports for w in r.warnings]
     for dup in loaded.duplicates:
         warnings.append(f"{dup['source']}: duplicate case id {dup['case_id']}, kept {dup['kept']}")
@@ -407,8 +404,6 @@ def _summarize_pending(
 ) -> _Tally:
     """Summarize the pending reports (in order when extractive, concurrently for an LLM), appending each record
     to `cfg.out` as it finishes, so an interrupted run keeps what it did."""
-    from tqdm import tqdm
-
     tally = _Tally()
 
     def finish(report: Report, result: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import gzip
 import inspect
 import json
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,9 +51,19 @@ def _vocab_and_merges(vocab_gz: Path) -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-@lru_cache(maxsize=1)
+# transformers' lazy module import is not thread-safe: summarize counts tokens from worker threads, and two
+# first calls at once could each see a half-imported module. One lock serialises the first build.
+_BUILD_LOCK = threading.Lock()
+
+
 def clip_tokenizer() -> PreTrainedTokenizerBase:
-    """A transformers CLIPTokenizer with OpenAI's vocabulary; pad = EOS as in CLIP."""
+    """A transformers CLIPTokenizer with OpenAI's vocabulary; pad = EOS as in CLIP (built once per process)."""
+    with _BUILD_LOCK:
+        return _build_clip_tokenizer()
+
+
+@lru_cache(maxsize=1)
+def _build_clip_tokenizer() -> PreTrainedTokenizerBase:
     from transformers import CLIPTokenizer, CLIPTokenizerFast
 
     vocab, merges = _vocab_and_merges(asset_path("clip_vocab"))
