@@ -13,7 +13,10 @@ from histoldm.text.encoders import load_text_encoder
 from histoldm.text.tokenizer import count_tokens
 
 SHORT = "Invasive ductal carcinoma, grade 2."
-LONG = "Invasive ductal carcinoma, grade 2; tumor size 2.1 cm; margins negative; estrogen receptor positive; HER2 negative."
+LONG = (
+    "Invasive ductal carcinoma, grade 2; tumor size 2.1 cm; margins negative; estrogen receptor positive; "
+    "HER2 negative."
+)
 
 
 def test_context_follows_the_budget_with_prefix_and_bos_eos():
@@ -58,3 +61,34 @@ def test_peak_rss_sees_memory_allocated_inside_the_stage():
         del block
     result = rss.result()
     assert result["rise_gib"] >= 0.14 and result["peak_rss_gib"] >= result["start_rss_gib"] + 0.14
+
+
+def test_across_seeds_marks_only_differences_beyond_the_seed_spread_and_floor():
+    """A budget's mean counts as different from the largest budget's only beyond the metric's noise."""
+    from histoldm.experiments.sweep_seeds import across_seeds
+
+    def row(budget, seed, fid, floor, auroc):
+        return {"budget": budget, "seed": seed, "fid": fid, "fid_floor": floor, "adherence_necrosis_auroc": auroc}
+
+    rows = [
+        row(10, 0, 300.0, 90.0, 0.50),
+        row(10, 1, 310.0, 100.0, 0.54),
+        row(35, 0, 250.0, 95.0, 0.80),
+        row(35, 1, 260.0, 95.0, 0.84),
+        row(154, 0, 290.0, 95.0, 0.78),
+        row(154, 1, 296.0, 95.0, 0.82),
+    ]
+    columns, table = across_seeds(rows, ["fid", "adherence_necrosis_auroc"])
+    assert columns == ["budget", "fid", "adherence_necrosis_auroc"]
+    by_budget = {r[0]: r[1:] for r in table}
+    assert by_budget["noise"] == ["100.00", "0.040"]  # FID: the largest floor; AUROC: the largest seed spread
+    assert by_budget["10"] == ["305.00 (300.00 / 310.00)", "0.520 (0.500 / 0.540) *"]  # necrosis lost beyond noise
+    assert by_budget["35"] == ["255.00 (250.00 / 260.00)", "0.820 (0.800 / 0.840)"]  # both inside the noise
+    assert by_budget["154"] == ["293.00 (290.00 / 296.00)", "0.800 (0.780 / 0.820)"]  # the reference, never marked
+
+
+def test_sweep_seeds_each_once():
+    with pytest.raises(ValueError, match="each seed once"):
+        SweepConfig.model_validate({"seeds": [0, 0]})
+    assert SweepConfig.model_validate({"seeds": [3, 4]}).row_seeds == [3, 4]
+    assert SweepConfig.model_validate({}).row_seeds == [SweepConfig.model_validate({}).recipe.seed]
