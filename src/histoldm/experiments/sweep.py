@@ -199,10 +199,10 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
             if gpu
             else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."
         ),
-        "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every 0.05 s, "
-        "exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when training started. "
-        "RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be reused, so rows are "
-        "compared by the rise, in the order they ran.",
+        "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every "
+        "0.05 s, exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when "
+        "training started. RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be "
+        "reused, so rows are compared by the rise, in the order they ran.",
         "seed: every stage's seed of the row (training, held-out subset, sampling, evaluation) but the "
         f"autoencoder's and the latents', shared by all rows (seed {cfg.recipe.seed}).",
     ]
@@ -320,8 +320,9 @@ def _write_html(
                 captions.append([budget, count_tokens(caption), caption])
     intro = (
         f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget "
-        f"and seed ({', '.join(map(str, cfg.row_seeds))}) trained {cfg.recipe.train['max_steps']} steps on the same patches, split and latents; only the summaries "
-        "(and the text context they need) differ between rows. " + html.escape(" ".join(notes))
+        f"and seed ({', '.join(map(str, cfg.row_seeds))}) trained {cfg.recipe.train['max_steps']} steps on the same "
+        "patches, split and latents; only the summaries (and the text context they need) differ between rows. "
+        + html.escape(" ".join(notes))
     )
     return write_report(
         out / "report.html",
