@@ -149,6 +149,8 @@ def sweep_out(tmp_path_factory):
     args = [a.replace("data.", "demo_data.") for a in TINY] + [
         "--set",
         "demo_data.visible_facts=[necrosis,grade,growth]",
+        "--set",
+        "seeds=[0,1]",
     ]
     assert main(["sweep", "--out", str(out), "--budgets", "20", "154", *args]) == 0
     return out
@@ -166,20 +168,41 @@ def test_sweep_table_has_per_fact_adherence_columns(sweep_out):
     assert "adherence_grade_real_auroc" in (sweep_out / "report.html").read_text()
 
 
+def test_sweep_runs_every_budget_per_seed_and_compares_them_across_seeds(sweep_out):
+    """seeds: [0, 1] trains, samples and evaluates each budget twice; the across-seeds table gives both values."""
+    rows = list(csv.DictReader((sweep_out / "results.csv").open()))
+    assert [(int(r["budget"]), int(r["seed"])) for r in rows] == [(20, 0), (20, 1), (154, 0), (154, 1)]
+    rows_dirs = ["budget-20", "budget-20-seed1"]
+    seeds = [json.loads((sweep_out / d / "samples" / "manifest.json").read_text())["seed"] for d in rows_dirs]
+    assert seeds == [0, 1]
+    assert (sweep_out / "budget-20-seed1" / "run" / "model").is_dir()  # a model of its own, not a resample
+    assert not (sweep_out / "budget-20-seed1" / "summaries.jsonl").exists()  # the budget's summaries are shared
+    markdown = (sweep_out / "results.md").read_text()
+    table = markdown.split("## Across seeds")[1]
+    for budget in (20, 154):
+        values = [float(r["fid"]) for r in rows if int(r["budget"]) == budget]
+        cells = next(line for line in table.splitlines() if line.startswith(f"| {budget} |")).split(" | ")
+        assert cells[1].startswith(f"{sum(values) / 2:.2f} ({values[0]:.2f} / {values[1]:.2f})")
+    assert "| noise |" in table and "adherence_necrosis_auroc" in table and "inside the noise" in markdown
+    assert "Across seeds" in (sweep_out / "report.html").read_text()
+
+
 def test_sweep_writes_table_and_plot(sweep_out):
     out = sweep_out
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [int(r["budget"]) for r in rows] == [20, 154]
-    assert float(rows[0]["mean_summary_tokens"]) <= 20 < float(rows[1]["mean_summary_tokens"])
+    assert [int(r["budget"]) for r in rows] == [20, 20, 154, 154]
+    assert float(rows[0]["mean_summary_tokens"]) <= 20 < float(rows[2]["mean_summary_tokens"])
     assert all(float(r["fid"]) >= 0 for r in rows)
     assert "FID protocol:" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
 
 
 def test_sweep_rows_get_the_context_their_budget_needs_and_cpu_memory(sweep_out):
-    rows = {int(r["budget"]): r for r in csv.DictReader((sweep_out / "results.csv").open())}
-    assert int(rows[20]["text_context"]) < int(rows[154]["text_context"])
-    for budget, row in rows.items():
-        meta = json.loads((sweep_out / f"budget-{budget}" / "text-cache" / "meta.json").read_text())
+    from histoldm.experiments.sweep import row_name
+
+    rows = {(int(r["budget"]), int(r["seed"])): r for r in csv.DictReader((sweep_out / "results.csv").open())}
+    assert int(rows[20, 1]["text_context"]) < int(rows[154, 1]["text_context"])
+    for (budget, seed), row in rows.items():
+        meta = json.loads((sweep_out / row_name(budget, seed, 0) / "text-cache" / "meta.json").read_text())
         assert meta["length"] == int(row["text_context"]) and meta["n_truncated"] == int(row["truncated_captions"]) == 0
         assert row["peak_train_memory_gib"] == ""  # no GPU memory on CPU ...
         assert (
@@ -241,7 +264,8 @@ def test_floor_reuses_the_first_sets_features_only_for_its_own_images(sweep_out,
 def test_sweep_html_report_shows_each_budget(sweep_out):
     html = (sweep_out / "report.html").read_text()
     for budget in (20, 154):
-        assert f"budget {budget}: FID" in html and f"[budget {budget}] " in html  # metrics with floor, example captions
+        for seed in (0, 1):  # metrics with floor, example captions
+            assert f"budget {budget} seed {seed}: FID" in html and f"[budget {budget} seed {seed}] " in html
     assert (
         "floor" in html
         and "tokens.png" in html

@@ -33,7 +33,7 @@ def test_config_names_a_shipped_config_wherever_config_is_taken(tmp_path, monkey
         cfg = yaml.safe_load(capsys.readouterr().out)
         assert (cfg["name"], cfg["model"]["unet_preset"]) == ("pathldm", "pathldm")
     assert main(["sweep", "--config", "sweep_demo", "--dry-run"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["budgets"] == [20, 35, 50, 154]
+    assert yaml.safe_load(capsys.readouterr().out)["budgets"] == [10, 35, 154]
 
 
 def test_a_missing_config_path_is_one_line_naming_the_shipped_ones(tmp_path, monkeypatch, capsys):

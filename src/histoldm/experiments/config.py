@@ -216,6 +216,17 @@ class SweepConfig(StrictModel):
     noise_floor: bool = Field(
         True, description="sample every row's held-out captions twice (two seeds) for the FID/KID floor"
     )
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="train, sample and evaluate every budget once per seed (the autoencoder and latents are shared); "
+        "the table gives each seed's values and their mean (default: recipe.seed only)",
+    )
+
+    @property
+    def row_seeds(self) -> list[int]:
+        """The seeds every budget runs with."""
+        return self.seeds or [self.recipe.seed]
 
     @model_validator(mode="before")
     @classmethod
@@ -234,6 +245,8 @@ class SweepConfig(StrictModel):
         given = [name for name in ("reports", "store", "split") if getattr(self, name) is not None]
         if given and len(given) != 3:
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once (got {self.seeds})")
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
         # typos fail now, not after minutes of training

@@ -4,8 +4,10 @@ For each summary budget (20 / 35 / 50 / 154 CLIP tokens by default): summarise t
 the patches, encode the captions, train, sample the held-out captions and evaluate. The patch
 store, split and latent cache are shared by every budget, so the rows differ only in their
 summaries and in the text context length each budget needs (`context_length`). Beside each FID
-and KID stands its seed-to-seed floor (the same captions sampled again with the next seed). Writes
-results.csv, results.md, results.png, tokens.png and report.html; a re-run resumes finished stages.
+and KID stands its seed-to-seed floor (the same captions sampled again with the next seed). With `seeds`
+every budget runs once per seed and an across-seeds table says which differences stand out of the noise
+(histoldm.experiments.sweep_seeds). Writes results.csv, results.md, results.png, tokens.png and report.html;
+a re-run resumes finished stages.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from histoldm.experiments.chain import (
 from histoldm.experiments.config import ModelRecipe, SweepConfig
 from histoldm.experiments.demo_data import build_demo_data
 from histoldm.experiments.sweep_facts import FACT_NOTE, fact_columns, fact_row
+from histoldm.experiments.sweep_seeds import SEEDS_NOTE, across_seeds, seed_metrics
 from histoldm.fileio import atomic_write_text, read_jsonl
 
 COLUMNS = [
     "budget",
+    "seed",
     "mean_summary_tokens",
     "text_context",
     "truncated_captions",
@@ -50,6 +54,7 @@ COLUMNS = [
     "precision",
     "recall",
     "adherence_tumor_auroc",
+    "adherence_til_auroc",
     "peak_train_memory_gib",
     "peak_train_rss_gib",
     "train_rss_rise_gib",
@@ -137,14 +142,23 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _row(budget: int, summaries: Path, result: ChainResult, floor: Metrics | None, seconds: float) -> dict[str, Any]:
+def row_name(budget: int, seed: int, recipe_seed: int) -> str:
+    """A row's work folder: budget-B for the recipe's seed (a one-seed sweep's layout), budget-B-seedS otherwise."""
+    return f"budget-{budget}" if seed == recipe_seed else f"budget-{budget}-seed{seed}"
+
+
+def _row(
+    budget: int, seed: int, summaries: Path, result: ChainResult, floor: Metrics | None, seconds: float
+) -> dict[str, Any]:
     tokens = [r["tokens"] for r in read_jsonl(summaries) if r.get("status") != "failed"]
     m = result.metrics
     kid, pr = m.kid, m.precision_recall
-    tumor = m.adherence.by_attribute.get("tumor") if m.adherence else None
+    by_attribute = m.adherence.by_attribute if m.adherence else {}
+    tumor, til = by_attribute.get("tumor"), by_attribute.get("til")
     rss, train = result.train_peak_rss, result.train
     return {
         "budget": budget,
+        "seed": seed,
         "mean_summary_tokens": round(statistics.mean(tokens), 1) if tokens else None,
         "text_context": result.text.meta["length"],
         "truncated_captions": result.text.n_truncated,
@@ -157,6 +171,7 @@ def _row(budget: int, summaries: Path, result: ChainResult, floor: Metrics | Non
         "precision": _round(pr.precision if pr else None, 3),
         "recall": _round(pr.recall if pr else None, 3),
         "adherence_tumor_auroc": _round(tumor.auroc if tumor else None, 3),
+        "adherence_til_auroc": _round(til.auroc if til else None, 3),
         "peak_train_memory_gib": train.peak_memory.get("allocated_gib"),
         "peak_train_rss_gib": rss.get("peak_rss_gib"),
         "train_rss_rise_gib": rss.get("rise_gib"),
@@ -171,9 +186,9 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
     gpu = any(r["peak_train_memory_gib"] for r in rows)
     return [
         f"FID protocol: {protocol_line}",
-        "fid_floor / kid_floor: FID and KID between two sample sets of the same held-out captions from the same model, seeds "
-        f"{cfg.recipe.seed} and {cfg.recipe.seed + 1} (the seed-to-seed noise floor); FID differences between rows smaller than "
-        "the floor are noise."
+        "fid_floor / kid_floor: FID and KID between two sample sets of the same held-out captions from the same "
+        "model, the row's seed and the next (the seed-to-seed noise floor); FID differences between rows smaller "
+        "than the floor are noise."
         if cfg.noise_floor
         else "fid_floor / kid_floor: not measured (noise_floor: false).",
         f"text_context: {CONTEXT_RULE}."
@@ -184,16 +199,30 @@ def _notes(rows: list[dict[str, Any]], cfg: SweepConfig, protocol_line: str) -> 
             if gpu
             else "peak_train_memory_gib: n/a, trained on CPU (no GPU memory to measure)."
         ),
-        "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every 0.05 s, "
-        "exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when training started. "
-        "RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be reused, so rows are "
-        "compared by the rise, in the order they ran.",
+        "peak_train_rss_gib: peak resident memory of the whole sweep process while the row trained (sampled every "
+        "0.05 s, exact via getrusage when the row set a new high); train_rss_rise_gib: that peak minus the RSS when "
+        "training started. RSS includes Python, torch and the data already loaded, and heap earlier rows freed may be "
+        "reused, so rows are compared by the rise, in the order they ran.",
+        "seed: every stage's seed of the row (training, held-out subset, sampling, evaluation) but the "
+        f"autoencoder's and the latents', shared by all rows (seed {cfg.recipe.seed}).",
     ]
 
 
-def _markdown(rows: list[dict[str, Any]], notes: list[str], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("n/a" if r[c] is None else str(r[c]) for c in columns) + " |" for r in rows]
+def _table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def _markdown(
+    rows: list[dict[str, Any]], notes: list[str], columns: list[str], seeds: tuple[list[str], list[list[str]]] | None
+) -> str:
+    """The table of every row, under it the across-seeds table when there are several seeds, then the notes."""
+    lines = _table_lines(columns, [["n/a" if r[c] is None else str(r[c]) for c in columns] for r in rows])
+    if seeds:
+        lines += ["", "## Across seeds", "", *_table_lines(*seeds)]
     return "\n".join(["# Summary-length sweep", "", *lines, "", *[line for note in notes for line in (note, "")]])
 
 
@@ -204,7 +233,8 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [str(r["budget"]) for r in rows]
+    several = len({r["seed"] for r in rows}) > 1
+    labels = [f"{r['budget']}\nseed {r['seed']}" if several else str(r["budget"]) for r in rows]
     gpu = all(r["peak_train_memory_gib"] is not None for r in rows)
     memory = [r["peak_train_memory_gib"] if gpu else r["train_rss_rise_gib"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -262,11 +292,12 @@ def _write_html(
     out: Path,
     cfg: SweepConfig,
     rows: list[dict[str, Any]],
-    results: dict[int, ChainResult],
-    floors: dict[int, Metrics | None],
+    results: dict[tuple[int, int], ChainResult],
+    floors: dict[tuple[int, int], Metrics | None],
     notes: list[str],
     figures: list[tuple[str, Path]],
     columns: list[str],
+    seeds: tuple[list[str], list[list[str]]] | None,
 ) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
@@ -274,21 +305,24 @@ def _write_html(
     from histoldm.text.tokenizer import count_tokens
 
     metrics, examples, captions = [], [], []
-    for budget, result in results.items():
-        m, floor = result.metrics, floors[budget]
+    for (budget, seed), result in results.items():
+        m, floor = result.metrics, floors[budget, seed]
+        row = f"budget {budget}" + (f" seed {seed}" if seeds else "")
         fid_floor = f" (floor {floor.fid.value:.2f})" if floor else ""
-        metrics.append((f"budget {budget}: FID", f"{m.fid.value:.2f}{fid_floor}", m.fid.protocol_line))
+        metrics.append((f"{row}: FID", f"{m.fid.value:.2f}{fid_floor}", m.fid.protocol_line))
         if m.kid.measured:
             kid_floor = f" (floor {floor.kid.mean:.4f})" if floor else ""
             value = f"{m.kid.mean:.4f} ± {m.kid.std:.4f}{kid_floor}"
-            metrics.append((f"budget {budget}: KID", value, m.kid.protocol_line))
-        examples += caption_rows(result.items, result.samples, result.real, max_rows=2, label=f"[budget {budget}] ")
-        for caption in list(dict.fromkeys(item["caption"] for item in result.items))[:3]:
-            captions.append([budget, count_tokens(caption), caption])
+            metrics.append((f"{row}: KID", value, m.kid.protocol_line))
+        examples += caption_rows(result.items, result.samples, result.real, max_rows=2, label=f"[{row}] ")
+        if seed == cfg.row_seeds[0]:
+            for caption in list(dict.fromkeys(item["caption"] for item in result.items))[:3]:
+                captions.append([budget, count_tokens(caption), caption])
     intro = (
         f"The summary-length sweep: budgets {', '.join(map(str, cfg.budgets))} CLIP tokens, one model per budget "
-        f"trained {cfg.recipe.train['max_steps']} steps on the same patches, split and latents; only the summaries "
-        "(and the text context they need) differ between rows. " + html.escape(" ".join(notes))
+        f"and seed ({', '.join(map(str, cfg.row_seeds))}) trained {cfg.recipe.train['max_steps']} steps on the same "
+        "patches, split and latents; only the summaries (and the text context they need) differ between rows. "
+        + html.escape(" ".join(notes))
     )
     return write_report(
         out / "report.html",
@@ -299,20 +333,27 @@ def _write_html(
         figures=figures,
         tables=[
             ("Results", columns, [[("n/a" if r[c] is None else r[c]) for c in columns] for r in rows]),
+            *([("Across seeds", *seeds)] if seeds else []),
             ("Example held-out captions by budget", ["budget", "caption tokens (CLIP)", "caption"], captions),
         ],
         manifests=stage_manifests(out),
     )
 
 
-def _write_table(out: Path, rows: list[dict[str, Any]], notes: list[str], columns: list[str]) -> None:
+def _write_table(
+    out: Path,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    columns: list[str],
+    seeds: tuple[list[str], list[list[str]]] | None,
+) -> None:
     """results.csv and results.md (the table with the notes on how each column was measured)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, notes, columns))
+    atomic_write_text(out / "results.md", _markdown(rows, notes, columns, seeds))
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
@@ -337,33 +378,32 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     columns = [*COLUMNS, *fact_columns(facts)]
     mpp = model_mpp(store, cfg.recipe.image_size) if facts else 1.0
 
-    # One row per budget: captions -> text cache -> train -> sample (two seeds) -> evaluate.
+    # One row per budget and seed: captions -> text cache -> train -> sample (two seeds) -> evaluate.
     rows, results, floors = [], {}, {}
     for budget in cfg.budgets:
-        t0, work, recipe = time.time(), out / f"budget-{budget}", recipes[budget]
-        result = train_sample_evaluate(
-            work,
-            store=store,
-            split=split,
-            summaries=summaries[budget],
-            latents=latents,
-            recipe=recipe,
-            name=f"budget-{budget}",
-        )
-        floors[budget] = noise_floor(work, result, recipe) if cfg.noise_floor else None
-        # the features are kept for the floor only: at 200k samples a row's are 3.3 GB
-        results[budget] = dataclasses.replace(result, fake_features=None)
-        rows.append(_row(budget, summaries[budget], result, floors[budget], time.time() - t0))
-        if facts:
-            rows[-1].update(fact_row(facts, result, summaries[budget], mpp, recipe.seed))
+        for seed in cfg.row_seeds:
+            t0, name = time.time(), row_name(budget, seed, cfg.recipe.seed)
+            work, recipe = out / name, recipes[budget].model_copy(update={"seed": seed})
+            result = train_sample_evaluate(
+                work, store=store, split=split, summaries=summaries[budget], latents=latents, recipe=recipe, name=name
+            )
+            floor = floors[budget, seed] = noise_floor(work, result, recipe) if cfg.noise_floor else None
+            # the features are kept for the floor only: at 200k samples a row's are 3.3 GB
+            results[budget, seed] = dataclasses.replace(result, fake_features=None)
+            rows.append(_row(budget, seed, summaries[budget], result, floor, time.time() - t0))
+            if facts:
+                rows[-1].update(fact_row(facts, result, summaries[budget], mpp, seed))
 
     # Table (CSV + Markdown), plots and the HTML report.
-    notes = _notes(rows, cfg, results[cfg.budgets[-1]].metrics.fid.protocol_line) + ([FACT_NOTE] if facts else [])
-    _write_table(out, rows, notes, columns)
+    last = results[cfg.budgets[-1], cfg.row_seeds[-1]]
+    notes = _notes(rows, cfg, last.metrics.fid.protocol_line) + ([FACT_NOTE] if facts else [])
+    seeds = across_seeds(rows, seed_metrics(facts)) if len(cfg.row_seeds) > 1 else None
+    notes += [SEEDS_NOTE] if seeds else []
+    _write_table(out, rows, notes, columns, seeds)
     plot = _plot(rows, out / "results.png")
     tokens = _token_histograms(summaries, {r["budget"]: r["text_context"] for r in rows}, out / "tokens.png")
     figures = [("FID with its seed-to-seed floor, and train memory", plot), ("Summary token lengths by budget", tokens)]
-    report = _write_html(out, cfg, rows, results, floors, notes, figures, columns)
+    report = _write_html(out, cfg, rows, results, floors, notes, figures, columns, seeds)
     produced = {"rows": len(rows), "table": "results.csv", "markdown": "results.md", "plot": plot.name}
     write_manifest(
         out / "manifest.json",
