@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
 from histoldm.data.config import VisibleFact
 
-VISIBLE_FACTS: tuple[VisibleFact, ...] = ("necrosis", "grade", "growth")
+VISIBLE_FACTS: tuple[VisibleFact, ...] = get_args(VisibleFact)  # in the order drawn (one coin each)
 
 
 @dataclass(frozen=True)
