@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from histoldm.data.captions import fill_template
+from histoldm.data.config import DEFAULT_TEMPLATE, CaptionsConfig
 from histoldm.errors import UserError
 from histoldm.evaluate.results import Metrics
 from histoldm.experiments.chain import (
@@ -38,6 +40,10 @@ from histoldm.experiments.demo_data import build_demo_data
 from histoldm.experiments.sweep_facts import FACT_NOTE, fact_columns, fact_row
 from histoldm.experiments.sweep_seeds import SEEDS_NOTE, across_seeds, seed_metrics
 from histoldm.fileio import atomic_write_text, read_jsonl
+from histoldm.html_report import caption_rows, stage_manifests, write_report
+from histoldm.manifest import write_manifest
+from histoldm.text.encoders import load_text_encoder
+from histoldm.text.tokenizer import CLIP_CONTEXT, count_tokens
 
 COLUMNS = [
     "budget",
@@ -89,8 +95,6 @@ def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
 def caption_prefix_tokens(encoder: Any) -> int:
     """Tokens the default caption template puts before the summary, longest level words ("high tumor;
     high til;"): the caption minus its summary, so the "; " joining them is counted too."""
-    from histoldm.data.captions import fill_template
-    from histoldm.data.config import DEFAULT_TEMPLATE, CaptionsConfig
 
     levels = CaptionsConfig.model_fields["levels"].get_default(call_default_factory=True)
     probe = "x"
@@ -108,7 +112,6 @@ def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
     tokens). A tokenizer that splits text finer (MiniLM's WordPiece: up to 23% more tokens on the synthetic
     summaries) gets the longest summary instead, so no caption is cut. `chunks` mode encodes whole
     77-token windows of 75 text tokens each, so its length is rounded up to whole windows."""
-    from histoldm.text.tokenizer import CLIP_CONTEXT
 
     text_tokens = caption_prefix_tokens(encoder) + max(budget, *_token_counts(encoder, summaries), 0)
     if encoder.mode == "chunks":
@@ -119,7 +122,6 @@ def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
 def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, ModelRecipe]:
     """Each budget's recipe with its text context length, checked against the encoder before any training
     (a CLIP `truncate` encoder cannot take a 162-token context: better said now than after three rows)."""
-    from histoldm.text.encoders import load_text_encoder
 
     r = cfg.recipe
     if cfg.text_context == "recipe":
@@ -301,8 +303,6 @@ def _write_html(
 ) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
-    from histoldm.html_report import caption_rows, stage_manifests, write_report
-    from histoldm.text.tokenizer import count_tokens
 
     metrics, examples, captions = [], [], []
     for (budget, seed), result in results.items():
@@ -357,7 +357,6 @@ def _write_table(
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
-    from histoldm.manifest import write_manifest
 
     started = time.time()
     out = Path(cfg.out)
