@@ -39,6 +39,7 @@ from histoldm.train.checkpoint import (
 from histoldm.train.config import TrainVAEConfig
 from histoldm.train.data import ResumableSampler, augment_dihedral, step_generator
 from histoldm.train.latents import PatchImages, as_list, image_batches
+from histoldm.train.loop import is_due
 from histoldm.train.lr_schedule import make_lr_scheduler
 
 
@@ -284,13 +285,16 @@ def run_train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             loss = _train_step(model, optimizer, x.to(device, non_blocking=True), cfg, step, dtype, memory_format)
             nonfinite |= ~torch.isfinite(loss)
         lr_scheduler.step()
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.log_every == 0 or (step + 1) % cfg.checkpoint_every == 0 or last:  # the only host syncs
+        log_now, checkpoint_now = (
+            is_due(step + 1, cfg.log_every, cfg.steps),
+            is_due(step + 1, cfg.checkpoint_every, cfg.steps),
+        )
+        if log_now or checkpoint_now:  # the only host syncs
             if bool(nonfinite):
                 raise UserError(f"{out}: loss became NaN or infinite by step {step + 1}; last good checkpoint kept")
-            if x is not None and ((step + 1) % cfg.log_every == 0 or last):
+            if x is not None and log_now:
                 append_jsonl(out / "stats.jsonl", [{"step": step + 1, "loss": float(loss), "time": time.time()}])
-            if (step + 1) % cfg.checkpoint_every == 0 or last:
+            if checkpoint_now:
                 save_checkpoint(out, step + 1, **slots, data_position=step + 1, keep=1, schedule=schedule)
     del batches
 
