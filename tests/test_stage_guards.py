@@ -309,6 +309,8 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "samples"
     cmd = [
         sys.executable,
+        "-X",
+        "faulthandler",  # a child that hangs after the SIGINT can be asked where (SIGABRT below)
         "-m",
         "histoldm.cli",
         "sample",
@@ -338,7 +340,12 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
         )
         assert child.poll() is None, child.communicate()
         os.killpg(child.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-        _, err = child.communicate(timeout=60)
+        try:
+            _, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to stderr
+            _, stack = child.communicate(timeout=30)
+            raise AssertionError(f"histoldm sample did not exit within 60 s of SIGINT; its threads:\n{stack}") from None
     finally:
         if child.poll() is None:
             child.kill()
