@@ -309,8 +309,6 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "samples"
     cmd = [
         sys.executable,
-        "-X",
-        "faulthandler",  # a child that hangs after the SIGINT can be asked where (SIGABRT below)
         "-m",
         "histoldm.cli",
         "sample",
@@ -340,12 +338,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
         )
         assert child.poll() is None, child.communicate()
         os.killpg(child.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-        try:
-            _, err = child.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to stderr
-            _, stack = child.communicate(timeout=30)
-            raise AssertionError(f"histoldm sample did not exit within 60 s of SIGINT; its threads:\n{stack}") from None
+        _, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
