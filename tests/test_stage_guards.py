@@ -328,8 +328,16 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
         "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # As launched from a terminal: a parent started in the background (`cmd &`, as CI runners may be) ignores
+    # SIGINT, the child would inherit that and Python would then install no KeyboardInterrupt handler.
     child = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         index = out / "index.jsonl"
