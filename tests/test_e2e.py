@@ -163,7 +163,9 @@ def test_sweep_table_has_per_fact_adherence_columns(sweep_out):
     for fact in ("necrosis", "grade", "growth"):
         assert fact in facts
         assert all(0 <= float(r[f"{fact}_in_summaries"]) <= 1 for r in rows)
-        assert {f"adherence_{fact}_auroc", f"adherence_{fact}_p", f"adherence_{fact}_real_auroc"} <= set(rows[0])
+        columns = {"auroc", "p", "real_auroc", "truth_auroc", "truth_p"}
+        assert {f"adherence_{fact}_{c}" for c in columns} <= set(rows[0])
+        assert all(r[f"adherence_{fact}_truth_auroc"] not in ("", None) for r in rows)  # both sides drawn
     assert "adherence_grade_real_auroc" in (sweep_out / "results.md").read_text()
     assert "adherence_grade_real_auroc" in (sweep_out / "report.html").read_text()
 

@@ -121,3 +121,24 @@ def test_fact_adherence_reads_a_sampler_folder_and_keeps_the_cases_drawn_with_fa
     assert result["necrosis"]["generated"]["auroc"] == 1.0
     assert "not measured" in result["grade"]["generated"]["status"]  # every caption says grade 1
     assert "real" not in result["necrosis"]  # no real folder given
+
+
+def test_truth_side_adherence_measures_what_a_caption_that_drops_the_fact_loses(tmp_path):
+    """Captions that say nothing of necrosis leave the caption-side test without a positive group; split by
+    each case's drawn necrosis, the same images are measured (here they show it: AUROC 1)."""
+    from histoldm.evaluate.fact_adherence import run_fact_adherence
+    from histoldm.fileio import atomic_write_jsonl
+
+    rows, truth = [], {}
+    for k in range(4):
+        facts = CaseFacts(necrosis=k % 2 == 0, grade=1, lobular=False)
+        Image.fromarray(render_tile(0.9, 0.3, 0.1, (k, 0, 0, 2), 128, facts)).save(tmp_path / f"{k}.png")
+        image_id = f"SYN-000{k}-S1_0_0"
+        rows.append({"id": image_id, "caption": "high tumor; low til; IDC", "file": f"{k}.png"})
+        truth[image_id] = {"necrosis": facts.necrosis}
+    atomic_write_jsonl(tmp_path / "index.jsonl", rows)
+    result = run_fact_adherence(tmp_path, facts=["necrosis"], n_permutations=50, truth=truth)["necrosis"]
+    assert "not measured" in result["generated"]["status"]
+    assert result["generated_truth"]["auroc"] == 1.0 and result["generated_truth"]["n_high"] == 2
+    with pytest.raises(ValueError, match="no drawn facts for image SYN-0000-S1_0_0"):
+        run_fact_adherence(tmp_path, facts=["necrosis"], n_permutations=5, truth={})

@@ -37,7 +37,7 @@ from histoldm.experiments.chain import (
 )
 from histoldm.experiments.config import ModelRecipe, SweepConfig
 from histoldm.experiments.demo_data import build_demo_data
-from histoldm.experiments.sweep_facts import FACT_NOTE, fact_columns, fact_row
+from histoldm.experiments.sweep_facts import FACT_NOTE, drawn_truth, fact_columns, fact_row
 from histoldm.experiments.sweep_seeds import SEEDS_NOTE, across_seeds, seed_metrics
 from histoldm.fileio import atomic_write_text, read_jsonl
 from histoldm.html_report import caption_rows, stage_manifests, write_report
@@ -376,6 +376,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     facts = cfg.demo_data.visible_facts if cfg.store is None else []  # per-fact columns for a dataset drawn with them
     columns = [*COLUMNS, *fact_columns(facts)]
     mpp = model_mpp(store, cfg.recipe.image_size) if facts else 1.0
+    truth = drawn_truth(store, cfg.demo_data) if facts else {}
 
     # One row per budget and seed: captions -> text cache -> train -> sample (two seeds) -> evaluate.
     rows, results, floors = [], {}, {}
@@ -391,7 +392,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
             results[budget, seed] = dataclasses.replace(result, fake_features=None)
             rows.append(_row(budget, seed, summaries[budget], result, floor, time.time() - t0))
             if facts:
-                rows[-1].update(fact_row(facts, result, summaries[budget], mpp, seed))
+                rows[-1].update(fact_row(facts, result, summaries[budget], mpp, seed, truth))
 
     # Table (CSV + Markdown), plots and the HTML report.
     last = results[cfg.budgets[-1], cfg.row_seeds[-1]]

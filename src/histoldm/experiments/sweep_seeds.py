@@ -21,8 +21,9 @@ SEEDS_NOTE = (
 
 
 def seed_metrics(facts: Sequence[str]) -> list[str]:
-    """The columns compared across seeds: FID, KID, tumor/TIL adherence and each fact's adherence and ceiling."""
-    return [*BASE_METRICS, *(f"adherence_{f}_{s}" for f in facts for s in ("auroc", "real_auroc"))]
+    """The columns compared across seeds: FID, KID, tumor/TIL adherence and each fact's adherence (by caption
+    and by drawn truth) and ceiling."""
+    return [*BASE_METRICS, *(f"adherence_{f}_{s}" for f in facts for s in ("auroc", "truth_auroc", "real_auroc"))]
 
 
 def _values(rows: list[dict[str, Any]], metric: str) -> list[float]:
