@@ -38,6 +38,9 @@ TINY = [
     "recipe.train.optim.min_snr_gamma=5",
 ]
 DEMO_ONLY = ["--set", "utility_samples=24"]  # training captions sampled for the utility evaluation
+# the 4-step student, distilled for a few steps
+TURBO = ["--with-turbo", "--set", "recipe.distill.max_steps=3", "--set", "recipe.distill.batch_size=4"]
+TURBO_FILES = ("run-turbo", "samples-turbo", "eval-turbo", "distill-cost.json")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,8 @@ def test_demo_writes_report_with_images_metrics_and_manifests(demo_out, capsys):
         json.loads((demo_out / "vae" / "manifest.json").read_text())["config"]["crop"] == 16
     )  # recipe keys reach their stage
     assert json.loads((demo_out / "model" / "run" / "config.json").read_text())["optim"]["min_snr_gamma"] == 5
+    # without --with-turbo: no student, no file or row of it
+    assert not any((demo_out / "model" / name).exists() for name in TURBO_FILES) and "student" not in report
 
 
 def test_demo_says_where_the_time_went(demo_out):
@@ -114,6 +119,7 @@ def test_demo_says_where_the_time_went(demo_out):
         "evaluate",
         "utility",
     } <= set(stages)
+    assert not {"distill", "sample-turbo"} & set(stages)  # without --with-turbo
     assert all(s >= 0 for s in stages.values()) and timing["other_s"] >= 0
     assert sum(stages.values()) + timing["other_s"] == pytest.approx(timing["total_s"], abs=0.5)
     assert timing["machine"]["cpu"] == cpu_model() and timing["machine"]["threads"] >= 1
@@ -130,17 +136,51 @@ def test_demo_says_where_the_time_went(demo_out):
     )
 
 
-def test_demo_rerun_resumes_finished_stages(demo_out, capsys):
-    before = (demo_out / "model" / "samples" / "index.jsonl").read_bytes()
-    assert main(["demo", "--out", str(demo_out), *TINY, *DEMO_ONLY, "--threads", "1"]) == 0
-    assert (demo_out / "model" / "samples" / "index.jsonl").read_bytes() == before
+def test_demo_rerun_resumes_finished_stages_and_adds_the_student_with_turbo(demo_out, capsys):
+    """A re-run with --with-turbo keeps the finished stages and adds the 4-step student beside DDIM-50: its
+    samples of the same held-out captions and seed, their metrics, its rows, grid and stage times; a further
+    re-run finds the distillation finished."""
+    from histoldm.train.config import DistillConfig
+    from histoldm.train.distill import run_distill
+
+    model = demo_out / "model"
+    before = (model / "samples" / "index.jsonl").read_bytes()
+    assert main(["demo", "--out", str(demo_out), *TINY, *DEMO_ONLY, *TURBO, "--threads", "1"]) == 0
+    assert (model / "samples" / "index.jsonl").read_bytes() == before
     last = capsys.readouterr().out.strip().splitlines()[-1]  # the final line: total, machine, threads, per stage
     assert (
         last.startswith("demo finished in ")
         and "1 torch thread" in last
         and "train-vae " in last
+        and "distill " in last
+        and "sample-turbo " in last
         and "report.html" in last
     )
+    ddim = [json.loads(line) for line in (model / "samples" / "index.jsonl").read_text().splitlines()]
+    turbo = [json.loads(line) for line in (model / "samples-turbo" / "index.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["caption"], r["seed"]) for r in turbo] == [(r["id"], r["caption"], r["seed"]) for r in ddim]
+    assert all((model / "samples-turbo" / r["file"]).is_file() for r in turbo)
+    settings = json.loads((model / "samples-turbo" / "settings.json").read_text())
+    assert (settings["solver"], settings["steps"]) == ("lcm", 4)
+    metrics = json.loads((model / "eval-turbo" / "metrics.json").read_text())
+    assert math.isfinite(metrics["fid"]["value"]) and "tumor" in metrics["adherence"]["by_attribute"]
+    assert (
+        metrics["fid"]["protocol"]["n_real"]
+        == json.loads((model / "eval" / "metrics.json").read_text())["fid"]["protocol"]["n_real"]
+    )  # the same real held-out patches
+    report = (demo_out / "report.html").read_text()
+    assert f"4-step student (--with-turbo): FID</td><td>{metrics['fid']['value']:.2f} (floor" in report
+    assert "4-step student (--with-turbo): UNet passes per image</td><td>4 (DDIM-4: 8)" in report
+    assert "4-step student (--with-turbo): distillation</td><td>3 steps in " in report
+    assert "4-step student (--with-turbo): wall time per image</td><td>" in report
+    assert 'src="model/samples-turbo/grid.png"' in report
+    assert {"distill", "sample-turbo"} <= set(json.loads((demo_out / "timing.json").read_text())["stages_s"])
+
+    # the re-run's distillation, as the demo calls it: finished, so no step is taken and nothing is rewritten
+    stats = (model / "run-turbo" / "stats.jsonl").read_bytes()
+    again = run_distill(DistillConfig.model_validate_json((model / "run-turbo" / "config.json").read_text()))
+    assert again.steps == 3 and (model / "run-turbo" / "stats.jsonl").read_bytes() == stats
+    assert [p.name for p in (model / "run-turbo" / "checkpoints").iterdir()] == ["step-00000003"]
 
 
 @pytest.fixture(scope="module")

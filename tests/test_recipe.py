@@ -8,7 +8,7 @@ import pytest
 from histoldm.cli import main
 from histoldm.config import load_config, read_yaml
 from histoldm.config_files import SHIPPED_DIR
-from histoldm.experiments.chain import evaluate_config, train_config, vae_config
+from histoldm.experiments.chain import evaluate_config, sample_config, train_config, vae_config
 from histoldm.experiments.config import DemoConfig, ModelRecipe, SweepConfig
 
 CONFIGS = SHIPPED_DIR
@@ -23,6 +23,8 @@ HERE = Path(".")
         ("recipe.train.run_dir=elsewhere", "config key 'recipe.train.run_dir': set by the experiment"),
         ("recipe.train.data.latents=elsewhere", "config key 'recipe.train.data.latents': set by the experiment"),
         ("recipe.sample.seed=3", "config key 'recipe.sample.seed': set by the experiment from recipe.seed"),
+        ("recipe.distill.teacher=elsewhere", "config key 'recipe.distill.teacher': set by the experiment"),
+        ("recipe.distill.max_stepz=3", "unknown config key 'recipe.distill.max_stepz'"),
         (
             "recipe.train.model.unet_preset=tiny-midd",
             "config key 'recipe.train.model.unet_preset': unknown UNet preset 'tiny-midd'",
@@ -40,6 +42,24 @@ def test_demo_refuses_a_bad_stage_key_in_one_line_before_any_compute(tmp_path, c
 def test_demo_train_steps_flag_is_the_train_sections_max_steps(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--train-steps", "0"]) == 2
     assert "config key 'recipe.train.max_steps': Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_demo_with_turbo_is_a_flag_and_a_key():
+    from histoldm.cli import build_parser
+    from histoldm.commands._common import resolve_config
+
+    parse = build_parser().parse_args
+    assert not resolve_config(parse(["demo"]), DemoConfig).with_turbo
+    assert resolve_config(parse(["demo", "--with-turbo"]), DemoConfig).with_turbo
+    assert resolve_config(parse(["demo", "--set", "with_turbo=true"]), DemoConfig).with_turbo
+
+
+def test_the_student_samples_the_turbo_preset_with_the_recipes_other_sample_keys():
+    """--with-turbo's sampler: the turbo preset's solver settings replace the recipe's, its other keys stay."""
+    recipe = ModelRecipe.model_validate({"sample": {"steps": 7, "solver": "dpmpp", "batch_size": 3}})
+    cfg = sample_config(recipe, HERE, HERE, HERE, 0, HERE, preset="turbo")
+    assert (cfg.solver, cfg.steps, cfg.guidance_interval, cfg.batch_size) == ("lcm", 4, None, 3)
+    assert (sample_config(recipe, HERE, HERE, HERE, 0, HERE).solver, cfg.preset) == ("dpmpp", "turbo")
 
 
 def test_sweep_yaml_typo_names_the_file_and_the_key(tmp_path, capsys):

@@ -261,6 +261,17 @@ def test_presets_fill_only_the_fields_not_given(tmp_path):
         SampleConfig(**base, guidance_interval=(600, 200))
 
 
+def test_unet_passes_per_image_of_each_preset():
+    """Two passes per guided step, one outside the guidance interval, one per step of a distilled student."""
+    from histoldm.sampling.solvers import passes_per_image
+
+    assert [passes_per_image(*s) for s in (("ddim", 50, None), ("dpmpp", 12, (44, 634)), ("lcm", 4, None))] == [
+        100,
+        17,
+        4,
+    ]
+
+
 def test_fast_preset_images_do_not_depend_on_the_batch(bundle, captions_file, tmp_path):
     """Guidance interval + DPM-Solver++: each image is still a function of its own seed only."""
     whole = _sample(bundle, captions_file, tmp_path / "bs8", batch_size=8, preset="fast", guidance_interval=(300, 999))

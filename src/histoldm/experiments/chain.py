@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,13 +32,13 @@ from histoldm.experiments.config import ModelRecipe
 from histoldm.fileio import atomic_write_json, atomic_write_jsonl, record_or_check_settings
 from histoldm.memory import PeakRSS
 from histoldm.models.presets import AUTOENCODER_PRESETS
-from histoldm.sampling.config import SampleConfig
+from histoldm.sampling.config import SAMPLE_PRESETS, SampleConfig
 from histoldm.sampling.run import run_sample
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.summaries.summarize import run_summarize
 from histoldm.text.cache import run_encode_text
 from histoldm.text.config import EncodeTextConfig
-from histoldm.train.config import EncodeLatentsConfig, TrainConfig, TrainVAEConfig
+from histoldm.train.config import DistillConfig, EncodeLatentsConfig, TrainConfig, TrainVAEConfig
 from histoldm.train.latents import run_encode_latents
 from histoldm.train.trainer import run_train
 from histoldm.train.vae import run_train_vae
@@ -45,6 +46,7 @@ from histoldm.train.vae import run_train_vae
 if TYPE_CHECKING:
     from histoldm.data.captions import CaptionsResult
     from histoldm.evaluate.features import FeatureSet
+    from histoldm.evaluate.run import EvaluateResult
     from histoldm.text.cache import EncodeTextResult
     from histoldm.train.trainer import TrainResult
 
@@ -124,10 +126,30 @@ def train_config(
 
 
 def sample_config(
-    recipe: ModelRecipe, checkpoint: Path, captions: Path, out: Path, seed: int, text_cache: Path
+    recipe: ModelRecipe,
+    checkpoint: Path,
+    captions: Path,
+    out: Path,
+    seed: int,
+    text_cache: Path,
+    preset: str | None = None,
 ) -> SampleConfig:
+    """The recipe's sampler; with `preset` (a student's `turbo`), that preset's solver settings instead of the
+    recipe's, its other keys (batch size, device, ...) kept."""
     owned = {"checkpoint": checkpoint, "captions": captions, "out": out, "seed": seed, "text_cache": text_cache}
+    if preset is not None:
+        solver_keys = {"preset", *SAMPLE_PRESETS[preset]}
+        section = {k: v for k, v in recipe.sample.items() if k not in solver_keys}
+        recipe = recipe.model_copy(update={"sample": {**section, "preset": preset}})
     return stage_config(recipe, "sample", SampleConfig, owned)
+
+
+def distill_config(recipe: ModelRecipe, teacher: Path, run_dir: Path, train: TrainConfig) -> DistillConfig:
+    """Distil `teacher` on the caches it was trained on (`train`'s data section)."""
+    data = train.data
+    caches = {"latents": data.latents, "text_cache": data.text_cache, "captions": data.captions, "split": data.split}
+    owned = {"teacher": teacher, "run_dir": run_dir, "seed": recipe.seed, "data": caches}
+    return stage_config(recipe, "distill", DistillConfig, owned)
 
 
 def evaluate_config(
@@ -189,7 +211,7 @@ def train_sample_evaluate(
     finished_before = (work / "run" / "model").is_dir()  # the bundle is exported when training ends
     with PeakRSS() as rss:
         train = run_train(train_cfg)
-    train_peak_rss = _train_peak_rss(work / "train-peak-rss.json", rss, finished_before)
+    train_peak_rss = kept_measurement(work / "train-peak-rss.json", rss.result, finished_before)
 
     items = split_items(captions, split, recipe.n_samples, recipe.seed)
     sample_list = work / "held-out-captions.jsonl"
@@ -220,20 +242,38 @@ def train_sample_evaluate(
 
 
 def sample_held_out(
-    checkpoint: Path, captions: Path, out: Path, recipe: ModelRecipe, seed: int, text_cache: Path
+    checkpoint: Path,
+    captions: Path,
+    out: Path,
+    recipe: ModelRecipe,
+    seed: int,
+    text_cache: Path,
+    preset: str | None = None,
 ) -> SampleConfig:
-    """The recipe's sampler over a caption list (its config returned); only `seed` varies between calls on one model."""
-    cfg = sample_config(recipe, checkpoint, captions, out, seed, text_cache)
+    """The recipe's sampler (or `preset`'s, see sample_config) over a caption list (its config returned); only
+    `seed` varies between calls on one model."""
+    cfg = sample_config(recipe, checkpoint, captions, out, seed, text_cache, preset)
     run_sample(cfg)
     return cfg
 
 
-def _train_peak_rss(path: Path, rss: PeakRSS, finished_before: bool) -> dict[str, Any]:
-    """The training's peak RSS, kept in `path`: a re-run that finds training finished measures only
-    loading, so it reports the figure recorded by the run that trained."""
+def sample_and_evaluate(
+    checkpoint: Path, samples: Path, out: Path, *, like: ChainResult, recipe: ModelRecipe, preset: str
+) -> tuple[SampleConfig, EvaluateResult]:
+    """Another model's (or sampler's) images of `like`'s held-out captions with its seed, evaluated against the
+    same real held-out patches with the same evaluate config (only the generated folder and OUT differ)."""
+    seed = like.sample_config.seed
+    sample_cfg = sample_held_out(checkpoint, like.sample_list, samples, recipe, seed, like.text_cache, preset)
+    evaluate_cfg = like.evaluate_config.model_copy(update={"fake": sample_cfg.out, "out": Path(out)})
+    return sample_cfg, run_evaluate(evaluate_cfg)
+
+
+def kept_measurement(path: Path, measure: Callable[[], dict[str, Any]], finished_before: bool) -> dict[str, Any]:
+    """`measure()` of a training stage (peak RSS, time), kept in `path`: a re-run that finds the stage finished
+    measures only loading, so it reports the figure recorded by the run that trained."""
     if finished_before and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    measured = rss.result()
+    measured = measure()
     atomic_write_json(path, measured)
     return measured
 

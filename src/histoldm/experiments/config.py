@@ -3,7 +3,8 @@
 The stage settings of both live in one YAML file, configs/demo.yaml (histoldm/resources/configs/demo.yaml):
 its `recipe` holds one section per stage, written as that stage's own config keys (`train_vae`:
 TrainVAEConfig, `encode_latents`: EncodeLatentsConfig, `encode_text`: EncodeTextConfig, `train`: TrainConfig,
-`sample`: SampleConfig, `evaluate`: EvaluateConfig), nested as in that config (`recipe.train.optim.lr`).
+`sample`: SampleConfig, `evaluate`: EvaluateConfig, `distill`: DistillConfig), nested as in that config
+(`recipe.train.optim.lr`).
 A recipe given in a config file or by --set is read over that file, key by key, so a sweep or a user's
 config names only what it changes. A stage's config is then its section plus what the experiment fills in
 itself: the paths of its data and work folder and four recipe-level knobs that span stages (`image_size`,
@@ -25,7 +26,7 @@ from histoldm.models.presets import UNET_PRESETS
 from histoldm.sampling.config import SampleConfig
 from histoldm.summaries.config import SummarizeConfig
 from histoldm.text.config import EncodeTextConfig
-from histoldm.train.config import EncodeLatentsConfig, TrainConfig, TrainVAEConfig
+from histoldm.train.config import DistillConfig, EncodeLatentsConfig, TrainConfig, TrainVAEConfig
 
 # Stage keys the experiment fills in from a recipe-level knob: a section that sets one is pointed at the knob.
 KNOBS = {
@@ -47,6 +48,12 @@ OWNED: dict[str, dict[str, Any]] = {
     },
     "sample": {"checkpoint": None, "captions": None, "out": None, "seed": None, "text_cache": None},
     "evaluate": {"real": None, "fake": None, "out": None, "seed": None, "captions": None, "adherence_mpp": None},
+    "distill": {
+        "teacher": None,
+        "run_dir": None,
+        "seed": None,
+        "data": {"latents": None, "text_cache": None, "captions": None, "split": None},
+    },
 }
 
 
@@ -64,6 +71,7 @@ def stage_models() -> dict[str, type[BaseModel]]:
         "train": TrainConfig,
         "sample": SampleConfig,
         "evaluate": EvaluateConfig,
+        "distill": DistillConfig,
     }
 
 
@@ -110,6 +118,9 @@ class ModelRecipe(StrictModel):
     sample: dict[str, Any] = Field(default_factory=dict, description="SampleConfig keys (both noise-floor seeds)")
     evaluate: dict[str, Any] = Field(
         default_factory=dict, description="EvaluateConfig keys; the noise floor measures with the same protocol"
+    )
+    distill: dict[str, Any] = Field(
+        default_factory=dict, description="DistillConfig keys; used by the demo's --with-turbo (the 4-step student)"
     )
 
     @model_validator(mode="after")
@@ -179,6 +190,11 @@ class DemoConfig(StrictModel):
         96,
         ge=2,
         description="training captions sampled for the utility evaluation (the generated set its probes train on)",
+    )
+    with_turbo: bool = Field(
+        False,
+        description="also distil the trained UNet into a 4-step student (recipe.distill), sample the held-out "
+        "captions with it (--preset turbo) and report it beside DDIM-50",
     )
 
     @model_validator(mode="before")

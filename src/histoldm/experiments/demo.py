@@ -6,11 +6,14 @@ split by patient, a small autoencoder and a tiny conditional UNet are trained, h
 are sampled with DDIM-50 and guidance 1.75, and FID/KID/precision-recall plus condition adherence
 are measured against the held-out real patches, overall and separately for the slide's held-out blocks
 (real tissue) and the synthetic cases. Training captions are sampled too, for the utility evaluation:
-linear probes trained on real, synthetic and both, scored on the held-out real patches.
+linear probes trained on real, synthetic and both, scored on the held-out real patches. With `--with-turbo`
+the trained UNet is also distilled into a 4-step student whose samples of the same held-out captions are
+measured the same way and reported beside DDIM-50's (histoldm.experiments.turbo_step).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,10 +39,12 @@ from histoldm.experiments.config import DemoConfig
 from histoldm.experiments.demo_data import SLIDE_GROUP, SYNTHETIC_GROUP, build_demo_data
 from histoldm.experiments.demo_region import demo_region
 from histoldm.experiments.held_out_groups import group_ids, group_metrics, group_rows
+from histoldm.experiments.turbo_step import TURBO_SAMPLES, TurboResult, turbo_step
 from histoldm.experiments.utility_step import utility_step
 from histoldm.fileio import atomic_write_json, read_jsonl
 from histoldm.html_report import caption_rows, stage_manifests, write_report
 from histoldm.manifest import stage_times
+from histoldm.sampling.solvers import passes_per_image
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class DemoResult:
 
 
 HELD_OUT_GROUPS = {"real tissue": SLIDE_GROUP, "synthetic cases": SYNTHETIC_GROUP}
+TURBO_GROUP = "4-step student (--with-turbo)"
+# Timing rows named by folder where the manifest's stage name is shared: the student's samples apart from DDIM-50's.
+STAGE_BY_FOLDER = {f"model/{TURBO_SAMPLES}": "sample-turbo"}
 
 
 def loss_curve(stats: Path, out: Path) -> Path:
@@ -107,6 +115,49 @@ def _metric_rows(metrics: Metrics, real_adherence: Adherence, floor: Metrics) ->
     return rows
 
 
+def _seconds_per_image(samples: Path) -> str:
+    """The sample stage's wall time (loading included) over the images it made, from its manifest."""
+    produced = json.loads((samples / "manifest.json").read_text(encoding="utf-8"))
+    made = produced["produced"]["new_this_run_main_process"]
+    if not made:
+        return "not measured (its images were made by an earlier run)"
+    return f"{produced['wall_time_s'] / made:.3f} s"
+
+
+def _turbo_rows(turbo: TurboResult, result: ChainResult, floor: Metrics, machine: str) -> list[tuple[str, str, str]]:
+    """The student's row group, after the teacher's metrics: its metrics as the teacher's (the same floor), its
+    cost beside the teacher's sampler."""
+    d, teacher, student = turbo.distill_config, result.sample_config, turbo.sample_config
+    name = f"{teacher.solver.upper()}-{teacher.steps}"  # DDIM-50 with the demo's recipe
+    passes = [passes_per_image(c.solver, c.steps, c.guidance_interval) for c in (teacher, student)]
+    return [
+        (
+            f"{TURBO_GROUP}: distillation",
+            f"{turbo.cost['steps']} steps in {_seconds(turbo.cost['seconds'])}",
+            f"histoldm distill of the UNet above on its training caches (model/run-turbo): batch {d.batch_size}, "
+            f"lr {d.optim.lr:g}, guidance range {d.guidance_range[0]:g}-{d.guidance_range[1]:g}; the wall time "
+            f"of the steps in the session that finished them, on {machine}",
+        ),
+        *(
+            (f"{TURBO_GROUP}: {metric}", value, protocol)
+            for metric, value, protocol in _metric_rows(turbo.metrics, None, floor)
+        ),
+        (
+            f"{TURBO_GROUP}: UNet passes per image",
+            f"{passes[1]} ({name}: {passes[0]})",
+            f"{student.solver.upper()} {student.steps} steps, one pass each (guidance {student.guidance} an input "
+            f"of the student); {name} with guidance {teacher.guidance}: a conditional and an unconditional pass "
+            + ("per step" if teacher.guidance_interval is None else "per step inside its guidance interval"),
+        ),
+        (
+            f"{TURBO_GROUP}: wall time per image",
+            f"{_seconds_per_image(turbo.samples)} ({name}: {_seconds_per_image(result.samples)})",
+            f"each sample stage's wall time, model loading included, over the images it made (model/{TURBO_SAMPLES}/"
+            f"manifest.json, model/samples/manifest.json), on {machine}",
+        ),
+    ]
+
+
 def _real_tissue_first(result: ChainResult) -> list:
     """The grid's rows: captions of held-out real tissue first, then of synthetic cases."""
     ids = {name: group_ids(result.items, pattern) for name, pattern in HELD_OUT_GROUPS.items()}
@@ -154,7 +205,8 @@ def stage_timing(out: Path, total_s: float, machine: dict[str, Any]) -> dict[str
     """Seconds per stage (from the manifests, summed by stage name in run order), the rest of the run,
     the total and the machine, plus the one-line form the demo prints last."""
     stages: dict[str, float] = {}
-    for _, stage, seconds in stage_times(stage_manifests(out)):
+    for label, stage, seconds in stage_times(stage_manifests(out)):
+        stage = STAGE_BY_FOLDER.get(label, stage)
         stages[stage] = stages.get(stage, 0.0) + seconds
     other = max(0.0, total_s - sum(stages.values()))  # real-image and per-group metrics, loss curve, between stages
     machine_text = (
@@ -185,9 +237,10 @@ def _region_figure(out: Path, cfg: DemoConfig, result: ChainResult, summaries: P
 
 
 def _figures(
-    out: Path, cfg: DemoConfig, result: ChainResult, summaries: Path, case: str, mpp: float
+    out: Path, cfg: DemoConfig, result: ChainResult, turbo: TurboResult | None, summaries: Path, case: str, mpp: float
 ) -> list[tuple[str, Path]]:
-    """The report's figures: loss curve, the held-out grid, the large region (when asked for), the utility plot."""
+    """The report's figures: loss curve, the held-out grid (and the student's, with --with-turbo), the large
+    region (when asked for), the utility plot."""
     curve = loss_curve(result.train.run_dir / "stats.jsonl", out / "loss.png")
     region = []
     if cfg.region_scale:
@@ -202,9 +255,15 @@ def _figures(
         "Does the synthetic data help? AUROC of linear probes on held-out real patches against the share of real "
         "training patches, with and without the generated set (bars: seed-0 95% case-bootstrap interval)"
     )
+    student = (
+        [(f"{TURBO_GROUP}: the same held-out captions and seed as the grid above", turbo.samples / "grid.png")]
+        if turbo
+        else []
+    )
     return [
         ("Training loss", curve),
         ("Generated held-out captions (grid)", result.samples / "grid.png"),
+        *student,
         *region,
         (utility, out / "model" / "utility" / "utility.png"),
     ]
@@ -302,20 +361,24 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     utility = utility_step(
         out / "model", result=result, n_fake=cfg.utility_samples, groups=HELD_OUT_GROUPS, **chain
     ).metrics["utility"]
+    # With --with-turbo: the trained UNet distilled into a 4-step student, its held-out samples measured the same way.
+    turbo = turbo_step(out / "model", result=result, recipe=cfg.recipe) if cfg.with_turbo else None
     atomic_write_json(out / "model" / "held-out-groups.json", {name: g.to_json() for name, g in by_group.items()})
     for line in utility_lines(utility):
         print(line)
 
     # Report.
     split = _cases_by_split(data["split"])
-    figures = _figures(out, cfg, result, summaries, split["test"][0], mpp)
+    figures = _figures(out, cfg, result, turbo, summaries, split["test"][0], mpp)
     timing = stage_timing(out, time.time() - started, machine_facts())
+    student = _turbo_rows(turbo, result, floor, timing["machine_text"]) if turbo else []
     report = write_report(
         out / "report.html",
         title="histoldm demo",
         intro=_intro(cfg, split, latents, result, timing),
         caption_rows=_real_tissue_first(result),
         metrics=_metric_rows(result.metrics, real_adherence, floor)
+        + student
         + group_rows(by_group, result.metrics.fid.protocol_line)
         + _utility_rows(utility),
         figures=figures,

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from histoldm.models.schedule import SCHEDULE, ddim_scheduler, dpm_solver_scheduler
+from histoldm.sampling.guidance import unet_passes
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -48,6 +49,14 @@ def solver_timesteps(solver: str, steps: int) -> list[int]:
     scheduler = _multistep_scheduler(solver)
     scheduler.set_timesteps(steps)
     return [int(t) for t in scheduler.timesteps]
+
+
+def passes_per_image(solver: str, steps: int, guidance_interval: tuple[int, int] | None) -> int:
+    """UNet evaluations per image of a sampler setting: one per step of a distilled student (`lcm`: guidance is
+    baked in), else 1 or 2 per solver step (unet_passes)."""
+    if solver == "lcm":
+        return steps
+    return unet_passes(solver_timesteps(solver, steps), guidance_interval)
 
 
 def _multistep_scheduler(solver: str):
