@@ -50,6 +50,22 @@ SETTINGS = {  # name -> SampleConfig fields
 }
 
 
+def image_paths(folder: Path) -> list[Path]:
+    """A sample folder's images (its index, not its grid) or an export folder's."""
+    from histoldm.evaluate import features as F
+    from histoldm.evaluate.run import fake_image_paths
+
+    return fake_image_paths(folder) if (Path(folder) / "index.jsonl").is_file() else F.list_images(folder)
+
+
+def image_size(folder: Path) -> str:
+    """WxH of the folder's first image (the images of a sample or export folder share one size)."""
+    from PIL import Image
+
+    with Image.open(image_paths(folder)[0]) as im:
+        return f"{im.width}x{im.height}"
+
+
 def repeated_captions(captions: Path, repeat: int, out: Path) -> Path:
     """Every caption `repeat` times under ids id-r0, id-r1, ... (repeat 1: the ids as they are)."""
     from histoldm.sampling.captions_io import read_caption_items
@@ -130,14 +146,12 @@ class Evaluator:
         import numpy as np
 
         from histoldm.evaluate import features as F
-        from histoldm.evaluate.run import fake_image_paths
 
         key = self.cache / (str(Path(folder).resolve()).strip("/").replace("/", "_") + ".npy")
         if key.is_file():
             return np.load(key)
-        paths = F.list_images(folder) if not (Path(folder) / "index.jsonl").is_file() else fake_image_paths(folder)
         fs = F.extract_features(
-            paths,
+            image_paths(folder),
             self.extractor,
             mode=self.cfg.resize,
             batch_size=self.cfg.batch_size,
@@ -147,8 +161,11 @@ class Evaluator:
         np.save(key, fs.features)
         return fs.features
 
-    def compare(self, real, fake, seed: int) -> dict:
+    def compare(self, real_folder: Path, fake_folder: Path, seed: int) -> dict:
+        """FID, KID and precision / recall between two folders' features, with the protocol line."""
         from histoldm.evaluate import metrics as M
+
+        real, fake = self.features(real_folder), self.features(fake_folder)
 
         fid = M.frechet_distance(*M.gaussian_stats(real), *M.gaussian_stats(fake), method="eigh")
         kid_mean, kid_std = M.kid(real, fake, n_subsets=100, subset_size=1000, seed=seed)
@@ -160,6 +177,8 @@ class Evaluator:
                 fid_method="eigh",
                 image_format_real="png",
                 image_format_fake="png",
+                image_size_real=image_size(real_folder),
+                image_size_fake=image_size(fake_folder),
                 feature_dim=real.shape[1],
             ).line()
             + f", KID 100 subsets of {min(len(real), len(fake))}, P/R k=3"
@@ -180,7 +199,7 @@ class Evaluator:
         from histoldm.evaluate.adherence import run_adherence
 
         fake = self.features(Path(row["out"]))
-        record = {**row, **self.compare(self.features(self.args.real), fake, row["seed"])}
+        record = {**row, **self.compare(self.args.real, Path(row["out"]), row["seed"])}
         adherence = run_adherence(Path(row["out"]), captions_parquet=self.args.captions_parquet, seed=row["seed"])
         record["adherence_auroc"] = {a: r.auroc for a, r in adherence.by_attribute.items()}
         if Path(same_noise_reference) != Path(row["out"]):
@@ -192,7 +211,7 @@ class Evaluator:
 
     def seed_floor(self, first: Path, second: Path) -> dict:
         """DDIM-50 seed 0 against seed 1: what sampling noise alone gives at this N."""
-        floor = self.compare(self.features(first), self.features(second), 0)
+        floor = self.compare(first, second, 0)
         return {"setting": "DDIM-50 seed 0 vs seed 1 (floor)", **floor}
 
 
