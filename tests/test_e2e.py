@@ -211,6 +211,11 @@ def test_sweep_table_has_per_fact_adherence_columns(sweep_out):
             ids = [json.loads(line)["id"] for line in (folder / "index.jsonl").read_text().splitlines()]
             sides = {truth[i][fact] for i in ids if i in truth}
             assert (r[f"adherence_{fact}_truth_auroc"] != "") == (len(sides) == 2)
+    for r in rows:  # the tumor / TIL ceiling: the same test on the real held-out images, under the same captions
+        for attribute in ("tumor", "til"):
+            generated, real = r[f"adherence_{attribute}_auroc"], r[f"adherence_{attribute}_real_auroc"]
+            assert (generated == "") == (real == "") and (real == "" or 0 <= float(real) <= 1)
+    assert "adherence_tumor_real_auroc" in (sweep_out / "results.md").read_text()
     assert "adherence_grade_real_auroc" in (sweep_out / "results.md").read_text()
     assert "adherence_grade_real_auroc" in (sweep_out / "report.html").read_text()
 
