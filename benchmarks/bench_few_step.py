@@ -33,6 +33,7 @@ from pathlib import Path
 
 INTERVAL = (44, 634)  # the fast preset's guidance interval
 SETTINGS = {  # name -> SampleConfig fields
+    "turbo8": {"preset": "turbo", "steps": 8},
     "turbo4": {"preset": "turbo", "steps": 4},
     "turbo4 g1.75": {"preset": "turbo", "steps": 4, "guidance": 1.75},  # the teacher's scale, as an input
     "turbo2": {"preset": "turbo", "steps": 2},
