@@ -1,7 +1,8 @@
 """The sweep's per-fact columns, for a demo dataset drawn with visible facts (demo_data.visible_facts):
 per budget, the share of its summaries that carry each fact, and the fact's adherence on the generated
 held-out images by caption and by each case's drawn fact (what a budget that drops the fact loses), beside
-the same measure on the real held-out images (the ceiling). Adherence counts the synthetic cases only: the slide's blocks are real tissue whose synthetic reports say nothing true of it."""
+the same measure on the real held-out images (the ceiling). Adherence counts the synthetic cases only: the
+slide's blocks are real tissue whose synthetic reports say nothing true of it."""
 
 from __future__ import annotations
 
