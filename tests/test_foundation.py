@@ -20,6 +20,7 @@ from histoldm.text.tokenizer import clip_tokenizer, count_tokens
 class _Cfg(StrictModel):
     lr: float = 1e-4
     name: str = "x"
+    sizes: list[int] = [1]
 
 
 def test_clip_tokenizer_matches_openai_ids():
@@ -30,11 +31,18 @@ def test_clip_tokenizer_matches_openai_ids():
 def test_config_rejects_unknown_and_malformed(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("lr: 0.5\n")
-    assert load_config(_Cfg, good, {"name": "y"}).model_dump() == {"lr": 0.5, "name": "y"}
+    assert load_config(_Cfg, good, {"name": "y"}).model_dump() == {"lr": 0.5, "name": "y", "sizes": [1]}
     bad_key = tmp_path / "bad_key.yaml"
     bad_key.write_text("lr: 0.5\nlrr: 1\n")
     with pytest.raises(UserError, match="unknown config key 'lrr'"):
         load_config(_Cfg, bad_key)
+    # an error in a list item given on the command line is blamed on the command line, not on the file beside it
+    with pytest.raises(UserError, match="^command line: config key 'sizes.1'"):
+        load_config(_Cfg, good, {"sizes": [2, "big"]})
+    lists = tmp_path / "lists.yaml"
+    lists.write_text("sizes: [2, big]\n")
+    with pytest.raises(UserError, match="lists.yaml: config key 'sizes.1'"):
+        load_config(_Cfg, lists, {"name": "y"})
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: [0.5\n")
     with pytest.raises(UserError, match="malformed YAML"):

@@ -138,11 +138,15 @@ def load_config(
 
 
 def _has_key(data: dict[str, Any], loc: tuple) -> bool:
+    """Whether `loc` (keys, and list positions for items of a list) lies inside `data`."""
     node: Any = data
     for part in loc:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
             return False
-        node = node[part]
     return True
 
 
