@@ -81,20 +81,11 @@ def repeated_captions(captions: Path, repeat: int, out: Path) -> Path:
     return path
 
 
-def unet_passes(cfg) -> int:
-    """UNet evaluations per image: one per consistency step for the student, 1 or 2 per solver step otherwise."""
-    from histoldm.sampling.guidance import unet_passes as guided_passes
-    from histoldm.sampling.solvers import solver_timesteps
-
-    if cfg.solver == "lcm":
-        return cfg.steps
-    return guided_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
-
-
 def sample_set(name: str, seed: int, args, captions: Path) -> dict:
     """Sample (or reuse) one set; its folder, UNet passes and wall seconds per image."""
     from histoldm.sampling.config import SampleConfig
     from histoldm.sampling.run import run_sample
+    from histoldm.sampling.solvers import passes_per_image
 
     fields = SETTINGS[name]
     bundle = args.student if fields.get("preset") == "turbo" else args.teacher
@@ -120,7 +111,7 @@ def sample_set(name: str, seed: int, args, captions: Path) -> dict:
         "solver": cfg.solver,
         "steps": cfg.steps,
         "interval": cfg.guidance_interval,
-        "unet_passes": unet_passes(cfg),
+        "unet_passes": passes_per_image(cfg.solver, cfg.steps, cfg.guidance_interval),
         "out": str(out),
         "s_per_image": round(per_image, 3),
         "reused": bool(reuse),

@@ -475,9 +475,9 @@ class Bench:
         from histoldm.models.student import make_student
         from histoldm.sampling.consistency import student_eps_fn
         from histoldm.sampling.context import CacheText
-        from histoldm.sampling.guidance import unet_eps_fn, unet_passes
+        from histoldm.sampling.guidance import unet_eps_fn
         from histoldm.sampling.run import ImageSampler
-        from histoldm.sampling.solvers import solver_timesteps, training_alphas_cumprod
+        from histoldm.sampling.solvers import passes_per_image, training_alphas_cumprod
         from histoldm.text.cache import TextCache
 
         p, bs = self.p, self.p.sample_batch
@@ -489,7 +489,7 @@ class Bench:
             channels_last=channels_last,
         )
         student = sampling == "turbo"  # a distilled student: the UNet plus its guidance-scale input, one pass a step
-        passes = cfg.steps if student else unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
+        passes = passes_per_image(cfg.solver, cfg.steps, cfg.guidance_interval)
         data = self.data()
         _reset_memory(p.device)
         device = torch.device(p.device)

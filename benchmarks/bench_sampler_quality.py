@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from histoldm.evaluate.config import EvaluateConfig
     from histoldm.evaluate.run import run_evaluate
     from histoldm.sampling.config import SampleConfig
-    from histoldm.sampling.guidance import unet_passes
     from histoldm.sampling.run import run_sample
-    from histoldm.sampling.solvers import solver_timesteps
+    from histoldm.sampling.solvers import passes_per_image
 
     args.out.mkdir(parents=True, exist_ok=True)
     captions = repeated_captions(args.captions, args.repeat, args.out)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = run_sample(cfg)
         wall = time.perf_counter() - started
-        passes = unet_passes(solver_timesteps(cfg.solver, cfg.steps), cfg.guidance_interval)
+        passes = passes_per_image(cfg.solver, cfg.steps, cfg.guidance_interval)
         rows.append(
             {
                 "setting": name,
