@@ -101,7 +101,7 @@ def _adherence_rows(adherence: Adherence | None, label: str) -> list[tuple[str, 
     return rows
 
 
-def _metric_rows(metrics: Metrics, real_adherence: Adherence, floor: Metrics) -> list[tuple[str, str, str]]:
+def _metric_rows(metrics: Metrics, real_adherence: Adherence | None, floor: Metrics) -> list[tuple[str, str, str]]:
     seeds = "seed-to-seed floor ({} vs {} of the same captions and model)".format(*floor.fid.protocol["seeds"])
     fid, kid, pr = metrics.fid, metrics.kid, metrics.precision_recall
     rows = [("FID", f"{fid.value:.2f} (floor {floor.fid.value:.2f})", f"{fid.protocol_line}; {seeds}")]

@@ -98,7 +98,6 @@ def _token_counts(encoder: Any, texts: list[str]) -> list[int]:
 def caption_prefix_tokens(encoder: Any) -> int:
     """Tokens the default caption template puts before the summary, longest level words ("high tumor;
     high til;"): the caption minus its summary, so the "; " joining them is counted too."""
-
     levels = CaptionsConfig.model_fields["levels"].get_default(call_default_factory=True)
     probe = "x"
     captions = [
@@ -115,7 +114,6 @@ def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
     tokens). A tokenizer that splits text finer (MiniLM's WordPiece: up to 23% more tokens on the synthetic
     summaries) gets the longest summary instead, so no caption is cut. `chunks` mode encodes whole
     77-token windows of 75 text tokens each, so its length is rounded up to whole windows."""
-
     text_tokens = caption_prefix_tokens(encoder) + max(budget, *_token_counts(encoder, summaries), 0)
     if encoder.mode == "chunks":
         return CLIP_CONTEXT * math.ceil(text_tokens / (CLIP_CONTEXT - 2))
@@ -125,7 +123,6 @@ def context_length(budget: int, summaries: list[str], encoder: Any) -> int:
 def row_recipes(cfg: SweepConfig, summaries: dict[int, Path]) -> dict[int, ModelRecipe]:
     """Each budget's recipe with its text context length, checked against the encoder before any training
     (a CLIP `truncate` encoder cannot take a 162-token context: better said now than after three rows)."""
-
     r = cfg.recipe
     if cfg.text_context == "recipe":
         return {b: r for b in summaries}
@@ -319,7 +316,6 @@ def _write_html(
 ) -> Path:
     """report.html: per budget its metrics beside the floor, example captions with real and generated patches,
     the token-length histograms and the FID plot."""
-
     metrics, examples, captions = [], [], []
     for (budget, seed), result in results.items():
         m, floor = result.metrics, floors[budget, seed]
@@ -373,7 +369,7 @@ def _write_table(
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
-
+    """Every budget (and seed) trained, sampled and evaluated on shared data (module docstring); resumable."""
     started = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
