@@ -70,6 +70,12 @@ def test_sweep_yaml_typo_names_the_file_and_the_key(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_sweep_seeds_repeated_name_the_key(tmp_path, capsys):
+    assert main(["sweep", "--config", "sweep_demo", "--set", "seeds=[0,0]", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip().endswith("command line: config key 'seeds': each seed once (got [0, 0])")
+    assert not (tmp_path / "s").exists()
+
+
 def test_sweep_refuses_a_fixed_text_length_that_each_budget_would_override():
     with pytest.raises(Exception, match="'recipe.encode_text.max_length': set per budget"):
         load_config(SweepConfig, None, {"recipe": {"encode_text": {"max_length": 77}}})

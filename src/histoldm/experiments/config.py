@@ -262,7 +262,7 @@ class SweepConfig(StrictModel):
         if given and len(given) != 3:
             raise ValueError("give reports, store and split together (or none of them for the demo dataset)")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: each seed once (got {self.seeds})")
+            raise key_error(("seeds",), f"each seed once (got {self.seeds})", self.seeds)
         if {"input", "out", "budget"} & set(self.summarize):
             raise ValueError("summarize: input, out and budget are set by the sweep")
         # typos fail now, not after minutes of training
